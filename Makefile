@@ -1,0 +1,26 @@
+# The two commands of the README. Each one builds .venv from scratch on a fresh
+# machine (nothing installed by hand is assumed) and reuses it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e ".[detection,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nonlocal_keras.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

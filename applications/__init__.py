@@ -1,0 +1,1 @@
+"""Video ResNets with non-local blocks, and the non-local Mask R-CNN."""

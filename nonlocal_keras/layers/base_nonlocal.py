@@ -1,0 +1,291 @@
+"""The rank-generic non-local block; `NonLocal1D/2D/3D` only fix the rank."""
+
+import keras
+from keras import initializers, layers, ops, regularizers
+
+from nonlocal_keras import nonlocal_math
+
+# The official code (video-nonlocal-net, lib/core/config.py) initialises the
+# block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
+OFFICIAL_KERNEL_INITIALIZER = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
+
+_DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+_POSITION_AXES = {1: "(batch, length, channels)", 2: "(batch, height, width, channels)",
+                  3: "(batch, time, height, width, channels)"}
+
+
+class BaseNonLocal(layers.Layer):
+    """Non-local block `z = x + BN(W_z y)` with `y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)`.
+
+    Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018. Use the
+    rank-specific subclasses `NonLocal1D`, `NonLocal2D` and `NonLocal3D`.
+
+    Args:
+        rank: number of position axes (1, 2 or 3).
+        mode: pairwise function: `"gaussian"`, `"embedded_gaussian"` (default),
+            `"dot_product"` or `"concatenation"`.
+        inter_channels: channels of theta, phi and g; `None` means `C // 2`.
+        sub_sample: max-pool the input before phi and g (official order).
+        pool_size: pooling window, an int or a tuple of `rank` ints; `None`
+            means 2, (2, 2) or (1, 2, 2) by rank.
+        use_bn: BatchNormalization after `W_z` with gamma initialised to 0;
+            without it `W_z` itself is initialised to 0. Either way the block
+            is the identity at initialisation.
+        use_scale: divide the logits of the softmax modes by the square root of
+            the compared embedding's channel count (the official code's
+            `USE_SCALE`, which the paper does not mention).
+        affinity: 3D only: `"spacetime"` (default), `"space"` (j runs over
+            the query's own frame) or `"time"` (j runs over the query's own
+            spatial cell across frames). Grouped affinities need the grouped
+            axes to be divisible by the pool size.
+        data_format: `"channels_last"` (default) or `"channels_first"`.
+        kernel_initializer: for theta, phi, g, w_f and (with BN) `W_z`;
+            default Gaussian std 0.01 as the official code (pass
+            `"he_normal"` for the paper's MSRA initialisation).
+        bias_initializer, kernel_regularizer, bias_regularizer: as for Keras
+            convolutions, applied to every projection of the block.
+        bn_momentum, bn_epsilon: of the BatchNormalization (official: 0.9,
+            1e-5).
+
+    Sub-layers (created in `build`; the 1x1 convolutions are `Dense` layers
+    acting on the channel axis, kernels `(C_in, C_out)`):
+        `theta`, `phi` (both `None` in gaussian mode), `g`, `w_z`, `bn`
+        (`None` without BN), `w_f` (concatenation only, kernel `(2 C_inner, 1)`).
+
+    Call arguments:
+        inputs: `(batch, *positions, C)` (or channels first).
+        training: BatchNormalization mode.
+        return_attention_scores: also return the normalised affinity
+            `(batch, N_q, N_k)`, or `(batch, groups, N_q, N_k)` for the
+            grouped affinities (queries in input order, keys after pooling).
+    """
+
+    def __init__(
+        self,
+        rank,
+        mode="embedded_gaussian",
+        inter_channels=None,
+        sub_sample=True,
+        pool_size=None,
+        use_bn=True,
+        use_scale=True,
+        affinity="spacetime",
+        data_format=None,
+        kernel_initializer=None,
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.rank = rank
+        self.mode = _check_choice("mode", mode, nonlocal_math.MODES)
+        self.inter_channels = _check_inter_channels(inter_channels)
+        self.sub_sample = bool(sub_sample)
+        self.pool_size = _check_pool_size(pool_size, rank)
+        self.use_bn = bool(use_bn)
+        self.use_scale = bool(use_scale)
+        self.affinity = _check_choice("affinity", affinity, nonlocal_math.AFFINITIES)
+        if rank != 3 and self.affinity != "spacetime":
+            raise ValueError(
+                "`affinity` other than 'spacetime' needs video input (NonLocal3D); "
+                f"this layer has rank {rank}. Received: affinity={affinity!r}"
+            )
+        self.data_format = _check_choice(
+            "data_format",
+            data_format or keras.config.image_data_format(),
+            ("channels_last", "channels_first"),
+        )
+        self.kernel_initializer = initializers.get(
+            kernel_initializer or OFFICIAL_KERNEL_INITIALIZER
+        )
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        if not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(
+                f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}"
+            )
+        if bn_epsilon <= 0:
+            raise ValueError(f"`bn_epsilon` must be > 0. Received: bn_epsilon={bn_epsilon}")
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
+
+    @property
+    def effective_pool_size(self):
+        """The pooling window applied before phi and g (all ones without sub-sampling)."""
+        if not self.sub_sample:
+            return (1,) * self.rank
+        return self.pool_size or _DEFAULT_POOL[self.rank]
+
+    def _channels_last_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of rank {self.rank + 2}, "
+                f"{_POSITION_AXES[self.rank]} in channels_last. "
+                f"Received: input_shape={input_shape}"
+            )
+        if self.data_format == "channels_first":
+            input_shape = (input_shape[0],) + input_shape[2:] + (input_shape[1],)
+        return input_shape
+
+    def build(self, input_shape):
+        shape = self._channels_last_shape(input_shape)
+        channels = shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"The channel axis of the input to {type(self).__name__} must be known. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        _check_positions(shape[1:-1], self.effective_pool_size, self.affinity, input_shape)
+        inner = self.inter_channels or max(channels // 2, 1)
+
+        def projection(name, units, kernel_initializer=None, use_bias=True):
+            layer = layers.Dense(
+                units,
+                use_bias=use_bias,
+                kernel_initializer=_fresh(kernel_initializer or self.kernel_initializer),
+                bias_initializer=_fresh(self.bias_initializer),
+                kernel_regularizer=self.kernel_regularizer,
+                bias_regularizer=self.bias_regularizer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+            return layer
+
+        if self.mode != "gaussian":
+            self.theta = projection("theta", inner)
+            self.phi = projection("phi", inner)
+            self.theta.build((None, channels))
+            self.phi.build((None, channels))
+        self.g = projection("g", inner)
+        self.g.build((None, channels))
+        self.w_z = projection(
+            "w_z", channels, kernel_initializer=None if self.use_bn else "zeros"
+        )
+        self.w_z.build((None, inner))
+        if self.use_bn:
+            self.bn = layers.BatchNormalization(
+                axis=-1,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                gamma_initializer="zeros",
+                dtype=self.dtype_policy,
+                name="bn",
+            )
+            self.bn.build((None,) * (self.rank + 1) + (channels,))
+        if self.mode == "concatenation":
+            self.w_f = projection("w_f", 1, use_bias=False)
+            self.w_f.build((None, 2 * inner))
+        self.built = True
+
+    def call(self, inputs, training=None, return_attention_scores=False):
+        x = inputs
+        if self.data_format == "channels_first":
+            x = ops.moveaxis(x, 1, -1)
+        y, scores = nonlocal_math.nonlocal_response(
+            x,
+            self.theta,
+            self.phi,
+            self.g,
+            mode=self.mode,
+            pool_size=self.effective_pool_size,
+            affinity=self.affinity,
+            use_scale=self.use_scale,
+            w_f=None if self.w_f is None else self.w_f.kernel,
+            return_attention_scores=True,
+        )
+        z = self.w_z(y)
+        if self.bn is not None:
+            z = self.bn(z, training=training)
+        outputs = x + z
+        if self.data_format == "channels_first":
+            outputs = ops.moveaxis(outputs, -1, 1)
+        if return_attention_scores:
+            return outputs, scores
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "mode": self.mode,
+                "inter_channels": self.inter_channels,
+                "sub_sample": self.sub_sample,
+                "pool_size": self.pool_size,
+                "use_bn": self.use_bn,
+                "use_scale": self.use_scale,
+                "affinity": self.affinity,
+                "data_format": self.data_format,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+            }
+        )
+        return config
+
+
+def _fresh(initializer):
+    # Keras initialisers without a seed return the same values on every call:
+    # a copy per sub-layer keeps theta, phi and g from starting identical.
+    return initializers.get(initializers.serialize(initializers.get(initializer)))
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def _check_inter_channels(value):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise ValueError(
+            "`inter_channels` must be None (half the input channels) or an "
+            f"integer >= 1. Received: inter_channels={value!r}"
+        )
+    return value
+
+
+def _check_pool_size(value, rank):
+    if value is None:
+        return None
+    sizes = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(sizes) != rank or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in sizes
+    ):
+        raise ValueError(
+            f"`pool_size` must be None, a positive integer or a tuple of {rank} "
+            f"positive integers. Received: pool_size={value!r}"
+        )
+    return sizes
+
+
+def _check_positions(positions, pool_size, affinity, input_shape):
+    for axis, (size, pool) in enumerate(zip(positions, pool_size)):
+        if size is None:
+            continue
+        if size < pool:
+            raise ValueError(
+                f"The pool size {pool} on position axis {axis} is larger than the "
+                f"input there ({size}); lower `pool_size` or set `sub_sample=False`. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        grouped = (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0)
+        if grouped and size % pool:
+            raise ValueError(
+                f"affinity={affinity!r} needs position axis {axis} ({size}) to be a "
+                f"multiple of the pool size there ({pool}). "
+                f"Received: input_shape={tuple(input_shape)}"
+            )

@@ -1,0 +1,190 @@
+"""The non-local operation, written once with `keras.ops`.
+
+Both Keras front ends use this module: the Keras 3 layers in
+`nonlocal_keras.layers` and the `tf_keras` shell of the Mask R-CNN backbone.
+Everything here works on channels-last tensors `(batch, *positions, channels)`
+of rank 3 (sequences), 4 (images) or 5 (video) and on every Keras 3 backend.
+
+    y_i = 1/C(x) * sum_j f(x_i, x_j) g(x_j)
+
+The affinity f and its normaliser C are computed in float32 whatever the
+compute dtype, so that mixed precision cannot overflow the logits.
+"""
+
+import math
+
+from keras import ops
+
+MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
+AFFINITIES = ("spacetime", "space", "time")
+
+
+def max_pool(x, pool_size):
+    """Non-overlapping max pooling (stride = window, 'valid'), channels last."""
+    if all(p == 1 for p in pool_size):
+        return x
+    return ops.max_pool(
+        x, pool_size, strides=pool_size, padding="valid", data_format="channels_last"
+    )
+
+
+def pairwise_affinity(theta, phi, mode, use_scale=True, w_f=None):
+    """Normalised affinity `f(x_i, x_j) / C(x)`, in float32.
+
+    Args:
+        theta: `(..., N_q, C)` query embeddings.
+        phi: `(..., N_k, C)` key embeddings.
+        mode: one of `MODES`.
+        use_scale: divide the softmax logits by `sqrt(C)`.
+        w_f: `(2 * C, 1)` weights of the concatenation mode's projection.
+
+    Returns:
+        `(..., N_q, N_k)` float32 weights that sum to one over `j` in the
+        softmax modes and are divided by `N_k` in the others.
+    """
+    theta = ops.cast(theta, "float32")
+    phi = ops.cast(phi, "float32")
+    channels = theta.shape[-1]
+    if mode == "concatenation":
+        # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
+        # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
+        w_f = ops.cast(w_f, "float32")
+        from_query = ops.matmul(theta, w_f[:channels])
+        from_key = ops.matmul(phi, w_f[channels:])
+        f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
+    else:
+        f = ops.matmul(theta, ops.swapaxes(phi, -1, -2))
+    if mode in SOFTMAX_MODES:
+        if use_scale:
+            f = f / math.sqrt(channels)
+        return ops.softmax(f, axis=-1)
+    num_keys = ops.cast(ops.shape(phi)[-2], "float32")
+    return f / num_keys
+
+
+def aggregate(affinity, g):
+    """`y_i = sum_j affinity_ij g_j`, in the dtype of `g`."""
+    return ops.matmul(ops.cast(affinity, g.dtype), g)
+
+
+def nonlocal_response(
+    x,
+    theta,
+    phi,
+    g,
+    mode,
+    pool_size,
+    affinity="spacetime",
+    use_scale=True,
+    w_f=None,
+    return_attention_scores=False,
+):
+    """The response `y` of a non-local block, before `W_z` and the residual.
+
+    Args:
+        x: channels-last input `(batch, *positions, channels)`.
+        theta, phi, g: callables projecting channels (1x1 convolutions);
+            `theta` and `phi` are ignored in `"gaussian"` mode, which compares
+            the raw input with itself.
+        mode: one of `MODES`.
+        pool_size: tuple, one entry per position axis. The input is max-pooled
+            with it *before* `phi` and `g`, as in the official code.
+        affinity: `"spacetime"`, or for video `"space"` (j runs over the query's
+            own frame) or `"time"` (j runs over the query's own spatial cell).
+        use_scale, w_f: see `pairwise_affinity`.
+        return_attention_scores: also return the normalised affinity:
+            `(batch, N_q, N_k)` for `"spacetime"`, and
+            `(batch, groups, N_q_group, N_k_group)` for `"space"` / `"time"`.
+
+    Returns:
+        `y` with the positions of `x` and the channels of `g`, and the
+        attention scores when asked for.
+    """
+    pooled = max_pool(x, pool_size)
+    if mode == "gaussian":
+        queries, keys = x, pooled
+    else:
+        queries, keys = theta(x), phi(pooled)
+    values = g(pooled)
+
+    grouping = _GROUPINGS[affinity]
+    q, k, v, restore = grouping(queries, keys, values, pool_size)
+    weights = pairwise_affinity(q, k, mode, use_scale=use_scale, w_f=w_f)
+    y, weights = restore(aggregate(weights, v), weights)
+    if return_attention_scores:
+        return y, weights
+    return y
+
+
+def _flatten_positions(t):
+    shape = ops.shape(t)
+    return ops.reshape(t, (shape[0], -1, shape[-1]))
+
+
+def _spacetime(queries, keys, values, pool_size):
+    shape = ops.shape(queries)
+
+    def restore(y, weights):
+        return ops.reshape(y, tuple(shape[:-1]) + (ops.shape(y)[-1],)), weights
+
+    return (
+        _flatten_positions(queries),
+        _flatten_positions(keys),
+        _flatten_positions(values),
+        restore,
+    )
+
+
+def _space(queries, keys, values, pool_size):
+    # Group by pooled frame: frames [t * pt, (t + 1) * pt) share keys frame t.
+    batch, frames, height, width, _ = ops.shape(queries)
+    pooled_frames = ops.shape(keys)[1]
+    pt = pool_size[0]
+
+    def group(t, positions):
+        return ops.reshape(t, (-1, positions, ops.shape(t)[-1]))
+
+    def restore(y, weights):
+        y = ops.reshape(y, (batch, frames, height, width, ops.shape(y)[-1]))
+        n_q, n_k = ops.shape(weights)[-2:]
+        return y, ops.reshape(weights, (batch, pooled_frames, n_q, n_k))
+
+    key_positions = ops.shape(keys)[2] * ops.shape(keys)[3]
+    return (
+        group(queries, pt * height * width),
+        group(keys, key_positions),
+        group(values, key_positions),
+        restore,
+    )
+
+
+def _time(queries, keys, values, pool_size):
+    # Group by pooled spatial cell: the query (t, h, w) sees the keys of cell
+    # (h // ph, w // pw) in every pooled frame.
+    batch, frames, height, width, _ = ops.shape(queries)
+    _, pooled_frames, cells_h, cells_w, _ = ops.shape(keys)
+    _, ph, pw = pool_size
+
+    def group_queries(t):
+        c = ops.shape(t)[-1]
+        t = ops.reshape(t, (batch, frames, cells_h, ph, cells_w, pw, c))
+        t = ops.transpose(t, (0, 2, 4, 1, 3, 5, 6))
+        return ops.reshape(t, (-1, frames * ph * pw, c))
+
+    def group_keys(t):
+        t = ops.transpose(t, (0, 2, 3, 1, 4))
+        return ops.reshape(t, (-1, pooled_frames, ops.shape(t)[-1]))
+
+    def restore(y, weights):
+        c = ops.shape(y)[-1]
+        y = ops.reshape(y, (batch, cells_h, cells_w, frames, ph, pw, c))
+        y = ops.transpose(y, (0, 3, 1, 4, 2, 5, 6))
+        y = ops.reshape(y, (batch, frames, height, width, c))
+        n_q, n_k = ops.shape(weights)[-2:]
+        return y, ops.reshape(weights, (batch, cells_h * cells_w, n_q, n_k))
+
+    return group_queries(queries), group_keys(keys), group_keys(values), restore
+
+
+_GROUPINGS = {"spacetime": _spacetime, "space": _space, "time": _time}

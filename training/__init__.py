@@ -1,0 +1,1 @@
+"""Video data, training, evaluation and export for non-local models."""
