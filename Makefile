@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m nonlocal_keras.demo
+	$(PY) -m nonlocal_keras.training.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
