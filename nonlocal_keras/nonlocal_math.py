@@ -21,12 +21,21 @@ AFFINITIES = ("spacetime", "space", "time")
 
 
 def max_pool(x, pool_size):
-    """Non-overlapping max pooling (stride = window, 'valid'), channels last."""
+    """Non-overlapping max pooling (stride = window, 'valid'), channels last.
+
+    Written as crop + reshape + max rather than the backend's pooling op: it
+    is exact for every dtype (TensorFlow has no float16 MaxPool3D on the CPU)
+    and every rank.
+    """
     if all(p == 1 for p in pool_size):
         return x
-    return ops.max_pool(
-        x, pool_size, strides=pool_size, padding="valid", data_format="channels_last"
-    )
+    shape = ops.shape(x)
+    pooled = [size // p for size, p in zip(shape[1:-1], pool_size)]
+    crop = tuple(slice(0, n * p) for n, p in zip(pooled, pool_size))
+    x = x[(slice(None),) + crop + (slice(None),)]
+    windows = [d for n, p in zip(pooled, pool_size) for d in (n, p)]
+    x = ops.reshape(x, (shape[0], *windows, shape[-1]))
+    return ops.max(x, axis=tuple(range(2, 2 * len(pool_size) + 1, 2)))
 
 
 def pairwise_affinity(theta, phi, mode, use_scale=True, w_f=None):

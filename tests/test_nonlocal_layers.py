@@ -1,0 +1,329 @@
+"""The non-local layers against a float64 NumPy reference, and their Keras contract.
+
+Backend-agnostic: `test_layers_on_torch_backend` runs this file again under
+KERAS_BACKEND=torch; the TensorFlow-only tests skip themselves there.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import nonlocal_reference as ref
+from nonlocal_keras.layers import NonLocal1D, NonLocal2D, NonLocal3D
+
+MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+LAYERS = {1: NonLocal1D, 2: NonLocal2D, 3: NonLocal3D}
+SHAPES = {1: (2, 8, 6), 2: (2, 4, 6, 6), 3: (2, 4, 4, 4, 6)}
+DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+# float32 arithmetic on O(1) values: relative error of the block's residual branch.
+RTOL = 1e-4
+
+tf_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow-specific"
+)
+
+
+def _randomise(layer, rng, scale=0.5):
+    """Random weights on the public sub-layers (and BN statistics); returns them."""
+    weights = {}
+    for name in ("theta", "phi", "g", "w_z"):
+        sub = getattr(layer, name)
+        if sub is None:
+            continue
+        kernel = rng.normal(0, scale, sub.kernel.shape)
+        bias = rng.normal(0, 0.1, sub.bias.shape)
+        sub.set_weights([kernel, bias])
+        weights[name] = (kernel, bias)
+    if layer.w_f is not None:
+        weights["w_f"] = rng.normal(0, scale, layer.w_f.kernel.shape)
+        layer.w_f.set_weights([weights["w_f"]])
+    bn = None
+    if layer.bn is not None:
+        c = layer.bn.gamma.shape[0]
+        gamma, beta = rng.normal(1, 0.2, c), rng.normal(0, 0.2, c)
+        mean, var = rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)
+        layer.bn.set_weights([gamma, beta, mean, var])
+        bn = (gamma, beta, mean, var, layer.bn_epsilon)
+    return weights, bn
+
+
+def _residual_error(out, expected, x):
+    branch = np.asarray(out, np.float64) - x
+    expected_branch = expected - x
+    return np.linalg.norm(branch - expected_branch) / np.linalg.norm(expected_branch)
+
+
+def _case(rank, mode, sub_sample, use_scale, affinity="spacetime", seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, SHAPES[rank]).astype("float32")
+    layer = LAYERS[rank](
+        mode=mode, sub_sample=sub_sample, use_scale=use_scale, affinity=affinity, **kwargs
+    )
+    channels_first = kwargs.get("data_format") == "channels_first"
+    layer.build(np.moveaxis(x, -1, 1).shape if channels_first else x.shape)
+    weights, bn = _randomise(layer, rng)
+    pool = kwargs.get("pool_size") or DEFAULT_POOL[rank]
+    if not sub_sample:
+        pool = (1,) * rank
+    expected = ref.nonlocal_block(
+        x, weights, mode, pool, affinity=affinity, use_scale=use_scale, bn=bn
+    )
+    return layer, x, expected
+
+
+def _softmax_cases():
+    for rank in (1, 2, 3):
+        for mode in MODES:
+            for sub_sample in (True, False):
+                scales = (True, False) if mode in MODES[:2] else (True,)
+                for use_scale in scales:
+                    yield rank, mode, sub_sample, use_scale
+
+
+@pytest.mark.parametrize("rank,mode,sub_sample,use_scale", list(_softmax_cases()))
+def test_matches_float64_reference(rank, mode, sub_sample, use_scale):
+    layer, x, expected = _case(rank, mode, sub_sample, use_scale)
+    out = ops.convert_to_numpy(layer(x, training=False))
+    assert _residual_error(out, expected, x) < RTOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("affinity", ("space", "time"))
+@pytest.mark.parametrize("sub_sample", (True, False))
+def test_grouped_affinity_matches_reference(mode, affinity, sub_sample):
+    layer, x, expected = _case(3, mode, sub_sample, True, affinity=affinity)
+    out = ops.convert_to_numpy(layer(x, training=False))
+    assert _residual_error(out, expected, x) < RTOL
+
+
+def test_temporal_pooling_with_space_affinity():
+    # A (2, 2, 2) window groups two frames per pooled frame for "space".
+    layer, x, expected = _case(3, "embedded_gaussian", True, True, affinity="space",
+                               pool_size=(2, 2, 2))
+    out = ops.convert_to_numpy(layer(x, training=False))
+    assert _residual_error(out, expected, x) < RTOL
+
+
+def test_inter_channels_and_odd_sizes():
+    # Sizes that do not divide by the pool: 'valid' pooling drops the last row.
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (1, 5, 7, 4)).astype("float32")
+    layer = NonLocal2D(inter_channels=3, mode="dot_product")
+    layer.build(x.shape)
+    weights, bn = _randomise(layer, rng)
+    assert layer.g.kernel.shape == (4, 3)
+    expected = ref.nonlocal_block(x, weights, "dot_product", (2, 2), bn=bn)
+    out = ops.convert_to_numpy(layer(x, training=False))
+    assert _residual_error(out, expected, x) < RTOL
+
+
+@pytest.mark.parametrize("rank", (1, 2, 3))
+def test_channels_first_matches_reference(rank):
+    layer, x, expected = _case(rank, "embedded_gaussian", True, True,
+                               data_format="channels_first")
+    x_first = np.moveaxis(x, -1, 1)
+    out = np.moveaxis(ops.convert_to_numpy(layer(x_first, training=False)), 1, -1)
+    assert _residual_error(out, expected, x) < RTOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("use_bn", (True, False))
+def test_identity_at_initialisation(mode, use_bn):
+    x = np.random.default_rng(1).normal(0, 3, SHAPES[3]).astype("float32")
+    layer = NonLocal3D(mode=mode, use_bn=use_bn)
+    for training in (False, True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer(x, training=training)), x)
+    assert (layer.bn is None) == (not use_bn)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_scores(mode):
+    layer, x, _ = _case(3, mode, True, True)
+    out, scores = layer(x, training=False, return_attention_scores=True)
+    scores = ops.convert_to_numpy(scores)
+    assert scores.shape == (2, 4 * 4 * 4, 4 * 2 * 2)
+    if mode != "dot_product":  # exp and ReLU affinities are non-negative
+        assert np.all(scores >= 0)
+    if mode in ("gaussian", "embedded_gaussian"):
+        np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(out), ops.convert_to_numpy(layer(x, training=False))
+    )
+
+
+@pytest.mark.parametrize("affinity,groups,n_q,n_k", [("space", 4, 16, 4), ("time", 4, 16, 4)])
+def test_grouped_attention_scores_shape(affinity, groups, n_q, n_k):
+    x = np.zeros(SHAPES[3], "float32")
+    _, scores = NonLocal3D(affinity=affinity)(x, return_attention_scores=True)
+    assert tuple(scores.shape) == (2, groups, n_q, n_k)
+
+
+def test_variable_size_inputs():
+    inputs = keras.Input((None, None, None, 6))
+    layer = NonLocal3D(mode="concatenation")
+    model = keras.Model(inputs, layer(inputs))
+    rng = np.random.default_rng(4)
+    _randomise(layer, rng)
+    for shape in ((1, 2, 4, 6, 6), (2, 3, 6, 4, 6)):
+        x = rng.normal(0, 1, shape).astype("float32")
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(model(x)),
+            ops.convert_to_numpy(layer(x, training=False)),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize(
+    "policy,tolerance", [("mixed_float16", 2e-2), ("mixed_bfloat16", 5e-2)]
+)
+def test_mixed_precision_close_to_float32(policy, tolerance):
+    layer, x, expected = _case(3, "embedded_gaussian", True, True)
+    mixed = NonLocal3D(dtype=policy)
+    mixed.build(x.shape)
+    mixed.set_weights(layer.get_weights())
+    out, scores = mixed(x, training=False, return_attention_scores=True)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    assert keras.backend.standardize_dtype(scores.dtype) == "float32"
+    assert _residual_error(ops.convert_to_numpy(out).astype("float64"), expected, x) < tolerance
+
+
+def test_float16_logits_do_not_overflow():
+    # Gaussian mode compares raw inputs: x_i . x_j reaches ~8 * 150^2 = 180000,
+    # beyond float16's 65504. The affinity is computed in float32, so it holds.
+    # Inputs are multiples of 0.5, exact in float16 and in the float32 logits.
+    rng = np.random.default_rng(5)
+    x = (rng.integers(200, 300, (1, 2, 4, 4, 8)) / 2).astype("float32")
+    layer = NonLocal3D(mode="gaussian", use_scale=False, dtype="mixed_float16")
+    layer.build(x.shape)
+    weights, bn = _randomise(layer, rng, scale=0.01)
+    out, scores = layer(x, training=False, return_attention_scores=True)
+    out = ops.convert_to_numpy(out).astype("float64")
+
+    queries = x.reshape(-1, 8).astype("float64")
+    keys = ref.max_pool(x.astype("float64"), (1, 2, 2)).reshape(-1, 8)
+    logits = queries @ keys.T
+    expected_scores = np.exp(logits - logits.max(1, keepdims=True))
+    expected_scores /= expected_scores.sum(1, keepdims=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(scores)[0], expected_scores, atol=1e-5)
+
+    expected = ref.nonlocal_block(x, weights, "gaussian", (1, 2, 2), use_scale=False, bn=bn)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, expected, rtol=2e-3)  # float16 output rounding
+
+
+@tf_only
+def test_xla_equals_eager():
+    import tensorflow as tf
+
+    layer, x, _ = _case(3, "concatenation", True, True, affinity="time")
+    eager = ops.convert_to_numpy(layer(x, training=False))
+    compiled = tf.function(lambda t: layer(t, training=False), jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), eager, rtol=1e-5, atol=1e-5)
+
+
+@tf_only
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_finite_and_reach_every_weight(mode):
+    import tensorflow as tf
+
+    x = tf.random.normal(SHAPES[3], seed=6)
+    layer = NonLocal3D(mode=mode)
+    layer.build(x.shape)
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(x, training=True)))
+        return tape.gradient(loss, layer.trainable_weights)
+
+    assert all(np.all(np.isfinite(g.numpy())) for g in gradients())
+    # gamma = 0 blocks the gradient to the projections at initialisation, as
+    # intended; once it moves, every weight learns.
+    layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
+    for weight, grad in zip(layer.trainable_weights, gradients()):
+        assert grad is not None and np.all(np.isfinite(grad.numpy())), weight.path
+        assert np.abs(grad.numpy()).max() > 0, weight.path
+
+
+def test_config_round_trip():
+    layer = NonLocal3D(mode="dot_product", inter_channels=4, pool_size=(1, 2, 2),
+                       affinity="time", use_bn=False, kernel_initializer="he_normal",
+                       kernel_regularizer="l2", name="nl")
+    config = layer.get_config()
+    clone = NonLocal3D.from_config(config)
+    assert clone.get_config() == config
+    init_args = set(NonLocal3D.__init__.__code__.co_varnames[1:17])
+    assert init_args - {"kwargs"} <= set(config)
+
+
+def test_keras_file_round_trip(tmp_path):
+    inputs = keras.Input((4, 4, 4, 6))
+    layer = NonLocal3D(mode="concatenation")
+    model = keras.Model(inputs, NonLocal3D(name="second")(layer(inputs)))
+    _randomise(layer, np.random.default_rng(7))
+    x = np.random.default_rng(8).normal(0, 1, SHAPES[3]).astype("float32")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.layers[1]) is NonLocal3D
+    assert keras.saving.get_registered_name(NonLocal3D) == "nonlocal_keras>NonLocal3D"
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x))
+    )
+
+
+@pytest.mark.parametrize(
+    "make,shape,message",
+    [
+        (lambda: NonLocal3D(), (2, 4, 4, 6), "rank 5"),
+        (lambda: NonLocal2D(), (None, 4, 4, None), "channel axis"),
+        (lambda: NonLocal3D(), (2, 4, 1, 4, 6), "pool size 2 on position axis 1"),
+        (lambda: NonLocal3D(affinity="time"), (2, 4, 5, 4, 6), "multiple of the pool"),
+    ],
+)
+def test_bad_input_shapes(make, shape, message):
+    with pytest.raises(ValueError, match=message):
+        make().build(shape)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"mode": "softmax"}, "Received: mode='softmax'"),
+        ({"affinity": "frames"}, "Received: affinity='frames'"),
+        ({"inter_channels": 0}, "Received: inter_channels=0"),
+        ({"inter_channels": 2.5}, "Received: inter_channels=2.5"),
+        ({"pool_size": (2, 2)}, r"Received: pool_size=\(2, 2\)"),
+        ({"data_format": "NHWC"}, "Received: data_format='NHWC'"),
+        ({"bn_epsilon": 0}, "Received: bn_epsilon=0"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NonLocal3D(**kwargs)
+
+
+@pytest.mark.parametrize("layer_class", (NonLocal1D, NonLocal2D))
+def test_affinity_needs_video(layer_class):
+    with pytest.raises(ValueError, match="Received: affinity='space'"):
+        layer_class(affinity="space")
+
+
+@tf_only
+@pytest.mark.slow
+def test_layers_on_torch_backend():
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
