@@ -1,0 +1,150 @@
+"""Pure-TensorFlow clip preprocessing, shared by `tf.data` and exported graphs.
+
+Every function takes a clip of frames `(..., height, width, channels)` (for
+example `(time, H, W, 3)` from the decoder, or `(batch, time, H, W, 3)` inside a
+SavedModel signature) and uses TensorFlow ops only, so the same code runs in
+the training pipeline and in a serving graph.
+
+Conventions (official video-nonlocal-net, `lib/core/config.py`): pixels stay on
+the 0..255 scale after `to_float`; normalisation subtracts `MEAN` and divides
+by `STD` per channel (114.75 and 57.375 for every RGB channel, so a clip maps
+to roughly [-2, 2.4]). Spatial crops of the evaluation protocol sit at the
+start, centre and end of the longer side, as PySlowFast's `uniform_crop`.
+"""
+
+import tensorflow as tf
+
+# Per-channel (R, G, B) statistics on the 0..255 scale used by the released
+# video-nonlocal-net models (config.py: MEAN = 114.75, STD = 57.375).
+MEAN = (114.75, 114.75, 114.75)
+STD = (57.375, 57.375, 57.375)
+
+
+def to_float(clip):
+    """uint8 frames -> float32 on the same 0..255 scale (no rescaling)."""
+    return tf.cast(clip, tf.float32)
+
+
+def normalize(clip, mean=MEAN, std=STD):
+    """`(clip - mean) / std` per channel (last axis); casts uint8 to float32."""
+    clip = tf.cast(clip, tf.float32)
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (clip - mean) / std
+
+
+def shorter_side_shape(height, width, size):
+    """(new_height, new_width) whose shorter side is `size`, aspect kept (int32)."""
+    height = tf.cast(height, tf.float32)
+    width = tf.cast(width, tf.float32)
+    size = tf.cast(size, tf.float32)
+    scale = size / tf.minimum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), 1)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), 1)
+    return new_height, new_width
+
+
+def _resize_frames(clip, new_height, new_width):
+    # tf.image.resize takes (batch, H, W, C): fold every leading axis into it.
+    shape = tf.shape(clip)
+    frames = tf.reshape(clip, tf.concat([[-1], shape[-3:]], axis=0))
+    frames = tf.image.resize(frames, tf.stack([new_height, new_width]), method="bilinear")
+    out_shape = tf.concat([shape[:-3], [new_height, new_width, shape[-1]]], axis=0)
+    return tf.reshape(frames, out_shape)
+
+
+def resize_shorter_side(clip, size):
+    """Bilinear resize so that the shorter spatial side equals `size` (float32 out)."""
+    clip = tf.cast(clip, tf.float32)
+    shape = tf.shape(clip)
+    new_height, new_width = shorter_side_shape(shape[-3], shape[-2], size)
+    resized = _resize_frames(clip, new_height, new_width)
+    # Static channels survive the reshape, which Keras layers need downstream.
+    resized.set_shape(clip.shape[:-3].concatenate([None, None]).concatenate(clip.shape[-1:]))
+    return resized
+
+
+def random_resize_shorter_side(clip, min_size, max_size, seed=None):
+    """Scale jitter: shorter side drawn uniformly from the integers [min_size, max_size]."""
+    size = tf.random.uniform([], min_size, max_size + 1, dtype=tf.int32, seed=seed)
+    return resize_shorter_side(clip, size)
+
+
+def _crop(clip, top, left, size):
+    cropped = clip[..., top : top + size, left : left + size, :]
+    return tf.ensure_shape(cropped, clip.shape[:-3].concatenate([size, size]).concatenate(clip.shape[-1:]))
+
+
+def random_crop(clip, size, seed=None):
+    """A `size` x `size` crop at a random position, the same for every frame."""
+    shape = tf.shape(clip)
+    top = tf.random.uniform([], 0, shape[-3] - size + 1, dtype=tf.int32, seed=seed)
+    left = tf.random.uniform([], 0, shape[-2] - size + 1, dtype=tf.int32, seed=seed)
+    return _crop(clip, top, left, size)
+
+
+def spatial_crop(clip, size, index, num_crops):
+    """Crop `index` of `num_crops` evenly spaced along the longer side.
+
+    One crop is the centre crop; three crops are start / centre / end of the
+    longer side (left / centre / right for landscape video), as in the
+    evaluation protocol of the official code and PySlowFast. The shorter side
+    is centred.
+    """
+    shape = tf.shape(clip)
+    height, width = shape[-3], shape[-2]
+    spare_h, spare_w = height - size, width - size
+    if num_crops == 1:
+        fraction = tf.constant(0.5)
+    else:
+        fraction = tf.constant(index / (num_crops - 1), tf.float32)
+    along_h = tf.cast(tf.round(tf.cast(spare_h, tf.float32) * fraction), tf.int32)
+    along_w = tf.cast(tf.round(tf.cast(spare_w, tf.float32) * fraction), tf.int32)
+    portrait = height > width
+    top = tf.where(portrait, along_h, spare_h // 2)
+    left = tf.where(portrait, spare_w // 2, along_w)
+    return _crop(clip, top, left, size)
+
+
+def center_crop(clip, size):
+    """The central `size` x `size` crop."""
+    return spatial_crop(clip, size, 0, 1)
+
+
+def multi_crop(clip, size, num_crops):
+    """Stack of `num_crops` spatial crops: `(num_crops, ..., size, size, C)`."""
+    return tf.stack([spatial_crop(clip, size, i, num_crops) for i in range(num_crops)])
+
+
+def random_flip_left_right(clip, seed=None):
+    """Mirror every frame of the clip (together) with probability 1/2."""
+    flip = tf.random.uniform([], seed=seed) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2]), lambda: clip)
+
+
+def train_transform(clip, crop_size, min_scale, max_scale, flip=True, mean=MEAN, std=STD):
+    """Paper training augmentation of one decoded uint8 clip `(T, H, W, 3)`.
+
+    Shorter side scaled to a random size in [min_scale, max_scale], random
+    `crop_size` square crop, optional horizontal flip, per-channel normalisation.
+    """
+    clip = random_resize_shorter_side(clip, min_scale, max_scale)
+    clip = random_crop(clip, crop_size)
+    if flip:
+        clip = random_flip_left_right(clip)
+    return normalize(clip, mean, std)
+
+
+def eval_transform(clips, crop_size, scale, num_crops, mean=MEAN, std=STD):
+    """Evaluation views of uint8 clips `(num_clips, T, H, W, 3)`.
+
+    Shorter side resized to `scale`, `num_crops` crops per clip, normalised.
+    Returns `(num_clips * num_crops, T, crop_size, crop_size, 3)` float32, the
+    crops of clip 0 first.
+    """
+    clips = resize_shorter_side(clips, scale)
+    views = multi_crop(clips, crop_size, num_crops)  # (crops, clips, T, s, s, C)
+    views = tf.transpose(views, [1, 0, 2, 3, 4, 5])
+    views = tf.reshape(views, tf.concat([[-1], tf.shape(views)[2:]], axis=0))
+    views.set_shape([None, clips.shape[1], crop_size, crop_size, clips.shape[-1]])
+    return normalize(views, mean, std)
