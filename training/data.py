@@ -1,0 +1,343 @@
+"""Video datasets: CSV / folder indexes, checked up front, decoded in `tf.data`.
+
+A dataset is described by
+
+- a CSV with a `path,label` header (single-label, Kinetics style; the label is
+  a class id or a class name) or `path,labels` (multi-label, Charades style:
+  space-separated ids or names, possibly none). Relative paths are resolved
+  against the CSV's folder; or
+- a folder with one sub-folder of videos per class (classes sorted by name).
+
+Every row is checked before training starts (`DatasetError` lists the rows
+that point nowhere, have an unknown label or a class id >= `num_classes`).
+Only paths and labels are held in memory: `tf.data` decodes videos with PyAV
+in parallel, augments them with `preprocessing` and prefetches batches. A file
+that cannot be decoded mid-epoch is skipped, logged once by name and counted;
+`SkippedVideoSummary` reports the count at the end of each epoch.
+"""
+
+import csv
+import logging
+import os
+import threading
+from collections import namedtuple
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from nonlocal_keras.training import preprocessing, video_io
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+_MAX_LISTED_ROWS = 20
+
+VideoRecord = namedtuple("VideoRecord", ["path", "labels", "row"])
+VideoRecord.__doc__ = "One video: absolute `path`, tuple of class ids `labels`, source `row`."
+
+
+class DatasetError(ValueError):
+    """The dataset description has rows that cannot be trained on."""
+
+
+def _raise_for_problems(problems, source, argument):
+    if not problems:
+        return
+    listed = "\n".join(f"  {p}" for p in problems[:_MAX_LISTED_ROWS])
+    more = len(problems) - _MAX_LISTED_ROWS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    raise DatasetError(
+        f"{len(problems)} invalid row(s) in {source!r} ({argument}); fix or remove them "
+        f"before training:\n{listed}{tail}"
+    )
+
+
+def _read_rows(csv_path):
+    with open(csv_path, newline="") as handle:
+        rows = [(n, row) for n, row in enumerate(csv.reader(handle), start=1) if row]
+    header = None
+    if rows and rows[0][1][0].strip().lower() == "path":
+        header = [cell.strip().lower() for cell in rows[0][1]]
+        rows = rows[1:]
+    return header, rows
+
+
+def _label_tokens(cell, multi_label):
+    cell = cell.strip()
+    return cell.split() if multi_label else ([cell] if cell else [])
+
+
+def _is_int(token):
+    return token.lstrip("-").isdigit()
+
+
+def infer_class_names(csv_path):
+    """Sorted distinct label names of a CSV whose labels are names, else None."""
+    header, rows = _read_rows(csv_path)
+    multi_label = bool(header and len(header) > 1 and header[1] == "labels")
+    tokens = {t for _, row in rows if len(row) > 1 for t in _label_tokens(row[1], multi_label)}
+    if not tokens or all(_is_int(t) for t in tokens):
+        return None
+    return sorted(tokens)
+
+
+def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path"):
+    """Parse and check a `path,label` or `path,labels` CSV.
+
+    Args:
+        csv_path: the CSV file.
+        num_classes: labels must be ids in [0, num_classes).
+        class_names: optional list; labels that are not integers are looked
+            up in it.
+        argument: the config field named in error messages.
+
+    Returns:
+        `(records, multi_label)`: a list of `VideoRecord`, and whether the
+        header said `labels` (multi-label).
+
+    Raises:
+        DatasetError: listing every row with a missing file, a missing or
+            unknown label, or a class id outside [0, num_classes).
+    """
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"CSV file not found. Received: {argument}={csv_path!r}")
+    header, rows = _read_rows(csv_path)
+    if header is not None and (len(header) < 2 or header[1] not in ("label", "labels")):
+        raise DatasetError(
+            f"The CSV header must be 'path,label' or 'path,labels'. "
+            f"Received: header={','.join(header)!r} in {argument}={csv_path!r}"
+        )
+    multi_label = bool(header and header[1] == "labels")
+    name_to_id = {name: i for i, name in enumerate(class_names or [])}
+    base = os.path.dirname(os.path.abspath(csv_path))
+    records, problems = [], []
+    for number, row in rows:
+        path = os.path.join(base, row[0].strip())
+        if not os.path.isfile(path):
+            problems.append(f"row {number}: {row[0]!r}: no such file")
+            continue
+        tokens = _label_tokens(row[1] if len(row) > 1 else "", multi_label)
+        if not tokens and not multi_label:
+            problems.append(f"row {number}: {row[0]!r}: missing label")
+            continue
+        labels, bad = [], []
+        for token in tokens:
+            if _is_int(token):
+                label = int(token)
+                if not 0 <= label < num_classes:
+                    bad.append(f"class id {label} not in [0, {num_classes})")
+                    continue
+            elif token in name_to_id:
+                label = name_to_id[token]
+            else:
+                bad.append(f"unknown label {token!r}")
+                continue
+            labels.append(label)
+        if bad:
+            problems.append(f"row {number}: {row[0]!r}: {'; '.join(bad)}")
+            continue
+        records.append(VideoRecord(path, tuple(sorted(set(labels))), number))
+    _raise_for_problems(problems, csv_path, argument)
+    if not records:
+        raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
+    return records, multi_label
+
+
+def read_folder_records(root, class_names=None, argument="root"):
+    """Index `root/<class name>/<video>`; classes are the sorted sub-folders.
+
+    Returns `(records, class_names)`. With `class_names` given, a sub-folder
+    that is not among them is an error.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Video folder not found. Received: {argument}={root!r}")
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    class_names = list(class_names) if class_names else folders
+    unknown = [f"folder {d!r}: unknown label" for d in folders if d not in class_names]
+    _raise_for_problems(unknown, root, argument)
+    records = []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        for file in sorted(os.listdir(folder)):
+            if file.lower().endswith(VIDEO_EXTENSIONS):
+                records.append(VideoRecord(os.path.join(folder, file), (label,), None))
+    if not records:
+        raise DatasetError(f"No video file ({', '.join(VIDEO_EXTENSIONS)}) found. "
+                           f"Received: {argument}={root!r}")
+    return records, class_names
+
+
+def load_records(source, num_classes, class_names=None, argument="source"):
+    """A CSV file or a folder per class -> `(records, multi_label)`."""
+    if os.path.isdir(source):
+        records, _ = read_folder_records(source, class_names, argument)
+        problems = [f"{r.path!r}: class id {r.labels[0]} not in [0, {num_classes})"
+                    for r in records if r.labels[0] >= num_classes]
+        _raise_for_problems(problems, source, argument)
+        return records, False
+    return read_csv_records(source, num_classes, class_names, argument)
+
+
+class SkippedVideos:
+    """Thread-safe record of videos the pipeline could not decode.
+
+    Each file is logged once (by name and reason) however many epochs meet
+    it; `pop_epoch()` returns and resets the paths skipped since the last call.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._warned = set()
+        self._epoch = []
+        self.total = 0
+
+    def record(self, path, reason):
+        with self._lock:
+            self._epoch.append(path)
+            self.total += 1
+            first_time = path not in self._warned
+            self._warned.add(path)
+        if first_time:
+            logger.warning("Skipping unreadable video %s (%s)", path, reason)
+
+    def pop_epoch(self):
+        with self._lock:
+            paths, self._epoch = self._epoch, []
+        return paths
+
+
+class SkippedVideoSummary(keras.callbacks.Callback):
+    """Reports, at the end of each epoch, how many videos were skipped.
+
+    Adds `skipped_videos` to the epoch logs (so the progress bar, TensorBoard
+    and CSV logs show it) and logs a one-line summary when it is not zero.
+    """
+
+    def __init__(self, skipped):
+        super().__init__()
+        self.skipped = skipped
+
+    def on_epoch_end(self, epoch, logs=None):
+        paths = self.skipped.pop_epoch()
+        if logs is not None:
+            logs["skipped_videos"] = len(paths)
+        if paths:
+            names = ", ".join(sorted({os.path.basename(p) for p in paths})[:10])
+            logger.warning("Epoch %d: skipped %d unreadable video(s): %s",
+                           epoch + 1, len(paths), names)
+
+
+def _label_tensor(records, num_classes, multi_label):
+    if multi_label:
+        target = np.zeros((len(records), num_classes), np.float32)
+        for i, record in enumerate(records):
+            target[i, list(record.labels)] = 1.0
+        return target
+    return np.array([r.labels[0] for r in records], np.int32)
+
+
+def _decoder(sampler, clip_shape, skipped):
+    """numpy_function body: (path, seed) -> (uint8 frames, ok)."""
+
+    def decode(path, seed):
+        path = path.decode()
+        try:
+            frames = video_io.decode_frames(path, lambda total: sampler(total, seed))
+            return frames, True
+        except video_io.VideoDecodeError as error:
+            skipped.record(path, error.reason)
+            return np.zeros(clip_shape + (1, 1, 3), np.uint8), False
+
+    return decode
+
+
+def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, skipped,
+                     shuffle, seed, num_parallel_calls, deterministic):
+    """(frames, label, index) of every decodable video; `index` is its position."""
+    paths = [r.path for r in records]
+    labels = _label_tensor(records, num_classes, multi_label)
+    order = np.arange(len(records), dtype=np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, order))
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    decode = _decoder(sampler, clip_shape, skipped)
+
+    def decode_map(path, label, index):
+        sample_seed = tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)
+        frames, ok = tf.numpy_function(decode, [path, sample_seed], [tf.uint8, tf.bool],
+                                       stateful=True)
+        frames.set_shape(tuple(clip_shape) + (None, None, 3))
+        ok.set_shape([])
+        return frames, label, index, ok
+
+    dataset = dataset.map(decode_map, num_parallel_calls=num_parallel_calls,
+                          deterministic=deterministic)
+    return dataset.filter(lambda frames, label, index, ok: ok).map(
+        lambda frames, label, index, ok: (frames, label, index))
+
+
+def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32,
+                  sampling_rate=2, crop_size=224, min_scale=256, max_scale=320, flip=True,
+                  mean=preprocessing.MEAN, std=preprocessing.STD, cache_decoded=False,
+                  shuffle=True, seed=None, skipped=None,
+                  num_parallel_calls=tf.data.AUTOTUNE):
+    """Training clips `(batch, num_frames, crop, crop, 3)` float32 and labels.
+
+    One random clip per video per epoch (paper: 32 frames every 2nd frame,
+    shorter side in [256, 320], 224 crop, horizontal flip). `cache_decoded`
+    keeps the decoded clips in memory after the first epoch (only for small
+    datasets; it also freezes each video's temporal start); spatial
+    augmentation still runs every epoch. The last partial batch is dropped so
+    that every step has the global batch.
+    """
+    skipped = skipped if skipped is not None else SkippedVideos()
+
+    def sampler(total, seed_value):
+        rng = np.random.default_rng(int(seed_value))
+        return video_io.train_clip_indices(total, num_frames, sampling_rate, rng)
+
+    dataset = _decoded_dataset(records, num_classes, multi_label, sampler, (num_frames,),
+                               skipped, shuffle and not cache_decoded, seed,
+                               num_parallel_calls, deterministic=False)
+    if cache_decoded:
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+
+    def augment(frames, label, index):
+        clip = preprocessing.train_transform(frames, crop_size, min_scale, max_scale,
+                                             flip, mean, std)
+        return clip, label
+
+    dataset = dataset.map(augment, num_parallel_calls=num_parallel_calls)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32,
+                 sampling_rate=2, num_clips=10, num_crops=3, crop_size=224, scale=256,
+                 mean=preprocessing.MEAN, std=preprocessing.STD, skipped=None,
+                 num_parallel_calls=tf.data.AUTOTUNE):
+    """Evaluation views per video, in file order.
+
+    Yields `(views, label, index)` batches: `views` is
+    `(batch, num_clips * num_crops, num_frames, crop, crop, 3)`; `index` is
+    the video's position in `records`, so that skipped videos are accounted for.
+    """
+    skipped = skipped if skipped is not None else SkippedVideos()
+
+    def sampler(total, seed_value):
+        return video_io.eval_clip_indices(total, num_frames, sampling_rate, num_clips)
+
+    dataset = _decoded_dataset(records, num_classes, multi_label, sampler,
+                               (num_clips, num_frames), skipped, False, None,
+                               num_parallel_calls, deterministic=True)
+
+    def views(frames, label, index):
+        clips = preprocessing.eval_transform(frames, crop_size, scale, num_crops, mean, std)
+        return clips, label, index
+
+    dataset = dataset.map(views, num_parallel_calls=num_parallel_calls)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

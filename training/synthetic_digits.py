@@ -1,0 +1,104 @@
+"""The embedded default dataset: "which digit is under the marker?" videos.
+
+Built from scikit-learn's handwritten digits (`load_digits`, 8x8 images shipped
+with the package) and written as real H.264 MP4 files, so that it goes through
+the same PyAV pipeline as user data.
+
+Each video has 8 frames of 32x32 RGB. Frame 0 shows four digits, one per
+16x16 quadrant; frames 1-6 are dark; frame 7 shows a bright square marker in
+one quadrant. The label is the digit that frame 0 showed in the marked
+quadrant (10 classes). A C2D network keeps frames apart until its global
+pooling and so cannot bind the marker to the digit; a non-local block can
+attend from the marker to the digit seven frames earlier.
+
+Train and test videos use disjoint digit images (the first 1,400 of the 1,797
+images for training), so test accuracy measures generalisation to new
+handwriting. Generation is deterministic in `seed` and cached: a folder is
+reused when its `done.json` matches the requested parameters.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from nonlocal_keras.training import video_io
+
+NUM_CLASSES = 10
+NUM_FRAMES = 8
+FRAME_SIZE = 32
+_QUADRANT = FRAME_SIZE // 2
+_TRAIN_IMAGES = 1400
+_VERSION = 1
+# Quadrant q (0..3, row-major) has its top-left corner here.
+QUADRANT_ORIGINS = ((0, 0), (0, _QUADRANT), (_QUADRANT, 0), (_QUADRANT, _QUADRANT))
+
+
+def default_cache_dir():
+    """`$NONLOCAL_KERAS_CACHE` or `~/.cache/nonlocal_keras`, plus the dataset name."""
+    root = os.environ.get("NONLOCAL_KERAS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "nonlocal_keras")
+    return os.path.join(root, "synthetic_digits")
+
+
+def _digit_images():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 grey levels -> 0..255, upscaled 2x to fill a 16x16 quadrant.
+    images = (digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = images.repeat(2, axis=1).repeat(2, axis=2)
+    return images, digits.target.astype(np.int64)
+
+
+def make_clip(digit_images, marker_quadrant):
+    """Frames `(8, 32, 32, 3)` uint8 from four 16x16 digit images (row-major quadrants)."""
+    frames = np.zeros((NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+    for (top, left), image in zip(QUADRANT_ORIGINS, digit_images):
+        frames[0, top:top + _QUADRANT, left:left + _QUADRANT, :] = image[..., None]
+    top, left = QUADRANT_ORIGINS[marker_quadrant]
+    # An 8x8 bright square centred in the marked quadrant of the last frame.
+    frames[-1, top + 4:top + 12, left + 4:left + 12, :] = 255
+    return frames
+
+
+def sample_clips(num_clips, split, seed):
+    """Yield `(frames, label, marker_quadrant)` for `num_clips` random clips."""
+    images, targets = _digit_images()
+    pool = np.arange(_TRAIN_IMAGES) if split == "train" else np.arange(_TRAIN_IMAGES, len(images))
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    for _ in range(num_clips):
+        chosen = rng.choice(pool, size=4, replace=True)
+        quadrant = int(rng.integers(4))
+        yield make_clip(images[chosen], quadrant), int(targets[chosen[quadrant]]), quadrant
+
+
+def generate(root=None, num_train=4000, num_test=1000, seed=0):
+    """Write (or reuse) the dataset and return its folder.
+
+    Layout: `root/train.csv`, `root/test.csv` (`path,label,marker_quadrant`,
+    paths relative to `root`) and `root/videos/{train,test}/NNNNNN.mp4`.
+    """
+    root = root or default_cache_dir()
+    params = {"version": _VERSION, "num_train": num_train, "num_test": num_test, "seed": seed}
+    stamp = os.path.join(root, "done.json")
+    if os.path.isfile(stamp):
+        with open(stamp) as handle:
+            if json.load(handle) == params:
+                return root
+    for split, count in (("train", num_train), ("test", num_test)):
+        folder = os.path.join(root, "videos", split)
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for i, (frames, label, quadrant) in enumerate(sample_clips(count, split, seed)):
+            relative = os.path.join("videos", split, f"{i:06d}.mp4")
+            video_io.write_video(os.path.join(root, relative), frames)
+            rows.append((relative, label, quadrant))
+        with open(os.path.join(root, f"{split}.csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "marker_quadrant"])
+            writer.writerows(rows)
+    with open(stamp, "w") as handle:
+        json.dump(params, handle)
+    return root
