@@ -341,3 +341,37 @@ def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32
 
     dataset = dataset.map(views, num_parallel_calls=num_parallel_calls)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def class_names_from_config(data_config):
+    """`data.class_names` as a list: given inline, read from a file (one per
+    line), or, when absent and the training CSV labels are names, their sorted
+    set. None when labels are class ids."""
+    names = data_config.get("class_names")
+    if isinstance(names, str):
+        if not os.path.isfile(names):
+            raise FileNotFoundError(f"Class-name file not found. Received: data.class_names={names!r}")
+        with open(names) as handle:
+            return [line.strip() for line in handle if line.strip()]
+    if names:
+        return list(names)
+    train = data_config.get("train_csv")
+    if train and os.path.isfile(train):
+        return infer_class_names(train)
+    if train and os.path.isdir(train):
+        return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+    return None
+
+
+def dataset_options(data_config):
+    """Keyword arguments of `train_dataset` / `eval_dataset` from a data config."""
+    parallel = data_config.get("num_parallel_calls") or tf.data.AUTOTUNE
+    common = dict(num_frames=data_config["num_frames"], sampling_rate=data_config["sampling_rate"],
+                  crop_size=data_config["crop_size"], mean=tuple(data_config["mean"]),
+                  std=tuple(data_config["std"]), num_parallel_calls=parallel)
+    train = dict(common, min_scale=data_config["train_scale"][0],
+                 max_scale=data_config["train_scale"][1], flip=data_config["flip"],
+                 cache_decoded=data_config["cache_decoded"])
+    evaluation = dict(common, num_clips=data_config["num_clips"],
+                      num_crops=data_config["num_crops"], scale=data_config["eval_scale"])
+    return train, evaluation

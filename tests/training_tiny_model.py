@@ -1,0 +1,19 @@
+"""A constructor with the keras.applications signature, small enough for tests.
+
+The training tests build it through `model.name: training_tiny_model:tiny_video_net`
+so that they exercise the config -> constructor path without a ResNet.
+"""
+
+import keras
+from keras import layers
+
+
+def tiny_video_net(include_top=True, weights=None, input_shape=None, classes=10,
+                   classifier_activation="softmax", width=4):
+    inputs = keras.Input(input_shape)
+    x = layers.Conv3D(width, (1, 3, 3), strides=(1, 2, 2), padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling3D()(x)
+    outputs = layers.Dense(classes, activation=classifier_activation, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="tiny_video_net")

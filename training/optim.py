@@ -1,0 +1,97 @@
+"""The paper's optimiser: SGD + momentum with L2 on weights, and a step schedule.
+
+Caffe2's weight decay (the official code) adds `weight_decay * w` to the
+gradient of every weight before the momentum update: an L2 penalty, not the
+decoupled decay of `keras.optimizers.SGD(weight_decay=...)`. The paper applies
+it to weights only; here "weights" are the variables of rank >= 2 (convolution
+and dense kernels), so BatchNormalization scales/offsets and biases are
+excluded.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def is_decayed(variable):
+    """Kernels (rank >= 2) get L2; BN gamma/beta and biases (rank 1) do not."""
+    return len(variable.shape) >= 2
+
+
+@keras.saving.register_keras_serializable(package="nonlocal_keras")
+class SGDWithL2(keras.optimizers.SGD):
+    """`keras.optimizers.SGD` whose gradients get `l2 * w` added for kernels.
+
+    Args:
+        l2: the coefficient (paper: 1e-4); the penalty is `l2 / 2 * ||w||^2`.
+        **kwargs: passed to `keras.optimizers.SGD` (`learning_rate`,
+            `momentum`, `nesterov`, ...).
+    """
+
+    def __init__(self, l2=1e-4, **kwargs):
+        if l2 < 0:
+            raise ValueError(f"`l2` must be >= 0. Received: l2={l2}")
+        super().__init__(**kwargs)
+        self.l2 = l2
+
+    def apply(self, grads, trainable_variables=None):
+        variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+        if self.l2:
+            # Under a tf.distribute strategy the per-replica gradients are
+            # summed; the data loss is already divided by the replica count,
+            # so the penalty must be too, or it would count once per replica.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            coefficient = self.l2 / replicas
+            grads = [
+                g + ops.cast(coefficient, g.dtype) * ops.cast(v, g.dtype)
+                if g is not None and is_decayed(v) else g
+                for g, v in zip(grads, variables)
+            ]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config["l2"] = self.l2
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nonlocal_keras")
+class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-constant learning rate with an optional linear warm-up.
+
+    The rate is `learning_rate * decay ** k` after the k-th boundary, the
+    boundaries being fractions of `total_steps` (paper: /10 at 150k and 300k
+    of 400k iterations, i.e. 0.375 and 0.75), so the same schedule fits any
+    run length. During the first `warmup_steps` it rises linearly from
+    `learning_rate / warmup_steps` to `learning_rate`.
+    """
+
+    def __init__(self, learning_rate, total_steps, boundaries=(0.375, 0.75), decay=0.1,
+                 warmup_steps=0):
+        if total_steps < 1:
+            raise ValueError(f"`total_steps` must be >= 1. Received: total_steps={total_steps}")
+        self.learning_rate = float(learning_rate)
+        self.total_steps = int(total_steps)
+        self.boundaries = [float(b) for b in boundaries]
+        self.decay = float(decay)
+        self.warmup_steps = int(warmup_steps)
+
+    def boundary_steps(self):
+        return [int(round(b * self.total_steps)) for b in self.boundaries]
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        passed = sum(ops.cast(step >= s, "float32") for s in self.boundary_steps())
+        rate = self.learning_rate * ops.power(self.decay, passed)
+        if self.warmup_steps > 0:
+            rate = rate * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return rate
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "total_steps": self.total_steps,
+            "boundaries": self.boundaries,
+            "decay": self.decay,
+            "warmup_steps": self.warmup_steps,
+        }
