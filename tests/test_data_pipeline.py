@@ -1,0 +1,81 @@
+"""The tf.data pipeline on real MP4 files, including an unreadable one."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from nonlocal_keras.training import data, preprocessing, video_io
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, clips = [], []
+    for i in range(5):
+        # Each frame is constant and encodes (video, frame) so that sampled
+        # indices can be read back from the pixels.
+        frames = np.zeros((6, 16, 16, 3), np.uint8)
+        for t in range(6):
+            frames[t] = 20 * i + 3 * t + 10
+        video_io.write_video(tmp_path / f"v{i}.mp4", frames)
+        rows.append(f"v{i}.mp4,{i % 3}")
+        clips.append(frames)
+    (tmp_path / "v2.mp4").write_bytes(b"corrupted" * 50)
+    (tmp_path / "index.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return tmp_path, clips
+
+
+def _records(folder):
+    return data.read_csv_records(str(folder / "index.csv"), 3)[0]
+
+
+def test_bad_video_is_skipped_logged_once_and_counted(dataset_dir, caplog):
+    folder, clips = dataset_dir
+    skipped = data.SkippedVideos()
+    dataset = data.train_dataset(_records(folder), 3, False, 1, num_frames=2, sampling_rate=2,
+                                 crop_size=16, min_scale=16, max_scale=16, flip=False,
+                                 mean=(0, 0, 0), std=(1, 1, 1), shuffle=False, skipped=skipped)
+    with caplog.at_level(logging.WARNING, logger="nonlocal_keras.training.data"):
+        for _ in range(2):  # two epochs
+            batches = list(dataset)
+    assert len(batches) == 4
+    labels = sorted(int(y[0]) for _, y in batches)
+    assert labels == sorted([0, 1, 0, 1])  # videos 0, 1, 3, 4
+    for clip, label in batches:
+        values = clip.numpy()[0, :, 0, 0, 0]
+        video = int(round((values[0] - 10) // 20))
+        # Consecutive sampled frames are 2 apart: pixel step 6 (+-3 codec rounding).
+        assert abs(values[1] - values[0] - 6) <= 3
+        assert video != 2
+    warnings = [r for r in caplog.records if "v2.mp4" in r.getMessage()]
+    assert len(warnings) == 1
+    assert skipped.total == 2
+    assert skipped.pop_epoch() == [str(folder / "v2.mp4")] * 2
+
+
+def test_summary_callback_puts_the_count_in_the_epoch_logs():
+    skipped = data.SkippedVideos()
+    skipped.record("/x/a.mp4", "bad")
+    callback = data.SkippedVideoSummary(skipped)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["skipped_videos"] == 1
+    callback.on_epoch_end(1, logs)
+    assert logs["skipped_videos"] == 0
+
+
+def test_eval_dataset_gives_all_views_with_video_indices(dataset_dir):
+    folder, clips = dataset_dir
+    dataset = data.eval_dataset(_records(folder), 3, False, 2, num_frames=2, sampling_rate=1,
+                                num_clips=3, num_crops=3, crop_size=8, scale=16)
+    indices, shapes = [], set()
+    for views, labels, index in dataset:
+        indices += index.numpy().tolist()
+        shapes.add(tuple(views.shape[1:]))
+    assert indices == [0, 1, 3, 4]
+    assert shapes == {(9, 2, 8, 8, 3)}
+    # Clip starts 0, 2, 4 (evenly spaced over 6 frames); video 0, clip 2, frame 0 = frame 4.
+    first = next(iter(dataset))[0].numpy()[0]
+    expected = preprocessing.normalize(np.full((8, 8, 3), 10 + 3 * 4, np.uint8)).numpy()
+    np.testing.assert_allclose(first[6, 0], expected, atol=3 / 57.375 + 1e-6)

@@ -1,0 +1,84 @@
+"""Clip preprocessing against NumPy slicing and arithmetic."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nonlocal_keras.training import preprocessing
+
+
+def _clip(time=2, height=6, width=10, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (time, height, width, 3)).astype(np.uint8)
+
+
+def test_normalize_matches_per_channel_formula():
+    clip = _clip()
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
+    expected = (clip.astype(np.float64) - np.array(mean)) / np.array(std)
+    result = preprocessing.normalize(tf.constant(clip), mean, std).numpy()
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+    assert result.dtype == np.float32
+
+
+@pytest.mark.parametrize("height,width,size,expected", [
+    (6, 10, 3, (3, 5)), (10, 6, 3, (5, 3)), (240, 320, 256, (256, 341)),
+])
+def test_resize_shorter_side_shape(height, width, size, expected):
+    clip = tf.zeros((2, height, width, 3), tf.uint8)
+    assert preprocessing.resize_shorter_side(clip, size).shape[1:3] == expected
+
+
+def test_resize_to_own_size_is_identity_and_batched_input_works():
+    clip = _clip()
+    batch = np.stack([clip, clip[::-1]])
+    result = preprocessing.resize_shorter_side(tf.constant(batch), 6).numpy()
+    np.testing.assert_allclose(result, batch.astype(np.float32), atol=1e-4)
+
+
+def test_three_crops_are_start_centre_end_of_longer_side():
+    clip = _clip(height=6, width=10)
+    views = preprocessing.multi_crop(tf.constant(clip), 4, 3).numpy()
+    # Landscape: shorter side centred (rows 1..4), columns 0, 3, 6.
+    for view, left in zip(views, (0, 3, 6)):
+        np.testing.assert_array_equal(view, clip[:, 1:5, left:left + 4])
+    portrait = np.transpose(clip, (0, 2, 1, 3))  # 10 x 6
+    views = preprocessing.multi_crop(tf.constant(portrait), 4, 3).numpy()
+    for view, top in zip(views, (0, 3, 6)):
+        np.testing.assert_array_equal(view, portrait[:, top:top + 4, 1:5])
+    np.testing.assert_array_equal(
+        preprocessing.center_crop(tf.constant(clip), 4).numpy(), clip[:, 1:5, 3:7])
+
+
+def test_random_crop_is_a_window_of_the_input():
+    clip = _clip(height=8, width=8)
+    crop = preprocessing.random_crop(tf.constant(clip), 5).numpy()
+    windows = [clip[:, t:t + 5, l:l + 5] for t in range(4) for l in range(4)]
+    assert any(np.array_equal(crop, w) for w in windows)
+
+
+def test_flip_mirrors_every_frame_or_none():
+    clip = _clip()
+    tf.random.set_seed(1)
+    results = [preprocessing.random_flip_left_right(tf.constant(clip)).numpy() for _ in range(12)]
+    mirrored = clip[:, :, ::-1]
+    assert all(np.array_equal(r, clip) or np.array_equal(r, mirrored) for r in results)
+    assert any(np.array_equal(r, mirrored) for r in results)
+    assert any(np.array_equal(r, clip) for r in results)
+
+
+def test_eval_transform_orders_views_clip_major():
+    clips = np.stack([_clip(seed=0), _clip(seed=1)])  # (2 clips, T, 6, 10, 3)
+    views = preprocessing.eval_transform(tf.constant(clips), 4, 6, 3, mean=(0, 0, 0),
+                                         std=(1, 1, 1)).numpy()
+    assert views.shape == (6, 2, 4, 4, 3)
+    for clip_index in range(2):
+        for crop_index, left in enumerate((0, 3, 6)):
+            np.testing.assert_allclose(views[clip_index * 3 + crop_index],
+                                       clips[clip_index][:, 1:5, left:left + 4], atol=1e-4)
+
+
+def test_train_transform_output_shape_and_scale_range():
+    clip = tf.constant(_clip(height=12, width=16))
+    out = preprocessing.train_transform(clip, 8, 10, 12)
+    assert out.shape == (2, 8, 8, 3)
+    assert out.dtype == tf.float32
