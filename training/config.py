@@ -131,7 +131,10 @@ def resolve_path(name):
 
 
 def list_configs():
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    """Shipped video experiments (the `maskrcnn_*` files belong to
+    `nonlocal-train-detection` and use Model Garden's format)."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR)
+                  if f.endswith(".yaml") and not f.startswith("maskrcnn_"))
 
 
 def load_config(path=None, overrides=()):

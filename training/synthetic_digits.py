@@ -33,6 +33,9 @@ _TRAIN_IMAGES = 1400
 _VERSION = 1
 # Quadrant q (0..3, row-major) has its top-left corner here.
 QUADRANT_ORIGINS = ((0, 0), (0, _QUADRANT), (_QUADRANT, 0), (_QUADRANT, _QUADRANT))
+# A faint background colour per quadrant, the same in every frame: it tells a
+# network which quadrant a position is in (red, green, blue, yellow).
+QUADRANT_TINTS = ((48, 0, 0), (0, 48, 0), (0, 0, 48), (48, 48, 0))
 
 
 def default_cache_dir():
@@ -55,8 +58,11 @@ def _digit_images():
 def make_clip(digit_images, marker_quadrant):
     """Frames `(8, 32, 32, 3)` uint8 from four 16x16 digit images (row-major quadrants)."""
     frames = np.zeros((NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+    for (top, left), tint in zip(QUADRANT_ORIGINS, QUADRANT_TINTS):
+        frames[:, top:top + _QUADRANT, left:left + _QUADRANT, :] = tint
     for (top, left), image in zip(QUADRANT_ORIGINS, digit_images):
-        frames[0, top:top + _QUADRANT, left:left + _QUADRANT, :] = image[..., None]
+        window = frames[0, top:top + _QUADRANT, left:left + _QUADRANT, :]
+        np.maximum(window, image[..., None], out=window)
     top, left = QUADRANT_ORIGINS[marker_quadrant]
     # An 8x8 bright square centred in the marked quadrant of the last frame.
     frames[-1, top + 4:top + 12, left + 4:left + 12, :] = 255
@@ -102,3 +108,7 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
     with open(stamp, "w") as handle:
         json.dump(params, handle)
     return root
+
+
+if __name__ == "__main__":
+    print(generate())

@@ -1,0 +1,50 @@
+"""SGD with L2 on kernels only, and the step schedule, against hand-written updates."""
+
+import keras
+import numpy as np
+import pytest
+
+from nonlocal_keras.training import optim
+
+
+def test_l2_is_added_to_kernel_gradients_only():
+    kernel = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], np.float32))
+    bias = keras.Variable(np.array([4.0, -1.0], np.float32))
+    grads = [np.array([[0.1, 0.2], [0.3, 0.4]], np.float32), np.array([0.5, 0.5], np.float32)]
+    optimizer = optim.SGDWithL2(l2=0.1, learning_rate=0.5, momentum=0.9)
+    k0, b0 = kernel.numpy().copy(), bias.numpy().copy()
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias])
+    # momentum buffers start at 0: first step is -lr * (g + l2 * w) for kernels.
+    np.testing.assert_allclose(kernel.numpy(), k0 - 0.5 * (grads[0] + 0.1 * k0), rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), b0 - 0.5 * grads[1], rtol=1e-6)
+    # Second step: velocity v = 0.9 v - lr * g_total.
+    k1 = kernel.numpy().copy()
+    v1 = -0.5 * (grads[0] + 0.1 * k0)
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias])
+    v2 = 0.9 * v1 - 0.5 * (grads[0] + 0.1 * k1)
+    np.testing.assert_allclose(kernel.numpy(), k1 + v2, rtol=1e-5)
+
+
+def test_optimizer_round_trips_through_config():
+    optimizer = optim.SGDWithL2(l2=3e-4, learning_rate=0.2, momentum=0.9)
+    clone = optim.SGDWithL2.from_config(optimizer.get_config())
+    assert clone.l2 == 3e-4 and float(clone.momentum) == 0.9
+    with pytest.raises(ValueError, match="l2=-1"):
+        optim.SGDWithL2(l2=-1)
+
+
+def test_step_schedule_scales_the_paper_boundaries_to_the_run():
+    schedule = optim.StepDecay(0.01, total_steps=400, boundaries=(0.375, 0.75), decay=0.1)
+    values = {s: float(schedule(s)) for s in (0, 149, 150, 299, 300, 399)}
+    expected = {0: 0.01, 149: 0.01, 150: 0.001, 299: 0.001, 300: 0.0001, 399: 0.0001}
+    for step, value in expected.items():
+        assert values[step] == pytest.approx(value, rel=1e-5)
+
+
+def test_linear_warmup():
+    schedule = optim.StepDecay(0.1, total_steps=100, boundaries=(0.5,), warmup_steps=10)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(4)) == pytest.approx(0.05)
+    assert float(schedule(9)) == pytest.approx(0.1)
+    assert float(schedule(60)) == pytest.approx(0.01)
+    assert optim.StepDecay.from_config(schedule.get_config()).boundary_steps() == [50]

@@ -1,0 +1,184 @@
+"""nonlocal-train end to end on tiny MP4 data: outputs, precision, resume, MirroredStrategy."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nonlocal_keras.training import config as config_lib
+from nonlocal_keras.training import video_io
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _write_dataset(folder, count=24, bad=()):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        label = i % 3
+        frames = rng.integers(0, 40, (4, 16, 16, 3)).astype(np.uint8)
+        frames[:, :, :, label] += 150  # the class is the bright channel: learnable
+        video_io.write_video(folder / f"{i:03d}.mp4", frames)
+        rows.append(f"{i:03d}.mp4,{label}")
+    for i in bad:
+        (folder / f"{i:03d}.mp4").write_bytes(b"broken")
+    (folder / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return str(folder / "train.csv")
+
+
+def _overrides(csv_path, run_dir, *extra):
+    return [
+        "model.name=training_tiny_model:tiny_video_net", f"data.train_csv={csv_path}",
+        f"data.val_csv={csv_path}", "data.num_classes=3", "data.num_frames=4",
+        "data.sampling_rate=1", "data.crop_size=16", "data.train_scale=[16, 16]",
+        "data.eval_scale=16", "data.num_clips=2", "data.num_crops=1", "train.batch_size=4",
+        "optimizer.learning_rate=0.1", f"runtime.output_dir={run_dir}", "runtime.verbose=0",
+        *extra,
+    ]
+
+
+def test_run_writes_config_checkpoints_logs_and_results(tmp_path):
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, bad=(5,))
+    run_dir = tmp_path / "run"
+    config = config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=2",
+                                                     "runtime.precision=mixed_float16"))
+    model, results = train.run(config)
+    try:
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        assert model.layers[1].compute_dtype == "float16"
+    finally:
+        import keras
+        keras.mixed_precision.set_global_policy("float32")
+    saved = config_lib.load_config(str(run_dir / "config.yaml"))
+    assert saved["data"]["train_csv"] == csv_path and saved["schedule"]["epochs"] == 2
+    for name in ("checkpoints/last.weights.h5", "final.weights.h5", "model.keras", "history.csv"):
+        assert (run_dir / name).is_file(), name
+    assert any(f.startswith("events") for f in os.listdir(run_dir / "logs" / "train"))
+    written = json.loads((run_dir / "results.json").read_text())
+    assert written["steps"] == 2 * (24 // 4)  # 24 rows listed: steps come from the CSV
+    assert written["skipped_training_videos"] >= 1
+    assert written["eval"]["num_videos"] == 23 and written["eval"]["skipped_videos"] == 1
+    with open(run_dir / "history.csv") as handle:
+        assert "skipped_videos" in next(csv.reader(handle))
+
+
+def test_invalid_rows_stop_the_run_before_training(tmp_path):
+    from nonlocal_keras.training import data, train
+
+    csv_path = _write_dataset(tmp_path, count=6)
+    with open(csv_path, "a") as handle:
+        handle.write("gone.mp4,1\n000001.mp4,7\n")
+    config = config_lib.load_config(None, _overrides(csv_path, tmp_path / "run"))
+    with pytest.raises(data.DatasetError, match="2 invalid row"):
+        train.run(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _train_command(csv_path, run_dir, epochs):
+    overrides = _overrides(csv_path, run_dir, f"schedule.epochs={epochs}",
+                           "schedule.steps_per_epoch=40", "runtime.tensorboard=false",
+                           "model.width=16")
+    command = [sys.executable, "-m", "nonlocal_keras.training.train"]
+    for item in overrides:
+        command += ["--set", item]
+    return command
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _history_rows(run_dir):
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return 0
+    return max(len(path.read_text().strip().splitlines()) - 1, 0)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_backup_with_the_same_step_count(tmp_path):
+    csv_path = _write_dataset(tmp_path, count=12)
+    epochs = 3
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(csv_path, killed_dir, epochs), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    # Kill as soon as epoch 1 is logged, i.e. early in epoch 2.
+    while _history_rows(killed_dir) < 1:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "epoch 1 never finished"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _history_rows(killed_dir) == 1, "the kill did not land inside epoch 2"
+    assert not (killed_dir / "results.json").exists()
+    assert os.listdir(killed_dir / "backup")
+
+    resumed = subprocess.run(_train_command(csv_path, killed_dir, epochs), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    fresh_dir = tmp_path / "fresh"
+    fresh = subprocess.run(_train_command(csv_path, fresh_dir, epochs), env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+
+    killed = json.loads((killed_dir / "results.json").read_text())
+    uninterrupted = json.loads((fresh_dir / "results.json").read_text())
+    assert uninterrupted["steps"] == epochs * 40
+    assert killed["steps"] == uninterrupted["steps"]
+    assert killed["epochs_run_this_session"] == epochs - 1  # resumed at epoch 2
+    assert _history_rows(killed_dir) == epochs
+
+
+MIRRORED_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+import keras
+from nonlocal_keras.training import config as config_lib, optim, runtime, train
+
+strategy = runtime.make_strategy("mirrored")
+# L2 must count once, not once per replica: with a zero data gradient one SGD
+# step (lr 1, no momentum) scales the kernel by 1 - l2.
+with strategy.scope():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=optim.SGDWithL2(l2=0.25, learning_rate=1.0),
+                  loss=lambda y, p: 0.0 * keras.ops.sum(p))
+before = model.get_weights()[0]
+model.fit(np.ones((8, 2), "float32"), np.zeros((8, 1), "float32"), batch_size=8, verbose=0)
+after = model.get_weights()[0]
+
+config = config_lib.load_config(None, sys.argv[1:])
+trained, results = train.run(config)
+print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                  "ratio": (after / before).ravel().tolist(),
+                  "steps": results["steps"],
+                  "variable": type(trained.trainable_variables[0]).__name__}))
+"""
+
+
+@pytest.mark.slow
+def test_fit_under_mirrored_strategy_on_two_cpu_replicas(tmp_path):
+    csv_path = _write_dataset(tmp_path, count=16)
+    overrides = _overrides(csv_path, tmp_path / "run", "schedule.epochs=1",
+                           "runtime.strategy=mirrored", "runtime.tensorboard=false")
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, *overrides], env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    np.testing.assert_allclose(report["ratio"], [0.75, 0.75], rtol=1e-6)
+    assert report["steps"] == 16 // 4
+    assert "Mirrored" in report["variable"] or "Distributed" in report["variable"]
