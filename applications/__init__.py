@@ -1,1 +1,15 @@
-"""Video ResNets with non-local blocks, and the non-local Mask R-CNN."""
+"""Video ResNets with non-local blocks, and the non-local Mask R-CNN.
+
+The Mask R-CNN lives in `nonlocal_keras.applications.mask_rcnn` and is not
+imported here (it needs `tf-models-official`).
+"""
+
+from nonlocal_keras.applications.video_resnet import (
+    C2DResNet50,
+    C2DResNet101,
+    I3DResNet50,
+    I3DResNet101,
+    VideoResNet,
+)
+
+__all__ = ["C2DResNet50", "C2DResNet101", "I3DResNet50", "I3DResNet101", "VideoResNet"]
