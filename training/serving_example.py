@@ -1,0 +1,131 @@
+"""TF Serving files for an exported model: `models.config` and a REST request body.
+
+    python -m nonlocal_keras.training.serving_example exported/nl_c2d/1 [--write DIR]
+
+Reads the `serving_default` signature from `saved_model.pb` (as TF Serving
+does) and prints the `models.config` that serves `<base>/<name>`, the Docker
+and curl commands, and a `{"instances": [...]}` request body shaped for the
+signature: one clip of T frames of 2x2 pixels (the graph resizes any frame
+size, so a real client sends its decoded frames as they are). With `--write`,
+`models.config` and `request.json` are also written to DIR.
+
+The README's request body is this script's output for the `make demo` model;
+tests/test_export_serving.py checks that it still fits the exported signature.
+"""
+
+import argparse
+import json
+import os
+
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import dtypes
+
+from nonlocal_keras.training import export
+
+REST_PORT = 8501
+EXAMPLE_PIXELS = 2
+
+
+def read_signature(saved_model_dir, name=export.DEFAULT_SIGNATURE):
+    """`{"inputs": {name: (dtype, shape)}, "outputs": {...}}` of a signature; -1 = any size."""
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No saved_model.pb in the folder. Received: model={saved_model_dir!r}")
+    proto = saved_model_pb2.SavedModel()
+    with open(path, "rb") as handle:
+        proto.ParseFromString(handle.read())
+    signatures = proto.meta_graphs[0].signature_def
+    if name not in signatures:
+        raise KeyError(f"Unknown signature; the model has {sorted(signatures)}. Received: signature={name!r}")
+
+    def describe(tensors):
+        return {key: (dtypes.as_dtype(info.dtype).name, [d.size for d in info.tensor_shape.dim])
+                for key, info in tensors.items()}
+
+    return {"inputs": describe(signatures[name].inputs),
+            "outputs": describe(signatures[name].outputs)}
+
+
+def models_config(model_name, base_path):
+    """A TF Serving `--model_config_file` (protobuf text) serving one model."""
+    return (
+        "model_config_list {\n"
+        "  config {\n"
+        f'    name: "{model_name}"\n'
+        f'    base_path: "{base_path}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def example_request(signature, num_frames):
+    """A row-format body with one clip for a single-input uint8 signature."""
+    ((_, (dtype, shape)),) = signature["inputs"].items()
+    if dtype != "uint8" or len(shape) != 5:
+        raise ValueError("The example is for the uint8 clip signature (batch, T, H, W, 3). "
+                         f"Received: dtype={dtype}, shape={shape}")
+    frames = shape[1] if shape[1] > 0 else num_frames
+    height, width = (s if s > 0 else EXAMPLE_PIXELS for s in shape[2:4])
+    # Any pixel values in 0..255 do; these just differ from frame to frame.
+    clip = [[[[(40 * t + 20 * y + 10 * x + 80 * c) % 256 for c in range(shape[4])]
+              for x in range(width)] for y in range(height)] for t in range(frames)]
+    return {"signature_name": export.DEFAULT_SIGNATURE, "instances": [clip]}
+
+
+def format_request(body):
+    """JSON with one frame per line (valid JSON, short enough for a README)."""
+    frames = ",\n".join("      " + json.dumps(frame, separators=(", ", ": "))
+                        for frame in body["instances"][0])
+    return ("{\n"
+            f'  "signature_name": {json.dumps(body["signature_name"])},\n'
+            '  "instances": [\n'
+            "    [\n"
+            f"{frames}\n"
+            "    ]\n"
+            "  ]\n"
+            "}\n")
+
+
+def describe_model(saved_model_dir):
+    """(model name, base folder, request body text, outputs) of `<base>/<name>/<version>`."""
+    version_dir = os.path.abspath(saved_model_dir)
+    model_dir = os.path.dirname(version_dir)
+    if not os.path.basename(version_dir).isdigit():
+        raise ValueError("Give the version folder <base>/<model_name>/<version> that "
+                         f"nonlocal-export wrote. Received: model={saved_model_dir!r}")
+    signature = read_signature(version_dir)
+    num_frames = export.read_metadata(version_dir)["num_frames"]
+    body = format_request(example_request(signature, num_frames))
+    return os.path.basename(model_dir), os.path.dirname(model_dir), body, signature["outputs"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version>")
+    parser.add_argument("--write", metavar="DIR", help="also write models.config and request.json here")
+    args = parser.parse_args(argv)
+    name, base, body, outputs = describe_model(args.model)
+    config = models_config(name, f"/models/{name}")
+    print(f"# models.config (put it in {base})\n{config}")
+    print("# Serve every model under the base folder:")
+    print(f'docker run --rm -p {REST_PORT}:{REST_PORT} -v "{base}:/models" tensorflow/serving \\\n'
+          "    --model_config_file=/models/models.config\n")
+    print(f"# Request (request.json below):\ncurl -X POST "
+          f"http://localhost:{REST_PORT}/v1/models/{name}:predict -d @request.json\n")
+    print(f"# request.json\n{body}")
+    print("# Response: {\"predictions\": [one object per clip with "
+          + ", ".join(f"{key} ({dtype}, {shape[1:]})" for key, (dtype, shape) in sorted(outputs.items()))
+          + "]}")
+    if args.write:
+        os.makedirs(args.write, exist_ok=True)
+        with open(os.path.join(args.write, "models.config"), "w") as handle:
+            handle.write(config)
+        with open(os.path.join(args.write, "request.json"), "w") as handle:
+            handle.write(body)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
