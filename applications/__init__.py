@@ -4,6 +4,11 @@ The Mask R-CNN lives in `nonlocal_keras.applications.mask_rcnn` and is not
 imported here (it needs `tf-models-official`).
 """
 
+from nonlocal_keras.applications.caffe2_weights import (
+    convert_caffe2_weights,
+    load_caffe2_weights,
+)
+from nonlocal_keras.applications.inflation import inflate_weights
 from nonlocal_keras.applications.video_resnet import (
     C2DResNet50,
     C2DResNet101,
@@ -12,4 +17,13 @@ from nonlocal_keras.applications.video_resnet import (
     VideoResNet,
 )
 
-__all__ = ["C2DResNet50", "C2DResNet101", "I3DResNet50", "I3DResNet101", "VideoResNet"]
+__all__ = [
+    "C2DResNet50",
+    "C2DResNet101",
+    "I3DResNet50",
+    "I3DResNet101",
+    "VideoResNet",
+    "convert_caffe2_weights",
+    "inflate_weights",
+    "load_caffe2_weights",
+]

@@ -1,0 +1,214 @@
+"""Load the official Caffe2 release (video-nonlocal-net `*.pkl`) into our models.
+
+The blob names are the official code's, so they follow from our layer names
+(which are the official blob prefixes, see `video_resnet`):
+
+| our layer (variable)                 | Caffe2 blob                             |
+|--------------------------------------|-----------------------------------------|
+| `conv1`, `res4_5_branch2a` (kernel)  | `conv1_w`, `res4_5_branch2a_w` (NCTHW)  |
+| `res_conv1_bn`, `res4_5_branch2a_bn` | `<name>_s`, `_b`, `_rm`, `_riv`         |
+|   (gamma, beta, moving mean, moving variance)                                  |
+| `res4_5_nonlocal` theta/phi/g/w_z    | `nonlocal_conv4_5_theta_w`/`_b`, `_phi_`, `_g_`, `_out_` |
+| `res4_5_nonlocal` bn                 | `nonlocal_conv4_5_bn_s`/`_b`/`_rm`/`_riv` |
+| `pred` (kernel, bias)                | `pred_w` `(classes, 2048)`, `pred_b`    |
+
+Conv kernels `(C_out, C_in, T, H, W)` become `(T, H, W, C_in, C_out)`; the
+non-local 1x1x1 kernels become Dense kernels `(C_in, C_out)`. `_riv` holds the
+running variance (not its inverse, despite the name), as in Detectron.
+
+The files are Python 2 pickles: they are read with `encoding="latin1"`. A
+pickle can run code when loaded: convert only files you trust.
+"""
+
+import argparse
+import pickle
+import re
+import sys
+import warnings
+
+import keras
+import numpy as np
+
+from nonlocal_keras.layers import NonLocal3D
+
+_BN_BLOBS = (("gamma", "_s"), ("beta", "_b"), ("moving_mean", "_rm"), ("moving_variance", "_riv"))
+_NONLOCAL_PROJECTIONS = (("theta", "theta"), ("phi", "phi"), ("g", "g"), ("w_z", "out"))
+_NONLOCAL_NAME = re.compile(r"^res(\d)_(\d+)_nonlocal$")
+_PARAMETER_SUFFIXES = ("_w", "_b", "_s", "_rm", "_riv")
+ARCH_PATTERN = re.compile(r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)$")
+
+
+def caffe2_blob_map(model):
+    """`[(variable, blob name, layout), ...]` for every weight of `model`.
+
+    `layout` is `"conv"` (NCTHW kernel), `"dense"` (`(C_out, C_in[, 1, 1, 1])`
+    kernel) or `"vector"`. A layer without an official counterpart is an error.
+    """
+    entries = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if isinstance(layer, keras.layers.Conv3D):
+            entries.append((layer.kernel, f"{layer.name}_w", "conv"))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            entries += [(getattr(layer, attr), layer.name + suffix, "vector")
+                        for attr, suffix in _BN_BLOBS]
+        elif isinstance(layer, NonLocal3D):
+            entries += _nonlocal_entries(layer)
+        elif isinstance(layer, keras.layers.Dense) and layer.name == "pred":
+            entries += [(layer.kernel, "pred_w", "dense"), (layer.bias, "pred_b", "vector")]
+        else:
+            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no counterpart "
+                             "in the official Caffe2 models.")
+    return entries
+
+
+def _nonlocal_entries(layer):
+    match = _NONLOCAL_NAME.match(layer.name)
+    if match is None or layer.w_f is not None or not layer.use_bn:
+        raise ValueError(
+            f"Non-local layer {layer.name!r} has no official counterpart: the official blocks "
+            "are named `res<stage>_<block>_nonlocal` and use BN, without the concatenation mode.")
+    prefix = f"nonlocal_conv{match.group(1)}_{match.group(2)}"
+    entries = []
+    for attr, blob in _NONLOCAL_PROJECTIONS:
+        projection = getattr(layer, attr)
+        if projection is not None:  # theta and phi are absent in the gaussian mode
+            entries += [(projection.kernel, f"{prefix}_{blob}_w", "dense"),
+                        (projection.bias, f"{prefix}_{blob}_b", "vector")]
+    entries += [(getattr(layer.bn, attr), f"{prefix}_bn{suffix}", "vector")
+                for attr, suffix in _BN_BLOBS]
+    return entries
+
+
+def read_caffe2_pickle(path):
+    """The `{name: array}` blobs of an official `.pkl` (bare dict or `{"blobs": ...}`)."""
+    with open(path, "rb") as file:
+        content = pickle.load(file, encoding="latin1")
+    if isinstance(content, dict) and isinstance(content.get("blobs"), dict):
+        content = content["blobs"]
+    if not isinstance(content, dict):
+        raise ValueError("A Caffe2 weights pickle must hold a dict of blobs or {'blobs': {...}}. "
+                         f"Received: {type(content).__name__} in {path!r}")
+    return content
+
+
+def load_caffe2_weights(model, blobs):
+    """Loads official Caffe2 blobs (a dict or a `.pkl` path) into `model`.
+
+    Returns:
+        The sorted names of the blobs the model does not use (optimizer
+        state such as `*_momentum`, `lr`, `model_iter`), which are ignored.
+
+    Raises:
+        ValueError: naming the blobs the model needs and the file lacks, or a
+            blob whose shape does not fit its layer.
+    """
+    if isinstance(blobs, str):
+        blobs = read_caffe2_pickle(blobs)
+    entries = caffe2_blob_map(model)
+    missing = [name for _, name, _ in entries if name not in blobs]
+    if missing:
+        raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
+                         f"the first {missing[0]!r}: {', '.join(missing[:10])}")
+    for variable, name, layout in entries:
+        value = _to_keras(np.asarray(blobs[name]), layout)
+        if value.shape != tuple(variable.shape):
+            raise ValueError(f"Blob {name!r} has shape {np.shape(blobs[name])}, which does not fit "
+                             f"{variable.path} {tuple(variable.shape)} of {model.name!r}.")
+        variable.assign(value.astype(variable.dtype))
+    used = {name for _, name, _ in entries}
+    unused = sorted(set(blobs) - used)
+    parameters = [n for n in unused if n.endswith(_PARAMETER_SUFFIXES) and "momentum" not in n]
+    if parameters:
+        warnings.warn(f"{len(parameters)} parameter blobs are not used by {model.name!r} "
+                      f"(another architecture?), e.g. {parameters[:5]}", stacklevel=2)
+    return unused
+
+
+def caffe2_blobs(model):
+    """The inverse of `load_caffe2_weights`: `{blob name: array}` in Caffe2 layouts."""
+    return {name: _to_caffe2(np.asarray(variable), layout)
+            for variable, name, layout in caffe2_blob_map(model)}
+
+
+def _to_keras(value, layout):
+    if layout == "conv" and value.ndim == 5:
+        return np.transpose(value, (2, 3, 4, 1, 0))
+    if layout == "dense":
+        return value.reshape(value.shape[:2]).T
+    return value
+
+
+def _to_caffe2(value, layout):
+    if layout == "conv":
+        return np.transpose(value, (4, 3, 0, 1, 2))
+    if layout == "dense":
+        return value.T
+    return value
+
+
+def model_for_arch(arch, classes=400, include_top=True):
+    """The model an `--arch` name such as `i3d_nl5_r50` or `c2d_r101` stands for."""
+    from nonlocal_keras.applications import video_resnet
+
+    match = ARCH_PATTERN.match(arch or "")
+    if match is None:
+        raise ValueError("`arch` must look like c2d_r50, i3d_nl5_r50, i3d_3x3x3_r101 "
+                         "(c2d|i3d, optional _3x3x3, optional _nl<blocks>, _r50|_r101). "
+                         f"Received: arch={arch!r}")
+    family, inflation, blocks, depth = match.groups()
+    kwargs = {"nonlocal_blocks": int(blocks or 0)}
+    if family == "i3d":
+        kwargs["inflation"] = inflation or "3x1x1"
+    elif inflation:
+        raise ValueError(f"C2D models have no inflation variant. Received: arch={arch!r}")
+    constructor = getattr(video_resnet, f"{family.upper()}ResNet{depth}")
+    return constructor(include_top=include_top, classes=classes if include_top else 400, **kwargs)
+
+
+def convert_caffe2_weights(source, arch, destination, classes=None):
+    """Converts an official `.pkl` into a Keras `.weights.h5` for the `arch` model.
+
+    `classes` defaults to the rows of the file's `pred_w`; a file without
+    `pred_w` gives a model without the classifier (`include_top=False`).
+    Returns `(model, unused blob names)`.
+    """
+    if not str(destination).endswith(".weights.h5"):
+        raise ValueError("The destination must end with `.weights.h5`. "
+                         f"Received: destination={destination!r}")
+    blobs = read_caffe2_pickle(source)
+    include_top = "pred_w" in blobs
+    file_classes = int(np.shape(blobs["pred_w"])[0]) if include_top else None
+    if classes is not None and file_classes is not None and classes != file_classes:
+        raise ValueError(f"The file's classifier has {file_classes} classes. Received: classes={classes}")
+    model = model_for_arch(arch, classes=file_classes or 400, include_top=include_top)
+    unused = load_caffe2_weights(model, blobs)
+    model.save_weights(destination)
+    return model, unused
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="nonlocal-convert-weights",
+        description="Convert an official video-nonlocal-net Caffe2 .pkl into Keras weights.")
+    parser.add_argument("source", help="the official .pkl file")
+    parser.add_argument("destination", help="the .weights.h5 file to write")
+    parser.add_argument("--arch", required=True,
+                        help="c2d_r50, c2d_nl5_r50, i3d_r50, i3d_nl5_r50, i3d_3x3x3_r50, ... _r101")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="classifier size (default: the file's pred_w rows)")
+    args = parser.parse_args(argv)
+    try:
+        model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
+                                               classes=args.classes)
+    except (ValueError, OSError) as error:
+        parser.exit(2, f"nonlocal-convert-weights: error: {error}\n")
+    print(f"{model.name}: {len(caffe2_blob_map(model))} blobs loaded, {len(unused)} ignored"
+          + (f" ({', '.join(unused[:8])}{', ...' if len(unused) > 8 else ''})" if unused else ""))
+    print(f"Wrote {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Video ResNets: counts, shapes, where the non-local blocks and inflated kernels sit, errors."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from nonlocal_keras.applications import (
+    C2DResNet50,
+    C2DResNet101,
+    I3DResNet50,
+    I3DResNet101,
+    VideoResNet,
+)
+from nonlocal_keras.layers import NonLocal3D
+
+CONSTRUCTORS = {"c2d50": C2DResNet50, "c2d101": C2DResNet101,
+                "i3d50": I3DResNet50, "i3d101": I3DResNet101}
+# PyTorchVideo's c2d_r50 / i3d_r50 with 400 classes (PAPER.md section 3).
+PYTORCHVIDEO_PARAMS = {"c2d50": 24_327_632, "i3d50": 28_043_472}
+# torchvision's resnet101 (44,549,160 parameters) with a 400-way classifier.
+C2D_R101_PARAMS = 44_549_160 - 2049 * 1000 + 2049 * 400
+
+
+def trainable_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def nonlocal_positions(model):
+    return sorted(layer.name[: -len("_nonlocal")] for layer in model.layers
+                  if isinstance(layer, NonLocal3D))
+
+
+def names(stage, indices):
+    return [f"{stage}_{i}" for i in indices]
+
+
+def i3d_extra_params(stage_blocks):
+    """Parameters an I3D 3x1x1 adds to C2D, from PAPER.md's rule, by hand."""
+    extra = 4 * 7 * 7 * 3 * 64  # conv1 1x7x7 -> 5x7x7
+    rules = {"res2": lambda i: True, "res3": lambda i: i % 2 == 0,
+             "res4": lambda i: i % 2 == 0, "res5": lambda i: i == 1}
+    channels_in = 64
+    for stage, blocks, inner in zip(rules, stage_blocks, (64, 128, 256, 512)):
+        for block in range(blocks):
+            if rules[stage](block):
+                extra += 2 * channels_in * inner  # branch2a 1x1x1 -> 3x1x1
+            channels_in = 4 * inner
+    return extra
+
+
+@pytest.mark.parametrize("key", ["c2d50", "i3d50"])
+def test_r50_trainable_params_match_pytorchvideo(key):
+    count = trainable_params(CONSTRUCTORS[key](classes=400))
+    assert abs(count - PYTORCHVIDEO_PARAMS[key]) <= 1e-3 * PYTORCHVIDEO_PARAMS[key]
+
+
+@pytest.mark.slow
+def test_r101_trainable_params():
+    assert trainable_params(C2DResNet101()) == C2D_R101_PARAMS
+    assert trainable_params(I3DResNet101()) == C2D_R101_PARAMS + i3d_extra_params((3, 4, 23, 3))
+
+
+def test_i3d_r50_extra_params_follow_the_inflation_rule():
+    c2d, i3d = trainable_params(C2DResNet50()), trainable_params(I3DResNet50())
+    assert i3d - c2d == i3d_extra_params((3, 4, 6, 3))
+
+
+@pytest.mark.parametrize("key", ["c2d50", "i3d50",
+                                 pytest.param("c2d101", marks=pytest.mark.slow),
+                                 pytest.param("i3d101", marks=pytest.mark.slow)])
+def test_shapes_top_and_feature_map(key):
+    clip = np.random.default_rng(0).normal(size=(1, 4, 32, 32, 3)).astype("float32")
+    scores = CONSTRUCTORS[key](classes=7)(clip)
+    assert scores.shape == (1, 7)
+    np.testing.assert_allclose(np.sum(scores, axis=-1), 1.0, rtol=1e-5)
+    features = CONSTRUCTORS[key](include_top=False)(clip)
+    # 32 -> conv1 16 -> pool1 7 -> res3 4 -> res4 2 -> res5 1; time 4 -> pool2 2.
+    assert features.shape == (1, 2, 1, 1, 2048)
+    pooled = CONSTRUCTORS[key](include_top=False, pooling="avg",
+                               input_shape=(4, 32, 32, 3))
+    assert pooled.output_shape == (None, 2048)
+
+
+def test_official_spatial_sizes_at_224():
+    model = C2DResNet50(input_shape=(8, 224, 224, 3))
+    sizes = {name: model.get_layer(name).output.shape[1:4]
+             for name in ("conv1_relu", "pool1", "res2_2", "pool2", "res3_3", "res4_5", "res5_2")}
+    # Official: no padding in pool1 (112 -> 55); 28, 14, 7 after the strided stages.
+    assert sizes == {"conv1_relu": (8, 112, 112), "pool1": (8, 55, 55), "res2_2": (8, 55, 55),
+                     "pool2": (4, 55, 55), "res3_3": (4, 28, 28), "res4_5": (4, 14, 14),
+                     "res5_2": (4, 7, 7)}
+
+
+def test_fully_convolutional_any_clip_size():
+    model = VideoResNet((1, 1), width=8, classes=3, nonlocal_blocks={"res3": [0]})
+    for shape in ((1, 2, 40, 48, 3), (2, 6, 64, 33, 3)):
+        assert model(np.zeros(shape, "float32")).shape == (shape[0], 3)
+
+
+@pytest.mark.parametrize("depth, blocks, expected", [
+    (50, 1, names("res4", [4])),
+    (50, 5, names("res3", [1, 3]) + names("res4", [1, 3, 5])),
+    (50, 10, names("res3", range(4)) + names("res4", range(6))),
+    (101, 5, names("res3", [1, 3]) + names("res4", [6, 13, 20])),
+    (101, 1, names("res4", [21])),
+    (50, "res2", names("res2", [1])),
+    (50, "res3", names("res3", [2])),
+    (50, "res4", names("res4", [4])),
+    (50, "res5", names("res5", [1])),
+    (50, {"res3": [0], "res5": [2]}, ["res3_0", "res5_2"]),
+])
+def test_nonlocal_blocks_sit_where_the_table_says(depth, blocks, expected):
+    constructor = C2DResNet50 if depth == 50 else C2DResNet101
+    model = constructor(nonlocal_blocks=blocks)
+    assert nonlocal_positions(model) == sorted(expected)
+    for block in expected:
+        # Right after the residual block, and feeding the next layer.
+        assert model.get_layer(f"{block}_nonlocal").input is model.get_layer(block).output
+
+
+def test_r101_ten_blocks_and_baseline():
+    assert len(nonlocal_positions(I3DResNet101(nonlocal_blocks=10))) == 10
+    assert nonlocal_positions(I3DResNet101()) == []
+
+
+def test_nonlocal_mode_and_affinity_reach_every_block():
+    model = I3DResNet50(nonlocal_blocks=5, nonlocal_mode="dot_product", nonlocal_affinity="space")
+    blocks = [layer for layer in model.layers if isinstance(layer, NonLocal3D)]
+    assert len(blocks) == 5
+    assert {(b.mode, b.affinity, b.use_scale, b.inter_channels, b.effective_pool_size)
+            for b in blocks} == {("dot_product", "space", True, None, (1, 2, 2))}
+
+
+@pytest.mark.parametrize("inflation, branch, spatial", [("3x1x1", "branch2a", (1, 1)),
+                                                        ("3x3x3", "branch2b", (3, 3))])
+def test_i3d_inflates_every_other_block(inflation, branch, spatial):
+    model = I3DResNet50(inflation=inflation)
+    assert tuple(model.get_layer("conv1").kernel.shape) == (5, 7, 7, 3, 64)
+    inflated = sorted(layer.name[: -len(branch) - 1] for layer in model.layers
+                      if isinstance(layer, keras.layers.Conv3D) and layer.kernel.shape[0] == 3)
+    assert inflated == sorted(names("res2", [0, 1, 2]) + names("res3", [0, 2])
+                              + names("res4", [0, 2, 4]) + names("res5", [1]))
+    assert tuple(model.get_layer(f"res3_0_{branch}").kernel.shape[:3]) == (3,) + spatial
+    assert all(layer.kernel.shape[0] == 1 for layer in C2DResNet50().layers
+               if isinstance(layer, keras.layers.Conv3D))
+
+
+def test_stride_sits_in_the_3x3_convolution_and_layer_names_say_where():
+    model = C2DResNet50()
+    assert model.get_layer("res3_0_branch2a").strides == (1, 1, 1)
+    assert model.get_layer("res3_0_branch2b").strides == (1, 2, 2)
+    assert model.get_layer("res3_0_branch1").strides == (1, 2, 2)
+    assert model.get_layer("res_conv1_bn").epsilon == 1e-5
+    assert model.get_layer("pool5_dropout").rate == 0.5
+    pattern = re.compile(r"^(clips|conv1(_pad|_relu)?|res_conv1_bn|pool[125](_dropout)?|pred|"
+                         r"res[2-5]_\d+(_branch(1|2[abc])(_bn|_relu|_pad)?|_sum|_nonlocal)?)$")
+    assert all(pattern.match(layer.name) for layer in model.layers), [
+        layer.name for layer in model.layers if not pattern.match(layer.name)]
+
+
+def test_whole_model_keras_round_trip(tmp_path):
+    model = VideoResNet((1, 2), width=8, classes=5, conv1_time=3,
+                        inflated_blocks={"res2": "all", "res3": [1]},
+                        nonlocal_blocks={"res3": [0]}, name="tiny_video_resnet")
+    clip = np.random.default_rng(1).normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    expected = model(clip, training=False)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(restored(clip, training=False), expected, rtol=1e-5, atol=1e-6)
+    rebuilt = keras.Model.from_config(model.get_config())
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
+
+
+def test_demo_sized_network():
+    model = VideoResNet((1, 1, 1), input_shape=(8, 32, 32, 3), classes=10, width=16,
+                        pool1=False, pool2=False, nonlocal_blocks={"res4": [0]})
+    assert model.get_layer("res4_0_nonlocal").input.shape[1:4] == (8, 4, 4)
+    assert model(np.zeros((1, 8, 32, 32, 3), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"nonlocal_blocks": {"res6": [0]}}, r"Unknown stage 'res6'.*res2, res3, res4, res5.*"
+                                         r"Received: nonlocal_blocks="),
+    ({"nonlocal_blocks": {"res4": [6]}}, r"Block index 6 of res4.*6 residual blocks \(0 to 5\)"),
+    ({"nonlocal_blocks": 3}, r"0, 1, 5 or 10.*Received: nonlocal_blocks=3"),
+    ({"nonlocal_blocks": "res9"}, r"Received: nonlocal_blocks='res9'"),
+    ({"include_top": False, "classes": 10}, r"`classes` only applies with `include_top=True`"),
+    ({"classes": 0}, r"Received: classes=0"),
+    ({"pooling": "mean"}, r"Received: pooling='mean'"),
+    ({"weights": "missing.weights.h5"}, r"Received: weights='missing.weights.h5'"),
+    ({"inflation": "3x3x1"}, r"Received: inflation='3x3x1'"),
+    ({"input_shape": (8, 224, 224)}, r"Received: input_shape=\(8, 224, 224\)"),
+])
+def test_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        I3DResNet50(**kwargs)
+
+
+def test_too_small_input_names_the_smallest_allowed():
+    with pytest.raises(ValueError, match=r"smallest allowed is \(2, 5, 5, 3\)"):
+        C2DResNet50(input_shape=(8, 4, 32, 3))
+    with pytest.raises(ValueError, match=r"smallest allowed is \(2, 5, 5, 3\)"):
+        C2DResNet50(input_shape=(1, 32, 32, 3))
+    # res4's non-local block pools 2x2: it needs a 2x2 map there.
+    with pytest.raises(ValueError, match=r"smallest allowed is \(2, 21, 21, 3\)"):
+        C2DResNet50(input_shape=(8, 20, 20, 3), nonlocal_blocks=1)
+    # The advertised smallest sizes do build and run.
+    for blocks, size in ((0, 5), (1, 21)):
+        model = C2DResNet50(input_shape=(2, size, size, 3), nonlocal_blocks=blocks)
+        assert model(np.zeros((1, 2, size, size, 3), "float32")).shape == (1, 400)
+
+
+def test_video_resnet_argument_errors():
+    with pytest.raises(ValueError, match=r"Received: stage_blocks=\(1, 0\)"):
+        VideoResNet((1, 0))
+    with pytest.raises(ValueError, match=r"Received: stage_strides=\(1,\)"):
+        VideoResNet((1, 1), stage_strides=(1,))
+    with pytest.raises(ValueError, match=r"Received: conv1_time=2"):
+        VideoResNet((1,), conv1_time=2)
+    with pytest.raises(ValueError, match=r"`inflated_blocks\['res2'\]`"):
+        VideoResNet((1,), inflated_blocks={"res2": "some"})
