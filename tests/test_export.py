@@ -1,0 +1,214 @@
+"""SavedModel export: TF Serving layout, signatures equal to the Keras model,
+loading without this package, input checks, and the nonlocal-export CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from nonlocal_keras.training import export, models
+from test_export_support import (CLASS_NAMES, CROP, DATA_CONFIG, NUM_FRAMES, SCALE, centre_crop,
+                                 normalize, random_clips, sharpen, tiny_model)
+
+# Frames larger than the crop, shorter side already at SCALE: the in-graph
+# resize is then the identity and the crop is plain slicing, which NumPy redoes.
+FRAME_HEIGHT, FRAME_WIDTH = SCALE, SCALE + 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    return export.export_saved_model(model, str(base), data_config=DATA_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+def test_writes_the_tf_serving_layout(exported):
+    base = os.path.dirname(os.path.dirname(exported))
+    assert exported == os.path.join(base, "tiny_nl", "1")
+    assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exported, "variables", "variables.index"))
+    with open(os.path.join(exported, "assets", export.CLASS_NAMES_ASSET)) as handle:
+        assert handle.read().splitlines() == CLASS_NAMES
+    # Only the version folder: no staging folder is left for TF Serving to see.
+    assert os.listdir(os.path.dirname(exported)) == ["1"]
+
+
+_LOAD_WITHOUT_PACKAGE = textwrap.dedent("""
+    import sys
+    sys.modules["nonlocal_keras"] = None
+    try:
+        import nonlocal_keras
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("nonlocal_keras should not be importable here")
+    import numpy as np
+    import tensorflow as tf
+
+    saved_model, inputs, outputs = sys.argv[1:4]
+    clips = np.load(inputs)
+    loaded = tf.saved_model.load(saved_model)
+    results = {}
+    for signature, key in (("serving_default", "uint8"), ("serving_normalized", "normalized")):
+        for name, value in loaded.signatures[signature](clips=tf.constant(clips[key])).items():
+            value = value.numpy()
+            # Class names come back as bytes objects; np.savez wants plain strings.
+            results[f"{key}/{name}"] = value.astype(str) if value.dtype == object else value
+    assert not [m for m in sys.modules if m.startswith("nonlocal_keras.")]
+    np.savez(outputs, **results)
+""")
+
+
+def test_loads_without_the_package_and_equals_the_keras_model(model, exported, tmp_path):
+    uint8 = random_clips((3, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), seed=1)
+    normalized = np.random.default_rng(2).normal(size=(2, NUM_FRAMES, CROP, CROP, 3)).astype("float32")
+    np.savez(tmp_path / "inputs.npz", uint8=uint8, normalized=normalized)
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_WITHOUT_PACKAGE)
+    run = subprocess.run([sys.executable, str(script), exported, str(tmp_path / "inputs.npz"),
+                          str(tmp_path / "outputs.npz")], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    served = np.load(tmp_path / "outputs.npz")
+
+    expected = {"uint8": model.predict(normalize(centre_crop(uint8, CROP)), verbose=0),
+                "normalized": model.predict(normalized, verbose=0)}
+    # The comparison can tell preprocessing apart: an off-centre crop moves the scores.
+    shifted = model.predict(normalize(uint8[:, :, :CROP, 2:CROP + 2]), verbose=0)
+    assert np.abs(shifted - expected["uint8"]).max() > 1e-3
+    for key, probabilities in expected.items():
+        assert np.abs(served[f"{key}/probabilities"] - probabilities).max() < 1e-5
+        # Top-k checked by value, so that near-ties may come in either order.
+        classes = served[f"{key}/top_k_classes"]
+        top = served[f"{key}/top_k_probabilities"]
+        np.testing.assert_allclose(top, -np.sort(-probabilities, axis=1)[:, :5], atol=1e-5)
+        np.testing.assert_allclose(np.take_along_axis(probabilities, classes, axis=1), top, atol=1e-5)
+        names = served[f"{key}/top_k_class_names"].astype(str)
+        np.testing.assert_array_equal(names, np.array(CLASS_NAMES)[classes])
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run([cli, "show", "--dir", exported, "--all"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shown = run.stdout
+    assert "signature_def['serving_default']" in shown
+    assert "signature_def['serving_normalized']" in shown
+    default = shown.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    assert "dtype: DT_UINT8" in default
+    assert f"shape: (-1, {NUM_FRAMES}, -1, -1, 3)" in default
+    for output in ("probabilities", "top_k_classes", "top_k_probabilities", "top_k_class_names"):
+        assert f"outputs['{output}']" in default
+    normalized = shown.split("signature_def['serving_normalized']")[1].split("signature_def[")[0]
+    assert "dtype: DT_FLOAT" in normalized
+    assert f"shape: (-1, {NUM_FRAMES}, {CROP}, {CROP}, 3)" in normalized
+
+
+_UINT8_EXPECTATION = rf"must be a uint8 tensor of shape \(batch, {NUM_FRAMES}, any, any, 3\)"
+
+
+@pytest.mark.parametrize("shape", [
+    (NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3),        # no batch axis
+    (1, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 1),     # grey frames
+    (1, NUM_FRAMES - 2, FRAME_HEIGHT, FRAME_WIDTH, 3), # too few frames
+], ids=["rank", "channels", "frames"])
+def test_signature_rejects_a_bad_shape_with_the_expected_one(loaded, shape):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=_UINT8_EXPECTATION) as error:
+        loaded.signatures["serving_default"](clips=tf.zeros(shape, tf.uint8))
+    assert str(list(shape)).replace(",", "") in str(error.value)
+
+
+def test_normalized_signature_rejects_a_bad_crop(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"float32 tensor of shape \(batch, {NUM_FRAMES}, {CROP}, {CROP}, 3\)"):
+        loaded.signatures["serving_normalized"](clips=tf.zeros((1, NUM_FRAMES, 28, 28, 3)))
+
+
+def test_wrong_dtype_is_rejected_naming_the_expected_dtype(loaded):
+    floats = tf.zeros((1, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), tf.float32)
+    # The signature (what TF Serving calls) checks the dtype before the graph runs.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor"):
+        loaded.signatures["serving_default"](clips=floats)
+    # The restored function states the whole expected spec.
+    with pytest.raises(TypeError, match=rf"shape=\(None, {NUM_FRAMES}, None, None, 3\), "
+                                        r"dtype=tf\.uint8"):
+        loaded.serving_default(floats)
+
+
+def test_fully_convolutional_model_takes_any_size_without_cropping(tmp_path):
+    model = tiny_model(input_shape=(None, None, None, 3), name="tiny_fcn")
+    path = export.export_saved_model(model, str(tmp_path / "fcn" / "3"),
+                                     data_config=dict(DATA_CONFIG, class_names=None))
+    assert path.endswith(os.path.join("fcn", "3"))
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    assert signature.structured_input_signature[1]["clips"].shape.as_list() == [None] * 4 + [3]
+    assert "top_k_class_names" not in signature.structured_outputs
+    clips = random_clips((2, 4, SCALE, SCALE + 12, 3), seed=3)
+    served = signature(clips=tf.constant(clips))["probabilities"].numpy()
+    expected = model.predict(normalize(clips), verbose=0)
+    assert np.abs(served - expected).max() < 1e-5
+
+
+def test_next_version_in_a_base_folder_and_version_checks(tmp_path):
+    for version in ("1", "3", "tmp"):
+        os.makedirs(tmp_path / "net" / version)
+    assert export.resolve_export_path(tmp_path, "net") == str(tmp_path / "net" / "4")
+    assert export.resolve_export_path(tmp_path, "other") == str(tmp_path / "other" / "1")
+    with pytest.raises(ValueError, match="Received: export_dir="):
+        export.resolve_export_path(tmp_path / "net" / "0", "net")
+
+
+def test_refuses_to_overwrite_a_version(model, exported):
+    with pytest.raises(FileExistsError, match="Received: export_dir="):
+        export.export_saved_model(model, exported, data_config=DATA_CONFIG)
+
+
+@pytest.mark.parametrize("field, value", [("crop_size", CROP + 8), ("num_frames", NUM_FRAMES * 2)])
+def test_config_must_match_the_model_input(model, tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"Received: data\.{field}={value}"):
+        export.export_saved_model(model, str(tmp_path), data_config=dict(DATA_CONFIG, **{field: value}))
+    assert not os.listdir(tmp_path)
+
+
+def test_class_names_must_cover_every_class(model, tmp_path):
+    with pytest.raises(ValueError, match="Received: class_names="):
+        export.export_saved_model(model, str(tmp_path), class_names=CLASS_NAMES[:3])
+
+
+def test_cli_exports_a_checkpoint(tmp_path):
+    config = {"model": {"name": "VideoResNet", "stage_blocks": [1, 1], "width": 4,
+                        "nonlocal_blocks": {"res3": [0]}},
+              "data": dict(DATA_CONFIG, num_classes=len(CLASS_NAMES), train_scale=[SCALE, SCALE])}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    trained = models.build_model(config["model"], dict(DATA_CONFIG, num_classes=5), False)
+    sharpen(trained, seed=4)
+    trained.save_weights(str(tmp_path / "final.weights.h5"))
+
+    output = tmp_path / "exported" / "nl_tiny" / "7"
+    path = export.main(["--config", str(config_path), "--checkpoint",
+                        str(tmp_path / "final.weights.h5"), "--output", str(output)])
+    assert path == str(output)
+    with open(output / export.METADATA_FILE) as handle:
+        assert json.load(handle)["eval_scale"] == SCALE
+    clips = random_clips((2, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), seed=5)
+    served = tf.saved_model.load(path).signatures["serving_default"](clips=tf.constant(clips))
+    expected = trained.predict(normalize(centre_crop(clips, CROP)), verbose=0)
+    assert np.abs(served["probabilities"].numpy() - expected).max() < 1e-5
+    assert served["top_k_class_names"].numpy()[0, 0].decode() == CLASS_NAMES[expected[0].argmax()]

@@ -1,0 +1,112 @@
+"""`nonlocal-predict`: the top classes of video files, with an exported SavedModel.
+
+    nonlocal-predict video1.mp4 video2.mp4 --model exported/nl_c2d/1
+
+Each video goes through the evaluation pipeline of training (PyAV decoding,
+`num_clips` clips evenly spaced in time, `num_crops` crops at shorter side
+`eval_scale`, normalisation; the settings recorded by `nonlocal-export`),
+the SavedModel's `serving_normalized` signature scores every view, and the
+view scores are averaged, the paper's multi-clip protocol. A file that cannot
+be read is reported on stderr by name and reason; the exit status is 1 when
+any file failed.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from nonlocal_keras.training import config as config_lib
+from nonlocal_keras.training import data, evaluate, export
+
+
+class UnreadableVideos:
+    """Collects what the decoding pipeline could not read, with the reason."""
+
+    def __init__(self):
+        self.reasons = {}
+
+    def record(self, path, reason):
+        self.reasons[path] = reason
+
+
+def _data_config(metadata, num_clips, num_crops):
+    settings = {key: metadata[key] for key in ("num_frames", "sampling_rate", "crop_size",
+                                                "eval_scale", "mean", "std", "num_clips",
+                                                "num_crops")}
+    if num_clips is not None:
+        settings["num_clips"] = num_clips
+    if num_crops is not None:
+        settings["num_crops"] = num_crops
+    return dict(config_lib.DEFAULTS["data"], num_classes=metadata["num_classes"], **settings)
+
+
+def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_size=1):
+    """Mean view scores per video.
+
+    Returns `(scores, failures, metadata)`: `(len(paths), classes)` scores
+    (NaN rows for unreadable files), `{path: reason}` of those files, and the
+    export's settings.
+    """
+    metadata = export.read_metadata(saved_model_dir)
+    signature = tf.saved_model.load(saved_model_dir).signatures[export.NORMALIZED_SIGNATURE]
+
+    def scores_of(views, training=False):
+        return signature(**{export.INPUT_NAME: views})["probabilities"]
+
+    data_config = _data_config(metadata, num_clips, num_crops)
+    _, options = data.dataset_options(data_config)
+    records = [data.VideoRecord(os.path.abspath(p), (0,), None) for p in paths]
+    unreadable = UnreadableVideos()
+    dataset = data.eval_dataset(records, metadata["num_classes"], False, batch_size,
+                                skipped=unreadable, **options)
+    scores, _ = evaluate.predict_videos(scores_of, dataset, len(records), metadata["num_classes"])
+    failures = {path: unreadable.reasons[record.path]
+                for path, record in zip(paths, records) if record.path in unreadable.reasons}
+    return scores, failures, metadata
+
+
+def format_top_k(path, scores, class_names, top_k):
+    """`path` then one `  rank. name  probability` line per class."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    lines = [path]
+    for rank, index in enumerate(order, start=1):
+        name = class_names[index] if class_names else str(index)
+        lines.append(f"  {rank}. {name}  {scores[index]:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nonlocal-predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("videos", nargs="+", metavar="VIDEO")
+    parser.add_argument("--model", required=True,
+                        help="a SavedModel version folder written by nonlocal-export")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
+    parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
+    parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
+    args = parser.parse_args(argv)
+    for flag in ("top_k", "num_clips", "num_crops", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"must be >= 1. Received: --{flag.replace('_', '-')}={value}")
+    if not os.path.isdir(args.model):
+        parser.error(f"no such SavedModel folder. Received: --model={args.model!r}")
+
+    scores, failures, metadata = predict_files(args.videos, args.model, args.num_clips,
+                                               args.num_crops, args.batch_size)
+    for path, video_scores in zip(args.videos, scores):
+        if path not in failures:
+            print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))
+    for path, reason in failures.items():
+        print(f"{path}: cannot read video ({reason})", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(args.videos)} video(s) failed.", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
