@@ -51,9 +51,11 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     export's settings.
     """
     metadata = export.read_metadata(saved_model_dir)
-    signature = tf.saved_model.load(saved_model_dir).signatures[export.NORMALIZED_SIGNATURE]
+    loaded = tf.saved_model.load(saved_model_dir)
 
     def scores_of(views, training=False):
+        # Through `loaded`, which must outlive the call: it owns the variables.
+        signature = loaded.signatures[export.NORMALIZED_SIGNATURE]
         return signature(**{export.INPUT_NAME: views})["probabilities"]
 
     data_config = _data_config(metadata, num_clips, num_crops)

@@ -1,0 +1,79 @@
+"""The TF Serving example (models.config, REST request body) is generated from
+the exported signature, fits it, and is what the README shows."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nonlocal_keras.training import config as config_lib
+from nonlocal_keras.training import export, serving_example
+from test_export_support import tiny_model
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# The README documents the `make demo` model: its clip length and crop come from that config.
+DEMO_DATA = config_lib.load_config("demo_digits_nl_c2d")["data"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    size = DEMO_DATA["crop_size"]
+    model = tiny_model(input_shape=(DEMO_DATA["num_frames"], size, size, 3), name="demo")
+    base = tmp_path_factory.mktemp("serving")
+    return export.export_saved_model(model, str(base), data_config=DEMO_DATA)
+
+
+def _as_tensor(instances, dtype):
+    """What TF Serving does with a row-format body: stack the instances, refuse
+    values the input dtype cannot hold."""
+    array = np.asarray(instances)
+    info = np.iinfo(dtype)
+    assert array.dtype.kind == "i" and array.min() >= info.min and array.max() <= info.max
+    return tf.constant(array.astype(dtype))
+
+
+def test_request_body_fits_the_signature(exported):
+    _, _, text, outputs = serving_example.describe_model(exported)
+    body = json.loads(text)
+    assert set(body) == {"signature_name", "instances"}
+    signature = tf.saved_model.load(exported).signatures[body["signature_name"]]
+    spec = signature.structured_input_signature[1]["clips"]
+    clips = _as_tensor(body["instances"], spec.dtype.as_numpy_dtype)
+    assert spec.is_compatible_with(clips)
+    result = signature(clips=clips)
+    assert set(result) == set(outputs) == {"probabilities", "top_k_classes", "top_k_probabilities"}
+    assert result["probabilities"].shape == (1, 5)
+    assert abs(float(tf.reduce_sum(result["probabilities"])) - 1.0) < 1e-5
+
+
+def test_readme_shows_the_generated_request_body(exported):
+    _, _, text, _ = serving_example.describe_model(exported)
+    readme = README.read_text()
+    assert text.strip() in readme, (
+        "README.md's REST request body is not the one the exported signature needs; paste the "
+        f"`# request.json` part of `python -m nonlocal_keras.training.serving_example <model>`:\n{text}")
+
+
+def test_cli_writes_models_config_and_request(exported, tmp_path, capsys):
+    assert serving_example.main([exported, "--write", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    config = (tmp_path / "models.config").read_text()
+    assert re.search(r'config \{\s+name: "demo"\s+base_path: "/models/demo"\s+'
+                     r'model_platform: "tensorflow"\s+\}', config)
+    assert config in printed
+    base = os.path.dirname(os.path.dirname(exported))
+    assert f'-v "{base}:/models"' in printed
+    assert "http://localhost:8501/v1/models/demo:predict" in printed
+    request = (tmp_path / "request.json").read_text()
+    assert request in printed
+    assert np.asarray(json.loads(request)["instances"]).shape == (
+        1, DEMO_DATA["num_frames"], serving_example.EXAMPLE_PIXELS, serving_example.EXAMPLE_PIXELS, 3)
+
+
+def test_needs_the_version_folder(exported):
+    with pytest.raises(ValueError, match="Received: model="):
+        serving_example.describe_model(os.path.dirname(exported))
