@@ -7,14 +7,15 @@ registered, plus:
 
 - `--synthetic_coco_dir DIR`: generate the embedded synthetic-shapes COCO
   dataset in DIR (once) and train / evaluate on it;
-- `--mode export --export_dir DIR`: export the latest checkpoint of
-  `--model_dir` with Model Garden's detection export module.
+- `--export_dir DIR`: after the `--mode` run, export the latest checkpoint
+  of `--model_dir` with Model Garden's detection export module (`--mode eval
+  --export_dir DIR` evaluates a trained model, then exports it).
 
 Examples:
     nonlocal-train-detection --experiment maskrcnn_resnetfpn_nonlocal_coco \\
       --config_file nonlocal_keras/training/configs/maskrcnn_nonlocal_tiny.yaml \\
       --synthetic_coco_dir /tmp/nl_coco --mode train_and_eval --model_dir /tmp/nl_maskrcnn
-    nonlocal-train-detection ... --mode export --export_dir /tmp/nl_maskrcnn/export
+    nonlocal-train-detection ... --mode eval --export_dir /tmp/nl_maskrcnn/export
 """
 
 import json
@@ -36,7 +37,9 @@ def _define_flags():
         "synthetic_coco_dir", None,
         "Generate the embedded synthetic COCO dataset here (if missing) and use it "
         "as train and validation data.")
-    flags.DEFINE_string("export_dir", None, "With --mode export: where the SavedModel goes.")
+    flags.DEFINE_string(
+        "export_dir", None,
+        "After the --mode run, export the latest checkpoint of --model_dir here as a SavedModel.")
     flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
 
 
@@ -72,10 +75,9 @@ def _main(argv):
     if FLAGS.synthetic_coco_dir:
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir)]
-    if FLAGS.mode != "export":
-        return vision_train.main(argv)
+    vision_train.main(argv)
     if not FLAGS.export_dir:
-        raise ValueError(f"--mode export needs --export_dir. Received: export_dir={FLAGS.export_dir!r}")
+        return
     params = train_utils.parse_configuration(FLAGS)
     export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
     print(f"Exported the SavedModel to {FLAGS.export_dir}")

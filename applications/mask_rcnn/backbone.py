@@ -79,8 +79,15 @@ def parse_placements(placements, model_id):
                 f"Received: nonlocal_placements={list(placements)!r}"
             )
         parsed.add((level, index % repeats))
-    # Immutable, so that tf_keras does not wrap it as a tracked attribute.
     return frozenset(parsed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NonLocalPlan:
+    placements: tuple
+    blocks: frozenset  # {(level, block index)}
+    mode: str
+    sub_sample: bool
 
 
 @tf_keras.utils.register_keras_serializable(package="NonLocal")
@@ -107,10 +114,14 @@ class ResNetNonLocalModel(resnet.ResNet):
         nonlocal_sub_sample=True,
         **kwargs,
     ):
-        self._nonlocal_placements = tuple(nonlocal_placements)
-        self._nonlocal_blocks = parse_placements(self._nonlocal_placements, model_id)
-        self._nonlocal_mode = nonlocal_mode
-        self._nonlocal_sub_sample = bool(nonlocal_sub_sample)
+        # One plain object: tf_keras checks containers assigned before
+        # Model.__init__ (an empty tuple trips it) and tracks lists and dicts.
+        self._nonlocal = _NonLocalPlan(
+            placements=tuple(nonlocal_placements),
+            blocks=parse_placements(nonlocal_placements, model_id),
+            mode=nonlocal_mode,
+            sub_sample=bool(nonlocal_sub_sample),
+        )
         # ResNet.__init__ calls _block_group once per stage, in order res2 .. res5.
         self._levels = itertools.count(_FIRST_LEVEL)
         super().__init__(model_id=model_id, **kwargs)
@@ -121,11 +132,11 @@ class ResNetNonLocalModel(resnet.ResNet):
 
         def block_fn_with_nonlocal(**block_kwargs):
             block, index = block_fn(**block_kwargs), next(indices)
-            if (level, index) not in self._nonlocal_blocks:
+            if (level, index) not in self._nonlocal.blocks:
                 return block
             nonlocal_block = NonLocalBlock2D(
-                mode=self._nonlocal_mode,
-                sub_sample=self._nonlocal_sub_sample,
+                mode=self._nonlocal.mode,
+                sub_sample=self._nonlocal.sub_sample,
                 kernel_regularizer=self._kernel_regularizer,
                 norm_momentum=self._norm_momentum,
                 norm_epsilon=self._norm_epsilon,
@@ -140,9 +151,9 @@ class ResNetNonLocalModel(resnet.ResNet):
     def get_config(self):
         config = super().get_config()
         config.update(
-            nonlocal_placements=list(self._nonlocal_placements),
-            nonlocal_mode=self._nonlocal_mode,
-            nonlocal_sub_sample=self._nonlocal_sub_sample,
+            nonlocal_placements=list(self._nonlocal.placements),
+            nonlocal_mode=self._nonlocal.mode,
+            nonlocal_sub_sample=self._nonlocal.sub_sample,
         )
         return config
 

@@ -7,6 +7,7 @@ exactly as `nonlocal_keras.layers.NonLocal2D` does; `keras.ops` run on the
 plain TensorFlow tensors that `tf_keras` passes in.
 """
 
+import tensorflow as tf
 import tf_keras
 
 from nonlocal_keras import nonlocal_math
@@ -84,7 +85,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
                 kernel_regularizer=self.kernel_regularizer,
                 name=name,
             )
-            layer.build((None, input_units))
+            _build_in_scope(layer, (None, input_units))
             return layer
 
         if self.mode != "gaussian":
@@ -98,7 +99,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
             gamma_initializer="zeros",
             name="bn",
         )
-        self.bn.build((None, None, None, channels))
+        _build_in_scope(self.bn, (None, None, None, channels))
         if self.mode == "concatenation":
             self.w_f = projection("w_f", 1, 2 * inner, use_bias=False)
         super().build(input_shape)
@@ -134,3 +135,10 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
             }
         )
         return config
+
+
+def _build_in_scope(layer, input_shape):
+    # Built under its own name scope, a sub-layer's variables are named
+    # `block/theta/kernel`, not all `block/kernel`.
+    with tf.name_scope(layer.name):
+        layer.build(input_shape)

@@ -1,0 +1,404 @@
+"""Mask R-CNN with a non-local ResNet backbone on TF Model Garden.
+
+Tiny settings throughout: ResNet-50 at width x0.25, 128x128 (256x256 for
+training), thin FPN and heads (training/configs/maskrcnn_nonlocal_tiny.yaml).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("official")
+tf_keras = pytest.importorskip("tf_keras")
+
+import nonlocal_keras.training  # noqa: E402
+from nonlocal_keras.applications import mask_rcnn  # noqa: E402
+from nonlocal_keras.applications.mask_rcnn import (  # noqa: E402
+    backbone as nl_backbone,
+    experiment,
+    keras_fit,
+    synthetic_coco,
+)
+from nonlocal_keras.layers import NonLocal2D  # noqa: E402
+from official.core import exp_factory, task_factory  # noqa: E402
+from official.modeling.hyperparams import params_dict  # noqa: E402
+from official.vision.configs import backbones as mg_backbones  # noqa: E402
+from official.vision.configs import common as mg_common  # noqa: E402
+from official.vision.modeling.backbones import factory as backbone_factory  # noqa: E402
+
+TINY_YAML = os.path.join(
+    os.path.dirname(nonlocal_keras.training.__file__), "configs", "maskrcnn_nonlocal_tiny.yaml"
+)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(experiment_name=mask_rcnn.EXPERIMENT, input_size=128, data=None):
+    config = exp_factory.get_exp_config(experiment_name)
+    if experiment_name == mask_rcnn.EXPERIMENT:
+        params_dict.override_params_dict(config, TINY_YAML, is_strict=True)
+    else:
+        # Model Garden's plain experiment with the same tiny settings.
+        import yaml
+
+        with open(TINY_YAML) as f:
+            settings = yaml.safe_load(f)
+        backbone = settings["task"]["model"].pop("backbone")["resnet_nonlocal"]
+        backbone.pop("nonlocal_placements")
+        settings["task"]["model"]["backbone"] = {"type": "resnet", "resnet": backbone}
+        config.override(settings, is_strict=True)
+    config.task.model.input_size = [input_size, input_size, 3]
+    if data:
+        config.task.train_data.input_path = data["train_tfrecords"]
+        config.task.validation_data.input_path = data["val_tfrecords"]
+        config.task.annotation_file = data["val_json"]
+    return config
+
+
+def build_backbone(placements=None, model_id=50, input_size=64):
+    config = nl_backbone.Backbone(type=nl_backbone.BACKBONE_TYPE)
+    config.resnet_nonlocal.model_id = model_id
+    config.resnet_nonlocal.depth_multiplier = 0.25
+    if placements is not None:
+        config.resnet_nonlocal.nonlocal_placements = placements
+    return backbone_factory.build_backbone(
+        tf_keras.layers.InputSpec(shape=[None, input_size, input_size, 3]),
+        config,
+        mg_common.NormActivation(),
+    )
+
+
+def nonlocal_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, mask_rcnn.NonLocalBlock2D)]
+
+
+# --- the tf_keras block -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product", "concatenation", "gaussian"])
+def test_tf_keras_block_computes_what_the_keras3_layer_computes(mode):
+    # Same weights in both shells, BN made non-trivial: equal outputs mean
+    # both call the one implementation of the math the same way.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    shell = mask_rcnn.NonLocalBlock2D(mode=mode)
+    shell.build(x.shape)
+    reference = NonLocal2D(mode=mode)
+    reference.build(x.shape)
+    for name in ("theta", "phi", "g", "w_z", "w_f"):
+        source, target = getattr(shell, name), getattr(reference, name)
+        assert (source is None) == (target is None), name
+        if source is not None:
+            values = [rng.normal(size=w.shape).astype("float32") for w in source.weights]
+            source.set_weights(values)
+            target.set_weights(values)
+    bn_values = [rng.uniform(0.5, 1.5, size=w.shape).astype("float32") for w in shell.bn.weights]
+    shell.bn.set_weights(bn_values)
+    reference.bn.set_weights(bn_values)
+    expected = np.asarray(reference(x, training=False))
+    got = shell(x, training=False).numpy()
+    assert np.abs(got - x).max() > 1e-2  # the block is not the identity here
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_keras_block_is_identity_at_init_and_round_trips_its_config():
+    x = tf.random.stateless_normal((1, 8, 8, 16), seed=(1, 2))
+    inputs = tf_keras.Input((8, 8, 16))
+    model = tf_keras.Model(inputs, mask_rcnn.NonLocalBlock2D(mode="dot_product", name="nl")(inputs))
+    np.testing.assert_array_equal(model(x).numpy(), x.numpy())
+    layer = model.get_layer("nl")
+    assert set(layer.get_config()) - {"name", "trainable", "dtype"} == {
+        "mode", "inter_channels", "sub_sample", "use_scale", "kernel_initializer",
+        "kernel_regularizer", "norm_momentum", "norm_epsilon",
+    }
+    layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
+    clone = tf_keras.models.model_from_json(model.to_json())
+    clone.set_weights(model.get_weights())
+    assert isinstance(clone.get_layer("nl"), mask_rcnn.NonLocalBlock2D)
+    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_tf_keras_block_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="Received: mode='softmax'"):
+        mask_rcnn.NonLocalBlock2D(mode="softmax")
+
+
+# --- the backbone -------------------------------------------------------------
+
+
+def test_default_backbone_has_one_block_in_res4_before_its_last_block():
+    model = build_backbone()
+    blocks = nonlocal_layers(model)
+    assert [b.name for b in blocks] == ["nonlocal_res4_5"]
+    # ResNet-50 is (3, 4, 6, 3) blocks, res4 = blocks 7..12 (0-based): the NL
+    # block reads block 11 (res4's fifth) and feeds block 12 (res4's last).
+    residual = [layer for layer in model.layers if type(layer).__name__ == "BottleneckBlock"]
+    assert len(residual) == 16
+    (nl,) = blocks
+    assert nl.inbound_nodes[0].inbound_layers is residual[11]
+    assert residual[12].inbound_nodes[0].inbound_layers is nl
+    assert model.get_layer("block_group_l4").inbound_nodes[0].inbound_layers is residual[12]
+
+
+def test_backbone_places_blocks_where_the_config_says_and_nowhere_else():
+    model = build_backbone(["res3:0", "res5:-2", "res4:2"])
+    names = sorted(b.name for b in nonlocal_layers(model))
+    assert names == ["nonlocal_res3_0", "nonlocal_res4_2", "nonlocal_res5_1"]
+    residual = [layer for layer in model.layers if type(layer).__name__ == "BottleneckBlock"]
+    nl = {b.name: b for b in nonlocal_layers(model)}
+    # Before res3's first block: fed by res2's output group, feeding block 3.
+    assert residual[3].inbound_nodes[0].inbound_layers is nl["nonlocal_res3_0"]
+    assert residual[9].inbound_nodes[0].inbound_layers is nl["nonlocal_res4_2"]
+    assert residual[14].inbound_nodes[0].inbound_layers is nl["nonlocal_res5_1"]
+    assert build_backbone([]).count_params() < model.count_params()
+    assert nonlocal_layers(build_backbone([])) == []
+
+
+@pytest.mark.parametrize(
+    "placements, bad",
+    [
+        (["res4:6"], "res4:6"),  # res4 of ResNet-50 has 6 blocks: 0..5
+        (["res4:-7"], "res4:-7"),
+        (["res6:0"], "res6:0"),
+        (["conv4:1"], "conv4:1"),
+        (["res4"], "res4"),
+        (["res4:last"], "res4:last"),
+        (["res4:-1", "res4:5"], "res4:5"),  # the same block twice
+    ],
+)
+def test_bad_placement_is_a_value_error_naming_the_field_and_value(placements, bad):
+    with pytest.raises(ValueError, match="nonlocal_placements") as error:
+        build_backbone(placements)
+    assert f"Received: nonlocal_placements={placements!r}" in str(error.value)
+    assert bad in str(error.value)
+
+
+def test_backbone_config_round_trips_through_get_config():
+    model = build_backbone(["res3:1"])
+    config = model.get_config()
+    assert config["nonlocal_placements"] == ["res3:1"]
+    clone = nl_backbone.ResNetNonLocalModel.from_config(config)
+    assert [b.name for b in nonlocal_layers(clone)] == ["nonlocal_res3_1"]
+    assert clone.count_params() == model.count_params()
+
+
+# --- the experiment -------------------------------------------------------
+
+
+def test_experiment_is_model_gardens_mask_rcnn_with_the_nonlocal_backbone():
+    ours = exp_factory.get_exp_config(mask_rcnn.EXPERIMENT).as_dict()
+    theirs = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco").as_dict()
+    our_backbone = ours["task"]["model"].pop("backbone")
+    their_backbone = theirs["task"]["model"].pop("backbone")
+    assert ours == theirs
+    assert our_backbone["type"] == "resnet_nonlocal"
+    settings = dict(our_backbone["resnet_nonlocal"])
+    assert settings.pop("nonlocal_placements") == ["res4:-1"]
+    assert settings.pop("nonlocal_mode") == "embedded_gaussian"
+    assert settings.pop("nonlocal_sub_sample") is True
+    assert settings == their_backbone["resnet"]
+    assert issubclass(nl_backbone.ResNetNonLocal, mg_backbones.ResNet)
+    task = task_factory.get_task(exp_factory.get_exp_config(mask_rcnn.EXPERIMENT).task)
+    assert isinstance(task, mask_rcnn.NonLocalMaskRCNNTask)
+
+
+def test_registration_is_idempotent_across_imports_and_reloads():
+    script = textwrap.dedent(
+        """
+        import importlib
+        import nonlocal_keras.applications.mask_rcnn as m
+        import nonlocal_keras.applications.mask_rcnn as again
+        from nonlocal_keras.applications.mask_rcnn import backbone, experiment, nonlocal_block
+        from official.core import exp_factory
+        from official.vision.modeling.backbones import factory
+        builder = factory._REGISTERED_BACKBONE_CLS["resnet_nonlocal"]
+        for module in (nonlocal_block, backbone, experiment, m):
+            importlib.reload(module)
+        assert factory._REGISTERED_BACKBONE_CLS["resnet_nonlocal"] is builder
+        config = exp_factory.get_exp_config("maskrcnn_resnetfpn_nonlocal_coco")
+        assert config.task.model.backbone.type == "resnet_nonlocal"
+        print("REGISTERED_OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REGISTERED_OK" in result.stdout
+
+
+def _copy_weights(plain_model, nl_model):
+    # Backbones line up layer by layer (minus the NL blocks); the rest of the
+    # two Mask R-CNNs has the same structure.
+    for source, target in zip(plain_model.layers, nl_model.layers, strict=True):
+        if source is plain_model.backbone:
+            experiment.copy_plain_weights(source, target)
+        else:
+            target.set_weights(source.get_weights())
+
+
+def test_model_is_the_plain_mask_rcnn_at_init_given_the_same_backbone_weights():
+    tf_keras.utils.set_random_seed(0)
+    plain_task = task_factory.get_task(tiny_config("maskrcnn_resnetfpn_coco").task)
+    plain = plain_task.build_model()
+    nl_task = task_factory.get_task(tiny_config().task)
+    nl = nl_task.build_model()
+    assert len(nonlocal_layers(nl.backbone)) == 1 and not nonlocal_layers(plain.backbone)
+    _copy_weights(plain, nl)
+    images = tf.random.stateless_uniform((2, 128, 128, 3), seed=(3, 4)) * 2.0 - 1.0
+    shape = tf.constant([[128.0, 128.0]] * 2)
+    expected = plain(images, image_shape=shape, training=False)
+    got = nl(images, image_shape=shape, training=False)
+    for key in ("rpn_scores", "rpn_boxes"):
+        for level in expected[key]:
+            np.testing.assert_allclose(got[key][level].numpy(), expected[key][level].numpy(),
+                                       rtol=1e-5, atol=1e-5)
+    for key in ("detection_boxes", "detection_scores", "detection_classes", "detection_masks"):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-5, atol=1e-5)
+    # The NL block is live: a non-zero BN scale changes the output.
+    nl_block = nonlocal_layers(nl.backbone)[0]
+    nl_block.bn.gamma.assign(tf.ones_like(nl_block.bn.gamma))
+    changed = nl(images, image_shape=shape, training=False)["backbone_features"]["4"].numpy()
+    before = expected["backbone_features"]["4"].numpy()
+    np.testing.assert_allclose(got["backbone_features"]["4"].numpy(), before, rtol=1e-5, atol=1e-5)
+    assert np.abs(changed - before).max() > 1e-3 * np.abs(before).max()
+
+
+def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(tmp_path):
+    config = tiny_config()
+    model_config = config.task.model
+    plain = nl_backbone.build_plain_resnet(
+        tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size)),
+        model_config.backbone, model_config.norm_activation,
+    )
+    # Distinctive values, so a restored weight cannot match by chance.
+    rng = np.random.default_rng(5)
+    for weight in plain.weights:
+        weight.assign(rng.uniform(0.5, 1.0, size=weight.shape).astype("float32"))
+    path = tf.train.Checkpoint(backbone=plain).write(str(tmp_path / "imagenet" / "ckpt"))
+
+    config.task.init_checkpoint = path
+    config.task.init_checkpoint_modules = "backbone"
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    nl_before = {w.name: w.numpy() for b in nonlocal_layers(model.backbone) for w in b.weights}
+    restored, left_new = experiment.restore_plain_backbone(model.backbone, path, model_config)
+    assert restored == len(plain.weights)
+    assert sorted(left_new) == sorted(nl_before) and len(left_new) == 12  # theta/phi/g/W_z kernel+bias, BN(4)
+    others = [w for layer in model.backbone.layers if not isinstance(layer, mask_rcnn.NonLocalBlock2D)
+              for w in layer.weights]
+    assert len(others) == len(plain.weights)
+    for source, target in zip(plain.weights, others):
+        np.testing.assert_array_equal(target.numpy(), source.numpy())
+    for block in nonlocal_layers(model.backbone):
+        for w in block.weights:
+            np.testing.assert_array_equal(w.numpy(), nl_before[w.name])
+
+    # The task's own initialize (what the trainer calls) does the same.
+    fresh = task.build_model()
+    task.initialize(fresh)
+    np.testing.assert_array_equal(fresh.backbone.weights[0].numpy(), plain.weights[0].numpy())
+
+
+# --- data, training, evaluation, export --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    return synthetic_coco.build(str(tmp_path_factory.mktemp("coco")), num_train=6, num_val=2)
+
+
+def test_synthetic_coco_masks_are_the_painted_pixels(synthetic_data):
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_api
+
+    with open(synthetic_data["train_json"]) as f:
+        coco = json.load(f)
+    assert {c["name"] for c in coco["categories"]} == {"rectangle", "ellipse", "triangle"}
+    image = coco["images"][0]
+    pixels = np.asarray(Image.open(os.path.join(os.path.dirname(synthetic_data["train_json"]),
+                                                "train", image["file_name"])))
+    annotations = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    assert annotations
+    for annotation in annotations:
+        rle = mask_api.frPyObjects(annotation["segmentation"], image["height"], image["width"])
+        mask = mask_api.decode(rle)[..., 0].astype(bool)
+        assert mask.sum() == annotation["area"]
+        # Inside the mask one colour >= 120 per channel; the background is < 60.
+        inside = pixels[mask]
+        assert (inside == inside[0]).all() and (inside[0] >= 120).all()
+        ring = np.zeros_like(mask)
+        x, y, w, h = (int(v) for v in annotation["bbox"])
+        ring[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1] = True
+        assert (pixels[ring & ~mask] < 60).all()
+    records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(synthetic_data["train_tfrecords"])))
+    assert len(records) == len(coco["images"])
+
+
+@pytest.mark.slow
+def test_fit_lowers_the_loss_and_coco_evaluation_returns_box_and_mask_ap(synthetic_data):
+    tf_keras.utils.set_random_seed(1)
+    config = tiny_config(input_size=256, data=synthetic_data)
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    trainer = keras_fit.TaskModel(task, model)
+    trainer.compile(optimizer=task.create_optimizer(config.trainer.optimizer_config, config.runtime))
+    history = trainer.fit(task.build_inputs(config.task.train_data), steps_per_epoch=3,
+                          epochs=4, verbose=0)
+    losses = history.history["total_loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+    metrics = keras_fit.evaluate(task, model, steps=1)
+    for key in ("AP", "AP50", "mask_AP", "mask_AP50"):
+        assert isinstance(metrics[key], float) and -1.0 <= metrics[key] <= 1.0, (key, metrics)
+
+
+@pytest.mark.slow
+def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_package(tmp_path):
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
+    train = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+         "--synthetic_coco_dir", str(tmp_path / "data"),
+         "--params_override", "trainer.train_steps=2,trainer.steps_per_loop=1,"
+         "trainer.checkpoint_interval=2,task.train_data.global_batch_size=1",
+         "--mode", "train", "--model_dir", str(model_dir), "--export_dir", str(export_dir)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert train.returncode == 0, train.stderr[-4000:]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+    assert (export_dir / "saved_model.pb").exists()
+
+    # A process in which nonlocal_keras cannot be imported, run from a
+    # directory that does not contain it.
+    load = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["nonlocal_keras"] = None
+        try:
+            import nonlocal_keras
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("nonlocal_keras is importable")
+        import tensorflow as tf
+        serve = tf.saved_model.load({str(export_dir)!r}).signatures["serving_default"]
+        images = tf.cast(tf.random.uniform((1, 256, 256, 3), maxval=255), tf.uint8)
+        out = serve(images)
+        assert "official" not in sys.modules
+        for key in ("detection_boxes", "detection_masks", "detection_scores"):
+            print(key, out[key].shape)
+        """
+    )
+    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
+                            timeout=300, cwd=str(tmp_path))
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert "detection_boxes (1, 20, 4)" in loaded.stdout
+    assert "detection_scores (1, 20)" in loaded.stdout
+    assert "detection_masks (1, 20, 28, 28)" in loaded.stdout
