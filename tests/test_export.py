@@ -191,7 +191,7 @@ def test_class_names_must_cover_every_class(model, tmp_path):
         export.export_saved_model(model, str(tmp_path), class_names=CLASS_NAMES[:3])
 
 
-def test_cli_exports_a_checkpoint(tmp_path):
+def test_cli_exports_a_checkpoint(tmp_path, capsys):
     config = {"model": {"name": "VideoResNet", "stage_blocks": [1, 1], "width": 4,
                         "nonlocal_blocks": {"res3": [0]}},
               "data": dict(DATA_CONFIG, num_classes=len(CLASS_NAMES), train_scale=[SCALE, SCALE])}
@@ -202,9 +202,10 @@ def test_cli_exports_a_checkpoint(tmp_path):
     trained.save_weights(str(tmp_path / "final.weights.h5"))
 
     output = tmp_path / "exported" / "nl_tiny" / "7"
-    path = export.main(["--config", str(config_path), "--checkpoint",
-                        str(tmp_path / "final.weights.h5"), "--output", str(output)])
-    assert path == str(output)
+    assert export.main(["--config", str(config_path), "--checkpoint",
+                        str(tmp_path / "final.weights.h5"), "--output", str(output)]) == 0
+    assert f"SavedModel written to {output}" in capsys.readouterr().out
+    path = str(output)
     with open(output / export.METADATA_FILE) as handle:
         assert json.load(handle)["eval_scale"] == SCALE
     clips = random_clips((2, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), seed=5)

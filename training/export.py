@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import keras
@@ -273,8 +274,9 @@ def main(argv=None):
     print(f"SavedModel written to {path}")
     print(f"TF Serving config and request example: "
           f"python -m nonlocal_keras.training.serving_example {path}")
-    return path
+    # The console script passes this to sys.exit: 0, not the path.
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

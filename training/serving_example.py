@@ -16,6 +16,7 @@ tests/test_export_serving.py checks that it still fits the exported signature.
 import argparse
 import json
 import os
+import sys
 
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
@@ -128,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
