@@ -1,23 +1,27 @@
-"""Small tools around models: counting FLOPs."""
+"""Small tools around models: counting multiply-adds."""
 
-# The op types whose cost is multiply-adds; TensorFlow's profiler reports
-# 2 FLOPs per multiply-add for them. Elementwise ops (BN, ReLU, additions),
-# pooling and softmax are left out, as fvcore and the paper's tables do.
-MULTIPLY_ADD_OPS = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul",
-                    "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+import math
+
+# Convolutions and matrix products: their multiply-adds are the product of the
+# output's size and the length of the contracted axis (or kernel window).
+# Elementwise ops (BN, ReLU, additions), pooling and softmax are left out, as
+# fvcore and the paper's tables do.
+_CONVOLUTIONS = ("Conv2D", "Conv3D")
+_MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 
 
 def count_flops(model, input_shape=None, batch_size=1):
     """Multiply-adds of one inference pass of a Keras model (TensorFlow backend).
 
     The model is traced into a TensorFlow graph at a fixed input shape and
-    TensorFlow's profiler counts every convolution and matrix product in it
-    (including the ones inside non-local blocks); the count is the profiler's
-    FLOPs divided by 2, i.e. multiply-adds, the unit of the paper and of
-    fvcore ("GFLOPs" there means G multiply-adds).
+    every convolution and matrix product in it (including the ones inside
+    non-local blocks and Dense layers) is counted from its static shapes.
+    The unit is the multiply-add, the paper's and fvcore's ("GFLOPs" there
+    means G multiply-adds); TensorFlow's profiler reports twice as many
+    "FLOPs" for the same ops.
 
     Args:
-        model: a built `keras.Model` with one input.
+        model: a `keras.Model` with one input.
         input_shape: the input shape without the batch axis; default the
             model's own, which must then be fully known.
         batch_size: clips per pass.
@@ -31,15 +35,33 @@ def count_flops(model, input_shape=None, batch_size=1):
     if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
         raise ValueError("`input_shape` must be fully known (pass it when the model's input "
                          f"has None axes). Received: input_shape={shape!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
-    forward = tf.function(lambda x: model(x, training=False))
-    graph = forward.get_concrete_function(
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(x):
+        return model(x, training=False)
+
+    graph = tf.function(forward).get_concrete_function(
         tf.TensorSpec((batch_size,) + shape, model.inputs[0].dtype)).graph
-    profiler = tf.compat.v1.profiler
-    options = (profiler.ProfileOptionBuilder(profiler.ProfileOptionBuilder.float_operation())
-               .with_empty_output().build())
-    per_op_type = profiler.profile(graph, cmd="op", options=options)
-    flops = sum(node.total_float_ops for node in per_op_type.children
-                if node.name in MULTIPLY_ADD_OPS)
-    return flops // 2
+    return sum(_multiply_adds(op) for op in graph.get_operations())
+
+
+def _multiply_adds(op):
+    if op.type in _CONVOLUTIONS:
+        window = op.inputs[1].shape.as_list()[:-1]  # (*kernel, C_in) of (*kernel, C_in, C_out)
+        return _size(op.outputs[0]) * math.prod(window)
+    if op.type in _MATRIX_PRODUCTS:
+        left = op.inputs[0].shape.as_list()
+        transposed = any(op.get_attr(attr) for attr in ("transpose_a", "adj_x")
+                         if attr in op.node_def.attr)
+        return _size(op.outputs[0]) * (left[-2] if transposed else left[-1])
+    return 0
+
+
+def _size(tensor):
+    dims = tensor.shape.as_list()
+    if None in dims:
+        raise ValueError(f"Cannot count the cost of {tensor.op.name}: its shape {dims} is not "
+                         "static. Pass a fully known `input_shape`.")
+    return math.prod(dims)

@@ -50,9 +50,15 @@ def i3d_extra_params(stage_blocks):
     return extra
 
 
+@pytest.fixture(scope="module")
+def r50():
+    """The two ResNet-50 baselines at their defaults, built once for this module."""
+    return {"c2d50": C2DResNet50(), "i3d50": I3DResNet50()}
+
+
 @pytest.mark.parametrize("key", ["c2d50", "i3d50"])
-def test_r50_trainable_params_match_pytorchvideo(key):
-    count = trainable_params(CONSTRUCTORS[key](classes=400))
+def test_r50_trainable_params_match_pytorchvideo(r50, key):
+    count = trainable_params(r50[key])
     assert abs(count - PYTORCHVIDEO_PARAMS[key]) <= 1e-3 * PYTORCHVIDEO_PARAMS[key]
 
 
@@ -62,8 +68,8 @@ def test_r101_trainable_params():
     assert trainable_params(I3DResNet101()) == C2D_R101_PARAMS + i3d_extra_params((3, 4, 23, 3))
 
 
-def test_i3d_r50_extra_params_follow_the_inflation_rule():
-    c2d, i3d = trainable_params(C2DResNet50()), trainable_params(I3DResNet50())
+def test_i3d_r50_extra_params_follow_the_inflation_rule(r50):
+    c2d, i3d = trainable_params(r50["c2d50"]), trainable_params(r50["i3d50"])
     assert i3d - c2d == i3d_extra_params((3, 4, 6, 3))
 
 
@@ -120,6 +126,7 @@ def test_nonlocal_blocks_sit_where_the_table_says(depth, blocks, expected):
         assert model.get_layer(f"{block}_nonlocal").input is model.get_layer(block).output
 
 
+@pytest.mark.slow
 def test_r101_ten_blocks_and_baseline():
     assert len(nonlocal_positions(I3DResNet101(nonlocal_blocks=10))) == 10
     assert nonlocal_positions(I3DResNet101()) == []
@@ -135,20 +142,20 @@ def test_nonlocal_mode_and_affinity_reach_every_block():
 
 @pytest.mark.parametrize("inflation, branch, spatial", [("3x1x1", "branch2a", (1, 1)),
                                                         ("3x3x3", "branch2b", (3, 3))])
-def test_i3d_inflates_every_other_block(inflation, branch, spatial):
-    model = I3DResNet50(inflation=inflation)
+def test_i3d_inflates_every_other_block(r50, inflation, branch, spatial):
+    model = r50["i3d50"] if inflation == "3x1x1" else I3DResNet50(inflation=inflation)
     assert tuple(model.get_layer("conv1").kernel.shape) == (5, 7, 7, 3, 64)
     inflated = sorted(layer.name[: -len(branch) - 1] for layer in model.layers
                       if isinstance(layer, keras.layers.Conv3D) and layer.kernel.shape[0] == 3)
     assert inflated == sorted(names("res2", [0, 1, 2]) + names("res3", [0, 2])
                               + names("res4", [0, 2, 4]) + names("res5", [1]))
     assert tuple(model.get_layer(f"res3_0_{branch}").kernel.shape[:3]) == (3,) + spatial
-    assert all(layer.kernel.shape[0] == 1 for layer in C2DResNet50().layers
+    assert all(layer.kernel.shape[0] == 1 for layer in r50["c2d50"].layers
                if isinstance(layer, keras.layers.Conv3D))
 
 
-def test_stride_sits_in_the_3x3_convolution_and_layer_names_say_where():
-    model = C2DResNet50()
+def test_stride_sits_in_the_3x3_convolution_and_layer_names_say_where(r50):
+    model = r50["c2d50"]
     assert model.get_layer("res3_0_branch2a").strides == (1, 1, 1)
     assert model.get_layer("res3_0_branch2b").strides == (1, 2, 2)
     assert model.get_layer("res3_0_branch1").strides == (1, 2, 2)

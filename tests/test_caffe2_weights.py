@@ -1,0 +1,136 @@
+"""Caffe2 release conversion: a pickle written here in the official naming scheme, round trip."""
+
+import pickle
+
+import keras
+import numpy as np
+import pytest
+
+from nonlocal_keras.applications import I3DResNet50, VideoResNet, load_caffe2_weights
+from nonlocal_keras.applications.caffe2_weights import main
+from nonlocal_keras.layers import NonLocal3D
+
+# Optimizer state and bookkeeping that the released files carry.
+EXTRA_BLOBS = {"lr": np.float32(0.01), "model_iter": np.int64(400000),
+               "res2_0_branch2a_w_momentum": np.zeros((64, 64, 3, 1, 1), "float32")}
+
+
+def randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        values = rng.uniform(0.5, 1.5, variable.shape) if "variance" in variable.path else (
+            rng.normal(0.0, 0.1, variable.shape))
+        variable.assign(values.astype("float32"))
+
+
+def official_blobs(model):
+    """Blobs named and laid out as video-nonlocal-net saves them (NCTHW, (out, in) FC)."""
+    blobs = {}
+
+    def batch_norm(prefix, bn):
+        for suffix, values in (("s", bn.gamma), ("b", bn.beta), ("rm", bn.moving_mean),
+                               ("riv", bn.moving_variance)):
+            blobs[f"{prefix}_{suffix}"] = np.asarray(values)
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv3D):
+            blobs[f"{layer.name}_w"] = np.asarray(layer.kernel).transpose(4, 3, 0, 1, 2)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            batch_norm(layer.name, layer)
+        elif isinstance(layer, NonLocal3D):
+            stage, block, _ = layer.name.split("_")
+            prefix = f"nonlocal_conv{stage[3:]}_{block}"
+            for sub, blob in (("theta", "theta"), ("phi", "phi"), ("g", "g"), ("w_z", "out")):
+                dense = getattr(layer, sub)
+                kernel = np.asarray(dense.kernel).T
+                blobs[f"{prefix}_{blob}_w"] = kernel.reshape(kernel.shape + (1, 1, 1))
+                blobs[f"{prefix}_{blob}_b"] = np.asarray(dense.bias)
+            batch_norm(f"{prefix}_bn", layer.bn)
+        elif layer.name == "pred":
+            blobs["pred_w"] = np.asarray(layer.kernel).T
+            blobs["pred_b"] = np.asarray(layer.bias)
+    return blobs
+
+
+def small_model(seed=None):
+    model = VideoResNet((2, 2, 1, 1), width=8, classes=6, conv1_time=5,
+                        inflated_blocks={"res2": "all", "res3": "even", "res5": "odd"},
+                        nonlocal_blocks={"res3": [1], "res4": [0]}, name="small_nl_i3d")
+    if seed is not None:
+        randomize(model, seed)
+    return model
+
+
+def write_pickle(path, blobs, wrap):
+    with open(path, "wb") as file:
+        pickle.dump({"blobs": blobs} if wrap else blobs, file, protocol=2)
+
+
+def assert_same_weights(model, reference):
+    for variable, expected in zip(model.weights, reference.weights):
+        assert variable.path == expected.path
+        np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
+
+
+@pytest.mark.parametrize("wrap", [True, False])
+def test_round_trip_through_an_official_style_pickle(tmp_path, wrap):
+    source = small_model(seed=0)
+    blobs = official_blobs(source)
+    # The official names for a few layers, spelled out.
+    for name in ("conv1_w", "res_conv1_bn_riv", "res2_0_branch1_w", "res3_0_branch2a_bn_s",
+                 "nonlocal_conv3_1_theta_w", "nonlocal_conv4_0_out_b", "nonlocal_conv4_0_bn_rm"):
+        assert name in blobs
+    assert blobs["conv1_w"].shape == (8, 3, 5, 7, 7)
+    write_pickle(tmp_path / "model.pkl", {**blobs, **EXTRA_BLOBS}, wrap)
+
+    target = small_model(seed=1)
+    unused = load_caffe2_weights(target, str(tmp_path / "model.pkl"))
+    assert unused == sorted(EXTRA_BLOBS)
+    assert_same_weights(target, source)
+    clip = np.random.default_rng(2).normal(size=(1, 4, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(target(clip, training=False), source(clip, training=False),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_missing_blob_and_wrong_shape_are_named():
+    blobs = official_blobs(small_model(seed=0))
+    del blobs["nonlocal_conv3_1_phi_b"]
+    with pytest.raises(ValueError, match=r"1 blobs .* needs are not in the file.*'nonlocal_conv3_1_phi_b'"):
+        load_caffe2_weights(small_model(), blobs)
+    blobs = official_blobs(small_model(seed=0))
+    blobs["res2_1_branch2b_w"] = blobs["res2_1_branch2b_w"][:, :, :, :2]
+    with pytest.raises(ValueError, match=r"Blob 'res2_1_branch2b_w' has shape \(8, 8, 1, 2, 3\)"):
+        load_caffe2_weights(small_model(), blobs)
+
+
+def test_unused_parameter_blobs_are_reported():
+    blobs = official_blobs(small_model(seed=0))
+    blobs["nonlocal_conv4_3_theta_w"] = np.zeros((4, 8, 1, 1, 1), "float32")
+    with pytest.warns(UserWarning, match="nonlocal_conv4_3_theta_w"):
+        assert load_caffe2_weights(small_model(), blobs) == ["nonlocal_conv4_3_theta_w"]
+
+
+@pytest.mark.slow
+def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys):
+    source = I3DResNet50(nonlocal_blocks=5)
+    randomize(source, 3)
+    write_pickle(tmp_path / "i3d_nl5.pkl", {**official_blobs(source), **EXTRA_BLOBS}, wrap=True)
+    destination = str(tmp_path / "i3d_nl5.weights.h5")
+    assert main([str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination]) == 0
+    assert "3 ignored" in capsys.readouterr().out
+    restored = I3DResNet50(nonlocal_blocks=5, weights=destination)
+    assert_same_weights(restored, source)
+    clip = np.random.default_rng(4).normal(size=(1, 4, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(restored(clip, training=False), source(clip, training=False),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cli_errors(tmp_path, capsys):
+    write_pickle(tmp_path / "empty.pkl", {"lr": 0.1}, wrap=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "empty.pkl"), "--arch", "i3d_nl7_r34", str(tmp_path / "x.weights.h5")])
+    assert exit_info.value.code == 2
+    assert "Received: arch='i3d_nl7_r34'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "empty.pkl"), "--arch", "c2d_r50", str(tmp_path / "x.h5")])
+    assert "must end with `.weights.h5`" in capsys.readouterr().err
