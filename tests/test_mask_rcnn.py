@@ -4,6 +4,7 @@ Tiny settings throughout: ResNet-50 at width x0.25, 128x128 (256x256 for
 training), thin FPN and heads (training/configs/maskrcnn_nonlocal_tiny.yaml).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def test_tf_keras_block_is_identity_at_init_and_round_trips_its_config():
     clone.set_weights(model.get_weights())
     assert isinstance(clone.get_layer("nl"), mask_rcnn.NonLocalBlock2D)
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_tf_keras_block_runs_under_tf_keras_mixed_precision():
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = tf_keras.Input((8, 8, 16))
+        model = tf_keras.Model(inputs, mask_rcnn.NonLocalBlock2D(name="nl")(inputs))
+        model.get_layer("nl").bn.gamma.assign(tf.ones((16,)))
+        y = model(tf.random.stateless_normal((1, 8, 8, 16), seed=(5, 6)) * 30.0)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    assert y.dtype == tf.float16
+    assert np.isfinite(y.numpy()).all()
 
 
 def test_tf_keras_block_rejects_an_unknown_mode():
@@ -268,7 +282,7 @@ def test_model_is_the_plain_mask_rcnn_at_init_given_the_same_backbone_weights():
     assert np.abs(changed - before).max() > 1e-3 * np.abs(before).max()
 
 
-def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(tmp_path):
+def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(tmp_path, caplog):
     config = tiny_config()
     model_config = config.task.model
     plain = nl_backbone.build_plain_resnet(
@@ -298,10 +312,13 @@ def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(
         for w in block.weights:
             np.testing.assert_array_equal(w.numpy(), nl_before[w.name])
 
-    # The task's own initialize (what the trainer calls) does the same.
+    # The task's own initialize (what the trainer calls) does the same, and says so.
     fresh = task.build_model()
-    task.initialize(fresh)
+    with caplog.at_level(logging.INFO):
+        task.initialize(fresh)
     np.testing.assert_array_equal(fresh.backbone.weights[0].numpy(), plain.weights[0].numpy())
+    assert f"restored {len(plain.weights)} backbone variables" in caplog.text
+    assert "left 12 new" in caplog.text and "nonlocal_res4_5/theta/kernel" in caplog.text
 
 
 # --- data, training, evaluation, export --------------------------------------

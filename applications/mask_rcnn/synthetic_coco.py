@@ -118,7 +118,7 @@ def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
     return f"{output_prefix}-*"
 
 
-def build(output_dir, num_train=8, num_val=4, image_size=256, seed=0):
+def build(output_dir, num_train=64, num_val=16, image_size=256, seed=0):
     """Generate the tiny dataset and its TFRecords under `output_dir`.
 
     Returns:
