@@ -189,6 +189,7 @@ def test_config_must_match_the_model_input(model, tmp_path, field, value):
 def test_class_names_must_cover_every_class(model, tmp_path):
     with pytest.raises(ValueError, match="Received: class_names="):
         export.export_saved_model(model, str(tmp_path), class_names=CLASS_NAMES[:3])
+    assert not os.listdir(tmp_path)
 
 
 def test_cli_exports_a_checkpoint(tmp_path, capsys):

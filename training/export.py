@@ -117,13 +117,18 @@ def _checked(clips, expected_shape, dtype_name):
         return tf.identity(clips)
 
 
-def _class_name_table(class_names, num_classes, folder):
-    """Index -> name lookup initialised from `class_names.txt`, which becomes an asset."""
+def _checked_class_names(class_names, num_classes):
+    # One name per line in the asset file: a name may not hold a line break.
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes or any(not n.strip() or "\n" in n for n in class_names):
         raise ValueError(f"`class_names` must be {num_classes} non-empty one-line names, one per "
                          f"class. Received: class_names={class_names[:10]!r} "
                          f"({len(class_names)} names)")
+    return class_names
+
+
+def _class_name_table(class_names, folder):
+    """Index -> name lookup initialised from `class_names.txt`, which becomes an asset."""
     path = os.path.join(folder, CLASS_NAMES_ASSET)
     with open(path, "w") as handle:
         handle.write("\n".join(class_names) + "\n")
@@ -197,6 +202,8 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     settings = serving_settings(model, data_config)
     if class_names is None and data_config is not None:
         class_names = data.class_names_from_config(data_config)
+    if class_names is not None:
+        class_names = _checked_class_names(class_names, model.output_shape[1])
     path = resolve_export_path(export_dir, model_name or model.name)
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError("The version folder exists; export a new version or pass "
@@ -212,7 +219,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         archive.track(model)
         table = None
         if class_names is not None:
-            table = _class_name_table(class_names, model.output_shape[1], staging)
+            table = _class_name_table(class_names, staging)
             archive.track(table)
         from_uint8, from_normalized = _endpoints(model, settings, top_k, table)
         frames, height, width = model.input_shape[1:4]
@@ -223,7 +230,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         saved = os.path.join(staging, "model")
         archive.write_out(saved, verbose=False)
         metadata = dict(settings, num_classes=int(model.output_shape[1]), top_k=top_k,
-                        class_names=list(class_names) if class_names is not None else None,
+                        class_names=class_names,
                         signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
         os.makedirs(os.path.join(saved, os.path.dirname(METADATA_FILE)), exist_ok=True)
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
