@@ -161,11 +161,11 @@ model.fit(np.ones((8, 2), "float32"), np.zeros((8, 1), "float32"), batch_size=8,
 after = model.get_weights()[0]
 
 config = config_lib.load_config(None, sys.argv[1:])
-trained, results = train.run(config)
-print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+trained, results = train.run(config, strategy=strategy)
+print(json.dumps({"replicas": results["replicas"],
                   "ratio": (after / before).ravel().tolist(),
                   "steps": results["steps"],
-                  "variable": type(trained.trainable_variables[0]).__name__}))
+                  "variable": type(trained.trainable_variables[0].value).__name__}))
 """
 
 

@@ -30,7 +30,7 @@ NUM_FRAMES = 8
 FRAME_SIZE = 32
 _QUADRANT = FRAME_SIZE // 2
 _TRAIN_IMAGES = 1400
-_VERSION = 1
+_VERSION = 2
 # Quadrant q (0..3, row-major) has its top-left corner here.
 QUADRANT_ORIGINS = ((0, 0), (0, _QUADRANT), (_QUADRANT, 0), (_QUADRANT, _QUADRANT))
 # A faint background colour per quadrant, the same in every frame: it tells a

@@ -34,13 +34,14 @@ def _loss_and_metrics(multi_label, num_classes):
 
 def _callbacks(run_dir, runtime_config, skipped):
     callbacks = [
+        # First, so that the count is in the logs the other callbacks write.
+        data.SkippedVideoSummary(skipped),
         # Restores weights, optimiser state and the epoch of an interrupted run.
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
                                          save_freq=runtime_config["backup_freq"]),
         keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.weights.h5"),
                                         save_weights_only=True),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-        data.SkippedVideoSummary(skipped),
     ]
     if runtime_config["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"),
@@ -65,13 +66,19 @@ def build_optimizer(config, steps_per_epoch):
     return optimizer
 
 
-def run(config):
-    """Train (resuming from `backup/` if present) and evaluate; returns the results dict."""
+def run(config, strategy=None):
+    """Train (resuming from `backup/` if present) and evaluate.
+
+    `strategy` overrides `runtime.strategy` (pass the one already in use: two
+    strategies in one process would allocate the same collective keys).
+    Returns `(model, results)`; the results are also in `results.json`.
+    """
     run_dir = config["runtime"]["output_dir"]
     data_config = config["data"]
     keras.utils.set_random_seed(config["train"]["seed"])
     runtime.set_precision(config["runtime"]["precision"])
-    strategy = runtime.make_strategy(config["runtime"]["strategy"], config["runtime"]["tpu"])
+    if strategy is None:
+        strategy = runtime.make_strategy(config["runtime"]["strategy"], config["runtime"]["tpu"])
 
     # Every row of both sets is checked before any training starts.
     class_names = data.class_names_from_config(data_config)
@@ -121,6 +128,7 @@ def run(config):
         "model": config["model"]["name"],
         "params": int(model.count_params()),
         "steps": int(_iterations(model.optimizer)),
+        "replicas": int(replicas),
         "epochs_run_this_session": len(history.epoch),
         "train_seconds_this_session": round(train_seconds, 1),
         "skipped_training_videos": skipped.total,
