@@ -226,7 +226,9 @@ def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("c2d", 50, "3x1x1", **locals())
+    return _named_resnet("c2d", 50, "3x1x1", include_top, weights, input_tensor, input_shape,
+                         pooling, classes, classifier_activation, name, nonlocal_blocks,
+                         nonlocal_mode, nonlocal_affinity, dropout_rate)
 
 
 def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -234,7 +236,9 @@ def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("c2d", 101, "3x1x1", **locals())
+    return _named_resnet("c2d", 101, "3x1x1", include_top, weights, input_tensor, input_shape,
+                         pooling, classes, classifier_activation, name, nonlocal_blocks,
+                         nonlocal_mode, nonlocal_affinity, dropout_rate)
 
 
 def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -245,7 +249,9 @@ def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("i3d", 50, **locals())
+    return _named_resnet("i3d", 50, inflation, include_top, weights, input_tensor, input_shape,
+                         pooling, classes, classifier_activation, name, nonlocal_blocks,
+                         nonlocal_mode, nonlocal_affinity, dropout_rate)
 
 
 def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -253,7 +259,9 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1"):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("i3d", 101, **locals())
+    return _named_resnet("i3d", 101, inflation, include_top, weights, input_tensor, input_shape,
+                         pooling, classes, classifier_activation, name, nonlocal_blocks,
+                         nonlocal_mode, nonlocal_affinity, dropout_rate)
 
 
 def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
@@ -264,15 +272,27 @@ def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
     return f"{prefix}{arch}{variant}_resnet{depth}"
 
 
-def _named_resnet(arch, depth, inflation, name, **kwargs):
+def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, input_shape,
+                  pooling, classes, classifier_activation, name, nonlocal_blocks, nonlocal_mode,
+                  nonlocal_affinity, dropout_rate):
     rule = INFLATION_RULES[arch]
     return VideoResNet(
         DEPTHS[depth],
-        name=name or default_name(arch, depth, kwargs["nonlocal_blocks"], inflation),
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        name=name or default_name(arch, depth, nonlocal_blocks, inflation),
         conv1_time=rule["conv1_time"],
         inflated_blocks=rule["blocks"],
         inflation=inflation,
-        **kwargs,
+        nonlocal_blocks=nonlocal_blocks,
+        nonlocal_mode=nonlocal_mode,
+        nonlocal_affinity=nonlocal_affinity,
+        dropout_rate=dropout_rate,
     )
 
 

@@ -90,6 +90,12 @@ def test_round_trip_through_an_official_style_pickle(tmp_path, wrap):
     clip = np.random.default_rng(2).normal(size=(1, 4, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(target(clip, training=False), source(clip, training=False),
                                rtol=1e-6, atol=1e-7)
+    # The constructors take the .pkl as `weights` too.
+    from_path = VideoResNet((2, 2, 1, 1), width=8, classes=6, conv1_time=5,
+                            inflated_blocks={"res2": "all", "res3": "even", "res5": "odd"},
+                            nonlocal_blocks={"res3": [1], "res4": [0]}, name="small_nl_i3d",
+                            weights=str(tmp_path / "model.pkl"))
+    assert_same_weights(from_path, source)
 
 
 def test_missing_blob_and_wrong_shape_are_named():

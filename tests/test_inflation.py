@@ -82,3 +82,20 @@ def test_depth_and_width_mismatches_name_the_layer(resnet50):
         inflate_weights(resnet50, VideoResNet(STAGE_BLOCKS_R50[:2] + (5, 3)))
     with pytest.raises(ValueError, match=r"Layer 'conv1' has a kernel \(1, 7, 7, 3, 32\).*width"):
         inflate_weights(resnet50, VideoResNet(STAGE_BLOCKS_R50, width=32))
+
+
+def test_weights_imagenet_inflates_keras_resnet(resnet50, monkeypatch):
+    """`weights="imagenet"` goes through `inflate_weights` (the download is replaced here)."""
+    calls = []
+
+    def offline_resnet50(include_top, weights):
+        calls.append((include_top, weights))
+        return resnet50
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline_resnet50)
+    model = C2DResNet50(weights="imagenet", classes=5)
+    assert calls == [(False, "imagenet")]
+    np.testing.assert_array_equal(np.asarray(model.get_layer("res4_2_branch2b").kernel)[0],
+                                  np.asarray(resnet50.get_layer("conv4_block3_2_conv").kernel))
+    with pytest.raises(ValueError, match=r"ResNet-50/101 stages with width 64.*weights='imagenet'"):
+        VideoResNet((1, 1), width=8, weights="imagenet")
