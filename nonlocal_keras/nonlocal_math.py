@@ -9,15 +9,35 @@ of rank 3 (sequences), 4 (images) or 5 (video) and on every Keras 3 backend.
 
 The affinity f and its normaliser C are computed in float32 whatever the
 compute dtype, so that mixed precision cannot overflow the logits.
+
+Memory: the plain path holds the whole `(N_q, N_k)` affinity (10 GB in
+float32 for a 32x56x56 clip pooled 1x2x2). With `chunk_size` the queries are
+processed in slices of that many rows, exactly (each row of the affinity
+depends on its own query only), and every slice is wrapped in `keras.remat`
+so that the backward pass recomputes the slice's affinity instead of keeping
+it: peak memory is then `chunk_size * N_k` floats plus O(N) tensors, forward
+and backward, on every backend (`tf.recompute_grad`, `jax.checkpoint`,
+`torch.utils.checkpoint`). Fused attention kernels were not used: Keras's
+`dot_product_attention` has a flash path only on GPUs, and it cannot express
+the dot-product and concatenation modes.
 """
 
 import math
 
+import keras
 from keras import ops
 
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
 AFFINITIES = ("spacetime", "space", "time")
+
+# chunk_size="auto" chunks when one example's affinity (per group) has more
+# elements than this (64 MB in float32: res3 with batch 1, 9.8M, stays plain),
+# in chunks of about AUTO_CHUNK_ELEMENTS affinity entries each: big enough that
+# a chunk is a full-speed matmul, small enough that the softmax and its
+# gradient temporaries stay in the low hundreds of MB.
+AUTO_MAX_AFFINITY = 2**24
+AUTO_CHUNK_ELEMENTS = 2**24
 
 
 def max_pool(x, pool_size):
@@ -55,6 +75,10 @@ def pairwise_affinity(theta, phi, mode, use_scale=True, w_f=None):
     theta = ops.cast(theta, "float32")
     phi = ops.cast(phi, "float32")
     channels = theta.shape[-1]
+    if mode in SOFTMAX_MODES and use_scale:
+        # Scaling the (N_q, C) queries costs N_q * C multiplies, the
+        # (N_q, N_k) logits N_q * N_k: same value up to rounding.
+        theta = theta * (1.0 / math.sqrt(channels))
     if mode == "concatenation":
         # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
         # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
@@ -65,8 +89,6 @@ def pairwise_affinity(theta, phi, mode, use_scale=True, w_f=None):
     else:
         f = ops.matmul(theta, ops.swapaxes(phi, -1, -2))
     if mode in SOFTMAX_MODES:
-        if use_scale:
-            f = f / math.sqrt(channels)
         return ops.softmax(f, axis=-1)
     num_keys = ops.cast(ops.shape(phi)[-2], "float32")
     return f / num_keys
@@ -88,6 +110,7 @@ def nonlocal_response(
     use_scale=True,
     w_f=None,
     return_attention_scores=False,
+    chunk_size=None,
 ):
     """The response `y` of a non-local block, before `W_z` and the residual.
 
@@ -105,6 +128,16 @@ def nonlocal_response(
         return_attention_scores: also return the normalised affinity:
             `(batch, N_q, N_k)` for `"spacetime"`, and
             `(batch, groups, N_q_group, N_k_group)` for `"space"` / `"time"`.
+            This materialises the whole affinity, so it always takes the plain
+            path whatever `chunk_size` says.
+        chunk_size: `None` (default here): the plain path, one affinity of
+            `(N_q, N_k)` per group. An int: queries in slices of that many
+            positions (of a group's queries for `"space"` / `"time"`), each
+            recomputed in the backward pass; same result, memory
+            `chunk_size * N_k`. `"auto"`: chunk when a group's affinity has
+            more than `AUTO_MAX_AFFINITY` entries, in slices of about
+            `AUTO_CHUNK_ELEMENTS` entries. Chunking needs the number of
+            queries known when tracing; otherwise the plain path is used.
 
     Returns:
         `y` with the positions of `x` and the channels of `g`, and the
@@ -119,11 +152,64 @@ def nonlocal_response(
 
     grouping = _GROUPINGS[affinity]
     q, k, v, restore = grouping(queries, keys, values, pool_size)
+    chunk = None
+    if not return_attention_scores:
+        chunk = resolve_chunk_size(chunk_size, q.shape[-2], k.shape[-2])
+    if chunk is not None:
+        y, _ = restore(_chunked(q, k, v, chunk, mode, use_scale, w_f), None)
+        return y
     weights = pairwise_affinity(q, k, mode, use_scale=use_scale, w_f=w_f)
     y, weights = restore(aggregate(weights, v), weights)
     if return_attention_scores:
         return y, weights
     return y
+
+
+def check_chunk_size(chunk_size):
+    """`chunk_size` if it is None, "auto" or a positive int; ValueError otherwise."""
+    if chunk_size is None or chunk_size == "auto":
+        return chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(
+            "`chunk_size` must be None (plain path), 'auto' or an integer >= 1. "
+            f"Received: chunk_size={chunk_size!r}"
+        )
+    return chunk_size
+
+
+def resolve_chunk_size(chunk_size, num_queries, num_keys):
+    """The query slice length to use, or None for the plain path."""
+    check_chunk_size(chunk_size)
+    if chunk_size is None or num_queries is None or num_keys is None:
+        return None
+    if chunk_size == "auto":
+        if num_queries * num_keys <= AUTO_MAX_AFFINITY:
+            return None
+        chunk_size = max(1, AUTO_CHUNK_ELEMENTS // num_keys)
+    return chunk_size if chunk_size < num_queries else None
+
+
+def _chunked(q, k, v, chunk, mode, use_scale, w_f):
+    # The same two functions as the plain path, on slices of the queries. A
+    # Python loop (static slices) rather than ops.map: under tf.function a
+    # while loop would stack every iteration's activations for the gradient,
+    # which is what remat is here to avoid.
+    def one_chunk(q_chunk, k, v, *w):
+        weights = pairwise_affinity(q_chunk, k, mode, use_scale=use_scale,
+                                    w_f=w[0] if w else None)
+        return aggregate(weights, v)
+
+    one_chunk = keras.remat(one_chunk)
+    # w_f enters as a tensor (a copy of the variable): handed the variable
+    # itself, tf.recompute_grad returns its gradient both as an input's and
+    # as a watched variable's, and the two add up to twice the true value.
+    extra = () if w_f is None else (ops.copy(w_f),)
+    num_queries = q.shape[-2]
+    ys = [
+        one_chunk(q[..., start:start + chunk, :], k, v, *extra)
+        for start in range(0, num_queries, chunk)
+    ]
+    return ops.concatenate(ys, axis=-2)
 
 
 def _flatten_positions(t):
@@ -156,6 +242,8 @@ def _space(queries, keys, values, pool_size):
 
     def restore(y, weights):
         y = ops.reshape(y, (batch, frames, height, width, ops.shape(y)[-1]))
+        if weights is None:  # the chunked path has no affinity to return
+            return y, None
         n_q, n_k = ops.shape(weights)[-2:]
         return y, ops.reshape(weights, (batch, pooled_frames, n_q, n_k))
 
@@ -190,6 +278,8 @@ def _time(queries, keys, values, pool_size):
         y = ops.reshape(y, (batch, cells_h, cells_w, frames, ph, pw, c))
         y = ops.transpose(y, (0, 3, 1, 4, 2, 5, 6))
         y = ops.reshape(y, (batch, frames, height, width, c))
+        if weights is None:
+            return y, None
         n_q, n_k = ops.shape(weights)[-2:]
         return y, ops.reshape(weights, (batch, cells_h * cells_w, n_q, n_k))
 

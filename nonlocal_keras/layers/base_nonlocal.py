@@ -46,6 +46,16 @@ class BaseNonLocal(layers.Layer):
             convolutions, applied to every projection of the block.
         bn_momentum, bn_epsilon: of the BatchNormalization (official: 0.9,
             1e-5).
+        chunk_size: memory-efficient execution. `"auto"` (default) keeps the
+            plain path while one example's affinity has at most 2**24 entries
+            (res4 and res3 of the paper stay plain) and above that processes
+            the queries in slices of about 2**24 / N_k positions, recomputing
+            each slice in the backward pass; an int forces slices of that many
+            queries; `None` forces the plain path. All give the same outputs
+            and gradients (exact, no approximation); chunked, peak memory grows
+            with N instead of N^2 (a 32x56x56 clip fits in a few GB instead
+            of more than 10). `return_attention_scores=True` materialises the
+            whole affinity and so always takes the plain path.
 
     Sub-layers (created in `build`; the 1x1 convolutions are `Dense` layers
     acting on the channel axis, kernels `(C_in, C_out)`):
@@ -77,6 +87,7 @@ class BaseNonLocal(layers.Layer):
         bias_regularizer=None,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        chunk_size="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -112,6 +123,7 @@ class BaseNonLocal(layers.Layer):
             raise ValueError(f"`bn_epsilon` must be > 0. Received: bn_epsilon={bn_epsilon}")
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
 
     @property
@@ -187,7 +199,7 @@ class BaseNonLocal(layers.Layer):
         x = inputs
         if self.data_format == "channels_first":
             x = ops.moveaxis(x, 1, -1)
-        y, scores = nonlocal_math.nonlocal_response(
+        response = nonlocal_math.nonlocal_response(
             x,
             self.theta,
             self.phi,
@@ -197,8 +209,10 @@ class BaseNonLocal(layers.Layer):
             affinity=self.affinity,
             use_scale=self.use_scale,
             w_f=None if self.w_f is None else self.w_f.kernel,
-            return_attention_scores=True,
+            return_attention_scores=return_attention_scores,
+            chunk_size=self.chunk_size,
         )
+        y, scores = response if return_attention_scores else (response, None)
         z = self.w_z(y)
         if self.bn is not None:
             z = self.bn(z, training=training)
@@ -227,6 +241,7 @@ class BaseNonLocal(layers.Layer):
                 "bias_regularizer": regularizers.serialize(self.bias_regularizer),
                 "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
+                "chunk_size": self.chunk_size,
             }
         )
         return config

@@ -33,6 +33,7 @@ class NonLocal3D(BaseNonLocal):
         bias_regularizer=None,
         bn_momentum=0.9,
         bn_epsilon=1e-5,
+        chunk_size="auto",
         **kwargs,
     ):
         super().__init__(
@@ -51,5 +52,6 @@ class NonLocal3D(BaseNonLocal):
             bias_regularizer=bias_regularizer,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            chunk_size=chunk_size,
             **kwargs,
         )
