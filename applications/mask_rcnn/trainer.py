@@ -1,0 +1,72 @@
+"""Model Garden's vision trainer with the non-local Mask R-CNN registered.
+
+The logic behind `nonlocal-train-detection` (`nonlocal_keras.training.train_detection`),
+kept here because only this package imports Model Garden.
+"""
+
+import json
+import os
+
+from absl import flags
+
+from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
+from nonlocal_keras.applications.mask_rcnn import export, synthetic_coco
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Model Garden's trainer flags, plus --synthetic_coco_dir and --export_dir."""
+    from official.common import flags as tfm_flags
+
+    tfm_flags.define_flags()
+    flags.DEFINE_string(
+        "synthetic_coco_dir", None,
+        "Generate the embedded synthetic COCO dataset here (if missing) and use it "
+        "as train and validation data.")
+    flags.DEFINE_string(
+        "export_dir", None,
+        "After the --mode run, export the latest checkpoint of --model_dir here as a SavedModel.")
+    flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
+
+
+def synthetic_data_config(directory):
+    """A YAML override pointing the task's data and evaluator at the synthetic dataset.
+
+    The dataset is generated on the first call; the override file is written
+    next to it and returned, to be applied after the user's config files.
+    """
+    paths_file = os.path.join(directory, "paths.json")
+    if not os.path.exists(paths_file):
+        paths = synthetic_coco.build(directory)
+        with open(paths_file, "w") as f:
+            json.dump(paths, f)
+    with open(paths_file) as f:
+        paths = json.load(f)
+    override = {"task": {
+        "train_data": {"input_path": paths["train_tfrecords"]},
+        "validation_data": {"input_path": paths["val_tfrecords"]},
+        "annotation_file": paths["val_json"],
+    }}
+    override_file = os.path.join(directory, "data_override.yaml")
+    with open(override_file, "w") as f:
+        json.dump(override, f)  # JSON is YAML
+    return override_file
+
+
+def run(argv):
+    """`official.vision.train`'s main, then the optional export."""
+    # Model Garden's trainer defines its own absl flag at import time.
+    from official.core import train_utils
+    from official.vision import train as vision_train
+
+    if FLAGS.synthetic_coco_dir:
+        FLAGS.config_file = list(FLAGS.config_file or []) + [
+            synthetic_data_config(FLAGS.synthetic_coco_dir)]
+    vision_train.main(argv)
+    if not FLAGS.export_dir:
+        return
+    params = train_utils.parse_configuration(FLAGS)
+    export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
+    print(f"Exported the SavedModel to {FLAGS.export_dir}")
+
