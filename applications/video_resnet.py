@@ -3,8 +3,9 @@
 The architecture follows the official Caffe2 release (facebookresearch/
 video-nonlocal-net, `lib/models/resnet_video.py`, `resnet_helper.py`), which
 produced the released weights; see PAPER.md section 3. Everything that varies
-between the named models lives in the tables below; one private builder reads
-them and `VideoResNet` exposes the builder for custom (small) networks:
+between the named models lives in the tables of `video_resnet_spec` (re-exported
+here); one builder reads them, and `VideoResNet` exposes it for custom (small)
+networks:
 
     # The `make demo` size: 8x32x32 clips, no pool1 and no temporal pool2,
     # res2..res4 with 1 block each, one non-local block on the 8x4x4 map.
@@ -43,42 +44,20 @@ Choices (where the paper, the issue or the official code are silent or differ):
   residual block `i` of stage `resN` is the layer `resN_i`.
 """
 
-import os
-
 import keras
 from keras import layers
 
+from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (tables re-exported)
+    DEPTHS,
+    INFLATION_RULES,
+    INFLATIONS,
+    NONLOCAL_LAYOUTS,
+    STAGES,
+    check_head,
+    check_input_shape,
+    check_spec,
+)
 from nonlocal_keras.layers import NonLocal3D
-
-STAGES = ("res2", "res3", "res4", "res5")
-
-# Residual blocks per stage (official BLOCK_CONFIG).
-DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
-# Which residual blocks get a temporal kernel of 3 (official `obtain_arc`):
-# a rule per stage, so that it holds for every depth.
-INFLATION_RULES = {
-    "c2d": {"conv1_time": 1, "blocks": {}},
-    "i3d": {"conv1_time": 5,
-            "blocks": {"res2": "all", "res3": "even", "res4": "even", "res5": "odd"}},
-}
-
-# Which convolution of an inflated block becomes 3xkxk.
-INFLATIONS = {"3x1x1": "branch2a", "3x3x3": "branch2b"}
-
-# Residual blocks followed by a non-local block, by depth and block count.
-NONLOCAL_LAYOUTS = {
-    50: {
-        1: {"res4": (4,)},
-        5: {"res3": (1, 3), "res4": (1, 3, 5)},
-        10: {"res3": (0, 1, 2, 3), "res4": (0, 1, 2, 3, 4, 5)},
-    },
-    101: {
-        1: {"res4": (21,)},
-        5: {"res3": (1, 3), "res4": (6, 13, 20)},
-        10: {"res3": (0, 1, 2, 3), "res4": (2, 6, 10, 14, 18, 22)},
-    },
-}
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -145,10 +124,10 @@ def VideoResNet(
     Returns:
         A `keras.Model`.
     """
-    spec = _check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
+    spec = check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
                        stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate)
-    _check_head(include_top, pooling, classes, weights)
-    inputs, x = _input(input_tensor, input_shape, spec)
+    check_head(include_top, pooling, classes, weights)
+    inputs = x = _input(input_tensor, input_shape, spec)
 
     x = _conv_bn(x, width, (conv1_time, 7, 7), 2, "conv1", bn_name="res_conv1_bn")
     if spec["pool1"]:
@@ -296,150 +275,13 @@ def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, in
     )
 
 
-def _check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
-                pool1, pool2, nonlocal_blocks, dropout_rate):
-    blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
-    if not 1 <= len(blocks) <= len(STAGES) or not all(_is_int(n) and n >= 1 for n in blocks):
-        raise ValueError("`stage_blocks` must be 1 to 4 positive integers (res2, res3, ...). "
-                         f"Received: stage_blocks={stage_blocks!r}")
-    stages = STAGES[:len(blocks)]
-    if not _is_int(width) or width < 1:
-        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
-    if not _is_int(conv1_time) or conv1_time < 1 or conv1_time % 2 == 0:
-        raise ValueError("`conv1_time` must be a positive odd integer. "
-                         f"Received: conv1_time={conv1_time!r}")
-    if inflation not in INFLATIONS:
-        raise ValueError(f"`inflation` must be one of {', '.join(map(repr, INFLATIONS))}. "
-                         f"Received: inflation={inflation!r}")
-    strides = (1,) + (2,) * (len(blocks) - 1) if stage_strides is None else stage_strides
-    if (not isinstance(strides, (list, tuple)) or len(strides) != len(blocks)
-            or not all(_is_int(s) and s >= 1 for s in strides)):
-        raise ValueError(f"`stage_strides` must be {len(blocks)} positive integers, one per "
-                         f"stage. Received: stage_strides={stage_strides!r}")
-    if not 0 <= dropout_rate < 1:
-        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
-    stage_sizes = dict(zip(stages, blocks))
-    return {
-        "stages": stages,
-        "blocks": stage_sizes,
-        "depth": next((d for d, b in DEPTHS.items() if b == blocks and width == 64), None),
-        "strides": tuple(strides),
-        "conv1_time": conv1_time,
-        "inflation": inflation,
-        "inflated": _block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
-        "nonlocal": _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
-        "pool1": bool(pool1),
-        "pool2": bool(pool2),
-    }
-
-
-def _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes):
-    value = nonlocal_blocks
-    if value is None or (_is_int(value) and value == 0):
-        return {}
-    if isinstance(value, str) and value in stage_sizes:
-        return {value: {max(stage_sizes[value] - 2, 0)}}
-    if _is_int(value):
-        depth = next((d for d, b in DEPTHS.items() if b == blocks), None)
-        layouts = NONLOCAL_LAYOUTS.get(depth, {})
-        if value not in layouts:
-            raise ValueError(
-                "`nonlocal_blocks` as a count must be 0, 1, 5 or 10 and needs the "
-                "ResNet-50/101 stage blocks; otherwise give `{stage: [block indices]}`. "
-                f"Received: nonlocal_blocks={value!r} with stage_blocks={blocks}")
-        value = layouts[value]
-    if not isinstance(value, dict):
-        raise ValueError(
-            "`nonlocal_blocks` must be 0, 1, 5, 10, a stage name "
-            f"({', '.join(stage_sizes)}) or a dict {{stage: [block indices]}}. "
-            f"Received: nonlocal_blocks={nonlocal_blocks!r}")
-    return _block_sets("nonlocal_blocks", value, stage_sizes)
-
-
-def _block_sets(argument, value, stage_sizes):
-    """`{stage: indices or "all"/"even"/"odd"}` -> `{stage: set of indices}`, checked."""
-    if not isinstance(value, dict):
-        raise ValueError(f"`{argument}` must be a dict {{stage: [block indices]}}. "
-                         f"Received: {argument}={value!r}")
-    rules = {"all": lambda i: True, "even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1}
-    result = {}
-    for stage, indices in value.items():
-        if stage not in stage_sizes:
-            raise ValueError(
-                f"Unknown stage {stage!r} in `{argument}`; this network has "
-                f"{', '.join(stage_sizes)}. Received: {argument}={value!r}")
-        size = stage_sizes[stage]
-        if isinstance(indices, str) and indices in rules:
-            indices = [i for i in range(size) if rules[indices](i)]
-        if isinstance(indices, (list, tuple, set)) and all(_is_int(i) for i in indices):
-            bad = [i for i in indices if not 0 <= i < size]
-            if not bad:
-                result[stage] = set(indices)
-                continue
-            raise ValueError(
-                f"Block index {bad[0]} of {stage} in `{argument}` is out of range: {stage} "
-                f"has {size} residual blocks (0 to {size - 1}). Received: {argument}={value!r}")
-        raise ValueError(
-            f"`{argument}[{stage!r}]` must be a list of block indices or 'all', 'even', "
-            f"'odd'. Received: {argument}={value!r}")
-    return result
-
-
-def _check_head(include_top, pooling, classes, weights):
-    if pooling not in (None, "avg", "max"):
-        raise ValueError("`pooling` must be None, 'avg' or 'max'. "
-                         f"Received: pooling={pooling!r}")
-    if include_top and (not _is_int(classes) or classes < 1):
-        raise ValueError("With `include_top=True`, `classes` must be a positive integer. "
-                         f"Received: classes={classes!r}")
-    if not include_top and classes != 400:
-        raise ValueError("`classes` only applies with `include_top=True` (the classifier). "
-                         f"Received: classes={classes!r}, include_top={include_top!r}")
-    if not (weights in (None, "imagenet") or (isinstance(weights, str) and os.path.isfile(weights))):
-        raise ValueError("`weights` must be None, 'imagenet' or the path of a weights file "
-                         f"(.weights.h5 or an official Caffe2 .pkl). Received: weights={weights!r}")
-
-
 def _input(input_tensor, input_shape, spec):
-    if input_shape is None:
-        input_shape = (tuple(input_tensor.shape[1:]) if input_tensor is not None
-                       else (None, None, None, 3))
-    input_shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
-    if (input_shape is None or len(input_shape) != 4 or not _is_int(input_shape[-1])
-            or not all(d is None or (_is_int(d) and d >= 1) for d in input_shape)):
-        raise ValueError("`input_shape` must be (frames, height, width, channels), "
-                         "channels known, None allowed elsewhere. "
-                         f"Received: input_shape={input_shape!r}")
-    smallest_time = 2 if spec["pool2"] else 1
-    smallest_space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
-    frames, height, width = input_shape[:3]
-    if ((frames is not None and frames < smallest_time)
-            or any(s is not None and not _spatial_size_fits(s, spec) for s in (height, width))):
-        raise ValueError(
-            "`input_shape` is too small for this network: the smallest allowed is "
-            f"({smallest_time}, {smallest_space}, {smallest_space}, {input_shape[-1]}). "
-            f"Received: input_shape={input_shape}")
+    input_shape = check_input_shape(input_tensor, input_shape, spec)
     if input_tensor is None:
-        inputs = layers.Input(input_shape, name="clips")
-    elif keras.backend.is_keras_tensor(input_tensor):
-        inputs = input_tensor
-    else:
-        inputs = layers.Input(tensor=input_tensor, shape=input_shape, name="clips")
-    return inputs, inputs
-
-
-def _spatial_size_fits(size, spec):
-    """Whether a height/width survives conv1, pool1 and the non-local pooling."""
-    size = (size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
-    if spec["pool1"]:
-        if size < 3:
-            return False
-        size = (size - 3) // 2 + 1
-    for stage, stride in zip(spec["stages"], spec["strides"]):
-        size = (size - 1) // stride + 1  # 3x3, padding 1
-        if spec["nonlocal"].get(stage) and size < 2:  # 1x2x2 pool before phi and g
-            return False
-    return True
+        return layers.Input(input_shape, name="clips")
+    if keras.backend.is_keras_tensor(input_tensor):
+        return input_tensor
+    return layers.Input(tensor=input_tensor, shape=input_shape, name="clips")
 
 
 def _load_weights(model, weights, spec):
@@ -460,7 +302,3 @@ def _load_weights(model, weights, spec):
         load_caffe2_weights(model, weights)
     else:
         model.load_weights(weights)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
