@@ -1,1 +1,7 @@
 """Video data, training, evaluation and export for non-local models."""
+
+# Registers the non-local layers, SGDWithL2 and StepDecay, so that
+# `keras.models.load_model` can restore a `model.keras` written by
+# nonlocal-train (optimiser included) after `import nonlocal_keras.training`.
+import nonlocal_keras.layers  # noqa: F401
+from nonlocal_keras.training import optim  # noqa: F401

@@ -4,7 +4,8 @@ For a few test videos, the queries of the non-local block that lie in the
 marked quadrant of the last frame are averaged; their attention over the keys
 of the first frame (`return_attention_scores`, keys after the block's
 `(1, 2, 2)` pooling) is drawn over that frame, with the share of the whole
-attention that lands on frame 0.
+attention that lands on frame 0. A fourth column shows the other direction:
+how much each first-frame position attends to the marker's key.
 """
 
 import csv
@@ -25,6 +26,30 @@ def find_nonlocal_layer(model):
     raise ValueError(f"Model {model.name!r} has no non-local block.")
 
 
+def attention_grid(model, clips):
+    """Attention of the first non-local block as `(batch, T, H, W, T_k, H_k, W_k)`.
+
+    Queries are the block's input positions, keys the positions after its
+    pooling (both in (t, h, w) order, as `return_attention_scores` gives them).
+    """
+    import keras
+
+    layer = find_nonlocal_layer(model)
+    features = keras.Model(model.input, layer.input)(clips, training=False)
+    _, scores = layer(features, training=False, return_attention_scores=True)
+    time, height, width = features.shape[1:4]
+    pool = layer.effective_pool_size
+    key_grid = (time // pool[0], height // pool[1], width // pool[2])
+    scores = keras.ops.convert_to_numpy(scores)
+    return scores.reshape((len(scores), time, height, width) + key_grid)
+
+
+def _quadrant(size, quadrant):
+    half = size // 2
+    return slice((quadrant // 2) * half, (quadrant // 2 + 1) * half), \
+        slice((quadrant % 2) * half, (quadrant % 2 + 1) * half)
+
+
 def marker_attention(model, clips, quadrants):
     """Attention of the marked quadrant's last-frame queries over every key.
 
@@ -36,21 +61,25 @@ def marker_attention(model, clips, quadrants):
     Returns:
         `(batch, T_k, H_k, W_k)` attention (each sums to 1 over the keys).
     """
-    import keras
-
-    layer = find_nonlocal_layer(model)
-    features = keras.Model(model.inputs, layer.input)(clips, training=False)
-    _, scores = layer(features, training=False, return_attention_scores=True)
-    scores = keras.ops.convert_to_numpy(scores)
-    time, height, width = features.shape[1:4]
-    pool = layer.effective_pool_size
-    key_grid = (time // pool[0], height // pool[1], width // pool[2])
+    grid = attention_grid(model, clips)
     maps = []
-    for score, quadrant in zip(scores, quadrants):
-        rows = range((quadrant // 2) * height // 2, (quadrant // 2 + 1) * height // 2)
-        cols = range((quadrant % 2) * width // 2, (quadrant % 2 + 1) * width // 2)
-        queries = [((time - 1) * height + r) * width + c for r in rows for c in cols]
-        maps.append(score[queries].mean(axis=0).reshape(key_grid))
+    for scores, quadrant in zip(grid, quadrants):
+        rows, cols = _quadrant(scores.shape[1], quadrant)
+        maps.append(scores[-1, rows, cols].mean(axis=(0, 1)))
+    return np.stack(maps)
+
+
+def attention_to_marker(model, clips, quadrants):
+    """For each first-frame query, its attention on the marker's key: `(batch, H, W)`.
+
+    The other direction of the binding: a digit's positions may fetch "the
+    marker is here" from the last frame instead of the marker fetching the digit.
+    """
+    grid = attention_grid(model, clips)
+    maps = []
+    for scores, quadrant in zip(grid, quadrants):
+        rows, cols = _quadrant(scores.shape[-2], quadrant)
+        maps.append(scores[0, :, :, -1, rows, cols].sum(axis=(-2, -1)))
     return np.stack(maps)
 
 
@@ -72,9 +101,10 @@ def save_marker_attention(model, root, path, count=4, seed=0):
     frames, labels, quadrants = _test_examples(root, count)
     clips = preprocessing.normalize(frames).numpy()
     attention = marker_attention(model, clips, quadrants)
-    predictions = np.argmax(np.asarray(model(clips, training=False)), axis=-1)
+    reverse = attention_to_marker(model, clips, quadrants)
+    predictions = np.argmax(np.asarray(model.predict(clips, verbose=0)), axis=-1)
     size = frames.shape[2]
-    figure, axes = plt.subplots(count, 3, figsize=(7.5, 2.5 * count), squeeze=False)
+    figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
     for i in range(count):
         first = attention[i, 0]
         upsampled = np.kron(first, np.ones((size // first.shape[0], size // first.shape[1])))
@@ -88,6 +118,12 @@ def save_marker_attention(model, root, path, count=4, seed=0):
         axes[i, 2].set_title(f"marker's attention on frame 0\n{100 * attention[i, 0].sum():.0f}% "
                              f"of it; predicted {predictions[i]}", fontsize=9)
         figure.colorbar(shown, ax=axes[i, 2], fraction=0.046)
+        back = np.kron(reverse[i], np.ones((size // reverse.shape[1], size // reverse.shape[2])))
+        axes[i, 3].imshow(frames[i, 0])
+        shown = axes[i, 3].imshow(back, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        axes[i, 3].set_title(f"frame 0 queries' attention on the\nmarker key (max {reverse[i].max():.2f})",
+                             fontsize=9)
+        figure.colorbar(shown, ax=axes[i, 3], fraction=0.046)
         for axis in axes[i]:
             axis.set_xticks([])
             axis.set_yticks([])

@@ -1,0 +1,52 @@
+"""`make demo` end to end on a tiny dataset, and the attention picture's indexing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+
+def test_marker_attention_picks_the_marked_quadrant_of_the_last_frame():
+    from nonlocal_keras.training import attention_map, demo_model
+
+    model = demo_model.DemoC2D(input_shape=(8, 32, 32, 3), width=8)
+    clips = np.random.default_rng(0).normal(size=(2, 8, 32, 32, 3)).astype("float32")
+    maps = attention_map.marker_attention(model, clips, [1, 2])
+    layer = attention_map.find_nonlocal_layer(model)
+    import keras
+    features = keras.Model(model.input, layer.input)(clips)
+    scores = np.asarray(layer(features, return_attention_scores=True)[1])
+    # Independent indexing: scores as (T, H, W) queries x (T, H/2, W/2) keys.
+    grid = scores.reshape(2, 8, 4, 4, 8, 2, 2)
+    np.testing.assert_allclose(maps[0], grid[0, 7, 0:2, 2:4].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(maps[1], grid[1, 7, 2:4, 0:2].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), 1.0, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    from nonlocal_keras.training import demo
+
+    summary = demo.main(["--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
+                         "--num-train", "64", "--num-test", "8", "--set", "schedule.epochs=1"])
+    out = tmp_path / "out"
+    written = json.loads((out / "results.json").read_text())
+    assert [row["model"] for row in written["rows"]] == ["C2D", "NL-C2D"]
+    assert written["rows"][1]["params"] > written["rows"][0]["params"]
+    assert all(row["eval_videos"] == 8 and row["eval_views_per_video"] == 6
+               for row in written["rows"])
+    assert (out / "attention.png").stat().st_size > 1000
+    assert os.path.isfile(out / "saved_model" / "saved_model.pb")
+    assert summary["best"] in ("C2D", "NL-C2D")
+
+
+def test_attention_to_marker_reads_the_marker_key_for_first_frame_queries():
+    from nonlocal_keras.training import attention_map, demo_model
+
+    model = demo_model.DemoC2D(input_shape=(8, 32, 32, 3), width=8)
+    clips = np.random.default_rng(1).normal(size=(1, 8, 32, 32, 3)).astype("float32")
+    grid = attention_map.attention_grid(model, clips)
+    assert grid.shape == (1, 8, 4, 4, 8, 2, 2)
+    np.testing.assert_allclose(attention_map.attention_to_marker(model, clips, [3])[0],
+                               grid[0, 0, :, :, 7, 1, 1], rtol=1e-6)
