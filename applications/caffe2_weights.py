@@ -29,13 +29,19 @@ import warnings
 import keras
 import numpy as np
 
+from nonlocal_keras.applications import video_resnet
 from nonlocal_keras.layers import NonLocal3D
+
+# The epsilon of every BN of the video models and of the non-local blocks
+# (both 1e-5, the official BN_EPSILON): affine-only BNs are exact for it.
+BN_EPSILON = video_resnet.BN_EPSILON
 
 _BN_BLOBS = (("gamma", "_s"), ("beta", "_b"), ("moving_mean", "_rm"), ("moving_variance", "_riv"))
 _NONLOCAL_PROJECTIONS = (("theta", "theta"), ("phi", "phi"), ("g", "g"), ("w_z", "out"))
 _NONLOCAL_NAME = re.compile(r"^res(\d)_(\d+)_nonlocal$")
 _PARAMETER_SUFFIXES = ("_w", "_b", "_s", "_rm", "_riv")
-ARCH_PATTERN = re.compile(r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)$")
+ARCH_PATTERN = re.compile(
+    r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)(?:_(8x8|32x2))?$")
 
 
 def caffe2_blob_map(model):
@@ -103,10 +109,16 @@ def load_caffe2_weights(model, blobs):
     Raises:
         ValueError: naming the blobs the model needs and the file lacks, or a
             blob whose shape does not fit its layer.
+
+    The frozen-BN releases (`*_I3D_pretrain_*`, trained with the official
+    `USE_AFFINE`) store each BN as an affine `x * _s + _b` without running
+    statistics: such a BN gets mean 0 and variance `1 - epsilon`, which makes
+    it that affine map.
     """
     if isinstance(blobs, str):
         blobs = read_caffe2_pickle(blobs)
     entries = caffe2_blob_map(model)
+    blobs = _with_affine_statistics(blobs, [name for _, name, _ in entries])
     missing = [name for _, name, _ in entries if name not in blobs]
     if missing:
         raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
@@ -124,6 +136,18 @@ def load_caffe2_weights(model, blobs):
         warnings.warn(f"{len(parameters)} parameter blobs are not used by {model.name!r} "
                       f"(another architecture?), e.g. {parameters[:5]}", stacklevel=2)
     return unused
+
+
+def _with_affine_statistics(blobs, needed):
+    filled = dict(blobs)
+    for name in needed:
+        prefix = name[: -len("_rm")] if name.endswith("_rm") else None
+        if prefix and f"{prefix}_s" in blobs and f"{prefix}_rm" not in blobs \
+                and f"{prefix}_riv" not in blobs:
+            scale = np.asarray(blobs[f"{prefix}_s"])
+            filled[f"{prefix}_rm"] = np.zeros_like(scale)
+            filled[f"{prefix}_riv"] = np.full_like(scale, 1.0 - BN_EPSILON)
+    return filled
 
 
 def caffe2_blobs(model):
@@ -149,16 +173,19 @@ def _to_caffe2(value, layout):
 
 
 def model_for_arch(arch, classes=400, include_top=True):
-    """The model an `--arch` name such as `i3d_nl5_r50` or `c2d_r101` stands for."""
-    from nonlocal_keras.applications import video_resnet
+    """The model an `--arch` name such as `i3d_nl5_r50` or `c2d_r101_32x2` stands for.
 
+    The `_32x2` suffix (the released 32x2 and 128x1 models) selects
+    `stem="32x2"`; without it (or with `_8x8`) the model is the 8x8 one.
+    """
     match = ARCH_PATTERN.match(arch or "")
     if match is None:
-        raise ValueError("`arch` must look like c2d_r50, i3d_nl5_r50, i3d_3x3x3_r101 "
-                         "(c2d|i3d, optional _3x3x3, optional _nl<blocks>, _r50|_r101). "
+        raise ValueError("`arch` must look like c2d_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 "
+                         "(c2d|i3d, optional _3x3x3, optional _nl<blocks>, _r50|_r101, "
+                         "optional _8x8|_32x2). "
                          f"Received: arch={arch!r}")
-    family, inflation, blocks, depth = match.groups()
-    kwargs = {"nonlocal_blocks": int(blocks or 0)}
+    family, inflation, blocks, depth, stem = match.groups()
+    kwargs = {"nonlocal_blocks": int(blocks or 0), "stem": stem or "8x8"}
     if family == "i3d":
         kwargs["inflation"] = inflation or "3x1x1"
     elif inflation:
@@ -195,7 +222,8 @@ def main(argv=None):
     parser.add_argument("source", help="the official .pkl file")
     parser.add_argument("destination", help="the .weights.h5 file to write")
     parser.add_argument("--arch", required=True,
-                        help="c2d_r50, c2d_nl5_r50, i3d_r50, i3d_nl5_r50, i3d_3x3x3_r50, ... _r101")
+                        help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
+                             "128x1 releases), i3d_3x3x3_r50, ... _r101")
     parser.add_argument("--classes", type=int, default=None,
                         help="classifier size (default: the file's pred_w rows)")
     args = parser.parse_args(argv)

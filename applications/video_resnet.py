@@ -25,6 +25,10 @@ Choices (where the paper, the issue or the official code are silent or differ):
 - pool1 is a 1x3x3 max pool with stride 1,2,2 and no padding, as in the
   official code (224 -> 112 -> 55; the paper's table says 56; the next strided
   convolution gives 28 either way). pool2 is 2x1x1 max, stride 2,1,1.
+- `stem="8x8"` (default) has no other temporal down-sampling, as the official
+  `resnet_video.py` (8 frames -> 4 at res3); `stem="32x2"` is the paper's
+  Table 1 (`resnet_video_org.py`: conv1 temporal stride 2, pool1 2x3x3 stride
+  2,2,2; 32 frames -> 4 at res3), which the released 32x2 models need.
 - The stride sits in branch2b (the 3x3 convolution), the shortcut is a 1x1
   convolution + BN where the shape changes.
 - `nonlocal_blocks` (an int, a stage name or `{stage: [block indices]}`) puts a
@@ -89,6 +93,7 @@ def VideoResNet(
     nonlocal_mode="embedded_gaussian",
     nonlocal_affinity="spacetime",
     dropout_rate=0.5,
+    stem="8x8",
 ):
     """Builds a bottleneck video ResNet (C2D/I3D, optionally non-local).
 
@@ -120,18 +125,25 @@ def VideoResNet(
         nonlocal_mode, nonlocal_affinity: `mode` and `affinity` of every
             `NonLocal3D`.
         dropout_rate: dropout before the classifier.
+        stem: temporal down-sampling before res2: `"8x8"` (none; the official
+            `resnet_video.py` of the released 8x8 models) or `"32x2"`
+            (conv1 temporal stride 2, pool1 2x3x3 stride 2: the paper's
+            Table 1 and `resnet_video_org.py`, the released 32x2 and 128x1
+            models). Same weights either way.
 
     Returns:
         A `keras.Model`.
     """
     spec = check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
-                       stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate)
+                      stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate, stem)
     check_head(include_top, pooling, classes, weights)
     inputs = x = _input(input_tensor, input_shape, spec)
 
-    x = _conv_bn(x, width, (conv1_time, 7, 7), 2, "conv1", bn_name="res_conv1_bn")
+    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec["conv1_time_stride"], 2, 2), "conv1",
+                 bn_name="res_conv1_bn")
     if spec["pool1"]:
-        x = layers.MaxPooling3D((1, 3, 3), strides=(1, 2, 2), name="pool1")(x)
+        pool_time = spec["pool1_time"]
+        x = layers.MaxPooling3D((pool_time, 3, 3), strides=(pool_time, 2, 2), name="pool1")(x)
     for stage_index, stage in enumerate(spec["stages"]):
         inner = width * 2**stage_index
         for block in range(spec["blocks"][stage]):
@@ -165,13 +177,14 @@ def VideoResNet(
 
 
 def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
-    """Conv3D (no bias) + BN (+ ReLU); `stride` is spatial."""
-    pad = stride > 1 and max(kernel) > 1
-    if pad:
+    """Conv3D (no bias) + BN (+ ReLU); an int `stride` is spatial only."""
+    strides = (1, stride, stride) if isinstance(stride, int) else tuple(stride)
+    strided = max(strides) > 1
+    if strided and max(kernel) > 1:
         # Caffe2 pads both sides; "same" with stride 2 pads only the end.
         x = layers.ZeroPadding3D(tuple(k // 2 for k in kernel), name=f"{name}_pad")(x)
-    x = layers.Conv3D(filters, kernel, strides=(1, stride, stride),
-                      padding="valid" if pad or stride > 1 else "same", use_bias=False,
+    x = layers.Conv3D(filters, kernel, strides=strides,
+                      padding="valid" if strided else "same", use_bias=False,
                       kernel_initializer=CONV_INITIALIZER, name=name)(x)
     x = layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                   name=bn_name or f"{name}_bn")(x)
@@ -200,51 +213,53 @@ def _bottleneck(x, inner, stride, time, inflation, name):
 def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                nonlocal_affinity="spacetime", dropout_rate=0.5):
+                nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
     """C2D ResNet-50 (every kernel 1xkxk; time meets only in pool2), optionally NL.
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
     """
     return _named_resnet("c2d", 50, "3x1x1", include_top, weights, input_tensor, input_shape,
                          pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate)
+                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
 
 
 def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                 nonlocal_affinity="spacetime", dropout_rate=0.5):
+                 nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet("c2d", 101, "3x1x1", include_top, weights, input_tensor, input_shape,
                          pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate)
+                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
 
 
 def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1"):
+                nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
+                stem="8x8"):
     """I3D ResNet-50 (conv1 5x7x7, every other block inflated), optionally NL.
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
     """
     return _named_resnet("i3d", 50, inflation, include_top, weights, input_tensor, input_shape,
                          pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate)
+                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
 
 
 def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                 nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1"):
+                 nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
+                 stem="8x8"):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet("i3d", 101, inflation, include_top, weights, input_tensor, input_shape,
                          pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate)
+                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
 
 
 def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
-    """`nl5_i3d_resnet50`-style model names (also the Caffe2 CLI's `--arch` base)."""
+    """`nl5_i3d_resnet50`-style default model names."""
     prefix = f"nl{nonlocal_blocks}_" if isinstance(nonlocal_blocks, int) and nonlocal_blocks else (
         "nl_" if nonlocal_blocks else "")
     variant = "_3x3x3" if arch == "i3d" and inflation == "3x3x3" else ""
@@ -253,7 +268,7 @@ def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
 
 def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, input_shape,
                   pooling, classes, classifier_activation, name, nonlocal_blocks, nonlocal_mode,
-                  nonlocal_affinity, dropout_rate):
+                  nonlocal_affinity, dropout_rate, stem):
     rule = INFLATION_RULES[arch]
     return VideoResNet(
         DEPTHS[depth],
@@ -272,6 +287,7 @@ def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, in
         nonlocal_mode=nonlocal_mode,
         nonlocal_affinity=nonlocal_affinity,
         dropout_rate=dropout_rate,
+        stem=stem,
     )
 
 

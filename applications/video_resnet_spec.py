@@ -23,6 +23,15 @@ INFLATION_RULES = {
 # Which convolution of an inflated block becomes 3xkxk.
 INFLATIONS = {"3x1x1": "branch2a", "3x3x3": "branch2b"}
 
+# Temporal down-sampling before res2. "8x8": the official `resnet_video.py`
+# (the released 8x8 models): none. "32x2": `resnet_video_org.py`, the paper's
+# Table 1 (the released 32x2 and 128x1 models): conv1 temporal stride 2 and
+# pool1 2x3x3 with stride 2, 2, 2. The weights have the same shapes.
+STEMS = {
+    "8x8": {"conv1_time_stride": 1, "pool1_time": 1},
+    "32x2": {"conv1_time_stride": 2, "pool1_time": 2},
+}
+
 # Residual blocks followed by a non-local block, by depth and block count.
 NONLOCAL_LAYOUTS = {
     50: {
@@ -39,7 +48,7 @@ NONLOCAL_LAYOUTS = {
 
 
 def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
-               pool1, pool2, nonlocal_blocks, dropout_rate):
+               pool1, pool2, nonlocal_blocks, dropout_rate, stem):
     """`VideoResNet`'s architecture arguments, checked, as a dict the builder reads."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
     if not 1 <= len(blocks) <= len(STAGES) or not all(_is_int(n) and n >= 1 for n in blocks):
@@ -54,6 +63,9 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
     if inflation not in INFLATIONS:
         raise ValueError(f"`inflation` must be one of {', '.join(map(repr, INFLATIONS))}. "
                          f"Received: inflation={inflation!r}")
+    if stem not in STEMS:
+        raise ValueError(f"`stem` must be one of {', '.join(map(repr, STEMS))}. "
+                         f"Received: stem={stem!r}")
     strides = (1,) + (2,) * (len(blocks) - 1) if stage_strides is None else stage_strides
     if (not isinstance(strides, (list, tuple)) or len(strides) != len(blocks)
             or not all(_is_int(s) and s >= 1 for s in strides)):
@@ -68,6 +80,7 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
         "depth": next((d for d, b in DEPTHS.items() if b == blocks and width == 64), None),
         "strides": tuple(strides),
         "conv1_time": conv1_time,
+        **STEMS[stem],
         "inflation": inflation,
         "inflated": _block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
         "nonlocal": _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
@@ -156,16 +169,26 @@ def check_input_shape(input_tensor, input_shape, spec):
         raise ValueError("`input_shape` must be (frames, height, width, channels), "
                          "channels known, None allowed elsewhere. "
                          f"Received: input_shape={input_shape!r}")
-    smallest_time = 2 if spec["pool2"] else 1
+    smallest_time = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
     smallest_space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
     frames, height, width = input_shape[:3]
-    if ((frames is not None and frames < smallest_time)
+    if ((frames is not None and not _temporal_size_fits(frames, spec))
             or any(s is not None and not _spatial_size_fits(s, spec) for s in (height, width))):
         raise ValueError(
             "`input_shape` is too small for this network: the smallest allowed is "
             f"({smallest_time}, {smallest_space}, {smallest_space}, {input_shape[-1]}). "
             f"Received: input_shape={input_shape}")
     return input_shape
+
+
+def _temporal_size_fits(size, spec):
+    """Whether a clip length survives conv1, pool1 and pool2."""
+    size = (size - 1) // spec["conv1_time_stride"] + 1  # padded by conv1_time // 2
+    if spec["pool1"] and spec["pool1_time"] > 1:
+        if size < spec["pool1_time"]:
+            return False
+        size //= spec["pool1_time"]
+    return not spec["pool2"] or size >= 2
 
 
 def _spatial_size_fits(size, spec):

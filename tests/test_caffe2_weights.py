@@ -140,3 +140,34 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty.pkl"), "--arch", "c2d_r50", str(tmp_path / "x.h5")])
     assert "must end with `.weights.h5`" in capsys.readouterr().err
+
+
+def test_affine_batch_norms_of_the_frozen_bn_releases():
+    """`*_I3D_pretrain_*` files hold BN as `_s`, `_b` only: x * s + b."""
+    blobs = official_blobs(small_model(seed=0))
+    affine = {name: value for name, value in blobs.items()
+              if not name.endswith(("_rm", "_riv"))}
+    model = small_model()
+    assert load_caffe2_weights(model, affine) == []
+    rng = np.random.default_rng(5)
+    for layer_name in ("res_conv1_bn", "res3_1_nonlocal"):
+        layer = model.get_layer(layer_name)
+        bn = layer.bn if isinstance(layer, NonLocal3D) else layer
+        x = rng.normal(size=(2, 3, 4, 4, bn.gamma.shape[0]))
+        prefix = "nonlocal_conv3_1_bn" if bn is not layer else "res_conv1_bn"
+        expected = x * blobs[f"{prefix}_s"].astype("float64") + blobs[f"{prefix}_b"]
+        np.testing.assert_allclose(bn(x.astype("float32"), training=False), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_arch_names():
+    from nonlocal_keras.applications.caffe2_weights import model_for_arch
+
+    model = model_for_arch("c2d_nl1_r50_32x2", classes=10)
+    assert model.get_layer("conv1").strides == (2, 2, 2)
+    assert model.get_layer("pool1").pool_size == (2, 3, 3)
+    assert [layer.name for layer in model.layers if isinstance(layer, NonLocal3D)] == [
+        "res4_4_nonlocal"]
+    assert model.output_shape == (None, 10)
+    with pytest.raises(ValueError, match=r"Received: arch='c2d_3x3x3_r50'"):
+        model_for_arch("c2d_3x3x3_r50")

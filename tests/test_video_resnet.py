@@ -99,6 +99,20 @@ def test_official_spatial_sizes_at_224():
                      "res5_2": (4, 7, 7)}
 
 
+@pytest.mark.parametrize("constructor", [C2DResNet50, I3DResNet50])
+def test_paper_stem_downsamples_time_before_res2(constructor):
+    model = constructor(stem="32x2", input_shape=(32, 32, 32, 3))
+    frames = {name: model.get_layer(name).output.shape[1]
+              for name in ("conv1_relu", "pool1", "res2_2", "res3_3", "res5_2")}
+    assert frames == {"conv1_relu": 16, "pool1": 8, "res2_2": 8, "res3_3": 4, "res5_2": 4}
+    assert trainable_params(model) == PYTORCHVIDEO_PARAMS[
+        "c2d50" if constructor is C2DResNet50 else "i3d50"]
+    with pytest.raises(ValueError, match=r"smallest allowed is \(7, 5, 5, 3\)"):
+        constructor(stem="32x2", input_shape=(6, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"Received: stem='32x4'"):
+        constructor(stem="32x4")
+
+
 def test_fully_convolutional_any_clip_size():
     model = VideoResNet((1, 1), width=8, classes=3, nonlocal_blocks={"res3": [0]})
     for shape in ((1, 2, 40, 48, 3), (2, 6, 64, 33, 3)):
