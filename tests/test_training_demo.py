@@ -37,7 +37,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert all(row["eval_videos"] == 8 and row["eval_views_per_video"] == 6
                for row in written["rows"])
     assert (out / "attention.png").stat().st_size > 1000
-    assert os.path.isfile(out / "saved_model" / "saved_model.pb")
+    assert os.path.isfile(os.path.join(written["saved_model"], "saved_model.pb"))
+    assert written["saved_model"].startswith(str(out / "saved_model"))
     assert summary["best"] in ("C2D", "NL-C2D")
 
 

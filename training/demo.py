@@ -30,18 +30,22 @@ def _train(config_name, root, output_dir, seed, extra):
                  f"data.val_csv={os.path.join(root, 'test.csv')}",
                  f"runtime.output_dir={os.path.join(output_dir, config_name)}",
                  f"train.seed={seed}", *extra]
-    return train.run(config_lib.load_config(config_name, overrides))
+    config = config_lib.load_config(config_name, overrides)
+    model, results = train.run(config)
+    return model, results, config
 
 
-def export_best(model, export_dir):
-    """Export with the package's exporter when it exists, else `model.export`."""
+def export_best(model, export_dir, data_config):
+    """Export with the package's exporter (serving preprocessing included) when
+    it exists, else plain `model.export`. Returns `(folder, how)`."""
     try:
         from nonlocal_keras.training.export import export_saved_model
     except ImportError:
         model.export(export_dir, format="tf_saved_model")
-        return "keras.Model.export (nonlocal_keras.training.export not available)"
-    export_saved_model(model, export_dir)
-    return "nonlocal_keras.training.export.export_saved_model"
+        return export_dir, "keras.Model.export (nonlocal_keras.training.export not available)"
+    path = export_saved_model(model, export_dir, data_config=data_config,
+                              class_names=[str(d) for d in range(10)], model_name="demo_digits")
+    return str(path), "nonlocal_keras.training.export.export_saved_model"
 
 
 def _table(rows):
@@ -73,11 +77,11 @@ def main(argv=None):
     root = synthetic_digits.generate(args.data_dir, args.num_train, args.num_test, args.seed)
     print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    rows, models = [], {}
+    rows, models, data_configs = [], {}, {}
     for label, config_name in RUNS:
         print(f"\n== Training {label} ({config_name}) ==", flush=True)
-        model, results = _train(config_name, root, args.output_dir, args.seed, args.set)
-        models[label] = model
+        model, results, config = _train(config_name, root, args.output_dir, args.seed, args.set)
+        models[label], data_configs[label] = model, config["data"]
         rows.append({"model": label, "config": config_name, "params": results["params"],
                      "train_seconds": results["train_seconds_this_session"],
                      "epochs": results["epochs_run_this_session"],
@@ -86,8 +90,9 @@ def main(argv=None):
                      "eval_videos": results["eval"]["num_videos"]})
 
     best = max(rows, key=lambda row: row["top1"])
-    export_dir = os.path.join(args.output_dir, "saved_model")
-    exporter = export_best(models[best["model"]], export_dir)
+    export_dir, exporter = export_best(models[best["model"]],
+                                       os.path.join(args.output_dir, "saved_model"),
+                                       data_configs[best["model"]])
     picture = os.path.join(args.output_dir, "attention.png")
     attention_map.save_marker_attention(models["NL-C2D"], root, picture, seed=args.seed)
 
