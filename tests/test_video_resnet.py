@@ -195,6 +195,13 @@ def test_whole_model_keras_round_trip(tmp_path):
     assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
 
 
+def test_input_tensor_is_the_model_input():
+    clips = keras.Input((4, 32, 32, 3), name="my_clips")
+    model = VideoResNet((1, 1), width=8, include_top=False, pooling="max", input_tensor=clips)
+    assert model.inputs[0] is clips
+    assert model.output_shape == (None, 128)
+
+
 def test_demo_sized_network():
     model = VideoResNet((1, 1, 1), input_shape=(8, 32, 32, 3), classes=10, width=16,
                         pool1=False, pool2=False, nonlocal_blocks={"res4": [0]})
