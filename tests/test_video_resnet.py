@@ -199,7 +199,7 @@ def test_input_tensor_is_the_model_input():
     clips = keras.Input((4, 32, 32, 3), name="my_clips")
     model = VideoResNet((1, 1), width=8, include_top=False, pooling="max", input_tensor=clips)
     assert model.inputs[0] is clips
-    assert model.output_shape == (None, 128)
+    assert model.output_shape == (None, 64)  # res3: 4 * 2 * width
 
 
 def test_demo_sized_network():
