@@ -191,6 +191,14 @@ def test_bad_placement_is_a_value_error_naming_the_field_and_value(placements, b
     assert bad in str(error.value)
 
 
+def test_bad_nonlocal_mode_is_a_value_error_naming_the_field():
+    config = nl_backbone.Backbone(type=nl_backbone.BACKBONE_TYPE)
+    config.resnet_nonlocal.nonlocal_mode = "softmax"
+    with pytest.raises(ValueError, match="Received: nonlocal_mode='softmax'"):
+        backbone_factory.build_backbone(
+            tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), config, mg_common.NormActivation())
+
+
 def test_backbone_config_round_trips_through_get_config():
     model = build_backbone(["res3:1"])
     config = model.get_config()

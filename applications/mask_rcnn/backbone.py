@@ -13,6 +13,7 @@ import tf_keras
 from official.vision.configs import backbones as backbones_config
 from official.vision.modeling.backbones import factory, resnet
 
+from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D
 from nonlocal_keras.applications.mask_rcnn.registration import once
 
@@ -114,6 +115,11 @@ class ResNetNonLocalModel(resnet.ResNet):
         nonlocal_sub_sample=True,
         **kwargs,
     ):
+        if nonlocal_mode not in nonlocal_math.MODES:
+            raise ValueError(
+                f"`nonlocal_mode` must be one of {', '.join(map(repr, nonlocal_math.MODES))}. "
+                f"Received: nonlocal_mode={nonlocal_mode!r}"
+            )
         # One plain object: tf_keras checks containers assigned before
         # Model.__init__ (an empty tuple trips it) and tracks lists and dicts.
         self._nonlocal = _NonLocalPlan(
@@ -142,7 +148,13 @@ class ResNetNonLocalModel(resnet.ResNet):
                 norm_epsilon=self._norm_epsilon,
                 name=f"nonlocal_res{level}_{index}",
             )
-            return lambda x: block(nonlocal_block(x))
+
+            def nonlocal_then_block(x):
+                # Both layers join the functional graph; no wrapper layer, so
+                # the ResNet's own layers stay exactly Model Garden's.
+                return block(nonlocal_block(x))
+
+            return nonlocal_then_block
 
         return super()._block_group(
             inputs, filters, strides, block_fn_with_nonlocal, **kwargs
