@@ -208,7 +208,8 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
     include_top = "pred_w" in blobs
     file_classes = int(np.shape(blobs["pred_w"])[0]) if include_top else None
     if classes is not None and file_classes is not None and classes != file_classes:
-        raise ValueError(f"The file's classifier has {file_classes} classes. Received: classes={classes}")
+        raise ValueError(f"The file's classifier has {file_classes} classes. "
+                         f"Received: classes={classes}")
     model = model_for_arch(arch, classes=file_classes or 400, include_top=include_top)
     unused = load_caffe2_weights(model, blobs)
     model.save_weights(destination)

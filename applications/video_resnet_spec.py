@@ -72,7 +72,8 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
         raise ValueError(f"`stage_strides` must be {len(blocks)} positive integers, one per "
                          f"stage. Received: stage_strides={stage_strides!r}")
     if not 0 <= dropout_rate < 1:
-        raise ValueError(f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}")
+        raise ValueError("`dropout_rate` must be in [0, 1). "
+                         f"Received: dropout_rate={dropout_rate!r}")
     stage_sizes = dict(zip(stages, blocks))
     return {
         "stages": stages,
@@ -152,7 +153,8 @@ def check_head(include_top, pooling, classes, weights):
     if not include_top and classes != 400:
         raise ValueError("`classes` only applies with `include_top=True` (the classifier). "
                          f"Received: classes={classes!r}, include_top={include_top!r}")
-    if not (weights in (None, "imagenet") or (isinstance(weights, str) and os.path.isfile(weights))):
+    is_file = isinstance(weights, str) and os.path.isfile(weights)
+    if not (weights in (None, "imagenet") or is_file):
         raise ValueError("`weights` must be None, 'imagenet' or the path of a weights file "
                          f"(.weights.h5 or an official Caffe2 .pkl). Received: weights={weights!r}")
 

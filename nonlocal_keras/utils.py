@@ -36,7 +36,8 @@ def count_flops(model, input_shape=None, batch_size=1):
         raise ValueError("`input_shape` must be fully known (pass it when the model's input "
                          f"has None axes). Received: input_shape={shape!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ValueError("`batch_size` must be a positive integer. "
+                         f"Received: batch_size={batch_size!r}")
 
     @tf.autograph.experimental.do_not_convert
     def forward(x):

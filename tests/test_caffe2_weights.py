@@ -101,7 +101,8 @@ def test_round_trip_through_an_official_style_pickle(tmp_path, wrap):
 def test_missing_blob_and_wrong_shape_are_named():
     blobs = official_blobs(small_model(seed=0))
     del blobs["nonlocal_conv3_1_phi_b"]
-    with pytest.raises(ValueError, match=r"1 blobs .* needs are not in the file.*'nonlocal_conv3_1_phi_b'"):
+    with pytest.raises(ValueError,
+                       match=r"1 blobs .* needs are not in the file.*'nonlocal_conv3_1_phi_b'"):
         load_caffe2_weights(small_model(), blobs)
     blobs = official_blobs(small_model(seed=0))
     blobs["res2_1_branch2b_w"] = blobs["res2_1_branch2b_w"][:, :, :, :2]

@@ -41,7 +41,8 @@ def test_unknown_input_shape_is_an_error():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("constructor, giga_multiply_adds", [(C2DResNet50, 19.6), (I3DResNet50, 28.5)])
+@pytest.mark.parametrize("constructor, giga_multiply_adds",
+                         [(C2DResNet50, 19.6), (I3DResNet50, 28.5)])
 def test_paper_models_at_8x224(constructor, giga_multiply_adds):
     # PyTorchVideo's c2d_r50 / i3d_r50 measured with fvcore (PAPER.md section 3).
     flops = count_flops(constructor(), input_shape=(8, 224, 224, 3))
