@@ -295,9 +295,10 @@ def _input(input_tensor, input_shape, spec):
     input_shape = check_input_shape(input_tensor, input_shape, spec)
     if input_tensor is None:
         return layers.Input(input_shape, name="clips")
-    if keras.backend.is_keras_tensor(input_tensor):
-        return input_tensor
-    return layers.Input(tensor=input_tensor, shape=input_shape, name="clips")
+    if not keras.backend.is_keras_tensor(input_tensor):
+        raise ValueError("`input_tensor` must be a Keras tensor (`keras.Input(...)` or a "
+                         f"layer's output). Received: input_tensor={input_tensor!r}")
+    return input_tensor
 
 
 def _load_weights(model, weights, spec):

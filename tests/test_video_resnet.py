@@ -200,6 +200,8 @@ def test_input_tensor_is_the_model_input():
     model = VideoResNet((1, 1), width=8, include_top=False, pooling="max", input_tensor=clips)
     assert model.inputs[0] is clips
     assert model.output_shape == (None, 64)  # res3: 4 * 2 * width
+    with pytest.raises(ValueError, match=r"`input_tensor` must be a Keras tensor"):
+        VideoResNet((1,), input_tensor=np.zeros((1, 4, 32, 32, 3), "float32"))
 
 
 def test_demo_sized_network():
