@@ -172,3 +172,46 @@ def test_arch_names():
     assert model.output_shape == (None, 10)
     with pytest.raises(ValueError, match=r"Received: arch='c2d_3x3x3_r50'"):
         model_for_arch("c2d_3x3x3_r50")
+
+
+def test_layout_and_padding_match_an_ncthw_reference():
+    """The converted network computes what Caffe2 computes: an independent NCTHW forward pass.
+
+    PyTorch's conv3d/max_pool3d use Caffe2's layout and symmetric padding. The
+    clip's sizes make conv1's input and res3's strided 3x3 input even, where
+    TensorFlow's "same" padding would pad only at the end and shift the windows.
+    """
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    model = VideoResNet((1, 1), width=8, conv1_time=5, inflated_blocks={"res2": "all"},
+                        include_top=False, name="reference_check")
+    randomize(model, 6)
+    blobs = {name: torch.from_numpy(np.asarray(value, "float64"))
+             for name, value in official_blobs(model).items()}
+
+    def conv_bn(x, name, stride=(1, 1, 1), relu=True, bn=None):
+        kernel = blobs[f"{name}_w"]
+        x = functional.conv3d(x, kernel, stride=stride,
+                              padding=tuple(k // 2 for k in kernel.shape[2:]))
+        prefix = bn or f"{name}_bn"
+        x = functional.batch_norm(x, blobs[f"{prefix}_rm"], blobs[f"{prefix}_riv"],
+                                  blobs[f"{prefix}_s"], blobs[f"{prefix}_b"], eps=1e-5)
+        return functional.relu(x) if relu else x
+
+    def bottleneck(x, name, stride):
+        y = conv_bn(x, f"{name}_branch2a")
+        y = conv_bn(y, f"{name}_branch2b", stride=(1, stride, stride))
+        y = conv_bn(y, f"{name}_branch2c", relu=False)
+        shortcut = conv_bn(x, f"{name}_branch1", stride=(1, stride, stride), relu=False)
+        return functional.relu(y + shortcut)
+
+    clip = np.random.default_rng(7).normal(size=(2, 4, 52, 50, 3))
+    x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))
+    x = conv_bn(x, "conv1", stride=(1, 2, 2), bn="res_conv1_bn")
+    x = functional.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2))
+    x = functional.max_pool3d(bottleneck(x, "res2_0", 1), (2, 1, 1), stride=(2, 1, 1))
+    expected = bottleneck(x, "res3_0", 2).numpy().transpose(0, 2, 3, 4, 1)
+
+    actual = model(clip.astype("float32"), training=False)
+    assert actual.shape == expected.shape == (2, 2, 6, 6, 64)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
