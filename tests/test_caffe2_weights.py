@@ -215,3 +215,33 @@ def test_layout_and_padding_match_an_ncthw_reference():
     actual = model(clip.astype("float32"), training=False)
     assert actual.shape == expected.shape == (2, 2, 6, 6, 64)
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_nonlocal_blobs_compute_the_official_block():
+    """A converted `NonLocal3D` equals the official `spacetime_nonlocal` on the same blobs."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    inputs = keras.Input((4, 6, 6, 16))
+    model = keras.Model(inputs, NonLocal3D(name="res4_2_nonlocal")(inputs))
+    randomize(model, 8)
+    blobs = {name: torch.from_numpy(np.asarray(value, "float64"))
+             for name, value in official_blobs(model).items()}
+    prefix = "nonlocal_conv4_2"
+
+    def projection(x, name):
+        return functional.conv3d(x, blobs[f"{prefix}_{name}_w"], blobs[f"{prefix}_{name}_b"])
+
+    clip = np.random.default_rng(9).normal(size=(2, 4, 6, 6, 16))
+    x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))
+    pooled = functional.max_pool3d(x, (1, 2, 2), stride=(1, 2, 2))
+    theta = projection(x, "theta").flatten(2)         # (B, C/2, N)
+    phi = projection(pooled, "phi").flatten(2)        # (B, C/2, N/4)
+    g = projection(pooled, "g").flatten(2)
+    affinity = torch.softmax(theta.transpose(1, 2) @ phi * 8 ** -0.5, dim=2)
+    y = (g @ affinity.transpose(1, 2)).reshape(2, 8, 4, 6, 6)
+    z = functional.batch_norm(projection(y, "out"), blobs[f"{prefix}_bn_rm"],
+                              blobs[f"{prefix}_bn_riv"], blobs[f"{prefix}_bn_s"],
+                              blobs[f"{prefix}_bn_b"], eps=1e-5)
+    expected = (x + z).numpy().transpose(0, 2, 3, 4, 1)
+    actual = model(clip.astype("float32"), training=False)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
