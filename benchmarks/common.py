@@ -1,0 +1,72 @@
+"""Shapes, analytic FLOP counts and the machine description shared by the benchmark scripts."""
+
+import os
+import platform
+
+# name: (channels, (T, H, W), inner channels, pool window). The paper's res4
+# and res3 placements in a C2D ResNet-50 on 8 x 224 x 224 clips, and a long
+# clip (32 frames at res2's 56 x 56).
+SHAPES = {
+    "res4": (1024, (8, 14, 14), 512, (1, 2, 2)),
+    "res3": (512, (8, 28, 28), 256, (1, 2, 2)),
+    "long_clip": (256, (32, 56, 56), 128, (1, 2, 2)),
+}
+BATCH = 1
+THREADS = 2
+
+
+def positions(shape):
+    _, (t, h, w), _, (pt, ph, pw) = SHAPES[shape]
+    return t * h * w, (t // pt) * (h // ph) * (w // pw)
+
+
+def block_flops(shape, batch=BATCH):
+    """Multiply-adds x 2 of one forward of the block as this package computes it.
+
+    theta on every position; phi and g after pooling; the two N_q x N_k
+    products; W_z. Pooling, softmax and batch norm are left out (not matmuls).
+    A backward costs two forwards' worth of matmuls, so fwd+bwd = 3 x this.
+    """
+    channels, _, inner, _ = SHAPES[shape]
+    n_q, n_k = positions(shape)
+    macs = n_q * channels * inner  # theta
+    macs += 2 * n_k * channels * inner  # phi, g
+    macs += 2 * n_q * n_k * inner  # affinity, aggregation
+    macs += n_q * inner * channels  # W_z
+    return 2 * macs * batch
+
+
+def naive_affinity_bytes(shape, batch=BATCH):
+    """float32 logits plus their softmax: what the plain path holds at once."""
+    n_q, n_k = positions(shape)
+    return 2 * 4 * n_q * n_k * batch
+
+
+def machine():
+    """CPU model, cores, memory, and the versions of what was measured."""
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("model name"))
+        flags = next(line for line in text.splitlines() if line.startswith("flags"))
+        info["avx512_bf16"] = "avx512_bf16" in flags.split()
+        info["amx_bf16"] = "amx_bf16" in flags.split()
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    from importlib import metadata
+
+    for package in ("tensorflow", "keras", "numpy", "torch", "mmcv-lite", "pytorchvideo"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    return info

@@ -1,0 +1,233 @@
+"""Turns the recorded cases into the README table and the goal check."""
+
+import common
+
+PEERS = {"mmcv": "mmcv `NonLocal3d`", "pytorchvideo": "PyTorchVideo `NonLocal`"}
+
+
+def describe(case):
+    kind = case["kind"]
+    if kind == "matmul":
+        return f"matmul {case['size']}^2 {case['dtype']}"
+    if kind == "model":
+        return (f"NL-C2D R50 train step, batch {case['batch']}, "
+                f"{case['frames']}x{case['size']}x{case['size']}")
+    passes = "+".join(case["passes"])
+    if kind in PEERS:
+        return f"{case['shape']} {kind} float32 {passes}"
+    chunk = case.get("chunk_size", "auto")
+    mode = "XLA" if case.get("jit") else "eager"
+    return (f"{case['shape']} nonlocal-keras {case.get('precision', 'float32')} {mode} "
+            f"chunk_size={chunk} {passes}")
+
+
+def summary(result):
+    if result["status"] != "ok":
+        return result.get("message") or result.get("skipped") or result["status"]
+    parts = [f"{k} {v['median_s'] * 1e3:.1f} ms" for k, v in result.items()
+             if isinstance(v, dict) and "median_s" in v]
+    return ", ".join(parts) + f", peak RSS {result['peak_rss_mb']:.0f} MB"
+
+
+def _get(record, **match):
+    for entry in record["cases"]:
+        case = entry["case"]
+        if all(case.get(k, _DEFAULTS.get(k)) == v for k, v in match.items()):
+            return entry["result"]
+    return None
+
+
+_DEFAULTS = {"precision": "float32", "jit": False, "chunk_size": "auto"}
+
+
+def _ms(result, key):
+    if result is None:
+        return "not run"
+    if result["status"] != "ok":
+        return result.get("message") or result.get("skipped") or result["status"]
+    if key not in result:
+        return "-"
+    return f"{result[key]['median_s'] * 1e3:,.0f}"
+
+
+def _median(result, key):
+    if result and result["status"] == "ok" and key in result:
+        return result[key]["median_s"]
+    return None
+
+
+def _rate(record, dtype):
+    result = _get(record, kind="matmul", dtype=dtype)
+    if result and result["status"] == "ok":
+        return result["matmul"]["gflops"]
+    return None
+
+
+def _block_rows(record, shape, rate):
+    flops = common.block_flops(shape)
+    peers = {p: _median(_get(record, kind=p, shape=shape), "fwdbwd") for p in PEERS}
+    rows = []
+    variants = [("keras", "float32", False), ("keras", "float32", True),
+                ("keras", "mixed_bfloat16", False), ("keras", "mixed_bfloat16", True)]
+    for kind, precision, jit in variants:
+        result = _get(record, kind="keras", shape=shape, precision=precision, jit=jit)
+        if result is None:
+            continue
+        t = _median(result, "fwdbwd")
+        ratios = [f"{t / peers[p]:.2f}" if t and peers[p] else "-" for p in PEERS]
+        share = f"{3 * flops / t / 1e9 / rate:.0%}" if t and rate else "-"
+        name = f"nonlocal-keras, {'XLA' if jit else 'eager'}"
+        rows.append([shape, name, precision, _ms(result, "fwd"), _ms(result, "fwdbwd"),
+                     _rss(result), *ratios, share])
+    for peer, label in PEERS.items():
+        result = _get(record, kind=peer, shape=shape)
+        t = _median(result, "fwdbwd")
+        share = f"{3 * flops / t / 1e9 / rate:.0%}" if t and rate else "-"
+        rows.append([shape, label, "float32", _ms(result, "fwd"), _ms(result, "fwdbwd"),
+                     _rss(result), "", "", share])
+    return rows
+
+
+def _rss(result):
+    if result and result["status"] == "ok":
+        return f"{result['peak_rss_mb']:,.0f}"
+    return "-"
+
+
+def _long_rows(record):
+    rows = []
+    chunked_f = _get(record, kind="keras", shape="long_clip", passes=["fwd"])
+    chunked_b = _get(record, kind="keras", shape="long_clip", passes=["fwdbwd"])
+    naive = _get(record, kind="keras", shape="long_clip", chunk_size=None)
+    rows.append(["long_clip", "nonlocal-keras, eager, chunked (chunk_size='auto')",
+                 "float32", _ms(chunked_f, "fwd"), _ms(chunked_b, "fwdbwd"),
+                 f"{_rss(chunked_f)} / {_rss(chunked_b)}", "", "", ""])
+    rows.append(["long_clip", "nonlocal-keras, eager, plain (chunk_size=None)", "float32",
+                 _ms(naive, "fwd"), "not run", _rss(naive), "", "", ""])
+    for peer, label in PEERS.items():
+        result = _get(record, kind=peer, shape="long_clip")
+        rows.append(["long_clip", label, "float32", _ms(result, "fwd"), "not run",
+                     _rss(result), "", "", ""])
+    return rows
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def goals(record):
+    """(goal, measured, verdict) rows, computed from the record only."""
+    rate = _rate(record, "float32")
+    out = []
+    for shape in ("res4", "res3"):
+        peers = {p: _median(_get(record, kind=p, shape=shape), "fwdbwd") for p in PEERS}
+        faster_peer = min((t for t in peers.values() if t), default=None)
+        speedups, shares = {}, {}
+        for jit in (False, True):
+            t = _median(_get(record, kind="keras", shape=shape, jit=jit), "fwdbwd")
+            mode = "XLA" if jit else "eager"
+            if t and faster_peer:
+                speedups[mode] = faster_peer / t
+            if t and rate:
+                shares[mode] = 3 * common.block_flops(shape) / t / 1e9 / rate
+        out.append((f"{shape}: fwd+bwd >= 1.5x faster than the faster peer (float32)",
+                    ", ".join(f"{m} {s:.2f}x" for m, s in speedups.items()) or "no data",
+                    _verdict([s >= 1.5 for s in speedups.values()])))
+        out.append((f"{shape}: fwd+bwd >= 90% of the float32 matmul rate",
+                    ", ".join(f"{m} {s:.0%}" for m, s in shares.items()) or "no data",
+                    _verdict([s >= 0.9 for s in shares.values()])))
+        bf16 = {}
+        for jit in (False, True):
+            t32 = _median(_get(record, kind="keras", shape=shape, jit=jit), "fwdbwd")
+            t16 = _median(_get(record, kind="keras", shape=shape, jit=jit,
+                               precision="mixed_bfloat16"), "fwdbwd")
+            if t32 and t16:
+                bf16["XLA" if jit else "eager"] = t32 / t16
+        out.append((f"{shape}: mixed_bfloat16 fwd+bwd faster than float32",
+                    ", ".join(f"{m} {s:.2f}x" for m, s in bf16.items()) or "no data",
+                    _verdict([s > 1.0 for s in bf16.values()])))
+    out.append(_memory_goal(record))
+    return out
+
+
+def _memory_goal(record):
+    goal = "long_clip: peak memory < 1/4 of the plain path's"
+    chunked = [_get(record, kind="keras", shape="long_clip", passes=[p]) for p in ("fwd", "fwdbwd")]
+    naive = _get(record, kind="keras", shape="long_clip", chunk_size=None)
+    peaks = [r["peak_rss_mb"] for r in chunked if r and r["status"] == "ok"]
+    if not peaks or naive is None:
+        return goal, "no data", "not measured"
+    peak = max(peaks)
+    analytic = common.naive_affinity_bytes("long_clip") / 2**20
+    if naive["status"] == "ok":
+        bound, how = naive["peak_rss_mb"], "measured"
+    elif naive["status"] == "oom":
+        bound, how = record["mem_cap_gb"] * 1024, f"out of memory at the {record['mem_cap_gb']:g} GB cap"
+    else:
+        return goal, f"chunked {peak:,.0f} MB; plain: {naive['status']}", "not measured"
+    measured = (f"chunked peak {peak:,.0f} MB (fwd+bwd); plain: {how}; its logits and "
+                f"softmax alone are {analytic:,.0f} MB")
+    if peak < bound / 4:
+        return goal, measured, "met"
+    if peak < analytic / 4:
+        return goal, measured, "met against the analytic size only"
+    return goal, measured, "missed"
+
+
+def _verdict(flags):
+    if not flags:
+        return "not measured"
+    if all(flags):
+        return "met"
+    return "partly met" if any(flags) else "missed"
+
+
+def markdown(record):
+    m = record["machine"]
+    rate, rate16 = _rate(record, "float32"), _rate(record, "bfloat16")
+    fmt = lambda r: f"{r:.0f} GFLOP/s" if r else "not measured"  # noqa: E731
+    lines = [
+        f"Measured by `python benchmarks/run_all.py` on {record['started']}: "
+        f"{m.get('cpu_model', '?')}, {m['cpu_count']} cores "
+        f"(avx512_bf16: {m.get('avx512_bf16')}), {m.get('memory_gb')} GB; "
+        f"{record['threads']} threads (TF intra/inter-op, torch); TensorFlow {m['tensorflow']}, "
+        f"Keras {m['keras']}, torch {m['torch']}, mmcv-lite {m['mmcv-lite']}, "
+        f"pytorchvideo {m['pytorchvideo']}. Load average before/after: "
+        f"{record['load_average_before'][0]:.1f} / {record['load_average_after'][0]:.1f} "
+        "(other processes on these cores make every figure slower and noisier). "
+        f"Batch {record['batch']}, median of repeated runs after warm-up "
+        "(benchmarks/results/latest.json has the counts). "
+        f"`tf.matmul` 4096x4096: float32 {fmt(rate)}, bfloat16 {fmt(rate16)}.",
+        "",
+        "Non-local block (embedded Gaussian, scaled, BN; res4 1024 ch 8x14x14, "
+        "res3 512 ch 8x28x28, long clip 256 ch 32x56x56; inner = C/2, pool 1x2x2). "
+        "Times in ms; fwd = inference, fwd+bwd = training forward and all gradients. "
+        "Ratios are fwd+bwd times ours/peer (below 1: ours faster; peers in float32). "
+        "Share = analytic block FLOPs (fwd+bwd = 3 x fwd) / time / float32 matmul rate. "
+        "Peak = ru_maxrss of the case's own process (includes the framework, ~0.3-0.9 GB).",
+        "",
+    ]
+    header = ["shape", "implementation", "precision", "fwd", "fwd+bwd", "peak RSS MB",
+              "ours/mmcv", "ours/PyTorchVideo", "share of matmul rate"]
+    rows = _block_rows(record, "res4", rate) + _block_rows(record, "res3", rate)
+    rows += _long_rows(record)
+    lines += [_table(header, rows), ""]
+    lines += ["Goals of issue 5, judged from the figures above:", "",
+              _table(["goal", "measured", "verdict"], goals(record)), ""]
+    model = _get(record, kind="model")
+    if model is None:
+        text = "not run"
+    elif model["status"] == "ok":
+        step = model["train_step"]
+        text = (f"{step['clips_per_s']:.2f} clips/s ({step['median_s'] * 1e3:,.0f} ms a step, "
+                f"peak RSS {model['peak_rss_mb']:,.0f} MB)")
+    else:
+        text = model.get("skipped") or model.get("message") or model["status"]
+    case = next(e["case"] for e in record["cases"] if e["case"]["kind"] == "model") \
+        if model is not None else {"batch": "?", "frames": 8, "size": 112}
+    lines.append(f"Whole model: NL-C2D ResNet-50 (5 non-local blocks) train step, batch "
+                 f"{case['batch']}, {case['frames']}x{case['size']}x{case['size']}, float32, "
+                 f"SGD, `train_on_batch`: {text}.")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Rerun every benchmark, write benchmarks/results/latest.json and the README table.
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--mem-cap-gb 8] [--no-readme]
+
+Each case runs in a fresh process (benchmarks/worker.py) capped with
+RLIMIT_AS, so its peak RSS is its own and an out-of-memory case (the naive
+long clip) is recorded as such instead of taking the machine down. Everything
+runs on 2 threads (TF intra/inter-op and torch). The PyTorch peers (mmcv's
+NonLocal3d, PyTorchVideo's NonLocal: `pip install nonlocal-keras[bench]`) are
+measured in the same run, so each ratio compares figures taken minutes apart
+on the same machine; the load average before and after is recorded because
+the figures are only as quiet as the machine was.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import util
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common  # noqa: E402
+import report  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+OOM_PATTERNS = ("out of memory", "OOM", "ResourceExhausted", "can't allocate memory",
+                "bad_alloc", "MemoryError", "Cannot allocate memory")
+
+
+def cases(quick):
+    rep = {"res4": 7, "res3": 5} if not quick else {"res4": 3, "res3": 2}
+    warm = 2 if not quick else 1
+    mm = {"kind": "matmul", "size": 4096, "warmup": 1, "repeats": 2 if quick else 3}
+    out = [dict(mm, dtype="float32"), dict(mm, dtype="bfloat16")]
+    both = ["fwd", "fwdbwd"]
+    for shape in ("res4", "res3"):
+        base = {"shape": shape, "passes": both, "warmup": warm, "repeats": rep[shape]}
+        for precision in ("float32", "mixed_bfloat16"):
+            for jit in (False, True):
+                out.append(dict(base, kind="keras", precision=precision, jit=jit))
+        out += [dict(base, kind=peer) for peer in ("mmcv", "pytorchvideo")]
+    # The long clip: forward and forward+backward in separate processes (each
+    # has its own peak memory), one warm-up forward, few repeats (~10 s each).
+    long = {"shape": "long_clip", "warmup": 1, "repeats": 1 if quick else 2}
+    out.append(dict(long, kind="keras", precision="float32", passes=["fwd"]))
+    out.append(dict(long, kind="keras", precision="float32", passes=["fwdbwd"],
+                    warmup=0, repeats=1))
+    out.append(dict(long, kind="keras", precision="float32", passes=["fwd"],
+                    chunk_size=None, warmup=0, repeats=1, label="naive"))
+    out += [dict(long, kind=peer, passes=["fwd"], warmup=0, repeats=1)
+            for peer in ("mmcv", "pytorchvideo")]
+    out.append({"kind": "model", "batch": 2, "frames": 8, "size": 112,
+                "nonlocal_blocks": 5, "warmup": 2, "repeats": 3 if quick else 5})
+    return out
+
+
+def peers_installed():
+    return {"mmcv": util.find_spec("mmcv") is not None,
+            "pytorchvideo": util.find_spec("pytorchvideo") is not None}
+
+
+def run_case(case, cap_bytes, timeout):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
+
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "worker.py"), json.dumps(case)],
+            capture_output=True, text=True, timeout=timeout, preexec_fn=limit, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": timeout}
+    wall = time.perf_counter() - start
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            result["status"] = "skipped" if "skipped" in result else "ok"
+            result["process_wall_s"] = wall
+            return result
+    text = proc.stdout + proc.stderr
+    cap_gb = cap_bytes / 2**30
+    if proc.returncode != 0 and (proc.returncode < 0 or any(p in text for p in OOM_PATTERNS)):
+        return {"status": "oom", "message": f"out of memory (>{cap_gb:g} GB cap)",
+                "returncode": proc.returncode, "tail": text[-600:]}
+    return {"status": "error", "returncode": proc.returncode, "tail": text[-1500:]}
+
+
+def rewrite_readme(table, path=os.path.join(ROOT, "README.md")):
+    with open(path) as f:
+        text = f.read()
+    pattern = re.compile(r"(<!-- benchmarks:start -->\n).*?(<!-- benchmarks:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit("README.md has no <!-- benchmarks:start/end --> markers")
+    text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--mem-cap-gb", type=float, default=8.0,
+                        help="RLIMIT_AS of each case's process (default 8)")
+    parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
+    parser.add_argument("--only", default=None, help="regex on the case description")
+    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
+    args = parser.parse_args(argv)
+
+    installed = peers_installed()
+    started = time.perf_counter()
+    record = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": common.machine(), "threads": common.THREADS, "batch": common.BATCH,
+              "mem_cap_gb": args.mem_cap_gb, "load_average_before": os.getloadavg(),
+              "shapes": {k: {"channels": v[0], "positions": v[1], "inner": v[2], "pool": v[3],
+                             "flops_fwd": common.block_flops(k),
+                             "naive_affinity_bytes": common.naive_affinity_bytes(k)}
+                         for k, v in common.SHAPES.items()},
+              "cases": []}
+    for case in cases(args.quick):
+        name = report.describe(case)
+        if args.only and not re.search(args.only, name):
+            continue
+        if case["kind"] in installed and not installed[case["kind"]]:
+            result = {"status": "skipped", "skipped": f"{case['kind']} is not installed"}
+        else:
+            result = run_case(case, int(args.mem_cap_gb * 2**30), args.timeout)
+        print(f"{name}: {report.summary(result)}", flush=True)
+        record["cases"].append({"case": case, "name": name, "result": result})
+    record["load_average_after"] = os.getloadavg()
+    record["total_wall_s"] = time.perf_counter() - started
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(record, f, indent=1)
+    table = report.markdown(record)
+    print(table)
+    if not args.no_readme and not args.only:
+        rewrite_readme(table)
+        print("README.md: benchmark table rewritten")
+    print(f"total {record['total_wall_s']:.0f} s; results in {args.output}")
+
+
+if __name__ == "__main__":
+    main()

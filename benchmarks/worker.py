@@ -1,0 +1,200 @@
+"""Runs one benchmark case in this (fresh) process and prints one JSON line.
+
+Called by run_all.py as `python benchmarks/worker.py '<case json>'`, under a
+memory cap, so that its peak RSS (ru_maxrss) is the case's own and an out of
+memory error ends only this process. Cases:
+
+    {"kind": "keras", "shape": "res4", "precision": "float32"|"mixed_bfloat16",
+     "jit": false, "chunk_size": "auto"|null|int, "passes": ["fwd", "fwdbwd"],
+     "warmup": 2, "repeats": 10}
+    {"kind": "mmcv"|"pytorchvideo", "shape": ..., "passes": ..., ...}
+    {"kind": "matmul", "size": 4096, "dtype": "float32", ...}
+    {"kind": "model", "batch": 2, "frames": 8, "size": 112, ...}
+
+Forward is inference (BN with moving statistics, no gradient recorded);
+fwd+bwd is a training-mode forward and the gradients of sum(output) with
+respect to the input and every weight.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+THREADS = str(common.THREADS)
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+            "TF_NUM_INTEROP_THREADS"):
+    os.environ[var] = THREADS
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def _rss_mb():
+    """Current resident memory (the baseline a case's peak is to be read against)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _time(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times),
+            "repeats": repeats, "warmup": warmup}
+
+
+def _tensorflow():
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(common.THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(common.THREADS)
+    return tf
+
+
+def keras_block(case):
+    tf = _tensorflow()
+    import keras
+
+    from nonlocal_keras.layers import NonLocal3D
+
+    channels, (t, h, w), inner, pool = common.SHAPES[case["shape"]]
+    policy = case.get("precision", "float32")
+    layer = NonLocal3D(inter_channels=inner, pool_size=pool, dtype=policy,
+                       chunk_size=case.get("chunk_size", "auto"))
+    dtype = keras.mixed_precision.Policy(policy).compute_dtype
+    x = tf.cast(tf.random.normal((common.BATCH, t, h, w, channels)), dtype)
+    layer.build(x.shape)
+    # Make the BN gamma non-zero so gradients flow through the whole block.
+    layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
+
+    def forward(x):
+        return layer(x, training=False)
+
+    def train(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
+        return tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
+
+    jit = case.get("jit", False)
+    if jit:
+        forward = tf.function(forward, jit_compile=True)
+        train = tf.function(train, jit_compile=True)
+
+    def run(fn):
+        def call():
+            out = fn(x)
+            # Wait for the values (async eager kernels): read one number back.
+            first = out[0] if isinstance(out, list) else out
+            float(tf.reduce_sum(tf.cast(first, tf.float32)))
+        return call
+
+    fns = {"fwd": run(forward), "fwdbwd": run(train)}
+    result = {"rss_before_mb": _rss_mb()}
+    result.update({p: _time(fns[p], case["warmup"], case["repeats"]) for p in case["passes"]})
+    return result
+
+
+def torch_block(case):
+    import torch
+
+    torch.set_num_threads(common.THREADS)
+    try:
+        torch.set_num_interop_threads(common.THREADS)
+    except RuntimeError:
+        pass
+    channels, (t, h, w), inner, pool = common.SHAPES[case["shape"]]
+    if case["kind"] == "mmcv":
+        from mmcv.cnn.bricks import NonLocal3d
+
+        # mmcv pools *after* phi and g (sub_sample=True: MaxPool3d (1, 2, 2)).
+        block = NonLocal3d(channels, sub_sample=True, reduction=channels // inner,
+                           use_scale=True, norm_cfg=dict(type="BN3d"),
+                           mode="embedded_gaussian")
+        bn = block.conv_out.bn
+    else:
+        from pytorchvideo.layers.nonlocal_net import create_nonlocal
+
+        # PyTorchVideo pools *before* phi and g, as the official code.
+        block = create_nonlocal(dim_in=channels, dim_inner=inner, pool_size=pool,
+                                instantiation="softmax")
+        bn = block.norm
+    with torch.no_grad():
+        bn.weight.fill_(1.0)
+    x = torch.randn(common.BATCH, channels, t, h, w)
+
+    def forward():
+        block.eval()
+        with torch.no_grad():
+            block(x)
+
+    def train():
+        block.train()
+        xg = x.detach().requires_grad_(True)
+        loss = block(xg).sum()
+        torch.autograd.grad(loss, [xg] + list(block.parameters()))
+
+    fns = {"fwd": forward, "fwdbwd": train}
+    result = {"rss_before_mb": _rss_mb()}
+    result.update({p: _time(fns[p], case["warmup"], case["repeats"]) for p in case["passes"]})
+    return result
+
+
+def matmul(case):
+    tf = _tensorflow()
+    n = case["size"]
+    a = tf.cast(tf.random.normal((n, n)), case["dtype"])
+    b = tf.cast(tf.random.normal((n, n)), case["dtype"])
+
+    def call():
+        float(tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+
+    result = _time(call, case["warmup"], case["repeats"])
+    result["gflops"] = 2 * n**3 / result["median_s"] / 1e9
+    return {"matmul": result}
+
+
+def model(case):
+    tf = _tensorflow()
+    import keras
+
+    try:
+        from nonlocal_keras.applications import C2DResNet50
+    except ImportError as error:
+        return {"skipped": f"nonlocal_keras.applications.C2DResNet50 unavailable: {error}"}
+    batch, frames, size = case["batch"], case["frames"], case["size"]
+    net = C2DResNet50(input_shape=(frames, size, size, 3), classes=400,
+                      nonlocal_blocks=case.get("nonlocal_blocks", 5))
+    net.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss="sparse_categorical_crossentropy", jit_compile=case.get("jit", False))
+    x = tf.random.normal((batch, frames, size, size, 3))
+    y = tf.zeros((batch,), tf.int32)
+    result = _time(lambda: net.train_on_batch(x, y), case["warmup"], case["repeats"])
+    result["clips_per_s"] = batch / result["median_s"]
+    return {"train_step": result}
+
+
+def main():
+    case = json.loads(sys.argv[1])
+    kind = case["kind"]
+    runner = {"keras": keras_block, "mmcv": torch_block, "pytorchvideo": torch_block,
+              "matmul": matmul, "model": model}[kind]
+    result = runner(case)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
