@@ -42,12 +42,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary["best"] in ("C2D", "NL-C2D")
 
 
-def test_attention_to_marker_reads_the_marker_key_for_first_frame_queries():
+def test_first_frame_reader_is_the_last_frame_query_with_most_frame0_attention():
     from nonlocal_keras.training import attention_map, demo_model
 
     model = demo_model.DemoC2D(input_shape=(8, 32, 32, 3), width=8)
-    clips = np.random.default_rng(1).normal(size=(1, 8, 32, 32, 3)).astype("float32")
+    clips = np.random.default_rng(1).normal(size=(2, 8, 32, 32, 3)).astype("float32")
     grid = attention_map.attention_grid(model, clips)
-    assert grid.shape == (1, 8, 4, 4, 8, 2, 2)
-    np.testing.assert_allclose(attention_map.attention_to_marker(model, clips, [3])[0],
-                               grid[0, 0, :, :, 7, 1, 1], rtol=1e-6)
+    assert grid.shape == (2, 8, 4, 4, 8, 2, 2)
+    mass, readers, maps = attention_map.first_frame_reader(model, clips)
+    for b in range(2):
+        # Loop reference over the 16 last-frame queries.
+        totals = {(r, c): grid[b, 7, r, c, 0].sum() for r in range(4) for c in range(4)}
+        best = max(totals, key=totals.get)
+        assert readers[b] == best
+        np.testing.assert_allclose(mass[b, best[0], best[1]], totals[best], rtol=1e-6)
+        np.testing.assert_allclose(maps[b], grid[b, 7, best[0], best[1], 0], rtol=1e-6)

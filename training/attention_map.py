@@ -1,11 +1,12 @@
-"""The picture `make demo` saves: where the marker looks in the first frame.
+"""The picture `make demo` saves: what the marker frame reads from the first frame.
 
-For a few test videos, the queries of the non-local block that lie in the
-marked quadrant of the last frame are averaged; their attention over the keys
-of the first frame (`return_attention_scores`, keys after the block's
-`(1, 2, 2)` pooling) is drawn over that frame, with the share of the whole
-attention that lands on frame 0. A fourth column shows the other direction:
-how much each first-frame position attends to the marker's key.
+From the non-local block's `return_attention_scores` (queries at the block's
+input positions, keys after its `(1, 2, 2)` pooling, so one key per quadrant
+on the demo's 8x4x4 map), for a few test videos: which last-frame positions
+attend to the first frame, where the strongest of them looks in it, and where
+the queries inside the marked quadrant look. A trained demo model typically
+routes the marker through one "reader" position of the last frame whose
+attention lands on the digit under the marker.
 """
 
 import csv
@@ -69,18 +70,22 @@ def marker_attention(model, clips, quadrants):
     return np.stack(maps)
 
 
-def attention_to_marker(model, clips, quadrants):
-    """For each first-frame query, its attention on the marker's key: `(batch, H, W)`.
+def first_frame_reader(model, clips):
+    """The last-frame query that attends most to the first frame, per clip.
 
-    The other direction of the binding: a digit's positions may fetch "the
-    marker is here" from the last frame instead of the marker fetching the digit.
+    Returns `(mass, reader, attention)`: `mass` `(batch, H, W)` is each
+    last-frame query's total attention on first-frame keys; `reader` the
+    `(row, col)` of its maximum; `attention` `(batch, H_k, W_k)` that query's
+    attention over the first frame's keys.
     """
     grid = attention_grid(model, clips)
-    maps = []
-    for scores, quadrant in zip(grid, quadrants):
-        rows, cols = _quadrant(scores.shape[-2], quadrant)
-        maps.append(scores[0, :, :, -1, rows, cols].sum(axis=(-2, -1)))
-    return np.stack(maps)
+    mass = grid[:, -1, :, :, 0].sum(axis=(-2, -1))
+    readers, maps = [], []
+    for scores, frame_mass in zip(grid, mass):
+        row, col = np.unravel_index(np.argmax(frame_mass), frame_mass.shape)
+        readers.append((int(row), int(col)))
+        maps.append(scores[-1, row, col, 0])
+    return mass, readers, np.stack(maps)
 
 
 def _test_examples(root, count):
@@ -91,45 +96,59 @@ def _test_examples(root, count):
             [int(r["marker_quadrant"]) for r in rows])
 
 
+def _overlay(axis, image, heat, title, vmax=None):
+    size = image.shape[0]
+    upsampled = np.kron(heat, np.ones((size // heat.shape[0], size // heat.shape[1])))
+    axis.imshow(image)
+    shown = axis.imshow(upsampled, cmap="inferno", alpha=0.6, vmin=0,
+                        vmax=vmax or max(float(heat.max()), 1e-6))
+    axis.set_title(title, fontsize=8)
+    axis.figure.colorbar(shown, ax=axis, fraction=0.046)
+
+
 def save_marker_attention(model, root, path, count=4, seed=0):
-    """Draw `count` test videos of the dataset at `root` with the marker's attention."""
+    """Draw `count` test videos of the dataset at `root` with the block's attention.
+
+    Columns: frame 0 (and the label); the last frame with the marker; which
+    last-frame positions read frame 0 (their total attention on it); the
+    attention over frame 0 of the strongest reader (outlined in column 3);
+    the attention over frame 0 of the queries inside the marked quadrant.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     frames, labels, quadrants = _test_examples(root, count)
     clips = preprocessing.normalize(frames).numpy()
-    attention = marker_attention(model, clips, quadrants)
-    reverse = attention_to_marker(model, clips, quadrants)
+    mass, readers, reader_maps = first_frame_reader(model, clips)
+    marker_maps = marker_attention(model, clips, quadrants)
     predictions = np.argmax(np.asarray(model.predict(clips, verbose=0)), axis=-1)
-    size = frames.shape[2]
-    figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
+    last = frames.shape[1] - 1
+    cell = frames.shape[2] // mass.shape[1]
+    figure, axes = plt.subplots(count, 5, figsize=(12.5, 2.6 * count), squeeze=False)
     for i in range(count):
-        first = attention[i, 0]
-        upsampled = np.kron(first, np.ones((size // first.shape[0], size // first.shape[1])))
         axes[i, 0].imshow(frames[i, 0])
-        axes[i, 0].set_title(f"frame 0 (label {labels[i]})", fontsize=9)
-        axes[i, 1].imshow(frames[i, -1])
-        axes[i, 1].set_title(f"frame {frames.shape[1] - 1}: marker", fontsize=9)
-        axes[i, 2].imshow(frames[i, 0])
-        shown = axes[i, 2].imshow(upsampled, cmap="inferno", alpha=0.6, vmin=0,
-                                  vmax=max(first.max(), 1e-6))
-        axes[i, 2].set_title(f"marker's attention on frame 0\n{100 * attention[i, 0].sum():.0f}% "
-                             f"of it; predicted {predictions[i]}", fontsize=9)
-        figure.colorbar(shown, ax=axes[i, 2], fraction=0.046)
-        back = np.kron(reverse[i], np.ones((size // reverse.shape[1], size // reverse.shape[2])))
-        axes[i, 3].imshow(frames[i, 0])
-        shown = axes[i, 3].imshow(back, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        axes[i, 3].set_title(f"frame 0 queries' attention on the\nmarker key (max {reverse[i].max():.2f})",
-                             fontsize=9)
-        figure.colorbar(shown, ax=axes[i, 3], fraction=0.046)
+        axes[i, 0].set_title(f"frame 0 (label {labels[i]}, predicted {predictions[i]})", fontsize=8)
+        axes[i, 1].imshow(frames[i, last])
+        axes[i, 1].set_title(f"frame {last}: marker", fontsize=8)
+        _overlay(axes[i, 2], frames[i, last], mass[i],
+                 f"frame-{last} queries: attention\nmass on frame 0", vmax=1.0)
+        row, col = readers[i]
+        axes[i, 2].add_patch(Rectangle((col * cell - 0.5, row * cell - 0.5), cell, cell,
+                                       fill=False, edgecolor="cyan", linewidth=2))
+        _overlay(axes[i, 3], frames[i, 0], reader_maps[i],
+                 f"strongest reader's attention\non frame 0 ({100 * reader_maps[i].sum():.0f}% of it)")
+        _overlay(axes[i, 4], frames[i, 0], marker_maps[i, 0],
+                 f"marked quadrant's queries on\nframe 0 ({100 * marker_maps[i, 0].sum():.0f}% of it)")
         for axis in axes[i]:
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.suptitle("NL-C2D: attention of the marked quadrant's queries (last frame)", fontsize=10)
+    figure.suptitle("NL-C2D: what the last frame reads from the first through the non-local block",
+                    fontsize=10)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
-    return attention
+    return reader_maps
