@@ -135,6 +135,11 @@ def test_nonlocal_blocks_sit_where_the_table_says(depth, blocks, expected):
     constructor = C2DResNet50 if depth == 50 else C2DResNet101
     model = constructor(nonlocal_blocks=blocks)
     assert nonlocal_positions(model) == sorted(expected)
+    # Each block: theta, phi, g (C -> C/2, with bias), W_z (C/2 -> C, with bias), BN gamma/beta.
+    channels = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
+    added = sum(2 * c * c + 4.5 * c for c in (channels[block[:4]] for block in expected))
+    baseline = PYTORCHVIDEO_PARAMS["c2d50"] if depth == 50 else C2D_R101_PARAMS
+    assert trainable_params(model) == baseline + added
     for block in expected:
         # Right after the residual block, and feeding the next layer.
         assert model.get_layer(f"{block}_nonlocal").input is model.get_layer(block).output
