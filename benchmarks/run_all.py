@@ -45,6 +45,11 @@ def cases(quick):
             for jit in (False, True):
                 out.append(dict(base, kind="keras", precision=precision, jit=jit))
         out += [dict(base, kind=peer) for peer in ("mmcv", "pytorchvideo")]
+    # res2: chunked ("auto") and plain, both measured; the peers alongside.
+    res2 = {"shape": "res2", "passes": both, "warmup": 1, "repeats": 1 if quick else 2}
+    out.append(dict(res2, kind="keras", precision="float32"))
+    out.append(dict(res2, kind="keras", precision="float32", chunk_size=None))
+    out += [dict(res2, kind=peer) for peer in ("mmcv", "pytorchvideo")]
     # The long clip: forward and forward+backward in separate processes (each
     # has its own peak memory), one warm-up forward, few repeats (~10 s each).
     long = {"shape": "long_clip", "warmup": 1, "repeats": 1 if quick else 2}
@@ -55,8 +60,9 @@ def cases(quick):
                     chunk_size=None, warmup=0, repeats=1, label="naive"))
     out += [dict(long, kind=peer, passes=["fwd"], warmup=0, repeats=1)
             for peer in ("mmcv", "pytorchvideo")]
-    out.append({"kind": "model", "batch": 2, "frames": 8, "size": 112,
-                "nonlocal_blocks": 5, "warmup": 2, "repeats": 3 if quick else 5})
+    for blocks in (5, 0):  # NL-C2D and, for the cost of the blocks, plain C2D
+        out.append({"kind": "model", "batch": 2, "frames": 8, "size": 112,
+                    "nonlocal_blocks": blocks, "warmup": 2, "repeats": 3 if quick else 5})
     return out
 
 

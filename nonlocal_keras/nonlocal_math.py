@@ -87,7 +87,10 @@ def pairwise_affinity(theta, phi, mode, use_scale=True, w_f=None):
         from_key = ops.matmul(phi, w_f[channels:])
         f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
     else:
-        f = ops.matmul(theta, ops.swapaxes(phi, -1, -2))
+        # einsum rather than matmul(theta, swapaxes(phi)): the backends run it
+        # as a matmul with phi transposed in the kernel, without writing a
+        # transposed copy of phi (once per chunk on the chunked path).
+        f = ops.einsum("...qc,...kc->...qk", theta, phi)
     if mode in SOFTMAX_MODES:
         return ops.softmax(f, axis=-1)
     num_keys = ops.cast(ops.shape(phi)[-2], "float32")
