@@ -114,13 +114,34 @@ def test_tf_keras_block_is_identity_at_init_and_round_trips_its_config():
     layer = model.get_layer("nl")
     assert set(layer.get_config()) - {"name", "trainable", "dtype"} == {
         "mode", "inter_channels", "sub_sample", "use_scale", "kernel_initializer",
-        "kernel_regularizer", "norm_momentum", "norm_epsilon",
+        "kernel_regularizer", "norm_momentum", "norm_epsilon", "chunk_size",
     }
     layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
     clone = tf_keras.models.model_from_json(model.to_json())
     clone.set_weights(model.get_weights())
     assert isinstance(clone.get_layer("nl"), mask_rcnn.NonLocalBlock2D)
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_tf_keras_block_chunked_path_matches_the_plain_path_and_its_gradients():
+    x = tf.random.stateless_normal((2, 6, 6, 8), seed=(7, 8))
+    plain = mask_rcnn.NonLocalBlock2D(chunk_size=None)
+    chunked = mask_rcnn.NonLocalBlock2D(chunk_size=5)
+    plain.build(x.shape)
+    chunked.build(x.shape)
+    plain.bn.gamma.assign(tf.ones_like(plain.bn.gamma))
+    chunked.set_weights(plain.get_weights())
+    results = []
+    for block in (plain, chunked):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = block(x, training=False)
+            loss = tf.reduce_sum(y * y)
+        results.append((y, tape.gradient(loss, [x] + block.trainable_weights)))
+    (y_plain, grads_plain), (y_chunked, grads_chunked) = results
+    np.testing.assert_allclose(y_chunked.numpy(), y_plain.numpy(), rtol=1e-5, atol=1e-5)
+    for g_chunked, g_plain in zip(grads_chunked, grads_plain, strict=True):
+        np.testing.assert_allclose(g_chunked.numpy(), g_plain.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_tf_keras_block_runs_under_tf_keras_mixed_precision():

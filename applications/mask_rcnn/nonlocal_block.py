@@ -29,6 +29,9 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         use_scale: divide softmax logits by sqrt(inter_channels).
         kernel_initializer, kernel_regularizer: of every projection.
         norm_momentum, norm_epsilon: of the BatchNormalization after `W_z`.
+        chunk_size: as for the Keras 3 layers: `"auto"` (default) slices the
+            queries only when the affinity is large, an int always does, `None`
+            never does; the result is the same.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         kernel_regularizer=None,
         norm_momentum=0.9,
         norm_epsilon=1e-5,
+        chunk_size="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +71,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         self.kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
         self.norm_momentum = norm_momentum
         self.norm_epsilon = norm_epsilon
+        self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
 
     def build(self, input_shape):
@@ -114,6 +119,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
             pool_size=(2, 2) if self.sub_sample else (1, 1),
             use_scale=self.use_scale,
             w_f=None if self.w_f is None else self.w_f.kernel,
+            chunk_size=self.chunk_size,
         )
         return inputs + self.bn(self.w_z(y), training=training)
 
@@ -132,6 +138,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
                 "kernel_regularizer": tf_keras.regularizers.serialize(self.kernel_regularizer),
                 "norm_momentum": self.norm_momentum,
                 "norm_epsilon": self.norm_epsilon,
+                "chunk_size": self.chunk_size,
             }
         )
         return config
