@@ -201,3 +201,21 @@ def test_fit_under_mirrored_strategy_on_two_cpu_replicas(tmp_path):
     np.testing.assert_allclose(report["ratio"], [0.75, 0.75], rtol=1e-6)
     assert report["steps"] == 16 // 4
     assert "Mirrored" in report["variable"] or "Distributed" in report["variable"]
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_feeds_one_pipeline_per_host(tmp_path):
+    # Without TF_CONFIG, MultiWorkerMirroredStrategy is a one-worker cluster;
+    # it still takes the per-host input path (distribute_datasets_from_function).
+    csv_path = _write_dataset(tmp_path, count=8)
+    command = [sys.executable, "-m", "nonlocal_keras.training.train"]
+    for item in _overrides(csv_path, tmp_path / "run", "schedule.epochs=1",
+                           "runtime.strategy=multi_worker", "runtime.tensorboard=false"):
+        command += ["--set", item]
+    env = _env()
+    env.pop("TF_CONFIG", None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert written["steps"] == 8 // 4 and written["replicas"] == 1
+    assert written["eval"]["num_videos"] == 8

@@ -18,6 +18,7 @@ import os
 import time
 
 import keras
+import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import data, evaluate, models, optim, runtime
@@ -47,6 +48,35 @@ def _callbacks(run_dir, runtime_config, skipped):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"),
                                                      write_graph=True, update_freq="epoch"))
     return callbacks
+
+
+def _training_input(strategy, records, data_config, multi_label, global_batch, seed, skipped):
+    """The repeated training dataset (repeated, so that skipped videos never
+    end an epoch early).
+
+    Single-host strategies get one pipeline of global batches, which
+    `model.fit` splits across replicas. Multi-host ones (`multi_worker`,
+    `tpu`) get one pipeline per host through `distribute_datasets_from_function`,
+    each decoding only its own share of the videos (`records[i::n]`) into
+    per-replica batches; auto-sharding would make every host decode every video.
+    """
+    options, _ = data.dataset_options(data_config)
+
+    def make(host_records, batch, shard_seed):
+        return data.train_dataset(host_records, data_config["num_classes"], multi_label, batch,
+                                  seed=shard_seed, skipped=skipped, **options).repeat()
+
+    multi_host = isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                       tf.distribute.TPUStrategy))
+    if not multi_host:
+        return make(records, global_batch, seed)
+
+    def host_dataset(context):
+        shard = records[context.input_pipeline_id::context.num_input_pipelines]
+        return make(shard, context.get_per_replica_batch_size(global_batch),
+                    seed + context.input_pipeline_id)
+
+    return strategy.distribute_datasets_from_function(host_dataset)
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -102,11 +132,8 @@ def run(config, strategy=None):
     steps_per_epoch = (config["schedule"]["steps_per_epoch"]
                        or max(len(train_records) // batch_size, 1))
     skipped = data.SkippedVideos()
-    train_options, _ = data.dataset_options(data_config)
-    # Repeated, so that skipped videos never end an epoch early.
-    dataset = data.train_dataset(train_records, data_config["num_classes"], multi_label,
-                                 batch_size, seed=config["train"]["seed"], skipped=skipped,
-                                 **train_options).repeat()
+    dataset = _training_input(strategy, train_records, data_config, multi_label, batch_size,
+                              config["train"]["seed"], skipped)
 
     with strategy.scope():
         model = models.build_model(config["model"], data_config, multi_label)
