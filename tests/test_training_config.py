@@ -49,3 +49,28 @@ def test_shipped_configs_load_and_say_how_to_run_them(name):
     assert "nonlocal-train" in header or "make demo" in header
     assert "Expect" in header
     assert config["model"]["name"]
+
+
+@pytest.mark.parametrize("name", config_lib.list_configs())
+def test_shipped_configs_name_a_constructor_and_its_arguments(name):
+    import inspect
+
+    from nonlocal_keras.training import models
+
+    model_config = config_lib.load_config(name)["model"]
+    constructor = models.find_constructor(model_config["name"])
+    parameters = inspect.signature(constructor).parameters
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    for key in set(model_config) - {"name"}:
+        assert accepts_any or key in parameters, f"{model_config['name']} has no argument {key}"
+
+
+def test_a_paper_recipe_builds_its_model():
+    from nonlocal_keras.training import models
+
+    config = config_lib.load_config("kinetics_nl_i3d_r50", ["data.num_frames=8"])
+    model = models.build_model(config["model"], config["data"], multi_label=False)
+    assert model.output_shape == (None, 400)
+    assert sum("nonlocal" in layer.name for layer in model.layers) == 5
+    with pytest.raises(ValueError, match="model.name='NoSuchNet'"):
+        models.find_constructor("NoSuchNet")
