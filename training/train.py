@@ -144,7 +144,7 @@ def run(config, strategy=None):
 
     start = time.perf_counter()
     history = model.fit(dataset, epochs=config["schedule"]["epochs"],
-                        steps_per_epoch=steps_per_epoch,
+                        steps_per_epoch=steps_per_epoch, shuffle=False,  # tf.data shuffles
                         callbacks=_callbacks(run_dir, config["runtime"], skipped),
                         verbose=config["runtime"]["verbose"])
     train_seconds = time.perf_counter() - start
