@@ -79,3 +79,21 @@ def test_eval_dataset_gives_all_views_with_video_indices(dataset_dir):
     first = next(iter(dataset))[0].numpy()[0]
     expected = preprocessing.normalize(np.full((8, 8, 3), 10 + 3 * 4, np.uint8)).numpy()
     np.testing.assert_allclose(first[6, 0], expected, atol=3 / 57.375 + 1e-6)
+
+
+def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):
+    folder, _ = dataset_dir
+    real = video_io.decode_frames
+
+    def flaky(path, sampler):
+        if str(path).endswith("v1.mp4"):
+            raise MemoryError("frame too large")
+        return real(path, sampler)
+
+    monkeypatch.setattr(video_io, "decode_frames", flaky)
+    skipped = data.SkippedVideos()
+    dataset = data.train_dataset(_records(folder), 3, False, 1, num_frames=2, sampling_rate=1,
+                                 crop_size=16, min_scale=16, max_scale=16, flip=False,
+                                 shuffle=False, skipped=skipped)
+    assert len(list(dataset)) == 3  # v1 and the corrupt v2 skipped
+    assert sorted(p.split("/")[-1] for p in skipped.pop_epoch()) == ["v1.mp4", "v2.mp4"]

@@ -249,7 +249,9 @@ def _decoder(sampler, clip_shape, skipped):
             return frames, True
         except video_io.VideoDecodeError as error:
             skipped.record(path, error.reason)
-            return np.zeros(clip_shape + (1, 1, 3), np.uint8), False
+        except Exception as error:  # noqa: BLE001 - one odd file must not end an epoch
+            skipped.record(path, f"{type(error).__name__}: {error}")
+        return np.zeros(clip_shape + (1, 1, 3), np.uint8), False
 
     return decode
 
