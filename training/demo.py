@@ -17,7 +17,6 @@ import json
 import os
 import time
 
-import numpy as np
 
 RUNS = (("C2D", "demo_digits_c2d"), ("NL-C2D", "demo_digits_nl_c2d"))
 
@@ -49,7 +48,7 @@ def export_best(model, export_dir, data_config):
 
 
 def _table(rows):
-    header = f"| model | params | train time (s) | top-1 (%) | top-5 (%) |"
+    header = "| model | params | train time (s) | top-1 (%) | top-5 (%) |"
     lines = [header, "|---|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['params']:,} | {row['train_seconds']:.0f} | "
