@@ -236,6 +236,7 @@ def markdown(record):
         f"{record['load_average_before'][0]:.1f} / {record['load_average_after'][0]:.1f} "
         "(other processes on these cores make every figure slower and noisier). "
         f"Batch {record['batch']}, median of repeated runs after warm-up "
+        f"(lowest median of {record.get('rounds', 1)} round(s)) "
         "(benchmarks/results/latest.json has the counts). "
         f"`tf.matmul` 4096x4096: float32 {fmt(rate)}, bfloat16 {fmt(rate16)}.",
         "",

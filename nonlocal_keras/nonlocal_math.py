@@ -194,9 +194,10 @@ def resolve_chunk_size(chunk_size, num_queries, num_keys):
 
 def _chunked(q, k, v, chunk, mode, use_scale, w_f):
     # The same two functions as the plain path, on slices of the queries. A
-    # Python loop (static slices) rather than ops.map: under tf.function a
-    # while loop would stack every iteration's activations for the gradient,
-    # which is what remat is here to avoid.
+    # Python loop over static slices rather than ops.map/scan: each slice is
+    # then one plain keras.remat region on every backend, whereas the
+    # gradient of a backend loop keeps every iteration's intermediates unless
+    # the loop body is checkpointed by that backend's own means.
     def one_chunk(q_chunk, k, v, *w):
         weights = pairwise_affinity(q_chunk, k, mode, use_scale=use_scale,
                                     w_f=w[0] if w else None)
