@@ -37,7 +37,8 @@ def cases(quick):
     rep = {"res4": 7, "res3": 5} if not quick else {"res4": 3, "res3": 2}
     warm = 2 if not quick else 1
     mm = {"kind": "matmul", "size": 4096, "warmup": 1, "repeats": 2 if quick else 3}
-    out = [dict(mm, dtype="float32"), dict(mm, dtype="bfloat16")]
+    out = [dict(mm, dtype=dtype, jit=jit) for dtype in ("float32", "bfloat16")
+           for jit in (False, True)]
     both = ["fwd", "fwdbwd"]
     for shape in ("res4", "res3"):
         base = {"shape": shape, "passes": both, "warmup": warm, "repeats": rep[shape]}

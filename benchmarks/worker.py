@@ -158,8 +158,12 @@ def matmul(case):
     a = tf.cast(tf.random.normal((n, n)), case["dtype"])
     b = tf.cast(tf.random.normal((n, n)), case["dtype"])
 
+    product = tf.matmul
+    if case.get("jit"):
+        product = tf.function(tf.matmul, jit_compile=True)
+
     def call():
-        float(tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+        float(tf.reduce_sum(tf.cast(product(a, b)[:1, :1], tf.float32)))
 
     result = _time(call, case["warmup"], case["repeats"])
     result["gflops"] = 2 * n**3 / result["median_s"] / 1e9
