@@ -8,6 +8,7 @@ import math
 # fvcore and the paper's tables do.
 _CONVOLUTIONS = ("Conv2D", "Conv3D")
 _MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+# Einsum: the output's size times the sizes of the indices it sums over.
 
 
 def count_flops(model, input_shape=None, batch_size=1):
@@ -57,7 +58,21 @@ def _multiply_adds(op):
         transposed = any(op.get_attr(attr) for attr in ("transpose_a", "adj_x")
                          if attr in op.node_def.attr)
         return _size(op.outputs[0]) * (left[-2] if transposed else left[-1])
+    if op.type == "Einsum":
+        return _size(op.outputs[0]) * _einsum_contracted_size(op)
     return 0
+
+
+def _einsum_contracted_size(op):
+    """Product of the sizes of the indices summed over (in an input, not the output)."""
+    inputs, output = op.get_attr("equation").decode().split("->")
+    sizes = {}
+    for spec, tensor in zip(inputs.split(","), op.inputs):
+        dims = tensor.shape.as_list()
+        head, _, tail = spec.partition("...")
+        sizes.update(zip(head, dims[:len(head)]))
+        sizes.update(zip(tail, dims[len(dims) - len(tail):]))
+    return math.prod(sizes[letter] for letter in sizes if letter not in output)
 
 
 def _size(tensor):
