@@ -2,7 +2,9 @@
 
 A tiny NL video ResNet (one non-local block in res3) stands in for the real
 networks; its classifier weights are enlarged so that the class scores are
-far apart and top-k orders are not decided by round-off.
+a few units apart: top-k orders are not decided by round-off, and the
+softmax is not saturated, so a change of preprocessing (another crop) still
+moves the probabilities well above the comparison tolerances.
 """
 
 import numpy as np
@@ -31,7 +33,7 @@ def tiny_model(input_shape=(NUM_FRAMES, CROP, CROP, 3), name="tiny_nl", seed=0):
 def sharpen(model, seed=0):
     kernel = model.get_layer("pred").kernel
     rng = np.random.default_rng(seed)
-    kernel.assign(rng.normal(0.0, 1.0, kernel.shape).astype("float32"))
+    kernel.assign(rng.normal(0.0, 0.1, kernel.shape).astype("float32"))
 
 
 def normalize(clips):
