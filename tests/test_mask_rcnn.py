@@ -343,7 +343,7 @@ def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(
 
     # The task's own initialize (what the trainer calls) does the same, and says so.
     fresh = task.build_model()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         task.initialize(fresh)
     np.testing.assert_array_equal(fresh.backbone.weights[0].numpy(), plain.weights[0].numpy())
     assert f"restored {len(plain.weights)} backbone variables" in caplog.text
