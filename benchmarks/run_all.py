@@ -1,6 +1,7 @@
 """Rerun every benchmark, write benchmarks/results/latest.json and the README table.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--mem-cap-gb 8] [--no-readme]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--rounds N] [--mem-cap-gb 8]
+        [--only REGEX] [--no-readme] [--render-only]
 
 Each case runs in a fresh process (benchmarks/worker.py) capped with
 RLIMIT_AS, so its peak RSS is its own and an out-of-memory case (the naive
@@ -137,7 +138,15 @@ def main(argv=None):
                              "less sensitive to other processes on the cores)")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the README table from --output without measuring")
     args = parser.parse_args(argv)
+    if args.render_only:
+        with open(args.output) as f:
+            table = report.markdown(json.load(f))
+        rewrite_readme(table)
+        print(table)
+        return
 
     installed = peers_installed()
     started = time.perf_counter()
