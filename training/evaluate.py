@@ -13,6 +13,7 @@ over a video's views; top-1 / top-5 accuracy or mAP over videos.
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -120,8 +121,9 @@ def main(argv=None):
     if output:
         write_json(results, output)
     print(json.dumps(results, indent=2))
-    return results
+    # The console script passes this to sys.exit: 0, not the results.
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,7 @@ validation set the multi-clip x multi-crop evaluation).
 import argparse
 import json
 import os
+import sys
 import time
 
 import keras
@@ -183,12 +184,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(config_lib.list_configs()))
-        return None
+        return 0
     config = config_lib.load_config(args.config, args.set)
     _, results = run(config)
     print(json.dumps(results, indent=2))
-    return results
+    # The console script passes this to sys.exit: 0, not the results.
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
