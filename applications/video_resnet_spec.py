@@ -7,6 +7,8 @@ the argument and the value received.
 
 import os
 
+from nonlocal_keras.utils import is_positive_int
+
 STAGES = ("res2", "res3", "res4", "res5")
 
 # Residual blocks per stage (official BLOCK_CONFIG).
@@ -51,13 +53,13 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
                pool1, pool2, nonlocal_blocks, dropout_rate, stem):
     """`VideoResNet`'s architecture arguments, checked, as a dict the builder reads."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
-    if not 1 <= len(blocks) <= len(STAGES) or not all(_is_int(n) and n >= 1 for n in blocks):
+    if not 1 <= len(blocks) <= len(STAGES) or not all(is_positive_int(n) for n in blocks):
         raise ValueError("`stage_blocks` must be 1 to 4 positive integers (res2, res3, ...). "
                          f"Received: stage_blocks={stage_blocks!r}")
     stages = STAGES[:len(blocks)]
-    if not _is_int(width) or width < 1:
+    if not is_positive_int(width):
         raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
-    if not _is_int(conv1_time) or conv1_time < 1 or conv1_time % 2 == 0:
+    if not is_positive_int(conv1_time) or conv1_time % 2 == 0:
         raise ValueError("`conv1_time` must be a positive odd integer. "
                          f"Received: conv1_time={conv1_time!r}")
     if inflation not in INFLATIONS:
@@ -68,7 +70,7 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
                          f"Received: stem={stem!r}")
     strides = (1,) + (2,) * (len(blocks) - 1) if stage_strides is None else stage_strides
     if (not isinstance(strides, (list, tuple)) or len(strides) != len(blocks)
-            or not all(_is_int(s) and s >= 1 for s in strides)):
+            or not all(is_positive_int(s) for s in strides)):
         raise ValueError(f"`stage_strides` must be {len(blocks)} positive integers, one per "
                          f"stage. Received: stage_strides={stage_strides!r}")
     if not 0 <= dropout_rate < 1:
@@ -147,7 +149,7 @@ def check_head(include_top, pooling, classes, weights):
     if pooling not in (None, "avg", "max"):
         raise ValueError("`pooling` must be None, 'avg' or 'max'. "
                          f"Received: pooling={pooling!r}")
-    if include_top and (not _is_int(classes) or classes < 1):
+    if include_top and not is_positive_int(classes):
         raise ValueError("With `include_top=True`, `classes` must be a positive integer. "
                          f"Received: classes={classes!r}")
     if not include_top and classes != 400:
@@ -167,7 +169,7 @@ def check_input_shape(input_tensor, input_shape, spec):
                        else (None, None, None, 3))
     input_shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
     if (input_shape is None or len(input_shape) != 4 or not _is_int(input_shape[-1])
-            or not all(d is None or (_is_int(d) and d >= 1) for d in input_shape)):
+            or not all(d is None or is_positive_int(d) for d in input_shape)):
         raise ValueError("`input_shape` must be (frames, height, width, channels), "
                          "channels known, None allowed elsewhere. "
                          f"Received: input_shape={input_shape!r}")

@@ -27,6 +27,8 @@ import math
 import keras
 from keras import ops
 
+from nonlocal_keras.utils import is_positive_int
+
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 SOFTMAX_MODES = ("gaussian", "embedded_gaussian")
 AFFINITIES = ("spacetime", "space", "time")
@@ -172,7 +174,7 @@ def check_chunk_size(chunk_size):
     """`chunk_size` if it is None, "auto" or a positive int; ValueError otherwise."""
     if chunk_size is None or chunk_size == "auto":
         return chunk_size
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if not is_positive_int(chunk_size):
         raise ValueError(
             "`chunk_size` must be None (plain path), 'auto' or an integer >= 1. "
             f"Received: chunk_size={chunk_size!r}"

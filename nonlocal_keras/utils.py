@@ -1,4 +1,4 @@
-"""Small tools around models: counting multiply-adds."""
+"""Small tools: counting a model's multiply-adds, and an argument check."""
 
 import math
 
@@ -8,7 +8,11 @@ import math
 # fvcore and the paper's tables do.
 _CONVOLUTIONS = ("Conv2D", "Conv3D")
 _MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
-# Einsum: the output's size times the sizes of the indices it sums over.
+
+
+def is_positive_int(value):
+    """True for an int >= 1; False for bools (an int subclass), floats, None."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def count_flops(model, input_shape=None, batch_size=1):
@@ -36,7 +40,7 @@ def count_flops(model, input_shape=None, batch_size=1):
     if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
         raise ValueError("`input_shape` must be fully known (pass it when the model's input "
                          f"has None axes). Received: input_shape={shape!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_positive_int(batch_size):
         raise ValueError("`batch_size` must be a positive integer. "
                          f"Received: batch_size={batch_size!r}")
 

@@ -13,6 +13,9 @@ import os
 
 import yaml
 
+from nonlocal_keras.training.preprocessing import MEAN, STD
+from nonlocal_keras.utils import is_positive_int
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 DEFAULTS = {
@@ -37,8 +40,8 @@ DEFAULTS = {
         "eval_scale": 256,
         "num_clips": 10,
         "num_crops": 3,
-        "mean": [114.75, 114.75, 114.75],
-        "std": [57.375, 57.375, 57.375],
+        "mean": list(MEAN),
+        "std": list(STD),
         # Keep decoded clips in memory after the first epoch (small data only).
         "cache_decoded": False,
         "num_parallel_calls": None,
@@ -161,7 +164,7 @@ def validate(config):
     for field in ("num_classes", "num_frames", "sampling_rate", "crop_size", "eval_scale",
                   "num_clips", "num_crops"):
         value = data[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             _fail(f"data.{field}", value, "must be an integer >= 1")
     scale = data["train_scale"]
     if (not isinstance(scale, (list, tuple)) or len(scale) != 2 or scale[0] > scale[1]
@@ -176,7 +179,7 @@ def validate(config):
         _fail("runtime.strategy", runtime["strategy"],
               "must be auto, default, mirrored, multi_worker or tpu")
     backup = runtime["backup_freq"]
-    if backup != "epoch" and (isinstance(backup, bool) or not isinstance(backup, int) or backup < 1):
+    if backup != "epoch" and not is_positive_int(backup):
         _fail("runtime.backup_freq", backup, "must be 'epoch' or a number of steps >= 1")
     schedule = config["schedule"]
     if not isinstance(schedule["epochs"], int) or schedule["epochs"] < 1:

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import data, preprocessing
+from nonlocal_keras.utils import is_positive_int
 
 DEFAULT_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "serving_normalized"
@@ -174,7 +175,7 @@ def _check_model(model, top_k):
     if not isinstance(output_shape, tuple) or len(output_shape) != 2 or not output_shape[1]:
         raise ValueError("The model must output class scores (batch, classes). "
                          f"Received: model.output_shape={output_shape}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if not is_positive_int(top_k):
         raise ValueError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}")
     return min(top_k, output_shape[1])
 

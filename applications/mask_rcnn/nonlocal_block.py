@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 from nonlocal_keras import nonlocal_math
+from nonlocal_keras.utils import is_positive_int
 
 # As the Keras 3 layers: the official code's Gaussian(std 0.01) for the
 # projections, and BN(gamma = 0) after W_z so the block starts as the identity.
@@ -53,10 +54,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
                 f"`mode` must be one of {', '.join(map(repr, nonlocal_math.MODES))}. "
                 f"Received: mode={mode!r}"
             )
-        if inter_channels is not None and (
-            isinstance(inter_channels, bool) or not isinstance(inter_channels, int)
-            or inter_channels < 1
-        ):
+        if inter_channels is not None and not is_positive_int(inter_channels):
             raise ValueError(
                 "`inter_channels` must be None or an integer >= 1. "
                 f"Received: inter_channels={inter_channels!r}"

@@ -4,6 +4,7 @@ import keras
 from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
+from nonlocal_keras.utils import is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -263,9 +264,7 @@ def _check_choice(name, value, choices):
 
 
 def _check_inter_channels(value):
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ):
+    if value is not None and not is_positive_int(value):
         raise ValueError(
             "`inter_channels` must be None (half the input channels) or an "
             f"integer >= 1. Received: inter_channels={value!r}"
@@ -277,9 +276,7 @@ def _check_pool_size(value, rank):
     if value is None:
         return None
     sizes = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(sizes) != rank or not all(
-        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in sizes
-    ):
+    if len(sizes) != rank or not all(is_positive_int(p) for p in sizes):
         raise ValueError(
             f"`pool_size` must be None, a positive integer or a tuple of {rank} "
             f"positive integers. Received: pool_size={value!r}"
