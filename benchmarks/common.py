@@ -23,19 +23,28 @@ def positions(shape):
     return t * h * w, (t // pt) * (h // ph) * (w // pw)
 
 
-def block_flops(shape, batch=BATCH):
-    """Multiply-adds x 2 of one forward of the block as this package computes it.
+def block_flops(shape, batch=BATCH, precision=None):
+    """Multiply-adds x 2 of one forward of the block.
 
-    theta on every position; phi and g after pooling; the two N_q x N_k
-    products; W_z. Pooling, softmax and batch norm are left out (not matmuls).
-    A backward costs two forwards' worth of matmuls, so fwd+bwd = 3 x this.
+    precision None: the plain order, as the peers compute it (theta on every
+    position; phi and g after pooling; the two N_q x N_k products; W_z).
+    "float32" / "mixed_bfloat16": what this package computes in that policy,
+    with the ends that `nonlocal_math.reassociates` picks done in the
+    reassociated order (under mixed precision only the W_z end, see there).
+    Pooling, softmax and batch norm are left out (not matmuls). A backward
+    costs two forwards' worth of matmuls, so fwd+bwd = 3 x this.
     """
+    from nonlocal_keras import nonlocal_math
+
     channels, _, inner, _ = SHAPES[shape]
     n_q, n_k = positions(shape)
-    macs = n_q * channels * inner  # theta
-    macs += 2 * n_k * channels * inner  # phi, g
-    macs += 2 * n_q * n_k * inner  # affinity, aggregation
-    macs += n_q * inner * channels  # W_z
+    entries = n_q * n_k
+    plain_end = n_q * channels * inner + entries * inner
+    reassociated_end = n_k * inner * channels + entries * channels
+    ends = [plain_end, plain_end]  # theta + logits, aggregation + W_z
+    if precision and nonlocal_math.reassociates(channels, inner, n_q, n_k, entries):
+        ends = [plain_end if precision != "float32" else reassociated_end, reassociated_end]
+    macs = 2 * n_k * channels * inner + sum(ends)  # phi, g, the two ends
     return 2 * macs * batch
 
 

@@ -34,6 +34,9 @@ OOM_PATTERNS = ("out of memory", "OOM", "ResourceExhausted", "can't allocate mem
                 "bad_alloc", "MemoryError", "Cannot allocate memory")
 
 
+COMPILE_MODES = ("eager", "graph", "xla")
+
+
 def cases(quick):
     rep = {"res4": 7, "res3": 5} if not quick else {"res4": 3, "res3": 2}
     warm = 2 if not quick else 1
@@ -44,8 +47,8 @@ def cases(quick):
     for shape in ("res4", "res3"):
         base = {"shape": shape, "passes": both, "warmup": warm, "repeats": rep[shape]}
         for precision in ("float32", "mixed_bfloat16"):
-            for jit in (False, True):
-                out.append(dict(base, kind="keras", precision=precision, jit=jit))
+            for compile_ in COMPILE_MODES:
+                out.append(dict(base, kind="keras", precision=precision, compile=compile_))
         out += [dict(base, kind=peer) for peer in ("mmcv", "pytorchvideo")]
     # res2: chunked ("auto") and plain, both measured; the peers alongside.
     res2 = {"shape": "res2", "passes": both, "warmup": 1, "repeats": 1 if quick else 2}

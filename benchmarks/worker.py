@@ -5,7 +5,8 @@ memory cap, so that its peak RSS (ru_maxrss) is the case's own and an out of
 memory error ends only this process. Cases:
 
     {"kind": "keras", "shape": "res4", "precision": "float32"|"mixed_bfloat16",
-     "jit": false, "chunk_size": "auto"|null|int, "passes": ["fwd", "fwdbwd"],
+     "compile": "eager"|"graph"|"xla", "chunk_size": "auto"|null|int,
+     "passes": ["fwd", "fwdbwd"],
      "warmup": 2, "repeats": 10}
     {"kind": "mmcv"|"pytorchvideo", "shape": ..., "passes": ..., ...}
     {"kind": "matmul", "size": 4096, "dtype": "float32", ...}
@@ -88,10 +89,12 @@ def keras_block(case):
             loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
         return tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
 
-    jit = case.get("jit", False)
-    if jit:
-        forward = tf.function(forward, jit_compile=True)
-        train = tf.function(train, jit_compile=True)
+    # graph: tf.function without XLA, what model.fit runs on a CPU (Keras
+    # turns jit_compile="auto" off there); xla: jit_compile=True.
+    compile_ = case.get("compile", "eager")
+    if compile_ != "eager":
+        forward = tf.function(forward, jit_compile=compile_ == "xla")
+        train = tf.function(train, jit_compile=compile_ == "xla")
 
     def run(fn):
         def call():

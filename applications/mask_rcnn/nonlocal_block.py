@@ -108,18 +108,19 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        y = nonlocal_math.nonlocal_response(
+        z = nonlocal_math.nonlocal_response(
             inputs,
             self.theta,
             self.phi,
             self.g,
+            self.w_z,
             mode=self.mode,
             pool_size=(2, 2) if self.sub_sample else (1, 1),
             use_scale=self.use_scale,
             w_f=None if self.w_f is None else self.w_f.kernel,
             chunk_size=self.chunk_size,
         )
-        return inputs + self.bn(self.w_z(y), training=training)
+        return inputs + self.bn(z, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

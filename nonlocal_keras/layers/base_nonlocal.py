@@ -62,6 +62,11 @@ class BaseNonLocal(layers.Layer):
     acting on the channel axis, kernels `(C_in, C_out)`):
         `theta`, `phi` (both `None` in gaussian mode), `g`, `w_z`, `bn`
         (`None` without BN), `w_f` (concatenation only, kernel `(2 C_inner, 1)`).
+        Where it does fewer multiply-adds (few keys, many channels: res4 of
+        the paper), the block multiplies `theta`'s and `w_z`'s kernels into
+        the other side of the attention products instead of calling those
+        layers (`nonlocal_math.reassociates`): same weights, same result up
+        to float rounding.
 
     Call arguments:
         inputs: `(batch, *positions, C)` (or channels first).
@@ -205,6 +210,7 @@ class BaseNonLocal(layers.Layer):
             self.theta,
             self.phi,
             self.g,
+            self.w_z,
             mode=self.mode,
             pool_size=self.effective_pool_size,
             affinity=self.affinity,
@@ -213,8 +219,7 @@ class BaseNonLocal(layers.Layer):
             return_attention_scores=return_attention_scores,
             chunk_size=self.chunk_size,
         )
-        y, scores = response if return_attention_scores else (response, None)
-        z = self.w_z(y)
+        z, scores = response if return_attention_scores else (response, None)
         if self.bn is not None:
             z = self.bn(z, training=training)
         outputs = x + z
