@@ -173,6 +173,40 @@ def matmul(case):
     return {"matmul": result}
 
 
+def matmuls_only(case):
+    """The block's matrix products alone, as a tf.function (no softmax, pooling,
+    BN or bias): forward and all gradients, in the order this package uses
+    at the shape. The ceiling for any implementation of the block in
+    TensorFlow on this machine, since the rest only adds time."""
+    tf = _tensorflow()
+    channels, (t, h, w), inner, (pt, ph, pw) = common.SHAPES[case["shape"]]
+    n_q = t * h * w
+    n_k = (t // pt) * (h // ph) * (w // pw)
+    reassociated = common.block_flops(case["shape"], precision="float32") < common.block_flops(
+        case["shape"])
+    normal = tf.random.normal
+    x, pooled = normal((n_q, channels)), normal((n_k, channels))
+    weights = [normal((channels, inner)) * 0.03 for _ in range(3)] + [normal((inner, channels))]
+
+    @tf.function
+    def train(x, pooled, *weights):
+        w_theta, w_phi, w_g, w_z = weights
+        with tf.GradientTape() as tape:
+            tape.watch([x, pooled, *weights])
+            keys, values = pooled @ w_phi, pooled @ w_g
+            if reassociated:
+                out = (x @ tf.matmul(w_theta, keys, transpose_b=True)) @ (values @ w_z)
+            else:
+                out = tf.matmul(x @ w_theta, keys, transpose_b=True) @ values @ w_z
+            loss = tf.reduce_sum(out)
+        return tape.gradient(loss, [x, pooled, *weights])
+
+    def call():
+        float(tf.reduce_sum(train(x, pooled, *weights)[0][:1]))
+
+    return {"fwdbwd": _time(call, case["warmup"], case["repeats"])}
+
+
 def model(case):
     tf = _tensorflow()
     import keras
@@ -197,7 +231,7 @@ def main():
     case = json.loads(sys.argv[1])
     kind = case["kind"]
     runner = {"keras": keras_block, "mmcv": torch_block, "pytorchvideo": torch_block,
-              "matmul": matmul, "model": model}[kind]
+              "matmul": matmul, "matmuls_only": matmuls_only, "model": model}[kind]
     result = runner(case)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
