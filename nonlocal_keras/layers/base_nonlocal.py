@@ -4,6 +4,7 @@ import keras
 from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
+from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
 from nonlocal_keras.utils import is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
@@ -187,7 +188,7 @@ class BaseNonLocal(layers.Layer):
         )
         self.w_z.build((None, inner))
         if self.use_bn:
-            self.bn = layers.BatchNormalization(
+            self.bn = FusedBatchNormalization(
                 axis=-1,
                 momentum=self.bn_momentum,
                 epsilon=self.bn_epsilon,

@@ -1,0 +1,57 @@
+"""Keras' BatchNormalization, trained with TensorFlow's fused kernel when it can be."""
+
+import keras
+from keras import layers, ops
+from keras.saving import register_keras_serializable
+
+
+@register_keras_serializable(package="nonlocal_keras")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` with one fused kernel each way in training.
+
+    Keras 3 normalises with separate moment, normalisation and update ops, each
+    a pass over the tensor (and as many again for their gradients). On the
+    TensorFlow backend, a training call over the last axis (no mask, renorm or
+    synchronized statistics) runs TensorFlow's `FusedBatchNormV3` instead: the
+    same values (biased batch variance for the normalisation and the moving
+    variance, as Keras; statistics in float32 whatever the compute dtype), in
+    one pass forward and one backward. Everything else (inference, the other
+    cases, the other backends) is Keras' own code. Same arguments, weights and
+    config as `keras.layers.BatchNormalization`.
+    """
+
+    def _fusable(self, inputs, training, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and self.axis in (-1, len(inputs.shape) - 1)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        shape = tf.shape(inputs)
+        channels = inputs.shape[-1]
+        # The kernel takes NHWC and reduces over N, H and W: every position in H.
+        # It accumulates in float32 (scale's dtype) for every input dtype.
+        x = tf.reshape(inputs, (1, -1, 1, channels))
+        gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones((channels,))
+        beta = ops.cast(self.beta, "float32") if self.center else tf.zeros((channels,))
+        empty = tf.constant([], "float32")
+        y, mean, unbiased_variance = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+            epsilon=self.epsilon, data_format="NHWC", is_training=True,
+        )[:3]
+        # The kernel returns the variance with Bessel's correction; Keras
+        # keeps the biased one in moving_variance.
+        count = ops.cast(tf.shape(x)[1], "float32")
+        variance = unbiased_variance * (ops.maximum(count - 1.0, 1.0) / count)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
+        return ops.cast(tf.reshape(y, shape), self.compute_dtype)

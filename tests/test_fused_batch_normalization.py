@@ -1,0 +1,151 @@
+"""FusedBatchNormalization against batch normalisation in float64 NumPy.
+
+Training outputs, moving statistics and the gradients (in closed form) of
+sum(w * y) for a random w, in float32 and under mixed precision; inference
+and the cases it leaves to Keras must match `keras.layers.BatchNormalization`.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nonlocal_keras.layers import NonLocal3D
+from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
+
+EPSILON = 1e-5
+MOMENTUM = 0.9
+
+
+def reference(x, gamma, beta, w):
+    """Training-mode batch norm over every axis but the last, and the
+    gradients of sum(w * y), in float64."""
+    axes = tuple(range(x.ndim - 1))
+    count = np.prod(x.shape[:-1])
+    mean = x.mean(axes)
+    variance = x.var(axes)  # biased, as Keras
+    inv_std = 1.0 / np.sqrt(variance + EPSILON)
+    x_hat = (x - mean) * inv_std
+    y = x_hat * gamma + beta
+    dy = w * gamma
+    dx = inv_std * (dy - dy.sum(axes) / count - x_hat * (dy * x_hat).sum(axes) / count)
+    return y, mean, variance, dx, (w * x_hat).sum(axes), w.sum(axes)
+
+
+def _layer(dtype="float32", **kwargs):
+    layer = FusedBatchNormalization(momentum=MOMENTUM, epsilon=EPSILON, dtype=dtype, **kwargs)
+    return layer
+
+
+def _random(shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape) * 3.0 + 1.5
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 8), (2, 7, 6), (1, 1, 3)])
+def test_training_matches_float64_reference(shape):
+    x = _random(shape, 0)
+    w = _random(shape, 1)
+    gamma, beta = _random(shape[-1:], 2), _random(shape[-1:], 3)
+    layer = _layer()
+    layer.build(shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    moving_mean = _random(shape[-1:], 4)
+    moving_variance = np.abs(_random(shape[-1:], 5))
+    layer.moving_mean.assign(moving_mean)
+    layer.moving_variance.assign(moving_variance)
+
+    xt = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=True)
+        loss = tf.reduce_sum(y * tf.constant(w, tf.float32))
+    dx, dgamma, dbeta = tape.gradient(loss, [xt, layer.gamma.value, layer.beta.value])
+
+    ref_y, mean, variance, ref_dx, ref_dgamma, ref_dbeta = reference(x, gamma, beta, w)
+    # float32 sums over at most 240 terms of O(10) values.
+    np.testing.assert_allclose(y, ref_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(dgamma, ref_dgamma, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dbeta, ref_dbeta, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        layer.moving_mean, MOMENTUM * moving_mean + (1 - MOMENTUM) * mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_variance, MOMENTUM * moving_variance + (1 - MOMENTUM) * variance,
+        rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_precision_normalises_in_float32():
+    shape = (2, 4, 4, 16)
+    # Large offsets: bfloat16 statistics would lose the variance entirely.
+    x = _random(shape, 0) + 300.0
+    w = _random(shape, 1)
+    layer = _layer("mixed_bfloat16")
+    layer.build(shape)
+    xt = tf.constant(x, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+    dx = tape.gradient(loss, xt)
+    assert y.dtype == tf.bfloat16 and dx.dtype == tf.bfloat16
+    # The reference sees the input as rounded to bfloat16; the output is
+    # rounded to bfloat16 (8 bits of mantissa).
+    x_rounded = tf.cast(xt, tf.float64).numpy()
+    ref_y, mean, variance, ref_dx, _, _ = reference(x_rounded, 1.0, 0.0, w)
+    np.testing.assert_allclose(tf.cast(y, tf.float64), ref_y, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(tf.cast(dx, tf.float64), ref_dx, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(layer.moving_mean, (1 - MOMENTUM) * mean, rtol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_variance, MOMENTUM + (1 - MOMENTUM) * variance, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, training",
+    [({}, False), ({"center": False, "scale": False}, True), ({"axis": 1}, True),
+     ({"renorm": True}, True)],
+)
+def test_same_as_keras_batch_normalization(kwargs, training):
+    shape = (4, 3, 5, 6)
+    x = tf.constant(_random(shape, 0), tf.float32)
+    ours, theirs = _layer(**kwargs), keras.layers.BatchNormalization(
+        momentum=MOMENTUM, epsilon=EPSILON, **kwargs)
+    ours.build(shape)
+    theirs.build(shape)
+    theirs.set_weights(ours.get_weights())
+    for _ in range(2):
+        np.testing.assert_allclose(
+            ours(x, training=training), theirs(x, training=training), rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_in_a_tf_function_runs_the_fused_kernel():
+    shape = (2, 5, 8)
+    x = _random(shape, 0)
+    layer = _layer()
+    layer.build(shape)
+    step = tf.function(lambda t: layer(t, training=True))
+    for _ in range(3):
+        step(tf.constant(x, tf.float32))
+    graph = step.get_concrete_function(tf.constant(x, tf.float32)).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    _, mean, variance, _, _, _ = reference(x, 1.0, 0.0, np.zeros_like(x))
+    kept = MOMENTUM**3
+    np.testing.assert_allclose(layer.moving_mean, (1 - kept) * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.moving_variance, kept + (1 - kept) * variance, rtol=1e-5, atol=1e-6)
+
+
+def test_config_round_trip_and_block_uses_it():
+    layer = _layer(center=False)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(clone) is FusedBatchNormalization
+    assert clone.get_config() == layer.get_config()
+    block = NonLocal3D(pool_size=(1, 2, 2))
+    block.build((None, 2, 4, 4, 8))
+    assert type(block.bn) is FusedBatchNormalization
+    step = tf.function(lambda t: block(t, training=True))
+    graph = step.get_concrete_function(tf.zeros((1, 2, 4, 4, 8))).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
