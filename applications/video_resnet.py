@@ -16,7 +16,8 @@ networks:
 Choices (where the paper, the issue or the official code are silent or differ):
 - Channels last only (`(batch, T, H, W, C)`); the global data format is never read.
 - Every convolution is bias-free and followed by BatchNormalization
-  (epsilon 1e-5, momentum 0.9, as `Conv3dBN` in the official code); kernels are
+  (epsilon 1e-5, momentum 0.9, as `Conv3dBN` in the official code; Keras' layer,
+  trained with TensorFlow's fused kernel: `FusedBatchNormalization`); kernels are
   initialised with Caffe2's `MSRAFill` (He normal, fan out).
 - Convolutions with a spatial stride pad symmetrically (explicit
   `ZeroPadding3D` + "valid"), as Caffe2 does; TensorFlow's "same" would pad
@@ -61,7 +62,7 @@ from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (table
     check_input_shape,
     check_spec,
 )
-from nonlocal_keras.layers import NonLocal3D
+from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -186,8 +187,8 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
     x = layers.Conv3D(filters, kernel, strides=strides,
                       padding="valid" if strided else "same", use_bias=False,
                       kernel_initializer=CONV_INITIALIZER, name=name)(x)
-    x = layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                  name=bn_name or f"{name}_bn")(x)
+    x = FusedBatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                name=bn_name or f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(name=f"{name}_relu")(x)
     return x
