@@ -61,8 +61,9 @@ class BaseNonLocal(layers.Layer):
 
     Sub-layers (created in `build`; the 1x1 convolutions are `Dense` layers
     acting on the channel axis, kernels `(C_in, C_out)`):
-        `theta`, `phi` (both `None` in gaussian mode), `g`, `w_z`, `bn`
-        (a `FusedBatchNormalization`; `None` without BN), `w_f` (concatenation only, kernel `(2 C_inner, 1)`).
+        `theta`, `phi` (both `None` in gaussian mode), `g`, `w_z`, `bn` (a
+        `FusedBatchNormalization`; `None` without BN), `w_f` (concatenation
+        only, kernel `(2 C_inner, 1)`).
         Where it does fewer multiply-adds (few keys, many channels: res4 of
         the paper), the block multiplies `theta`'s and `w_z`'s kernels into
         the other side of the attention products instead of calling those
