@@ -33,8 +33,12 @@ def reference(x, gamma, beta, w):
 
 
 def _layer(dtype="float32", **kwargs):
-    layer = FusedBatchNormalization(momentum=MOMENTUM, epsilon=EPSILON, dtype=dtype, **kwargs)
-    return layer
+    return FusedBatchNormalization(momentum=MOMENTUM, epsilon=EPSILON, dtype=dtype, **kwargs)
+
+
+def _op_types(step, argument):
+    """The op types of the graph a tf.function traces for `argument`."""
+    return {op.type for op in step.get_concrete_function(argument).graph.get_operations()}
 
 
 def _random(shape, seed):
@@ -129,8 +133,7 @@ def test_in_a_tf_function_runs_the_fused_kernel():
     step = tf.function(lambda t: layer(t, training=True))
     for _ in range(3):
         step(tf.constant(x, tf.float32))
-    graph = step.get_concrete_function(tf.constant(x, tf.float32)).graph
-    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in _op_types(step, tf.constant(x, tf.float32))
     _, mean, variance, _, _, _ = reference(x, 1.0, 0.0, np.zeros_like(x))
     kept = MOMENTUM**3
     np.testing.assert_allclose(layer.moving_mean, (1 - kept) * mean, rtol=1e-5, atol=1e-6)
@@ -147,5 +150,4 @@ def test_config_round_trip_and_block_uses_it():
     block.build((None, 2, 4, 4, 8))
     assert type(block.bn) is FusedBatchNormalization
     step = tf.function(lambda t: block(t, training=True))
-    graph = step.get_concrete_function(tf.zeros((1, 2, 4, 4, 8))).graph
-    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in _op_types(step, tf.zeros((1, 2, 4, 4, 8)))
