@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m nonlocal_keras.training.demo
+	$(VENV)/bin/nonlocal-demo
 
 test: $(STAMP)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

@@ -13,6 +13,7 @@ import os
 
 import yaml
 
+from nonlocal_keras.training.errors import ConfigError
 from nonlocal_keras.training.preprocessing import MEAN, STD
 from nonlocal_keras.utils import is_positive_int
 
@@ -83,10 +84,6 @@ DEFAULTS = {
         "steps_per_execution": 1,
     },
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown field or has a bad value."""
 
 
 def _merge(base, update, path=""):

@@ -27,6 +27,7 @@ import tensorflow as tf
 import keras
 
 from nonlocal_keras.training import preprocessing, video_io
+from nonlocal_keras.training.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ _MAX_LISTED_ROWS = 20
 
 VideoRecord = namedtuple("VideoRecord", ["path", "labels", "row"])
 VideoRecord.__doc__ = "One video: absolute `path`, tuple of class ids `labels`, source `row`."
-
-
-class DatasetError(ValueError):
-    """The dataset description has rows that cannot be trained on."""
 
 
 def _raise_for_problems(problems, source, argument):

@@ -193,4 +193,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nonlocal_keras.training import cli
+
+    sys.exit(cli.run("nonlocal-train", "nonlocal_keras.training.train"))

@@ -1,0 +1,45 @@
+"""The console scripts' entry points.
+
+They live outside `nonlocal_keras.training` because importing that package
+loads TensorFlow, and TensorFlow reads its C++ log level once, when it loads:
+the `cuInit` and grappler "E"/"W" lines of a normal run on a machine without a
+GPU are silenced here first (a `TF_CPP_MIN_LOG_LEVEL` the user set wins).
+
+They leave with `os._exit` once the command has returned and its output is
+flushed: every file a command writes is complete by then, and an interpreter
+shutdown can hang on a `tf.data` pipeline whose decoding threads are still
+blocked in Python (seen after Ctrl-C and after an error in the first step).
+"""
+
+import os
+import sys
+
+
+def _run(prog, module_name):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from nonlocal_keras.training import cli
+
+    status = cli.run(prog, module_name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def train():
+    _run("nonlocal-train", "nonlocal_keras.training.train")
+
+
+def evaluate():
+    _run("nonlocal-evaluate", "nonlocal_keras.training.evaluate")
+
+
+def export():
+    _run("nonlocal-export", "nonlocal_keras.training.export")
+
+
+def predict():
+    _run("nonlocal-predict", "nonlocal_keras.training.predict")
+
+
+def demo():
+    _run("nonlocal-demo", "nonlocal_keras.training.demo")

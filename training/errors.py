@@ -1,0 +1,21 @@
+"""The errors that are a user's mistake rather than a bug in this package.
+
+A console script prints these as one line and exits 2 (`cli.run`); any other
+exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Something the user asked for or gave cannot work (config, data, paths, run folder)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override names an unknown field or has a bad value."""
+
+
+class DatasetError(UserError, ValueError):
+    """The dataset description has rows that cannot be trained on."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
