@@ -1,101 +1,154 @@
-"""Experiment configs: YAML files over `DEFAULTS`, `--set key=value` overrides.
+"""Experiment configs: typed sections, YAML files over the defaults, `--set key=value`.
 
-An experiment file holds any subset of the sections below; missing fields
-take the defaults (the paper's Kinetics recipe). Every field except the
-free-form `model` section must exist in `DEFAULTS`, so a typo is an error
-rather than a silently ignored setting. `model.name` names a constructor of
-`nonlocal_keras.applications`; every other `model.*` field is passed to it as
-a keyword argument (e.g. `model.nonlocal_blocks: 5`).
+An experiment is an `Experiment` of six typed sections (`model`, `data`,
+`optimizer`, `schedule`, `train`, `runtime`). A YAML file holds any subset of
+them; missing fields take the defaults (the paper's Kinetics recipe). Every
+field's type and range is checked, and so are the restrictions between fields
+(the clip length and the stem of the named ResNets, the crop and the scales),
+with a `ConfigError` naming the field and the value received. `model.name`
+names a constructor of `nonlocal_keras.applications`; every other `model.*`
+field is passed to it as a keyword argument (e.g. `model.nonlocal_blocks: 5`).
+
+The code reads the config as the plain nested dict `load_config` returns
+(`config["data"]["num_frames"]`), which is also what `config.yaml` holds.
 """
 
 import copy
+import dataclasses
 import os
+import typing
+from typing import List, Optional, Union
 
 import yaml
 
-from nonlocal_keras.training.errors import ConfigError
+from nonlocal_keras.training import atomic
+from nonlocal_keras.training.errors import ConfigError, MissingFileError
 from nonlocal_keras.training.preprocessing import MEAN, STD
-from nonlocal_keras.utils import is_positive_int
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-DEFAULTS = {
-    "model": {
-        "name": "C2DResNet50",
-        # None (random), a `.weights.h5` file, or what the constructor accepts.
-        "weights": None,
-    },
-    "data": {
-        # A CSV (`path,label` or `path,labels`) or a folder per class.
-        "train_csv": None,
-        "val_csv": None,
-        "num_classes": 400,
-        # Needed when labels are names; a list or a text file, one per line.
-        # When absent they are read from the training CSV (sorted).
-        "class_names": None,
-        "num_frames": 32,
-        "sampling_rate": 2,
-        "crop_size": 224,
-        "train_scale": [256, 320],
-        "flip": True,
-        "eval_scale": 256,
-        "num_clips": 10,
-        "num_crops": 3,
-        "mean": list(MEAN),
-        "std": list(STD),
-        # Keep decoded clips in memory after the first epoch (small data only).
-        "cache_decoded": False,
-        "num_parallel_calls": None,
-    },
-    "optimizer": {
-        # SGD learning rate for `train.batch_size` clips (paper: 0.01 for 64).
-        "learning_rate": 0.01,
-        "momentum": 0.9,
-        "nesterov": False,
-        # L2 on convolution / dense kernels only (not BN, not biases).
-        "weight_decay": 1e-4,
-    },
-    "schedule": {
-        "epochs": 109,
-        # None: one pass over the training set per epoch.
-        "steps_per_epoch": None,
-        # Step decay at these fractions of the run (paper: 150k, 300k of 400k).
-        "boundaries": [0.375, 0.75],
-        "decay": 0.1,
-        "warmup_epochs": 0.0,
-    },
-    "train": {
-        # Global batch, split across replicas.
-        "batch_size": 64,
-        "seed": 0,
-        "eval_batch_size": 4,
-    },
-    "runtime": {
-        "output_dir": "runs/experiment",
-        # auto | default | mirrored | multi_worker | tpu
-        "strategy": "auto",
-        "tpu": "",
-        # float32 | mixed_float16 | mixed_bfloat16
-        "precision": "float32",
-        # BackupAndRestore: "epoch" or a number of steps.
-        "backup_freq": "epoch",
-        "tensorboard": True,
-        "verbose": 1,
-        "steps_per_execution": 1,
-    },
-}
+# The named ResNets of the paper, and the official clip settings: `8x8` (8
+# frames every 8th, no temporal down-sampling before pool2) and `32x2` (32
+# frames every 2nd, conv1 and pool1 halve time; also the 128-frame models of
+# Table 2g). Either way res3..res5 see 4 frames (16 with 128-frame clips).
+PAPER_RESNETS = ("C2DResNet50", "C2DResNet101", "I3DResNet50", "I3DResNet101")
+STEM_FRAMES = {"8x8": (8,), "32x2": (32, 128)}
+DEFAULT_STEM = "8x8"
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    # A constructor of nonlocal_keras.applications, or `package.module:function`.
+    name: str = "C2DResNet50"
+    # None (random), a `.weights.h5` file, a run folder, an official `.pkl`,
+    # or what the constructor accepts ("imagenet").
+    weights: Optional[str] = None
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # A CSV (`path,label` or `path,labels`) or a folder per class.
+    train_csv: Optional[str] = None
+    val_csv: Optional[str] = None
+    # None: the number of class names (given, or read from the training data).
+    num_classes: Optional[int] = None
+    # A list, or a text file with one name per line. When absent and the
+    # labels are names, they are read from the training CSV (sorted).
+    class_names: Union[List[str], str, None] = None
+    # The official 8x8 clip (8 frames, every 8th), which the constructors'
+    # default stem expects; the paper's 32x2 clip needs `model.stem: 32x2`.
+    num_frames: int = 8
+    sampling_rate: int = 8
+    crop_size: int = 224
+    train_scale: List[int] = dataclasses.field(default_factory=lambda: [256, 320])
+    flip: bool = True
+    eval_scale: int = 256
+    num_clips: int = 10
+    num_crops: int = 3
+    mean: List[float] = dataclasses.field(default_factory=lambda: list(MEAN))
+    std: List[float] = dataclasses.field(default_factory=lambda: list(STD))
+    # Keep decoded clips in memory after the first epoch (small data only).
+    cache_decoded: bool = False
+    num_parallel_calls: Optional[int] = None
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    # SGD learning rate for `train.batch_size` clips (paper: 0.01 for 64).
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    # L2 on convolution / dense kernels only (not BN, not biases).
+    weight_decay: float = 1e-4
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    epochs: int = 109
+    # None: one pass over the training set per epoch.
+    steps_per_epoch: Optional[int] = None
+    # Step decay at these fractions of the run (paper: 150k, 300k of 400k).
+    boundaries: List[float] = dataclasses.field(default_factory=lambda: [0.375, 0.75])
+    decay: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # Global batch, split across replicas.
+    batch_size: int = 64
+    seed: int = 0
+    eval_batch_size: int = 4
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    output_dir: str = "runs/experiment"
+    # auto | default | mirrored | multi_worker | tpu
+    strategy: str = "auto"
+    tpu: str = ""
+    # float32 | mixed_float16 | mixed_bfloat16
+    precision: str = "float32"
+    # How often the resume state is committed: "epoch" or a number of steps.
+    backup_freq: Union[str, int] = "epoch"
+    tensorboard: bool = True
+    # 0 silent, 1 progress bar, 2 one line per epoch (Keras' `verbose`).
+    verbose: int = 1
+    steps_per_execution: int = 1
+
+
+@dataclasses.dataclass
+class Experiment:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+
+# The defaults as a plain dict (what `load_config` starts from).
+DEFAULTS = dataclasses.asdict(Experiment())
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Experiment)}
+
+
+def _field_types(section):
+    return typing.get_type_hints(SECTIONS[section])
 
 
 def _merge(base, update, path=""):
     for key, value in update.items():
         where = f"{path}{key}"
         if path == "" and key not in base:
-            raise ConfigError(f"Unknown config section. Received: {where}={value!r}")
+            raise ConfigError(f"Unknown config section (one of {', '.join(base)}). "
+                              f"Received: {where}={value!r}")
         if path == "model.":
             base[key] = value
         elif key not in base:
             raise ConfigError(f"Unknown config field. Received: {where}={value!r}")
-        elif isinstance(base[key], dict):
+        elif path == "":
             if not isinstance(value, dict):
                 raise ConfigError(f"Config section expects a mapping. Received: {where}={value!r}")
             _merge(base[key], value, where + ".")
@@ -110,13 +163,14 @@ def parse_override(text):
         raise ConfigError(f"An override must look like key=value. Received: --set {text!r}")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) < 2 or not all(parts):
+    if len(parts) != 2 or not all(parts):
         raise ConfigError(f"An override key must be section.field. Received: --set {text!r}")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    nested = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    return nested
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"The value is not valid YAML ({_first_line(error)}). "
+                          f"Received: --set {text!r}") from None
+    return {parts[0]: {parts[1]: value}}
 
 
 def resolve_path(name):
@@ -126,7 +180,7 @@ def resolve_path(name):
     shipped = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
     if os.path.isfile(shipped):
         return shipped
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"No such config file or shipped config ({', '.join(list_configs())}). Received: config={name!r}")
 
 
@@ -134,64 +188,204 @@ def list_configs():
     """Shipped video experiments (the `maskrcnn_*` files belong to
     `nonlocal-train-detection` and use Model Garden's format)."""
     return sorted(f[:-5] for f in os.listdir(CONFIG_DIR)
-                  if f.endswith(".yaml") and not f.startswith("maskrcnn_"))
+                  if f.endswith(".yaml") and not f.startswith(("maskrcnn_", "keypoint")))
 
 
 def load_config(path=None, overrides=()):
-    """Defaults, updated by the YAML file at `path`, then by `overrides` (`key=value`)."""
+    """Defaults, updated by the YAML file at `path`, then by `overrides` (`key=value`);
+    type-checked and validated (see `validate`)."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        with open(resolve_path(path)) as handle:
-            loaded = yaml.safe_load(handle) or {}
+        resolved = resolve_path(path)
+        try:
+            with open(resolved, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"Cannot read the config file ({_first_line(error)}). "
+                              f"Received: config={path!r}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"A config file must hold a mapping. Received: config={path!r}")
         _merge(config, loaded)
     for text in overrides:
         _merge(config, parse_override(text))
-    validate(config)
-    return config
+    return validate(config)
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _fail(field, value, expectation):
     raise ConfigError(f"`{field}` {expectation}. Received: {field}={value!r}")
 
 
+def _coerce(field, value, annotation):
+    """`value` as `annotation` says, or a ConfigError naming `field`.
+
+    Integers are accepted where a float is expected, and so are strings that
+    read as one: YAML 1.1 reads `1e-3` (no dot) as a string.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(field, value, option)
+            except ConfigError:
+                continue
+        _fail(field, value, f"must be {_describe(annotation)}")
+    if origin in (list, List):
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            _fail(field, value, f"must be {_describe(annotation)}")
+        return [_coerce(field, v, item) for v in value]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _fail(field, value, "must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(field, value, "must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(field, value, "must be a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            _fail(field, value, "must be a string")
+        return value
+    raise TypeError(f"No check for {annotation!r} ({field})")
+
+
+def _describe(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _describe(a)
+                           for a in typing.get_args(annotation))
+    if origin in (list, List):
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        return "a list of " + plural[typing.get_args(annotation)[0]]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
+
+
+def _check_types(config):
+    model = config["model"]
+    for field, annotation in _field_types("model").items():
+        model[field] = _coerce(f"model.{field}", model.get(field), annotation)
+    for section in list(SECTIONS)[1:]:
+        for field, annotation in _field_types(section).items():
+            where = f"{section}.{field}"
+            config[section][field] = _coerce(where, config[section][field], annotation)
+
+
+def _at_least(config, field, minimum, allow_none=False):
+    section, name = field.split(".")
+    value = config[section][name]
+    if value is None and allow_none:
+        return
+    if value < minimum:
+        _fail(field, value, f"must be >= {minimum}")
+
+
 def validate(config):
-    data, runtime = config["data"], config["runtime"]
-    for field in ("num_classes", "num_frames", "sampling_rate", "crop_size", "eval_scale",
-                  "num_clips", "num_crops"):
-        value = data[field]
-        if not is_positive_int(value):
-            _fail(f"data.{field}", value, "must be an integer >= 1")
+    """Check every field's type and range and the restrictions between fields.
+
+    Returns the config with numbers normalised (`1e-3` given as a string
+    becomes a float). Raises `ConfigError` naming the field(s) and value(s).
+    """
+    _check_types(config)
+    data, schedule, optimizer, runtime = (config["data"], config["schedule"],
+                                          config["optimizer"], config["runtime"])
+    if not config["model"]["name"]:
+        _fail("model.name", config["model"]["name"], "must name a constructor")
+    for field in ("num_frames", "sampling_rate", "crop_size", "eval_scale", "num_clips",
+                  "num_crops"):
+        _at_least(config, f"data.{field}", 1)
+    _at_least(config, "data.num_classes", 1, allow_none=True)
+    _at_least(config, "data.num_parallel_calls", 1, allow_none=True)
     scale = data["train_scale"]
-    if (not isinstance(scale, (list, tuple)) or len(scale) != 2 or scale[0] > scale[1]
-            or scale[0] < data["crop_size"]):
-        _fail("data.train_scale", scale, "must be [min, max] with crop_size <= min <= max")
+    if len(scale) != 2 or scale[0] > scale[1] or scale[0] < data["crop_size"]:
+        _fail("data.train_scale", scale,
+              f"must be [min, max] with data.crop_size ({data['crop_size']}) <= min <= max")
     if data["eval_scale"] < data["crop_size"]:
-        _fail("data.eval_scale", data["eval_scale"], "must be >= data.crop_size")
-    if runtime["precision"] not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        _fail("runtime.precision", runtime["precision"],
-              "must be float32, mixed_float16 or mixed_bfloat16")
-    if runtime["strategy"] not in ("auto", "default", "mirrored", "multi_worker", "tpu"):
-        _fail("runtime.strategy", runtime["strategy"],
-              "must be auto, default, mirrored, multi_worker or tpu")
+        _fail("data.eval_scale", data["eval_scale"],
+              f"must be >= data.crop_size ({data['crop_size']})")
+    for field in ("mean", "std"):
+        if len(data[field]) != 3:
+            _fail(f"data.{field}", data[field], "must hold 3 numbers (R, G, B)")
+    if min(data["std"]) <= 0:
+        _fail("data.std", data["std"], "must be > 0 for every channel")
+    if isinstance(data["class_names"], list) and (
+            len(set(data["class_names"])) != len(data["class_names"])
+            or not all(n.strip() for n in data["class_names"])):
+        _fail("data.class_names", data["class_names"], "must be distinct, non-empty names")
+
+    if optimizer["learning_rate"] <= 0:
+        _fail("optimizer.learning_rate", optimizer["learning_rate"], "must be > 0")
+    if not 0 <= optimizer["momentum"] < 1:
+        _fail("optimizer.momentum", optimizer["momentum"], "must be in [0, 1)")
+    if optimizer["weight_decay"] < 0:
+        _fail("optimizer.weight_decay", optimizer["weight_decay"], "must be >= 0")
+
+    _at_least(config, "schedule.epochs", 1)
+    _at_least(config, "schedule.steps_per_epoch", 1, allow_none=True)
+    boundaries = schedule["boundaries"]
+    if any(not 0 < b < 1 for b in boundaries) or boundaries != sorted(boundaries):
+        _fail("schedule.boundaries", boundaries, "must be increasing fractions of the run in (0, 1)")
+    if not 0 < schedule["decay"] <= 1:
+        _fail("schedule.decay", schedule["decay"], "must be in (0, 1]")
+    if not 0 <= schedule["warmup_epochs"] < schedule["epochs"]:
+        _fail("schedule.warmup_epochs", schedule["warmup_epochs"],
+              f"must be in [0, schedule.epochs={schedule['epochs']})")
+
+    _at_least(config, "train.batch_size", 1)
+    _at_least(config, "train.eval_batch_size", 1)
+    _at_least(config, "train.seed", 0)
+
+    if not runtime["output_dir"].strip():
+        _fail("runtime.output_dir", runtime["output_dir"], "must name a folder")
+    if runtime["strategy"] not in STRATEGIES:
+        _fail("runtime.strategy", runtime["strategy"], f"must be {', '.join(STRATEGIES)}")
+    if runtime["precision"] not in PRECISIONS:
+        _fail("runtime.precision", runtime["precision"], f"must be {', '.join(PRECISIONS)}")
     backup = runtime["backup_freq"]
-    if backup != "epoch" and not is_positive_int(backup):
+    if backup != "epoch" and (isinstance(backup, str) or backup < 1):
         _fail("runtime.backup_freq", backup, "must be 'epoch' or a number of steps >= 1")
-    schedule = config["schedule"]
-    if not isinstance(schedule["epochs"], int) or schedule["epochs"] < 1:
-        _fail("schedule.epochs", schedule["epochs"], "must be an integer >= 1")
-    if any(not 0 < b < 1 for b in schedule["boundaries"]):
-        _fail("schedule.boundaries", schedule["boundaries"], "must be fractions in (0, 1)")
-    if config["train"]["batch_size"] < 1:
-        _fail("train.batch_size", config["train"]["batch_size"], "must be >= 1")
-    if not config["model"].get("name"):
-        _fail("model.name", config["model"].get("name"), "must name a constructor")
+    if runtime["verbose"] not in (0, 1, 2):
+        _fail("runtime.verbose", runtime["verbose"], "must be 0, 1 or 2")
+    _at_least(config, "runtime.steps_per_execution", 1)
+    _check_stem(config)
     return config
 
 
+def _check_stem(config):
+    """The named ResNets must see the paper's clip: the stem and clip length agree."""
+    model, frames = config["model"], config["data"]["num_frames"]
+    if model["name"] not in PAPER_RESNETS:
+        return
+    stem = model.get("stem", DEFAULT_STEM)
+    official = [n for s, counts in STEM_FRAMES.items() for n in counts]
+    if stem in STEM_FRAMES and frames in official and frames not in STEM_FRAMES[stem]:
+        settings = "; ".join(f"stem {s!r} takes {' or '.join(map(str, n))}-frame clips"
+                             for s, n in STEM_FRAMES.items())
+        raise ConfigError(
+            f"`model.stem` and `data.num_frames` disagree for {model['name']}: the paper's "
+            f"network has 4 frames at res3..res5 ({settings}). Received: "
+            f"data.num_frames={frames}, model.stem={stem!r}")
+
+
 def save_config(config, path):
-    """Write the resolved config as YAML (next to the checkpoints)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
+    """Write the resolved config as YAML, atomically (next to the checkpoints)."""
+    with atomic.replace(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config, handle, sort_keys=False)
