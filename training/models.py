@@ -1,7 +1,26 @@
-"""Build the model a config names, from `nonlocal_keras.applications`."""
+"""Build the model a config names, from `nonlocal_keras.applications`, and load its weights.
+
+`model.weights` may be a `.weights.h5` file or a run folder (fine-tuning: every
+weight whose place and shape match is loaded, the classifier may start fresh
+when the class count differs), an official Caffe2 `.pkl` (the same rule for its
+`pred` blobs), or anything the constructor itself accepts (`"imagenet"`).
+"""
 
 import importlib
+import logging
 import os
+import tempfile
+import warnings
+
+import h5py
+import numpy as np
+
+from nonlocal_keras.training.errors import ConfigError, MissingFileError
+
+logger = logging.getLogger(__name__)
+
+# What a run folder holds, best first (see train.py).
+RUN_WEIGHTS = ("final.weights.h5", os.path.join("checkpoints", "last.weights.h5"))
 
 
 def find_constructor(name):
@@ -15,41 +34,171 @@ def find_constructor(name):
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"Cannot import the module of `model.name` ({error}). "
-                         f"Received: model.name={name!r}") from error
+        raise ConfigError(f"Cannot import the module of `model.name` ({error}). "
+                          f"Received: model.name={name!r}") from error
     constructor = getattr(module, attribute, None)
     if constructor is None or not callable(constructor):
         available = sorted(n for n in dir(module) if n[:1].isupper())
-        raise ValueError(
+        raise ConfigError(
             f"`model.name` must be a constructor of {module_name} ({', '.join(available)}) "
             f"or `package.module:function`. Received: model.name={name!r}")
     return constructor
 
 
-def build_model(model_config, data_config, multi_label):
-    """Call the constructor `model.name` (see `find_constructor`) with the clip shape and class count.
+def describe(model_config):
+    """`NL-C2DResNet50 (5 non-local blocks, stem 32x2)`-style name for results and logs."""
+    options = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
+    blocks = options.pop("nonlocal_blocks", 0)
+    if blocks:
+        options = dict(nonlocal_blocks=blocks, **options)
+    settings = ", ".join(f"{k}={v}" for k, v in options.items())
+    return f"{model_config['name']}({settings})" if settings else model_config["name"]
 
-    `model.weights` may be a `.weights.h5` file (loaded after building, e.g.
-    from a previous run) or anything the constructor itself accepts; every
-    other `model.*` field is passed to the constructor as a keyword argument.
+
+def weights_file(weights):
+    """The weights file `model.weights` names: a file, or the best one of a run folder."""
+    if os.path.isdir(weights):
+        for name in RUN_WEIGHTS:
+            path = os.path.join(weights, name)
+            if os.path.isfile(path):
+                return path
+        raise MissingFileError(f"The run folder has no weights ({', '.join(RUN_WEIGHTS)}). "
+                               f"Received: model.weights={weights!r}")
+    if not os.path.isfile(weights):
+        raise MissingFileError(f"Weights file not found. Received: model.weights={weights!r}")
+    return weights
+
+
+def build_model(model_config, data_config, multi_label):
+    """Call the constructor `model.name` with the clip shape and class count, then load weights.
+
+    Every `model.*` field but `name` and `weights` is passed to the constructor.
     The classifier ends in softmax (single-label) or sigmoid (multi-label), so
-    that the evaluation protocol averages probabilities.
+    that the evaluation protocol averages probabilities. A constructor's
+    ValueError or TypeError (a bad `model.*` field) becomes a ConfigError.
     """
     constructor = find_constructor(model_config["name"])
     kwargs = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
     weights = model_config.get("weights")
-    weights_file = isinstance(weights, str) and weights.endswith(".weights.h5")
+    ours = isinstance(weights, str) and (os.path.isdir(weights) or weights.endswith((".h5", ".pkl")))
     size = data_config["crop_size"]
-    model = constructor(
-        include_top=True,
-        weights=None if weights_file else weights,
-        input_shape=(data_config["num_frames"], size, size, 3),
-        classes=data_config["num_classes"],
-        classifier_activation="sigmoid" if multi_label else "softmax",
-        **kwargs,
-    )
-    if weights_file:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"Weights file not found. Received: model.weights={weights!r}")
-        model.load_weights(weights)
+    try:
+        model = constructor(
+            include_top=True,
+            weights=None if ours else weights,
+            input_shape=(data_config["num_frames"], size, size, 3),
+            classes=data_config["num_classes"],
+            classifier_activation="sigmoid" if multi_label else "softmax",
+            **kwargs,
+        )
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"Cannot build {describe(model_config)}: {error} "
+                          f"Received: model={model_config!r}") from error
+    if ours:
+        path = weights if weights.endswith(".pkl") else weights_file(weights)
+        if path.endswith(".pkl"):
+            load_caffe2_for_fine_tuning(model, path)
+        else:
+            load_matching_weights(model, path)
     return model
+
+
+def _datasets(path):
+    """`{h5 path: array}` of a Keras weights file's layer weights (optimizer state left out)."""
+    found = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, item: found.__setitem__(name, item[()])
+                              if isinstance(item, h5py.Dataset) and name.startswith("layers/")
+                              else None)
+    except OSError as error:
+        raise ConfigError(f"Cannot read the weights file ({error}). "
+                          f"Received: model.weights={path!r}") from None
+    return found
+
+
+def _variable_names(model, own):
+    """h5 path -> the model's variable path, where a value identifies the variable."""
+    by_value = {}
+    for variable in model.weights:
+        value = np.asarray(variable)
+        by_value.setdefault((value.shape, value.tobytes()), []).append(variable.path)
+    names, layers = {}, {}
+    for path, value in own.items():
+        matches = by_value.get((value.shape, value.tobytes()), [])
+        if len(matches) == 1:
+            names[path] = matches[0]
+            layers[path.rsplit("/", 1)[0]] = matches[0].rsplit("/", 1)[0]
+    # A weight whose value is not unique (a zero bias) is named by its layer.
+    for path in own:
+        group, index = path.rsplit("/", 1)
+        if path not in names and group in layers:
+            names[path] = f"{layers[group]} weight {index}"
+    return names
+
+
+def load_matching_weights(model, path):
+    """Load every weight of `path` that fits `model`; the classifier may be left new.
+
+    Weights are matched by their place in Keras' weights file (layer type and
+    order, which another class count or added non-local blocks do not move)
+    and by shape. The last layer (the classifier) may differ in shape: it then
+    keeps its fresh initialisation. A shape that differs anywhere else means
+    another architecture and is a ConfigError naming the weight. Logs what was
+    restored and what was left new; returns `(restored, left_new)` h5 paths.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        own_path = os.path.join(folder, "own.weights.h5")
+        model.save_weights(own_path)
+        own = _datasets(own_path)
+    found = _datasets(path)
+    names = _variable_names(model, own)
+    classifier = {v.path for v in model.layers[-1].weights}
+    classifier_groups = {p.rsplit("/", 1)[0] for p, n in names.items() if n in classifier}
+    restored = [p for p in own if p in found and found[p].shape == own[p].shape]
+    mismatched = [p for p in own if p in found and found[p].shape != own[p].shape]
+    wrong = [p for p in mismatched if p.rsplit("/", 1)[0] not in classifier_groups]
+    if wrong:
+        listed = "; ".join(f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in "
+                           f"the model" for p in wrong[:5])
+        raise ConfigError(f"{len(wrong)} weight(s) of the file do not fit {model.name!r} outside "
+                          f"its classifier (another architecture?): {listed}. "
+                          f"Received: model.weights={path!r}")
+    left_new = [p for p in own if p not in restored]
+    if not restored:
+        raise ConfigError(f"No weight of the file fits {model.name!r}. "
+                          f"Received: model.weights={path!r}")
+    with warnings.catch_warnings():
+        # Keras warns about the layers it skips; they are logged below by name.
+        warnings.simplefilter("ignore")
+        model.load_weights(path, skip_mismatch=bool(left_new))
+    unused = sorted(set(found) - set(own))
+    logger.info("Loaded %d of %d weight arrays from %s.", len(restored), len(own), path)
+    if left_new:
+        logger.info("Left new (freshly initialised): %s",
+                    ", ".join(f"{names.get(p, p)} {own[p].shape}"
+                              + (f" (file: {found[p].shape})" if p in found else "")
+                              for p in left_new))
+    if unused:
+        logger.info("Not used: %d weight array(s) of the file that the model does not have.",
+                    len(unused))
+    return restored, left_new
+
+
+def load_caffe2_for_fine_tuning(model, path):
+    """An official `.pkl`; when its classifier has another class count it is left new."""
+    from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights, read_caffe2_pickle
+
+    blobs = dict(read_caffe2_pickle(path))
+    layer = model.layers[-1]
+    if "pred_w" in blobs and np.shape(blobs["pred_w"]) != tuple(layer.kernel.shape)[::-1]:
+        logger.info("Left new (freshly initialised): the classifier %s %s (file: %s).",
+                    layer.name, tuple(layer.kernel.shape), np.shape(blobs["pred_w"]))
+        # Caffe2 stores the classifier as (classes, channels).
+        blobs["pred_w"] = np.asarray(layer.kernel).T
+        blobs["pred_b"] = np.asarray(layer.bias)
+    try:
+        load_caffe2_weights(model, blobs)
+    except ValueError as error:
+        raise ConfigError(f"{error} Received: model.weights={path!r}") from error
+    logger.info("Loaded the official weights %s.", path)
