@@ -17,6 +17,7 @@ that cannot be decoded mid-epoch is skipped, logged once by name and counted;
 """
 
 import csv
+import io
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ import tensorflow as tf
 import keras
 
 from nonlocal_keras.training import preprocessing, video_io
-from nonlocal_keras.training.errors import DatasetError
+from nonlocal_keras.training.errors import ConfigError, DatasetError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +39,43 @@ VideoRecord = namedtuple("VideoRecord", ["path", "labels", "row"])
 VideoRecord.__doc__ = "One video: absolute `path`, tuple of class ids `labels`, source `row`."
 
 
-def _raise_for_problems(problems, source, argument):
+def _raise_for_problems(problems, source, argument, summary=None):
     if not problems:
         return
     listed = "\n".join(f"  {p}" for p in problems[:_MAX_LISTED_ROWS])
     more = len(problems) - _MAX_LISTED_ROWS
     tail = f"\n  ... and {more} more" if more > 0 else ""
+    summary = summary or f"{len(problems)} invalid row(s)"
     raise DatasetError(
-        f"{len(problems)} invalid row(s) in {source!r} ({argument}); fix or remove them "
+        f"{summary} in {source!r} ({argument}); fix or remove them "
         f"before training:\n{listed}{tail}"
     )
 
 
-def _read_rows(csv_path):
-    with open(csv_path, newline="") as handle:
-        rows = [(n, row) for n, row in enumerate(csv.reader(handle), start=1) if row]
+def _read_text(csv_path, argument):
+    """The CSV's text. A UTF-8 BOM (Excel's "CSV UTF-8") is dropped; other
+    encodings are an error naming the file rather than a garbled label."""
+    with open(csv_path, "rb") as handle:
+        raw = handle.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{csv_path!r} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8 CSV. Received: {argument}={csv_path!r}") from None
+
+
+def _read_rows(csv_path, argument="csv_path"):
+    text = _read_text(csv_path, argument)
+    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
+            if row and any(cell.strip() for cell in row)]
     header = None
-    if rows and rows[0][1][0].strip().lower() == "path":
+    if rows and rows[0][1][0].strip().lower() in ("path", "path;label", "path;labels"):
         header = [cell.strip().lower() for cell in rows[0][1]]
         rows = rows[1:]
+    if (header and ";" in header[0]) or (rows and all(len(r) == 1 and ";" in r[0] for _, r in rows)):
+        raise DatasetError(f"{csv_path!r} separates its columns with ';'; write "
+                           f"'path,label' with commas. Received: {argument}={csv_path!r}")
     return header, rows
 
 
@@ -69,14 +88,29 @@ def _is_int(token):
     return token.lstrip("-").isdigit()
 
 
-def infer_class_names(csv_path):
-    """Sorted distinct label names of a CSV whose labels are names, else None."""
-    header, rows = _read_rows(csv_path)
+def _checked_tokens(header, rows, csv_path, argument):
+    """`(multi_label, {row: label tokens})`, once the labels are known to be all
+    class ids or all class names (a mix maps `12` and `walking` to unrelated ids)."""
     multi_label = bool(header and len(header) > 1 and header[1] == "labels")
-    tokens = {t for _, row in rows if len(row) > 1 for t in _label_tokens(row[1], multi_label)}
-    if not tokens or all(_is_int(t) for t in tokens):
+    tokens = {n: _label_tokens(row[1], multi_label) for n, row in rows if len(row) > 1}
+    ids = [(n, t) for n, ts in tokens.items() for t in ts if _is_int(t)]
+    names = [(n, t) for n, ts in tokens.items() for t in ts if not _is_int(t)]
+    if ids and names:
+        listed = ([f"row {n}: class id {t!r}" for n, t in ids[:5]]
+                  + [f"row {n}: class name {t!r}" for n, t in names[:5]])
+        _raise_for_problems(listed, csv_path, argument,
+                            summary="The labels mix class ids and class names (use one kind)")
+    return multi_label, tokens
+
+
+def infer_class_names(csv_path, argument="csv_path"):
+    """Sorted distinct label names of a CSV whose labels are names, else None."""
+    header, rows = _read_rows(csv_path, argument)
+    _, tokens = _checked_tokens(header, rows, csv_path, argument)
+    names = {t for ts in tokens.values() for t in ts}
+    if not names or all(_is_int(t) for t in names):
         return None
-    return sorted(tokens)
+    return sorted(names)
 
 
 def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path"):
@@ -98,14 +132,14 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             unknown label, or a class id outside [0, num_classes).
     """
     if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"CSV file not found. Received: {argument}={csv_path!r}")
-    header, rows = _read_rows(csv_path)
+        raise MissingFileError(f"CSV file not found. Received: {argument}={csv_path!r}")
+    header, rows = _read_rows(csv_path, argument)
     if header is not None and (len(header) < 2 or header[1] not in ("label", "labels")):
         raise DatasetError(
             f"The CSV header must be 'path,label' or 'path,labels'. "
             f"Received: header={','.join(header)!r} in {argument}={csv_path!r}"
         )
-    multi_label = bool(header and header[1] == "labels")
+    multi_label, _ = _checked_tokens(header, rows, csv_path, argument)
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems = [], []
@@ -148,7 +182,7 @@ def read_folder_records(root, class_names=None, argument="root"):
     that is not among them is an error.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"Video folder not found. Received: {argument}={root!r}")
+        raise MissingFileError(f"Video folder not found. Received: {argument}={root!r}")
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     class_names = list(class_names) if class_names else folders
     unknown = [f"folder {d!r}: unknown label" for d in folders if d not in class_names]
@@ -176,6 +210,57 @@ def load_records(source, num_classes, class_names=None, argument="source"):
         _raise_for_problems(problems, source, argument)
         return records, False
     return read_csv_records(source, num_classes, class_names, argument)
+
+
+def load_val_records(data_config, source=None):
+    """`(records, multi_label)` of `source` (default `data.val_csv`), checked
+    against the resolved classes (`resolve_classes`)."""
+    source = source or data_config["val_csv"]
+    if not source:
+        raise ConfigError("Nothing to evaluate on. Received: data.val_csv=None")
+    return load_records(source, data_config["num_classes"], data_config["class_names"],
+                        argument="data.val_csv")
+
+
+def load_training_data(data_config):
+    """Settle the classes and check every row of the training and validation sets.
+
+    Returns `(data_config, train_records, val_records, multi_label)`, the
+    config with `class_names` and `num_classes` resolved; `val_records` is None
+    without `data.val_csv`. Raises before anything is trained or written.
+    """
+    if not data_config["train_csv"]:
+        raise ConfigError("Nothing to train on. Received: data.train_csv=None")
+    data_config = resolve_classes(data_config)
+    train_records, multi_label = load_records(
+        data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
+        argument="data.train_csv")
+    val_records = None
+    if data_config["val_csv"]:
+        val_records, val_multi_label = load_val_records(data_config)
+        if val_multi_label != multi_label:
+            raise DatasetError(
+                "The training and validation sets must both be single-label ('path,label') "
+                f"or both multi-label ('path,labels'). Received: data.train_csv="
+                f"{data_config['train_csv']!r}, data.val_csv={data_config['val_csv']!r}")
+    _log_classes(train_records, data_config, multi_label)
+    return data_config, train_records, val_records, multi_label
+
+
+def _log_classes(records, data_config, multi_label):
+    # A typo in a label becomes a class of its own: show every class with its count.
+    counts = np.zeros(data_config["num_classes"], int)
+    for record in records:
+        counts[list(record.labels)] += 1
+    names = data_config["class_names"] or [str(i) for i in range(len(counts))]
+    shown = ", ".join(f"{n} ({c})" for n, c in list(zip(names, counts))[:20])
+    more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+    logger.info("%d training videos, %d classes%s: %s%s", len(records), len(counts),
+                " (multi-label)" if multi_label else "", shown, more)
+    rare = [n for n, c in zip(names, counts) if c == 1]
+    if rare and len(records) >= 4 * len(counts):
+        logger.warning("Classes with a single training video (a typo in a label?): %s",
+                       ", ".join(rare[:10]))
 
 
 class SkippedVideos:
@@ -229,32 +314,47 @@ class SkippedVideoSummary(keras.callbacks.Callback):
 
 def _label_tensor(records, num_classes, multi_label):
     if multi_label:
-        target = np.zeros((len(records), num_classes), np.float32)
-        for i, record in enumerate(records):
-            target[i, list(record.labels)] = 1.0
-        return target
+        return multi_hot([r.labels for r in records], num_classes)
     return np.array([r.labels[0] for r in records], np.int32)
 
 
-def _decoder(sampler, clip_shape, skipped):
-    """numpy_function body: (path, seed) -> (uint8 frames, ok)."""
+class NoDecodableVideo(RuntimeError):
+    """Every video of a repeated (training) dataset failed to decode: no batch can ever form."""
+
+
+def _decoder(sampler, clip_shape, skipped, num_videos=None):
+    """numpy_function body: (path, seed) -> (uint8 frames, ok).
+
+    With `num_videos` (a repeated dataset), once every one of them has failed
+    and none decoded, it raises `NoDecodableVideo` instead of letting the
+    pipeline loop forever in search of a batch.
+    """
+    failed, decoded = set(), [0]
+    lock = threading.Lock()
 
     def decode(path, seed):
         path = path.decode()
         try:
             frames = video_io.decode_frames(path, lambda total: sampler(total, seed))
+            with lock:
+                decoded[0] += 1
             return frames, True
         except video_io.VideoDecodeError as error:
             skipped.record(path, error.reason)
         except Exception as error:  # noqa: BLE001 - one odd file must not end an epoch
             skipped.record(path, f"{type(error).__name__}: {error}")
+        with lock:
+            failed.add(path)
+            hopeless = num_videos is not None and not decoded[0] and len(failed) >= num_videos
+        if hopeless:
+            raise NoDecodableVideo(f"None of the {num_videos} training videos could be decoded")
         return np.zeros(clip_shape + (1, 1, 3), np.uint8), False
 
     return decode
 
 
 def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, skipped,
-                     shuffle, seed, num_parallel_calls, deterministic):
+                     shuffle, seed, num_parallel_calls, deterministic, repeated=False):
     """(frames, label, index) of every decodable video; `index` is its position."""
     paths = [r.path for r in records]
     labels = _label_tensor(records, num_classes, multi_label)
@@ -262,7 +362,7 @@ def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, ski
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels, order))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    decode = _decoder(sampler, clip_shape, skipped)
+    decode = _decoder(sampler, clip_shape, skipped, len(records) if repeated else None)
 
     def decode_map(path, label, index):
         sample_seed = tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)
@@ -282,7 +382,7 @@ def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=3
                   sampling_rate=2, crop_size=224, min_scale=256, max_scale=320, flip=True,
                   mean=preprocessing.MEAN, std=preprocessing.STD, cache_decoded=False,
                   shuffle=True, seed=None, skipped=None,
-                  num_parallel_calls=tf.data.AUTOTUNE):
+                  num_parallel_calls=tf.data.AUTOTUNE, repeat=False):
     """Training clips `(batch, num_frames, crop, crop, 3)` float32 and labels.
 
     One random clip per video per epoch (paper: 32 frames every 2nd frame,
@@ -291,6 +391,10 @@ def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=3
     datasets; it also freezes each video's temporal start); spatial
     augmentation still runs every epoch. The last partial batch is dropped so
     that every step has the global batch.
+
+    `repeat=True` repeats the videos before batching, so that skipped videos
+    never end an epoch early and a batch can span two passes; if every video
+    fails to decode, iterating raises (`NoDecodableVideo`) instead of looping.
     """
     skipped = skipped if skipped is not None else SkippedVideos()
 
@@ -300,11 +404,13 @@ def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=3
 
     dataset = _decoded_dataset(records, num_classes, multi_label, sampler, (num_frames,),
                                skipped, shuffle and not cache_decoded, seed,
-                               num_parallel_calls, deterministic=False)
+                               num_parallel_calls, deterministic=False, repeated=repeat)
     if cache_decoded:
         dataset = dataset.cache()
         if shuffle:
             dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
 
     def augment(frames, label, index):
         clip = preprocessing.train_transform(frames, crop_size, min_scale, max_scale,
@@ -344,33 +450,76 @@ def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32
 
 def class_names_from_config(data_config):
     """`data.class_names` as a list: given inline, read from a file (one per
-    line), or, when absent and the training CSV labels are names, their sorted
-    set. None when labels are class ids."""
+    line), or, when absent and the training labels are names (or folders), their
+    sorted set. None when the labels are class ids."""
     names = data_config.get("class_names")
     if isinstance(names, str):
         if not os.path.isfile(names):
-            raise FileNotFoundError(f"Class-name file not found. Received: data.class_names={names!r}")
-        with open(names) as handle:
-            return [line.strip() for line in handle if line.strip()]
+            raise MissingFileError(f"Class-name file not found. Received: data.class_names={names!r}")
+        text = _read_text(names, "data.class_names")
+        return [line.strip() for line in text.splitlines() if line.strip()]
     if names:
         return list(names)
     train = data_config.get("train_csv")
     if train and os.path.isfile(train):
-        return infer_class_names(train)
+        return infer_class_names(train, "data.train_csv")
     if train and os.path.isdir(train):
         return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
     return None
 
 
-def dataset_options(data_config):
-    """Keyword arguments of `train_dataset` / `eval_dataset` from a data config."""
-    parallel = data_config.get("num_parallel_calls") or tf.data.AUTOTUNE
-    common = dict(num_frames=data_config["num_frames"], sampling_rate=data_config["sampling_rate"],
-                  crop_size=data_config["crop_size"], mean=tuple(data_config["mean"]),
-                  std=tuple(data_config["std"]), num_parallel_calls=parallel)
-    train = dict(common, min_scale=data_config["train_scale"][0],
-                 max_scale=data_config["train_scale"][1], flip=data_config["flip"],
-                 cache_decoded=data_config["cache_decoded"])
-    evaluation = dict(common, num_clips=data_config["num_clips"],
-                      num_crops=data_config["num_crops"], scale=data_config["eval_scale"])
-    return train, evaluation
+def resolve_classes(data_config):
+    """`data_config` with `class_names` (a list, or None for id labels) and
+    `num_classes` settled, so that they agree before anything trains.
+
+    Without `data.num_classes` the count is the number of class names; with
+    it, the two must agree. Labels that are class ids need `data.num_classes`.
+    """
+    names = class_names_from_config(data_config)
+    count = data_config.get("num_classes")
+    if names is not None:
+        if count is None:
+            count = len(names)
+        elif count != len(names):
+            source = ("data.class_names" if data_config.get("class_names")
+                      else f"the training labels of {data_config.get('train_csv')!r}")
+            raise ConfigError(
+                f"`data.num_classes` and the class names disagree: {len(names)} names from "
+                f"{source} ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}). "
+                f"Set data.num_classes={len(names)} or leave it out (null). "
+                f"Received: data.num_classes={count}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"Class names must be distinct. Received: data.class_names={names!r}")
+    elif count is None:
+        raise ConfigError("The labels are class ids, so the class count cannot be read from "
+                          "names: set data.num_classes (or give data.class_names). "
+                          "Received: data.num_classes=None")
+    return dict(data_config, class_names=names, num_classes=count)
+
+
+def multi_hot(label_sets, num_classes):
+    """`(len(label_sets), num_classes)` float32 targets, 1 at each listed class id."""
+    target = np.zeros((len(label_sets), num_classes), np.float32)
+    for i, labels in enumerate(label_sets):
+        target[i, list(labels)] = 1.0
+    return target
+
+
+def _common_options(data_config):
+    return dict(num_frames=data_config["num_frames"], sampling_rate=data_config["sampling_rate"],
+                crop_size=data_config["crop_size"], mean=tuple(data_config["mean"]),
+                std=tuple(data_config["std"]),
+                num_parallel_calls=data_config.get("num_parallel_calls") or tf.data.AUTOTUNE)
+
+
+def train_options(data_config):
+    """Keyword arguments of `train_dataset` from a data config."""
+    return dict(_common_options(data_config), min_scale=data_config["train_scale"][0],
+                max_scale=data_config["train_scale"][1], flip=data_config["flip"],
+                cache_decoded=data_config["cache_decoded"])
+
+
+def eval_options(data_config):
+    """Keyword arguments of `eval_dataset` from a data config."""
+    return dict(_common_options(data_config), num_clips=data_config["num_clips"],
+                num_crops=data_config["num_crops"], scale=data_config["eval_scale"])

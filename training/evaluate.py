@@ -16,15 +16,17 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from nonlocal_keras.training import atomic, data, metrics
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import data, metrics
+from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
 
-def predict_videos(model, dataset, num_videos, num_classes):
-    """Average view scores per video.
+def predict_videos(model, dataset, num_videos, num_classes, verbose=1):
+    """Average view scores per video, with a progress bar (ETA) when `verbose`.
 
     Returns `(scores, seen)`: `(num_videos, num_classes)` mean scores and a
     boolean mask of the videos that were decoded (skipped ones stay NaN).
@@ -38,17 +40,23 @@ def predict_videos(model, dataset, num_videos, num_classes):
         return tf.reduce_mean(tf.reshape(scores, [shape[0], shape[1], -1]), axis=1)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
+    progress = keras.utils.Progbar(num_videos, unit_name="video", verbose=verbose) if verbose else None
+    done = 0
     for views, _, index in dataset:
-        scores[index.numpy()] = video_scores(views).numpy()
+        index = index.numpy()
+        scores[index] = video_scores(views).numpy()
+        done += len(index)
+        if progress is not None:
+            progress.update(done)
+    if progress is not None and done < num_videos:
+        progress.update(num_videos, finalize=True)  # the rest were skipped
     return scores, ~np.isnan(scores[:, 0])
 
 
 def score_metrics(scores, records, num_classes, multi_label):
     """top1/top5 (single-label) or mAP (multi-label) of per-video scores."""
     if multi_label:
-        targets = np.zeros((len(records), num_classes), np.float32)
-        for i, record in enumerate(records):
-            targets[i, list(record.labels)] = 1.0
+        targets = data.multi_hot([r.labels for r in records], num_classes)
         return {"mAP": metrics.mean_average_precision(scores, targets)}
     labels = np.array([r.labels[0] for r in records])
     return {
@@ -57,15 +65,22 @@ def score_metrics(scores, records, num_classes, multi_label):
     }
 
 
-def evaluate_records(model, records, data_config, multi_label, batch_size=4, skipped=None):
-    """Run the protocol on `records`; returns the metrics dict (also counts, time)."""
+def evaluate_records(model, records, data_config, multi_label, batch_size=4, skipped=None,
+                     verbose=1):
+    """Run the protocol on `records`; returns the metrics dict (also counts, time).
+
+    Raises `DatasetError` when no video could be decoded: there is nothing to
+    measure, and a NaN score is not a result.
+    """
     skipped = skipped if skipped is not None else data.SkippedVideos()
-    _, options = data.dataset_options(data_config)
     num_classes = data_config["num_classes"]
     dataset = data.eval_dataset(records, num_classes, multi_label, batch_size,
-                                skipped=skipped, **options)
+                                skipped=skipped, **data.eval_options(data_config))
     start = time.perf_counter()
-    scores, seen = predict_videos(model, dataset, len(records), num_classes)
+    scores, seen = predict_videos(model, dataset, len(records), num_classes, verbose=verbose)
+    if not seen.any():
+        raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "
+                           "(see the warnings above); nothing was evaluated.")
     kept = [r for r, s in zip(records, seen) if s]
     results = score_metrics(scores[seen], kept, num_classes, multi_label)
     results.update({
@@ -77,51 +92,41 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     return results
 
 
-def load_eval_records(config, source=None):
-    """`(records, multi_label)` of `source` (default `data.val_csv`), checked."""
-    data_config = config["data"]
-    source = source or data_config["val_csv"]
-    if not source:
-        raise ValueError("Nothing to evaluate on. Received: data.val_csv=None")
-    return data.load_records(source, data_config["num_classes"],
-                             data.class_names_from_config(data_config), argument="data.val_csv")
-
-
-def write_json(results, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(results, handle, indent=2)
-
-
 def main(argv=None):
     from nonlocal_keras.training import models
 
     parser = argparse.ArgumentParser(prog="nonlocal-evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", help="a nonlocal-train output folder (its config.yaml "
-                        "and final.weights.h5 are used unless given)")
+                        "and final weights are used unless given)")
     parser.add_argument("--config", help="experiment YAML (default: RUN_DIR/config.yaml)")
-    parser.add_argument("--weights", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5)")
+    parser.add_argument("--weights", help="a .weights.h5 file or run folder "
+                        "(default: RUN_DIR's final.weights.h5)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.num_clips=1")
     parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                        help="0: silent, 1: progress bar (default), 2: one line at the end")
     args = parser.parse_args(argv)
     if not (args.config or args.run_dir):
-        parser.error("give --run-dir or --config")
+        raise UserError("give --run-dir or --config")
+    if args.run_dir and not os.path.isdir(args.run_dir):
+        raise MissingFileError(f"No such run folder. Received: --run-dir={args.run_dir!r}")
     config_path = args.config or os.path.join(args.run_dir, "config.yaml")
     config = config_lib.load_config(config_path, args.set)
-    weights = args.weights or (args.run_dir and os.path.join(args.run_dir, "final.weights.h5"))
+    weights = args.weights or args.run_dir
     if weights:
         config["model"]["weights"] = weights
-    records, multi_label = load_eval_records(config)
-    model = models.build_model(config["model"], config["data"], multi_label)
-    results = evaluate_records(model, records, config["data"], multi_label,
-                               config["train"]["eval_batch_size"])
+    data_config = data.resolve_classes(config["data"])
+    records, multi_label = data.load_val_records(data_config)
+    model = models.build_model(config["model"], data_config, multi_label)
+    results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
+                   **evaluate_records(model, records, data_config, multi_label,
+                                      config["train"]["eval_batch_size"], verbose=args.verbose))
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
-        write_json(results, output)
+        atomic.write_json(output, results)
     print(json.dumps(results, indent=2))
-    # The console script passes this to sys.exit: 0, not the results.
     return 0
 
 

@@ -1,28 +1,49 @@
 """`nonlocal-train`: train a video classifier from a YAML experiment.
 
-    nonlocal-train --config training/configs/kinetics_nl_c2d_r50_5blocks.yaml \
+    nonlocal-train --config kinetics_nl_c2d_r50 \
         --set data.train_csv=kinetics/train.csv --set data.val_csv=kinetics/val.csv \
         --set runtime.output_dir=runs/nl_c2d_r50
 
 `--config` takes a path or the name of a shipped config (see `--list`).
-The run folder receives `config.yaml` (the resolved config), `checkpoints/`
-(last epoch's weights), `backup/` (BackupAndRestore: rerun the same command
-after a crash or kill to resume), `logs/` (TensorBoard), `history.csv`,
-`final.weights.h5`, `model.keras` and `results.json` (steps, time, and with a
-validation set the multi-clip x multi-crop evaluation).
+
+Everything is checked before anything is written: the config, every row of
+the data, the class names against the class count, the model (built once). A
+failed command leaves an existing run folder as it was.
+
+The run folder (see `run_state`) receives `config.yaml`, `state/` (the resume
+state, committed every `runtime.backup_freq`), `checkpoints/last.weights.h5`,
+`logs/` (TensorBoard), `history.csv`, then `final.weights.h5`, `model.keras`
+and `results.json`. Rerun the same command after a crash, a kill or Ctrl-C: it
+resumes from the last commit with exactly the steps that were left. Rerun it
+after the run finished: it says so and trains nothing. With more
+`schedule.epochs` it continues from the end; `--restart` moves the old folder
+aside (`<folder>.old-<time>`) and starts over.
 """
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 
 import keras
 import tensorflow as tf
+import yaml
 
+from nonlocal_keras.training import atomic, data, evaluate, models, optim, run_state, runtime
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import data, evaluate, models, optim, runtime
+from nonlocal_keras.training.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+# Fields a rerun may change without making it another experiment.
+RESUMABLE_CHANGES = {
+    ("schedule", "epochs"), ("model", "weights"), ("data", "val_csv"),
+    ("data", "num_parallel_calls"), ("train", "eval_batch_size"), ("runtime", "verbose"),
+    ("runtime", "tensorboard"), ("runtime", "strategy"), ("runtime", "tpu"),
+    ("runtime", "steps_per_execution"), ("runtime", "backup_freq"),
+}
 
 
 def _loss_and_metrics(multi_label, num_classes):
@@ -34,26 +55,8 @@ def _loss_and_metrics(multi_label, num_classes):
              keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")])
 
 
-def _callbacks(run_dir, runtime_config, skipped):
-    callbacks = [
-        # First, so that the count is in the logs the other callbacks write.
-        data.SkippedVideoSummary(skipped),
-        # Restores weights, optimiser state and the epoch of an interrupted run.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                         save_freq=runtime_config["backup_freq"]),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.weights.h5"),
-                                        save_weights_only=True),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-    ]
-    if runtime_config["tensorboard"]:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"),
-                                                     write_graph=True, update_freq="epoch"))
-    return callbacks
-
-
 def _training_input(strategy, records, data_config, multi_label, global_batch, seed, skipped):
-    """The repeated training dataset (repeated, so that skipped videos never
-    end an epoch early).
+    """The repeated training dataset.
 
     Single-host strategies get one pipeline of global batches, which
     `model.fit` splits across replicas. Multi-host ones (`multi_worker`,
@@ -61,15 +64,13 @@ def _training_input(strategy, records, data_config, multi_label, global_batch, s
     each decoding only its own share of the videos (`records[i::n]`) into
     per-replica batches; auto-sharding would make every host decode every video.
     """
-    options, _ = data.dataset_options(data_config)
+    options = data.train_options(data_config)
 
     def make(host_records, batch, shard_seed):
         return data.train_dataset(host_records, data_config["num_classes"], multi_label, batch,
-                                  seed=shard_seed, skipped=skipped, **options).repeat()
+                                  seed=shard_seed, skipped=skipped, repeat=True, **options)
 
-    multi_host = isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
-                                       tf.distribute.TPUStrategy))
-    if not multi_host:
+    if not _multi_host(strategy):
         return make(records, global_batch, seed)
 
     def host_dataset(context):
@@ -78,6 +79,21 @@ def _training_input(strategy, records, data_config, multi_label, global_batch, s
                     seed + context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(host_dataset)
+
+
+def _multi_host(strategy):
+    return isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                 tf.distribute.TPUStrategy))
+
+
+def _is_chief(strategy):
+    """Whether this process writes the run folder (every worker trains)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not _multi_host(strategy) or resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def build_optimizer(config, steps_per_epoch):
@@ -97,81 +113,176 @@ def build_optimizer(config, steps_per_epoch):
     return optimizer
 
 
-def run(config, strategy=None):
-    """Train (resuming from `backup/` if present) and evaluate.
+def _check_same_experiment(run_dir, config):
+    """An existing run folder must hold this experiment (up to RESUMABLE_CHANGES)."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+            raise run_state.RunFolderError(
+                "The output folder is not empty and holds no run (no config.yaml); choose another "
+                f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
+        return None
+    with open(path, encoding="utf-8") as handle:
+        previous = yaml.safe_load(handle)
+    changed = [f"{section}.{field}: {previous.get(section, {}).get(field)!r} -> {value!r}"
+               for section, fields in config.items() for field, value in fields.items()
+               if (section, field) not in RESUMABLE_CHANGES
+               and previous.get(section, {}).get(field) != value]
+    changed += [f"{section}.{field}: {value!r} -> (absent)"
+                for section, fields in previous.items() for field, value in fields.items()
+                if field not in config.get(section, {})]
+    if changed:
+        raise run_state.RunFolderError(
+            f"The run folder {run_dir!r} holds another experiment ({'; '.join(changed[:5])}). "
+            "Rerun with --restart to move it aside and start over, or choose another "
+            "runtime.output_dir.")
+    return previous
+
+
+def _steps_per_epoch(config, num_records, strategy):
+    batch_size = config["train"]["batch_size"]
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"`train.batch_size` (global) must be divisible by the {replicas} replicas. "
+            f"Received: train.batch_size={batch_size}")
+    if num_records < batch_size:
+        raise DatasetError(
+            f"The training set lists {num_records} video(s), fewer than one global batch, so no "
+            f"step can be made. Received: data.train_csv={config['data']['train_csv']!r}, "
+            f"train.batch_size={batch_size}")
+    return config["schedule"]["steps_per_epoch"] or num_records // batch_size
+
+
+def _move_aside(run_dir):
+    if not os.path.isdir(run_dir):
+        return None
+    target = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(run_dir, target)
+    logger.info("Moved the previous run folder to %s", target)
+    return target
+
+
+def run(config, strategy=None, restart=False):
+    """Train (resuming from the run folder's state if there is one) and evaluate.
 
     `strategy` overrides `runtime.strategy` (pass the one already in use: two
     strategies in one process would allocate the same collective keys).
-    Returns `(model, results)`; the results are also in `results.json`.
+    `restart` moves an existing run folder aside first. Returns `(model,
+    results)`; the results are also in `results.json`. A finished run is not
+    trained again: its results are returned with the model rebuilt from it.
     """
     run_dir = config["runtime"]["output_dir"]
-    data_config = config["data"]
     keras.utils.set_random_seed(config["train"]["seed"])
     runtime.set_precision(config["runtime"]["precision"])
     if strategy is None:
         strategy = runtime.make_strategy(config["runtime"]["strategy"], config["runtime"]["tpu"])
+    chief = _is_chief(strategy)
 
-    # Every row of both sets is checked before any training starts.
-    class_names = data.class_names_from_config(data_config)
-    if not data_config["train_csv"]:
-        raise ValueError("Nothing to train on. Received: data.train_csv=None")
-    train_records, multi_label = data.load_records(
-        data_config["train_csv"], data_config["num_classes"], class_names,
-        argument="data.train_csv")
-    val_records = None
-    if data_config["val_csv"]:
-        val_records, _ = evaluate.load_eval_records(dict(config, data=dict(
-            data_config, class_names=class_names)))
-    resolved = dict(config, data=dict(data_config, class_names=class_names))
-    config_lib.save_config(resolved, os.path.join(run_dir, "config.yaml"))
-
-    batch_size = config["train"]["batch_size"]
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise ValueError(f"`train.batch_size` (global) must be divisible by the "
-                         f"{replicas} replicas. Received: train.batch_size={batch_size}")
-    steps_per_epoch = (config["schedule"]["steps_per_epoch"]
-                       or max(len(train_records) // batch_size, 1))
-    skipped = data.SkippedVideos()
-    dataset = _training_input(strategy, train_records, data_config, multi_label, batch_size,
-                              config["train"]["seed"], skipped)
-
+    # Everything is checked before anything is written.
+    data_config, train_records, val_records, multi_label = data.load_training_data(config["data"])
+    config = dict(config, data=data_config)
+    steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
+    epochs = config["schedule"]["epochs"]
     with strategy.scope():
         model = models.build_model(config["model"], data_config, multi_label)
         loss, metrics = _loss_and_metrics(multi_label, data_config["num_classes"])
         model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=loss,
                       metrics=metrics,
                       steps_per_execution=config["runtime"]["steps_per_execution"])
+    if not restart:
+        _check_same_experiment(run_dir, config)
+    state = run_state.RunState(run_dir, steps_per_epoch)
+    if not restart and state.read():
+        if state.epoch > epochs:
+            raise run_state.RunFolderError(
+                f"The run folder has {state.epoch} finished epochs, more than this command asks "
+                f"for. Received: schedule.epochs={epochs}")
+        if state.finished and state.epoch == epochs:
+            return _finished(run_dir, model, state)
 
-    start = time.perf_counter()
-    history = model.fit(dataset, epochs=config["schedule"]["epochs"],
-                        steps_per_epoch=steps_per_epoch, shuffle=False,  # tf.data shuffles
-                        callbacks=_callbacks(run_dir, config["runtime"], skipped),
-                        verbose=config["runtime"]["verbose"])
+    # Writing starts here.
+    if chief:
+        if restart:
+            _move_aside(run_dir)
+            state = run_state.RunState(run_dir, steps_per_epoch)
+        os.makedirs(state.folder, exist_ok=True)
+        state.clean()
+        config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
+    with strategy.scope():
+        state.restore(model)
+    if state.step:
+        logger.info("Resuming at epoch %d, step %d of %d (%d steps done).", state.epoch + 1,
+                    state.step_in_epoch, steps_per_epoch, state.step)
+
+    skipped = data.SkippedVideos()
+    dataset = _training_input(strategy, train_records, data_config, multi_label,
+                              config["train"]["batch_size"], config["train"]["seed"], skipped)
+    start_step, start = state.step, time.perf_counter()
+    try:
+        _fit(model, dataset, state, config, steps_per_epoch, skipped, chief)
+    except tf.errors.OpError as error:
+        if "NoDecodableVideo" in str(error) or "could be decoded" in str(error):
+            raise DatasetError(f"None of the {len(train_records)} training videos could be "
+                               "decoded (see the warnings above); nothing was trained. "
+                               f"Received: data.train_csv={data_config['train_csv']!r}") from None
+        raise
     train_seconds = time.perf_counter() - start
-    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
-    model.save(os.path.join(run_dir, "model.keras"))
 
     results = {
-        "model": config["model"]["name"],
+        "model": models.describe(config["model"]),
         "params": int(model.count_params()),
-        "steps": int(_iterations(model.optimizer)),
-        "replicas": int(replicas),
-        "epochs_run_this_session": len(history.epoch),
+        "steps": int(state.step),
+        "replicas": int(strategy.num_replicas_in_sync),
+        "epochs_run_this_session": state.epoch - start_step // steps_per_epoch,
+        "steps_run_this_session": state.step - start_step,
         "train_seconds_this_session": round(train_seconds, 1),
         "skipped_training_videos": skipped.total,
-        "final_train_metrics": {k: float(v[-1]) for k, v in history.history.items()} if history.epoch else {},
+        "final_train_metrics": state.history[-1] if state.history else {},
     }
     if val_records:
-        results["eval"] = evaluate.evaluate_records(model, val_records, data_config, multi_label,
-                                                    config["train"]["eval_batch_size"])
-    evaluate.write_json(results, os.path.join(run_dir, "results.json"))
+        results["eval"] = evaluate.evaluate_records(
+            model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
+            verbose=1 if config["runtime"]["verbose"] == 1 else 0)
+    if chief:
+        with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
+            model.save_weights(temporary)
+        with atomic.replace(os.path.join(run_dir, "model.keras")) as temporary:
+            model.save(temporary)
+        atomic.write_json(os.path.join(run_dir, "results.json"), results)
+        state.commit(model, finished=True)
     return model, results
 
 
-def _iterations(optimizer):
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return keras.ops.convert_to_numpy(inner.iterations)
+def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
+    """`model.fit` from the committed step to the last epoch's end.
+
+    A run resumed mid-epoch finishes that epoch in a `fit` of its own (with
+    the steps that were left), then runs the remaining epochs.
+    """
+    runtime_config = config["runtime"]
+    epochs = config["schedule"]["epochs"]
+    callbacks = [data.SkippedVideoSummary(skipped)]  # first: its count reaches the logs
+    if runtime_config["tensorboard"] and chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(state.run_dir, "logs"),
+                                                     write_graph=False, update_freq="epoch"))
+    while state.epoch < epochs:
+        offset = state.step_in_epoch
+        commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief)
+        model.fit(dataset, initial_epoch=state.epoch,
+                  epochs=state.epoch + 1 if offset else epochs,
+                  steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
+                  callbacks=callbacks + [commit], verbose=runtime_config["verbose"],
+                  shuffle=False)  # tf.data shuffles
+
+
+def _finished(run_dir, model, state):
+    logger.info("The run in %s has finished (%d epochs, %d steps); nothing to train. Add epochs "
+                "(--set schedule.epochs=N) to continue it, or --restart to start over.",
+                run_dir, state.epoch, state.step)
+    state.restore(model)
+    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
+        return model, json.load(handle)
 
 
 def main(argv=None):
@@ -180,15 +291,16 @@ def main(argv=None):
     parser.add_argument("--config", help="experiment YAML file or shipped config name")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. --set runtime.precision=mixed_float16")
+    parser.add_argument("--restart", action="store_true",
+                        help="move an existing run folder aside (<folder>.old-<time>) and start over")
     parser.add_argument("--list", action="store_true", help="list the shipped configs")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(config_lib.list_configs()))
         return 0
     config = config_lib.load_config(args.config, args.set)
-    _, results = run(config)
+    _, results = run(config, restart=args.restart)
     print(json.dumps(results, indent=2))
-    # The console script passes this to sys.exit: 0, not the results.
     return 0
 
 

@@ -1,0 +1,202 @@
+"""A run folder's resume state, committed as one unit, and the files derived from it.
+
+    run_dir/
+      config.yaml                  the resolved experiment (written once validated)
+      state/state.json             the commit: steps done, history, finished, which weights
+      state/ckpt-<step>.weights.h5 weights + optimiser state of the last two commits
+      checkpoints/last.weights.h5  the weights at the end of the last finished epoch
+      history.csv                  one row per finished epoch (derived from state.json)
+      final.weights.h5, model.keras, results.json   written when training has ended
+
+A commit writes the weights under a new name, then atomically replaces
+`state.json`, which names them; only then are older weight files deleted. So a
+kill at any moment leaves `state.json` naming complete weights (the previous
+commit's until the new one is whole), and the epoch, the step and the history
+always describe exactly those weights. The commit before the last one is kept
+too, and used if the last one cannot be read.
+"""
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+
+import keras
+
+from nonlocal_keras.training import atomic
+from nonlocal_keras.training.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+STATE_FILE = "state.json"
+FORMAT = 1
+
+
+class RunFolderError(UserError):
+    """The run folder holds something this command cannot continue."""
+
+
+class RunState:
+    """The committed state of a run: `step` optimiser steps done, epoch `history`, `finished`."""
+
+    def __init__(self, run_dir, steps_per_epoch):
+        self.run_dir = run_dir
+        self.steps_per_epoch = steps_per_epoch
+        self.folder = os.path.join(run_dir, STATE_DIR)
+        self.path = os.path.join(self.folder, STATE_FILE)
+        self.step = 0
+        self.history = []
+        self.finished = False
+        self._committed = None
+
+    @property
+    def epoch(self):
+        """Finished epochs."""
+        return self.step // self.steps_per_epoch
+
+    @property
+    def step_in_epoch(self):
+        return self.step % self.steps_per_epoch
+
+    def read(self):
+        """Load `state.json` if there is one; returns whether there was."""
+        if not os.path.isfile(self.path):
+            return False
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                committed = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise RunFolderError(f"Cannot read the resume state {self.path!r} ({error}); move the "
+                                 "run folder away to start over.") from None
+        if committed.get("format") != FORMAT or committed.get("steps_per_epoch") != self.steps_per_epoch:
+            raise RunFolderError(
+                f"The run folder was trained with {committed.get('steps_per_epoch')} steps per "
+                f"epoch, this command makes {self.steps_per_epoch}: it is another experiment. Use "
+                f"--restart or another runtime.output_dir. Received: runtime.output_dir={self.run_dir!r}")
+        self._committed = committed
+        self.step = committed["step"]
+        self.history = committed["history"]
+        self.finished = committed["finished"]
+        return True
+
+    def restore(self, model):
+        """Load the committed weights and optimiser state into `model` (built and compiled)."""
+        if self._committed is None:
+            return
+        candidates = [self._committed] + ([self._committed["previous"]]
+                                          if self._committed.get("previous") else [])
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for number, committed in enumerate(candidates):
+            path = os.path.join(self.folder, committed["weights"])
+            try:
+                model.load_weights(path)
+            except (OSError, ValueError) as error:
+                logger.warning("Cannot load %s (%s)%s", path, error,
+                               "; trying the commit before it" if number == 0 else "")
+                continue
+            if number:
+                self.step, self.history = committed["step"], committed["history"]
+                self.finished = False
+            return
+        raise RunFolderError(f"None of the committed weights in {self.folder!r} can be read; move "
+                             "the run folder away to start over.")
+
+    def commit(self, model, finished=False):
+        """Write the weights, then the state naming them; keep the last two commits."""
+        name = f"ckpt-{self.step:09d}.weights.h5"
+        path = os.path.join(self.folder, name)
+        if self._committed is None or self._committed["weights"] != name:
+            with atomic.replace(path) as temporary:
+                model.save_weights(temporary)
+        previous = None
+        if self._committed is not None and self._committed["weights"] != name:
+            previous = {k: v for k, v in self._committed.items() if k != "previous"}
+        elif self._committed is not None:
+            previous = self._committed.get("previous")
+        committed = {"format": FORMAT, "steps_per_epoch": self.steps_per_epoch, "step": self.step,
+                     "epoch": self.epoch, "weights": name, "history": self.history,
+                     "finished": finished, "previous": previous}
+        atomic.write_json(self.path, committed)
+        self._committed, self.finished = committed, finished
+        self._remove_unreferenced()
+
+    def _remove_unreferenced(self):
+        keep = {STATE_FILE, self._committed["weights"]}
+        if self._committed.get("previous"):
+            keep.add(self._committed["previous"]["weights"])
+        for name in os.listdir(self.folder):
+            if name not in keep and os.path.isfile(os.path.join(self.folder, name)):
+                os.remove(os.path.join(self.folder, name))
+
+    def clean(self):
+        """Remove what a killed writer left: temporary files, weights no commit names."""
+        for folder in (self.run_dir, self.folder, os.path.join(self.run_dir, "checkpoints")):
+            atomic.remove_stale(folder)
+        if self._committed is not None:
+            self._remove_unreferenced()
+
+    def write_history_csv(self):
+        """`history.csv` from the committed history: each epoch exactly once."""
+        keys = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic.write_text(os.path.join(self.run_dir, "history.csv"), buffer.getvalue())
+
+    def copy_last_epoch_weights(self):
+        """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
+        source = os.path.join(self.folder, self._committed["weights"])
+        with atomic.replace(os.path.join(self.run_dir, "checkpoints", "last.weights.h5")) as temporary:
+            shutil.copyfile(source, temporary)
+
+
+class CommitState(keras.callbacks.Callback):
+    """Commits the run state every `frequency` steps ("epoch": at each epoch's end).
+
+    `offset` is the step within the epoch at which this `fit` call started
+    (a run resumed mid-epoch finishes that epoch in a `fit` of its own).
+    Only `writer` processes write (the chief of a multi-worker cluster).
+    """
+
+    def __init__(self, state, frequency, offset=0, writer=True):
+        super().__init__()
+        self.state, self.frequency, self.offset, self.writer = state, frequency, offset, writer
+        self._epoch_start = state.epoch * state.steps_per_epoch
+        self._last_commit = state.step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = epoch * self.state.steps_per_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.state.step = self._epoch_start + self.offset + batch + 1
+        if (self.frequency != "epoch" and self.state.step_in_epoch
+                and self.state.step - self._last_commit >= self.frequency):
+            self._last_commit = self.state.step
+            if self.writer:
+                self.state.commit(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0
+        self.state.step = (epoch + 1) * self.state.steps_per_epoch
+        row = {"epoch": epoch + 1}
+        row.update({k: _plain(v) for k, v in (logs or {}).items()})
+        self.state.history = [r for r in self.state.history if r["epoch"] != epoch + 1] + [row]
+        self._last_commit = self.state.step
+        if self.writer:
+            self.state.commit(self.model)
+            self.state.write_history_csv()
+            self.state.copy_last_epoch_weights()
+
+
+def _plain(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
