@@ -19,7 +19,24 @@ def test_set_overrides_parse_yaml_values():
 
 @pytest.mark.parametrize("override,message", [
     ("data.trian_csv=x.csv", "Unknown config field. Received: data.trian_csv"),
-    ("dta.train_csv=x.csv", "Unknown config section. Received: dta"),
+    ("dta.train_csv=x.csv", "Unknown config section (one of model, data"),
+    ("train.batch_size=abc", "`train.batch_size` must be an integer. Received: train.batch_size='abc'"),
+    ("schedule.boundaries=0.5", "Received: schedule.boundaries=0.5"),
+    ("schedule.boundaries=[0.75, 0.5]", "increasing"),
+    ("data.mean=[1, 2]", "`data.mean` must hold 3 numbers"),
+    ("data.std=[1, 0, 1]", "data.std"),
+    ("optimizer.learning_rate=-0.1", "Received: optimizer.learning_rate=-0.1"),
+    ("optimizer.learning_rate=0", "optimizer.learning_rate=0"),
+    ("optimizer.momentum=1.5", "optimizer.momentum=1.5"),
+    ("runtime.verbose=3", "`runtime.verbose` must be 0, 1 or 2"),
+    ("runtime.backup_freq=often", "runtime.backup_freq='often'"),
+    ("runtime.tensorboard=maybe", "runtime.tensorboard='maybe'"),
+    ("data.flip=1", "data.flip=1"),
+    ("data.num_classes=2.5", "data.num_classes=2.5"),
+    ("schedule.epochs=[3]", "schedule.epochs=[3]"),
+    ("model.weights=5", "model.weights=5"),
+    ("data.class_names=[a, a]", "distinct"),
+    ("data.train_csv=[unclosed", "not valid YAML"),
     ("runtime.precision=float16", "runtime.precision='float16'"),
     ("runtime.strategy=gpu", "runtime.strategy='gpu'"),
     ("data.num_frames=0", "data.num_frames=0"),
@@ -30,6 +47,31 @@ def test_set_overrides_parse_yaml_values():
 def test_bad_fields_are_errors_naming_them(override, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         config_lib.load_config(None, [override])
+
+
+def test_numbers_are_normalised_and_yaml_exponents_read_as_floats():
+    # YAML 1.1 reads `1e-3` (no dot) as a string; a learning rate means a number.
+    config = config_lib.load_config(None, ["optimizer.learning_rate=1e-3", "schedule.decay=1"])
+    assert config["optimizer"]["learning_rate"] == 0.001
+    assert isinstance(config["schedule"]["decay"], float)
+
+
+@pytest.mark.parametrize("name,frames,stem", [
+    ("C2DResNet50", 32, None), ("I3DResNet101", 32, "8x8"), ("C2DResNet101", 8, "32x2"),
+    ("I3DResNet50", 128, "8x8")])
+def test_the_stem_must_agree_with_the_clip_for_the_paper_networks(name, frames, stem):
+    overrides = [f"model.name={name}", f"data.num_frames={frames}"]
+    if stem:
+        overrides.append(f"model.stem={stem}")
+    with pytest.raises(config_lib.ConfigError, match="model.stem.*data.num_frames") as info:
+        config_lib.load_config(None, overrides)
+    assert f"data.num_frames={frames}" in str(info.value)
+
+
+@pytest.mark.parametrize("frames,stem", [(8, "8x8"), (32, "32x2"), (128, "32x2"), (16, "8x8")])
+def test_the_official_clip_settings_and_other_lengths_pass(frames, stem):
+    config = config_lib.load_config(None, [f"data.num_frames={frames}", f"model.stem={stem}"])
+    assert config["model"]["stem"] == stem
 
 
 def test_file_then_overrides_and_saved_copy(tmp_path):
@@ -65,12 +107,43 @@ def test_shipped_configs_name_a_constructor_and_its_arguments(name):
         assert accepts_any or key in parameters, f"{model_config['name']} has no argument {key}"
 
 
+def _frames_at(model, stage):
+    blocks = [layer for layer in model.layers if layer.name.startswith(stage + "_")
+              and layer.name[len(stage) + 1:].isdigit()]
+    return {layer.output.shape[1] for layer in blocks}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in config_lib.list_configs() if not n.startswith("demo")])
+def test_every_shipped_config_builds_the_papers_network(name):
+    """Through the constructor call nonlocal-train makes: 4 frames at res3..res5."""
+    import keras
+
+    from nonlocal_keras.training import models
+
+    config = config_lib.load_config(name)
+    multi_label = name.startswith("charades")
+    model = models.build_model(config["model"], config["data"], multi_label)
+    try:
+        frames = config["data"]["num_frames"]
+        assert model.input_shape[1] == frames
+        for stage in ("res3", "res4", "res5"):
+            assert _frames_at(model, stage) == {4}, (stage, _frames_at(model, stage))
+        assert model.output_shape == (None, config["data"]["num_classes"])
+        if "r101" in name:
+            assert len([n for n in model.layers if n.name.startswith("res4_")
+                        and n.name[5:].isdigit()]) == 23
+    finally:
+        del model
+        keras.backend.clear_session()
+
+
 def test_a_paper_recipe_builds_its_model():
     from nonlocal_keras.training import models
 
-    config = config_lib.load_config("kinetics_nl_i3d_r50", ["data.num_frames=8"])
+    config = config_lib.load_config("kinetics_nl_i3d_r50_8x8")
     model = models.build_model(config["model"], config["data"], multi_label=False)
     assert model.output_shape == (None, 400)
     assert sum("nonlocal" in layer.name for layer in model.layers) == 5
-    with pytest.raises(ValueError, match="model.name='NoSuchNet'"):
+    with pytest.raises(config_lib.ConfigError, match="model.name='NoSuchNet'"):
         models.find_constructor("NoSuchNet")
