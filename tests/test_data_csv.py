@@ -31,7 +31,7 @@ def test_every_bad_row_is_listed(videos):
             "a.mp4,1\n"          # row 2: fine
             "missing.mp4,0\n"    # row 3: no such file
             "b.mp4,3\n"          # row 4: id >= classes
-            "c.mp4,walking\n"    # row 5: unknown label
+            "c.mp4,-1\n"         # row 5: negative id
             "a.mp4,\n")          # row 6: missing label
     with pytest.raises(data.DatasetError) as info:
         data.read_csv_records(_csv(videos, text), 3, argument="data.train_csv")
@@ -39,7 +39,7 @@ def test_every_bad_row_is_listed(videos):
     assert "4 invalid row(s)" in message and "data.train_csv" in message
     assert "row 3: 'missing.mp4': no such file" in message
     assert "row 4: 'b.mp4': class id 3 not in [0, 3)" in message
-    assert "row 5: 'c.mp4': unknown label 'walking'" in message
+    assert "row 5: 'c.mp4': class id -1 not in [0, 3)" in message
     assert "row 6: 'a.mp4': missing label" in message
     assert "row 2" not in message
 
@@ -81,3 +81,69 @@ def test_folder_per_class(tmp_path):
         data.read_folder_records(str(tmp_path), class_names=["run"])
     with pytest.raises(data.DatasetError, match="class id 1 not in"):
         data.load_records(str(tmp_path), 1)
+
+
+def test_ids_mixed_with_names_are_an_error_listing_the_rows(videos):
+    # The README's old example: `12` and `playing guitar` would become ids 12 and 1.
+    path = _csv(videos, "path,label\na.mp4,12\nb.mp4,playing guitar\nc.mp4,3\n")
+    for read in (lambda: data.read_csv_records(path, 20, ["playing guitar"], "data.train_csv"),
+                 lambda: data.infer_class_names(path, "data.train_csv")):
+        with pytest.raises(data.DatasetError, match="mix class ids and class names") as info:
+            read()
+        assert "row 2: class id '12'" in str(info.value)
+        assert "row 3: class name 'playing guitar'" in str(info.value)
+
+
+def test_a_utf8_bom_is_read_as_excel_writes_it(videos):
+    path = videos / "excel.csv"
+    path.write_bytes("\ufeffpath,label\na.mp4,run\nb.mp4,jump\n".encode("utf-8"))
+    assert data.infer_class_names(str(path)) == ["jump", "run"]
+    records, _ = data.read_csv_records(str(path), 2, ["jump", "run"])
+    assert [r.labels for r in records] == [(1,), (0,)]
+
+
+def test_semicolons_and_other_encodings_name_the_file(videos):
+    semicolons = _csv(videos, "path;label\na.mp4;0\n", "semi.csv")
+    with pytest.raises(data.DatasetError, match="separates its columns with ';'.*semi.csv"):
+        data.read_csv_records(semicolons, 2, argument="data.train_csv")
+    headless = _csv(videos, "a.mp4;0\nb.mp4;1\n", "semi2.csv")
+    with pytest.raises(data.DatasetError, match="';'"):
+        data.read_csv_records(headless, 2)
+    latin = videos / "latin.csv"
+    latin.write_bytes("path,label\na.mp4,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(data.DatasetError, match=r"not UTF-8 text \(byte 0xe9.*latin.csv"):
+        data.read_csv_records(str(latin), 2, ["café"], argument="data.val_csv")
+
+
+def _data_config(**fields):
+    from nonlocal_keras.training import config as config_lib
+
+    return dict(config_lib.DEFAULTS["data"], **fields)
+
+
+def test_the_class_count_comes_from_the_names_or_must_agree_with_them(videos):
+    from nonlocal_keras.training.errors import ConfigError
+
+    train = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n", "train.csv")
+    resolved = data.resolve_classes(_data_config(train_csv=train))
+    assert resolved["class_names"] == ["jump", "run"] and resolved["num_classes"] == 2
+    with pytest.raises(ConfigError, match="2 names from.*data.num_classes=400"):
+        data.resolve_classes(_data_config(train_csv=train, num_classes=400))
+    with pytest.raises(ConfigError, match="2 names from data.class_names"):
+        data.resolve_classes(_data_config(train_csv=train, class_names=["jump", "run"],
+                                          num_classes=4))
+    ids = _csv(videos, "path,label\na.mp4,0\nb.mp4,1\n", "ids.csv")
+    with pytest.raises(ConfigError, match="set data.num_classes"):
+        data.resolve_classes(_data_config(train_csv=ids))
+    assert data.resolve_classes(_data_config(train_csv=ids, num_classes=5))["num_classes"] == 5
+
+
+def test_val_names_the_training_set_lacks_stop_before_training(videos):
+    train = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n", "train.csv")
+    val = _csv(videos, "path,label\na.mp4,run\nb.mp4,purple blob\nc.mp4,swim\n", "val.csv")
+    with pytest.raises(data.DatasetError) as info:
+        data.load_training_data(_data_config(train_csv=train, val_csv=val))
+    message = str(info.value)
+    assert "2 invalid row(s)" in message and "data.val_csv" in message
+    assert "row 3: 'b.mp4': unknown label 'purple blob'" in message
+    assert "row 4: 'c.mp4': unknown label 'swim'" in message

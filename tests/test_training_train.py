@@ -104,59 +104,9 @@ def test_invalid_rows_stop_the_run_before_training(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def _train_command(csv_path, run_dir, epochs):
-    overrides = _overrides(csv_path, run_dir, f"schedule.epochs={epochs}",
-                           "schedule.steps_per_epoch=40", "runtime.tensorboard=false",
-                           "model.width=16")
-    command = [sys.executable, "-m", "nonlocal_keras.training.train"]
-    for item in overrides:
-        command += ["--set", item]
-    return command
-
-
 def _env():
     return dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def _history_rows(run_dir):
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        return 0
-    return max(len(path.read_text().strip().splitlines()) - 1, 0)
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_from_backup_with_the_same_step_count(tmp_path):
-    csv_path = _write_dataset(tmp_path, count=12)
-    epochs = 3
-    killed_dir = tmp_path / "killed"
-    log = open(tmp_path / "killed.log", "w")  # a file: a full pipe would block the child
-    process = subprocess.Popen(_train_command(csv_path, killed_dir, epochs), env=_env(),
-                               stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    # Kill as soon as epoch 1 is logged, i.e. early in epoch 2.
-    while _history_rows(killed_dir) < 1:
-        assert process.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
-        assert time.time() < deadline, "epoch 1 never finished"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    log.close()
-    assert process.returncode == -signal.SIGKILL
-    assert _history_rows(killed_dir) == 1, "the kill did not land inside epoch 2"
-    assert not (killed_dir / "results.json").exists()
-    assert os.listdir(killed_dir / "backup")
-
-    resumed = subprocess.run(_train_command(csv_path, killed_dir, epochs), env=_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    killed = json.loads((killed_dir / "results.json").read_text())
-    # An uninterrupted run makes epochs x steps_per_epoch steps (as the
-    # end-to-end test above checks); the resumed one must not make more.
-    assert killed["steps"] == epochs * 40
-    assert killed["epochs_run_this_session"] == epochs - 1  # resumed at epoch 2
-    assert _history_rows(killed_dir) == epochs
 
 
 MIRRORED_SCRIPT = r"""

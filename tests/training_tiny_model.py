@@ -17,3 +17,21 @@ def tiny_video_net(include_top=True, weights=None, input_shape=None, classes=10,
     x = layers.GlobalAveragePooling3D()(x)
     outputs = layers.Dense(classes, activation=classifier_activation, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="tiny_video_net")
+
+
+class FailsInTraining(layers.Layer):
+    """Raises when a training step is traced: an error in the first step of `fit`."""
+
+    def call(self, inputs, training=None):
+        if training:
+            raise RuntimeError("injected failure in the first training step")
+        return inputs
+
+
+def failing_video_net(include_top=True, weights=None, input_shape=None, classes=10,
+                      classifier_activation="softmax"):
+    inputs = keras.Input(input_shape)
+    x = FailsInTraining()(inputs)
+    x = layers.GlobalAveragePooling3D()(x)
+    outputs = layers.Dense(classes, activation=classifier_activation)(x)
+    return keras.Model(inputs, outputs, name="failing_video_net")

@@ -10,7 +10,14 @@ renames it over `path` only when the block ends without an exception.
 import contextlib
 import json
 import os
+import signal
 import uuid
+
+# Fault injection for the kill-and-resume tests: "<part of a file name>:<n>"
+# kills this process (SIGKILL) with the n-th such file written but not yet
+# renamed into place, the moment a kill does the most harm.
+KILL_AT_ENV = "NONLOCAL_KERAS_KILL_AT"
+_renames = {}
 
 
 def temporary_name(path):
@@ -38,10 +45,22 @@ def replace(path):
     try:
         yield temporary
         _fsync(temporary)
+        _maybe_kill(path)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _maybe_kill(path):
+    target = os.environ.get(KILL_AT_ENV)
+    if not target:
+        return
+    part, _, count = target.rpartition(":")
+    if part and part in os.path.basename(path):
+        _renames[part] = _renames.get(part, 0) + 1
+        if _renames[part] == int(count):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text(path, text):

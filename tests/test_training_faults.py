@@ -1,0 +1,248 @@
+"""nonlocal-train as a user runs it, under faults: kills, Ctrl-C, errors, reruns.
+
+Each test drives the installed console script in subprocesses on tiny MP4 data.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from test_training_train import _env, _overrides, _write_dataset
+
+EPOCHS, STEPS = 4, 3
+TRAIN = [os.path.join(os.path.dirname(sys.executable), "nonlocal-train")]
+
+
+def _command(csv_path, run_dir, *extra):
+    command = list(TRAIN)
+    for item in _overrides(csv_path, run_dir, f"schedule.epochs={EPOCHS}",
+                           f"schedule.steps_per_epoch={STEPS}", "runtime.backup_freq=2",
+                           "runtime.tensorboard=false", *extra):
+        command += ["--set", item]
+    return command
+
+
+def _run(command, env=None, timeout=240):
+    return subprocess.run(command, env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _history_epochs(run_dir):
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    return [int(line.split(",")[0]) for line in path.read_text().splitlines()[1:]]
+
+
+def _check_consistent(run_dir):
+    """What any kill must leave: a readable state whose history has each epoch once."""
+    state_path = run_dir / "state" / "state.json"
+    if not state_path.exists():
+        return
+    state = json.loads(state_path.read_text())
+    assert (run_dir / "state" / state["weights"]).is_file()
+    epochs = [row["epoch"] for row in state["history"]]
+    assert epochs == list(range(1, state["step"] // STEPS + 1)), state
+    history = _history_epochs(run_dir)
+    assert history == sorted(set(history)), history
+
+
+@pytest.mark.slow
+def test_kills_at_every_kind_of_write_and_at_random_moments_resume_exactly(tmp_path):
+    """Eight kills (each kind of write, two seeded random moments), then a clean rerun."""
+    import keras
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    command = _command(csv_path, run_dir)
+    # In order: they walk one run from its first commit past its end.
+    kills = ["ckpt-:1", "history.csv:1", "state.json:2", "last.weights.h5:1", "random",
+             "final.weights.h5:1", "model.keras:1", "random", "results.json:1", "state.json:1"]
+    rng = random.Random(1234)
+    killed, codes = 0, []
+    for kill in kills:
+        if (run_dir / "state" / "state.json").exists() and json.loads(
+                (run_dir / "state" / "state.json").read_text())["finished"]:
+            break
+        env = _env()
+        if kill == "random":
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.5, 5.0))  # start-up, data checks or training
+            process.send_signal(signal.SIGKILL)
+            code = process.wait(timeout=60)
+        else:
+            env["NONLOCAL_KERAS_KILL_AT"] = kill
+            code = _run(command, env).returncode
+        killed += code == -signal.SIGKILL
+        codes.append((kill, code))
+        _check_consistent(run_dir)
+    assert killed >= 8, f"only {killed} runs were killed: {codes}"
+
+    finished = _run(command)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == EPOCHS * STEPS
+    assert _history_epochs(run_dir) == list(range(1, EPOCHS + 1))
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert int(model.optimizer.iterations) == EPOCHS * STEPS
+    for name in ("final.weights.h5", "checkpoints/last.weights.h5"):
+        model.load_weights(run_dir / name)
+    assert not [f for f in os.listdir(run_dir) if f.startswith(".tmp-")]
+
+    # The same command again: finished, nothing trained, nothing rewritten.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    again = _run(command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has finished" in again.stderr
+    assert json.loads(again.stdout[again.stdout.index("{"):])["steps"] == EPOCHS * STEPS
+    assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_more_epochs_continue_a_finished_run_and_restart_moves_it_aside(tmp_path):
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    assert _run(_command(csv_path, run_dir, "schedule.epochs=1")).returncode == 0
+    more = _run(_command(csv_path, run_dir, "schedule.epochs=2"))
+    assert more.returncode == 0, more.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 2 * STEPS and results["steps_run_this_session"] == STEPS
+    assert _history_epochs(run_dir) == [1, 2]
+
+    restarted = _run(_command(csv_path, run_dir, "schedule.epochs=1", "optimizer.momentum=0.5")
+                     + ["--restart"])
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == STEPS
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and _history_epochs(aside[0]) == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_failed_command_leaves_the_run_folder_byte_identical(tmp_path):
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    assert _run(_command(csv_path, run_dir, "schedule.epochs=1")).returncode == 0
+
+    def snapshot():
+        return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    for bad in ("model.name=NoSuchNet", "model.width=abc", "train.batch_size=abc",
+                "optimizer.learning_rate=0.5", "data.num_classes=7",
+                "data.train_csv=/nonexistent.csv"):
+        result = _run(_command(csv_path, run_dir, "schedule.epochs=1", bad))
+        assert result.returncode == 2, (bad, result.stderr[-2000:])
+        lines = [line for line in result.stderr.splitlines()
+                 if line.startswith("nonlocal-train: error: ")]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (bad, result.stderr)
+        assert snapshot() == before, bad
+
+
+@pytest.mark.slow
+def test_no_possible_step_is_an_error_naming_the_counts(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    csv_path = _write_dataset(broken, count=8, bad=range(8))
+    result = _run(_command(csv_path, tmp_path / "run1"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "None of the 8 training videos could be decoded" in result.stderr
+    assert not (tmp_path / "run1" / "results.json").exists()
+
+    few = tmp_path / "few"
+    few.mkdir()
+    csv_path = _write_dataset(few, count=3)
+    result = _run(_command(csv_path, tmp_path / "run2"))
+    assert result.returncode == 2
+    assert "3 video(s), fewer than one global batch" in result.stderr
+    assert "train.batch_size=4" in result.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def _wait_for(process, predicate, seconds):
+    deadline = time.time() + seconds
+    while not predicate():
+        assert process.poll() is None, "the run ended before the moment to interrupt it"
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
+    """Ten SIGINTs at seeded random moments of training, each run resuming the last."""
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    command = _command(csv_path, run_dir, "schedule.epochs=40", "runtime.backup_freq=epoch")
+    rng = random.Random(99)
+    for trial in range(10):
+        process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        # Interrupt during training: once an epoch of this process has been committed.
+        step_file = run_dir / "state" / "state.json"
+        start_step = json.loads(step_file.read_text())["step"] if step_file.exists() else 0
+        _wait_for(process, lambda: step_file.exists() and
+                  json.loads(step_file.read_text())["step"] > start_step, 120)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGINT)
+        sent = time.time()
+        try:
+            _, stderr = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"trial {trial}: still running 20 s after SIGINT")
+        assert process.returncode == 130, (trial, stderr[-2000:])
+        assert time.time() - sent < 20
+        assert "nonlocal-train: interrupted" in stderr and "Traceback" not in stderr
+        _check_consistent(run_dir)
+
+
+@pytest.mark.slow
+def test_an_error_in_the_first_step_exits_nonzero_promptly(tmp_path):
+    csv_path = _write_dataset(tmp_path, count=8)
+    for trial in range(10):
+        command = _command(csv_path, tmp_path / f"run{trial}",
+                           "model.name=training_tiny_model:failing_video_net")
+        start = time.time()
+        result = _run(command, timeout=90)
+        assert result.returncode not in (0, 2), result.stderr[-2000:]
+        assert "injected failure in the first training step" in result.stderr
+        assert time.time() - start < 90
+
+
+@pytest.mark.slow
+def test_fine_tuning_to_another_class_count_the_charades_way(tmp_path):
+    """Train 3 classes single-label, then fine-tune its run folder multi-label on 4."""
+    import keras
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    source = tmp_path / "source"
+    assert _run(_command(csv_path, source, "schedule.epochs=1")).returncode == 0
+    rows = [f"{i:03d}.mp4,{i % 3} {3 if i % 2 else ''}".strip() for i in range(12)]
+    multi = tmp_path / "multi.csv"
+    multi.write_text("path,labels\n" + "\n".join(rows) + "\n")
+    target = tmp_path / "target"
+    result = _run(_command(str(multi), target, "schedule.epochs=1", "data.num_classes=4",
+                           f"model.weights={source}"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Left new (freshly initialised)" in result.stderr
+    assert "(file: (4, 3))" in result.stderr  # the classifier kernel: 4 channels, 3 classes
+    results = json.loads((target / "results.json").read_text())
+    assert "mAP" in results["eval"]
+    # Every weight but the classifier's came from the source run (before training moved it).
+    source_model = keras.models.load_model(source / "model.keras")
+    tuned = keras.models.load_model(target / "model.keras")
+    assert tuned.output_shape == (None, 4)
+    assert source_model.layers[1].kernel.shape == tuned.layers[1].kernel.shape
+
+    wrong = _run(_command(csv_path, tmp_path / "wrong", "schedule.epochs=1", "model.width=8",
+                          f"model.weights={source / 'final.weights.h5'}"))
+    assert wrong.returncode == 2
+    assert "do not fit" in wrong.stderr and "outside its classifier" in wrong.stderr
+    assert np.isfinite(results["eval"]["mAP"])
