@@ -179,7 +179,7 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
     """Ten SIGINTs at seeded random moments of training, each run resuming the last."""
     csv_path = _write_dataset(tmp_path, count=12)
     run_dir = tmp_path / "run"
-    command = _command(csv_path, run_dir, "schedule.epochs=40", "runtime.backup_freq=epoch")
+    command = _command(csv_path, run_dir, "schedule.epochs=2000", "runtime.backup_freq=epoch")
     rng = random.Random(99)
     for trial in range(10):
         process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,

@@ -1,11 +1,17 @@
-"""What every console script shares: quiet logs, one-line user errors, exit codes.
+"""What every console script shares: quiet logs, one-line user errors, exit codes, Ctrl-C.
 
     nonlocal-<cmd> ... [--debug]
 
 - A `UserError` (bad config, bad data, missing file, ...) prints
   `nonlocal-<cmd>: error: <message>` on stderr and exits 2, as argparse does
   for a bad flag. `--debug` (or `NONLOCAL_KERAS_DEBUG=1`) keeps the traceback.
-- Ctrl-C (SIGINT) prints one line and exits 130, the shell's convention.
+- Ctrl-C (SIGINT) prints `nonlocal-<cmd>: interrupted` and exits 130, the
+  shell's convention, within seconds: the interrupt is raised in the main
+  thread as usual, training also checks for it after every step (an interrupt
+  can be swallowed where Python cannot raise it, such as in a finaliser), and a
+  watchdog thread ends the process if it is still alive `GRACE_SECONDS` later
+  (a main thread blocked in a C++ call never sees the interrupt). A second
+  Ctrl-C ends it at once. Training resumes from its last commit.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
 - absl's Python log is kept to warnings and above. TensorFlow's C++ log is
   silenced by the launchers in `nonlocal_keras.console`, which must act before
@@ -15,13 +21,64 @@
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+
+import keras
+
+from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
+GRACE_SECONDS = 15
+INTERRUPTED = threading.Event()
 
 
 def _debugging(argv):
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class StopWhenInterrupted(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt after the step during which Ctrl-C was pressed."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+
+
+def _handle_interrupts(prog):
+    """SIGINT: raise KeyboardInterrupt in the main thread, and arm the watchdog.
+
+    The C-level handler writes each signal to a wakeup pipe from whichever
+    thread it lands on, so the watchdog thread sees it even while the main
+    thread is blocked.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            number = os.read(read_end, 1)
+            if not number or number[0] != signal.SIGINT:
+                continue
+            if INTERRUPTED.is_set():
+                _exit_now(prog)
+            INTERRUPTED.set()
+            threading.Timer(GRACE_SECONDS, _exit_now, args=(prog,)).start()
+
+    def raise_interrupt(signum, frame):
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
+    signal.signal(signal.SIGINT, raise_interrupt)
+
+
+def _exit_now(prog):
+    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def run(prog, module_name, argv=None):
@@ -30,8 +87,8 @@ def run(prog, module_name, argv=None):
     debug = _debugging(argv)
     argv = [arg for arg in argv if arg != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from nonlocal_keras.training.errors import UserError
-
+    if threading.current_thread() is threading.main_thread():
+        _handle_interrupts(prog)
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -39,18 +96,15 @@ def run(prog, module_name, argv=None):
     except UserError as error:
         if debug:
             raise
-        print(f"{prog}: error: {_message(error)}", file=sys.stderr)
+        print(f"{prog}: error: {str(error).strip()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    if INTERRUPTED.is_set():
+        # Pressed while the command was finishing: the interrupt was swallowed somewhere.
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return 0 if status is None else int(status)
-
-
-def _message(error):
-    # A multi-line message (a DatasetError listing rows) stays readable: its
-    # first line is the summary and the rest follows, indented.
-    text = str(error).strip() or type(error).__name__
-    return text.replace("\n", "\n  ")

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 import yaml
 
-from nonlocal_keras.training import atomic, data, evaluate, models, optim, run_state, runtime
+from nonlocal_keras.training import atomic, cli, data, evaluate, models, optim, run_state, runtime
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError
 
@@ -262,7 +262,8 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
     """
     runtime_config = config["runtime"]
     epochs = config["schedule"]["epochs"]
-    callbacks = [data.SkippedVideoSummary(skipped)]  # first: its count reaches the logs
+    # First: its count reaches the logs the others write.
+    callbacks = [data.SkippedVideoSummary(skipped), cli.StopWhenInterrupted()]
     if runtime_config["tensorboard"] and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(state.run_dir, "logs"),
                                                      write_graph=False, update_freq="epoch"))
@@ -305,6 +306,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from nonlocal_keras.training import cli
-
     sys.exit(cli.run("nonlocal-train", "nonlocal_keras.training.train"))
