@@ -1,6 +1,7 @@
 """Small tools: counting a model's multiply-adds, and an argument check."""
 
 import math
+import numbers
 
 # Convolutions and matrix products: their multiply-adds are the product of the
 # output's size and the length of the contracted axis (or kernel window).
@@ -11,8 +12,9 @@ _MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 
 
 def is_positive_int(value):
-    """True for an int >= 1; False for bools (an int subclass), floats, None."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """True for an integer >= 1 (NumPy's too); False for bools, floats, None."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 1)
 
 
 def count_flops(model, input_shape=None, batch_size=1):
