@@ -51,6 +51,7 @@ Choices (where the paper, the issue or the official code are silent or differ):
 
 import keras
 from keras import layers
+from keras.saving import register_keras_serializable
 
 from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (tables re-exported)
     DEPTHS,
@@ -61,8 +62,11 @@ from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (table
     check_head,
     check_input_shape,
     check_spec,
+    clip_size_rules,
+    smallest_clip,
 )
 from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
+from nonlocal_keras.utils import checked_sizes
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -138,7 +142,7 @@ def VideoResNet(
     spec = check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
                       stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate, stem)
     check_head(include_top, pooling, classes, weights)
-    inputs = x = _input(input_tensor, input_shape, spec)
+    inputs, x = _input(input_tensor, input_shape, spec)
 
     x = _conv_bn(x, width, (conv1_time, 7, 7), (spec["conv1_time_stride"], 2, 2), "conv1",
                  bn_name="res_conv1_bn")
@@ -293,13 +297,41 @@ def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, in
 
 
 def _input(input_tensor, input_shape, spec):
+    """The input, and the input after a run-time check of the clip size."""
     input_shape = check_input_shape(input_tensor, input_shape, spec)
     if input_tensor is None:
-        return layers.Input(input_shape, name="clips")
-    if not keras.backend.is_keras_tensor(input_tensor):
+        input_tensor = layers.Input(input_shape, name="clips")
+    elif not keras.backend.is_keras_tensor(input_tensor):
         raise ValueError("`input_tensor` must be a Keras tensor (`keras.Input(...)` or a "
                          f"layer's output). Received: input_tensor={input_tensor!r}")
-    return input_tensor
+    if None in input_shape[:3]:
+        check = ClipSizeCheck(smallest_clip(spec, input_shape[-1]), name="clip_size_check")
+        return input_tensor, check(input_tensor)
+    return input_tensor, input_tensor
+
+
+@register_keras_serializable(package="nonlocal_keras")
+class ClipSizeCheck(layers.Layer):
+    """The identity, after checking that a clip is at least `smallest` (T, H, W, C).
+
+    Put after an input of unknown size: a clip too small then fails with the
+    message `VideoResNet` gives for a too small `input_shape`, instead of an
+    error deep inside a pooling kernel.
+    """
+
+    def __init__(self, smallest, **kwargs):
+        super().__init__(**kwargs)
+        self.smallest = tuple(int(s) for s in smallest)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return checked_sizes(inputs, clip_size_rules(self.smallest), inputs.shape[1:])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "smallest": self.smallest}
 
 
 def _load_weights(model, weights, spec):

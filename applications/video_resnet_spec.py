@@ -7,7 +7,9 @@ the argument and the value received.
 
 import os
 
-from nonlocal_keras.utils import is_positive_int
+import keras
+
+from nonlocal_keras.utils import checked_sizes, is_positive_int
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -173,16 +175,24 @@ def check_input_shape(input_tensor, input_shape, spec):
         raise ValueError("`input_shape` must be (frames, height, width, channels), "
                          "channels known, None allowed elsewhere. "
                          f"Received: input_shape={input_shape!r}")
-    smallest_time = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
-    smallest_space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
-    frames, height, width = input_shape[:3]
-    if ((frames is not None and not _temporal_size_fits(frames, spec))
-            or any(s is not None and not _spatial_size_fits(s, spec) for s in (height, width))):
-        raise ValueError(
-            "`input_shape` is too small for this network: the smallest allowed is "
-            f"({smallest_time}, {smallest_space}, {smallest_space}, {input_shape[-1]}). "
-            f"Received: input_shape={input_shape}")
+    checked_sizes(keras.KerasTensor((None,) + input_shape),
+                  clip_size_rules(smallest_clip(spec, input_shape[-1])), input_shape)
     return input_shape
+
+
+def smallest_clip(spec, channels):
+    """The smallest `(T, H, W, C)` that survives conv1, the pools and the
+    non-local blocks' windows (every stage is monotone in the size)."""
+    frames = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
+    space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
+    return (frames, space, space, channels)
+
+
+def clip_size_rules(smallest):
+    """`utils.checked_sizes` rules for `(batch, T, H, W, C)` clips."""
+    message = ("`input_shape` is too small for this network: the smallest allowed is "
+               f"{tuple(smallest)}.")
+    return [(1 + axis, "at_least", size, message) for axis, size in enumerate(smallest[:3])]
 
 
 def _temporal_size_fits(size, spec):

@@ -180,7 +180,7 @@ def test_stride_sits_in_the_3x3_convolution_and_layer_names_say_where(r50):
     assert model.get_layer("res3_0_branch1").strides == (1, 2, 2)
     assert model.get_layer("res_conv1_bn").epsilon == 1e-5
     assert model.get_layer("pool5_dropout").rate == 0.5
-    pattern = re.compile(r"^(clips|conv1(_pad|_relu)?|res_conv1_bn|pool[125](_dropout)?|pred|"
+    pattern = re.compile(r"^(clips|clip_size_check|conv1(_pad|_relu)?|res_conv1_bn|pool[125](_dropout)?|pred|"
                          r"res[2-5]_\d+(_branch(1|2[abc])(_bn|_relu|_pad)?|_sum|_nonlocal)?)$")
     assert all(pattern.match(layer.name) for layer in model.layers), [
         layer.name for layer in model.layers if not pattern.match(layer.name)]
@@ -260,3 +260,30 @@ def test_video_resnet_argument_errors():
         VideoResNet((1,), conv1_time=2)
     with pytest.raises(ValueError, match=r"`inflated_blocks\['res2'\]`"):
         VideoResNet((1,), inflated_blocks={"res2": "some"})
+
+
+# The `make demo` network with inputs of unknown size: a clip smaller than
+# the network takes fails at run time with the words of the build-time check.
+def _small_net(input_shape):
+    return VideoResNet((1, 1, 1), input_shape=input_shape, classes=10, width=8,
+                       pool1=False, pool2=False, nonlocal_blocks={"res4": [0]})
+
+
+@pytest.mark.parametrize("clip", [(2, 8, 9), (1, 9, 1), (2, 4, 4)])
+def test_too_small_clip_at_run_time(clip):
+    import tensorflow as tf
+
+    with pytest.raises(ValueError) as built:
+        _small_net(clip + (3,))
+    message = str(built.value).split(" Received:")[0]
+    assert "smallest allowed is (1, 9, 9, 3)" in message
+    model = _small_net((None, None, None, 3))
+    x = np.zeros((1,) + clip + (3,), "float32")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(x)  # eager
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.predict(x, verbose=0)  # traced at the call's shape
+    graph = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, None, 3))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+        graph(x)  # sizes known only when the graph runs
+    assert graph(np.zeros((1, 1, 9, 9, 3), "float32")).shape == (1, 10)

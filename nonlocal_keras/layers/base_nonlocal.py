@@ -8,7 +8,7 @@ from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import is_positive_int
+from nonlocal_keras.utils import checked_sizes, is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -168,7 +168,7 @@ class BaseNonLocal(layers.Layer):
                 f"The channel axis of the input to {type(self).__name__} must be known. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        _check_positions(shape[1:-1], self.effective_pool_size, self.affinity, input_shape)
+        self.compute_output_shape(input_shape)
         channel_axis = -1 if self.data_format == "channels_last" else 1
         self.input_spec = layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: channels})
         inner = self.inter_channels or max(channels // 2, 1)
@@ -219,7 +219,8 @@ class BaseNonLocal(layers.Layer):
             x = ops.cast(x, self.compute_dtype)  # integer input, as Dense takes it
         if self.data_format == "channels_first":
             x = ops.moveaxis(x, 1, -1)
-        x = _checked_positions(x, self.effective_pool_size, self.affinity, inputs.shape)
+        x = checked_sizes(x, _position_rules(self.effective_pool_size, self.affinity),
+                          inputs.shape)
         if mask is not None:
             mask = self._check_mask(mask, x)
         response = nonlocal_math.nonlocal_response(
@@ -265,7 +266,9 @@ class BaseNonLocal(layers.Layer):
         return ops.cast(mask, "bool")
 
     def compute_output_shape(self, input_shape):
-        self._channels_last_shape(input_shape)
+        shape = self._channels_last_shape(input_shape)
+        checked_sizes(keras.KerasTensor(shape),
+                      _position_rules(self.effective_pool_size, self.affinity), input_shape)
         return tuple(input_shape)
 
     def compute_output_spec(self, inputs, training=None, return_attention_scores=False,
@@ -363,53 +366,14 @@ def _check_pool_size(value, rank):
     return tuple(int(p) for p in sizes)
 
 
-def _position_rules(positions, pool_size, affinity):
-    """(size, requirement, message) per check on the position axes' sizes.
-
-    `requirement` is "at_least" (the pool window fits) or "multiple" (the
-    grouped affinities need whole windows). Sizes may be ints, None or, in a
-    TensorFlow graph, scalar tensors; the messages do not name the size, so
-    build time and run time say the same words.
-    """
-    for axis, (size, pool) in enumerate(zip(positions, pool_size)):
-        yield size, pool, "at_least", (
+def _position_rules(pool_size, affinity):
+    """`utils.checked_sizes` rules for channels-last inputs: the pool window
+    fits every position axis, and the grouped affinities get whole windows."""
+    for axis, pool in enumerate(pool_size):
+        yield 1 + axis, "at_least", pool, (
             f"The pool size {pool} on position axis {axis} is larger than the "
             "input there; lower `pool_size` or set `sub_sample=False`.")
-        grouped = (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0)
-        if grouped:
-            yield size, pool, "multiple", (
+        if (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0):
+            yield 1 + axis, "multiple", pool, (
                 f"affinity={affinity!r} needs position axis {axis} to be a "
                 f"multiple of the pool size there ({pool}).")
-
-
-def _check_positions(positions, pool_size, affinity, input_shape):
-    for size, pool, requirement, message in _position_rules(positions, pool_size, affinity):
-        if size is None:
-            continue
-        if (size < pool) if requirement == "at_least" else (size % pool):
-            raise ValueError(f"{message} Received: input_shape={tuple(input_shape)}")
-
-
-def _checked_positions(x, pool_size, affinity, static_shape):
-    """`x` after the build-time checks on its actual (channels-last) sizes.
-
-    Static sizes are checked here and raise the build-time ValueError
-    (eager, and traced with known shapes: JAX, PyTorch, TensorFlow). Sizes
-    known only when a TensorFlow graph runs get assertions with the same
-    words, which `x` then depends on, so that they fire before the pooling
-    kernels see a window larger than the map. (XLA drops assertions: a
-    jit-compiled function traced with unknown sizes is not checked.)
-    """
-    _check_positions(x.shape[1:-1], pool_size, affinity, static_shape)
-    if None not in x.shape[1:-1] or keras.backend.backend() != "tensorflow":
-        return x
-    import tensorflow as tf
-
-    shape = tf.shape(x)
-    positions = [shape[1 + axis] for axis in range(len(pool_size))]
-    checks = []
-    for size, pool, requirement, message in _position_rules(positions, pool_size, affinity):
-        ok = size >= pool if requirement == "at_least" else tf.equal(size % pool, 0)
-        checks.append(tf.debugging.Assert(ok, [message, "Received: input_shape=", shape]))
-    with tf.control_dependencies(checks):
-        return tf.identity(x)
