@@ -3,8 +3,7 @@
 The architecture follows the official Caffe2 release (facebookresearch/
 video-nonlocal-net, `lib/models/resnet_video.py`, `resnet_helper.py`), which
 produced the released weights; see PAPER.md section 3. Everything that varies
-between the named models lives in the tables of `video_resnet_spec` (re-exported
-here); one builder reads them, and `VideoResNet` exposes it for custom (small)
+between the named models lives in the tables of `video_resnet_spec`; one builder reads them, and `VideoResNet` exposes it for custom (small)
 networks:
 
     # The `make demo` size: 8x32x32 clips, no pool1 and no temporal pool2,
@@ -14,7 +13,10 @@ networks:
                         nonlocal_blocks={"res4": [0]})
 
 Choices (where the paper, the issue or the official code are silent or differ):
-- Channels last only (`(batch, T, H, W, C)`); the global data format is never read.
+- Channels last only (`(batch, T, H, W, C)`): every layer is given
+  `data_format="channels_last"`, and the constructors raise a ValueError
+  while the global image data format is `"channels_first"` (the clips and
+  weights would not be what that setting promises).
 - Every convolution is bias-free and followed by BatchNormalization
   (epsilon 1e-5, momentum 0.9, as `Conv3dBN` in the official code; Keras' layer,
   trained with TensorFlow's fused kernel: `FusedBatchNormalization`); kernels are
@@ -34,7 +36,7 @@ Choices (where the paper, the issue or the official code are silent or differ):
   convolution + BN where the shape changes.
 - `nonlocal_blocks` (an int, a stage name or `{stage: [block indices]}`) puts a
   `NonLocal3D` (official defaults) right after the listed residual blocks. The
-  integer layouts are `NONLOCAL_LAYOUTS`: they follow the official `LAYER_MOD`
+  integer layouts are `video_resnet_spec.NONLOCAL_LAYOUTS`: they follow the official `LAYER_MOD`
   rule where the official code defines them. For ResNet-101 the official code
   has no 10-block setting: we use every block of res3 and every fourth block of
   res4 ending at its last (2, 6, ..., 22); the 1-block layout is "before the
@@ -53,12 +55,10 @@ import keras
 from keras import layers
 from keras.saving import register_keras_serializable
 
-from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (tables re-exported)
+from nonlocal_keras.applications.video_resnet_spec import (
     DEPTHS,
     INFLATION_RULES,
     INFLATIONS,
-    NONLOCAL_LAYOUTS,
-    STAGES,
     check_head,
     check_input_shape,
     check_spec,
@@ -124,7 +124,7 @@ def VideoResNet(
             1 for res2 and 2 for the others.
         pool1: the 1x3x3 max pool after conv1.
         pool2: the 2x1x1 temporal max pool after res2.
-        nonlocal_blocks: 0, a count in `NONLOCAL_LAYOUTS` (ResNet-50/101
+        nonlocal_blocks: 0, a count in `video_resnet_spec.NONLOCAL_LAYOUTS` (ResNet-50/101
             stage layouts only), a stage name (one block before that stage's
             last block) or `{stage: [block indices]}`.
         nonlocal_mode, nonlocal_affinity: `mode` and `affinity` of every
@@ -139,26 +139,33 @@ def VideoResNet(
     Returns:
         A `keras.Model`.
     """
-    spec = check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
-                      stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate, stem)
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "The video ResNets take channels-last clips (batch, T, H, W, C) only; call "
+            "keras.config.set_image_data_format('channels_last') before building one. "
+            f"Received: image_data_format={keras.config.image_data_format()!r}")
+    spec = check_spec(stage_blocks=stage_blocks, width=width, conv1_time=conv1_time,
+                      inflated_blocks=inflated_blocks, inflation=inflation,
+                      stage_strides=stage_strides, pool1=pool1, pool2=pool2,
+                      nonlocal_blocks=nonlocal_blocks, dropout_rate=dropout_rate, stem=stem)
     check_head(include_top, pooling, classes, weights)
     inputs, x = _input(input_tensor, input_shape, spec)
 
-    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec["conv1_time_stride"], 2, 2), "conv1",
+    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec.conv1_time_stride, 2, 2), "conv1",
                  bn_name="res_conv1_bn")
-    if spec["pool1"]:
-        pool_time = spec["pool1_time"]
+    if spec.pool1:
+        pool_time = spec.pool1_time
         x = layers.MaxPooling3D((pool_time, 3, 3), strides=(pool_time, 2, 2), name="pool1")(x)
-    for stage_index, stage in enumerate(spec["stages"]):
+    for stage_index, stage in enumerate(spec.stages):
         inner = width * 2**stage_index
-        for block in range(spec["blocks"][stage]):
-            time = 3 if block in spec["inflated"].get(stage, ()) else 1
-            stride = spec["strides"][stage_index] if block == 0 else 1
-            x = _bottleneck(x, inner, stride, time, spec["inflation"], f"{stage}_{block}")
-            if block in spec["nonlocal"].get(stage, ()):
+        for block in range(spec.blocks[stage]):
+            time = 3 if block in spec.inflated.get(stage, ()) else 1
+            stride = spec.strides[stage_index] if block == 0 else 1
+            x = _bottleneck(x, inner, stride, time, spec.inflation, f"{stage}_{block}")
+            if block in spec.nonlocal_blocks.get(stage, ()):
                 x = NonLocal3D(mode=nonlocal_mode, affinity=nonlocal_affinity,
                                name=f"{stage}_{block}_nonlocal")(x)
-        if stage == "res2" and spec["pool2"]:
+        if stage == "res2" and spec.pool2:
             x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), name="pool2")(x)
 
     if include_top:
@@ -223,9 +230,7 @@ def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("c2d", 50, "3x1x1", include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="c2d", depth=50, inflation="3x1x1", **locals())
 
 
 def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -233,9 +238,7 @@ def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("c2d", 101, "3x1x1", include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="c2d", depth=101, inflation="3x1x1", **locals())
 
 
 def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -247,9 +250,7 @@ def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("i3d", 50, inflation, include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="i3d", depth=50, **locals())
 
 
 def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -258,9 +259,7 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
                  stem="8x8"):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("i3d", 101, inflation, include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="i3d", depth=101, **locals())
 
 
 def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
@@ -271,28 +270,16 @@ def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
     return f"{prefix}{arch}{variant}_resnet{depth}"
 
 
-def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, input_shape,
-                  pooling, classes, classifier_activation, name, nonlocal_blocks, nonlocal_mode,
-                  nonlocal_affinity, dropout_rate, stem):
+def _named_resnet(*, arch, depth, inflation, name, **kwargs):
+    """`VideoResNet` with the stage blocks of `depth` and the inflation rule of `arch`."""
     rule = INFLATION_RULES[arch]
     return VideoResNet(
         DEPTHS[depth],
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name or default_name(arch, depth, nonlocal_blocks, inflation),
+        name=name or default_name(arch, depth, kwargs["nonlocal_blocks"], inflation),
         conv1_time=rule["conv1_time"],
         inflated_blocks=rule["blocks"],
         inflation=inflation,
-        nonlocal_blocks=nonlocal_blocks,
-        nonlocal_mode=nonlocal_mode,
-        nonlocal_affinity=nonlocal_affinity,
-        dropout_rate=dropout_rate,
-        stem=stem,
+        **kwargs,
     )
 
 
@@ -338,12 +325,12 @@ def _load_weights(model, weights, spec):
     if weights is None:
         return
     if weights == "imagenet":
-        if spec["depth"] is None:
+        if spec.depth is None:
             raise ValueError("weights='imagenet' needs the ResNet-50/101 stages with width 64. "
                              f"Received: weights={weights!r}")
         from nonlocal_keras.applications.inflation import inflate_weights
 
-        source = getattr(keras.applications, f"ResNet{spec['depth']}")(
+        source = getattr(keras.applications, f"ResNet{spec.depth}")(
             include_top=False, weights="imagenet")
         inflate_weights(source, model)
     elif weights.endswith(".pkl"):

@@ -287,3 +287,31 @@ def test_too_small_clip_at_run_time(clip):
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
         graph(x)  # sizes known only when the graph runs
     assert graph(np.zeros((1, 1, 9, 9, 3), "float32")).shape == (1, 10)
+
+
+def test_channels_first_setting_is_refused():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match="channels-last clips .* only.*"
+                                             "Received: image_data_format='channels_first'"):
+            _small_net((8, 16, 16, 3))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
+def test_spec_is_frozen_and_builders_take_keywords():
+    import dataclasses
+
+    from nonlocal_keras.applications import video_resnet, video_resnet_spec
+
+    spec = video_resnet_spec.check_spec(
+        stage_blocks=(1, 1), width=8, conv1_time=1, inflated_blocks=None, inflation="3x1x1",
+        stage_strides=None, pool1=True, pool2=True, nonlocal_blocks={"res3": [0]},
+        dropout_rate=0.5, stem="8x8")
+    assert spec.nonlocal_blocks == {"res3": {0}} and spec.strides == (1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.depth = 50
+    with pytest.raises(TypeError):
+        video_resnet_spec.check_spec((1, 1), 8, 1, None, "3x1x1", None, True, True, 0, 0.5, "8x8")
+    with pytest.raises(TypeError):
+        video_resnet._named_resnet("c2d", 50, "3x1x1")
