@@ -205,3 +205,20 @@ def test_bad_mask_shape(mask_shape):
     layer = NonLocal2D()
     with pytest.raises(ValueError, match=r"Received: mask.shape=\(2, 4"):
         layer(np.zeros((2, 4, 8, 6), "float32"), mask=np.ones(mask_shape, bool))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="run from TensorFlow")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_masks_on_other_backends(backend):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip(backend)
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
