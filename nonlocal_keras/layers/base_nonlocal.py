@@ -74,11 +74,24 @@ class BaseNonLocal(layers.Layer):
         to float rounding.
 
     Call arguments:
-        inputs: `(batch, *positions, C)` (or channels first).
+        inputs: `(batch, *positions, C)` (or channels first); integer inputs
+            are cast to the compute dtype.
         training: BatchNormalization mode.
         return_attention_scores: also return the normalised affinity
             `(batch, N_q, N_k)`, or `(batch, groups, N_q, N_k)` for the
-            grouped affinities (queries in input order, keys after pooling).
+            grouped affinities (queries in input order, keys after pooling;
+            `attention_scores_shape` gives it).
+        mask: boolean `(batch, *positions)`, True at valid positions; Keras
+            passes the input's mask (`Embedding(mask_zero=True)`...). Masked
+            positions are no keys (the softmax gives them no weight, the other
+            modes divide by the count of valid keys), pooling takes each
+            window's maximum over its valid positions (a window with none is
+            no key), the BN's batch statistics skip them, and they come out
+            unchanged. The output keeps the mask.
+        attention_mask: boolean with the shape of the attention scores, as
+            `MultiHeadAttention`'s: True where a query may attend to a
+            (pooled) key; combined with `mask` by a logical and. A query with
+            no allowed key gets y = 0.
     """
 
     def __init__(
