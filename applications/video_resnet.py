@@ -3,8 +3,8 @@
 The architecture follows the official Caffe2 release (facebookresearch/
 video-nonlocal-net, `lib/models/resnet_video.py`, `resnet_helper.py`), which
 produced the released weights; see PAPER.md section 3. Everything that varies
-between the named models lives in the tables of `video_resnet_spec`; one builder reads them, and `VideoResNet` exposes it for custom (small)
-networks:
+between the named models lives in the tables of `video_resnet_spec`; one
+builder reads them, and `VideoResNet` exposes it for custom (small) networks:
 
     # The `make demo` size: 8x32x32 clips, no pool1 and no temporal pool2,
     # res2..res4 with 1 block each, one non-local block on the 8x4x4 map.
@@ -155,7 +155,7 @@ def VideoResNet(
                  bn_name="res_conv1_bn")
     if spec.pool1:
         pool_time = spec.pool1_time
-        x = layers.MaxPooling3D((pool_time, 3, 3), strides=(pool_time, 2, 2), name="pool1")(x)
+        x = _max_pool((pool_time, 3, 3), (pool_time, 2, 2), "pool1")(x)
     for stage_index, stage in enumerate(spec.stages):
         inner = width * 2**stage_index
         for block in range(spec.blocks[stage]):
@@ -166,7 +166,7 @@ def VideoResNet(
                 x = NonLocal3D(mode=nonlocal_mode, affinity=nonlocal_affinity,
                                name=f"{stage}_{block}_nonlocal")(x)
         if stage == "res2" and spec.pool2:
-            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), name="pool2")(x)
+            x = _max_pool((2, 1, 1), (2, 1, 1), "pool2")(x)
 
     if include_top:
         x = layers.GlobalAveragePooling3D(name="pool5")(x)
@@ -186,6 +186,15 @@ def VideoResNet(
     model = keras.Model(inputs, x, name=name)
     _load_weights(model, weights, spec)
     return model
+
+
+def _max_pool(window, strides, name):
+    # TensorFlow has no float16 MaxPool3D kernel on the CPU. A maximum is
+    # exact in float32, and so are the casts to it and back: under a float16
+    # compute dtype (float16, mixed_float16) the pools run in float32.
+    float16 = keras.config.dtype_policy().compute_dtype == "float16"
+    return layers.MaxPooling3D(window, strides=strides, name=name,
+                               dtype="float32" if float16 else None)
 
 
 def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):

@@ -315,3 +315,21 @@ def test_spec_is_frozen_and_builders_take_keywords():
         video_resnet_spec.check_spec((1, 1), 8, 1, None, "3x1x1", None, True, True, 0, 0.5, "8x8")
     with pytest.raises(TypeError):
         video_resnet._named_resnet("c2d", 50, "3x1x1")
+
+
+@pytest.mark.parametrize("policy", ["float16", "bfloat16"])
+def test_trains_under_pure_low_precision_policies(policy):
+    # Every variable in float16/bfloat16 (BN moving statistics included), as
+    # Keras' BatchNormalization allows; the classifier stays float32.
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = VideoResNet((1, 1), input_shape=(2, 20, 20, 3), classes=3, width=8,
+                            conv1_time=3, inflated_blocks={"res2": "all"},
+                            nonlocal_blocks={"res2": [0], "res3": [0]})
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("res2_0_nonlocal").bn.moving_mean.dtype == policy
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(2, 2, 20, 20, 3)).astype("float32")
+    history = model.fit(x, np.array([0, 2]), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

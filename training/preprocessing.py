@@ -7,9 +7,9 @@ the training pipeline and in a serving graph.
 
 Conventions (official video-nonlocal-net, `lib/core/config.py`): pixels stay on
 the 0..255 scale until normalisation, which subtracts `MEAN` and divides by
-`STD` per channel, the statistics of
-`nonlocal_keras.applications.preprocess_input` (imported from there). Spatial crops of the evaluation protocol sit at the
-start, centre and end of the longer side, as PySlowFast's `uniform_crop`.
+`STD` per channel: the statistics of `nonlocal_keras.applications.preprocess_input`,
+imported from there. Spatial crops of the evaluation protocol sit at the start,
+centre and end of the longer side, as PySlowFast's `uniform_crop`.
 """
 
 import tensorflow as tf
