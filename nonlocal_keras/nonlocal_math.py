@@ -25,6 +25,7 @@ the dot-product and concatenation modes.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from nonlocal_keras.utils import is_positive_int
@@ -87,8 +88,6 @@ def masked_max_pool(x, mask, pool_size):
 
 
 def _lowest(dtype):
-    import numpy as np
-
     dtype = keras.backend.standardize_dtype(dtype)
     if dtype == "bfloat16":
         return -3.3895313892515355e38

@@ -222,3 +222,10 @@ def test_masks_on_other_backends(backend):
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_bad_attention_mask_shape():
+    layer = NonLocal2D()
+    with pytest.raises(ValueError, match=r"scores' shape \(2, 32, 8\).*"
+                                         r"Received: attention_mask.shape=\(2, 32, 32\)"):
+        layer(np.zeros((2, 4, 8, 6), "float32"), attention_mask=np.ones((2, 32, 32), bool))

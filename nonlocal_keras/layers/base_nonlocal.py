@@ -236,6 +236,8 @@ class BaseNonLocal(layers.Layer):
                           inputs.shape)
         if mask is not None:
             mask = self._check_mask(mask, x)
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, inputs.shape)
         response = nonlocal_math.nonlocal_response(
             x,
             self.theta,
@@ -267,16 +269,21 @@ class BaseNonLocal(layers.Layer):
         return outputs
 
     def _check_mask(self, mask, x):
-        if tuple(mask.shape) != tuple(x.shape[:-1]) and (
-            len(mask.shape) != len(x.shape) - 1
-            or any(m is not None and d is not None and m != d
-                   for m, d in zip(mask.shape, x.shape[:-1]))
-        ):
+        if not _shapes_match(mask.shape, x.shape[:-1]):
             raise ValueError(
                 f"The mask of {type(self).__name__} must have the input's batch and "
                 f"position axes {tuple(x.shape[:-1])}. Received: mask.shape={tuple(mask.shape)}"
             )
         return ops.cast(mask, "bool")
+
+    def _check_attention_mask(self, attention_mask, input_shape):
+        expected = self.attention_scores_shape(input_shape)
+        shape = tuple(attention_mask.shape)
+        if not _shapes_match(shape, expected):
+            raise ValueError(
+                f"`attention_mask` of {type(self).__name__} must have the attention scores' "
+                f"shape {expected} (batch, [groups,] queries, pooled keys). "
+                f"Received: attention_mask.shape={shape}")
 
     def compute_output_shape(self, input_shape):
         shape = self._channels_last_shape(input_shape)
@@ -351,6 +358,12 @@ def _check_choice(name, value, choices):
             f"Received: {name}={value!r}"
         )
     return value
+
+
+def _shapes_match(shape, expected):
+    """Same rank, and equal wherever both sizes are known."""
+    return len(shape) == len(expected) and all(
+        a is None or b is None or a == b for a, b in zip(shape, expected))
 
 
 def _is_real(value):
