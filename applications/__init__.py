@@ -16,14 +16,18 @@ from nonlocal_keras.applications.video_resnet import (
     I3DResNet101,
     VideoResNet,
 )
+from nonlocal_keras.applications.video_resnet_preprocessing import MEAN, STD, preprocess_input
 
 __all__ = [
     "C2DResNet50",
     "C2DResNet101",
     "I3DResNet50",
     "I3DResNet101",
+    "MEAN",
+    "STD",
     "VideoResNet",
     "convert_caffe2_weights",
     "inflate_weights",
     "load_caffe2_weights",
+    "preprocess_input",
 ]

@@ -150,25 +150,11 @@ def _with_affine_statistics(blobs, needed):
     return filled
 
 
-def caffe2_blobs(model):
-    """The inverse of `load_caffe2_weights`: `{blob name: array}` in Caffe2 layouts."""
-    return {name: _to_caffe2(np.asarray(variable), layout)
-            for variable, name, layout in caffe2_blob_map(model)}
-
-
 def _to_keras(value, layout):
     if layout == "conv" and value.ndim == 5:
         return np.transpose(value, (2, 3, 4, 1, 0))
     if layout == "dense":
         return value.reshape(value.shape[:2]).T
-    return value
-
-
-def _to_caffe2(value, layout):
-    if layout == "conv":
-        return np.transpose(value, (4, 3, 0, 1, 2))
-    if layout == "dense":
-        return value.T
     return value
 
 

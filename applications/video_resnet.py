@@ -3,9 +3,8 @@
 The architecture follows the official Caffe2 release (facebookresearch/
 video-nonlocal-net, `lib/models/resnet_video.py`, `resnet_helper.py`), which
 produced the released weights; see PAPER.md section 3. Everything that varies
-between the named models lives in the tables of `video_resnet_spec` (re-exported
-here); one builder reads them, and `VideoResNet` exposes it for custom (small)
-networks:
+between the named models lives in the tables of `video_resnet_spec`; one
+builder reads them, and `VideoResNet` exposes it for custom (small) networks:
 
     # The `make demo` size: 8x32x32 clips, no pool1 and no temporal pool2,
     # res2..res4 with 1 block each, one non-local block on the 8x4x4 map.
@@ -14,7 +13,10 @@ networks:
                         nonlocal_blocks={"res4": [0]})
 
 Choices (where the paper, the issue or the official code are silent or differ):
-- Channels last only (`(batch, T, H, W, C)`); the global data format is never read.
+- Channels last only (`(batch, T, H, W, C)`): every layer is given
+  `data_format="channels_last"`, and the constructors raise a ValueError
+  while the global image data format is `"channels_first"` (the clips and
+  weights would not be what that setting promises).
 - Every convolution is bias-free and followed by BatchNormalization
   (epsilon 1e-5, momentum 0.9, as `Conv3dBN` in the official code; Keras' layer,
   trained with TensorFlow's fused kernel: `FusedBatchNormalization`); kernels are
@@ -34,7 +36,7 @@ Choices (where the paper, the issue or the official code are silent or differ):
   convolution + BN where the shape changes.
 - `nonlocal_blocks` (an int, a stage name or `{stage: [block indices]}`) puts a
   `NonLocal3D` (official defaults) right after the listed residual blocks. The
-  integer layouts are `NONLOCAL_LAYOUTS`: they follow the official `LAYER_MOD`
+  integer layouts are `video_resnet_spec.NONLOCAL_LAYOUTS`: they follow the official `LAYER_MOD`
   rule where the official code defines them. For ResNet-101 the official code
   has no 10-block setting: we use every block of res3 and every fourth block of
   res4 ending at its last (2, 6, ..., 22); the 1-block layout is "before the
@@ -51,18 +53,20 @@ Choices (where the paper, the issue or the official code are silent or differ):
 
 import keras
 from keras import layers
+from keras.saving import register_keras_serializable
 
-from nonlocal_keras.applications.video_resnet_spec import (  # noqa: F401 (tables re-exported)
+from nonlocal_keras.applications.video_resnet_spec import (
     DEPTHS,
     INFLATION_RULES,
     INFLATIONS,
-    NONLOCAL_LAYOUTS,
-    STAGES,
     check_head,
     check_input_shape,
     check_spec,
+    clip_size_rules,
+    smallest_clip,
 )
 from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
+from nonlocal_keras.utils import checked_sizes
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -120,7 +124,7 @@ def VideoResNet(
             1 for res2 and 2 for the others.
         pool1: the 1x3x3 max pool after conv1.
         pool2: the 2x1x1 temporal max pool after res2.
-        nonlocal_blocks: 0, a count in `NONLOCAL_LAYOUTS` (ResNet-50/101
+        nonlocal_blocks: 0, a count in `video_resnet_spec.NONLOCAL_LAYOUTS` (ResNet-50/101
             stage layouts only), a stage name (one block before that stage's
             last block) or `{stage: [block indices]}`.
         nonlocal_mode, nonlocal_affinity: `mode` and `affinity` of every
@@ -135,27 +139,34 @@ def VideoResNet(
     Returns:
         A `keras.Model`.
     """
-    spec = check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation,
-                      stage_strides, pool1, pool2, nonlocal_blocks, dropout_rate, stem)
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "The video ResNets take channels-last clips (batch, T, H, W, C) only; call "
+            "keras.config.set_image_data_format('channels_last') before building one. "
+            f"Received: image_data_format={keras.config.image_data_format()!r}")
+    spec = check_spec(stage_blocks=stage_blocks, width=width, conv1_time=conv1_time,
+                      inflated_blocks=inflated_blocks, inflation=inflation,
+                      stage_strides=stage_strides, pool1=pool1, pool2=pool2,
+                      nonlocal_blocks=nonlocal_blocks, dropout_rate=dropout_rate, stem=stem)
     check_head(include_top, pooling, classes, weights)
-    inputs = x = _input(input_tensor, input_shape, spec)
+    inputs, x = _input(input_tensor, input_shape, spec)
 
-    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec["conv1_time_stride"], 2, 2), "conv1",
+    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec.conv1_time_stride, 2, 2), "conv1",
                  bn_name="res_conv1_bn")
-    if spec["pool1"]:
-        pool_time = spec["pool1_time"]
-        x = layers.MaxPooling3D((pool_time, 3, 3), strides=(pool_time, 2, 2), name="pool1")(x)
-    for stage_index, stage in enumerate(spec["stages"]):
+    if spec.pool1:
+        pool_time = spec.pool1_time
+        x = _max_pool((pool_time, 3, 3), (pool_time, 2, 2), "pool1")(x)
+    for stage_index, stage in enumerate(spec.stages):
         inner = width * 2**stage_index
-        for block in range(spec["blocks"][stage]):
-            time = 3 if block in spec["inflated"].get(stage, ()) else 1
-            stride = spec["strides"][stage_index] if block == 0 else 1
-            x = _bottleneck(x, inner, stride, time, spec["inflation"], f"{stage}_{block}")
-            if block in spec["nonlocal"].get(stage, ()):
+        for block in range(spec.blocks[stage]):
+            time = 3 if block in spec.inflated.get(stage, ()) else 1
+            stride = spec.strides[stage_index] if block == 0 else 1
+            x = _bottleneck(x, inner, stride, time, spec.inflation, f"{stage}_{block}")
+            if block in spec.nonlocal_blocks.get(stage, ()):
                 x = NonLocal3D(mode=nonlocal_mode, affinity=nonlocal_affinity,
                                name=f"{stage}_{block}_nonlocal")(x)
-        if stage == "res2" and spec["pool2"]:
-            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), name="pool2")(x)
+        if stage == "res2" and spec.pool2:
+            x = _max_pool((2, 1, 1), (2, 1, 1), "pool2")(x)
 
     if include_top:
         x = layers.GlobalAveragePooling3D(name="pool5")(x)
@@ -175,6 +186,15 @@ def VideoResNet(
     model = keras.Model(inputs, x, name=name)
     _load_weights(model, weights, spec)
     return model
+
+
+def _max_pool(window, strides, name):
+    # TensorFlow has no float16 MaxPool3D kernel on the CPU. A maximum is
+    # exact in float32, and so are the casts to it and back: under a float16
+    # compute dtype (float16, mixed_float16) the pools run in float32.
+    float16 = keras.config.dtype_policy().compute_dtype == "float16"
+    return layers.MaxPooling3D(window, strides=strides, name=name,
+                               dtype="float32" if float16 else None)
 
 
 def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
@@ -219,9 +239,7 @@ def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("c2d", 50, "3x1x1", include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="c2d", depth=50, inflation="3x1x1", **locals())
 
 
 def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -229,9 +247,7 @@ def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("c2d", 101, "3x1x1", include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="c2d", depth=101, inflation="3x1x1", **locals())
 
 
 def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -243,9 +259,7 @@ def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
     """
-    return _named_resnet("i3d", 50, inflation, include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="i3d", depth=50, **locals())
 
 
 def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -254,9 +268,7 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
                  stem="8x8"):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
-    return _named_resnet("i3d", 101, inflation, include_top, weights, input_tensor, input_shape,
-                         pooling, classes, classifier_activation, name, nonlocal_blocks,
-                         nonlocal_mode, nonlocal_affinity, dropout_rate, stem)
+    return _named_resnet(arch="i3d", depth=101, **locals())
 
 
 def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
@@ -267,51 +279,67 @@ def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
     return f"{prefix}{arch}{variant}_resnet{depth}"
 
 
-def _named_resnet(arch, depth, inflation, include_top, weights, input_tensor, input_shape,
-                  pooling, classes, classifier_activation, name, nonlocal_blocks, nonlocal_mode,
-                  nonlocal_affinity, dropout_rate, stem):
+def _named_resnet(*, arch, depth, inflation, name, **kwargs):
+    """`VideoResNet` with the stage blocks of `depth` and the inflation rule of `arch`."""
     rule = INFLATION_RULES[arch]
     return VideoResNet(
         DEPTHS[depth],
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name or default_name(arch, depth, nonlocal_blocks, inflation),
+        name=name or default_name(arch, depth, kwargs["nonlocal_blocks"], inflation),
         conv1_time=rule["conv1_time"],
         inflated_blocks=rule["blocks"],
         inflation=inflation,
-        nonlocal_blocks=nonlocal_blocks,
-        nonlocal_mode=nonlocal_mode,
-        nonlocal_affinity=nonlocal_affinity,
-        dropout_rate=dropout_rate,
-        stem=stem,
+        **kwargs,
     )
 
 
 def _input(input_tensor, input_shape, spec):
+    """The input, and the input after a run-time check of the clip size."""
     input_shape = check_input_shape(input_tensor, input_shape, spec)
     if input_tensor is None:
-        return layers.Input(input_shape, name="clips")
-    if not keras.backend.is_keras_tensor(input_tensor):
+        input_tensor = layers.Input(input_shape, name="clips")
+    elif not keras.backend.is_keras_tensor(input_tensor):
         raise ValueError("`input_tensor` must be a Keras tensor (`keras.Input(...)` or a "
                          f"layer's output). Received: input_tensor={input_tensor!r}")
-    return input_tensor
+    if None in input_shape[:3]:
+        check = ClipSizeCheck(smallest_clip(spec, input_shape[-1]), name="clip_size_check")
+        return input_tensor, check(input_tensor)
+    return input_tensor, input_tensor
+
+
+@register_keras_serializable(package="nonlocal_keras")
+class ClipSizeCheck(layers.Layer):
+    """The identity, after checking that a clip is at least `smallest` (T, H, W, C).
+
+    Put after an input of unknown size: a clip too small then fails with the
+    message `VideoResNet` gives for a too small `input_shape`, instead of an
+    error deep inside a pooling kernel.
+    """
+
+    def __init__(self, smallest, **kwargs):
+        super().__init__(**kwargs)
+        self.smallest = tuple(int(s) for s in smallest)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return checked_sizes(inputs, clip_size_rules(self.smallest), inputs.shape[1:])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "smallest": self.smallest}
 
 
 def _load_weights(model, weights, spec):
     if weights is None:
         return
     if weights == "imagenet":
-        if spec["depth"] is None:
+        if spec.depth is None:
             raise ValueError("weights='imagenet' needs the ResNet-50/101 stages with width 64. "
                              f"Received: weights={weights!r}")
         from nonlocal_keras.applications.inflation import inflate_weights
 
-        source = getattr(keras.applications, f"ResNet{spec['depth']}")(
+        source = getattr(keras.applications, f"ResNet{spec.depth}")(
             include_top=False, weights="imagenet")
         inflate_weights(source, model)
     elif weights.endswith(".pkl"):

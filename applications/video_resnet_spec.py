@@ -1,13 +1,16 @@
 """The video ResNets' architecture tables, and the checks that turn arguments into a spec.
 
-`video_resnet.VideoResNet` builds from the dict `check_spec` returns; every
-argument is checked here, before any layer exists, with a message that names
-the argument and the value received.
+`video_resnet.VideoResNet` builds from the `VideoResNetSpec` that `check_spec`
+returns; every argument is checked here, before any layer exists, with a
+message that names the argument and the value received.
 """
 
+import dataclasses
 import os
 
-from nonlocal_keras.utils import is_positive_int
+import keras
+
+from nonlocal_keras.utils import checked_sizes, is_positive_int
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -49,9 +52,41 @@ NONLOCAL_LAYOUTS = {
 }
 
 
-def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
+@dataclasses.dataclass(frozen=True)
+class VideoResNetSpec:
+    """A checked video ResNet architecture, what the builder reads.
+
+    Attributes:
+        stages: stage names, `("res2", ...)`.
+        blocks: `{stage: residual blocks}`.
+        depth: 50 or 101 for the ResNet-50/101 layouts at width 64, else None.
+        strides: spatial stride of each stage's first block.
+        conv1_time, conv1_time_stride: conv1's temporal kernel and stride.
+        pool1, pool1_time: whether pool1 exists, and its temporal window.
+        pool2: whether the temporal pool after res2 exists.
+        inflation: `"3x1x1"` or `"3x3x3"`.
+        inflated: `{stage: set of block indices}` with a temporal kernel.
+        nonlocal_blocks: `{stage: set of block indices}` followed by a
+            non-local block.
+    """
+
+    stages: tuple
+    blocks: dict
+    depth: object
+    strides: tuple
+    conv1_time: int
+    conv1_time_stride: int
+    pool1: bool
+    pool1_time: int
+    pool2: bool
+    inflation: str
+    inflated: dict
+    nonlocal_blocks: dict
+
+
+def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
                pool1, pool2, nonlocal_blocks, dropout_rate, stem):
-    """`VideoResNet`'s architecture arguments, checked, as a dict the builder reads."""
+    """`VideoResNet`'s architecture arguments, checked, as a `VideoResNetSpec`."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
     if not 1 <= len(blocks) <= len(STAGES) or not all(is_positive_int(n) for n in blocks):
         raise ValueError("`stage_blocks` must be 1 to 4 positive integers (res2, res3, ...). "
@@ -77,19 +112,19 @@ def check_spec(stage_blocks, width, conv1_time, inflated_blocks, inflation, stag
         raise ValueError("`dropout_rate` must be in [0, 1). "
                          f"Received: dropout_rate={dropout_rate!r}")
     stage_sizes = dict(zip(stages, blocks))
-    return {
-        "stages": stages,
-        "blocks": stage_sizes,
-        "depth": next((d for d, b in DEPTHS.items() if b == blocks and width == 64), None),
-        "strides": tuple(strides),
-        "conv1_time": conv1_time,
+    return VideoResNetSpec(
+        stages=stages,
+        blocks=stage_sizes,
+        depth=next((d for d, b in DEPTHS.items() if b == blocks and width == 64), None),
+        strides=tuple(strides),
+        conv1_time=conv1_time,
         **STEMS[stem],
-        "inflation": inflation,
-        "inflated": _block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
-        "nonlocal": _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
-        "pool1": bool(pool1),
-        "pool2": bool(pool2),
-    }
+        pool1=bool(pool1),
+        pool2=bool(pool2),
+        inflation=inflation,
+        inflated=_block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
+        nonlocal_blocks=_nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
+    )
 
 
 def _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes):
@@ -173,38 +208,46 @@ def check_input_shape(input_tensor, input_shape, spec):
         raise ValueError("`input_shape` must be (frames, height, width, channels), "
                          "channels known, None allowed elsewhere. "
                          f"Received: input_shape={input_shape!r}")
-    smallest_time = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
-    smallest_space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
-    frames, height, width = input_shape[:3]
-    if ((frames is not None and not _temporal_size_fits(frames, spec))
-            or any(s is not None and not _spatial_size_fits(s, spec) for s in (height, width))):
-        raise ValueError(
-            "`input_shape` is too small for this network: the smallest allowed is "
-            f"({smallest_time}, {smallest_space}, {smallest_space}, {input_shape[-1]}). "
-            f"Received: input_shape={input_shape}")
+    checked_sizes(keras.KerasTensor((None,) + input_shape),
+                  clip_size_rules(smallest_clip(spec, input_shape[-1])), input_shape)
     return input_shape
+
+
+def smallest_clip(spec, channels):
+    """The smallest `(T, H, W, C)` that survives conv1, the pools and the
+    non-local blocks' windows (every stage is monotone in the size)."""
+    frames = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
+    space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
+    return (frames, space, space, channels)
+
+
+def clip_size_rules(smallest):
+    """`utils.checked_sizes` rules for `(batch, T, H, W, C)` clips."""
+    message = ("`input_shape` is too small for this network: the smallest allowed is "
+               f"{tuple(smallest)}.")
+    return [(1 + axis, "at_least", size, message) for axis, size in enumerate(smallest[:3])]
 
 
 def _temporal_size_fits(size, spec):
     """Whether a clip length survives conv1, pool1 and pool2."""
-    size = (size - 1) // spec["conv1_time_stride"] + 1  # padded by conv1_time // 2
-    if spec["pool1"] and spec["pool1_time"] > 1:
-        if size < spec["pool1_time"]:
+    size = (size - 1) // spec.conv1_time_stride + 1  # padded by conv1_time // 2
+    if spec.pool1 and spec.pool1_time > 1:
+        if size < spec.pool1_time:
             return False
-        size //= spec["pool1_time"]
-    return not spec["pool2"] or size >= 2
+        size //= spec.pool1_time
+    return not spec.pool2 or size >= 2
 
 
 def _spatial_size_fits(size, spec):
     """Whether a height/width survives conv1, pool1 and the non-local pooling."""
     size = (size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
-    if spec["pool1"]:
+    if spec.pool1:
         if size < 3:
             return False
         size = (size - 3) // 2 + 1
-    for stage, stride in zip(spec["stages"], spec["strides"]):
+    for stage, stride in zip(spec.stages, spec.strides):
         size = (size - 1) // stride + 1  # 3x3, padding 1
-        if spec["nonlocal"].get(stage) and size < 2:  # 1x2x2 pool before phi and g
+        if spec.nonlocal_blocks.get(stage) and size < 2:  # 1x2x2 pool before phi and g
             return False
     return True
 

@@ -25,6 +25,7 @@ the dot-product and concatenation modes.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from nonlocal_keras.utils import is_positive_int
@@ -68,7 +69,32 @@ def max_pool(x, pool_size):
     return ops.reshape(x, (batch, frames, height, width, channels))
 
 
-def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None):
+def masked_max_pool(x, mask, pool_size):
+    """`max_pool` over each window's valid positions; `(pooled, pooled_mask)`.
+
+    `mask` is a boolean `(batch, *positions)` (None: every position valid,
+    and the pooled mask is None too). A window with no valid position gives
+    a zero, never used: its pooled mask entry is False. Zeros rather than the
+    fill value keep phi and g finite there (the fill overflows float16 once
+    projected), and 0 * a finite value cannot make a NaN in the products.
+    """
+    if mask is None:
+        return max_pool(x, pool_size), None
+    mask = ops.cast(mask, "bool")
+    lowest = ops.cast(_lowest(x.dtype), x.dtype)
+    pooled = max_pool(ops.where(mask[..., None], x, lowest), pool_size)
+    pooled_mask = max_pool(ops.cast(mask, "float32")[..., None], pool_size)[..., 0] > 0.5
+    return ops.where(pooled_mask[..., None], pooled, ops.zeros_like(pooled)), pooled_mask
+
+
+def _lowest(dtype):
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "bfloat16":
+        return -3.3895313892515355e38
+    return float(np.finfo(dtype).min)
+
+
+def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
     """Normalised affinity `f(x_i, x_j) / C(x)`, in float32.
 
     Args:
@@ -79,10 +105,15 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None):
         w_f: `(2 * C, 1)` weights of the concatenation mode's projection.
         key_bias: `(..., 1, N_k)` added to every query's logits, or None (the
             reassociated order's share of theta's bias, see `reassociates`).
+        valid: float32 1/0 broadcastable to `(..., N_q, N_k)`: which pairs may
+            attend; None for all of them.
 
     Returns:
         `(..., N_q, N_k)` float32 weights that sum to one over `j` in the
-        softmax modes and are divided by `N_k` in the others.
+        softmax modes and are divided by `N_k` in the others. With `valid`,
+        excluded pairs weigh 0, the softmax runs over the allowed keys and
+        the other modes divide by the number of allowed keys; a query with
+        no allowed key gets all-zero weights (so y_i = 0).
     """
     theta = ops.cast(theta, "float32")
     phi = ops.cast(phi, "float32")
@@ -101,10 +132,18 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None):
         f = ops.einsum("...qc,...kc->...qk", theta, phi)
         if key_bias is not None:
             f = f + key_bias
+    if valid is None:
+        if mode in SOFTMAX_MODES:
+            return ops.softmax(f, axis=-1)
+        return f / ops.cast(ops.shape(phi)[-2], "float32")
+    allowed = valid > 0.5
     if mode in SOFTMAX_MODES:
-        return ops.softmax(f, axis=-1)
-    num_keys = ops.cast(ops.shape(phi)[-2], "float32")
-    return f / num_keys
+        # A finite fill, not -inf: a row with no allowed key stays finite
+        # (uniform), and the product with `valid` then zeroes it.
+        f = ops.where(allowed, f, ops.full_like(f, _lowest("float32")))
+        return ops.softmax(f, axis=-1) * valid
+    count = ops.sum(ops.broadcast_to(valid, ops.shape(f)), axis=-1, keepdims=True)
+    return ops.where(allowed, f, ops.zeros_like(f)) / ops.maximum(count, 1.0)
 
 
 def aggregate(affinity, g):
@@ -148,6 +187,8 @@ def nonlocal_response(
     w_f=None,
     return_attention_scores=False,
     chunk_size=None,
+    mask=None,
+    attention_mask=None,
 ):
     """`W_z y` of a non-local block: its response before the BN and the residual.
 
@@ -179,11 +220,18 @@ def nonlocal_response(
             more than `AUTO_MAX_AFFINITY` entries, in slices of about
             `AUTO_CHUNK_ELEMENTS` entries. Chunking needs the number of
             queries known when tracing; otherwise the plain path is used.
+        mask: boolean `(batch, *positions)`, the valid positions, or None.
+            Pooling takes each window's maximum over its valid positions; a
+            window with none is not a key. (Invalid queries are computed as
+            any other: the caller discards them.)
+        attention_mask: boolean with the shape of the attention scores (see
+            `return_attention_scores`): which (query, pooled key) pairs may
+            attend, combined with `mask` by a logical and.
 
     Returns:
         `W_z y` with the shape of `x`, and the attention scores when asked for.
     """
-    pooled = max_pool(x, pool_size)
+    pooled, key_mask = masked_max_pool(x, mask, pool_size)
     embedded = mode != "gaussian"
     keys = phi(pooled) if embedded else pooled
     values = g(pooled)
@@ -206,7 +254,9 @@ def nonlocal_response(
         values = ops.matmul(values, ops.cast(w_z.kernel, values.dtype))
 
     grouping = _GROUPINGS[affinity]
-    q, k, v, restore = grouping(queries, keys, values, pool_size)
+    q, group_keys, restore = grouping(queries, keys, pool_size)
+    k, v = group_keys(keys), group_keys(values)
+    valid = _valid_pairs(key_mask, attention_mask, group_keys, q, k)
     key_bias = None
     if reassociate_keys:
         # (x_i W_theta + b_theta) . k_j = x_i . (k_j W_theta^T) + b_theta . k_j
@@ -221,9 +271,9 @@ def nonlocal_response(
         chunk = resolve_chunk_size(chunk_size, q.shape[-2], k.shape[-2])
     weights = None
     if chunk is not None:
-        y = _chunked(q, k, v, chunk, mode, w_f, key_bias)
+        y = _chunked(q, k, v, chunk, mode, w_f, key_bias, valid)
     else:
-        weights = pairwise_affinity(q, k, mode, w_f=w_f, key_bias=key_bias)
+        weights = pairwise_affinity(q, k, mode, w_f=w_f, key_bias=key_bias, valid=valid)
         y = aggregate(weights, v)
     y, weights = restore(y, weights)
     if not reassociate:
@@ -233,6 +283,21 @@ def nonlocal_response(
     if return_attention_scores:
         return y, weights
     return y
+
+
+def _valid_pairs(key_mask, attention_mask, group_keys, q, k):
+    """float32 1/0 of the allowed pairs, broadcastable to the grouped affinity."""
+    valid = None
+    if key_mask is not None:
+        grouped = group_keys(ops.cast(key_mask, "float32")[..., None])
+        valid = ops.swapaxes(grouped, -1, -2)  # (groups, 1, N_k)
+    if attention_mask is not None:
+        # The scores' layout is (batch, [groups,] N_q, N_k), in the groups'
+        # order: merging its leading axes gives the grouped affinity's.
+        pairs = ops.cast(ops.cast(attention_mask, "bool"), "float32")
+        pairs = ops.reshape(pairs, (-1, ops.shape(q)[-2], ops.shape(k)[-2]))
+        valid = pairs if valid is None else valid * pairs
+    return valid
 
 
 def _size(positions):
@@ -273,7 +338,7 @@ def resolve_chunk_size(chunk_size, num_queries, num_keys):
     return chunk_size if chunk_size < num_queries else None
 
 
-def _chunked(q, k, v, chunk, mode, w_f, key_bias):
+def _chunked(q, k, v, chunk, mode, w_f, key_bias, valid=None):
     # The same two functions as the plain path, on slices of the queries. A
     # Python loop over static slices rather than ops.map/scan: each slice is
     # then one plain keras.remat region on every backend, whereas the
@@ -283,8 +348,11 @@ def _chunked(q, k, v, chunk, mode, w_f, key_bias):
     # itself, tf.recompute_grad returns its gradient both as an input's and
     # as a watched variable's, and the two add up to twice the true value.
     # Extras are positional: what remat differentiates is its positional inputs.
-    extra = {"w_f": None if w_f is None else ops.copy(w_f), "key_bias": key_bias}
+    # A per-query `valid` (from an attention mask) is sliced with the queries.
+    extra = {"w_f": None if w_f is None else ops.copy(w_f), "key_bias": key_bias,
+             "valid": valid}
     extra = {name: t for name, t in extra.items() if t is not None}
+    per_query = valid is not None and valid.shape[-2] != 1
 
     def one_chunk(q_chunk, k, v, *tensors):
         weights = pairwise_affinity(q_chunk, k, mode, **dict(zip(extra, tensors)))
@@ -292,10 +360,12 @@ def _chunked(q, k, v, chunk, mode, w_f, key_bias):
 
     one_chunk = keras.remat(one_chunk)
     num_queries = q.shape[-2]
-    ys = [
-        one_chunk(q[..., start:start + chunk, :], k, v, *extra.values())
-        for start in range(0, num_queries, chunk)
-    ]
+    ys = []
+    for start in range(0, num_queries, chunk):
+        rows = slice(start, start + chunk)
+        tensors = [t[..., rows, :] if name == "valid" and per_query else t
+                   for name, t in extra.items()]
+        ys.append(one_chunk(q[..., rows, :], k, v, *tensors))
     return ops.concatenate(ys, axis=-2)
 
 
@@ -304,24 +374,24 @@ def _flatten_positions(t):
     return ops.reshape(t, (shape[0], -1, shape[-1]))
 
 
-def _spacetime(queries, keys, values, pool_size):
+# Each grouping returns the grouped queries, the function that groups every
+# key-side tensor (keys, values, the key mask) alike, and `restore`, which
+# brings y (and the weights, when there are any) back to the input's layout.
+
+def _spacetime(queries, keys, pool_size):
     shape = ops.shape(queries)
 
     def restore(y, weights):
         return ops.reshape(y, tuple(shape[:-1]) + (ops.shape(y)[-1],)), weights
 
-    return (
-        _flatten_positions(queries),
-        _flatten_positions(keys),
-        _flatten_positions(values),
-        restore,
-    )
+    return _flatten_positions(queries), _flatten_positions, restore
 
 
-def _space(queries, keys, values, pool_size):
+def _space(queries, keys, pool_size):
     # Group by pooled frame: frames [t * pt, (t + 1) * pt) share keys frame t.
     batch, frames, height, width, _ = ops.shape(queries)
     pooled_frames = ops.shape(keys)[1]
+    key_positions = ops.shape(keys)[2] * ops.shape(keys)[3]
     pt = pool_size[0]
 
     def group(t, positions):
@@ -334,16 +404,10 @@ def _space(queries, keys, values, pool_size):
         n_q, n_k = ops.shape(weights)[-2:]
         return y, ops.reshape(weights, (batch, pooled_frames, n_q, n_k))
 
-    key_positions = ops.shape(keys)[2] * ops.shape(keys)[3]
-    return (
-        group(queries, pt * height * width),
-        group(keys, key_positions),
-        group(values, key_positions),
-        restore,
-    )
+    return group(queries, pt * height * width), lambda t: group(t, key_positions), restore
 
 
-def _time(queries, keys, values, pool_size):
+def _time(queries, keys, pool_size):
     # Group by pooled spatial cell: the query (t, h, w) sees the keys of cell
     # (h // ph, w // pw) in every pooled frame.
     batch, frames, height, width, _ = ops.shape(queries)
@@ -370,7 +434,7 @@ def _time(queries, keys, values, pool_size):
         n_q, n_k = ops.shape(weights)[-2:]
         return y, ops.reshape(weights, (batch, cells_h * cells_w, n_q, n_k))
 
-    return group_queries(queries), group_keys(keys), group_keys(values), restore
+    return group_queries(queries), group_keys, restore
 
 
 _GROUPINGS = {"spacetime": _spacetime, "space": _space, "time": _time}

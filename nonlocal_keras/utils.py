@@ -1,6 +1,7 @@
-"""Small tools: counting a model's multiply-adds, and an argument check."""
+"""Small tools: counting a model's multiply-adds, argument and size checks."""
 
 import math
+import numbers
 
 # Convolutions and matrix products: their multiply-adds are the product of the
 # output's size and the length of the contracted axis (or kernel window).
@@ -11,8 +12,47 @@ _MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 
 
 def is_positive_int(value):
-    """True for an int >= 1; False for bools (an int subclass), floats, None."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """True for an integer >= 1 (NumPy's too); False for bools, floats, None."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 1)
+
+
+def checked_sizes(x, rules, input_shape):
+    """`x` after checking the sizes of some of its axes; ValueError or assertion.
+
+    `rules` holds `(axis, requirement, value, message)`: the size of `x` on
+    `axis` must be at least `value` (`"at_least"`) or a multiple of it
+    (`"multiple"`); `message` must not name the size, so that the static and
+    the run-time checks say the same words. A size known when tracing (eager,
+    JAX, PyTorch, and TensorFlow graphs of known shape) fails with
+    `ValueError(message + " Received: input_shape=...")`. A size known only
+    when a TensorFlow graph runs gets an assertion with the same words, which
+    the returned `x` depends on, so that it fires before the ops that would
+    crash (oneDNN pooling refuses a window larger than the map). XLA drops
+    assertions: a jit-compiled graph traced with unknown sizes is unchecked.
+    """
+    def fails(size, requirement, value):
+        return size < value if requirement == "at_least" else size % value != 0
+
+    dynamic = []
+    for axis, requirement, value, message in rules:
+        size = x.shape[axis]
+        if size is None:
+            dynamic.append((axis, requirement, value, message))
+        elif fails(size, requirement, value):
+            raise ValueError(f"{message} Received: input_shape={tuple(input_shape)}")
+    import keras
+
+    if not dynamic or keras.backend.backend() != "tensorflow" or isinstance(x, keras.KerasTensor):
+        return x
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    checks = [tf.debugging.Assert(tf.logical_not(fails(shape[axis], requirement, value)),
+                                  [message, "Received: input_shape=", shape])
+              for axis, requirement, value, message in dynamic]
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
 
 
 def count_flops(model, input_shape=None, batch_size=1):

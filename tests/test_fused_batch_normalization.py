@@ -151,3 +151,34 @@ def test_config_round_trip_and_block_uses_it():
     assert type(block.bn) is FusedBatchNormalization
     step = tf.function(lambda t: block(t, training=True))
     assert "FusedBatchNormV3" in _op_types(step, tf.zeros((1, 2, 4, 4, 8)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_trains_under_pure_low_precision_policies(dtype):
+    # As Keras' own BatchNormalization correctness test: fit on data of mean
+    # 5 and std 10, then the normalised predictions have mean 0 and std 1
+    # (here under a policy whose variables are float16/bfloat16 too).
+    rng = np.random.default_rng(6)
+    x = rng.normal(5.0, 10.0, (1000, 6)).astype("float32")
+    layer = FusedBatchNormalization(momentum=0.8, dtype=dtype)
+    model = keras.Sequential([keras.Input((6,)), layer])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, x, epochs=4, batch_size=100, verbose=0)
+    assert layer.moving_mean.dtype == dtype
+    out = keras.ops.convert_to_numpy(model(x, training=False)).astype("float64")
+    gamma = np.asarray(layer.gamma, np.float64)
+    beta = np.asarray(layer.beta, np.float64)
+    normalised = (out - beta) / gamma
+    # bfloat16 keeps 8 bits of mantissa: the statistics are good to ~1%.
+    np.testing.assert_allclose(normalised.mean(0), 0.0, atol=0.1)
+    np.testing.assert_allclose(normalised.std(0), 1.0, atol=0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_nonlocal_block_trains_under_pure_low_precision(dtype):
+    x = np.random.default_rng(7).normal(size=(2, 2, 4, 4, 8)).astype("float32")
+    model = keras.Sequential([keras.Input(x.shape[1:]), NonLocal3D(dtype=dtype)])
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(x, x * 0.5, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert model.layers[0].bn.moving_variance.dtype == dtype

@@ -57,3 +57,38 @@ def test_first_frame_reader_is_the_last_frame_query_with_most_frame0_attention()
         assert readers[b] == best
         np.testing.assert_allclose(mass[b, best[0], best[1]], totals[best], rtol=1e-6)
         np.testing.assert_allclose(maps[b], grid[b, 7, best[0], best[1], 0], rtol=1e-6)
+
+
+def test_find_nonlocal_layer_searches_nested_models():
+    import keras
+
+    from nonlocal_keras.layers import NonLocal3D
+    from nonlocal_keras.training import attention_map
+
+    inner_input = keras.Input((2, 4, 4, 6))
+    block = NonLocal3D(name="inner_block")
+    inner = keras.Model(inner_input, block(keras.layers.ReLU()(inner_input)), name="inner")
+    outer_input = keras.Input((2, 4, 4, 6))
+    outer = keras.Model(outer_input, inner(keras.layers.Dense(6)(outer_input)))
+    assert attention_map.find_nonlocal_layer(outer) is block
+    with pytest.raises(ValueError, match="has no non-local block"):
+        attention_map.find_nonlocal_layer(keras.Sequential([keras.Input((3,)),
+                                                            keras.layers.Dense(2)]))
+
+
+def test_picture_rows_share_one_colour_scale(monkeypatch, tmp_path):
+    from nonlocal_keras.training import attention_map, demo_model
+
+    model = demo_model.DemoC2D(input_shape=(8, 32, 32, 3), width=8)
+    frames = np.random.default_rng(2).integers(0, 256, (2, 8, 32, 32, 3)).astype("uint8")
+    monkeypatch.setattr(attention_map, "_test_examples",
+                        lambda root, count: (frames, [0, 1], [0, 3]))
+    drawn = []
+    original = attention_map._overlay
+    monkeypatch.setattr(attention_map, "_overlay", lambda axis, image, heat, title, vmax: (
+        drawn.append((np.asarray(heat), vmax)), original(axis, image, heat, title, vmax))[-1])
+    attention_map.save_marker_attention(model, "unused", str(tmp_path / "a.png"), count=2)
+    assert len(drawn) == 6 and (tmp_path / "a.png").stat().st_size > 1000
+    for row in (drawn[:3], drawn[3:]):
+        scale = max(heat.max() for heat, _ in row)
+        assert all(vmax == pytest.approx(scale) for _, vmax in row)

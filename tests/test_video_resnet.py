@@ -180,7 +180,7 @@ def test_stride_sits_in_the_3x3_convolution_and_layer_names_say_where(r50):
     assert model.get_layer("res3_0_branch1").strides == (1, 2, 2)
     assert model.get_layer("res_conv1_bn").epsilon == 1e-5
     assert model.get_layer("pool5_dropout").rate == 0.5
-    pattern = re.compile(r"^(clips|conv1(_pad|_relu)?|res_conv1_bn|pool[125](_dropout)?|pred|"
+    pattern = re.compile(r"^(clips|clip_size_check|conv1(_pad|_relu)?|res_conv1_bn|pool[125](_dropout)?|pred|"
                          r"res[2-5]_\d+(_branch(1|2[abc])(_bn|_relu|_pad)?|_sum|_nonlocal)?)$")
     assert all(pattern.match(layer.name) for layer in model.layers), [
         layer.name for layer in model.layers if not pattern.match(layer.name)]
@@ -260,3 +260,76 @@ def test_video_resnet_argument_errors():
         VideoResNet((1,), conv1_time=2)
     with pytest.raises(ValueError, match=r"`inflated_blocks\['res2'\]`"):
         VideoResNet((1,), inflated_blocks={"res2": "some"})
+
+
+# The `make demo` network with inputs of unknown size: a clip smaller than
+# the network takes fails at run time with the words of the build-time check.
+def _small_net(input_shape):
+    return VideoResNet((1, 1, 1), input_shape=input_shape, classes=10, width=8,
+                       pool1=False, pool2=False, nonlocal_blocks={"res4": [0]})
+
+
+@pytest.mark.parametrize("clip", [(2, 8, 9), (1, 9, 1), (2, 4, 4)])
+def test_too_small_clip_at_run_time(clip):
+    import tensorflow as tf
+
+    with pytest.raises(ValueError) as built:
+        _small_net(clip + (3,))
+    message = str(built.value).split(" Received:")[0]
+    assert "smallest allowed is (1, 9, 9, 3)" in message
+    model = _small_net((None, None, None, 3))
+    x = np.zeros((1,) + clip + (3,), "float32")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(x)  # eager
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.predict(x, verbose=0)  # traced at the call's shape
+    graph = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, None, 3))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
+        graph(x)  # sizes known only when the graph runs
+    assert graph(np.zeros((1, 1, 9, 9, 3), "float32")).shape == (1, 10)
+
+
+def test_channels_first_setting_is_refused():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match="channels-last clips .* only.*"
+                                             "Received: image_data_format='channels_first'"):
+            _small_net((8, 16, 16, 3))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
+def test_spec_is_frozen_and_builders_take_keywords():
+    import dataclasses
+
+    from nonlocal_keras.applications import video_resnet, video_resnet_spec
+
+    spec = video_resnet_spec.check_spec(
+        stage_blocks=(1, 1), width=8, conv1_time=1, inflated_blocks=None, inflation="3x1x1",
+        stage_strides=None, pool1=True, pool2=True, nonlocal_blocks={"res3": [0]},
+        dropout_rate=0.5, stem="8x8")
+    assert spec.nonlocal_blocks == {"res3": {0}} and spec.strides == (1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.depth = 50
+    with pytest.raises(TypeError):
+        video_resnet_spec.check_spec((1, 1), 8, 1, None, "3x1x1", None, True, True, 0, 0.5, "8x8")
+    with pytest.raises(TypeError):
+        video_resnet._named_resnet("c2d", 50, "3x1x1")
+
+
+@pytest.mark.parametrize("policy", ["float16", "bfloat16"])
+def test_trains_under_pure_low_precision_policies(policy):
+    # Every variable in float16/bfloat16 (BN moving statistics included), as
+    # Keras' BatchNormalization allows; the classifier stays float32.
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = VideoResNet((1, 1), input_shape=(2, 20, 20, 3), classes=3, width=8,
+                            conv1_time=3, inflated_blocks={"res2": "all"},
+                            nonlocal_blocks={"res2": [0], "res3": [0]})
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("res2_0_nonlocal").bn.moving_mean.dtype == policy
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(2, 2, 20, 20, 3)).astype("float32")
+    history = model.fit(x, np.array([0, 2]), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -21,9 +21,12 @@ def find_nonlocal_layer(model):
     """The first non-local block of `model` (searching nested models too)."""
     from nonlocal_keras.layers import BaseNonLocal
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    pending = list(model.layers)
+    while pending:  # depth first, in layer order
+        layer = pending.pop(0)
         if isinstance(layer, BaseNonLocal):
             return layer
+        pending[:0] = getattr(layer, "layers", [])  # a nested model's own layers
     raise ValueError(f"Model {model.name!r} has no non-local block.")
 
 
@@ -96,12 +99,11 @@ def _test_examples(root, count):
             [int(r["marker_quadrant"]) for r in rows])
 
 
-def _overlay(axis, image, heat, title, vmax=None):
+def _overlay(axis, image, heat, title, vmax):
     size = image.shape[0]
     upsampled = np.kron(heat, np.ones((size // heat.shape[0], size // heat.shape[1])))
     axis.imshow(image)
-    shown = axis.imshow(upsampled, cmap="inferno", alpha=0.6, vmin=0,
-                        vmax=vmax or max(float(heat.max()), 1e-6))
+    shown = axis.imshow(upsampled, cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
     axis.set_title(title, fontsize=8)
     axis.figure.colorbar(shown, ax=axis, fraction=0.046)
 
@@ -113,6 +115,8 @@ def save_marker_attention(model, root, path, count=4, seed=0):
     last-frame positions read frame 0 (their total attention on it); the
     attention over frame 0 of the strongest reader (outlined in column 3);
     the attention over frame 0 of the queries inside the marked quadrant.
+    The three attention panels of a row share one colour scale (0 to the
+    row's largest value), so a panel holding little of the attention is dark.
     """
     import matplotlib
 
@@ -133,15 +137,19 @@ def save_marker_attention(model, root, path, count=4, seed=0):
         axes[i, 0].set_title(f"frame 0 (label {labels[i]}, predicted {predictions[i]})", fontsize=8)
         axes[i, 1].imshow(frames[i, last])
         axes[i, 1].set_title(f"frame {last}: marker", fontsize=8)
+        vmax = max(float(mass[i].max()), float(reader_maps[i].max()),
+                   float(marker_maps[i, 0].max()), 1e-6)
         _overlay(axes[i, 2], frames[i, last], mass[i],
-                 f"frame-{last} queries: attention\nmass on frame 0", vmax=1.0)
+                 f"frame-{last} queries: attention\nmass on frame 0", vmax)
         row, col = readers[i]
         axes[i, 2].add_patch(Rectangle((col * cell - 0.5, row * cell - 0.5), cell, cell,
                                        fill=False, edgecolor="cyan", linewidth=2))
         _overlay(axes[i, 3], frames[i, 0], reader_maps[i],
-                 f"strongest reader's attention\non frame 0 ({100 * reader_maps[i].sum():.0f}% of it)")
+                 f"strongest reader's attention\non frame 0 ({100 * reader_maps[i].sum():.0f}% of it)",
+                 vmax)
         _overlay(axes[i, 4], frames[i, 0], marker_maps[i, 0],
-                 f"marked quadrant's queries on\nframe 0 ({100 * marker_maps[i, 0].sum():.0f}% of it)")
+                 f"marked quadrant's queries on\nframe 0 ({100 * marker_maps[i, 0].sum():.0f}% of it)",
+                 vmax)
         for axis in axes[i]:
             axis.set_xticks([])
             axis.set_yticks([])

@@ -6,23 +6,15 @@ SavedModel signature) and uses TensorFlow ops only, so the same code runs in
 the training pipeline and in a serving graph.
 
 Conventions (official video-nonlocal-net, `lib/core/config.py`): pixels stay on
-the 0..255 scale after `to_float`; normalisation subtracts `MEAN` and divides
-by `STD` per channel (114.75 and 57.375 for every RGB channel, so a clip maps
-to roughly [-2, 2.4]). Spatial crops of the evaluation protocol sit at the
-start, centre and end of the longer side, as PySlowFast's `uniform_crop`.
+the 0..255 scale until normalisation, which subtracts `MEAN` and divides by
+`STD` per channel: the statistics of `nonlocal_keras.applications.preprocess_input`,
+imported from there. Spatial crops of the evaluation protocol sit at the start,
+centre and end of the longer side, as PySlowFast's `uniform_crop`.
 """
 
 import tensorflow as tf
 
-# Per-channel (R, G, B) statistics on the 0..255 scale used by the released
-# video-nonlocal-net models (config.py: MEAN = 114.75, STD = 57.375).
-MEAN = (114.75, 114.75, 114.75)
-STD = (57.375, 57.375, 57.375)
-
-
-def to_float(clip):
-    """uint8 frames -> float32 on the same 0..255 scale (no rescaling)."""
-    return tf.cast(clip, tf.float32)
+from nonlocal_keras.applications.video_resnet_preprocessing import MEAN, STD
 
 
 def normalize(clip, mean=MEAN, std=STD):

@@ -1,11 +1,14 @@
 """The rank-generic non-local block; `NonLocal1D/2D/3D` only fix the rank."""
 
+import math
+import numbers
+
 import keras
 from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import is_positive_int
+from nonlocal_keras.utils import checked_sizes, is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -71,11 +74,24 @@ class BaseNonLocal(layers.Layer):
         to float rounding.
 
     Call arguments:
-        inputs: `(batch, *positions, C)` (or channels first).
+        inputs: `(batch, *positions, C)` (or channels first); integer inputs
+            are cast to the compute dtype.
         training: BatchNormalization mode.
         return_attention_scores: also return the normalised affinity
             `(batch, N_q, N_k)`, or `(batch, groups, N_q, N_k)` for the
-            grouped affinities (queries in input order, keys after pooling).
+            grouped affinities (queries in input order, keys after pooling;
+            `attention_scores_shape` gives it).
+        mask: boolean `(batch, *positions)`, True at valid positions; Keras
+            passes the input's mask (`Embedding(mask_zero=True)`...). Masked
+            positions are no keys (the softmax gives them no weight, the other
+            modes divide by the count of valid keys), pooling takes each
+            window's maximum over its valid positions (a window with none is
+            no key), the BN's batch statistics skip them, and they come out
+            unchanged. The output keeps the mask.
+        attention_mask: boolean with the shape of the attention scores, as
+            `MultiHeadAttention`'s: True where a query may attend to a
+            (pooled) key; combined with `mask` by a logical and. A query with
+            no allowed key gets y = 0.
     """
 
     def __init__(
@@ -123,16 +139,20 @@ class BaseNonLocal(layers.Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
-        if not 0.0 <= bn_momentum < 1.0:
+        if not _is_real(bn_momentum) or not 0.0 <= bn_momentum < 1.0:
             raise ValueError(
-                f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}"
+                f"`bn_momentum` must be a number in [0, 1). Received: bn_momentum={bn_momentum!r}"
             )
-        if bn_epsilon <= 0:
-            raise ValueError(f"`bn_epsilon` must be > 0. Received: bn_epsilon={bn_epsilon}")
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
+        if not _is_real(bn_epsilon) or not bn_epsilon > 0:
+            raise ValueError(
+                f"`bn_epsilon` must be a number > 0. Received: bn_epsilon={bn_epsilon!r}"
+            )
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
         self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
+        self.supports_masking = True
+        self.input_spec = layers.InputSpec(ndim=rank + 2)
 
     @property
     def effective_pool_size(self):
@@ -161,7 +181,9 @@ class BaseNonLocal(layers.Layer):
                 f"The channel axis of the input to {type(self).__name__} must be known. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        _check_positions(shape[1:-1], self.effective_pool_size, self.affinity, input_shape)
+        self.compute_output_shape(input_shape)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        self.input_spec = layers.InputSpec(ndim=self.rank + 2, axes={channel_axis: channels})
         inner = self.inter_channels or max(channels // 2, 1)
 
         def projection(name, units, kernel_initializer=None, use_bias=True):
@@ -203,10 +225,19 @@ class BaseNonLocal(layers.Layer):
             self.w_f.build((None, 2 * inner))
         self.built = True
 
-    def call(self, inputs, training=None, return_attention_scores=False):
+    def call(self, inputs, training=None, return_attention_scores=False, mask=None,
+             attention_mask=None):
         x = inputs
+        if not keras.backend.is_float_dtype(x.dtype):
+            x = ops.cast(x, self.compute_dtype)  # integer input, as Dense takes it
         if self.data_format == "channels_first":
             x = ops.moveaxis(x, 1, -1)
+        x = checked_sizes(x, _position_rules(self.effective_pool_size, self.affinity),
+                          inputs.shape)
+        if mask is not None:
+            mask = self._check_mask(mask, x)
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, inputs.shape)
         response = nonlocal_math.nonlocal_response(
             x,
             self.theta,
@@ -220,16 +251,75 @@ class BaseNonLocal(layers.Layer):
             w_f=None if self.w_f is None else self.w_f.kernel,
             return_attention_scores=return_attention_scores,
             chunk_size=self.chunk_size,
+            mask=mask,
+            attention_mask=attention_mask,
         )
         z, scores = response if return_attention_scores else (response, None)
         if self.bn is not None:
-            z = self.bn(z, training=training)
+            # Batch statistics over the valid positions only (Keras' masked moments).
+            z = self.bn(z, training=training, mask=mask)
+        if mask is not None:
+            # Invalid positions pass through unchanged.
+            z = ops.where(mask[..., None], z, ops.zeros_like(z))
         outputs = x + z
         if self.data_format == "channels_first":
             outputs = ops.moveaxis(outputs, -1, 1)
         if return_attention_scores:
             return outputs, scores
         return outputs
+
+    def _check_mask(self, mask, x):
+        if not _shapes_match(mask.shape, x.shape[:-1]):
+            raise ValueError(
+                f"The mask of {type(self).__name__} must have the input's batch and "
+                f"position axes {tuple(x.shape[:-1])}. Received: mask.shape={tuple(mask.shape)}"
+            )
+        return ops.cast(mask, "bool")
+
+    def _check_attention_mask(self, attention_mask, input_shape):
+        expected = self.attention_scores_shape(input_shape)
+        shape = tuple(attention_mask.shape)
+        if not _shapes_match(shape, expected):
+            raise ValueError(
+                f"`attention_mask` of {type(self).__name__} must have the attention scores' "
+                f"shape {expected} (batch, [groups,] queries, pooled keys). "
+                f"Received: attention_mask.shape={shape}")
+
+    def compute_output_shape(self, input_shape):
+        shape = self._channels_last_shape(input_shape)
+        checked_sizes(keras.KerasTensor(shape),
+                      _position_rules(self.effective_pool_size, self.affinity), input_shape)
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs, training=None, return_attention_scores=False,
+                            mask=None, attention_mask=None):
+        outputs = keras.KerasTensor(self.compute_output_shape(inputs.shape),
+                                    dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return outputs
+        return outputs, keras.KerasTensor(self.attention_scores_shape(inputs.shape), "float32")
+
+    def attention_scores_shape(self, input_shape):
+        """Shape of the attention scores (and of `attention_mask`) for an input shape.
+
+        `(batch, N_q, N_k)` for `"spacetime"` and `(batch, groups, N_q, N_k)`
+        for `"space"` / `"time"`: N_q counts the input positions (of a group),
+        N_k the pooled positions (of a group); None where a size is unknown.
+        """
+        shape = self._channels_last_shape(input_shape)
+        positions = shape[1:-1]
+        pooled = [None if n is None else n // p
+                  for n, p in zip(positions, self.effective_pool_size)]
+
+        def size(sizes):
+            return None if None in sizes else math.prod(sizes)
+
+        if self.affinity == "spacetime":
+            return (shape[0], size(positions), size(pooled))
+        pool = self.effective_pool_size
+        if self.affinity == "space":
+            return (shape[0], pooled[0], size([pool[0]] + list(positions[1:])), size(pooled[1:]))
+        return (shape[0], size(pooled[1:]), size([positions[0]] + list(pool[1:])), pooled[0])
 
     def get_config(self):
         config = super().get_config()
@@ -270,41 +360,46 @@ def _check_choice(name, value, choices):
     return value
 
 
+def _shapes_match(shape, expected):
+    """Same rank, and equal wherever both sizes are known."""
+    return len(shape) == len(expected) and all(
+        a is None or b is None or a == b for a, b in zip(shape, expected))
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_inter_channels(value):
     if value is not None and not is_positive_int(value):
         raise ValueError(
             "`inter_channels` must be None (half the input channels) or an "
             f"integer >= 1. Received: inter_channels={value!r}"
         )
-    return value
+    return None if value is None else int(value)
 
 
 def _check_pool_size(value, rank):
     if value is None:
         return None
-    sizes = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(sizes) != rank or not all(is_positive_int(p) for p in sizes):
+    sizes = (value,) * rank if is_positive_int(value) else value
+    if (not isinstance(sizes, (tuple, list)) or len(sizes) != rank
+            or not all(is_positive_int(p) for p in sizes)):
         raise ValueError(
             f"`pool_size` must be None, a positive integer or a tuple of {rank} "
             f"positive integers. Received: pool_size={value!r}"
         )
-    return sizes
+    return tuple(int(p) for p in sizes)
 
 
-def _check_positions(positions, pool_size, affinity, input_shape):
-    for axis, (size, pool) in enumerate(zip(positions, pool_size)):
-        if size is None:
-            continue
-        if size < pool:
-            raise ValueError(
-                f"The pool size {pool} on position axis {axis} is larger than the "
-                f"input there ({size}); lower `pool_size` or set `sub_sample=False`. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        grouped = (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0)
-        if grouped and size % pool:
-            raise ValueError(
-                f"affinity={affinity!r} needs position axis {axis} ({size}) to be a "
-                f"multiple of the pool size there ({pool}). "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+def _position_rules(pool_size, affinity):
+    """`utils.checked_sizes` rules for channels-last inputs: the pool window
+    fits every position axis, and the grouped affinities get whole windows."""
+    for axis, pool in enumerate(pool_size):
+        yield 1 + axis, "at_least", pool, (
+            f"The pool size {pool} on position axis {axis} is larger than the "
+            "input there; lower `pool_size` or set `sub_sample=False`.")
+        if (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0):
+            yield 1 + axis, "multiple", pool, (
+                f"affinity={affinity!r} needs position axis {axis} to be a "
+                f"multiple of the pool size there ({pool}).")

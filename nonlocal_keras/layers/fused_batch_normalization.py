@@ -52,6 +52,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
         # keeps the biased one in moving_variance.
         count = ops.cast(tf.shape(x)[1], "float32")
         variance = unbiased_variance * (ops.maximum(count - 1.0, 1.0) / count)
+        # The statistics are float32; the moving ones have the variable dtype
+        # (float16 or bfloat16 under the pure low-precision policies).
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            batch = ops.cast(batch, moving.dtype)
             moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
         return ops.cast(tf.reshape(y, shape), self.compute_dtype)

@@ -1,0 +1,53 @@
+"""Run by test_backends.py in a fresh process: `python backend_check.py DIR`.
+
+Under the backend that KERAS_BACKEND names, with TensorFlow made unimportable
+(as on the GPU machine, which has none): build the tiny C2D and I3D of
+`TINY_MODELS`, load the weights the TensorFlow process saved in DIR, predict
+the same clips, and run two `fit` steps. Writes DIR/<backend>.npz.
+"""
+
+import sys
+
+if __name__ == "__main__":
+    sys.modules["tensorflow"] = None  # any `import tensorflow` now fails
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nonlocal_keras.applications import VideoResNet  # noqa: E402
+
+# Small input, one block per stage, a non-local block in res3 (and the grouped
+# "time" affinity in the I3D), every BatchNormalization trained in fit.
+TINY_MODELS = {
+    "c2d": dict(nonlocal_blocks={"res3": [0]}),
+    "i3d": dict(conv1_time=5, inflated_blocks={"res2": "all", "res3": "all"},
+                nonlocal_blocks={"res2": [0], "res3": [0]}, nonlocal_affinity="time"),
+}
+INPUT_SHAPE = (4, 20, 20, 3)
+
+
+def tiny_model(arch):
+    return VideoResNet((1, 1), input_shape=INPUT_SHAPE, classes=5, width=8,
+                       classifier_activation=None, name=f"tiny_{arch}", **TINY_MODELS[arch])
+
+
+def main(directory):
+    data = np.load(f"{directory}/inputs.npz")
+    results = {}
+    for arch in TINY_MODELS:
+        model = tiny_model(arch)
+        model.load_weights(f"{directory}/{arch}.weights.h5")
+        results[f"{arch}_predictions"] = np.asarray(model.predict(data["clips"], verbose=0))
+        before = [np.array(w) for w in model.weights]
+        model.compile(optimizer=keras.optimizers.SGD(0.01),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(data["clips"], data["labels"], batch_size=2, epochs=1, verbose=0)
+        results[f"{arch}_loss"] = np.asarray(history.history["loss"])
+        results[f"{arch}_changed"] = np.asarray(
+            [not np.array_equal(b, np.array(w)) for b, w in zip(before, model.weights)])
+    results["tensorflow_imported"] = np.asarray(sys.modules.get("tensorflow") is not None)
+    np.savez(f"{directory}/{keras.backend.backend()}.npz", **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,40 @@
+"""`nonlocal_keras.applications.preprocess_input`: the official statistics, one source."""
+
+import keras
+import numpy as np
+import pytest
+
+from nonlocal_keras.applications import MEAN, STD, preprocess_input
+
+# lib/core/config.py of video-nonlocal-net (PAPER.md): the same for R, G and B.
+OFFICIAL_MEAN, OFFICIAL_STD = 114.75, 57.375
+
+
+def test_numpy_clip():
+    clip = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 5, 3)).astype("uint8")
+    out = preprocess_input(clip)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    expected = (clip.astype("float64") - OFFICIAL_MEAN) / OFFICIAL_STD
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert preprocess_input(np.full((1, 3), 255, "uint8")).max() == pytest.approx(
+        (255 - OFFICIAL_MEAN) / OFFICIAL_STD)
+
+
+def test_tensor_clip():
+    clip = np.random.default_rng(1).integers(0, 256, (1, 2, 3, 3, 3)).astype("float32")
+    out = preprocess_input(keras.ops.convert_to_tensor(clip))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out),
+                               (clip - OFFICIAL_MEAN) / OFFICIAL_STD, rtol=1e-6, atol=1e-6)
+
+
+def test_training_uses_the_same_statistics():
+    from nonlocal_keras.training import preprocessing
+
+    assert preprocessing.MEAN is MEAN and preprocessing.STD is STD
+    assert not hasattr(preprocessing, "to_float")
+
+
+def test_rgb_only():
+    with pytest.raises(ValueError, match=r"Received: x.shape=\(2, 4\)"):
+        preprocess_input(np.zeros((2, 4)))

@@ -1,0 +1,156 @@
+"""The layers' Keras contract: argument edges, input dtypes and ranks, shapes
+inferred without running, and run-time sizes checked like build-time ones."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import nonlocal_reference as ref
+from nonlocal_keras.layers import NonLocal1D, NonLocal2D, NonLocal3D
+from test_nonlocal_layers import RTOL, _randomise, _residual_error
+
+tf_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow graphs"
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"pool_size": 2.0}, r"Received: pool_size=2.0"),
+        ({"pool_size": "2"}, r"Received: pool_size='2'"),
+        ({"bn_momentum": "0.9"}, r"Received: bn_momentum='0.9'"),
+        ({"bn_momentum": 1.0}, r"Received: bn_momentum=1.0"),
+        ({"bn_epsilon": None}, r"Received: bn_epsilon=None"),
+        ({"bn_epsilon": -1e-5}, r"Received: bn_epsilon=-1e-05"),
+        ({"inter_channels": True}, r"Received: inter_channels=True"),
+    ],
+)
+def test_argument_edges_raise_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NonLocal2D(**kwargs)
+
+
+def test_numpy_integers_are_integers():
+    layer = NonLocal2D(inter_channels=np.int64(4), pool_size=(np.int32(2), 2),
+                       bn_momentum=np.float32(0.5))
+    layer.build((None, 4, 4, 6))
+    assert layer.g.kernel.shape == (6, 4)
+    config = layer.get_config()
+    # Plain Python numbers, so the config serialises to JSON.
+    assert type(config["inter_channels"]) is int and config["pool_size"] == (2, 2)
+    assert type(config["bn_momentum"]) is float
+    assert NonLocal2D.from_config(config).get_config() == config
+
+
+def test_integer_inputs_are_cast_like_dense():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, (2, 8, 6)).astype("int32")
+    layer = NonLocal1D(mode="dot_product")
+    layer.build(x.shape)
+    weights, bn = _randomise(layer, rng)
+    out = layer(x, training=False)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    expected = ref.nonlocal_block(x.astype("float64"), weights, "dot_product", (2,), bn=bn)
+    assert _residual_error(ops.convert_to_numpy(out), expected, x) < RTOL
+
+
+def test_input_spec_rejects_another_rank():
+    layer = NonLocal2D()
+    layer(np.zeros((1, 4, 4, 6), "float32"))
+    assert layer.input_spec.ndim == 4 and layer.input_spec.axes == {-1: 6}
+    with pytest.raises(ValueError, match="expected ndim=4, found ndim=5"):
+        layer(np.zeros((1, 2, 4, 4, 6), "float32"))
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 6"):
+        layer(np.zeros((1, 4, 4, 5), "float32"))
+
+
+@pytest.mark.parametrize(
+    "layer,shape,scores",
+    [
+        (NonLocal1D(), (None, 8, 6), (None, 8, 4)),
+        (NonLocal2D(data_format="channels_first"), (2, 6, 4, 6), (2, 24, 6)),
+        (NonLocal3D(), (2, None, 4, 4, 6), (2, None, None)),
+        (NonLocal3D(affinity="space", pool_size=(2, 2, 2)), (2, 4, 4, 6, 6), (2, 2, 48, 6)),
+        (NonLocal3D(affinity="time"), (2, 4, 4, 6, 6), (2, 6, 16, 4)),
+    ],
+)
+def test_output_shapes_without_running(layer, shape, scores):
+    assert layer.compute_output_shape(shape) == shape
+    out, attention = layer.compute_output_spec(
+        keras.KerasTensor(shape), return_attention_scores=True)
+    assert out.shape == shape and attention.shape == scores
+    if None not in shape:  # the inferred shapes are the ones a call gives
+        real_out, real_scores = layer(np.zeros(shape, "float32"), return_attention_scores=True)
+        assert tuple(real_out.shape) == shape and tuple(real_scores.shape) == scores
+
+
+def test_symbolic_call_with_scores():
+    inputs = keras.Input((4, 6, 6))
+    out, scores = NonLocal2D()(inputs, return_attention_scores=True)
+    assert out.shape == (None, 4, 6, 6) and scores.shape == (None, 24, 6)
+
+
+# Built on unknown sizes, called on maps the window does not fit or that a
+# grouped affinity cannot split: the build-time words, at run time.
+RUN_TIME_CASES = [
+    (lambda: NonLocal2D(), (1, 1, 3, 4), "pool size 2 on position axis 0 is larger"),
+    (lambda: NonLocal2D(), (1, 1, 1, 4), "pool size 2 on position axis 0 is larger"),
+    (lambda: NonLocal3D(pool_size=2), (1, 1, 4, 4, 4), "pool size 2 on position axis 0 is larger"),
+    (lambda: NonLocal3D(affinity="time"), (1, 2, 5, 4, 4), "needs position axis 1 to be a multiple"),
+    (lambda: NonLocal3D(affinity="space", pool_size=2), (1, 3, 4, 4, 4),
+     "needs position axis 0 to be a multiple"),
+]
+
+
+def _unknown_sizes(make, shape):
+    layer = make()
+    layer.build((None,) * (len(shape) - 1) + shape[-1:])
+    return layer
+
+
+@pytest.mark.parametrize("make,shape,message", RUN_TIME_CASES)
+def test_run_time_sizes_eager(make, shape, message):
+    layer = _unknown_sizes(make, shape)
+    with pytest.raises(ValueError, match=message):
+        layer(np.zeros(shape, "float32"))
+    with pytest.raises(ValueError, match=message):  # and at build time
+        make().build(shape)
+
+
+@tf_only
+@pytest.mark.parametrize("make,shape,message", RUN_TIME_CASES)
+def test_run_time_sizes_in_a_tf_function(make, shape, message):
+    import tensorflow as tf
+
+    layer = _unknown_sizes(make, shape)
+    call = tf.function(lambda t: layer(t, training=False),
+                       input_signature=[tf.TensorSpec((None,) * (len(shape) - 1) + shape[-1:])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(tf.zeros(shape))
+
+
+@tf_only
+def test_run_time_sizes_under_xla_with_shapes_known_at_trace():
+    # A jit-compiled function traced on the call's shape raises the ValueError
+    # while tracing. (XLA drops assertions: sizes unknown at trace time are
+    # not checked there.)
+    import tensorflow as tf
+
+    make, shape, message = RUN_TIME_CASES[0]
+    layer = _unknown_sizes(make, shape)
+    call = tf.function(lambda t: layer(t, training=False), jit_compile=True)
+    with pytest.raises(ValueError, match=message):
+        call(tf.zeros(shape))
+
+
+@tf_only
+def test_valid_sizes_still_run_in_a_tf_function():
+    import tensorflow as tf
+
+    layer = _unknown_sizes(lambda: NonLocal3D(affinity="time"), (1, 2, 4, 4, 4))
+    call = tf.function(lambda t: layer(t, training=False),
+                       input_signature=[tf.TensorSpec((None, None, None, None, 4))])
+    x = np.random.default_rng(1).normal(size=(1, 2, 4, 6, 4)).astype("float32")
+    np.testing.assert_allclose(call(x).numpy(), ops.convert_to_numpy(layer(x)), rtol=1e-6)
