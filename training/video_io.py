@@ -127,8 +127,11 @@ def _decode(path, sampler):
             raise VideoDecodeError(path, f"no decodable frame{cause}")
         raise VideoDecodeError(path, f"truncated: decoded {len(kept)} of {len(wanted)} "
                                      f"needed frames{cause}")
-    unique = np.stack([kept[i] for i in wanted.tolist()])
-    return unique[np.searchsorted(wanted, indices)]
+    shape = kept[int(wanted[0])].shape
+    clips = np.empty(indices.shape + shape, np.uint8)
+    for view, index in zip(clips.reshape((-1,) + shape), indices.ravel().tolist()):
+        view[...] = kept[index]  # a frame of another size fails here, as a decode error
+    return clips
 
 
 def _sample(sampler, total):
