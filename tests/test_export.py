@@ -214,3 +214,71 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     expected = trained.predict(normalize(centre_crop(clips, CROP)), verbose=0)
     assert np.abs(served["probabilities"].numpy() - expected).max() < 1e-5
     assert served["top_k_class_names"].numpy()[0, 0].decode() == CLASS_NAMES[expected[0].argmax()]
+
+
+# --- Bounded frames in serving_default ------------------------------------------
+
+def test_a_one_pixel_high_request_fails_fast_naming_the_limit(loaded):
+    """The issue's 0.5 MiB request: resized, its shorter side would go 1 -> 36
+    and the other 20000 -> 720000 (8 frames: 2.5 GB of float32)."""
+    import resource
+    import time
+
+    clips = tf.zeros((1, NUM_FRAMES, 1, 20000, 3), tf.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        loaded.signatures["serving_default"](clips=clips)
+    elapsed = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    message = str(error.value)
+    assert (f"frames must be at most {export.DEFAULT_MAX_FRAME_SIDE} pixels on a side with an "
+            f"aspect ratio of at most {export.DEFAULT_MAX_ASPECT_RATIO:g}:1") in message
+    assert "max_frame_side=4096" in message and "max_aspect_ratio=4" in message
+    assert "Received: clips.shape=" in message and f"[1 {NUM_FRAMES} 1 20000 3]" in message
+    # Refused before the resize: no 2.5 GB allocation, no seconds of work.
+    assert grown_mib < 500, grown_mib
+    assert elapsed < 5, elapsed
+
+
+@pytest.fixture(scope="module")
+def tight(model, tmp_path_factory):
+    path = export.export_saved_model(model, str(tmp_path_factory.mktemp("tight") / "t" / "1"),
+                                     data_config=DATA_CONFIG, max_frame_side=100,
+                                     max_aspect_ratio=2.0)
+    return path, tf.saved_model.load(path).signatures["serving_default"]
+
+
+@pytest.mark.parametrize("height, width, limit", [
+    (36, 101, "max_frame_side=100"), (101, 60, "max_frame_side=100"),
+    (36, 73, "max_aspect_ratio=2"), (80, 39, "max_aspect_ratio=2"), (0, 40, "max_aspect_ratio=2"),
+])
+def test_frames_beyond_the_recorded_bounds_are_refused(tight, height, width, limit):
+    _, signature = tight
+    with pytest.raises(tf.errors.InvalidArgumentError, match=limit) as error:
+        signature(clips=tf.zeros((1, NUM_FRAMES, height, width, 3), tf.uint8))
+    assert f"clips.shape=] [1 {NUM_FRAMES} {height} {width} 3]" in str(error.value)
+
+
+def test_frames_within_the_bounds_are_served_like_the_keras_model(model, tight):
+    path, signature = tight
+    with open(os.path.join(path, export.METADATA_FILE)) as handle:
+        metadata = json.load(handle)
+    assert metadata["max_frame_side"] == 100 and metadata["max_aspect_ratio"] == 2.0
+    # Exactly at both limits: 100 wide, 50 high is 2:1. The shorter side goes
+    # 50 -> 36, which NumPy does not redo here; the centre crop of an input
+    # whose shorter side already is SCALE (below) is checked exactly.
+    served = signature(clips=tf.zeros((1, NUM_FRAMES, 50, 100, 3), tf.uint8))
+    assert served["probabilities"].shape == (1, len(CLASS_NAMES))
+    clips = random_clips((1, NUM_FRAMES, SCALE, 2 * SCALE, 3), seed=9)
+    served = signature(clips=tf.constant(clips))["probabilities"].numpy()
+    expected = model.predict(normalize(centre_crop(clips, CROP)), verbose=0)
+    assert np.abs(served - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("argument, value", [("max_frame_side", 0), ("max_frame_side", 2.5),
+                                             ("max_aspect_ratio", 0.5), ("max_aspect_ratio", "4")])
+def test_bounds_are_checked_at_export(model, tmp_path, argument, value):
+    with pytest.raises(ValueError, match=rf"Received: {argument}={value!r}"):
+        export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG, **{argument: value})
+    assert not os.listdir(tmp_path)
