@@ -111,32 +111,50 @@ def _decode(path, sampler):
         total, timeline = _read_timeline(path)
         if not total:
             raise VideoDecodeError(path, "no decodable frame")
-    indices, wanted = _sample(sampler, total)
-    if wanted[0] >= SEEK_AFTER_FRAMES and timeline is None:
+    clips = _Clips(sampler, total)
+    if clips.wanted[0] >= SEEK_AFTER_FRAMES and timeline is None:
         _, timeline = _read_timeline(path)
-    kept, reached, error = _decode_wanted(path, wanted, timeline)
-    if len(kept) < len(wanted) and error is None and reached and stated - reached <= _STATED_SLACK:
+    reached, error = _decode_wanted(path, clips, timeline)
+    if clips.missing() and error is None and reached and stated - reached <= _STATED_SLACK:
         # The container overstated its length by a frame or two (or counted
         # packets that hold no picture): sample again with the true length,
         # as a full decode would have.
-        indices, wanted = _sample(sampler, reached)
-        kept, reached, error = _decode_wanted(path, wanted, None)
-    if len(kept) < len(wanted):
+        clips = _Clips(sampler, reached)
+        reached, error = _decode_wanted(path, clips, None)
+    if clips.missing():
         cause = f" ({type(error).__name__}: {error})" if error is not None else ""
         if not reached:
             raise VideoDecodeError(path, f"no decodable frame{cause}")
-        raise VideoDecodeError(path, f"truncated: decoded {len(kept)} of {len(wanted)} "
-                                     f"needed frames{cause}")
-    shape = kept[int(wanted[0])].shape
-    clips = np.empty(indices.shape + shape, np.uint8)
-    for view, index in zip(clips.reshape((-1,) + shape), indices.ravel().tolist()):
-        view[...] = kept[index]  # a frame of another size fails here, as a decode error
-    return clips
+        raise VideoDecodeError(path, f"truncated: decoded {len(clips.filled)} of "
+                                     f"{len(clips.wanted)} needed frames{cause}")
+    return clips.array
 
 
-def _sample(sampler, total):
-    indices = np.clip(np.asarray(sampler(total)).astype(np.int64), 0, total - 1)
-    return indices, np.unique(indices)
+class _Clips:
+    """The output, filled in place as the needed frames arrive.
+
+    Each needed frame is converted once and written straight to every place
+    the indices hold it: no list or dict of frames beside the output.
+    """
+
+    def __init__(self, sampler, total):
+        self.indices = np.clip(np.asarray(sampler(total)).astype(np.int64), 0, total - 1)
+        self.wanted = np.unique(self.indices)
+        self.places = {}
+        for place, index in enumerate(self.indices.ravel().tolist()):
+            self.places.setdefault(index, []).append(place)
+        self.array = None
+        self.filled = set()
+
+    def put(self, index, rgb):
+        if self.array is None:
+            self.array = np.empty(self.indices.shape + rgb.shape, np.uint8)
+        flat = self.array.reshape((-1,) + self.array.shape[self.indices.ndim:])
+        flat[self.places[index]] = rgb  # a frame of another size fails here, as a decode error
+        self.filled.add(index)
+
+    def missing(self):
+        return len(self.filled) < len(self.wanted)
 
 
 def _read_timeline(path):
@@ -164,8 +182,8 @@ def _to_rgb(frame):
     return frame.to_ndarray(format="rgb24")
 
 
-def _decode_wanted(path, wanted, timeline):
-    """({index: frame} of the `wanted` indices, frames reached, error or None).
+def _decode_wanted(path, clips, timeline):
+    """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
     when that skips at least `SEEK_AFTER_FRAMES`; the landing frame's index
@@ -173,10 +191,9 @@ def _decode_wanted(path, wanted, timeline):
     timeline, landing past the first wanted frame) falls back to decoding
     from the start, where the index is just the count of frames so far.
     """
-    first, last = int(wanted[0]), int(wanted[-1])
+    first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     seek = timeline is not None and first >= SEEK_AFTER_FRAMES
-    wanted_set = set(wanted.tolist())
-    kept, index, error = {}, -1, None
+    index, error = -1, None
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -188,18 +205,18 @@ def _decode_wanted(path, wanted, timeline):
                     # The keyframe the seek landed on: its place on the timeline.
                     index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else first + 1
                     if index > first:
-                        return _decode_wanted(path, wanted, None)
+                        return _decode_wanted(path, clips, None)
                 else:
                     index += 1
                 if seek and (index >= len(timeline) or timeline[index] != frame.pts):
-                    return _decode_wanted(path, wanted, None)
-                if index in wanted_set:
-                    kept[index] = _to_rgb(frame)
+                    return _decode_wanted(path, clips, None)
+                if index in clips.places:
+                    clips.put(index, _to_rgb(frame))
                 if index >= last:
                     break
         except av.FFmpegError as failure:
             error = failure
-    return kept, index + 1, error
+    return index + 1, error
 
 
 def write_video(path, frames, fps=8, codec="libx264", lossless=True, options=None):
