@@ -210,3 +210,21 @@ def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
     # The frames before the cut are still there for a clip that needs only them.
     early = video_io.decode_frames(truncated, lambda total: np.arange(4))
     np.testing.assert_array_equal(early, np.stack(full_decode(path)[:4]))
+
+
+@pytest.mark.parametrize("overstated_by", [1, 2])
+def test_a_slightly_overstated_length_is_resampled_like_a_full_decode(videos, monkeypatch,
+                                                                       overstated_by):
+    # Some muxers state a frame or two more than the decoder delivers.
+    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + overstated_by)
+    sampler = lambda total: video_io.eval_clip_indices(total, 4, 8, 3)  # noqa: E731
+    reference = np.stack(full_decode(videos["h264.mp4"]))
+    decoded = video_io.decode_frames(videos["h264.mp4"], sampler)
+    np.testing.assert_array_equal(decoded, reference[sampler(LONG)])
+
+
+def test_a_length_far_beyond_the_frames_is_a_truncation(videos, monkeypatch):
+    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + 50)
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded \d+ of 12 needed"):
+        video_io.decode_frames(videos["h264.mp4"],
+                               lambda total: video_io.eval_clip_indices(total, 4, 8, 3))

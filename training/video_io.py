@@ -101,11 +101,16 @@ def decode_frames(path, sampler):
         raise VideoDecodeError(path, f"{type(error).__name__}: {error}") from error
 
 
-def _decode(path, sampler):
+def _stated_frames(path):
+    """The frame count the container states (0: none), or VideoDecodeError."""
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "no video stream")
-        stated = max(int(container.streams.video[0].frames), 0)
+        return max(int(container.streams.video[0].frames), 0)
+
+
+def _decode(path, sampler):
+    stated = _stated_frames(path)
     total, timeline = stated, None
     if not stated:
         total, timeline = _read_timeline(path)
