@@ -6,7 +6,8 @@ Reads the `serving_default` signature from `saved_model.pb` (as TF Serving
 does) and prints the `models.config` that serves `<base>/<name>`, the Docker
 and curl commands, and a `{"instances": [...]}` request body shaped for the
 signature: one clip of T frames of 2x2 pixels (the graph resizes any frame
-size, so a real client sends its decoded frames as they are). With `--write`,
+size within the bounds recorded at export, so a real client sends its decoded
+frames as they are). With `--write`,
 `models.config` and `request.json` are also written to DIR.
 
 The README's request body is this script's output for the `make demo` model;
