@@ -341,8 +341,10 @@ def test_weights_default_to_the_runs_final_then_last_then_the_config(tmp_path, p
     for kind in present:
         name = {"final": "final.weights.h5", "last": "checkpoints/last.weights.h5"}[kind]
         (run / name).write_bytes(b"h5")
+    (tmp_path / config_weights).write_bytes(b"h5")
+    config_weights = str(tmp_path / config_weights)
     weights, origin = export.find_weights(str(run / "config.yaml"), config_weights)
-    assert weights == (config_weights if expected == config_weights else str(run / expected))
+    assert weights == (config_weights if expected == "init.weights.h5" else str(run / expected))
     assert origin
 
 
@@ -381,8 +383,20 @@ def test_missing_checkpoint_and_existing_version_are_user_errors(model, exported
     with pytest.raises(errors.MissingFileError, match="Received: --checkpoint="):
         export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
                      "--checkpoint", str(tmp_path / "nope.weights.h5")])
+    with pytest.raises(errors.MissingFileError, match="Received: model.weights="):
+        export.find_weights(str(run / "config.yaml"), str(tmp_path / "gone.weights.h5"))
     with pytest.raises(errors.UserError, match="overwrite"):
         export.export_saved_model(model, exported, data_config=DATA_CONFIG)
+
+
+def test_weights_of_another_model_are_a_config_error(tmp_path):
+    run, config, _ = _run_folder(tmp_path)
+    other = models.build_model(config["model"], dict(config["data"], num_classes=7), False)
+    other.save_weights(str(tmp_path / "seven.weights.h5"))
+    with pytest.raises(errors.ConfigError, match="Cannot build model.name='VideoResNet' with weights"):
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
+                     "--checkpoint", str(tmp_path / "seven.weights.h5")])
+    assert not (tmp_path / "o").exists()
 
 
 def test_console_script_prints_one_error_line_and_exits_2(tmp_path):

@@ -372,6 +372,9 @@ def find_weights(config_path, model_weights, checkpoint=None):
             if os.path.isfile(os.path.join(run_dir, name)):
                 return os.path.join(run_dir, name), what
     if model_weights:
+        if (isinstance(model_weights, str) and model_weights.endswith((".h5", ".pkl"))
+                and not os.path.isfile(model_weights)):
+            raise MissingFileError(f"Weights file not found. Received: model.weights={model_weights!r}")
         return model_weights, "the config's model.weights"
     searched = (f"{run_dir}/final.weights.h5, {run_dir}/checkpoints/last.weights.h5 and "
                 if run_dir else "")
@@ -409,7 +412,12 @@ def main(argv=None):
     weights, origin = find_weights(args.config, config["model"].get("weights"), args.checkpoint)
     print(f"Exporting with weights {weights} ({origin})")
     config["model"]["weights"] = weights
-    model = models.build_model(config["model"], config["data"], args.multi_label)
+    try:
+        model = models.build_model(config["model"], config["data"], args.multi_label)
+    except ValueError as error:
+        # Weights saved from another architecture, class count or clip shape.
+        raise ConfigError(f"Cannot build model.name={config['model']['name']!r} with weights "
+                          f"{weights!r}: {error}") from error
     path = export_saved_model(model, args.output, data_config=config["data"], top_k=args.top_k,
                               model_name=args.model_name, overwrite=args.overwrite,
                               multi_label=args.multi_label, model_config=config["model"],

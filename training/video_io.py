@@ -208,7 +208,9 @@ def _decode_wanted(path, clips, timeline):
             for frame in container.decode(stream):
                 if seek and index < 0:
                     # The keyframe the seek landed on: its place on the timeline.
-                    index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else first + 1
+                    if frame.pts is None:
+                        return _decode_wanted(path, clips, None)
+                    index = bisect.bisect_left(timeline, frame.pts)
                     if index > first:
                         return _decode_wanted(path, clips, None)
                 else:
