@@ -50,3 +50,181 @@ def test_eval_indices_are_evenly_spaced_from_first_to_last_start():
     np.testing.assert_array_equal(indices[:, 0], [0, 46, 93])
     np.testing.assert_array_equal(indices[2], [93, 95, 97, 99])
     np.testing.assert_array_equal(video_io.eval_clip_indices(20, 4, 2, 1)[0], [6, 8, 10, 12])
+
+
+# --- Decoding only the frames a clip needs -----------------------------------
+
+# (file name, codec, encoder options): the containers users bring. MP4, AVI and
+# MOV state their frame count; WebM and MKV do not (the decoder counts packets).
+# A keyframe every 30 frames (x264 also uses B-frames), so that seeking lands
+# before the first needed frame and must find out where.
+CONTAINERS = [
+    ("h264.mp4", "libx264", {"g": "30", "crf": "23"}),
+    ("mpeg4.avi", "mpeg4", {"g": "30"}),
+    ("vp9.webm", "libvpx-vp9", {"g": "30", "deadline": "realtime", "cpu-used": "8"}),
+    ("mjpeg.mov", "mjpeg", {}),
+    ("h264.mkv", "libx264", {"g": "30", "crf": "23"}),
+]
+LONG = 150
+
+
+def distinct_frames(count, height=32, width=48, seed=0):
+    """Frames that stay distinct after lossy coding: a bar that moves and a ramp."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 40, (count, height, width, 3)).astype(np.uint8)
+    for t in range(count):
+        frames[t, :, (3 * t) % width, :] = 255
+        frames[t, ..., 1] += np.uint8(t % 200)
+    return frames
+
+
+def full_decode(path):
+    """Every frame, in order, with PyAV and nothing else: the reference."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    import av
+
+    folder = tmp_path_factory.mktemp("containers")
+    frames = distinct_frames(LONG)
+    paths = {}
+    for name, codec, options in CONTAINERS:
+        if codec not in av.codecs_available:
+            continue
+        video_io.write_video(folder / name, frames, fps=25, codec=codec, options=options)
+        paths[name] = folder / name
+    return paths
+
+
+SAMPLERS = {
+    "late_clip": lambda total: np.arange(100, 116, 2),
+    "centre_clip": lambda total: video_io.eval_clip_indices(total, 8, 4, 1),
+    "ten_clips": lambda total: video_io.eval_clip_indices(total, 4, 8, 10),
+    "past_the_end": lambda total: np.array([[total - 3, total - 1], [total + 5, 2]]),
+    "keyframe_exactly": lambda total: np.array([60, 61, 90]),
+}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CONTAINERS])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_frames_equal_a_full_decode_indexed(videos, name, sampler):
+    if name not in videos:
+        pytest.skip(f"{name}: encoder not in this FFmpeg build")
+    reference = full_decode(videos[name])
+    assert len(reference) == LONG
+    indices = np.minimum(SAMPLERS[sampler](LONG), LONG - 1)
+    decoded = video_io.decode_frames(videos[name], SAMPLERS[sampler])
+    assert decoded.shape == indices.shape + reference[0].shape
+    np.testing.assert_array_equal(decoded, np.stack(reference)[indices])
+
+
+def test_stated_and_unstated_frame_counts_are_both_covered(videos):
+    import av
+
+    stated = {}
+    for name, path in videos.items():
+        with av.open(str(path)) as container:
+            stated[name] = container.streams.video[0].frames
+    assert stated["h264.mp4"] == stated["mpeg4.avi"] == stated["mjpeg.mov"] == LONG
+    assert stated["h264.mkv"] == 0
+
+
+def _counting_conversions(monkeypatch):
+    converted = []
+    real = video_io._to_rgb
+
+    def counting(frame):
+        converted.append(frame.pts)
+        return real(frame)
+
+    monkeypatch.setattr(video_io, "_to_rgb", counting)
+    return converted
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.mkv"])
+def test_only_the_needed_frames_are_converted_and_decoding_stops(videos, name, monkeypatch):
+    converted = _counting_conversions(monkeypatch)
+    passes = []
+    real_decode = video_io._decode_wanted
+
+    def tracking(path, clips, timeline):
+        reached, error = real_decode(path, clips, timeline)
+        passes.append((timeline is not None, reached))
+        return reached, error
+
+    monkeypatch.setattr(video_io, "_decode_wanted", tracking)
+    clip = video_io.decode_frames(videos[name], lambda total: np.arange(100, 116, 2))
+    assert clip.shape[0] == 8
+    assert len(converted) == 8
+    # One pass, which seeked (the first needed frame is 100) and stopped at
+    # the last needed frame (index 114), not at the end (149).
+    assert passes == [(True, 115)]
+
+
+def test_memory_follows_the_clip_not_the_video(tmp_path, monkeypatch):
+    import tracemalloc
+
+    frames = distinct_frames(600, height=64, width=96)
+    path = tmp_path / "long.mp4"
+    video_io.write_video(path, frames, fps=25, codec="libx264", options={"g": "50", "crf": "30"})
+    converted = _counting_conversions(monkeypatch)
+    frame_bytes = frames[0].nbytes
+    tracemalloc.start()
+    try:
+        for sampler in (lambda total: video_io.eval_clip_indices(total, 8, 8, 1)[0],
+                        lambda total: np.arange(560, 576, 2)):
+            assert video_io.decode_frames(path, sampler).shape == (8, 64, 96, 3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(converted) == 16
+    # The clip (8 frames) and some slack; the whole video is 600 frames.
+    assert peak < 12 * frame_bytes, (peak, frame_bytes)
+
+
+def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
+    import av
+
+    path = tmp_path / "whole.mp4"
+    frames = distinct_frames(32)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    with av.open(str(truncated)) as container:
+        assert container.streams.video[0].frames == 32  # the index still says 32
+    with pytest.raises(video_io.VideoDecodeError,
+                       match=r"truncated\.mp4.*truncated: decoded \d+ of 16 needed frames") as error:
+        video_io.decode_frames(truncated, lambda total: np.arange(0, 32, 2))
+    assert error.value.reason.startswith("truncated: decoded")
+    # The frames before the cut are still there for a clip that needs only them.
+    early = video_io.decode_frames(truncated, lambda total: np.arange(4))
+    np.testing.assert_array_equal(early, np.stack(full_decode(path)[:4]))
+
+
+@pytest.mark.parametrize("overstated_by", [1, 2])
+def test_a_slightly_overstated_length_is_resampled_like_a_full_decode(videos, monkeypatch,
+                                                                       overstated_by):
+    # Some muxers state a frame or two more than the decoder delivers.
+    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + overstated_by)
+    sampler = lambda total: video_io.eval_clip_indices(total, 4, 8, 3)  # noqa: E731
+    reference = np.stack(full_decode(videos["h264.mp4"]))
+    decoded = video_io.decode_frames(videos["h264.mp4"], sampler)
+    np.testing.assert_array_equal(decoded, reference[sampler(LONG)])
+
+
+def test_a_length_far_beyond_the_frames_is_a_truncation(videos, monkeypatch):
+    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + 50)
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded \d+ of 12 needed"):
+        video_io.decode_frames(videos["h264.mp4"],
+                               lambda total: video_io.eval_clip_indices(total, 4, 8, 3))

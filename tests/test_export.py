@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from nonlocal_keras.training import export, models
+from nonlocal_keras.training import errors, export, models
 from test_export_support import (CLASS_NAMES, CROP, DATA_CONFIG, NUM_FRAMES, SCALE, centre_crop,
                                  normalize, random_clips, sharpen, tiny_model)
 
@@ -214,3 +214,209 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     expected = trained.predict(normalize(centre_crop(clips, CROP)), verbose=0)
     assert np.abs(served["probabilities"].numpy() - expected).max() < 1e-5
     assert served["top_k_class_names"].numpy()[0, 0].decode() == CLASS_NAMES[expected[0].argmax()]
+
+
+# --- Bounded frames in serving_default ------------------------------------------
+
+def test_a_one_pixel_high_request_fails_fast_naming_the_limit(loaded):
+    """The issue's 0.5 MiB request: resized, its shorter side would go 1 -> 36
+    and the other 20000 -> 720000 (8 frames: 2.5 GB of float32)."""
+    import resource
+    import time
+
+    clips = tf.zeros((1, NUM_FRAMES, 1, 20000, 3), tf.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        loaded.signatures["serving_default"](clips=clips)
+    elapsed = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    message = str(error.value)
+    assert (f"frames must be at most {export.DEFAULT_MAX_FRAME_SIDE} pixels on a side with an "
+            f"aspect ratio of at most {export.DEFAULT_MAX_ASPECT_RATIO:g}:1") in message
+    assert "max_frame_side=4096" in message and "max_aspect_ratio=4" in message
+    assert "Received: clips.shape=" in message and f"[1 {NUM_FRAMES} 1 20000 3]" in message
+    # Refused before the resize: no 2.5 GB allocation, no seconds of work.
+    assert grown_mib < 500, grown_mib
+    assert elapsed < 5, elapsed
+
+
+@pytest.fixture(scope="module")
+def tight(model, tmp_path_factory):
+    path = export.export_saved_model(model, str(tmp_path_factory.mktemp("tight") / "t" / "1"),
+                                     data_config=DATA_CONFIG, max_frame_side=100,
+                                     max_aspect_ratio=2.0)
+    return path, tf.saved_model.load(path).signatures["serving_default"]
+
+
+@pytest.mark.parametrize("height, width, limit", [
+    (36, 101, "max_frame_side=100"), (101, 60, "max_frame_side=100"),
+    (36, 73, "max_aspect_ratio=2"), (80, 39, "max_aspect_ratio=2"), (0, 40, "max_aspect_ratio=2"),
+])
+def test_frames_beyond_the_recorded_bounds_are_refused(tight, height, width, limit):
+    _, signature = tight
+    with pytest.raises(tf.errors.InvalidArgumentError, match=limit) as error:
+        signature(clips=tf.zeros((1, NUM_FRAMES, height, width, 3), tf.uint8))
+    assert f"clips.shape=] [1 {NUM_FRAMES} {height} {width} 3]" in str(error.value)
+
+
+def test_frames_within_the_bounds_are_served_like_the_keras_model(model, tight):
+    path, signature = tight
+    with open(os.path.join(path, export.METADATA_FILE)) as handle:
+        metadata = json.load(handle)
+    assert metadata["max_frame_side"] == 100 and metadata["max_aspect_ratio"] == 2.0
+    # Exactly at both limits: 100 wide, 50 high is 2:1. The shorter side goes
+    # 50 -> 36, which NumPy does not redo here; the centre crop of an input
+    # whose shorter side already is SCALE (below) is checked exactly.
+    served = signature(clips=tf.zeros((1, NUM_FRAMES, 50, 100, 3), tf.uint8))
+    assert served["probabilities"].shape == (1, len(CLASS_NAMES))
+    clips = random_clips((1, NUM_FRAMES, SCALE, 2 * SCALE, 3), seed=9)
+    served = signature(clips=tf.constant(clips))["probabilities"].numpy()
+    expected = model.predict(normalize(centre_crop(clips, CROP)), verbose=0)
+    assert np.abs(served - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("argument, value", [("max_frame_side", 0), ("max_frame_side", 2.5),
+                                             ("max_aspect_ratio", 0.5), ("max_aspect_ratio", "4")])
+def test_bounds_are_checked_at_export(model, tmp_path, argument, value):
+    with pytest.raises(ValueError, match=rf"Received: {argument}={value!r}"):
+        export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG, **{argument: value})
+    assert not os.listdir(tmp_path)
+
+
+# --- Metadata: every evaluation setting, the model, the weights -------------------
+
+def _run_folder(tmp_path, with_weights=("final",)):
+    """A run folder as nonlocal-train leaves it: config.yaml and some weights."""
+    config = {"model": {"name": "VideoResNet", "stage_blocks": [1, 1], "width": 4,
+                        "nonlocal_blocks": {"res3": [0]}},
+              "data": dict(DATA_CONFIG, num_classes=len(CLASS_NAMES), train_scale=[SCALE, SCALE],
+                           mean=[110.0, 115.0, 120.0], std=[50.0, 55.0, 60.0])}
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    trained = {}
+    for seed, kind in enumerate(with_weights, start=10):
+        model = models.build_model(config["model"], config["data"], False)
+        sharpen(model, seed=seed)
+        name = {"final": "final.weights.h5", "last": "checkpoints/last.weights.h5"}[kind]
+        model.save_weights(str(run / name))
+        trained[kind] = model
+    return run, config, trained
+
+
+def test_metadata_records_every_eval_setting_the_model_and_its_weights(tmp_path, capsys):
+    run, config, _ = _run_folder(tmp_path)
+    output = tmp_path / "exported" / "1"
+    assert export.main(["--config", str(run / "config.yaml"), "--output", str(output),
+                        "--multi-label", "--max-frame-side", "2000", "--max-aspect-ratio", "3"]) == 0
+    with open(output / export.METADATA_FILE) as handle:
+        metadata = json.load(handle)
+    data = config["data"]
+    for key in ("num_frames", "sampling_rate", "crop_size", "eval_scale", "num_clips", "num_crops",
+                "mean", "std", "class_names"):
+        assert metadata[key] == data[key], key
+    assert metadata["num_classes"] == len(CLASS_NAMES)
+    assert metadata["multi_label"] is True
+    assert metadata["max_frame_side"] == 2000 and metadata["max_aspect_ratio"] == 3.0
+    assert metadata["model"]["name"] == "VideoResNet"
+    assert metadata["model"]["config"] == config["model"]
+    assert metadata["model"]["nonlocal_blocks"] == [{"name": "res3_0_nonlocal",
+                                                     "mode": "embedded_gaussian"}]
+    assert metadata["weights"] == str(run / "final.weights.h5")
+
+
+# --- Which weights an export without --checkpoint uses ----------------------------
+
+@pytest.mark.parametrize("present, config_weights, expected", [
+    (("final", "last"), "init.weights.h5", "final.weights.h5"),
+    (("last",), "init.weights.h5", os.path.join("checkpoints", "last.weights.h5")),
+    ((), "init.weights.h5", "init.weights.h5"),
+])
+def test_weights_default_to_the_runs_final_then_last_then_the_config(tmp_path, present,
+                                                                      config_weights, expected):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}")
+    for kind in present:
+        name = {"final": "final.weights.h5", "last": "checkpoints/last.weights.h5"}[kind]
+        (run / name).write_bytes(b"h5")
+    (tmp_path / config_weights).write_bytes(b"h5")
+    config_weights = str(tmp_path / config_weights)
+    weights, origin = export.find_weights(str(run / "config.yaml"), config_weights)
+    assert weights == (config_weights if expected == "init.weights.h5" else str(run / expected))
+    assert origin
+
+
+def test_a_config_that_is_not_a_runs_never_borrows_weights_from_its_folder(tmp_path):
+    (tmp_path / "final.weights.h5").write_bytes(b"h5")
+    (tmp_path / "experiment.yaml").write_text("{}")
+    with pytest.raises(errors.MissingFileError, match="No weights to export"):
+        export.find_weights(str(tmp_path / "experiment.yaml"), None)
+
+
+def test_export_without_any_weights_stops_and_writes_nothing(tmp_path):
+    run, _, _ = _run_folder(tmp_path, with_weights=())
+    with pytest.raises(errors.MissingFileError, match="random weights") as error:
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "out")])
+    assert "final.weights.h5" in str(error.value) and "last.weights.h5" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_without_checkpoint_serves_the_runs_last_weights(tmp_path, capsys):
+    run, _, trained = _run_folder(tmp_path, with_weights=("last",))
+    output = tmp_path / "exported" / "1"
+    assert export.main(["--config", str(run / "config.yaml"), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Exporting with weights {run / 'checkpoints' / 'last.weights.h5'}" in printed
+    clips = random_clips((1, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), seed=6)
+    served = tf.saved_model.load(str(output)).signatures["serving_default"](clips=tf.constant(clips))
+    mean = np.array([110.0, 115.0, 120.0], np.float32)
+    std = np.array([50.0, 55.0, 60.0], np.float32)
+    views = (centre_crop(clips, CROP).astype(np.float32) - mean) / std
+    expected = trained["last"].predict(views, verbose=0)
+    assert np.abs(served["probabilities"].numpy() - expected).max() < 1e-5
+
+
+def test_missing_checkpoint_and_existing_version_are_user_errors(model, exported, tmp_path):
+    run, _, _ = _run_folder(tmp_path, with_weights=())
+    with pytest.raises(errors.MissingFileError, match="Received: --checkpoint="):
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
+                     "--checkpoint", str(tmp_path / "nope.weights.h5")])
+    with pytest.raises(errors.MissingFileError, match="Received: model.weights="):
+        export.find_weights(str(run / "config.yaml"), str(tmp_path / "gone.weights.h5"))
+    with pytest.raises(errors.UserError, match="overwrite"):
+        export.export_saved_model(model, exported, data_config=DATA_CONFIG)
+
+
+def test_weights_of_another_model_are_a_config_error(tmp_path):
+    run, config, _ = _run_folder(tmp_path)
+    other = models.build_model(config["model"], dict(config["data"], num_classes=7), False)
+    other.save_weights(str(tmp_path / "seven.weights.h5"))
+    with pytest.raises(errors.ConfigError, match="Cannot build model.name='VideoResNet' with weights"):
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
+                     "--checkpoint", str(tmp_path / "seven.weights.h5")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_prints_one_error_line_and_exits_2(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "nonlocal-export")
+    run = subprocess.run([script, "--config", "demo_digits_nl_c2d", "--output", str(tmp_path),
+                          "--top-k", "0"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.splitlines() == [
+        "nonlocal-export: error: --top-k must be >= 1. Received: --top-k=0"]
+    assert not os.listdir(tmp_path)
+
+
+def test_the_resize_reads_uint8_frames_without_a_float32_copy():
+    """A float32 copy of a 4K request is 4x its size (100 MB a frame); the
+    bilinear kernel reads uint8 and interpolates in float32 itself."""
+    from nonlocal_keras.training import preprocessing
+
+    resize = tf.function(lambda clips: preprocessing.resize_shorter_side(clips, SCALE))
+    graph = resize.get_concrete_function(
+        tf.TensorSpec((None, NUM_FRAMES, None, None, 3), tf.uint8)).graph
+    kernels = [op for op in graph.get_operations() if op.type.startswith("Resize")]
+    assert kernels and all(op.inputs[0].dtype == tf.uint8 for op in kernels), kernels
+    assert resize(tf.zeros((1, NUM_FRAMES, 40, 60, 3), tf.uint8)).dtype == tf.float32

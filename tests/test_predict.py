@@ -1,26 +1,33 @@
 """nonlocal-predict: multi-clip x multi-crop scores of video files through the
-SavedModel equal the Keras model's; unreadable files are reported one by one."""
+SavedModel equal the Keras model's, with every setting read from the export;
+unreadable or truncated files are reported one by one; user errors are one line."""
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from nonlocal_keras.training import export, predict, video_io
-from test_export_support import (CLASS_NAMES, CROP, DATA_CONFIG, NUM_FRAMES, SCALE, normalize,
-                                 random_clips, tiny_model)
+from nonlocal_keras.training import errors, export, predict, video_io
+from test_export_support import (CLASS_NAMES, CROP, DATA_CONFIG, NUM_FRAMES, SCALE, random_clips,
+                                 tiny_model)
 
 # Landscape frames whose shorter side is already SCALE (the resize is the
 # identity), so the three crops are slices at left 0, centre and right.
 HEIGHT, WIDTH = SCALE, SCALE + 12
 VIDEO_FRAMES = 12
+# Not the package defaults: predict must take them from the export's metadata.
+MEAN, STD = np.array([100.0, 120.0, 140.0]), np.array([40.0, 60.0, 80.0])
+EXPORTED = dict(DATA_CONFIG, mean=MEAN.tolist(), std=STD.tolist())
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     model = tiny_model()
-    saved = export.export_saved_model(model, str(folder / "models"), data_config=DATA_CONFIG)
+    saved = export.export_saved_model(model, str(folder / "models"), data_config=EXPORTED)
     videos = []
     for seed in (1, 2):
         path = str(folder / f"video{seed}.mp4")
@@ -38,7 +45,7 @@ def expected_scores(model, path):
     top = (HEIGHT - CROP) // 2
     views = [clips[:, :, top:top + CROP, left:left + CROP] for left in (0, (WIDTH - CROP) // 2, WIDTH - CROP)]
     views = np.concatenate(views)  # (3 crops * 2 clips, T, CROP, CROP, 3)
-    return model.predict(normalize(views), verbose=0).mean(axis=0)
+    return model.predict(((views - MEAN) / STD).astype(np.float32), verbose=0).mean(axis=0)
 
 
 def parse_top_k(stdout):
@@ -57,7 +64,12 @@ def parse_top_k(stdout):
 def test_top5_of_each_video_matches_the_keras_model(setup, capsys):
     model, saved, videos, _, _ = setup
     assert predict.main([*videos, "--model", saved]) == 0
-    printed = parse_top_k(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    printed = parse_top_k(out)
+    # A progress bar on stderr: after the first video (with the time left), and at the end.
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", err)
+    assert re.search(r"1/2 \S+ \d+s \d+m?s/video", shown), shown
+    assert re.search(r"2/2 \S+ \d+s \d+m?s/video", shown), shown
     assert list(printed) == videos
     for video in videos:
         scores = expected_scores(model, video)
@@ -84,6 +96,48 @@ def test_unreadable_files_are_reported_and_fail_the_run(setup, capsys):
     assert "2 of 3 video(s) failed" in err
 
 
+def test_a_truncated_video_is_reported_like_an_unreadable_one(setup, tmp_path, capsys):
+    _, saved, videos, _, _ = setup
+    import av
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for image in random_clips((32, HEIGHT, WIDTH, 3), seed=4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    truncated = str(tmp_path / "truncated.mp4")
+    data = whole.read_bytes()
+    with open(truncated, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    assert predict.main([videos[0], truncated, "--model", saved, "--num-clips", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert list(parse_top_k(out)) == [videos[0]]
+    assert re.search(rf"{re.escape(truncated)}: cannot read video \(truncated: decoded \d+ of "
+                     rf"{2 * NUM_FRAMES} needed frames", err), err
+    assert "1 of 2 video(s) failed" in err
+
+
 def test_model_folder_without_export_settings_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Received: model="):
+    with pytest.raises(errors.MissingFileError, match="Received: model="):
         predict.main(["any.mp4", "--model", str(tmp_path)])
+    with pytest.raises(errors.MissingFileError, match="No such SavedModel folder"):
+        predict.main(["any.mp4", "--model", str(tmp_path / "missing")])
+
+
+def test_predict_needs_no_defaults_table():
+    assert not hasattr(predict, "config_lib") and not hasattr(predict, "_data_config")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--top-k", "0"], "--top-k must be >= 1. Received: --top-k=0"),
+    (["--model", "no/such/folder"], "No such SavedModel folder. Received: model='no/such/folder'"),
+])
+def test_console_script_prints_one_error_line_and_exits_2(setup, arguments, message):
+    _, saved, videos, _, _ = setup
+    script = os.path.join(os.path.dirname(sys.executable), "nonlocal-predict")
+    run = subprocess.run([script, videos[0], "--model", saved, *arguments], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.splitlines() == [f"nonlocal-predict: error: {message}"]

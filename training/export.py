@@ -18,10 +18,22 @@ Serving watches, and holds two signatures:
 
 Both check their input in the graph (rank, frames, channels) so that a bad
 request, even one that reaches the graph through TF Serving, fails with a
-message that states the expected shape and dtype. The graph holds only
-TensorFlow ops: loading needs neither Keras nor this package.
-`assets.extra/nonlocal_keras.json` records the preprocessing settings for
-`nonlocal-predict` (TF Serving ignores that folder).
+message that states the expected shape and dtype. `serving_default` also
+bounds the frames it will resize, before it resizes them: at most
+`max_frame_side` pixels on a side and an aspect ratio of at most
+`max_aspect_ratio` (a 1 x 20000 frame would otherwise be resized to
+256 x 5,120,000). The graph holds only TensorFlow ops: loading needs neither
+Keras nor this package.
+
+`assets.extra/nonlocal_keras.json` records every evaluation setting (clip
+sampling, scales, crops, mean/std, multi-label, class names, the model and
+its non-local blocks, the weights, the frame bounds): `nonlocal-predict`
+reads everything it needs from there (TF Serving ignores that folder).
+
+Without `--checkpoint`, the weights are the run's: `final.weights.h5` next to
+a run's `config.yaml`, else its `checkpoints/last.weights.h5`, else the
+config's `model.weights`; with none of them the export stops rather than
+write a model with random weights.
 """
 
 import argparse
@@ -36,6 +48,7 @@ import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import data, preprocessing
+from nonlocal_keras.training.errors import ConfigError, MissingFileError, UserError
 from nonlocal_keras.utils import is_positive_int
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -43,6 +56,20 @@ NORMALIZED_SIGNATURE = "serving_normalized"
 INPUT_NAME = "clips"
 CLASS_NAMES_ASSET = "class_names.txt"
 METADATA_FILE = os.path.join("assets.extra", "nonlocal_keras.json")
+# 2: every evaluation setting, the model, the weights and the frame bounds.
+METADATA_VERSION = 2
+# A frame side up to DCI 4K (4096 x 2160) either way round, and shapes up to
+# 4:1 (32:9 ultra-wide is 3.6:1): the resized frame is then at most
+# eval_scale x 4 * eval_scale.
+DEFAULT_MAX_FRAME_SIDE = 4096
+DEFAULT_MAX_ASPECT_RATIO = 4.0
+# The keys of `serving_settings` that `nonlocal-predict` needs.
+EVAL_SETTINGS = ("num_frames", "sampling_rate", "crop_size", "eval_scale", "num_clips",
+                 "num_crops", "mean", "std")
+
+
+class VersionExistsError(UserError, FileExistsError):
+    """The SavedModel version folder to write already exists."""
 
 
 def resolve_export_path(export_dir, model_name):
@@ -55,20 +82,22 @@ def resolve_export_path(export_dir, model_name):
     export_dir = os.path.abspath(os.fspath(export_dir))
     if os.path.basename(export_dir).isdigit():
         if int(os.path.basename(export_dir)) < 1:
-            raise ValueError("The version folder must be a number >= 1 (TF Serving ignores 0). "
-                             f"Received: export_dir={export_dir!r}")
+            raise ConfigError("The version folder must be a number >= 1 (TF Serving ignores 0). "
+                              f"Received: export_dir={export_dir!r}")
         return export_dir
     model_dir = os.path.join(export_dir, model_name)
     versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()] if os.path.isdir(model_dir) else []
     return os.path.join(model_dir, str(max(versions, default=0) + 1))
 
 
-def serving_settings(model, data_config=None):
+def serving_settings(model, data_config=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
+                     max_aspect_ratio=DEFAULT_MAX_ASPECT_RATIO):
     """Evaluation preprocessing of the exported graph, checked against the model's input.
 
-    Taken from a config's `data` section when given; otherwise the clip
-    length and crop are the model's own and the shorter side is resized to
-    the crop size (the `make demo` setting).
+    Taken from a config's `data` section when given (missing fields take the
+    config defaults); otherwise the clip length and crop are the model's own
+    and the shorter side is resized to the crop size (the `make demo`
+    setting). Also holds the frame bounds of `serving_default`.
     """
     shape = tuple(model.input_shape)
     if len(shape) != 5 or shape[-1] != 3:
@@ -78,7 +107,14 @@ def serving_settings(model, data_config=None):
     if height != width:
         raise ValueError("Exported models take square crops (or any size when fully "
                          f"convolutional). Received: model.input_shape={shape}")
-    settings = dict(config_lib.DEFAULTS["data"])
+    if not is_positive_int(max_frame_side):
+        raise ConfigError("`max_frame_side` must be an integer >= 1 (pixels). "
+                          f"Received: max_frame_side={max_frame_side!r}")
+    if (isinstance(max_aspect_ratio, bool) or not isinstance(max_aspect_ratio, (int, float))
+            or not max_aspect_ratio >= 1):
+        raise ConfigError("`max_aspect_ratio` must be a number >= 1 (longer side / shorter side). "
+                          f"Received: max_aspect_ratio={max_aspect_ratio!r}")
+    settings = dict(config_lib.load_config()["data"])
     if data_config is not None:
         settings.update(data_config)
     else:
@@ -87,12 +123,12 @@ def serving_settings(model, data_config=None):
                         eval_scale=height or settings["eval_scale"])
     for field, fixed in (("num_frames", frames), ("crop_size", height)):
         if fixed is not None and settings[field] != fixed:
-            raise ValueError(f"`data.{field}` must match the model's input shape {shape}. "
-                             f"Received: data.{field}={settings[field]}")
-    keys = ("num_frames", "sampling_rate", "crop_size", "eval_scale", "num_clips", "num_crops")
-    result = {key: int(settings[key]) for key in keys}
+            raise ConfigError(f"`data.{field}` must match the model's input shape {shape}. "
+                              f"Received: data.{field}={settings[field]}")
+    result = {key: int(settings[key]) for key in EVAL_SETTINGS if key not in ("mean", "std")}
     result.update(mean=[float(m) for m in settings["mean"]], std=[float(s) for s in settings["std"]],
-                  fully_convolutional=height is None)
+                  fully_convolutional=height is None, max_frame_side=int(max_frame_side),
+                  max_aspect_ratio=float(max_aspect_ratio))
     return result
 
 
@@ -118,11 +154,30 @@ def _checked(clips, expected_shape, dtype_name):
         return tf.identity(clips)
 
 
+def _bounded_frames(clips, max_side, max_aspect):
+    """`clips`, once its frames are asserted to be within the export's bounds.
+
+    Runs before the resize, whose output it bounds: the shorter side goes to
+    `eval_scale`, so the longer one to at most `eval_scale * max_aspect`.
+    """
+    shape = tf.shape(clips)
+    height, width = tf.cast(shape[-3], tf.float64), tf.cast(shape[-2], tf.float64)
+    shorter, longer = tf.minimum(height, width), tf.maximum(height, width)
+    ok = tf.logical_and(shorter >= 1.0, longer <= float(max_side))
+    ok = tf.logical_and(ok, longer <= max_aspect * shorter)
+    message = (f"`{INPUT_NAME}` frames must be at most {max_side} pixels on a side with an aspect "
+               f"ratio of at most {max_aspect:g}:1 (max_frame_side={max_side}, "
+               f"max_aspect_ratio={max_aspect:g}, set at export). Received: {INPUT_NAME}.shape=")
+    check = tf.debugging.Assert(ok, [message, shape], summarize=5)
+    with tf.control_dependencies([check]):
+        return tf.identity(clips)
+
+
 def _checked_class_names(class_names, num_classes):
     # One name per line in the asset file: a name may not hold a line break.
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes or any(not n.strip() or "\n" in n for n in class_names):
-        raise ValueError(f"`class_names` must be {num_classes} non-empty one-line names, one per "
+        raise ConfigError(f"`class_names` must be {num_classes} non-empty one-line names, one per "
                          f"class. Received: class_names={class_names[:10]!r} "
                          f"({len(class_names)} names)")
     return class_names
@@ -155,6 +210,7 @@ def _endpoints(model, settings, top_k, table):
 
     def from_uint8(clips):
         clips = _checked(clips, (None, frames, None, None, 3), "uint8")
+        clips = _bounded_frames(clips, settings["max_frame_side"], settings["max_aspect_ratio"])
         if settings["fully_convolutional"]:
             resized = preprocessing.resize_shorter_side(clips, settings["eval_scale"])
             views = preprocessing.normalize(resized, settings["mean"], settings["std"])
@@ -176,12 +232,31 @@ def _check_model(model, top_k):
         raise ValueError("The model must output class scores (batch, classes). "
                          f"Received: model.output_shape={output_shape}")
     if not is_positive_int(top_k):
-        raise ValueError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}")
+        raise ConfigError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}")
     return min(top_k, output_shape[1])
 
 
+def describe_model(model, model_config=None):
+    """The model as the metadata records it: its config name and arguments,
+    and the non-local blocks the built network holds (name and mode)."""
+    from nonlocal_keras.layers import BaseNonLocal
+
+    def walk(layer):
+        for inner in getattr(layer, "layers", []):
+            yield inner
+            yield from walk(inner)
+
+    blocks = [{"name": layer.name, "mode": layer.mode} for layer in walk(model)
+              if isinstance(layer, BaseNonLocal)]
+    config = {k: v for k, v in (model_config or {}).items() if k != "weights"}
+    return {"name": config.get("name", model.name), "config": config,
+            "nonlocal_blocks": blocks}
+
+
 def export_saved_model(model, export_dir, *, data_config=None, class_names=None, top_k=5,
-                       model_name=None, overwrite=False):
+                       model_name=None, overwrite=False, multi_label=False, model_config=None,
+                       weights=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
+                       max_aspect_ratio=DEFAULT_MAX_ASPECT_RATIO):
     """Write `model` as a TF Serving SavedModel; returns the version folder.
 
     Args:
@@ -198,17 +273,28 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         model_name: folder name when `export_dir` is a base (default `model.name`).
         overwrite: replace an existing version folder (TF Serving may hold
             the old one in memory; a new version is the safer update).
+        multi_label: whether the scores are sigmoids (recorded).
+        model_config: the config's `model` section (recorded, without weights).
+        weights: where the weights came from (recorded).
+        max_frame_side: `serving_default` refuses frames with a longer side.
+        max_aspect_ratio: `serving_default` refuses frames whose longer side
+            exceeds this many times the shorter one.
     """
     top_k = _check_model(model, top_k)
-    settings = serving_settings(model, data_config)
+    settings = serving_settings(model, data_config, max_frame_side, max_aspect_ratio)
     if class_names is None and data_config is not None:
         class_names = data.class_names_from_config(data_config)
     if class_names is not None:
         class_names = _checked_class_names(class_names, model.output_shape[1])
     path = resolve_export_path(export_dir, model_name or model.name)
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError("The version folder exists; export a new version or pass "
-                              f"overwrite=True. Received: export_dir={path!r}")
+        raise VersionExistsError("The version folder exists; export a new version or pass "
+                                 f"overwrite=True (--overwrite). Received: export_dir={path!r}")
+    metadata = dict(settings, metadata_version=METADATA_VERSION,
+                    num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
+                    class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
+                    weights=None if weights is None else str(weights),
+                    signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     # Written next to the target and renamed at the end, so that TF Serving,
@@ -230,9 +316,6 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
             tf.TensorSpec((None, frames, height, width, 3), tf.float32, name=INPUT_NAME)])
         saved = os.path.join(staging, "model")
         archive.write_out(saved, verbose=False)
-        metadata = dict(settings, num_classes=int(model.output_shape[1]), top_k=top_k,
-                        class_names=class_names,
-                        signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
         os.makedirs(os.path.join(saved, os.path.dirname(METADATA_FILE)), exist_ok=True)
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
@@ -245,13 +328,60 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
 
 
 def read_metadata(saved_model_dir):
-    """The preprocessing settings that `export_saved_model` recorded."""
+    """The settings that `export_saved_model` recorded (checked for what predict needs)."""
+    if not os.path.isdir(saved_model_dir):
+        raise MissingFileError(f"No such SavedModel folder. Received: model={saved_model_dir!r}")
     path = os.path.join(saved_model_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError("Not a SavedModel written by nonlocal-export (no "
-                                f"{METADATA_FILE}). Received: model={saved_model_dir!r}")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise MissingFileError("Not a SavedModel version folder written by nonlocal-export (no "
+                               f"saved_model.pb and {METADATA_FILE}). Received: model={saved_model_dir!r}")
     with open(path) as handle:
-        return json.load(handle)
+        try:
+            metadata = json.load(handle)
+        except ValueError as error:
+            raise ConfigError(f"Unreadable {METADATA_FILE} ({error}). "
+                              f"Received: model={saved_model_dir!r}") from error
+    missing = [key for key in EVAL_SETTINGS + ("num_classes",) if key not in metadata]
+    if missing:
+        raise ConfigError(f"{METADATA_FILE} lacks {', '.join(missing)}; export the model again. "
+                          f"Received: model={saved_model_dir!r}")
+    return metadata
+
+
+def find_weights(config_path, model_weights, checkpoint=None):
+    """`(weights, where from)` that `nonlocal-export` loads; never none.
+
+    `checkpoint` when given; else, when `config_path` is a run's
+    `config.yaml`, the run's `final.weights.h5`, else its
+    `checkpoints/last.weights.h5`; else the config's `model.weights`.
+
+    Raises:
+        MissingFileError: `checkpoint` does not exist, or none of these holds
+            weights (an export with random weights would serve noise).
+    """
+    if checkpoint:
+        if not os.path.isfile(checkpoint):
+            raise MissingFileError(f"Checkpoint not found. Received: --checkpoint={checkpoint!r}")
+        return checkpoint, "--checkpoint"
+    run_dir = None
+    if os.path.isfile(config_path) and os.path.basename(config_path) == "config.yaml":
+        run_dir = os.path.dirname(os.path.abspath(config_path))
+        for name, what in (("final.weights.h5", "the run's final weights"),
+                           (os.path.join("checkpoints", "last.weights.h5"),
+                            "the run's last checkpoint (the run did not finish)")):
+            if os.path.isfile(os.path.join(run_dir, name)):
+                return os.path.join(run_dir, name), what
+    if model_weights:
+        if (isinstance(model_weights, str) and model_weights.endswith((".h5", ".pkl"))
+                and not os.path.isfile(model_weights)):
+            raise MissingFileError(f"Weights file not found. Received: model.weights={model_weights!r}")
+        return model_weights, "the config's model.weights"
+    searched = (f"{run_dir}/final.weights.h5, {run_dir}/checkpoints/last.weights.h5 and "
+                if run_dir else "")
+    raise MissingFileError(
+        f"No weights to export: {searched}the config's model.weights are all missing, and an "
+        "export with random weights would serve noise. Give --checkpoint PATH.weights.h5. "
+        f"Received: --config={config_path!r}")
 
 
 def main(argv=None):
@@ -260,7 +390,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="nonlocal-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
-    parser.add_argument("--checkpoint", help="a .weights.h5 file (default: the config's model.weights)")
+    parser.add_argument("--checkpoint", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5, "
+                        "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
     parser.add_argument("--output", required=True,
                         help="BASE/<model_name>/<version> (or BASE: next version of the model's name)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -270,15 +401,28 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--model-name", help="folder name when --output is a base folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--max-frame-side", type=int, default=DEFAULT_MAX_FRAME_SIDE,
+                        help="serving_default refuses frames with a longer side (pixels)")
+    parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+                        help="serving_default refuses frames more elongated than this (longer/shorter)")
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1. Received: --top-k={args.top_k}")
     config = config_lib.load_config(args.config, args.set)
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            parser.error(f"checkpoint not found. Received: --checkpoint={args.checkpoint!r}")
-        config["model"]["weights"] = args.checkpoint
-    model = models.build_model(config["model"], config["data"], args.multi_label)
+    weights, origin = find_weights(args.config, config["model"].get("weights"), args.checkpoint)
+    print(f"Exporting with weights {weights} ({origin})")
+    config["model"]["weights"] = weights
+    try:
+        model = models.build_model(config["model"], config["data"], args.multi_label)
+    except ValueError as error:
+        # Weights saved from another architecture, class count or clip shape.
+        raise ConfigError(f"Cannot build model.name={config['model']['name']!r} with weights "
+                          f"{weights!r}: {error}") from error
     path = export_saved_model(model, args.output, data_config=config["data"], top_k=args.top_k,
-                              model_name=args.model_name, overwrite=args.overwrite)
+                              model_name=args.model_name, overwrite=args.overwrite,
+                              multi_label=args.multi_label, model_config=config["model"],
+                              weights=weights, max_frame_side=args.max_frame_side,
+                              max_aspect_ratio=args.max_aspect_ratio)
     print(f"SavedModel written to {path}")
     print(f"TF Serving config and request example: "
           f"python -m nonlocal_keras.training.serving_example {path}")

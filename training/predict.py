@@ -2,24 +2,27 @@
 
     nonlocal-predict video1.mp4 video2.mp4 --model exported/nl_c2d/1
 
-Each video goes through the evaluation pipeline of training (PyAV decoding,
-`num_clips` clips evenly spaced in time, `num_crops` crops at shorter side
-`eval_scale`, normalisation; the settings recorded by `nonlocal-export`),
-the SavedModel's `serving_normalized` signature scores every view, and the
-view scores are averaged, the paper's multi-clip protocol. A file that cannot
-be read is reported on stderr by name and reason; the exit status is 1 when
-any file failed.
+Each video goes through the evaluation pipeline of training (PyAV decoding of
+only the frames the clips need, `num_clips` clips evenly spaced in time,
+`num_crops` crops at shorter side `eval_scale`, normalisation: every setting
+as `nonlocal-export` recorded it), the SavedModel's `serving_normalized`
+signature scores every view, and the view scores are averaged, the paper's
+multi-clip protocol. A progress bar with ETA goes to stderr. A file that
+cannot be read (or is truncated) is reported on stderr by name and reason;
+the exit status is 1 when any file failed.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import data, evaluate, export
+from nonlocal_keras.training.errors import ConfigError
 
 
 class UnreadableVideos:
@@ -32,18 +35,45 @@ class UnreadableVideos:
         self.reasons[path] = reason
 
 
-def _data_config(metadata, num_clips, num_crops):
-    settings = {key: metadata[key] for key in ("num_frames", "sampling_rate", "crop_size",
-                                                "eval_scale", "mean", "std", "num_clips",
-                                                "num_crops")}
-    if num_clips is not None:
-        settings["num_clips"] = num_clips
-    if num_crops is not None:
-        settings["num_crops"] = num_crops
-    return dict(config_lib.DEFAULTS["data"], num_classes=metadata["num_classes"], **settings)
+def eval_options(metadata, num_clips=None, num_crops=None):
+    """`eval_dataset` keyword arguments: the export's settings, clips/crops overridable."""
+    return dict(num_frames=metadata["num_frames"], sampling_rate=metadata["sampling_rate"],
+                num_clips=num_clips or metadata["num_clips"],
+                num_crops=num_crops or metadata["num_crops"], crop_size=metadata["crop_size"],
+                scale=metadata["eval_scale"], mean=tuple(metadata["mean"]),
+                std=tuple(metadata["std"]))
 
 
-def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_size=1):
+class _Progress:
+    """A Keras progress bar over videos, on stderr (stdout holds the results)."""
+
+    def __init__(self, total, failures, enabled=True):
+        self.failures = failures
+        self.done = 0
+        self.bar = None
+        if enabled:
+            with contextlib.redirect_stdout(sys.stderr):
+                # interval 0: every video shows, each takes far longer than a redraw.
+                self.bar = keras.utils.Progbar(total, unit_name="video", interval=0)
+
+    def wrap(self, batches):
+        for batch in batches:
+            yield batch
+            self.done += int(batch[2].shape[0])
+            self._show(finalize=False)
+        self._show(finalize=True)
+
+    def _show(self, finalize):
+        if self.bar is None:
+            return
+        # Unreadable videos never reach a batch: they count as done once reported.
+        current = min(self.done + len(self.failures.reasons), self.bar.target)
+        with contextlib.redirect_stdout(sys.stderr):
+            self.bar.update(self.bar.target if finalize else current, finalize=finalize)
+
+
+def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_size=1,
+                  progress=True):
     """Mean view scores per video.
 
     Returns `(scores, failures, metadata)`: `(len(paths), classes)` scores
@@ -58,13 +88,13 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
         signature = loaded.signatures[export.NORMALIZED_SIGNATURE]
         return signature(**{export.INPUT_NAME: views})["probabilities"]
 
-    data_config = _data_config(metadata, num_clips, num_crops)
-    _, options = data.dataset_options(data_config)
+    num_classes = metadata["num_classes"]
     records = [data.VideoRecord(os.path.abspath(p), (0,), None) for p in paths]
     unreadable = UnreadableVideos()
-    dataset = data.eval_dataset(records, metadata["num_classes"], False, batch_size,
-                                skipped=unreadable, **options)
-    scores, _ = evaluate.predict_videos(scores_of, dataset, len(records), metadata["num_classes"])
+    dataset = data.eval_dataset(records, num_classes, False, batch_size, skipped=unreadable,
+                                **eval_options(metadata, num_clips, num_crops))
+    bar = _Progress(len(records), unreadable, progress)
+    scores, _ = evaluate.predict_videos(scores_of, bar.wrap(dataset), len(records), num_classes)
     failures = {path: unreadable.reasons[record.path]
                 for path, record in zip(paths, records) if record.path in unreadable.reasons}
     return scores, failures, metadata
@@ -90,16 +120,17 @@ def main(argv=None):
     parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
     parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
     parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     for flag in ("top_k", "num_clips", "num_crops", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            parser.error(f"must be >= 1. Received: --{flag.replace('_', '-')}={value}")
-    if not os.path.isdir(args.model):
-        parser.error(f"no such SavedModel folder. Received: --model={args.model!r}")
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} must be >= 1. Received: {name}={value}")
 
     scores, failures, metadata = predict_files(args.videos, args.model, args.num_clips,
-                                               args.num_crops, args.batch_size)
+                                               args.num_crops, args.batch_size,
+                                               progress=not args.no_progress)
     for path, video_scores in zip(args.videos, scores):
         if path not in failures:
             print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))

@@ -46,11 +46,15 @@ def _resize_frames(clip, new_height, new_width):
 
 
 def resize_shorter_side(clip, size):
-    """Bilinear resize so that the shorter spatial side equals `size` (float32 out)."""
-    clip = tf.cast(clip, tf.float32)
+    """Bilinear resize so that the shorter spatial side equals `size` (float32 out).
+
+    uint8 frames enter the resize as they are (the kernel interpolates in
+    float32, with the same result): only the resized clip is float32, never a
+    float copy of the input, which for 4K frames is 100 MB a frame.
+    """
     shape = tf.shape(clip)
     new_height, new_width = shorter_side_shape(shape[-3], shape[-2], size)
-    resized = _resize_frames(clip, new_height, new_width)
+    resized = tf.cast(_resize_frames(clip, new_height, new_width), tf.float32)
     # Static channels survive the reshape, which Keras layers need downstream.
     resized.set_shape(clip.shape[:-3].concatenate([None, None]).concatenate(clip.shape[-1:]))
     return resized

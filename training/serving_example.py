@@ -6,7 +6,8 @@ Reads the `serving_default` signature from `saved_model.pb` (as TF Serving
 does) and prints the `models.config` that serves `<base>/<name>`, the Docker
 and curl commands, and a `{"instances": [...]}` request body shaped for the
 signature: one clip of T frames of 2x2 pixels (the graph resizes any frame
-size, so a real client sends its decoded frames as they are). With `--write`,
+size within the bounds recorded at export, so a real client sends its decoded
+frames as they are). With `--write`,
 `models.config` and `request.json` are also written to DIR.
 
 The README's request body is this script's output for the `make demo` model;
@@ -22,6 +23,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
 
 from nonlocal_keras.training import export
+from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 REST_PORT = 8501
 EXAMPLE_PIXELS = 2
@@ -31,7 +33,7 @@ def read_signature(saved_model_dir, name=export.DEFAULT_SIGNATURE):
     """`{"inputs": {name: (dtype, shape)}, "outputs": {...}}` of a signature; -1 = any size."""
     path = os.path.join(saved_model_dir, "saved_model.pb")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No saved_model.pb in the folder. Received: model={saved_model_dir!r}")
+        raise MissingFileError(f"No saved_model.pb in the folder. Received: model={saved_model_dir!r}")
     proto = saved_model_pb2.SavedModel()
     with open(path, "rb") as handle:
         proto.ParseFromString(handle.read())
@@ -93,8 +95,8 @@ def describe_model(saved_model_dir):
     version_dir = os.path.abspath(saved_model_dir)
     model_dir = os.path.dirname(version_dir)
     if not os.path.basename(version_dir).isdigit():
-        raise ValueError("Give the version folder <base>/<model_name>/<version> that "
-                         f"nonlocal-export wrote. Received: model={saved_model_dir!r}")
+        raise ConfigError("Give the version folder <base>/<model_name>/<version> that "
+                          f"nonlocal-export wrote. Received: model={saved_model_dir!r}")
     signature = read_signature(version_dir)
     num_frames = export.read_metadata(version_dir)["num_frames"]
     body = format_request(example_request(signature, num_frames))
@@ -129,4 +131,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nonlocal_keras.training import cli
+
+    sys.exit(cli.run("serving_example", "nonlocal_keras.training.serving_example"))

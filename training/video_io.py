@@ -1,7 +1,8 @@
 """PyAV video decoding and the paper's temporal clip sampling (NumPy side).
 
-`decode_frames(path, sampler)` opens a file once, asks `sampler(total_frames)`
-for the frame indices it needs and returns just those frames as uint8 RGB.
+`decode_frames(path, sampler)` asks `sampler(total_frames)` for the frame
+indices it needs and decodes just those frames, as uint8 RGB: memory follows
+the clip, not the length of the video.
 The two samplers of the paper:
 
 - `train_clip_indices`: `num_frames` frames every `sampling_rate` frames from
@@ -13,9 +14,19 @@ Videos shorter than a clip repeat their last frame (indices are clamped),
 so every clip has exactly `num_frames` frames.
 """
 
+import bisect
+
 import numpy as np
 
 import av
+
+# Seek (to the keyframe before the first needed frame) only when that skips
+# at least this many frames: below it, decoding from the start costs less
+# than the extra pass over the packets that finding the landing frame needs.
+SEEK_AFTER_FRAMES = 48
+# A container may state a frame or two more than its decoder delivers; a
+# larger shortfall is a truncated file.
+_STATED_SLACK = 2
 
 
 class VideoDecodeError(RuntimeError):
@@ -60,74 +71,187 @@ def eval_clip_indices(total_frames, num_frames, sampling_rate, num_clips):
 def decode_frames(path, sampler):
     """Decode the frames `sampler(total_frames)` asks for, as uint8 RGB.
 
+    Only those frames are converted and kept: decoding stops after the last
+    needed one and, when the first needed frame lies far into the video,
+    starts at the keyframe before it. Memory follows the clip, not the video.
+    A container that does not state its frame count (WebM, MKV) is counted
+    by reading its packets first, without decoding them.
+
     Args:
         path: video file readable by FFmpeg.
         sampler: callable mapping the video's frame count to an integer array
-            of frame indices (any shape, repeats allowed).
+            of frame indices (any shape, repeats allowed; clamped to the video).
+            It may be called twice, with the corrected count, when the decoder
+            delivers a frame or two fewer than the container stated.
 
     Returns:
-        `(*indices.shape, height, width, 3)` uint8 array.
+        `(*indices.shape, height, width, 3)` uint8 array, equal to decoding
+        every frame and indexing the list.
 
     Raises:
         VideoDecodeError: the file cannot be opened, has no video stream, no
-            decodable frame, or fails mid-stream.
+            decodable frame, or ends or fails before a needed frame
+            (reason "truncated: decoded 5 of 16 needed frames").
     """
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            total = stream.frames
-            if total > 0:
-                # The container states its length: sample first and stop
-                # decoding after the last needed frame.
-                indices = np.asarray(sampler(total))
-                frames = _decode_up_to(container, int(indices.max()))
-                total = len(frames)
-                indices = np.minimum(indices, total - 1)
-            else:
-                frames = _decode_up_to(container, None)
-                total = len(frames)
-                if total == 0:
-                    raise VideoDecodeError(path, "no decodable frame")
-                indices = np.asarray(sampler(total))
+        return _decode(path, sampler)
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:
         raise VideoDecodeError(path, f"{type(error).__name__}: {error}") from error
-    if total == 0:
-        raise VideoDecodeError(path, "no decodable frame")
-    return np.stack(frames)[indices]
 
 
-def _decode_up_to(container, last_index):
-    frames = []
-    for frame in container.decode(video=0):
-        frames.append(frame.to_ndarray(format="rgb24"))
-        if last_index is not None and len(frames) > last_index:
-            break
-    return frames
+def _stated_frames(path):
+    """The frame count the container states (0: none), or VideoDecodeError."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
+        return max(int(container.streams.video[0].frames), 0)
 
 
-def write_video(path, frames, fps=8, codec="libx264", lossless=True):
-    """Write uint8 RGB frames `(T, H, W, 3)` as an H.264 MP4 (used by the demo data).
+def _decode(path, sampler):
+    stated = _stated_frames(path)
+    total, timeline = stated, None
+    if not stated:
+        total, timeline = _read_timeline(path)
+        if not total:
+            raise VideoDecodeError(path, "no decodable frame")
+    clips = _Clips(sampler, total)
+    if clips.wanted[0] >= SEEK_AFTER_FRAMES and timeline is None:
+        _, timeline = _read_timeline(path)
+    reached, error = _decode_wanted(path, clips, timeline)
+    if clips.missing() and error is None and reached and stated - reached <= _STATED_SLACK:
+        # The container overstated its length by a frame or two (or counted
+        # packets that hold no picture): sample again with the true length,
+        # as a full decode would have.
+        clips = _Clips(sampler, reached)
+        reached, error = _decode_wanted(path, clips, None)
+    if clips.missing():
+        cause = f" ({type(error).__name__}: {error})" if error is not None else ""
+        if not reached:
+            raise VideoDecodeError(path, f"no decodable frame{cause}")
+        raise VideoDecodeError(path, f"truncated: decoded {len(clips.filled)} of "
+                                     f"{len(clips.wanted)} needed frames{cause}")
+    return clips.array
 
+
+class _Clips:
+    """The output, filled in place as the needed frames arrive.
+
+    Each needed frame is converted once and written straight to every place
+    the indices hold it: no list or dict of frames beside the output.
+    """
+
+    def __init__(self, sampler, total):
+        self.indices = np.clip(np.asarray(sampler(total)).astype(np.int64), 0, total - 1)
+        self.wanted = np.unique(self.indices)
+        self.places = {}
+        for place, index in enumerate(self.indices.ravel().tolist()):
+            self.places.setdefault(index, []).append(place)
+        self.array = None
+        self.filled = set()
+
+    def put(self, index, rgb):
+        if self.array is None:
+            self.array = np.empty(self.indices.shape + rgb.shape, np.uint8)
+        flat = self.array.reshape((-1,) + self.array.shape[self.indices.ndim:])
+        flat[self.places[index]] = rgb  # a frame of another size fails here, as a decode error
+        self.filled.add(index)
+
+    def missing(self):
+        return len(self.filled) < len(self.wanted)
+
+
+def _read_timeline(path):
+    """(frame count, sorted presentation times or None) from the packets alone.
+
+    Demuxing reads the file but decodes nothing. The sorted packet times
+    are the frames' times in display order, which lets a seek tell which
+    frame it landed on; None when a packet has no time (then no seeking).
+    """
+    times = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    times.append(packet.pts)
+        except av.FFmpegError:
+            pass  # a damaged tail: count what can be read, the decode reports the rest
+    if any(t is None for t in times):
+        return len(times), None
+    return len(times), sorted(times)
+
+
+def _to_rgb(frame):
+    return frame.to_ndarray(format="rgb24")
+
+
+def _decode_wanted(path, clips, timeline):
+    """Fill `clips` with its wanted frames; returns (frames reached, error or None).
+
+    With a `timeline`, seeks to the keyframe before the first wanted frame
+    when that skips at least `SEEK_AFTER_FRAMES`; the landing frame's index
+    is found from its time, and any doubt (no time, a time off the
+    timeline, landing past the first wanted frame) falls back to decoding
+    from the start, where the index is just the count of frames so far.
+    """
+    first, last = int(clips.wanted[0]), int(clips.wanted[-1])
+    seek = timeline is not None and first >= SEEK_AFTER_FRAMES
+    index, error = -1, None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if seek:
+            container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
+        try:
+            for frame in container.decode(stream):
+                if seek and index < 0:
+                    # The keyframe the seek landed on: its place on the timeline.
+                    if frame.pts is None:
+                        return _decode_wanted(path, clips, None)
+                    index = bisect.bisect_left(timeline, frame.pts)
+                    if index > first:
+                        return _decode_wanted(path, clips, None)
+                else:
+                    index += 1
+                if seek and (index >= len(timeline) or timeline[index] != frame.pts):
+                    return _decode_wanted(path, clips, None)
+                if index in clips.places:
+                    clips.put(index, _to_rgb(frame))
+                if index >= last:
+                    break
+        except av.FFmpegError as failure:
+            error = failure
+    return index + 1, error
+
+
+def write_video(path, frames, fps=8, codec="libx264", lossless=True, options=None):
+    """Write uint8 RGB frames `(T, H, W, 3)` as a video (the demo data, the tests).
+
+    The container follows the file extension. With the default codec,
     `lossless=True` uses libx264 with `crf=0` in yuv444p, so decoded pixels
-    differ from the source by at most a couple of levels (colour conversion).
-    H and W must be even for yuv420p players; 4:4:4 has no such constraint.
+    differ from the source by at most a couple of levels (colour conversion);
+    other codecs are written in yuv420p (MJPEG: yuvj420p), with the encoder
+    `options` given (strings, as FFmpeg takes them). H and W must be even for
+    4:2:0.
     """
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(
             f"`frames` must be (time, height, width, 3) uint8. Received: frames.shape={frames.shape}"
         )
+    if codec == "libx264":
+        pix_fmt = "yuv444p" if lossless else "yuv420p"
+        options = dict({"crf": "0" if lossless else "18"}, **(options or {}))
+    else:
+        pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width = frames.shape[2]
         stream.height = frames.shape[1]
-        stream.pix_fmt = "yuv444p" if lossless else "yuv420p"
-        stream.options = {"crf": "0"} if lossless else {"crf": "18"}
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options or {})
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
