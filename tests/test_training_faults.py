@@ -246,3 +246,64 @@ def test_fine_tuning_to_another_class_count_the_charades_way(tmp_path):
     assert wrong.returncode == 2
     assert "do not fit" in wrong.stderr and "outside its classifier" in wrong.stderr
     assert np.isfinite(results["eval"]["mAP"])
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
+    """MultiWorkerMirroredStrategy, two processes on 127.0.0.1: each decodes its
+    half of the videos, only the chief writes, one is killed mid-run, both restart."""
+    csv_path = _write_dataset(tmp_path, count=16)
+    run_dir = tmp_path / "run"
+    epochs, steps = 3, 16 // 4  # what one process makes with the global batch of 4
+    command = list(TRAIN)
+    for item in _overrides(csv_path, run_dir, f"schedule.epochs={epochs}",
+                           "runtime.strategy=multi_worker", "runtime.tensorboard=false",
+                           "runtime.backup_freq=epoch"):
+        command += ["--set", item]
+    ports = _free_ports(2)
+
+    def start(index):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                       "task": {"type": "worker", "index": index}})
+        if index:
+            # The non-chief must write nothing: its first atomic write would kill it.
+            env["NONLOCAL_KERAS_KILL_AT"] = ".:1"
+        log = open(tmp_path / f"worker{index}.log", "a")
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    workers = [start(0), start(1)]
+    state_file = run_dir / "state" / "state.json"
+    try:
+        _wait_for(workers[0], lambda: state_file.exists() and
+                  json.loads(state_file.read_text())["step"] >= steps, 240)
+        time.sleep(0.3)
+        workers[1].kill()
+        workers[1].wait()
+        # The chief must not hang on its dead peer: the cluster's health check fails it.
+        assert workers[0].wait(timeout=120) != 0
+        assert json.loads(state_file.read_text())["step"] % steps == 0  # epoch commits
+        workers = [start(0), start(1)]
+        for worker in workers:
+            assert worker.wait(timeout=300) == 0, (tmp_path / "worker0.log").read_text()[-3000:] + \
+                (tmp_path / "worker1.log").read_text()[-3000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == epochs * steps and results["replicas"] == 2
+    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+    assert "Resuming at epoch" in (tmp_path / "worker1.log").read_text()

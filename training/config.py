@@ -21,9 +21,9 @@ from typing import List, Optional, Union
 
 import yaml
 
+from nonlocal_keras.applications import MEAN, STD
 from nonlocal_keras.training import atomic
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
-from nonlocal_keras.training.preprocessing import MEAN, STD
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 

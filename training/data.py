@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from nonlocal_keras.applications import MEAN, STD
 from nonlocal_keras.training import preprocessing, video_io
 from nonlocal_keras.training.errors import ConfigError, DatasetError, MissingFileError
 
@@ -380,7 +381,7 @@ def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, ski
 
 def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32,
                   sampling_rate=2, crop_size=224, min_scale=256, max_scale=320, flip=True,
-                  mean=preprocessing.MEAN, std=preprocessing.STD, cache_decoded=False,
+                  mean=MEAN, std=STD, cache_decoded=False,
                   shuffle=True, seed=None, skipped=None,
                   num_parallel_calls=tf.data.AUTOTUNE, repeat=False):
     """Training clips `(batch, num_frames, crop, crop, 3)` float32 and labels.
@@ -423,7 +424,7 @@ def train_dataset(records, num_classes, multi_label, batch_size, *, num_frames=3
 
 def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32,
                  sampling_rate=2, num_clips=10, num_crops=3, crop_size=224, scale=256,
-                 mean=preprocessing.MEAN, std=preprocessing.STD, skipped=None,
+                 mean=MEAN, std=STD, skipped=None,
                  num_parallel_calls=tf.data.AUTOTUNE):
     """Evaluation views per video, in file order.
 

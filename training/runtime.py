@@ -22,7 +22,7 @@ def make_strategy(name="auto", tpu=""):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _reducing_each_value(tf.distribute.MultiWorkerMirroredStrategy())
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -31,6 +31,29 @@ def make_strategy(name="auto", tpu=""):
     raise ValueError(
         "`strategy` must be auto, default, mirrored, multi_worker or tpu. "
         f"Received: strategy={name!r}")
+
+
+def _reducing_each_value(strategy):
+    """`strategy`, whose `reduce` takes what Keras 3 hands it with several workers.
+
+    Keras 3's TensorFlow trainer (3.15) calls the multi-worker strategy's
+    `reduce` on a whole `(x, y)` batch when `fit` starts, and on each step's
+    scalar metrics with `axis=0`; with more than one worker the strategy fails
+    on both (a tuple; no axis 0 in a scalar). Here each value is reduced on its
+    own, a scalar across replicas only. Every worker makes the same calls in
+    the same order, so the collectives still match.
+    """
+    reduce = strategy.reduce
+
+    def reduce_one(reduce_op, value, axis):
+        local = strategy.experimental_local_results(value)[0]
+        return reduce(reduce_op, value, None if local.shape.rank == 0 else axis)
+
+    def reduce_each(reduce_op, value, axis=None):
+        return tf.nest.map_structure(lambda v: reduce_one(reduce_op, v, axis), value)
+
+    strategy.reduce = reduce_each
+    return strategy
 
 
 def set_precision(policy):
