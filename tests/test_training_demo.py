@@ -28,8 +28,11 @@ def test_marker_attention_picks_the_marked_quadrant_of_the_last_frame():
 def test_demo_runs_end_to_end(tmp_path):
     from nonlocal_keras.training import demo
 
-    summary = demo.main(["--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
-                         "--num-train", "64", "--num-test", "8", "--set", "schedule.epochs=1"])
+    arguments = ["--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
+                 "--runs-dir", str(tmp_path / "runs"), "--export-dir", str(tmp_path / "exported"),
+                 "--num-train", "64", "--num-test", "8", "--set", "schedule.epochs=1",
+                 "--set", "runtime.verbose=0"]
+    assert demo.main(arguments) == 0
     out = tmp_path / "out"
     written = json.loads((out / "results.json").read_text())
     assert [row["model"] for row in written["rows"]] == ["C2D", "NL-C2D"]
@@ -37,9 +40,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert all(row["eval_videos"] == 8 and row["eval_views_per_video"] == 6
                for row in written["rows"])
     assert (out / "attention.png").stat().st_size > 1000
+    # The folders the README's commands use after `make demo`.
+    assert written["saved_model"] == str(tmp_path / "exported" / "demo_nl_c2d" / "1")
     assert os.path.isfile(os.path.join(written["saved_model"], "saved_model.pb"))
-    assert written["saved_model"].startswith(str(out / "saved_model"))
-    assert summary["best"] in ("C2D", "NL-C2D")
+    for run in ("demo_c2d", "demo_nl_c2d"):
+        assert (tmp_path / "runs" / run / "final.weights.h5").is_file()
+    assert len(os.listdir(out / "examples")) == demo.EXAMPLE_VIDEOS
+    assert written["best"] in ("C2D", "NL-C2D")
+    # Again: both runs are finished, nothing is retrained, the export is replaced.
+    assert demo.main(arguments) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [row["top1"] for row in again["rows"]] == [row["top1"] for row in written["rows"]]
 
 
 def test_first_frame_reader_is_the_last_frame_query_with_most_frame0_attention():

@@ -1,50 +1,52 @@
 """`make demo`: NL-C2D vs C2D on the embedded "digit under the marker" videos.
 
-    python -m nonlocal_keras.training.demo [--output-dir demo_output] [--seed 0]
+    nonlocal-demo [--output-dir demo_output] [--runs-dir runs] [--export-dir exported] [--seed 0]
 
 1. Writes (or reuses) the synthetic digits MP4 dataset (`synthetic_digits`).
 2. Trains the shipped configs `demo_digits_c2d` and `demo_digits_nl_c2d` with
-   `nonlocal-train`'s own code path (PyAV decoding in tf.data, SGD + L2, step
-   schedule, checkpoints, BackupAndRestore).
+   `nonlocal-train`'s own code path into `runs/demo_c2d` and `runs/demo_nl_c2d`
+   (a finished run is not trained again; `--restart` starts both over).
 3. Evaluates both with the multi-clip x multi-crop protocol.
-4. Exports the better one as a SavedModel.
-5. Prints a table (params, train time, accuracy), writes `results.json`, and
-   `attention.png`: where the marker's query looks in the first frame.
+4. Exports the NL-C2D as the TF Serving SavedModel `exported/demo_nl_c2d/1`.
+5. Prints a table (params, train time, accuracy), writes `results.json`,
+   `attention.png` (where the marker's query looks in the first frame) and
+   copies a few test videos to `examples/`, all in `--output-dir`.
+
+These are the folders the README's commands use after `make demo`.
 """
 
 import argparse
 import json
 import os
+import shutil
 import time
 
+# (label, shipped config, run folder under --runs-dir)
+RUNS = (("C2D", "demo_digits_c2d", "demo_c2d"), ("NL-C2D", "demo_digits_nl_c2d", "demo_nl_c2d"))
+EXPORTED = os.path.join("demo_nl_c2d", "1")  # under --export-dir
+EXAMPLE_VIDEOS = 4
 
-RUNS = (("C2D", "demo_digits_c2d"), ("NL-C2D", "demo_digits_nl_c2d"))
 
-
-def _train(config_name, root, output_dir, seed, extra):
+def _train(config_name, root, run_dir, seed, extra, restart):
     from nonlocal_keras.training import config as config_lib
     from nonlocal_keras.training import train
 
     overrides = [f"data.train_csv={os.path.join(root, 'train.csv')}",
                  f"data.val_csv={os.path.join(root, 'test.csv')}",
-                 f"runtime.output_dir={os.path.join(output_dir, config_name)}",
-                 f"train.seed={seed}", *extra]
+                 f"runtime.output_dir={run_dir}", f"train.seed={seed}", *extra]
     config = config_lib.load_config(config_name, overrides)
-    model, results = train.run(config)
+    model, results = train.run(config, restart=restart)
     return model, results, config
 
 
-def export_best(model, export_dir, data_config):
-    """Export with the package's exporter (serving preprocessing included) when
-    it exists, else plain `model.export`. Returns `(folder, how)`."""
-    try:
-        from nonlocal_keras.training.export import export_saved_model
-    except ImportError:
-        model.export(export_dir, format="tf_saved_model")
-        return export_dir, "keras.Model.export (nonlocal_keras.training.export not available)"
-    path = export_saved_model(model, export_dir, data_config=data_config,
-                              class_names=[str(d) for d in range(10)], model_name="demo_digits")
-    return str(path), "nonlocal_keras.training.export.export_saved_model"
+def _copy_examples(root, folder):
+    """A few test videos beside the results, for the README's `nonlocal-predict` example."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(root, "test.csv"), encoding="utf-8") as handle:
+        rows = [line.split(",")[0] for line in handle.read().splitlines()[1:EXAMPLE_VIDEOS + 1]]
+    for row in rows:
+        shutil.copyfile(os.path.join(root, row), os.path.join(folder, os.path.basename(row)))
+    return folder
 
 
 def _table(rows):
@@ -59,7 +61,12 @@ def _table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="nonlocal-keras demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="demo_output")
+    parser.add_argument("--output-dir", default="demo_output",
+                        help="results.json, attention.png and examples/")
+    parser.add_argument("--runs-dir", default="runs", help="the two run folders")
+    parser.add_argument("--export-dir", default="exported", help="the SavedModel base folder")
+    parser.add_argument("--restart", action="store_true",
+                        help="train both again (the old run folders are moved aside)")
     parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
                         "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras/synthetic_digits)")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,19 +75,20 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of both demo configs")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from nonlocal_keras.training import attention_map, synthetic_digits
+    from nonlocal_keras.training import atomic, attention_map, synthetic_digits
+    from nonlocal_keras.training.export import export_saved_model
 
     start = time.perf_counter()
     root = synthetic_digits.generate(args.data_dir, args.num_train, args.num_test, args.seed)
     print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    rows, models, data_configs = [], {}, {}
-    for label, config_name in RUNS:
-        print(f"\n== Training {label} ({config_name}) ==", flush=True)
-        model, results, config = _train(config_name, root, args.output_dir, args.seed, args.set)
-        models[label], data_configs[label] = model, config["data"]
+    rows, models, configs = [], {}, {}
+    for label, config_name, folder in RUNS:
+        print(f"\n== Training {label} ({config_name}) into {os.path.join(args.runs_dir, folder)} ==",
+              flush=True)
+        model, results, config = _train(config_name, root, os.path.join(args.runs_dir, folder),
+                                        args.seed, args.set, args.restart)
+        models[label], configs[label] = model, config
         rows.append({"model": label, "config": config_name, "params": results["params"],
                      "train_seconds": results["train_seconds_this_session"],
                      "epochs": results["epochs_run_this_session"],
@@ -89,24 +97,31 @@ def main(argv=None):
                      "eval_videos": results["eval"]["num_videos"]})
 
     best = max(rows, key=lambda row: row["top1"])
-    export_dir, exporter = export_best(models[best["model"]],
-                                       os.path.join(args.output_dir, "saved_model"),
-                                       data_configs[best["model"]])
+    export_dir = export_saved_model(models["NL-C2D"], os.path.join(args.export_dir, EXPORTED),
+                                    data_config=configs["NL-C2D"]["data"],
+                                    model_config=configs["NL-C2D"]["model"],
+                                    class_names=[str(d) for d in range(10)], overwrite=True)
+    examples = _copy_examples(root, os.path.join(args.output_dir, "examples"))
     picture = os.path.join(args.output_dir, "attention.png")
     attention_map.save_marker_attention(models["NL-C2D"], root, picture, seed=args.seed)
 
     table = _table(rows)
-    summary = {"rows": rows, "best": best["model"], "saved_model": export_dir,
-               "exported_with": exporter, "attention_picture": picture, "seed": args.seed,
+    summary = {"rows": rows, "best": best["model"], "saved_model": str(export_dir),
+               "runs": {row["model"]: os.path.join(args.runs_dir, folder)
+                        for row, (_, _, folder) in zip(rows, RUNS)},
+               "examples": examples, "attention_picture": picture, "seed": args.seed,
                "dataset": root, "total_seconds": round(time.perf_counter() - start, 1)}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    atomic.write_json(os.path.join(args.output_dir, "results.json"), summary)
     print("\n" + table)
-    print(f"\nBest: {best['model']}, exported to {export_dir} ({exporter}).")
+    print(f"\nBest: {best['model']}. NL-C2D exported to {export_dir}.")
     print(f"Attention picture: {picture}. Results: {os.path.join(args.output_dir, 'results.json')}.")
     print(f"Total time: {summary['total_seconds']:.0f} s")
-    return summary
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from nonlocal_keras.training import cli
+
+    sys.exit(cli.run("nonlocal-demo", "nonlocal_keras.training.demo"))
