@@ -26,6 +26,7 @@ ROWS = (
     ("C2DResNet101", {"nonlocal_blocks": 5}),
     ("I3DResNet101", {}),
     ("I3DResNet101", {"nonlocal_blocks": 5}),
+    ("I3DResNet101", {"inflation": "3x3x3"}),
 )
 
 
