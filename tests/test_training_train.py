@@ -178,3 +178,20 @@ def test_train_list_prints_the_shipped_configs_and_exits_zero(capsys):
     # 0: the console script hands main's value to sys.exit.
     assert train.main(["--list"]) == 0
     assert "kinetics_nl_i3d_r50" in capsys.readouterr().out.split()
+
+
+def test_evaluation_with_no_decodable_video_fails_and_writes_no_nan(tmp_path):
+    from nonlocal_keras.training import evaluate, train
+    from nonlocal_keras.training.errors import DatasetError
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    train.run(config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1",
+                                                      "data.val_csv=null")))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    val_csv = _write_dataset(broken, count=3, bad=range(3))
+    with pytest.raises(DatasetError, match="None of the 3 evaluation videos could be decoded"):
+        evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={val_csv}",
+                       "--verbose", "0"])
+    assert not (run_dir / "eval.json").exists()
