@@ -245,3 +245,29 @@ def test_nonlocal_blobs_compute_the_official_block():
     expected = (x + z).numpy().transpose(0, 2, 3, 4, 1)
     actual = model(clip.astype("float32"), training=False)
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, caplog):
+    """`model.weights: file.pkl` with 6 classes into a 3-class model: all but `pred` load."""
+    import logging
+
+    from nonlocal_keras.training import models
+    from nonlocal_keras.training.errors import ConfigError
+
+    source = small_model(seed=0)
+    write_pickle(tmp_path / "model.pkl", {**official_blobs(source), **EXTRA_BLOBS}, wrap=True)
+    model_config = {"name": "VideoResNet", "stage_blocks": [2, 2, 1, 1], "width": 8,
+                    "conv1_time": 5, "inflated_blocks": {"res2": "all", "res3": "even",
+                                                         "res5": "odd"},
+                    "nonlocal_blocks": {"res3": [1], "res4": [0]},
+                    "weights": str(tmp_path / "model.pkl")}
+    data_config = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
+    with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+        tuned = models.build_model(model_config, data_config, multi_label=False)
+    assert "Left new" in caplog.text and "(file: (6, 256))" in caplog.text
+    for variable, expected in zip(tuned.weights, source.weights):
+        if not variable.path.startswith("pred/"):
+            np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
+    assert tuned.get_layer("pred").kernel.shape == (256, 3)
+    with pytest.raises(ConfigError, match="model.weights="):
+        models.build_model(dict(model_config, width=16), data_config, multi_label=False)
