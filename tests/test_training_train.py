@@ -193,5 +193,5 @@ def test_evaluation_with_no_decodable_video_fails_and_writes_no_nan(tmp_path):
     val_csv = _write_dataset(broken, count=3, bad=range(3))
     with pytest.raises(DatasetError, match="None of the 3 evaluation videos could be decoded"):
         evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={val_csv}",
-                       "--verbose", "0"])
+                       "--no-progress"])
     assert not (run_dir / "eval.json").exists()

@@ -11,6 +11,7 @@ over a video's views; top-1 / top-5 accuracy or mAP over videos.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,8 +26,37 @@ from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
 
-def predict_videos(model, dataset, num_videos, num_classes, verbose=1):
-    """Average view scores per video, with a progress bar (ETA) when `verbose`.
+class VideoProgress:
+    """A Keras progress bar over videos with the time left, on stderr (stdout
+    holds the results). Skipped videos never reach a batch: they count as done
+    once `skipped_count()` reports them."""
+
+    def __init__(self, total, skipped_count, enabled=True):
+        self.skipped_count = skipped_count
+        self.done = 0
+        self.bar = None
+        if enabled:
+            with contextlib.redirect_stdout(sys.stderr):
+                # interval 0: every video shows, each takes far longer than a redraw.
+                self.bar = keras.utils.Progbar(total, unit_name="video", interval=0)
+
+    def wrap(self, batches):
+        for batch in batches:
+            yield batch
+            self.done += int(batch[2].shape[0])
+            self._show(finalize=False)
+        self._show(finalize=True)
+
+    def _show(self, finalize):
+        if self.bar is None:
+            return
+        current = min(self.done + self.skipped_count(), self.bar.target)
+        with contextlib.redirect_stdout(sys.stderr):
+            self.bar.update(self.bar.target if finalize else current, finalize=finalize)
+
+
+def predict_videos(model, dataset, num_videos, num_classes, progress=None):
+    """Average view scores per video (`progress`: a `VideoProgress` to update).
 
     Returns `(scores, seen)`: `(num_videos, num_classes)` mean scores and a
     boolean mask of the videos that were decoded (skipped ones stay NaN).
@@ -40,16 +70,8 @@ def predict_videos(model, dataset, num_videos, num_classes, verbose=1):
         return tf.reduce_mean(tf.reshape(scores, [shape[0], shape[1], -1]), axis=1)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
-    progress = keras.utils.Progbar(num_videos, unit_name="video", verbose=verbose) if verbose else None
-    done = 0
-    for views, _, index in dataset:
-        index = index.numpy()
-        scores[index] = video_scores(views).numpy()
-        done += len(index)
-        if progress is not None:
-            progress.update(done)
-    if progress is not None and done < num_videos:
-        progress.update(num_videos, finalize=True)  # the rest were skipped
+    for views, _, index in (progress.wrap(dataset) if progress else dataset):
+        scores[index.numpy()] = video_scores(views).numpy()
     return scores, ~np.isnan(scores[:, 0])
 
 
@@ -66,7 +88,7 @@ def score_metrics(scores, records, num_classes, multi_label):
 
 
 def evaluate_records(model, records, data_config, multi_label, batch_size=4, skipped=None,
-                     verbose=1):
+                     progress=True):
     """Run the protocol on `records`; returns the metrics dict (also counts, time).
 
     Raises `DatasetError` when no video could be decoded: there is nothing to
@@ -77,7 +99,8 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     dataset = data.eval_dataset(records, num_classes, multi_label, batch_size,
                                 skipped=skipped, **data.eval_options(data_config))
     start = time.perf_counter()
-    scores, seen = predict_videos(model, dataset, len(records), num_classes, verbose=verbose)
+    bar = VideoProgress(len(records), lambda: skipped.total, enabled=progress)
+    scores, seen = predict_videos(model, dataset, len(records), num_classes, bar)
     if not seen.any():
         raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "
                            "(see the warnings above); nothing was evaluated.")
@@ -105,8 +128,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.num_clips=1")
     parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                        help="0: silent, 1: progress bar (default), 2: one line at the end")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if not (args.config or args.run_dir):
         raise UserError("give --run-dir or --config")
@@ -122,7 +144,8 @@ def main(argv=None):
     model = models.build_model(config["model"], data_config, multi_label)
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
                    **evaluate_records(model, records, data_config, multi_label,
-                                      config["train"]["eval_batch_size"], verbose=args.verbose))
+                                      config["train"]["eval_batch_size"],
+                                      progress=not args.no_progress))
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
         atomic.write_json(output, results)

@@ -13,11 +13,9 @@ the exit status is 1 when any file failed.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -37,39 +35,8 @@ class UnreadableVideos:
 
 def eval_options(metadata, num_clips=None, num_crops=None):
     """`eval_dataset` keyword arguments: the export's settings, clips/crops overridable."""
-    return dict(num_frames=metadata["num_frames"], sampling_rate=metadata["sampling_rate"],
-                num_clips=num_clips or metadata["num_clips"],
-                num_crops=num_crops or metadata["num_crops"], crop_size=metadata["crop_size"],
-                scale=metadata["eval_scale"], mean=tuple(metadata["mean"]),
-                std=tuple(metadata["std"]))
-
-
-class _Progress:
-    """A Keras progress bar over videos, on stderr (stdout holds the results)."""
-
-    def __init__(self, total, failures, enabled=True):
-        self.failures = failures
-        self.done = 0
-        self.bar = None
-        if enabled:
-            with contextlib.redirect_stdout(sys.stderr):
-                # interval 0: every video shows, each takes far longer than a redraw.
-                self.bar = keras.utils.Progbar(total, unit_name="video", interval=0)
-
-    def wrap(self, batches):
-        for batch in batches:
-            yield batch
-            self.done += int(batch[2].shape[0])
-            self._show(finalize=False)
-        self._show(finalize=True)
-
-    def _show(self, finalize):
-        if self.bar is None:
-            return
-        # Unreadable videos never reach a batch: they count as done once reported.
-        current = min(self.done + len(self.failures.reasons), self.bar.target)
-        with contextlib.redirect_stdout(sys.stderr):
-            self.bar.update(self.bar.target if finalize else current, finalize=finalize)
+    return data.eval_options(dict(metadata, num_clips=num_clips or metadata["num_clips"],
+                                  num_crops=num_crops or metadata["num_crops"]))
 
 
 def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_size=1,
@@ -93,8 +60,8 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     unreadable = UnreadableVideos()
     dataset = data.eval_dataset(records, num_classes, False, batch_size, skipped=unreadable,
                                 **eval_options(metadata, num_clips, num_crops))
-    bar = _Progress(len(records), unreadable, progress)
-    scores, _ = evaluate.predict_videos(scores_of, bar.wrap(dataset), len(records), num_classes)
+    bar = evaluate.VideoProgress(len(records), lambda: len(unreadable.reasons), progress)
+    scores, _ = evaluate.predict_videos(scores_of, dataset, len(records), num_classes, bar)
     failures = {path: unreadable.reasons[record.path]
                 for path, record in zip(paths, records) if record.path in unreadable.reasons}
     return scores, failures, metadata

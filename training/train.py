@@ -243,7 +243,7 @@ def run(config, strategy=None, restart=False):
     if val_records:
         results["eval"] = evaluate.evaluate_records(
             model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
-            verbose=1 if config["runtime"]["verbose"] == 1 else 0)
+            progress=config["runtime"]["verbose"] == 1)
     if chief:
         with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
             model.save_weights(temporary)
