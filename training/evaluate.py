@@ -1,4 +1,4 @@
-"""Multi-clip, multi-crop video evaluation and the `nonlocal-evaluate` CLI.
+r"""Multi-clip, multi-crop video evaluation and the `nonlocal-evaluate` CLI.
 
 The protocol of the paper and the official code: `num_clips` clips evenly
 spaced in time x `num_crops` spatial crops at shorter side `eval_scale`; the

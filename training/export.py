@@ -1,4 +1,4 @@
-"""SavedModel export for TF Serving, and the `nonlocal-export` CLI.
+r"""SavedModel export for TF Serving, and the `nonlocal-export` CLI.
 
     nonlocal-export --config runs/nl_c2d/config.yaml \
         --checkpoint runs/nl_c2d/final.weights.h5 --output exported/nl_c2d/1

@@ -1,4 +1,4 @@
-"""`nonlocal-train`: train a video classifier from a YAML experiment.
+r"""`nonlocal-train`: train a video classifier from a YAML experiment.
 
     nonlocal-train --config kinetics_nl_c2d_r50 \
         --set data.train_csv=kinetics/train.csv --set data.val_csv=kinetics/val.csv \
