@@ -7,6 +7,8 @@ kept here because only this package imports Model Garden.
 import json
 import os
 
+import tensorflow as tf
+import tf_keras
 from absl import flags
 
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
@@ -16,8 +18,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    """Model Garden's trainer flags, plus --synthetic_coco_dir and --export_dir."""
+    """Every flag of `official/vision/train.py`, plus --synthetic_coco_dir and --export_dir."""
     from official.common import flags as tfm_flags
+    # Its module defines the trainer's own flags (--enable_async_checkpointing)
+    # at import time; they must exist before the command line is parsed.
+    from official.vision import train as vision_train  # noqa: F401
 
     tfm_flags.define_flags()
     flags.DEFINE_string(
@@ -54,19 +59,33 @@ def synthetic_data_config(directory):
     return override_file
 
 
+def seed_everything(params):
+    """Seed Python, NumPy and TensorFlow from `task.train_data.seed`, if it is set.
+
+    Model Garden uses that seed for the input pipeline only; weight
+    initialisation and the RoI samplers draw from TensorFlow's global seed.
+    With both seeded and deterministic ops, a CPU run repeats exactly.
+    """
+    seed = params.task.train_data.seed
+    if seed is None:
+        return
+    tf_keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def run(argv):
     """`official.vision.train`'s main, then the optional export."""
-    # Model Garden's trainer defines its own absl flag at import time.
     from official.core import train_utils
     from official.vision import train as vision_train
 
     if FLAGS.synthetic_coco_dir:
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir)]
+    params = train_utils.parse_configuration(FLAGS)
+    seed_everything(params)
     vision_train.main(argv)
     if not FLAGS.export_dir:
         return
-    params = train_utils.parse_configuration(FLAGS)
     export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
     print(f"Exported the SavedModel to {FLAGS.export_dir}")
 

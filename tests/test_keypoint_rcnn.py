@@ -1,0 +1,211 @@
+"""Keypoint R-CNN with non-local blocks on TF Model Garden: targets, loss, decoding, head.
+
+Every numerical check compares with an independent float64 NumPy computation
+written here from the Mask R-CNN paper's definitions (section 5), not with
+values the code produced.
+"""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("official")
+tf_keras = pytest.importorskip("tf_keras")
+
+from nonlocal_keras.applications.mask_rcnn import keypoints as kp  # noqa: E402
+from nonlocal_keras.applications.mask_rcnn.keypoint_head import KeypointHead  # noqa: E402
+from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D  # noqa: E402
+
+
+# --- NumPy references ----------------------------------------------------------
+
+
+def reference_targets(keypoints, visibility, rois, size):
+    """Loop over every keypoint: its bin in the RoI's M x M grid, Detectron's rules."""
+    keypoints = np.asarray(keypoints, np.float64)
+    rois = np.asarray(rois, np.float64)
+    targets = np.zeros(keypoints.shape[:-1], np.int64)
+    weights = np.zeros(keypoints.shape[:-1], np.float64)
+    for index in np.ndindex(*keypoints.shape[:-1]):
+        y, x = keypoints[index]
+        ymin, xmin, ymax, xmax = rois[index[:-1]]
+        row = size - 1 if y == ymax else int(np.floor((y - ymin) / (ymax - ymin) * size))
+        col = size - 1 if x == xmax else int(np.floor((x - xmin) / (xmax - xmin) * size))
+        if visibility[index] > 0 and 0 <= row < size and 0 <= col < size:
+            targets[index] = row * size + col
+            weights[index] = 1.0
+    return targets, weights
+
+
+def reference_loss(logits, targets, weights):
+    """Sum over counted keypoints of -log softmax(logits)[target], over their count."""
+    logits = np.asarray(logits, np.float64)
+    total, count = 0.0, 0.0
+    for index in np.ndindex(*targets.shape):
+        if not weights[index]:
+            continue
+        heatmap = logits[index[:-1]][..., index[-1]].reshape(-1)  # (M*M,)
+        log_z = np.log(np.sum(np.exp(heatmap - heatmap.max()))) + heatmap.max()
+        total += log_z - heatmap[targets[index]]
+        count += 1
+    return total / count if count else 0.0
+
+
+# --- targets ---------------------------------------------------------------------
+
+
+def test_targets_match_the_numpy_reference_on_random_rois_and_keypoints():
+    rng = np.random.default_rng(0)
+    batch, rois, k, size = 2, 5, 7, 56
+    corner = rng.uniform(0, 100, size=(batch, rois, 2))
+    extent = rng.uniform(5, 80, size=(batch, rois, 2))
+    boxes = np.concatenate([corner, corner + extent], -1)  # [ymin, xmin, ymax, xmax]
+    # Keypoints mostly inside, some outside the RoI; a few on its edges.
+    points = corner[:, :, None] + rng.uniform(-0.2, 1.2, size=(batch, rois, k, 2)) * extent[:, :, None]
+    points[0, 0, 0] = boxes[0, 0, 2:]  # exactly on the far corner: last bin
+    points[0, 0, 1] = boxes[0, 0, :2]  # exactly on the near corner: bin 0
+    visibility = rng.integers(0, 3, size=(batch, rois, k))
+    visibility[0, 0, :2] = 2
+    expected_t, expected_w = reference_targets(points, visibility, boxes, size)
+    targets, weights = kp.keypoint_targets(
+        points.astype("float32"), visibility, boxes.astype("float32"), size)
+    # float32 rounding can move a point sitting on a bin edge; none is here.
+    np.testing.assert_array_equal(weights.numpy(), expected_w)
+    np.testing.assert_array_equal(targets.numpy(), expected_t)
+    assert targets.numpy()[0, 0, 0] == size * size - 1 and targets.numpy()[0, 0, 1] == 0
+    assert 0 < expected_w.sum() < expected_w.size  # both kinds occur
+
+
+def test_unlabelled_and_outside_keypoints_do_not_count():
+    boxes = np.array([[10.0, 20.0, 66.0, 76.0]], "float32")  # 56 x 56: one pixel per bin
+    points = np.array([[[30.0, 40.0], [30.0, 40.0], [5.0, 40.0], [30.0, 90.0]]], "float32")
+    targets, weights = kp.keypoint_targets(points, np.array([[2, 0, 2, 1]]), boxes, 56)
+    np.testing.assert_array_equal(weights.numpy(), [[1, 0, 0, 0]])
+    assert targets.numpy()[0, 0] == (30 - 10) * 56 + (40 - 20)
+
+
+# --- loss ------------------------------------------------------------------------
+
+
+def test_loss_on_a_2x2_heatmap_by_hand():
+    # One RoI, two keypoints on a 2x2 grid; the second is not labelled.
+    logits = np.zeros((1, 2, 2, 2), "float32")
+    logits[0, :, :, 0] = [[1.0, 2.0], [3.0, 4.0]]
+    logits[0, :, :, 1] = [[9.0, 0.0], [0.0, 0.0]]
+    targets = np.array([[3, 1]])  # keypoint 0 at (row 1, col 1)
+    weights = np.array([[1.0, 0.0]])
+    # -log(e^4 / (e + e^2 + e^3 + e^4)), by hand.
+    expected = -4.0 + np.log(np.e + np.e**2 + np.e**3 + np.e**4)
+    loss = kp.keypoint_loss(logits, targets, weights)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-6)
+
+
+def test_loss_matches_the_reference_and_is_normalised_by_counted_keypoints():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 8, 8, 4)).astype("float32") * 3
+    targets = rng.integers(0, 64, size=(2, 3, 4))
+    weights = (rng.uniform(size=(2, 3, 4)) > 0.4).astype("float32")
+    expected = reference_loss(logits, targets, weights)
+    got = kp.keypoint_loss(logits, targets, weights).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Doubling every logit of the uncounted keypoints changes nothing.
+    moved = logits.copy()
+    moved[..., :][np.broadcast_to(weights[:, :, None, None, :] == 0, logits.shape)] *= 2
+    np.testing.assert_allclose(kp.keypoint_loss(moved, targets, weights).numpy(), expected, rtol=1e-5)
+    assert kp.keypoint_loss(logits, targets, np.zeros_like(weights)).numpy() == 0.0
+
+
+# --- decoding --------------------------------------------------------------------
+
+
+def test_encode_then_decode_returns_each_keypoint_within_half_a_bin():
+    rng = np.random.default_rng(2)
+    size, k = 56, 17
+    corner = rng.uniform(0, 200, size=(3, 2))
+    extent = rng.uniform(20, 150, size=(3, 2))
+    boxes = np.concatenate([corner, corner + extent], -1).astype("float32")
+    points = (corner[:, None] + rng.uniform(0.01, 0.99, size=(3, k, 2)) * extent[:, None]).astype("float32")
+    targets, weights = kp.keypoint_targets(points, np.full((3, k), 2), boxes, size)
+    assert weights.numpy().all()
+    # A heatmap whose only peak is the target bin.
+    heatmaps = np.full((3, size * size, k), -5.0, "float32")
+    for r in range(3):
+        for j in range(k):
+            heatmaps[r, targets.numpy()[r, j], j] = 5.0
+    heatmaps = heatmaps.reshape(3, size, size, k)
+    decoded, scores = kp.heatmaps_to_keypoints(heatmaps, boxes)
+    half_bin = extent[:, None, :] / size / 2
+    assert decoded.shape == (3, k, 2)
+    assert (np.abs(decoded.numpy() - points) <= half_bin + 1e-3).all()
+    # Score: the softmax probability of the peak, e^5 / (e^5 + (M*M - 1) e^-5).
+    expected = np.exp(5.0) / (np.exp(5.0) + (size * size - 1) * np.exp(-5.0))
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
+
+
+def test_decoding_puts_the_argmax_bin_centre_in_image_space():
+    heatmaps = np.zeros((1, 4, 4, 1), "float32")
+    heatmaps[0, 1, 3, 0] = 1.0  # row 1, col 3
+    box = np.array([[100.0, 40.0, 108.0, 60.0]], "float32")  # bins 2 px high, 5 px wide
+    decoded, _ = kp.heatmaps_to_keypoints(heatmaps, box)
+    np.testing.assert_allclose(decoded.numpy(), [[[100.0 + 1.5 * 2, 40.0 + 3.5 * 5]]])
+
+
+# --- the head ----------------------------------------------------------------------
+
+
+def test_head_output_shapes_and_layers():
+    head = KeypointHead(num_keypoints=5, num_convs=4, num_filters=8, head_nonlocal=(2, 4))
+    out = head(tf.random.stateless_normal((2, 3, 14, 14, 6), seed=(1, 1)))
+    assert out.shape == (2, 3, 56, 56, 5)
+    assert head.compute_output_shape((2, 3, 14, 14, 6)) == (2, 3, 56, 56, 5)
+    assert [c.kernel.shape for c in head.convs] == [(3, 3, 6, 8)] + [(3, 3, 8, 8)] * 3
+    assert [b.name for b in head.blocks] == ["keypoint_nonlocal_2", "keypoint_nonlocal_4"]
+    assert head.deconv.kernel.shape == (4, 4, 5, 8)  # 4x4 transposed conv to K channels
+    default = KeypointHead()
+    assert (default.num_keypoints, default.num_convs, default.num_filters) == (17, 8, 512)
+
+
+def test_head_nonlocal_blocks_are_the_identity_at_init_and_live_after():
+    x = tf.random.stateless_normal((1, 2, 14, 14, 4), seed=(3, 4))
+    plain = KeypointHead(num_keypoints=3, num_convs=8, num_filters=8)
+    with_nl = KeypointHead(num_keypoints=3, num_convs=8, num_filters=8, head_nonlocal=(2, 4, 6, 8))
+    plain(x)
+    with_nl(x)
+    assert len(with_nl.blocks) == 4 and all(isinstance(b, NonLocalBlock2D) for b in with_nl.blocks)
+    for source, target in zip(plain.convs + [plain.deconv], with_nl.convs + [with_nl.deconv]):
+        target.set_weights(source.get_weights())
+    expected = plain(x, training=False).numpy()
+    np.testing.assert_allclose(with_nl(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
+    for block in with_nl.blocks:
+        block.bn.gamma.assign(tf.ones_like(block.bn.gamma))
+    assert np.abs(with_nl(x, training=False).numpy() - expected).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head_nonlocal": [9]}, "Received: head_nonlocal=[9]"),
+        ({"head_nonlocal": [2, 2]}, "Received: head_nonlocal=[2, 2]"),
+        ({"head_nonlocal": [0]}, "Received: head_nonlocal=[0]"),
+        ({"num_keypoints": 0}, "Received: num_keypoints=0"),
+        ({"nonlocal_mode": "softmax"}, "Received: nonlocal_mode='softmax'"),
+    ],
+)
+def test_head_rejects_bad_arguments_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        KeypointHead(**kwargs)
+
+
+def test_head_config_round_trips():
+    head = KeypointHead(num_keypoints=4, num_convs=2, num_filters=8, head_nonlocal=[2])
+    config = head.get_config()
+    assert set(config) - {"name", "trainable", "dtype"} == {
+        "num_keypoints", "num_convs", "num_filters", "head_nonlocal", "nonlocal_mode",
+        "nonlocal_sub_sample", "use_sync_bn", "norm_momentum", "norm_epsilon", "kernel_regularizer",
+    }
+    clone = KeypointHead.from_config(config)
+    x = tf.random.stateless_normal((1, 1, 14, 14, 3), seed=(5, 6))
+    head(x)
+    clone(x)
+    clone.set_weights(head.get_weights())
+    np.testing.assert_allclose(clone(x).numpy(), head(x).numpy(), rtol=1e-6)
