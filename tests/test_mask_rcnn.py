@@ -519,6 +519,13 @@ def test_synthetic_coco_masks_are_the_painted_pixels(synthetic_data):
         assert (pixels[ring & ~mask] < 60).all()
     records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(synthetic_data["train_tfrecords"])))
     assert len(records) == len(coco["images"])
+    # Each record carries its image's annotations (read without the converter's private loaders).
+    from official.vision.dataloaders import tf_example_decoder
+
+    decoded = tf_example_decoder.TfExampleDecoder(include_mask=True).decode(records[0])
+    first = [a for a in coco["annotations"] if a["image_id"] == int(decoded["source_id"].numpy())]
+    assert sorted(decoded["groundtruth_classes"].numpy().tolist()) == sorted(
+        a["category_id"] for a in first)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ the masks in the JSON are the objects' pixels. The TFRecords are written with
 Model Garden's own converter functions (`create_coco_tf_record`).
 """
 
+import collections
 import json
 import os
 
@@ -96,14 +97,14 @@ def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed
 def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
     """Convert a COCO instances JSON with masks into TFRecords, Model Garden's way.
 
-    A thin wrapper around `official.vision.data.create_coco_tf_record`'s
-    functions (its `main` needs absl flags): one process, masks included.
+    A thin wrapper around the public functions of
+    `official.vision.data.create_coco_tf_record` (its `main` needs absl
+    flags): one process, masks included.
 
     Returns:
         The file pattern of the written shards.
     """
-    images = create_coco_tf_record._load_images_info(json_path)
-    image_to_annotations, id_to_name = create_coco_tf_record._load_object_annotations(json_path)
+    images, image_to_annotations, id_to_name = load_coco(json_path)
     examples = create_coco_tf_record.generate_annotations(
         images=images,
         image_dirs=[image_dir],
@@ -116,6 +117,20 @@ def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
         multiple_processes=0,
     )
     return f"{output_prefix}-*"
+
+
+def load_coco(json_path):
+    """`(images, annotations by image id, category name by id)` of a COCO JSON file.
+
+    What the converter's `generate_annotations` takes; read here rather than
+    through its private loaders.
+    """
+    with open(json_path) as f:
+        coco = json.load(f)
+    by_image = collections.defaultdict(list)
+    for annotation in coco["annotations"]:
+        by_image[annotation["image_id"]].append(annotation)
+    return coco["images"], by_image, {c["id"]: c["name"] for c in coco["categories"]}
 
 
 def build(output_dir, num_train=64, num_val=16, image_size=256, seed=0):
