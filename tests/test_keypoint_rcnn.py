@@ -209,3 +209,79 @@ def test_head_config_round_trips():
     clone(x)
     clone.set_weights(head.get_weights())
     np.testing.assert_allclose(clone(x).numpy(), head(x).numpy(), rtol=1e-6)
+
+
+# --- data: records, decoder, parser transforms ---------------------------------------------
+
+
+def test_flip_mirrors_x_and_swaps_left_and_right():
+    from nonlocal_keras.applications.mask_rcnn import keypoint_data
+
+    points = np.array([[[0.1, 0.2, 2], [0.3, 0.9, 1], [0.5, 0.4, 0]]], "float32")
+    flipped = keypoint_data.flip_keypoints(points, (0, 2, 1)).numpy()
+    expected = np.array([[[0.1, 0.8, 2], [0.5, 0.6, 0], [0.3, 0.1, 1]]])
+    np.testing.assert_allclose(flipped, expected, rtol=1e-6)
+
+
+def test_scaling_maps_keypoints_like_box_corners_and_drops_those_cropped_out():
+    from nonlocal_keras.applications.mask_rcnn import keypoint_data
+    from official.vision.ops import preprocess_ops
+
+    # A 200x100 (h x w) image scaled by 1.5 then cropped at offset (30, 10) to 256x256.
+    points = np.array([[[0.5, 0.5, 2], [0.05, 0.5, 2], [0.5, 0.99, 1]]], "float32")
+    scale, offset, size = np.array([1.5, 1.5]), np.array([30.0, 10.0]), np.array([256.0, 256.0])
+    got = keypoint_data.scale_keypoints(points, np.array([200, 100]), scale.astype("float32"),
+                                        offset.astype("float32"), size.astype("float32")).numpy()
+    pixels = points[0, :, :2] * [200, 100] * scale - offset  # float64 reference
+    np.testing.assert_allclose(got[0, :, :2], pixels, rtol=1e-6)
+    # (0.05 * 200) * 1.5 - 30 = -15: above the crop, no longer labelled.
+    np.testing.assert_array_equal(got[0, :, 2], [2, 0, 1])
+    # The same mapping Model Garden applies to a box's corners.
+    corner = preprocess_ops.resize_and_crop_boxes(
+        tf.constant([[100.0, 50.0, 100.0, 50.0]]), scale.astype("float32"), size.astype("float32"),
+        offset.astype("float32")).numpy()
+    np.testing.assert_allclose(got[0, 0, :2], corner[0, :2], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def stick_figures(tmp_path_factory):
+    from nonlocal_keras.applications.mask_rcnn import synthetic_keypoints
+
+    return synthetic_keypoints.build(str(tmp_path_factory.mktemp("figures")), num_train=3, num_val=2)
+
+
+def test_synthetic_figures_are_coco_keypoints_and_records_decode_to_them(stick_figures):
+    import json
+
+    from PIL import Image
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_data, synthetic_keypoints
+
+    with open(stick_figures["train_json"]) as f:
+        coco = json.load(f)
+    (category,) = coco["categories"]
+    assert category["keypoints"] == list(synthetic_keypoints.KEYPOINTS)
+    for annotation in coco["annotations"]:
+        values = np.array(annotation["keypoints"]).reshape(-1, 3)
+        x, y, w, h = annotation["bbox"]
+        assert (values[:, 2] == 2).all() and annotation["num_keypoints"] == len(values)
+        assert ((values[:, 0] >= x) & (values[:, 0] <= x + w)).all()
+        assert ((values[:, 1] >= y) & (values[:, 1] <= y + h)).all()
+        assert values[3, 0] <= values[4, 0] and values[5, 0] <= values[6, 0]  # left has smaller x
+    # Every keypoint is drawn: a bright pixel where it lies.
+    first = coco["images"][0]
+    pixels = np.asarray(Image.open(
+        f"{stick_figures['train_json'][:-5]}/{first['file_name']}")).max(-1)
+    for annotation in (a for a in coco["annotations"] if a["image_id"] == first["id"]):
+        for x, y, _ in np.array(annotation["keypoints"]).reshape(-1, 3):
+            assert pixels[int(y), int(x)] >= 120
+    # The records carry the same keypoints, normalised.
+    record = next(iter(tf.data.TFRecordDataset(tf.io.gfile.glob(stick_figures["train_tfrecords"]))))
+    decoded = keypoint_data.KeypointDecoder(num_keypoints=7).decode(record)
+    image = next(i for i in coco["images"] if i["id"] == int(decoded["source_id"].numpy()))
+    annotations = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    expected = np.array([np.array(a["keypoints"]).reshape(-1, 3) for a in annotations])
+    expected[..., 0] /= image["width"]
+    expected[..., 1] /= image["height"]
+    np.testing.assert_allclose(decoded["groundtruth_keypoints"].numpy(),
+                               expected[..., [1, 0, 2]], rtol=1e-5)

@@ -67,6 +67,8 @@ def keypoint_loss(logits, targets, weights):
     flat = tf.reshape(logits, tf.concat([shape[:-3], [positions, shape[-1]]], 0))
     rank = len(logits.shape)
     flat = tf.transpose(flat, list(range(rank - 3)) + [rank - 2, rank - 3])
+    # Integer-valued either way (a training step may cast every output to float).
+    targets = tf.cast(targets, tf.int32)
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=flat)
     weights = tf.cast(weights, tf.float32)
     return tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * weights), tf.reduce_sum(weights))

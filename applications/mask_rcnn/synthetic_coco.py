@@ -34,7 +34,7 @@ def _polygon(category_id, x0, y0, w, h):
     return [float(round(c, 2)) for point in points for c in point]
 
 
-def _place(rng, image_size, taken, min_size, max_size):
+def place_box(rng, image_size, taken, min_size, max_size):
     # Rejection sampling of a box that keeps a 2-pixel gap to the others, so
     # no shape occludes another and every mask stays complete.
     for _ in range(50):
@@ -66,7 +66,7 @@ def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed
         pixels = rng.integers(0, 60, size=(image_size, image_size, 3)).astype(np.uint8)
         taken = []
         for _ in range(rng.integers(1, max_shapes + 1)):
-            placed = _place(rng, image_size, taken, image_size // 6, image_size // 3)
+            placed = place_box(rng, image_size, taken, image_size // 6, image_size // 3)
             if placed is None:
                 continue
             category_id = int(rng.integers(1, len(CATEGORIES) + 1))

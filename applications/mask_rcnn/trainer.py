@@ -12,7 +12,12 @@ import tf_keras
 from absl import flags
 
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
-from nonlocal_keras.applications.mask_rcnn import export, synthetic_coco
+from nonlocal_keras.applications.mask_rcnn import (
+    export,
+    keypoint_experiment,
+    synthetic_coco,
+    synthetic_keypoints,
+)
 
 FLAGS = flags.FLAGS
 
@@ -28,34 +33,40 @@ def define_flags():
     flags.DEFINE_string(
         "synthetic_coco_dir", None,
         "Generate the embedded synthetic COCO dataset here (if missing) and use it "
-        "as train and validation data.")
+        "as train and validation data: shapes with masks for Mask R-CNN, stick "
+        "figures with keypoints (in DIR/keypoints) for the keypoint_rcnn_* experiments.")
     flags.DEFINE_string(
         "export_dir", None,
         "After the --mode run, export the latest checkpoint of --model_dir here as a SavedModel.")
     flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
 
 
-def synthetic_data_config(directory):
-    """A YAML override pointing the task's data and evaluator at the synthetic dataset.
+def synthetic_data_config(directory, keypoints=False):
+    """A YAML override pointing the task's data and evaluator at a synthetic dataset.
 
-    The dataset is generated on the first call; the override file is written
-    next to it and returned, to be applied after the user's config files.
+    The dataset (`synthetic_coco`, or `synthetic_keypoints` in `directory/keypoints`
+    with the keypoint settings it implies) is generated on the first call; the
+    override file is written next to it and returned, to be applied after the
+    user's config files.
     """
+    if keypoints:
+        directory = os.path.join(directory, "keypoints")
     paths_file = os.path.join(directory, "paths.json")
     if not os.path.exists(paths_file):
-        paths = synthetic_coco.build(directory)
+        paths = (synthetic_keypoints if keypoints else synthetic_coco).build(directory)
         with open(paths_file, "w") as f:
             json.dump(paths, f)
     with open(paths_file) as f:
         paths = json.load(f)
-    override = {"task": {
+    task = synthetic_keypoints.task_override() if keypoints else {}
+    task.update({
         "train_data": {"input_path": paths["train_tfrecords"]},
         "validation_data": {"input_path": paths["val_tfrecords"]},
         "annotation_file": paths["val_json"],
-    }}
+    })
     override_file = os.path.join(directory, "data_override.yaml")
     with open(override_file, "w") as f:
-        json.dump(override, f)  # JSON is YAML
+        json.dump({"task": task}, f)  # JSON is YAML
     return override_file
 
 
@@ -79,8 +90,9 @@ def run(argv):
     from official.vision import train as vision_train
 
     if FLAGS.synthetic_coco_dir:
+        keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
-            synthetic_data_config(FLAGS.synthetic_coco_dir)]
+            synthetic_data_config(FLAGS.synthetic_coco_dir, keypoints=keypoints)]
     params = train_utils.parse_configuration(FLAGS)
     seed_everything(params)
     vision_train.main(argv)
