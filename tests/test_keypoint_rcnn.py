@@ -285,3 +285,118 @@ def test_synthetic_figures_are_coco_keypoints_and_records_decode_to_them(stick_f
     expected[..., 1] /= image["height"]
     np.testing.assert_allclose(decoded["groundtruth_keypoints"].numpy(),
                                expected[..., [1, 0, 2]], rtol=1e-5)
+
+
+# --- experiments, model, task ----------------------------------------------------------
+
+
+def _configs():
+    import os
+
+    import nonlocal_keras.training
+    from nonlocal_keras.applications import mask_rcnn  # noqa: F401  (registers)
+
+    return os.path.join(os.path.dirname(nonlocal_keras.training.__file__), "configs")
+
+
+def tiny_keypoint_config(experiment_name="keypoint_rcnn_resnetfpn_nonlocal_coco", input_size=128,
+                         data=None):
+    import os
+
+    from official.core import exp_factory
+    from official.modeling.hyperparams import params_dict
+
+    from nonlocal_keras.applications.mask_rcnn import synthetic_keypoints
+
+    config = exp_factory.get_exp_config(experiment_name)
+    params_dict.override_params_dict(config, os.path.join(_configs(), "keypoint_rcnn_tiny.yaml"),
+                                     is_strict=True)
+    config.task.override(synthetic_keypoints.task_override(), is_strict=True)
+    config.task.model.input_size = [input_size, input_size, 3]
+    if data:
+        config.task.train_data.input_path = data["train_tfrecords"]
+        config.task.validation_data.input_path = data["val_tfrecords"]
+        config.task.annotation_file = data["val_json"]
+    return config
+
+
+@pytest.mark.parametrize(
+    "name, head, backbone",
+    [
+        ("keypoint_rcnn_resnetfpn_coco", [], []),
+        ("keypoint_rcnn_resnetfpn_nonlocal_head_coco", [2, 4, 6, 8], []),
+        ("keypoint_rcnn_resnetfpn_nonlocal_coco", [2, 4, 6, 8], ["res4:-1"]),
+    ],
+)
+def test_the_three_experiments_are_table_6s_rows_on_the_nonlocal_mask_rcnn(name, head, backbone):
+    from official.core import exp_factory
+
+    ours = exp_factory.get_exp_config(name)
+    model = ours.task.model
+    assert list(model.keypoint_head.head_nonlocal) == head
+    assert list(model.backbone.resnet_nonlocal.nonlocal_placements) == backbone
+    assert (model.include_mask, model.num_classes, model.keypoint_head.num_keypoints) == (False, 2, 17)
+    assert (model.keypoint_head.num_convs, model.keypoint_head.num_filters,
+            model.keypoint_head.roi_size) == (8, 512, 14)
+    assert ours.task.annotation_file.endswith("person_keypoints_val2017.json")
+    # Everything else is the non-local Mask R-CNN experiment's.
+    theirs = exp_factory.get_exp_config("maskrcnn_resnetfpn_nonlocal_coco").as_dict()
+    ours = ours.as_dict()
+    for config in (ours, theirs):
+        config["task"]["model"]["backbone"]["resnet_nonlocal"].pop("nonlocal_placements")
+        for key in ("include_mask", "num_classes", "keypoint_head"):
+            config["task"]["model"].pop(key, None)
+        config["task"].pop("annotation_file")
+    assert ours == theirs
+    # The tiny YAML serves all three.
+    tiny = tiny_keypoint_config(name)
+    tiny.validate()
+    assert list(tiny.task.model.keypoint_head.head_nonlocal) == head
+
+
+def test_training_call_samples_foreground_rois_with_their_objects_keypoints():
+    from official.core import task_factory
+
+    tf_keras.utils.set_random_seed(0)
+    config = tiny_keypoint_config()
+    config.task.model.keypoint_head.num_sampled_rois = 6
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    assert [b.name for b in model.keypoint_head.blocks] == [f"keypoint_nonlocal_{i}" for i in (2, 4, 6, 8)]
+    assert [layer.name for layer in model.backbone.layers if "nonlocal" in layer.name] == ["nonlocal_res4_5"]
+    # One person per image, two padding rows (-1); keypoints inside its box.
+    boxes = np.array([[[20.0, 30.0, 100.0, 80.0], [-1] * 4, [-1] * 4]] * 2, "float32")
+    classes = np.array([[1, -1, -1]] * 2, "int32")
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.uniform([25, 35], [95, 75], size=(2, 3, 7, 2)),
+                             np.full((2, 3, 7, 1), 2.0)], -1).astype("float32")
+    points[:, 1:] = -1
+    images = tf.random.stateless_uniform((2, 128, 128, 3), seed=(1, 2))
+    from official.vision.ops import anchor
+
+    anchors = anchor.Anchor(min_level=2, max_level=6, num_scales=1, aspect_ratios=[0.5, 1.0, 2.0],
+                            anchor_size=8, image_size=(128, 128)).multilevel_boxes
+    anchors = {k: tf.tile(v[None], [2, 1, 1, 1]) for k, v in anchors.items()}
+    outputs = model(images, image_shape=tf.constant([[128.0, 128.0]] * 2), anchor_boxes=anchors,
+                    gt_boxes=boxes, gt_classes=classes, gt_keypoints=points, training=True)
+    assert outputs["keypoint_outputs"].shape == (2, 6, 56, 56, 7)
+    weights = outputs["keypoint_weights"].numpy()
+    targets = outputs["keypoint_targets"].numpy()
+    rois = outputs["keypoint_rois"].numpy()
+    assert weights.shape == targets.shape == (2, 6, 7) and rois.shape == (2, 6, 4)
+
+    def iou(a, b):
+        inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+        return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+    # Model Garden's RoI sampler mixes the ground-truth box into the proposals,
+    # so each image has a foreground RoI (IoU >= 0.5, its foreground threshold).
+    assert all(iou(rois[b, 0], boxes[b, 0]) >= 0.5 for b in range(2))
+    for b in range(2):
+        foreground = np.array([iou(roi, boxes[b, 0]) >= 0.5 for roi in rois[b]], bool)
+        expected_t, expected_w = reference_targets(
+            points[b, 0, None].repeat(6, 0)[..., :2], points[b, 0, None].repeat(6, 0)[..., 2],
+            rois[b], 56)
+        expected_w *= foreground[:, None]
+        np.testing.assert_array_equal(weights[b], expected_w)
+        np.testing.assert_array_equal(targets[b][expected_w > 0], expected_t[expected_w > 0])

@@ -55,7 +55,7 @@ class KeypointRCNNModel(maskrcnn_model.MaskRCNNModel):
                 raise ValueError("Training Keypoint R-CNN needs `gt_keypoints`. Received: gt_keypoints=None")
             rois, targets, weights = self._sample_keypoint_targets(matched, gt_keypoints)
             outputs.update(
-                keypoint_outputs=self._heatmaps(features, rois, training),
+                keypoint_outputs=self._heatmaps(features, rois, training), keypoint_rois=rois,
                 keypoint_targets=targets, keypoint_weights=weights)
             return outputs
         boxes = outputs["detection_boxes"]
