@@ -31,8 +31,14 @@ from nonlocal_keras.applications.mask_rcnn import trainer
 
 PROG = "nonlocal-train-detection"
 # What a wrong command line, experiment name, config or data path raises from
-# absl, Model Garden's registries and config overrides, and TensorFlow's file access.
-USER_ERRORS = (flags.Error, ValueError, LookupError, OSError, tf.errors.NotFoundError)
+# absl, Model Garden's config overrides and TensorFlow's file access. Model
+# Garden's registries raise a bare LookupError for an unknown name (an
+# IndexError, also a LookupError, is a bug: it keeps its traceback).
+USER_ERRORS = (flags.Error, ValueError, KeyError, OSError, tf.errors.NotFoundError)
+
+
+def _is_user_error(error):
+    return isinstance(error, USER_ERRORS) or type(error) is LookupError
 
 
 def _fail(error, debug):
@@ -55,7 +61,9 @@ def _parse(argv):
 def _run(argv):
     try:
         trainer.run(argv)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
         _fail(error, debug=flags.FLAGS.debug)
 
 

@@ -21,7 +21,6 @@ from official.common import dataset_fn as dataset_fn_lib
 from official.core import exp_factory, task_factory
 from official.modeling import hyperparams
 from official.vision.dataloaders import input_reader, input_reader_factory
-from official.vision.evaluation import coco_evaluator
 from official.vision.modeling import factory
 from official.vision.modeling.layers import roi_aligner
 
@@ -32,6 +31,7 @@ from nonlocal_keras.applications.mask_rcnn.keypoint_data import (
     KeypointDecoder,
     KeypointParser,
 )
+from nonlocal_keras.applications.mask_rcnn.keypoint_eval import KeypointCOCOEvaluator
 from nonlocal_keras.applications.mask_rcnn.keypoint_head import PAPER_HEAD_NONLOCAL, KeypointHead
 from nonlocal_keras.applications.mask_rcnn.keypoint_model import KeypointRCNNModel
 from nonlocal_keras.applications.mask_rcnn.registration import once
@@ -157,12 +157,8 @@ class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
                 "Keypoint AP needs the COCO keypoint JSON of the validation data. "
                 f"Received: task.annotation_file={self.task_config.annotation_file!r}")
         self.instance_box_perclass_metrics = self.instance_mask_perclass_metrics = None
-        head = self.task_config.model.keypoint_head
-        self.coco_metric = coco_evaluator.COCOEvaluator(
-            annotation_file=self.task_config.annotation_file, include_mask=False,
-            include_keypoint=True, need_rescale_keypoints=True,
-            kpt_oks_sigmas=head.oks_sigmas,
-            per_category_metrics=self.task_config.per_category_metrics)
+        self.coco_metric = KeypointCOCOEvaluator(
+            self.task_config.annotation_file, self.task_config.model.keypoint_head.oks_sigmas)
         return []
 
     def train_step(self, inputs, model, optimizer, metrics=None):

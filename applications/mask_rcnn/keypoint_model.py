@@ -51,12 +51,14 @@ class KeypointRCNNModel(maskrcnn_model.MaskRCNNModel):
             gt_boxes=gt_boxes, gt_classes=gt_classes, training=training)
         features = outputs["decoder_features"]
         if training:
-            if gt_keypoints is None:
-                raise ValueError("Training Keypoint R-CNN needs `gt_keypoints`. Received: gt_keypoints=None")
-            rois, targets, weights = self._sample_keypoint_targets(matched, gt_keypoints)
-            outputs.update(
-                keypoint_outputs=self._heatmaps(features, rois, training), keypoint_rois=rois,
-                keypoint_targets=targets, keypoint_weights=weights)
+            # Without ground truth (as when Keras traces the training call for
+            # a SavedModel) there is nothing to train the keypoints on, as
+            # Model Garden's box branch skips its targets without gt_boxes.
+            if gt_keypoints is not None:
+                rois, targets, weights = self._sample_keypoint_targets(matched, gt_keypoints)
+                outputs.update(
+                    keypoint_outputs=self._heatmaps(features, rois, training), keypoint_rois=rois,
+                    keypoint_targets=targets, keypoint_weights=weights)
             return outputs
         boxes = outputs["detection_boxes"]
         keypoints, scores = kp.heatmaps_to_keypoints(self._heatmaps(features, boxes, training), boxes)
