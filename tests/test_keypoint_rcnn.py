@@ -400,3 +400,86 @@ def test_training_call_samples_foreground_rois_with_their_objects_keypoints():
         expected_w *= foreground[:, None]
         np.testing.assert_array_equal(weights[b], expected_w)
         np.testing.assert_array_equal(targets[b][expected_w > 0], expected_t[expected_w > 0])
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+def _ground_truth_as_predictions(json_path, scale, shift=0.0):
+    """The JSON's own objects as one batch of predictions, in pixels of an input resized by `scale`."""
+    import json
+
+    with open(json_path) as f:
+        coco = json.load(f)
+    image = coco["images"][0]
+    objects = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    boxes = np.array([[y, x, y + h, x + w] for x, y, w, h in (a["bbox"] for a in objects)])
+    points = np.array([np.array(a["keypoints"]).reshape(-1, 3)[:, [1, 0]] for a in objects]) + shift
+    info = np.array([[[image["height"], image["width"]], [image["height"] * scale] * 2,
+                      [scale, scale], [0, 0]]], "float32")
+    return {
+        "source_id": np.array([image["id"]]),
+        "detection_boxes": (boxes * scale)[None].astype("float32"),
+        "detection_scores": np.ones((1, len(objects)), "float32"),
+        "detection_classes": np.ones((1, len(objects)), "int32"),
+        "num_detections": np.array([len(objects)]),
+        "detection_keypoints": (points * scale)[None].astype("float32"),
+        "image_info": info,
+    }
+
+
+def test_evaluator_gives_keypoint_ap_1_for_the_ground_truth_and_less_when_shifted(stick_figures):
+    from nonlocal_keras.applications.mask_rcnn import synthetic_keypoints
+    from nonlocal_keras.applications.mask_rcnn.keypoint_eval import KeypointCOCOEvaluator
+
+    evaluator = KeypointCOCOEvaluator(stick_figures["val_json"], synthetic_keypoints.OKS_SIGMAS)
+    # Predictions in an input resized by 2: the evaluator must scale them back.
+    evaluator.update_state(None, _ground_truth_as_predictions(stick_figures["val_json"], 2.0))
+    exact = evaluator.result()
+    assert exact["keypoint_AP"] == pytest.approx(1.0) and exact["AP"] == pytest.approx(1.0)
+    # 6 px off in x and y: OKS = exp(-72 / (2 * area * (2 sigma)^2)) per keypoint.
+    evaluator.update_state(None, _ground_truth_as_predictions(stick_figures["val_json"], 2.0, 6.0))
+    shifted = evaluator.result()
+    assert shifted["AP"] == pytest.approx(1.0)  # boxes unchanged
+    assert 0.0 <= shifted["keypoint_AP"] < 0.9
+
+
+@pytest.mark.slow
+def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_package(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
+    run = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", "keypoint_rcnn_resnetfpn_nonlocal_coco",
+         "--config_file", os.path.join(_configs(), "keypoint_rcnn_tiny.yaml"),
+         "--synthetic_coco_dir", str(tmp_path / "data"),
+         "--params_override", "trainer.train_steps=2,trainer.steps_per_loop=1,"
+         "trainer.checkpoint_interval=2,trainer.validation_interval=2,trainer.validation_steps=1",
+         "--mode", "train_and_eval", "--model_dir", str(model_dir), "--export_dir", str(export_dir)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "'keypoint_AP'" in run.stdout + run.stderr  # the evaluator ran
+    assert (export_dir / "saved_model.pb").exists()
+    load = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["nonlocal_keras"] = None
+        import tensorflow as tf
+        serve = tf.saved_model.load({str(export_dir)!r}).signatures["serving_default"]
+        out = serve(tf.cast(tf.random.uniform((1, 256, 256, 3), maxval=255), tf.uint8))
+        assert "official" not in sys.modules
+        for key in ("detection_boxes", "detection_keypoints", "detection_keypoint_scores"):
+            print(key, out[key].shape)
+        """
+    )
+    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
+                            timeout=300, cwd=str(tmp_path))
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert "detection_boxes (1, 20, 4)" in loaded.stdout
+    assert "detection_keypoints (1, 20, 7, 2)" in loaded.stdout
+    assert "detection_keypoint_scores (1, 20, 7)" in loaded.stdout
