@@ -11,7 +11,7 @@ TFRecords are Model Garden's converter's, plus the keypoints
 (`keypoint_data.create_keypoint_tf_example`).
 """
 
-import json
+import functools
 import os
 
 import numpy as np
@@ -44,57 +44,46 @@ def _pose(rng, x0, y0, w, h):
     return points * [w, h] + [x0, y0]
 
 
+def _draw_figures(rng, pixels, max_figures):
+    image_size = pixels.shape[0]
+    picture = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(picture)
+    taken, annotations = [], []
+    for _ in range(rng.integers(1, max_figures + 1)):
+        placed = synthetic_coco.place_box(rng, image_size, taken, image_size // 4, image_size // 2)
+        if placed is None:
+            continue
+        points = _pose(rng, *placed)
+        colour = tuple(int(c) for c in rng.integers(120, 256, size=3))
+        for a, b in SKELETON:
+            draw.line([tuple(points[a - 1]), tuple(points[b - 1])], fill=colour, width=_LIMB_WIDTH)
+        for x, y in points:
+            r = _JOINT_RADIUS
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        low = np.floor(points.min(0) - _JOINT_RADIUS).clip(0, image_size - 1)
+        high = np.ceil(points.max(0) + _JOINT_RADIUS).clip(1, image_size)
+        (bx, by), (bw, bh) = low, high - low
+        annotations.append({
+            "category_id": 1,
+            "bbox": [float(bx), float(by), float(bw), float(bh)],
+            "area": float(bw * bh),
+            "iscrowd": 0,
+            "num_keypoints": len(KEYPOINTS),
+            "keypoints": [v for x, y in points for v in (round(float(x), 2), round(float(y), 2), 2)],
+        })
+    pixels[...] = np.asarray(picture)
+    return annotations
+
+
 def make_split(output_dir, split, num_images, image_size=256, max_figures=3, seed=0):
     """Write `{split}/*.png` and `{split}.json` (COCO person keypoints) under `output_dir`.
 
     Returns:
         The path of the COCO JSON file.
     """
-    if num_images < 1:
-        raise ValueError(f"`num_images` must be >= 1. Received: num_images={num_images}")
-    if image_size < 64:
-        raise ValueError(f"`image_size` must be >= 64. Received: image_size={image_size}")
-    rng = np.random.default_rng(seed)
-    image_dir = os.path.join(output_dir, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for image_id in range(1, num_images + 1):
-        picture = Image.fromarray(rng.integers(0, 60, size=(image_size, image_size, 3)).astype(np.uint8))
-        draw = ImageDraw.Draw(picture)
-        taken = []
-        for _ in range(rng.integers(1, max_figures + 1)):
-            placed = synthetic_coco.place_box(rng, image_size, taken, image_size // 4, image_size // 2)
-            if placed is None:
-                continue
-            points = _pose(rng, *placed)
-            colour = tuple(int(c) for c in rng.integers(120, 256, size=3))
-            for a, b in SKELETON:
-                draw.line([tuple(points[a - 1]), tuple(points[b - 1])], fill=colour, width=_LIMB_WIDTH)
-            for x, y in points:
-                r = _JOINT_RADIUS
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-            low = np.floor(points.min(0) - _JOINT_RADIUS).clip(0, image_size - 1)
-            high = np.ceil(points.max(0) + _JOINT_RADIUS).clip(1, image_size)
-            (bx, by), (bw, bh) = low, high - low
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": 1,
-                "bbox": [float(bx), float(by), float(bw), float(bh)],
-                "area": float(bw * bh),
-                "iscrowd": 0,
-                "num_keypoints": len(KEYPOINTS),
-                "keypoints": [v for x, y in points for v in (round(float(x), 2), round(float(y), 2), 2)],
-            })
-        file_name = f"{image_id:06d}.png"
-        picture.save(os.path.join(image_dir, file_name))
-        images.append({"id": image_id, "file_name": file_name,
-                       "height": image_size, "width": image_size})
-    json_path = os.path.join(output_dir, f"{split}.json")
-    with open(json_path, "w") as f:
-        json.dump({"images": images, "annotations": annotations,
-                   "categories": list(CATEGORIES)}, f)
-    return json_path
+    return synthetic_coco.write_split(
+        output_dir, split, num_images, image_size, seed,
+        functools.partial(_draw_figures, max_figures=max_figures), CATEGORIES)
 
 
 def build(output_dir, num_train=64, num_val=16, image_size=256, seed=0):
