@@ -483,3 +483,22 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     assert "detection_boxes (1, 20, 4)" in loaded.stdout
     assert "detection_keypoints (1, 20, 7, 2)" in loaded.stdout
     assert "detection_keypoint_scores (1, 20, 7)" in loaded.stdout
+
+
+@pytest.mark.parametrize("yaml_name, depth", [("keypoint_rcnn_r50_coco.yaml", 50),
+                                              ("keypoint_rcnn_r101_coco.yaml", 101)])
+def test_coco_recipes_apply_to_all_three_experiments(yaml_name, depth):
+    import os
+
+    from official.core import exp_factory
+    from official.modeling.hyperparams import params_dict
+
+    for name in ("keypoint_rcnn_resnetfpn_coco", "keypoint_rcnn_resnetfpn_nonlocal_head_coco",
+                 "keypoint_rcnn_resnetfpn_nonlocal_coco"):
+        config = exp_factory.get_exp_config(name)
+        params_dict.override_params_dict(config, os.path.join(_configs(), yaml_name), is_strict=True)
+        config.validate()
+        assert config.task.model.backbone.resnet_nonlocal.model_id == depth
+        assert config.task.model.keypoint_head.num_keypoints == 17
+    with open(os.path.join(_configs(), yaml_name)) as f:
+        assert "65.1" in f.read()  # the paper's numbers in the header
