@@ -449,7 +449,8 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     import os
     import subprocess
     import sys
-    import textwrap
+
+    from savedmodel_without_package import serve_without_the_package
 
     model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     run = subprocess.run(
@@ -465,20 +466,8 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     assert run.returncode == 0, run.stderr[-4000:]
     assert "'keypoint_AP'" in run.stdout + run.stderr  # the evaluator ran
     assert (export_dir / "saved_model.pb").exists()
-    load = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["nonlocal_keras"] = None
-        import tensorflow as tf
-        serve = tf.saved_model.load({str(export_dir)!r}).signatures["serving_default"]
-        out = serve(tf.cast(tf.random.uniform((1, 256, 256, 3), maxval=255), tf.uint8))
-        assert "official" not in sys.modules
-        for key in ("detection_boxes", "detection_keypoints", "detection_keypoint_scores"):
-            print(key, out[key].shape)
-        """
-    )
-    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
-                            timeout=300, cwd=str(tmp_path))
+    loaded = serve_without_the_package(
+        export_dir, tmp_path, ("detection_boxes", "detection_keypoints", "detection_keypoint_scores"))
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "detection_boxes (1, 20, 4)" in loaded.stdout
     assert "detection_keypoints (1, 20, 7, 2)" in loaded.stdout
@@ -502,3 +491,24 @@ def test_coco_recipes_apply_to_all_three_experiments(yaml_name, depth):
         assert config.task.model.keypoint_head.num_keypoints == 17
     with open(os.path.join(_configs(), yaml_name)) as f:
         assert "65.1" in f.read()  # the paper's numbers in the header
+
+
+@pytest.mark.slow
+def test_model_fit_wrapper_trains_the_keypoint_task(stick_figures):
+    from official.core import task_factory
+
+    from nonlocal_keras.applications.mask_rcnn import keras_fit
+
+    tf_keras.utils.set_random_seed(2)
+    config = tiny_keypoint_config("keypoint_rcnn_resnetfpn_coco", input_size=256, data=stick_figures)
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    trainer = keras_fit.TaskModel(task, model)
+    trainer.compile(optimizer=task.create_optimizer(config.trainer.optimizer_config, config.runtime))
+    history = trainer.fit(task.build_inputs(config.task.train_data), steps_per_epoch=2, epochs=3,
+                          verbose=0).history
+    assert "mask_loss" not in history
+    assert all(np.isfinite(history["keypoint_loss"]))
+    assert history["keypoint_loss"][-1] < history["keypoint_loss"][0]
+    metrics = keras_fit.evaluate(task, model, steps=1)
+    assert -1.0 <= metrics["keypoint_AP"] <= 1.0 and "AP" in metrics

@@ -27,6 +27,7 @@ from nonlocal_keras.applications.mask_rcnn import (  # noqa: E402
 )
 from nonlocal_keras.layers import NonLocal2D  # noqa: E402
 from official.core import exp_factory, task_factory  # noqa: E402
+from savedmodel_without_package import serve_without_the_package  # noqa: E402
 from official.modeling.hyperparams import params_dict  # noqa: E402
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.configs import common as mg_common  # noqa: E402
@@ -562,29 +563,8 @@ def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_pack
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
     assert (export_dir / "saved_model.pb").exists()
 
-    # A process in which nonlocal_keras cannot be imported, run from a
-    # directory that does not contain it.
-    load = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["nonlocal_keras"] = None
-        try:
-            import nonlocal_keras
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("nonlocal_keras is importable")
-        import tensorflow as tf
-        serve = tf.saved_model.load({str(export_dir)!r}).signatures["serving_default"]
-        images = tf.cast(tf.random.uniform((1, 256, 256, 3), maxval=255), tf.uint8)
-        out = serve(images)
-        assert "official" not in sys.modules
-        for key in ("detection_boxes", "detection_masks", "detection_scores"):
-            print(key, out[key].shape)
-        """
-    )
-    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
-                            timeout=300, cwd=str(tmp_path))
+    loaded = serve_without_the_package(
+        export_dir, tmp_path, ("detection_boxes", "detection_masks", "detection_scores"))
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "detection_boxes (1, 20, 4)" in loaded.stdout
     assert "detection_scores (1, 20)" in loaded.stdout

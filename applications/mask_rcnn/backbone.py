@@ -9,7 +9,6 @@ import dataclasses
 import itertools
 from typing import List
 
-import tf_keras
 from official.vision.configs import backbones as backbones_config
 from official.vision.modeling.backbones import factory, resnet
 
