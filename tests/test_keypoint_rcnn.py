@@ -309,7 +309,7 @@ def tiny_keypoint_config(experiment_name="keypoint_rcnn_resnetfpn_nonlocal_coco"
     from nonlocal_keras.applications.mask_rcnn import synthetic_keypoints
 
     config = exp_factory.get_exp_config(experiment_name)
-    params_dict.override_params_dict(config, os.path.join(_configs(), "keypoint_rcnn_tiny.yaml"),
+    params_dict.override_params_dict(config, os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
                                      is_strict=True)
     config.task.override(synthetic_keypoints.task_override(), is_strict=True)
     config.task.model.input_size = [input_size, input_size, 3]
@@ -456,7 +456,7 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     run = subprocess.run(
         [sys.executable, "-m", "nonlocal_keras.training.train_detection",
          "--experiment", "keypoint_rcnn_resnetfpn_nonlocal_coco",
-         "--config_file", os.path.join(_configs(), "keypoint_rcnn_tiny.yaml"),
+         "--config_file", os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
          "--synthetic_coco_dir", str(tmp_path / "data"),
          "--params_override", "trainer.train_steps=2,trainer.steps_per_loop=1,"
          "trainer.checkpoint_interval=2,trainer.validation_interval=2,trainer.validation_steps=1",
@@ -474,8 +474,8 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     assert "detection_keypoint_scores (1, 20, 7)" in loaded.stdout
 
 
-@pytest.mark.parametrize("yaml_name, depth", [("keypoint_rcnn_r50_coco.yaml", 50),
-                                              ("keypoint_rcnn_r101_coco.yaml", 101)])
+@pytest.mark.parametrize("yaml_name, depth", [("maskrcnn_keypoint_r50_coco.yaml", 50),
+                                              ("maskrcnn_keypoint_r101_coco.yaml", 101)])
 def test_coco_recipes_apply_to_all_three_experiments(yaml_name, depth):
     import os
 
