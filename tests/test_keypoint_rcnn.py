@@ -512,3 +512,19 @@ def test_model_fit_wrapper_trains_the_keypoint_task(stick_figures):
     assert history["keypoint_loss"][-1] < history["keypoint_loss"][0]
     metrics = keras_fit.evaluate(task, model, steps=1)
     assert -1.0 <= metrics["keypoint_AP"] <= 1.0 and "AP" in metrics
+
+
+def test_writing_records_stops_where_the_converter_would_drop_an_object(stick_figures, tmp_path):
+    import json
+    import os
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_data
+
+    with open(stick_figures["val_json"]) as f:
+        coco = json.load(f)
+    coco["annotations"][0]["bbox"][2] = 0.0  # an empty box: Model Garden's converter skips it
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(coco))
+    image_dir = os.path.join(os.path.dirname(stick_figures["val_json"]), "val")
+    with pytest.raises(ValueError, match="Received: image='000001.png'"):
+        keypoint_data.write_keypoint_tfrecords(str(path), image_dir, str(tmp_path / "bad.tfrecord"))

@@ -22,6 +22,8 @@ from official.vision.data import create_coco_tf_record, tfrecord_lib
 from official.vision.dataloaders import maskrcnn_input, tf_example_decoder
 from official.vision.ops import anchor, box_ops, preprocess_ops
 
+from nonlocal_keras.applications.mask_rcnn import synthetic_coco
+
 # COCO's 17 person keypoints and the index each one becomes under a
 # horizontal flip (left and right swap; the nose stays).
 COCO_KEYPOINTS = (
@@ -64,9 +66,9 @@ def create_keypoint_tf_example(image, image_dirs, *args, **kwargs):
     return example, skipped
 
 
-def write_keypoint_tfrecords(images, image_dir, image_to_annotations, id_to_name, output_prefix,
-                             num_shards=1):
-    """Write a COCO person-keypoints split as TFRecords; returns their file pattern."""
+def write_keypoint_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
+    """Write a COCO person-keypoints JSON and its images as TFRecords; returns their file pattern."""
+    images, image_to_annotations, id_to_name = synthetic_coco.load_coco(json_path)
     examples = create_coco_tf_record.generate_annotations(
         images=images, image_dirs=[image_dir], img_to_obj_annotation=image_to_annotations,
         id_to_name_map=id_to_name, include_masks=False)

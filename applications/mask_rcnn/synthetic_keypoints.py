@@ -97,10 +97,8 @@ def build(output_dir, num_train=64, num_val=16, image_size=256, seed=0):
     for split, count, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1)):
         json_path = make_split(output_dir, split, count, image_size, seed=split_seed)
         paths[f"{split}_json"] = json_path
-        images, by_image, names = synthetic_coco.load_coco(json_path)
         paths[f"{split}_tfrecords"] = keypoint_data.write_keypoint_tfrecords(
-            images, os.path.join(output_dir, split), by_image, names,
-            os.path.join(output_dir, f"{split}.tfrecord"))
+            json_path, os.path.join(output_dir, split), os.path.join(output_dir, f"{split}.tfrecord"))
     return paths
 
 
