@@ -27,31 +27,26 @@ from nonlocal_keras.applications.mask_rcnn import (  # noqa: E402
 )
 from nonlocal_keras.layers import NonLocal2D  # noqa: E402
 from official.core import exp_factory, task_factory  # noqa: E402
+from savedmodel_without_package import serve_without_the_package  # noqa: E402
 from official.modeling.hyperparams import params_dict  # noqa: E402
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.configs import common as mg_common  # noqa: E402
 from official.vision.modeling.backbones import factory as backbone_factory  # noqa: E402
 
-TINY_YAML = os.path.join(
-    os.path.dirname(nonlocal_keras.training.__file__), "configs", "maskrcnn_nonlocal_tiny.yaml"
-)
+CONFIG_DIR = os.path.join(os.path.dirname(nonlocal_keras.training.__file__), "configs")
+TINY_YAML = os.path.join(CONFIG_DIR, "maskrcnn_nonlocal_tiny.yaml")
+PLAIN_TINY_YAML = os.path.join(CONFIG_DIR, "maskrcnn_tiny.yaml")
+# Each shipped non-local YAML and its baseline for Model Garden's own experiment.
+YAML_PAIRS = [("maskrcnn_nonlocal_tiny.yaml", "maskrcnn_tiny.yaml"),
+              ("maskrcnn_nonlocal_r50_coco.yaml", "maskrcnn_r50_coco.yaml")]
+PLAIN_EXPERIMENT = "maskrcnn_resnetfpn_coco"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(experiment_name=mask_rcnn.EXPERIMENT, input_size=128, data=None):
     config = exp_factory.get_exp_config(experiment_name)
-    if experiment_name == mask_rcnn.EXPERIMENT:
-        params_dict.override_params_dict(config, TINY_YAML, is_strict=True)
-    else:
-        # Model Garden's plain experiment with the same tiny settings.
-        import yaml
-
-        with open(TINY_YAML) as f:
-            settings = yaml.safe_load(f)
-        backbone = settings["task"]["model"].pop("backbone")["resnet_nonlocal"]
-        backbone.pop("nonlocal_placements")
-        settings["task"]["model"]["backbone"] = {"type": "resnet", "resnet": backbone}
-        config.override(settings, is_strict=True)
+    yaml_file = TINY_YAML if experiment_name == mask_rcnn.EXPERIMENT else PLAIN_TINY_YAML
+    params_dict.override_params_dict(config, yaml_file, is_strict=True)
     config.task.model.input_size = [input_size, input_size, 3]
     if data:
         config.task.train_data.input_path = data["train_tfrecords"]
@@ -114,13 +109,28 @@ def test_tf_keras_block_is_identity_at_init_and_round_trips_its_config():
     layer = model.get_layer("nl")
     assert set(layer.get_config()) - {"name", "trainable", "dtype"} == {
         "mode", "inter_channels", "sub_sample", "use_scale", "kernel_initializer",
-        "kernel_regularizer", "norm_momentum", "norm_epsilon", "chunk_size",
+        "kernel_regularizer", "norm_momentum", "norm_epsilon", "use_sync_bn", "chunk_size",
     }
     layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
     clone = tf_keras.models.model_from_json(model.to_json())
     clone.set_weights(model.get_weights())
     assert isinstance(clone.get_layer("nl"), mask_rcnn.NonLocalBlock2D)
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_tf_keras_classes_serialise_under_the_projects_package_name_and_old_names_load():
+    inputs = tf_keras.Input((8, 8, 16))
+    model = tf_keras.Model(inputs, mask_rcnn.NonLocalBlock2D(name="nl")(inputs))
+    saved = model.to_json()
+    # The one package name of the Keras 3 layers (`nonlocal_keras>NonLocal2D`).
+    assert '"nonlocal_keras>NonLocalBlock2D"' in saved and '"NonLocal>' not in saved
+    for cls in (mask_rcnn.NonLocalBlock2D, mask_rcnn.ResNetNonLocalModel):
+        assert tf_keras.utils.get_registered_name(cls) == f"nonlocal_keras>{cls.__name__}"
+    # A config written before the rename still loads.
+    old = saved.replace('"nonlocal_keras>NonLocalBlock2D"', '"NonLocal>NonLocalBlock2D"')
+    assert isinstance(tf_keras.models.model_from_json(old).get_layer("nl"), mask_rcnn.NonLocalBlock2D)
+    assert tf_keras.utils.get_registered_object("NonLocal>ResNetNonLocalModel") is (
+        mask_rcnn.ResNetNonLocalModel)
 
 
 def test_tf_keras_block_chunked_path_matches_the_plain_path_and_its_gradients():
@@ -220,6 +230,22 @@ def test_bad_nonlocal_mode_is_a_value_error_naming_the_field():
             tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), config, mg_common.NormActivation())
 
 
+@pytest.mark.parametrize("use_sync_bn", [False, True])
+def test_nonlocal_block_batchnorm_follows_use_sync_bn_like_the_resnets(use_sync_bn):
+    config = nl_backbone.Backbone(type=nl_backbone.BACKBONE_TYPE)
+    config.resnet_nonlocal.depth_multiplier = 0.25
+    model = backbone_factory.build_backbone(
+        tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), config,
+        mg_common.NormActivation(use_sync_bn=use_sync_bn))
+    (block,) = nonlocal_layers(model)
+    resnet_bns = [m for m in model.submodules if isinstance(m, tf_keras.layers.BatchNormalization)
+                  and m is not block.bn]
+    assert len(resnet_bns) == 53  # ResNet-50's: stem 1, 16 bottlenecks x 3, 4 projections
+    assert {bn.synchronized for bn in resnet_bns} == {use_sync_bn}
+    assert block.bn.synchronized is use_sync_bn
+    assert block.get_config()["use_sync_bn"] is use_sync_bn
+
+
 def test_backbone_config_round_trips_through_get_config():
     model = build_backbone(["res3:1"])
     config = model.get_config()
@@ -247,6 +273,115 @@ def test_experiment_is_model_gardens_mask_rcnn_with_the_nonlocal_backbone():
     assert issubclass(nl_backbone.ResNetNonLocal, mg_backbones.ResNet)
     task = task_factory.get_task(exp_factory.get_exp_config(mask_rcnn.EXPERIMENT).task)
     assert isinstance(task, mask_rcnn.NonLocalMaskRCNNTask)
+
+
+def _yaml(name):
+    import yaml
+
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize("nonlocal_yaml, plain_yaml", YAML_PAIRS)
+def test_shipped_yamls_apply_to_their_experiments_and_pairs_differ_only_in_the_backbone(
+        nonlocal_yaml, plain_yaml):
+    for name, experiment_name in ((nonlocal_yaml, mask_rcnn.EXPERIMENT), (plain_yaml, PLAIN_EXPERIMENT)):
+        config = exp_factory.get_exp_config(experiment_name)
+        params_dict.override_params_dict(config, os.path.join(CONFIG_DIR, name), is_strict=True)
+        config.validate()
+    ours, theirs = _yaml(nonlocal_yaml), _yaml(plain_yaml)
+    our_backbone = ours["task"]["model"].pop("backbone")
+    their_backbone = theirs["task"]["model"].pop("backbone")
+    assert ours == theirs
+    assert (our_backbone["type"], their_backbone["type"]) == ("resnet_nonlocal", "resnet")
+    settings = our_backbone["resnet_nonlocal"]
+    assert {k: v for k, v in settings.items() if not k.startswith("nonlocal_")} == their_backbone["resnet"]
+    assert set(os.listdir(CONFIG_DIR)) >= {name for pair in YAML_PAIRS for name in pair}
+
+
+def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
+    # The flags `python -m official.vision.train` defines, listed in a process
+    # of its own, then parsed by our command line.
+    listing = textwrap.dedent(
+        """
+        from absl import flags
+        before = set(flags.FLAGS)
+        from official.common import flags as tfm_flags
+        from official.vision import train
+        tfm_flags.define_flags()
+        print(" ".join(sorted(set(flags.FLAGS) - before)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    official_flags = result.stdout.split()
+    assert "enable_async_checkpointing" in official_flags and "params_override" in official_flags
+    ours = textwrap.dedent(
+        """
+        import sys
+        from absl import flags
+        from nonlocal_keras.applications.mask_rcnn import trainer
+        trainer.define_flags()
+        missing = [name for name in sys.argv[1:] if name not in flags.FLAGS]
+        assert not missing, missing
+        flags.FLAGS(["prog", "--enable_async_checkpointing=false", "--experiment=x",
+                     "--mode=train", "--model_dir=/tmp/unused"])
+        assert flags.FLAGS.enable_async_checkpointing is False
+        print("FLAGS_OK")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", ours, *official_flags], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FLAGS_OK" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--params_override", "task.model.no_such_field=1"], "The key 'no_such_field' does not exist"),
+        (["--config_file", "/no/such/config.yaml"], "/no/such/config.yaml"),
+        (["--no_such_flag"], "no_such_flag"),
+    ],
+)
+def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
+        tmp_path, arguments, message):
+    command = [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+               "--experiment", PLAIN_EXPERIMENT, "--mode", "train",
+               "--model_dir", str(tmp_path / "run"), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("nonlocal-train-detection: error: "), errors
+    assert message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a wrong command
+    if "--config_file" in arguments:  # one case is enough; each run imports TensorFlow
+        debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=300)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_seeded_config_builds_the_same_weights_every_time(monkeypatch):
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    # Deterministic ops cannot be switched off again: record the call instead
+    # of changing the rest of this test process.
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(1))
+    config = tiny_config()
+    assert config.task.train_data.seed is not None  # the tiny YAML is seeded
+    weights = []
+    for _ in range(2):
+        trainer.seed_everything(config)
+        model = task_factory.get_task(config.task).build_model()
+        weights.append([w.numpy() for w in model.weights])
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)
+    assert calls == [1, 1]
+    config.task.train_data.seed = None
+    trainer.seed_everything(config)  # no seed: nothing is seeded
+    model = task_factory.get_task(config.task).build_model()
+    assert any(not np.array_equal(w.numpy(), first) for w, first in zip(model.weights, weights[0]))
 
 
 def test_registration_is_idempotent_across_imports_and_reloads():
@@ -385,6 +520,13 @@ def test_synthetic_coco_masks_are_the_painted_pixels(synthetic_data):
         assert (pixels[ring & ~mask] < 60).all()
     records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(synthetic_data["train_tfrecords"])))
     assert len(records) == len(coco["images"])
+    # Each record carries its image's annotations (read without the converter's private loaders).
+    from official.vision.dataloaders import tf_example_decoder
+
+    decoded = tf_example_decoder.TfExampleDecoder(include_mask=True).decode(records[0])
+    first = [a for a in coco["annotations"] if a["image_id"] == int(decoded["source_id"].numpy())]
+    assert sorted(decoded["groundtruth_classes"].numpy().tolist()) == sorted(
+        a["category_id"] for a in first)
 
 
 @pytest.mark.slow
@@ -421,29 +563,8 @@ def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_pack
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
     assert (export_dir / "saved_model.pb").exists()
 
-    # A process in which nonlocal_keras cannot be imported, run from a
-    # directory that does not contain it.
-    load = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["nonlocal_keras"] = None
-        try:
-            import nonlocal_keras
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("nonlocal_keras is importable")
-        import tensorflow as tf
-        serve = tf.saved_model.load({str(export_dir)!r}).signatures["serving_default"]
-        images = tf.cast(tf.random.uniform((1, 256, 256, 3), maxval=255), tf.uint8)
-        out = serve(images)
-        assert "official" not in sys.modules
-        for key in ("detection_boxes", "detection_masks", "detection_scores"):
-            print(key, out[key].shape)
-        """
-    )
-    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
-                            timeout=300, cwd=str(tmp_path))
+    loaded = serve_without_the_package(
+        export_dir, tmp_path, ("detection_boxes", "detection_masks", "detection_scores"))
     assert loaded.returncode == 0, loaded.stderr[-4000:]
     assert "detection_boxes (1, 20, 4)" in loaded.stdout
     assert "detection_scores (1, 20)" in loaded.stdout

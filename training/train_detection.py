@@ -11,6 +11,10 @@ registered, plus:
   of `--model_dir` with Model Garden's detection export module (`--mode eval
   --export_dir DIR` evaluates a trained model, then exports it).
 
+A user error (a bad flag, config file or override, missing data) prints one
+line `nonlocal-train-detection: error: <message>` and exits with status 2;
+`--debug` keeps the traceback.
+
 Examples:
     nonlocal-train-detection --experiment maskrcnn_resnetfpn_nonlocal_coco \\
       --config_file training/configs/maskrcnn_nonlocal_tiny.yaml \\
@@ -18,14 +22,55 @@ Examples:
     nonlocal-train-detection ... --mode eval --export_dir /tmp/nl_maskrcnn/export
 """
 
-from absl import app
+import sys
+
+import tensorflow as tf
+from absl import app, flags
 
 from nonlocal_keras.applications.mask_rcnn import trainer
+
+PROG = "nonlocal-train-detection"
+# What a wrong command line, experiment name, config or data path raises from
+# absl, Model Garden's config overrides and TensorFlow's file access. Model
+# Garden's registries raise a bare LookupError for an unknown name (an
+# IndexError, also a LookupError, is a bug: it keeps its traceback).
+USER_ERRORS = (flags.Error, ValueError, KeyError, OSError, tf.errors.NotFoundError)
+
+
+def _is_user_error(error):
+    return isinstance(error, USER_ERRORS) or type(error) is LookupError
+
+
+def _fail(error, debug):
+    if debug:
+        raise error
+    # KeyError's str() is the repr of its argument.
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    print(f"{PROG}: error: {' '.join(text.split()) or type(error).__name__}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        # FLAGS.debug is not parsed yet when the command line itself is wrong.
+        _fail(error, debug="--debug" in argv)
+
+
+def _run(argv):
+    try:
+        trainer.run(argv)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        _fail(error, debug=flags.FLAGS.debug)
 
 
 def main():
     trainer.define_flags()
-    app.run(trainer.run)
+    flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
+    app.run(_run, flags_parser=_parse)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ Importing this package registers, once per process (re-imports are no-ops):
   `backbone.ResNetNonLocal`, in the one-of `backbone.Backbone`);
 - the task config `experiment.MaskRCNNTask` with its task class
   `experiment.NonLocalMaskRCNNTask`;
-- the experiment `maskrcnn_resnetfpn_nonlocal_coco`.
+- the experiment `maskrcnn_resnetfpn_nonlocal_coco`;
+- Keypoint R-CNN (`keypoint_experiment.KeypointRCNNTask`, a keypoint head with
+  optional non-local blocks) and its experiments `keypoint_rcnn_resnetfpn_coco`,
+  `keypoint_rcnn_resnetfpn_nonlocal_head_coco`, `keypoint_rcnn_resnetfpn_nonlocal_coco`.
 
 Only this package imports Model Garden (`official`) and `tf_keras`.
 """
@@ -25,3 +28,10 @@ from nonlocal_keras.applications.mask_rcnn.experiment import (  # noqa: F401
     NonLocalMaskRCNNTask,
 )
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D  # noqa: F401
+from nonlocal_keras.applications.mask_rcnn.keypoint_experiment import (  # noqa: F401
+    EXPERIMENTS as KEYPOINT_EXPERIMENTS,
+    KeypointRCNNTask,
+    KeypointRCNNTaskConfig,
+)
+from nonlocal_keras.applications.mask_rcnn.keypoint_head import KeypointHead  # noqa: F401
+from nonlocal_keras.applications.mask_rcnn.keypoint_model import KeypointRCNNModel  # noqa: F401

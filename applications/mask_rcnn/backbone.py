@@ -9,13 +9,12 @@ import dataclasses
 import itertools
 from typing import List
 
-import tf_keras
 from official.vision.configs import backbones as backbones_config
 from official.vision.modeling.backbones import factory, resnet
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D
-from nonlocal_keras.applications.mask_rcnn.registration import once
+from nonlocal_keras.applications.mask_rcnn.registration import once, serializable
 
 BACKBONE_TYPE = "resnet_nonlocal"
 DEFAULT_PLACEMENTS = ("res4:-1",)
@@ -91,7 +90,7 @@ class _NonLocalPlan:
     sub_sample: bool
 
 
-@tf_keras.utils.register_keras_serializable(package="NonLocal")
+@serializable
 class ResNetNonLocalModel(resnet.ResNet):
     """Model Garden's `ResNet`, with `NonLocalBlock2D`s between its residual blocks.
 
@@ -146,6 +145,7 @@ class ResNetNonLocalModel(resnet.ResNet):
                 kernel_regularizer=self._kernel_regularizer,
                 norm_momentum=self._norm_momentum,
                 norm_epsilon=self._norm_epsilon,
+                use_sync_bn=self._use_sync_bn,
                 name=f"nonlocal_res{level}_{index}",
             )
 

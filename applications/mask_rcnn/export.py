@@ -1,13 +1,41 @@
-"""Export the non-local Mask R-CNN with Model Garden's detection export module.
+"""Export the non-local Mask R-CNN or Keypoint R-CNN with Model Garden's detection export module.
 
 Model Garden's `DetectionModule` owns the preprocessing (resize, pad,
 normalise) and returns named outputs (`detection_boxes`, `detection_scores`,
-`detection_classes`, `detection_masks`, `num_detections`, `image_info`). The
-SavedModel is a plain TensorFlow graph: loading it needs neither Model Garden
-nor this package.
+`detection_classes`, `detection_masks`, `num_detections`, `image_info`).
+`KeypointDetectionModule` is that module for `KeypointRCNNModel`: the same
+preprocessing, the model built by its task, and `detection_keypoints`
+`(batch, boxes, K, 2)` (`[y, x]` in pixels of the resized input, like
+`detection_boxes`) and `detection_keypoint_scores` `(batch, boxes, K)` added.
+The SavedModel is a plain TensorFlow graph: loading it needs neither Model
+Garden nor this package.
 """
 
+from official.core import task_factory
 from official.vision.serving import detection, export_saved_model_lib
+
+from nonlocal_keras.applications.mask_rcnn import keypoint_experiment
+
+_KEYPOINT_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
+                     "detection_keypoints", "detection_keypoint_scores")
+
+
+class KeypointDetectionModule(detection.DetectionModule):
+    """Model Garden's detection export module for Keypoint R-CNN."""
+
+    def __init__(self, params, **kwargs):
+        model = task_factory.get_task(params.task).build_model()
+        super().__init__(params, model=model, **kwargs)
+
+    def serve(self, images):
+        images, anchor_boxes, image_info = self.preprocess(images)
+        # `model.call`, as Model Garden's module does: Keras' __call__ would
+        # trace the multi-input layers in a way SavedModel cannot save.
+        detections = self.model.call(images=images, image_shape=image_info[:, 1, :],
+                                     anchor_boxes=anchor_boxes, training=False)
+        outputs = {key: detections[key] for key in _KEYPOINT_OUTPUTS}
+        outputs["image_info"] = image_info
+        return outputs
 
 
 def export_saved_model(params, checkpoint_path, export_dir, batch_size=1,
@@ -15,8 +43,8 @@ def export_saved_model(params, checkpoint_path, export_dir, batch_size=1,
     """Write `export_dir` (SavedModel, `params.yaml`) from a trained checkpoint.
 
     Args:
-        params: the experiment config (`maskrcnn_resnetfpn_nonlocal_coco` with
-            the overrides it was trained with).
+        params: the experiment config (`maskrcnn_resnetfpn_nonlocal_coco`, a
+            `keypoint_rcnn_*` experiment, ... with the overrides it was trained with).
         checkpoint_path: a checkpoint file or a `model_dir`; `None` exports the
             freshly initialised model.
         export_dir: where the SavedModel goes.
@@ -28,7 +56,10 @@ def export_saved_model(params, checkpoint_path, export_dir, batch_size=1,
         `export_dir`.
     """
     image_size = list(params.task.model.input_size[:2])
-    module = detection.DetectionModule(
+    module_class = (KeypointDetectionModule
+                    if isinstance(params.task.model, keypoint_experiment.KeypointRCNN)
+                    else detection.DetectionModule)
+    module = module_class(
         params=params, batch_size=batch_size, input_image_size=image_size,
         input_type=input_type,
     )

@@ -1,4 +1,4 @@
-"""Train a Model Garden Mask R-CNN task with `model.fit`, and evaluate it.
+"""Train a Model Garden Mask R-CNN (or Keypoint R-CNN) task with `model.fit`, and evaluate it.
 
 `TaskModel` is a small `tf_keras.Model` around a task and its model: its
 `train_step` is the task's own step (forward pass, `task.build_losses`,
@@ -45,7 +45,7 @@ class TaskModel(tf_keras.Model):
 
 
 def evaluate(task, model, dataset=None, steps=None):
-    """Box and mask COCO metrics of `model` on the task's validation data.
+    """Box and mask (or keypoint) COCO metrics of `model` on the task's validation data.
 
     Args:
         task: a Model Garden Mask R-CNN task whose `annotation_file` (or the
@@ -56,7 +56,8 @@ def evaluate(task, model, dataset=None, steps=None):
 
     Returns:
         Model Garden's metric dict: `AP`, `AP50`, ... for boxes and
-        `mask_AP`, `mask_AP50`, ... for masks, as Python floats.
+        `mask_AP`, `mask_AP50`, ... for masks (`keypoint_AP`, ... for a
+        Keypoint R-CNN task), as Python floats.
     """
     if dataset is None:
         dataset = task.build_inputs(task.task_config.validation_data)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras
 
 from nonlocal_keras import nonlocal_math
+from nonlocal_keras.applications.mask_rcnn.registration import serializable
 from nonlocal_keras.utils import is_positive_int
 
 # As the Keras 3 layers: the official code's Gaussian(std 0.01) for the
@@ -18,7 +19,7 @@ from nonlocal_keras.utils import is_positive_int
 _OFFICIAL_KERNEL_INITIALIZER = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
 
 
-@tf_keras.utils.register_keras_serializable(package="NonLocal")
+@serializable
 class NonLocalBlock2D(tf_keras.layers.Layer):
     """Non-local block `z = x + BN(W_z y)` on `(batch, height, width, channels)`.
 
@@ -30,6 +31,9 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         use_scale: divide softmax logits by sqrt(inter_channels).
         kernel_initializer, kernel_regularizer: of every projection.
         norm_momentum, norm_epsilon: of the BatchNormalization after `W_z`.
+        use_sync_bn: synchronise that BatchNormalization's batch statistics
+            across replicas, as Model Garden's `norm_activation.use_sync_bn`
+            does for every BN of its ResNet.
         chunk_size: as for the Keras 3 layers: `"auto"` (default) slices the
             queries only when the affinity is large, an int always does, `None`
             never does; the result is the same.
@@ -45,6 +49,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         kernel_regularizer=None,
         norm_momentum=0.9,
         norm_epsilon=1e-5,
+        use_sync_bn=False,
         chunk_size="auto",
         **kwargs,
     ):
@@ -69,6 +74,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         self.kernel_regularizer = tf_keras.regularizers.get(kernel_regularizer)
         self.norm_momentum = norm_momentum
         self.norm_epsilon = norm_epsilon
+        self.use_sync_bn = bool(use_sync_bn)
         self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
 
@@ -88,7 +94,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
                 kernel_regularizer=self.kernel_regularizer,
                 name=name,
             )
-            _build_in_scope(layer, (None, input_units))
+            build_in_scope(layer, (None, input_units))
             return layer
 
         if self.mode != "gaussian":
@@ -100,9 +106,10 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
             momentum=self.norm_momentum,
             epsilon=self.norm_epsilon,
             gamma_initializer="zeros",
+            synchronized=self.use_sync_bn,
             name="bn",
         )
-        _build_in_scope(self.bn, (None, None, None, channels))
+        build_in_scope(self.bn, (None, None, None, channels))
         if self.mode == "concatenation":
             self.w_f = projection("w_f", 1, 2 * inner, use_bias=False)
         super().build(input_shape)
@@ -137,13 +144,14 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
                 "kernel_regularizer": tf_keras.regularizers.serialize(self.kernel_regularizer),
                 "norm_momentum": self.norm_momentum,
                 "norm_epsilon": self.norm_epsilon,
+                "use_sync_bn": self.use_sync_bn,
                 "chunk_size": self.chunk_size,
             }
         )
         return config
 
 
-def _build_in_scope(layer, input_shape):
+def build_in_scope(layer, input_shape):
     # Built under its own name scope, a sub-layer's variables are named
     # `block/theta/kernel`, not all `block/kernel`.
     with tf.name_scope(layer.name):

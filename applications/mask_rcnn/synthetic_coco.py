@@ -8,6 +8,8 @@ the masks in the JSON are the objects' pixels. The TFRecords are written with
 Model Garden's own converter functions (`create_coco_tf_record`).
 """
 
+import collections
+import functools
 import json
 import os
 
@@ -33,7 +35,7 @@ def _polygon(category_id, x0, y0, w, h):
     return [float(round(c, 2)) for point in points for c in point]
 
 
-def _place(rng, image_size, taken, min_size, max_size):
+def place_box(rng, image_size, taken, min_size, max_size):
     # Rejection sampling of a box that keeps a 2-pixel gap to the others, so
     # no shape occludes another and every mask stays complete.
     for _ in range(50):
@@ -47,8 +49,14 @@ def _place(rng, image_size, taken, min_size, max_size):
     return None
 
 
-def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed=0):
-    """Write `{split}/*.png` and `{split}.json` (COCO instances) under `output_dir`.
+def write_split(output_dir, split, num_images, image_size, seed, draw, categories):
+    """Write `{split}/*.png` and `{split}.json` (COCO format) under `output_dir`.
+
+    Args:
+        draw: `draw(rng, pixels)` paints one image's objects into `pixels`
+            (uint8 `(size, size, 3)`, noisy background already there) and
+            returns their COCO annotations without `id` and `image_id`.
+        categories: the JSON's `categories`.
 
     Returns:
         The path of the COCO JSON file.
@@ -63,25 +71,8 @@ def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         pixels = rng.integers(0, 60, size=(image_size, image_size, 3)).astype(np.uint8)
-        taken = []
-        for _ in range(rng.integers(1, max_shapes + 1)):
-            placed = _place(rng, image_size, taken, image_size // 6, image_size // 3)
-            if placed is None:
-                continue
-            category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-            polygon = _polygon(category_id, *placed)
-            rle = mask_api.frPyObjects([polygon], image_size, image_size)
-            mask = mask_api.decode(rle)[..., 0].astype(bool)
-            pixels[mask] = rng.integers(120, 256, size=3)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": category_id,
-                "segmentation": [polygon],
-                "area": float(mask.sum()),
-                "bbox": [float(b) for b in mask_api.toBbox(mask_api.merge(rle))],
-                "iscrowd": 0,
-            })
+        for annotation in draw(rng, pixels):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name))
         images.append({"id": image_id, "file_name": file_name,
@@ -89,21 +80,53 @@ def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed
     json_path = os.path.join(output_dir, f"{split}.json")
     with open(json_path, "w") as f:
         json.dump({"images": images, "annotations": annotations,
-                   "categories": list(CATEGORIES)}, f)
+                   "categories": list(categories)}, f)
     return json_path
+
+
+def _draw_shapes(rng, pixels, max_shapes):
+    image_size = pixels.shape[0]
+    taken, annotations = [], []
+    for _ in range(rng.integers(1, max_shapes + 1)):
+        placed = place_box(rng, image_size, taken, image_size // 6, image_size // 3)
+        if placed is None:
+            continue
+        category_id = int(rng.integers(1, len(CATEGORIES) + 1))
+        polygon = _polygon(category_id, *placed)
+        rle = mask_api.frPyObjects([polygon], image_size, image_size)
+        mask = mask_api.decode(rle)[..., 0].astype(bool)
+        pixels[mask] = rng.integers(120, 256, size=3)
+        annotations.append({
+            "category_id": category_id,
+            "segmentation": [polygon],
+            "area": float(mask.sum()),
+            "bbox": [float(b) for b in mask_api.toBbox(mask_api.merge(rle))],
+            "iscrowd": 0,
+        })
+    return annotations
+
+
+def make_split(output_dir, split, num_images, image_size=256, max_shapes=3, seed=0):
+    """Write `{split}/*.png` and `{split}.json` (COCO instances) under `output_dir`.
+
+    Returns:
+        The path of the COCO JSON file.
+    """
+    return write_split(output_dir, split, num_images, image_size, seed,
+                       functools.partial(_draw_shapes, max_shapes=max_shapes), CATEGORIES)
 
 
 def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
     """Convert a COCO instances JSON with masks into TFRecords, Model Garden's way.
 
-    A thin wrapper around `official.vision.data.create_coco_tf_record`'s
-    functions (its `main` needs absl flags): one process, masks included.
+    A thin wrapper around the public functions of
+    `official.vision.data.create_coco_tf_record` (its `main` needs absl
+    flags): one process, masks included.
 
     Returns:
         The file pattern of the written shards.
     """
-    images = create_coco_tf_record._load_images_info(json_path)
-    image_to_annotations, id_to_name = create_coco_tf_record._load_object_annotations(json_path)
+    images, image_to_annotations, id_to_name = load_coco(json_path)
     examples = create_coco_tf_record.generate_annotations(
         images=images,
         image_dirs=[image_dir],
@@ -116,6 +139,20 @@ def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
         multiple_processes=0,
     )
     return f"{output_prefix}-*"
+
+
+def load_coco(json_path):
+    """`(images, annotations by image id, category name by id)` of a COCO JSON file.
+
+    What the converter's `generate_annotations` takes; read here rather than
+    through its private loaders.
+    """
+    with open(json_path) as f:
+        coco = json.load(f)
+    by_image = collections.defaultdict(list)
+    for annotation in coco["annotations"]:
+        by_image[annotation["image_id"]].append(annotation)
+    return coco["images"], by_image, {c["id"]: c["name"] for c in coco["categories"]}
 
 
 def build(output_dir, num_train=64, num_val=16, image_size=256, seed=0):
