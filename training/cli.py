@@ -87,6 +87,8 @@ def run(prog, module_name, argv=None):
     debug = _debugging(argv)
     argv = [arg for arg in argv if arg != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # TensorFlow's Python logger also prints each of its INFO lines through the root logger.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     if threading.current_thread() is threading.main_thread():
         _handle_interrupts(prog)
     try:

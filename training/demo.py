@@ -65,6 +65,8 @@ def main(argv=None):
                         help="results.json, attention.png and examples/")
     parser.add_argument("--runs-dir", default="runs", help="the two run folders")
     parser.add_argument("--export-dir", default="exported", help="the SavedModel base folder")
+    parser.add_argument("--print-data-dir", action="store_true",
+                        help="write (or reuse) the dataset, print its folder and stop")
     parser.add_argument("--restart", action="store_true",
                         help="train both again (the old run folders are moved aside)")
     parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
@@ -80,6 +82,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     root = synthetic_digits.generate(args.data_dir, args.num_train, args.num_test, args.seed)
+    if args.print_data_dir:
+        print(root)
+        return 0
     print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     rows, models, configs = [], {}, {}
