@@ -190,8 +190,7 @@ def _resnet_arguments(backbone_cfg, norm_activation_config, l2_regularizer):
     )
 
 
-@once(factory._REGISTERED_BACKBONE_CLS, BACKBONE_TYPE,
-      factory.register_backbone_builder(BACKBONE_TYPE))
+@once(factory.register_backbone_builder(BACKBONE_TYPE))
 def build_resnet_nonlocal(input_specs, backbone_config, norm_activation_config,
                           l2_regularizer=None):
     """Builds `ResNetNonLocalModel` from a `Backbone` config of type `resnet_nonlocal`."""

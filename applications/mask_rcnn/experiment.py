@@ -35,8 +35,7 @@ class MaskRCNNTask(maskrcnn_config.MaskRCNNTask):
     model: MaskRCNN = dataclasses.field(default_factory=MaskRCNN)
 
 
-@once(task_factory._REGISTERED_TASK_CLS, MaskRCNNTask,
-      task_factory.register_task_cls(MaskRCNNTask))
+@once(task_factory.register_task_cls(MaskRCNNTask))
 class NonLocalMaskRCNNTask(maskrcnn_task.MaskRCNNTask):
     """Model Garden's Mask R-CNN task; `initialize` maps a plain ResNet checkpoint."""
 
@@ -115,7 +114,7 @@ def copy_plain_weights(plain, backbone):
     return count
 
 
-@once(exp_factory._REGISTERED_CONFIGS, EXPERIMENT, exp_factory.register_config_factory(EXPERIMENT))
+@once(exp_factory.register_config_factory(EXPERIMENT))
 def maskrcnn_resnetfpn_nonlocal_coco():
     """Model Garden's `maskrcnn_resnetfpn_coco`, backbone ResNet + 1 NL block in res4."""
     config = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco")

@@ -78,8 +78,7 @@ class KeypointRCNNTaskConfig(experiment.MaskRCNNTask):
     model: KeypointRCNN = dataclasses.field(default_factory=KeypointRCNN)
 
 
-@once(task_factory._REGISTERED_TASK_CLS, KeypointRCNNTaskConfig,
-      task_factory.register_task_cls(KeypointRCNNTaskConfig))
+@once(task_factory.register_task_cls(KeypointRCNNTaskConfig))
 class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
     """The non-local Mask R-CNN task with a keypoint branch instead of masks."""
 
@@ -212,5 +211,5 @@ def keypoint_experiment(head_nonlocal, backbone_placements):
 
 
 for _name, (_head, _backbone) in EXPERIMENTS.items():
-    once(exp_factory._REGISTERED_CONFIGS, _name, exp_factory.register_config_factory(_name))(
+    once(exp_factory.register_config_factory(_name))(
         lambda head=_head, backbone=_backbone: keypoint_experiment(head, backbone))

@@ -15,19 +15,24 @@ PACKAGE = "nonlocal_keras"
 _OLD_PACKAGE = "NonLocal"
 
 
-def once(collection, key, register):
-    """A decorator that applies Model Garden's `register` unless `key` is taken.
+def once(register):
+    """A decorator that applies Model Garden's `register` unless its key is taken.
+
+    Model Garden's registries raise KeyError for a key registered before
+    (`official.core.registry.register`): a module imported a second time
+    (reloaded, or through another path), or a config class Model Garden itself
+    registered, keeps the first registration.
 
     Args:
-        collection: the registry dict `register` writes into.
-        key: the registration key (a name or a config class).
         register: Model Garden's decorator, e.g.
             `factory.register_backbone_builder("resnet_nonlocal")`.
     """
 
     def decorator(fn_or_cls):
-        if key not in collection:
+        try:
             register(fn_or_cls)
+        except KeyError:
+            pass
         return fn_or_cls
 
     return decorator
