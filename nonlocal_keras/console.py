@@ -5,23 +5,31 @@ loads TensorFlow, and TensorFlow reads its C++ log level once, when it loads:
 the `cuInit` and grappler "E"/"W" lines of a normal run on a machine without a
 GPU are silenced here first (a `TF_CPP_MIN_LOG_LEVEL` the user set wins).
 
-They leave with `os._exit` once the command has returned and its output is
-flushed: every file a command writes is complete by then, and an interpreter
-shutdown can hang on a `tf.data` pipeline whose decoding threads are still
-blocked in Python (seen after Ctrl-C and after an error in the first step).
+They leave with `os._exit` once the command has returned or raised and its
+output is flushed: every file a command writes is complete by then (written
+atomically), and an interpreter shutdown can hang on a `tf.data` pipeline whose
+decoding threads are still blocked in Python (seen after Ctrl-C and after an
+error in the first step) or on a multi-worker cluster's gRPC server whose peer
+died.
 """
 
 import os
 import sys
+import traceback
 
 
 def _run(prog, module_name):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from nonlocal_keras.training import cli
 
-    status = cli.run(prog, module_name)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        status = cli.run(prog, module_name)
+    except BaseException:  # noqa: BLE001 - a bug: show it, then leave
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(status)
 
 

@@ -6,12 +6,13 @@
   `nonlocal-<cmd>: error: <message>` on stderr and exits 2, as argparse does
   for a bad flag. `--debug` (or `NONLOCAL_KERAS_DEBUG=1`) keeps the traceback.
 - Ctrl-C (SIGINT) prints `nonlocal-<cmd>: interrupted` and exits 130, the
-  shell's convention, within seconds: the interrupt is raised in the main
-  thread as usual, training also checks for it after every step (an interrupt
-  can be swallowed where Python cannot raise it, such as in a finaliser), and a
-  watchdog thread ends the process if it is still alive `GRACE_SECONDS` later
-  (a main thread blocked in a C++ call never sees the interrupt). A second
-  Ctrl-C ends it at once. Training resumes from its last commit.
+  shell's convention, within seconds. Outside training the interrupt is raised
+  in the main thread as usual; inside `fit` (`interrupts_at_step_end`) it is
+  raised after the step in progress, where nothing can swallow it (raised
+  anywhere, it can land in a finaliser, which only prints it). A watchdog
+  thread ends the process if it is still alive `GRACE_SECONDS` later (a main
+  thread blocked in a C++ call never sees the interrupt); a second Ctrl-C ends
+  it at once. Training resumes from its last commit.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
 - absl's Python log is kept to warnings and above. TensorFlow's C++ log is
   silenced by the launchers in `nonlocal_keras.console`, which must act before
@@ -32,6 +33,7 @@ from nonlocal_keras.training.errors import UserError
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
 GRACE_SECONDS = 15
 INTERRUPTED = threading.Event()
+_AT_STEP_END = threading.Event()
 
 
 def _debugging(argv):
@@ -39,10 +41,20 @@ def _debugging(argv):
 
 
 class StopWhenInterrupted(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt after the step during which Ctrl-C was pressed."""
+    """Raises KeyboardInterrupt after the step during which Ctrl-C was pressed.
+
+    While `fit` runs, the SIGINT handler only records the interrupt.
+    """
+
+    def on_train_begin(self, logs=None):
+        _AT_STEP_END.set()
+
+    def on_train_end(self, logs=None):
+        _AT_STEP_END.clear()
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPTED.is_set():
+            _AT_STEP_END.clear()
             raise KeyboardInterrupt
 
 
@@ -69,7 +81,8 @@ def _handle_interrupts(prog):
 
     def raise_interrupt(signum, frame):
         INTERRUPTED.set()
-        raise KeyboardInterrupt
+        if not _AT_STEP_END.is_set():
+            raise KeyboardInterrupt
 
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
     signal.signal(signal.SIGINT, raise_interrupt)

@@ -69,13 +69,17 @@ def weights_file(weights):
     return weights
 
 
-def build_model(model_config, data_config, multi_label):
+def build_model(model_config, data_config, multi_label, fine_tune=False):
     """Call the constructor `model.name` with the clip shape and class count, then load weights.
 
     Every `model.*` field but `name` and `weights` is passed to the constructor.
     The classifier ends in softmax (single-label) or sigmoid (multi-label), so
     that the evaluation protocol averages probabilities. A constructor's
     ValueError or TypeError (a bad `model.*` field) becomes a ConfigError.
+
+    `fine_tune=True` (training's `model.weights`) loads what fits and may leave
+    the classifier new (`load_matching_weights`); otherwise (evaluation,
+    export) every weight must load, so that nothing is served untrained.
     """
     constructor = find_constructor(model_config["name"])
     kwargs = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
@@ -96,11 +100,26 @@ def build_model(model_config, data_config, multi_label):
                           f"Received: model={model_config!r}") from error
     if ours:
         path = weights if weights.endswith(".pkl") else weights_file(weights)
-        if path.endswith(".pkl"):
-            load_caffe2_for_fine_tuning(model, path)
+        if fine_tune:
+            load = load_caffe2_for_fine_tuning if path.endswith(".pkl") else load_matching_weights
+            load(model, path)
         else:
-            load_matching_weights(model, path)
+            _load_all(model, path)
     return model
+
+
+def _load_all(model, path):
+    from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights
+
+    try:
+        if path.endswith(".pkl"):
+            load_caffe2_weights(model, path)
+        else:
+            model.load_weights(path)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"Cannot load the weights into {model.name!r} (another model, or "
+                          f"another class count?): {str(error).splitlines()[0]} "
+                          f"Received: model.weights={path!r}") from error
 
 
 def _datasets(path):

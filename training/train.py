@@ -185,7 +185,7 @@ def run(config, strategy=None, restart=False):
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
     epochs = config["schedule"]["epochs"]
     with strategy.scope():
-        model = models.build_model(config["model"], data_config, multi_label)
+        model = models.build_model(config["model"], data_config, multi_label, fine_tune=True)
         loss, metrics = _loss_and_metrics(multi_label, data_config["num_classes"])
         model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=loss,
                       metrics=metrics,
