@@ -147,3 +147,27 @@ def test_a_paper_recipe_builds_its_model():
     assert sum("nonlocal" in layer.name for layer in model.layers) == 5
     with pytest.raises(config_lib.ConfigError, match="model.name='NoSuchNet'"):
         models.find_constructor("NoSuchNet")
+
+
+@pytest.mark.slow
+def test_the_charades_recipe_loads_its_kinetics_run(tmp_path):
+    """charades_nl_i3d_r101 with model.weights = the kinetics_nl_i3d_r101 run folder (400 -> 157)."""
+    import keras
+    import numpy as np
+
+    from nonlocal_keras.training import models
+
+    small = ["data.crop_size=32", "data.train_scale=[32, 32]", "data.eval_scale=32"]
+    kinetics = config_lib.load_config("kinetics_nl_i3d_r101", small)
+    source = models.build_model(kinetics["model"], kinetics["data"], multi_label=False)
+    run = tmp_path / "kinetics_nl_i3d_r101"
+    run.mkdir()
+    source.save_weights(str(run / "final.weights.h5"))
+    charades = config_lib.load_config("charades_nl_i3d_r101", small + [f"model.weights={run}"])
+    tuned = models.build_model(charades["model"], charades["data"], multi_label=True,
+                               fine_tune=True)
+    assert tuned.output_shape == (None, 157)
+    for before, after in zip(source.weights, tuned.weights):
+        if not before.path.startswith("pred/"):
+            np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+    keras.backend.clear_session()

@@ -62,10 +62,13 @@ def test_kills_at_every_kind_of_write_and_at_random_moments_resume_exactly(tmp_p
     csv_path = _write_dataset(tmp_path, count=12)
     run_dir = tmp_path / "run"
     command = _command(csv_path, run_dir)
-    # In order: they walk one run from its first commit past its end.
-    kills = ["ckpt-:1", "history.csv:1", "state.json:2", "last.weights.h5:1", "random",
-             "final.weights.h5:1", "model.keras:1", "random", "results.json:1", "state.json:1"]
+    # In order they walk one run from its first commits past its end; which
+    # write of its kind each run dies at is drawn (seeded), and two die at a
+    # random moment. After training, a run's first state.json is the final commit.
     rng = random.Random(1234)
+    kills = [f"ckpt-:{rng.randint(1, 2)}", f"history.csv:{rng.randint(1, 2)}",
+             f"state.json:{rng.randint(1, 3)}", f"last.weights.h5:{rng.randint(1, 2)}", "random",
+             "final.weights.h5:1", "model.keras:1", "random", "results.json:1", "state.json:1"]
     killed, codes = 0, []
     for kill in kills:
         if (run_dir / "state" / "state.json").exists() and json.loads(
@@ -266,7 +269,8 @@ def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
     half of the videos, only the chief writes, one is killed mid-run, both restart."""
     csv_path = _write_dataset(tmp_path, count=16)
     run_dir = tmp_path / "run"
-    epochs, steps = 3, 16 // 4  # what one process makes with the global batch of 4
+    # Enough epochs that the chief is still training when its peer is killed.
+    epochs, steps = 30, 16 // 4  # what one process makes with the global batch of 4
     command = list(TRAIN)
     for item in _overrides(csv_path, run_dir, f"schedule.epochs={epochs}",
                            "runtime.strategy=multi_worker", "runtime.tensorboard=false",
@@ -284,6 +288,9 @@ def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
         log = open(tmp_path / f"worker{index}.log", "a")
         return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
+    def logs():
+        return "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (0, 1))
+
     workers = [start(0), start(1)]
     state_file = run_dir / "state" / "state.json"
     try:
@@ -293,12 +300,14 @@ def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
         workers[1].kill()
         workers[1].wait()
         # The chief must not hang on its dead peer: the cluster's health check fails it.
-        assert workers[0].wait(timeout=120) != 0
+        try:
+            assert workers[0].wait(timeout=120) != 0, logs()
+        except subprocess.TimeoutExpired:
+            pytest.fail("the chief hung after its peer died:\n" + logs())
         assert json.loads(state_file.read_text())["step"] % steps == 0  # epoch commits
         workers = [start(0), start(1)]
         for worker in workers:
-            assert worker.wait(timeout=300) == 0, (tmp_path / "worker0.log").read_text()[-3000:] + \
-                (tmp_path / "worker1.log").read_text()[-3000:]
+            assert worker.wait(timeout=300) == 0, logs()
     finally:
         for worker in workers:
             if worker.poll() is None:
