@@ -31,7 +31,7 @@ import keras
 from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
-GRACE_SECONDS = 15
+GRACE_SECONDS = 5
 INTERRUPTED = threading.Event()
 _AT_STEP_END = threading.Event()
 
