@@ -7,9 +7,9 @@
   for a bad flag. `--debug` (or `NONLOCAL_KERAS_DEBUG=1`) keeps the traceback.
 - Ctrl-C (SIGINT) prints `nonlocal-<cmd>: interrupted` and exits 130, the
   shell's convention, within seconds. Outside training the interrupt is raised
-  in the main thread as usual; inside `fit` (`interrupts_at_step_end`) it is
-  raised after the step in progress, where nothing can swallow it (raised
-  anywhere, it can land in a finaliser, which only prints it). A watchdog
+  in the main thread as usual; inside `fit` (`StopWhenInterrupted`) the process
+  leaves after the step in progress (raised anywhere, the interrupt can land in
+  a finaliser, which only prints it). A watchdog
   thread ends the process if it is still alive `GRACE_SECONDS` later (a main
   thread blocked in a C++ call never sees the interrupt); a second Ctrl-C ends
   it at once. Training resumes from its last commit.
@@ -34,6 +34,7 @@ DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
 GRACE_SECONDS = 5
 INTERRUPTED = threading.Event()
 _AT_STEP_END = threading.Event()
+_PROG = ["nonlocal"]  # the running console script's name, for the interrupt message
 
 
 def _debugging(argv):
@@ -41,9 +42,12 @@ def _debugging(argv):
 
 
 class StopWhenInterrupted(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt after the step during which Ctrl-C was pressed.
+    """Ends the process (exit 130) after the step during which Ctrl-C was pressed.
 
-    While `fit` runs, the SIGINT handler only records the interrupt.
+    While `fit` runs, the SIGINT handler only records the interrupt. The
+    process leaves at once rather than unwinding `fit`: tearing down a
+    `tf.data` pipeline whose decoders are mid-call can take seconds, and the
+    run's state is its last commit, complete on disk.
     """
 
     def on_train_begin(self, logs=None):
@@ -54,11 +58,10 @@ class StopWhenInterrupted(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPTED.is_set():
-            _AT_STEP_END.clear()
-            raise KeyboardInterrupt
+            _exit_now()
 
 
-def _handle_interrupts(prog):
+def _handle_interrupts():
     """SIGINT: raise KeyboardInterrupt in the main thread, and arm the watchdog.
 
     The C-level handler writes each signal to a wakeup pipe from whichever
@@ -75,9 +78,9 @@ def _handle_interrupts(prog):
             if not number or number[0] != signal.SIGINT:
                 continue
             if INTERRUPTED.is_set():
-                _exit_now(prog)
+                _exit_now()
             INTERRUPTED.set()
-            threading.Timer(GRACE_SECONDS, _exit_now, args=(prog,)).start()
+            threading.Timer(GRACE_SECONDS, _exit_now).start()
 
     def raise_interrupt(signum, frame):
         INTERRUPTED.set()
@@ -88,8 +91,8 @@ def _handle_interrupts(prog):
     signal.signal(signal.SIGINT, raise_interrupt)
 
 
-def _exit_now(prog):
-    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+def _exit_now():
+    print(f"{_PROG[0]}: interrupted", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)
 
@@ -102,8 +105,9 @@ def run(prog, module_name, argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     # TensorFlow's Python logger also prints each of its INFO lines through the root logger.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    _PROG[0] = prog
     if threading.current_thread() is threading.main_thread():
-        _handle_interrupts(prog)
+        _handle_interrupts()
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)
