@@ -138,9 +138,9 @@ def _counting_conversions(monkeypatch):
     converted = []
     real = video_io._to_rgb
 
-    def counting(frame):
+    def counting(frame, *args):
         converted.append(frame.pts)
-        return real(frame)
+        return real(frame, *args)
 
     monkeypatch.setattr(video_io, "_to_rgb", counting)
     return converted

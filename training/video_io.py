@@ -19,6 +19,7 @@ import bisect
 import numpy as np
 
 import av
+from av.video.reformatter import VideoReformatter
 
 # Seek (to the keyframe before the first needed frame) only when that skips
 # at least this many frames: below it, decoding from the start costs less
@@ -183,8 +184,11 @@ def _read_timeline(path):
     return len(times), sorted(times)
 
 
-def _to_rgb(frame):
-    return frame.to_ndarray(format="rgb24")
+def _to_rgb(frame, reformatter):
+    # One reformatter per decode: `frame.to_ndarray` builds a new swscale
+    # context for every frame, which cost 2-5x the conversion itself here.
+    # Same pixels (the same swscale call).
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 def _decode_wanted(path, clips, timeline):
@@ -199,6 +203,7 @@ def _decode_wanted(path, clips, timeline):
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     seek = timeline is not None and first >= SEEK_AFTER_FRAMES
     index, error = -1, None
+    reformatter = VideoReformatter()  # not shared: decodes run in parallel threads
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -218,7 +223,7 @@ def _decode_wanted(path, clips, timeline):
                 if seek and (index >= len(timeline) or timeline[index] != frame.pts):
                     return _decode_wanted(path, clips, None)
                 if index in clips.places:
-                    clips.put(index, _to_rgb(frame))
+                    clips.put(index, _to_rgb(frame, reformatter))
                 if index >= last:
                     break
         except av.FFmpegError as failure:
