@@ -195,10 +195,10 @@ def _decode_wanted(path, clips, timeline):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
-    when that skips at least `SEEK_AFTER_FRAMES`; the landing frame's index
-    is found from its time, and any doubt (no time, a time off the
-    timeline, landing past the first wanted frame) falls back to decoding
-    from the start, where the index is just the count of frames so far.
+    when that skips at least `SEEK_AFTER_FRAMES`, and every frame's index is
+    found from its time; any doubt (no time, a time off the timeline,
+    landing past the first wanted frame) falls back to decoding from the
+    start, where the index is just the count of frames so far.
     """
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     seek = timeline is not None and first >= SEEK_AFTER_FRAMES
@@ -210,18 +210,19 @@ def _decode_wanted(path, clips, timeline):
         if seek:
             container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
         try:
-            for frame in container.decode(stream):
-                if seek and index < 0:
-                    # The keyframe the seek landed on: its place on the timeline.
+            for frame in _frames_from(container, stream, timeline[first] if seek else None):
+                if seek:
+                    # Its place on the timeline (frames before the first
+                    # wanted one may have been skipped, so not a count).
                     if frame.pts is None:
                         return _decode_wanted(path, clips, None)
-                    index = bisect.bisect_left(timeline, frame.pts)
-                    if index > first:
+                    previous, index = index, bisect.bisect_left(timeline, frame.pts)
+                    if (previous < 0 and index > first) or index <= previous or (
+                            index >= len(timeline) or timeline[index] != frame.pts) or (
+                            previous >= first and index != previous + 1):
                         return _decode_wanted(path, clips, None)
                 else:
                     index += 1
-                if seek and (index >= len(timeline) or timeline[index] != frame.pts):
-                    return _decode_wanted(path, clips, None)
                 if index in clips.places:
                     clips.put(index, _to_rgb(frame, reformatter))
                 if index >= last:
@@ -229,6 +230,22 @@ def _decode_wanted(path, clips, timeline):
         except av.FFmpegError as failure:
             error = failure
     return index + 1, error
+
+
+def _frames_from(container, stream, skip_before=None):
+    """The decoded frames of `stream`. With `skip_before` (a time), pictures
+    that nothing refers to are not decoded while the packets are still before
+    that time: after a seek, the frames between the keyframe and the first
+    wanted one are only needed as references, and about half of them (the
+    non-reference B-frames) are not even that."""
+    context = stream.codec_context
+    if skip_before is not None:
+        context.skip_frame = "NONREF"
+    for packet in container.demux(stream):
+        if skip_before is not None and (packet.pts is None or packet.pts >= skip_before):
+            context.skip_frame = "DEFAULT"
+            skip_before = None
+        yield from packet.decode()
 
 
 def write_video(path, frames, fps=8, codec="libx264", lossless=True, options=None):
