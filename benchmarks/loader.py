@@ -233,7 +233,7 @@ def run_one(loader, clip, folder, quick):
 
 
 def _versions():
-    names = {"ours": "av", "decord": "decord", "torchcodec": "torchcodec", "torch": "torch",
+    names = {"av": "av", "decord": "decord", "torchcodec": "torchcodec", "torch": "torch",
              "tensorflow": "tensorflow"}
     found = {}
     for key, module in names.items():
@@ -245,14 +245,21 @@ def _versions():
 
 
 def table(results, loaders):
-    head = "| clip | " + " | ".join(loaders) + " | ours / best peer |"
-    lines = [head, "|" + "---|" * (len(loaders) + 2)]
+    """Markdown: median clips/s per loader, and ours / the faster of decord and
+    torchcodec, from the medians and within each round (min-max)."""
+    head = ("| clip | " + " | ".join(loaders)
+            + " | ours / best peer (medians) | same, per round (min-max) |")
+    lines = [head, "|" + "---|" * (len(loaders) + 3)]
     for clip, row in results.items():
         medians = {name: statistics.median(row[name]) for name in loaders if row.get(name)}
-        peers = [medians[n] for n in ("decord", "torchcodec") if n in medians]
-        ratio = f"{medians['ours'] / max(peers):.2f}" if peers and "ours" in medians else "-"
+        peers = [n for n in ("decord", "torchcodec") if n in medians]
+        ratio = rounds = "-"
+        if peers and "ours" in medians:
+            ratio = f"{medians['ours'] / max(medians[n] for n in peers):.2f}"
+            each = [row["ours"][i] / max(row[n][i] for n in peers) for i in range(len(row["ours"]))]
+            rounds = f"{min(each):.2f}-{max(each):.2f}"
         cells = [f"{medians[n]:.1f}" if n in medians else "skipped" for n in loaders]
-        lines.append(f"| {clip} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append(f"| {clip} | " + " | ".join(cells) + f" | {ratio} | {rounds} |")
     return "\n".join(lines)
 
 
@@ -291,14 +298,15 @@ def main(argv=None):
                 value = run_one(name, clip, args.videos, args.quick)
                 results[clip][name].append(value)
                 print(f"round {round_number + 1} {clip} {name}: {value:.2f} clips/s", flush=True)
-    report = {
+    report = {"table": None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "versions": _versions(), "settings": dict(p, workers=WORKERS), "clips": clips,
         "loaders": loaders, "skipped": skipped, "clips_per_s": results,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    print(table(results, running))
+    report["table"] = table(results, running)
+    print(report["table"])
     out = args.out or (None if args.quick else os.path.join(HERE, "results", "loader.json"))
     if out:
         with open(out, "w") as handle:
@@ -307,4 +315,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     main()
