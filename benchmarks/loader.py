@@ -211,6 +211,41 @@ def measure(loader, clip, paths, p):
     return p["batch"] * p["batches"] / seconds
 
 
+def _decode_clips(paths, worker, count, num_frames, rate):
+    from nonlocal_keras.training import video_io
+
+    for i in range(count):
+        rng = np.random.default_rng(1000 * worker + i)
+        video_io.decode_frames(paths[(5 * i + worker) % len(paths)],
+                               lambda total: video_io.train_clip_indices(total, num_frames, rate, rng))
+
+
+def decode_scaling(paths, clip, count=16):
+    """Seconds to decode 2 x `count` clips (`video_io.decode_frames` alone):
+    one after the other, in 2 threads, in 2 processes. Threads as fast as
+    processes: the GIL does not serialise the decodes."""
+    import multiprocessing
+    import threading
+
+    num_frames, rate = CLIPS[clip]
+    args = [(paths, worker, count, num_frames, rate) for worker in range(2)]
+    _decode_clips(paths, 2, 2, num_frames, rate)  # warm-up: imports, file cache
+    start = time.perf_counter()
+    for arg in args:
+        _decode_clips(*arg)
+    times = {"sequential": time.perf_counter() - start}
+    for name, make in (("2 threads", threading.Thread),
+                       ("2 processes", multiprocessing.get_context("fork").Process)):
+        workers = [make(target=_decode_clips, args=arg) for arg in args]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        times[name] = time.perf_counter() - start
+    return times
+
+
 # --- the driver --------------------------------------------------------------
 
 def available(loader):
@@ -274,12 +309,21 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/loader.json; "
                                       "none with --quick)")
+    parser.add_argument("--decode-scaling", action="store_true",
+                        help="only time decode_frames sequentially, in 2 threads and in 2 processes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
     folder = os.path.join(args.videos, "quick" if args.quick else "full")
     paths = make_videos(folder, p["videos"], p["seconds"], p["fps"], p["width"], p["height"])
+    if args.decode_scaling:
+        for clip in [c for c in args.clips.split(",") if c]:
+            times = decode_scaling(paths, clip, 2 if args.quick else 16)
+            print(f"{clip}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+                  + f"; speed-up threads {times['sequential'] / times['2 threads']:.2f}x, "
+                  f"processes {times['sequential'] / times['2 processes']:.2f}x")
+        return None
     if args.worker:
         print(json.dumps({"clips_per_s": measure(args.worker, args.clip, paths, p)}))
         return None

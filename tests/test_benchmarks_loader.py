@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "benchmarks", "loader.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
 import loader  # noqa: E402
 
 
+@pytest.mark.slow  # ~30 s on 2 cores: each loader is a fresh process importing TF or torch
 def test_quick_run(tmp_path):
     out = tmp_path / "loader.json"
     result = subprocess.run(
