@@ -82,3 +82,46 @@ def test_train_transform_output_shape_and_scale_range():
     out = preprocessing.train_transform(clip, 8, 10, 12)
     assert out.shape == (2, 8, 8, 3)
     assert out.dtype == tf.float32
+
+
+def _bilinear_half_pixel(image, new_height, new_width):
+    """float64 NumPy resize with half-pixel centres, clamped at the edges (the
+    definition tf.image.resize's bilinear follows)."""
+
+    def axis_weights(in_size, out_size):
+        coordinate = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+        below = np.floor(coordinate)
+        frac = coordinate - below
+        low = np.clip(below, 0, in_size - 1).astype(int)
+        high = np.clip(below + 1, 0, in_size - 1).astype(int)
+        return low, high, frac
+
+    image = image.astype(np.float64)
+    y0, y1, fy = axis_weights(image.shape[-3], new_height)
+    x0, x1, fx = axis_weights(image.shape[-2], new_width)
+    rows = (image[..., y0, :, :] * (1 - fy)[:, None, None]
+            + image[..., y1, :, :] * fy[:, None, None])
+    return rows[..., x0, :] * (1 - fx)[:, None] + rows[..., x1, :] * fx[:, None]
+
+
+@pytest.mark.parametrize("height,width,size,crop", [
+    (24, 34, 32, 28),   # upscaled, like 256 -> [256, 320] of Kinetics
+    (24, 34, 24, 20),   # the same size
+    (34, 24, 20, 16),   # downscaled, portrait
+])
+def test_resized_crop_matches_resizing_the_whole_frame(height, width, size, crop):
+    # Only the crop is resized (training's random_resized_crop): the same
+    # pixels as resizing every frame and cropping, up to float32 rounding of
+    # the sample coordinates: within 0.05 on the 0..255 scale, on noise
+    # (the steepest possible image). Corners and the centre, so that the
+    # crops at the border (edge repeated) are covered.
+    clip = _clip(time=3, height=height, width=width, seed=size)
+    new_height, new_width = (int(v) for v in preprocessing.shorter_side_shape(height, width, size))
+    reference = _bilinear_half_pixel(clip, new_height, new_width)
+    for top in (0, (new_height - crop) // 2, new_height - crop):
+        for left in (0, (new_width - crop) // 3, new_width - crop):
+            result = preprocessing.resized_crop(tf.constant(clip), new_height, new_width,
+                                                top, left, crop).numpy()
+            expected = reference[:, top:top + crop, left:left + crop]
+            assert result.dtype == np.float32 and result.shape == expected.shape
+            np.testing.assert_allclose(result, expected, rtol=0, atol=0.05)

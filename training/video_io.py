@@ -19,6 +19,7 @@ import bisect
 import numpy as np
 
 import av
+from av.video.reformatter import VideoReformatter
 
 # Seek (to the keyframe before the first needed frame) only when that skips
 # at least this many frames: below it, decoding from the start costs less
@@ -117,7 +118,8 @@ def _decode(path, sampler):
         if not total:
             raise VideoDecodeError(path, "no decodable frame")
     clips = _Clips(sampler, total)
-    if clips.wanted[0] >= SEEK_AFTER_FRAMES and timeline is None:
+    if timeline is None:
+        # The packet times identify each frame, so that unwanted ones can be skipped.
         _, timeline = _read_timeline(path)
     reached, error = _decode_wanted(path, clips, timeline)
     if clips.missing() and error is None and reached and stated - reached <= _STATED_SLACK:
@@ -183,47 +185,70 @@ def _read_timeline(path):
     return len(times), sorted(times)
 
 
-def _to_rgb(frame):
-    return frame.to_ndarray(format="rgb24")
+def _to_rgb(frame, reformatter):
+    # One reformatter per decode: `frame.to_ndarray` builds a new swscale
+    # context for every frame, which cost 2-5x the conversion itself here.
+    # Same pixels (the same swscale call).
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 def _decode_wanted(path, clips, timeline):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
-    when that skips at least `SEEK_AFTER_FRAMES`; the landing frame's index
-    is found from its time, and any doubt (no time, a time off the
-    timeline, landing past the first wanted frame) falls back to decoding
-    from the start, where the index is just the count of frames so far.
+    when that skips at least `SEEK_AFTER_FRAMES`, identifies every frame by
+    its time and decodes no unwanted picture that nothing refers to; any
+    doubt (no time, a time off the timeline, landing past the first wanted
+    frame, a wanted frame missing) falls back to decoding everything from the
+    start, where the index is just the count of frames so far.
     """
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
+    if timeline is not None and last >= len(timeline):
+        timeline = None  # fewer packets than the container states: count frames
     seek = timeline is not None and first >= SEEK_AFTER_FRAMES
+    wanted_times = None if timeline is None else {timeline[i] for i in clips.wanted.tolist()}
     index, error = -1, None
+    reformatter = VideoReformatter()  # not shared: decodes run in parallel threads
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if seek:
             container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
         try:
-            for frame in container.decode(stream):
-                if seek and index < 0:
-                    # The keyframe the seek landed on: its place on the timeline.
-                    if frame.pts is None:
-                        return _decode_wanted(path, clips, None)
-                    index = bisect.bisect_left(timeline, frame.pts)
-                    if index > first:
+            for frame in _frames_from(container, stream, wanted_times):
+                if timeline is not None:
+                    previous = index
+                    index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else -1
+                    if (index <= previous or index >= len(timeline)
+                            or timeline[index] != frame.pts or (previous < 0 and index > first)):
                         return _decode_wanted(path, clips, None)
                 else:
                     index += 1
-                if seek and (index >= len(timeline) or timeline[index] != frame.pts):
-                    return _decode_wanted(path, clips, None)
                 if index in clips.places:
-                    clips.put(index, _to_rgb(frame))
+                    clips.put(index, _to_rgb(frame, reformatter))
                 if index >= last:
                     break
         except av.FFmpegError as failure:
             error = failure
+    if timeline is not None and error is None and clips.missing():
+        return _decode_wanted(path, clips, None)
     return index + 1, error
+
+
+def _frames_from(container, stream, wanted_times=None):
+    """The decoded frames of `stream`. With `wanted_times`, a picture that
+    nothing refers to (most B-frames) is decoded only when its time is wanted:
+    a clip of 8 frames every 8 needs 1 picture in 8, and the pictures before
+    the first wanted one (after a seek) are only needed as references."""
+    context = stream.codec_context
+    skipping = False
+    for packet in container.demux(stream):
+        if wanted_times is not None:
+            skip = packet.pts is not None and packet.pts not in wanted_times
+            if skip != skipping:
+                context.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
+        yield from packet.decode()
 
 
 def write_video(path, frames, fps=8, codec="libx264", lossless=True, options=None):
