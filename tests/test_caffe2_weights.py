@@ -263,11 +263,15 @@ def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, 
                     "weights": str(tmp_path / "model.pkl")}
     data_config = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
     with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
-        tuned = models.build_model(model_config, data_config, multi_label=False)
+        tuned = models.build_model(model_config, data_config, multi_label=False, fine_tune=True)
     assert "Left new" in caplog.text and "(file: (6, 256))" in caplog.text
     for variable, expected in zip(tuned.weights, source.weights):
         if not variable.path.startswith("pred/"):
             np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
     assert tuned.get_layer("pred").kernel.shape == (256, 3)
     with pytest.raises(ConfigError, match="model.weights="):
-        models.build_model(dict(model_config, width=16), data_config, multi_label=False)
+        models.build_model(dict(model_config, width=16), data_config, multi_label=False,
+                           fine_tune=True)
+    # Evaluation and export load strictly: a classifier of another size is an error.
+    with pytest.raises(ConfigError, match="another class count"):
+        models.build_model(model_config, data_config, multi_label=False)
