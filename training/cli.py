@@ -73,13 +73,17 @@ def _handle_interrupts():
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
     def watch():
+        # Counted here, not read from INTERRUPTED: the main thread's handler may
+        # set that flag before this thread sees the first signal.
+        seen = 0
         while True:
             number = os.read(read_end, 1)
             if not number or number[0] != signal.SIGINT:
                 continue
-            if INTERRUPTED.is_set():
-                _exit_now()
+            seen += 1
             INTERRUPTED.set()
+            if seen > 1:
+                _exit_now()
             threading.Timer(GRACE_SECONDS, _exit_now).start()
 
     def raise_interrupt(signum, frame):
