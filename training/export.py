@@ -47,7 +47,7 @@ import keras
 import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import data, preprocessing
+from nonlocal_keras.training import data, models, preprocessing
 from nonlocal_keras.training.errors import ConfigError, MissingFileError, UserError
 from nonlocal_keras.utils import is_positive_int
 
@@ -366,9 +366,8 @@ def find_weights(config_path, model_weights, checkpoint=None):
     run_dir = None
     if os.path.isfile(config_path) and os.path.basename(config_path) == "config.yaml":
         run_dir = os.path.dirname(os.path.abspath(config_path))
-        for name, what in (("final.weights.h5", "the run's final weights"),
-                           (os.path.join("checkpoints", "last.weights.h5"),
-                            "the run's last checkpoint (the run did not finish)")):
+        for name, what in zip(models.RUN_WEIGHTS, (
+                "the run's final weights", "the run's last checkpoint (the run did not finish)")):
             if os.path.isfile(os.path.join(run_dir, name)):
                 return os.path.join(run_dir, name), what
     if model_weights:
@@ -385,8 +384,6 @@ def find_weights(config_path, model_weights, checkpoint=None):
 
 
 def main(argv=None):
-    from nonlocal_keras.training import models
-
     parser = argparse.ArgumentParser(prog="nonlocal-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")

@@ -222,7 +222,7 @@ def run(config, strategy=None, restart=False):
     try:
         _fit(model, dataset, state, config, steps_per_epoch, skipped, chief)
     except tf.errors.OpError as error:
-        if "NoDecodableVideo" in str(error) or "could be decoded" in str(error):
+        if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
             raise DatasetError(f"None of the {len(train_records)} training videos could be "
                                "decoded (see the warnings above); nothing was trained. "
                                f"Received: data.train_csv={data_config['train_csv']!r}") from None
