@@ -20,6 +20,21 @@ def test_normalize_matches_per_channel_formula():
     assert result.dtype == np.float32
 
 
+def test_normalize_keeps_any_leading_axes_and_the_static_shape():
+    # The per-channel factors are tiled along rows of width x channels values:
+    # a batch of clips, a single frame and a one-pixel-wide clip alike.
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
+    for shape in ((2, 3, 4, 5, 3), (4, 5, 3), (2, 3, 1, 3)):
+        clip = np.random.default_rng(len(shape)).integers(0, 256, shape).astype(np.uint8)
+        result = preprocessing.normalize(tf.constant(clip), mean, std)
+        assert result.shape == shape
+        expected = (clip.astype(np.float64) - np.array(mean)) / np.array(std)
+        np.testing.assert_allclose(result.numpy(), expected, rtol=1e-6, atol=1e-6)
+    traced = tf.function(lambda c: preprocessing.normalize(c, mean, std)).get_concrete_function(
+        tf.TensorSpec((None, 8, None, None, 3), tf.uint8))
+    assert traced.structured_outputs.shape.as_list() == [None, 8, None, None, 3]
+
+
 @pytest.mark.parametrize("height,width,size,expected", [
     (6, 10, 3, (3, 5)), (10, 6, 3, (5, 3)), (240, 320, 256, (256, 341)),
 ])
@@ -56,14 +71,23 @@ def test_random_crop_is_a_window_of_the_input():
     assert any(np.array_equal(crop, w) for w in windows)
 
 
-def test_flip_mirrors_every_frame_or_none():
-    clip = _clip()
+def test_train_transform_flip_mirrors_every_frame_or_none():
+    # Scale and crop at the clip's own size: only the flip changes anything.
+    clip = _clip(height=8, width=8)
     tf.random.set_seed(1)
-    results = [preprocessing.random_flip_left_right(tf.constant(clip)).numpy() for _ in range(12)]
+    results = [preprocessing.train_transform(tf.constant(clip), 8, 8, 8, mean=(0, 0, 0),
+                                             std=(1, 1, 1)).numpy() for _ in range(12)]
     mirrored = clip[:, :, ::-1]
-    assert all(np.array_equal(r, clip) or np.array_equal(r, mirrored) for r in results)
-    assert any(np.array_equal(r, mirrored) for r in results)
-    assert any(np.array_equal(r, clip) for r in results)
+
+    def same(a, b):
+        return np.allclose(a, b, rtol=0, atol=1e-3)
+
+    assert all(same(r, clip) or same(r, mirrored) for r in results)
+    assert not any(same(r, mirrored) for r in [
+        preprocessing.train_transform(tf.constant(clip), 8, 8, 8, flip=False, mean=(0, 0, 0),
+                                      std=(1, 1, 1)).numpy() for _ in range(4)])
+    assert any(same(r, mirrored) for r in results)
+    assert any(same(r, clip) for r in results)
 
 
 def test_eval_transform_orders_views_clip_major():
@@ -109,7 +133,8 @@ def _bilinear_half_pixel(image, new_height, new_width):
     (24, 34, 24, 20),   # the same size
     (34, 24, 20, 16),   # downscaled, portrait
 ])
-def test_resized_crop_matches_resizing_the_whole_frame(height, width, size, crop):
+@pytest.mark.parametrize("flip", [False, True])
+def test_resized_crop_matches_resizing_the_whole_frame(height, width, size, crop, flip):
     # Only the crop is resized (training's random_resized_crop): the same
     # pixels as resizing every frame and cropping, up to float32 rounding of
     # the sample coordinates: within 0.05 on the 0..255 scale, on noise
@@ -121,7 +146,9 @@ def test_resized_crop_matches_resizing_the_whole_frame(height, width, size, crop
     for top in (0, (new_height - crop) // 2, new_height - crop):
         for left in (0, (new_width - crop) // 3, new_width - crop):
             result = preprocessing.resized_crop(tf.constant(clip), new_height, new_width,
-                                                top, left, crop).numpy()
+                                                top, left, crop, tf.constant(flip)).numpy()
             expected = reference[:, top:top + crop, left:left + crop]
+            if flip:  # then mirrored left to right
+                expected = expected[:, :, ::-1]
             assert result.dtype == np.float32 and result.shape == expected.shape
             np.testing.assert_allclose(result, expected, rtol=0, atol=0.05)
