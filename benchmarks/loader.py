@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 LOADERS = ("ours", "decord", "torchcodec", "torch_pyav")
 # The module each loader needs beyond this package.
 NEEDS = {"ours": "tensorflow", "decord": "decord", "torchcodec": "torchcodec", "torch_pyav": "torch"}
@@ -106,8 +107,6 @@ def _torch_augment(frames, rng, p):
     """The same augmentation as ours, in torch: uint8 (T, H, W, 3) -> float (T, 3, s, s)."""
     import torch
 
-    from nonlocal_keras.applications import MEAN, STD
-
     clip = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
     height, width = clip.shape[-2:]
     size = int(rng.integers(p["scale"][0], p["scale"][1] + 1))
@@ -119,14 +118,18 @@ def _torch_augment(frames, rng, p):
     clip = clip[..., top:top + p["crop"], left:left + p["crop"]]
     if rng.random() < 0.5:
         clip = clip.flip(-1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(p["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(p["std"]).view(1, 3, 1, 1)
     return (clip - mean) / std
 
 
 def _clip_indices(total, num_frames, rate, rng):
-    from nonlocal_keras.training import video_io
-
+    # By file, not through the package: a peer may run in another environment
+    # (--python), one without TensorFlow.
+    spec = importlib.util.spec_from_file_location(
+        "video_io", os.path.join(ROOT, "training", "video_io.py"))
+    video_io = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(video_io)
     return video_io.train_clip_indices(total, num_frames, rate, rng)
 
 
@@ -248,18 +251,23 @@ def decode_scaling(paths, clip, count=16):
 
 # --- the driver --------------------------------------------------------------
 
-def available(loader):
-    """Installed and importable: PyPI's torchcodec wheel needs a CUDA build of torch."""
-    if importlib.util.find_spec(NEEDS[loader]) is None:
-        return False
+def available(loader, python):
+    """Installed and importable by `python`: PyPI's torchcodec wheel needs a
+    CUDA build of torch (give torchcodec an environment of its own: --python)."""
     module = "torchcodec.decoders" if loader == "torchcodec" else NEEDS[loader]
-    return subprocess.run([sys.executable, "-c", f"import {module}"],
+    return subprocess.run([python, "-c", f"import {module}"],
                           capture_output=True).returncode == 0
 
 
-def run_one(loader, clip, folder, quick):
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", loader, "--clip", clip,
-            "--videos", folder] + (["--quick"] if quick else [])
+def _normalization():
+    from nonlocal_keras.applications import MEAN, STD
+
+    return json.dumps([list(MEAN), list(STD)])
+
+
+def run_one(loader, clip, folder, quick, python=sys.executable):
+    argv = [python, os.path.abspath(__file__), "--worker", loader, "--clip", clip,
+            "--videos", folder, "--normalization", _normalization()] + (["--quick"] if quick else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
     run = subprocess.run(argv, capture_output=True, text=True, env=env)
     if run.returncode:
@@ -267,15 +275,17 @@ def run_one(loader, clip, folder, quick):
     return json.loads(run.stdout.strip().splitlines()[-1])["clips_per_s"]
 
 
-def _versions():
-    names = {"av": "av", "decord": "decord", "torchcodec": "torchcodec", "torch": "torch",
-             "tensorflow": "tensorflow"}
+def _versions(pythons):
+    """Versions of what each environment measured: this one, and any --python."""
+    script = ("import json\nfound = {}\n"
+              "for m in ('av', 'decord', 'torchcodec', 'torch', 'tensorflow'):\n"
+              "    try:\n        found[m] = __import__(m).__version__\n"
+              "    except Exception:\n        pass\nprint(json.dumps(found))")
     found = {}
-    for key, module in names.items():
-        try:
-            found[key] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - a version is a note, never a failure
-            pass
+    for python in dict.fromkeys([sys.executable, *pythons.values()]):
+        run = subprocess.run([python, "-c", script], capture_output=True, text=True)
+        key = "this environment" if python == sys.executable else python
+        found[key] = json.loads(run.stdout) if run.returncode == 0 else "unreadable"
     return found
 
 
@@ -311,10 +321,16 @@ def main(argv=None):
                                       "none with --quick)")
     parser.add_argument("--decode-scaling", action="store_true",
                         help="only time decode_frames sequentially, in 2 threads and in 2 processes")
+    parser.add_argument("--python", action="append", default=[], metavar="LOADER=PYTHON",
+                        help="run that loader with another interpreter (e.g. "
+                             "torchcodec=/path/venv/bin/python, an environment with the CUDA "
+                             "build of torch that PyPI's torchcodec wheel links against)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
+    parser.add_argument("--normalization", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
+    pythons = dict(item.split("=", 1) for item in args.python)
     folder = os.path.join(args.videos, "quick" if args.quick else "full")
     paths = make_videos(folder, p["videos"], p["seconds"], p["fps"], p["width"], p["height"])
     if args.decode_scaling:
@@ -325,10 +341,12 @@ def main(argv=None):
                   f"processes {times['sequential'] / times['2 processes']:.2f}x")
         return None
     if args.worker:
+        mean, std = json.loads(args.normalization)
+        p = dict(p, mean=mean, std=std)
         print(json.dumps({"clips_per_s": measure(args.worker, args.clip, paths, p)}))
         return None
     loaders = [n for n in args.loaders.split(",") if n]
-    skipped = [n for n in loaders if not available(n)]
+    skipped = [n for n in loaders if not available(n, pythons.get(n, sys.executable))]
     for name in skipped:
         print(f"{name}: not installed or not importable, skipped (pip install -e '.[bench]')")
     running = [n for n in loaders if n not in skipped]
@@ -339,13 +357,14 @@ def main(argv=None):
         order = running if round_number % 2 == 0 else running[::-1]
         for clip in clips:
             for name in order:
-                value = run_one(name, clip, args.videos, args.quick)
+                value = run_one(name, clip, args.videos, args.quick,
+                                pythons.get(name, sys.executable))
                 results[clip][name].append(value)
                 print(f"round {round_number + 1} {clip} {name}: {value:.2f} clips/s", flush=True)
     report = {"table": None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
-        "versions": _versions(), "settings": dict(p, workers=WORKERS), "clips": clips,
+        "versions": _versions(pythons), "settings": dict(p, workers=WORKERS), "clips": clips,
         "loaders": loaders, "skipped": skipped, "clips_per_s": results,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
