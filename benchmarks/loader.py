@@ -214,25 +214,27 @@ def measure(loader, clip, paths, p):
     return p["batch"] * p["batches"] / seconds
 
 
-def _decode_clips(paths, worker, count, num_frames, rate):
+def _decode_clips(paths, worker, count, num_frames, rate, threads):
     from nonlocal_keras.training import video_io
 
     for i in range(count):
         rng = np.random.default_rng(1000 * worker + i)
         video_io.decode_frames(paths[(5 * i + worker) % len(paths)],
-                               lambda total: video_io.train_clip_indices(total, num_frames, rate, rng))
+                               lambda total: video_io.train_clip_indices(total, num_frames, rate, rng),
+                               threads)
 
 
-def decode_scaling(paths, clip, count=16):
-    """Seconds to decode 2 x `count` clips (`video_io.decode_frames` alone):
-    one after the other, in 2 threads, in 2 processes. Threads as fast as
-    processes: the GIL does not serialise the decodes."""
+def decode_scaling(paths, clip, count=16, threads=None):
+    """Seconds to decode 2 x `count` clips (`video_io.decode_frames` alone,
+    with `threads` FFmpeg threads each): one after the other, in 2 threads, in
+    2 processes. Threads as fast as processes: the GIL does not serialise the
+    decodes."""
     import multiprocessing
     import threading
 
     num_frames, rate = CLIPS[clip]
-    args = [(paths, worker, count, num_frames, rate) for worker in range(2)]
-    _decode_clips(paths, 2, 2, num_frames, rate)  # warm-up: imports, file cache
+    args = [(paths, worker, count, num_frames, rate, threads) for worker in range(2)]
+    _decode_clips(paths, 2, 2, num_frames, rate, threads)  # warm-up: imports, file cache
     start = time.perf_counter()
     for arg in args:
         _decode_clips(*arg)
@@ -320,7 +322,8 @@ def main(argv=None):
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/loader.json; "
                                       "none with --quick)")
     parser.add_argument("--decode-scaling", action="store_true",
-                        help="only time decode_frames sequentially, in 2 threads and in 2 processes")
+                        help="only time decode_frames sequentially, in 2 threads and in 2 "
+                             "processes, with FFmpeg's threads and with one a decode")
     parser.add_argument("--python", action="append", default=[], metavar="LOADER=PYTHON",
                         help="run that loader with another interpreter (e.g. "
                              "torchcodec=/path/venv/bin/python, an environment with the CUDA "
@@ -335,10 +338,12 @@ def main(argv=None):
     paths = make_videos(folder, p["videos"], p["seconds"], p["fps"], p["width"], p["height"])
     if args.decode_scaling:
         for clip in [c for c in args.clips.split(",") if c]:
-            times = decode_scaling(paths, clip, 2 if args.quick else 16)
-            print(f"{clip}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
-                  + f"; speed-up threads {times['sequential'] / times['2 threads']:.2f}x, "
-                  f"processes {times['sequential'] / times['2 processes']:.2f}x")
+            for threads in (None, 1):  # FFmpeg's choice, then one thread a decode
+                times = decode_scaling(paths, clip, 2 if args.quick else 16, threads)
+                print(f"{clip}, FFmpeg threads {threads or 'auto'}: "
+                      + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+                      + f"; speed-up threads {times['sequential'] / times['2 threads']:.2f}x, "
+                      f"processes {times['sequential'] / times['2 processes']:.2f}x", flush=True)
         return None
     if args.worker:
         mean, std = json.loads(args.normalization)

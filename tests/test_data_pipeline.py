@@ -85,10 +85,10 @@ def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):
     folder, _ = dataset_dir
     real = video_io.decode_frames
 
-    def flaky(path, sampler):
+    def flaky(path, sampler, threads=None):
         if str(path).endswith("v1.mp4"):
             raise MemoryError("frame too large")
-        return real(path, sampler)
+        return real(path, sampler, threads)
 
     monkeypatch.setattr(video_io, "decode_frames", flaky)
     skipped = data.SkippedVideos()

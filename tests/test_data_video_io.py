@@ -152,8 +152,8 @@ def test_only_the_needed_frames_are_converted_and_decoding_stops(videos, name, m
     passes = []
     real_decode = video_io._decode_wanted
 
-    def tracking(path, clips, timeline):
-        reached, error = real_decode(path, clips, timeline)
+    def tracking(path, clips, timeline, threads):
+        reached, error = real_decode(path, clips, timeline, threads)
         passes.append((timeline is not None, reached))
         return reached, error
 
@@ -257,12 +257,13 @@ def b_frame_video(tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("threads", [None, 1])  # FFmpeg's threads; one (the pipelines')
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_b_frame_video_equals_a_full_decode_indexed(b_frame_video, sampler):
+def test_b_frame_video_equals_a_full_decode_indexed(b_frame_video, sampler, threads):
     reference = np.stack(full_decode(b_frame_video))
     indices = np.minimum(SAMPLERS[sampler](LONG), LONG - 1)
-    np.testing.assert_array_equal(video_io.decode_frames(b_frame_video, SAMPLERS[sampler]),
-                                  reference[indices])
+    decoded = video_io.decode_frames(b_frame_video, SAMPLERS[sampler], threads=threads)
+    np.testing.assert_array_equal(decoded, reference[indices])
 
 
 def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):

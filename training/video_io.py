@@ -69,7 +69,7 @@ def eval_clip_indices(total_frames, num_frames, sampling_rate, num_clips):
     )
 
 
-def decode_frames(path, sampler):
+def decode_frames(path, sampler, threads=None):
     """Decode the frames `sampler(total_frames)` asks for, as uint8 RGB.
 
     Only those frames are converted and kept: decoding stops after the last
@@ -84,6 +84,12 @@ def decode_frames(path, sampler):
             of frame indices (any shape, repeats allowed; clamped to the video).
             It may be called twice, with the corrected count, when the decoder
             delivers a frame or two fewer than the container stated.
+        threads: decoding threads; None lets FFmpeg choose (frame and slice
+            threads, one per core: the fastest for one video at a time). When
+            as many videos are decoded in parallel as there are cores (the
+            training and evaluation pipelines), 1 is faster: FFmpeg's threads
+            then only add their synchronisation (20% more CPU a 32-frame clip,
+            `benchmarks/loader.py --decode-scaling`).
 
     Returns:
         `(*indices.shape, height, width, 3)` uint8 array, equal to decoding
@@ -95,7 +101,7 @@ def decode_frames(path, sampler):
             (reason "truncated: decoded 5 of 16 needed frames").
     """
     try:
-        return _decode(path, sampler)
+        return _decode(path, sampler, threads)
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:
@@ -110,7 +116,7 @@ def _stated_frames(path):
         return max(int(container.streams.video[0].frames), 0)
 
 
-def _decode(path, sampler):
+def _decode(path, sampler, threads=None):
     stated = _stated_frames(path)
     total, timeline = stated, None
     if not stated:
@@ -121,13 +127,13 @@ def _decode(path, sampler):
     if timeline is None:
         # The packet times identify each frame, so that unwanted ones can be skipped.
         _, timeline = _read_timeline(path)
-    reached, error = _decode_wanted(path, clips, timeline)
+    reached, error = _decode_wanted(path, clips, timeline, threads)
     if clips.missing() and error is None and reached and stated - reached <= _STATED_SLACK:
         # The container overstated its length by a frame or two (or counted
         # packets that hold no picture): sample again with the true length,
         # as a full decode would have.
         clips = _Clips(sampler, reached)
-        reached, error = _decode_wanted(path, clips, None)
+        reached, error = _decode_wanted(path, clips, None, threads)
     if clips.missing():
         cause = f" ({type(error).__name__}: {error})" if error is not None else ""
         if not reached:
@@ -192,7 +198,7 @@ def _to_rgb(frame, reformatter):
     return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
-def _decode_wanted(path, clips, timeline):
+def _decode_wanted(path, clips, timeline, threads=None):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
@@ -212,6 +218,8 @@ def _decode_wanted(path, clips, timeline):
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = threads
         if seek:
             container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
         try:
@@ -221,7 +229,7 @@ def _decode_wanted(path, clips, timeline):
                     index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else -1
                     if (index <= previous or index >= len(timeline)
                             or timeline[index] != frame.pts or (previous < 0 and index > first)):
-                        return _decode_wanted(path, clips, None)
+                        return _decode_wanted(path, clips, None, threads)
                 else:
                     index += 1
                 if index in clips.places:
@@ -231,7 +239,7 @@ def _decode_wanted(path, clips, timeline):
         except av.FFmpegError as failure:
             error = failure
     if timeline is not None and error is None and clips.missing():
-        return _decode_wanted(path, clips, None)
+        return _decode_wanted(path, clips, None, threads)
     return index + 1, error
 
 
