@@ -190,28 +190,45 @@ def _torch_loader(decode, paths, num_frames, rate, p):
         Clips(), batch_size=p["batch"], num_workers=WORKERS, persistent_workers=True,
         sampler=torch.utils.data.RandomSampler(range(10**6), num_samples=10**6), prefetch_factor=2)
     batches = iter(loader)
-    return lambda: next(batches)[0].numpy()
+    return lambda: next(batches)[0].numpy(), lambda: [w.pid for w in batches._workers]
+
+
+def _cpu_seconds(pids):
+    """User + system CPU seconds of this process (every thread) and of `pids`."""
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def measure(loader, clip, paths, p):
-    """Clips/s delivered after `warmup` batches, over `batches` batches."""
+    """Clips/s delivered after `warmup` batches, over `batches` batches, and
+    the CPU seconds spent a clip meanwhile (this process and its workers).
+    The CPU time is the figure other jobs on the machine disturb least: they
+    slow a loader down without making it do more work."""
     num_frames, rate = CLIPS[clip]
+    workers = list
     if loader == "ours":
         next_batch = _ours(paths, num_frames, rate, p)
     else:
         decode = {"decord": _decode_decord, "torchcodec": _decode_torchcodec,
                   "torch_pyav": _decode_pyav}[loader]
-        next_batch = _torch_loader(decode, paths, num_frames, rate, p)
+        next_batch, workers = _torch_loader(decode, paths, num_frames, rate, p)
     for _ in range(p["warmup"]):
         batch = next_batch()
+    cpu = _cpu_seconds(workers())
     start = time.perf_counter()
     for _ in range(p["batches"]):
         batch = next_batch()
     seconds = time.perf_counter() - start
+    cpu = _cpu_seconds(workers()) - cpu
     expected = (p["batch"], num_frames, p["crop"], p["crop"], 3)
     if sorted(batch.shape) != sorted(expected):
         raise RuntimeError(f"{loader} delivered {batch.shape}, expected {expected}")
-    return p["batch"] * p["batches"] / seconds
+    clips = p["batch"] * p["batches"]
+    return {"clips_per_s": clips / seconds, "cpu_ms_per_clip": 1000 * cpu / clips}
 
 
 def _decode_clips(paths, worker, count, num_frames, rate, threads):
@@ -274,7 +291,7 @@ def run_one(loader, clip, folder, quick, python=sys.executable):
     run = subprocess.run(argv, capture_output=True, text=True, env=env)
     if run.returncode:
         raise SystemExit(f"{loader} {clip} failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])["clips_per_s"]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def _versions(pythons):
@@ -291,22 +308,32 @@ def _versions(pythons):
     return found
 
 
-def table(results, loaders):
-    """Markdown: median clips/s per loader, and ours / the faster of decord and
-    torchcodec, from the medians and within each round (min-max)."""
-    head = ("| clip | " + " | ".join(loaders)
-            + " | ours / best peer (medians) | same, per round (min-max) |")
+def table(results, loaders, cpu=False):
+    """Markdown: the median per loader and how ours compares with the best of
+    decord and torchcodec, from the medians and within each round (min-max).
+    Clips/s (higher is better: ours / best) or, with `cpu`, CPU ms a clip
+    (lower is better: best / ours). Either way a ratio above 1 favours ours."""
+    key = "cpu_ms_per_clip" if cpu else "clips_per_s"
+    best, unit = (min, "CPU ms a clip") if cpu else (max, "clips/s")
+
+    def ratio(ours, peers):
+        return best(peers) / ours if cpu else ours / best(peers)
+
+    head = (f"| clip ({unit}) | " + " | ".join(loaders)
+            + " | ours vs best peer (medians) | same, per round (min-max) |")
     lines = [head, "|" + "---|" * (len(loaders) + 3)]
     for clip, row in results.items():
-        medians = {name: statistics.median(row[name]) for name in loaders if row.get(name)}
+        values = {name: [m[key] for m in row[name]] for name in loaders if row.get(name)}
+        medians = {name: statistics.median(v) for name, v in values.items()}
         peers = [n for n in ("decord", "torchcodec") if n in medians]
-        ratio = rounds = "-"
+        overall = rounds = "-"
         if peers and "ours" in medians:
-            ratio = f"{medians['ours'] / max(medians[n] for n in peers):.2f}"
-            each = [row["ours"][i] / max(row[n][i] for n in peers) for i in range(len(row["ours"]))]
+            overall = f"{ratio(medians['ours'], [medians[n] for n in peers]):.2f}"
+            each = [ratio(values["ours"][i], [values[n][i] for n in peers])
+                    for i in range(len(values["ours"]))]
             rounds = f"{min(each):.2f}-{max(each):.2f}"
         cells = [f"{medians[n]:.1f}" if n in medians else "skipped" for n in loaders]
-        lines.append(f"| {clip} | " + " | ".join(cells) + f" | {ratio} | {rounds} |")
+        lines.append(f"| {clip} | " + " | ".join(cells) + f" | {overall} | {rounds} |")
     return "\n".join(lines)
 
 
@@ -348,7 +375,7 @@ def main(argv=None):
     if args.worker:
         mean, std = json.loads(args.normalization)
         p = dict(p, mean=mean, std=std)
-        print(json.dumps({"clips_per_s": measure(args.worker, args.clip, paths, p)}))
+        print(json.dumps(measure(args.worker, args.clip, paths, p)))
         return None
     loaders = [n for n in args.loaders.split(",") if n]
     skipped = [n for n in loaders if not available(n, pythons.get(n, sys.executable))]
@@ -365,15 +392,16 @@ def main(argv=None):
                 value = run_one(name, clip, args.videos, args.quick,
                                 pythons.get(name, sys.executable))
                 results[clip][name].append(value)
-                print(f"round {round_number + 1} {clip} {name}: {value:.2f} clips/s", flush=True)
+                print(f"round {round_number + 1} {clip} {name}: {value['clips_per_s']:.2f} "
+                      f"clips/s, {value['cpu_ms_per_clip']:.0f} CPU ms a clip", flush=True)
     report = {"table": None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "versions": _versions(pythons), "settings": dict(p, workers=WORKERS), "clips": clips,
-        "loaders": loaders, "skipped": skipped, "clips_per_s": results,
+        "loaders": loaders, "skipped": skipped, "measurements": results,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    report["table"] = table(results, running)
+    report["table"] = table(results, running) + "\n\n" + table(results, running, cpu=True)
     print(report["table"])
     out = args.out or (None if args.quick else os.path.join(HERE, "results", "loader.json"))
     if out:

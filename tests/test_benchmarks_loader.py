@@ -28,9 +28,25 @@ def test_quick_run(tmp_path):
     peers = ("decord", "torchcodec", "torch_pyav")
     expected_skipped = [n for n in peers if not loader.available(n, sys.executable)]
     assert written["skipped"] == expected_skipped
-    assert set(written["clips_per_s"]) == {"8x8"}
-    for row in written["clips_per_s"].values():
+    assert set(written["measurements"]) == {"8x8"}
+    for row in written["measurements"].values():
         assert set(row) == {"ours", *(set(peers) - set(expected_skipped))}
-        assert all(len(values) == 1 and values[0] > 0 for values in row.values())
-    # The markdown table has one row per clip setting.
-    assert "| 8x8 |" in result.stdout and "| 8x8 |" in written["table"]
+        for rounds in row.values():
+            assert len(rounds) == 1
+            assert rounds[0]["clips_per_s"] > 0 and rounds[0]["cpu_ms_per_clip"] > 0
+    # Two markdown tables (clips/s, CPU a clip), one row per clip setting each.
+    assert written["table"].count("| 8x8 |") == 2 and "| 8x8 |" in result.stdout
+
+
+def test_table_ratios_favour_ours_above_one():
+    # Made-up figures: ours delivers 12 clips/s on 80 CPU ms a clip; the best
+    # peer 10 clips/s (decord) and 100 CPU ms (torchcodec), in each round.
+    def m(rate, cpu):
+        return {"clips_per_s": rate, "cpu_ms_per_clip": cpu}
+
+    results = {"32x2": {"ours": [m(12, 80), m(6, 80)], "decord": [m(10, 120), m(5, 120)],
+                        "torchcodec": [m(8, 100), m(4, 100)]}}
+    loaders = ["ours", "decord", "torchcodec"]
+    assert "| 32x2 | 9.0 | 7.5 | 6.0 | 1.20 | 1.20-1.20 |" in loader.table(results, loaders)
+    assert "| 32x2 | 80.0 | 120.0 | 100.0 | 1.25 | 1.25-1.25 |" in loader.table(
+        results, loaders, cpu=True)
