@@ -13,7 +13,8 @@ def describe(case):
     if kind == "matmul":
         return f"matmul {case['size']}^2 {case['dtype']} {'XLA' if case.get('jit') else 'eager'}"
     if kind == "matmuls_only":
-        return f"{case['shape']} the block's matmuls alone, float32 tf.function fwdbwd"
+        return (f"{case['shape']} the block's matmuls alone, "
+                f"{case.get('precision', 'float32')} tf.function fwdbwd")
     if kind == "model":
         name = "NL-C2D" if case.get("nonlocal_blocks") else "C2D"
         return (f"{name} R50 train step, batch {case['batch']}, "
@@ -190,9 +191,27 @@ def goals(record):
         out.append((f"{shape}: mixed_bfloat16 fwd+bwd faster than float32",
                     ", ".join(f"{m} {s:.2f}x" for m, s in bf16.items()) or "no data",
                     _verdict({m: s > 1.0 for m, s in bf16.items()})))
+    out += [_overhead_goal(record, shape, precision) for shape in ("res4", "res3")
+            for precision in ("float32", "mixed_bfloat16")]
     out.append(_res2_memory(record))
     out.append(_memory_goal(record))
     return out
+
+
+def _overhead_goal(record, shape, precision):
+    """Issue 15, item 3: the block as a tf.function against its own products
+    (`matmuls_only`, same order and dtypes), fwd+bwd."""
+    goal = (f"{shape}: {precision} tf.function fwd+bwd <= 1.10 x the block's matmuls "
+            "alone (issue 15)")
+    block = _median(_get(record, kind="keras", shape=shape, precision=precision,
+                         compile="graph"), "fwdbwd")
+    alone = _median(_get(record, kind="matmuls_only", shape=shape, precision=precision),
+                    "fwdbwd")
+    if not (block and alone):
+        return goal, "no data", "not measured"
+    ratio = block / alone
+    measured = f"{block * 1e3:.1f} / {alone * 1e3:.1f} ms = {ratio:.2f}"
+    return goal, measured, "met" if ratio <= 1.10 else "missed"
 
 
 def _res2_memory(record):
@@ -287,7 +306,7 @@ def markdown(record):
     rows = _block_rows(record, "res4", rate) + _block_rows(record, "res3", rate)
     rows += _res2_rows(record) + _long_rows(record)
     lines += [_table(header, rows), ""]
-    lines += ["Goals of issue 5, judged from the figures above:", "",
+    lines += ["Goals of issues 5 and 15 (item 3), judged from the figures above:", "",
               _table(["goal", "measured", "verdict"], goals(record)), ""]
     for blocks, name in ((5, "NL-C2D ResNet-50 (5 non-local blocks)"), (0, "C2D ResNet-50")):
         model = _get(record, kind="model", nonlocal_blocks=blocks)

@@ -50,8 +50,9 @@ def cases(quick):
             for compile_ in COMPILE_MODES:
                 out.append(dict(base, kind="keras", precision=precision, compile=compile_))
         out += [dict(base, kind=peer) for peer in ("mmcv", "pytorchvideo")]
-        out.append({"kind": "matmuls_only", "shape": shape, "passes": ["fwdbwd"],
-                    "warmup": warm, "repeats": rep[shape]})
+        out += [{"kind": "matmuls_only", "shape": shape, "precision": precision,
+                 "passes": ["fwdbwd"], "warmup": warm, "repeats": rep[shape]}
+                for precision in ("float32", "mixed_bfloat16")]
     # res2: chunked ("auto") and plain, both measured; the peers alongside.
     res2 = {"shape": "res2", "passes": both, "warmup": 1, "repeats": 1 if quick else 2}
     out.append(dict(res2, kind="keras", precision="float32"))

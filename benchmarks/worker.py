@@ -175,34 +175,50 @@ def matmul(case):
 
 def matmuls_only(case):
     """The block's matrix products alone, as a tf.function (no softmax, pooling,
-    BN or bias): forward and all gradients, in the order this package uses
-    at the shape. The ceiling for any implementation of the block in
-    TensorFlow on this machine, since the rest only adds time."""
+    BN or bias): forward and all gradients, in the order and the dtypes this
+    package uses at the shape and precision. Under mixed_bfloat16 that is
+    theta, phi, g, the aggregation and W_z in bfloat16 and the logits in
+    float32 (`nonlocal_math.nonlocal_response`), so the operands of the
+    logits and the affinity are cast (and their gradients cast back), as the
+    block does; under float32 those casts are no-ops. The ceiling for any
+    implementation of the block in TensorFlow on this machine, since the rest
+    only adds time."""
     tf = _tensorflow()
+    from nonlocal_keras import nonlocal_math
+
     channels, (t, h, w), inner, (pt, ph, pw) = common.SHAPES[case["shape"]]
-    n_q = t * h * w
-    n_k = (t // pt) * (h // ph) * (w // pw)
-    reassociated = common.block_flops(case["shape"], precision="float32") < common.block_flops(
-        case["shape"])
+    precision = case.get("precision", "float32")
+    low = "float32" if precision == "float32" else "bfloat16"
+    n_q, n_k = common.positions(case["shape"])
+    reassociated = nonlocal_math.reassociates(channels, inner, n_q, n_k, n_q * n_k)
+    # Under mixed precision theta's product stays in bfloat16 (not reassociated).
+    keys_reassociated = reassociated and precision == "float32"
     normal = tf.random.normal
-    x, pooled = normal((n_q, channels)), normal((n_k, channels))
+    x, pooled = tf.cast(normal((n_q, channels)), low), tf.cast(normal((n_k, channels)), low)
     weights = [normal((channels, inner)) * 0.03 for _ in range(3)] + [normal((inner, channels))]
 
     @tf.function
     def train(x, pooled, *weights):
-        w_theta, w_phi, w_g, w_z = weights
         with tf.GradientTape() as tape:
             tape.watch([x, pooled, *weights])
+            # The policy's variables are float32, cast to the compute dtype on use.
+            w_theta, w_phi, w_g, w_z = (tf.cast(v, low) for v in weights)
             keys, values = pooled @ w_phi, pooled @ w_g
-            if reassociated:
-                out = (x @ tf.matmul(w_theta, keys, transpose_b=True)) @ (values @ w_z)
+            if keys_reassociated:
+                logits = x @ tf.matmul(w_theta, keys, transpose_b=True)
             else:
-                out = tf.matmul(x @ w_theta, keys, transpose_b=True) @ values @ w_z
-            loss = tf.reduce_sum(out)
+                logits = tf.matmul(tf.cast(x @ w_theta, "float32"), tf.cast(keys, "float32"),
+                                   transpose_b=True)
+            affinity = tf.cast(logits, low)
+            if reassociated:
+                out = affinity @ (values @ w_z)
+            else:
+                out = affinity @ values @ w_z
+            loss = tf.reduce_sum(tf.cast(out, "float32"))
         return tape.gradient(loss, [x, pooled, *weights])
 
     def call():
-        float(tf.reduce_sum(train(x, pooled, *weights)[0][:1]))
+        float(tf.reduce_sum(tf.cast(train(x, pooled, *weights)[0][:1], "float32")))
 
     return {"fwdbwd": _time(call, case["warmup"], case["repeats"])}
 
