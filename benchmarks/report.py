@@ -268,6 +268,19 @@ def _verdict(flags):
     return f"met with {', '.join(met)} only"
 
 
+def _merged_lines(record):
+    """One sentence per partial rerun merged into the record (run_all.py --merge)."""
+    lines = []
+    for run in record.get("merged", []):
+        lines.append(
+            f"Rerun on {run['started']} with `run_all.py --only '{run['only']}' --merge` "
+            f"({run['cases']} cases, lowest median of {run['rounds']} round(s); load average "
+            f"before/after {run['load_average_before'][0]:.1f} / "
+            f"{run['load_average_after'][0]:.1f}): the rows and goals of those cases "
+            "come from that run, the others from the run above.")
+    return [" ".join(lines)] if lines else []
+
+
 def markdown(record):
     m = record["machine"]
     rate, rate16 = _rate(record, "float32"), _rate(record, "bfloat16")
@@ -285,6 +298,7 @@ def markdown(record):
         f"(lowest median of {record.get('rounds', 1)} round(s)) "
         "(benchmarks/results/latest.json has the counts). "
         f"`tf.matmul` 4096x4096 (fastest run, eager or XLA): float32 {fmt(rate)}, bfloat16 {fmt(rate16)}.",
+        *_merged_lines(record),
         "",
         "Non-local block (embedded Gaussian, scaled, BN; res4 1024 ch 8x14x14, "
         "res3 512 ch 8x28x28, res2 256 ch 8x56x56, long clip 256 ch 32x56x56; inner = C/2, "
