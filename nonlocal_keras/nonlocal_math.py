@@ -166,13 +166,16 @@ def matmul_transposed(a, b):
     return ops.einsum("...qc,...kc->...qk", a, b)
 
 
-def dense(t, kernel, transpose=False):
-    """`t @ kernel` (or `kernel^T`) for a 2D kernel, on the last axis of `t`.
+def dense(t, kernel, bias=None, transpose=False):
+    """`t @ kernel (+ bias)` (or `kernel^T`) for a 2D kernel, on the last axis of `t`.
 
-    The leading axes are folded into the rows of one 2D product (as Keras'
-    `Dense` does on TensorFlow): a broadcast batched product would
-    differentiate the kernel as one product per batch entry plus a sum.
-    The transpose is a flag of the product, not a copy of the kernel.
+    On TensorFlow the leading axes are folded into the rows of one 2D
+    product (a broadcast batched product would differentiate the kernel as
+    one product per batch entry plus a sum), the transpose is a flag of the
+    product, not a copy of the kernel, and the bias is a `BiasAdd` right on
+    the product, which Grappler fuses with it into one oneDNN kernel (Keras'
+    `Dense` reshapes in between, which keeps them apart: one more pass over
+    the output).
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -180,9 +183,24 @@ def dense(t, kernel, transpose=False):
         shape = tf.shape(t)
         rows = tf.reshape(t, (-1, t.shape[-1]))
         out = tf.linalg.matmul(rows, kernel, transpose_b=transpose)
+        if bias is not None:
+            out = tf.nn.bias_add(out, bias)
         units = kernel.shape[0 if transpose else -1]
         return tf.reshape(out, tf.concat([shape[:-1], [units]], 0))
-    return ops.matmul(t, ops.transpose(kernel) if transpose else kernel)
+    out = ops.matmul(t, ops.transpose(kernel) if transpose else kernel)
+    return out if bias is None else out + bias
+
+
+def project(layer, t):
+    """`layer(t)` for one of the block's Keras `Dense` projections, through
+    `dense` (see there); anything else (a `tf_keras` layer, LoRA, a
+    quantized kernel) is called as it is."""
+    if (type(layer) is not keras.layers.Dense or layer.lora_enabled
+            or layer.quantization_mode or layer.activation is not keras.activations.linear):
+        return layer(t)
+    dtype = layer.compute_dtype
+    bias = None if layer.bias is None else ops.cast(layer.bias, dtype)
+    return dense(ops.cast(t, dtype), ops.cast(layer.kernel, dtype), bias)
 
 
 def aggregate(affinity, g):
@@ -308,8 +326,8 @@ def nonlocal_response(
     """
     pooled, key_mask = masked_max_pool(x, mask, pool_size)
     embedded = mode != "gaussian"
-    keys = phi(pooled) if embedded else pooled
-    values = g(pooled)
+    keys = project(phi, pooled) if embedded else pooled
+    values = project(g, pooled)
     inner = keys.shape[-1]
     keys = ops.cast(keys, "float32")
     if mode in SOFTMAX_MODES and use_scale:
@@ -323,7 +341,7 @@ def nonlocal_response(
     # dtype: under mixed precision its product is the cheaper one to keep.
     reassociate_keys = (reassociate and embedded and mode != "concatenation"
                         and keras.backend.standardize_dtype(x.dtype) == "float32")
-    queries = x if reassociate_keys or not embedded else theta(x)
+    queries = x if reassociate_keys or not embedded else project(theta, x)
     # Where each row of the affinity sums to one (a softmax, no masked keys),
     # W_z's bias rides on the values: A (V W_z + 1 b_z^T) = A V W_z + b_z,
     # added to N_k rows instead of N_q (and summed over N_k for its gradient).
@@ -331,9 +349,8 @@ def nonlocal_response(
                       and mask is None and attention_mask is None)
     if reassociate:
         # The affinity weighs the rows of V: A (V W_z) + b_z = (A V) W_z + b_z.
-        values = dense(values, ops.cast(w_z.kernel, values.dtype))
-        if bias_in_values:
-            values = values + ops.cast(w_z.bias, values.dtype)
+        bias = ops.cast(w_z.bias, values.dtype) if bias_in_values else None
+        values = dense(values, ops.cast(w_z.kernel, values.dtype), bias)
 
     grouping = _GROUPINGS[affinity]
     q, group_keys, restore = grouping(queries, keys, pool_size)
@@ -359,7 +376,7 @@ def nonlocal_response(
         y = aggregate(weights, v)
     y, weights = restore(y, weights)
     if not reassociate:
-        y = w_z(y)
+        y = project(w_z, y)
     elif w_z.bias is not None and not bias_in_values:
         y = y + ops.cast(w_z.bias, y.dtype)
     if return_attention_scores:
