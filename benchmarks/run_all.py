@@ -58,6 +58,10 @@ def cases(quick):
         out += [{"kind": "matmuls_only", "shape": shape, "precision": precision,
                  "passes": ["fwdbwd"], "warmup": warm, "repeats": rep[shape]}
                 for precision in ("float32", "mixed_bfloat16")]
+        # Issue 15's overhead goal: block and matmuls alternately in one process.
+        out += [{"kind": "overhead", "shape": shape, "precision": precision,
+                 "warmup": warm, "repeats": 2 * rep[shape]}
+                for precision in ("float32", "mixed_bfloat16")]
     # res2: chunked ("auto") and plain, both measured; the peers alongside.
     res2 = {"shape": "res2", "passes": both, "warmup": 1, "repeats": 1 if quick else 2}
     out.append(dict(res2, kind="keras", precision="float32"))
