@@ -141,6 +141,7 @@ def merge_into(path, partial, only):
     record["cases"] += list(fresh.values())
     record.setdefault("merged", []).append(
         {"only": only, "started": partial["started"], "rounds": partial["rounds"],
+         "total_wall_s": partial["total_wall_s"],
          "cases": len(partial["cases"]), "machine": partial["machine"],
          "load_average_before": partial["load_average_before"],
          "load_average_after": partial["load_average_after"]})
@@ -211,6 +212,7 @@ def main(argv=None):
                        for c, r in zip(selected, results)]
     record["load_average_after"] = os.getloadavg()
     record["total_wall_s"] = time.perf_counter() - started
+    wall = record["total_wall_s"]
     if args.merge:
         record = merge_into(args.output, record, args.only)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -221,7 +223,7 @@ def main(argv=None):
     if not args.no_readme and (args.merge or not args.only):
         rewrite_readme(table)
         print("README.md: benchmark table rewritten")
-    print(f"total {record['total_wall_s']:.0f} s; results in {args.output}")
+    print(f"total {wall:.0f} s; results in {args.output}")
 
 
 if __name__ == "__main__":
