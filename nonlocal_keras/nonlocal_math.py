@@ -154,10 +154,10 @@ def matmul_transposed(a, b):
     """`a @ swapaxes(b, -1, -2)` without writing a transposed copy of `b`.
 
     TensorFlow: one (Batch)MatMul with `transpose_b`, whose gradients are two
-    such products with transpose flags; as an einsum (oneDNN's `_MklEinsum`)
-    the forward and both gradients ran 10-30% slower at res4 and res3.
-    The other backends: an einsum, which they lower to a matmul with the
-    transpose folded into the kernel.
+    such products with transpose flags; an einsum's gradients are einsums
+    (oneDNN's `_MklEinsum`), which were the slowest kernels of the block's
+    fwd+bwd in a profile at res4. The other backends: an einsum, which they
+    lower to a matmul with the transpose folded into the kernel.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
