@@ -13,7 +13,11 @@ def describe(case):
     if kind == "matmul":
         return f"matmul {case['size']}^2 {case['dtype']} {'XLA' if case.get('jit') else 'eager'}"
     if kind == "matmuls_only":
-        return f"{case['shape']} the block's matmuls alone, float32 tf.function fwdbwd"
+        return (f"{case['shape']} the block's matmuls alone, "
+                f"{case.get('precision', 'float32')} tf.function fwdbwd")
+    if kind == "overhead":
+        return (f"{case['shape']} overhead: tf.function block vs its matmuls alone, "
+                f"{case.get('precision', 'float32')}, alternating, fwdbwd")
     if kind == "model":
         name = "NL-C2D" if case.get("nonlocal_blocks") else "C2D"
         return (f"{name} R50 train step, batch {case['batch']}, "
@@ -190,9 +194,37 @@ def goals(record):
         out.append((f"{shape}: mixed_bfloat16 fwd+bwd faster than float32",
                     ", ".join(f"{m} {s:.2f}x" for m, s in bf16.items()) or "no data",
                     _verdict({m: s > 1.0 for m, s in bf16.items()})))
+    out += [_overhead_goal(record, shape, precision) for shape in ("res4", "res3")
+            for precision in ("float32", "mixed_bfloat16")]
     out.append(_res2_memory(record))
     out.append(_memory_goal(record))
     return out
+
+
+def _overhead_goal(record, shape, precision):
+    """Issue 15, item 3: the block as a tf.function against its own products
+    (`matmuls_only`, same order and dtypes), fwd+bwd. Judged on the paired
+    `overhead` case (both timed alternately in one process) when there is
+    one, else on the two separate cases."""
+    goal = (f"{shape}: {precision} tf.function fwd+bwd <= 1.10 x the block's matmuls "
+            "alone (issue 15)")
+    paired = _get(record, kind="overhead", shape=shape, precision=precision)
+    if paired and paired["status"] == "ok":
+        r = paired["ratio"]
+        measured = (f"{paired['block']['median_s'] * 1e3:.1f} / "
+                    f"{paired['matmuls']['median_s'] * 1e3:.1f} ms (medians, alternating in "
+                    f"one process); per-pair ratio median {r['median']:.2f} "
+                    f"(range {r['min']:.2f}-{r['max']:.2f})")
+        return goal, measured, "met" if r["median"] <= 1.10 else "missed"
+    block = _median(_get(record, kind="keras", shape=shape, precision=precision,
+                         compile="graph"), "fwdbwd")
+    alone = _median(_get(record, kind="matmuls_only", shape=shape, precision=precision),
+                    "fwdbwd")
+    if not (block and alone):
+        return goal, "no data", "not measured"
+    ratio = block / alone
+    measured = f"{block * 1e3:.1f} / {alone * 1e3:.1f} ms = {ratio:.2f}"
+    return goal, measured, "met" if ratio <= 1.10 else "missed"
 
 
 def _res2_memory(record):
@@ -249,6 +281,19 @@ def _verdict(flags):
     return f"met with {', '.join(met)} only"
 
 
+def _merged_lines(record):
+    """One sentence per partial rerun merged into the record (run_all.py --merge)."""
+    lines = []
+    for run in record.get("merged", []):
+        lines.append(
+            f"Rerun on {run['started']} with `run_all.py --only '{run['only']}' --merge` "
+            f"({run['cases']} cases, lowest median of {run['rounds']} round(s); load average "
+            f"before/after {run['load_average_before'][0]:.1f} / "
+            f"{run['load_average_after'][0]:.1f}): the rows and goals of those cases "
+            "come from that run, the others from the run above.")
+    return [" ".join(lines)] if lines else []
+
+
 def markdown(record):
     m = record["machine"]
     rate, rate16 = _rate(record, "float32"), _rate(record, "bfloat16")
@@ -266,6 +311,7 @@ def markdown(record):
         f"(lowest median of {record.get('rounds', 1)} round(s)) "
         "(benchmarks/results/latest.json has the counts). "
         f"`tf.matmul` 4096x4096 (fastest run, eager or XLA): float32 {fmt(rate)}, bfloat16 {fmt(rate16)}.",
+        *_merged_lines(record),
         "",
         "Non-local block (embedded Gaussian, scaled, BN; res4 1024 ch 8x14x14, "
         "res3 512 ch 8x28x28, res2 256 ch 8x56x56, long clip 256 ch 32x56x56; inner = C/2, "
@@ -287,7 +333,7 @@ def markdown(record):
     rows = _block_rows(record, "res4", rate) + _block_rows(record, "res3", rate)
     rows += _res2_rows(record) + _long_rows(record)
     lines += [_table(header, rows), ""]
-    lines += ["Goals of issue 5, judged from the figures above:", "",
+    lines += ["Goals of issues 5 and 15 (item 3), judged from the figures above:", "",
               _table(["goal", "measured", "verdict"], goals(record)), ""]
     for blocks, name in ((5, "NL-C2D ResNet-50 (5 non-local blocks)"), (0, "C2D ResNet-50")):
         model = _get(record, kind="model", nonlocal_blocks=blocks)

@@ -1,7 +1,7 @@
 """Rerun every benchmark, write benchmarks/results/latest.json and the README table.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--rounds N] [--mem-cap-gb 8]
-        [--only REGEX] [--no-readme] [--render-only]
+        [--only REGEX [--merge]] [--no-readme] [--render-only]
 
 Each case runs in a fresh process (benchmarks/worker.py) capped with
 RLIMIT_AS, so its peak RSS is its own and an out-of-memory case (the naive
@@ -11,6 +11,11 @@ NonLocal3d, PyTorchVideo's NonLocal: `pip install nonlocal-keras[bench]`) are
 measured in the same run, so each ratio compares figures taken minutes apart
 on the same machine; the load average before and after is recorded because
 the figures are only as quiet as the machine was.
+
+`--only REGEX --merge` reruns the matching cases only and puts them into the
+existing --output record in place of their earlier figures (the README then
+says which rows were rerun when, and under what load), so that a change to
+one part is measured without rerunning hours of unrelated cases.
 """
 
 import argparse
@@ -50,8 +55,13 @@ def cases(quick):
             for compile_ in COMPILE_MODES:
                 out.append(dict(base, kind="keras", precision=precision, compile=compile_))
         out += [dict(base, kind=peer) for peer in ("mmcv", "pytorchvideo")]
-        out.append({"kind": "matmuls_only", "shape": shape, "passes": ["fwdbwd"],
-                    "warmup": warm, "repeats": rep[shape]})
+        out += [{"kind": "matmuls_only", "shape": shape, "precision": precision,
+                 "passes": ["fwdbwd"], "warmup": warm, "repeats": rep[shape]}
+                for precision in ("float32", "mixed_bfloat16")]
+        # Issue 15's overhead goal: block and matmuls alternately in one process.
+        out += [{"kind": "overhead", "shape": shape, "precision": precision,
+                 "warmup": warm, "repeats": 2 * rep[shape]}
+                for precision in ("float32", "mixed_bfloat16")]
     # res2: chunked ("auto") and plain, both measured; the peers alongside.
     res2 = {"shape": "res2", "passes": both, "warmup": 1, "repeats": 1 if quick else 2}
     out.append(dict(res2, kind="keras", precision="float32"))
@@ -119,6 +129,25 @@ def merge(best, new):
     return merged
 
 
+def merge_into(path, partial, only):
+    """The record at `path` with `partial`'s cases in place of the same cases
+    (same description) there; the partial run is listed under "merged"."""
+    if not only:
+        raise SystemExit("--merge needs --only (the cases to rerun)")
+    with open(path) as f:
+        record = json.load(f)
+    fresh = {entry["name"]: entry for entry in partial["cases"]}
+    record["cases"] = [fresh.pop(entry["name"], entry) for entry in record["cases"]]
+    record["cases"] += list(fresh.values())
+    record.setdefault("merged", []).append(
+        {"only": only, "started": partial["started"], "rounds": partial["rounds"],
+         "total_wall_s": partial["total_wall_s"],
+         "cases": len(partial["cases"]), "machine": partial["machine"],
+         "load_average_before": partial["load_average_before"],
+         "load_average_after": partial["load_average_after"]})
+    return record
+
+
 def rewrite_readme(table, path=os.path.join(ROOT, "README.md")):
     with open(path) as f:
         text = f.read()
@@ -141,6 +170,9 @@ def main(argv=None):
                         help="run every case this many times, in turn, and keep each "
                              "pass's lowest median (the same rule for ours and the peers: "
                              "less sensitive to other processes on the cores)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace the matching cases in --output's record "
+                             "and rewrite the README from the merged record")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument("--render-only", action="store_true",
@@ -180,15 +212,18 @@ def main(argv=None):
                        for c, r in zip(selected, results)]
     record["load_average_after"] = os.getloadavg()
     record["total_wall_s"] = time.perf_counter() - started
+    wall = record["total_wall_s"]
+    if args.merge:
+        record = merge_into(args.output, record, args.only)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(record, f, indent=1)
     table = report.markdown(record)
     print(table)
-    if not args.no_readme and not args.only:
+    if not args.no_readme and (args.merge or not args.only):
         rewrite_readme(table)
         print("README.md: benchmark table rewritten")
-    print(f"total {record['total_wall_s']:.0f} s; results in {args.output}")
+    print(f"total {wall:.0f} s; results in {args.output}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ memory error ends only this process. Cases:
      "warmup": 2, "repeats": 10}
     {"kind": "mmcv"|"pytorchvideo", "shape": ..., "passes": ..., ...}
     {"kind": "matmul", "size": 4096, "dtype": "float32", ...}
+    {"kind": "matmuls_only"|"overhead", "shape": ..., "precision": ..., ...}
     {"kind": "model", "batch": 2, "frames": 8, "size": 112, ...}
 
 Forward is inference (BN with moving statistics, no gradient recorded);
@@ -65,6 +66,14 @@ def _tensorflow():
 
 
 def keras_block(case):
+    fns = _block_calls(case)
+    result = {"rss_before_mb": _rss_mb()}
+    result.update({p: _time(fns[p], case["warmup"], case["repeats"]) for p in case["passes"]})
+    return result
+
+
+def _block_calls(case):
+    """{"fwd": call, "fwdbwd": call} running our block as the case says."""
     tf = _tensorflow()
     import keras
 
@@ -104,10 +113,7 @@ def keras_block(case):
             float(tf.reduce_sum(tf.cast(first, tf.float32)))
         return call
 
-    fns = {"fwd": run(forward), "fwdbwd": run(train)}
-    result = {"rss_before_mb": _rss_mb()}
-    result.update({p: _time(fns[p], case["warmup"], case["repeats"]) for p in case["passes"]})
-    return result
+    return {"fwd": run(forward), "fwdbwd": run(train)}
 
 
 def torch_block(case):
@@ -174,37 +180,82 @@ def matmul(case):
 
 
 def matmuls_only(case):
+    return {"fwdbwd": _time(_matmuls_call(case), case["warmup"], case["repeats"])}
+
+
+def overhead(case):
+    """The block as a tf.function and its matmuls alone (`matmuls_only`), fwd+bwd,
+    in one process and alternately, each pair run back to back: other
+    processes on the cores then slow both alike, and the per-pair ratios are
+    what issue 15's "overhead <= 10%" is judged on."""
+    block = _block_calls(dict(case, compile="graph"))["fwdbwd"]
+    alone = _matmuls_call(case)
+    for _ in range(case["warmup"]):
+        block()
+        alone()
+    times = {"block": [], "matmuls": []}
+    for _ in range(case["repeats"]):
+        for name, call in (("block", block), ("matmuls", alone)):
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    ratios = [b / m for b, m in zip(times["block"], times["matmuls"])]
+    out = {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t),
+                  "warmup": case["warmup"]} for name, t in times.items()}
+    out["ratio"] = {"median": statistics.median(ratios), "min": min(ratios),
+                    "max": max(ratios), "of_medians": out["block"]["median_s"]
+                    / out["matmuls"]["median_s"]}
+    return out
+
+
+def _matmuls_call(case):
     """The block's matrix products alone, as a tf.function (no softmax, pooling,
-    BN or bias): forward and all gradients, in the order this package uses
-    at the shape. The ceiling for any implementation of the block in
-    TensorFlow on this machine, since the rest only adds time."""
+    BN or bias): forward and all gradients, in the order and the dtypes this
+    package uses at the shape and precision. Under mixed_bfloat16 that is
+    theta, phi, g, the aggregation and W_z in bfloat16 and the logits in
+    float32 (`nonlocal_math.nonlocal_response`), so the operands of the
+    logits and the affinity are cast (and their gradients cast back), as the
+    block does; under float32 those casts are no-ops. The ceiling for any
+    implementation of the block in TensorFlow on this machine, since the rest
+    only adds time."""
     tf = _tensorflow()
+    from nonlocal_keras import nonlocal_math
+
     channels, (t, h, w), inner, (pt, ph, pw) = common.SHAPES[case["shape"]]
-    n_q = t * h * w
-    n_k = (t // pt) * (h // ph) * (w // pw)
-    reassociated = common.block_flops(case["shape"], precision="float32") < common.block_flops(
-        case["shape"])
+    precision = case.get("precision", "float32")
+    low = "float32" if precision == "float32" else "bfloat16"
+    n_q, n_k = common.positions(case["shape"])
+    reassociated = nonlocal_math.reassociates(channels, inner, n_q, n_k, n_q * n_k)
+    # Under mixed precision theta's product stays in bfloat16 (not reassociated).
+    keys_reassociated = reassociated and precision == "float32"
     normal = tf.random.normal
-    x, pooled = normal((n_q, channels)), normal((n_k, channels))
+    x, pooled = tf.cast(normal((n_q, channels)), low), tf.cast(normal((n_k, channels)), low)
     weights = [normal((channels, inner)) * 0.03 for _ in range(3)] + [normal((inner, channels))]
 
     @tf.function
     def train(x, pooled, *weights):
-        w_theta, w_phi, w_g, w_z = weights
         with tf.GradientTape() as tape:
             tape.watch([x, pooled, *weights])
+            # The policy's variables are float32, cast to the compute dtype on use.
+            w_theta, w_phi, w_g, w_z = (tf.cast(v, low) for v in weights)
             keys, values = pooled @ w_phi, pooled @ w_g
-            if reassociated:
-                out = (x @ tf.matmul(w_theta, keys, transpose_b=True)) @ (values @ w_z)
+            if keys_reassociated:
+                logits = x @ tf.matmul(w_theta, keys, transpose_b=True)
             else:
-                out = tf.matmul(x @ w_theta, keys, transpose_b=True) @ values @ w_z
-            loss = tf.reduce_sum(out)
+                logits = tf.matmul(tf.cast(x @ w_theta, "float32"), tf.cast(keys, "float32"),
+                                   transpose_b=True)
+            affinity = tf.cast(logits, low)
+            if reassociated:
+                out = affinity @ (values @ w_z)
+            else:
+                out = affinity @ values @ w_z
+            loss = tf.reduce_sum(tf.cast(out, "float32"))
         return tape.gradient(loss, [x, pooled, *weights])
 
     def call():
-        float(tf.reduce_sum(train(x, pooled, *weights)[0][:1]))
+        float(tf.reduce_sum(tf.cast(train(x, pooled, *weights)[0][:1], "float32")))
 
-    return {"fwdbwd": _time(call, case["warmup"], case["repeats"])}
+    return call
 
 
 def model(case):
@@ -231,7 +282,8 @@ def main():
     case = json.loads(sys.argv[1])
     kind = case["kind"]
     runner = {"keras": keras_block, "mmcv": torch_block, "pytorchvideo": torch_block,
-              "matmul": matmul, "matmuls_only": matmuls_only, "model": model}[kind]
+              "matmul": matmul, "matmuls_only": matmuls_only, "overhead": overhead,
+              "model": model}[kind]
     result = runner(case)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)

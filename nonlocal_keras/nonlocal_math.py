@@ -115,23 +115,7 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
         the other modes divide by the number of allowed keys; a query with
         no allowed key gets all-zero weights (so y_i = 0).
     """
-    theta = ops.cast(theta, "float32")
-    phi = ops.cast(phi, "float32")
-    if mode == "concatenation":
-        # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
-        # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
-        channels = theta.shape[-1]
-        w_f = ops.cast(w_f, "float32")
-        from_query = ops.matmul(theta, w_f[:channels])
-        from_key = ops.matmul(phi, w_f[channels:])
-        f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
-    else:
-        # einsum rather than matmul(theta, swapaxes(phi)): the backends run it
-        # as a matmul with phi transposed in the kernel, without writing a
-        # transposed copy of phi (once per chunk on the chunked path).
-        f = ops.einsum("...qc,...kc->...qk", theta, phi)
-        if key_bias is not None:
-            f = f + key_bias
+    f = affinity_logits(theta, phi, mode, w_f=w_f, key_bias=key_bias)
     if valid is None:
         if mode in SOFTMAX_MODES:
             return ops.softmax(f, axis=-1)
@@ -146,9 +130,118 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
     return ops.where(allowed, f, ops.zeros_like(f)) / ops.maximum(count, 1.0)
 
 
+def affinity_logits(theta, phi, mode, w_f=None, key_bias=None):
+    """`f(x_i, x_j)` before normalisation, float32 `(..., N_q, N_k)` (see
+    `pairwise_affinity` for the arguments)."""
+    theta = ops.cast(theta, "float32")
+    phi = ops.cast(phi, "float32")
+    if mode == "concatenation":
+        # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
+        # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
+        channels = theta.shape[-1]
+        w_f = ops.cast(w_f, "float32")
+        from_query = ops.matmul(theta, w_f[:channels])
+        from_key = ops.matmul(phi, w_f[channels:])
+        f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
+    else:
+        f = matmul_transposed(theta, phi)
+        if key_bias is not None:
+            f = f + key_bias
+    return f
+
+
+def matmul_transposed(a, b):
+    """`a @ swapaxes(b, -1, -2)` without writing a transposed copy of `b`.
+
+    TensorFlow: one (Batch)MatMul with `transpose_b`, whose gradients are two
+    such products with transpose flags; an einsum's gradients are einsums
+    (oneDNN's `_MklEinsum`), which were the slowest kernels of the block's
+    fwd+bwd in a profile at res4. The other backends: an einsum, which they
+    lower to a matmul with the transpose folded into the kernel.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.matmul(a, b, transpose_b=True)
+    return ops.einsum("...qc,...kc->...qk", a, b)
+
+
+def dense(t, kernel, bias=None, transpose=False):
+    """`t @ kernel (+ bias)` (or `kernel^T`) for a 2D kernel, on the last axis of `t`.
+
+    On TensorFlow the leading axes are folded into the rows of one 2D
+    product (a broadcast batched product would differentiate the kernel as
+    one product per batch entry plus a sum), the transpose is a flag of the
+    product, not a copy of the kernel, and the bias is a `BiasAdd` right on
+    the product, which Grappler fuses with it into one oneDNN kernel (Keras'
+    `Dense` reshapes in between, which keeps them apart: one more pass over
+    the output).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        shape = tf.shape(t)
+        rows = tf.reshape(t, (-1, t.shape[-1]))
+        out = tf.linalg.matmul(rows, kernel, transpose_b=transpose)
+        if bias is not None:
+            out = tf.nn.bias_add(out, bias)
+        units = kernel.shape[0 if transpose else -1]
+        return tf.reshape(out, tf.concat([shape[:-1], [units]], 0))
+    out = ops.matmul(t, ops.transpose(kernel) if transpose else kernel)
+    return out if bias is None else out + bias
+
+
+def project(layer, t):
+    """`layer(t)` for one of the block's Keras `Dense` projections, through
+    `dense` (see there); anything else (a `tf_keras` layer, LoRA, a
+    quantized kernel) is called as it is."""
+    if (type(layer) is not keras.layers.Dense or layer.lora_enabled
+            or layer.quantization_mode or layer.activation is not keras.activations.linear):
+        return layer(t)
+    dtype = layer.compute_dtype
+    bias = None if layer.bias is None else ops.cast(layer.bias, dtype)
+    return dense(ops.cast(t, dtype), ops.cast(layer.kernel, dtype), bias)
+
+
 def aggregate(affinity, g):
     """`y_i = sum_j affinity_ij g_j`, in the dtype of `g`."""
     return ops.matmul(ops.cast(affinity, g.dtype), g)
+
+
+def softmax_aggregate(logits, values):
+    """`aggregate(softmax(logits), values)`, differentiated through y on TensorFlow.
+
+    The softmax's gradient needs each query's `s_i = sum_j A_ij dA_ij`, with
+    `dA = dy V^T` the affinity's gradient. TensorFlow's own gradient forms
+    `A * dA` and sums it: two passes over the `(N_q, N_k)` affinity. Since
+    `sum_j A_ij (dy_i . v_j) = dy_i . y_i`, the same value comes from the
+    block's output, `N_q x C` numbers (FlashAttention's trick): fewer when
+    the values have fewer channels than there are keys (res3: 256 < 1568).
+    So the custom gradient is used only then (static sizes), and on the other
+    backends this is plain `aggregate(softmax(logits), values)`.
+    """
+    channels, num_keys = values.shape[-1], logits.shape[-1]
+    if (keras.backend.backend() != "tensorflow" or channels is None or num_keys is None
+            or channels >= num_keys):
+        return aggregate(ops.softmax(logits, axis=-1), values)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def attend(logits, values):
+        weights = tf.nn.softmax(logits)
+        low = tf.cast(weights, values.dtype)
+        y = tf.linalg.matmul(low, values)
+
+        def grad(dy):
+            d_weights = tf.linalg.matmul(dy, values, transpose_b=True)
+            d_values = tf.linalg.matmul(low, dy, transpose_a=True)
+            rows = tf.reduce_sum(tf.cast(dy, "float32") * tf.cast(y, "float32"), -1,
+                                 keepdims=True)
+            return weights * (tf.cast(d_weights, "float32") - rows), d_values
+
+        return y, grad
+
+    return attend(logits, values)
 
 
 def reassociates(channels, inner, num_queries, num_keys, entries):
@@ -233,8 +326,8 @@ def nonlocal_response(
     """
     pooled, key_mask = masked_max_pool(x, mask, pool_size)
     embedded = mode != "gaussian"
-    keys = phi(pooled) if embedded else pooled
-    values = g(pooled)
+    keys = project(phi, pooled) if embedded else pooled
+    values = project(g, pooled)
     inner = keys.shape[-1]
     keys = ops.cast(keys, "float32")
     if mode in SOFTMAX_MODES and use_scale:
@@ -248,10 +341,16 @@ def nonlocal_response(
     # dtype: under mixed precision its product is the cheaper one to keep.
     reassociate_keys = (reassociate and embedded and mode != "concatenation"
                         and keras.backend.standardize_dtype(x.dtype) == "float32")
-    queries = x if reassociate_keys or not embedded else theta(x)
+    queries = x if reassociate_keys or not embedded else project(theta, x)
+    # Where each row of the affinity sums to one (a softmax, no masked keys),
+    # W_z's bias rides on the values: A (V W_z + 1 b_z^T) = A V W_z + b_z,
+    # added to N_k rows instead of N_q (and summed over N_k for its gradient).
+    bias_in_values = (reassociate and w_z.bias is not None and mode in SOFTMAX_MODES
+                      and mask is None and attention_mask is None)
     if reassociate:
         # The affinity weighs the rows of V: A (V W_z) + b_z = (A V) W_z + b_z.
-        values = ops.matmul(values, ops.cast(w_z.kernel, values.dtype))
+        bias = ops.cast(w_z.bias, values.dtype) if bias_in_values else None
+        values = dense(values, ops.cast(w_z.kernel, values.dtype), bias)
 
     grouping = _GROUPINGS[affinity]
     q, group_keys, restore = grouping(queries, keys, pool_size)
@@ -263,22 +362,22 @@ def nonlocal_response(
         if theta.bias is not None:
             bias = ops.cast(theta.bias, "float32")[:, None]
             key_bias = ops.swapaxes(ops.matmul(k, bias), -1, -2)
-        # matmul with a 2D kernel: the backends fold the leading axes into
-        # one GEMM (a broadcast batched einsum is far slower to differentiate).
-        k = ops.matmul(k, ops.transpose(ops.cast(theta.kernel, "float32")))
+        k = dense(k, ops.cast(theta.kernel, "float32"), transpose=True)
     chunk = None
     if not return_attention_scores:
         chunk = resolve_chunk_size(chunk_size, q.shape[-2], k.shape[-2])
     weights = None
     if chunk is not None:
         y = _chunked(q, k, v, chunk, mode, w_f, key_bias, valid)
+    elif mode in SOFTMAX_MODES and valid is None and not return_attention_scores:
+        y = softmax_aggregate(affinity_logits(q, k, mode, key_bias=key_bias), v)
     else:
         weights = pairwise_affinity(q, k, mode, w_f=w_f, key_bias=key_bias, valid=valid)
         y = aggregate(weights, v)
     y, weights = restore(y, weights)
     if not reassociate:
-        y = w_z(y)
-    elif w_z.bias is not None:
+        y = project(w_z, y)
+    elif w_z.bias is not None and not bias_in_values:
         y = y + ops.cast(w_z.bias, y.dtype)
     if return_attention_scores:
         return y, weights

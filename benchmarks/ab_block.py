@@ -1,0 +1,91 @@
+"""A/B of the block's tf.function fwd+bwd: a git revision's nonlocal_math against this tree's.
+
+    .venv/bin/python benchmarks/ab_block.py SHAPE PRECISION REVISION [REPEATS]
+
+Both versions of `nonlocal_keras/nonlocal_math.py` drive the same layer (same
+weights, same input) in one process, and are timed alternately, each pair
+back to back, so that other jobs on the cores slow both alike; prints the
+medians and the median of the per-pair ratios (new / old). The matmuls alone
+(worker.py `matmuls_only`) are timed after, in the same process.
+"""
+
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import worker  # noqa: E402  (sets the thread counts and the backend)
+import common  # noqa: E402
+
+
+def _old_module(revision):
+    source = subprocess.run(
+        ["git", "-C", os.path.dirname(HERE), "show", f"{revision}:nonlocal_keras/nonlocal_math.py"],
+        capture_output=True, text=True, check=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "nonlocal_math_old.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("nonlocal_math_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    shape, precision, revision = sys.argv[1:4]
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+    tf = worker._tensorflow()
+    import keras
+
+    from nonlocal_keras import nonlocal_math
+    from nonlocal_keras.layers import NonLocal3D, base_nonlocal
+
+    channels, (t, h, w), inner, pool = common.SHAPES[shape]
+    dtype = keras.mixed_precision.Policy(precision).compute_dtype
+    x = tf.cast(tf.random.normal((common.BATCH, t, h, w, channels)), dtype)
+    layer = NonLocal3D(inter_channels=inner, pool_size=pool, dtype=precision)
+    layer.build(x.shape)
+    layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
+
+    def traced(module):
+        # The layer looks the module up when tracing: trace once with each.
+        base_nonlocal.nonlocal_math = module
+
+        @tf.function
+        def train(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
+            return tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
+
+        train.get_concrete_function(x)
+        return lambda: float(tf.reduce_sum(tf.cast(train(x)[0][:1], tf.float32)))
+
+    calls = {"old": traced(_old_module(revision)), "new": traced(nonlocal_math)}
+    base_nonlocal.nonlocal_math = nonlocal_math
+    for call in calls.values():
+        call()
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    ratios = [n / o for n, o in zip(times["new"], times["old"])]
+    alone = worker.matmuls_only({"shape": shape, "precision": precision, "warmup": 2,
+                                 "repeats": repeats})["fwdbwd"]
+    print(f"{shape} {precision}: old ({revision}) {statistics.median(times['old']) * 1e3:.1f} ms, "
+          f"new {statistics.median(times['new']) * 1e3:.1f} ms (medians of {repeats}); "
+          f"per-pair new/old median {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}); matmuls alone "
+          f"{alone['median_s'] * 1e3:.1f} ms; load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
