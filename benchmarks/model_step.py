@@ -65,14 +65,13 @@ MMACTION_NONLOCAL_5 = ((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0))
 
 def describe(case):
     if case["impl"] == "matmul":
-        return f"matmul {case['size']}^2 {case['precision']}"
+        return f"matmul {case['size']}^2 " + " and ".join(PRECISIONS)
     return f"{case['model']} {case['precision']} {case['impl']}"
 
 
 def cases(settings, only=None):
     """The matmul rates (always measured), then ours and the peer of each row."""
-    out = [dict(impl="matmul", precision=p, size=settings["matmul"], warmup=1, repeats=5)
-           for p in PRECISIONS]
+    out = [dict(impl="matmul", size=settings["matmul"], warmup=1, repeats=5)]
     shape = {k: settings[k] for k in ("batch", "frames", "size", "classes", "warmup", "repeats")}
     for model, (_, _, peer) in MODELS.items():
         for precision in PRECISIONS:
@@ -232,7 +231,8 @@ def run_worker(case):
     import worker  # first: it sets the thread counts before TensorFlow or torch starts
 
     if case["impl"] == "matmul":
-        result = worker.matmul(dict(case, dtype=case["precision"]))
+        # Both precisions in one process: one TensorFlow start fewer.
+        result = {"matmul": {p: worker.matmul(dict(case, dtype=p))["matmul"] for p in PRECISIONS}}
     else:
         result = (_ours if case["impl"] == "ours" else _peer)(case)
         if not all(math.isfinite(loss) for loss in result["losses"]):
@@ -272,7 +272,7 @@ def _summary(result):
     if result["status"] != "ok":
         return result.get("skipped") or result.get("message") or result.get("tail", result["status"])
     if "matmul" in result:
-        return f"{result['matmul']['gflops']:.0f} GFLOP/s"
+        return ", ".join(f"{p} {v['gflops']:.0f} GFLOP/s" for p, v in result["matmul"].items())
     return (f"{result['clips_per_s']:.2f} clips/s ({result['train_step']['median_s']:.2f} s a step), "
             f"peak RSS {result['peak_rss_mb']:.0f} MB")
 
@@ -344,20 +344,21 @@ def _write_readme(table):
 # --- the report ---------------------------------------------------------------
 
 def _values(entry, key):
-    """Per-round values of `key` ("clips_per_s", "gflops", "gflop_per_clip") of the ok rounds."""
+    """Per-round values of `key` of the ok rounds: "clips_per_s", "gflop_per_clip", or a
+    precision for the matmul rate."""
     out = []
     for result in entry["rounds"] if entry else ():
         if result["status"] != "ok":
             continue
-        out.append(result["matmul"]["gflops"] if key == "gflops" else result.get(key))
+        out.append(result["matmul"][key]["gflops"] if key in PRECISIONS else result.get(key))
     return [v for v in out if v is not None]
 
 
 def summarise(record):
     """{(model, precision): {...}} from the recorded rounds: medians over rounds."""
-    entries = {(c["case"].get("model"), c["case"]["precision"], c["case"]["impl"]): c
+    entries = {(c["case"].get("model"), c["case"].get("precision"), c["case"]["impl"]): c
                for c in record["cases"]}
-    rate = {p: _values(entries.get((None, p, "matmul")), "gflops") for p in PRECISIONS}
+    rate = {p: _values(entries.get((None, None, "matmul")), p) for p in PRECISIONS}
     rate = {p: statistics.median(v) if v else None for p, v in rate.items()}
     flops = {}
     for (model, _, impl), entry in entries.items():
