@@ -52,7 +52,11 @@ MODELS = {
 PRECISIONS = ("float32", "bfloat16")
 PEER_NAMES = {"pytorchvideo": "PyTorchVideo", "mmaction2": "mmaction2"}
 GOALS = {"float32": 0.65, "bfloat16": 0.55}
-FULL = dict(batch=2, frames=8, size=224, classes=400, warmup=2, repeats=5, matmul=4096)
+FULL = dict(batch=2, frames=8, size=224, classes=400, warmup=1, repeats=3, matmul=4096)
+# Small enough that the same random batch, stepped on again and again, does
+# not drive the loss to NaN (0.01 did in bfloat16, ours and mmaction2's);
+# the work of a step does not depend on it.
+LEARNING_RATE = 1e-4
 QUICK = dict(batch=2, frames=4, size=32, classes=10, warmup=1, repeats=1, matmul=1024)
 
 # mmaction2's per-block flags for ResNet-50 (3, 4, 6, 3 blocks), the same
@@ -147,7 +151,7 @@ def _ours(case):
     net = build(input_shape=(case["frames"], size, size, 3), classes=case["classes"],
                 nonlocal_blocks=blocks)
     # Keras' default jit_compile="auto" is what model.fit gets: off on a CPU.
-    net.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+    net.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9),
                 loss="sparse_categorical_crossentropy")
     x = tf.random.normal((batch, case["frames"], size, size, 3))
     y = tf.random.uniform((batch,), 0, case["classes"], tf.int32)
@@ -208,7 +212,7 @@ def _peer(case):
     arch, _, _ = MODELS[case["model"]]
     net = (_pytorchvideo if case["impl"] == "pytorchvideo" else _mmaction2)(arch, case)
     net.train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE, momentum=0.9)
     size, batch = case["size"], case["batch"]
     x = torch.randn(batch, 3, case["frames"], size, size)
     y = torch.randint(0, case["classes"], (batch,))
@@ -235,8 +239,8 @@ def run_worker(case):
         result = {"matmul": {p: worker.matmul(dict(case, dtype=p))["matmul"] for p in PRECISIONS}}
     else:
         result = (_ours if case["impl"] == "ours" else _peer)(case)
-        if not all(math.isfinite(loss) for loss in result["losses"]):
-            raise RuntimeError(f"non-finite training loss: {result['losses']}")
+        # Recorded, not fatal: the time of a step is still its time.
+        result["finite_losses"] = all(math.isfinite(loss) for loss in result["losses"])
         result["clips_per_s"] = case["batch"] / result["train_step"]["median_s"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
@@ -315,16 +319,16 @@ def main(argv=None):
                                    args.lock, f"{number + 1}/{settings['rounds']}")
         rounds.append(results)
         record["loads"].append(loads)
-    record["cases"] = [{"case": case, "name": describe(case), "rounds": [r[i] for r in rounds]}
-                       for i, case in enumerate(selected)]
-    record["total_wall_s"] = time.perf_counter() - started
-    table = markdown(record)
-    record["table"] = table
+        record["cases"] = [{"case": case, "name": describe(case), "rounds": [r[i] for r in rounds]}
+                           for i, case in enumerate(selected)]
+        record["total_wall_s"] = time.perf_counter() - started
+        record["table"] = markdown(record)
+        if out:  # after every round: a run cut short keeps the rounds it finished
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            with open(out, "w") as f:
+                json.dump(record, f, indent=1)
+    table = record["table"]
     print(table)
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(record, f, indent=1)
     if not (args.quick or args.only or args.no_readme):
         _write_readme(table)
     failed = [c["name"] for c in record["cases"]
@@ -374,11 +378,12 @@ def summarise(record):
                     continue
                 values = _values(entry, "clips_per_s")
                 status = entry["rounds"][0]["status"] if entry["rounds"] else "not run"
+                ok = [r for r in entry["rounds"] if r["status"] == "ok"]
                 row[key] = {"clips_per_s": statistics.median(values) if values else None,
+                            "nan": any(not r.get("finite_losses", True) for r in ok),
                             "range": (min(values), max(values)) if values else None,
                             "status": status if not values else "ok",
-                            "peak_rss_mb": max((r["peak_rss_mb"] for r in entry["rounds"]
-                                                if r["status"] == "ok"), default=None)}
+                            "peak_rss_mb": max((r["peak_rss_mb"] for r in ok), default=None)}
                 speed = row[key]["clips_per_s"]
                 if speed and row["gflop_per_clip"] and row["rate"]:
                     row[key]["gflops"] = speed * row["gflop_per_clip"]
@@ -395,7 +400,7 @@ def _speed(cell):
         return cell["status"]
     low, high = cell["range"]
     spread = f" ({low:.2f}-{high:.2f})" if high - low >= 0.005 else ""
-    return f"{cell['clips_per_s']:.2f}{spread}"
+    return f"{cell['clips_per_s']:.2f}{spread}" + (" (NaN loss)" if cell["nan"] else "")
 
 
 def _rate(cell):
@@ -427,7 +432,8 @@ def markdown(record):
         "count (`model_step.step_flops`: convolutions, the classifier and the non-local blocks' "
         "products in the plain order, fwd+bwd = 3 x fwd less conv1's input gradient), the same "
         "for ours and the peer; GFLOP/s = that x clips/s, and its share of the matmul rate of "
-        "the same precision.",
+        "the same precision. \"NaN loss\": the loss of that case became NaN during its steps "
+        f"(learning rate {LEARNING_RATE:g} on one random batch; the losses are in the JSON).",
         "",
         "| model | precision | ours clips/s | peer | peer clips/s | ours/peer | GFLOP per clip "
         "| ours GFLOP/s (share) | peer GFLOP/s (share) | peak RSS MB ours / peer |",
@@ -452,8 +458,10 @@ def markdown(record):
             continue
         cells = [f"{shares[p]:.0%}" if shares[p] is not None else "not measured"
                  for p in PRECISIONS]
-        met = [shares[p] is not None and shares[p] >= GOALS[p] for p in PRECISIONS]
-        verdict = "met" if all(met) else ("missed" if None not in shares.values() else "unknown")
+        if any(shares[p] is not None and shares[p] < GOALS[p] for p in PRECISIONS):
+            verdict = "missed"
+        else:
+            verdict = "met" if None not in shares.values() else "not judged (a precision is missing)"
         lines.append(f"| {model} | {cells[0]} | {cells[1]} | {verdict} |")
     return "\n".join(lines)
 
