@@ -159,7 +159,8 @@ def _ours(case):
     step = worker._time(lambda: losses.append(float(net.train_on_batch(x, y))),
                         case["warmup"], case["repeats"])
     return {"train_step": step, "losses": losses, "jit_compile": bool(net.jit_compile),
-            "gflop_per_clip": step_flops(net) / 1e9}
+            "gflop_per_clip": step_flops(net) / 1e9,
+            "trainable_params": sum(math.prod(w.shape) for w in net.trainable_weights)}
 
 
 def _pytorchvideo(arch, case):
@@ -226,7 +227,8 @@ def _peer(case):
         optimizer.step()
         losses.append(loss.item())
 
-    return {"train_step": worker._time(step, case["warmup"], case["repeats"]), "losses": losses}
+    return {"train_step": worker._time(step, case["warmup"], case["repeats"]), "losses": losses,
+            "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad)}
 
 
 def run_worker(case):
@@ -381,6 +383,8 @@ def summarise(record):
                 ok = [r for r in entry["rounds"] if r["status"] == "ok"]
                 row[key] = {"clips_per_s": statistics.median(values) if values else None,
                             "nan": any(not r.get("finite_losses", True) for r in ok),
+                            "params": next((r["trainable_params"] for r in ok
+                                            if "trainable_params" in r), None),
                             "range": (min(values), max(values)) if values else None,
                             "status": status if not values else "ok",
                             "peak_rss_mb": max((r["peak_rss_mb"] for r in ok), default=None)}
@@ -449,6 +453,11 @@ def markdown(record):
                          for c in (ours, peer))
         lines.append(f"| {model} | {precision} | {_speed(ours)} | {row['peer_name']} | "
                      f"{_speed(peer)} | {ratio} | {flops} | {_rate(ours)} | {_rate(peer)} | {rss} |")
+    params = [f"{model} {row['ours']['params']:,} / {row['peer']['params']:,}"
+              for (model, precision), row in rows.items() if precision == "float32"
+              and row.get("ours", {}).get("params") and row.get("peer", {}).get("params")]
+    if params:
+        lines += ["", "Trainable parameters, ours / peer: " + "; ".join(params) + "."]
     lines += ["", "Goal of issue 15 (ours: >= 65% of the float32 matmul rate, >= 55% of the "
               "bfloat16 rate), judged from the figures above:", "",
               "| model | float32 share | bfloat16 share | verdict |", "|---|---|---|---|"]

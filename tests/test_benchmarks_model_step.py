@@ -124,3 +124,5 @@ def test_quick_run(tmp_path):
     assert ours["finite_losses"] and len(ours["losses"]) == 2  # 1 warm-up + 1 timed step
     assert ours["gflop_per_clip"] > 0 and ours["clips_per_s"] > 0
     assert "| C2D R50 | float32 |" in record["table"] and record["table"] in run.stdout
+    if peer == "ok":  # the same network: PyTorchVideo's c2d_r50 has our parameter count
+        assert record["cases"][2]["rounds"][0]["trainable_params"] == ours["trainable_params"]
