@@ -61,11 +61,12 @@ def test_mmaction2_layouts_are_ours():
         _per_block(spec.nonlocal_blocks.get(s, ()), n) for s, n in zip(stages, DEPTHS[50]))
 
 
-def _entry(model, precision, impl, clips):
+def _entry(model, precision, impl, clips, nan_in_round=None):
     """A case's record: one ok round per clips/s figure, or two skipped rounds."""
     rounds = [{"status": "skipped", "skipped": "not installed"}] * 2
     if clips:
-        rounds = [{"status": "ok", "peak_rss_mb": 1000.0, "clips_per_s": c} for c in clips]
+        rounds = [{"status": "ok", "peak_rss_mb": 1000.0, "clips_per_s": c,
+                   "finite_losses": i != nan_in_round} for i, c in enumerate(clips)]
         if impl == "ours":
             rounds = [dict(r, gflop_per_clip=100.0) for r in rounds]
     return {"case": {"model": model, "precision": precision, "impl": impl}, "rounds": rounds}
@@ -83,7 +84,7 @@ def test_report_from_made_up_figures():
                         for g in (300.0, 500.0)]},
             _entry("C2D R50", "float32", "ours", [2.0, 3.0]),
             _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5]),
-            _entry("C2D R50", "bfloat16", "ours", [6.0, 6.0]),
+            _entry("C2D R50", "bfloat16", "ours", [6.0, 6.0], nan_in_round=1),
             _entry("C2D R50", "bfloat16", "pytorchvideo", None),
         ],
     }
@@ -97,7 +98,10 @@ def test_report_from_made_up_figures():
     table = model_step.markdown(record)
     assert ("| C2D R50 | float32 | 2.50 (2.00-3.00) | PyTorchVideo | 1.25 (1.00-1.50) | 2.00x "
             "| 100.0 | 250 (62%) | 125 (31%) |") in table
-    assert "| C2D R50 | bfloat16 | 6.00 | PyTorchVideo | skipped | - | 100.0 | 600 (60%) | - |" in table
+    assert ("| C2D R50 | bfloat16 | 6.00 (NaN loss) | PyTorchVideo | skipped | - | 100.0 "
+            "| 600 (60%) | - |") in table
+    assert ("NaN in some round (float32: ours in 0, the peers in 0 of 4 models; bfloat16: ours "
+            "in 1, the peers in 0 of 4 models)") in table
     # 62% < 65% in float32: missed, although bfloat16's 60% is over 55%.
     assert "| C2D R50 | 62% | 60% | missed |" in table
     assert "I3D R50 |" not in table
