@@ -35,7 +35,6 @@ def test_step_flops_is_three_forwards_less_the_input_gradient(nonlocal_blocks):
     assert model_step.step_flops(model) == 2 * (3 * count_flops(model) - conv1)
 
 
-@pytest.mark.slow  # builds two ResNet-50s (~10 s)
 @pytest.mark.parametrize("constructor, giga_multiply_adds", [(C2DResNet50, 19.6),
                                                               (I3DResNet50, 28.5)])
 def test_step_flops_of_the_paper_models(constructor, giga_multiply_adds):
