@@ -54,8 +54,8 @@ PEER_NAMES = {"pytorchvideo": "PyTorchVideo", "mmaction2": "mmaction2"}
 GOALS = {"float32": 0.65, "bfloat16": 0.55}
 FULL = dict(batch=2, frames=8, size=224, classes=400, warmup=1, repeats=3, matmul=4096)
 # The work of a step does not depend on it. Under bfloat16 the loss still
-# turns NaN in some runs, ours and the peers', at 1e-4 as at 0.01: a kernel
-# comes out of the step non-finite, not a divergence; the table marks them.
+# turns NaN in some runs, ours and the peers', at 1e-4 as at 0.01 (ours: a kernel
+# comes out of one step non-finite, not a divergence); the table marks them.
 LEARNING_RATE = 1e-4
 QUICK = dict(batch=2, frames=4, size=32, classes=10, warmup=1, repeats=1, matmul=1024)
 
