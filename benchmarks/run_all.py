@@ -88,14 +88,16 @@ def peers_installed():
             "pytorchvideo": util.find_spec("pytorchvideo") is not None}
 
 
-def run_case(case, cap_bytes, timeout):
+def run_case(case, cap_bytes, timeout, script=os.path.join(HERE, "worker.py")):
+    """Runs `script '<case json>'` capped at `cap_bytes` of address space and
+    returns the dict of its `RESULT ` line, or what went wrong."""
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
 
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, os.path.join(HERE, "worker.py"), json.dumps(case)],
+            [sys.executable, script, json.dumps(case)],
             capture_output=True, text=True, timeout=timeout, preexec_fn=limit, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "timeout_s": timeout}
@@ -148,12 +150,12 @@ def merge_into(path, partial, only):
     return record
 
 
-def rewrite_readme(table, path=os.path.join(ROOT, "README.md")):
+def rewrite_readme(table, path=os.path.join(ROOT, "README.md"), marker="benchmarks"):
     with open(path) as f:
         text = f.read()
-    pattern = re.compile(r"(<!-- benchmarks:start -->\n).*?(<!-- benchmarks:end -->)", re.S)
+    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit("README.md has no <!-- benchmarks:start/end --> markers")
+        raise SystemExit(f"README.md has no <!-- {marker}:start/end --> markers")
     text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     with open(path, "w") as f:
         f.write(text)
