@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/profile_step.py                       # C2D, 8x224x224, batch 2
     .venv/bin/python benchmarks/profile_step.py --arch i3d --nonlocal-blocks 5 --profile
     .venv/bin/python benchmarks/profile_step.py --size 112 --steps 3  # a quick proxy
+    .venv/bin/python benchmarks/profile_step.py --plain-conv3d        # before VideoConv3D
 
 The step is what `model.fit` runs: `compile(SGD(0.01, momentum=0.9))` and
 `train_on_batch`, 2 TensorFlow threads (intra- and inter-op). It prints the
-median step time, clips/s and the share of the `tf.matmul` rate that the
-step's FLOPs (3x the forward's, counted by `count_flops`) reach. With
+median step time (and the process's CPU time, which other processes on the
+same cores disturb less), clips/s and the share of the `tf.matmul` rate that
+the step's FLOPs (3x the forward's, counted by `count_flops`) reach. With
 `--profile` it also traces two steps with `tf.profiler` and prints the time
 of each TensorFlow op type (summed over the host threads that run ops) and
 its share: the table benchmarks/README.md quotes.
@@ -43,6 +45,8 @@ def parse_args(argv=None):
                         help="inter-op threads (default: --threads)")
     parser.add_argument("--precision", choices=tuple(MATMUL_GFLOPS), default="float32")
     parser.add_argument("--jit", action="store_true", help="compile(jit_compile=True)")
+    parser.add_argument("--plain-conv3d", action="store_true",
+                        help="every convolution as Keras' Conv3D (the models before VideoConv3D)")
     parser.add_argument("--profile", action="store_true", help="print time per op type")
     parser.add_argument("--top", type=int, default=20, help="op types to print")
     return parser.parse_args(argv)
@@ -52,7 +56,10 @@ def build(args):
     import keras
 
     from nonlocal_keras.applications import C2DResNet50, I3DResNet50
+    from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
 
+    if args.plain_conv3d:
+        VideoConv3D.convolution_op = keras.layers.Conv3D.convolution_op
     keras.mixed_precision.set_global_policy(args.precision)
     constructor = {"c2d": C2DResNet50, "i3d": I3DResNet50}[args.arch]
     model = constructor(input_shape=(args.frames, args.size, args.size, 3), classes=400,
@@ -131,17 +138,19 @@ def main(argv=None):
     y = tf.zeros((args.batch,), tf.int32)
     for _ in range(args.warmup):
         model.train_on_batch(x, y)
-    times = []
+    times, cpu = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     step = statistics.median(times)
     gflop = 3 * 2 * count_flops(model) / 1e9
     rate = gflop * args.batch / step
     print(f"{model.name} {args.frames}x{args.size}x{args.size} batch {args.batch} "
           f"{args.precision}{' xla' if args.jit else ''}: step {step * 1e3:.0f} ms "
-          f"(min {min(times) * 1e3:.0f}), {args.batch / step:.2f} clips/s, "
+          f"(min {min(times) * 1e3:.0f}; CPU time {statistics.median(cpu) * 1e3:.0f}), "
+          f"{args.batch / step:.2f} clips/s, "
           f"{gflop:.1f} GFLOP/clip, {rate:.0f} GFLOP/s = "
           f"{100 * rate / MATMUL_GFLOPS[args.precision]:.0f}% of tf.matmul")
     if args.profile:
