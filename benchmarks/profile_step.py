@@ -106,7 +106,9 @@ _LAYER = re.compile(r"/((?:res\d_\d+_(?:branch1|branch2[abc])|conv1|res_conv1)(?
 
 
 def _family(kind):
-    return "conv" if "Conv" in kind else "bn" if "BatchNorm" in kind else "other"
+    # A VideoConv3D's pointwise kernel runs as MatMul: a convolution still.
+    return ("conv" if "Conv" in kind or "MatMul" in kind
+            else "bn" if "BatchNorm" in kind else "other")
 
 
 def conv_rates(model, layers, batch, steps):
