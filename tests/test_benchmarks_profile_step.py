@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py: a tiny profiled step, op and layer attribution. No timing asserted."""
+"""benchmarks/profile_step.py: a tiny profiled step and its op and layer attribution."""
 
 import os
 import sys
