@@ -1,0 +1,189 @@
+"""Time one training step of a video ResNet-50 and say where its time goes.
+
+    .venv/bin/python benchmarks/profile_step.py                       # C2D, 8x224x224, batch 2
+    .venv/bin/python benchmarks/profile_step.py --arch i3d --nonlocal-blocks 5 --profile
+    .venv/bin/python benchmarks/profile_step.py --size 112 --steps 3  # a quick proxy
+    .venv/bin/python benchmarks/profile_step.py --plain-conv3d        # before VideoConv3D
+
+The step is what `model.fit` runs: `compile(SGD(0.01, momentum=0.9))` and
+`train_on_batch`, 2 TensorFlow threads (intra- and inter-op). It prints the
+median step time (and the process's CPU time, which other processes on the
+same cores disturb less), clips/s and the share of the `tf.matmul` rate that
+the step's FLOPs (3x the forward's, counted by `count_flops`) reach. With
+`--profile` it also traces two steps with `tf.profiler` and prints the time
+of each TensorFlow op type (summed over the host threads that run ops) and
+its share: the table benchmarks/README.md quotes.
+"""
+
+import argparse
+import collections
+import glob
+import math
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def matmul_gflops(tf, precision, n=4096, repeats=5):
+    """This machine's `tf.matmul` rate at n x n in the precision's compute dtype,
+    measured here with the step's threads (the machines differ: issue 15's goals
+    are shares of the rate of the machine the step runs on)."""
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        float(tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[1:]) / 1e9
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", choices=("c2d", "i3d"), default="c2d")
+    parser.add_argument("--nonlocal-blocks", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--inter-op-threads", type=int, default=None,
+                        help="inter-op threads (default: --threads)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--jit", action="store_true", help="compile(jit_compile=True)")
+    parser.add_argument("--plain-conv3d", action="store_true",
+                        help="every convolution as Keras' Conv3D (the models before VideoConv3D)")
+    parser.add_argument("--profile", action="store_true", help="print time per op type")
+    parser.add_argument("--top", type=int, default=20, help="op types to print")
+    return parser.parse_args(argv)
+
+
+def build(args):
+    import keras
+
+    from nonlocal_keras.applications import C2DResNet50, I3DResNet50
+    from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+
+    if args.plain_conv3d:
+        VideoConv3D.convolution_op = keras.layers.Conv3D.convolution_op
+    keras.mixed_precision.set_global_policy(args.precision)
+    constructor = {"c2d": C2DResNet50, "i3d": I3DResNet50}[args.arch]
+    model = constructor(input_shape=(args.frames, args.size, args.size, 3), classes=400,
+                        nonlocal_blocks=args.nonlocal_blocks)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", jit_compile=args.jit)
+    return model
+
+
+# Host events that contain op events (the executor's, a function call).
+_CONTAINERS = {"Process", "Run"}
+
+
+def op_times(logdir):
+    """Seconds per op type, summed over the events of every host thread."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals, layers = collections.Counter(), collections.Counter()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as file:
+            space.ParseFromString(file.read())
+        for plane in space.planes:
+            if plane.name != "/host:CPU":
+                continue
+            for line in plane.lines:
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    # Executor op events are named "layer/op:OpType"; the
+                    # rest (function calls, Python) hold those and would
+                    # count them twice.
+                    kind = name.rsplit(":", 1)[-1].strip()
+                    if ":" not in name or kind in _CONTAINERS or kind.startswith("__"):
+                        continue
+                    totals[kind] += event.duration_ps * 1e-12
+                    layer = _LAYER.search(name)
+                    if layer:
+                        layers[layer.group(1), _family(kind)] += event.duration_ps * 1e-12
+    return totals, layers
+
+
+# "model_1/res2_0_branch2a_1/convolution:..." and its gradients' names.
+_LAYER = re.compile(r"/((?:res\d_\d+_(?:branch1|branch2[abc])|conv1|res_conv1)(?:_bn)?)_\d+/")
+
+
+def _family(kind):
+    # A VideoConv3D's pointwise kernel runs as MatMul: a convolution still.
+    return ("conv" if "Conv" in kind or "MatMul" in kind
+            else "bn" if "BatchNorm" in kind else "other")
+
+
+def conv_rates(model, layers, batch, steps):
+    """(layer, ms a step, GFLOP/s) of each convolution, slowest first."""
+    import keras
+
+    rows = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Conv3D):
+            continue
+        seconds = layers[layer.name, "conv"] / steps
+        # fwd + 2 gradients, 2 FLOPs a multiply-add.
+        flop = 6 * batch * math.prod(layer.output.shape[1:]) * math.prod(
+            layer.kernel.shape[:-1])
+        rows.append((layer.name, seconds * 1e3, flop / seconds / 1e9 if seconds else 0.0))
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads or args.threads)
+    from nonlocal_keras.utils import count_flops
+
+    model = build(args)
+    x = tf.random.normal((args.batch, args.frames, args.size, args.size, 3))
+    y = tf.zeros((args.batch,), tf.int32)
+    for _ in range(args.warmup):
+        model.train_on_batch(x, y)
+    times, cpu = [], []
+    for _ in range(args.steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    step = statistics.median(times)
+    gflop = 3 * 2 * count_flops(model) / 1e9
+    peak = matmul_gflops(tf, args.precision)
+    rate = gflop * args.batch / step
+    print(f"{model.name} {args.frames}x{args.size}x{args.size} batch {args.batch} "
+          f"{args.precision}{' xla' if args.jit else ''}: step {step * 1e3:.0f} ms "
+          f"(min {min(times) * 1e3:.0f}; CPU time {statistics.median(cpu) * 1e3:.0f}), "
+          f"{args.batch / step:.2f} clips/s, "
+          f"{gflop:.1f} GFLOP/clip, {rate:.0f} GFLOP/s = "
+          f"{100 * rate / peak:.0f}% of tf.matmul ({peak:.0f} GFLOP/s, measured now)")
+    if args.profile:
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            for _ in range(2):
+                model.train_on_batch(x, y)
+            tf.profiler.experimental.stop()
+            totals, layers = op_times(logdir)
+        whole = sum(totals.values())
+        print(f"op time per step {whole / 2 * 1e3:.0f} ms (summed over threads)")
+        for name, seconds in totals.most_common(args.top):
+            print(f"  {name:32s} {seconds / 2 * 1e3:8.1f} ms  {100 * seconds / whole:5.1f}%")
+        bn = sum(t for (_, family), t in layers.items() if family == "bn")
+        print(f"BN layers {bn / 2 * 1e3:.0f} ms a step; convolutions (fwd + both gradients):")
+        for name, ms, gflops in conv_rates(model, layers, args.batch, 2)[:args.top]:
+            print(f"  {name:24s} {ms:7.1f} ms  {gflops:5.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

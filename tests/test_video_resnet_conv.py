@@ -1,0 +1,93 @@
+"""`VideoConv3D`: Conv3D's values, weights and config, pointwise kernels as a matrix product."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nonlocal_keras.applications import VideoResNet
+from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+
+
+def reference_conv3d(x, kernel, strides):
+    """float64 NumPy 'valid' convolution, channels last: the sum over the window."""
+    kt, kh, kw = kernel.shape[:3]
+    st, sh, sw = strides
+    batch, t, h, w, _ = x.shape
+    out = np.zeros((batch, (t - kt) // st + 1, (h - kh) // sh + 1, (w - kw) // sw + 1,
+                    kernel.shape[-1]))
+    for i in range(kt):
+        for j in range(kh):
+            for k in range(kw):
+                window = x[:, i:i + st * out.shape[1]:st, j:j + sh * out.shape[2]:sh,
+                           k:k + sw * out.shape[3]:sw]
+                out += window @ kernel[i, j, k]
+    return out
+
+
+@pytest.mark.parametrize("kernel, strides", [((1, 1, 1), (1, 1, 1)),   # the matrix product
+                                             ((1, 1, 1), (1, 2, 2)),   # Keras' Conv3D
+                                             ((3, 1, 1), (1, 1, 1)),
+                                             ((1, 3, 3), (1, 2, 2))])
+def test_values_match_a_float64_reference(kernel, strides):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 6, 5))
+    layer = VideoConv3D(7, kernel, strides=strides, padding="valid", use_bias=False)
+    layer.build(x.shape)
+    weights = rng.standard_normal(layer.kernel.shape)
+    layer.kernel.assign(weights)
+    got = np.asarray(layer(x.astype("float32")))
+    expected = reference_conv3d(x, weights, strides)
+    assert got.shape == expected.shape
+    # float32 sums of at most 45 products of unit-variance terms.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_unknown_batch_and_sizes_and_config_round_trip():
+    layer = VideoConv3D(3, 1, use_bias=True, name="pointwise")
+    inputs = keras.Input((None, None, None, 4))
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(1).standard_normal((3, 2, 5, 3, 4)).astype("float32")
+    kernel, bias = (np.asarray(w) for w in layer.weights)
+    expected = np.einsum("bthwc,cf->bthwf", x.astype("float64"), kernel[0, 0, 0]) + bias
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)
+    config = layer.get_config()
+    assert config == keras.layers.Conv3D.from_config(config).get_config()
+    assert VideoConv3D.from_config(config).get_config() == config
+
+
+def plain_conv3d_twin(model):
+    """`model` with Keras' own Conv3D layers (the model before VideoConv3D), same weights."""
+    def clone(layer):
+        if isinstance(layer, VideoConv3D):
+            return keras.layers.Conv3D.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    assert not any(isinstance(layer, VideoConv3D) for layer in twin.layers)
+    return twin
+
+
+def test_logits_and_gradients_match_the_conv3d_model():
+    keras.utils.set_random_seed(2)
+    model = VideoResNet((1, 1), input_shape=(4, 16, 16, 3), classes=5, width=8,
+                        pool1=False, inflated_blocks={"res2": "all"}, dropout_rate=0.0,
+                        classifier_activation=None)
+    assert any(isinstance(layer, VideoConv3D) and layer._pointwise() for layer in model.layers)
+    twin = plain_conv3d_twin(model)
+    x = tf.random.normal((2, 4, 16, 16, 3))
+    results = []
+    for net in (model, twin):
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)
+            loss = tf.reduce_sum(logits * tf.range(1.0, 6.0))
+        results.append((logits, tape.gradient(loss, net.trainable_weights)))
+    (logits, grads), (twin_logits, twin_grads) = results
+    # Both are float32 sums in different orders: relative to each tensor's scale.
+    scale = np.abs(np.asarray(twin_logits)).max()
+    np.testing.assert_allclose(logits, twin_logits, rtol=0, atol=1e-5 * scale)
+    for weight, grad, twin_grad in zip(model.trainable_weights, grads, twin_grads):
+        scale = np.abs(np.asarray(twin_grad)).max()
+        np.testing.assert_allclose(grad, twin_grad, rtol=0, atol=1e-4 * scale + 1e-7,
+                                   err_msg=weight.path)
