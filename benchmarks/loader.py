@@ -252,10 +252,12 @@ def decode_scaling(paths, clip, count=16, threads=None):
     num_frames, rate = CLIPS[clip]
     args = [(paths, worker, count, num_frames, rate, threads) for worker in range(2)]
     _decode_clips(paths, 2, 2, num_frames, rate, threads)  # warm-up: imports, file cache
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for arg in args:
         _decode_clips(*arg)
     times = {"sequential": time.perf_counter() - start}
+    # Every thread of this process, FFmpeg's included: the work a clip costs.
+    times["CPU a clip"] = (time.process_time() - cpu) / (2 * count)
     for name, make in (("2 threads", threading.Thread),
                        ("2 processes", multiprocessing.get_context("fork").Process)):
         workers = [make(target=_decode_clips, args=arg) for arg in args]
@@ -367,7 +369,8 @@ def main(argv=None):
         for clip in [c for c in args.clips.split(",") if c]:
             for threads in (None, 1):  # FFmpeg's choice, then one thread a decode
                 times = decode_scaling(paths, clip, 2 if args.quick else 16, threads)
-                print(f"{clip}, FFmpeg threads {threads or 'auto'}: "
+                cpu = times.pop("CPU a clip")
+                print(f"{clip}, FFmpeg threads {threads or 'auto'}: CPU {1000 * cpu:.1f} ms a clip; "
                       + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
                       + f"; speed-up threads {times['sequential'] / times['2 threads']:.2f}x, "
                       f"processes {times['sequential'] / times['2 processes']:.2f}x", flush=True)

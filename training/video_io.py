@@ -88,7 +88,7 @@ def decode_frames(path, sampler, threads=None):
             threads, one per core: the fastest for one video at a time). When
             as many videos are decoded in parallel as there are cores (the
             training and evaluation pipelines), 1 is faster: FFmpeg's threads
-            then only add their synchronisation (20% more CPU a 32-frame clip,
+            then only add their synchronisation (27% more CPU a 32-frame clip,
             `benchmarks/loader.py --decode-scaling`).
 
     Returns:
