@@ -143,8 +143,11 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads or args.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads or args.threads)
+    except RuntimeError:  # TensorFlow already runs in this process (a test): its threads stay
+        pass
     from nonlocal_keras.utils import count_flops
 
     model = build(args)

@@ -179,12 +179,12 @@ def _wait_for(process, predicate, seconds):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
-    """Ten SIGINTs at seeded random moments of training, each run resuming the last."""
+    """Five SIGINTs at seeded random moments of training, each run resuming the last."""
     csv_path = _write_dataset(tmp_path, count=12)
     run_dir = tmp_path / "run"
     command = _command(csv_path, run_dir, "schedule.epochs=2000", "runtime.backup_freq=epoch")
     rng = random.Random(99)
-    for trial in range(10):
+    for trial in range(5):
         process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         # Interrupt during training: once an epoch of this process has been committed.
@@ -209,7 +209,7 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_an_error_in_the_first_step_exits_nonzero_promptly(tmp_path):
     csv_path = _write_dataset(tmp_path, count=8)
-    for trial in range(10):
+    for trial in range(3):  # the failure is the same each time: repeats catch an occasional hang
         command = _command(csv_path, tmp_path / f"run{trial}",
                            "model.name=training_tiny_model:failing_video_net")
         start = time.time()
