@@ -113,11 +113,17 @@ def build_optimizer(config, steps_per_epoch):
     return optimizer
 
 
-def _check_same_experiment(run_dir, config):
-    """An existing run folder must hold this experiment (up to RESUMABLE_CHANGES)."""
+def _check_same_experiment(run_dir, config, chief=True):
+    """An existing run folder must hold this experiment (up to RESUMABLE_CHANGES).
+
+    Only the chief refuses a non-empty folder without config.yaml: in a
+    cluster the other workers can look while the chief is creating the run
+    (its state folder and the temporary name of config.yaml come first), and
+    the chief, which checks the same folder, stops the run if it is not one.
+    """
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
-        if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if chief and os.path.isdir(run_dir) and os.listdir(run_dir):
             raise run_state.RunFolderError(
                 "The output folder is not empty and holds no run (no config.yaml); choose another "
                 f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
@@ -191,7 +197,7 @@ def run(config, strategy=None, restart=False):
                       metrics=metrics,
                       steps_per_execution=config["runtime"]["steps_per_execution"])
     if not restart:
-        _check_same_experiment(run_dir, config)
+        _check_same_experiment(run_dir, config, chief)
     state = run_state.RunState(run_dir, steps_per_epoch)
     if not restart and state.read():
         if state.epoch > epochs:
