@@ -29,20 +29,6 @@ import time
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
-def matmul_gflops(tf, precision, n=4096, repeats=5):
-    """This machine's `tf.matmul` rate at n x n in the precision's compute dtype,
-    measured here with the step's threads (the machines differ: issue 15's goals
-    are shares of the rate of the machine the step runs on)."""
-    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
-    a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        float(tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times[1:]) / 1e9
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", choices=("c2d", "i3d"), default="c2d")
@@ -163,7 +149,14 @@ def main(argv=None):
         cpu.append(time.process_time() - start_cpu)
     step = statistics.median(times)
     gflop = 3 * 2 * count_flops(model) / 1e9
-    peak = matmul_gflops(tf, args.precision)
+    # This machine's tf.matmul rate, measured now with the step's threads (the
+    # machines differ: issue 15's goals are shares of the rate where the step runs).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import worker
+
+    dtype = "bfloat16" if args.precision == "mixed_bfloat16" else "float32"
+    peak = worker.matmul({"size": 4096, "dtype": dtype, "warmup": 1,
+                          "repeats": 5})["matmul"]["gflops"]
     rate = gflop * args.batch / step
     print(f"{model.name} {args.frames}x{args.size}x{args.size} batch {args.batch} "
           f"{args.precision}{' xla' if args.jit else ''}: step {step * 1e3:.0f} ms "

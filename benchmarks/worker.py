@@ -60,8 +60,11 @@ def _time(fn, warmup, repeats):
 def _tensorflow():
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(common.THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(common.THREADS)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(common.THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(common.THREADS)
+    except RuntimeError:  # TensorFlow already runs in this process (profile_step): its threads stay
+        pass
     return tf
 
 
