@@ -212,15 +212,29 @@ def overhead(case):
 
 
 def _matmuls_call(case):
-    """The block's matrix products alone, as a tf.function (no softmax, pooling,
-    BN or bias): forward and all gradients, in the order and the dtypes this
-    package uses at the shape and precision. Under mixed_bfloat16 that is
-    theta, phi, g, the aggregation and W_z in bfloat16 and the logits in
-    float32 (`nonlocal_math.nonlocal_response`), so the operands of the
-    logits and the affinity are cast (and their gradients cast back), as the
-    block does; under float32 those casts are no-ops. The ceiling for any
-    implementation of the block in TensorFlow on this machine, since the rest
-    only adds time."""
+    """The block's matrix products alone, fwd+bwd, as a call that waits for them."""
+    tf = _tensorflow()
+    train, inputs = matmuls_step(case)
+
+    def call():
+        loss, grads = train(*inputs)
+        float(loss + tf.reduce_sum(tf.cast(grads[0][:1], "float32")))
+
+    return call
+
+
+def matmuls_step(case):
+    """`(train, inputs)`: the block's matrix products alone as a tf.function
+    (no softmax, pooling, BN or bias), `train(*inputs)` returning the sum of
+    the output and its gradients with respect to every input, in the order
+    and the dtypes this package uses at the shape and precision. Under
+    mixed_bfloat16 that is theta, phi, g, the aggregation and W_z in bfloat16
+    and the logits in float32 (`nonlocal_math.nonlocal_response`), so the
+    operands of the logits and the affinity are cast (and their gradients
+    cast back), as the block does; under float32 those casts are no-ops. The
+    ceiling for any implementation of the block in TensorFlow on this
+    machine, since the rest only adds time. `inputs` is `(x, pooled, w_theta,
+    w_phi, w_g, w_z)`."""
     tf = _tensorflow()
     from nonlocal_keras import nonlocal_math
 
@@ -253,12 +267,12 @@ def _matmuls_call(case):
             else:
                 out = affinity @ values @ w_z
             loss = tf.reduce_sum(tf.cast(out, "float32"))
-        return tape.gradient(loss, [x, pooled, *weights])
+        # The loss is returned so that the forward's last product runs: the
+        # gradient of sum(out) does not need out, and grappler drops what no
+        # output needs (the block computes it: it is the block's output).
+        return loss, tape.gradient(loss, [x, pooled, *weights])
 
-    def call():
-        float(tf.reduce_sum(tf.cast(train(x, pooled, *weights)[0][:1], "float32")))
-
-    return call
+    return train, (x, pooled, *weights)
 
 
 def model(case):
