@@ -8,24 +8,29 @@ from keras.saving import register_keras_serializable
 class VideoConv3D(layers.Conv3D):
     """`keras.layers.Conv3D` that computes a pointwise convolution as a matrix product.
 
-    A 1x1x1 kernel with stride 1 (two of the three convolutions of every
-    bottleneck) maps each position's channels by the same matrix: it is the
-    product of the `(positions, C_in)` input and the `(C_in, C_out)` kernel,
-    which is what this layer computes then. Why: on a CPU, TensorFlow's
-    oneDNN Conv3D kernels compute the kernel gradient of these convolutions
-    several times slower than the matrix product does under bfloat16 (profile
-    in benchmarks/README.md). The values are the convolution's up to float
-    rounding; every other kernel, stride or setting is Keras' own code. Same
+    A 1x1x1 kernel (two of the three convolutions of every bottleneck, and
+    the strided shortcuts) maps each position's channels by the same matrix:
+    it is the product of the `(positions, C_in)` input and the `(C_in,
+    C_out)` kernel, which is what this layer computes then, on every
+    `strides`-th position (a 1x1x1 window needs no padding, so "same" and
+    "valid" take the same positions). Why: on a CPU, TensorFlow's oneDNN
+    Conv3D kernels compute the kernel gradient of these convolutions several
+    times slower than the matrix product does under bfloat16 (profile in
+    benchmarks/README.md). The values are the convolution's up to float
+    rounding; every other kernel or setting is Keras' own code. Same
     arguments, weights and config as `keras.layers.Conv3D`.
     """
 
     def _pointwise(self):
-        return (tuple(self.kernel_size) == (1, 1, 1) and tuple(self.strides) == (1, 1, 1)
-                and self.groups == 1 and self.data_format == "channels_last")
+        return (tuple(self.kernel_size) == (1, 1, 1) and self.groups == 1
+                and self.data_format == "channels_last")
 
     def convolution_op(self, inputs, kernel):
         if not self._pointwise():
             return super().convolution_op(inputs, kernel)
+        if any(stride > 1 for stride in self.strides):
+            st, sh, sw = self.strides
+            inputs = inputs[:, ::st, ::sh, ::sw, :]
         channels = inputs.shape[-1]
         shape = ops.shape(inputs)
         outputs = ops.matmul(ops.reshape(inputs, (-1, channels)),

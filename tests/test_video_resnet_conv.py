@@ -25,14 +25,19 @@ def reference_conv3d(x, kernel, strides):
     return out
 
 
-@pytest.mark.parametrize("kernel, strides", [((1, 1, 1), (1, 1, 1)),   # the matrix product
-                                             ((1, 1, 1), (1, 2, 2)),   # Keras' Conv3D
-                                             ((3, 1, 1), (1, 1, 1)),
-                                             ((1, 3, 3), (1, 2, 2))])
-def test_values_match_a_float64_reference(kernel, strides):
+@pytest.mark.parametrize("kernel, strides, padding", [
+    ((1, 1, 1), (1, 1, 1), "valid"),   # the matrix product
+    ((1, 1, 1), (1, 1, 1), "same"),
+    ((1, 1, 1), (1, 2, 2), "valid"),   # every other position, then the product
+    ((1, 1, 1), (1, 2, 2), "same"),    # (a 1x1x1 window needs no padding either way)
+    ((1, 1, 1), (2, 3, 2), "same"),
+    ((3, 1, 1), (1, 1, 1), "valid"),   # Keras' Conv3D
+    ((1, 3, 3), (1, 2, 2), "valid")])
+def test_values_match_a_float64_reference(kernel, strides, padding):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 4, 6, 6, 5))
-    layer = VideoConv3D(7, kernel, strides=strides, padding="valid", use_bias=False)
+    # Odd sizes: a stride that does not divide the size keeps the last position.
+    x = rng.standard_normal((2, 5, 7, 6, 5))
+    layer = VideoConv3D(7, kernel, strides=strides, padding=padding, use_bias=False)
     layer.build(x.shape)
     weights = rng.standard_normal(layer.kernel.shape)
     layer.kernel.assign(weights)
