@@ -18,7 +18,7 @@ Choices (where the paper, the issue or the official code are silent or differ):
   while the global image data format is `"channels_first"` (the clips and
   weights would not be what that setting promises).
 - Every convolution is bias-free (a `VideoConv3D`: Keras' Conv3D, whose
-  1x1x1 stride-1 kernels run as one matrix product, faster on a CPU) and
+  1x1x1 kernels run as one matrix product, faster on a CPU) and
   followed by BatchNormalization (epsilon 1e-5, momentum 0.9, as `Conv3dBN`
   in the official code; Keras' layer, trained with TensorFlow's fused kernel:
   `FusedBatchNormalization`); kernels are initialised with Caffe2's
