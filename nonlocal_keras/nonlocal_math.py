@@ -459,7 +459,11 @@ def _chunked(q, k, v, chunk, mode, w_f, key_bias, valid=None):
     per_query = valid is not None and valid.shape[-2] != 1
 
     def one_chunk(q_chunk, k, v, *tensors):
-        weights = pairwise_affinity(q_chunk, k, mode, **dict(zip(extra, tensors)))
+        tensors = dict(zip(extra, tensors))
+        if mode in SOFTMAX_MODES and "valid" not in tensors:
+            # As the plain path: the softmax's gradient from the output.
+            return softmax_aggregate(affinity_logits(q_chunk, k, mode, **tensors), v)
+        weights = pairwise_affinity(q_chunk, k, mode, **tensors)
         return aggregate(weights, v)
 
     one_chunk = keras.remat(one_chunk)
