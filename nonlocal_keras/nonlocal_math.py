@@ -374,11 +374,11 @@ def nonlocal_response(
     weights = None
     if chunk is not None:
         y = _chunked(q, k, v, chunk, mode, w_f, key_bias, valid)
-    elif mode in SOFTMAX_MODES and valid is None and not return_attention_scores:
-        y = softmax_aggregate(affinity_logits(q, k, mode, key_bias=key_bias), v)
-    else:
+    elif return_attention_scores:
         weights = pairwise_affinity(q, k, mode, w_f=w_f, key_bias=key_bias, valid=valid)
         y = aggregate(weights, v)
+    else:
+        y = _attend(q, k, v, mode, w_f=w_f, key_bias=key_bias, valid=valid)
     y, weights = restore(y, weights)
     if not reassociate:
         y = project(w_z, y)
@@ -387,6 +387,15 @@ def nonlocal_response(
     if return_attention_scores:
         return y, weights
     return y
+
+
+def _attend(q, k, v, mode, w_f=None, key_bias=None, valid=None):
+    """`aggregate(pairwise_affinity(...), v)`: the plain path and each chunk.
+    The softmax modes without a mask go through `softmax_aggregate`, whose
+    gradient takes the softmax's row sums from the output."""
+    if mode in SOFTMAX_MODES and valid is None:
+        return softmax_aggregate(affinity_logits(q, k, mode, key_bias=key_bias), v)
+    return aggregate(pairwise_affinity(q, k, mode, w_f=w_f, key_bias=key_bias, valid=valid), v)
 
 
 def _valid_pairs(key_mask, attention_mask, group_keys, q, k):
@@ -459,12 +468,7 @@ def _chunked(q, k, v, chunk, mode, w_f, key_bias, valid=None):
     per_query = valid is not None and valid.shape[-2] != 1
 
     def one_chunk(q_chunk, k, v, *tensors):
-        tensors = dict(zip(extra, tensors))
-        if mode in SOFTMAX_MODES and "valid" not in tensors:
-            # As the plain path: the softmax's gradient from the output.
-            return softmax_aggregate(affinity_logits(q_chunk, k, mode, **tensors), v)
-        weights = pairwise_affinity(q_chunk, k, mode, **tensors)
-        return aggregate(weights, v)
+        return _attend(q_chunk, k, v, mode, **dict(zip(extra, tensors)))
 
     one_chunk = keras.remat(one_chunk)
     num_queries = q.shape[-2]
