@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -23,14 +22,16 @@ import worker  # noqa: E402  (sets the thread counts and the backend)
 import common  # noqa: E402
 
 
-def _old_module(revision):
+def old_module(revision, path="nonlocal_keras/nonlocal_math.py"):
+    """The module at `path` (in the repository) as it was at `revision`."""
     source = subprocess.run(
-        ["git", "-C", os.path.dirname(HERE), "show", f"{revision}:nonlocal_keras/nonlocal_math.py"],
+        ["git", "-C", os.path.dirname(HERE), "show", f"{revision}:{path}"],
         capture_output=True, text=True, check=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "nonlocal_math_old.py")
+    name = os.path.splitext(os.path.basename(path))[0] + "_old"
+    path = os.path.join(tempfile.mkdtemp(), name + ".py")
     with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("nonlocal_math_old", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -66,17 +67,9 @@ def main():
         train.get_concrete_function(x)
         return lambda: float(tf.reduce_sum(tf.cast(train(x)[0][:1], tf.float32)))
 
-    calls = {"old": traced(_old_module(revision)), "new": traced(nonlocal_math)}
+    calls = {"old": traced(old_module(revision)), "new": traced(nonlocal_math)}
     base_nonlocal.nonlocal_math = nonlocal_math
-    for call in calls.values():
-        call()
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    times = common.alternate(calls, 2, repeats)
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
     alone = worker.matmuls_only({"shape": shape, "precision": precision, "warmup": 2,
                                  "repeats": repeats})["fwdbwd"]

@@ -2,6 +2,7 @@
 
 import os
 import platform
+import time
 
 # name: (channels, (T, H, W), inner channels, pool window). The paper's res4
 # and res3 placements in a C2D ResNet-50 on 8 x 224 x 224 clips, a long clip
@@ -16,6 +17,22 @@ SHAPES = {
 }
 BATCH = 1
 THREADS = 2
+
+
+def alternate(calls, warmup, repeats):
+    """{name: [seconds]} of each call, timed in turn, each round back to back:
+    other jobs on the cores then slow every call alike, and per-round ratios
+    of two calls are the figures to compare."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def positions(shape):

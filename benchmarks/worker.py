@@ -191,17 +191,9 @@ def overhead(case):
     in one process and alternately, each pair run back to back: other
     processes on the cores then slow both alike, and the per-pair ratios are
     what issue 15's "overhead <= 10%" is judged on."""
-    block = _block_calls(dict(case, compile="graph"))["fwdbwd"]
-    alone = _matmuls_call(case)
-    for _ in range(case["warmup"]):
-        block()
-        alone()
-    times = {"block": [], "matmuls": []}
-    for _ in range(case["repeats"]):
-        for name, call in (("block", block), ("matmuls", alone)):
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    calls = {"block": _block_calls(dict(case, compile="graph"))["fwdbwd"],
+             "matmuls": _matmuls_call(case)}
+    times = common.alternate(calls, case["warmup"], case["repeats"])
     ratios = [b / m for b, m in zip(times["block"], times["matmuls"])]
     out = {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t),
                   "warmup": case["warmup"]} for name, t in times.items()}
