@@ -221,7 +221,7 @@ def softmax_aggregate(logits, values):
     backends this is plain `aggregate(softmax(logits), values)`. The row sums
     are subtracted inside the product that forms `dA`, as one more column:
     `[dy, -s] [V, 1]^T = dA - s 1^T`, which spares a pass over the affinity
-    (`C + 1` columns cost no more than `C`: benchmarks/README.md).
+    for one column more in a product that has `C` of them.
     """
     channels, num_keys = values.shape[-1], logits.shape[-1]
     if (keras.backend.backend() != "tensorflow" or channels is None or num_keys is None
