@@ -1,0 +1,67 @@
+"""A/B of a whole training step: a git revision's VideoConv3D against this tree's.
+
+    .venv/bin/python benchmarks/ab_step.py ARCH PRECISION REVISION [REPEATS]
+    .venv/bin/python benchmarks/ab_step.py c2d mixed_bfloat16 d1a6c71~ 8
+
+Two copies of the same video ResNet-50 (ARCH c2d or i3d, no non-local block,
+batch 2 x 8x224x224, 400 classes, `compile(SGD(0.01, momentum=0.9))`), the
+same weights; in the "old" one every `VideoConv3D` is the class of
+`applications/video_resnet_conv.py` at REVISION. Their `train_on_batch`
+steps are timed alternately in one process (2 warm-up steps each), so that
+other jobs on the cores slow both alike; prints the medians and the median
+of the per-pair ratios (new / old).
+"""
+
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import worker  # noqa: E402  (sets the thread counts and the backend)
+import common  # noqa: E402
+from ab_block import old_module  # noqa: E402
+
+
+def main():
+    arch, precision, revision = sys.argv[1:4]
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+    tf = worker._tensorflow()
+    import keras
+
+    from nonlocal_keras.applications import C2DResNet50, I3DResNet50
+    from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+
+    # The old class is built unregistered: this tree's VideoConv3D holds its name.
+    register = keras.saving.register_keras_serializable
+    keras.saving.register_keras_serializable = lambda *args, **kwargs: (lambda cls: cls)
+    try:
+        old = old_module(revision, "applications/video_resnet_conv.py").VideoConv3D
+    finally:
+        keras.saving.register_keras_serializable = register
+    keras.mixed_precision.set_global_policy(precision)
+    constructor = {"c2d": C2DResNet50, "i3d": I3DResNet50}[arch]
+    new = constructor(input_shape=(8, 224, 224, 3), classes=400, nonlocal_blocks=0)
+
+    def with_old_class(layer):
+        cls = old if isinstance(layer, VideoConv3D) else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    models = {"old": keras.models.clone_model(new, clone_function=with_old_class), "new": new}
+    models["old"].set_weights(new.get_weights())
+    for model in models.values():
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss="sparse_categorical_crossentropy")
+    x = tf.random.normal((2, 8, 224, 224, 3))
+    y = tf.zeros((2,), tf.int32)
+    calls = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}
+    times = common.alternate(calls, 2, repeats)
+    ratios = [n / o for n, o in zip(times["new"], times["old"])]
+    print(f"{arch} {precision}: old ({revision}) {statistics.median(times['old']) * 1e3:.0f} ms, "
+          f"new {statistics.median(times['new']) * 1e3:.0f} ms a step (medians of {repeats}); "
+          f"per-pair new/old median {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
