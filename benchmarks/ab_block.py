@@ -37,38 +37,53 @@ def old_module(revision, path="nonlocal_keras/nonlocal_math.py"):
     return module
 
 
-def main():
-    shape, precision, revision = sys.argv[1:4]
-    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+def block_and_input(shape, precision, batch=common.BATCH):
+    """A NonLocal3D layer at `shape` (built, gamma 1) and a random input for it."""
     tf = worker._tensorflow()
     import keras
 
-    from nonlocal_keras import nonlocal_math
-    from nonlocal_keras.layers import NonLocal3D, base_nonlocal
+    from nonlocal_keras.layers import NonLocal3D
 
     channels, (t, h, w), inner, pool = common.SHAPES[shape]
     dtype = keras.mixed_precision.Policy(precision).compute_dtype
-    x = tf.cast(tf.random.normal((common.BATCH, t, h, w, channels)), dtype)
+    x = tf.cast(tf.random.normal((batch, t, h, w, channels)), dtype)
     layer = NonLocal3D(inter_channels=inner, pool_size=pool, dtype=precision)
     layer.build(x.shape)
     layer.bn.gamma.assign(tf.ones_like(layer.bn.gamma))
+    return layer, x
 
-    def traced(module):
-        # The layer looks the module up when tracing: trace once with each.
-        base_nonlocal.nonlocal_math = module
 
-        @tf.function
-        def train(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
-            return tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
+def traced(layer, x, module):
+    """The layer's fwd+bwd as a tf.function traced with `module` as its
+    nonlocal_math (the layer looks the module up when tracing), as a call
+    that waits for the result."""
+    tf = worker._tensorflow()
+    from nonlocal_keras.layers import base_nonlocal
 
+    saved, base_nonlocal.nonlocal_math = base_nonlocal.nonlocal_math, module
+
+    @tf.function
+    def train(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
+        return tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
+
+    try:
         train.get_concrete_function(x)
-        return lambda: float(tf.reduce_sum(tf.cast(train(x)[0][:1], tf.float32)))
+    finally:
+        base_nonlocal.nonlocal_math = saved
+    return lambda: float(tf.reduce_sum(tf.cast(train(x)[0][:1], tf.float32)))
 
-    calls = {"old": traced(old_module(revision)), "new": traced(nonlocal_math)}
-    base_nonlocal.nonlocal_math = nonlocal_math
+
+def main():
+    shape, precision, revision = sys.argv[1:4]
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+    from nonlocal_keras import nonlocal_math
+
+    layer, x = block_and_input(shape, precision)
+    calls = {"old": traced(layer, x, old_module(revision)),
+             "new": traced(layer, x, nonlocal_math)}
     times = common.alternate(calls, 2, repeats)
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
     alone = worker.matmuls_only({"shape": shape, "precision": precision, "warmup": 2,
