@@ -221,7 +221,11 @@ def softmax_aggregate(logits, values):
     backends this is plain `aggregate(softmax(logits), values)`. The row sums
     are subtracted inside the product that forms `dA`, as one more column:
     `[dy, -s] [V, 1]^T = dA - s 1^T`, which spares a pass over the affinity
-    for one column more in a product that has `C` of them.
+    for one column more in a product that has `C` of them. Under mixed
+    precision `dA` leaves its product in the compute dtype anyway, and the
+    affinity's gradient is formed from the weights as rounded for the
+    aggregation, so the backward keeps no float32 copy of the affinity
+    (4 bytes an entry; `benchmarks/ab_memory.py`).
     """
     channels, num_keys = values.shape[-1], logits.shape[-1]
     if (keras.backend.backend() != "tensorflow" or channels is None or num_keys is None
@@ -242,7 +246,7 @@ def softmax_aggregate(logits, values):
             centred = tf.linalg.matmul(
                 tf.concat([dy, tf.cast(-rows, dy.dtype)], -1),
                 tf.concat([values, tf.ones_like(values[..., :1])], -1), transpose_b=True)
-            return weights * tf.cast(centred, "float32"), d_values
+            return tf.cast(low * centred, "float32"), d_values
 
         return y, grad
 
