@@ -213,7 +213,7 @@ def _overhead_goal(record, shape, precision):
         r = paired["ratio"]
         measured = (f"{paired['block']['median_s'] * 1e3:.1f} / "
                     f"{paired['matmuls']['median_s'] * 1e3:.1f} ms (medians, alternating in "
-                    f"one process); per-pair ratio median {r['median']:.2f} "
+                    f"one process); per-pair ratio median {r['median']:.3f} "
                     f"(range {r['min']:.2f}-{r['max']:.2f})")
         return goal, measured, "met" if r["median"] <= 1.10 else "missed"
     block = _median(_get(record, kind="keras", shape=shape, precision=precision,
@@ -223,7 +223,7 @@ def _overhead_goal(record, shape, precision):
     if not (block and alone):
         return goal, "no data", "not measured"
     ratio = block / alone
-    measured = f"{block * 1e3:.1f} / {alone * 1e3:.1f} ms = {ratio:.2f}"
+    measured = f"{block * 1e3:.1f} / {alone * 1e3:.1f} ms = {ratio:.3f}"
     return goal, measured, "met" if ratio <= 1.10 else "missed"
 
 
