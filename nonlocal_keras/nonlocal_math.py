@@ -221,11 +221,12 @@ def softmax_aggregate(logits, values):
     backends this is plain `aggregate(softmax(logits), values)`. The row sums
     are subtracted inside the product that forms `dA`, as one more column:
     `[dy, -s] [V, 1]^T = dA - s 1^T`, which spares a pass over the affinity
-    for one column more in a product that has `C` of them. Under mixed
-    precision `dA` leaves its product in the compute dtype anyway, and the
-    affinity's gradient is formed from the weights as rounded for the
-    aggregation, so the backward keeps no float32 copy of the affinity
-    (4 bytes an entry; `benchmarks/ab_memory.py`).
+    for one column more in a product that has `C` of them. Under bfloat16
+    `dA` leaves its product in bfloat16 anyway, and the affinity's gradient
+    is formed from the weights as rounded for the aggregation, so the
+    backward keeps no float32 copy of the affinity (4 bytes an entry;
+    `benchmarks/ab_memory.py`). Not under float16, whose narrower exponent
+    range could flush the product's small entries to zero.
     """
     channels, num_keys = values.shape[-1], logits.shape[-1]
     if (keras.backend.backend() != "tensorflow" or channels is None or num_keys is None
@@ -238,6 +239,7 @@ def softmax_aggregate(logits, values):
         weights = tf.nn.softmax(logits)
         low = tf.cast(weights, values.dtype)
         y = tf.linalg.matmul(low, values)
+        exact = None if values.dtype == tf.bfloat16 else weights
 
         def grad(dy):
             d_values = tf.linalg.matmul(low, dy, transpose_a=True)
@@ -246,7 +248,9 @@ def softmax_aggregate(logits, values):
             centred = tf.linalg.matmul(
                 tf.concat([dy, tf.cast(-rows, dy.dtype)], -1),
                 tf.concat([values, tf.ones_like(values[..., :1])], -1), transpose_b=True)
-            return tf.cast(low * centred, "float32"), d_values
+            if exact is None:
+                return tf.cast(low * centred, "float32"), d_values
+            return exact * tf.cast(centred, "float32"), d_values
 
         return y, grad
 

@@ -59,6 +59,38 @@ def test_softmax_aggregate_matches_float64_gradient(channels, dtype, tolerance):
         assert np.abs(actual - want).max() <= tolerance * scale
 
 
+@needs_tensorflow
+def test_softmax_aggregate_float16_keeps_small_gradient_entries():
+    """Under float16 the affinity's gradient is formed in float32: a weight of
+    1e-6 times a gradient of 1e-2 is below float16's smallest subnormal and
+    would be lost in a float16 product (bfloat16, with float32's range, takes
+    that product and loses precision only)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    # One dominant key per row: the other weights lie between ~1e-7 and 1e-3.
+    logits = rng.uniform(-8, -2, (1, 6, 16)).astype("float32")
+    logits[..., 0] = 6.0
+    values = tf.cast(rng.normal(0, 1, (1, 16, 4)), "float16")
+    cotangent = tf.cast(rng.normal(0, 1e-2, (1, 6, 4)), "float16")
+    logits_t = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits_t)
+        y = nonlocal_math.softmax_aggregate(logits_t, values)
+        loss = tf.reduce_sum(tf.cast(y * cotangent, "float32"))
+    d_logits = tape.gradient(loss, logits_t).numpy().astype("float64")
+    v64, c64 = (tf.cast(t, "float64").numpy() for t in (values, cotangent))
+    _, want, _ = _reference(logits, v64, c64)
+    # Error allowed: float16 rounding (2**-11) of both terms of dA_ij - s_i,
+    # a few times over, scaled by the float32 weight.
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    a = e / e.sum(-1, keepdims=True)
+    d_a = c64 @ np.swapaxes(v64, -1, -2)
+    s = np.sum(a * d_a, -1, keepdims=True)
+    bound = 4 * 2.0**-11 * a * (np.abs(d_a) + np.abs(s))
+    assert np.all(np.abs(d_logits - want) <= bound + 1e-12)
+
+
 def test_softmax_aggregate_forward_on_every_backend():
     from keras import ops
 
