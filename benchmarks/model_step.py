@@ -22,7 +22,8 @@ each round holds that flock (and releases it between rounds). The same
 analytic FLOP count (from our Keras model's layers) serves ours and the peer
 of a row, and `tf.matmul` of 4096x4096 in float32 and bfloat16, measured in the
 same run, gives the machine's rate. Results: benchmarks/results/model_step.json
-and the README between <!-- model-step:start/end --> (full runs only).
+and the README between <!-- model-step:start/end --> (full runs with both peers
+installed only).
 """
 
 import argparse
@@ -334,12 +335,24 @@ def main(argv=None):
                 json.dump(record, f, indent=1)
     table = record["table"]
     print(table)
-    if not (args.quick or args.only or args.no_readme):
+    missing = not_installed(record)
+    if missing and not (args.quick or args.only or args.no_readme):
+        # The README's table is the comparison with the peers: a run without
+        # them would replace it with empty columns.
+        print(f"README.md untouched: {', '.join(missing)} not installed "
+              "(pip install -e \".[bench]\"); --render-only writes this run into it")
+    elif not (args.quick or args.only or args.no_readme):
         _write_readme(table)
     failed = [c["name"] for c in record["cases"]
               if any(r["status"] not in ("ok", "skipped") for r in c["rounds"])]
     print(f"total {record['total_wall_s']:.0f} s" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0
+
+
+def not_installed(record):
+    """The implementations a run skipped because they are not installed, sorted."""
+    return sorted({c["case"]["impl"] for c in record["cases"] for r in c["rounds"]
+                   if r["status"] == "skipped" and "not installed" in r.get("skipped", "")})
 
 
 def _write_readme(table):

@@ -109,6 +109,16 @@ def test_report_from_made_up_figures():
     assert "| C2D R50 | 62% | not measured | missed |" in model_step.markdown(record)
 
 
+def test_a_run_without_the_peers_names_them():
+    # main() leaves the README's peer comparison alone when this is not empty.
+    record = {"cases": [_entry("C2D R50", "float32", "ours", [2.0]),
+                        _entry("C2D R50", "float32", "pytorchvideo", None),
+                        _entry("NL-C2D R50 (5 blocks)", "float32", "mmaction2", None)]}
+    assert model_step.not_installed(record) == ["mmaction2", "pytorchvideo"]
+    record["cases"][1:] = [_entry("C2D R50", "float32", "pytorchvideo", [1.0])]
+    assert model_step.not_installed(record) == []
+
+
 @pytest.mark.slow  # ~35 s on 2 cores: 3 fresh processes importing TF or torch
 def test_quick_run(tmp_path):
     out = tmp_path / "model_step.json"
