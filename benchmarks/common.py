@@ -4,6 +4,13 @@ import os
 import platform
 import time
 
+from nonlocal_keras import cpu
+
+# TensorFlow as the console scripts start it, oneDNN's kernels on x86-64
+# (nonlocal_keras.cpu), in this process and the workers it starts;
+# TF_ENABLE_ONEDNN_OPTS=0 measures TensorFlow's default where that is Eigen's.
+cpu.use_onednn()
+
 # name: (channels, (T, H, W), inner channels, pool window). The paper's res4
 # and res3 placements in a C2D ResNet-50 on 8 x 224 x 224 clips, a long clip
 # (32 frames at res2's 56 x 56), and res2 itself on 8 frames.
@@ -77,15 +84,14 @@ def machine():
             "cpu_count": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-        info["cpu_model"] = next(
-            line.split(":", 1)[1].strip() for line in text.splitlines()
-            if line.startswith("model name"))
-        flags = next(line for line in text.splitlines() if line.startswith("flags"))
-        info["avx512_bf16"] = "avx512_bf16" in flags.split()
-        info["amx_bf16"] = "amx_bf16" in flags.split()
+            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f
+                                     if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    flags = cpu.cpu_flags()
+    if flags is not None:
+        info.update({flag: flag in flags for flag in ("avx512f",) + cpu.BFLOAT16_FLAGS})
+    info["TF_ENABLE_ONEDNN_OPTS"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     try:
         with open("/proc/meminfo") as f:
             info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)

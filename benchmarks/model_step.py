@@ -436,8 +436,9 @@ def markdown(record):
     rates = ", ".join(f"{p} {rate[p]:.0f} GFLOP/s" for p in PRECISIONS if rate[p])
     lines = [
         f"Measured by `python benchmarks/model_step.py` on {record['started']}: "
-        f"{m.get('cpu_model', '?')}, {m.get('cpu_count')} cores (avx512_bf16: "
-        f"{m.get('avx512_bf16')}, amx_bf16: {m.get('amx_bf16')}); {record['threads']} threads; "
+        f"{m.get('cpu_model', '?')}, {m.get('cpu_count')} cores (avx512f: {m.get('avx512f')}, "
+        f"avx512_bf16: {m.get('avx512_bf16')}, amx_bf16: {m.get('amx_bf16')}); "
+        f"TF_ENABLE_ONEDNN_OPTS={m.get('TF_ENABLE_ONEDNN_OPTS')}; {record['threads']} threads; "
         f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, torch {m.get('torch')}, "
         f"pytorchvideo {m.get('pytorchvideo')}, mmaction2 1.2.0, mmcv-lite {m.get('mmcv-lite')}. "
         f"Load average (1 min) before / after each round: {loads}. "

@@ -3,7 +3,9 @@
 They live outside `nonlocal_keras.training` because importing that package
 loads TensorFlow, and TensorFlow reads its C++ log level once, when it loads:
 the `cuInit` and grappler "E"/"W" lines of a normal run on a machine without a
-GPU are silenced here first (a `TF_CPP_MIN_LOG_LEVEL` the user set wins).
+GPU are silenced here first, and TensorFlow's oneDNN kernels are asked for on
+every x86-64 CPU (`nonlocal_keras.cpu`); a `TF_CPP_MIN_LOG_LEVEL` or
+`TF_ENABLE_ONEDNN_OPTS` the user set wins.
 
 They leave with `os._exit` once the command has returned or raised and its
 output is flushed: every file a command writes is complete by then (written
@@ -17,9 +19,11 @@ import os
 import sys
 import traceback
 
+from nonlocal_keras import cpu
+
 
 def _run(prog, module_name):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _prepare_tensorflow()
     from nonlocal_keras.training import cli
 
     try:
@@ -31,6 +35,11 @@ def _run(prog, module_name):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(status)
+
+
+def _prepare_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cpu.use_onednn()
 
 
 def train():
@@ -51,3 +60,11 @@ def predict():
 
 def demo():
     _run("nonlocal-demo", "nonlocal_keras.training.demo")
+
+
+def train_detection():
+    # Model Garden's absl app: its own error handling and exit.
+    _prepare_tensorflow()
+    from nonlocal_keras.training import train_detection as command
+
+    command.main()

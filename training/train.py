@@ -183,6 +183,7 @@ def run(config, strategy=None, restart=False):
     runtime.set_precision(config["runtime"]["precision"])
     if strategy is None:
         strategy = runtime.make_strategy(config["runtime"]["strategy"], config["runtime"]["tpu"])
+    runtime.warn_if_slow_precision(config["runtime"]["precision"], strategy)
     chief = _is_chief(strategy)
 
     # Everything is checked before anything is written.

@@ -1,0 +1,49 @@
+"""What the CPU offers TensorFlow, read without loading TensorFlow.
+
+TensorFlow 2.20 turns its oneDNN kernels on by default only on x86 CPUs with
+AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, and reads `TF_ENABLE_ONEDNN_OPTS`
+once, when it loads. On a CPU with AVX2 only (AMD Zen 1-3, Intel before
+Cascade Lake) the default is Eigen's kernels, and a C2D ResNet-50 training
+step in float32 took 1.45x as long as with oneDNN (`benchmarks/model_step.py`,
+README "Training on a CPU"). The console scripts ask for oneDNN first.
+"""
+
+import os
+import platform
+
+X86_64 = ("x86_64", "amd64")
+# Instructions that compute in bfloat16; without them TensorFlow converts each
+# operand to float32 and back, which is slower than float32 itself.
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def use_onednn(environ=None, machine=None):
+    """Ask TensorFlow for its oneDNN kernels on x86-64, unless the user chose.
+
+    Has an effect only before TensorFlow is imported. Returns the value
+    `TF_ENABLE_ONEDNN_OPTS` has afterwards (None where it stays unset).
+    """
+    environ = os.environ if environ is None else environ
+    if (machine or platform.machine()).lower() in X86_64:
+        environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    return environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The first CPU's feature flags as a set, or None where they cannot be read."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def computes_in_bfloat16(flags=None):
+    """True or False where the flags say, None where they cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return any(flag in flags for flag in BFLOAT16_FLAGS)
