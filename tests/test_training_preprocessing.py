@@ -152,3 +152,33 @@ def test_resized_crop_matches_resizing_the_whole_frame(height, width, size, crop
                 expected = expected[:, :, ::-1]
             assert result.dtype == np.float32 and result.shape == expected.shape
             np.testing.assert_allclose(result, expected, rtol=0, atol=0.05)
+
+
+def test_training_crops_log_no_cost_model_error():
+    """Each training run printed two long "Error in PredictCost()" lines from
+    grappler (an unknown crop_and_resize box count; TensorFlow issue 56904)
+    that TF_CPP_MIN_LOG_LEVEL does not silence: the frame count is static."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np
+        import tensorflow as tf
+        from nonlocal_keras.training import preprocessing
+
+        def clips():
+            for height, width in [(40, 48), (36, 30), (50, 50), (33, 60)]:
+                yield np.zeros((8, height, width, 3), np.uint8)
+
+        ds = tf.data.Dataset.from_generator(
+            clips, output_signature=tf.TensorSpec((8, None, None, 3), tf.uint8))
+        ds = ds.map(lambda c: preprocessing.train_transform(c, 32, 32, 40),
+                    num_parallel_calls=2).batch(2).prefetch(1)
+        print([tuple(batch.shape) for batch in ds])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[(2, 8, 32, 32, 3), (2, 8, 32, 32, 3)]"
+    assert "PredictCost" not in out.stderr

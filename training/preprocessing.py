@@ -133,18 +133,19 @@ def _sample_span(offset, size, in_size, out_size):
     return (offset + 0.5) * scale - 0.5, (offset + size - 0.5) * scale - 0.5
 
 
-def _sample_box(frames, top, left, bottom, right, size, flip):
+def _sample_box(frames, count, top, left, bottom, right, size, flip):
     # crop_and_resize samples evenly from corner to corner of a box given as
     # fractions of (height - 1, width - 1); a box whose left edge lies right
     # of its right edge samples the columns right to left: the mirrored crop,
-    # without a pass of its own.
+    # without a pass of its own. A static `count` (the frames) keeps grappler's
+    # cost model from logging "Error in PredictCost()" for an unknown box count.
     shape = tf.shape(frames)
     height = tf.cast(shape[1] - 1, tf.float32)
     width = tf.cast(shape[2] - 1, tf.float32)
     left, right = tf.where(flip, right, left), tf.where(flip, left, right)
     box = tf.stack([top / height, left / width, bottom / height, right / width])
-    return tf.image.crop_and_resize(frames, tf.tile(box[None], [shape[0], 1]),
-                                    tf.range(shape[0]), [size, size], method="bilinear")
+    return tf.image.crop_and_resize(frames, tf.tile(box[None], [count, 1]),
+                                    tf.range(count), [size, size], method="bilinear")
 
 
 def resized_crop(clip, new_height, new_width, top, left, size, flip=False):
@@ -161,7 +162,9 @@ def resized_crop(clip, new_height, new_width, top, left, size, flip=False):
     copy of the frames with their edges repeated once.
     """
     shape = tf.shape(clip)
-    frames = tf.reshape(clip, tf.concat([[-1], shape[-3:]], axis=0))
+    leading = clip.shape[:-3]
+    count = leading.num_elements() if leading.is_fully_defined() else tf.reduce_prod(shape[:-3])
+    frames = tf.reshape(clip, tf.concat([[count], shape[-3:]], axis=0))
     height, width = shape[-3], shape[-2]
     y_first, y_last = _sample_span(top, size, height, new_height)
     x_first, x_last = _sample_span(left, size, width, new_width)
@@ -169,13 +172,14 @@ def resized_crop(clip, new_height, new_width, top, left, size, flip=False):
               & (x_last <= tf.cast(width - 1, tf.float32)))
 
     def direct():
-        return _sample_box(frames, y_first, x_first, y_last, x_last, size, flip)
+        return _sample_box(frames, count, y_first, x_first, y_last, x_last, size, flip)
 
     def edges_repeated():
         rows = tf.clip_by_value(tf.range(-1, height + 1), 0, height - 1)
         columns = tf.clip_by_value(tf.range(-1, width + 1), 0, width - 1)
         padded = tf.gather(tf.gather(frames, rows, axis=1), columns, axis=2)
-        return _sample_box(padded, y_first + 1, x_first + 1, y_last + 1, x_last + 1, size, flip)
+        return _sample_box(padded, count, y_first + 1, x_first + 1, y_last + 1, x_last + 1, size,
+                           flip)
 
     crops = tf.cond(inside, direct, edges_repeated)
     crops = tf.reshape(crops, tf.concat([shape[:-3], [size, size, shape[-1]]], axis=0))
