@@ -33,3 +33,14 @@ def serve_without_the_package(export_dir, cwd, keys, image_size=256):
     )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=str(cwd))
+
+
+def keras_layer_traces(export_dir):
+    """How many graph functions of the SavedModel are TF-Keras per-layer call traces."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(f"{export_dir}/saved_model.pb", "rb") as f:
+        saved_model.ParseFromString(f.read())
+    library = saved_model.meta_graphs[0].graph_def.library
+    return sum("layer_call" in function.signature.name for function in library.function)

@@ -354,6 +354,7 @@ def test_the_three_experiments_are_table_6s_rows_on_the_nonlocal_mask_rcnn(name,
     assert list(tiny.task.model.keypoint_head.head_nonlocal) == head
 
 
+@pytest.mark.slow
 def test_training_call_samples_foreground_rois_with_their_objects_keypoints():
     from official.core import task_factory
 
@@ -450,7 +451,7 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     import subprocess
     import sys
 
-    from savedmodel_without_package import serve_without_the_package
+    from savedmodel_without_package import keras_layer_traces, serve_without_the_package
 
     model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     run = subprocess.run(
@@ -466,6 +467,7 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     assert run.returncode == 0, run.stderr[-4000:]
     assert "'keypoint_AP'" in run.stdout + run.stderr  # the evaluator ran
     assert (export_dir / "saved_model.pb").exists()
+    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
     loaded = serve_without_the_package(
         export_dir, tmp_path, ("detection_boxes", "detection_keypoints", "detection_keypoint_scores"))
     assert loaded.returncode == 0, loaded.stderr[-4000:]

@@ -27,7 +27,7 @@ from nonlocal_keras.applications.mask_rcnn import (  # noqa: E402
 )
 from nonlocal_keras.layers import NonLocal2D  # noqa: E402
 from official.core import exp_factory, task_factory  # noqa: E402
-from savedmodel_without_package import serve_without_the_package  # noqa: E402
+from savedmodel_without_package import keras_layer_traces, serve_without_the_package  # noqa: E402
 from official.modeling.hyperparams import params_dict  # noqa: E402
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.configs import common as mg_common  # noqa: E402
@@ -562,6 +562,7 @@ def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_pack
     assert train.returncode == 0, train.stderr[-4000:]
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
     assert (export_dir / "saved_model.pb").exists()
+    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
 
     loaded = serve_without_the_package(
         export_dir, tmp_path, ("detection_boxes", "detection_masks", "detection_scores"))
