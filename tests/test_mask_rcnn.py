@@ -299,6 +299,7 @@ def test_shipped_yamls_apply_to_their_experiments_and_pairs_differ_only_in_the_b
     assert set(os.listdir(CONFIG_DIR)) >= {name for pair in YAML_PAIRS for name in pair}
 
 
+@pytest.mark.slow
 def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
     # The flags `python -m official.vision.train` defines, listed in a process
     # of its own, then parsed by our command line.
@@ -336,6 +337,7 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
     assert "FLAGS_OK" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -361,6 +363,7 @@ def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
         assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_seeded_config_builds_the_same_weights_every_time(monkeypatch):
     from nonlocal_keras.applications.mask_rcnn import trainer
 
@@ -419,6 +422,7 @@ def _copy_weights(plain_model, nl_model):
             target.set_weights(source.get_weights())
 
 
+@pytest.mark.slow
 def test_model_is_the_plain_mask_rcnn_at_init_given_the_same_backbone_weights():
     tf_keras.utils.set_random_seed(0)
     plain_task = task_factory.get_task(tiny_config("maskrcnn_resnetfpn_coco").task)
@@ -446,6 +450,7 @@ def test_model_is_the_plain_mask_rcnn_at_init_given_the_same_backbone_weights():
     assert np.abs(changed - before).max() > 1e-3 * np.abs(before).max()
 
 
+@pytest.mark.slow
 def test_init_checkpoint_restores_every_backbone_weight_but_the_nonlocal_blocks(tmp_path, caplog):
     config = tiny_config()
     model_config = config.task.model
