@@ -239,6 +239,8 @@ def softmax_aggregate(logits, values):
         weights = tf.nn.softmax(logits)
         low = tf.cast(weights, values.dtype)
         y = tf.linalg.matmul(low, values)
+        # Under bfloat16 the closure below must not hold the float32 weights:
+        # not keeping them alive until the backward is the memory saved.
         exact = None if values.dtype == tf.bfloat16 else weights
 
         def grad(dy):
