@@ -9,8 +9,18 @@ from nonlocal_keras.applications import VideoResNet
 from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
 
 
-def reference_conv3d(x, kernel, strides):
-    """float64 NumPy 'valid' convolution, channels last: the sum over the window."""
+def reference_conv3d(x, kernel, strides, padding="valid"):
+    """float64 NumPy convolution, channels last: the sum over the window.
+
+    "same" pads as TensorFlow does: `ceil(size / stride)` outputs, the odd
+    padding position at the end.
+    """
+    if padding == "same":
+        pads = [(0, 0)]
+        for size, k, s in zip(x.shape[1:4], kernel.shape[:3], strides):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, pads + [(0, 0)])
     kt, kh, kw = kernel.shape[:3]
     st, sh, sw = strides
     batch, t, h, w, _ = x.shape
@@ -32,7 +42,12 @@ def reference_conv3d(x, kernel, strides):
     ((1, 1, 1), (1, 2, 2), "same"),    # (a 1x1x1 window needs no padding either way)
     ((1, 1, 1), (2, 3, 2), "same"),
     ((3, 1, 1), (1, 1, 1), "valid"),   # Keras' Conv3D
-    ((1, 3, 3), (1, 2, 2), "valid")])
+    ((3, 1, 1), (1, 1, 1), "same"),
+    ((1, 3, 3), (1, 1, 1), "same"),    # per frame: a 2D convolution
+    ((1, 3, 3), (1, 2, 2), "same"),
+    ((1, 3, 3), (1, 2, 2), "valid"),
+    ((1, 3, 3), (2, 2, 2), "same"),    # Keras' Conv3D (stride over time)
+    ((1, 3, 2), (1, 3, 2), "valid")])
 def test_values_match_a_float64_reference(kernel, strides, padding):
     rng = np.random.default_rng(0)
     # Odd sizes: a stride that does not divide the size keeps the last position.
@@ -42,9 +57,9 @@ def test_values_match_a_float64_reference(kernel, strides, padding):
     weights = rng.standard_normal(layer.kernel.shape)
     layer.kernel.assign(weights)
     got = np.asarray(layer(x.astype("float32")))
-    expected = reference_conv3d(x, weights, strides)
+    expected = reference_conv3d(x, weights, strides, padding)
     assert got.shape == expected.shape
-    # float32 sums of at most 45 products of unit-variance terms.
+    # float32 sums of at most 5 x 9 products of unit-variance terms.
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
 
@@ -79,7 +94,8 @@ def test_logits_and_gradients_match_the_conv3d_model():
     model = VideoResNet((1, 1), input_shape=(4, 16, 16, 3), classes=5, width=8,
                         pool1=False, inflated_blocks={"res2": "all"}, dropout_rate=0.0,
                         classifier_activation=None)
-    assert any(isinstance(layer, VideoConv3D) and layer._pointwise() for layer in model.layers)
+    for path in (VideoConv3D._pointwise, VideoConv3D._per_frame):
+        assert any(isinstance(layer, VideoConv3D) and path(layer) for layer in model.layers)
     twin = plain_conv3d_twin(model)
     x = tf.random.normal((2, 4, 16, 16, 3))
     results = []
