@@ -19,7 +19,8 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9
-	$(VENV)/bin/uv pip install -q --python $(PY) $$($(PY) tools/pip_config_to_uv.py) \
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) \
+		$$($(PY) tools/pip_config_to_uv.py) \
 		--upgrade pip setuptools wheel -e ".[detection,test]"
 	touch $(STAMP)
 
