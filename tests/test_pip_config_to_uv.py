@@ -22,6 +22,16 @@ def test_indexes_wheel_folders_and_constraints_become_flags():
         "--index-strategy", "unsafe-best-match"]
 
 
+def test_the_environment_overrides_the_files_in_the_order_pip_prints_them():
+    # `pip config list` sorts by name: ":env:" before "global" before "install".
+    lines = [":env:.find-links='/env/wheels'", "global.find-links='/file/wheels'",
+             "global.index-url='https://global/simple'",
+             "install.index-url='https://install/simple'"]
+    assert pip_config_to_uv.uv_arguments(lines) == [
+        "--index-url", "https://install/simple", "--find-links", "/env/wheels",
+        "--index-strategy", "unsafe-best-match"]
+
+
 def test_index_url_alone_keeps_uvs_index_strategy_and_no_index_passes_through():
     assert pip_config_to_uv.uv_arguments(["global.index-url='https://mirror/simple'"]) == [
         "--index-url", "https://mirror/simple"]
