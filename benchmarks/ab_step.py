@@ -1,12 +1,14 @@
-"""A/B of a whole training step: a git revision's VideoConv3D against this tree's.
+"""A/B of a whole training step: a git revision's layer class against this tree's.
 
-    .venv/bin/python benchmarks/ab_step.py ARCH PRECISION REVISION [REPEATS]
+    .venv/bin/python benchmarks/ab_step.py ARCH PRECISION REVISION [REPEATS [CLASS]]
     .venv/bin/python benchmarks/ab_step.py c2d mixed_bfloat16 d1a6c71~ 8
+    .venv/bin/python benchmarks/ab_step.py c2d float32 HEAD 8 FusedBatchNormalization
 
 Two copies of the same video ResNet-50 (ARCH c2d or i3d, no non-local block,
 batch 2 x 8x224x224, 400 classes, `compile(SGD(0.01, momentum=0.9))`), the
-same weights; in the "old" one every `VideoConv3D` is the class of
-`applications/video_resnet_conv.py` at REVISION. Their `train_on_batch`
+same weights; in the "old" one every layer of CLASS (`VideoConv3D`, the
+default, or `FusedBatchNormalization`) is that class as its file was at
+REVISION. Their `train_on_batch`
 steps are timed alternately in one process (2 warm-up steps each), so that
 other jobs on the cores slow both alike; prints the medians and the median
 of the per-pair ratios (new / old).
@@ -22,21 +24,27 @@ import worker  # noqa: E402  (sets the thread counts and the backend)
 import common  # noqa: E402
 from ab_block import old_module  # noqa: E402
 
+FILES = {"VideoConv3D": "applications/video_resnet_conv.py",
+         "FusedBatchNormalization": "nonlocal_keras/layers/fused_batch_normalization.py"}
+
 
 def main():
     arch, precision, revision = sys.argv[1:4]
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+    name = sys.argv[5] if len(sys.argv) > 5 else "VideoConv3D"
     tf = worker._tensorflow()
     import keras
 
     from nonlocal_keras.applications import C2DResNet50, I3DResNet50
     from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+    from nonlocal_keras.layers import FusedBatchNormalization
 
-    # The old class is built unregistered: this tree's VideoConv3D holds its name.
+    current = {"VideoConv3D": VideoConv3D, "FusedBatchNormalization": FusedBatchNormalization}[name]
+    # The old class is built unregistered: this tree's class holds its name.
     register = keras.saving.register_keras_serializable
     keras.saving.register_keras_serializable = lambda *args, **kwargs: (lambda cls: cls)
     try:
-        old = old_module(revision, "applications/video_resnet_conv.py").VideoConv3D
+        old = getattr(old_module(revision, FILES[name]), name)
     finally:
         keras.saving.register_keras_serializable = register
     keras.mixed_precision.set_global_policy(precision)
@@ -44,7 +52,7 @@ def main():
     new = constructor(input_shape=(8, 224, 224, 3), classes=400, nonlocal_blocks=0)
 
     def with_old_class(layer):
-        cls = old if isinstance(layer, VideoConv3D) else layer.__class__
+        cls = old if isinstance(layer, current) else layer.__class__
         return cls.from_config(layer.get_config())
 
     models = {"old": keras.models.clone_model(new, clone_function=with_old_class), "new": new}
@@ -57,7 +65,7 @@ def main():
     calls = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}
     times = common.alternate(calls, 2, repeats)
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
-    print(f"{arch} {precision}: old ({revision}) {statistics.median(times['old']) * 1e3:.0f} ms, "
+    print(f"{arch} {precision} {name}: old ({revision}) {statistics.median(times['old']) * 1e3:.0f} ms, "
           f"new {statistics.median(times['new']) * 1e3:.0f} ms a step (medians of {repeats}); "
           f"per-pair new/old median {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.2f}-{max(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")

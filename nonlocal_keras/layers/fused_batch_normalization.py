@@ -38,9 +38,12 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
         shape = tf.shape(inputs)
         channels = inputs.shape[-1]
-        # The kernel takes NHWC and reduces over N, H and W: every position in H.
-        # It accumulates in float32 (scale's dtype) for every input dtype.
-        x = tf.reshape(inputs, (1, -1, 1, channels))
+        # The kernel takes NHWC and reduces over N, H and W; it accumulates in
+        # float32 (scale's dtype) for every input dtype. Every position goes in
+        # N: oneDNN's kernel splits its work over N, and with all positions in
+        # H (N = 1) it took 2-3x as long fwd+bwd on 2 cores (1568 x 1024:
+        # 10.4 vs 3.1 ms; 50176 x 256: 54 vs 30 ms); Eigen's gains a little.
+        x = tf.reshape(inputs, (-1, 1, 1, channels))
         gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones((channels,))
         beta = ops.cast(self.beta, "float32") if self.center else tf.zeros((channels,))
         empty = tf.constant([], "float32")
@@ -50,7 +53,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
         )[:3]
         # The kernel returns the variance with Bessel's correction; Keras
         # keeps the biased one in moving_variance.
-        count = ops.cast(tf.shape(x)[1], "float32")
+        count = ops.cast(tf.shape(x)[0], "float32")
         variance = unbiased_variance * (ops.maximum(count - 1.0, 1.0) / count)
         # The statistics are float32; the moving ones have the variable dtype
         # (float16 or bfloat16 under the pure low-precision policies).
