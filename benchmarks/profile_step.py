@@ -26,6 +26,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402,F401  (asks for oneDNN before TensorFlow loads, as the CLIs do)
+
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -151,7 +154,6 @@ def main(argv=None):
     gflop = 3 * 2 * count_flops(model) / 1e9
     # This machine's tf.matmul rate, measured now with the step's threads (the
     # machines differ: issue 15's goals are shares of the rate where the step runs).
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import worker
 
     dtype = "bfloat16" if args.precision == "mixed_bfloat16" else "float32"
