@@ -143,3 +143,45 @@ def test_max_pool_every_dtype(dtype, pool):
     assert keras.backend.standardize_dtype(out.dtype) == dtype
     np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(out, "float32")),
                                   ref.max_pool(x.astype("float64"), pool))
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx2", "fma"}, True),                     # AVX2 only: Eigen's bfloat16 pooling
+    ({"avx2", "avx512f", "avx512bw"}, False),    # oneDNN takes bfloat16
+    ({"avx2", "avx_ne_convert"}, False),
+])
+def test_bfloat16_pools_in_float32_only_without_onednn_bfloat16(flags, expected):
+    on_tf = keras.backend.backend() == "tensorflow"
+    assert nonlocal_math.pools_in_float32("bfloat16", flags) is (expected and on_tf)
+    assert nonlocal_math.pools_in_float32("float32", flags) is False
+    assert nonlocal_math.pools_in_float32("float16", flags) is False
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the route is TensorFlow's")
+@pytest.mark.parametrize("through_float32", (False, True))
+@pytest.mark.parametrize("pool", ((1, 2, 2), (2, 2, 2), (2, 1, 1)))
+def test_bfloat16_max_pool_gradient_either_route(monkeypatch, through_float32, pool):
+    import tensorflow as tf
+
+    monkeypatch.setattr(nonlocal_math, "pools_in_float32", lambda dtype, flags=None: (
+        through_float32 and dtype == "bfloat16"))
+    shape = (2, 4, 4, 6, 3)
+    # Distinct values exact in bfloat16 (8 significant bits): one maximum per window.
+    k = np.random.default_rng(3).permutation(np.prod(shape)).reshape(shape)
+    x = np.where(k % 3, 1.0, -1.0) * (128.0 + k % 128) * 2.0 ** (k // 128 - 3)
+    upstream = np.random.default_rng(4).integers(1, 5, (2, *[s // p for s, p in zip(
+        shape[1:4], pool)], 3)).astype("float32")
+    xb = tf.constant(x, tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(xb)
+        out = nonlocal_math.max_pool(xb, pool)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+    grad = tape.gradient(loss, xb)
+    assert out.dtype == tf.bfloat16 and grad.dtype == tf.bfloat16
+    # Reference: each window's upstream value goes to its maximum.
+    pt, ph, pw = pool
+    windows = x.reshape(2, 4 // pt, pt, 4 // ph, ph, 6 // pw, pw, 3)
+    peak = windows.max(axis=(2, 4, 6), keepdims=True)
+    expected = (windows == peak) * upstream[:, :, None, :, None, :, None, :]
+    np.testing.assert_array_equal(out.numpy().astype("float64"), peak.reshape(upstream.shape))
+    np.testing.assert_array_equal(grad.numpy().astype("float64"), expected.reshape(shape))
