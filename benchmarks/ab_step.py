@@ -31,7 +31,7 @@ FILES = {"VideoConv3D": "applications/video_resnet_conv.py",
 def main():
     arch, precision, revision = sys.argv[1:4]
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 8
-    name = sys.argv[5] if len(sys.argv) > 5 else "VideoConv3D"
+    layer_class = sys.argv[5] if len(sys.argv) > 5 else "VideoConv3D"
     tf = worker._tensorflow()
     import keras
 
@@ -39,12 +39,13 @@ def main():
     from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
     from nonlocal_keras.layers import FusedBatchNormalization
 
-    current = {"VideoConv3D": VideoConv3D, "FusedBatchNormalization": FusedBatchNormalization}[name]
+    current = {"VideoConv3D": VideoConv3D,
+               "FusedBatchNormalization": FusedBatchNormalization}[layer_class]
     # The old class is built unregistered: this tree's class holds its name.
     register = keras.saving.register_keras_serializable
     keras.saving.register_keras_serializable = lambda *args, **kwargs: (lambda cls: cls)
     try:
-        old = getattr(old_module(revision, FILES[name]), name)
+        old = getattr(old_module(revision, FILES[layer_class]), layer_class)
     finally:
         keras.saving.register_keras_serializable = register
     keras.mixed_precision.set_global_policy(precision)
@@ -65,8 +66,9 @@ def main():
     calls = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}
     times = common.alternate(calls, 2, repeats)
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
-    print(f"{arch} {precision} {name}: old ({revision}) {statistics.median(times['old']) * 1e3:.0f} ms, "
-          f"new {statistics.median(times['new']) * 1e3:.0f} ms a step (medians of {repeats}); "
+    old_ms, new_ms = (statistics.median(times[k]) * 1e3 for k in ("old", "new"))
+    print(f"{arch} {precision} {layer_class}: old ({revision}) {old_ms:.0f} ms, "
+          f"new {new_ms:.0f} ms a step (medians of {repeats}); "
           f"per-pair new/old median {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.2f}-{max(ratios):.2f}); load average {os.getloadavg()[0]:.1f}")
 
