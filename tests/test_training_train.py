@@ -195,3 +195,31 @@ def test_evaluation_with_no_decodable_video_fails_and_writes_no_nan(tmp_path):
         evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={val_csv}",
                        "--no-progress"])
     assert not (run_dir / "eval.json").exists()
+
+
+def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path):
+    import fcntl
+
+    from nonlocal_keras.training import run_state, train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    config = config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1",
+                                                     "runtime.tensorboard=false"))
+    run_dir.mkdir()
+    # Another process's hold: flock locks of two open files exclude each other.
+    with open(run_dir / run_state.LOCK_FILE, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(run_state.RunFolderError, match="Another process is training"):
+            train.run(config)
+        assert os.listdir(run_dir) == [run_state.LOCK_FILE]
+    _, results = train.run(config)
+    assert results["steps"] == 8 // 4 and (run_dir / "results.json").is_file()
+    # Released when the run returns.
+    with open(run_dir / run_state.LOCK_FILE, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # --restart moves the finished run aside (lock file and all) and trains anew.
+    train.run(config, restart=True)
+    moved = [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
+    assert len(moved) == 1 and (tmp_path / moved[0] / "results.json").is_file()
+    assert (run_dir / "results.json").is_file()

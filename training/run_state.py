@@ -16,6 +16,7 @@ always describe exactly those weights. The commit before the last one is kept
 too, and used if the last one cannot be read.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -32,11 +33,41 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = "state"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 FORMAT = 1
 
 
 class RunFolderError(UserError):
     """The run folder holds something this command cannot continue."""
+
+
+@contextlib.contextmanager
+def folder_lock(run_dir):
+    """Hold the run folder for this process: `flock` on `<run_dir>/.lock`.
+
+    A second `nonlocal-train` on the same folder would resume from the same
+    state, delete the first one's temporary files as a killed writer's
+    (`RunState.clean`) and commit over its steps; it stops instead, before it
+    writes anything. The kernel drops the lock when the process ends, however
+    it ends (`kill -9` included), so a stale lock file holds nothing. Creates
+    the folder if there is none. Where the file system has no locks (some
+    network file systems) the run goes on unlocked, with a warning.
+    """
+    import fcntl
+
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, LOCK_FILE), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                "Another process is training in this run folder (it holds its lock file); "
+                "wait for it to end or stop it, or choose another runtime.output_dir. "
+                f"Received: runtime.output_dir={run_dir!r}") from None
+        except OSError as error:
+            logger.warning("Cannot lock the run folder %s (%s); nothing stops a second run "
+                           "from writing into it at the same time.", run_dir, error)
+        yield
 
 
 class RunState:

@@ -21,6 +21,7 @@ aside (`<folder>.old-<time>`) and starts over.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -123,7 +124,7 @@ def _check_same_experiment(run_dir, config, chief=True):
     """
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
-        if chief and os.path.isdir(run_dir) and os.listdir(run_dir):
+        if chief and os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {run_state.LOCK_FILE}:
             raise run_state.RunFolderError(
                 "The output folder is not empty and holds no run (no config.yaml); choose another "
                 f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
@@ -161,7 +162,8 @@ def _steps_per_epoch(config, num_records, strategy):
 
 
 def _move_aside(run_dir):
-    if not os.path.isdir(run_dir):
+    # A folder holding only the lock file (this command's own) has nothing to keep.
+    if not os.path.isdir(run_dir) or not set(os.listdir(run_dir)) - {run_state.LOCK_FILE}:
         return None
     target = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
     os.rename(run_dir, target)
@@ -199,66 +201,71 @@ def run(config, strategy=None, restart=False):
                       steps_per_execution=config["runtime"]["steps_per_execution"])
     if not restart:
         _check_same_experiment(run_dir, config, chief)
-    state = run_state.RunState(run_dir, steps_per_epoch)
-    if not restart and state.read():
-        if state.epoch > epochs:
-            raise run_state.RunFolderError(
-                f"The run folder has {state.epoch} finished epochs, more than this command asks "
-                f"for. Received: schedule.epochs={epochs}")
-        if state.finished and state.epoch == epochs:
-            return _finished(run_dir, model, state)
+    # Held until the run's last file is written (see run_state.folder_lock).
+    with contextlib.ExitStack() as held:
+        if chief:
+            held.enter_context(run_state.folder_lock(run_dir))
+        state = run_state.RunState(run_dir, steps_per_epoch)
+        if not restart and state.read():
+            if state.epoch > epochs:
+                raise run_state.RunFolderError(
+                    f"The run folder has {state.epoch} finished epochs, more than this command "
+                    f"asks for. Received: schedule.epochs={epochs}")
+            if state.finished and state.epoch == epochs:
+                return _finished(run_dir, model, state)
 
-    # Writing starts here.
-    if chief:
-        if restart:
-            _move_aside(run_dir)
-            state = run_state.RunState(run_dir, steps_per_epoch)
-        os.makedirs(state.folder, exist_ok=True)
-        state.clean()
-        config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
-    with strategy.scope():
-        state.restore(model)
-    if state.step:
-        logger.info("Resuming at epoch %d, step %d of %d (%d steps done).", state.epoch + 1,
-                    state.step_in_epoch, steps_per_epoch, state.step)
+        # Writing starts here.
+        if chief:
+            if restart and _move_aside(run_dir):
+                held.enter_context(run_state.folder_lock(run_dir))
+                state = run_state.RunState(run_dir, steps_per_epoch)
+            os.makedirs(state.folder, exist_ok=True)
+            state.clean()
+            config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
+        with strategy.scope():
+            state.restore(model)
+        if state.step:
+            logger.info("Resuming at epoch %d, step %d of %d (%d steps done).", state.epoch + 1,
+                        state.step_in_epoch, steps_per_epoch, state.step)
 
-    skipped = data.SkippedVideos()
-    dataset = _training_input(strategy, train_records, data_config, multi_label,
-                              config["train"]["batch_size"], config["train"]["seed"], skipped)
-    start_step, start = state.step, time.perf_counter()
-    try:
-        _fit(model, dataset, state, config, steps_per_epoch, skipped, chief)
-    except tf.errors.OpError as error:
-        if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
-            raise DatasetError(f"None of the {len(train_records)} training videos could be "
-                               "decoded (see the warnings above); nothing was trained. "
-                               f"Received: data.train_csv={data_config['train_csv']!r}") from None
-        raise
-    train_seconds = time.perf_counter() - start
+        skipped = data.SkippedVideos()
+        dataset = _training_input(strategy, train_records, data_config, multi_label,
+                                  config["train"]["batch_size"], config["train"]["seed"], skipped)
+        start_step, start = state.step, time.perf_counter()
+        try:
+            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief)
+        except tf.errors.OpError as error:
+            if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
+                raise DatasetError(
+                    f"None of the {len(train_records)} training videos could be decoded (see the "
+                    "warnings above); nothing was trained. "
+                    f"Received: data.train_csv={data_config['train_csv']!r}") from None
+            raise
+        train_seconds = time.perf_counter() - start
 
-    results = {
-        "model": models.describe(config["model"]),
-        "params": int(model.count_params()),
-        "steps": int(state.step),
-        "replicas": int(strategy.num_replicas_in_sync),
-        "epochs_run_this_session": state.epoch - start_step // steps_per_epoch,
-        "steps_run_this_session": state.step - start_step,
-        "train_seconds_this_session": round(train_seconds, 1),
-        "skipped_training_videos": skipped.total,
-        "final_train_metrics": state.history[-1] if state.history else {},
-    }
-    if val_records:
-        results["eval"] = evaluate.evaluate_records(
-            model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
-            progress=config["runtime"]["verbose"] == 1)
-    if chief:
-        with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
-            model.save_weights(temporary)
-        with atomic.replace(os.path.join(run_dir, "model.keras")) as temporary:
-            model.save(temporary)
-        atomic.write_json(os.path.join(run_dir, "results.json"), results)
-        state.commit(model, finished=True)
-    return model, results
+        results = {
+            "model": models.describe(config["model"]),
+            "params": int(model.count_params()),
+            "steps": int(state.step),
+            "replicas": int(strategy.num_replicas_in_sync),
+            "epochs_run_this_session": state.epoch - start_step // steps_per_epoch,
+            "steps_run_this_session": state.step - start_step,
+            "train_seconds_this_session": round(train_seconds, 1),
+            "skipped_training_videos": skipped.total,
+            "final_train_metrics": state.history[-1] if state.history else {},
+        }
+        if val_records:
+            results["eval"] = evaluate.evaluate_records(
+                model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
+                progress=config["runtime"]["verbose"] == 1)
+        if chief:
+            with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
+                model.save_weights(temporary)
+            with atomic.replace(os.path.join(run_dir, "model.keras")) as temporary:
+                model.save(temporary)
+            atomic.write_json(os.path.join(run_dir, "results.json"), results)
+            state.commit(model, finished=True)
+        return model, results
 
 
 def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
