@@ -16,6 +16,10 @@ X86_64 = ("x86_64", "amd64")
 # Instructions that compute in bfloat16; without them TensorFlow converts each
 # operand to float32 and back, which is slower than float32 itself.
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+# TensorFlow's oneDNN kernels take bfloat16 tensors only with one of these;
+# elsewhere its bfloat16 ops are Eigen's ("oneDNN supports DT_BFLOAT16 only on
+# platforms with AVX-512").
+ONEDNN_BFLOAT16_FLAGS = ("avx512f", "avx_ne_convert")
 
 
 def use_onednn(environ=None, machine=None):
@@ -48,3 +52,11 @@ def computes_in_bfloat16(flags=None):
     if flags is None:
         return None
     return any(flag in flags for flag in BFLOAT16_FLAGS)
+
+
+def onednn_takes_bfloat16(flags=None):
+    """True or False where the flags say, None where they cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return any(flag in flags for flag in ONEDNN_BFLOAT16_FLAGS)

@@ -76,26 +76,25 @@ def max_pool(x, pool_size):
 
 def pools_in_float32(dtype, flags=None):
     """Whether `max_pool` pools `dtype` as float32: bfloat16 on TensorFlow's CPU
-    kernels where oneDNN does not take bfloat16 (it needs AVX512F or
-    AVX_NE_CONVERT). There the bfloat16 max pool and its gradient are Eigen's,
-    fwd+bwd 1.8-2.1x the time of a cast to float32, oneDNN's float32 kernels
-    and a cast back (AVX2-only EPYC, 2 cores: res4's 8x14x14x1024 8.9 vs
-    5.0 ms, res3's 16.0 vs 8.8 ms; with oneDNN off, Eigen's float32 kernels
-    still 8-13% faster). `flags`: the CPU's, read when None."""
+    kernels where oneDNN does not take bfloat16 (`cpu.onednn_takes_bfloat16`).
+    There the bfloat16 max pool and its gradient are Eigen's, fwd+bwd 1.8-2.1x
+    the time of a cast to float32, oneDNN's float32 kernels and a cast back
+    (AVX2-only EPYC, 2 cores: res4's 8x14x14x1024 8.9 vs 5.0 ms, res3's 16.0
+    vs 8.8 ms; with oneDNN off, Eigen's float32 kernels still 8-13% faster).
+    `flags`: the CPU's, read (once) when None."""
     if (keras.backend.backend() != "tensorflow"
             or keras.backend.standardize_dtype(dtype) != "bfloat16"):
         return False
-    if flags is None:
-        return _eigen_bfloat16_pools()
-    return not {"avx512f", "avx_ne_convert"} & flags
+    if flags is not None:
+        return not cpu.onednn_takes_bfloat16(flags)
+    return _eigen_pools_bfloat16()
 
 
 @functools.cache
-def _eigen_bfloat16_pools():
+def _eigen_pools_bfloat16():
     import tensorflow as tf
 
-    flags = cpu.cpu_flags()
-    return (flags is not None and pools_in_float32("bfloat16", flags)
+    return (cpu.onednn_takes_bfloat16() is False
             and not tf.config.list_logical_devices("GPU"))
 
 

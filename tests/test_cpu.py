@@ -64,6 +64,15 @@ def test_computes_in_bfloat16(flags, native):
     assert cpu.computes_in_bfloat16(flags) is native
 
 
+@pytest.mark.parametrize("flags, takes", [
+    ({"avx2", "fma"}, False),              # AVX2 only (AMD Zen 1-3): Eigen's bfloat16 ops
+    ({"avx2", "avx512f"}, True),
+    ({"avx2", "avx_ne_convert"}, True),
+])
+def test_onednn_takes_bfloat16(flags, takes):
+    assert cpu.onednn_takes_bfloat16(flags) is takes
+
+
 @pytest.mark.parametrize("policy, native, warned", [
     ("float32", False, False),
     ("mixed_bfloat16", True, False),
