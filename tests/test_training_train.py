@@ -223,3 +223,23 @@ def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path):
     moved = [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
     assert len(moved) == 1 and (tmp_path / moved[0] / "results.json").is_file()
     assert (run_dir / "results.json").is_file()
+
+
+def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
+    from nonlocal_keras.training import run_state, train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    config = config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1",
+                                                     "runtime.tensorboard=false"))
+    with pytest.raises(run_state.RunFolderError, match="holds no run"):
+        train.run(config)
+    assert os.listdir(run_dir) == ["notes.txt"]  # not even a lock file
+    # A folder with only a lock file left by an earlier process is an empty one.
+    (run_dir / "notes.txt").unlink()
+    (run_dir / run_state.LOCK_FILE).touch()
+    train.run(config, restart=True)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
+    assert (run_dir / "results.json").is_file()

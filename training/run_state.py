@@ -41,6 +41,11 @@ class RunFolderError(UserError):
     """The run folder holds something this command cannot continue."""
 
 
+def holds_anything(run_dir):
+    """Whether `run_dir` is a folder with anything in it but the lock file."""
+    return os.path.isdir(run_dir) and bool(set(os.listdir(run_dir)) - {LOCK_FILE})
+
+
 @contextlib.contextmanager
 def folder_lock(run_dir):
     """Hold the run folder for this process: `flock` on `<run_dir>/.lock`.

@@ -124,7 +124,7 @@ def _check_same_experiment(run_dir, config, chief=True):
     """
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
-        if chief and os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {run_state.LOCK_FILE}:
+        if chief and run_state.holds_anything(run_dir):
             raise run_state.RunFolderError(
                 "The output folder is not empty and holds no run (no config.yaml); choose another "
                 f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
@@ -163,7 +163,7 @@ def _steps_per_epoch(config, num_records, strategy):
 
 def _move_aside(run_dir):
     # A folder holding only the lock file (this command's own) has nothing to keep.
-    if not os.path.isdir(run_dir) or not set(os.listdir(run_dir)) - {run_state.LOCK_FILE}:
+    if not run_state.holds_anything(run_dir):
         return None
     target = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
     os.rename(run_dir, target)
