@@ -34,6 +34,19 @@ def _run(command, env=None, timeout=240):
                           timeout=timeout)
 
 
+def _env_with_temporary_folder(tmp_path):
+    """The CLI's environment with TMPDIR a new empty folder (see `_check_no_temporary_files`)."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir(exist_ok=True)
+    return dict(_env(), TMPDIR=str(folder))
+
+
+def _check_no_temporary_files(env):
+    # TensorFlow writes a source file there for each function autograph
+    # converts and deletes it in an exit handler, which os._exit skips.
+    assert os.listdir(env["TMPDIR"]) == []
+
+
 def _history_epochs(run_dir):
     path = run_dir / "history.csv"
     if not path.is_file():
@@ -184,8 +197,9 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     command = _command(csv_path, run_dir, "schedule.epochs=2000", "runtime.backup_freq=epoch")
     rng = random.Random(99)
+    env = _env_with_temporary_folder(tmp_path)
     for trial in range(5):
-        process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         # Interrupt during training: once an epoch of this process has been committed.
         step_file = run_dir / "state" / "state.json"
@@ -204,6 +218,7 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
         assert time.time() - sent < 20
         assert "nonlocal-train: interrupted" in stderr and "Traceback" not in stderr
         _check_consistent(run_dir)
+        _check_no_temporary_files(env)
 
 
 @pytest.mark.slow
@@ -213,10 +228,12 @@ def test_an_error_in_the_first_step_exits_nonzero_promptly(tmp_path):
         command = _command(csv_path, tmp_path / f"run{trial}",
                            "model.name=training_tiny_model:failing_video_net")
         start = time.time()
-        result = _run(command, timeout=90)
+        env = _env_with_temporary_folder(tmp_path)
+        result = _run(command, env=env, timeout=90)
         assert result.returncode not in (0, 2), result.stderr[-2000:]
         assert "injected failure in the first training step" in result.stderr
         assert time.time() - start < 90
+        _check_no_temporary_files(env)
 
 
 @pytest.mark.slow
@@ -226,7 +243,9 @@ def test_fine_tuning_to_another_class_count_the_charades_way(tmp_path):
 
     csv_path = _write_dataset(tmp_path, count=12)
     source = tmp_path / "source"
-    assert _run(_command(csv_path, source, "schedule.epochs=1")).returncode == 0
+    env = _env_with_temporary_folder(tmp_path)
+    assert _run(_command(csv_path, source, "schedule.epochs=1"), env=env).returncode == 0
+    _check_no_temporary_files(env)
     rows = [f"{i:03d}.mp4,{i % 3} {3 if i % 2 else ''}".strip() for i in range(12)]
     multi = tmp_path / "multi.csv"
     multi.write_text("path,labels\n" + "\n".join(rows) + "\n")

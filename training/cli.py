@@ -14,6 +14,12 @@
   thread blocked in a C++ call never sees the interrupt); a second Ctrl-C ends
   it at once. Training resumes from its last commit.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
+- The command's temporary files go to a folder of its own
+  (`<TMPDIR>/nonlocal-<cmd>-*`), removed when it returns, fails or is
+  interrupted: the console scripts leave with `os._exit`, which skips the exit
+  handlers through which TensorFlow deletes the source file it writes for each
+  function autograph converts (a dozen files an evaluation, hundreds a
+  training run, left in /tmp by every command). A `kill -9` leaves the folder.
 - absl's Python log is kept to warnings and above. TensorFlow's C++ log is
   silenced by the launchers in `nonlocal_keras.console`, which must act before
   TensorFlow loads (importing this package loads it).
@@ -22,8 +28,10 @@
 import importlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 
 import keras
@@ -35,6 +43,7 @@ GRACE_SECONDS = 5
 INTERRUPTED = threading.Event()
 _AT_STEP_END = threading.Event()
 _PROG = ["nonlocal"]  # the running console script's name, for the interrupt message
+_TEMPORARY = []  # the running command's own temporary folder, see `run`
 
 
 def _debugging(argv):
@@ -98,6 +107,8 @@ def _handle_interrupts():
 def _exit_now():
     print(f"{_PROG[0]}: interrupted", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    for folder in list(_TEMPORARY):  # no `finally` runs after os._exit
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(130)
 
 
@@ -112,6 +123,18 @@ def run(prog, module_name, argv=None):
     _PROG[0] = prog
     if threading.current_thread() is threading.main_thread():
         _handle_interrupts()
+    folder = tempfile.mkdtemp(prefix=f"{prog}-")
+    previous, tempfile.tempdir = tempfile.tempdir, folder
+    _TEMPORARY.append(folder)
+    try:
+        return _run_main(prog, module_name, argv, debug)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        _TEMPORARY.remove(folder)
+        tempfile.tempdir = previous
+
+
+def _run_main(prog, module_name, argv, debug):
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)
