@@ -9,8 +9,10 @@ medians and the median of the per-pair ratios (new / old). The matmuls alone
 (worker.py `matmuls_only`) are timed after, in the same process.
 """
 
+import atexit
 import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,10 @@ def old_module(revision, path="nonlocal_keras/nonlocal_math.py"):
         ["git", "-C", os.path.dirname(HERE), "show", f"{revision}:{path}"],
         capture_output=True, text=True, check=True).stdout
     name = os.path.splitext(os.path.basename(path))[0] + "_old"
-    path = os.path.join(tempfile.mkdtemp(), name + ".py")
+    folder = tempfile.mkdtemp(prefix="ab-")
+    # Kept until the process ends: autograph reads the source of what it converts.
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, name + ".py")
     with open(path, "w") as f:
         f.write(source)
     spec = importlib.util.spec_from_file_location(name, path)
