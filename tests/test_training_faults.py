@@ -190,6 +190,20 @@ def _wait_for(process, predicate, seconds):
         time.sleep(0.05)
 
 
+def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
+    """Before `cli.run` takes Ctrl-C over, the interrupt must neither print a traceback
+    nor be swallowed (raised inside the imports, it could land in a gc callback and
+    the command went on: `--list` would print its list and exit 0)."""
+    for delay in (0.3, 0.7, 1.1):  # TensorFlow takes seconds to load
+        process = subprocess.Popen(TRAIN + ["--list"], env=_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        assert (process.returncode, stdout, stderr) == (
+            130, "", "nonlocal-train: interrupted\n"), delay
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
     """Five SIGINTs at seeded random moments of training, each run resuming the last."""
