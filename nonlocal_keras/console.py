@@ -31,7 +31,8 @@ from nonlocal_keras import cpu
 
 
 def _run(prog, module_name):
-    _prepare_tensorflow(prog)
+    _interrupt_at_once(prog)
+    _prepare_tensorflow()
     from nonlocal_keras.training import cli
 
     try:
@@ -45,12 +46,16 @@ def _run(prog, module_name):
     os._exit(status)
 
 
-def _prepare_tensorflow(prog):
+def _interrupt_at_once(prog):
+    """Ctrl-C ends the process until a command installs its own handling (see above)."""
     def leave(signum, frame):
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         os._exit(130)
 
     signal.signal(signal.SIGINT, leave)
+
+
+def _prepare_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cpu.use_onednn()
 
@@ -77,7 +82,8 @@ def demo():
 
 def train_detection():
     # Model Garden's absl app: its own error handling, interrupts and exit.
-    _prepare_tensorflow("nonlocal-train-detection")
+    _interrupt_at_once("nonlocal-train-detection")
+    _prepare_tensorflow()
     from nonlocal_keras.training import train_detection as command
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
