@@ -87,7 +87,7 @@ def test_kills_at_every_kind_of_write_and_at_random_moments_resume_exactly(tmp_p
         if (run_dir / "state" / "state.json").exists() and json.loads(
                 (run_dir / "state" / "state.json").read_text())["finished"]:
             break
-        env = _env()
+        env = _env_with_temporary_folder(tmp_path)  # where the killed runs leave theirs
         if kill == "random":
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
@@ -312,7 +312,7 @@ def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
     ports = _free_ports(2)
 
     def start(index):
-        env = _env()
+        env = _env_with_temporary_folder(tmp_path)  # the killed worker leaves its folder
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                        "task": {"type": "worker", "index": index}})
         if index:
