@@ -40,7 +40,10 @@ class VideoConv3D(layers.Conv3D):
     def convolution_op(self, inputs, kernel):
         if self._per_frame():
             shape = ops.shape(inputs)
-            outputs = ops.conv(ops.reshape(inputs, (-1, *shape[2:])), kernel[0],
+            # A reshape, not kernel[0]: the gradient of an index writes the
+            # kernel's gradient into a new zero tensor (StridedSliceGrad).
+            kernel = ops.reshape(kernel, kernel.shape[1:])
+            outputs = ops.conv(ops.reshape(inputs, (-1, *shape[2:])), kernel,
                                strides=self.strides[1:], padding=self.padding,
                                dilation_rate=self.dilation_rate[1:])
             return ops.reshape(outputs, (shape[0], shape[1], *ops.shape(outputs)[1:]))

@@ -63,6 +63,25 @@ def test_values_match_a_float64_reference(kernel, strides, padding):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
 
+def test_per_frame_kernel_gradient_is_not_written_into_zeros():
+    """The 1xkxk kernel reaches the 2D convolution by a reshape: indexing it
+    (`kernel[0]`) made its gradient a StridedSliceGrad, a copy into a zero
+    tensor of the kernel's size in every step (0.8% of a C2D R50 step)."""
+    layer = VideoConv3D(4, (1, 3, 3), padding="same", use_bias=False)
+    layer.build((1, 2, 5, 5, 3))
+
+    @tf.function
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x))
+        return tape.gradient(loss, layer.kernel)
+
+    graph = gradient.get_concrete_function(tf.TensorSpec((1, 2, 5, 5, 3))).graph
+    types = {op.type for op in graph.get_operations()}
+    assert "Conv2DBackpropFilter" in types
+    assert not types & {"StridedSlice", "StridedSliceGrad"}
+
+
 def test_unknown_batch_and_sizes_and_config_round_trip():
     layer = VideoConv3D(3, 1, use_bias=True, name="pointwise")
     inputs = keras.Input((None, None, None, 4))
