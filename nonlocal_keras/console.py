@@ -37,6 +37,8 @@ def _run(prog, module_name):
 
     try:
         status = cli.run(prog, module_name)
+    except SystemExit as exit_:  # argparse: --help (0), a usage error (2), already printed
+        status = _exit_status(exit_.code)
     except BaseException:  # noqa: BLE001 - a bug: show it, then leave
         traceback.print_exc()
         status = 1
@@ -44,6 +46,14 @@ def _run(prog, module_name):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(status)
+
+
+def _exit_status(code):
+    """The status `sys.exit(code)` gives: None is 0, a message is printed and is 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _interrupt_at_once(prog):

@@ -204,6 +204,30 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
             130, "", "nonlocal-train: interrupted\n"), delay
 
 
+@pytest.mark.parametrize("command, argv, status, last_line", [
+    ("nonlocal-train", ["--help"], 0, None),
+    ("nonlocal-train", ["quick_start"], 2, "nonlocal-train: error: unrecognized arguments: quick_start"),
+    ("nonlocal-predict", [], 2,
+     "nonlocal-predict: error: the following arguments are required: VIDEO, --model"),
+])
+def test_help_and_usage_errors_leave_as_argparse_says(command, argv, status, last_line):
+    """argparse leaves through SystemExit, which the console scripts' last resort for
+    bugs had caught: `--help` printed its text, then a traceback, and exited 1; so
+    did every usage error."""
+    script = os.path.join(os.path.dirname(sys.executable), command)
+    result = subprocess.run([script, *argv], env=_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if status == 0:
+        assert result.stdout.startswith(f"usage: {command} ")
+        assert result.stderr == ""
+    else:
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"usage: {command} ")
+        assert result.stderr.splitlines()[-1] == last_line
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
     """Five SIGINTs at seeded random moments of training, each run resuming the last."""

@@ -59,7 +59,7 @@ def _table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="nonlocal-keras demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="nonlocal-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output",
                         help="results.json, attention.png and examples/")
