@@ -225,6 +225,40 @@ def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path):
     assert (run_dir / "results.json").is_file()
 
 
+@pytest.mark.parametrize("where", ["a_file", "a_file/run"])
+def test_a_run_folder_that_cannot_be_made_is_a_users_mistake(tmp_path, where):
+    """A file where the run folder should be (or above it) ended in a FileExistsError or
+    NotADirectoryError traceback (exit 1); it is now a one-line error naming the setting."""
+    from nonlocal_keras.training import train
+    from nonlocal_keras.training.errors import FolderError, UserError
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    (tmp_path / "a_file").write_text("mine")
+    run_dir = tmp_path / where
+    config = config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1",
+                                                     "runtime.tensorboard=false"))
+    with pytest.raises(FolderError, match=r"Cannot make the folder .*\. Received: "
+                       r"runtime\.output_dir=") as raised:
+        train.run(config)
+    assert isinstance(raised.value, UserError)  # exit 2, one line
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_make_folder_names_the_setting_and_keeps_what_is_there(tmp_path):
+    from nonlocal_keras.training import atomic
+    from nonlocal_keras.training.errors import FolderError
+
+    atomic.make_folder(str(tmp_path / "new" / "deep"), "--output")
+    atomic.make_folder(str(tmp_path / "new"), "--output")  # an existing folder is fine
+    assert (tmp_path / "new" / "deep").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FolderError, match=r"'.*file' \(File exists\)\. Received: --output="):
+        atomic.make_folder(str(tmp_path / "file"), "--output")
+    with pytest.raises(FolderError, match=r"\(Not a directory\)\. Received: export_dir='base'"):
+        atomic.make_folder(str(tmp_path / "file" / "sub"), "export_dir", "base")
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
     from nonlocal_keras.training import run_state, train
 

@@ -13,11 +13,24 @@ import os
 import signal
 import uuid
 
+from nonlocal_keras.training.errors import FolderError
+
 # Fault injection for the kill-and-resume tests: "<part of a file name>:<n>"
 # kills this process (SIGKILL) with the n-th such file written but not yet
 # renamed into place, the moment a kill does the most harm.
 KILL_AT_ENV = "NONLOCAL_KERAS_KILL_AT"
 _renames = {}
+
+
+def make_folder(path, argument, received=None):
+    """`os.makedirs(path, exist_ok=True)`; where the system refuses, a `FolderError`
+    naming `argument`, the setting the user gave (`received`, default `path`)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        received = path if received is None else received
+        raise FolderError(f"Cannot make the folder {error.filename or path!r} "
+                          f"({error.strerror}). Received: {argument}={received!r}") from None
 
 
 def temporary_name(path):

@@ -86,6 +86,9 @@ def main(argv=None):
         print(root)
         return 0
     print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
+    # Before the training: a folder that cannot be made fails now, not minutes later.
+    atomic.make_folder(args.output_dir, "--output-dir")
+    atomic.make_folder(args.export_dir, "--export-dir")
 
     rows, models, configs = [], {}, {}
     for label, config_name, folder in RUNS:

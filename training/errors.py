@@ -19,3 +19,8 @@ class DatasetError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class FolderError(UserError):
+    """A folder the user named cannot be made or written in (a file in its way, no
+    permission, a read-only file system)."""

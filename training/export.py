@@ -47,7 +47,7 @@ import keras
 import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import data, models, preprocessing
+from nonlocal_keras.training import atomic, data, models, preprocessing
 from nonlocal_keras.training.errors import ConfigError, MissingFileError, UserError
 from nonlocal_keras.utils import is_positive_int
 
@@ -296,7 +296,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
                     weights=None if weights is None else str(weights),
                     signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    atomic.make_folder(parent, "export_dir", export_dir)
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).

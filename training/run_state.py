@@ -27,7 +27,7 @@ import shutil
 import keras
 
 from nonlocal_keras.training import atomic
-from nonlocal_keras.training.errors import UserError
+from nonlocal_keras.training.errors import FolderError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,13 @@ def folder_lock(run_dir):
     """
     import fcntl
 
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, LOCK_FILE), "a") as handle:
+    atomic.make_folder(run_dir, "runtime.output_dir")
+    try:
+        handle = open(os.path.join(run_dir, LOCK_FILE), "a")
+    except OSError as error:
+        raise FolderError(f"Cannot write in the run folder ({error.strerror}). "
+                          f"Received: runtime.output_dir={run_dir!r}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,7 +22,7 @@ import sys
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
 
-from nonlocal_keras.training import export
+from nonlocal_keras.training import atomic, export
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 REST_PORT = 8501
@@ -122,7 +122,7 @@ def main(argv=None):
           + ", ".join(f"{key} ({dtype}, {shape[1:]})" for key, (dtype, shape) in sorted(outputs.items()))
           + "]}")
     if args.write:
-        os.makedirs(args.write, exist_ok=True)
+        atomic.make_folder(args.write, "--write")
         with open(os.path.join(args.write, "models.config"), "w") as handle:
             handle.write(config)
         with open(os.path.join(args.write, "request.json"), "w") as handle:
