@@ -24,6 +24,8 @@ SHAPES = {
 }
 BATCH = 1
 THREADS = 2
+# profile_block.py sets 1 (no two kernels then share the cores).
+INTER_OP_THREADS = THREADS
 
 
 def alternate(calls, warmup, repeats):

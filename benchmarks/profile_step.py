@@ -74,11 +74,11 @@ def build(args):
 _CONTAINERS = {"Process", "Run"}
 
 
-def op_times(logdir):
-    """Seconds per op type, summed over the events of every host thread."""
+def op_events(logdir):
+    """(op name, op type, seconds) of every executed op the trace in `logdir` holds,
+    from the events of every host thread."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    totals, layers = collections.Counter(), collections.Counter()
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
         space = xplane_pb2.XSpace()
         with open(path, "rb") as file:
@@ -95,10 +95,18 @@ def op_times(logdir):
                     kind = name.rsplit(":", 1)[-1].strip()
                     if ":" not in name or kind in _CONTAINERS or kind.startswith("__"):
                         continue
-                    totals[kind] += event.duration_ps * 1e-12
-                    layer = _LAYER.search(name)
-                    if layer:
-                        layers[layer.group(1), _family(kind)] += event.duration_ps * 1e-12
+                    yield name.rsplit(":", 1)[0], kind, event.duration_ps * 1e-12
+
+
+def op_times(logdir):
+    """Seconds per op type, summed over the events of every host thread, and per
+    (layer, family) of the model's convolution and BN layers."""
+    totals, layers = collections.Counter(), collections.Counter()
+    for name, kind, seconds in op_events(logdir):
+        totals[kind] += seconds
+        layer = _LAYER.search(name)
+        if layer:
+            layers[layer.group(1), _family(kind)] += seconds
     return totals, layers
 
 

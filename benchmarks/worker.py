@@ -62,7 +62,7 @@ def _tensorflow():
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(common.THREADS)
-        tf.config.threading.set_inter_op_parallelism_threads(common.THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(common.INTER_OP_THREADS)
     except RuntimeError:  # TensorFlow already runs in this process (profile_step): its threads stay
         pass
     return tf
