@@ -81,7 +81,10 @@ def main(argv=None):
     from nonlocal_keras.training.export import export_saved_model
 
     start = time.perf_counter()
-    root = synthetic_digits.generate(args.data_dir, args.num_train, args.num_test, args.seed)
+    # The flag's name belongs in the error here, not in the dataset's own module.
+    data_dir = args.data_dir or synthetic_digits.default_cache_dir()
+    atomic.make_folder(data_dir, "--data-dir")
+    root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:
         print(root)
         return 0

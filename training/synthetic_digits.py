@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from nonlocal_keras.training import atomic, video_io
+from nonlocal_keras.training import video_io
 
 NUM_CLASSES = 10
 NUM_FRAMES = 8
@@ -93,7 +93,6 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
         with open(stamp) as handle:
             if json.load(handle) == params:
                 return root
-    atomic.make_folder(root, "--data-dir")
     for split, count in (("train", num_train), ("test", num_test)):
         folder = os.path.join(root, "videos", split)
         os.makedirs(folder, exist_ok=True)
