@@ -59,8 +59,7 @@ def main():
     models = {"old": keras.models.clone_model(new, clone_function=with_old_class), "new": new}
     models["old"].set_weights(new.get_weights())
     for model in models.values():
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss="sparse_categorical_crossentropy")
+        model.compile(optimizer=worker.sgd(), loss="sparse_categorical_crossentropy")
     x = tf.random.normal((2, 8, 224, 224, 3))
     y = tf.zeros((2,), tf.int32)
     calls = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}

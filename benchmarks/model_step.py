@@ -152,8 +152,7 @@ def _ours(case):
     net = build(input_shape=(case["frames"], size, size, 3), classes=case["classes"],
                 nonlocal_blocks=blocks)
     # Keras' default jit_compile="auto" is what model.fit gets: off on a CPU.
-    net.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=0.9),
-                loss="sparse_categorical_crossentropy")
+    net.compile(optimizer=worker.sgd(LEARNING_RATE), loss="sparse_categorical_crossentropy")
     x = tf.random.normal((batch, case["frames"], size, size, 3))
     y = tf.random.uniform((batch,), 0, case["classes"], tf.int32)
     losses = []

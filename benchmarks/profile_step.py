@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/profile_step.py --size 112 --steps 3  # a quick proxy
     .venv/bin/python benchmarks/profile_step.py --plain-conv3d        # before VideoConv3D
 
-The step is what `model.fit` runs: `compile(SGD(0.01, momentum=0.9))` and
+The step is what `model.fit` runs: `compile(worker.sgd())` (nonlocal-train's SGD) and
 `train_on_batch`, 2 TensorFlow threads (intra- and inter-op). It prints the
 median step time (and the process's CPU time, which other processes on the
 same cores disturb less), clips/s and the share of the `tf.matmul` rate that
@@ -59,14 +59,16 @@ def build(args):
     from nonlocal_keras.applications import C2DResNet50, I3DResNet50
     from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
 
+    import worker
+
     if args.plain_conv3d:
         VideoConv3D.convolution_op = keras.layers.Conv3D.convolution_op
     keras.mixed_precision.set_global_policy(args.precision)
     constructor = {"c2d": C2DResNet50, "i3d": I3DResNet50}[args.arch]
     model = constructor(input_shape=(args.frames, args.size, args.size, 3), classes=400,
                         nonlocal_blocks=args.nonlocal_blocks)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss="sparse_categorical_crossentropy", jit_compile=args.jit)
+    model.compile(optimizer=worker.sgd(), loss="sparse_categorical_crossentropy",
+                  jit_compile=args.jit)
     return model
 
 

@@ -68,6 +68,14 @@ def _tensorflow():
     return tf
 
 
+def sgd(learning_rate=0.01):
+    """The SGD that `nonlocal-train` steps with (training/optim.py: on TensorFlow one
+    fused kernel a variable), momentum 0.9 and no L2: the peers' torch.optim.SGD update."""
+    from nonlocal_keras.training.optim import SGDWithL2
+
+    return SGDWithL2(l2=0.0, learning_rate=learning_rate, momentum=0.9)
+
+
 def keras_block(case):
     fns = _block_calls(case)
     result = {"rss_before_mb": _rss_mb()}
@@ -278,8 +286,8 @@ def model(case):
     batch, frames, size = case["batch"], case["frames"], case["size"]
     net = C2DResNet50(input_shape=(frames, size, size, 3), classes=400,
                       nonlocal_blocks=case.get("nonlocal_blocks", 5))
-    net.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss="sparse_categorical_crossentropy", jit_compile=case.get("jit", False))
+    net.compile(optimizer=sgd(), loss="sparse_categorical_crossentropy",
+                jit_compile=case.get("jit", False))
     x = tf.random.normal((batch, frames, size, size, 3))
     y = tf.zeros((batch,), tf.int32)
     result = _time(lambda: net.train_on_batch(x, y), case["warmup"], case["repeats"])

@@ -48,3 +48,46 @@ def test_linear_warmup():
     assert float(schedule(9)) == pytest.approx(0.1)
     assert float(schedule(60)) == pytest.approx(0.01)
     assert optim.StepDecay.from_config(schedule.get_config()).boundary_steps() == [50]
+
+
+def _float64_sgd(w, grads, learning_rate, momentum, nesterov, l2=0.0):
+    """The SGD rule Keras and the paper use, step by step in float64."""
+    w, velocity = w.astype(np.float64), np.zeros(w.shape)
+    for g in grads:
+        g = g + l2 * w
+        velocity = momentum * velocity - learning_rate * g
+        w = w + (momentum * velocity - learning_rate * g if nesterov else velocity)
+    return w
+
+
+@pytest.mark.parametrize("momentum, nesterov, l2", [(0.9, False, 0.0), (0.9, True, 0.0),
+                                                     (0.9, False, 1e-2), (0.0, False, 0.0)])
+def test_traced_update_follows_the_rule_in_float64(momentum, nesterov, l2):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(size=(3, 5)).astype(np.float32)
+    grads = [rng.normal(size=(3, 5)).astype(np.float32) for _ in range(4)]
+    variable = keras.Variable(w0)
+    optimizer = optim.SGDWithL2(l2=l2, learning_rate=0.1, momentum=momentum, nesterov=nesterov)
+    optimizer.build([variable])
+    step = tf.function(lambda g: optimizer.apply([g], [variable]))  # as model.fit runs it
+    for g in grads:
+        step(tf.constant(g))
+    expected = _float64_sgd(w0, grads, 0.1, momentum, nesterov, l2)
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_momentum_update_is_one_fused_kernel_per_variable():
+    """Keras' SGD is five elementwise ops per variable (2.2% of a C2D R50 step)."""
+    import tensorflow as tf
+
+    variables = [keras.Variable(np.ones((4, 3), np.float32)),
+                 keras.Variable(np.ones((3,), np.float32))]
+    optimizer = optim.SGDWithL2(l2=1e-4, learning_rate=0.1, momentum=0.9)
+    optimizer.build(variables)
+    grads = [tf.ones((4, 3)), tf.ones((3,))]
+    graph = tf.function(lambda: optimizer.apply(grads, variables)).get_concrete_function().graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("ResourceApplyKerasMomentum") == 2, types
+    assert "AssignAddVariableOp" not in types, types

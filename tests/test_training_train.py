@@ -130,10 +130,23 @@ before = model.get_weights()[0]
 model.fit(np.ones((8, 2), "float32"), np.zeros((8, 1), "float32"), batch_size=8, verbose=0)
 after = model.get_weights()[0]
 
+# The fused momentum update must reach each replica's copy: with x = 1 and the
+# prediction above its target, mean absolute error has a gradient of 1; lr 0.5,
+# momentum 0.9: steps of -0.5, then -0.95.
+with strategy.scope():
+    moving = keras.Sequential([keras.Input((2,)),
+                               keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    moving.compile(optimizer=optim.SGDWithL2(l2=0.0, learning_rate=0.5, momentum=0.9),
+                   loss="mae")
+start = moving.get_weights()[0]
+moving.fit(np.ones((16, 2), "float32"), np.full((16, 1), -9.0, "float32"), batch_size=8,
+           shuffle=False, verbose=0)
+moved = [(v.numpy() - start).ravel().tolist() for v in moving.trainable_variables[0].value.values]
+
 config = config_lib.load_config(None, sys.argv[1:])
 trained, results = train.run(config, strategy=strategy)
 print(json.dumps({"replicas": results["replicas"],
-                  "ratio": (after / before).ravel().tolist(),
+                  "ratio": (after / before).ravel().tolist(), "moved": moved,
                   "steps": results["steps"],
                   "variable": type(trained.trainable_variables[0].value).__name__}))
 """
@@ -150,6 +163,7 @@ def test_fit_under_mirrored_strategy_on_two_cpu_replicas(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
     np.testing.assert_allclose(report["ratio"], [0.75, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(report["moved"], [[-1.45, -1.45]] * 2, rtol=1e-6)
     assert report["steps"] == 16 // 4
     assert "Mirrored" in report["variable"] or "Distributed" in report["variable"]
 

@@ -49,6 +49,21 @@ class SGDWithL2(keras.optimizers.SGD):
             ]
         return super().apply(grads, trainable_variables)
 
+    def update_step(self, gradient, variable, learning_rate):
+        # Keras' update is five elementwise passes over each variable; on
+        # TensorFlow one fused kernel computes the same rule (`m = momentum * m
+        # - lr * g`, `w += m`, or Nesterov's `w += momentum * m - lr * g`).
+        if (keras.backend.backend() != "tensorflow" or not self.momentum
+                or isinstance(gradient, tf.IndexedSlices)):
+            return super().update_step(gradient, variable, learning_rate)
+        momentum = self.momentums[self._get_variable_index(variable)]
+        variable = variable.value if isinstance(variable, keras.Variable) else variable
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=momentum.value.handle,
+            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+            momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
+
     def get_config(self):
         config = super().get_config()
         config["l2"] = self.l2
