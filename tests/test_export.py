@@ -179,6 +179,31 @@ def test_refuses_to_overwrite_a_version(model, exported):
         export.export_saved_model(model, exported, data_config=DATA_CONFIG)
 
 
+def test_overwrite_replaces_the_version_whole(model, tmp_path):
+    path = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+    renamed = [name.upper() for name in CLASS_NAMES]
+    again = export.export_saved_model(model, path, data_config=DATA_CONFIG,
+                                      class_names=renamed, overwrite=True)
+    assert again == path and os.listdir(os.path.dirname(path)) == ["1"]
+    with open(os.path.join(path, "assets", export.CLASS_NAMES_ASSET)) as handle:
+        assert handle.read().splitlines() == renamed
+
+
+def test_staging_that_killed_exports_left_on_this_host_is_removed(model, tmp_path):
+    """A killed export leaves its staging folder (a SavedModel's size); the next export
+    into that model's folder removes those whose process is gone, and only those."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    folder = tmp_path / model.name
+    abandoned = export._staging_prefix().replace(f"-{os.getpid()}-", f"-{ended.pid}-") + "a1b2c3d4"
+    kept = [export._staging_prefix() + "e5f6g7h8",  # this process's: an export under way
+            f".export-another-host-{ended.pid}-i9j0k1l2", ".export-notours"]
+    for name in [abandoned, *kept]:
+        os.makedirs(folder / name / "model" / "variables")
+    export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+    assert sorted(os.listdir(folder)) == sorted(["1", *kept])
+
+
 @pytest.mark.parametrize("field, value", [("crop_size", CROP + 8), ("num_frames", NUM_FRAMES * 2)])
 def test_config_must_match_the_model_input(model, tmp_path, field, value):
     with pytest.raises(ValueError, match=rf"Received: data\.{field}={value}"):

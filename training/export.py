@@ -39,7 +39,9 @@ write a model with random weights.
 import argparse
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -253,6 +255,31 @@ def describe_model(model, model_config=None):
             "nonlocal_blocks": blocks}
 
 
+def _staging_prefix():
+    """Staging folders name their host and process, so that a later export can tell
+    one a killed export abandoned from one another export is writing."""
+    return f".export-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
+def _remove_abandoned_staging(folder):
+    """Delete what exports killed on this host left in `folder` (a model's folder)."""
+    pattern = re.compile(re.escape(f".export-{socket.gethostname()}-") + r"(\d+)-\w+")
+    for name in os.listdir(folder):
+        match = pattern.fullmatch(name)
+        if match and not _process_exists(int(match.group(1))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
 def export_saved_model(model, export_dir, *, data_config=None, class_names=None, top_k=5,
                        model_name=None, overwrite=False, multi_label=False, model_config=None,
                        weights=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
@@ -300,7 +327,8 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    _remove_abandoned_staging(parent)
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -320,7 +348,9 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
         if os.path.isdir(path):
-            shutil.rmtree(path)
+            # Moved aside (and deleted with the staging folder), not deleted in
+            # place: TF Serving must not load a half-deleted version.
+            os.rename(path, os.path.join(staging, "replaced"))
         os.rename(saved, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
