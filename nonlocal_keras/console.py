@@ -56,10 +56,18 @@ def _exit_status(code):
     return 1
 
 
+def say_interrupted(prog):
+    """The one line of a Ctrl-C. On a terminal it starts a line of its own: the
+    terminal's `^C`, or a progress bar Keras redraws in place, has none."""
+    sys.stdout.flush()
+    start = "\n" if sys.stderr.isatty() else ""
+    print(f"{start}{prog}: interrupted", file=sys.stderr, flush=True)
+
+
 def _interrupt_at_once(prog):
     """Ctrl-C ends the process until a command installs its own handling (see above)."""
     def leave(signum, frame):
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        say_interrupted(prog)
         os._exit(130)
 
     signal.signal(signal.SIGINT, leave)

@@ -203,6 +203,30 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
             130, "", "nonlocal-train: interrupted\n"), delay
 
 
+def test_on_a_terminal_the_interrupt_line_starts_a_line_of_its_own():
+    """Ctrl-C typed on a terminal: its `^C` (or a progress bar drawn in place) leaves
+    the cursor mid-line, where the one line had been appended."""
+    import pty
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child, with the terminal as its controlling one
+        os.execve(TRAIN[0], TRAIN + ["--list"], _env())
+    time.sleep(0.7)  # TensorFlow is loading
+    os.write(terminal, b"\x03")  # what pressing Ctrl-C sends
+    output = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # the child closed it
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130, output
+    assert output.endswith(b"\r\nnonlocal-train: interrupted\r\n"), output
+
+
 @pytest.mark.parametrize("command, argv, status, last_line", [
     ("nonlocal-train", ["--help"], 0, None),
     ("nonlocal-train", ["quick_start"], 2, "nonlocal-train: error: unrecognized arguments: quick_start"),

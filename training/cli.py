@@ -36,6 +36,7 @@ import threading
 
 import keras
 
+from nonlocal_keras.console import say_interrupted
 from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
@@ -105,8 +106,7 @@ def _handle_interrupts():
 
 
 def _exit_now():
-    print(f"{_PROG[0]}: interrupted", file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    say_interrupted(_PROG[0])
     for folder in list(_TEMPORARY):  # no `finally` runs after os._exit
         shutil.rmtree(folder, ignore_errors=True)
     os._exit(130)
@@ -147,10 +147,10 @@ def _run_main(prog, module_name, argv, debug):
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
+        say_interrupted(prog)
         return 130
     if INTERRUPTED.is_set():
         # Pressed while the command was finishing: the interrupt was swallowed somewhere.
-        print(f"{prog}: interrupted", file=sys.stderr)
+        say_interrupted(prog)
         return 130
     return 0 if status is None else int(status)
