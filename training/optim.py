@@ -56,11 +56,11 @@ class SGDWithL2(keras.optimizers.SGD):
         if (keras.backend.backend() != "tensorflow" or not self.momentum
                 or isinstance(gradient, tf.IndexedSlices)):
             return super().update_step(gradient, variable, learning_rate)
-        momentum = self.momentums[self._get_variable_index(variable)]
+        velocity = self.momentums[self._get_variable_index(variable)]
         variable = variable.value if isinstance(variable, keras.Variable) else variable
         dtype = variable.dtype
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=momentum.value.handle,
+            var=variable.handle, accum=velocity.value.handle,
             lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
             momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
 
