@@ -22,6 +22,9 @@ def is_decayed(variable):
 class SGDWithL2(keras.optimizers.SGD):
     """`keras.optimizers.SGD` whose gradients get `l2 * w` added for kernels.
 
+    With momentum on TensorFlow, each variable's update is one fused kernel
+    (`ResourceApplyKerasMomentum`) computing Keras' rule.
+
     Args:
         l2: the coefficient (paper: 1e-4); the penalty is `l2 / 2 * ||w||^2`.
         **kwargs: passed to `keras.optimizers.SGD` (`learning_rate`,
