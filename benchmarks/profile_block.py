@@ -19,7 +19,6 @@ import collections
 import os
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (asks for oneDNN before TensorFlow loads)
@@ -44,16 +43,9 @@ def is_product(kind):
 
 def profile(call, calls):
     """{(op name, op type): seconds a call} over `calls` traced calls."""
-    import tensorflow as tf
-
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        for _ in range(calls):
-            call()
-        tf.profiler.experimental.stop()
-        ops = collections.Counter()
-        for name, kind, seconds in profile_step.op_events(logdir):
-            ops[name, kind] += seconds / calls
+    ops = collections.Counter()
+    for name, kind, seconds in profile_step.trace(call, calls):
+        ops[name, kind] += seconds / calls
     return ops
 
 

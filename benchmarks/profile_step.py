@@ -100,11 +100,23 @@ def op_events(logdir):
                     yield name.rsplit(":", 1)[0], kind, event.duration_ps * 1e-12
 
 
-def op_times(logdir):
-    """Seconds per op type, summed over the events of every host thread, and per
-    (layer, family) of the model's convolution and BN layers."""
+def trace(call, calls):
+    """`op_events` of `calls` calls of `call`, traced with `tf.profiler`."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(calls):
+            call()
+        tf.profiler.experimental.stop()
+        return list(op_events(logdir))
+
+
+def op_times(events):
+    """Seconds per op type of `op_events`, and per (layer, family) of the model's
+    convolution and BN layers."""
     totals, layers = collections.Counter(), collections.Counter()
-    for name, kind, seconds in op_events(logdir):
+    for name, kind, seconds in events:
         totals[kind] += seconds
         layer = _LAYER.search(name)
         if layer:
@@ -177,12 +189,7 @@ def main(argv=None):
           f"{gflop:.1f} GFLOP/clip, {rate:.0f} GFLOP/s = "
           f"{100 * rate / peak:.0f}% of tf.matmul ({peak:.0f} GFLOP/s, measured now)")
     if args.profile:
-        with tempfile.TemporaryDirectory() as logdir:
-            tf.profiler.experimental.start(logdir)
-            for _ in range(2):
-                model.train_on_batch(x, y)
-            tf.profiler.experimental.stop()
-            totals, layers = op_times(logdir)
+        totals, layers = op_times(trace(lambda: model.train_on_batch(x, y), 2))
         whole = sum(totals.values())
         print(f"op time per step {whole / 2 * 1e3:.0f} ms (summed over threads)")
         for name, seconds in totals.most_common(args.top):
