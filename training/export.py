@@ -255,10 +255,14 @@ def describe_model(model, model_config=None):
             "nonlocal_blocks": blocks}
 
 
+def _host_staging_prefix():
+    return f".export-{socket.gethostname()}-"
+
+
 def _staging_prefix():
     """Staging folders name their host and process, so that a later export can tell
     one a killed export abandoned from one another export is writing."""
-    return f".export-{socket.gethostname()}-{os.getpid()}-"
+    return f"{_host_staging_prefix()}{os.getpid()}-"
 
 
 def _process_exists(pid):
@@ -273,7 +277,7 @@ def _process_exists(pid):
 
 def _remove_abandoned_staging(folder):
     """Delete what exports killed on this host left in `folder` (a model's folder)."""
-    pattern = re.compile(re.escape(f".export-{socket.gethostname()}-") + r"(\d+)-\w+")
+    pattern = re.compile(re.escape(_host_staging_prefix()) + r"(\d+)-\w+")
     for name in os.listdir(folder):
         match = pattern.fullmatch(name)
         if match and not _process_exists(int(match.group(1))):
