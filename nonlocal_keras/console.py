@@ -60,8 +60,16 @@ def say_interrupted(prog):
     """The one line of a Ctrl-C. On a terminal it starts a line of its own: the
     terminal's `^C`, or a progress bar Keras redraws in place, has none."""
     sys.stdout.flush()
-    start = "\n" if sys.stderr.isatty() else ""
+    start = "\n" if is_terminal(sys.stderr) else ""
     print(f"{start}{prog}: interrupted", file=sys.stderr, flush=True)
+
+
+def is_terminal(stream):
+    """Whether `stream` is a terminal (False for a file, a pipe, a closed stream)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _interrupt_at_once(prog):

@@ -66,10 +66,10 @@ def test_top5_of_each_video_matches_the_keras_model(setup, capsys):
     assert predict.main([*videos, "--model", saved]) == 0
     out, err = capsys.readouterr()
     printed = parse_top_k(out)
-    # A progress bar on stderr: after the first video (with the time left), and at the end.
-    shown = re.sub(r"\x1b\[[0-9;]*m", "", err)
-    assert re.search(r"1/2 \S+ \d+s \d+m?s/video", shown), shown
-    assert re.search(r"2/2 \S+ \d+s \d+m?s/video", shown), shown
+    # Progress on stderr, not a terminal here: a line after the first video (with the
+    # time left) and one at the end.
+    assert re.fullmatch(r"1/2 videos, \d+ s, about \d+ s left\n"
+                        r"2/2 videos in \d+ s, \d+ ms a video\n", err), err
     assert list(printed) == videos
     for video in videos:
         scores = expected_scores(model, video)

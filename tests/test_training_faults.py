@@ -227,6 +227,23 @@ def test_on_a_terminal_the_interrupt_line_starts_a_line_of_its_own():
     assert output.endswith(b"\r\nnonlocal-train: interrupted\r\n"), output
 
 
+def test_a_log_file_gets_a_line_an_epoch_and_no_redraw_characters(tmp_path):
+    """`runtime.verbose` left at "auto", output into pipes (a log file, `nohup`, a
+    batch scheduler): Keras' bar had written carriage returns, backspaces and colour
+    codes there (it takes every POSIX process for an interactive one), and so had
+    the final evaluation's."""
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    result = _run(_command(csv_path, run_dir, "schedule.epochs=2", "runtime.verbose=auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for output in (result.stdout, result.stderr):
+        assert not set(output) & {"\r", "\b", "\x1b"}, output[:3000]
+    epoch_lines = [line for line in result.stdout.splitlines()
+                   if line.startswith(f"{STEPS}/{STEPS} - ") and "loss: " in line]
+    assert len(epoch_lines) == 2, result.stdout
+    assert result.stderr.splitlines()[-1].startswith("12/12 videos in "), result.stderr
+
+
 @pytest.mark.parametrize("command, argv, status, last_line", [
     ("nonlocal-train", ["--help"], 0, None),
     ("nonlocal-train", ["quick_start"], 2, "nonlocal-train: error: unrecognized arguments: quick_start"),

@@ -114,8 +114,9 @@ class RuntimeConfig:
     # How often the resume state is committed: "epoch" or a number of steps.
     backup_freq: Union[str, int] = "epoch"
     tensorboard: bool = True
-    # 0 silent, 1 progress bar, 2 one line per epoch (Keras' `verbose`).
-    verbose: int = 1
+    # 0 silent, 1 progress bar, 2 one line per epoch (Keras' `verbose`); "auto":
+    # 1 when stdout is a terminal, else 2 (`runtime.keras_verbose`).
+    verbose: Union[str, int] = "auto"
     steps_per_execution: int = 1
 
 
@@ -361,8 +362,9 @@ def validate(config):
     backup = runtime["backup_freq"]
     if backup != "epoch" and (isinstance(backup, str) or backup < 1):
         _fail("runtime.backup_freq", backup, "must be 'epoch' or a number of steps >= 1")
-    if runtime["verbose"] not in (0, 1, 2):
-        _fail("runtime.verbose", runtime["verbose"], "must be 0, 1 or 2")
+    verbose = runtime["verbose"]
+    if verbose != "auto" and (isinstance(verbose, str) or verbose not in (0, 1, 2)):
+        _fail("runtime.verbose", verbose, "must be 'auto', 0, 1 or 2")
     _at_least(config, "runtime.steps_per_execution", 1)
     _check_stem(config)
     return config

@@ -21,21 +21,29 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nonlocal_keras.console import is_terminal
 from nonlocal_keras.training import atomic, data, metrics
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
 
 class VideoProgress:
-    """A Keras progress bar over videos with the time left, on stderr (stdout
-    holds the results). Skipped videos never reach a batch: they count as done
-    once `skipped_count()` reports them."""
+    """Progress over videos with the time left, on stderr (stdout holds the
+    results). `verbose` as Keras': 0 nothing; 1 Keras' bar when stderr is a
+    terminal, else lines; 2 lines: one at every tenth of the videos and one at
+    the end, with no carriage returns, backspaces or colour codes (Keras' bar
+    writes them into a log file too). Skipped videos never reach a batch: they
+    count as done once `skipped_count()` reports them."""
 
-    def __init__(self, total, skipped_count, enabled=True):
+    def __init__(self, total, skipped_count, verbose=1):
+        self.total = total
         self.skipped_count = skipped_count
         self.done = 0
         self.bar = None
-        if enabled:
+        self.lines = verbose == 2 or (verbose == 1 and not is_terminal(sys.stderr))
+        self.tenths_shown = 0
+        self.start = time.perf_counter()
+        if verbose and not self.lines:
             with contextlib.redirect_stdout(sys.stderr):
                 # interval 0: every video shows, each takes far longer than a redraw.
                 self.bar = keras.utils.Progbar(total, unit_name="video", interval=0)
@@ -48,11 +56,26 @@ class VideoProgress:
         self._show(finalize=True)
 
     def _show(self, finalize):
-        if self.bar is None:
-            return
-        current = min(self.done + self.skipped_count(), self.bar.target)
-        with contextlib.redirect_stdout(sys.stderr):
-            self.bar.update(self.bar.target if finalize else current, finalize=finalize)
+        current = self.total if finalize else min(self.done + self.skipped_count(), self.total)
+        if self.bar is not None:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.bar.update(current, finalize=finalize)
+        elif self.lines:
+            self._line(current, finalize)
+
+    def _line(self, current, finalize):
+        tenths = 10 * current // max(self.total, 1)
+        if not finalize and (tenths <= self.tenths_shown or current >= self.total):
+            return  # the end has a line of its own
+        self.tenths_shown = tenths
+        elapsed = time.perf_counter() - self.start
+        if finalize:
+            each = f", {1e3 * elapsed / self.total:.0f} ms a video" if self.total else ""
+            message = f"{self.total}/{self.total} videos in {elapsed:.0f} s{each}"
+        else:
+            left = elapsed * (self.total - current) / current
+            message = f"{current}/{self.total} videos, {elapsed:.0f} s, about {left:.0f} s left"
+        print(message, file=sys.stderr, flush=True)
 
 
 def predict_videos(model, dataset, num_videos, num_classes, progress=None):
@@ -88,7 +111,7 @@ def score_metrics(scores, records, num_classes, multi_label):
 
 
 def evaluate_records(model, records, data_config, multi_label, batch_size=4, skipped=None,
-                     progress=True):
+                     verbose=1):
     """Run the protocol on `records`; returns the metrics dict (also counts, time).
 
     Raises `DatasetError` when no video could be decoded: there is nothing to
@@ -99,7 +122,7 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     dataset = data.eval_dataset(records, num_classes, multi_label, batch_size,
                                 skipped=skipped, **data.eval_options(data_config))
     start = time.perf_counter()
-    bar = VideoProgress(len(records), lambda: skipped.total, enabled=progress)
+    bar = VideoProgress(len(records), lambda: skipped.total, verbose)
     scores, seen = predict_videos(model, dataset, len(records), num_classes, bar)
     if not seen.any():
         raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "
@@ -128,7 +151,9 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.num_clips=1")
     parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (default: a bar on a terminal, else a "
+                        "line at every tenth of the videos)")
     args = parser.parse_args(argv)
     if not (args.config or args.run_dir):
         raise UserError("give --run-dir or --config")
@@ -145,7 +170,7 @@ def main(argv=None):
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
-                                      progress=not args.no_progress))
+                                      verbose=0 if args.no_progress else 1))
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
         atomic.write_json(output, results)

@@ -7,7 +7,8 @@ only the frames the clips need, `num_clips` clips evenly spaced in time,
 `num_crops` crops at shorter side `eval_scale`, normalisation: every setting
 as `nonlocal-export` recorded it), the SavedModel's `serving_normalized`
 signature scores every view, and the view scores are averaged, the paper's
-multi-clip protocol. A progress bar with ETA goes to stderr. A file that
+multi-clip protocol. A progress bar with ETA goes to stderr (on a terminal;
+else a line at every tenth of the videos). A file that
 cannot be read (or is truncated) is reported on stderr by name and reason;
 the exit status is 1 when any file failed.
 """
@@ -40,7 +41,7 @@ def eval_options(metadata, num_clips=None, num_crops=None):
 
 
 def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_size=1,
-                  progress=True):
+                  verbose=1):
     """Mean view scores per video.
 
     Returns `(scores, failures, metadata)`: `(len(paths), classes)` scores
@@ -60,7 +61,7 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     unreadable = UnreadableVideos()
     dataset = data.eval_dataset(records, num_classes, False, batch_size, skipped=unreadable,
                                 **eval_options(metadata, num_clips, num_crops))
-    bar = evaluate.VideoProgress(len(records), lambda: len(unreadable.reasons), progress)
+    bar = evaluate.VideoProgress(len(records), lambda: len(unreadable.reasons), verbose)
     scores, _ = evaluate.predict_videos(scores_of, dataset, len(records), num_classes, bar)
     failures = {path: unreadable.reasons[record.path]
                 for path, record in zip(paths, records) if record.path in unreadable.reasons}
@@ -87,7 +88,9 @@ def main(argv=None):
     parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
     parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
     parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (default: a bar on a terminal, else a "
+                        "line at every tenth of the videos)")
     args = parser.parse_args(argv)
     for flag in ("top_k", "num_clips", "num_crops", "batch_size"):
         value = getattr(args, flag)
@@ -97,7 +100,7 @@ def main(argv=None):
 
     scores, failures, metadata = predict_files(args.videos, args.model, args.num_clips,
                                                args.num_crops, args.batch_size,
-                                               progress=not args.no_progress)
+                                               verbose=0 if args.no_progress else 1)
     for path, video_scores in zip(args.videos, scores):
         if path not in failures:
             print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))

@@ -1,13 +1,27 @@
 """Distribution strategy and precision policy chosen by config flags."""
 
 import logging
+import sys
 
 import keras
 import tensorflow as tf
 
 from nonlocal_keras import cpu
+from nonlocal_keras.console import is_terminal
 
 logger = logging.getLogger(__name__)
+
+
+def keras_verbose(verbose, stream=None):
+    """Keras' `verbose` for `runtime.verbose`: "auto" is the progress bar (1)
+    when `stream` (default: stdout, where Keras writes) is a terminal, else one
+    line an epoch (2). Keras redraws its bar with carriage returns, backspaces
+    and colour codes even into a file or a pipe (it takes every POSIX process
+    for an interactive one): 28 KB of them for one 125-step epoch of the demo
+    in the log of a run under `nohup` or a batch scheduler."""
+    if verbose != "auto":
+        return verbose
+    return 1 if is_terminal(sys.stdout if stream is None else stream) else 2
 
 
 def make_strategy(name="auto", tpu=""):

@@ -257,7 +257,7 @@ def run(config, strategy=None, restart=False):
         if val_records:
             results["eval"] = evaluate.evaluate_records(
                 model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
-                progress=config["runtime"]["verbose"] == 1)
+                verbose=runtime.keras_verbose(config["runtime"]["verbose"]))
         if chief:
             with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
                 model.save_weights(temporary)
@@ -287,7 +287,7 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
         model.fit(dataset, initial_epoch=state.epoch,
                   epochs=state.epoch + 1 if offset else epochs,
                   steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                  callbacks=callbacks + [commit], verbose=runtime_config["verbose"],
+                  callbacks=callbacks + [commit], verbose=runtime.keras_verbose(runtime_config["verbose"]),
                   shuffle=False)  # tf.data shuffles
 
 
