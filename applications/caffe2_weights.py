@@ -31,6 +31,8 @@ import numpy as np
 
 from nonlocal_keras.applications import video_resnet
 from nonlocal_keras.layers import NonLocal3D
+from nonlocal_keras.training import atomic
+from nonlocal_keras.training.errors import FolderError
 
 # The epsilon of every BN of the video models and of the non-local blocks
 # (both 1e-5, the official BN_EPSILON): affine-only BNs are exact for it.
@@ -198,7 +200,8 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
                          f"Received: classes={classes}")
     model = model_for_arch(arch, classes=file_classes or 400, include_top=include_top)
     unused = load_caffe2_weights(model, blobs)
-    model.save_weights(destination)
+    with atomic.replace(destination, atomic.model_size(model)) as temporary:
+        model.save_weights(temporary)
     return model, unused
 
 
@@ -217,7 +220,7 @@ def main(argv=None):
     try:
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
                                                classes=args.classes)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, FolderError) as error:
         parser.exit(2, f"nonlocal-convert-weights: error: {error}\n")
     print(f"{model.name}: {len(caffe2_blob_map(model))} blobs loaded, {len(unused)} ignored"
           + (f" ({', '.join(unused[:8])}{', ...' if len(unused) > 8 else ''})" if unused else ""))

@@ -1,5 +1,6 @@
 """Caffe2 release conversion: a pickle written here in the official naming scheme, round trip."""
 
+import os
 import pickle
 
 import keras
@@ -118,18 +119,31 @@ def test_unused_parameter_blobs_are_reported():
 
 
 @pytest.mark.slow
-def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys):
+def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys, monkeypatch):
     source = I3DResNet50(nonlocal_blocks=5)
     randomize(source, 3)
     write_pickle(tmp_path / "i3d_nl5.pkl", {**official_blobs(source), **EXTRA_BLOBS}, wrap=True)
     destination = str(tmp_path / "i3d_nl5.weights.h5")
     assert main([str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination]) == 0
     assert "3 ignored" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
     restored = I3DResNet50(nonlocal_blocks=5, weights=destination)
     assert_same_weights(restored, source)
     clip = np.random.default_rng(4).normal(size=(1, 4, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(restored(clip, training=False), source(clip, training=False),
                                rtol=1e-5, atol=1e-6)
+
+    # Written under a temporary name, renamed at the end: on a full disk the file
+    # that was there stays whole (it had been overwritten in place).
+    real, before = os.statvfs(tmp_path), (tmp_path / "i3d_nl5.weights.h5").read_bytes()
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(real[:4] + (0,) + real[5:]))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"nonlocal-convert-weights: error: Cannot write '{destination}' (No space left on device")
+    assert (tmp_path / "i3d_nl5.weights.h5").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -189,6 +189,29 @@ def test_overwrite_replaces_the_version_whole(model, tmp_path):
         assert handle.read().splitlines() == renamed
 
 
+def test_a_full_disk_is_a_one_line_error_and_the_version_stays(model, tmp_path, monkeypatch):
+    """TensorFlow's saver reports a full disk as a ResourceExhaustedError (seen on a full
+    tmpfs, with this message): it was a traceback and exit 1."""
+    import keras
+
+    path = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+    before = sorted(os.listdir(path))
+
+    def write_out(self, filepath, **kwargs):
+        os.makedirs(os.path.join(filepath, "variables"))  # what SaveV2 had begun
+        raise tf.errors.ResourceExhaustedError(
+            None, None, "{{function_node __wrapped__SaveV2_dtypes_79_device_/job:localhost/"
+            f"replica:0/task:0/device:CPU:0}}}} {filepath}/variables/variables_temp/part-00000-"
+            "of-00001.data-00000-of-00001.tempstate1498; No space left on device [Op:SaveV2]")
+
+    # The class keras.export.ExportArchive() makes for the backend (TFExportArchive).
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", write_out)
+    with pytest.raises(errors.FolderError, match=r"Cannot write the SavedModel '.*/1' \(No space "
+                       r"left on device\); nothing was exported, and the folder holds what it held"):
+        export.export_saved_model(model, path, data_config=DATA_CONFIG, overwrite=True)
+    assert os.listdir(os.path.dirname(path)) == ["1"] and sorted(os.listdir(path)) == before
+
+
 def test_staging_that_killed_exports_left_on_this_host_is_removed(model, tmp_path):
     """A killed export leaves its staging folder (a SavedModel's size); the next export
     into that model's folder removes those whose process is gone, and only those."""

@@ -244,6 +244,36 @@ def test_a_log_file_gets_a_line_an_epoch_and_no_redraw_characters(tmp_path):
     assert result.stderr.splitlines()[-1].startswith("12/12 videos in "), result.stderr
 
 
+def test_a_full_disk_is_one_line_and_the_same_command_runs_once_there_is_room(tmp_path):
+    """A write the storage refuses (here a file size limit, `RLIMIT_FSIZE`, below the size
+    of the run's config.yaml: the way a test can fill a disk) was a traceback and exit 1."""
+    import resource
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    command = _command(csv_path, run_dir, "schedule.epochs=1")
+    env = _env_with_temporary_folder(tmp_path)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal's kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    full = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240,
+                          preexec_fn=limit_file_size)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert full.stderr.splitlines()[-1] == (
+        f"nonlocal-train: error: Cannot write '{run_dir / 'config.yaml'}' (File too large); the "
+        "file there before, if any, is unchanged. The run keeps its last commit: free space (or "
+        "fix the permissions) and run the same command again to resume."), full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    assert sorted(os.listdir(run_dir)) == [".lock", "state"]  # no temporary file left
+    _check_no_temporary_files(env)
+
+    again = _run(command, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == STEPS
+
+
 @pytest.mark.parametrize("command, argv, status, last_line", [
     ("nonlocal-train", ["--help"], 0, None),
     ("nonlocal-train", ["quick_start"], 2, "nonlocal-train: error: unrecognized arguments: quick_start"),

@@ -1,8 +1,10 @@
 """nonlocal-train end to end on tiny MP4 data: outputs, precision, resume, MirroredStrategy."""
 
 import csv
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +275,86 @@ def test_make_folder_names_the_setting_and_keeps_what_is_there(tmp_path):
     assert (tmp_path / "file").read_text() == "x"
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES])
+def test_a_write_the_storage_refuses_names_the_file_and_keeps_the_old_one(tmp_path, code):
+    """A full disk (or quota, size limit, permissions) while a file is written: a traceback
+    and exit 1 before; now a one-line error, the file as it was, no temporary left."""
+    from nonlocal_keras.training import atomic
+    from nonlocal_keras.training.errors import FolderError, UserError
+
+    target = tmp_path / "state.json"
+    target.write_text("before")
+    with pytest.raises(FolderError, match=rf"Cannot write '{target}' \({os.strerror(code)}\); "
+                       "the file there before, if any, is unchanged") as raised:
+        with atomic.replace(target) as temporary:
+            with open(temporary, "w") as handle:
+                handle.write("half")
+            raise OSError(code, os.strerror(code))
+    assert isinstance(raised.value, UserError)  # one line, exit 2
+    assert os.listdir(tmp_path) == ["state.json"] and target.read_text() == "before"
+    with pytest.raises(OSError, match="Input/output error"):  # not the user's: a bug or hardware
+        with atomic.replace(target):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_an_hdf5_write_refused_at_its_close_is_a_refusal_too(tmp_path):
+    """h5py reports a failed write that HDF5 had buffered until the close as a
+    RuntimeError whose message holds the errno."""
+    from nonlocal_keras.training import atomic
+    from nonlocal_keras.training.errors import FolderError
+
+    message = ("Disable slist on flush dest failure failed (file write failed: time = Fri Dec  "
+               "4 14:40:45 2026\n, filename = '.tmp-bff457eb-ckpt-000000002.weights.h5', file "
+               "descriptor = 8, errno = 28, error message = 'No space left on device', buf = "
+               "0x5576bb9e65a8, total write size = 13832, bytes this sub-write = 13832, offset = "
+               "13040)")
+    with pytest.raises(FolderError, match=r"\(No space left on device\)"):
+        with atomic.replace(tmp_path / "x.weights.h5"):
+            raise RuntimeError(message)
+    with pytest.raises(RuntimeError, match="errno = 5"):  # EIO: not the user's
+        with atomic.replace(tmp_path / "x.weights.h5"):
+            raise RuntimeError(message.replace("errno = 28", "errno = 5"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_hdf5_files_are_written_only_where_there_is_room_for_them(tmp_path, monkeypatch):
+    """HDF5 can crash the process (a segmentation fault in h5py's close) when the disk
+    fills while it writes a file's metadata: the free space is checked first."""
+    import keras
+
+    from nonlocal_keras.training import atomic
+    from nonlocal_keras.training.errors import FolderError
+
+    model = keras.Sequential([keras.Input((30,)), keras.layers.Dense(200),
+                              keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    size = atomic.model_size(model)
+    model.save_weights(tmp_path / "w.weights.h5")
+    model.save(tmp_path / "m.keras")
+    for name in ("w.weights.h5", "m.keras"):
+        actual = os.path.getsize(tmp_path / name)
+        assert actual <= size <= 1.3 * actual, (name, actual, size)
+
+    real = os.statvfs(tmp_path)
+    free = {"blocks": size // real.f_frsize - 1}
+
+    def statvfs(path):
+        return os.statvfs_result(real[:4] + (free["blocks"],) + real[5:])
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    target = tmp_path / "w.weights.h5"
+    before = target.read_bytes()
+    with pytest.raises(FolderError, match=r"\(No space left on device: [0-9.]+ KB free, about "
+                       r"[0-9.]+ KB needed\); the file there before, if any, is unchanged"):
+        with atomic.replace(target, size):
+            raise AssertionError("written without room")
+    assert target.read_bytes() == before
+    free["blocks"] += 2
+    with atomic.replace(target, size) as temporary:
+        model.save_weights(temporary)
+
+
 def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
     from nonlocal_keras.training import run_state, train
 
@@ -285,9 +367,18 @@ def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
     with pytest.raises(run_state.RunFolderError, match="holds no run"):
         train.run(config)
     assert os.listdir(run_dir) == ["notes.txt"]  # not even a lock file
-    # A folder with only a lock file left by an earlier process is an empty one.
+    # A folder with only what an earlier start left before its config.yaml (the lock
+    # file, an empty state folder, a temporary file: a kill or a full disk there) is an
+    # empty one, with --restart or without; the latter had been refused as a folder
+    # that holds no run.
     (run_dir / "notes.txt").unlink()
-    (run_dir / run_state.LOCK_FILE).touch()
-    train.run(config, restart=True)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
-    assert (run_dir / "results.json").is_file()
+    for restart in (True, False):
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / run_state.LOCK_FILE).touch()
+        (run_dir / run_state.STATE_DIR).mkdir()
+        (run_dir / ".tmp-0123abcd-config.yaml").write_text("half")
+        assert not run_state.holds_anything(run_dir)
+        train.run(config, restart=restart)
+        assert not [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
+        assert (run_dir / "results.json").is_file()
+        shutil.rmtree(run_dir)

@@ -8,10 +8,17 @@ renames it over `path` only when the block ends without an exception.
 """
 
 import contextlib
+import errno
+import gc
 import json
+import math
 import os
+import re
 import signal
+import sys
 import uuid
+
+import numpy as np
 
 from nonlocal_keras.training.errors import FolderError
 
@@ -50,19 +57,130 @@ def _fsync(path):
         os.close(descriptor)
 
 
+# The storage refused the write: the user's disk, quota or permissions, not a bug.
+REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
-def replace(path):
-    """`with replace(path) as temporary:` write `temporary`; it becomes `path` at the end."""
+def replace(path, size=None):
+    """`with replace(path) as temporary:` write `temporary`; it becomes `path` at the end.
+
+    When the storage refuses the write (disk full, quota, permissions), a
+    `FolderError` names the file and the reason, and `path` is left as it was.
+    `size`: the bytes the file will about take, checked against the free space
+    first (see `check_room`).
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if size is not None:
+        check_room(path, size)
     temporary = temporary_name(path)
+    refused = None
     try:
         yield temporary
         _fsync(temporary)
         _maybe_kill(path)
         os.replace(temporary, path)
+    except Exception as error:  # noqa: BLE001 - h5py raises a RuntimeError for a failed close
+        refused = refused_errno(error)
+        if refused is None:
+            raise
+        _release_failed_writer(error)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+    if refused is not None:
+        raise FolderError(f"Cannot write {os.path.abspath(path)!r} ({os.strerror(refused)}); "
+                          "the file there before, if any, is unchanged")
+
+
+def check_room(path, size):
+    """A `FolderError` when the file system of `path` has less than `size` bytes
+    free for this user. Before an HDF5 file is written: h5py raises when a disk
+    fills during a write, but crashes the process (a segmentation fault inside
+    its `close`) when it fills while the file's metadata is written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    if free < size:
+        raise FolderError(f"Cannot write {os.path.abspath(path)!r} ({os.strerror(errno.ENOSPC)}: "
+                          f"{_amount(free)} free, about {_amount(size)} needed); the file there "
+                          "before, if any, is unchanged")
+
+
+def _amount(size):
+    """Bytes as people read them: 512 bytes, 12.3 KB, 250.4 MB, 1.2 GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def model_size(model):
+    """About the bytes of `model.save_weights` / `model.save`'s file: Keras
+    writes the optimiser's variables too (momentum: as many again), and each
+    variable takes about 1 KB of HDF5 groups and attributes (2 KB counted)."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
+    return sum(math.prod(v.shape) * _itemsize(v.dtype) + 2048 for v in variables)
+
+
+def _itemsize(dtype):
+    try:
+        return np.dtype(str(dtype)).itemsize
+    except TypeError:  # a name NumPy does not know (bfloat16 without ml_dtypes): at most 4
+        return 4
+
+
+def refused_errno(error):
+    """The errno of `error` (or of an error it was raised while handling) when
+    it is one of `REFUSED`, else None. Not every writer raises an `OSError`:
+    h5py turns a failed write that HDF5 had buffered until the file's close into
+    a `RuntimeError` whose message holds the errno ("... errno = 28, error
+    message = 'No space left on device' ..."), TensorFlow's savers raise a
+    `ResourceExhaustedError` ending "; No space left on device"."""
+    while error is not None:
+        code = getattr(error, "errno", None)
+        if code is None:
+            found = re.search(r"\berrno = (\d+)", str(error))
+            code = int(found.group(1)) if found else None
+        if code is None:
+            code = next((c for c in REFUSED if os.strerror(c) in str(error)), None)
+        if code in REFUSED:
+            return code
+        error = error.__context__
+    return None
+
+
+def _release_failed_writer(error):
+    """Free what the failed write left open, quietly. An h5py file whose write
+    failed fails again when it is closed, in its finaliser, which printed two
+    tracebacks ("Exception ignored in ... __dealloc__") after the one-line error,
+    when the error was let go; here that second failure is expected. The
+    writer's objects live in the finished frames of the error's traceback and in
+    their callers that Keras leaves out of it (`f_back`), up to the first frame
+    still running."""
+    # h5py (Cython) reports a finaliser's error through both hooks.
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = sys.excepthook = lambda *reported: None
+    try:
+        while error is not None:
+            tb = error.__traceback__
+            while tb is not None:
+                _clear_finished(tb.tb_frame)
+                tb = tb.tb_next
+            error = error.__context__
+        gc.collect()
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
+
+
+def _clear_finished(frame):
+    while frame is not None:
+        try:
+            frame.clear()
+        except RuntimeError:  # still running, and so are its callers
+            return
+        frame = frame.f_back
 
 
 def _maybe_kill(path):

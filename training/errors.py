@@ -23,4 +23,4 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class FolderError(UserError):
     """A folder the user named cannot be made or written in (a file in its way, no
-    permission, a read-only file system)."""
+    permission, a read-only file system, a full disk or quota)."""

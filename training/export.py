@@ -50,7 +50,7 @@ import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import atomic, data, models, preprocessing
-from nonlocal_keras.training.errors import ConfigError, MissingFileError, UserError
+from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError, UserError
 from nonlocal_keras.utils import is_positive_int
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -356,6 +356,12 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
             # place: TF Serving must not load a half-deleted version.
             os.rename(path, os.path.join(staging, "replaced"))
         os.rename(saved, path)
+    except Exception as error:  # noqa: BLE001 - a full disk is a ResourceExhaustedError here
+        refused = atomic.refused_errno(error)
+        if refused is None:
+            raise
+        raise FolderError(f"Cannot write the SavedModel {path!r} ({os.strerror(refused)}); "
+                          "nothing was exported, and the folder holds what it held") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -42,8 +42,20 @@ class RunFolderError(UserError):
 
 
 def holds_anything(run_dir):
-    """Whether `run_dir` is a folder with anything in it but the lock file."""
-    return os.path.isdir(run_dir) and bool(set(os.listdir(run_dir)) - {LOCK_FILE})
+    """Whether `run_dir` is a folder with anything in it but what a run's first
+    moments leave before its config.yaml is in place (the lock file, an empty
+    state folder, temporary files): a run killed or refused a write there has
+    trained nothing, and the same command starts it again."""
+    if not os.path.isdir(run_dir):
+        return False
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name == LOCK_FILE or atomic.is_temporary(name):
+            continue
+        if name == STATE_DIR and os.path.isdir(path) and not os.listdir(path):
+            continue
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -151,7 +163,7 @@ class RunState:
         name = f"ckpt-{self.step:09d}.weights.h5"
         path = os.path.join(self.folder, name)
         if self._committed is None or self._committed["weights"] != name:
-            with atomic.replace(path) as temporary:
+            with atomic.replace(path, atomic.model_size(model)) as temporary:
                 model.save_weights(temporary)
         previous = None
         if self._committed is not None and self._committed["weights"] != name:

@@ -123,10 +123,8 @@ def main(argv=None):
           + "]}")
     if args.write:
         atomic.make_folder(args.write, "--write")
-        with open(os.path.join(args.write, "models.config"), "w") as handle:
-            handle.write(config)
-        with open(os.path.join(args.write, "request.json"), "w") as handle:
-            handle.write(body)
+        atomic.write_text(os.path.join(args.write, "models.config"), config)
+        atomic.write_text(os.path.join(args.write, "request.json"), body)
     return 0
 
 

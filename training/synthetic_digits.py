@@ -18,12 +18,13 @@ reused when its `done.json` matches the requested parameters.
 """
 
 import csv
+import io
 import json
 import os
 
 import numpy as np
 
-from nonlocal_keras.training import video_io
+from nonlocal_keras.training import atomic, video_io
 
 NUM_CLASSES = 10
 NUM_FRAMES = 8
@@ -89,10 +90,8 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
     root = root or default_cache_dir()
     params = {"version": _VERSION, "num_train": num_train, "num_test": num_test, "seed": seed}
     stamp = os.path.join(root, "done.json")
-    if os.path.isfile(stamp):
-        with open(stamp) as handle:
-            if json.load(handle) == params:
-                return root
+    if _read_stamp(stamp) == params:
+        return root
     for split, count in (("train", num_train), ("test", num_test)):
         folder = os.path.join(root, "videos", split)
         os.makedirs(folder, exist_ok=True)
@@ -101,13 +100,24 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
             relative = os.path.join("videos", split, f"{i:06d}.mp4")
             video_io.write_video(os.path.join(root, relative), frames)
             rows.append((relative, label, quadrant))
-        with open(os.path.join(root, f"{split}.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "marker_quadrant"])
-            writer.writerows(rows)
-    with open(stamp, "w") as handle:
-        json.dump(params, handle)
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["path", "label", "marker_quadrant"])
+        writer.writerows(rows)
+        atomic.write_text(os.path.join(root, f"{split}.csv"), table.getvalue())
+    atomic.write_json(stamp, params)
     return root
+
+
+def _read_stamp(path):
+    """The parameters the data set in `root` was made with; None when it is not
+    complete (no stamp, or one from before stamps were written atomically that a
+    kill cut short)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

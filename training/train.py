@@ -34,7 +34,7 @@ import yaml
 
 from nonlocal_keras.training import atomic, cli, data, evaluate, models, optim, run_state, runtime
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training.errors import DatasetError
+from nonlocal_keras.training.errors import DatasetError, FolderError
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ def _steps_per_epoch(config, num_records, strategy):
 
 
 def _move_aside(run_dir):
-    # A folder holding only the lock file (this command's own) has nothing to keep.
+    # A folder holding only the lock file and what a start left (`holds_anything`) has
+    # nothing to keep.
     if not run_state.holds_anything(run_dir):
         return None
     target = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -215,6 +216,7 @@ def run(config, strategy=None, restart=False):
                 return _finished(run_dir, model, state)
 
         # Writing starts here.
+        held.enter_context(_resume_hint())
         if chief:
             if restart and _move_aside(run_dir):
                 held.enter_context(run_state.folder_lock(run_dir))
@@ -259,13 +261,24 @@ def run(config, strategy=None, restart=False):
                 model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
                 verbose=runtime.keras_verbose(config["runtime"]["verbose"]))
         if chief:
-            with atomic.replace(os.path.join(run_dir, "final.weights.h5")) as temporary:
+            size = atomic.model_size(model)
+            with atomic.replace(os.path.join(run_dir, "final.weights.h5"), size) as temporary:
                 model.save_weights(temporary)
-            with atomic.replace(os.path.join(run_dir, "model.keras")) as temporary:
+            with atomic.replace(os.path.join(run_dir, "model.keras"), size) as temporary:
                 model.save(temporary)
             atomic.write_json(os.path.join(run_dir, "results.json"), results)
             state.commit(model, finished=True)
         return model, results
+
+
+@contextlib.contextmanager
+def _resume_hint():
+    """A write the storage refused (a full disk, say) also says what becomes of the run."""
+    try:
+        yield
+    except FolderError as error:
+        raise FolderError(f"{error}. The run keeps its last commit: free space (or fix the "
+                          "permissions) and run the same command again to resume.") from None
 
 
 def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
