@@ -31,8 +31,6 @@ import numpy as np
 
 from nonlocal_keras.applications import video_resnet
 from nonlocal_keras.layers import NonLocal3D
-from nonlocal_keras.training import atomic
-from nonlocal_keras.training.errors import FolderError
 
 # The epsilon of every BN of the video models and of the non-local blocks
 # (both 1e-5, the official BN_EPSILON): affine-only BNs are exact for it.
@@ -200,6 +198,9 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
                          f"Received: classes={classes}")
     model = model_for_arch(arch, classes=file_classes or 400, include_top=include_top)
     unused = load_caffe2_weights(model, blobs)
+    # Imported here: the package, TensorFlow with it, is not needed to load weights.
+    from nonlocal_keras.training import atomic
+
     with atomic.replace(destination, atomic.model_size(model)) as temporary:
         model.save_weights(temporary)
     return model, unused
@@ -217,6 +218,8 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=None,
                         help="classifier size (default: the file's pred_w rows)")
     args = parser.parse_args(argv)
+    from nonlocal_keras.training.errors import FolderError
+
     try:
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
                                                classes=args.classes)
