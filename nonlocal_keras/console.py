@@ -12,7 +12,8 @@ process at once, with the same one line and exit status as later: nothing has
 been written yet, and a `KeyboardInterrupt` raised inside those imports printed
 a traceback, or landed in a garbage-collection callback that only prints it,
 and the command went on (seen: `nonlocal-export` interrupted 3.6 s after its
-start exported anyway and exited 0). `cli.run` takes Ctrl-C over from there.
+start exported anyway and exited 0). So does SIGTERM (`nonlocal-<cmd>:
+terminated`, exit 143). `cli.run` takes both over from there.
 
 They leave with `os._exit` once the command has returned or raised and its
 output is flushed: every file a command writes is complete by then (written
@@ -56,12 +57,16 @@ def _exit_status(code):
     return 1
 
 
-def say_interrupted(prog):
-    """The one line of a Ctrl-C. On a terminal it starts a line of its own: the
-    terminal's `^C`, or a progress bar Keras redraws in place, has none."""
+def say_stopped(prog, signum):
+    """The one line of a Ctrl-C (SIGINT) or a SIGTERM; returns the exit status,
+    the shell's 128 + the signal's number. On a terminal it starts a line of
+    its own: the terminal's `^C`, or a progress bar Keras redraws in place, has
+    none."""
     sys.stdout.flush()
     start = "\n" if is_terminal(sys.stderr) else ""
-    print(f"{start}{prog}: interrupted", file=sys.stderr, flush=True)
+    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    print(f"{start}{prog}: {word}", file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def is_terminal(stream):
@@ -73,12 +78,13 @@ def is_terminal(stream):
 
 
 def _interrupt_at_once(prog):
-    """Ctrl-C ends the process until a command installs its own handling (see above)."""
+    """Ctrl-C or SIGTERM ends the process until a command installs its own handling
+    (see above)."""
     def leave(signum, frame):
-        say_interrupted(prog)
-        os._exit(130)
+        os._exit(say_stopped(prog, signum))
 
     signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGTERM, leave)
 
 
 def _prepare_tensorflow():

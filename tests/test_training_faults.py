@@ -330,6 +330,48 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_commits_the_steps_it_trained_then_exits_143_and_the_run_resumes(tmp_path):
+    """What a scheduler preempting the job sends: the process had died at once (-15),
+    losing every step since the epoch's commit; now it commits after the step in progress.
+    Three SIGTERMs at seeded random moments of an epoch, then the same command to the end."""
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    steps, epochs = 150, 5
+    command = _command(csv_path, run_dir, f"schedule.epochs={epochs}",
+                       f"schedule.steps_per_epoch={steps}", "runtime.backup_freq=epoch")
+    rng = random.Random(7)
+    env = _env_with_temporary_folder(tmp_path)
+    state_file = run_dir / "state" / "state.json"
+    for trial in range(3):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        start_step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
+        # Once this process has committed an epoch: inside fit, mid-epoch.
+        _wait_for(process, lambda: state_file.exists() and
+                  json.loads(state_file.read_text())["step"] > start_step, 120)
+        committed = json.loads(state_file.read_text())["step"]
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"trial {trial}: still running 30 s after SIGTERM")
+        assert process.returncode == 143, (trial, stderr[-2000:])
+        assert stderr.splitlines()[-1] == "nonlocal-train: terminated", stderr[-2000:]
+        # The steps after the epoch's commit were committed too (at least the one in progress).
+        state = json.loads(state_file.read_text())
+        assert state["step"] > committed, trial
+        assert [row["epoch"] for row in state["history"]] == list(
+            range(1, state["step"] // steps + 1)), state
+        _check_no_temporary_files(env)
+    again = _run(command, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
+    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
 def test_an_error_in_the_first_step_exits_nonzero_promptly(tmp_path):
     csv_path = _write_dataset(tmp_path, count=8)
     for trial in range(3):  # the failure is the same each time: repeats catch an occasional hang

@@ -382,3 +382,27 @@ def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
         assert not [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
         assert (run_dir / "results.json").is_file()
         shutil.rmtree(run_dir)
+
+
+def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):
+    """At an epoch's last step the commit comes with the epoch's history row, at the
+    epoch's end: committed at the step, the row would be missing on resume."""
+    import keras
+
+    from nonlocal_keras.training import run_state
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    state = run_state.RunState(str(tmp_path), steps_per_epoch=4)
+    os.makedirs(state.folder)
+    commit = run_state.CommitState(state, "epoch")
+    commit.set_model(model)
+    commit.on_epoch_begin(0)
+    commit.on_train_batch_end(0)
+    assert commit.commit_now()
+    assert json.loads(open(state.path).read())["step"] == 1
+    commit.on_train_batch_end(3)
+    assert not commit.commit_now()
+    assert json.loads(open(state.path).read())["step"] == 1
+    commit.on_epoch_end(0, {"loss": 0.5})
+    saved = json.loads(open(state.path).read())
+    assert saved["step"] == 4 and [row["epoch"] for row in saved["history"]] == [1]

@@ -1,4 +1,4 @@
-"""What every console script shares: quiet logs, one-line user errors, exit codes, Ctrl-C.
+"""What every console script shares: quiet logs, one-line user errors, exit codes, Ctrl-C, SIGTERM.
 
     nonlocal-<cmd> ... [--debug]
 
@@ -13,6 +13,11 @@
   thread ends the process if it is still alive `GRACE_SECONDS` later (a main
   thread blocked in a C++ call never sees the interrupt); a second Ctrl-C ends
   it at once. Training resumes from its last commit.
+- SIGTERM (`kill`, a scheduler preempting the job) is handled the same way,
+  with `nonlocal-<cmd>: terminated` and exit 143, except that inside `fit` the
+  run's state is committed after the step in progress before the process
+  leaves (`TERMINATE_GRACE_SECONDS` for the watchdog): a preempted run loses
+  nothing it trained.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
 - The command's temporary files go to a folder of its own
   (`<TMPDIR>/nonlocal-<cmd>-*`), removed when it returns, fails or is
@@ -36,12 +41,17 @@ import threading
 
 import keras
 
-from nonlocal_keras.console import say_interrupted
+from nonlocal_keras.console import say_stopped
 from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
 GRACE_SECONDS = 5
+# SIGTERM inside `fit` waits for the step in progress and a commit; a scheduler
+# that preempts a job sends SIGKILL after its own grace (30 s for Slurm's and
+# Kubernetes' defaults) anyway.
+TERMINATE_GRACE_SECONDS = 60
 INTERRUPTED = threading.Event()
+TERMINATED = threading.Event()
 _AT_STEP_END = threading.Event()
 _PROG = ["nonlocal"]  # the running console script's name, for the interrupt message
 _TEMPORARY = []  # the running command's own temporary folder, see `run`
@@ -52,13 +62,22 @@ def _debugging(argv):
 
 
 class StopWhenInterrupted(keras.callbacks.Callback):
-    """Ends the process (exit 130) after the step during which Ctrl-C was pressed.
+    """Ends the process after the step during which Ctrl-C was pressed (exit
+    130) or SIGTERM came (exit 143), the latter once `on_terminate()` (a commit
+    of the run's state) has returned: a scheduler that preempts a job sends
+    SIGTERM, and the steps since the last commit would be lost. `on_terminate`
+    returns False at an epoch's last step: the process then leaves at the
+    epoch's end. Goes after the callback that counts the steps and commits.
 
-    While `fit` runs, the SIGINT handler only records the interrupt. The
-    process leaves at once rather than unwinding `fit`: tearing down a
-    `tf.data` pipeline whose decoders are mid-call can take seconds, and the
-    run's state is its last commit, complete on disk.
+    While `fit` runs, the handlers only record the signal. The process leaves
+    at once rather than unwinding `fit`: tearing down a `tf.data` pipeline
+    whose decoders are mid-call can take seconds, and the run's state is its
+    last commit, complete on disk.
     """
+
+    def __init__(self, on_terminate=None):
+        super().__init__()
+        self.on_terminate = on_terminate
 
     def on_train_begin(self, logs=None):
         _AT_STEP_END.set()
@@ -68,6 +87,13 @@ class StopWhenInterrupted(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPTED.is_set():
+            _exit_now()
+        # on_terminate() is False where the commit must wait for the epoch's end.
+        if TERMINATED.is_set() and (self.on_terminate is None or self.on_terminate()):
+            _exit_now()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if TERMINATED.is_set():  # after the epoch's commit (the callbacks before this one)
             _exit_now()
 
 
@@ -83,33 +109,45 @@ def _handle_interrupts():
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
     def watch():
-        # Counted here, not read from INTERRUPTED: the main thread's handler may
-        # set that flag before this thread sees the first signal.
+        # Counted here, not read from the events: the main thread's handler may
+        # set them before this thread sees the first signal.
         seen = 0
         while True:
             number = os.read(read_end, 1)
-            if not number or number[0] != signal.SIGINT:
+            if not number or number[0] not in (signal.SIGINT, signal.SIGTERM):
                 continue
             seen += 1
-            INTERRUPTED.set()
+            _event(number[0]).set()
             if seen > 1:
                 _exit_now()
-            threading.Timer(GRACE_SECONDS, _exit_now).start()
+            grace = GRACE_SECONDS if number[0] == signal.SIGINT else TERMINATE_GRACE_SECONDS
+            threading.Timer(grace, _exit_now).start()
 
     def raise_interrupt(signum, frame):
-        INTERRUPTED.set()
+        _event(signum).set()
         if not _AT_STEP_END.is_set():
             raise KeyboardInterrupt
 
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
     signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def _event(signum):
+    return INTERRUPTED if signum == signal.SIGINT else TERMINATED
+
+
+def _stopped(prog):
+    """Say why the command stopped (Ctrl-C unless only SIGTERM came); its exit status."""
+    only_terminated = TERMINATED.is_set() and not INTERRUPTED.is_set()
+    return say_stopped(prog, signal.SIGTERM if only_terminated else signal.SIGINT)
 
 
 def _exit_now():
-    say_interrupted(_PROG[0])
+    status = _stopped(_PROG[0])
     for folder in list(_TEMPORARY):  # no `finally` runs after os._exit
         shutil.rmtree(folder, ignore_errors=True)
-    os._exit(130)
+    os._exit(status)
 
 
 def run(prog, module_name, argv=None):
@@ -147,10 +185,8 @@ def _run_main(prog, module_name, argv, debug):
     except KeyboardInterrupt:
         if debug:
             raise
-        say_interrupted(prog)
-        return 130
-    if INTERRUPTED.is_set():
-        # Pressed while the command was finishing: the interrupt was swallowed somewhere.
-        say_interrupted(prog)
-        return 130
+        return _stopped(prog)
+    if INTERRUPTED.is_set() or TERMINATED.is_set():
+        # Came while the command was finishing: the interrupt was swallowed somewhere.
+        return _stopped(prog)
     return 0 if status is None else int(status)

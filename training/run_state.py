@@ -235,6 +235,17 @@ class CommitState(keras.callbacks.Callback):
             if self.writer:
                 self.state.commit(self.model)
 
+    def commit_now(self):
+        """Commit the steps done since the last commit, now: the process is about
+        to stop. False at an epoch's last step, whose commit (with the epoch's
+        history row) comes at the epoch's end."""
+        if not self.state.step_in_epoch:
+            return False
+        if self.writer and self.state.step > self._last_commit:
+            self._last_commit = self.state.step
+            self.state.commit(self.model)
+        return True
+
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0
         self.state.step = (epoch + 1) * self.state.steps_per_epoch

@@ -290,17 +290,20 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
     runtime_config = config["runtime"]
     epochs = config["schedule"]["epochs"]
     # First: its count reaches the logs the others write.
-    callbacks = [data.SkippedVideoSummary(skipped), cli.StopWhenInterrupted()]
+    callbacks = [data.SkippedVideoSummary(skipped)]
     if runtime_config["tensorboard"] and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(state.run_dir, "logs"),
                                                      write_graph=False, update_freq="epoch"))
     while state.epoch < epochs:
         offset = state.step_in_epoch
         commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief)
+        # Last: it stops the process once the step is counted (and, on SIGTERM, committed).
+        stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now)
         model.fit(dataset, initial_epoch=state.epoch,
                   epochs=state.epoch + 1 if offset else epochs,
                   steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                  callbacks=callbacks + [commit], verbose=runtime.keras_verbose(runtime_config["verbose"]),
+                  callbacks=callbacks + [commit, stop],
+                  verbose=runtime.keras_verbose(runtime_config["verbose"]),
                   shuffle=False)  # tf.data shuffles
 
 
