@@ -99,9 +99,13 @@ def check_room(path, size):
     fills during a write, but crashes the process (a segmentation fault inside
     its `close`) when it fills while the file's metadata is written."""
     folder = os.path.dirname(os.path.abspath(path))
-    stats = os.statvfs(folder)
+    try:
+        stats = os.statvfs(folder)
+    except OSError:  # a file system that cannot tell: the write itself will
+        return
     free = stats.f_bavail * stats.f_frsize
-    if free < size:
+    # Some FUSE file systems (object stores) report a size of 0: they cannot tell either.
+    if stats.f_blocks and free < size:
         raise FolderError(f"Cannot write {os.path.abspath(path)!r} ({os.strerror(errno.ENOSPC)}: "
                           f"{_amount(free)} free, about {_amount(size)} needed); the file there "
                           "before, if any, is unchanged")
