@@ -189,6 +189,25 @@ def _wait_for(process, predicate, seconds):
         time.sleep(0.05)
 
 
+def _signal_after_a_commit(process, run_dir, delay, signum, seconds):
+    """Send `signum` `delay` seconds after `process` has committed a step (inside `fit`:
+    an epoch of this process is done); `(stderr, the committed step)` once it has ended,
+    which it must within `seconds`."""
+    state_file = run_dir / "state" / "state.json"
+    start_step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
+    _wait_for(process, lambda: state_file.exists() and
+              json.loads(state_file.read_text())["step"] > start_step, 120)
+    committed = json.loads(state_file.read_text())["step"]
+    time.sleep(delay)
+    process.send_signal(signum)
+    try:
+        _, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running {seconds} s after signal {signum}")
+    return stderr, committed
+
+
 def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
     """Before `cli.run` takes Ctrl-C over, the interrupt must neither print a traceback
     nor be swallowed (raised inside the imports, it could land in a gc callback and
@@ -309,21 +328,10 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
     for trial in range(5):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
-        # Interrupt during training: once an epoch of this process has been committed.
-        step_file = run_dir / "state" / "state.json"
-        start_step = json.loads(step_file.read_text())["step"] if step_file.exists() else 0
-        _wait_for(process, lambda: step_file.exists() and
-                  json.loads(step_file.read_text())["step"] > start_step, 120)
-        time.sleep(rng.uniform(0.0, 1.5))
-        process.send_signal(signal.SIGINT)
-        sent = time.time()
-        try:
-            _, stderr = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f"trial {trial}: still running 20 s after SIGINT")
+        # Ended within 20 s of the signal, or the helper fails.
+        stderr, _ = _signal_after_a_commit(process, run_dir, rng.uniform(0.0, 1.5),
+                                           signal.SIGINT, 20)
         assert process.returncode == 130, (trial, stderr[-2000:])
-        assert time.time() - sent < 20
         assert "nonlocal-train: interrupted" in stderr and "Traceback" not in stderr
         _check_consistent(run_dir)
         _check_no_temporary_files(env)
@@ -333,35 +341,25 @@ def test_ctrl_c_stops_within_seconds_exits_130_and_resumes(tmp_path):
 def test_sigterm_commits_the_steps_it_trained_then_exits_143_and_the_run_resumes(tmp_path):
     """What a scheduler preempting the job sends: the process had died at once (-15),
     losing every step since the epoch's commit; now it commits after the step in progress.
-    Three SIGTERMs at seeded random moments of an epoch, then the same command to the end."""
+    SIGTERM at seeded random moments after the first epoch of three new runs (inside their
+    one `fit`), then the same command finishes the last one."""
     csv_path = _write_dataset(tmp_path, count=12)
-    run_dir = tmp_path / "run"
-    steps, epochs = 150, 5
-    command = _command(csv_path, run_dir, f"schedule.epochs={epochs}",
-                       f"schedule.steps_per_epoch={steps}", "runtime.backup_freq=epoch")
+    steps, epochs = 150, 3
     rng = random.Random(7)
     env = _env_with_temporary_folder(tmp_path)
-    state_file = run_dir / "state" / "state.json"
     for trial in range(3):
+        run_dir = tmp_path / f"run{trial}"
+        command = _command(csv_path, run_dir, f"schedule.epochs={epochs}",
+                           f"schedule.steps_per_epoch={steps}", "runtime.backup_freq=epoch")
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
-        start_step = json.loads(state_file.read_text())["step"] if state_file.exists() else 0
-        # Once this process has committed an epoch: inside fit, mid-epoch.
-        _wait_for(process, lambda: state_file.exists() and
-                  json.loads(state_file.read_text())["step"] > start_step, 120)
-        committed = json.loads(state_file.read_text())["step"]
-        time.sleep(rng.uniform(0.0, 0.5))
-        process.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f"trial {trial}: still running 30 s after SIGTERM")
-        assert process.returncode == 143, (trial, stderr[-2000:])
-        assert stderr.splitlines()[-1] == "nonlocal-train: terminated", stderr[-2000:]
+        stderr, committed = _signal_after_a_commit(process, run_dir, rng.uniform(0.0, 0.5),
+                                                   signal.SIGTERM, 30)
+        assert (process.returncode, stderr.splitlines()[-1]) == (
+            143, "nonlocal-train: terminated"), stderr[-2000:]
         # The steps after the epoch's commit were committed too (at least the one in progress).
-        state = json.loads(state_file.read_text())
-        assert state["step"] > committed, trial
+        state = json.loads((run_dir / "state" / "state.json").read_text())
+        assert state["step"] > committed == steps, trial
         assert [row["epoch"] for row in state["history"]] == list(
             range(1, state["step"] // steps + 1)), state
         _check_no_temporary_files(env)
