@@ -260,6 +260,9 @@ def test_a_log_file_gets_a_line_an_epoch_and_no_redraw_characters(tmp_path):
     epoch_lines = [line for line in result.stdout.splitlines()
                    if line.startswith(f"{STEPS}/{STEPS} - ") and "loss: " in line]
     assert len(epoch_lines) == 2, result.stdout
+    # And, for epochs that take hours, a line at each tenth of an epoch (here a third).
+    for epoch in (1, 2):
+        assert f"\nEpoch {epoch}/2: 1/{STEPS} steps, " in result.stdout, result.stdout
     assert result.stderr.splitlines()[-1].startswith("12/12 videos in "), result.stderr
 
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from nonlocal_keras.training import evaluate, runtime
+from nonlocal_keras.training import progress, runtime
 
 REDRAW = {"\r", "\b", "\x1b"}  # what a bar drawn in place writes
 
@@ -41,7 +41,7 @@ def _batches(sizes):
 
 def _progress(monkeypatch, stderr, verbose, total=20, sizes=(4,) * 5, skipped=0):
     monkeypatch.setattr("sys.stderr", stderr)
-    bar = evaluate.VideoProgress(total, lambda: skipped, verbose)
+    bar = progress.VideoProgress(total, lambda: skipped, verbose)
     for _ in bar.wrap(_batches(sizes)):
         time.sleep(0.001)
     return stderr.getvalue()
@@ -69,3 +69,22 @@ def test_on_a_terminal_keras_bar_and_nothing_at_zero(monkeypatch):
     assert "\r" in drawn and "20/20" in drawn
     assert _progress(monkeypatch, Terminal(), 0) == ""
     assert _progress(monkeypatch, io.StringIO(), 0) == ""
+
+
+def test_a_line_at_every_tenth_of_an_epoch_resumed_ones_too(capsys):
+    lines = progress.StepLines(steps_per_epoch=20, epochs=3)
+    for epoch in (0, 1):
+        lines.on_epoch_begin(epoch)
+        for batch in range(20):
+            lines.on_train_batch_end(batch, {"loss": 0.5, "top1": 1 / 3})
+        lines.on_epoch_end(epoch)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in printed] == [
+        f"Epoch {e}/3: {s}/20 steps" for e in (1, 2) for s in range(2, 20, 2)]
+    assert printed[0].endswith(" s left - loss: 0.5000 - top1: 0.3333"), printed[0]
+    resumed = progress.StepLines(steps_per_epoch=20, epochs=3, offset=13)
+    resumed.on_epoch_begin(2)
+    for batch in range(7):
+        resumed.on_train_batch_end(batch, {})
+    assert [line.split(",")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "Epoch 3/3: 14/20 steps", "Epoch 3/3: 16/20 steps", "Epoch 3/3: 18/20 steps"]

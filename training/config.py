@@ -114,8 +114,8 @@ class RuntimeConfig:
     # How often the resume state is committed: "epoch" or a number of steps.
     backup_freq: Union[str, int] = "epoch"
     tensorboard: bool = True
-    # 0 silent, 1 progress bar, 2 one line per epoch (Keras' `verbose`); "auto":
-    # 1 when stdout is a terminal, else 2 (`runtime.keras_verbose`).
+    # 0 silent, 1 progress bar, 2 lines (Keras' `verbose`, and a line at each tenth
+    # of an epoch); "auto": 1 when stdout is a terminal, else 2 (`runtime.keras_verbose`).
     verbose: Union[str, int] = "auto"
     steps_per_execution: int = 1
 

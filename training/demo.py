@@ -16,7 +16,6 @@ These are the folders the README's commands use after `make demo`.
 """
 
 import argparse
-import json
 import os
 import shutil
 import time

@@ -11,75 +11,21 @@ over a video's views; top-1 / top-5 accuracy or mAP over videos.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from nonlocal_keras.console import is_terminal
-from nonlocal_keras.training import atomic, data, metrics
+from nonlocal_keras.training import atomic, data, metrics, progress
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
 
-class VideoProgress:
-    """Progress over videos with the time left, on stderr (stdout holds the
-    results). `verbose` as Keras': 0 nothing; 1 Keras' bar when stderr is a
-    terminal, else lines; 2 lines: one at every tenth of the videos and one at
-    the end, with no carriage returns, backspaces or colour codes (Keras' bar
-    writes them into a log file too). Skipped videos never reach a batch: they
-    count as done once `skipped_count()` reports them."""
-
-    def __init__(self, total, skipped_count, verbose=1):
-        self.total = total
-        self.skipped_count = skipped_count
-        self.done = 0
-        self.bar = None
-        self.lines = verbose == 2 or (verbose == 1 and not is_terminal(sys.stderr))
-        self.tenths_shown = 0
-        self.start = time.perf_counter()
-        if verbose and not self.lines:
-            with contextlib.redirect_stdout(sys.stderr):
-                # interval 0: every video shows, each takes far longer than a redraw.
-                self.bar = keras.utils.Progbar(total, unit_name="video", interval=0)
-
-    def wrap(self, batches):
-        for batch in batches:
-            yield batch
-            self.done += int(batch[2].shape[0])
-            self._show(finalize=False)
-        self._show(finalize=True)
-
-    def _show(self, finalize):
-        current = self.total if finalize else min(self.done + self.skipped_count(), self.total)
-        if self.bar is not None:
-            with contextlib.redirect_stdout(sys.stderr):
-                self.bar.update(current, finalize=finalize)
-        elif self.lines:
-            self._line(current, finalize)
-
-    def _line(self, current, finalize):
-        tenths = 10 * current // max(self.total, 1)
-        if not finalize and (tenths <= self.tenths_shown or current >= self.total):
-            return  # the end has a line of its own
-        self.tenths_shown = tenths
-        elapsed = time.perf_counter() - self.start
-        if finalize:
-            each = f", {1e3 * elapsed / self.total:.0f} ms a video" if self.total else ""
-            message = f"{self.total}/{self.total} videos in {elapsed:.0f} s{each}"
-        else:
-            left = elapsed * (self.total - current) / current
-            message = f"{current}/{self.total} videos, {elapsed:.0f} s, about {left:.0f} s left"
-        print(message, file=sys.stderr, flush=True)
-
-
-def predict_videos(model, dataset, num_videos, num_classes, progress=None):
-    """Average view scores per video (`progress`: a `VideoProgress` to update).
+def predict_videos(model, dataset, num_videos, num_classes, bar=None):
+    """Average view scores per video (`bar`: a `progress.VideoProgress` to update).
 
     Returns `(scores, seen)`: `(num_videos, num_classes)` mean scores and a
     boolean mask of the videos that were decoded (skipped ones stay NaN).
@@ -93,7 +39,7 @@ def predict_videos(model, dataset, num_videos, num_classes, progress=None):
         return tf.reduce_mean(tf.reshape(scores, [shape[0], shape[1], -1]), axis=1)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
-    for views, _, index in (progress.wrap(dataset) if progress else dataset):
+    for views, _, index in (bar.wrap(dataset) if bar else dataset):
         scores[index.numpy()] = video_scores(views).numpy()
     return scores, ~np.isnan(scores[:, 0])
 
@@ -122,7 +68,7 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     dataset = data.eval_dataset(records, num_classes, multi_label, batch_size,
                                 skipped=skipped, **data.eval_options(data_config))
     start = time.perf_counter()
-    bar = VideoProgress(len(records), lambda: skipped.total, verbose)
+    bar = progress.VideoProgress(len(records), lambda: skipped.total, verbose)
     scores, seen = predict_videos(model, dataset, len(records), num_classes, bar)
     if not seen.any():
         raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "

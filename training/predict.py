@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from nonlocal_keras.training import data, evaluate, export
+from nonlocal_keras.training import data, evaluate, export, progress
 from nonlocal_keras.training.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     unreadable = UnreadableVideos()
     dataset = data.eval_dataset(records, num_classes, False, batch_size, skipped=unreadable,
                                 **eval_options(metadata, num_clips, num_crops))
-    bar = evaluate.VideoProgress(len(records), lambda: len(unreadable.reasons), verbose)
+    bar = progress.VideoProgress(len(records), lambda: len(unreadable.reasons), verbose)
     scores, _ = evaluate.predict_videos(scores_of, dataset, len(records), num_classes, bar)
     failures = {path: unreadable.reasons[record.path]
                 for path, record in zip(paths, records) if record.path in unreadable.reasons}

@@ -32,7 +32,8 @@ import keras
 import tensorflow as tf
 import yaml
 
-from nonlocal_keras.training import atomic, cli, data, evaluate, models, optim, run_state, runtime
+from nonlocal_keras.training import (atomic, cli, data, evaluate, models, optim, progress,
+                                     run_state, runtime)
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, FolderError
 
@@ -289,6 +290,7 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
     """
     runtime_config = config["runtime"]
     epochs = config["schedule"]["epochs"]
+    verbose = runtime.keras_verbose(runtime_config["verbose"])
     # First: its count reaches the logs the others write.
     callbacks = [data.SkippedVideoSummary(skipped)]
     if runtime_config["tensorboard"] and chief:
@@ -297,13 +299,13 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
     while state.epoch < epochs:
         offset = state.step_in_epoch
         commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief)
+        lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
         # Last: it stops the process once the step is counted (and, on SIGTERM, committed).
         stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now)
         model.fit(dataset, initial_epoch=state.epoch,
                   epochs=state.epoch + 1 if offset else epochs,
                   steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                  callbacks=callbacks + [commit, stop],
-                  verbose=runtime.keras_verbose(runtime_config["verbose"]),
+                  callbacks=callbacks + lines + [commit, stop], verbose=verbose,
                   shuffle=False)  # tf.data shuffles
 
 
