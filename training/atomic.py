@@ -10,6 +10,7 @@ renames it over `path` only when the block ends without an exception.
 import contextlib
 import errno
 import gc
+import inspect
 import json
 import math
 import os
@@ -180,11 +181,16 @@ def _release_failed_writer(error):
 
 def _clear_finished(frame):
     while frame is not None:
-        try:
-            frame.clear()
-        except RuntimeError:  # still running, and so are its callers
-            return
+        # A generator's frame is left alone: clearing a suspended one would close it.
+        if not frame.f_code.co_flags & _GENERATOR_FLAGS:
+            try:
+                frame.clear()
+            except RuntimeError:  # still running, and so are its callers
+                return
         frame = frame.f_back
+
+
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _maybe_kill(path):
