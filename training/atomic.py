@@ -75,7 +75,6 @@ def replace(path, size=None):
     if size is not None:
         check_room(path, size)
     temporary = temporary_name(path)
-    refused = None
     try:
         yield temporary
         _fsync(temporary)
@@ -86,12 +85,15 @@ def replace(path, size=None):
         if refused is None:
             raise
         _release_failed_writer(error)
+        raise _cannot_write(path, os.strerror(refused)) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    if refused is not None:
-        raise FolderError(f"Cannot write {os.path.abspath(path)!r} ({os.strerror(refused)}); "
-                          "the file there before, if any, is unchanged")
+
+
+def _cannot_write(path, reason):
+    return FolderError(f"Cannot write {os.path.abspath(path)!r} ({reason}); the file there "
+                       "before, if any, is unchanged")
 
 
 def check_room(path, size):
@@ -107,9 +109,8 @@ def check_room(path, size):
     free = stats.f_bavail * stats.f_frsize
     # Some FUSE file systems (object stores) report a size of 0: they cannot tell either.
     if stats.f_blocks and free < size:
-        raise FolderError(f"Cannot write {os.path.abspath(path)!r} ({os.strerror(errno.ENOSPC)}: "
-                          f"{_amount(free)} free, about {_amount(size)} needed); the file there "
-                          "before, if any, is unchanged")
+        raise _cannot_write(path, f"{os.strerror(errno.ENOSPC)}: {_amount(free)} free, about "
+                                  f"{_amount(size)} needed")
 
 
 def _amount(size):
