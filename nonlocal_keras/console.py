@@ -13,7 +13,9 @@ been written yet, and a `KeyboardInterrupt` raised inside those imports printed
 a traceback, or landed in a garbage-collection callback that only prints it,
 and the command went on (seen: `nonlocal-export` interrupted 3.6 s after its
 start exported anyway and exited 0). So does SIGTERM (`nonlocal-<cmd>:
-terminated`, exit 143). `cli.run` takes both over from there.
+terminated`, exit 143), and SIGHUP (`hung up`, exit 129: the terminal closed, an
+SSH session dropped) unless it was ignored when the command started (`nohup`).
+`cli.run` takes them over from there.
 
 They leave with `os._exit` once the command has returned or raised and its
 output is flushed: every file a command writes is complete by then (written
@@ -25,6 +27,7 @@ died.
 
 import os
 import signal
+import stat
 import sys
 import traceback
 
@@ -57,16 +60,49 @@ def _exit_status(code):
     return 1
 
 
+STOPPING_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+                    signal.SIGHUP: "hung up"}
+
+
 def say_stopped(prog, signum):
-    """The one line of a Ctrl-C (SIGINT) or a SIGTERM; returns the exit status,
-    the shell's 128 + the signal's number. On a terminal it starts a line of
-    its own: the terminal's `^C`, or a progress bar Keras redraws in place, has
-    none."""
-    sys.stdout.flush()
+    """The one line of a Ctrl-C (SIGINT), a SIGTERM or a SIGHUP; returns the exit
+    status, the shell's 128 + the signal's number. On a terminal it starts a
+    line of its own: the terminal's `^C`, or a progress bar Keras redraws in
+    place, has none. A stream that cannot take the line any more (a closed
+    pipe) does not change the status."""
     start = "\n" if is_terminal(sys.stderr) else ""
-    word = "interrupted" if signum == signal.SIGINT else "terminated"
-    print(f"{start}{prog}: {word}", file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+        print(f"{start}{prog}: {STOPPING_SIGNALS[signum]}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
     return 128 + signum
+
+
+def stopping_signals():
+    """The signals a command stops on: SIGHUP only where it is not ignored
+    (`nohup` ignores it so that the command outlives the terminal)."""
+    return [signum for signum in STOPPING_SIGNALS
+            if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN]
+
+
+def leave_terminal():
+    """After a SIGHUP: point stdout and stderr at /dev/null unless they are files.
+
+    The terminal (or the `tee` of a pipeline, which the hangup ends too) is gone,
+    and a write to it fails (EIO, EPIPE): Keras' progress bar would then raise in
+    the middle of a step, before the run's state is committed. A file still
+    takes every line.
+    """
+    for fd in (1, 2):
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except OSError:
+            pass
 
 
 def is_terminal(stream):
@@ -78,13 +114,15 @@ def is_terminal(stream):
 
 
 def _interrupt_at_once(prog):
-    """Ctrl-C or SIGTERM ends the process until a command installs its own handling
-    (see above)."""
+    """Ctrl-C, SIGTERM or SIGHUP ends the process until a command installs its own
+    handling (see above)."""
     def leave(signum, frame):
+        if signum == signal.SIGHUP:
+            leave_terminal()
         os._exit(say_stopped(prog, signum))
 
-    signal.signal(signal.SIGINT, leave)
-    signal.signal(signal.SIGTERM, leave)
+    for signum in stopping_signals():
+        signal.signal(signum, leave)
 
 
 def _prepare_tensorflow():

@@ -6,6 +6,7 @@ Each test drives the installed console script in subprocesses on tiny MP4 data.
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -222,6 +223,48 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
             130, "", "nonlocal-train: interrupted\n"), delay
 
 
+def test_sighup_while_tensorflow_loads_is_one_line_and_exit_129(tmp_path):
+    """A terminal closed during start-up. Output into files, which keep the line."""
+    for delay in (0.3, 1.1):
+        with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
+            process = subprocess.Popen(TRAIN + ["--list"], env=_env(), stdout=out, stderr=err)
+            time.sleep(delay)
+            process.send_signal(signal.SIGHUP)
+            assert process.wait(timeout=60) == 129, delay
+            out.seek(0), err.seek(0)
+            assert (out.read(), err.read()) == ("", "nonlocal-train: hung up\n"), delay
+
+
+def test_after_a_hangup_output_goes_to_dev_null_unless_it_is_a_file(tmp_path):
+    """The vanished terminal (or the pipe of a `tee` the hangup ended) fails every
+    write; a file does not, and keeps the lines."""
+    code = ("import os, sys; from nonlocal_keras.console import leave_terminal; "
+            "print('before', flush=True); print('before', file=sys.stderr, flush=True); "
+            "leave_terminal(); "
+            "print('after', flush=True); print('after', file=sys.stderr, flush=True)")
+    with open(tmp_path / "err", "w+") as err:
+        result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=err, text=True, timeout=60)
+        err.seek(0)
+        assert (result.returncode, result.stdout, err.read()) == (
+            0, "before\n", "before\nafter\n")
+
+
+def test_under_nohup_sighup_changes_nothing():
+    """`nohup` ignores SIGHUP so that the command outlives the terminal: it must stay
+    ignored, during start-up and after."""
+    process = subprocess.Popen(
+        TRAIN + ["--list"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGHUP)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "demo_digits_c2d" in stdout.split()
+
+
 def test_on_a_terminal_the_interrupt_line_starts_a_line_of_its_own():
     """Ctrl-C typed on a terminal: its `^C` (or a progress bar drawn in place) leaves
     the cursor mid-line, where the one line had been appended."""
@@ -370,6 +413,78 @@ def test_sigterm_commits_the_steps_it_trained_then_exits_143_and_the_run_resumes
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
     assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_commits_the_steps_it_trained_then_exits_129(tmp_path):
+    """An SSH session dropped without tmux or `nohup`: the run had died at once of
+    SIGHUP, losing every step since the epoch's commit. Now it is a SIGTERM whose
+    output goes nowhere. First the terminal itself closes (the run's controlling
+    terminal, whose writes then fail); then the run writes into pipes whose reader
+    is gone (a `| tee log` the hangup ended) and gets SIGHUP twice (the kernel's and
+    the shell's), as soon as it has committed an epoch. Then the same command
+    finishes the run."""
+    import pty
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    steps, epochs = 150, 4
+    env = _env_with_temporary_folder(tmp_path)
+    run_dir = tmp_path / "run"
+    command = _command(csv_path, run_dir, f"schedule.epochs={epochs}",
+                       f"schedule.steps_per_epoch={steps}", "runtime.backup_freq=epoch")
+    state_file = run_dir / "state" / "state.json"
+
+    def committed():
+        return json.loads(state_file.read_text())["step"] if state_file.exists() else 0
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child, with the terminal as its controlling one
+        os.execve(command[0], command, env)
+    deadline = time.time() + 120
+    while committed() == 0:  # the terminal is read, as a terminal is, until then
+        assert time.time() < deadline, "no commit within 120 s"
+        if select.select([terminal], [], [], 0.05)[0]:
+            os.read(terminal, 65536)
+    first = committed()
+    time.sleep(random.Random(11).uniform(0.0, 0.2))  # an epoch takes 0.3-1.5 s
+    os.close(terminal)  # what sshd does when the connection drops
+    _, status = _waitpid(pid, 30)
+    assert os.waitstatus_to_exitcode(status) == 129
+    assert committed() > first == steps
+    _check_no_temporary_files(env)
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    left = committed()
+    _wait_for(process, lambda: committed() > left, 120)  # this run's first commit
+    second = committed()
+    process.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    process.stdout.close(), process.stderr.close()
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=30) == 129
+    assert committed() > second
+    state = json.loads(state_file.read_text())
+    assert [row["epoch"] for row in state["history"]] == list(
+        range(1, state["step"] // steps + 1)), state
+    _check_no_temporary_files(env)
+
+    again = _run(command, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
+    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+
+
+def _waitpid(pid, seconds):
+    deadline = time.time() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return done, status
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"still running {seconds} s after the terminal closed")
+        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""What every console script shares: quiet logs, one-line user errors, exit codes, Ctrl-C, SIGTERM.
+"""What every console script shares: quiet logs, one-line user errors, exit codes, signals.
 
     nonlocal-<cmd> ... [--debug]
 
@@ -18,6 +18,10 @@
   run's state is committed after the step in progress before the process
   leaves (`TERMINATE_GRACE_SECONDS` for the watchdog): a preempted run loses
   nothing it trained.
+- SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
+  is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; stdout and
+  stderr go to /dev/null first unless they are files (writes to the vanished
+  terminal fail). Under `nohup`, which ignores SIGHUP, the command goes on.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
 - The command's temporary files go to a folder of its own
   (`<TMPDIR>/nonlocal-<cmd>-*`), removed when it returns, fails or is
@@ -41,7 +45,7 @@ import threading
 
 import keras
 
-from nonlocal_keras.console import say_stopped
+from nonlocal_keras.console import leave_terminal, say_stopped, stopping_signals
 from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
@@ -51,7 +55,8 @@ GRACE_SECONDS = 5
 # Kubernetes' defaults) anyway.
 TERMINATE_GRACE_SECONDS = 60
 INTERRUPTED = threading.Event()
-TERMINATED = threading.Event()
+TERMINATED = threading.Event()  # SIGTERM or SIGHUP
+_TERMINATED_BY = [signal.SIGTERM]  # the first of them, for the line and the status
 _AT_STEP_END = threading.Event()
 _PROG = ["nonlocal"]  # the running console script's name, for the interrupt message
 _TEMPORARY = []  # the running command's own temporary folder, see `run`
@@ -98,7 +103,8 @@ class StopWhenInterrupted(keras.callbacks.Callback):
 
 
 def _handle_interrupts():
-    """SIGINT: raise KeyboardInterrupt in the main thread, and arm the watchdog.
+    """SIGINT, SIGTERM, SIGHUP: raise KeyboardInterrupt in the main thread (outside
+    `fit`), and arm the watchdog.
 
     The C-level handler writes each signal to a wakeup pipe from whichever
     thread it lands on, so the watchdog thread sees it even while the main
@@ -108,14 +114,23 @@ def _handle_interrupts():
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
+    handled = stopping_signals()
+
     def watch():
         # Counted here, not read from the events: the main thread's handler may
         # set them before this thread sees the first signal.
-        seen = 0
+        seen, hung_up = 0, False
         while True:
             number = os.read(read_end, 1)
-            if not number or number[0] not in (signal.SIGINT, signal.SIGTERM):
+            if not number or number[0] not in handled:
                 continue
+            if number[0] == signal.SIGHUP:
+                # A hangup can come twice (from the kernel and from the shell that
+                # forwards it to its jobs): only a second signal of another kind,
+                # a user insisting, ends the process before the commit.
+                if hung_up:
+                    continue
+                hung_up = True
             seen += 1
             _event(number[0]).set()
             if seen > 1:
@@ -129,18 +144,27 @@ def _handle_interrupts():
             raise KeyboardInterrupt
 
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
-    signal.signal(signal.SIGINT, raise_interrupt)
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    for signum in handled:
+        signal.signal(signum, raise_interrupt)
 
 
 def _event(signum):
-    return INTERRUPTED if signum == signal.SIGINT else TERMINATED
+    """The event `signum` sets; after a SIGHUP the terminal is left first (both the
+    watchdog and the main thread's handler come here: whichever runs first)."""
+    if signum == signal.SIGINT:
+        return INTERRUPTED
+    if signum == signal.SIGHUP:
+        leave_terminal()
+    if not TERMINATED.is_set():
+        _TERMINATED_BY[0] = signum
+    return TERMINATED
 
 
 def _stopped(prog):
-    """Say why the command stopped (Ctrl-C unless only SIGTERM came); its exit status."""
+    """Say why the command stopped (Ctrl-C unless only SIGTERM or SIGHUP came); its
+    exit status."""
     only_terminated = TERMINATED.is_set() and not INTERRUPTED.is_set()
-    return say_stopped(prog, signal.SIGTERM if only_terminated else signal.SIGINT)
+    return say_stopped(prog, _TERMINATED_BY[0] if only_terminated else signal.SIGINT)
 
 
 def _exit_now():
