@@ -19,6 +19,46 @@ def test_write_then_decode_round_trip(tmp_path):
     np.testing.assert_array_equal(picked[1, 1], decoded[0])
 
 
+# The display matrices an MP4 track header holds (a, b, c, d of ISO 14496-12's
+# 3x3 matrix, 16.16 fixed point; u, v, x, y stay 0, w = 1.0 in 2.30) and the
+# counter-clockwise quarter turns the FFmpeg command (9.0, autorotate) applies
+# to show them: seen against its rawvideo output of files written with
+# `-display_rotation 90 / -90 / 180`, pixel for pixel.
+DISPLAY_MATRICES = {1: (0, -1, 1, 0), 3: (0, 1, -1, 0), 2: (-1, 0, 0, -1)}
+
+
+def _set_display_matrix(path, a, b, c, d):
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.index(b"tkhd") - 4
+    assert data[box + 8] == 0  # a version 0 header: the matrix is 48 bytes in
+    one = 1 << 16
+    data[box + 48:box + 84] = struct.pack(">9i", a * one, b * one, 0, c * one, d * one, 0,
+                                          0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("turns", sorted(DISPLAY_MATRICES))
+def test_a_rotated_video_is_decoded_upright(tmp_path, turns):
+    """A phone's portrait video: landscape pictures and a display matrix."""
+    frames = np.random.default_rng(turns).integers(0, 256, (5, 16, 24, 3)).astype(np.uint8)
+    path = tmp_path / "portrait.mp4"
+    video_io.write_video(path, frames)
+    stored = video_io.decode_frames(path, lambda total: np.arange(total))
+    _set_display_matrix(path, *DISPLAY_MATRICES[turns])
+    shown = video_io.decode_frames(path, lambda total: np.array([[3, 1], [0, 4]]))
+    upright = np.rot90(stored, turns, axes=(1, 2))
+    np.testing.assert_array_equal(shown, upright[[[3, 1], [0, 4]]])
+
+
+def test_quarter_turns_of_a_rotation():
+    assert [video_io.quarter_turns(r) for r in (0, 90, -90, 180, -180, 270, 89.7, -90.4)] == [
+        0, 1, 3, 2, 2, 3, 1, 3]
+    # Not a multiple of 90: left as it is, as the FFmpeg command leaves it.
+    assert [video_io.quarter_turns(r) for r in (45, -30, 135.5)] == [0, 0, 0]
+
+
 @pytest.mark.parametrize("content", [None, b"not a video at all" * 20, b""])
 def test_unreadable_files_raise_decode_error_naming_the_file(tmp_path, content):
     path = tmp_path / "broken.mp4"

@@ -2,7 +2,8 @@
 
 `decode_frames(path, sampler)` asks `sampler(total_frames)` for the frame
 indices it needs and decodes just those frames, as uint8 RGB: memory follows
-the clip, not the length of the video.
+the clip, not the length of the video. Frames are turned upright as the
+container's display matrix says (`quarter_turns`).
 The two samplers of the paper:
 
 - `train_clip_indices`: `num_frames` frames every `sampling_rate` frames from
@@ -195,7 +196,20 @@ def _to_rgb(frame, reformatter):
     # One reformatter per decode: `frame.to_ndarray` builds a new swscale
     # context for every frame, which cost 2-5x the conversion itself here.
     # Same pixels (the same swscale call).
-    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+    turns = quarter_turns(frame.rotation)
+    return np.rot90(rgb, turns) if turns else rgb
+
+
+def quarter_turns(rotation):
+    """Counter-clockwise quarter turns that show a frame upright, from the
+    rotation of its display matrix (PyAV's `frame.rotation`, degrees
+    counter-clockwise): a phone stores a portrait video as landscape pictures
+    with a rotation of 90 or -90, which players, the FFmpeg command and the
+    training data sets' own transcodes apply. Other angles are left as they
+    are, as the FFmpeg command leaves them."""
+    turns = round(rotation / 90)
+    return turns % 4 if abs(rotation - 90 * turns) < 1 else 0
 
 
 def _decode_wanted(path, clips, timeline, threads=None):
