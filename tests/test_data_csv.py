@@ -147,3 +147,19 @@ def test_val_names_the_training_set_lacks_stop_before_training(videos):
     assert "2 invalid row(s)" in message and "data.val_csv" in message
     assert "row 3: 'b.mp4': unknown label 'purple blob'" in message
     assert "row 4: 'c.mp4': unknown label 'swim'" in message
+
+
+def test_a_multi_label_header_over_one_label_a_row_is_warned_about(videos, caplog):
+    """'path,labels' for 'path,label': one letter makes a softmax run a sigmoid one."""
+    one_each = _csv(videos, "path,labels\na.mp4,run\nb.mp4,jump\nc.mp4,run\n", "one.csv")
+    with caplog.at_level("WARNING"):
+        _, _, _, multi = data.load_training_data(_data_config(train_csv=one_each))
+    assert multi
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "name the column 'label'" in warned[0], warned
+    assert repr(one_each) in warned[0]
+    caplog.clear()
+    for text in ("path,labels\na.mp4,run jump\nb.mp4,jump\n", "path,label\na.mp4,run\nb.mp4,jump\n"):
+        with caplog.at_level("WARNING"):
+            data.load_training_data(_data_config(train_csv=_csv(videos, text, "other.csv")))
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], text

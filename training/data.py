@@ -258,6 +258,14 @@ def _log_classes(records, data_config, multi_label):
     more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
     logger.info("%d training videos, %d classes%s: %s%s", len(records), len(counts),
                 " (multi-label)" if multi_label else "", shown, more)
+    if multi_label and all(len(record.labels) == 1 for record in records):
+        # `path,labels` for `path,label`: one letter turns softmax and top-1 into
+        # sigmoids and mAP.
+        logger.warning(
+            "Every training video has exactly one label, but the CSV header 'path,labels' "
+            "makes this a multi-label run (sigmoid scores, mAP). For classes that exclude "
+            "each other (softmax, top-1, as in Kinetics) name the column 'label'. "
+            "Received: data.train_csv=%r", data_config["train_csv"])
     rare = [n for n, c in zip(names, counts) if c == 1]
     if rare and len(records) >= 4 * len(counts):
         logger.warning("Classes with a single training video (a typo in a label?): %s",
