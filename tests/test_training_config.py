@@ -45,6 +45,13 @@ def test_set_overrides_parse_yaml_values():
     ("data.train_scale=[200, 300]", "data.train_scale=[200, 300]"),
     ("schedule.boundaries=[1.5]", "schedule.boundaries=[1.5]"),
     ("nonsense", "key=value"),
+    # NaN passes every range check (it compares false), infinity the lower bounds.
+    ("optimizer.learning_rate=nan", "`optimizer.learning_rate` must be a finite number. "
+                                    "Received: optimizer.learning_rate=nan"),
+    ("optimizer.learning_rate=.inf", "optimizer.learning_rate=inf"),
+    ("optimizer.weight_decay=.nan", "`optimizer.weight_decay` must be a finite number"),
+    ("optimizer.momentum=-inf", "optimizer.momentum=-inf"),
+    ("data.std=[1, inf, 1]", "`data.std` must be a finite number"),
 ])
 def test_bad_fields_are_errors_naming_them(override, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -488,6 +488,34 @@ def _waitpid(pid, seconds):
 
 
 @pytest.mark.slow
+def test_a_diverging_run_stops_at_its_first_nan_loss_and_keeps_its_last_commit(tmp_path):
+    """A learning rate far too high: the loss turns NaN after the first update. The run
+    trained on to its first commit, which failed with a traceback (NaN is not JSON),
+    exit 1; the same command did it again. Now: one line, exit 2, and the commit before
+    the NaN (a commit every step here) stays the run's state, finite."""
+    import h5py
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    result = _run(_command(csv_path, run_dir, "optimizer.learning_rate=1e30",
+                           "runtime.backup_freq=1"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("nonlocal-train: error: The training loss became nan at step "), line
+    diverged = int(line.split(" at step ")[1].split()[0])
+    state = json.loads((run_dir / "state" / "state.json").read_text())  # strict: no NaN
+    assert state["step"] == diverged - 1 >= 1, (state, line)
+    assert f"keeps its last commit (step {state['step']})" in line
+    with h5py.File(run_dir / "state" / state["weights"], "r") as weights:
+        arrays = []
+        weights.visititems(lambda name, item: arrays.append(item[()])
+                           if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" else None)
+    assert arrays and all(np.isfinite(a).all() for a in arrays)
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.slow
 def test_an_error_in_the_first_step_exits_nonzero_promptly(tmp_path):
     csv_path = _write_dataset(tmp_path, count=8)
     for trial in range(3):  # the failure is the same each time: repeats catch an occasional hang

@@ -15,6 +15,7 @@ The code reads the config as the plain nested dict `load_config` returns
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 from typing import List, Optional, Union
@@ -255,11 +256,15 @@ def _coerce(field, value, annotation):
     if annotation is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(field, value, "must be a number")
+        # `nan` passes every range check (its comparisons are all false) and
+        # `.inf` the lower bounds: a run would train to NaN and fail at its end.
+        if not math.isfinite(value):
+            _fail(field, value, "must be a finite number")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

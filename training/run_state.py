@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 
@@ -228,6 +229,7 @@ class CommitState(keras.callbacks.Callback):
         self._epoch_start = epoch * self.state.steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        self._check_finite(logs, self._epoch_start + self.offset + batch + 1)
         self.state.step = self._epoch_start + self.offset + batch + 1
         if (self.frequency != "epoch" and self.state.step_in_epoch
                 and self.state.step - self._last_commit >= self.frequency):
@@ -247,6 +249,7 @@ class CommitState(keras.callbacks.Callback):
         return True
 
     def on_epoch_end(self, epoch, logs=None):
+        self._check_finite(logs, (epoch + 1) * self.state.steps_per_epoch)
         self.offset = 0
         self.state.step = (epoch + 1) * self.state.steps_per_epoch
         row = {"epoch": epoch + 1}
@@ -257,6 +260,27 @@ class CommitState(keras.callbacks.Callback):
             self.state.commit(self.model)
             self.state.write_history_csv()
             self.state.copy_last_epoch_weights()
+
+
+    def _check_finite(self, logs, step):
+        """A `DivergedError` once the loss (Keras' mean over the epoch so far: it
+        stays NaN from the first NaN step on) is not finite, before anything of
+        that step is committed. Trained on, every later step is NaN, and the
+        run failed only at its first commit (NaN is not JSON) with a traceback."""
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        kept = (f"the run keeps its last commit (step {self._last_commit})" if self._last_commit
+                else "nothing was committed")
+        raise DivergedError(
+            f"The training loss became {float(loss)} at step {step} (epoch "
+            f"{(step - 1) // self.state.steps_per_epoch + 1}): training diverged. Nothing of "
+            f"that step was saved; {kept}. Lower optimizer.learning_rate (or add "
+            "schedule.warmup_epochs) and start over with --restart.")
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite."""
 
 
 def _plain(value):
