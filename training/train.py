@@ -227,7 +227,11 @@ def run(config, strategy=None, restart=False):
             config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
         with strategy.scope():
             state.restore(model)
-        if state.step:
+        if state.epoch == epochs:
+            # Stopped (or failed) after its last epoch: in the final evaluation, say.
+            logger.info("Training is done (%d epoch(s), %d steps); evaluating and writing the "
+                        "final files.", state.epoch, state.step)
+        elif state.step:
             logger.info("Resuming at epoch %d, step %d of %d (%d steps done).", state.epoch + 1,
                         state.step_in_epoch, steps_per_epoch, state.step)
 
