@@ -55,7 +55,7 @@ def _history_epochs(run_dir):
     return [int(line.split(",")[0]) for line in path.read_text().splitlines()[1:]]
 
 
-def _check_consistent(run_dir):
+def _check_consistent(run_dir, steps=STEPS):
     """What any kill must leave: a readable state whose history has each epoch once."""
     state_path = run_dir / "state" / "state.json"
     if not state_path.exists():
@@ -63,7 +63,7 @@ def _check_consistent(run_dir):
     state = json.loads(state_path.read_text())
     assert (run_dir / "state" / state["weights"]).is_file()
     epochs = [row["epoch"] for row in state["history"]]
-    assert epochs == list(range(1, state["step"] // STEPS + 1)), state
+    assert epochs == list(range(1, state["step"] // steps + 1)), state
     history = _history_epochs(run_dir)
     assert history == sorted(set(history)), history
 
@@ -180,6 +180,14 @@ def test_no_possible_step_is_an_error_naming_the_counts(tmp_path):
     assert "3 video(s), fewer than one global batch" in result.stderr
     assert "train.batch_size=4" in result.stderr
     assert not (tmp_path / "run2").exists()
+
+
+def _finish_the_run(command, env, run_dir, epochs, steps):
+    """The same command again ends the run with exactly `epochs` x `steps` steps."""
+    again = _run(command, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
+    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
 
 
 def _wait_for(process, predicate, seconds):
@@ -406,13 +414,9 @@ def test_sigterm_commits_the_steps_it_trained_then_exits_143_and_the_run_resumes
         # The steps after the epoch's commit were committed too (at least the one in progress).
         state = json.loads((run_dir / "state" / "state.json").read_text())
         assert state["step"] > committed == steps, trial
-        assert [row["epoch"] for row in state["history"]] == list(
-            range(1, state["step"] // steps + 1)), state
+        _check_consistent(run_dir, steps)
         _check_no_temporary_files(env)
-    again = _run(command, env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
-    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+    _finish_the_run(command, env, run_dir, epochs, steps)
 
 
 @pytest.mark.slow
@@ -465,15 +469,9 @@ def test_a_closed_terminal_commits_the_steps_it_trained_then_exits_129(tmp_path)
     assert process.wait(timeout=30) == 129
     # Equal when the signal came while the epoch's end was still being committed.
     assert committed() >= second
-    state = json.loads(state_file.read_text())
-    assert [row["epoch"] for row in state["history"]] == list(
-        range(1, state["step"] // steps + 1)), state
+    _check_consistent(run_dir, steps)
     _check_no_temporary_files(env)
-
-    again = _run(command, env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
-    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+    _finish_the_run(command, env, run_dir, epochs, steps)
 
 
 def _waitpid(pid, seconds):
