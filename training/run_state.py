@@ -229,8 +229,9 @@ class CommitState(keras.callbacks.Callback):
         self._epoch_start = epoch * self.state.steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._check_finite(logs, self._epoch_start + self.offset + batch + 1)
-        self.state.step = self._epoch_start + self.offset + batch + 1
+        step = self._epoch_start + self.offset + batch + 1
+        self._check_finite(logs, step)
+        self.state.step = step
         if (self.frequency != "epoch" and self.state.step_in_epoch
                 and self.state.step - self._last_commit >= self.frequency):
             self._last_commit = self.state.step
@@ -260,7 +261,6 @@ class CommitState(keras.callbacks.Callback):
             self.state.commit(self.model)
             self.state.write_history_csv()
             self.state.copy_last_epoch_weights()
-
 
     def _check_finite(self, logs, step):
         """A `DivergedError` once the loss (Keras' mean over the epoch so far: it
