@@ -11,7 +11,8 @@ KERAS_BACKEND's. Prints one JSON line per case and writes them all to --out.
 Cases: the block at the paper's res3/res4 shapes (`common.SHAPES`, batch 8),
 forward (inference) and training step (forward, gradients of a mean square
 loss and an SGD update: `train_on_batch`), float32 and mixed_bfloat16; then one
-`train_on_batch` of C2D and NL C2D ResNet-50 (5 blocks) on 8x224x224 clips.
+`train_on_batch` of C2D and NL C2D ResNet-50 (5 blocks) on 8x224x224 clips,
+float32 and mixed_bfloat16.
 Keras compiles both calls (jit on JAX; eager on PyTorch). Times are the median
 of --repeats after --warmup calls; each call ends in a device-to-host copy
 (of the output for the forward, of the loss for a step), which synchronises.
@@ -19,6 +20,7 @@ of --repeats after --warmup calls; each call ends in a device-to-host copy
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -84,6 +86,7 @@ def _block_cases(args):
 
 
 def _model_cases(args):
+    import keras
     import numpy as np
 
     from nonlocal_keras.applications import C2DResNet50, VideoResNet
@@ -92,18 +95,22 @@ def _model_cases(args):
     rng = np.random.default_rng(1)
     clips = rng.normal(size=(args.batch, frames, size, size, 3)).astype("float32")
     labels = rng.integers(0, 400, args.batch)
-    for blocks in (0, 5):
-        if args.quick:  # one block per stage, a non-local block in res3 when asked
-            model = VideoResNet((1, 1), input_shape=clips.shape[1:], width=8,
-                                nonlocal_blocks={"res3": [0]} if blocks else 0,
-                                name=f"tiny_nl{blocks}")
-        else:
-            model = C2DResNet50(input_shape=clips.shape[1:], nonlocal_blocks=blocks)
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        step = _median_time(lambda: model.train_on_batch(clips, labels),
-                            args.warmup, args.repeats)
-        yield {"case": "train_step", "model": model.name, "batch": args.batch,
-               "clip": [frames, size, size], "train_step_s": step}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.config.set_dtype_policy(policy)
+        for blocks in (0, 5):
+            if args.quick:  # one block per stage, a non-local block in res3 when asked
+                model = VideoResNet((1, 1), input_shape=clips.shape[1:], width=8,
+                                    nonlocal_blocks={"res3": [0]} if blocks else 0,
+                                    name=f"tiny_nl{blocks}")
+            else:
+                model = C2DResNet50(input_shape=clips.shape[1:], nonlocal_blocks=blocks)
+            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+            step = _median_time(lambda: model.train_on_batch(clips, labels),
+                                args.warmup, args.repeats)
+            yield {"case": "train_step", "model": model.name, "policy": policy,
+                   "batch": args.batch, "clip": [frames, size, size], "train_step_s": step,
+                   "clips_per_s": args.batch / step}
+    keras.config.set_dtype_policy("float32")
 
 
 def _device():
@@ -136,12 +143,14 @@ def main(argv=None):
               "keras": keras.__version__, "warmup": args.warmup, "repeats": args.repeats}
     print(json.dumps(header), flush=True)
     results = []
-    for result in list(_block_cases(args)) + list(_model_cases(args)):
+    # Each result as soon as it is measured, and the file rewritten after each:
+    # a run stopped by the machine's time limit keeps what it measured.
+    for result in itertools.chain(_block_cases(args), _model_cases(args)):
         print(json.dumps(result), flush=True)
         results.append(result)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**header, "results": results}, f, indent=1)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({**header, "results": results}, f, indent=1)
     return results
 
 

@@ -27,5 +27,7 @@ def test_quick_run_without_tensorflow(tmp_path, backend):
     assert written["backend"] == backend
     cases = [(r["case"], r.get("policy"), r.get("model")) for r in written["results"]]
     assert cases == [("block", "float32", None), ("block", "mixed_bfloat16", None),
-                     ("train_step", None, "tiny_nl0"), ("train_step", None, "tiny_nl5")]
+                     ("train_step", "float32", "tiny_nl0"), ("train_step", "float32", "tiny_nl5"),
+                     ("train_step", "mixed_bfloat16", "tiny_nl0"),
+                     ("train_step", "mixed_bfloat16", "tiny_nl5")]
     assert all(r["train_step_s"] > 0 for r in written["results"])
