@@ -25,6 +25,7 @@ error in the first step) or on a multi-worker cluster's gRPC server whose peer
 died.
 """
 
+import errno
 import os
 import signal
 import stat
@@ -35,21 +36,68 @@ from nonlocal_keras import cpu
 
 
 def _run(prog, module_name):
+    sys.stdout, sys.stderr = OutlivesItsTerminal(sys.stdout), OutlivesItsTerminal(sys.stderr)
     _interrupt_at_once(prog)
     _prepare_tensorflow()
     from nonlocal_keras.training import cli
 
+    status = 1
     try:
         status = cli.run(prog, module_name)
     except SystemExit as exit_:  # argparse: --help (0), a usage error (2), already printed
         status = _exit_status(exit_.code)
     except BaseException:  # noqa: BLE001 - a bug: show it, then leave
         traceback.print_exc()
-        status = 1
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(status)
+        # In `finally`: whatever the output does, the process must not reach the
+        # interpreter's shutdown (see above).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+
+class OutlivesItsTerminal:
+    """`sys.stdout` / `sys.stderr` that survive the terminal or pipe behind them.
+
+    A job left running in the background of a shell that was closed (`cmd &`,
+    then `exit`: no SIGHUP comes), or whose `| tee` died, keeps writing its
+    progress to a terminal that is gone: every write fails (EIO, EPIPE). The
+    error broke the training step that printed, and the process then hung in
+    the interpreter's shutdown on the `tf.data` pipeline (seen: 0% CPU for good,
+    holding the run folder's lock). Here the first such failure sends both
+    streams to /dev/null (`leave_terminal`) and the work goes on.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            self._gone(error)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as error:
+            self._gone(error)
+
+    def _gone(self, error):
+        if error.errno not in (errno.EIO, errno.EPIPE):
+            raise error
+        leave_terminal()
+        try:
+            self._stream.flush()  # what the failed write left in the buffer, now to /dev/null
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _exit_status(code):

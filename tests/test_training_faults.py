@@ -474,6 +474,39 @@ def test_a_closed_terminal_commits_the_steps_it_trained_then_exits_129(tmp_path)
     _finish_the_run(command, env, run_dir, epochs, steps)
 
 
+@pytest.mark.slow
+def test_a_background_run_outlives_its_closed_terminal(tmp_path):
+    """`cmd &` then `exit`: the shell sends no SIGHUP (as for `disown`, or SIGHUP
+    ignored), and the job goes on writing its progress bar to a terminal that is
+    gone. Its first failed write (EIO) broke the step, and the process then hung
+    for good in the interpreter's shutdown, holding the run folder's lock. Now the
+    output goes to /dev/null and the run finishes."""
+    import pty
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    steps, epochs = 150, 3
+    env = _env_with_temporary_folder(tmp_path)
+    run_dir = tmp_path / "run"
+    command = _command(csv_path, run_dir, f"schedule.epochs={epochs}",
+                       f"schedule.steps_per_epoch={steps}", "runtime.backup_freq=epoch",
+                       "runtime.verbose=1")  # the bar writes at every step
+    state_file = run_dir / "state" / "state.json"
+    pid, terminal = pty.fork()
+    if pid == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.execve(command[0], command, env)
+    deadline = time.time() + 120
+    while not state_file.exists():
+        assert time.time() < deadline, "no commit within 120 s"
+        if select.select([terminal], [], [], 0.05)[0]:
+            os.read(terminal, 65536)
+    os.close(terminal)
+    _, status = _waitpid(pid, 120)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == epochs * steps
+    _check_no_temporary_files(env)
+
+
 def _waitpid(pid, seconds):
     deadline = time.time() + seconds
     while True:
