@@ -135,7 +135,8 @@ def stopping_signals():
 
 
 def leave_terminal():
-    """After a SIGHUP: point stdout and stderr at /dev/null unless they are files.
+    """After a SIGHUP (or a write that found the terminal gone, `OutlivesItsTerminal`):
+    point stdout and stderr at /dev/null unless they are files.
 
     The terminal (or the `tee` of a pipeline, which the hangup ends too) is gone,
     and a write to it fails (EIO, EPIPE): Keras' progress bar would then raise in
