@@ -62,9 +62,10 @@ def _run(prog, module_name):
 class OutlivesItsTerminal:
     """`sys.stdout` / `sys.stderr` that survive the terminal or pipe behind them.
 
-    A job left running in the background of a shell that was closed (`cmd &`,
-    then `exit`: no SIGHUP comes), or whose `| tee` died, keeps writing its
-    progress to a terminal that is gone: every write fails (EIO, EPIPE). The
+    A run whose terminal closed (SIGHUP: it commits, then leaves), a job left
+    running in the background of a shell that was closed (`cmd &`, then `exit`:
+    no SIGHUP comes), or one whose `| tee` died, writes its progress to a
+    terminal or pipe that is gone: every write fails (EIO, EPIPE). The
     error broke the training step that printed, and the process then hung in
     the interpreter's shutdown on the `tf.data` pipeline (seen: 0% CPU for good,
     holding the run folder's lock). Here the first such failure sends both
@@ -135,13 +136,10 @@ def stopping_signals():
 
 
 def leave_terminal():
-    """After a SIGHUP (or a write that found the terminal gone, `OutlivesItsTerminal`):
-    point stdout and stderr at /dev/null unless they are files.
-
-    The terminal (or the `tee` of a pipeline, which the hangup ends too) is gone,
-    and a write to it fails (EIO, EPIPE): Keras' progress bar would then raise in
-    the middle of a step, before the run's state is committed. A file still
-    takes every line.
+    """Point stdout and stderr at /dev/null unless they are files: the terminal
+    (or the `tee` of a pipeline) behind them is gone (`OutlivesItsTerminal`), a
+    closed SSH session's or a dead pipe's, and every write to it fails. A file
+    still takes every line.
     """
     for fd in (1, 2):
         try:
@@ -166,8 +164,6 @@ def _interrupt_at_once(prog):
     """Ctrl-C, SIGTERM or SIGHUP ends the process until a command installs its own
     handling (see above)."""
     def leave(signum, frame):
-        if signum == signal.SIGHUP:
-            leave_terminal()
         os._exit(say_stopped(prog, signum))
 
     for signum in stopping_signals():

@@ -19,9 +19,10 @@
   leaves (`TERMINATE_GRACE_SECONDS` for the watchdog): a preempted run loses
   nothing it trained.
 - SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
-  is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; stdout and
-  stderr go to /dev/null first unless they are files (writes to the vanished
-  terminal fail). Under `nohup`, which ignores SIGHUP, the command goes on.
+  is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; the writes to
+  the vanished terminal, which fail, send stdout and stderr to /dev/null
+  (`console.OutlivesItsTerminal`). Under `nohup`, which ignores SIGHUP, the
+  command goes on.
 - Any other exception is a bug: its traceback is printed and the exit status is 1.
 - The command's temporary files go to a folder of its own
   (`<TMPDIR>/nonlocal-<cmd>-*`), removed when it returns, fails or is
@@ -45,7 +46,7 @@ import threading
 
 import keras
 
-from nonlocal_keras.console import leave_terminal, say_stopped, stopping_signals
+from nonlocal_keras.console import say_stopped, stopping_signals
 from nonlocal_keras.training.errors import UserError
 
 DEBUG_ENV = "NONLOCAL_KERAS_DEBUG"
@@ -149,12 +150,8 @@ def _handle_interrupts():
 
 
 def _event(signum):
-    """The event `signum` sets; after a SIGHUP the terminal is left first (both the
-    watchdog and the main thread's handler come here: whichever runs first)."""
     if signum == signal.SIGINT:
         return INTERRUPTED
-    if signum == signal.SIGHUP:
-        leave_terminal()
     if not TERMINATED.is_set():
         _TERMINATED_BY[0] = signum
     return TERMINATED
