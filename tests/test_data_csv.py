@@ -159,7 +159,46 @@ def test_a_multi_label_header_over_one_label_a_row_is_warned_about(videos, caplo
     assert len(warned) == 1 and "name the column 'label'" in warned[0], warned
     assert repr(one_each) in warned[0]
     caplog.clear()
-    for text in ("path,labels\na.mp4,run jump\nb.mp4,jump\n", "path,label\na.mp4,run\nb.mp4,jump\n"):
+    for text in ("path,labels\na.mp4,run;jump\nb.mp4,jump\n", "path,label\na.mp4,run\nb.mp4,jump\n"):
         with caplog.at_level("WARNING"):
             data.load_training_data(_data_config(train_csv=_csv(videos, text, "other.csv")))
         assert not [r for r in caplog.records if r.levelname == "WARNING"], text
+
+
+def test_multi_label_names_with_spaces_are_kept_whole_by_semicolons(videos):
+    text = "path,labels\na.mp4,playing guitar; juggling\nb.mp4,juggling\nc.mp4,\n"
+    path = _csv(videos, text, "phrases.csv")
+    assert data.infer_class_names(path) == ["juggling", "playing guitar"]
+    records, multi = data.read_csv_records(path, 2, ["juggling", "playing guitar"])
+    assert multi and [r.labels for r in records] == [(0, 1), (0,), ()]
+    ids = _csv(videos, "path,labels\na.mp4,3;1\nb.mp4,2\n", "ids.csv")
+    assert [r.labels for r in data.read_csv_records(ids, 4)[0]] == [(1, 3), (2,)]
+
+
+def test_names_split_at_spaces_are_warned_about_once_per_file(videos, caplog):
+    """Kinetics names under 'path,labels' would silently become a class per word."""
+    split = _csv(videos, "path,labels\na.mp4,run\nb.mp4,playing guitar\nc.mp4,run jump\n",
+                 "split.csv")
+    with caplog.at_level("WARNING"):
+        records, _ = data.read_csv_records(split, 4, data.infer_class_names(split))
+    assert len(records) == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned
+    assert "Row 3 of" in warned[0] and "'playing guitar' is read as 2 labels" in warned[0]
+    assert "';'" in warned[0] and repr(split) in warned[0]
+    caplog.clear()
+    for text in ("path,labels\na.mp4,run;jump\n", "path,labels\na.mp4,3 1\n",
+                 "path,label\na.mp4,playing guitar\n"):
+        with caplog.at_level("WARNING"):
+            path = _csv(videos, text, "quiet.csv")
+            data.read_csv_records(path, 4, data.infer_class_names(path))
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], text
+
+
+def test_class_names_with_spaces_against_space_split_labels_say_how_to_fix(videos):
+    path = _csv(videos, "path,labels\na.mp4,playing guitar\n", "phrases.csv")
+    with pytest.raises(data.DatasetError) as info:
+        data.read_csv_records(path, 2, ["juggling", "playing guitar"], argument="data.val_csv")
+    message = str(info.value)
+    assert "split at spaces; separate them with ';'" in message
+    assert "row 2: 'a.mp4': unknown label 'playing'; unknown label 'guitar'" in message

@@ -4,7 +4,8 @@ A dataset is described by
 
 - a CSV with a `path,label` header (single-label, Kinetics style; the label is
   a class id or a class name) or `path,labels` (multi-label, Charades style:
-  space-separated ids or names, possibly none). Relative paths are resolved
+  ids or names separated by spaces, or by `;` wherever the file uses one,
+  possibly none). Relative paths are resolved
   against the CSV's folder; or
 - a folder with one sub-folder of videos per class (classes sorted by name).
 
@@ -80,9 +81,21 @@ def _read_rows(csv_path, argument="csv_path"):
     return header, rows
 
 
-def _label_tokens(cell, multi_label):
-    cell = cell.strip()
-    return cell.split() if multi_label else ([cell] if cell else [])
+def _label_separator(rows, multi_label):
+    """None (the whole cell is one label), ';' or whitespace (`str.split()`'s
+    default): a multi-label file that uses ';' anywhere keeps names with spaces
+    whole ("playing guitar;juggling")."""
+    if not multi_label:
+        return None
+    return ";" if any(len(row) > 1 and ";" in row[1] for _, row in rows) else " "
+
+
+def _label_tokens(cell, separator):
+    if separator is None:
+        return [cell.strip()] if cell.strip() else []
+    if separator == ";":
+        return [t.strip() for t in cell.split(";") if t.strip()]
+    return cell.split()
 
 
 def _is_int(token):
@@ -90,10 +103,12 @@ def _is_int(token):
 
 
 def _checked_tokens(header, rows, csv_path, argument):
-    """`(multi_label, {row: label tokens})`, once the labels are known to be all
-    class ids or all class names (a mix maps `12` and `walking` to unrelated ids)."""
+    """`(multi_label, separator, {row: label tokens})`, once the labels are known
+    to be all class ids or all class names (a mix maps `12` and `walking` to
+    unrelated ids)."""
     multi_label = bool(header and len(header) > 1 and header[1] == "labels")
-    tokens = {n: _label_tokens(row[1], multi_label) for n, row in rows if len(row) > 1}
+    separator = _label_separator(rows, multi_label)
+    tokens = {n: _label_tokens(row[1], separator) if len(row) > 1 else [] for n, row in rows}
     ids = [(n, t) for n, ts in tokens.items() for t in ts if _is_int(t)]
     names = [(n, t) for n, ts in tokens.items() for t in ts if not _is_int(t)]
     if ids and names:
@@ -101,13 +116,13 @@ def _checked_tokens(header, rows, csv_path, argument):
                   + [f"row {n}: class name {t!r}" for n, t in names[:5]])
         _raise_for_problems(listed, csv_path, argument,
                             summary="The labels mix class ids and class names (use one kind)")
-    return multi_label, tokens
+    return multi_label, separator, tokens
 
 
 def infer_class_names(csv_path, argument="csv_path"):
     """Sorted distinct label names of a CSV whose labels are names, else None."""
     header, rows = _read_rows(csv_path, argument)
-    _, tokens = _checked_tokens(header, rows, csv_path, argument)
+    _, _, tokens = _checked_tokens(header, rows, csv_path, argument)
     names = {t for ts in tokens.values() for t in ts}
     if not names or all(_is_int(t) for t in names):
         return None
@@ -140,7 +155,9 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             f"The CSV header must be 'path,label' or 'path,labels'. "
             f"Received: header={','.join(header)!r} in {argument}={csv_path!r}"
         )
-    multi_label, _ = _checked_tokens(header, rows, csv_path, argument)
+    multi_label, separator, row_tokens = _checked_tokens(header, rows, csv_path, argument)
+    if separator == " ":
+        _warn_if_names_were_split(rows, row_tokens, csv_path, argument)
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems = [], []
@@ -149,7 +166,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
         if not os.path.isfile(path):
             problems.append(f"row {number}: {row[0]!r}: no such file")
             continue
-        tokens = _label_tokens(row[1] if len(row) > 1 else "", multi_label)
+        tokens = row_tokens[number]
         if not tokens and not multi_label:
             problems.append(f"row {number}: {row[0]!r}: missing label")
             continue
@@ -170,10 +187,28 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             problems.append(f"row {number}: {row[0]!r}: {'; '.join(bad)}")
             continue
         records.append(VideoRecord(path, tuple(sorted(set(labels))), number))
-    _raise_for_problems(problems, csv_path, argument)
+    summary = None
+    if separator == " " and any(" " in name.strip() for name in class_names or []):
+        summary = (f"{len(problems)} invalid row(s) (the labels are split at spaces; "
+                   "separate them with ';' to keep class names with spaces whole)")
+    _raise_for_problems(problems, csv_path, argument, summary)
     if not records:
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
     return records, multi_label
+
+
+def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
+    # Kinetics-style names ("playing guitar") would silently become a class per word.
+    for number, row in rows:
+        tokens = row_tokens[number]
+        if len(tokens) > 1 and not any(_is_int(t) for t in tokens):
+            logger.warning(
+                "Row %d of %r: %r is read as %d labels (%s): a 'labels' column is split at "
+                "spaces. If class names contain spaces, separate the labels with ';' "
+                "(as in 'playing guitar;juggling'); that also silences this warning. "
+                "Received: %s=%r", number, csv_path, row[1].strip(), len(tokens),
+                ", ".join(map(repr, tokens)), argument, csv_path)
+            return
 
 
 def read_folder_records(root, class_names=None, argument="root"):
