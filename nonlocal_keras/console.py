@@ -196,10 +196,4 @@ def demo():
 
 
 def train_detection():
-    # Model Garden's absl app: its own error handling, interrupts and exit.
-    _interrupt_at_once("nonlocal-train-detection")
-    _prepare_tensorflow()
-    from nonlocal_keras.training import train_detection as command
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    command.main()
+    _run("nonlocal-train-detection", "nonlocal_keras.training.train_detection")

@@ -6,6 +6,7 @@ training), thin FPN and heads (training/configs/maskrcnn_nonlocal_tiny.yaml).
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -575,3 +576,59 @@ def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_pack
     assert "detection_boxes (1, 20, 4)" in loaded.stdout
     assert "detection_scores (1, 20)" in loaded.stdout
     assert "detection_masks (1, 20, 28, 28)" in loaded.stdout
+
+
+def _train_detection_until(command, step, signum, stderr_path):
+    """Run `command` (unbuffered) and send `signum` twice, as a wrapper that forwards
+    its own (`timeout`, a batch script) makes it come, once Orbit has logged a step >=
+    `step`; returns (exit status, stdout)."""
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                words = line.split()
+                if line.startswith("train | step:") and words[3].isdigit() and int(words[3]) >= step:
+                    process.send_signal(signum)
+                    process.send_signal(signum)
+                    break
+            lines.append(process.communicate(timeout=120)[0])
+        finally:
+            process.kill()
+    return process.returncode, "".join(lines)
+
+
+@pytest.mark.slow
+def test_cli_sigterm_and_hangup_save_the_steps_trained_and_the_same_command_resumes(tmp_path):
+    """SIGTERM (a preempted job) or SIGHUP (a closed terminal) ended the command at once:
+    every step since the last `trainer.checkpoint_interval` was lost."""
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-u", "-m", "nonlocal_keras.training.train_detection",
+               "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+               "--synthetic_coco_dir", str(tmp_path / "data"),
+               "--params_override", "trainer.train_steps=60,trainer.steps_per_loop=2,"
+               "trainer.checkpoint_interval=1000,task.train_data.global_batch_size=1",
+               "--mode", "train", "--model_dir", str(model_dir)]
+
+    def saved_step():
+        return int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+
+    status, output = _train_detection_until(command, 4, signal.SIGTERM, tmp_path / "1.err")
+    assert status == 143, (tmp_path / "1.err").read_text()[-3000:]
+    assert "nonlocal-train-detection: terminated" in (tmp_path / "1.err").read_text()
+    first = saved_step()  # Orbit saves step 2 at once, then every 1000 steps
+    assert 4 <= first < 60 and f"saved checkpoint to {model_dir}/ckpt-{first}." in output
+
+    status, output = _train_detection_until(command, first + 2, signal.SIGHUP, tmp_path / "2.err")
+    assert status == 129, (tmp_path / "2.err").read_text()[-3000:]
+    assert "nonlocal-train-detection: hung up" in (tmp_path / "2.err").read_text()
+    assert f"restored from checkpoint: {model_dir}/ckpt-{first}" in output
+    second = saved_step()
+    assert first + 2 <= second < 60
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"restored from checkpoint: {model_dir}/ckpt-{second}" in finished.stdout
+    assert f"train | step: {second:6d} | training until step 60" in finished.stdout
+    assert saved_step() == 60

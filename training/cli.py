@@ -17,7 +17,10 @@
   with `nonlocal-<cmd>: terminated` and exit 143, except that inside `fit` the
   run's state is committed after the step in progress before the process
   leaves (`TERMINATE_GRACE_SECONDS` for the watchdog): a preempted run loses
-  nothing it trained.
+  nothing it trained. More SIGTERMs or SIGHUPs (a wrapper such as `timeout`
+  forwarding the one the process also got) do not cut the commit short; a
+  Ctrl-C does. `nonlocal-train-detection` commits the same way after the Orbit
+  loop in progress (`stops_after`).
 - SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
   is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; the writes to
   the vanished terminal, which fail, send stdout and stderr to /dev/null
@@ -35,6 +38,7 @@
   TensorFlow loads (importing this package loads it).
 """
 
+import contextlib
 import importlib
 import logging
 import os
@@ -103,6 +107,25 @@ class StopWhenInterrupted(keras.callbacks.Callback):
             _exit_now()
 
 
+@contextlib.contextmanager
+def stops_after(commit):
+    """Run a block of training steps outside Keras' `fit` (an Orbit loop of
+    Model Garden's trainer) the way `StopWhenInterrupted` runs a step: inside
+    it the handlers only record the signal; after it, Ctrl-C leaves, and SIGTERM
+    or SIGHUP first calls `commit()` (a checkpoint of the steps just trained).
+    The watchdog still ends a block that outlasts its grace."""
+    _AT_STEP_END.set()
+    try:
+        yield
+    finally:
+        _AT_STEP_END.clear()
+    if INTERRUPTED.is_set():
+        _exit_now()
+    if TERMINATED.is_set():
+        commit()
+        _exit_now()
+
+
 def _handle_interrupts():
     """SIGINT, SIGTERM, SIGHUP: raise KeyboardInterrupt in the main thread (outside
     `fit`), and arm the watchdog.
@@ -120,18 +143,20 @@ def _handle_interrupts():
     def watch():
         # Counted here, not read from the events: the main thread's handler may
         # set them before this thread sees the first signal.
-        seen, hung_up = 0, False
+        seen, terminating = 0, False
         while True:
             number = os.read(read_end, 1)
             if not number or number[0] not in handled:
                 continue
-            if number[0] == signal.SIGHUP:
-                # A hangup can come twice (from the kernel and from the shell that
-                # forwards it to its jobs): only a second signal of another kind,
-                # a user insisting, ends the process before the commit.
-                if hung_up:
+            if number[0] != signal.SIGINT:
+                # A hangup comes twice (from the kernel and from the shell that
+                # forwards it to its jobs), a SIGTERM too where a wrapper (`timeout`,
+                # a batch script) forwards what it got to a process that got it as
+                # well: only a Ctrl-C, a user insisting, ends the process before
+                # the commit.
+                if terminating:
                     continue
-                hung_up = True
+                terminating = True
             seen += 1
             _event(number[0]).set()
             if seen > 1:

@@ -11,9 +11,12 @@ registered, plus:
   of `--model_dir` with Model Garden's detection export module (`--mode eval
   --export_dir DIR` evaluates a trained model, then exports it).
 
-A user error (a bad flag, config file or override, missing data) prints one
-line `nonlocal-train-detection: error: <message>` and exits with status 2;
-`--debug` keeps the traceback.
+It runs as the other console scripts do (`nonlocal_keras.training.cli`): a
+user error (a bad flag, config file or override, missing data) prints one line
+`nonlocal-train-detection: error: <message>` and exits with status 2
+(`--debug` keeps the traceback); Ctrl-C leaves after the Orbit loop in progress
+(`trainer.steps_per_loop` steps), exit 130; SIGTERM and SIGHUP save a checkpoint
+of the steps trained first (exit 143, 129), so the same command resumes there.
 
 Examples:
     nonlocal-train-detection --experiment maskrcnn_resnetfpn_nonlocal_coco \\
@@ -22,12 +25,12 @@ Examples:
     nonlocal-train-detection ... --mode eval --export_dir /tmp/nl_maskrcnn/export
 """
 
-import sys
-
 import tensorflow as tf
 from absl import app, flags
 
 from nonlocal_keras.applications.mask_rcnn import trainer
+from nonlocal_keras.training import cli
+from nonlocal_keras.training.errors import ConfigError
 
 PROG = "nonlocal-train-detection"
 # What a wrong command line, experiment name, config or data path raises from
@@ -41,37 +44,38 @@ def _is_user_error(error):
     return isinstance(error, USER_ERRORS) or type(error) is LookupError
 
 
-def _fail(error, debug):
-    if debug:
-        raise error
+def _user_error(error):
     # KeyError's str() is the repr of its argument.
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    print(f"{PROG}: error: {' '.join(text.split()) or type(error).__name__}", file=sys.stderr)
-    sys.exit(2)
+    return ConfigError(" ".join(text.split()) or type(error).__name__)
 
 
 def _parse(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        # FLAGS.debug is not parsed yet when the command line itself is wrong.
-        _fail(error, debug="--debug" in argv)
+        raise _user_error(error) from error
 
 
 def _run(argv):
     try:
-        trainer.run(argv)
+        trainer.run(argv, stops_after=cli.stops_after)
     except Exception as error:
         if not _is_user_error(error):
             raise
-        _fail(error, debug=flags.FLAGS.debug)
+        raise _user_error(error) from error
 
 
-def main():
+def main(argv):
+    """The command's work, run by `cli.run` (see `nonlocal_keras.console`)."""
     trainer.define_flags()
-    flags.DEFINE_bool("debug", False, "Show the full traceback of an error.")
-    app.run(_run, flags_parser=_parse)
+    try:
+        app.run(_run, argv=[PROG, *argv], flags_parser=_parse)
+    except SystemExit as exit_:  # absl leaves through sys.exit: --help, or the work's end
+        return exit_.code
 
 
 if __name__ == "__main__":
-    main()
+    from nonlocal_keras import console
+
+    console.train_detection()

@@ -4,9 +4,11 @@ The logic behind `nonlocal-train-detection` (`nonlocal_keras.training.train_dete
 kept here because only this package imports Model Garden.
 """
 
+import functools
 import json
 import os
 
+import orbit
 import tensorflow as tf
 import tf_keras
 from absl import flags
@@ -84,20 +86,69 @@ def seed_everything(params):
     tf.config.experimental.enable_op_determinism()
 
 
-def run(argv):
-    """`official.vision.train`'s main, then the optional export."""
-    from official.core import train_utils
-    from official.vision import train as vision_train
+class CommittingController(orbit.Controller):
+    """Orbit's controller with the command's signal handling around each loop of
+    `trainer.steps_per_loop` steps (`stops_after`, e.g. `cli.stops_after`): a
+    SIGTERM or SIGHUP saves a checkpoint of the steps trained so far before the
+    process leaves, so that a preempted or hung-up run resumes where it was
+    rather than at its last `checkpoint_interval`."""
+
+    def __init__(self, *args, stops_after, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stops_after = stops_after
+
+    def _train_n_steps(self, num_steps):
+        with self._stops_after(self._commit):
+            super()._train_n_steps(num_steps)
+
+    def _commit(self):
+        if self.checkpoint_manager:
+            self.save_checkpoint()
+            self._sync_on_async_checkpointing()
+
+
+def run(argv, stops_after=None):
+    """`official.vision.train`'s main, then the optional export.
+
+    Its steps are taken here (not by calling that main) to hand Model Garden's
+    `run_experiment` a `CommittingController` when `stops_after` is given; the
+    TPU-preemption retry loop around it is not kept (it only acts on TPU pods).
+    """
+    import gin
+    from official.common import distribute_utils
+    from official.core import task_factory, train_lib, train_utils
+    from official.modeling import performance
+    from official.vision.utils import summary_manager
 
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir, keypoints=keypoints)]
+    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_params)
     params = train_utils.parse_configuration(FLAGS)
     seed_everything(params)
-    vision_train.main(argv)
+    model_dir = FLAGS.model_dir
+    if "train" in FLAGS.mode:
+        train_utils.serialize_config(params, model_dir)
+    if params.runtime.mixed_precision_dtype:
+        performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+    strategy = distribute_utils.get_distribution_strategy(
+        distribution_strategy=params.runtime.distribution_strategy,
+        all_reduce_alg=params.runtime.all_reduce_alg,
+        num_gpus=params.runtime.num_gpus,
+        tpu_address=params.runtime.tpu)
+    with strategy.scope():
+        task = task_factory.get_task(params.task, logging_dir=model_dir)
+    controller_cls = (orbit.Controller if stops_after is None
+                      else functools.partial(CommittingController, stops_after=stops_after))
+    train_lib.run_experiment(
+        distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
+        model_dir=model_dir, controller_cls=controller_cls,
+        eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
+            params=params, model_dir=model_dir),
+        enable_async_checkpointing=FLAGS.enable_async_checkpointing)
+    train_utils.save_gin_config(FLAGS.mode, model_dir)
     if not FLAGS.export_dir:
         return
     export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
     print(f"Exported the SavedModel to {FLAGS.export_dir}")
-
