@@ -74,6 +74,9 @@ def test_cli_writes_models_config_and_request(exported, tmp_path, capsys):
         1, DEMO_DATA["num_frames"], serving_example.EXAMPLE_PIXELS, serving_example.EXAMPLE_PIXELS, 3)
 
 
-def test_needs_the_version_folder(exported):
+def test_the_model_folder_means_its_highest_version_and_other_folders_are_refused(
+        exported, tmp_path):
+    assert (serving_example.describe_model(os.path.dirname(exported))
+            == serving_example.describe_model(exported))
     with pytest.raises(ValueError, match="Received: model="):
-        serving_example.describe_model(os.path.dirname(exported))
+        serving_example.describe_model(str(tmp_path))

@@ -126,6 +126,27 @@ def test_model_folder_without_export_settings_is_refused(tmp_path):
         predict.main(["any.mp4", "--model", str(tmp_path / "missing")])
 
 
+def test_a_model_folder_means_its_highest_version_as_tf_serving_serves(setup, tmp_path, capsys):
+    _, saved, videos, _, _ = setup
+    model_dir = os.path.dirname(saved)
+    assert predict.main([videos[0], "--model", saved, "--no-progress"]) == 0
+    by_version = capsys.readouterr()
+    for folder in (model_dir, os.path.dirname(model_dir)):  # export's --output holds one model
+        assert predict.main([videos[0], "--model", folder, "--no-progress"]) == 0
+        out, err = capsys.readouterr()
+        assert out == by_version.out and err == f"Using the SavedModel {saved}\n"
+
+    for version in (1, 2, 10):  # numbers, not names: 10 is the highest
+        (tmp_path / "base" / "a" / str(version)).mkdir(parents=True)
+        (tmp_path / "base" / "a" / str(version) / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "base" / "a" / "11").mkdir()  # not a SavedModel (an export in progress)
+    assert export.version_folder(str(tmp_path / "base" / "a")) == str(tmp_path / "base" / "a" / "10")
+    (tmp_path / "base" / "b" / "3").mkdir(parents=True)
+    (tmp_path / "base" / "b" / "3" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(errors.ConfigError, match=r"several exported models \(a, b\)"):
+        predict.main([videos[0], "--model", str(tmp_path / "base")])
+
+
 def test_predict_needs_no_defaults_table():
     assert not hasattr(predict, "config_lib") and not hasattr(predict, "_data_config")
 

@@ -367,6 +367,40 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     return path
 
 
+def _versions(folder):
+    """`{number: path}` of the SavedModel version folders under `folder`."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    return {int(name): os.path.join(folder, name) for name in names
+            if name.isdigit() and os.path.isfile(os.path.join(folder, name, "saved_model.pb"))}
+
+
+def version_folder(path, argument="model"):
+    """The SavedModel version folder that `path` names: itself; for a model's
+    base path (`<base>/<model_name>`, TF Serving's `model_base_path`) its
+    highest version, the one TF Serving serves; for a base folder holding one
+    model (`nonlocal-export --output`'s), that model's highest version.
+
+    Raises:
+        ConfigError: `path` holds several models (they are listed).
+    """
+    if os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isdir(path):
+        return path
+    versions = _versions(path)
+    if versions:
+        return versions[max(versions)]
+    models = sorted(name for name in os.listdir(path) if _versions(os.path.join(path, name)))
+    if len(models) == 1:
+        return version_folder(os.path.join(path, models[0]), argument)
+    if models:
+        raise ConfigError(f"{path!r} holds several exported models ({', '.join(models)}): give "
+                          f"one of them, e.g. {os.path.join(path, models[0])!r}. "
+                          f"Received: {argument}={path!r}")
+    return path
+
+
 def read_metadata(saved_model_dir):
     """The settings that `export_saved_model` recorded (checked for what predict needs)."""
     if not os.path.isdir(saved_model_dir):

@@ -2,6 +2,8 @@
 
     nonlocal-predict video1.mp4 video2.mp4 --model exported/nl_c2d/1
 
+(`--model exported/nl_c2d` takes its highest version, as TF Serving does.)
+
 Each video goes through the evaluation pipeline of training (PyAV decoding of
 only the frames the clips need, `num_clips` clips evenly spaced in time,
 `num_crops` crops at shorter side `eval_scale`, normalisation: every setting
@@ -83,7 +85,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", nargs="+", metavar="VIDEO")
     parser.add_argument("--model", required=True,
-                        help="a SavedModel version folder written by nonlocal-export")
+                        help="a SavedModel version folder written by nonlocal-export, or "
+                        "the model's folder above it (its highest version, as TF Serving)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
     parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
@@ -98,7 +101,10 @@ def main(argv=None):
             name = "--" + flag.replace("_", "-")
             raise ConfigError(f"{name} must be >= 1. Received: {name}={value}")
 
-    scores, failures, metadata = predict_files(args.videos, args.model, args.num_clips,
+    model = export.version_folder(args.model)
+    if model != args.model:
+        print(f"Using the SavedModel {model}", file=sys.stderr)
+    scores, failures, metadata = predict_files(args.videos, model, args.num_clips,
                                                args.num_crops, args.batch_size,
                                                verbose=0 if args.no_progress else 1)
     for path, video_scores in zip(args.videos, scores):

@@ -92,7 +92,7 @@ def format_request(body):
 
 def describe_model(saved_model_dir):
     """(model name, base folder, request body text, outputs) of `<base>/<name>/<version>`."""
-    version_dir = os.path.abspath(saved_model_dir)
+    version_dir = os.path.abspath(export.version_folder(saved_model_dir))
     model_dir = os.path.dirname(version_dir)
     if not os.path.basename(version_dir).isdigit():
         raise ConfigError("Give the version folder <base>/<model_name>/<version> that "
@@ -106,7 +106,8 @@ def describe_model(saved_model_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version>")
+    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version> "
+                        "(or <base>/<model_name>: its highest version)")
     parser.add_argument("--write", metavar="DIR", help="also write models.config and request.json here")
     args = parser.parse_args(argv)
     name, base, body, outputs = describe_model(args.model)
