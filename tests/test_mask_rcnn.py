@@ -632,3 +632,36 @@ def test_cli_sigterm_and_hangup_save_the_steps_trained_and_the_same_command_resu
     assert f"restored from checkpoint: {model_dir}/ckpt-{second}" in finished.stdout
     assert f"train | step: {second:6d} | training until step 60" in finished.stdout
     assert saved_step() == 60
+
+
+@pytest.mark.parametrize("events, committed", [(["TERMINATED"], True), (["INTERRUPTED"], False),
+                                               (["TERMINATED", "INTERRUPTED"], False)])
+def test_an_evaluation_stopped_by_sigterm_commits_the_steps_trained_first(
+        events, committed, monkeypatch):
+    """Between two blocks of steps, Orbit evaluates: a SIGTERM there (seen by hand: exit
+    143 two seconds after it, ckpt-6 saved) must not lose the block just trained; a
+    Ctrl-C saves nothing, as during the steps."""
+    from nonlocal_keras.training import cli
+
+    class Left(Exception):
+        pass
+
+    def leave():
+        raise Left  # instead of os._exit
+
+    monkeypatch.setattr(cli, "_exit_now", leave)
+    commits = []
+    try:
+        for name in events:
+            getattr(cli, name).set()
+        with pytest.raises(Left if committed else KeyboardInterrupt):
+            with cli.LoopSignals.evaluation(lambda: commits.append(cli._AT_STEP_END.is_set())):
+                raise KeyboardInterrupt
+    finally:
+        cli.TERMINATED.clear()
+        cli.INTERRUPTED.clear()
+    # During the commit a repeated SIGTERM is only recorded (no KeyboardInterrupt in it).
+    assert commits == ([True] if committed else [])
+    with cli.LoopSignals.evaluation(lambda: commits.append("again")):
+        pass  # no signal: nothing committed
+    assert len(commits) == (1 if committed else 0) and not cli._AT_STEP_END.is_set()

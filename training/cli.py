@@ -20,7 +20,7 @@
   nothing it trained. More SIGTERMs or SIGHUPs (a wrapper such as `timeout`
   forwarding the one the process also got) do not cut the commit short; a
   Ctrl-C does. `nonlocal-train-detection` commits the same way after the Orbit
-  loop in progress (`stops_after`).
+  loop in progress (`LoopSignals`).
 - SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
   is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; the writes to
   the vanished terminal, which fail, send stdout and stderr to /dev/null
@@ -107,23 +107,40 @@ class StopWhenInterrupted(keras.callbacks.Callback):
             _exit_now()
 
 
-@contextlib.contextmanager
-def stops_after(commit):
-    """Run a block of training steps outside Keras' `fit` (an Orbit loop of
-    Model Garden's trainer) the way `StopWhenInterrupted` runs a step: inside
-    it the handlers only record the signal; after it, Ctrl-C leaves, and SIGTERM
-    or SIGHUP first calls `commit()` (a checkpoint of the steps just trained).
-    The watchdog still ends a block that outlasts its grace."""
-    _AT_STEP_END.set()
-    try:
-        yield
-    finally:
-        _AT_STEP_END.clear()
-    if INTERRUPTED.is_set():
-        _exit_now()
-    if TERMINATED.is_set():
-        commit()
-        _exit_now()
+class LoopSignals:
+    """How a training loop other than Keras' `fit` (the Orbit controller of Model
+    Garden's trainer) meets Ctrl-C, SIGTERM and SIGHUP, as `StopWhenInterrupted`
+    has `fit` meet them. `commit()` saves what was trained (a checkpoint)."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def steps(commit):
+        """Around a block of training steps: inside it the handlers only record
+        the signal; after it, Ctrl-C leaves, and SIGTERM or SIGHUP commits first.
+        The watchdog still ends a block that outlasts its grace."""
+        _AT_STEP_END.set()  # kept during the commit: a repeated SIGTERM must not cut it short
+        try:
+            yield
+            if INTERRUPTED.is_set():
+                _exit_now()
+            if TERMINATED.is_set():
+                commit()
+                _exit_now()
+        finally:
+            _AT_STEP_END.clear()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def evaluation(commit):
+        """Around an evaluation between blocks of steps: interrupted at once as
+        usual, after a commit of the steps trained when SIGTERM or SIGHUP came."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if TERMINATED.is_set() and not INTERRUPTED.is_set():
+                with LoopSignals.steps(commit):
+                    pass  # commits, then leaves
+            raise
 
 
 def _handle_interrupts():

@@ -16,7 +16,8 @@ user error (a bad flag, config file or override, missing data) prints one line
 `nonlocal-train-detection: error: <message>` and exits with status 2
 (`--debug` keeps the traceback); Ctrl-C leaves after the Orbit loop in progress
 (`trainer.steps_per_loop` steps), exit 130; SIGTERM and SIGHUP save a checkpoint
-of the steps trained first (exit 143, 129), so the same command resumes there.
+of the steps trained first (exit 143, 129; an evaluation is cut short), so the
+same command resumes there.
 
 Examples:
     nonlocal-train-detection --experiment maskrcnn_resnetfpn_nonlocal_coco \\
@@ -59,7 +60,7 @@ def _parse(argv):
 
 def _run(argv):
     try:
-        trainer.run(argv, stops_after=cli.stops_after)
+        trainer.run(argv, signals=cli.LoopSignals)
     except Exception as error:
         if not _is_user_error(error):
             raise

@@ -87,19 +87,23 @@ def seed_everything(params):
 
 
 class CommittingController(orbit.Controller):
-    """Orbit's controller with the command's signal handling around each loop of
-    `trainer.steps_per_loop` steps (`stops_after`, e.g. `cli.stops_after`): a
-    SIGTERM or SIGHUP saves a checkpoint of the steps trained so far before the
-    process leaves, so that a preempted or hung-up run resumes where it was
-    rather than at its last `checkpoint_interval`."""
+    """Orbit's controller with the command's signal handling (`signals`, e.g.
+    `cli.LoopSignals`) around each loop of `trainer.steps_per_loop` steps and
+    each evaluation: a SIGTERM or SIGHUP saves a checkpoint of the steps trained
+    before the process leaves, so that a preempted or hung-up run resumes where
+    it was rather than at its last `checkpoint_interval`."""
 
-    def __init__(self, *args, stops_after, **kwargs):
+    def __init__(self, *args, signals, **kwargs):
         super().__init__(*args, **kwargs)
-        self._stops_after = stops_after
+        self._signals = signals
 
     def _train_n_steps(self, num_steps):
-        with self._stops_after(self._commit):
+        with self._signals.steps(self._commit):
             super()._train_n_steps(num_steps)
+
+    def evaluate(self, steps=-1):
+        with self._signals.evaluation(self._commit):
+            return super().evaluate(steps)
 
     def _commit(self):
         if self.checkpoint_manager:
@@ -107,11 +111,11 @@ class CommittingController(orbit.Controller):
             self._sync_on_async_checkpointing()
 
 
-def run(argv, stops_after=None):
+def run(argv, signals=None):
     """`official.vision.train`'s main, then the optional export.
 
     Its steps are taken here (not by calling that main) to hand Model Garden's
-    `run_experiment` a `CommittingController` when `stops_after` is given; the
+    `run_experiment` a `CommittingController` when `signals` is given; the
     TPU-preemption retry loop around it is not kept (it only acts on TPU pods).
     """
     import gin
@@ -139,8 +143,8 @@ def run(argv, stops_after=None):
         tpu_address=params.runtime.tpu)
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
-    controller_cls = (orbit.Controller if stops_after is None
-                      else functools.partial(CommittingController, stops_after=stops_after))
+    controller_cls = (orbit.Controller if signals is None
+                      else functools.partial(CommittingController, signals=signals))
     train_lib.run_experiment(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
         model_dir=model_dir, controller_cls=controller_cls,
