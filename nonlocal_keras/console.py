@@ -32,18 +32,22 @@ import stat
 import sys
 import traceback
 
-from nonlocal_keras import cpu
+from nonlocal_keras import command_lines, cpu
 
 
 def _run(prog, module_name):
     sys.stdout, sys.stderr = OutlivesItsTerminal(sys.stdout), OutlivesItsTerminal(sys.stderr)
     _interrupt_at_once(prog)
-    _prepare_tensorflow()
-    from nonlocal_keras.training import cli
-
     status = 1
     try:
-        status = cli.run(prog, module_name)
+        # --help, a usage error and `--list` need no TensorFlow, which takes 3-4 s to load.
+        status = command_lines.answer_without_tensorflow(
+            prog, [arg for arg in sys.argv[1:] if arg != "--debug"])
+        if status is None:
+            _prepare_tensorflow()
+            from nonlocal_keras.training import cli
+
+            status = cli.run(prog, module_name)
     except SystemExit as exit_:  # argparse: --help (0), a usage error (2), already printed
         status = _exit_status(exit_.code)
     except BaseException:  # noqa: BLE001 - a bug: show it, then leave

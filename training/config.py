@@ -22,6 +22,7 @@ from typing import List, Optional, Union
 
 import yaml
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.applications import MEAN, STD
 from nonlocal_keras.training import atomic
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
@@ -186,11 +187,7 @@ def resolve_path(name):
         f"No such config file or shipped config ({', '.join(list_configs())}). Received: config={name!r}")
 
 
-def list_configs():
-    """Shipped video experiments (the `maskrcnn_*` files belong to
-    `nonlocal-train-detection` and use Model Garden's format)."""
-    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR)
-                  if f.endswith(".yaml") and not f.startswith(("maskrcnn_", "keypoint")))
+list_configs = command_lines.list_configs
 
 
 def load_config(path=None, overrides=()):

@@ -15,10 +15,11 @@
 These are the folders the README's commands use after `make demo`.
 """
 
-import argparse
 import os
 import shutil
 import time
+
+from nonlocal_keras import command_lines
 
 # (label, shipped config, run folder under --runs-dir)
 RUNS = (("C2D", "demo_digits_c2d", "demo_c2d"), ("NL-C2D", "demo_digits_nl_c2d", "demo_nl_c2d"))
@@ -58,24 +59,7 @@ def _table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="nonlocal-demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="demo_output",
-                        help="results.json, attention.png and examples/")
-    parser.add_argument("--runs-dir", default="runs", help="the two run folders")
-    parser.add_argument("--export-dir", default="exported", help="the SavedModel base folder")
-    parser.add_argument("--print-data-dir", action="store_true",
-                        help="write (or reuse) the dataset, print its folder and stop")
-    parser.add_argument("--restart", action="store_true",
-                        help="train both again (the old run folders are moved aside)")
-    parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
-                        "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras/synthetic_digits)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=4000)
-    parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of both demo configs")
-    args = parser.parse_args(argv)
+    args = command_lines.demo_parser().parse_args(argv)
     from nonlocal_keras.training import atomic, attention_map, synthetic_digits
     from nonlocal_keras.training.export import export_saved_model
 

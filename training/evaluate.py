@@ -10,7 +10,6 @@ over a video's views; top-1 / top-5 accuracy or mAP over videos.
         --weights runs/my_experiment/final.weights.h5 --set data.val_csv=val.csv
 """
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, metrics, progress
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
@@ -87,20 +87,7 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
 def main(argv=None):
     from nonlocal_keras.training import models
 
-    parser = argparse.ArgumentParser(prog="nonlocal-evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="a nonlocal-train output folder (its config.yaml "
-                        "and final weights are used unless given)")
-    parser.add_argument("--config", help="experiment YAML (default: RUN_DIR/config.yaml)")
-    parser.add_argument("--weights", help="a .weights.h5 file or run folder "
-                        "(default: RUN_DIR's final.weights.h5)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set data.num_clips=1")
-    parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress on stderr (default: a bar on a terminal, else a "
-                        "line at every tenth of the videos)")
-    args = parser.parse_args(argv)
+    args = command_lines.evaluate_parser().parse_args(argv)
     if not (args.config or args.run_dir):
         raise UserError("give --run-dir or --config")
     if args.run_dir and not os.path.isdir(args.run_dir):

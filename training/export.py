@@ -36,7 +36,6 @@ config's `model.weights`; with none of them the export stops rather than
 write a model with random weights.
 """
 
-import argparse
 import json
 import os
 import re
@@ -48,6 +47,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import atomic, data, models, preprocessing
 from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError, UserError
@@ -60,11 +60,9 @@ CLASS_NAMES_ASSET = "class_names.txt"
 METADATA_FILE = os.path.join("assets.extra", "nonlocal_keras.json")
 # 2: every evaluation setting, the model, the weights and the frame bounds.
 METADATA_VERSION = 2
-# A frame side up to DCI 4K (4096 x 2160) either way round, and shapes up to
-# 4:1 (32:9 ultra-wide is 3.6:1): the resized frame is then at most
-# eval_scale x 4 * eval_scale.
-DEFAULT_MAX_FRAME_SIDE = 4096
-DEFAULT_MAX_ASPECT_RATIO = 4.0
+# The frames serving_default takes (the command line's defaults).
+DEFAULT_MAX_FRAME_SIDE = command_lines.DEFAULT_MAX_FRAME_SIDE
+DEFAULT_MAX_ASPECT_RATIO = command_lines.DEFAULT_MAX_ASPECT_RATIO
 # The keys of `serving_settings` that `nonlocal-predict` needs.
 EVAL_SETTINGS = ("num_frames", "sampling_rate", "crop_size", "eval_scale", "num_clips",
                  "num_crops", "mean", "std")
@@ -458,25 +456,7 @@ def find_weights(config_path, model_weights, checkpoint=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="nonlocal-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
-    parser.add_argument("--checkpoint", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5, "
-                        "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
-    parser.add_argument("--output", required=True,
-                        help="BASE/<model_name>/<version> (or BASE: next version of the model's name)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set data.eval_scale=256")
-    parser.add_argument("--multi-label", action="store_true",
-                        help="the model was trained multi-label (sigmoid scores, e.g. Charades)")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--model-name", help="folder name when --output is a base folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument("--max-frame-side", type=int, default=DEFAULT_MAX_FRAME_SIDE,
-                        help="serving_default refuses frames with a longer side (pixels)")
-    parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
-                        help="serving_default refuses frames more elongated than this (longer/shorter)")
-    args = parser.parse_args(argv)
+    args = command_lines.export_parser().parse_args(argv)
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1. Received: --top-k={args.top_k}")
     config = config_lib.load_config(args.config, args.set)

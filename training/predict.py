@@ -15,13 +15,13 @@ cannot be read (or is truncated) is reported on stderr by name and reason;
 the exit status is 1 when any file failed.
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
 import tensorflow as tf
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.training import data, evaluate, export, progress
 from nonlocal_keras.training.errors import ConfigError
 
@@ -81,20 +81,7 @@ def format_top_k(path, scores, class_names, top_k):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="nonlocal-predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("videos", nargs="+", metavar="VIDEO")
-    parser.add_argument("--model", required=True,
-                        help="a SavedModel version folder written by nonlocal-export, or "
-                        "the model's folder above it (its highest version, as TF Serving)")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
-    parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
-    parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress on stderr (default: a bar on a terminal, else a "
-                        "line at every tenth of the videos)")
-    args = parser.parse_args(argv)
+    args = command_lines.predict_parser().parse_args(argv)
     for flag in ("top_k", "num_clips", "num_crops", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:

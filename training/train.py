@@ -20,7 +20,6 @@ after the run finished: it says so and trains nothing. With more
 aside (`<folder>.old-<time>`) and starts over.
 """
 
-import argparse
 import contextlib
 import json
 import logging
@@ -32,6 +31,7 @@ import keras
 import tensorflow as tf
 import yaml
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.training import (atomic, cli, data, evaluate, models, optim, progress,
                                      run_state, runtime)
 from nonlocal_keras.training import config as config_lib
@@ -323,15 +323,7 @@ def _finished(run_dir, model, state):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="nonlocal-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="experiment YAML file or shipped config name")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. --set runtime.precision=mixed_float16")
-    parser.add_argument("--restart", action="store_true",
-                        help="move an existing run folder aside (<folder>.old-<time>) and start over")
-    parser.add_argument("--list", action="store_true", help="list the shipped configs")
-    args = parser.parse_args(argv)
+    args = command_lines.train_parser().parse_args(argv)
     if args.list:
         print("\n".join(config_lib.list_configs()))
         return 0

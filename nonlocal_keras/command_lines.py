@@ -1,0 +1,143 @@
+"""The console scripts' command lines, read without loading TensorFlow.
+
+Importing `nonlocal_keras.training` loads TensorFlow (3-4 s). The parsers live
+here so that `nonlocal_keras.console` answers `--help`, a usage error and
+`nonlocal-train --list` before that; each command's `main` parses with the same
+parser. A command's description is its module's docstring, read from the file.
+"""
+
+import argparse
+import ast
+import importlib.util
+import os
+
+# The frames an export's `serving_default` takes: a side up to DCI 4K (4096 x
+# 2160) either way round, and shapes up to 4:1 (32:9 ultra-wide is 3.6:1): the
+# resized frame is then at most eval_scale x 4 * eval_scale.
+DEFAULT_MAX_FRAME_SIDE = 4096
+DEFAULT_MAX_ASPECT_RATIO = 4.0
+
+
+def _training_folder():
+    # find_spec imports the parent `nonlocal_keras` only, not the package itself.
+    return importlib.util.find_spec("nonlocal_keras.training").submodule_search_locations[0]
+
+
+def _parser(prog, module):
+    with open(os.path.join(_training_folder(), module + ".py"), encoding="utf-8") as handle:
+        description = ast.get_docstring(ast.parse(handle.read()), clean=False)
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def list_configs():
+    """Shipped video experiments (the `maskrcnn_*` files belong to
+    `nonlocal-train-detection` and use Model Garden's format)."""
+    return sorted(f[:-5] for f in os.listdir(os.path.join(_training_folder(), "configs"))
+                  if f.endswith(".yaml") and not f.startswith(("maskrcnn_", "keypoint")))
+
+
+def _set(parser, example):
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config field, e.g. --set {example}")
+
+
+def _no_progress(parser):
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (default: a bar on a terminal, else a "
+                        "line at every tenth of the videos)")
+
+
+def train_parser():
+    parser = _parser("nonlocal-train", "train")
+    parser.add_argument("--config", help="experiment YAML file or shipped config name")
+    _set(parser, "runtime.precision=mixed_float16")
+    parser.add_argument("--restart", action="store_true",
+                        help="move an existing run folder aside (<folder>.old-<time>) and start over")
+    parser.add_argument("--list", action="store_true", help="list the shipped configs")
+    return parser
+
+
+def evaluate_parser():
+    parser = _parser("nonlocal-evaluate", "evaluate")
+    parser.add_argument("--run-dir", help="a nonlocal-train output folder (its config.yaml "
+                        "and final weights are used unless given)")
+    parser.add_argument("--config", help="experiment YAML (default: RUN_DIR/config.yaml)")
+    parser.add_argument("--weights", help="a .weights.h5 file or run folder "
+                        "(default: RUN_DIR's final.weights.h5)")
+    _set(parser, "data.num_clips=1")
+    parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
+    _no_progress(parser)
+    return parser
+
+
+def export_parser():
+    parser = _parser("nonlocal-export", "export")
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
+    parser.add_argument("--checkpoint", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5, "
+                        "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
+    parser.add_argument("--output", required=True,
+                        help="BASE/<model_name>/<version> (or BASE: next version of the model's name)")
+    _set(parser, "data.eval_scale=256")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="the model was trained multi-label (sigmoid scores, e.g. Charades)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--model-name", help="folder name when --output is a base folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--max-frame-side", type=int, default=DEFAULT_MAX_FRAME_SIDE,
+                        help="serving_default refuses frames with a longer side (pixels)")
+    parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+                        help="serving_default refuses frames more elongated than this (longer/shorter)")
+    return parser
+
+
+def predict_parser():
+    parser = _parser("nonlocal-predict", "predict")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO")
+    parser.add_argument("--model", required=True,
+                        help="a SavedModel version folder written by nonlocal-export, or "
+                        "the model's folder above it (its highest version, as TF Serving)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
+    parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
+    parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
+    _no_progress(parser)
+    return parser
+
+
+def demo_parser():
+    parser = _parser("nonlocal-demo", "demo")
+    parser.add_argument("--output-dir", default="demo_output",
+                        help="results.json, attention.png and examples/")
+    parser.add_argument("--runs-dir", default="runs", help="the two run folders")
+    parser.add_argument("--export-dir", default="exported", help="the SavedModel base folder")
+    parser.add_argument("--print-data-dir", action="store_true",
+                        help="write (or reuse) the dataset, print its folder and stop")
+    parser.add_argument("--restart", action="store_true",
+                        help="train both again (the old run folders are moved aside)")
+    parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
+                        "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras/synthetic_digits)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=4000)
+    parser.add_argument("--num-test", type=int, default=1000)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of both demo configs")
+    return parser
+
+
+PARSERS = {"nonlocal-train": train_parser, "nonlocal-evaluate": evaluate_parser,
+           "nonlocal-export": export_parser, "nonlocal-predict": predict_parser,
+           "nonlocal-demo": demo_parser}
+
+
+def answer_without_tensorflow(prog, argv):
+    """Parse `argv` as `prog` does; `--help` and a usage error leave here
+    (SystemExit 0 or 2, as argparse does), and so does `nonlocal-train --list`
+    (returns 0). Else None: the command must run."""
+    if prog not in PARSERS:
+        return None
+    args = PARSERS[prog]().parse_args(argv)
+    if prog == "nonlocal-train" and args.list:
+        print("\n".join(list_configs()))
+        return 0
+    return None

@@ -1,0 +1,59 @@
+"""--help, a usage error and `nonlocal-train --list` are answered before TensorFlow
+loads (it took 3-4 s of every such command), by the parsers the commands use."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nonlocal_keras import command_lines
+
+SCRIPTS = {"nonlocal-train": "train", "nonlocal-evaluate": "evaluate",
+           "nonlocal-export": "export", "nonlocal-predict": "predict", "nonlocal-demo": "demo"}
+
+
+def _console(function, *argv):
+    """Run `nonlocal_keras.console.<function>` with TensorFlow made unimportable."""
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+            f"sys.argv = {[function, *argv]!r}; "
+            f"from nonlocal_keras import console; console.{function}()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
+@pytest.mark.parametrize("prog, function", list(SCRIPTS.items()))
+def test_help_and_usage_errors_need_no_tensorflow(prog, function):
+    helped = _console(function, "--help")
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert helped.stdout.startswith(f"usage: {prog} ")
+    # The description is the command module's docstring.
+    module = __import__(f"nonlocal_keras.training.{function}", fromlist=["_"])
+    assert module.__doc__.strip().splitlines()[0] in helped.stdout
+    wrong = _console(function, "--no-such-flag", "--debug")
+    last = wrong.stderr.splitlines()[-1]
+    assert wrong.returncode == 2 and last.startswith(f"{prog}: error: "), wrong.stderr[-2000:]
+    assert "--no-such-flag" in last or "arguments are required" in last, last
+
+
+def test_list_needs_no_tensorflow_and_lists_the_shipped_video_configs():
+    from nonlocal_keras.training import config as config_lib
+
+    listed = _console("train", "--list")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    names = listed.stdout.split()
+    assert names == config_lib.list_configs() and "kinetics_nl_c2d_r50" in names
+    assert not [n for n in names if n.startswith(("maskrcnn_", "keypoint"))]
+    shipped = os.listdir(os.path.join(os.path.dirname(config_lib.__file__), "configs"))
+    assert sorted(n + ".yaml" for n in names) == sorted(
+        f for f in shipped if not f.startswith(("maskrcnn_", "keypoint")))
+
+
+def test_the_commands_parse_with_these_parsers():
+    from nonlocal_keras.training import export, predict, train
+
+    assert train.main(["--list"]) == 0
+    with pytest.raises(SystemExit):
+        predict.main(["video.mp4"])  # --model is required, by the same parser
+    assert export.DEFAULT_MAX_FRAME_SIDE == command_lines.export_parser().parse_args(
+        ["--config", "c", "--output", "o"]).max_frame_side
