@@ -365,13 +365,16 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     return path
 
 
+def _listing(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:  # not a folder, or not readable: read_metadata says which
+        return []
+
+
 def _versions(folder):
     """`{number: path}` of the SavedModel version folders under `folder`."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return {}
-    return {int(name): os.path.join(folder, name) for name in names
+    return {int(name): os.path.join(folder, name) for name in _listing(folder)
             if name.isdigit() and os.path.isfile(os.path.join(folder, name, "saved_model.pb"))}
 
 
@@ -384,12 +387,12 @@ def version_folder(path, argument="model"):
     Raises:
         ConfigError: `path` holds several models (they are listed).
     """
-    if os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isdir(path):
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     versions = _versions(path)
     if versions:
         return versions[max(versions)]
-    models = sorted(name for name in os.listdir(path) if _versions(os.path.join(path, name)))
+    models = sorted(name for name in _listing(path) if _versions(os.path.join(path, name)))
     if len(models) == 1:
         return version_folder(os.path.join(path, models[0]), argument)
     if models:
