@@ -111,12 +111,12 @@ class CommittingController(orbit.Controller):
             self._sync_on_async_checkpointing()
 
 
-def run(argv, signals=None):
+def run(argv, signals):
     """`official.vision.train`'s main, then the optional export.
 
     Its steps are taken here (not by calling that main) to hand Model Garden's
-    `run_experiment` a `CommittingController` when `signals` is given; the
-    TPU-preemption retry loop around it is not kept (it only acts on TPU pods).
+    `run_experiment` a `CommittingController` with `signals`; the TPU-preemption
+    retry loop around it is not kept (it only acts on TPU pods).
     """
     import gin
     from official.common import distribute_utils
@@ -143,11 +143,10 @@ def run(argv, signals=None):
         tpu_address=params.runtime.tpu)
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
-    controller_cls = (orbit.Controller if signals is None
-                      else functools.partial(CommittingController, signals=signals))
     train_lib.run_experiment(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
-        model_dir=model_dir, controller_cls=controller_cls,
+        model_dir=model_dir,
+        controller_cls=functools.partial(CommittingController, signals=signals),
         eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
             params=params, model_dir=model_dir),
         enable_async_checkpointing=FLAGS.enable_async_checkpointing)
