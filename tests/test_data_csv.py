@@ -175,24 +175,28 @@ def test_multi_label_names_with_spaces_are_kept_whole_by_semicolons(videos):
     assert [r.labels for r in data.read_csv_records(ids, 4)[0]] == [(1, 3), (2,)]
 
 
-def test_names_split_at_spaces_are_warned_about_once_per_file(videos, caplog):
+def test_names_read_from_labels_split_at_spaces_are_warned_about_once(videos, caplog):
     """Kinetics names under 'path,labels' would silently become a class per word."""
     split = _csv(videos, "path,labels\na.mp4,run\nb.mp4,playing guitar\nc.mp4,run jump\n",
                  "split.csv")
     with caplog.at_level("WARNING"):
-        records, _ = data.read_csv_records(split, 4, data.infer_class_names(split))
-    assert len(records) == 3
+        resolved, records, _, _ = data.load_training_data(_data_config(train_csv=split))
+    assert resolved["class_names"] == ["guitar", "jump", "playing", "run"] and len(records) == 3
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1, warned
-    assert "Row 3 of" in warned[0] and "'playing guitar' is read as 2 labels" in warned[0]
+    assert "row 3's 'playing guitar' is read as 2 labels ('playing', 'guitar')" in warned[0]
     assert "';'" in warned[0] and repr(split) in warned[0]
     caplog.clear()
-    for text in ("path,labels\na.mp4,run;jump\n", "path,labels\na.mp4,3 1\n",
-                 "path,label\na.mp4,playing guitar\n"):
+    given = _data_config(train_csv=split, class_names=["guitar", "jump", "playing", "run"])
+    for config in [given] + [_data_config(train_csv=_csv(videos, text, "quiet.csv")) for text in (
+            "path,labels\na.mp4,run;jump\n", "path,label\na.mp4,playing guitar\n")]:
         with caplog.at_level("WARNING"):
-            path = _csv(videos, text, "quiet.csv")
-            data.read_csv_records(path, 4, data.infer_class_names(path))
-        assert not [r for r in caplog.records if r.levelname == "WARNING"], text
+            data.load_training_data(config)
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], config
+    with caplog.at_level("WARNING"):  # ids: nothing to read as names
+        data.load_training_data(_data_config(train_csv=_csv(videos, "path,labels\na.mp4,3 1\n",
+                                                            "ids.csv"), num_classes=4))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_class_names_with_spaces_against_space_split_labels_say_how_to_fix(videos):

@@ -122,7 +122,9 @@ def _checked_tokens(header, rows, csv_path, argument):
 def infer_class_names(csv_path, argument="csv_path"):
     """Sorted distinct label names of a CSV whose labels are names, else None."""
     header, rows = _read_rows(csv_path, argument)
-    _, _, tokens = _checked_tokens(header, rows, csv_path, argument)
+    _, separator, tokens = _checked_tokens(header, rows, csv_path, argument)
+    if separator == " ":
+        _warn_if_names_were_split(rows, tokens, csv_path, argument)
     names = {t for ts in tokens.values() for t in ts}
     if not names or all(_is_int(t) for t in names):
         return None
@@ -156,8 +158,6 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             f"Received: header={','.join(header)!r} in {argument}={csv_path!r}"
         )
     multi_label, separator, row_tokens = _checked_tokens(header, rows, csv_path, argument)
-    if separator == " ":
-        _warn_if_names_were_split(rows, row_tokens, csv_path, argument)
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems = [], []
@@ -198,16 +198,18 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
 
 
 def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
-    # Kinetics-style names ("playing guitar") would silently become a class per word.
+    # Kinetics-style names ("playing guitar") would silently become a class per
+    # word. Given class names need no warning: a word alone is an unknown label.
     for number, row in rows:
         tokens = row_tokens[number]
         if len(tokens) > 1 and not any(_is_int(t) for t in tokens):
             logger.warning(
-                "Row %d of %r: %r is read as %d labels (%s): a 'labels' column is split at "
-                "spaces. If class names contain spaces, separate the labels with ';' "
-                "(as in 'playing guitar;juggling'); that also silences this warning. "
-                "Received: %s=%r", number, csv_path, row[1].strip(), len(tokens),
-                ", ".join(map(repr, tokens)), argument, csv_path)
+                "The class names are read from the labels of %r: row %d's %r is read as %d "
+                "labels (%s), as a 'labels' column is split at spaces. If class names contain "
+                "spaces, separate the labels with ';' (as in 'playing guitar;juggling'); that, "
+                "or data.class_names, also silences this warning. Received: %s=%r",
+                csv_path, number, row[1].strip(), len(tokens), ", ".join(map(repr, tokens)),
+                argument, csv_path)
             return
 
 
