@@ -41,9 +41,11 @@ def _run(prog, module_name):
     status = 1
     try:
         # --help, a usage error and `--list` need no TensorFlow, which takes 3-4 s to load.
-        status = command_lines.answer_without_tensorflow(
+        answered = command_lines.answer_without_tensorflow(
             prog, [arg for arg in sys.argv[1:] if arg != "--debug"])
-        if status is None:
+        if answered is not None:
+            status = answered
+        else:
             _prepare_tensorflow()
             from nonlocal_keras.training import cli
 

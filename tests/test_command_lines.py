@@ -57,3 +57,20 @@ def test_the_commands_parse_with_these_parsers():
         predict.main(["video.mp4"])  # --model is required, by the same parser
     assert export.DEFAULT_MAX_FRAME_SIDE == command_lines.export_parser().parse_args(
         ["--config", "c", "--output", "o"]).max_frame_side
+
+
+def test_a_bug_is_a_traceback_and_exit_1_through_os_exit():
+    """A command that raises (a bug) had `os._exit(None)` fail with a TypeError
+    after its traceback, so the process fell through to the interpreter's shutdown,
+    which can hang on a tf.data pipeline."""
+    code = ("import sys, atexit; sys.argv = ['nonlocal-train', '--config', 'x']; "
+            "atexit.register(lambda: print('SHUTDOWN', file=sys.stderr)); "
+            "from nonlocal_keras.training import cli\n"
+            "def bug(prog, module_name): raise RuntimeError('a bug')\n"
+            "cli.run = bug\n"
+            "from nonlocal_keras import console; console.train()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "RuntimeError: a bug" in result.stderr and "TypeError" not in result.stderr
+    assert "SHUTDOWN" not in result.stderr  # left through os._exit
