@@ -30,6 +30,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import traceback
 
 from nonlocal_keras import command_lines, cpu
@@ -139,6 +140,24 @@ def stopping_signals():
     (`nohup` ignores it so that the command outlives the terminal)."""
     return [signum for signum in STOPPING_SIGNALS
             if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN]
+
+
+def take_back_signals():
+    """Reinstall this process's Python handlers of the stopping signals at the C level.
+
+    TensorFlow's coordination service (started by `MultiWorkerMirroredStrategy`,
+    in `nonlocal-train` and Model Garden's trainer alike) installs a C handler
+    for SIGTERM, for its preemption notifier, that only records the signal: the
+    command's own handling (commit, then leave) never ran (seen: a worker sent
+    SIGTERM trained on to the run's end and exited 0). Call it after making such
+    a strategy.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOPPING_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: not installed from Python, left alone
+            signal.signal(signum, handler)
 
 
 def leave_terminal():

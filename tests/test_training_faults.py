@@ -612,9 +612,15 @@ def _free_ports(count):
 
 
 @pytest.mark.slow
-def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
+@pytest.mark.parametrize("victim, signum", [(1, signal.SIGKILL), (0, signal.SIGTERM)],
+                         ids=["kill_the_other_worker", "sigterm_to_the_chief"])
+def test_two_worker_cluster_on_loopback_trains_is_stopped_and_resumes(tmp_path, victim, signum):
     """MultiWorkerMirroredStrategy, two processes on 127.0.0.1: each decodes its
-    half of the videos, only the chief writes, one is killed mid-run, both restart."""
+    half of the videos, only the chief writes, one is stopped mid-run, both restart.
+    kill -9 of the other worker: the chief fails. SIGTERM to the chief (a scheduler
+    preempting it): TensorFlow's coordination service had taken SIGTERM over and
+    the whole run trained on to its end, exit 0; now the chief commits the steps
+    done and exits 143, and its peer stops with one line, exit 2."""
     csv_path = _write_dataset(tmp_path, count=16)
     run_dir = tmp_path / "run"
     # Enough epochs that the chief is still training when its peer is killed.
@@ -639,20 +645,30 @@ def test_two_worker_cluster_on_loopback_trains_kills_and_resumes(tmp_path):
     def logs():
         return "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (0, 1))
 
+    def committed():
+        return json.loads(state_file.read_text())["step"]
+
     workers = [start(0), start(1)]
     state_file = run_dir / "state" / "state.json"
     try:
-        _wait_for(workers[0], lambda: state_file.exists() and
-                  json.loads(state_file.read_text())["step"] >= steps, 240)
+        _wait_for(workers[0], lambda: state_file.exists() and committed() >= steps, 240)
         time.sleep(0.3)
-        workers[1].kill()
-        workers[1].wait()
-        # The chief must not hang on its dead peer: the cluster's health check fails it.
+        at_signal = committed()
+        workers[victim].send_signal(signum)
+        # Neither may hang on its dead peer: the cluster's health check fails it.
         try:
-            assert workers[0].wait(timeout=120) != 0, logs()
+            statuses = [worker.wait(timeout=120) for worker in workers]
         except subprocess.TimeoutExpired:
-            pytest.fail("the chief hung after its peer died:\n" + logs())
-        assert json.loads(state_file.read_text())["step"] % steps == 0  # epoch commits
+            pytest.fail("a worker hung after its peer stopped:\n" + logs())
+        if signum == signal.SIGKILL:
+            assert statuses[0] != 0, logs()
+            assert committed() % steps == 0  # epoch commits
+        else:
+            assert statuses == [143, 2], logs()
+            assert "nonlocal-train: terminated" in (tmp_path / "worker0.log").read_text()
+            last = (tmp_path / "worker1.log").read_text().strip().splitlines()[-1]
+            assert last.startswith("nonlocal-train: error: A worker of the cluster stopped"), last
+            assert at_signal < committed() < epochs * steps  # the steps since the epoch's commit
         workers = [start(0), start(1)]
         for worker in workers:
             assert worker.wait(timeout=300) == 0, logs()

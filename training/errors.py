@@ -21,6 +21,11 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class ClusterError(UserError):
+    """A worker of a multi-worker cluster stopped or cannot be reached (not a bug
+    of this process: it cannot go on without its peers)."""
+
+
 class FolderError(UserError):
     """A folder the user named cannot be made or written in (a file in its way, no
     permission, a read-only file system, a full disk or quota)."""

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from nonlocal_keras import cpu
-from nonlocal_keras.console import is_terminal
+from nonlocal_keras.console import is_terminal, take_back_signals
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ def make_strategy(name="auto", tpu=""):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
-        return _reducing_each_value(tf.distribute.MultiWorkerMirroredStrategy())
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        # Its coordination service takes SIGTERM over (see take_back_signals).
+        take_back_signals()
+        return _reducing_each_value(strategy)
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)

@@ -35,7 +35,7 @@ from nonlocal_keras import command_lines
 from nonlocal_keras.training import (atomic, cli, data, evaluate, models, optim, progress,
                                      run_state, runtime)
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training.errors import DatasetError, FolderError
+from nonlocal_keras.training.errors import ClusterError, DatasetError, FolderError
 
 logger = logging.getLogger(__name__)
 
@@ -306,11 +306,21 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
         lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
         # Last: it stops the process once the step is counted (and, on SIGTERM, committed).
         stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now)
-        model.fit(dataset, initial_epoch=state.epoch,
-                  epochs=state.epoch + 1 if offset else epochs,
-                  steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                  callbacks=callbacks + lines + [commit, stop], verbose=verbose,
-                  shuffle=False)  # tf.data shuffles
+        try:
+            model.fit(dataset, initial_epoch=state.epoch,
+                      epochs=state.epoch + 1 if offset else epochs,
+                      steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
+                      callbacks=callbacks + lines + [commit, stop], verbose=verbose,
+                      shuffle=False)  # tf.data shuffles
+        except tf.errors.UnavailableError as error:
+            # A peer of a multi-worker cluster left (stopped, killed, preempted):
+            # the step's collectives cannot complete; not a bug of this process.
+            lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+            reason = next((line for line in lines if "aborted by" in line), lines[0] if lines else "")
+            raise ClusterError(
+                f"A worker of the cluster stopped or cannot be reached ({reason}); this one "
+                "stops too. The run keeps its last commit: start every worker again with the "
+                "same command to resume.") from None
 
 
 def _finished(run_dir, model, state):

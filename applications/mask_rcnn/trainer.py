@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras
 from absl import flags
 
+from nonlocal_keras import console
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
 from nonlocal_keras.applications.mask_rcnn import (
     export,
@@ -141,6 +142,7 @@ def run(argv, signals):
         all_reduce_alg=params.runtime.all_reduce_alg,
         num_gpus=params.runtime.num_gpus,
         tpu_address=params.runtime.tpu)
+    console.take_back_signals()  # a multi-worker strategy takes SIGTERM over
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
     train_lib.run_experiment(
