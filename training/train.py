@@ -315,8 +315,8 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
         except tf.errors.UnavailableError as error:
             # A peer of a multi-worker cluster left (stopped, killed, preempted):
             # the step's collectives cannot complete; not a bug of this process.
-            lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
-            reason = next((line for line in lines if "aborted by" in line), lines[0] if lines else "")
+            said = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+            reason = next((line for line in said if "aborted by" in line), said[0] if said else "")
             raise ClusterError(
                 f"A worker of the cluster stopped or cannot be reached ({reason}); this one "
                 "stops too. The run keeps its last commit: start every worker again with the "
