@@ -11,6 +11,8 @@ import ast
 import importlib.util
 import os
 
+from nonlocal_keras import synthetic_digits_cache
+
 # The frames an export's `serving_default` takes: a side up to DCI 4K (4096 x
 # 2160) either way round, and shapes up to 4:1 (32:9 ultra-wide is 3.6:1): the
 # resized frame is then at most eval_scale x 4 * eval_scale.
@@ -132,12 +134,18 @@ PARSERS = {"nonlocal-train": train_parser, "nonlocal-evaluate": evaluate_parser,
 
 def answer_without_tensorflow(prog, argv):
     """Parse `argv` as `prog` does; `--help` and a usage error leave here
-    (SystemExit 0 or 2, as argparse does), and so does `nonlocal-train --list`
-    (returns 0). Else None: the command must run."""
+    (SystemExit 0 or 2, as argparse does), and so do `nonlocal-train --list` and
+    `nonlocal-demo --print-data-dir` once the dataset is written (return 0).
+    Else None: the command must run."""
     if prog not in PARSERS:
         return None
     args = PARSERS[prog]().parse_args(argv)
     if prog == "nonlocal-train" and args.list:
         print("\n".join(list_configs()))
         return 0
+    if prog == "nonlocal-demo" and args.print_data_dir:
+        root = args.data_dir or synthetic_digits_cache.default_cache_dir()
+        if synthetic_digits_cache.is_complete(root, args.num_train, args.num_test, args.seed):
+            print(root)
+            return 0
     return None

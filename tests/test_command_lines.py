@@ -74,3 +74,20 @@ def test_a_bug_is_a_traceback_and_exit_1_through_os_exit():
     assert result.returncode == 1, result.stderr[-2000:]
     assert "RuntimeError: a bug" in result.stderr and "TypeError" not in result.stderr
     assert "SHUTDOWN" not in result.stderr  # left through os._exit
+
+
+def test_print_data_dir_answers_without_tensorflow_once_the_dataset_is_written(tmp_path):
+    """The README's `DATA=$(nonlocal-demo --print-data-dir)` loaded TensorFlow (3-4 s)
+    to print a folder that was already there."""
+    from nonlocal_keras.training import synthetic_digits
+
+    folder = str(tmp_path / "digits")
+    sizes = ["--num-train", "3", "--num-test", "2", "--seed", "5"]
+    assert synthetic_digits.generate(folder, num_train=3, num_test=2, seed=5) == folder
+    printed = _console("demo", "--print-data-dir", "--data-dir", folder, *sizes)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert printed.stdout == folder + "\n"
+    # Another seed is another dataset: the command must write it, which needs
+    # TensorFlow (unimportable here), so it does not answer from the cache.
+    other = _console("demo", "--print-data-dir", "--data-dir", folder, *sizes[:4], "--seed", "6")
+    assert other.returncode != 0 and other.stdout == ""

@@ -19,11 +19,11 @@ reused when its `done.json` matches the requested parameters.
 
 import csv
 import io
-import json
 import os
 
 import numpy as np
 
+from nonlocal_keras import synthetic_digits_cache
 from nonlocal_keras.training import atomic, video_io
 
 NUM_CLASSES = 10
@@ -31,19 +31,11 @@ NUM_FRAMES = 8
 FRAME_SIZE = 32
 _QUADRANT = FRAME_SIZE // 2
 _TRAIN_IMAGES = 1400
-_VERSION = 2
 # Quadrant q (0..3, row-major) has its top-left corner here.
 QUADRANT_ORIGINS = ((0, 0), (0, _QUADRANT), (_QUADRANT, 0), (_QUADRANT, _QUADRANT))
 # A faint background colour per quadrant, the same in every frame: it tells a
 # network which quadrant a position is in (red, green, blue, yellow).
 QUADRANT_TINTS = ((48, 0, 0), (0, 48, 0), (0, 0, 48), (48, 48, 0))
-
-
-def default_cache_dir():
-    """`$NONLOCAL_KERAS_CACHE` or `~/.cache/nonlocal_keras`, plus the dataset name."""
-    root = os.environ.get("NONLOCAL_KERAS_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "nonlocal_keras")
-    return os.path.join(root, "synthetic_digits")
 
 
 def _digit_images():
@@ -87,10 +79,8 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
     Layout: `root/train.csv`, `root/test.csv` (`path,label,marker_quadrant`,
     paths relative to `root`) and `root/videos/{train,test}/NNNNNN.mp4`.
     """
-    root = root or default_cache_dir()
-    params = {"version": _VERSION, "num_train": num_train, "num_test": num_test, "seed": seed}
-    stamp = os.path.join(root, "done.json")
-    if _read_stamp(stamp) == params:
+    root = root or synthetic_digits_cache.default_cache_dir()
+    if synthetic_digits_cache.is_complete(root, num_train, num_test, seed):
         return root
     for split, count in (("train", num_train), ("test", num_test)):
         folder = os.path.join(root, "videos", split)
@@ -105,19 +95,9 @@ def generate(root=None, num_train=4000, num_test=1000, seed=0):
         writer.writerow(["path", "label", "marker_quadrant"])
         writer.writerows(rows)
         atomic.write_text(os.path.join(root, f"{split}.csv"), table.getvalue())
-    atomic.write_json(stamp, params)
+    atomic.write_json(synthetic_digits_cache.stamp_path(root),
+                      synthetic_digits_cache.parameters(num_train, num_test, seed))
     return root
-
-
-def _read_stamp(path):
-    """The parameters the data set in `root` was made with; None when it is not
-    complete (no stamp, or one from before stamps were written atomically that a
-    kill cut short)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":
