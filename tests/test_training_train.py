@@ -72,6 +72,24 @@ def test_run_writes_config_checkpoints_logs_and_results(tmp_path):
         assert "skipped_videos" in next(csv.reader(handle))
 
 
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_progress_leaves_the_skipped_count_to_the_history_and_the_warning(
+        tmp_path, capsys, verbose):
+    """Keras' progress printed `skipped_videos: 0.0000e+00` at every epoch's end."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    train.run(config_lib.load_config(None, _overrides(
+        csv_path, run_dir, "data.val_csv=null", "schedule.epochs=1",
+        f"runtime.verbose={verbose}", "runtime.tensorboard=false")))
+    printed = capsys.readouterr().out
+    assert "loss:" in printed and "skipped_videos" not in printed, printed[-2000:]
+    with open(run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["skipped_videos"]) for row in rows] == [0]
+
+
 def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
     from nonlocal_keras.training import evaluate, train, video_io
 

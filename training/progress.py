@@ -81,6 +81,16 @@ class VideoProgress:
                 print(line, file=sys.stderr, flush=True)
 
 
+class EpochBar(keras.callbacks.ProgbarLogger):
+    """Keras' own progress of `fit`, without the epoch's `skipped_videos`, which
+    it prints as a float average (`0.0000e+00`): that count is the skipped-video
+    warning's, and stays in the logs for `history.csv` and TensorBoard."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {name: value for name, value in (logs or {}).items()
+                                     if name != "skipped_videos"})
+
+
 class StepLines(keras.callbacks.Callback):
     """With Keras' `verbose=2` (one line an epoch, at its end): a line at each
     tenth of an epoch too, with the time left and the metrics so far, so that

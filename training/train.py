@@ -310,7 +310,8 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
             model.fit(dataset, initial_epoch=state.epoch,
                       epochs=state.epoch + 1 if offset else epochs,
                       steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                      callbacks=callbacks + lines + [commit, stop], verbose=verbose,
+                      callbacks=callbacks + lines + [commit, stop, progress.EpochBar()],
+                      verbose=verbose,
                       shuffle=False)  # tf.data shuffles
         except tf.errors.UnavailableError as error:
             # A peer of a multi-worker cluster left (stopped, killed, preempted):
