@@ -90,6 +90,63 @@ def test_progress_leaves_the_skipped_count_to_the_history_and_the_warning(
     assert [float(row["skipped_videos"]) for row in rows] == [0]
 
 
+def test_a_run_folder_keeps_its_files_from_any_directory_and_may_be_moved(tmp_path, monkeypatch):
+    """config.yaml held `data.val_csv: val.csv` as given, so `nonlocal-evaluate
+    --run-dir` from another directory read that directory's val.csv (or failed),
+    and a run folder moved or named another way (`./runs/a`) was refused as
+    another experiment (`runtime.output_dir` differed)."""
+    from nonlocal_keras.training import evaluate, train
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    csv_path = _write_dataset(data_dir, count=12)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(csv_path)  # data/train.csv
+    overrides = [o for o in _overrides(relative, "runs/a", "schedule.epochs=1")
+                 if not o.startswith("runtime.output_dir=")]
+    train.run(config_lib.load_config(None, overrides + ["runtime.output_dir=runs/a"]))
+    saved = config_lib.load_config("runs/a/config.yaml")
+    assert saved["data"]["train_csv"] == saved["data"]["val_csv"] == csv_path
+
+    os.rename("runs/a", "runs/moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # A decoy where the relative name would lead: 3 of the 12 videos.
+    (elsewhere / "data").mkdir()
+    with open(csv_path) as source:
+        decoy = source.read().splitlines()[:4]
+    (elsewhere / "data" / "train.csv").write_text(
+        "\n".join(decoy[:1] + [os.path.join(data_dir, r) for r in decoy[1:]]) + "\n")
+    monkeypatch.chdir(elsewhere)
+    assert evaluate.main(["--run-dir", "../runs/moved", "--no-progress",
+                          "--output", "eval.json"]) == 0
+    assert json.loads((elsewhere / "eval.json").read_text())["num_videos"] == 12
+
+    # The moved folder resumes from here, named by an absolute path, with one more epoch.
+    _, results = train.run(config_lib.load_config(None, overrides + [
+        f"runtime.output_dir={tmp_path / 'runs' / 'moved'}", f"data.train_csv={csv_path}",
+        f"data.val_csv={csv_path}", "schedule.epochs=2"]))
+    assert results["steps"] == 2 * (12 // 4) and results["steps_run_this_session"] == 12 // 4
+    assert not os.path.exists(tmp_path / "runs" / "a")
+
+
+def test_a_run_folder_of_before_the_absolute_paths_resumes(tmp_path, monkeypatch):
+    """Folders written before config.yaml held absolute paths hold them as given,
+    relative to the directory the run was started in: the same command from there
+    is the same experiment."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    monkeypatch.chdir(tmp_path)
+    overrides = _overrides("train.csv", "run", "schedule.epochs=1")
+    train.run(config_lib.load_config(None, overrides))
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    assert written.count(csv_path) == 2
+    (tmp_path / "run" / "config.yaml").write_text(written.replace(csv_path, "train.csv"))
+    _, results = train.run(config_lib.load_config(None, overrides[:-1] + ["schedule.epochs=2"]))
+    assert results["steps"] == 2 * (8 // 4) and results["epochs_run_this_session"] == 1
+
+
 def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
     from nonlocal_keras.training import evaluate, train, video_io
 

@@ -45,7 +45,15 @@ RESUMABLE_CHANGES = {
     ("data", "num_parallel_calls"), ("train", "eval_batch_size"), ("runtime", "verbose"),
     ("runtime", "tensorboard"), ("runtime", "strategy"), ("runtime", "tpu"),
     ("runtime", "steps_per_execution"), ("runtime", "backup_freq"),
+    # Where the folder is does not make another experiment: it may have been
+    # moved, renamed, or named another way (`./runs/x`, an absolute path).
+    ("runtime", "output_dir"),
 }
+
+# Fields that name files or folders. The run's config.yaml holds them absolute,
+# so that it means the same files from any working directory (`nonlocal-evaluate
+# --run-dir`, a rerun from elsewhere) instead of whatever `val.csv` is there.
+PATH_FIELDS = (("data", "train_csv"), ("data", "val_csv"), ("model", "weights"))
 
 
 def _loss_and_metrics(multi_label, num_classes):
@@ -131,7 +139,9 @@ def _check_same_experiment(run_dir, config, chief=True):
                 f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
         return None
     with open(path, encoding="utf-8") as handle:
-        previous = yaml.safe_load(handle)
+        # A folder written before the paths were saved absolute holds them as given,
+        # relative to the working directory, as they were read then.
+        previous = _absolute_paths(yaml.safe_load(handle))
     changed = [f"{section}.{field}: {previous.get(section, {}).get(field)!r} -> {value!r}"
                for section, fields in config.items() for field, value in fields.items()
                if (section, field) not in RESUMABLE_CHANGES
@@ -145,6 +155,17 @@ def _check_same_experiment(run_dir, config, chief=True):
             "Rerun with --restart to move it aside and start over, or choose another "
             "runtime.output_dir.")
     return previous
+
+
+def _absolute_paths(config):
+    """`config` with the PATH_FIELDS that name an existing file or folder made
+    absolute (`model.weights` may also be a keyword such as "imagenet")."""
+    located = {section: dict(fields) for section, fields in config.items()}
+    for section, field in PATH_FIELDS:
+        value = located.get(section, {}).get(field)
+        if isinstance(value, str) and os.path.exists(value):
+            located[section][field] = os.path.abspath(value)
+    return located
 
 
 def _steps_per_epoch(config, num_records, strategy):
@@ -192,7 +213,7 @@ def run(config, strategy=None, restart=False):
 
     # Everything is checked before anything is written.
     data_config, train_records, val_records, multi_label = data.load_training_data(config["data"])
-    config = dict(config, data=data_config)
+    config = _absolute_paths(dict(config, data=data_config))
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
     epochs = config["schedule"]["epochs"]
     with strategy.scope():
