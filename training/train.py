@@ -213,7 +213,7 @@ def run(config, strategy=None, restart=False):
 
     # Everything is checked before anything is written.
     data_config, train_records, val_records, multi_label = data.load_training_data(config["data"])
-    config = _absolute_paths(dict(config, data=data_config))
+    config = dict(config, data=data_config)
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
     epochs = config["schedule"]["epochs"]
     with strategy.scope():
@@ -222,6 +222,8 @@ def run(config, strategy=None, restart=False):
         model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=loss,
                       metrics=metrics,
                       steps_per_execution=config["runtime"]["steps_per_execution"])
+    # After the checks, whose messages show the paths as given.
+    config = _absolute_paths(config)
     if not restart:
         _check_same_experiment(run_dir, config, chief)
     # Held until the run's last file is written (see run_state.folder_lock).
