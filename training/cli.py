@@ -85,9 +85,15 @@ class StopWhenInterrupted(keras.callbacks.Callback):
     last commit, complete on disk.
     """
 
-    def __init__(self, on_terminate=None):
+    def __init__(self, on_terminate=None, cluster=None):
         super().__init__()
         self.on_terminate = on_terminate
+        # A `cluster_stop.ClusterStop`: a multi-worker run stops at the step its
+        # workers agree on, each of them, whichever was terminated.
+        self.cluster = cluster
+
+    def _terminating(self):
+        return TERMINATED.is_set() if self.cluster is None else self.cluster.due()
 
     def on_train_begin(self, logs=None):
         _AT_STEP_END.set()
@@ -99,12 +105,17 @@ class StopWhenInterrupted(keras.callbacks.Callback):
         if INTERRUPTED.is_set():
             _exit_now()
         # on_terminate() is False where the commit must wait for the epoch's end.
-        if TERMINATED.is_set() and (self.on_terminate is None or self.on_terminate()):
-            _exit_now()
+        if self._terminating() and (self.on_terminate is None or self.on_terminate()):
+            self._leave()
 
     def on_epoch_end(self, epoch, logs=None):
-        if TERMINATED.is_set():  # after the epoch's commit (the callbacks before this one)
-            _exit_now()
+        if self._terminating():  # after the epoch's commit (the callbacks before this one)
+            self._leave()
+
+    def _leave(self):
+        if self.cluster is not None:
+            self.cluster.leave_together()
+        _exit_now()
 
 
 class LoopSignals:
@@ -189,6 +200,11 @@ def _handle_interrupts():
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
     for signum in handled:
         signal.signal(signum, raise_interrupt)
+
+
+def terminate_as_if_signalled():
+    """This process stops as if it had got SIGTERM (another worker of its cluster did)."""
+    _event(signal.SIGTERM).set()
 
 
 def _event(signum):

@@ -32,8 +32,8 @@ import tensorflow as tf
 import yaml
 
 from nonlocal_keras import command_lines
-from nonlocal_keras.training import (atomic, cli, data, evaluate, models, optim, progress,
-                                     run_state, runtime)
+from nonlocal_keras.training import (atomic, cli, cluster_stop, data, evaluate, models, optim,
+                                     progress, run_state, runtime)
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import ClusterError, DatasetError, FolderError
 
@@ -94,6 +94,19 @@ def _training_input(strategy, records, data_config, multi_label, global_batch, s
 def _multi_host(strategy):
     return isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
                                  tf.distribute.TPUStrategy))
+
+
+def _cluster_size(strategy):
+    """The number of workers of a multi-worker strategy's cluster (1 otherwise)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(job, [])) for job in ("chief", "worker"))
+
+
+def _task(strategy):
+    return f"{strategy.cluster_resolver.task_type}/{strategy.cluster_resolver.task_id}"
 
 
 def _is_chief(strategy):
@@ -261,9 +274,11 @@ def run(config, strategy=None, restart=False):
         skipped = data.SkippedVideos()
         dataset = _training_input(strategy, train_records, data_config, multi_label,
                                   config["train"]["batch_size"], config["train"]["seed"], skipped)
+        cluster = (cluster_stop.ClusterStop(state, _task(strategy))
+                   if _cluster_size(strategy) > 1 else None)
         start_step, start = state.step, time.perf_counter()
         try:
-            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief)
+            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster)
         except tf.errors.OpError as error:
             if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
                 raise DatasetError(
@@ -309,11 +324,12 @@ def _resume_hint():
                           "permissions) and run the same command again to resume.") from None
 
 
-def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
+def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster=None):
     """`model.fit` from the committed step to the last epoch's end.
 
     A run resumed mid-epoch finishes that epoch in a `fit` of its own (with
-    the steps that were left), then runs the remaining epochs.
+    the steps that were left), then runs the remaining epochs. `cluster`: a
+    `cluster_stop.ClusterStop` for a run of several workers.
     """
     runtime_config = config["runtime"]
     epochs = config["schedule"]["epochs"]
@@ -327,8 +343,9 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief):
         offset = state.step_in_epoch
         commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief)
         lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
-        # Last: it stops the process once the step is counted (and, on SIGTERM, committed).
-        stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now)
+        # After the commit: it stops the process once the step is counted (and, on
+        # SIGTERM, committed).
+        stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now, cluster=cluster)
         try:
             model.fit(dataset, initial_epoch=state.epoch,
                       epochs=state.epoch + 1 if offset else epochs,
