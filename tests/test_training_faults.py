@@ -612,9 +612,10 @@ def _free_ports(count):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victims, signum", [((1,), signal.SIGKILL), ((0,), signal.SIGTERM),
-                                             ((1,), signal.SIGTERM), ((1, 0), signal.SIGTERM)],
-                         ids=["kill_the_other_worker", "sigterm_to_the_chief",
+@pytest.mark.parametrize("victims, signum", [((1,), signal.SIGKILL), ((0,), signal.SIGKILL),
+                                             ((0,), signal.SIGTERM), ((1,), signal.SIGTERM),
+                                             ((1, 0), signal.SIGTERM)],
+                         ids=["kill_the_other_worker", "kill_the_chief", "sigterm_to_the_chief",
                               "sigterm_to_the_other_worker", "sigterm_to_both"])
 def test_two_worker_cluster_on_loopback_trains_is_stopped_and_resumes(tmp_path, victims, signum):
     """MultiWorkerMirroredStrategy, two processes on 127.0.0.1: each decodes its
@@ -667,7 +668,10 @@ def test_two_worker_cluster_on_loopback_trains_is_stopped_and_resumes(tmp_path, 
         except subprocess.TimeoutExpired:
             pytest.fail("a worker hung after its peer stopped:\n" + logs())
         if signum == signal.SIGKILL:
-            assert statuses[0] != 0, logs()
+            survivor = 1 - victims[0]
+            assert statuses[survivor] == 2, logs()
+            last = (tmp_path / f"worker{survivor}.log").read_text().strip().splitlines()[-1]
+            assert last.startswith("nonlocal-train: error: A worker of the cluster"), logs()
             assert committed() % steps == 0  # epoch commits
         else:
             assert statuses == [143, 143], logs()
