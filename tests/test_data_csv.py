@@ -1,6 +1,5 @@
 """Dataset indexes: every bad row is reported before training, with its row number."""
 
-import numpy as np
 import pytest
 
 from nonlocal_keras.training import data

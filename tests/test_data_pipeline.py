@@ -10,7 +10,6 @@ from nonlocal_keras.training import data, preprocessing, video_io
 
 @pytest.fixture
 def dataset_dir(tmp_path):
-    rng = np.random.default_rng(0)
     rows, clips = [], []
     for i in range(5):
         # Each frame is constant and encodes (video, frame) so that sampled
