@@ -602,30 +602,39 @@ def _train_detection_until(command, step, signum, stderr_path):
 @pytest.mark.slow
 def test_cli_sigterm_and_hangup_save_the_steps_trained_and_the_same_command_resumes(tmp_path):
     """SIGTERM (a preempted job) or SIGHUP (a closed terminal) ended the command at once:
-    every step since the last `trainer.checkpoint_interval` was lost."""
+    every step since the last `trainer.checkpoint_interval` was lost. Then it saved
+    once the Orbit loop in progress ended, but Model Garden's COCO experiments loop
+    over an epoch: now it saves within `trainer.PIECE_STEPS` steps, here inside one
+    loop of all 60 steps (the signal comes as the loop starts)."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
     model_dir = tmp_path / "model"
     command = [sys.executable, "-u", "-m", "nonlocal_keras.training.train_detection",
                "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
                "--synthetic_coco_dir", str(tmp_path / "data"),
-               "--params_override", "trainer.train_steps=60,trainer.steps_per_loop=2,"
+               "--params_override", "trainer.train_steps=60,trainer.steps_per_loop=60,"
+               "trainer.summary_interval=60,"
                "trainer.checkpoint_interval=1000,task.train_data.global_batch_size=1",
                "--mode", "train", "--model_dir", str(model_dir)]
+    piece = trainer.PIECE_STEPS
 
     def saved_step():
         return int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
 
-    status, output = _train_detection_until(command, 4, signal.SIGTERM, tmp_path / "1.err")
+    # Orbit's first line, "train | step: 0 | training until step 60", starts the loop.
+    status, output = _train_detection_until(command, 0, signal.SIGTERM, tmp_path / "1.err")
     assert status == 143, (tmp_path / "1.err").read_text()[-3000:]
     assert "nonlocal-train-detection: terminated" in (tmp_path / "1.err").read_text()
-    first = saved_step()  # Orbit saves step 2 at once, then every 1000 steps
-    assert 4 <= first < 60 and f"saved checkpoint to {model_dir}/ckpt-{first}." in output
+    first = saved_step()
+    assert first % piece == 0 and piece <= first < 60, first
+    assert f"saved checkpoint to {model_dir}/ckpt-{first}." in output
 
-    status, output = _train_detection_until(command, first + 2, signal.SIGHUP, tmp_path / "2.err")
+    status, output = _train_detection_until(command, first, signal.SIGHUP, tmp_path / "2.err")
     assert status == 129, (tmp_path / "2.err").read_text()[-3000:]
     assert "nonlocal-train-detection: hung up" in (tmp_path / "2.err").read_text()
     assert f"restored from checkpoint: {model_dir}/ckpt-{first}" in output
     second = saved_step()
-    assert first + 2 <= second < 60
+    assert second % piece == 0 and first + piece <= second < 60, (first, second)
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -19,8 +19,8 @@
   leaves (`TERMINATE_GRACE_SECONDS` for the watchdog): a preempted run loses
   nothing it trained. More SIGTERMs or SIGHUPs (a wrapper such as `timeout`
   forwarding the one the process also got) do not cut the commit short; a
-  Ctrl-C does. `nonlocal-train-detection` commits the same way after the Orbit
-  loop in progress (`LoopSignals`).
+  Ctrl-C does. `nonlocal-train-detection` commits the same way within 10 steps
+  of its Orbit loop in progress (`LoopSignals`).
 - SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
   is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; the writes to
   the vanished terminal, which fail, send stdout and stderr to /dev/null
@@ -132,13 +132,19 @@ class LoopSignals:
         _AT_STEP_END.set()  # kept during the commit: a repeated SIGTERM must not cut it short
         try:
             yield
-            if INTERRUPTED.is_set():
-                _exit_now()
-            if TERMINATED.is_set():
-                commit()
-                _exit_now()
+            LoopSignals.check(commit)
         finally:
             _AT_STEP_END.clear()
+
+    @staticmethod
+    def check(commit):
+        """Inside `steps`, between two steps: Ctrl-C leaves; SIGTERM or SIGHUP
+        commits, then leaves; else nothing."""
+        if INTERRUPTED.is_set():
+            _exit_now()
+        if TERMINATED.is_set():
+            commit()
+            _exit_now()
 
     @staticmethod
     @contextlib.contextmanager
