@@ -643,6 +643,70 @@ def test_cli_sigterm_and_hangup_save_the_steps_trained_and_the_same_command_resu
     assert saved_step() == 60
 
 
+@pytest.mark.slow
+def test_two_worker_cluster_stops_together_on_sigterm_and_resumes(tmp_path):
+    """Two workers on 127.0.0.1 (MultiWorkerMirroredStrategy). SIGTERM to the
+    non-chief: it saved alone (a collective) and both failed with tracebacks; now
+    both stop at one step, save it together, exit 143. Then the same commands:
+    Model Garden's non-chief restored from a new temporary folder (nothing), and
+    both failed at the first collective; now both resume and finish."""
+    import json
+    import time
+
+    import loopback
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    data_dir, model_dir = tmp_path / "data", tmp_path / "model"
+    trainer.synthetic_data_config(str(data_dir))  # once, before two processes read it
+    ports = loopback.free_ports(2)
+    command = [sys.executable, "-u", "-m", "nonlocal_keras.training.train_detection",
+               "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+               "--synthetic_coco_dir", str(data_dir),
+               "--params_override", "runtime.distribution_strategy=multi_worker_mirrored,"
+               "trainer.train_steps=60,trainer.steps_per_loop=30,trainer.summary_interval=30,"
+               "trainer.checkpoint_interval=1000,task.train_data.global_batch_size=2",
+               "--mode", "train", "--model_dir", str(model_dir)]
+
+    def start(index, run):
+        env = dict(os.environ, TF_CONFIG=json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index}}))
+        log = open(tmp_path / f"worker{index}.{run}.log", "w")
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(index, run):
+        return (tmp_path / f"worker{index}.{run}.log").read_text()
+
+    def wait(workers, run):
+        try:
+            return [worker.wait(timeout=300) for worker in workers]
+        except subprocess.TimeoutExpired:
+            pytest.fail("a worker hung:\n" + log(0, run)[-3000:] + log(1, run)[-3000:])
+
+    workers = [start(0, 1), start(1, 1)]
+    try:
+        deadline = time.time() + 300
+        while "training until step 60" not in log(1, 1) and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)  # into the loop
+        workers[1].send_signal(signal.SIGTERM)
+        assert wait(workers, 1) == [143, 143], log(0, 1)[-3000:] + log(1, 1)[-3000:]
+        saved = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+        assert saved % trainer.PIECE_STEPS == 0 and 0 < saved < 60, saved
+        assert "A worker of the cluster was terminated: every worker stops" in log(0, 1)
+        workers = [start(0, 2), start(1, 2)]
+        assert wait(workers, 2) == [0, 0], log(0, 2)[-3000:] + log(1, 2)[-3000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for index in (0, 1):
+        assert f"restored from checkpoint: {model_dir}/ckpt-{saved}" in log(index, 2)
+        assert "train | step:     60 |" in log(index, 2)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-60")
+
+
 @pytest.mark.parametrize("events, committed", [(["TERMINATED"], True), (["INTERRUPTED"], False),
                                                (["TERMINATED", "INTERRUPTED"], False)])
 def test_an_evaluation_stopped_by_sigterm_commits_the_steps_trained_first(

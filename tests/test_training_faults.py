@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+import loopback
 from test_training_train import _env, _overrides, _write_dataset
 
 EPOCHS, STEPS = 4, 3
@@ -599,18 +600,6 @@ def test_fine_tuning_to_another_class_count_the_charades_way(tmp_path):
     assert np.isfinite(results["eval"]["mAP"])
 
 
-def _free_ports(count):
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("victims, signum", [((1,), signal.SIGKILL), ((0,), signal.SIGKILL),
                                              ((0,), signal.SIGTERM), ((1,), signal.SIGTERM),
@@ -636,7 +625,7 @@ def test_two_worker_cluster_on_loopback_trains_is_stopped_and_resumes(tmp_path, 
                            "runtime.strategy=multi_worker", "runtime.tensorboard=false",
                            "runtime.backup_freq=epoch"):
         command += ["--set", item]
-    ports = _free_ports(2)
+    ports = loopback.free_ports(2)
 
     def start(index):
         env = _env_with_temporary_folder(tmp_path)  # the killed worker leaves its folder

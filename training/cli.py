@@ -125,32 +125,45 @@ class LoopSignals:
 
     @staticmethod
     @contextlib.contextmanager
-    def steps(commit):
+    def steps(commit, cluster=None):
         """Around a block of training steps: inside it the handlers only record
         the signal; after it, Ctrl-C leaves, and SIGTERM or SIGHUP commits first.
         The watchdog still ends a block that outlasts its grace."""
         _AT_STEP_END.set()  # kept during the commit: a repeated SIGTERM must not cut it short
         try:
             yield
-            LoopSignals.check(commit)
+            LoopSignals.check(commit, cluster)
         finally:
             _AT_STEP_END.clear()
 
     @staticmethod
-    def check(commit):
+    def check(commit, cluster=None):
         """Inside `steps`, between two steps: Ctrl-C leaves; SIGTERM or SIGHUP
-        commits, then leaves; else nothing."""
+        commits, then leaves; else nothing. With `cluster` (a
+        `cluster_stop.ClusterStop`), every worker commits and leaves at the step
+        they agree on, whichever was terminated."""
         if INTERRUPTED.is_set():
             _exit_now()
-        if TERMINATED.is_set():
+        if TERMINATED.is_set() if cluster is None else cluster.due():
             commit()
+            if cluster is not None:
+                cluster.leave_together()
             _exit_now()
 
     @staticmethod
     @contextlib.contextmanager
-    def evaluation(commit):
+    def evaluation(commit, cluster=None):
         """Around an evaluation between blocks of steps: interrupted at once as
-        usual, after a commit of the steps trained when SIGTERM or SIGHUP came."""
+        usual, after a commit of the steps trained when SIGTERM or SIGHUP came.
+        In a cluster every worker takes part in the evaluation: a signal is only
+        recorded, for the next `check`."""
+        if cluster is not None:
+            _AT_STEP_END.set()
+            try:
+                yield
+            finally:
+                _AT_STEP_END.clear()
+            return
         try:
             yield
         except KeyboardInterrupt:

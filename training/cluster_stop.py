@@ -16,7 +16,11 @@ slower peer's step, "Socket closed").
 Why the next step: the terminated worker writes its step after step `s`,
 before it takes part in step `s + 1`; no peer can finish step `s + 1` without
 it, and each reads the store after finishing a step, so each finds the step by
-the end of `s + 1` at the latest. The store has no read that returns at once
+the end of `s + 1` at the latest. The same holds for any points the workers
+all pass in the same order (`nonlocal-train-detection` looks every 10 steps
+of an Orbit loop): each stops at the first point past the announced step,
+and there every worker commits (Model Garden's checkpoint is saved by all
+workers together; `nonlocal-train`'s chief alone writes). The store has no read that returns at once
 when a key is absent (a read with a deadline waits for it, and a deadline
 short enough to be cheap can expire before the answer of a loaded host
 arrives): the key is there from the start ("none") and replaced, so a read
@@ -40,14 +44,26 @@ READ_SECONDS = 60
 LEAVE_SECONDS = 30
 
 
-class ClusterStop:
-    """Asked after each step (by `cli.StopWhenInterrupted`): whether this worker
-    stops now. `state` is the run's `RunState`, whose `step` counts the steps
-    done; `me` names this worker (`"worker/1"`). Made on every worker before the
-    first step."""
+def for_strategy(strategy, steps_done):
+    """A `ClusterStop` for a `MultiWorkerMirroredStrategy` of several workers,
+    else None. Made on every worker before the first step."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return None
+    spec = resolver.cluster_spec().as_dict()
+    if sum(len(spec.get(job, [])) for job in ("chief", "worker")) < 2:
+        return None
+    return ClusterStop(steps_done, f"{resolver.task_type}/{resolver.task_id}")
 
-    def __init__(self, state, me):
-        self.state, self.me = state, me
+
+class ClusterStop:
+    """Asked at each point where the workers may stop (by `cli.StopWhenInterrupted`
+    after each step, by `cli.LoopSignals` between pieces of an Orbit loop): whether
+    this worker stops now. `steps_done()` counts the steps done; `me` names this
+    worker (`"worker/1"`). The workers must meet the same points in the same order."""
+
+    def __init__(self, steps_done, me):
+        self.steps_done, self.me = steps_done, me
         self.stop_after = None
         self._store = context.context()
         try:
@@ -58,7 +74,7 @@ class ClusterStop:
     def due(self):
         if self.stop_after is None:
             self.stop_after = self._agreed_step()
-        return self.stop_after is not None and self.state.step >= self.stop_after
+        return self.stop_after is not None and self.steps_done() >= self.stop_after
 
     def _agreed_step(self):
         if cli.TERMINATED.is_set():
@@ -68,7 +84,7 @@ class ClusterStop:
                 pass  # another worker was terminated first: its step holds
             else:
                 self._store.delete_config_key_value(_STEP)
-                self._store.set_config_key_value(_STEP, str(self.state.step + 1))
+                self._store.set_config_key_value(_STEP, str(self.steps_done() + 1))
         value = self._store.get_config_key_value(_STEP, timeout_in_ms=1000 * READ_SECONDS)
         if value == "none":
             return None

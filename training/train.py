@@ -96,19 +96,6 @@ def _multi_host(strategy):
                                  tf.distribute.TPUStrategy))
 
 
-def _cluster_size(strategy):
-    """The number of workers of a multi-worker strategy's cluster (1 otherwise)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return sum(len(spec.get(job, [])) for job in ("chief", "worker"))
-
-
-def _task(strategy):
-    return f"{strategy.cluster_resolver.task_type}/{strategy.cluster_resolver.task_id}"
-
-
 def _is_chief(strategy):
     """Whether this process writes the run folder (every worker trains)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -274,8 +261,7 @@ def run(config, strategy=None, restart=False):
         skipped = data.SkippedVideos()
         dataset = _training_input(strategy, train_records, data_config, multi_label,
                                   config["train"]["batch_size"], config["train"]["seed"], skipped)
-        cluster = (cluster_stop.ClusterStop(state, _task(strategy))
-                   if _cluster_size(strategy) > 1 else None)
+        cluster = cluster_stop.for_strategy(strategy, lambda: state.step)
         start_step, start = state.step, time.perf_counter()
         try:
             _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster)

@@ -12,8 +12,10 @@ import orbit
 import tensorflow as tf
 import tf_keras
 from absl import flags
+from official.core import train_lib
 
 from nonlocal_keras import console
+from nonlocal_keras.training import cluster_stop
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
 from nonlocal_keras.applications.mask_rcnn import (
     export,
@@ -110,23 +112,71 @@ class CommittingController(orbit.Controller):
     def __init__(self, *args, signals, **kwargs):
         super().__init__(*args, **kwargs)
         self._signals = signals
+        # Several workers stop together, at the same step: each saves its part of
+        # the checkpoint (a collective), which one alone cannot do.
+        self._cluster = cluster_stop.for_strategy(self.strategy,
+                                                  lambda: int(self.global_step.numpy()))
         if self.trainer is not None and not isinstance(self.strategy, tf.distribute.TPUStrategy):
             build = self.trainer.create_train_loop_fn
             self.trainer.create_train_loop_fn = lambda: in_pieces(
-                build(), PIECE_STEPS, lambda: signals.check(self._commit))
+                build(), PIECE_STEPS, lambda: signals.check(self._commit, self._cluster))
 
     def _train_n_steps(self, num_steps):
-        with self._signals.steps(self._commit):
+        with self._signals.steps(self._commit, self._cluster):
             super()._train_n_steps(num_steps)
 
     def evaluate(self, steps=-1):
-        with self._signals.evaluation(self._commit):
+        with self._signals.evaluation(self._commit, self._cluster):
             return super().evaluate(steps)
 
     def _commit(self):
         if self.checkpoint_manager:
             self.save_checkpoint()
             self._sync_on_async_checkpointing()
+
+
+class ExperimentRunner(train_lib.OrbitExperimentRunner):
+    """Model Garden's experiment runner, whose workers other than the chief
+    restore the chief's checkpoint.
+
+    In a multi-worker run every worker saves (reading some variables is a
+    collective), the others each into a new temporary folder, from which they
+    also restore: nothing. A rerun (after a kill, a preemption, or to train on)
+    then had the chief restore its step while the others started from step 0,
+    and the first collective failed on both ("Collective instance 535 expected
+    type 1 and data_type 1 but got ... data_type 9")."""
+
+    def _maybe_build_checkpoint_manager(self):
+        manager = super()._maybe_build_checkpoint_manager()
+        if manager is None or self.strategy.extended.should_checkpoint:
+            return manager
+        # Model Garden's arguments for these workers, and where to restore from.
+        return ChiefRestoringCheckpointManager(
+            self.trainer.checkpoint, directory=manager.directory, max_to_keep=1,
+            step_counter=self.trainer.global_step,
+            checkpoint_interval=self.params.trainer.checkpoint_interval,
+            init_fn=self.trainer.initialize, chief_directory=self.model_dir)
+
+
+class ChiefRestoringCheckpointManager(tf.train.CheckpointManager):
+    """Saves into its own `directory`, restores the latest checkpoint of
+    `chief_directory` (or initialises, when there is none)."""
+
+    def __init__(self, *args, chief_directory, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._chief_directory = chief_directory
+
+    def restore_or_initialize(self):
+        latest = tf.train.latest_checkpoint(self._chief_directory)
+        if latest is None:
+            return super().restore_or_initialize()
+        self.checkpoint.restore(latest)
+        if self.checkpoint_interval is not None:
+            # As the base class does after a restore: the next save is due when
+            # the chief's is (saving is a collective; a worker that saved alone,
+            # its folder being empty, failed the cluster).
+            self._last_checkpoint_step = int(self._step_counter.numpy())
+        return latest
 
 
 def in_pieces(loop_fn, piece_steps, between):
@@ -157,7 +207,7 @@ def run(argv, signals):
     """
     import gin
     from official.common import distribute_utils
-    from official.core import task_factory, train_lib, train_utils
+    from official.core import task_factory, train_utils
     from official.modeling import performance
     from official.vision.utils import summary_manager
 
@@ -181,13 +231,14 @@ def run(argv, signals):
     console.take_back_signals()  # a multi-worker strategy takes SIGTERM over
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
-    train_lib.run_experiment(
+    # `train_lib.run_experiment`, with a runner whose other workers resume too.
+    ExperimentRunner(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
         model_dir=model_dir,
         controller_cls=functools.partial(CommittingController, signals=signals),
         eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
             params=params, model_dir=model_dir),
-        enable_async_checkpointing=FLAGS.enable_async_checkpointing)
+        enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
     train_utils.save_gin_config(FLAGS.mode, model_dir)
     if not FLAGS.export_dir:
         return
