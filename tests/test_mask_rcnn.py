@@ -364,6 +364,24 @@ def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
         assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_a_peer_that_left_is_one_cluster_error_not_a_traceback(monkeypatch):
+    """Seen on two workers: kill -9 of one, and the other printed a 60-line
+    traceback ending in UnavailableError ("tasks are unhealthy")."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import errors, train_detection
+
+    def peer_left(argv, signals):
+        raise tf.errors.UnavailableError(None, None, "Graph execution error:\n\nCollective "
+                                         "ops is aborted by: recvmsg:Connection reset by peer")
+
+    monkeypatch.setattr(trainer, "run", peer_left)
+    with pytest.raises(errors.ClusterError) as info:
+        train_detection._run([])
+    assert str(info.value).startswith("A worker of the cluster stopped or cannot be reached "
+                                      "(Collective ops is aborted by: recvmsg:Connection reset")
+    assert "keeps its latest checkpoint" in str(info.value)
+
+
 @pytest.mark.slow
 def test_seeded_config_builds_the_same_weights_every_time(monkeypatch):
     from nonlocal_keras.applications.mask_rcnn import trainer

@@ -25,6 +25,17 @@ class ClusterError(UserError):
     """A worker of a multi-worker cluster stopped or cannot be reached (not a bug
     of this process: it cannot go on without its peers)."""
 
+    @classmethod
+    def peer_left(cls, message, kept):
+        """From the message of TensorFlow's `UnavailableError`, which a step's
+        collectives raise when a peer left (stopped, killed, preempted); `kept`
+        says what the run keeps ("its last commit")."""
+        said = [line.strip() for line in str(message).splitlines() if line.strip()]
+        reason = next((line for line in said if "aborted by" in line), said[0] if said else "")
+        return cls(f"A worker of the cluster stopped or cannot be reached ({reason}); this one "
+                   f"stops too. The run keeps {kept}: start every worker again with the same "
+                   "command to resume.")
+
 
 class FolderError(UserError):
     """A folder the user named cannot be made or written in (a file in its way, no

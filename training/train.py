@@ -340,14 +340,7 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
                       verbose=verbose,
                       shuffle=False)  # tf.data shuffles
         except tf.errors.UnavailableError as error:
-            # A peer of a multi-worker cluster left (stopped, killed, preempted):
-            # the step's collectives cannot complete; not a bug of this process.
-            said = [line.strip() for line in str(error.message).splitlines() if line.strip()]
-            reason = next((line for line in said if "aborted by" in line), said[0] if said else "")
-            raise ClusterError(
-                f"A worker of the cluster stopped or cannot be reached ({reason}); this one "
-                "stops too. The run keeps its last commit: start every worker again with the "
-                "same command to resume.") from None
+            raise ClusterError.peer_left(error.message, "its last commit") from None
 
 
 def _finished(run_dir, model, state):

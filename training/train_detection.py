@@ -31,7 +31,7 @@ from absl import app, flags
 
 from nonlocal_keras.applications.mask_rcnn import trainer
 from nonlocal_keras.training import cli
-from nonlocal_keras.training.errors import ConfigError
+from nonlocal_keras.training.errors import ClusterError, ConfigError
 
 PROG = "nonlocal-train-detection"
 # What a wrong command line, experiment name, config or data path raises from
@@ -61,6 +61,8 @@ def _parse(argv):
 def _run(argv):
     try:
         trainer.run(argv, signals=cli.LoopSignals)
+    except tf.errors.UnavailableError as error:  # a peer of a multi-worker cluster left
+        raise ClusterError.peer_left(error.message, "its latest checkpoint") from None
     except Exception as error:
         if not _is_user_error(error):
             raise
