@@ -15,7 +15,6 @@ from absl import flags
 from official.core import train_lib
 
 from nonlocal_keras import console
-from nonlocal_keras.training import cluster_stop
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
 from nonlocal_keras.applications.mask_rcnn import (
     export,
@@ -23,6 +22,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     synthetic_coco,
     synthetic_keypoints,
 )
+from nonlocal_keras.training import cluster_stop
 
 FLAGS = flags.FLAGS
 
