@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -598,8 +599,10 @@ def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_pack
 
 def _train_detection_until(command, step, signum, stderr_path):
     """Run `command` (unbuffered) and send `signum` twice, as a wrapper that forwards
-    its own (`timeout`, a batch script) makes it come, once Orbit has logged a step >=
-    `step`; returns (exit status, stdout)."""
+    its own (`timeout`, a batch script) makes it come, 2 s after Orbit has logged a
+    step >= `step` (it logs "training until" just before a loop starts: a signal
+    before that stops the command at once, nothing trained and nothing saved);
+    returns (exit status, stdout)."""
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         lines = []
@@ -608,6 +611,7 @@ def _train_detection_until(command, step, signum, stderr_path):
                 lines.append(line)
                 words = line.split()
                 if line.startswith("train | step:") and words[3].isdigit() and int(words[3]) >= step:
+                    time.sleep(2)
                     process.send_signal(signum)
                     process.send_signal(signum)
                     break
@@ -669,7 +673,6 @@ def test_two_worker_cluster_stops_together_on_sigterm_and_resumes(tmp_path):
     Model Garden's non-chief restored from a new temporary folder (nothing), and
     both failed at the first collective; now both resume and finish."""
     import json
-    import time
 
     import loopback
 
