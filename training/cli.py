@@ -88,12 +88,7 @@ class StopWhenInterrupted(keras.callbacks.Callback):
     def __init__(self, on_terminate=None, cluster=None):
         super().__init__()
         self.on_terminate = on_terminate
-        # A `cluster_stop.ClusterStop`: a multi-worker run stops at the step its
-        # workers agree on, each of them, whichever was terminated.
-        self.cluster = cluster
-
-    def _terminating(self):
-        return TERMINATED.is_set() if self.cluster is None else self.cluster.due()
+        self.cluster = cluster  # see `_terminating`
 
     def on_train_begin(self, logs=None):
         _AT_STEP_END.set()
@@ -105,17 +100,12 @@ class StopWhenInterrupted(keras.callbacks.Callback):
         if INTERRUPTED.is_set():
             _exit_now()
         # on_terminate() is False where the commit must wait for the epoch's end.
-        if self._terminating() and (self.on_terminate is None or self.on_terminate()):
-            self._leave()
+        if _terminating(self.cluster) and (self.on_terminate is None or self.on_terminate()):
+            _leave(self.cluster)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._terminating():  # after the epoch's commit (the callbacks before this one)
-            self._leave()
-
-    def _leave(self):
-        if self.cluster is not None:
-            self.cluster.leave_together()
-        _exit_now()
+        if _terminating(self.cluster):  # after the epoch's commit (the callbacks before this one)
+            _leave(self.cluster)
 
 
 class LoopSignals:
@@ -139,16 +129,12 @@ class LoopSignals:
     @staticmethod
     def check(commit, cluster=None):
         """Inside `steps`, between two steps: Ctrl-C leaves; SIGTERM or SIGHUP
-        commits, then leaves; else nothing. With `cluster` (a
-        `cluster_stop.ClusterStop`), every worker commits and leaves at the step
-        they agree on, whichever was terminated."""
+        commits, then leaves (`_terminating`); else nothing."""
         if INTERRUPTED.is_set():
             _exit_now()
-        if TERMINATED.is_set() if cluster is None else cluster.due():
+        if _terminating(cluster):
             commit()
-            if cluster is not None:
-                cluster.leave_together()
-            _exit_now()
+            _leave(cluster)
 
     @staticmethod
     @contextlib.contextmanager
@@ -171,6 +157,20 @@ class LoopSignals:
                 with LoopSignals.steps(commit):
                     pass  # commits, then leaves
             raise
+
+
+def _terminating(cluster):
+    """Whether a SIGTERM or SIGHUP stops the process now: at once, or with
+    `cluster` (a `cluster_stop.ClusterStop`) at the step its workers agree on,
+    each of them, whichever was terminated."""
+    return TERMINATED.is_set() if cluster is None else cluster.due()
+
+
+def _leave(cluster):
+    """Leave for a SIGTERM or SIGHUP, once every worker of `cluster` is there."""
+    if cluster is not None:
+        cluster.leave_together()
+    _exit_now()
 
 
 def _handle_interrupts():

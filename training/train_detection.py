@@ -16,8 +16,8 @@ user error (a bad flag, config file or override, missing data) prints one line
 `nonlocal-train-detection: error: <message>` and exits with status 2
 (`--debug` keeps the traceback); Ctrl-C leaves within 10 steps (an Orbit loop
 runs 10 steps at a time), exit 130; SIGTERM and SIGHUP save a checkpoint of the
-steps trained first (exit 143, 129; an evaluation is cut short), so the same
-command resumes there.
+steps trained first (exit 143, 129; an evaluation is cut short, but in a
+multi-worker run it ends first), so the same command resumes there.
 
 Examples:
     nonlocal-train-detection --experiment maskrcnn_resnetfpn_nonlocal_coco \\
