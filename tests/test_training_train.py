@@ -483,3 +483,36 @@ def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path)
     commit.on_epoch_end(0, {"loss": 0.5})
     saved = json.loads(open(state.path).read())
     assert saved["step"] == 4 and [row["epoch"] for row in saved["history"]] == [1]
+
+
+def test_steps_per_execution_trains_exactly_the_steps_it_counts(tmp_path):
+    """Keras' fit runs whole executions on the repeated dataset: with 4 steps an
+    execution an epoch of 6 steps trained 8, the run counting 6. A value that does
+    not divide the epoch is refused before anything is written; one that does
+    trains as many optimiser steps as the run counts."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path)  # 24 videos, batch 4: 6 steps an epoch
+    refused = config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "refused", "runtime.steps_per_execution=4"))
+    with pytest.raises(config_lib.ConfigError, match=r"must divide the 6 steps of an epoch .*"
+                       r"Use 3, or set schedule.steps_per_epoch to a multiple \(4 or 8\).*"
+                       r"Received: runtime.steps_per_execution=4"):
+        train.run(refused)
+    assert not (tmp_path / "refused").exists()
+
+    config = config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "run", "schedule.epochs=2", "runtime.steps_per_execution=3",
+        "runtime.backup_freq=2", "data.val_csv=null"))
+    model, results = train.run(config)
+    assert results["steps"] == 12 and int(model.optimizer.iterations.numpy()) == 12
+
+
+def test_a_run_resumed_mid_epoch_needs_a_steps_per_execution_dividing_what_is_left():
+    from nonlocal_keras.training import train
+
+    config = {"runtime": {"steps_per_execution": 2}, "schedule": {"steps_per_epoch": None}}
+    train._check_steps_per_execution(config, 6, 4)  # 2 steps left
+    with pytest.raises(config_lib.ConfigError, match=r"the 3 steps left in the epoch this run "
+                       r"stopped in \(committed at its step 3 of 6\).*Finish that epoch with 1"):
+        train._check_steps_per_execution(config, 6, 3)

@@ -119,6 +119,7 @@ class RuntimeConfig:
     # 0 silent, 1 progress bar, 2 lines (Keras' `verbose`, and a line at each tenth
     # of an epoch); "auto": 1 when stdout is a terminal, else 2 (`runtime.keras_verbose`).
     verbose: Union[str, int] = "auto"
+    # Must divide the epoch's steps (`train._check_steps_per_execution`).
     steps_per_execution: int = 1
 
 

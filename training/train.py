@@ -23,6 +23,7 @@ aside (`<folder>.old-<time>`) and starts over.
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -183,6 +184,34 @@ def _steps_per_epoch(config, num_records, strategy):
     return config["schedule"]["steps_per_epoch"] or num_records // batch_size
 
 
+def _check_steps_per_execution(config, steps_per_epoch, step_in_epoch):
+    """`runtime.steps_per_execution` must divide the epoch's steps and, in a run
+    resumed mid-epoch, the steps left in it. Keras' `fit` runs whole executions
+    on the repeated dataset: with 4 steps an execution, an epoch of 10 steps
+    trained 12 (and the run counted 10), so the schedule and the step count of a
+    resumed run drifted from what the config says."""
+    per_execution = config["runtime"]["steps_per_execution"]
+    whole = math.gcd(steps_per_epoch, step_in_epoch)
+    if whole % per_execution == 0:
+        return
+    fits = max(d for d in range(1, per_execution) if whole % d == 0)
+    if steps_per_epoch % per_execution:
+        below = steps_per_epoch - steps_per_epoch % per_execution
+        multiples = f"{below} or {below + per_execution}" if below else str(per_execution)
+        source = ("schedule.steps_per_epoch" if config["schedule"]["steps_per_epoch"]
+                  else "one pass over the training videos; schedule.steps_per_epoch")
+        what = (f"the {steps_per_epoch} steps of an epoch ({source})",
+                f"Use {fits}, or set schedule.steps_per_epoch to a multiple ({multiples})")
+    else:
+        what = (f"the {steps_per_epoch - step_in_epoch} steps left in the epoch this run "
+                f"stopped in (committed at its step {step_in_epoch} of {steps_per_epoch})",
+                f"Finish that epoch with {fits}, then set it back")
+    raise config_lib.ConfigError(
+        f"`runtime.steps_per_execution` must divide {what[0]}: Keras' fit runs whole "
+        f"executions, so an epoch would train more steps than it counts. {what[1]}. "
+        f"Received: runtime.steps_per_execution={per_execution}")
+
+
 def _move_aside(run_dir):
     # A folder holding only the lock file and what a start left (`holds_anything`) has
     # nothing to keep.
@@ -215,6 +244,7 @@ def run(config, strategy=None, restart=False):
     data_config, train_records, val_records, multi_label = data.load_training_data(config["data"])
     config = dict(config, data=data_config)
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
+    _check_steps_per_execution(config, steps_per_epoch, 0)
     epochs = config["schedule"]["epochs"]
     with strategy.scope():
         model = models.build_model(config["model"], data_config, multi_label, fine_tune=True)
@@ -238,6 +268,8 @@ def run(config, strategy=None, restart=False):
                     f"asks for. Received: schedule.epochs={epochs}")
             if state.finished and state.epoch == epochs:
                 return _finished(run_dir, model, state)
+        # A run stopped mid-epoch with another steps_per_execution.
+        _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
 
         # Writing starts here.
         held.enter_context(_resume_hint())
