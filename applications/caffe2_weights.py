@@ -20,7 +20,6 @@ The files are Python 2 pickles: they are read with `encoding="latin1"`. A
 pickle can run code when loaded: convert only files you trust.
 """
 
-import argparse
 import pickle
 import re
 import sys
@@ -90,12 +89,17 @@ def _nonlocal_entries(layer):
 def read_caffe2_pickle(path):
     """The `{name: array}` blobs of an official `.pkl` (bare dict or `{"blobs": ...}`)."""
     with open(path, "rb") as file:
-        content = pickle.load(file, encoding="latin1")
+        try:
+            content = pickle.load(file, encoding="latin1")
+        except Exception as error:  # noqa: BLE001 - unpickling other bytes raises almost anything
+            raise ValueError(f"Cannot read {path!r} as a pickle ({type(error).__name__}: "
+                             f"{str(error).rstrip('.')}); an official video-nonlocal-net .pkl "
+                             "is one, and a partial download ends early") from error
     if isinstance(content, dict) and isinstance(content.get("blobs"), dict):
         content = content["blobs"]
     if not isinstance(content, dict):
-        raise ValueError("A Caffe2 weights pickle must hold a dict of blobs or {'blobs': {...}}. "
-                         f"Received: {type(content).__name__} in {path!r}")
+        raise ValueError(f"{path!r} holds a {type(content).__name__}, not the dict of blobs "
+                         "(or {'blobs': {...}}) of a Caffe2 weights pickle")
     return content
 
 
@@ -164,6 +168,12 @@ def model_for_arch(arch, classes=400, include_top=True):
     The `_32x2` suffix (the released 32x2 and 128x1 models) selects
     `stem="32x2"`; without it (or with `_8x8`) the model is the 8x8 one.
     """
+    constructor, kwargs = _arch_spec(arch)
+    return constructor(include_top=include_top, classes=classes if include_top else 400, **kwargs)
+
+
+def _arch_spec(arch):
+    """`(constructor, keyword arguments)` of an `--arch` name (see `model_for_arch`)."""
     match = ARCH_PATTERN.match(arch or "")
     if match is None:
         raise ValueError("`arch` must look like c2d_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 "
@@ -176,8 +186,7 @@ def model_for_arch(arch, classes=400, include_top=True):
         kwargs["inflation"] = inflation or "3x1x1"
     elif inflation:
         raise ValueError(f"C2D models have no inflation variant. Received: arch={arch!r}")
-    constructor = getattr(video_resnet, f"{family.upper()}ResNet{depth}")
-    return constructor(include_top=include_top, classes=classes if include_top else 400, **kwargs)
+    return getattr(video_resnet, f"{family.upper()}ResNet{depth}"), kwargs
 
 
 def convert_caffe2_weights(source, arch, destination, classes=None):
@@ -190,6 +199,7 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
     if not str(destination).endswith(".weights.h5"):
         raise ValueError("The destination must end with `.weights.h5`. "
                          f"Received: destination={destination!r}")
+    _arch_spec(arch)  # a misspelt name fails before the file is read
     blobs = read_caffe2_pickle(source)
     include_top = "pred_w" in blobs
     file_classes = int(np.shape(blobs["pred_w"])[0]) if include_top else None
@@ -207,24 +217,17 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="nonlocal-convert-weights",
-        description="Convert an official video-nonlocal-net Caffe2 .pkl into Keras weights.")
-    parser.add_argument("source", help="the official .pkl file")
-    parser.add_argument("destination", help="the .weights.h5 file to write")
-    parser.add_argument("--arch", required=True,
-                        help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
-                             "128x1 releases), i3d_3x3x3_r50, ... _r101")
-    parser.add_argument("--classes", type=int, default=None,
-                        help="classifier size (default: the file's pred_w rows)")
-    args = parser.parse_args(argv)
-    from nonlocal_keras.training.errors import FolderError
+    """`nonlocal-convert-weights` (its console script goes through
+    `nonlocal_keras.console`, which answers `--help` without TensorFlow)."""
+    from nonlocal_keras import command_lines
+    from nonlocal_keras.training.errors import WeightsError
 
+    args = command_lines.convert_weights_parser().parse_args(argv)
     try:
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
                                                classes=args.classes)
-    except (ValueError, OSError, FolderError) as error:
-        parser.exit(2, f"nonlocal-convert-weights: error: {error}\n")
+    except (ValueError, OSError) as error:  # a full disk is a FolderError already
+        raise WeightsError(str(error)) from None
     print(f"{model.name}: {len(caffe2_blob_map(model))} blobs loaded, {len(unused)} ignored"
           + (f" ({', '.join(unused[:8])}{', ...' if len(unused) > 8 else ''})" if unused else ""))
     print(f"Wrote {args.destination}")
@@ -232,4 +235,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nonlocal_keras.training import cli
+
+    sys.exit(cli.run("nonlocal-convert-weights", "nonlocal_keras.applications.caffe2_weights"))

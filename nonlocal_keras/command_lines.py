@@ -127,9 +127,23 @@ def demo_parser():
     return parser
 
 
+def convert_weights_parser():
+    parser = argparse.ArgumentParser(
+        prog="nonlocal-convert-weights",
+        description="Convert an official video-nonlocal-net Caffe2 .pkl into Keras weights.")
+    parser.add_argument("source", help="the official .pkl file")
+    parser.add_argument("destination", help="the .weights.h5 file to write")
+    parser.add_argument("--arch", required=True,
+                        help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
+                             "128x1 releases), i3d_3x3x3_r50, ... _r101")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="classifier size (default: the file's pred_w rows)")
+    return parser
+
+
 PARSERS = {"nonlocal-train": train_parser, "nonlocal-evaluate": evaluate_parser,
            "nonlocal-export": export_parser, "nonlocal-predict": predict_parser,
-           "nonlocal-demo": demo_parser}
+           "nonlocal-demo": demo_parser, "nonlocal-convert-weights": convert_weights_parser}
 
 
 def answer_without_tensorflow(prog, argv):

@@ -220,5 +220,9 @@ def demo():
     _run("nonlocal-demo", "nonlocal_keras.training.demo")
 
 
+def convert_weights():
+    _run("nonlocal-convert-weights", "nonlocal_keras.applications.caffe2_weights")
+
+
 def train_detection():
     _run("nonlocal-train-detection", "nonlocal_keras.training.train_detection")

@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -137,24 +139,76 @@ def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys, monkeypatch)
     # that was there stays whole (it had been overwritten in place).
     real, before = os.statvfs(tmp_path), (tmp_path / "i3d_nl5.weights.h5").read_bytes()
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(real[:4] + (0,) + real[5:]))
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(
+    assert _command(str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50",
+                    destination).startswith(
         f"nonlocal-convert-weights: error: Cannot write '{destination}' (No space left on device")
     assert (tmp_path / "i3d_nl5.weights.h5").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
 
 
-def test_cli_errors(tmp_path, capsys):
+def _command(*argv):
+    """`main(argv)`: its exit status, or the one line its console script prints for a
+    user's mistake (`cli.run` prints a `UserError` so, exit 2)."""
+    from nonlocal_keras.training.errors import UserError
+
+    try:
+        return main(list(argv))
+    except UserError as error:
+        assert "\n" not in str(error)
+        return f"nonlocal-convert-weights: error: {error}"
+
+
+def test_cli_errors(tmp_path):
     write_pickle(tmp_path / "empty.pkl", {"lr": 0.1}, wrap=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "empty.pkl"), "--arch", "i3d_nl7_r34", str(tmp_path / "x.weights.h5")])
-    assert exit_info.value.code == 2
-    assert "Received: arch='i3d_nl7_r34'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "empty.pkl"), "--arch", "c2d_r50", str(tmp_path / "x.h5")])
-    assert "must end with `.weights.h5`" in capsys.readouterr().err
+    target = str(tmp_path / "x.weights.h5")
+    assert "Received: arch='i3d_nl7_r34'" in _command(
+        str(tmp_path / "empty.pkl"), "--arch", "i3d_nl7_r34", target)
+    assert "must end with `.weights.h5`" in _command(
+        str(tmp_path / "empty.pkl"), "--arch", "c2d_r50", str(tmp_path / "x.h5"))
+    # A misspelt name is found before the file is read.
+    assert "Received: arch='c2d_r5'" in _command(
+        str(tmp_path / "absent.pkl"), "--arch", "c2d_r5", target)
+    assert "No such file or directory" in _command(
+        str(tmp_path / "absent.pkl"), "--arch", "c2d_r50", target)
+    assert os.listdir(tmp_path) == ["empty.pkl"]
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list"])
+def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, content):
+    """A partial download or another file was a traceback (UnpicklingError,
+    EOFError, ValueError), from the converter and from `model.weights`."""
+    path = tmp_path / "weights.pkl"
+    if content == "truncated":
+        write_pickle(path, official_blobs(small_model(seed=0)), wrap=True)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif content == "a list":
+        path.write_bytes(pickle.dumps([1, 2]))
+    else:
+        path.write_bytes(content)
+    line = _command(str(path), "--arch", "c2d_r50", str(tmp_path / "x.weights.h5"))
+    assert str(path) in line
+    assert ("Cannot read" in line) if content != "a list" else ("holds a list" in line), line
+    assert sorted(os.listdir(tmp_path)) == ["weights.pkl"]
+
+    from nonlocal_keras.training import models
+    from nonlocal_keras.training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"Received: model.weights={str(path)!r}"):
+        models.load_caffe2_for_fine_tuning(small_model(), str(path))
+
+
+def test_the_console_script_prints_a_bad_file_in_one_line(tmp_path):
+    (tmp_path / "weights.pkl").write_bytes(b"<html>404</html>")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from nonlocal_keras import console; "
+         "sys.argv = ['nonlocal-convert-weights', 'weights.pkl', 'x.weights.h5', '--arch', "
+         "'c2d_r50']; console.convert_weights()"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        "nonlocal-convert-weights: error: Cannot read 'weights.pkl' as a pickle "
+        "(UnpicklingError: invalid load key, '<'); an official video-nonlocal-net .pkl is "
+        "one, and a partial download ends early"], done.stderr[-3000:]
 
 
 def test_affine_batch_norms_of_the_frozen_bn_releases():

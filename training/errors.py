@@ -21,6 +21,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
+class WeightsError(UserError, ValueError):
+    """A weights file the user named cannot be read, or does not fit the model."""
+
+
 class ClusterError(UserError):
     """A worker of a multi-worker cluster stopped or cannot be reached (not a bug
     of this process: it cannot go on without its peers)."""

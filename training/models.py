@@ -99,7 +99,7 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
         raise ConfigError(f"Cannot build {describe(model_config)}: {error} "
                           f"Received: model={model_config!r}") from error
     if ours:
-        path = weights if weights.endswith(".pkl") else weights_file(weights)
+        path = weights_file(weights)
         if fine_tune:
             load = load_caffe2_for_fine_tuning if path.endswith(".pkl") else load_matching_weights
             load(model, path)
@@ -208,7 +208,10 @@ def load_caffe2_for_fine_tuning(model, path):
     """An official `.pkl`; when its classifier has another class count it is left new."""
     from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights, read_caffe2_pickle
 
-    blobs = dict(read_caffe2_pickle(path))
+    try:
+        blobs = dict(read_caffe2_pickle(path))
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"{error}. Received: model.weights={path!r}") from None
     layer = model.layers[-1]
     if "pred_w" in blobs and np.shape(blobs["pred_w"]) != tuple(layer.kernel.shape)[::-1]:
         logger.info("Left new (freshly initialised): the classifier %s %s (file: %s).",
