@@ -516,3 +516,13 @@ def test_a_run_resumed_mid_epoch_needs_a_steps_per_execution_dividing_what_is_le
     with pytest.raises(config_lib.ConfigError, match=r"the 3 steps left in the epoch this run "
                        r"stopped in \(committed at its step 3 of 6\).*Finish that epoch with 1"):
         train._check_steps_per_execution(config, 6, 3)
+
+
+def test_evaluate_names_a_run_dir_that_holds_no_run(tmp_path):
+    """It said "No such config file or shipped config (<every shipped name>)"."""
+    from nonlocal_keras.training import evaluate
+    from nonlocal_keras.training.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match=r"holds no nonlocal-train run \(no config.yaml\).*"
+                       f"Received: --run-dir={str(tmp_path)!r}"):
+        evaluate.main(["--run-dir", str(tmp_path)])

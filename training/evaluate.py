@@ -93,6 +93,9 @@ def main(argv=None):
     if args.run_dir and not os.path.isdir(args.run_dir):
         raise MissingFileError(f"No such run folder. Received: --run-dir={args.run_dir!r}")
     config_path = args.config or os.path.join(args.run_dir, "config.yaml")
+    if not args.config and not os.path.isfile(config_path):
+        raise MissingFileError("The folder holds no nonlocal-train run (no config.yaml); give "
+                               f"a run folder, or --config. Received: --run-dir={args.run_dir!r}")
     config = config_lib.load_config(config_path, args.set)
     weights = args.weights or args.run_dir
     if weights:
