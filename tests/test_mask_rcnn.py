@@ -346,6 +346,8 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
         (["--params_override", "task.model.no_such_field=1"], "The key 'no_such_field' does not exist"),
         (["--config_file", "/no/such/config.yaml"], "/no/such/config.yaml"),
         (["--no_such_flag"], "no_such_flag"),
+        # Evaluated the initial weights, exported them with --export_dir, exit 0.
+        (["--mode", "eval", "--export_dir", "unused"], "holds no checkpoint, so --mode eval"),
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
@@ -759,3 +761,13 @@ def test_an_evaluation_stopped_by_sigterm_commits_the_steps_trained_first(
     with cli.LoopSignals.evaluation(lambda: commits.append("again")):
         pass  # no signal: nothing committed
     assert len(commits) == (1 if committed else 0) and not cli._AT_STEP_END.is_set()
+
+
+def test_export_of_a_folder_without_a_checkpoint_is_refused(tmp_path):
+    """Model Garden's export wrote the initial weights when the folder held none."""
+    from nonlocal_keras.applications.mask_rcnn import export
+
+    with pytest.raises(ValueError, match=r"holds no checkpoint.*untrained.*"
+                       f"Received: checkpoint_path={str(tmp_path)!r}"):
+        export.export_saved_model(tiny_config(), str(tmp_path), str(tmp_path / "export"))
+    assert os.listdir(tmp_path) == []

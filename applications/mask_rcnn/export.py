@@ -11,6 +11,7 @@ The SavedModel is a plain TensorFlow graph: loading it needs neither Model
 Garden nor this package.
 """
 
+import tensorflow as tf
 from official.core import task_factory
 from official.vision.serving import detection, export_saved_model_lib
 from tf_keras.src.saving.legacy.saved_model import utils as tf_keras_saving
@@ -56,6 +57,11 @@ def export_saved_model(params, checkpoint_path, export_dir, batch_size=1,
     Returns:
         `export_dir`.
     """
+    if (checkpoint_path is not None and tf.io.gfile.isdir(checkpoint_path)
+            and not tf.train.latest_checkpoint(checkpoint_path)):
+        # Model Garden's export then writes the initial weights without a word.
+        raise ValueError("The folder holds no checkpoint: the export would hold an untrained "
+                         f"model. Received: checkpoint_path={checkpoint_path!r}")
     image_size = list(params.task.model.input_size[:2])
     module_class = (KeypointDetectionModule
                     if isinstance(params.task.model, keypoint_experiment.KeypointRCNN)

@@ -211,6 +211,13 @@ def run(argv, signals):
     from official.modeling import performance
     from official.vision.utils import summary_manager
 
+    if FLAGS.mode == "eval" and not tf.train.latest_checkpoint(FLAGS.model_dir or ""):
+        # Model Garden evaluates (and the export exports) the initial weights then, exit 0.
+        raise ValueError(
+            f"--model_dir holds no checkpoint, so --mode eval would evaluate an untrained model"
+            f"{' and --export_dir export it' if FLAGS.export_dir else ''}. Give the --model_dir "
+            f"of a trained run, or train first (--mode train_and_eval). "
+            f"Received: --model_dir={FLAGS.model_dir!r}")
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
