@@ -386,9 +386,8 @@ def _finished(run_dir, model, state):
 
 def main(argv=None):
     args = command_lines.train_parser().parse_args(argv)
-    if args.list:
-        print("\n".join(config_lib.list_configs()))
-        return 0
+    if args.list:  # the console script answers it before TensorFlow loads
+        return command_lines.answer_without_tensorflow("nonlocal-train", argv)
     config = config_lib.load_config(args.config, args.set)
     _, results = run(config, restart=args.restart)
     print(json.dumps(results, indent=2))
