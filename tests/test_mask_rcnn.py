@@ -771,3 +771,34 @@ def test_export_of_a_folder_without_a_checkpoint_is_refused(tmp_path):
                        f"Received: checkpoint_path={str(tmp_path)!r}"):
         export.export_saved_model(tiny_config(), str(tmp_path), str(tmp_path / "export"))
     assert os.listdir(tmp_path) == []
+
+
+def _run_folder_of(experiment_name, folder):
+    """`folder` as Model Garden's trainer leaves it: params.yaml and a checkpoint."""
+    from official.core import train_utils
+
+    train_utils.serialize_config(exp_factory.get_exp_config(experiment_name), str(folder))
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(folder / "ckpt"))
+    return str(folder)
+
+
+def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_path):
+    """Over a plain Mask R-CNN's run, the non-local experiment overwrote params.yaml,
+    then restored what fitted. Every registered experiment's own folder passes."""
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment, trainer
+
+    names = [mask_rcnn.EXPERIMENT, PLAIN_EXPERIMENT, *keypoint_experiment.EXPERIMENTS]
+    for name in names:
+        folder = _run_folder_of(name, tmp_path / name)
+        for mode in ("train", "eval", "train_and_eval"):
+            trainer.check_model_dir(exp_factory.get_exp_config(name), folder, mode)
+    plain = str(tmp_path / PLAIN_EXPERIMENT)
+    before = {f: os.path.getmtime(os.path.join(plain, f)) for f in os.listdir(plain)}
+    with pytest.raises(ValueError, match=r"holds the checkpoints of another model \(task\.model\."
+                       r"backbone\.type: 'resnet' -> 'resnet_nonlocal'; .*Received: --model_dir="):
+        trainer.check_model_dir(exp_factory.get_exp_config(mask_rcnn.EXPERIMENT), plain, "train")
+    assert {f: os.path.getmtime(os.path.join(plain, f)) for f in os.listdir(plain)} == before
+    empty = tmp_path / "empty"
+    with pytest.raises(ValueError, match="holds no checkpoint, so --mode eval"):
+        trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT), str(empty), "eval")
+    trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT), str(empty), "train")

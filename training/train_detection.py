@@ -10,8 +10,8 @@ registered, plus:
 - `--export_dir DIR`: after the `--mode` run, export the latest checkpoint
   of `--model_dir` with Model Garden's detection export module (`--mode eval
   --export_dir DIR` evaluates a trained model, then exports it; a `--model_dir`
-  without a checkpoint is a user error, not an untrained model evaluated and
-  exported).
+  without a checkpoint, or with another model's, is a user error, not an
+  untrained model evaluated and exported; `trainer.check_model_dir`).
 
 It runs as the other console scripts do (`nonlocal_keras.training.cli`): a
 user error (a bad flag, config file or override, missing data) prints one line

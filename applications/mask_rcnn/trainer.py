@@ -11,6 +11,7 @@ import os
 import orbit
 import tensorflow as tf
 import tf_keras
+import yaml
 from absl import flags
 from official.core import train_lib
 
@@ -198,6 +199,56 @@ def in_pieces(loop_fn, piece_steps, between):
     return run
 
 
+def check_model_dir(params, model_dir, mode, export_dir=None):
+    """Before anything is written: `model_dir` must hold a checkpoint to evaluate,
+    and a checkpoint there must be of the model `params` describes.
+
+    Model Garden evaluated the initial weights of an empty `model_dir` (and the
+    export wrote them), exit 0. Over another model's run it overwrote
+    `params.yaml`, then restored what fitted: a shape error, or, for a model
+    that only adds variables (a non-local block), the other model's weights
+    with the block left at its initial identity, trained on or evaluated as if
+    it were this experiment.
+    """
+    checkpoint = tf.train.latest_checkpoint(model_dir or "")
+    if mode == "eval" and not checkpoint:
+        raise ValueError(
+            f"--model_dir holds no checkpoint, so --mode eval would evaluate an untrained model"
+            f"{' and --export_dir export it' if export_dir else ''}. Give the --model_dir of a "
+            f"trained run, or train first (--mode train_and_eval). "
+            f"Received: --model_dir={model_dir!r}")
+    saved = os.path.join(model_dir or "", "params.yaml")
+    if not checkpoint or not tf.io.gfile.exists(saved):
+        return
+    with tf.io.gfile.GFile(saved) as handle:
+        before = _flat((yaml.safe_load(handle) or {}).get("task", {}).get("model", {}))
+    now = _flat(params.task.model.as_dict())
+    changed = [f"task.model.{key}: {before.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(set(before) | set(now), key=lambda k: (not k.endswith(".type"), k))
+               if before.get(key) != now.get(key)]
+    if changed:
+        raise ValueError(
+            f"--model_dir holds the checkpoints of another model ({'; '.join(changed[:4])}"
+            f"{'; ...' if len(changed) > 4 else ''}). Choose another --model_dir, or give this "
+            f"one's experiment and config. Received: --model_dir={model_dir!r}")
+
+
+def _flat(config, prefix=""):
+    """`{"backbone.type": "resnet", ...}`, tuples as lists (as params.yaml holds them)."""
+    if isinstance(config, dict):
+        return {key: value for name, item in config.items()
+                for key, value in _flat(item, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: _lists(config)}
+
+
+def _lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _lists(item) for name, item in value.items()}
+    return value
+
+
 def run(argv, signals):
     """`official.vision.train`'s main, then the optional export.
 
@@ -211,13 +262,6 @@ def run(argv, signals):
     from official.modeling import performance
     from official.vision.utils import summary_manager
 
-    if FLAGS.mode == "eval" and not tf.train.latest_checkpoint(FLAGS.model_dir or ""):
-        # Model Garden evaluates (and the export exports) the initial weights then, exit 0.
-        raise ValueError(
-            f"--model_dir holds no checkpoint, so --mode eval would evaluate an untrained model"
-            f"{' and --export_dir export it' if FLAGS.export_dir else ''}. Give the --model_dir "
-            f"of a trained run, or train first (--mode train_and_eval). "
-            f"Received: --model_dir={FLAGS.model_dir!r}")
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
@@ -226,6 +270,7 @@ def run(argv, signals):
     params = train_utils.parse_configuration(FLAGS)
     seed_everything(params)
     model_dir = FLAGS.model_dir
+    check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
     if "train" in FLAGS.mode:
         train_utils.serialize_config(params, model_dir)
     if params.runtime.mixed_precision_dtype:
