@@ -774,10 +774,11 @@ def test_export_of_a_folder_without_a_checkpoint_is_refused(tmp_path):
 
 
 def _run_folder_of(experiment_name, folder):
-    """`folder` as Model Garden's trainer leaves it: params.yaml and a checkpoint."""
-    from official.core import train_utils
+    """`folder` as the trainer leaves it: params.yaml and a checkpoint."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
 
-    train_utils.serialize_config(exp_factory.get_exp_config(experiment_name), str(folder))
+    trainer._serialize_config(exp_factory.get_exp_config(experiment_name), str(folder))
+    assert os.listdir(folder) == ["params.yaml"]  # no temporary file left
     tf.train.Checkpoint(step=tf.Variable(1)).save(str(folder / "ckpt"))
     return str(folder)
 

@@ -7,6 +7,7 @@ kept here because only this package imports Model Garden.
 import functools
 import json
 import os
+import uuid
 
 import orbit
 import tensorflow as tf
@@ -249,6 +250,18 @@ def _lists(value):
     return value
 
 
+def _serialize_config(params, model_dir):
+    """Model Garden's `train_utils.serialize_config`, atomically: every worker of a
+    cluster writes params.yaml, and another one reads it (`check_model_dir`)."""
+    from official.modeling import hyperparams
+
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, "params.yaml")
+    temporary = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    hyperparams.save_params_dict_to_yaml(params, temporary)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
 def run(argv, signals):
     """`official.vision.train`'s main, then the optional export.
 
@@ -272,7 +285,7 @@ def run(argv, signals):
     model_dir = FLAGS.model_dir
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
     if "train" in FLAGS.mode:
-        train_utils.serialize_config(params, model_dir)
+        _serialize_config(params, model_dir)
     if params.runtime.mixed_precision_dtype:
         performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
     strategy = distribute_utils.get_distribution_strategy(
