@@ -526,3 +526,17 @@ def test_evaluate_names_a_run_dir_that_holds_no_run(tmp_path):
     with pytest.raises(MissingFileError, match=r"holds no nonlocal-train run \(no config.yaml\).*"
                        f"Received: --run-dir={str(tmp_path)!r}"):
         evaluate.main(["--run-dir", str(tmp_path)])
+
+
+def test_evaluate_output_naming_a_folder_is_refused_before_the_evaluation(tmp_path):
+    """It evaluated every video, then failed with IsADirectoryError (a traceback)."""
+    from nonlocal_keras.training import atomic, evaluate
+    from nonlocal_keras.training.errors import FolderError
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {val_csv: no_such.csv}\n")
+    with pytest.raises(FolderError, match=f"Cannot write the file {str(tmp_path)!r}: a folder"):
+        evaluate.main(["--config", str(config), "--output", str(tmp_path)])
+    with pytest.raises(FolderError, match="a folder is there"):
+        atomic.write_json(str(tmp_path), {"top1": 1.0})
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]

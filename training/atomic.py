@@ -71,6 +71,7 @@ def replace(path, size=None):
     `size`: the bytes the file will about take, checked against the free space
     first (see `check_room`).
     """
+    check_not_a_folder(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if size is not None:
         check_room(path, size)
@@ -89,6 +90,15 @@ def replace(path, size=None):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def check_not_a_folder(path):
+    """A `FolderError` when `path`, a file to write, names a folder (the rename
+    into place failed with IsADirectoryError, a traceback). Also asked before a
+    command's work, so that the mistake does not come at its end."""
+    if os.path.isdir(path):
+        raise FolderError(f"Cannot write the file {os.path.abspath(path)!r}: a folder is there; "
+                          "name a file (in it, say)")
 
 
 def _cannot_write(path, reason):

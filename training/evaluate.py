@@ -97,6 +97,9 @@ def main(argv=None):
         raise MissingFileError("The folder holds no nonlocal-train run (no config.yaml); give "
                                f"a run folder, or --config. Received: --run-dir={args.run_dir!r}")
     config = config_lib.load_config(config_path, args.set)
+    output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
+    if output:
+        atomic.check_not_a_folder(output)
     weights = args.weights or args.run_dir
     if weights:
         config["model"]["weights"] = weights
@@ -107,7 +110,6 @@ def main(argv=None):
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
                                       verbose=0 if args.no_progress else 1))
-    output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
         atomic.write_json(output, results)
     print(json.dumps(results, indent=2))
