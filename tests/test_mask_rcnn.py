@@ -794,6 +794,15 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
         for mode in ("train", "eval", "train_and_eval"):
             trainer.check_model_dir(exp_factory.get_exp_config(name), folder, mode)
     plain = str(tmp_path / PLAIN_EXPERIMENT)
+    # Settings of inference, sampling, input size or synchronised BN: the same network.
+    changed = exp_factory.get_exp_config(PLAIN_EXPERIMENT)
+    changed.task.model.detection_generator.max_num_detections = 7
+    changed.task.model.norm_activation.use_sync_bn = True
+    changed.task.model.input_size = [96, 96, 3]
+    trainer.check_model_dir(changed, plain, "train")
+    changed.task.model.detection_head.num_fcs += 1
+    with pytest.raises(ValueError, match=r"task\.model\.detection_head\.num_fcs: \d -> \d"):
+        trainer.check_model_dir(changed, plain, "eval")
     before = {f: os.path.getmtime(os.path.join(plain, f)) for f in os.listdir(plain)}
     with pytest.raises(ValueError, match=r"holds the checkpoints of another model \(task\.model\."
                        r"backbone\.type: 'resnet' -> 'resnet_nonlocal'; .*Received: --model_dir="):

@@ -200,9 +200,18 @@ def in_pieces(loop_fn, piece_steps, between):
     return run
 
 
+# The sections of `task.model` that make the network's variables. The others
+# (detection_generator's NMS, the samplers, input_size, norm_activation with
+# synchronised BN) may change between two commands on one run.
+ARCHITECTURE = ("backbone", "decoder", "rpn_head", "detection_head", "mask_head",
+                "keypoint_head", "anchor", "num_classes", "include_mask", "min_level",
+                "max_level")
+
+
 def check_model_dir(params, model_dir, mode, export_dir=None):
     """Before anything is written: `model_dir` must hold a checkpoint to evaluate,
-    and a checkpoint there must be of the model `params` describes.
+    and a checkpoint there must be of the network `params` describes (its
+    `ARCHITECTURE` sections as in the folder's params.yaml).
 
     Model Garden evaluated the initial weights of an empty `model_dir` (and the
     export wrote them), exit 0. Over another model's run it overwrote
@@ -224,8 +233,9 @@ def check_model_dir(params, model_dir, mode, export_dir=None):
     with tf.io.gfile.GFile(saved) as handle:
         before = _flat((yaml.safe_load(handle) or {}).get("task", {}).get("model", {}))
     now = _flat(params.task.model.as_dict())
+    keys = [key for key in set(before) | set(now) if key.split(".")[0] in ARCHITECTURE]
     changed = [f"task.model.{key}: {before.get(key)!r} -> {now.get(key)!r}"
-               for key in sorted(set(before) | set(now), key=lambda k: (not k.endswith(".type"), k))
+               for key in sorted(keys, key=lambda k: (not k.endswith(".type"), k))
                if before.get(key) != now.get(key)]
     if changed:
         raise ValueError(
