@@ -53,6 +53,8 @@ Choices (where the paper, the issue or the official code are silent or differ):
   residual block `i` of stage `resN` is the layer `resN_i`.
 """
 
+import urllib.error
+
 import keras
 from keras import layers
 from keras.saving import register_keras_serializable
@@ -342,8 +344,17 @@ def _load_weights(model, weights, spec):
                              f"Received: weights={weights!r}")
         from nonlocal_keras.applications.inflation import inflate_weights
 
-        source = getattr(keras.applications, f"ResNet{spec.depth}")(
-            include_top=False, weights="imagenet")
+        try:
+            source = getattr(keras.applications, f"ResNet{spec.depth}")(
+                include_top=False, weights="imagenet")
+        except Exception as error:  # Keras' download raises a bare Exception
+            if not isinstance(error.__context__, urllib.error.URLError):
+                raise
+            raise OSError(
+                f"Keras' ImageNet ResNet{spec.depth} weights are not in its cache and cannot be "
+                f"downloaded ({error}). Where there is no internet, copy that file into Keras' "
+                "cache (~/.keras/models, or $KERAS_HOME/models) from a machine that has it, or "
+                f"pass a .weights.h5 file. Received: weights={weights!r}") from None
         inflate_weights(source, model)
     elif weights.endswith(".pkl"):
         from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights

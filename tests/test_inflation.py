@@ -99,3 +99,29 @@ def test_weights_imagenet_inflates_keras_resnet(resnet50, monkeypatch):
                                   np.asarray(resnet50.get_layer("conv4_block3_2_conv").kernel))
     with pytest.raises(ValueError, match=r"ResNet-50/101 stages with width 64.*weights='imagenet'"):
         VideoResNet((1, 1), width=8, weights="imagenet")
+
+
+def test_weights_imagenet_offline_is_an_os_error_saying_what_to_do(tmp_path, monkeypatch):
+    """Without internet (a cluster node) Keras' download raised a bare Exception:
+    `nonlocal-train --set model.weights=imagenet` ended in a traceback."""
+    import urllib.error
+
+    from keras.src.backend import config as keras_config
+    from keras.src.utils import file_utils
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
+    with pytest.raises(OSError, match=r"ImageNet ResNet50 weights are not in its cache and cannot"
+                       r" be downloaded \(URL fetch failure .*Name or service not known\).*"
+                       r"Received: weights='imagenet'"):
+        C2DResNet50(weights="imagenet", classes=5)
+
+    def bug(include_top, weights):
+        raise RuntimeError("a bug keeps its type")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", bug)
+    with pytest.raises(RuntimeError, match="a bug keeps its type"):
+        C2DResNet50(weights="imagenet", classes=5)

@@ -95,7 +95,7 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
             classifier_activation="sigmoid" if multi_label else "softmax",
             **kwargs,
         )
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:  # OSError: a download that failed
         raise ConfigError(f"Cannot build {describe(model_config)}: {error} "
                           f"Received: model={model_config!r}") from error
     if ours:
