@@ -812,3 +812,7 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     with pytest.raises(ValueError, match="holds no checkpoint, so --mode eval"):
         trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT), str(empty), "eval")
     trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT), str(empty), "train")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--model_dir is a file"):  # was a traceback
+        trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT),
+                                str(tmp_path / "a_file"), "train")

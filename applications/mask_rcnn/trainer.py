@@ -220,6 +220,8 @@ def check_model_dir(params, model_dir, mode, export_dir=None):
     with the block left at its initial identity, trained on or evaluated as if
     it were this experiment.
     """
+    if model_dir and tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+        raise ValueError(f"--model_dir is a file, not a folder. Received: --model_dir={model_dir!r}")
     checkpoint = tf.train.latest_checkpoint(model_dir or "")
     if mode == "eval" and not checkpoint:
         raise ValueError(
