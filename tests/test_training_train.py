@@ -218,12 +218,40 @@ moving.fit(np.ones((16, 2), "float32"), np.full((16, 1), -9.0, "float32"), batch
            shuffle=False, verbose=0)
 moved = [(v.numpy() - start).ravel().tolist() for v in moving.trainable_variables[0].value.values]
 
+# Evaluation splits each batch's views over the replicas (it ran them all on the
+# first device): 5 videos x 3 views in batches of 2 videos, the last one 3 views.
+from nonlocal_keras.training import evaluate
+
+replica_ids = []
+
+class Scorer(keras.layers.Layer):
+    def call(self, x):
+        context = tf.distribute.get_replica_context()
+        replica_ids.append(None if context is None else
+                           int(tf.get_static_value(context.replica_id_in_sync_group)))
+        return keras.ops.softmax(keras.ops.sum(x, axis=1) @ keras.ops.ones((3, 4)) * [[1, 2, 3, 4]])
+
+def scorer():
+    return keras.Sequential([keras.Input((2, 3)), Scorer()])
+
+views = np.random.default_rng(0).normal(size=(5, 3, 2, 3)).astype("float32")
+batches = tf.data.Dataset.from_tensor_slices((views, np.zeros(5), np.arange(5))).batch(2)
+with strategy.scope():
+    mirrored = scorer()
+single, replica_ids[:] = scorer(), []  # building calls it too
+split, _ = evaluate.predict_videos(mirrored, batches, 5, 4)
+split_ids, replica_ids[:] = sorted(set(replica_ids), key=str), []
+alone, _ = evaluate.predict_videos(single, batches, 5, 4)
+
 config = config_lib.load_config(None, sys.argv[1:])
 trained, results = train.run(config, strategy=strategy)
 print(json.dumps({"replicas": results["replicas"],
                   "ratio": (after / before).ravel().tolist(), "moved": moved,
                   "steps": results["steps"],
-                  "variable": type(trained.trainable_variables[0].value).__name__}))
+                  "variable": type(trained.trainable_variables[0].value).__name__,
+                  "split": split.tolist(), "alone": alone.tolist(), "split_ids": split_ids,
+                  "alone_ids": sorted(set(replica_ids), key=str),
+                  "eval_videos": results["eval"]["num_videos"]}))
 """
 
 
@@ -241,6 +269,11 @@ def test_fit_under_mirrored_strategy_on_two_cpu_replicas(tmp_path):
     np.testing.assert_allclose(report["moved"], [[-1.45, -1.45]] * 2, rtol=1e-6)
     assert report["steps"] == 16 // 4
     assert "Mirrored" in report["variable"] or "Distributed" in report["variable"]
+    assert report["split_ids"] == [0, 1] and report["alone_ids"] in ([0], [None])
+    expected = np.asarray(report["alone"])
+    np.testing.assert_allclose(report["split"], expected, rtol=1e-6)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, rtol=1e-6)
+    assert report["eval_videos"] == 16
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from nonlocal_keras import command_lines
-from nonlocal_keras.training import atomic, data, metrics, progress
+from nonlocal_keras.training import atomic, data, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
@@ -29,19 +29,41 @@ def predict_videos(model, dataset, num_videos, num_classes, bar=None):
 
     Returns `(scores, seen)`: `(num_videos, num_classes)` mean scores and a
     boolean mask of the videos that were decoded (skipped ones stay NaN).
+    A model built under a `MirroredStrategy` (several GPUs) scores each
+    batch's views split over its replicas, as `model.predict` would; called
+    directly, the model ran every view on the first device alone.
     """
+    strategy = model.distribute_strategy
+
+    def clip_scores(clips):
+        return tf.cast(model(clips, training=False), tf.float32)
 
     @tf.function
     def video_scores(views):
         shape = tf.shape(views)
         flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
-        scores = tf.cast(model(flat, training=False), tf.float32)
+        if isinstance(strategy, tf.distribute.MirroredStrategy):
+            scores = _over_replicas(strategy, clip_scores, flat)
+        else:
+            scores = clip_scores(flat)
         return tf.reduce_mean(tf.reshape(scores, [shape[0], shape[1], -1]), axis=1)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
     for views, _, index in (bar.wrap(dataset) if bar else dataset):
         scores[index.numpy()] = video_scores(views).numpy()
     return scores, ~np.isnan(scores[:, 0])
+
+
+def _over_replicas(strategy, fn, clips):
+    """`fn(clips)`, the rows split into equal parts, one a replica (the last row
+    repeated to a multiple of the replicas, its copies' results dropped)."""
+    count, replicas = tf.shape(clips)[0], strategy.num_replicas_in_sync
+    padded = tf.concat([clips, tf.repeat(clips[-1:], (-count) % replicas, axis=0)], 0)
+    parts = tf.split(padded, replicas)
+    shares = strategy.experimental_distribute_values_from_function(
+        lambda context: parts[context.replica_id_in_sync_group])
+    results = strategy.experimental_local_results(strategy.run(fn, args=(shares,)))
+    return tf.concat(results, 0)[:count]
 
 
 def score_metrics(scores, records, num_classes, multi_label):
@@ -105,7 +127,8 @@ def main(argv=None):
         config["model"]["weights"] = weights
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(data_config)
-    model = models.build_model(config["model"], data_config, multi_label)
+    with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
+        model = models.build_model(config["model"], data_config, multi_label)
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
