@@ -29,11 +29,13 @@ def predict_videos(model, dataset, num_videos, num_classes, bar=None):
 
     Returns `(scores, seen)`: `(num_videos, num_classes)` mean scores and a
     boolean mask of the videos that were decoded (skipped ones stay NaN).
-    A model built under a `MirroredStrategy` (several GPUs) scores each
-    batch's views split over its replicas, as `model.predict` would; called
-    directly, the model ran every view on the first device alone.
+    `model`: a Keras model or any callable (`nonlocal-predict` passes a
+    SavedModel's signature). A Keras model built under a `MirroredStrategy`
+    (several GPUs) scores each batch's views split over its replicas, as
+    `model.predict` would; called directly, it ran every view on the first
+    device alone.
     """
-    strategy = model.distribute_strategy
+    strategy = getattr(model, "distribute_strategy", None)
 
     def clip_scores(clips):
         return tf.cast(model(clips, training=False), tf.float32)
