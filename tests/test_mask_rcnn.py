@@ -30,6 +30,7 @@ from nonlocal_keras.applications.mask_rcnn import (  # noqa: E402
 from nonlocal_keras.layers import NonLocal2D  # noqa: E402
 from official.core import exp_factory, task_factory  # noqa: E402
 from savedmodel_without_package import keras_layer_traces, serve_without_the_package  # noqa: E402
+import hangup  # noqa: E402
 from official.modeling.hyperparams import params_dict  # noqa: E402
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.configs import common as mg_common  # noqa: E402
@@ -606,7 +607,8 @@ def _train_detection_until(command, step, signum, stderr_path):
     before that stops the command at once, nothing trained and nothing saved);
     returns (exit status, stdout)."""
     with open(stderr_path, "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   preexec_fn=hangup.as_without_nohup)
         lines = []
         try:
             for line in process.stdout:

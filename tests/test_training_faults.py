@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+import hangup
 import loopback
 from test_training_train import _env, _overrides, _write_dataset
 
@@ -239,7 +240,8 @@ def test_sighup_while_tensorflow_loads_is_one_line_and_exit_129(tmp_path):
     """A terminal closed during start-up. Output into files, which keep the line."""
     for delay in (0.3, 1.1):
         with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
-            process = subprocess.Popen(LOADS_TENSORFLOW, env=_env(), stdout=out, stderr=err)
+            process = subprocess.Popen(LOADS_TENSORFLOW, env=_env(), stdout=out, stderr=err,
+                                       preexec_fn=hangup.as_without_nohup)
             time.sleep(delay)
             process.send_signal(signal.SIGHUP)
             assert process.wait(timeout=60) == 129, delay
@@ -447,6 +449,7 @@ def test_a_closed_terminal_commits_the_steps_it_trained_then_exits_129(tmp_path)
 
     pid, terminal = pty.fork()
     if pid == 0:  # the child, with the terminal as its controlling one
+        hangup.as_without_nohup()
         os.execve(command[0], command, env)
     deadline = time.time() + 120
     while committed() == 0:  # the terminal is read, as a terminal is, until then
@@ -462,7 +465,7 @@ def test_a_closed_terminal_commits_the_steps_it_trained_then_exits_129(tmp_path)
     _check_no_temporary_files(env)
 
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=hangup.as_without_nohup)
     left = committed()
     _wait_for(process, lambda: committed() > left, 120)  # this run's first commit
     second = committed()
