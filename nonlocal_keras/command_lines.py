@@ -118,10 +118,12 @@ def demo_parser():
     parser.add_argument("--restart", action="store_true",
                         help="train both again (the old run folders are moved aside)")
     parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
-                        "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras/synthetic_digits)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=4000)
-    parser.add_argument("--num-test", type=int, default=1000)
+                        "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras, then "
+                        "synthetic_digits, or synthetic_digits-<train>-<test>-seed<seed> "
+                        "for other sizes or seeds)")
+    parser.add_argument("--seed", type=int, default=synthetic_digits_cache.SEED)
+    parser.add_argument("--num-train", type=int, default=synthetic_digits_cache.NUM_TRAIN)
+    parser.add_argument("--num-test", type=int, default=synthetic_digits_cache.NUM_TEST)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of both demo configs")
     return parser
@@ -158,7 +160,8 @@ def answer_without_tensorflow(prog, argv):
         print("\n".join(list_configs()))
         return 0
     if prog == "nonlocal-demo" and args.print_data_dir:
-        root = args.data_dir or synthetic_digits_cache.default_cache_dir()
+        root = args.data_dir or synthetic_digits_cache.default_cache_dir(
+            args.num_train, args.num_test, args.seed)
         if synthetic_digits_cache.is_complete(root, args.num_train, args.num_test, args.seed):
             print(root)
             return 0

@@ -10,13 +10,21 @@ import os
 
 # Bumped whenever the generated videos change, so that old caches are rewritten.
 VERSION = 2
+# `nonlocal-demo`'s dataset: training and test videos, and the seed.
+NUM_TRAIN, NUM_TEST, SEED = 4000, 1000, 0
 
 
-def default_cache_dir():
-    """`$NONLOCAL_KERAS_CACHE` or `~/.cache/nonlocal_keras`, plus the dataset name."""
+def default_cache_dir(num_train=NUM_TRAIN, num_test=NUM_TEST, seed=SEED):
+    """`$NONLOCAL_KERAS_CACHE` or `~/.cache/nonlocal_keras`, plus the dataset
+    name, which names other sizes or seeds too: one folder each, so that
+    `nonlocal-demo --seed 1` does not rewrite the videos that runs trained on
+    the default one name in their config.yaml."""
     root = os.environ.get("NONLOCAL_KERAS_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "nonlocal_keras")
-    return os.path.join(root, "synthetic_digits")
+    name = "synthetic_digits"
+    if (num_train, num_test, seed) != (NUM_TRAIN, NUM_TEST, SEED):
+        name += f"-{num_train}-{num_test}-seed{seed}"
+    return os.path.join(root, name)
 
 
 def stamp_path(root):

@@ -4,6 +4,8 @@ import csv
 import json
 import os
 
+import pytest
+
 from nonlocal_keras.training import synthetic_digits
 
 
@@ -36,3 +38,40 @@ def test_a_stamp_cut_short_or_for_other_sizes_makes_it_again(tmp_path):
         assert json.load(handle)["num_train"] == 4
     synthetic_digits.generate(root, num_train=5, num_test=2)
     assert len(_rows(root, "train")) == 5
+
+
+def test_other_sizes_or_seeds_get_a_folder_of_their_own(tmp_path, monkeypatch):
+    """`nonlocal-demo --seed 1` rewrote the default folder in place: the runs trained
+    on it (their config.yaml names its CSVs) then read other videos and labels."""
+    from nonlocal_keras import synthetic_digits_cache as cache
+
+    monkeypatch.setenv("NONLOCAL_KERAS_CACHE", str(tmp_path))
+    folders = {cache.default_cache_dir(), cache.default_cache_dir(seed=1),
+               cache.default_cache_dir(num_train=10), cache.default_cache_dir(num_test=10)}
+    assert len(folders) == 4 and cache.default_cache_dir() == str(tmp_path / "synthetic_digits")
+    assert synthetic_digits.generate(num_train=3, num_test=2, seed=1) == str(
+        tmp_path / "synthetic_digits-3-2-seed1")
+
+
+def test_a_rewrite_cut_short_leaves_no_stamp_of_the_dataset_before(tmp_path, monkeypatch):
+    """The old stamp stayed while other videos were written over the old ones: a kill
+    then left a mix that the old parameters took for complete."""
+    from nonlocal_keras import synthetic_digits_cache as cache
+
+    root = synthetic_digits.generate(str(tmp_path / "digits"), num_train=4, num_test=2)
+    written = []
+
+    def killed_after_one(path, frames):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, frames)
+
+    real = synthetic_digits.video_io.write_video
+    monkeypatch.setattr(synthetic_digits.video_io, "write_video", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_digits.generate(root, num_train=4, num_test=2, seed=7)
+    assert not cache.is_complete(root, 4, 2, 0) and not cache.is_complete(root, 4, 2, 7)
+    monkeypatch.setattr(synthetic_digits.video_io, "write_video", real)
+    assert synthetic_digits.generate(root, num_train=4, num_test=2) == root
+    assert cache.is_complete(root, 4, 2, 0)

@@ -65,7 +65,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     # The flag's name belongs in the error here, not in the dataset's own module.
-    data_dir = args.data_dir or synthetic_digits_cache.default_cache_dir()
+    data_dir = args.data_dir or synthetic_digits_cache.default_cache_dir(
+        args.num_train, args.num_test, args.seed)
     atomic.make_folder(data_dir, "--data-dir")
     root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:

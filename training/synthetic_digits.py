@@ -73,15 +73,19 @@ def sample_clips(num_clips, split, seed):
         yield make_clip(images[chosen], quadrant), int(targets[chosen[quadrant]]), quadrant
 
 
-def generate(root=None, num_train=4000, num_test=1000, seed=0):
+def generate(root=None, num_train=synthetic_digits_cache.NUM_TRAIN,
+             num_test=synthetic_digits_cache.NUM_TEST, seed=synthetic_digits_cache.SEED):
     """Write (or reuse) the dataset and return its folder.
 
     Layout: `root/train.csv`, `root/test.csv` (`path,label,marker_quadrant`,
     paths relative to `root`) and `root/videos/{train,test}/NNNNNN.mp4`.
     """
-    root = root or synthetic_digits_cache.default_cache_dir()
+    root = root or synthetic_digits_cache.default_cache_dir(num_train, num_test, seed)
     if synthetic_digits_cache.is_complete(root, num_train, num_test, seed):
         return root
+    # Another dataset's stamp goes first: a rewrite cut short must not pass for it.
+    if os.path.exists(synthetic_digits_cache.stamp_path(root)):
+        os.remove(synthetic_digits_cache.stamp_path(root))
     for split, count in (("train", num_train), ("test", num_test)):
         folder = os.path.join(root, "videos", split)
         os.makedirs(folder, exist_ok=True)
