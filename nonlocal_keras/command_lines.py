@@ -143,6 +143,13 @@ def convert_weights_parser():
     return parser
 
 
+def demo_data_dir(args):
+    """The dataset folder of `nonlocal-demo`'s parsed `args`, for the demo and for
+    its `--print-data-dir` answered here: the two must name the same one."""
+    return args.data_dir or synthetic_digits_cache.default_cache_dir(
+        args.num_train, args.num_test, args.seed)
+
+
 PARSERS = {"nonlocal-train": train_parser, "nonlocal-evaluate": evaluate_parser,
            "nonlocal-export": export_parser, "nonlocal-predict": predict_parser,
            "nonlocal-demo": demo_parser, "nonlocal-convert-weights": convert_weights_parser}
@@ -160,8 +167,7 @@ def answer_without_tensorflow(prog, argv):
         print("\n".join(list_configs()))
         return 0
     if prog == "nonlocal-demo" and args.print_data_dir:
-        root = args.data_dir or synthetic_digits_cache.default_cache_dir(
-            args.num_train, args.num_test, args.seed)
+        root = demo_data_dir(args)
         if synthetic_digits_cache.is_complete(root, args.num_train, args.num_test, args.seed):
             print(root)
             return 0

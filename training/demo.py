@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 
-from nonlocal_keras import command_lines, synthetic_digits_cache
+from nonlocal_keras import command_lines
 
 # (label, shipped config, run folder under --runs-dir)
 RUNS = (("C2D", "demo_digits_c2d", "demo_c2d"), ("NL-C2D", "demo_digits_nl_c2d", "demo_nl_c2d"))
@@ -65,8 +65,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     # The flag's name belongs in the error here, not in the dataset's own module.
-    data_dir = args.data_dir or synthetic_digits_cache.default_cache_dir(
-        args.num_train, args.num_test, args.seed)
+    data_dir = command_lines.demo_data_dir(args)
     atomic.make_folder(data_dir, "--data-dir")
     root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:
