@@ -9,6 +9,7 @@ parser. A command's description is its module's docstring, read from the file.
 import argparse
 import ast
 import importlib.util
+import math
 import os
 
 from nonlocal_keras import synthetic_digits_cache
@@ -18,6 +19,23 @@ from nonlocal_keras import synthetic_digits_cache
 # resized frame is then at most eval_scale x 4 * eval_scale.
 DEFAULT_MAX_FRAME_SIDE = 4096
 DEFAULT_MAX_ASPECT_RATIO = 4.0
+
+
+def _at_least(minimum, kind=int):
+    """An argparse `type`: a number of `kind` >= `minimum`, so that a value out
+    of range is a usage error answered before TensorFlow loads, naming the flag."""
+    what = f"{'an integer' if kind is int else 'a number'} >= {minimum}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
+        return value
+
+    return parse
 
 
 def _training_folder():
@@ -83,12 +101,12 @@ def export_parser():
     _set(parser, "data.eval_scale=256")
     parser.add_argument("--multi-label", action="store_true",
                         help="the model was trained multi-label (sigmoid scores, e.g. Charades)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=_at_least(1), default=5)
     parser.add_argument("--model-name", help="folder name when --output is a base folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument("--max-frame-side", type=int, default=DEFAULT_MAX_FRAME_SIDE,
+    parser.add_argument("--max-frame-side", type=_at_least(1), default=DEFAULT_MAX_FRAME_SIDE,
                         help="serving_default refuses frames with a longer side (pixels)")
-    parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+    parser.add_argument("--max-aspect-ratio", type=_at_least(1, float), default=DEFAULT_MAX_ASPECT_RATIO,
                         help="serving_default refuses frames more elongated than this (longer/shorter)")
     return parser
 
@@ -99,10 +117,10 @@ def predict_parser():
     parser.add_argument("--model", required=True,
                         help="a SavedModel version folder written by nonlocal-export, or "
                         "the model's folder above it (its highest version, as TF Serving)")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--num-clips", type=int, help="default: the value recorded at export")
-    parser.add_argument("--num-crops", type=int, help="default: the value recorded at export")
-    parser.add_argument("--batch-size", type=int, default=1, help="videos per model call")
+    parser.add_argument("--top-k", type=_at_least(1), default=5)
+    parser.add_argument("--num-clips", type=_at_least(1), help="default: the value recorded at export")
+    parser.add_argument("--num-crops", type=_at_least(1), help="default: the value recorded at export")
+    parser.add_argument("--batch-size", type=_at_least(1), default=1, help="videos per model call")
     _no_progress(parser)
     return parser
 
@@ -121,9 +139,9 @@ def demo_parser():
                         "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras, then "
                         "synthetic_digits, or synthetic_digits-<train>-<test>-seed<seed> "
                         "for other sizes or seeds)")
-    parser.add_argument("--seed", type=int, default=synthetic_digits_cache.SEED)
-    parser.add_argument("--num-train", type=int, default=synthetic_digits_cache.NUM_TRAIN)
-    parser.add_argument("--num-test", type=int, default=synthetic_digits_cache.NUM_TEST)
+    parser.add_argument("--seed", type=_at_least(0), default=synthetic_digits_cache.SEED)
+    parser.add_argument("--num-train", type=_at_least(1), default=synthetic_digits_cache.NUM_TRAIN)
+    parser.add_argument("--num-test", type=_at_least(1), default=synthetic_digits_cache.NUM_TEST)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of both demo configs")
     return parser
@@ -138,7 +156,7 @@ def convert_weights_parser():
     parser.add_argument("--arch", required=True,
                         help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
                              "128x1 releases), i3d_3x3x3_r50, ... _r101")
-    parser.add_argument("--classes", type=int, default=None,
+    parser.add_argument("--classes", type=_at_least(1), default=None,
                         help="classifier size (default: the file's pred_w rows)")
     return parser
 

@@ -110,3 +110,30 @@ def test_print_data_dir_answers_without_tensorflow_once_the_dataset_is_written(t
     # TensorFlow (unimportable here), so it does not answer from the cache.
     other = _console("demo", "--print-data-dir", "--data-dir", folder, *sizes[:4], "--seed", "6")
     assert other.returncode != 0 and other.stdout == ""
+
+
+@pytest.mark.parametrize("function, argv, flag, received", [
+    ("export", ["--config", "c.yaml", "--output", "o", "--max-frame-side", "0"],
+     "--max-frame-side", "'0'"),
+    ("export", ["--config", "c.yaml", "--output", "o", "--max-aspect-ratio", "0.5"],
+     "--max-aspect-ratio", "'0.5'"),
+    ("export", ["--config", "c.yaml", "--output", "o", "--max-aspect-ratio", "inf"],
+     "--max-aspect-ratio", "'inf'"),
+    ("export", ["--config", "c.yaml", "--output", "o", "--top-k", "0"], "--top-k", "'0'"),
+    ("predict", ["v.mp4", "--model", "m", "--num-clips", "-1"], "--num-clips", "'-1'"),
+    ("predict", ["v.mp4", "--model", "m", "--batch-size", "two"], "--batch-size", "'two'"),
+    ("demo", ["--print-data-dir", "--num-train", "0"], "--num-train", "'0'"),
+    ("demo", ["--print-data-dir", "--seed", "-1"], "--seed", "'-1'"),
+    ("convert_weights", ["a.pkl", "b.weights.h5", "--arch", "c2d_r50", "--classes", "0"],
+     "--classes", "'0'"),
+])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_flag(function, argv, flag, received):
+    """`nonlocal-demo --print-data-dir --num-train 0` wrote and printed a dataset
+    without training videos (exit 0) and `--seed -1` was NumPy's traceback;
+    `nonlocal-export --max-frame-side 0` loaded TensorFlow and the model, then
+    named the library's argument `max_frame_side`."""
+    wrong = _console(function, *argv)
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    last = wrong.stderr.splitlines()[-1]
+    assert last.startswith("nonlocal-") and f"argument {flag}: must be " in last, last
+    assert last.endswith(f"Received: {received}"), last

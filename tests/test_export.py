@@ -449,11 +449,12 @@ def test_weights_of_another_model_are_a_config_error(tmp_path):
 
 def test_console_script_prints_one_error_line_and_exits_2(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "nonlocal-export")
+    missing = str(tmp_path / "none.weights.h5")
     run = subprocess.run([script, "--config", "demo_digits_nl_c2d", "--output", str(tmp_path),
-                          "--top-k", "0"], capture_output=True, text=True, timeout=300)
+                          "--checkpoint", missing], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.splitlines() == [
-        "nonlocal-export: error: --top-k must be >= 1. Received: --top-k=0"]
+        f"nonlocal-export: error: Checkpoint not found. Received: --checkpoint={missing!r}"]
     assert not os.listdir(tmp_path)
 
 

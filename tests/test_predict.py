@@ -152,7 +152,6 @@ def test_predict_needs_no_defaults_table():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--top-k", "0"], "--top-k must be >= 1. Received: --top-k=0"),
     (["--model", "no/such/folder"], "No such SavedModel folder. Received: model='no/such/folder'"),
 ])
 def test_console_script_prints_one_error_line_and_exits_2(setup, arguments, message):

@@ -460,8 +460,6 @@ def find_weights(config_path, model_weights, checkpoint=None):
 
 def main(argv=None):
     args = command_lines.export_parser().parse_args(argv)
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1. Received: --top-k={args.top_k}")
     config = config_lib.load_config(args.config, args.set)
     weights, origin = find_weights(args.config, config["model"].get("weights"), args.checkpoint)
     print(f"Exporting with weights {weights} ({origin})")

@@ -23,7 +23,6 @@ import tensorflow as tf
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import data, evaluate, export, progress
-from nonlocal_keras.training.errors import ConfigError
 
 
 class UnreadableVideos:
@@ -82,12 +81,6 @@ def format_top_k(path, scores, class_names, top_k):
 
 def main(argv=None):
     args = command_lines.predict_parser().parse_args(argv)
-    for flag in ("top_k", "num_clips", "num_crops", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            name = "--" + flag.replace("_", "-")
-            raise ConfigError(f"{name} must be >= 1. Received: {name}={value}")
-
     model = export.version_folder(args.model)
     if model != args.model:
         print(f"Using the SavedModel {model}", file=sys.stderr)
