@@ -368,6 +368,21 @@ def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
         assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_help_lists_the_trainers_flags_and_exits_0():
+    """absl's --help printed "Try --helpfull" (the main module defines no flag)
+    and exited 1, as for a usage error."""
+    command = [sys.executable, "-m", "nonlocal_keras.training.train_detection"]
+    helped = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert helped.stdout.startswith("usage: nonlocal-train-detection --experiment NAME")
+    for flag in ("--experiment", "--mode", "--model_dir", "--params_override",
+                 "--synthetic_coco_dir", "--export_dir"):
+        assert f"  {flag}" in helped.stdout, flag
+    full = subprocess.run(command + ["--mode", "eval", "--helpfull"], capture_output=True,
+                          text=True, timeout=300)
+    assert full.returncode == 0 and "--verbosity" in full.stdout, full.stderr[-3000:]
+
+
 def test_a_peer_that_left_is_one_cluster_error_not_a_traceback(monkeypatch):
     """Seen on two workers: kill -9 of one, and the other printed a 60-line
     traceback ending in UnavailableError ("tasks are unhealthy")."""

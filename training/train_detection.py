@@ -71,9 +71,30 @@ def _run(argv):
         raise _user_error(error) from error
 
 
+# absl's --help lists the flags of the main module only, which defines none
+# here ("Try --helpfull"), and exits 1 as it does for a usage error.
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+# Where the flags of Model Garden's trainer, and ours, are defined.
+FLAG_MODULES = ("official.common.flags", "official.vision.train", trainer.__name__)
+
+
+def _help(full):
+    if full:
+        return flags.FLAGS.get_help()
+    return "\n".join([f"usage: {PROG} --experiment NAME --mode MODE --model_dir DIR [flags]",
+                      "", __doc__.strip(), "",
+                      *(flags.FLAGS.module_help(module) for module in FLAG_MODULES), "",
+                      "--helpfull lists every flag (absl's and TensorFlow's too)."])
+
+
 def main(argv):
     """The command's work, run by `cli.run` (see `nonlocal_keras.console`)."""
     trainer.define_flags()
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    asked = [arg for arg in options if arg in HELP_FLAGS]
+    if asked:
+        print(_help("--helpfull" in asked))
+        return 0
     try:
         app.run(_run, argv=[PROG, *argv], flags_parser=_parse)
     except SystemExit as exit_:  # absl leaves through sys.exit: --help, or the work's end
