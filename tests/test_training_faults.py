@@ -685,3 +685,9 @@ def test_two_worker_cluster_on_loopback_trains_is_stopped_and_resumes(tmp_path, 
     assert results["steps"] == epochs * steps and results["replicas"] == 2
     assert _history_epochs(run_dir) == list(range(1, epochs + 1))
     assert "Resuming at epoch" in (tmp_path / "worker1.log").read_text()
+    # The final evaluation: each worker scored half of the videos (each scored
+    # all of them before), and the chief reports all of them.
+    for index in (0, 1):
+        said = (tmp_path / f"worker{index}.log").read_text()
+        assert f"Worker {index} of 2 evaluates 8 of the 16 videos." in said, logs()
+    assert results["eval"]["num_videos"] == 16 and results["eval"]["skipped_videos"] == 0

@@ -31,3 +31,53 @@ def test_map_matches_sklearn_and_skips_classes_without_positives():
     targets[:, 5] = 0  # no positive: excluded, as in the Charades protocol.
     expected = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(5)])
     assert metrics.mean_average_precision(scores, targets) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_workers_each_scoring_a_share_give_the_metrics_of_one_process(monkeypatch, multi_label):
+    """A multi-worker run's final evaluation: worker i scores records[i::n], the
+    scores are summed over the workers (`runtime.sum_over_workers`, a collective
+    run for real by the two-worker test of test_training_faults.py), and every
+    worker gets the metrics of all videos, skipped ones left out."""
+    from nonlocal_keras.training import data, evaluate, runtime
+
+    rng = np.random.default_rng(0)
+    num_videos, num_classes, workers = 11, 5, 3
+    table = rng.random((num_videos, num_classes)).astype(np.float32)
+    table[[2, 7]] = np.nan  # videos that could not be decoded
+    records = [data.VideoRecord(f"v{i}.mp4", tuple(rng.choice(num_classes, 2, replace=False)
+                                                   if multi_label else [i % num_classes]), i)
+               for i in range(num_videos)]
+
+    def fake_dataset(share, *args, **kwargs):
+        return share
+
+    def fake_predict(model, share, count, classes, bar):
+        scores = table[[record.row for record in share]]
+        return scores, ~np.isnan(scores[:, 0])
+
+    monkeypatch.setattr(data, "eval_dataset", fake_dataset)
+    monkeypatch.setattr(evaluate, "predict_videos", fake_predict)
+    config = {"num_classes": num_classes, "num_clips": 1, "num_crops": 1}
+    monkeypatch.setattr(data, "eval_options", lambda data_config: {})
+
+    def evaluate_as(index, count, others=0.0):
+        sent = []
+
+        def fake_sum(strategy, value):
+            sent.append(value)
+            return value + others
+
+        monkeypatch.setattr(runtime, "worker_share", lambda strategy: (index, count))
+        monkeypatch.setattr(runtime, "sum_over_workers", fake_sum)
+        results = evaluate.evaluate_records(None, records, config, multi_label, verbose=0)
+        return results, (sent[0] if sent else None)
+
+    alone, _ = evaluate_as(0, 1)
+    shares = [evaluate_as(i, workers)[1] for i in range(workers)]
+    for index in range(workers):
+        others = sum(share for i, share in enumerate(shares) if i != index)
+        together, _ = evaluate_as(index, workers, others)
+        for key in ("num_videos", "skipped_videos", "mAP", "top1", "top5"):
+            assert together.get(key) == pytest.approx(alone.get(key)), key
+    assert alone["num_videos"] == 9 and alone["skipped_videos"] == 2

@@ -11,6 +11,7 @@ over a video's views; top-1 / top-5 accuracy or mAP over videos.
 """
 
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
+
+logger = logging.getLogger(__name__)
 
 
 def predict_videos(model, dataset, num_videos, num_classes, bar=None):
@@ -81,19 +84,35 @@ def score_metrics(scores, records, num_classes, multi_label):
 
 
 def evaluate_records(model, records, data_config, multi_label, batch_size=4, skipped=None,
-                     verbose=1):
+                     verbose=1, strategy=None):
     """Run the protocol on `records`; returns the metrics dict (also counts, time).
+
+    Under a `MultiWorkerMirroredStrategy` (`strategy`, which every worker
+    passes) each worker scores its share of the videos (`records[i::n]`) and
+    every worker returns the metrics of all of them; before, every worker
+    scored every video.
 
     Raises `DatasetError` when no video could be decoded: there is nothing to
     measure, and a NaN score is not a result.
     """
     skipped = skipped if skipped is not None else data.SkippedVideos()
     num_classes = data_config["num_classes"]
-    dataset = data.eval_dataset(records, num_classes, multi_label, batch_size,
+    index, count = runtime.worker_share(strategy)
+    share = records[index::count]
+    if count > 1:
+        logger.info("Worker %d of %d evaluates %d of the %d videos.", index, count, len(share),
+                    len(records))
+    dataset = data.eval_dataset(share, num_classes, multi_label, batch_size,
                                 skipped=skipped, **data.eval_options(data_config))
     start = time.perf_counter()
-    bar = progress.VideoProgress(len(records), lambda: skipped.total, verbose)
-    scores, seen = predict_videos(model, dataset, len(records), num_classes, bar)
+    bar = progress.VideoProgress(len(share), lambda: skipped.total, verbose)
+    scores, seen = predict_videos(model, dataset, len(share), num_classes, bar)
+    if count > 1:
+        mine = np.zeros((len(records), num_classes + 1), np.float32)
+        mine[index::count, :-1] = np.nan_to_num(scores, nan=0.0)
+        mine[index::count, -1] = seen
+        every = runtime.sum_over_workers(strategy, mine)
+        scores, seen = every[:, :-1], every[:, -1] > 0
     if not seen.any():
         raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "
                            "(see the warnings above); nothing was evaluated.")

@@ -4,6 +4,7 @@ import logging
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nonlocal_keras import cpu
@@ -54,6 +55,34 @@ def make_strategy(name="auto", tpu=""):
     raise ValueError(
         "`strategy` must be auto, default, mirrored, multi_worker or tpu. "
         f"Received: strategy={name!r}")
+
+
+def worker_share(strategy):
+    """`(index, count)` of this process among the workers of a
+    `MultiWorkerMirroredStrategy` (a chief first, as the strategy numbers
+    them); `(0, 1)` for any other strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(spec.get(kind, [])))]
+    if (resolver.task_type, resolver.task_id) not in tasks:
+        return 0, 1
+    return tasks.index((resolver.task_type, resolver.task_id)), len(tasks)
+
+
+def sum_over_workers(strategy, value):
+    """The sum of every worker's NumPy array `value` (a collective: every worker
+    calls it, with arrays of one shape and dtype)."""
+    given = []
+
+    def local(context):  # the first local replica holds this worker's value
+        share = value if not given else np.zeros_like(value)
+        given.append(True)
+        return tf.constant(share)
+
+    per_replica = strategy.experimental_distribute_values_from_function(local)
+    return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 
 
 def _reducing_each_value(strategy):

@@ -320,7 +320,7 @@ def run(config, strategy=None, restart=False):
         if val_records:
             results["eval"] = evaluate.evaluate_records(
                 model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
-                verbose=runtime.keras_verbose(config["runtime"]["verbose"]))
+                verbose=runtime.keras_verbose(config["runtime"]["verbose"]), strategy=strategy)
         if chief:
             size = atomic.model_size(model)
             with atomic.replace(os.path.join(run_dir, "final.weights.h5"), size) as temporary:
