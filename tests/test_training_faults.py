@@ -176,6 +176,15 @@ def test_no_possible_step_is_an_error_naming_the_counts(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "None of the 8 training videos could be decoded" in result.stderr
     assert not (tmp_path / "run1" / "results.json").exists()
+    # Each video listed twice (oversampling): counted by rows, the 8 failed files
+    # never reached the 16 rows, and the run ended "finished" after no step, exit 0.
+    lines = open(csv_path, encoding="utf-8").read().splitlines()
+    twice = broken / "twice.csv"
+    twice.write_text("\n".join(lines[:1] + lines[1:] * 2) + "\n")
+    result = _run(_command(twice, tmp_path / "run3"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "None of the 8 training videos could be decoded" in result.stderr
+    assert not (tmp_path / "run3" / "results.json").exists()
 
     few = tmp_path / "few"
     few.mkdir()

@@ -518,6 +518,28 @@ def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path)
     assert saved["step"] == 4 and [row["epoch"] for row in saved["history"]] == [1]
 
 
+def test_an_epoch_whose_data_ran_out_is_an_error_not_a_trained_epoch(tmp_path):
+    """Keras ends an epoch whose dataset ran out ("Your input ran out of data")
+    as if it were whole: seen with a CSV listing each (undecodable) video twice,
+    the run was marked finished after no training step, exit 0."""
+    import keras
+    import tensorflow as tf
+
+    from nonlocal_keras.training import run_state
+    from nonlocal_keras.training.errors import DatasetError
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    state = run_state.RunState(str(tmp_path), steps_per_epoch=4)
+    os.makedirs(state.folder)
+    two_batches = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 2), np.float32), np.zeros((4, 1), np.float32))).batch(2)
+    with pytest.raises(DatasetError, match="ran out at step 2 of the 4 of epoch 1"):
+        model.fit(two_batches, epochs=1, steps_per_epoch=4, verbose=0,
+                  callbacks=[run_state.CommitState(state, "epoch")])
+    assert not os.path.exists(state.path)  # nothing of the epoch committed
+
+
 def test_steps_per_execution_trains_exactly_the_steps_it_counts(tmp_path):
     """Keras' fit runs whole executions on the repeated dataset: with 4 steps an
     execution an epoch of 6 steps trained 8, the run counting 6. A value that does

@@ -417,7 +417,8 @@ def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, ski
     cores = os.cpu_count() or 1
     calls = cores if num_parallel_calls == tf.data.AUTOTUNE else num_parallel_calls
     parallel = calls >= cores and (repeated or len(records) >= cores)
-    decode = _decoder(sampler, clip_shape, skipped, len(records) if repeated else None,
+    # Distinct files: a CSV may list a video twice (to oversample its class).
+    decode = _decoder(sampler, clip_shape, skipped, len(set(paths)) if repeated else None,
                       threads=1 if parallel else None)
 
     def decode_map(path, label, index):

@@ -28,7 +28,7 @@ import shutil
 import keras
 
 from nonlocal_keras.training import atomic
-from nonlocal_keras.training.errors import FolderError, UserError
+from nonlocal_keras.training.errors import DatasetError, FolderError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class CommitState(keras.callbacks.Callback):
         super().__init__()
         self.state, self.frequency, self.offset, self.writer = state, frequency, offset, writer
         self._epoch_start = state.epoch * state.steps_per_epoch
-        self._last_commit = state.step
+        self._last_commit = self._last_step = state.step
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = epoch * self.state.steps_per_epoch
@@ -231,7 +231,7 @@ class CommitState(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self._epoch_start + self.offset + batch + 1
         self._check_finite(logs, step)
-        self.state.step = step
+        self.state.step = self._last_step = step
         if (self.frequency != "epoch" and self.state.step_in_epoch
                 and self.state.step - self._last_commit >= self.frequency):
             self._last_commit = self.state.step
@@ -250,7 +250,15 @@ class CommitState(keras.callbacks.Callback):
         return True
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check_finite(logs, (epoch + 1) * self.state.steps_per_epoch)
+        end = (epoch + 1) * self.state.steps_per_epoch
+        if self._last_step != end:
+            # Keras ends an epoch whose dataset ran out ("Your input ran out of
+            # data") as a whole one: the run counted steps it never trained.
+            raise DatasetError(
+                f"The training data ran out at step {self._last_step} of the {end} of epoch "
+                f"{epoch + 1}: no training video could be decoded (see the warnings above); "
+                "nothing of that epoch was saved.")
+        self._check_finite(logs, end)
         self.offset = 0
         self.state.step = (epoch + 1) * self.state.steps_per_epoch
         row = {"epoch": epoch + 1}

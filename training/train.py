@@ -300,8 +300,8 @@ def run(config, strategy=None, restart=False):
         except tf.errors.OpError as error:
             if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
                 raise DatasetError(
-                    f"None of the {len(train_records)} training videos could be decoded (see the "
-                    "warnings above); nothing was trained. "
+                    f"None of the {len({r.path for r in train_records})} training videos could be "
+                    "decoded (see the warnings above); nothing was trained. "
                     f"Received: data.train_csv={data_config['train_csv']!r}") from None
             raise
         train_seconds = time.perf_counter() - start
