@@ -146,7 +146,7 @@ def test_a_run_folder_of_before_the_absolute_paths_resumes(tmp_path, monkeypatch
 
 
 def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
-    from nonlocal_keras.training import evaluate, train, video_io
+    from nonlocal_keras.training import errors, evaluate, train, video_io
 
     csv_path = _write_dataset(tmp_path, count=9)
     run_dir = tmp_path / "run"
@@ -165,6 +165,18 @@ def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
         hits += int(np.argmax(scores) == i % 3)
     assert results["top1"] == pytest.approx(hits / 9)
     assert results["num_videos"] == 9 and results["views_per_video"] == 3
+    # The run's config.yaml without --weights: the run's weights, not the
+    # untrained model of its `model.weights: null` (evaluated before, exit 0).
+    assert evaluate.main(["--config", str(run_dir / "config.yaml"), "--set", "data.num_clips=3",
+                          "--output", str(tmp_path / "by_config.json"), "--no-progress"]) == 0
+    by_config = json.loads((tmp_path / "by_config.json").read_text())
+    assert by_config["weights"] == str(run_dir / "final.weights.h5")
+    assert by_config["top1"] == pytest.approx(hits / 9)
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text((run_dir / "config.yaml").read_text())
+    with pytest.raises(errors.MissingFileError, match="No weights to evaluate: the config's "
+                       "model.weights are all missing"):
+        evaluate.main(["--config", str(experiment)])
 
 
 def test_invalid_rows_stop_the_run_before_training(tmp_path):

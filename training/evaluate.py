@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from nonlocal_keras import command_lines
-from nonlocal_keras.training import atomic, data, metrics, progress, runtime
+from nonlocal_keras.training import atomic, data, export, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
 
@@ -143,9 +143,10 @@ def main(argv=None):
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
         atomic.check_not_a_folder(output)
-    weights = args.weights or args.run_dir
-    if weights:
-        config["model"]["weights"] = weights
+    # --config alone: the weights that run trained (as nonlocal-export finds them),
+    # never the untrained model that config.yaml's model.weights: null builds.
+    config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(
+        config_path, config["model"].get("weights"), doing="evaluate")[0]
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(data_config)
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them

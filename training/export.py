@@ -423,8 +423,9 @@ def read_metadata(saved_model_dir):
     return metadata
 
 
-def find_weights(config_path, model_weights, checkpoint=None):
-    """`(weights, where from)` that `nonlocal-export` loads; never none.
+def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
+    """`(weights, where from)` that `nonlocal-export` (`doing`: or
+    `nonlocal-evaluate`, "evaluate") loads; never none.
 
     `checkpoint` when given; else, when `config_path` is a run's
     `config.yaml`, the run's `final.weights.h5`, else its
@@ -432,7 +433,8 @@ def find_weights(config_path, model_weights, checkpoint=None):
 
     Raises:
         MissingFileError: `checkpoint` does not exist, or none of these holds
-            weights (an export with random weights would serve noise).
+            weights (an export with random weights would serve noise, an
+            evaluation of them measure nothing).
     """
     if checkpoint:
         if not os.path.isfile(checkpoint):
@@ -452,10 +454,13 @@ def find_weights(config_path, model_weights, checkpoint=None):
         return model_weights, "the config's model.weights"
     searched = (f"{run_dir}/final.weights.h5, {run_dir}/checkpoints/last.weights.h5 and "
                 if run_dir else "")
+    why, give = {"export": ("an export with random weights would serve noise",
+                            "--checkpoint PATH.weights.h5"),
+                 "evaluate": ("random weights would be measured",
+                              "--weights (a .weights.h5 or a run folder) or --run-dir")}[doing]
     raise MissingFileError(
-        f"No weights to export: {searched}the config's model.weights are all missing, and an "
-        "export with random weights would serve noise. Give --checkpoint PATH.weights.h5. "
-        f"Received: --config={config_path!r}")
+        f"No weights to {doing}: {searched}the config's model.weights are all missing, and {why}. "
+        f"Give {give}. Received: --config={config_path!r}")
 
 
 def main(argv=None):
