@@ -207,3 +207,37 @@ def test_class_names_with_spaces_against_space_split_labels_say_how_to_fix(video
     message = str(info.value)
     assert "split at spaces; separate them with ';'" in message
     assert "row 2: 'a.mp4': unknown label 'playing'; unknown label 'guitar'" in message
+
+
+def test_numbers_that_are_class_names_are_those_classes(tmp_path):
+    """Class folders `0` .. `10` sort as text (`10` is class 2); a validation CSV
+    labelled `10` was read as class id 10 (folder `9`) without a word."""
+    for name in map(str, range(11)):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / f"v{name}.mp4").write_bytes(b"x")
+    _, names = data.read_folder_records(str(tmp_path / "train"))
+    assert names[:4] == ["0", "1", "10", "2"]
+    path = _csv(tmp_path, "path,label\ntrain/10/v10.mp4,10\ntrain/2/v2.mp4,2\n", "val.csv")
+    records, _ = data.read_csv_records(path, 11, names)
+    assert [names[r.labels[0]] for r in records] == ["10", "2"]
+    # Without class names a number is a class id, as before.
+    assert [r.labels for r in data.read_csv_records(path, 11)[0]] == [(10,), (2,)]
+
+
+def test_more_cells_than_columns_and_a_stray_quote_are_errors_naming_the_rows(videos):
+    """`a.mp4,3,17,41` was read as label 3, dropping 17 and 41 without a word; a
+    quote left open made csv's field-size error a traceback."""
+    path = _csv(videos, "path,labels\na.mp4,3,17,41\nb.mp4,2 5\nc.mp4,1,\n")
+    with pytest.raises(data.DatasetError, match=r"1 row\(s\) with more cells than the 2 columns "
+                       r"of its header.*\n  row 2: 4 cells \('a.mp4,3,17,41'\)$"):
+        data.read_csv_records(path, 50, argument="data.train_csv")
+    headless = _csv(videos, "a.mp4,guitar, playing\n", "headless.csv")
+    with pytest.raises(data.DatasetError, match="more cells than the 2 columns of path,label"):
+        data.infer_class_names(headless)
+    # More columns in the header: theirs (a trailing empty cell is no label either).
+    wide = _csv(videos, "path,label,start\na.mp4,1,0.5\nb.mp4,2,\n", "wide.csv")
+    assert [r.labels for r in data.read_csv_records(wide, 3)[0]] == [(1,), (2,)]
+    quote = _csv(videos, 'path,label\na.mp4,"7\n' + "b.mp4,1\n" * 20000, "quote.csv")
+    with pytest.raises(data.DatasetError, match=r"quote.csv' is not a readable CSV \(line "
+                       r"\d+: field larger than field limit"):
+        data.read_csv_records(quote, 10, argument="data.val_csv")

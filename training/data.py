@@ -69,8 +69,14 @@ def _read_text(csv_path, argument):
 
 def _read_rows(csv_path, argument="csv_path"):
     text = _read_text(csv_path, argument)
-    rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
-            if row and any(cell.strip() for cell in row)]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [(n, row) for n, row in enumerate(reader, start=1)
+                if row and any(cell.strip() for cell in row)]
+    except csv.Error as error:  # a stray quote runs on to the field size limit
+        raise DatasetError(f"{csv_path!r} is not a readable CSV (line {reader.line_num}: "
+                           f"{error}); look for an unmatched '\"'. "
+                           f"Received: {argument}={csv_path!r}") from None
     header = None
     if rows and rows[0][1][0].strip().lower() in ("path", "path;label", "path;labels"):
         header = [cell.strip().lower() for cell in rows[0][1]]
@@ -78,6 +84,14 @@ def _read_rows(csv_path, argument="csv_path"):
     if (header and ";" in header[0]) or (rows and all(len(r) == 1 and ";" in r[0] for _, r in rows)):
         raise DatasetError(f"{csv_path!r} separates its columns with ';'; write "
                            f"'path,label' with commas. Received: {argument}={csv_path!r}")
+    # `a.mp4,3,17,41`: the labels 17 and 41 would be dropped without a word.
+    columns = len(header) if header else 2
+    extra = [f"row {n}: {len(row)} cells ({','.join(row)!r})" for n, row in rows
+             if any(cell.strip() for cell in row[columns:])]
+    _raise_for_problems(extra, csv_path, argument, summary=(
+        f"{len(extra)} row(s) with more cells than the {columns} columns of "
+        f"{'its header' if header else 'path,label'} (several labels go in one cell, separated "
+        "by spaces or ';'; a name with a comma in double quotes)"))
     return header, rows
 
 
@@ -137,8 +151,9 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     Args:
         csv_path: the CSV file.
         num_classes: labels must be ids in [0, num_classes).
-        class_names: optional list; labels that are not integers are looked
-            up in it.
+        class_names: optional list; a label that is one of them is that
+            class (also a number: class folders `0` .. `10`), else an integer
+            is a class id.
         argument: the config field named in error messages.
 
     Returns:
@@ -172,13 +187,15 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             continue
         labels, bad = [], []
         for token in tokens:
-            if _is_int(token):
+            # A name first: with class folders `0` .. `10` (sorted as text, so
+            # `10` is class 2), the label `10` is the folder, not class id 10.
+            if token in name_to_id:
+                label = name_to_id[token]
+            elif _is_int(token):
                 label = int(token)
                 if not 0 <= label < num_classes:
                     bad.append(f"class id {label} not in [0, {num_classes})")
                     continue
-            elif token in name_to_id:
-                label = name_to_id[token]
             else:
                 bad.append(f"unknown label {token!r}")
                 continue
