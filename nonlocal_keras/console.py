@@ -37,6 +37,12 @@ from nonlocal_keras import command_lines, cpu
 
 
 def _run(prog, module_name):
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (`bad\xffname.mp4`, held as a lone
+        # surrogate) or a character the terminal's encoding lacks is printed as
+        # an escape, not a UnicodeEncodeError (a traceback, after the work).
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     sys.stdout, sys.stderr = OutlivesItsTerminal(sys.stdout), OutlivesItsTerminal(sys.stderr)
     _interrupt_at_once(prog)
     status = 1

@@ -4,6 +4,7 @@ unreadable or truncated files are reported one by one; user errors are one line.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -94,6 +95,25 @@ def test_unreadable_files_are_reported_and_fail_the_run(setup, capsys):
     assert f"{broken}: cannot read video" in err
     assert f"{missing}: cannot read video" in err
     assert "2 of 3 video(s) failed" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_printed(setup, tmp_path):
+    """`bad\\xffname.mp4` could not become a string tensor: a traceback, and no video
+    was predicted; printed under a strict UTF-8 stdout, a UnicodeEncodeError."""
+    model, saved, videos, _, _ = setup
+    weird = os.path.join(os.fsencode(str(tmp_path)), b"bad\xffname.mp4")
+    shutil.copyfile(videos[0], weird)
+    script = os.path.join(os.path.dirname(sys.executable), "nonlocal-predict")
+    run = subprocess.run([script, os.fsdecode(weird), videos[1], "--model", saved, "--top-k", "1",
+                          "--no-progress"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = parse_top_k(run.stdout)
+    assert list(printed) == [os.path.join(str(tmp_path), "bad\\udcffname.mp4"), videos[1]]
+    [(name, probability)] = printed[list(printed)[0]]  # the copy of videos[0]
+    scores = expected_scores(model, videos[0])
+    assert name == CLASS_NAMES[int(np.argmax(scores))]
+    assert probability == pytest.approx(scores.max(), abs=2e-4)
 
 
 def test_a_truncated_video_is_reported_like_an_unreadable_one(setup, tmp_path, capsys):

@@ -399,7 +399,7 @@ def _decoder(sampler, clip_shape, skipped, num_videos=None, threads=None):
     lock = threading.Lock()
 
     def decode(path, seed):
-        path = path.decode()
+        path = os.fsdecode(path)
         try:
             frames = video_io.decode_frames(path, lambda total: sampler(total, seed), threads)
             with lock:
@@ -422,7 +422,9 @@ def _decoder(sampler, clip_shape, skipped, num_videos=None, threads=None):
 def _decoded_dataset(records, num_classes, multi_label, sampler, clip_shape, skipped,
                      shuffle, seed, num_parallel_calls, deterministic, repeated=False):
     """(frames, label, index) of every decodable video; `index` is its position."""
-    paths = [r.path for r in records]
+    # As bytes: a file name that is not UTF-8 (`bad\xffname.mp4`) cannot be a
+    # string tensor (a traceback, and no video was predicted).
+    paths = [os.fsencode(r.path) for r in records]
     labels = _label_tensor(records, num_classes, multi_label)
     order = np.arange(len(records), dtype=np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels, order))
