@@ -607,3 +607,35 @@ def test_evaluate_output_naming_a_folder_is_refused_before_the_evaluation(tmp_pa
     with pytest.raises(FolderError, match="a folder is there"):
         atomic.write_json(str(tmp_path), {"top1": 1.0})
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
+    """Seen: a run stopped 22 steps into its second 100-step epoch, rerun with
+    `schedule.epochs=1`, was written as finished at step 122, exit 0; a finished
+    run rerun with another `data.val_csv` printed the old set's results (exit 0);
+    one whose results.json was gone was a FileNotFoundError traceback."""
+    from nonlocal_keras.training import train
+    from nonlocal_keras.training.run_state import RunFolderError
+
+    csv_path = _write_dataset(tmp_path, count=8)  # 2 steps an epoch
+    run_dir = tmp_path / "run"
+    overrides = _overrides(csv_path, run_dir, "schedule.epochs=1")
+    train.run(config_lib.load_config(None, overrides))
+    other_val = tmp_path / "other_val.csv"
+    other_val.write_text("".join(open(csv_path).readlines()[:4]))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RunFolderError, match="does not evaluate it again on another validation "
+                       f"set: nonlocal-evaluate --run-dir {run_dir} evaluates it"):
+        train.run(config_lib.load_config(None, overrides + [f"data.val_csv={other_val}"]))
+    assert train.run(config_lib.load_config(None, overrides))[1]["steps"] == 2
+    (run_dir / "results.json").unlink()
+    with pytest.raises(RunFolderError, match="has finished, but its results.json is missing"):
+        train.run(config_lib.load_config(None, overrides))
+    state_file = run_dir / "state" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(dict(state, step=3, finished=False)))  # 1 step into epoch 2
+    with pytest.raises(RunFolderError, match=r"has 3 steps done \(1 finished epochs of 2 steps\), "
+                       "more than this command asks for"):
+        train.run(config_lib.load_config(None, overrides))
+    del before[run_dir / "results.json"], before[state_file]
+    assert {p: p.read_bytes() for p in before} == before

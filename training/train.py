@@ -254,20 +254,20 @@ def run(config, strategy=None, restart=False):
                       steps_per_execution=config["runtime"]["steps_per_execution"])
     # After the checks, whose messages show the paths as given.
     config = _absolute_paths(config)
-    if not restart:
-        _check_same_experiment(run_dir, config, chief)
+    previous = None if restart else _check_same_experiment(run_dir, config, chief)
     # Held until the run's last file is written (see run_state.folder_lock).
     with contextlib.ExitStack() as held:
         if chief:
             held.enter_context(run_state.folder_lock(run_dir))
         state = run_state.RunState(run_dir, steps_per_epoch)
         if not restart and state.read():
-            if state.epoch > epochs:
+            if state.step > epochs * steps_per_epoch:  # a part of an epoch counts too
                 raise run_state.RunFolderError(
-                    f"The run folder has {state.epoch} finished epochs, more than this command "
-                    f"asks for. Received: schedule.epochs={epochs}")
+                    f"The run folder has {state.step} steps done ({state.epoch} finished epochs "
+                    f"of {steps_per_epoch} steps), more than this command asks for. "
+                    f"Received: schedule.epochs={epochs}")
             if state.finished and state.epoch == epochs:
-                return _finished(run_dir, model, state)
+                return _finished(run_dir, model, state, previous, config)
         # A run stopped mid-epoch with another steps_per_execution.
         _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
 
@@ -375,12 +375,24 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
             raise ClusterError.peer_left(error.message, "its last commit") from None
 
 
-def _finished(run_dir, model, state):
+def _finished(run_dir, model, state, previous, config):
+    evaluate_with = (f"nonlocal-evaluate --run-dir {run_dir} evaluates it (--set "
+                     "data.val_csv=CSV for another set)")
+    val_csv = config["data"].get("val_csv")
+    if previous and previous["data"].get("val_csv") != val_csv:
+        raise run_state.RunFolderError(
+            f"The run in {run_dir!r} has finished, and nonlocal-train does not evaluate it again "
+            f"on another validation set: {evaluate_with}. Received: data.val_csv={val_csv!r}")
+    results = os.path.join(run_dir, "results.json")
+    if not os.path.isfile(results):
+        raise run_state.RunFolderError(
+            f"The run in {run_dir!r} has finished, but its results.json is missing: "
+            f"{evaluate_with}; --restart trains it again.")
     logger.info("The run in %s has finished (%d epochs, %d steps); nothing to train. Add epochs "
                 "(--set schedule.epochs=N) to continue it, or --restart to start over.",
                 run_dir, state.epoch, state.step)
     state.restore(model)
-    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
+    with open(results, encoding="utf-8") as handle:
         return model, json.load(handle)
 
 
