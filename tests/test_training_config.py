@@ -52,6 +52,9 @@ def test_set_overrides_parse_yaml_values():
     ("optimizer.weight_decay=.nan", "`optimizer.weight_decay` must be a finite number"),
     ("optimizer.momentum=-inf", "optimizer.momentum=-inf"),
     ("data.std=[1, inf, 1]", "`data.std` must be a finite number"),
+    # Found by a walk: a traceback (Keras' seed), and a rate divided by 100 at once.
+    ("train.seed=4294967296", "Received: train.seed=4294967296"),
+    ("schedule.boundaries=[0.5, 0.5]", "increasing"),
 ])
 def test_bad_fields_are_errors_naming_them(override, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -75,6 +78,27 @@ def test_the_stem_must_agree_with_the_clip_for_the_paper_networks(name, frames, 
     with pytest.raises(config_lib.ConfigError, match="model.stem.*data.num_frames") as info:
         config_lib.load_config(None, overrides)
     assert f"data.num_frames={frames}" in str(info.value)
+
+
+def test_the_stem_check_sees_through_a_module_path_and_leaves_odd_stems_to_the_constructor():
+    """`nonlocal_keras.applications:C2DResNet50` passed the check its short name
+    failed; `model.stem=[8, 8]` was a TypeError traceback (a list is unhashable)."""
+    with pytest.raises(config_lib.ConfigError, match="model.stem.*data.num_frames"):
+        config_lib.load_config(None, ["model.name=nonlocal_keras.applications:C2DResNet50",
+                                      "data.num_frames=32", "model.stem=8x8"])
+    config = config_lib.load_config(None, ["model.stem=[8, 8]"])
+    assert config["model"]["stem"] == [8, 8]
+
+
+def test_a_leading_tilde_in_a_path_is_the_home_folder(monkeypatch, tmp_path):
+    """`--set runtime.output_dir=~/runs/x` (no shell expands that `~`) made a
+    folder named `~` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = config_lib.load_config(None, ["runtime.output_dir=~/runs/x",
+                                           "data.train_csv=~/train.csv", "model.weights=imagenet"])
+    assert config["runtime"]["output_dir"] == str(tmp_path / "runs" / "x")
+    assert config["data"]["train_csv"] == str(tmp_path / "train.csv")
+    assert config["model"]["weights"] == "imagenet"
 
 
 @pytest.mark.parametrize("frames,stem", [(8, "8x8"), (32, "32x2"), (128, "32x2"), (16, "8x8")])
@@ -180,3 +204,20 @@ def test_the_charades_recipe_loads_its_kinetics_run(tmp_path):
         if not before.path.startswith("pred/"):
             np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
     keras.backend.clear_session()
+
+
+def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monkeypatch):
+    """Each was a traceback (exit 1): a TF_CONFIG that is not JSON, `runtime.strategy:
+    tpu` without a TPU, and a `model.name` whose function returns no model."""
+    from nonlocal_keras.training import models, runtime
+
+    monkeypatch.setenv("TF_CONFIG", "{bad")
+    with pytest.raises(config_lib.ConfigError, match="TF_CONFIG is not JSON.*Received: "
+                       "TF_CONFIG='{bad'"):
+        runtime.make_strategy("multi_worker")
+    with pytest.raises(config_lib.ConfigError, match="Cannot find the TPU"):
+        runtime.make_strategy("tpu", "")
+    data_config = dict(config_lib.DEFAULTS["data"], num_classes=3)
+    with pytest.raises(config_lib.ConfigError, match="returned a dict. Received: "
+                       "model.name='builtins:dict'"):
+        models.build_model({"name": "builtins:dict"}, data_config, False)

@@ -344,7 +344,8 @@ def validate(config):
     _at_least(config, "schedule.epochs", 1)
     _at_least(config, "schedule.steps_per_epoch", 1, allow_none=True)
     boundaries = schedule["boundaries"]
-    if any(not 0 < b < 1 for b in boundaries) or boundaries != sorted(boundaries):
+    if any(not 0 < b < 1 for b in boundaries) or any(
+            b >= c for b, c in zip(boundaries, boundaries[1:])):
         _fail("schedule.boundaries", boundaries, "must be increasing fractions of the run in (0, 1)")
     if not 0 < schedule["decay"] <= 1:
         _fail("schedule.decay", schedule["decay"], "must be in (0, 1]")
@@ -354,7 +355,8 @@ def validate(config):
 
     _at_least(config, "train.batch_size", 1)
     _at_least(config, "train.eval_batch_size", 1)
-    _at_least(config, "train.seed", 0)
+    if not 0 <= config["train"]["seed"] < 2**32:  # NumPy's and Keras' seed range
+        _fail("train.seed", config["train"]["seed"], "must be in [0, 2**32)")
 
     if not runtime["output_dir"].strip():
         _fail("runtime.output_dir", runtime["output_dir"], "must name a folder")
@@ -370,17 +372,36 @@ def validate(config):
         _fail("runtime.verbose", verbose, "must be 'auto', 0, 1 or 2")
     _at_least(config, "runtime.steps_per_execution", 1)
     _check_stem(config)
+    _expand_home(config)
     return config
+
+
+# Fields that name the files a run reads (`model.weights` may also be a keyword
+# such as "imagenet", `data.class_names` a list).
+INPUT_FIELDS = (("data", "train_csv"), ("data", "val_csv"), ("data", "class_names"),
+                ("model", "weights"))
+
+
+def _expand_home(config):
+    # `--set runtime.output_dir=~/runs/x` reaches us with its `~` (a shell expands
+    # a word's leading `~` only), which made a folder `~` in the working directory.
+    for section, field in INPUT_FIELDS + (("runtime", "output_dir"),):
+        value = config[section].get(field)
+        if isinstance(value, str) and value.startswith("~"):
+            config[section][field] = os.path.expanduser(value)
 
 
 def _check_stem(config):
     """The named ResNets must see the paper's clip: the stem and clip length agree."""
     model, frames = config["model"], config["data"]["num_frames"]
-    if model["name"] not in PAPER_RESNETS:
+    module, _, name = model["name"].rpartition(":")  # also `nonlocal_keras.applications:C2DResNet50`
+    if name not in PAPER_RESNETS or not (module == "" or module.startswith("nonlocal_keras")):
         return
     stem = model.get("stem", DEFAULT_STEM)
     official = [n for s, counts in STEM_FRAMES.items() for n in counts]
-    if stem in STEM_FRAMES and frames in official and frames not in STEM_FRAMES[stem]:
+    # A stem that is not one of theirs (`[8, 8]`) is the constructor's to refuse.
+    if (isinstance(stem, str) and stem in STEM_FRAMES and frames in official
+            and frames not in STEM_FRAMES[stem]):
         settings = "; ".join(f"stem {s!r} takes {' or '.join(map(str, n))}-frame clips"
                              for s, n in STEM_FRAMES.items())
         raise ConfigError(

@@ -13,6 +13,7 @@ import tempfile
 import warnings
 
 import h5py
+import keras
 import numpy as np
 
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
@@ -98,6 +99,10 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
     except (ValueError, TypeError, OSError) as error:  # OSError: a download that failed
         raise ConfigError(f"Cannot build {describe(model_config)}: {error} "
                           f"Received: model={model_config!r}") from error
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"`model.name` must name a function that returns a keras.Model; "
+                          f"{model_config['name']} returned a {type(model).__name__}. "
+                          f"Received: model.name={model_config['name']!r}")
     if ours:
         path = weights_file(weights)
         if fine_tune:

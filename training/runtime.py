@@ -1,6 +1,8 @@
 """Distribution strategy and precision policy chosen by config flags."""
 
+import json
 import logging
+import os
 import sys
 
 import keras
@@ -9,6 +11,7 @@ import tensorflow as tf
 
 from nonlocal_keras import cpu
 from nonlocal_keras.console import is_terminal, take_back_signals
+from nonlocal_keras.training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +46,20 @@ def make_strategy(name="auto", tpu=""):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
+        try:
+            json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except ValueError as error:  # TensorFlow's own message is a JSONDecodeError traceback
+            raise ConfigError(f"The environment variable TF_CONFIG is not JSON ({error}). "
+                              f"Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from None
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # Its coordination service takes SIGTERM over (see take_back_signals).
         take_back_signals()
         return _reducing_each_value(strategy)
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        except ValueError as error:  # no TPU of that name, or none here
+            raise ConfigError(f"Cannot find the TPU ({error}). Received: runtime.tpu={tpu!r}") from None
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)

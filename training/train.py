@@ -51,10 +51,6 @@ RESUMABLE_CHANGES = {
     ("runtime", "output_dir"),
 }
 
-# Fields that name files or folders. The run's config.yaml holds them absolute,
-# so that it means the same files from any working directory (`nonlocal-evaluate
-# --run-dir`, a rerun from elsewhere) instead of whatever `val.csv` is there.
-PATH_FIELDS = (("data", "train_csv"), ("data", "val_csv"), ("model", "weights"))
 
 
 def _loss_and_metrics(multi_label, num_classes):
@@ -159,10 +155,12 @@ def _check_same_experiment(run_dir, config, chief=True):
 
 
 def _absolute_paths(config):
-    """`config` with the PATH_FIELDS that name an existing file or folder made
-    absolute (`model.weights` may also be a keyword such as "imagenet")."""
+    """`config` with the files it reads (`config_lib.INPUT_FIELDS`) made absolute
+    where they exist, so that the run's config.yaml means the same files from any
+    working directory (`nonlocal-evaluate --run-dir`, a rerun from elsewhere)
+    instead of whatever `val.csv` is there."""
     located = {section: dict(fields) for section, fields in config.items()}
-    for section, field in PATH_FIELDS:
+    for section, field in config_lib.INPUT_FIELDS:
         value = located.get(section, {}).get(field)
         if isinstance(value, str) and os.path.exists(value):
             located[section][field] = os.path.abspath(value)
