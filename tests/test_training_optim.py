@@ -7,20 +7,30 @@ import pytest
 from nonlocal_keras.training import optim
 
 
-def test_l2_is_added_to_kernel_gradients_only():
-    kernel = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], np.float32))
-    bias = keras.Variable(np.array([4.0, -1.0], np.float32))
-    grads = [np.array([[0.1, 0.2], [0.3, 0.4]], np.float32), np.array([0.5, 0.5], np.float32)]
+def test_l2_is_added_to_every_gradient_but_batchnorms():
+    """As the official add_parameter_update_ops: every parameter but the `_bn`
+    ones (WEIGHT_DECAY_BN 0), biases included."""
+    kernel = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), name="kernel")
+    bias = keras.Variable(np.array([4.0, -1.0], np.float32), name="bias")
+    bn = keras.layers.BatchNormalization()
+    bn.build((None, 2))
+    gamma, beta = bn.gamma, bn.beta
+    gamma.assign([2.0, 3.0])
+    beta.assign([1.0, -1.0])
+    grads = [np.array([[0.1, 0.2], [0.3, 0.4]], np.float32), np.array([0.5, 0.5], np.float32),
+             np.array([0.2, 0.1], np.float32), np.array([0.3, 0.6], np.float32)]
     optimizer = optim.SGDWithL2(l2=0.1, learning_rate=0.5, momentum=0.9)
-    k0, b0 = kernel.numpy().copy(), bias.numpy().copy()
-    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias])
-    # momentum buffers start at 0: first step is -lr * (g + l2 * w) for kernels.
+    k0, b0, g0, beta0 = (v.numpy().copy() for v in (kernel, bias, gamma, beta))
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias, gamma, beta])
+    # momentum buffers start at 0: first step is -lr * (g + l2 * w), BN's without l2.
     np.testing.assert_allclose(kernel.numpy(), k0 - 0.5 * (grads[0] + 0.1 * k0), rtol=1e-6)
-    np.testing.assert_allclose(bias.numpy(), b0 - 0.5 * grads[1], rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), b0 - 0.5 * (grads[1] + 0.1 * b0), rtol=1e-6)
+    np.testing.assert_allclose(gamma.numpy(), g0 - 0.5 * grads[2], rtol=1e-6)
+    np.testing.assert_allclose(beta.numpy(), beta0 - 0.5 * grads[3], rtol=1e-6)
     # Second step: velocity v = 0.9 v - lr * g_total.
     k1 = kernel.numpy().copy()
     v1 = -0.5 * (grads[0] + 0.1 * k0)
-    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias])
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], [kernel, bias, gamma, beta])
     v2 = 0.9 * v1 - 0.5 * (grads[0] + 0.1 * k1)
     np.testing.assert_allclose(kernel.numpy(), k1 + v2, rtol=1e-5)
 

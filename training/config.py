@@ -81,8 +81,9 @@ class OptimizerConfig:
     # SGD learning rate for `train.batch_size` clips (paper: 0.01 for 64).
     learning_rate: float = 0.01
     momentum: float = 0.9
-    nesterov: bool = False
-    # L2 on convolution / dense kernels only (not BN, not biases).
+    # The official SOLVER.NESTEROV (the paper does not say).
+    nesterov: bool = True
+    # L2 on every parameter but BatchNorm's (official WEIGHT_DECAY_BN: 0): `optim.is_decayed`.
     weight_decay: float = 1e-4
 
 

@@ -1,11 +1,12 @@
 """The paper's optimiser: SGD + momentum with L2 on weights, and a step schedule.
 
 Caffe2's weight decay (the official code) adds `weight_decay * w` to the
-gradient of every weight before the momentum update: an L2 penalty, not the
-decoupled decay of `keras.optimizers.SGD(weight_decay=...)`. The paper applies
-it to weights only; here "weights" are the variables of rank >= 2 (convolution
-and dense kernels), so BatchNormalization scales/offsets and biases are
-excluded.
+gradient of every parameter before the momentum update: an L2 penalty, not the
+decoupled decay of `keras.optimizers.SGD(weight_decay=...)`. The official
+`add_parameter_update_ops` decays every parameter but the BatchNorm ones (names
+with `_bn`, `WEIGHT_DECAY_BN: 0`): kernels and biases (those of the non-local
+blocks' projections and of the classifier). Here: every variable but the
+normalisation layers' `gamma` and `beta`. Until 2026-12-05 biases were left out.
 """
 
 import keras
@@ -13,14 +14,17 @@ import tensorflow as tf
 from keras import ops
 
 
+NOT_DECAYED = ("gamma", "beta")  # the variables of Keras' normalisation layers
+
+
 def is_decayed(variable):
-    """Kernels (rank >= 2) get L2; BN gamma/beta and biases (rank 1) do not."""
-    return len(variable.shape) >= 2
+    """Kernels and biases get L2; BatchNorm's gamma and beta do not."""
+    return variable.name not in NOT_DECAYED
 
 
 @keras.saving.register_keras_serializable(package="nonlocal_keras")
 class SGDWithL2(keras.optimizers.SGD):
-    """`keras.optimizers.SGD` whose gradients get `l2 * w` added for kernels.
+    """`keras.optimizers.SGD` whose gradients get `l2 * w` added (`is_decayed`).
 
     With momentum on TensorFlow, each variable's update is one fused kernel
     (`ResourceApplyKerasMomentum`) computing Keras' rule.
