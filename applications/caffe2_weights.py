@@ -103,7 +103,7 @@ def read_caffe2_pickle(path):
     return content
 
 
-def load_caffe2_weights(model, blobs):
+def load_caffe2_weights(model, blobs, may_lack=()):
     """Loads official Caffe2 blobs (a dict or a `.pkl` path) into `model`.
 
     Returns:
@@ -111,24 +111,34 @@ def load_caffe2_weights(model, blobs):
         state such as `*_momentum`, `lr`, `model_iter`), which are ignored.
 
     Raises:
-        ValueError: naming the blobs the model needs and the file lacks, or a
-            blob whose shape does not fit its layer.
+        ValueError: naming the blobs the model needs and the file lacks
+            (but those starting with one of `may_lack`, left as they are),
+            or a blob whose shape does not fit its layer.
 
     The frozen-BN releases (`*_I3D_pretrain_*`, trained with the official
     `USE_AFFINE`) store each BN as an affine `x * _s + _b` without running
     statistics: such a BN gets mean 0 and variance `1 - epsilon`, which makes
-    it that affine map.
+    it that affine map. A 2D kernel `(C_out, C_in, H, W)` (the official ImageNet
+    ResNets) for a `t x H x W` convolution is inflated as the official
+    `initialize_master_gpu_model_params` does: `t` copies along time, divided by `t`.
     """
     if isinstance(blobs, str):
         blobs = read_caffe2_pickle(blobs)
     entries = caffe2_blob_map(model)
     blobs = _with_affine_statistics(blobs, [name for _, name, _ in entries])
-    missing = [name for _, name, _ in entries if name not in blobs]
+    missing = [name for _, name, _ in entries
+               if name not in blobs and not name.startswith(tuple(may_lack))]
     if missing:
         raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
                          f"the first {missing[0]!r}: {', '.join(missing[:10])}")
     for variable, name, layout in entries:
-        value = _to_keras(np.asarray(blobs[name]), layout)
+        if name not in blobs:
+            continue
+        value = np.asarray(blobs[name])
+        if layout == "conv" and value.ndim == 4 and len(variable.shape) == 5:
+            frames = variable.shape[0]
+            value = np.stack([value] * frames, axis=2) / frames
+        value = _to_keras(value, layout)
         if value.shape != tuple(variable.shape):
             raise ValueError(f"Blob {name!r} has shape {np.shape(blobs[name])}, which does not fit "
                              f"{variable.path} {tuple(variable.shape)} of {model.name!r}.")

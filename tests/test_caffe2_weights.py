@@ -343,3 +343,42 @@ def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, 
     # Evaluation and export load strictly: a classifier of another size is an error.
     with pytest.raises(ConfigError, match="another class count"):
         models.build_model(model_config, data_config, multi_label=False)
+
+
+def test_fine_tuning_from_an_official_2d_imagenet_pickle_inflates_it(tmp_path, caplog):
+    """The Kinetics configs start from the official ImageNet ResNet (2D kernels,
+    no non-local blobs, 1000 classes): `conv1_w (64, 3, 7, 7)` did not fit conv1.
+    Each t x k x k kernel is now t copies of the 2D one divided by t (the official
+    inflation), the non-local blocks and the classifier start new."""
+    import logging
+
+    from nonlocal_keras.training import models
+
+    source = small_model(seed=0)
+    rng = np.random.default_rng(1)
+    blobs = {name: (rng.normal(0, 0.1, value.shape[:2] + value.shape[3:]).astype("float32")
+                    if name.endswith("_w") and value.ndim == 5 else value)
+             for name, value in official_blobs(source).items() if not name.startswith("nonlocal_")}
+    blobs["pred_w"] = rng.normal(0, 0.1, (1000, 256)).astype("float32")
+    blobs["pred_b"] = np.zeros(1000, "float32")
+    write_pickle(tmp_path / "imagenet.pkl", blobs, wrap=True)
+    model_config = {"name": "VideoResNet", "stage_blocks": [2, 2, 1, 1], "width": 8,
+                    "conv1_time": 5, "inflated_blocks": {"res2": "all", "res3": "even",
+                                                         "res5": "odd"},
+                    "nonlocal_blocks": {"res3": [1], "res4": [0]},
+                    "weights": str(tmp_path / "imagenet.pkl")}
+    data_config = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
+    with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+        tuned = models.build_model(model_config, data_config, multi_label=False, fine_tune=True)
+    assert "the non-local blocks (the file has none)" in caplog.text
+    inflated = 0
+    for layer in tuned.layers:
+        if isinstance(layer, keras.layers.Conv3D):
+            kernel = np.asarray(layer.kernel)  # (t, k, k, in, out)
+            expected = blobs[f"{layer.name}_w"].transpose(2, 3, 1, 0) / kernel.shape[0]
+            for plane in kernel:
+                np.testing.assert_allclose(plane, expected, rtol=1e-6)
+            inflated += kernel.shape[0] > 1
+        elif isinstance(layer, NonLocal3D):
+            assert not np.asarray(layer.bn.gamma).any()  # the block's identity start
+    assert inflated >= 3  # conv1 (5 frames) and the inflated blocks' 3x1x1 kernels

@@ -16,6 +16,7 @@ import h5py
 import keras
 import numpy as np
 
+from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -224,8 +225,13 @@ def load_caffe2_for_fine_tuning(model, path):
         # Caffe2 stores the classifier as (classes, channels).
         blobs["pred_w"] = np.asarray(layer.kernel).T
         blobs["pred_b"] = np.asarray(layer.bias)
+    # An ImageNet file (2D, inflated on loading) has no non-local blocks: as in
+    # the official training, they start from their initialisers.
+    lacking = [name for name in ("nonlocal_",) if not any(b.startswith(name) for b in blobs)]
     try:
-        load_caffe2_weights(model, blobs)
+        load_caffe2_weights(model, blobs, may_lack=lacking)
     except ValueError as error:
         raise ConfigError(f"{error} Received: model.weights={path!r}") from error
+    if lacking and any(isinstance(layer, NonLocal3D) for layer in model.layers):
+        logger.info("Left new (freshly initialised): the non-local blocks (the file has none).")
     logger.info("Loaded the official weights %s.", path)
