@@ -306,6 +306,41 @@ def test_b_frame_video_equals_a_full_decode_indexed(b_frame_video, sampler, thre
     np.testing.assert_array_equal(decoded, reference[indices])
 
 
+@pytest.fixture(scope="module")
+def cut_without_reencoding(b_frame_video, tmp_path_factory):
+    """`b_frame_video` cut 40 frames in as `ffmpeg -ss ... -c copy` cuts: the
+    packets from the keyframe before the cut stay (a B-frame stream needs them)
+    with times before 0, which the MP4 muxer hides with an edit list."""
+    import av
+
+    path = tmp_path_factory.mktemp("cut") / "cut.mp4"
+    with av.open(str(b_frame_video)) as source, av.open(str(path), "w") as target:
+        stream = source.streams.video[0]
+        copy = target.add_stream_from_template(stream)
+        packets = [packet for packet in source.demux(stream) if packet.size]
+        shift = 40 * int(round(1 / (stream.average_rate * stream.time_base)))
+        for packet in packets:
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = copy
+            target.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == LONG  # the hidden frames counted
+    return path
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_a_video_cut_without_reencoding_equals_a_full_decode_indexed(cut_without_reencoding,
+                                                                      sampler):
+    """It read every frame 40 frames early (the hidden ones counted), and a clip
+    near the end was 'truncated: decoded 8 of 16 needed frames'."""
+    reference = np.stack(full_decode(cut_without_reencoding))
+    assert len(reference) == LONG - 40
+    indices = np.minimum(SAMPLERS[sampler](len(reference)), len(reference) - 1)
+    decoded = video_io.decode_frames(cut_without_reencoding, SAMPLERS[sampler])
+    np.testing.assert_array_equal(decoded, reference[np.maximum(indices, 0)])
+
+
 def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
     # After a seek to the keyframe before 100, with frames 110, 118, ... wanted:
     # of the unwanted pictures only the references are decoded (x264's
@@ -313,7 +348,7 @@ def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
     import av
 
     path = b_frame_video
-    _, timeline = video_io._read_timeline(path)
+    _, timeline, _ = video_io._read_timeline(path)
     reference = full_decode(path)
     wanted = list(range(110, LONG, 8))
     outputs = {}

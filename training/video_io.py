@@ -119,17 +119,18 @@ def _stated_frames(path):
 
 def _decode(path, sampler, threads=None):
     stated = _stated_frames(path)
-    total, timeline = stated, None
-    if not stated:
-        total, timeline = _read_timeline(path)
-        if not total:
-            raise VideoDecodeError(path, "no decodable frame")
+    # The packet times identify each frame, so that unwanted ones can be skipped.
+    count, timeline, hidden = _read_timeline(path)
+    # A file cut without re-encoding (`ffmpeg -ss ... -c copy`) keeps the frames
+    # from the keyframe before the cut, hidden by an edit list: the container
+    # counts them (and others, before that keyframe, that FFmpeg's demuxer
+    # drops), the decoder never shows them. Then the shown packets are the count.
+    total = count if hidden or not stated else stated
+    if not total:
+        raise VideoDecodeError(path, "no decodable frame")
     clips = _Clips(sampler, total)
-    if timeline is None:
-        # The packet times identify each frame, so that unwanted ones can be skipped.
-        _, timeline = _read_timeline(path)
     reached, error = _decode_wanted(path, clips, timeline, threads)
-    if clips.missing() and error is None and reached and stated - reached <= _STATED_SLACK:
+    if clips.missing() and error is None and reached and total - reached <= _STATED_SLACK:
         # The container overstated its length by a frame or two (or counted
         # packets that hold no picture): sample again with the true length,
         # as a full decode would have.
@@ -172,24 +173,29 @@ class _Clips:
 
 
 def _read_timeline(path):
-    """(frame count, sorted presentation times or None) from the packets alone.
+    """(frame count, sorted presentation times or None, hidden frames) from the
+    packets alone.
 
     Demuxing reads the file but decodes nothing. The sorted packet times
     are the frames' times in display order, which lets a seek tell which
     frame it landed on; None when a packet has no time (then no seeking).
+    Packets an edit list hides (FFmpeg flags them to be decoded, as references,
+    and discarded) are no frames of the video: they are counted apart.
     """
-    times = []
+    times, hidden = [], 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         try:
             for packet in container.demux(stream):
-                if packet.size:
+                if packet.size and packet.is_discard:
+                    hidden += 1
+                elif packet.size:
                     times.append(packet.pts)
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
     if any(t is None for t in times):
-        return len(times), None
-    return len(times), sorted(times)
+        return len(times), None, hidden
+    return len(times), sorted(times), hidden
 
 
 def _to_rgb(frame, reformatter):
