@@ -190,7 +190,8 @@ def test_the_charades_recipe_loads_its_kinetics_run(tmp_path):
 
     from nonlocal_keras.training import models
 
-    small = ["data.crop_size=32", "data.train_scale=[32, 32]", "data.eval_scale=32"]
+    small = ["data.crop_size=32", "data.train_scale=[32, 32]", "data.eval_scale=32",
+             "data.eval_crop_size=null"]
     kinetics = config_lib.load_config("kinetics_nl_i3d_r101", small)
     source = models.build_model(kinetics["model"], kinetics["data"], multi_label=False)
     run = tmp_path / "kinetics_nl_i3d_r101"

@@ -14,8 +14,10 @@ def tiny_video_net(include_top=True, weights=None, input_shape=None, classes=10,
     x = layers.Conv3D(width, (1, 3, 3), strides=(1, 2, 2), padding="same", use_bias=False)(inputs)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
-    x = layers.GlobalAveragePooling3D()(x)
-    outputs = layers.Dense(classes, activation=classifier_activation, dtype="float32")(x)
+    # Named as the video ResNets' head, which `data.eval_crop_size` needs.
+    x = layers.GlobalAveragePooling3D(name="pool5")(x)
+    outputs = layers.Dense(classes, activation=classifier_activation, dtype="float32",
+                           name="pred")(x)
     return keras.Model(inputs, outputs, name="tiny_video_net")
 
 

@@ -67,6 +67,11 @@ class DataConfig:
     train_scale: List[int] = dataclasses.field(default_factory=lambda: [256, 320])
     flip: bool = True
     eval_scale: int = 256
+    # The evaluation views' side; None: `crop_size`. Larger (the official
+    # fully-convolutional test: 256, so 3 crops cover a 256 x 340 frame): the
+    # classifier scores every `crop_size`-sized window of the last feature map
+    # and the softmax scores are averaged (`models.evaluation_model`).
+    eval_crop_size: Optional[int] = None
     num_clips: int = 10
     num_crops: int = 3
     mean: List[float] = dataclasses.field(default_factory=lambda: list(MEAN))
@@ -325,6 +330,10 @@ def validate(config):
     if data["eval_scale"] < data["crop_size"]:
         _fail("data.eval_scale", data["eval_scale"],
               f"must be >= data.crop_size ({data['crop_size']})")
+    eval_crop = data["eval_crop_size"]
+    if eval_crop is not None and not data["crop_size"] <= eval_crop <= data["eval_scale"]:
+        _fail("data.eval_crop_size", eval_crop, f"must be in [data.crop_size, data.eval_scale] "
+              f"= [{data['crop_size']}, {data['eval_scale']}] (or null: data.crop_size)")
     for field in ("mean", "std"):
         if len(data[field]) != 3:
             _fail(f"data.{field}", data[field], "must hold 3 numbers (R, G, B)")

@@ -598,4 +598,5 @@ def train_options(data_config):
 def eval_options(data_config):
     """Keyword arguments of `eval_dataset` from a data config."""
     return dict(_common_options(data_config), num_clips=data_config["num_clips"],
-                num_crops=data_config["num_crops"], scale=data_config["eval_scale"])
+                num_crops=data_config["num_crops"], scale=data_config["eval_scale"],
+                crop_size=data_config.get("eval_crop_size") or data_config["crop_size"])

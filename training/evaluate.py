@@ -150,7 +150,7 @@ def main(argv=None):
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(data_config)
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
-        model = models.build_model(config["model"], data_config, multi_label)
+        model = models.evaluation_model(config["model"], data_config, multi_label)
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],

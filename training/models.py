@@ -71,6 +71,42 @@ def weights_file(weights):
     return weights
 
 
+def evaluation_model(model_config, data_config, multi_label, trained=None):
+    """The model that scores evaluation views of `data.eval_crop_size`.
+
+    Without one (or equal to `data.crop_size`): `trained`, else the model
+    `build_model` loads. Larger, the official fully-convolutional test
+    (`TEST_FULLY_CONV`): the network at the larger size, its classifier run
+    at every position of a `crop_size`-sized average-pooling window (stride 1)
+    over the last feature map (7 x 7 of 8 x 8 at 256 for 224), the softmax (or
+    sigmoid) scores averaged over the positions. `trained`: a model at
+    `crop_size` whose weights it takes (else those `model.weights` names).
+    """
+    crop, eval_crop = data_config["crop_size"], data_config.get("eval_crop_size") or 0
+    if eval_crop in (0, crop):
+        return trained if trained is not None else build_model(model_config, data_config,
+                                                                multi_label)
+    larger = dict(data_config, crop_size=eval_crop)
+    if trained is None:
+        model = build_model(model_config, larger, multi_label)
+    else:
+        model = build_model(dict(model_config, weights=None), larger, multi_label)
+        model.set_weights(trained.get_weights())
+    names = {layer.name: layer for layer in model.layers}
+    if not isinstance(names.get("pool5"), keras.layers.GlobalAveragePooling3D) or "pred" not in names:
+        raise ConfigError(
+            "`data.eval_crop_size` larger than data.crop_size needs a network that ends in global "
+            f"average pooling `pool5` and the classifier `pred` (the video ResNets); "
+            f"{model_config['name']} does not. Received: data.eval_crop_size={eval_crop}")
+    features = names["pool5"].input  # (batch, T, H, W, C) at eval_crop
+    frames, height, width = features.shape[1:4]
+    window = (frames, max(1, round(height * crop / eval_crop)), max(1, round(width * crop / eval_crop)))
+    x = keras.layers.AveragePooling3D(window, strides=1, name="pool5_windows")(features)
+    x = names["pred"](x)  # the classifier and its softmax at every window
+    x = keras.layers.GlobalAveragePooling3D(dtype="float32", name="mean_scores")(x)
+    return keras.Model(model.input, x, name=f"{model.name}_fully_convolutional")
+
+
 def build_model(model_config, data_config, multi_label, fine_tune=False):
     """Call the constructor `model.name` with the clip shape and class count, then load weights.
 

@@ -316,8 +316,10 @@ def run(config, strategy=None, restart=False):
             "final_train_metrics": state.history[-1] if state.history else {},
         }
         if val_records:
+            with strategy.scope():
+                scorer = models.evaluation_model(config["model"], data_config, multi_label, model)
             results["eval"] = evaluate.evaluate_records(
-                model, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
+                scorer, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
                 verbose=runtime.keras_verbose(config["runtime"]["verbose"]), strategy=strategy)
         if chief:
             size = atomic.model_size(model)
