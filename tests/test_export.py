@@ -353,6 +353,25 @@ def _run_folder(tmp_path, with_weights=("final",)):
     return run, config, trained
 
 
+def test_the_runs_training_csv_says_whether_it_is_multi_label(tmp_path, capsys):
+    """Without --multi-label a Charades-style run was exported with softmax scores."""
+    run, config, _ = _run_folder(tmp_path)
+    csv_path = tmp_path / "train.csv"
+    config["data"]["train_csv"] = str(csv_path)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    csv_path.write_text("path,labels\na.mp4,0 1\n")
+    assert export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "m")]) == 0
+    assert "Multi-label (sigmoid scores)" in capsys.readouterr().out
+    [metadata] = (tmp_path / "m").glob(f"*/1/{export.METADATA_FILE}")
+    assert json.loads(metadata.read_text())["multi_label"] is True
+    csv_path.write_text("path,label\na.mp4,0\n")
+    with pytest.raises(errors.ConfigError, match="--multi-label, but the run was trained "
+                       "single-label"):
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "s"),
+                     "--multi-label"])
+    assert not (tmp_path / "s").exists()
+
+
 def test_metadata_records_every_eval_setting_the_model_and_its_weights(tmp_path, capsys):
     run, config, _ = _run_folder(tmp_path)
     output = tmp_path / "exported" / "1"

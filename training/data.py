@@ -133,6 +133,20 @@ def _checked_tokens(header, rows, csv_path, argument):
     return multi_label, separator, tokens
 
 
+def labels_are_multi(source):
+    """Whether a training set is multi-label (a `path,labels` CSV): True or
+    False, None when `source` is no longer there or cannot be read."""
+    if isinstance(source, str) and os.path.isdir(source):
+        return False  # a folder per class
+    if not isinstance(source, str) or not os.path.isfile(source):
+        return None
+    try:
+        header, _ = _read_rows(source)
+    except (DatasetError, OSError):
+        return None
+    return bool(header and len(header) > 1 and header[1] == "labels")
+
+
 def infer_class_names(csv_path, argument="csv_path"):
     """Sorted distinct label names of a CSV whose labels are names, else None."""
     header, rows = _read_rows(csv_path, argument)

@@ -463,21 +463,35 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
         f"Give {give}. Received: --config={config_path!r}")
 
 
+def _multi_label(flag, train_csv):
+    """`--multi-label`, or what the run's training CSV says: without the flag a
+    Charades run was exported with softmax scores, without a word."""
+    trained = data.labels_are_multi(train_csv)
+    if trained and not flag:
+        print("Multi-label (sigmoid scores): the run's training CSV has a 'labels' column")
+    if trained is False and flag:
+        raise ConfigError("--multi-label, but the run was trained single-label (softmax): its "
+                          f"training data has no 'labels' column. Received: data.train_csv="
+                          f"{train_csv!r}")
+    return bool(flag or trained)
+
+
 def main(argv=None):
     args = command_lines.export_parser().parse_args(argv)
     config = config_lib.load_config(args.config, args.set)
     weights, origin = find_weights(args.config, config["model"].get("weights"), args.checkpoint)
     print(f"Exporting with weights {weights} ({origin})")
     config["model"]["weights"] = weights
+    multi_label = _multi_label(args.multi_label, config["data"].get("train_csv"))
     try:
-        model = models.build_model(config["model"], config["data"], args.multi_label)
+        model = models.build_model(config["model"], config["data"], multi_label)
     except ValueError as error:
         # Weights saved from another architecture, class count or clip shape.
         raise ConfigError(f"Cannot build model.name={config['model']['name']!r} with weights "
                           f"{weights!r}: {error}") from error
     path = export_saved_model(model, args.output, data_config=config["data"], top_k=args.top_k,
                               model_name=args.model_name, overwrite=args.overwrite,
-                              multi_label=args.multi_label, model_config=config["model"],
+                              multi_label=multi_label, model_config=config["model"],
                               weights=weights, max_frame_side=args.max_frame_side,
                               max_aspect_ratio=args.max_aspect_ratio)
     print(f"SavedModel written to {path}")
