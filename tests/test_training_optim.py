@@ -1,4 +1,4 @@
-"""SGD with L2 on kernels only, and the step schedule, against hand-written updates."""
+"""SGD with L2 on all but BatchNorm parameters, and the step schedule, against hand-written updates."""
 
 import keras
 import numpy as np

@@ -104,7 +104,7 @@ def _is_chief(strategy):
 
 
 def build_optimizer(config, steps_per_epoch):
-    """SGD + momentum, L2 on kernels, step schedule over the whole run."""
+    """SGD + (Nesterov) momentum, L2 on all but BatchNorm, step schedule over the whole run."""
     schedule_config, optimizer_config = config["schedule"], config["optimizer"]
     total_steps = steps_per_epoch * schedule_config["epochs"]
     schedule = optim.StepDecay(
