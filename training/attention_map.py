@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from nonlocal_keras.training import preprocessing, video_io
+from nonlocal_keras.training import atomic, preprocessing, video_io
 
 
 def find_nonlocal_layer(model):
@@ -156,7 +156,7 @@ def save_marker_attention(model, root, path, count=4, seed=0):
     figure.suptitle("NL-C2D: what the last frame reads from the first through the non-local block",
                     fontsize=10)
     figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic.replace(path) as temporary:
+        figure.savefig(temporary, dpi=100, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(figure)
     return reader_maps

@@ -41,11 +41,14 @@ def _train(config_name, root, run_dir, seed, extra, restart):
 
 def _copy_examples(root, folder):
     """A few test videos beside the results, for the README's `nonlocal-predict` example."""
+    from nonlocal_keras.training import atomic
+
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(root, "test.csv"), encoding="utf-8") as handle:
         rows = [line.split(",")[0] for line in handle.read().splitlines()[1:EXAMPLE_VIDEOS + 1]]
     for row in rows:
-        shutil.copyfile(os.path.join(root, row), os.path.join(folder, os.path.basename(row)))
+        with atomic.replace(os.path.join(folder, os.path.basename(row))) as temporary:
+            shutil.copyfile(os.path.join(root, row), temporary)
     return folder
 
 

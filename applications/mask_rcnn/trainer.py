@@ -24,7 +24,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     synthetic_coco,
     synthetic_keypoints,
 )
-from nonlocal_keras.training import cluster_stop
+from nonlocal_keras.training import atomic, cluster_stop
 
 FLAGS = flags.FLAGS
 
@@ -59,10 +59,9 @@ def synthetic_data_config(directory, keypoints=False):
     if keypoints:
         directory = os.path.join(directory, "keypoints")
     paths_file = os.path.join(directory, "paths.json")
-    if not os.path.exists(paths_file):
+    if not os.path.exists(paths_file):  # written last, atomically: the dataset is complete
         paths = (synthetic_keypoints if keypoints else synthetic_coco).build(directory)
-        with open(paths_file, "w") as f:
-            json.dump(paths, f)
+        atomic.write_json(paths_file, paths)
     with open(paths_file) as f:
         paths = json.load(f)
     task = synthetic_keypoints.task_override() if keypoints else {}
@@ -72,8 +71,7 @@ def synthetic_data_config(directory, keypoints=False):
         "annotation_file": paths["val_json"],
     })
     override_file = os.path.join(directory, "data_override.yaml")
-    with open(override_file, "w") as f:
-        json.dump({"task": task}, f)  # JSON is YAML
+    atomic.write_json(override_file, {"task": task})  # JSON is YAML; every worker writes it
     return override_file
 
 
