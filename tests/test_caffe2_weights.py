@@ -55,10 +55,16 @@ def official_blobs(model):
     return blobs
 
 
+SMALL = {"width": 8, "conv1_time": 5,
+         "inflated_blocks": {"res2": "all", "res3": "even", "res5": "odd"},
+         "nonlocal_blocks": {"res3": [1], "res4": [0]}}
+# The same network as `nonlocal-train` builds it (3 classes), and its clips.
+SMALL_CONFIG = {"name": "VideoResNet", "stage_blocks": [2, 2, 1, 1], **SMALL}
+SMALL_DATA = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
+
+
 def small_model(seed=None):
-    model = VideoResNet((2, 2, 1, 1), width=8, classes=6, conv1_time=5,
-                        inflated_blocks={"res2": "all", "res3": "even", "res5": "odd"},
-                        nonlocal_blocks={"res3": [1], "res4": [0]}, name="small_nl_i3d")
+    model = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d", **SMALL)
     if seed is not None:
         randomize(model, seed)
     return model
@@ -94,10 +100,8 @@ def test_round_trip_through_an_official_style_pickle(tmp_path, wrap):
     np.testing.assert_allclose(target(clip, training=False), source(clip, training=False),
                                rtol=1e-6, atol=1e-7)
     # The constructors take the .pkl as `weights` too.
-    from_path = VideoResNet((2, 2, 1, 1), width=8, classes=6, conv1_time=5,
-                            inflated_blocks={"res2": "all", "res3": "even", "res5": "odd"},
-                            nonlocal_blocks={"res3": [1], "res4": [0]}, name="small_nl_i3d",
-                            weights=str(tmp_path / "model.pkl"))
+    from_path = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d",
+                            weights=str(tmp_path / "model.pkl"), **SMALL)
     assert_same_weights(from_path, source)
 
 
@@ -324,12 +328,8 @@ def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, 
 
     source = small_model(seed=0)
     write_pickle(tmp_path / "model.pkl", {**official_blobs(source), **EXTRA_BLOBS}, wrap=True)
-    model_config = {"name": "VideoResNet", "stage_blocks": [2, 2, 1, 1], "width": 8,
-                    "conv1_time": 5, "inflated_blocks": {"res2": "all", "res3": "even",
-                                                         "res5": "odd"},
-                    "nonlocal_blocks": {"res3": [1], "res4": [0]},
-                    "weights": str(tmp_path / "model.pkl")}
-    data_config = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
+    model_config = dict(SMALL_CONFIG, weights=str(tmp_path / "model.pkl"))
+    data_config = SMALL_DATA
     with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
         tuned = models.build_model(model_config, data_config, multi_label=False, fine_tune=True)
     assert "Left new" in caplog.text and "(file: (6, 256))" in caplog.text
@@ -362,12 +362,8 @@ def test_fine_tuning_from_an_official_2d_imagenet_pickle_inflates_it(tmp_path, c
     blobs["pred_w"] = rng.normal(0, 0.1, (1000, 256)).astype("float32")
     blobs["pred_b"] = np.zeros(1000, "float32")
     write_pickle(tmp_path / "imagenet.pkl", blobs, wrap=True)
-    model_config = {"name": "VideoResNet", "stage_blocks": [2, 2, 1, 1], "width": 8,
-                    "conv1_time": 5, "inflated_blocks": {"res2": "all", "res3": "even",
-                                                         "res5": "odd"},
-                    "nonlocal_blocks": {"res3": [1], "res4": [0]},
-                    "weights": str(tmp_path / "imagenet.pkl")}
-    data_config = {"num_frames": 4, "crop_size": 48, "num_classes": 3}
+    model_config = dict(SMALL_CONFIG, weights=str(tmp_path / "imagenet.pkl"))
+    data_config = SMALL_DATA
     with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
         tuned = models.build_model(model_config, data_config, multi_label=False, fine_tune=True)
     assert "the non-local blocks (the file has none)" in caplog.text
