@@ -241,3 +241,11 @@ def test_more_cells_than_columns_and_a_stray_quote_are_errors_naming_the_rows(vi
     with pytest.raises(data.DatasetError, match=r"quote.csv' is not a readable CSV \(line "
                        r"\d+: field larger than field limit"):
         data.read_csv_records(quote, 10, argument="data.val_csv")
+
+
+def test_a_video_listed_twice_for_evaluation_is_warned_about(videos, caplog):
+    path = _csv(videos, "path,label\na.mp4,1\nb.mp4,0\na.mp4,2\n")
+    config = {"val_csv": path, "num_classes": 3, "class_names": None}
+    records, _ = data.load_val_records(config)
+    assert len(records) == 3  # each listing is evaluated, as written
+    assert "1 video(s) of" in caplog.text and "listed more than once (rows 2, 4)" in caplog.text

@@ -288,8 +288,23 @@ def load_val_records(data_config, source=None):
     source = source or data_config["val_csv"]
     if not source:
         raise ConfigError("Nothing to evaluate on. Received: data.val_csv=None")
-    return load_records(source, data_config["num_classes"], data_config["class_names"],
-                        argument="data.val_csv")
+    records, multi_label = load_records(source, data_config["num_classes"],
+                                        data_config["class_names"], argument="data.val_csv")
+    _warn_about_repeated_videos(records, source)
+    return records, multi_label
+
+
+def _warn_about_repeated_videos(records, source):
+    # Oversampling in a training set, a mistake in an evaluation set: each
+    # listing is scored as a video of its own.
+    rows = {}
+    for record in records:
+        rows.setdefault(record.path, []).append(record.row)
+    repeated = [found for found in rows.values() if len(found) > 1]
+    if repeated:
+        logger.warning("%d video(s) of %r are listed more than once (rows %s%s); each listing "
+                       "counts in the metrics as a video of its own.", len(repeated), source,
+                       ", ".join(map(str, repeated[0])), ", ..." if len(repeated) > 1 else "")
 
 
 def load_training_data(data_config):
