@@ -639,3 +639,25 @@ def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
         train.run(config_lib.load_config(None, overrides))
     del before[run_dir / "results.json"], before[state_file]
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_resumed_session_draws_other_clips_than_the_first(tmp_path, monkeypatch):
+    """Seeded with train.seed again, a run preempted every epoch trained every epoch
+    on the first epoch's clips (order, temporal starts, crops). A session now seeds
+    its data from the seed and the step it starts at (the same step, the same data)."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    seeds = []
+    make = train._training_input
+
+    def recording(strategy, records, data_config, multi_label, batch, seed, skipped):
+        seeds.append(seed)
+        return make(strategy, records, data_config, multi_label, batch, seed, skipped)
+
+    monkeypatch.setattr(train, "_training_input", recording)
+    overrides = _overrides(csv_path, tmp_path / "run", "train.seed=3")
+    train.run(config_lib.load_config(None, overrides + ["schedule.epochs=1"]))
+    train.run(config_lib.load_config(None, overrides + ["schedule.epochs=2"]))
+    assert seeds[0] == 3 and seeds[1] != 3
+    assert train._session_seed(3, 2) == seeds[1] != train._session_seed(3, 4)

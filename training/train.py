@@ -29,6 +29,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -86,6 +87,15 @@ def _training_input(strategy, records, data_config, multi_label, global_batch, s
                     seed + context.input_pipeline_id)
 
     return strategy.distribute_datasets_from_function(host_dataset)
+
+
+def _session_seed(seed, step):
+    """`train.seed` for a run that starts at step 0, else one drawn from it and the
+    step it resumes at: with the same seed, a run preempted every epoch trained
+    every epoch on the same clips (the first epoch's order, starts and crops)."""
+    if not step:
+        return seed
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def _multi_host(strategy):
@@ -289,8 +299,10 @@ def run(config, strategy=None, restart=False):
                         state.step_in_epoch, steps_per_epoch, state.step)
 
         skipped = data.SkippedVideos()
+        seed = _session_seed(config["train"]["seed"], state.step)
+        keras.utils.set_random_seed(seed)  # the clips' temporal starts, crops and flips
         dataset = _training_input(strategy, train_records, data_config, multi_label,
-                                  config["train"]["batch_size"], config["train"]["seed"], skipped)
+                                  config["train"]["batch_size"], seed, skipped)
         cluster = cluster_stop.for_strategy(strategy, lambda: state.step)
         start_step, start = state.step, time.perf_counter()
         try:
