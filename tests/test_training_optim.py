@@ -101,3 +101,39 @@ def test_momentum_update_is_one_fused_kernel_per_variable():
     types = [op.type for op in graph.get_operations()]
     assert types.count("ResourceApplyKerasMomentum") == 2, types
     assert "AssignAddVariableOp" not in types, types
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_scale_momentum_follows_the_rate_changes_in_float64(nesterov):
+    """The official SCALE_MOMENTUM: where the rate changes (warm-up, the drops),
+    the momentum is multiplied by new / old rate before the step."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(4, 3)).astype(np.float32)
+    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(12)]
+    schedule = optim.StepDecay(0.1, total_steps=12, boundaries=(0.5, 0.75), decay=0.1,
+                               warmup_steps=3)
+    rates = [float(schedule(step)) for step in range(12)]
+    assert len(set(rates)) == 5  # 3 warm-up rates, then two drops
+    variable = keras.Variable(w0)
+    optimizer = optim.SGDWithL2(l2=0.0, learning_rate=schedule, momentum=0.9, nesterov=nesterov,
+                                scale_momentum=True)
+    optimizer.build([variable])
+    step = tf.function(lambda g: optimizer.apply([g], [variable]))
+    for g in grads:
+        step(tf.constant(g))
+    w, velocity = w0.astype(np.float64), np.zeros(w0.shape)
+    for t, g in enumerate(grads):
+        if t:
+            velocity *= rates[t] / rates[t - 1]
+        velocity = 0.9 * velocity - rates[t] * g
+        w = w + (0.9 * velocity - rates[t] * g if nesterov else velocity)
+    np.testing.assert_allclose(variable.numpy(), w, rtol=1e-5, atol=1e-6)
+    unscaled = keras.Variable(w0)
+    plain = optim.SGDWithL2(l2=0.0, learning_rate=schedule, momentum=0.9, nesterov=nesterov)
+    plain.build([unscaled])
+    for g in grads:
+        tf.function(lambda g: plain.apply([g], [unscaled]))(tf.constant(g))
+    assert not np.allclose(unscaled.numpy(), variable.numpy(), rtol=1e-4)
+    assert optim.SGDWithL2.from_config(optimizer.get_config()).scale_momentum

@@ -88,6 +88,9 @@ class OptimizerConfig:
     momentum: float = 0.9
     # The official SOLVER.NESTEROV (the paper does not say).
     nesterov: bool = True
+    # The official SOLVER.SCALE_MOMENTUM: at a rate change the momentum is
+    # multiplied by new / old rate (`optim.SGDWithL2`).
+    scale_momentum: bool = True
     # L2 on every parameter but BatchNorm's (official WEIGHT_DECAY_BN: 0): `optim.is_decayed`.
     weight_decay: float = 1e-4
 

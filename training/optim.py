@@ -31,15 +31,46 @@ class SGDWithL2(keras.optimizers.SGD):
 
     Args:
         l2: the coefficient (paper: 1e-4); the penalty is `l2 / 2 * ||w||^2`.
+        scale_momentum: the official `SOLVER.SCALE_MOMENTUM`: where a learning
+            rate schedule changes the rate, the momentum (which holds past
+            `rate * gradient` sums) is multiplied by new / old rate first, so
+            that the history follows the new rate instead of decaying at the old one.
         **kwargs: passed to `keras.optimizers.SGD` (`learning_rate`,
             `momentum`, `nesterov`, ...).
     """
 
-    def __init__(self, l2=1e-4, **kwargs):
+    def __init__(self, l2=1e-4, scale_momentum=False, **kwargs):
         if l2 < 0:
             raise ValueError(f"`l2` must be >= 0. Received: l2={l2}")
         super().__init__(**kwargs)
         self.l2 = l2
+        self.scale_momentum = bool(scale_momentum)
+
+    def _rate_change(self):
+        """new / old learning rate at this step, or None where nothing is scaled."""
+        schedule = self._learning_rate
+        if not (self.scale_momentum and self.momentum
+                and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)):
+            return None
+        now = schedule(self.iterations)
+        before = schedule(ops.maximum(self.iterations - 1, 0))
+        return ops.where(before > 0, now / before, ops.ones_like(now))
+
+    def _follow_rate(self, velocity):
+        change = self._rate_change()
+        if change is None:
+            return
+        if keras.backend.backend() != "tensorflow":
+            self.assign(velocity, velocity * ops.cast(change, velocity.dtype))
+            return
+        handle = velocity.value
+
+        def scaled():
+            handle.assign(handle * tf.cast(change, handle.dtype))
+            return tf.constant(True)
+
+        # Most steps keep the rate: no pass over the variable then.
+        tf.cond(tf.not_equal(change, 1.0), scaled, lambda: tf.constant(False))
 
     def apply(self, grads, trainable_variables=None):
         variables = trainable_variables if trainable_variables is not None else self._trainable_variables
@@ -60,6 +91,8 @@ class SGDWithL2(keras.optimizers.SGD):
         # Keras' update is five elementwise passes over each variable; on
         # TensorFlow one fused kernel computes the same rule (`m = momentum * m
         # - lr * g`, `w += m`, or Nesterov's `w += momentum * m - lr * g`).
+        if self.momentum:
+            self._follow_rate(self.momentums[self._get_variable_index(variable)])
         if (keras.backend.backend() != "tensorflow" or not self.momentum
                 or isinstance(gradient, tf.IndexedSlices)):
             return super().update_step(gradient, variable, learning_rate)
@@ -73,7 +106,7 @@ class SGDWithL2(keras.optimizers.SGD):
 
     def get_config(self):
         config = super().get_config()
-        config["l2"] = self.l2
+        config.update(l2=self.l2, scale_momentum=self.scale_momentum)
         return config
 
 

@@ -123,7 +123,8 @@ def build_optimizer(config, steps_per_epoch):
         warmup_steps=int(round(schedule_config["warmup_epochs"] * steps_per_epoch)))
     optimizer = optim.SGDWithL2(l2=optimizer_config["weight_decay"], learning_rate=schedule,
                                 momentum=optimizer_config["momentum"],
-                                nesterov=optimizer_config["nesterov"])
+                                nesterov=optimizer_config["nesterov"],
+                                scale_momentum=optimizer_config["scale_momentum"])
     if config["runtime"]["precision"] == "mixed_float16":
         # float16 gradients underflow without a (dynamic) loss scale.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
