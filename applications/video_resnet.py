@@ -152,11 +152,13 @@ def VideoResNet(
     spec = check_spec(stage_blocks=stage_blocks, width=width, conv1_time=conv1_time,
                       inflated_blocks=inflated_blocks, inflation=inflation,
                       stage_strides=stage_strides, pool1=pool1, pool2=pool2,
-                      nonlocal_blocks=nonlocal_blocks, dropout_rate=dropout_rate, stem=stem)
-    check_head(include_top, pooling, classes, weights)
+                      nonlocal_blocks=nonlocal_blocks, nonlocal_mode=nonlocal_mode,
+                      nonlocal_affinity=nonlocal_affinity, dropout_rate=dropout_rate, stem=stem)
+    classes, weights = check_head(include_top, pooling, classes, weights)
     inputs, x = _input(input_tensor, input_shape, spec)
+    width = spec.width
 
-    x = _conv_bn(x, width, (conv1_time, 7, 7), (spec.conv1_time_stride, 2, 2), "conv1",
+    x = _conv_bn(x, width, (spec.conv1_time, 7, 7), (spec.conv1_time_stride, 2, 2), "conv1",
                  bn_name="res_conv1_bn")
     if spec.pool1:
         pool_time = spec.pool1_time

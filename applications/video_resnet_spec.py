@@ -6,10 +6,13 @@ message that names the argument and the value received.
 """
 
 import dataclasses
+import numbers
 import os
 
 import keras
+import numpy
 
+from nonlocal_keras import nonlocal_math
 from nonlocal_keras.utils import checked_sizes, is_positive_int
 
 STAGES = ("res2", "res3", "res4", "res5")
@@ -59,6 +62,7 @@ class VideoResNetSpec:
     Attributes:
         stages: stage names, `("res2", ...)`.
         blocks: `{stage: residual blocks}`.
+        width: filters of res2's bottleneck.
         depth: 50 or 101 for the ResNet-50/101 layouts at width 64, else None.
         strides: spatial stride of each stage's first block.
         conv1_time, conv1_time_stride: conv1's temporal kernel and stride.
@@ -72,6 +76,7 @@ class VideoResNetSpec:
 
     stages: tuple
     blocks: dict
+    width: int
     depth: object
     strides: tuple
     conv1_time: int
@@ -85,8 +90,10 @@ class VideoResNetSpec:
 
 
 def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
-               pool1, pool2, nonlocal_blocks, dropout_rate, stem):
-    """`VideoResNet`'s architecture arguments, checked, as a `VideoResNetSpec`."""
+               pool1, pool2, nonlocal_blocks, nonlocal_mode, nonlocal_affinity, dropout_rate,
+               stem):
+    """`VideoResNet`'s architecture arguments, checked, as a `VideoResNetSpec`
+    (NumPy integers become ints: Keras' layers take Python ones only)."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
     if not 1 <= len(blocks) <= len(STAGES) or not all(is_positive_int(n) for n in blocks):
         raise ValueError("`stage_blocks` must be 1 to 4 positive integers (res2, res3, ...). "
@@ -108,16 +115,29 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
             or not all(is_positive_int(s) for s in strides)):
         raise ValueError(f"`stage_strides` must be {len(blocks)} positive integers, one per "
                          f"stage. Received: stage_strides={stage_strides!r}")
-    if not 0 <= dropout_rate < 1:
-        raise ValueError("`dropout_rate` must be in [0, 1). "
+    if (not isinstance(dropout_rate, numbers.Real) or isinstance(dropout_rate, bool)
+            or not 0 <= dropout_rate < 1):
+        raise ValueError("`dropout_rate` must be a number in [0, 1). "
                          f"Received: dropout_rate={dropout_rate!r}")
+    # Checked here, not only by each NonLocal3D: without blocks a typo passed,
+    # with them the error named the layer's `mode`, which the caller never wrote.
+    for argument, value, choices in (("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES),
+                                     ("nonlocal_affinity", nonlocal_affinity,
+                                      nonlocal_math.AFFINITIES)):
+        if value not in choices:
+            raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, choices))}. "
+                             f"Received: {argument}={value!r}")
+    for argument, value in (("pool1", pool1), ("pool2", pool2)):
+        _check_bool(argument, value)
+    blocks = tuple(int(n) for n in blocks)
     stage_sizes = dict(zip(stages, blocks))
     return VideoResNetSpec(
         stages=stages,
         blocks=stage_sizes,
+        width=int(width),
         depth=next((d for d, b in DEPTHS.items() if b == blocks and width == 64), None),
-        strides=tuple(strides),
-        conv1_time=conv1_time,
+        strides=tuple(int(s) for s in strides),
+        conv1_time=int(conv1_time),
         **STEMS[stem],
         pool1=bool(pool1),
         pool2=bool(pool2),
@@ -168,7 +188,7 @@ def _block_sets(argument, value, stage_sizes):
         if isinstance(indices, (list, tuple, set)) and all(_is_int(i) for i in indices):
             bad = [i for i in indices if not 0 <= i < size]
             if not bad:
-                result[stage] = set(indices)
+                result[stage] = {int(i) for i in indices}
                 continue
             raise ValueError(
                 f"Block index {bad[0]} of {stage} in `{argument}` is out of range: {stage} "
@@ -180,7 +200,11 @@ def _block_sets(argument, value, stage_sizes):
 
 
 def check_head(include_top, pooling, classes, weights):
-    """The keras.applications head arguments."""
+    """The keras.applications head arguments; returns `(classes, weights)` with
+    `classes` an int and `weights` a string (a path may be a `pathlib.Path`)."""
+    _check_bool("include_top", include_top)
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
     if pooling not in (None, "avg", "max"):
         raise ValueError("`pooling` must be None, 'avg' or 'max'. "
                          f"Received: pooling={pooling!r}")
@@ -194,20 +218,34 @@ def check_head(include_top, pooling, classes, weights):
     if not (weights in (None, "imagenet") or is_file):
         raise ValueError("`weights` must be None, 'imagenet' or the path of a weights file "
                          f"(.weights.h5 or an official Caffe2 .pkl). Received: weights={weights!r}")
+    return (int(classes) if include_top else classes), weights
 
 
 
 def check_input_shape(input_tensor, input_shape, spec):
-    """The `(T, H, W, C)` input shape, checked against the smallest clip the network takes."""
-    if input_shape is None:
-        input_shape = (tuple(input_tensor.shape[1:]) if input_tensor is not None
-                       else (None, None, None, 3))
+    """The `(T, H, W, C)` input shape, checked against the smallest clip the network takes.
+
+    With `input_tensor`, its shape is the network's: `input_shape` may only
+    repeat it (None where it leaves a size open), as in keras.applications.
+    """
+    given = input_shape
+    if input_tensor is not None and hasattr(input_tensor, "shape"):
+        shape = tuple(input_tensor.shape[1:])
+        if input_shape is not None and not (
+                isinstance(input_shape, (list, tuple)) and len(input_shape) == len(shape)
+                and all(a is None or a == b for a, b in zip(input_shape, shape))):
+            raise ValueError("`input_shape` must agree with `input_tensor`'s shape "
+                             f"{shape}. Received: input_shape={given!r}")
+        input_shape = shape
+    elif input_shape is None:
+        input_shape = (None, None, None, 3)
     input_shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
     if (input_shape is None or len(input_shape) != 4 or not _is_int(input_shape[-1])
             or not all(d is None or is_positive_int(d) for d in input_shape)):
         raise ValueError("`input_shape` must be (frames, height, width, channels), "
                          "channels known, None allowed elsewhere. "
-                         f"Received: input_shape={input_shape!r}")
+                         f"Received: input_shape={given if given is not None else input_shape!r}")
+    input_shape = tuple(None if d is None else int(d) for d in input_shape)
     checked_sizes(keras.KerasTensor((None,) + input_shape),
                   clip_size_rules(smallest_clip(spec, input_shape[-1])), input_shape)
     return input_shape
@@ -253,4 +291,10 @@ def _spatial_size_fits(size, spec):
 
 
 def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_bool(argument, value):
+    # `bool("False")` is True: a string here is a mistake, not a truth value.
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise ValueError(f"`{argument}` must be True or False. Received: {argument}={value!r}")

@@ -52,6 +52,7 @@ def test_mmaction2_layouts_are_ours():
     spec = check_spec(stage_blocks=DEPTHS[50], width=64, conv1_time=5,
                       inflated_blocks=INFLATION_RULES["i3d"]["blocks"], inflation="3x1x1",
                       stage_strides=None, pool1=True, pool2=True, nonlocal_blocks=5,
+                      nonlocal_mode="embedded_gaussian", nonlocal_affinity="spacetime",
                       dropout_rate=0.5, stem="8x8")
     stages = ("res2", "res3", "res4", "res5")
     assert model_step.MMACTION_I3D_INFLATE == tuple(

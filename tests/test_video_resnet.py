@@ -228,6 +228,15 @@ def test_demo_sized_network():
     ({"weights": "missing.weights.h5"}, r"Received: weights='missing.weights.h5'"),
     ({"inflation": "3x3x1"}, r"Received: inflation='3x3x1'"),
     ({"input_shape": (8, 224, 224)}, r"Received: input_shape=\(8, 224, 224\)"),
+    # Found by a walk: accepted without a word, a TypeError, or another argument named.
+    ({"nonlocal_mode": "embeded_gaussian"}, r"`nonlocal_mode` must be one of .*"
+                                             r"Received: nonlocal_mode='embeded_gaussian'"),
+    ({"nonlocal_blocks": 5, "nonlocal_affinity": "spacetim"},
+     r"Received: nonlocal_affinity='spacetim'"),
+    ({"dropout_rate": "0.5"}, r"`dropout_rate` must be a number.*Received: dropout_rate='0.5'"),
+    ({"dropout_rate": None}, r"Received: dropout_rate=None"),
+    ({"input_shape": "8,64,64,3"}, r"Received: input_shape='8,64,64,3'"),
+    ({"include_top": "False"}, r"`include_top` must be True or False"),
 ])
 def test_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -251,6 +260,37 @@ def test_too_small_input_names_the_smallest_allowed():
         assert model(np.zeros((1, 2, size, size, 3), "float32")).shape == (1, 400)
 
 
+def test_numpy_integers_and_paths_are_taken_as_python_ones(tmp_path):
+    """`classes=labels.max() + 1` failed on Dense's `units`, a NumPy conv1_time on
+    the padding, NumPy block indices were refused; a pathlib.Path weights file
+    was refused."""
+    model = VideoResNet((np.int64(1), 1), width=np.int64(8), conv1_time=np.int64(3),
+                        classes=np.int64(7), stage_strides=(np.int64(1), np.int64(2)),
+                        nonlocal_blocks={"res3": [np.int64(0)]},
+                        input_shape=(4, 32, 32, np.int64(3)))
+    assert model.output_shape == (None, 7)
+    model.save_weights(str(tmp_path / "w.weights.h5"))
+    again = VideoResNet((1, 1), width=8, conv1_time=3, classes=7,
+                        nonlocal_blocks={"res3": [0]}, input_shape=(4, 32, 32, 3),
+                        weights=tmp_path / "w.weights.h5")
+    for a, b in zip(model.weights, again.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")
+def test_an_input_tensor_is_checked_with_its_own_shape():
+    """The clip-size check ran on `input_shape` (or its default) while the model
+    was built on `input_tensor`: a too small tensor failed inside a pool."""
+    import keras
+
+    with pytest.raises(ValueError, match=r"smallest allowed is \(2, 5, 5, 3\)"):
+        C2DResNet50(input_tensor=keras.Input((8, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"must agree with `input_tensor`'s shape"):
+        C2DResNet50(input_tensor=keras.Input((8, 32, 32, 3)), input_shape=(8, 64, 64, 3))
+    model = C2DResNet50(input_tensor=keras.Input((8, 32, 32, 3)), input_shape=(8, None, 32, 3))
+    assert model.input_shape == (None, 8, 32, 32, 3)
+
+
 def test_video_resnet_argument_errors():
     with pytest.raises(ValueError, match=r"Received: stage_blocks=\(1, 0\)"):
         VideoResNet((1, 0))
@@ -260,6 +300,8 @@ def test_video_resnet_argument_errors():
         VideoResNet((1,), conv1_time=2)
     with pytest.raises(ValueError, match=r"`inflated_blocks\['res2'\]`"):
         VideoResNet((1,), inflated_blocks={"res2": "some"})
+    with pytest.raises(ValueError, match=r"`pool1` must be True or False. Received: pool1='no'"):
+        VideoResNet((1,), pool1="no")  # bool("no") is True
 
 
 # The `make demo` network with inputs of unknown size: a clip smaller than
@@ -307,7 +349,8 @@ def test_spec_is_frozen_and_builders_take_keywords():
     spec = video_resnet_spec.check_spec(
         stage_blocks=(1, 1), width=8, conv1_time=1, inflated_blocks=None, inflation="3x1x1",
         stage_strides=None, pool1=True, pool2=True, nonlocal_blocks={"res3": [0]},
-        dropout_rate=0.5, stem="8x8")
+        nonlocal_mode="embedded_gaussian", nonlocal_affinity="spacetime", dropout_rate=0.5,
+        stem="8x8")
     assert spec.nonlocal_blocks == {"res3": {0}} and spec.strides == (1, 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.depth = 50
