@@ -182,3 +182,27 @@ def test_nonlocal_block_trains_under_pure_low_precision(dtype):
     history = model.fit(x, x * 0.5, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert model.layers[0].bn.moving_variance.dtype == dtype
+
+
+def test_float64_trains_through_keras_ops_against_the_reference():
+    """FusedBatchNormV3 has no float64 kernel: a float64 block or ResNet failed at
+    its first training call ("Value for attr 'T' of double is not in the list")."""
+    x = _random((2, 3, 4, 6), seed=5)
+    layer = _layer(dtype="float64")
+    w = tf.constant(_random(x.shape, seed=6))
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = layer(inputs, training=True)
+        loss = tf.reduce_sum(w * y)
+    dx = tape.gradient(loss, inputs)
+    gamma, beta = np.ones(6), np.zeros(6)
+    expected_y, mean, _, expected_dx, _, _ = reference(x, gamma, beta, w.numpy())
+    assert y.dtype == tf.float64
+    np.testing.assert_allclose(y.numpy(), expected_y, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx.numpy(), expected_dx, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), MOMENTUM * 0 + (1 - MOMENTUM) * mean,
+                               rtol=1e-10)
+    block = NonLocal3D(dtype="float64")
+    out = block(tf.constant(_random((1, 2, 4, 4, 8), seed=7)), training=True)
+    assert out.dtype == tf.float64

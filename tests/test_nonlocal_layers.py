@@ -301,6 +301,10 @@ def test_bad_input_shapes(make, shape, message):
         ({"pool_size": (2, 2)}, r"Received: pool_size=\(2, 2\)"),
         ({"data_format": "NHWC"}, "Received: data_format='NHWC'"),
         ({"bn_epsilon": 0}, "Received: bn_epsilon=0"),
+        # bool("False") is True: these were accepted as True.
+        ({"use_bn": "False"}, "`use_bn` must be True or False. Received: use_bn='False'"),
+        ({"sub_sample": "no"}, "Received: sub_sample='no'"),
+        ({"use_scale": None}, "Received: use_scale=None"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -4,6 +4,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
@@ -118,10 +119,10 @@ class BaseNonLocal(layers.Layer):
         self.rank = rank
         self.mode = _check_choice("mode", mode, nonlocal_math.MODES)
         self.inter_channels = _check_inter_channels(inter_channels)
-        self.sub_sample = bool(sub_sample)
+        self.sub_sample = _check_bool("sub_sample", sub_sample)
         self.pool_size = _check_pool_size(pool_size, rank)
-        self.use_bn = bool(use_bn)
-        self.use_scale = bool(use_scale)
+        self.use_bn = _check_bool("use_bn", use_bn)
+        self.use_scale = _check_bool("use_scale", use_scale)
         self.affinity = _check_choice("affinity", affinity, nonlocal_math.AFFINITIES)
         if rank != 3 and self.affinity != "spacetime":
             raise ValueError(
@@ -349,6 +350,13 @@ def _fresh(initializer):
     # Keras initialisers without a seed return the same values on every call:
     # a copy per sub-layer keeps theta, phi and g from starting identical.
     return initializers.get(initializers.serialize(initializers.get(initializer)))
+
+
+def _check_bool(name, value):
+    # `bool("False")` is True: a string here is a mistake, not a truth value.
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
 
 
 def _check_choice(name, value, choices):

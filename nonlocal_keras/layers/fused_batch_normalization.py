@@ -29,6 +29,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
             and not self.renorm
             and not self.synchronized
             and self.axis in (-1, len(inputs.shape) - 1)
+            # The kernel has no float64 version; Keras' own ops have.
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
 
     def call(self, inputs, training=None, mask=None):
