@@ -530,3 +530,24 @@ def test_writing_records_stops_where_the_converter_would_drop_an_object(stick_fi
     image_dir = os.path.join(os.path.dirname(stick_figures["val_json"]), "val")
     with pytest.raises(ValueError, match="Received: image='000001.png'"):
         keypoint_data.write_keypoint_tfrecords(str(path), image_dir, str(tmp_path / "bad.tfrecord"))
+
+
+def test_keypoint_training_and_evaluation_settings_keep_the_same_network(tmp_path):
+    """A finished keypoint run evaluated with another loss weight, sampling or OKS
+    constants was refused as "another model"; none of them makes a variable."""
+    from official.core import exp_factory
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment, trainer
+
+    name = next(iter(keypoint_experiment.EXPERIMENTS))
+    folder = tmp_path / "run"
+    trainer._serialize_config(exp_factory.get_exp_config(name), str(folder))
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(folder / "ckpt"))
+    changed = exp_factory.get_exp_config(name)
+    head = changed.task.model.keypoint_head
+    head.loss_weight, head.num_sampled_rois = 2.0, 8
+    head.oks_sigmas = [0.1] * head.num_keypoints
+    trainer.check_model_dir(changed, str(folder), "eval")
+    head.num_filters = 64
+    with pytest.raises(ValueError, match=r"keypoint_head\.num_filters: 512 -> 64"):
+        trainer.check_model_dir(changed, str(folder), "eval")

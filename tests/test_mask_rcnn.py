@@ -204,6 +204,11 @@ def test_backbone_places_blocks_where_the_config_says_and_nowhere_else():
     assert residual[14].inbound_nodes[0].inbound_layers is nl["nonlocal_res5_1"]
     assert build_backbone([]).count_params() < model.count_params()
     assert nonlocal_layers(build_backbone([])) == []
+    # One entry as a string (`--params_override ...nonlocal_placements=res4:-2`)
+    # reaches the backbone as its letters: the error said "bad entry 'r'".
+    with pytest.raises(ValueError, match=r"a single string is read letter by letter \(in "
+                       r"--params_override write nonlocal_placements=\[res4:-2\]\)"):
+        build_backbone("res4:-2")
 
 
 @pytest.mark.parametrize(
@@ -349,6 +354,14 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
         (["--no_such_flag"], "no_such_flag"),
         # Evaluated the initial weights, exported them with --export_dir, exit 0.
         (["--mode", "eval", "--export_dir", "unused"], "holds no checkpoint, so --mode eval"),
+        # Found by a walk: a run in the working directory (exit 0); a traceback after
+        # writing params.yaml; a traceback after the training; tracebacks.
+        (["--model_dir="], "--model_dir must name a folder"),
+        (["--mode", "continuous_train_and_eval"], "--mode must be one of train, eval"),
+        (["--export_dir", sys.executable], "--export_dir is a file, not a folder"),
+        (["--config_file", "/"], "--config_file is a folder"),
+        (["--params_override", "trainer.train_steps=abc"],
+         "`trainer.train_steps` must be int, as its default"),
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
@@ -798,6 +811,53 @@ def _run_folder_of(experiment_name, folder):
     assert os.listdir(folder) == ["params.yaml"]  # no temporary file left
     tf.train.Checkpoint(step=tf.Variable(1)).save(str(folder / "ckpt"))
     return str(folder)
+
+
+@pytest.mark.slow
+def test_a_second_command_on_a_training_folder_and_a_failed_one_change_nothing(tmp_path):
+    """Two commands on one --model_dir trained side by side, both exit 0; a command
+    that failed (a data path matching nothing) had rewritten the folder's params.yaml."""
+    import fcntl
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "params.yaml").write_text("kept: 1\n")
+    command = [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+               "--experiment", PLAIN_EXPERIMENT, "--mode", "train", "--model_dir", str(folder)]
+    with open(folder / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a command training there
+        busy = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert busy.returncode == 2, busy.stderr[-3000:]
+    assert busy.stderr.strip().splitlines()[-1].startswith(
+        "nonlocal-train-detection: error: Another process is training in this run folder")
+    failed = subprocess.run(command + ["--params_override",
+                                       f"task.train_data.input_path={tmp_path}/nowhere/*"],
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "does not match any files" in failed.stderr, \
+        failed.stderr[-3000:]
+    assert (folder / "params.yaml").read_text() == "kept: 1\n"
+
+
+def test_a_config_file_that_is_not_a_mapping_is_one_error_naming_it(tmp_path):
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("task: [unclosed\n  foo: : :\n")
+    with pytest.raises(ValueError, match=r"--config_file is not valid YAML"):
+        trainer.check_flags("run", "train", None, [str(broken)])
+    broken.write_text("- 1\n")
+    with pytest.raises(ValueError, match=r"--config_file must hold a mapping"):
+        trainer.check_flags("run", "train", None, [str(broken)])
+    run = _run_folder_of(PLAIN_EXPERIMENT, tmp_path / "old_run")
+    with pytest.raises(ValueError, match="--export_dir holds a training run"):
+        trainer.check_flags(str(tmp_path / "new"), "train", run, [])
+    exported = tmp_path / "exported"  # an earlier export: written again
+    exported.mkdir()
+    for name in ("params.yaml", "saved_model.pb"):
+        (exported / name).write_text("")
+    trainer.check_flags(str(tmp_path / "new"), "train", str(exported), [])
+    with pytest.raises(ValueError, match="is in .*, a file, not a folder"):
+        trainer.check_flags(str(broken / "sub"), "train", None, [])
 
 
 def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_path):

@@ -60,8 +60,9 @@ def holds_anything(run_dir):
 
 
 @contextlib.contextmanager
-def folder_lock(run_dir):
-    """Hold the run folder for this process: `flock` on `<run_dir>/.lock`.
+def folder_lock(run_dir, setting="runtime.output_dir"):
+    """Hold the run folder for this process: `flock` on `<run_dir>/.lock`
+    (`setting`: the option that names the folder, in the messages).
 
     A second `nonlocal-train` on the same folder would resume from the same
     state, delete the first one's temporary files as a killed writer's
@@ -73,20 +74,20 @@ def folder_lock(run_dir):
     """
     import fcntl
 
-    atomic.make_folder(run_dir, "runtime.output_dir")
+    atomic.make_folder(run_dir, setting)
     try:
         handle = open(os.path.join(run_dir, LOCK_FILE), "a")
     except OSError as error:
         raise FolderError(f"Cannot write in the run folder ({error.strerror}). "
-                          f"Received: runtime.output_dir={run_dir!r}") from None
+                          f"Received: {setting}={run_dir!r}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderError(
                 "Another process is training in this run folder (it holds its lock file); "
-                "wait for it to end or stop it, or choose another runtime.output_dir. "
-                f"Received: runtime.output_dir={run_dir!r}") from None
+                f"wait for it to end or stop it, or choose another {setting}. "
+                f"Received: {setting}={run_dir!r}") from None
         except OSError as error:
             logger.warning("Cannot lock the run folder %s (%s); nothing stops a second run "
                            "from writing into it at the same time.", run_dir, error)

@@ -51,6 +51,15 @@ def parse_placements(placements, model_id):
         ValueError: naming `nonlocal_placements` and the bad entry.
     """
     specs = resnet.RESNET_SPECS[model_id]
+    if isinstance(placements, str):
+        placements = [placements]
+    if len(placements) > 1 and all(isinstance(e, str) and len(e) == 1 for e in placements):
+        # Model Garden's config stores a string given for this list as its letters.
+        raise ValueError(
+            "`nonlocal_placements` must be a list of entries such as 'res4:-1'; a single "
+            f"string is read letter by letter (in --params_override write "
+            f"nonlocal_placements=[{''.join(placements)}]). "
+            f"Received: nonlocal_placements={list(placements)!r}")
     parsed = set()
     for entry in placements:
         stage, _, block = str(entry).partition(":")

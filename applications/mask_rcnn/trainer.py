@@ -4,6 +4,7 @@ The logic behind `nonlocal-train-detection` (`nonlocal_keras.training.train_dete
 kept here because only this package imports Model Garden.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     synthetic_coco,
     synthetic_keypoints,
 )
-from nonlocal_keras.training import atomic, cluster_stop
+from nonlocal_keras.training import atomic, cluster_stop, run_state
 
 FLAGS = flags.FLAGS
 
@@ -204,6 +205,82 @@ def in_pieces(loop_fn, piece_steps, between):
 ARCHITECTURE = ("backbone", "decoder", "rpn_head", "detection_head", "mask_head",
                 "keypoint_head", "anchor", "num_classes", "include_mask", "min_level",
                 "max_level")
+# In those sections, what trains or evaluates the network without making it.
+NOT_ARCHITECTURE = ("keypoint_head.num_sampled_rois", "keypoint_head.loss_weight",
+                    "keypoint_head.flip_permutation", "keypoint_head.oks_sigmas")
+# The --mode values Model Garden's runner implements (its flag also offers
+# continuous_train_and_eval and train_and_validate, which raise NotImplementedError).
+MODES = ("train", "eval", "train_and_eval", "continuous_eval", "train_and_post_eval")
+
+
+def check_flags(model_dir, mode, export_dir, config_files):
+    """The command line, before anything is read or written: each mistake was a
+    traceback after training (an --export_dir that is a file), a run written into
+    the working directory (an empty --model_dir), or another run's folder changed."""
+    if not model_dir:
+        raise ValueError("--model_dir must name a folder (an empty value, an unset shell "
+                         f"variable, would write into the working directory). Received: "
+                         f"--model_dir={model_dir!r}")
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)} (Model Garden's runner "
+                         f"implements no other). Received: --mode={mode!r}")
+    for flag, path in (("--model_dir", model_dir), ("--export_dir", export_dir)):
+        if path and "://" not in path:
+            _check_folder(flag, path)
+    if export_dir:
+        if os.path.abspath(export_dir) == os.path.abspath(model_dir):
+            raise ValueError("--export_dir must be another folder than --model_dir. "
+                             f"Received: --export_dir={export_dir!r}")
+        # A run's folder: its checkpoints, or a params.yaml beside no SavedModel
+        # (an earlier export's folder holds both, and is written again).
+        if tf.train.latest_checkpoint(export_dir) or (
+                tf.io.gfile.exists(os.path.join(export_dir, "params.yaml"))
+                and not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))):
+            raise ValueError("--export_dir holds a training run (params.yaml, checkpoints), "
+                             "which the export would overwrite; give a folder of its own. "
+                             f"Received: --export_dir={export_dir!r}")
+    for path in config_files or ():
+        if tf.io.gfile.isdir(path):
+            raise ValueError(f"--config_file is a folder, not a YAML file. Received: "
+                             f"--config_file={path!r}")
+        if not tf.io.gfile.exists(path):
+            continue  # Model Garden's own one-line error names it
+        with tf.io.gfile.GFile(path) as handle:
+            try:
+                content = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ValueError(f"--config_file is not valid YAML ({' '.join(str(error).split())})."
+                                 f" Received: --config_file={path!r}") from None
+        if content is not None and not isinstance(content, dict):
+            raise ValueError("--config_file must hold a mapping (task: ..., trainer: ...). "
+                             f"Received: --config_file={path!r}")
+
+
+def _check_folder(flag, path):
+    """`path` can be a folder: neither it nor a folder above it is a file."""
+    here = os.path.abspath(path)
+    while True:
+        if os.path.exists(here) and not os.path.isdir(here):
+            where = "is a file" if here == os.path.abspath(path) else f"is in {here!r}, a file"
+            raise ValueError(f"{flag} {where}, not a folder. Received: {flag}={path!r}")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+
+
+def check_value_types(params, defaults):
+    """An override of the wrong type (`trainer.train_steps=abc`) is kept as given by
+    Model Garden, and failed after the model was built; here it names the field."""
+    given, expected = _flat(params.as_dict()), _flat(defaults.as_dict())
+    for key, default in expected.items():
+        value = given.get(key)
+        if default is None or value is None:
+            continue
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+            raise ValueError(f"`{key}` must be {type(default).__name__}, as its default "
+                             f"{default!r}. Received: {key}={value!r}")
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
@@ -233,7 +310,8 @@ def check_model_dir(params, model_dir, mode, export_dir=None):
     with tf.io.gfile.GFile(saved) as handle:
         before = _flat((yaml.safe_load(handle) or {}).get("task", {}).get("model", {}))
     now = _flat(params.task.model.as_dict())
-    keys = [key for key in set(before) | set(now) if key.split(".")[0] in ARCHITECTURE]
+    keys = [key for key in set(before) | set(now) if key.split(".")[0] in ARCHITECTURE
+            and not key.startswith(NOT_ARCHITECTURE)]
     changed = [f"task.model.{key}: {before.get(key)!r} -> {now.get(key)!r}"
                for key in sorted(keys, key=lambda k: (not k.endswith(".type"), k))
                if before.get(key) != now.get(key)]
@@ -280,21 +358,50 @@ def run(argv, signals):
     retry loop around it is not kept (it only acts on TPU pods).
     """
     import gin
-    from official.common import distribute_utils
-    from official.core import task_factory, train_utils
-    from official.modeling import performance
-    from official.vision.utils import summary_manager
+    from official.core import exp_factory, train_utils
 
+    model_dir = FLAGS.model_dir
+    check_flags(model_dir, FLAGS.mode, FLAGS.export_dir, FLAGS.config_file)
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir, keypoints=keypoints)]
     gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_params)
     params = train_utils.parse_configuration(FLAGS)
+    check_value_types(params, exp_factory.get_exp_config(FLAGS.experiment))
     seed_everything(params)
-    model_dir = FLAGS.model_dir
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
-    if "train" in FLAGS.mode:
+    with contextlib.ExitStack() as held:
+        if "train" in FLAGS.mode and _writes_the_run(model_dir):
+            # As nonlocal-train's: a second command on the folder trained beside
+            # the first, both writing ckpt-N over each other, both exit 0.
+            held.enter_context(run_state.folder_lock(model_dir, "--model_dir"))
+        _run_and_export(params, model_dir, signals)
+
+
+def _writes_the_run(model_dir):
+    """Whether this process writes `model_dir` and can lock it: a local folder,
+    and the chief of a cluster (the others save into folders of their own)."""
+    if "://" in model_dir:
+        return False
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = cluster.get("task") or {}
+    kind, index = task.get("type"), task.get("index", 0)
+    return (not task or kind == "chief"
+            or (kind == "worker" and index == 0 and "chief" not in cluster.get("cluster", {})))
+
+
+def _run_and_export(params, model_dir, signals):
+    from official.common import distribute_utils
+    from official.core import task_factory, train_utils
+    from official.modeling import performance
+    from official.vision.utils import summary_manager
+
+    # A folder's params.yaml is replaced once the command has worked: a command
+    # that failed (a data path that matches nothing, a shape) changed it before.
+    replace_params = "train" in FLAGS.mode and tf.io.gfile.exists(
+        os.path.join(model_dir, "params.yaml"))
+    if "train" in FLAGS.mode and not replace_params:
         _serialize_config(params, model_dir)
     if params.runtime.mixed_precision_dtype:
         performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
@@ -315,6 +422,8 @@ def run(argv, signals):
             params=params, model_dir=model_dir),
         enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
     train_utils.save_gin_config(FLAGS.mode, model_dir)
+    if replace_params:
+        _serialize_config(params, model_dir)
     if not FLAGS.export_dir:
         return
     export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
