@@ -10,10 +10,9 @@ import numbers
 import os
 
 import keras
-import numpy
 
 from nonlocal_keras import nonlocal_math
-from nonlocal_keras.utils import checked_sizes, is_positive_int
+from nonlocal_keras.utils import checked_bool, checked_sizes, is_positive_int
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -128,7 +127,7 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
             raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, choices))}. "
                              f"Received: {argument}={value!r}")
     for argument, value in (("pool1", pool1), ("pool2", pool2)):
-        _check_bool(argument, value)
+        checked_bool(argument, value)
     blocks = tuple(int(n) for n in blocks)
     stage_sizes = dict(zip(stages, blocks))
     return VideoResNetSpec(
@@ -202,7 +201,7 @@ def _block_sets(argument, value, stage_sizes):
 def check_head(include_top, pooling, classes, weights):
     """The keras.applications head arguments; returns `(classes, weights)` with
     `classes` an int and `weights` a string (a path may be a `pathlib.Path`)."""
-    _check_bool("include_top", include_top)
+    checked_bool("include_top", include_top)
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if pooling not in (None, "avg", "max"):
@@ -293,8 +292,3 @@ def _spatial_size_fits(size, spec):
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
-
-def _check_bool(argument, value):
-    # `bool("False")` is True: a string here is a mistake, not a truth value.
-    if not isinstance(value, (bool, numpy.bool_)):
-        raise ValueError(f"`{argument}` must be True or False. Received: {argument}={value!r}")

@@ -3,6 +3,8 @@
 import math
 import numbers
 
+import numpy as np
+
 # Convolutions and matrix products: their multiply-adds are the product of the
 # output's size and the length of the contracted axis (or kernel window).
 # Elementwise ops (BN, ReLU, additions), pooling and softmax are left out, as
@@ -15,6 +17,14 @@ def is_positive_int(value):
     """True for an integer >= 1 (NumPy's too); False for bools, floats, None."""
     return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
             and value >= 1)
+
+
+def checked_bool(name, value):
+    """`value` as a bool, or a ValueError naming `name`: `bool("False")` is True,
+    so a string (or None) where a flag goes is a mistake, not a truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
 
 
 def checked_sizes(x, rules, input_shape):

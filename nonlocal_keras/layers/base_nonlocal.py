@@ -4,12 +4,11 @@ import math
 import numbers
 
 import keras
-import numpy as np
 from keras import initializers, layers, ops, regularizers
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import checked_sizes, is_positive_int
+from nonlocal_keras.utils import checked_bool, checked_sizes, is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -119,10 +118,10 @@ class BaseNonLocal(layers.Layer):
         self.rank = rank
         self.mode = _check_choice("mode", mode, nonlocal_math.MODES)
         self.inter_channels = _check_inter_channels(inter_channels)
-        self.sub_sample = _check_bool("sub_sample", sub_sample)
+        self.sub_sample = checked_bool("sub_sample", sub_sample)
         self.pool_size = _check_pool_size(pool_size, rank)
-        self.use_bn = _check_bool("use_bn", use_bn)
-        self.use_scale = _check_bool("use_scale", use_scale)
+        self.use_bn = checked_bool("use_bn", use_bn)
+        self.use_scale = checked_bool("use_scale", use_scale)
         self.affinity = _check_choice("affinity", affinity, nonlocal_math.AFFINITIES)
         if rank != 3 and self.affinity != "spacetime":
             raise ValueError(
@@ -350,13 +349,6 @@ def _fresh(initializer):
     # Keras initialisers without a seed return the same values on every call:
     # a copy per sub-layer keeps theta, phi and g from starting identical.
     return initializers.get(initializers.serialize(initializers.get(initializer)))
-
-
-def _check_bool(name, value):
-    # `bool("False")` is True: a string here is a mistake, not a truth value.
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return bool(value)
 
 
 def _check_choice(name, value, choices):
