@@ -231,6 +231,16 @@ def _signal_after_a_commit(process, run_dir, delay, signum, seconds):
     return stderr, committed
 
 
+def test_debug_shows_the_traceback_above_the_line_and_keeps_exit_2():
+    """With --debug a user's mistake was re-raised: a traceback and exit 1, which
+    the README says means a bug."""
+    result = _run(LOADS_TENSORFLOW + ["--debug"], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "nonlocal-train: error: No such config file")
+
+
 def test_ctrl_c_while_tensorflow_loads_is_one_line_and_exit_130():
     """Before `cli.run` takes Ctrl-C over, the interrupt must neither print a traceback
     nor be swallowed (raised inside the imports, it could land in a gc callback and

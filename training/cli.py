@@ -47,6 +47,7 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 
 import keras
 
@@ -276,13 +277,13 @@ def _run_main(prog, module_name, argv, debug):
         absl_logging.set_verbosity(absl_logging.WARNING)
         status = importlib.import_module(module_name).main(argv)
     except UserError as error:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the user's mistake's line and status
+            traceback.print_exc()
         print(f"{prog}: error: {str(error).strip()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
-            raise
+            traceback.print_exc()
         return _stopped(prog)
     if INTERRUPTED.is_set() or TERMINATED.is_set():
         # Came while the command was finishing: the interrupt was swallowed somewhere.
