@@ -84,6 +84,11 @@ def _read_rows(csv_path, argument="csv_path"):
     if (header and ";" in header[0]) or (rows and all(len(r) == 1 and ";" in r[0] for _, r in rows)):
         raise DatasetError(f"{csv_path!r} separates its columns with ';'; write "
                            f"'path,label' with commas. Received: {argument}={csv_path!r}")
+    # A quote left open runs its cell over the next lines: their rows vanish into it.
+    open_quotes = [f"row {n}: a quote left open (its cell runs over several lines: "
+                   f"{cell.splitlines()[0]!r}...)" for n, row in rows for cell in row if "\n" in cell]
+    _raise_for_problems(open_quotes, csv_path, argument,
+                        summary=f"{len(open_quotes)} row(s) with an unmatched '\"'")
     # `a.mp4,3,17,41`: the labels 17 and 41 would be dropped without a word.
     columns = len(header) if header else 2
     extra = [f"row {n}: {len(row)} cells ({','.join(row)!r})" for n, row in rows
