@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 
 def test_marker_attention_picks_the_marked_quadrant_of_the_last_frame():
@@ -43,6 +44,13 @@ def test_demo_runs_end_to_end(tmp_path):
     # The folders the README's commands use after `make demo`.
     assert written["saved_model"] == str(tmp_path / "exported" / "demo_nl_c2d" / "1")
     assert os.path.isfile(os.path.join(written["saved_model"], "saved_model.pb"))
+    # The signature the README shows, as its own export of the run gives it: the
+    # demo exported class names its run's config has not (`top_k_class_names`).
+    from nonlocal_keras.training import export
+
+    metadata = export.read_metadata(written["saved_model"])
+    run_config = yaml.safe_load((tmp_path / "runs" / "demo_nl_c2d" / "config.yaml").read_text())
+    assert metadata.get("class_names") == run_config["data"]["class_names"]
     for run in ("demo_c2d", "demo_nl_c2d"):
         assert (tmp_path / "runs" / run / "final.weights.h5").is_file()
     assert len(os.listdir(out / "examples")) == demo.EXAMPLE_VIDEOS

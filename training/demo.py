@@ -96,8 +96,7 @@ def main(argv=None):
     best = max(rows, key=lambda row: row["top1"])
     export_dir = export_saved_model(models["NL-C2D"], os.path.join(args.export_dir, EXPORTED),
                                     data_config=configs["NL-C2D"]["data"],
-                                    model_config=configs["NL-C2D"]["model"],
-                                    class_names=[str(d) for d in range(10)], overwrite=True)
+                                    model_config=configs["NL-C2D"]["model"], overwrite=True)
     examples = _copy_examples(root, os.path.join(args.output_dir, "examples"))
     picture = os.path.join(args.output_dir, "attention.png")
     attention_map.save_marker_attention(models["NL-C2D"], root, picture, seed=args.seed)
