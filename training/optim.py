@@ -45,19 +45,26 @@ class SGDWithL2(keras.optimizers.SGD):
         super().__init__(**kwargs)
         self.l2 = l2
         self.scale_momentum = bool(scale_momentum)
+        self._rate_change = None  # set each step by _backend_update_step
 
-    def _rate_change(self):
-        """new / old learning rate at this step, or None where nothing is scaled."""
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Once a step, not in each variable's update_step: the schedule twice for
+        # every variable doubled the optimizer's time (160 variables, 0.9 -> 2 ms).
+        self._rate_change = self._rate_change_at(learning_rate)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _rate_change_at(self, learning_rate):
+        """new / old learning rate at this step (`learning_rate` its rate), or None
+        where nothing is scaled."""
         schedule = self._learning_rate
         if not (self.scale_momentum and self.momentum
                 and isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)):
             return None
-        now = schedule(self.iterations)
         before = schedule(ops.maximum(self.iterations - 1, 0))
-        return ops.where(before > 0, now / before, ops.ones_like(now))
+        return ops.where(before > 0, learning_rate / before, ops.ones_like(before))
 
     def _follow_rate(self, velocity):
-        change = self._rate_change()
+        change = self._rate_change
         if change is None:
             return
         if keras.backend.backend() != "tensorflow":
