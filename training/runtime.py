@@ -68,6 +68,17 @@ def make_strategy(name="auto", tpu=""):
         f"Received: strategy={name!r}")
 
 
+def is_chief(resolver):
+    """Whether the task a cluster resolver describes writes the run (every worker
+    trains): the chief, else worker 0 of a cluster without one; any process
+    outside a cluster."""
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
+        return True
+    kind, index = resolver.task_type, resolver.task_id
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
+
+
 def worker_share(strategy):
     """`(index, count)` of this process among the workers of a
     `MultiWorkerMirroredStrategy` (a chief first, as the strategy numbers

@@ -105,12 +105,7 @@ def _multi_host(strategy):
 
 def _is_chief(strategy):
     """Whether this process writes the run folder (every worker trains)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not _multi_host(strategy) or resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0
-                                    and "chief" not in resolver.cluster_spec().as_dict())
+    return not _multi_host(strategy) or runtime.is_chief(getattr(strategy, "cluster_resolver", None))
 
 
 def build_optimizer(config, steps_per_epoch):

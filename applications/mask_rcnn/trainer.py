@@ -25,7 +25,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     synthetic_coco,
     synthetic_keypoints,
 )
-from nonlocal_keras.training import atomic, cluster_stop, run_state
+from nonlocal_keras.training import atomic, cluster_stop, run_state, runtime
 
 FLAGS = flags.FLAGS
 
@@ -382,13 +382,8 @@ def run(argv, signals):
 def _writes_the_run(model_dir):
     """Whether this process writes `model_dir` and can lock it: a local folder,
     and the chief of a cluster (the others save into folders of their own)."""
-    if "://" in model_dir:
-        return False
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = cluster.get("task") or {}
-    kind, index = task.get("type"), task.get("index", 0)
-    return (not task or kind == "chief"
-            or (kind == "worker" and index == 0 and "chief" not in cluster.get("cluster", {})))
+    return "://" not in model_dir and runtime.is_chief(
+        tf.distribute.cluster_resolver.TFConfigClusterResolver())
 
 
 def _run_and_export(params, model_dir, signals):
