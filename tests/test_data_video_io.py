@@ -256,7 +256,7 @@ def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
 def test_a_slightly_overstated_length_is_resampled_like_a_full_decode(videos, monkeypatch,
                                                                        overstated_by):
     # Some muxers state a frame or two more than the decoder delivers.
-    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + overstated_by)
+    monkeypatch.setattr(video_io, "_stated_frames", lambda stream: LONG + overstated_by)
     sampler = lambda total: video_io.eval_clip_indices(total, 4, 8, 3)  # noqa: E731
     reference = np.stack(full_decode(videos["h264.mp4"]))
     decoded = video_io.decode_frames(videos["h264.mp4"], sampler)
@@ -264,7 +264,7 @@ def test_a_slightly_overstated_length_is_resampled_like_a_full_decode(videos, mo
 
 
 def test_a_length_far_beyond_the_frames_is_a_truncation(videos, monkeypatch):
-    monkeypatch.setattr(video_io, "_stated_frames", lambda path: LONG + 50)
+    monkeypatch.setattr(video_io, "_stated_frames", lambda stream: LONG + 50)
     with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded \d+ of 12 needed"):
         video_io.decode_frames(videos["h264.mp4"],
                                lambda total: video_io.eval_clip_indices(total, 4, 8, 3))
@@ -348,7 +348,7 @@ def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
     import av
 
     path = b_frame_video
-    _, timeline, _ = video_io._read_timeline(path)
+    _, _, timeline, _ = video_io._read_timeline(path)
     reference = full_decode(path)
     wanted = list(range(110, LONG, 8))
     outputs = {}

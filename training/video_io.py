@@ -109,18 +109,14 @@ def decode_frames(path, sampler, threads=None):
         raise VideoDecodeError(path, f"{type(error).__name__}: {error}") from error
 
 
-def _stated_frames(path):
-    """The frame count the container states (0: none), or VideoDecodeError."""
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise VideoDecodeError(path, "no video stream")
-        return max(int(container.streams.video[0].frames), 0)
+def _stated_frames(stream):
+    """The frame count the container states for `stream` (0: none)."""
+    return max(int(stream.frames), 0)
 
 
 def _decode(path, sampler, threads=None):
-    stated = _stated_frames(path)
     # The packet times identify each frame, so that unwanted ones can be skipped.
-    count, timeline, hidden = _read_timeline(path)
+    stated, count, timeline, hidden = _read_timeline(path)
     # A file cut without re-encoding (`ffmpeg -ss ... -c copy`) keeps the frames
     # from the keyframe before the cut, hidden by an edit list: the container
     # counts them (and others, before that keyframe, that FFmpeg's demuxer
@@ -173,8 +169,8 @@ class _Clips:
 
 
 def _read_timeline(path):
-    """(frame count, sorted presentation times or None, hidden frames) from the
-    packets alone.
+    """(frames the container states, frame count, sorted presentation times or
+    None, hidden frames) from the packets alone, or VideoDecodeError.
 
     Demuxing reads the file but decodes nothing. The sorted packet times
     are the frames' times in display order, which lets a seek tell which
@@ -184,7 +180,10 @@ def _read_timeline(path):
     """
     times, hidden = [], 0
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
         stream = container.streams.video[0]
+        stated = _stated_frames(stream)
         try:
             for packet in container.demux(stream):
                 if packet.size and packet.is_discard:
@@ -194,8 +193,8 @@ def _read_timeline(path):
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
     if any(t is None for t in times):
-        return len(times), None, hidden
-    return len(times), sorted(times), hidden
+        return stated, len(times), None, hidden
+    return stated, len(times), sorted(times), hidden
 
 
 def _to_rgb(frame, reformatter):
