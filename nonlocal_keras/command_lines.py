@@ -161,6 +161,15 @@ def convert_weights_parser():
     return parser
 
 
+def serving_example_parser():
+    parser = _parser("nonlocal-serving-example", "serving_example")
+    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version> "
+                        "(or <base>/<model_name>: its highest version)")
+    parser.add_argument("--write", metavar="DIR",
+                        help="also write models.config and request.json here")
+    return parser
+
+
 def demo_data_dir(args):
     """The dataset folder of `nonlocal-demo`'s parsed `args`, for the demo and for
     its `--print-data-dir` answered here: the two must name the same one."""
@@ -170,7 +179,8 @@ def demo_data_dir(args):
 
 PARSERS = {"nonlocal-train": train_parser, "nonlocal-evaluate": evaluate_parser,
            "nonlocal-export": export_parser, "nonlocal-predict": predict_parser,
-           "nonlocal-demo": demo_parser, "nonlocal-convert-weights": convert_weights_parser}
+           "nonlocal-demo": demo_parser, "nonlocal-convert-weights": convert_weights_parser,
+           "nonlocal-serving-example": serving_example_parser}
 
 
 def answer_without_tensorflow(prog, argv):

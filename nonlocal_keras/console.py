@@ -230,5 +230,9 @@ def convert_weights():
     _run("nonlocal-convert-weights", "nonlocal_keras.applications.caffe2_weights")
 
 
+def serving_example():
+    _run("nonlocal-serving-example", "nonlocal_keras.training.serving_example")
+
+
 def train_detection():
     _run("nonlocal-train-detection", "nonlocal_keras.training.train_detection")

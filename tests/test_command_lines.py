@@ -15,7 +15,8 @@ SCRIPTS = {"nonlocal-train": ("train", "training.train"),
            "nonlocal-export": ("export", "training.export"),
            "nonlocal-predict": ("predict", "training.predict"),
            "nonlocal-demo": ("demo", "training.demo"),
-           "nonlocal-convert-weights": ("convert_weights", "applications.caffe2_weights")}
+           "nonlocal-convert-weights": ("convert_weights", "applications.caffe2_weights"),
+           "nonlocal-serving-example": ("serving_example", "training.serving_example")}
 
 
 def _console(function, *argv):

@@ -55,7 +55,7 @@ def test_readme_shows_the_generated_request_body(exported):
     readme = README.read_text()
     assert text.strip() in readme, (
         "README.md's REST request body is not the one the exported signature needs; paste the "
-        f"`# request.json` part of `python -m nonlocal_keras.training.serving_example <model>`:\n{text}")
+        f"`# request.json` part of `nonlocal-serving-example <model>`:\n{text}")
 
 
 def test_cli_writes_models_config_and_request(exported, tmp_path, capsys):

@@ -496,7 +496,7 @@ def main(argv=None):
                               max_aspect_ratio=args.max_aspect_ratio)
     print(f"SavedModel written to {path}")
     print(f"TF Serving config and request example: "
-          f"python -m nonlocal_keras.training.serving_example {path}")
+          f"nonlocal-serving-example {path}")
     # The console script passes this to sys.exit: 0, not the path.
     return 0
 

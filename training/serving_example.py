@@ -1,6 +1,6 @@
 """TF Serving files for an exported model: `models.config` and a REST request body.
 
-    python -m nonlocal_keras.training.serving_example exported/nl_c2d/1 [--write DIR]
+    nonlocal-serving-example exported/nl_c2d/1 [--write DIR]
 
 Reads the `serving_default` signature from `saved_model.pb` (as TF Serving
 does) and prints the `models.config` that serves `<base>/<name>`, the Docker
@@ -14,7 +14,6 @@ The README's request body is this script's output for the `make demo` model;
 tests/test_export_serving.py checks that it still fits the exported signature.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ import sys
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
 
+from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, export
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
@@ -104,12 +104,7 @@ def describe_model(saved_model_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version> "
-                        "(or <base>/<model_name>: its highest version)")
-    parser.add_argument("--write", metavar="DIR", help="also write models.config and request.json here")
-    args = parser.parse_args(argv)
+    args = command_lines.serving_example_parser().parse_args(argv)
     name, base, body, outputs = describe_model(args.model)
     config = models_config(name, f"/models/{name}")
     print(f"# models.config (put it in {base})\n{config}")
@@ -132,4 +127,4 @@ def main(argv=None):
 if __name__ == "__main__":
     from nonlocal_keras.training import cli
 
-    sys.exit(cli.run("serving_example", "nonlocal_keras.training.serving_example"))
+    sys.exit(cli.run("nonlocal-serving-example", "nonlocal_keras.training.serving_example"))
