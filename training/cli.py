@@ -20,7 +20,7 @@
   nothing it trained. More SIGTERMs or SIGHUPs (a wrapper such as `timeout`
   forwarding the one the process also got) do not cut the commit short; a
   Ctrl-C does. `nonlocal-train-detection` commits the same way within 10 steps
-  of its Orbit loop in progress (`LoopSignals`).
+  (about 5 s of steps on one worker) of its Orbit loop in progress (`LoopSignals`).
 - SIGHUP (the terminal closed: an SSH session dropped without tmux or `nohup`)
   is a SIGTERM that says `nonlocal-<cmd>: hung up` and exits 129; the writes to
   the vanished terminal, which fail, send stdout and stderr to /dev/null

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 import uuid
 
 import orbit
@@ -95,6 +96,9 @@ def seed_everything(params):
 # which a scheduler's grace after SIGTERM (30 s for Slurm's and Kubernetes'
 # defaults) does not wait for.
 PIECE_STEPS = 10
+# On one worker a piece is also cut to about this long: ten steps of a large
+# model on a CPU outlast that grace, and the watchdog's (`cli`).
+PIECE_SECONDS = 5.0
 
 
 class CommittingController(orbit.Controller):
@@ -104,11 +108,13 @@ class CommittingController(orbit.Controller):
     before the process leaves, so that a preempted or hung-up run resumes where
     it was rather than at its last `checkpoint_interval`.
 
-    Inside a loop the signals are looked at every PIECE_STEPS steps: the
-    trainer's loop function (one `tf.function`, whose step count is a tensor)
-    is called for PIECE_STEPS steps at a time, between the loop's one
-    `train_loop_begin` and `train_loop_end`, so metrics and summaries are those
-    of the whole loop. Not on TPUs, where each call costs a round trip to the host."""
+    Inside a loop the signals are looked at every PIECE_STEPS steps, or every
+    PIECE_SECONDS of steps on one worker (the workers of a cluster must stop at
+    the same points): the trainer's loop function (one `tf.function`, whose step
+    count is a tensor) is called for a piece of steps at a time, between the
+    loop's one `train_loop_begin` and `train_loop_end`, so metrics and summaries
+    are those of the whole loop. Not on TPUs, where each call costs a round trip
+    to the host."""
 
     def __init__(self, *args, signals, **kwargs):
         super().__init__(*args, **kwargs)
@@ -119,8 +125,10 @@ class CommittingController(orbit.Controller):
                                                   lambda: int(self.global_step.numpy()))
         if self.trainer is not None and not isinstance(self.strategy, tf.distribute.TPUStrategy):
             build = self.trainer.create_train_loop_fn
+            seconds = None if self._cluster else PIECE_SECONDS
             self.trainer.create_train_loop_fn = lambda: in_pieces(
-                build(), PIECE_STEPS, lambda: signals.check(self._commit, self._cluster))
+                build(), PIECE_STEPS, lambda: signals.check(self._commit, self._cluster),
+                seconds)
 
     def _train_n_steps(self, num_steps):
         with self._signals.steps(self._commit, self._cluster):
@@ -180,17 +188,26 @@ class ChiefRestoringCheckpointManager(tf.train.CheckpointManager):
         return latest
 
 
-def in_pieces(loop_fn, piece_steps, between):
+def in_pieces(loop_fn, piece_steps, between, seconds=None, clock=time.monotonic):
     """Orbit's `loop_fn(iterator, num_steps)` run `piece_steps` steps at a time,
-    `between()` called between two pieces."""
+    `between()` called between two pieces. With `seconds`, the first piece is
+    one step and each next one as many steps as took about `seconds` in the
+    piece before (at least one, at most `piece_steps`)."""
+    size = 1 if seconds else piece_steps
 
     def run(iterator, num_steps):
+        nonlocal size
         left = int(num_steps)
         if left < 0:  # until the data ends
             return loop_fn(iterator, num_steps)
         while left > 0:
-            piece = min(left, piece_steps)
+            piece = min(left, size)
+            started = clock()
             loop_fn(iterator, tf.constant(piece, num_steps.dtype))
+            if seconds:
+                per_step = (clock() - started) / piece
+                size = piece_steps if per_step <= 0 else max(
+                    1, min(piece_steps, int(seconds / per_step)))
             left -= piece
             if left:
                 between()
