@@ -372,6 +372,32 @@ def test_the_runs_training_csv_says_whether_it_is_multi_label(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_run_whose_training_csv_is_gone_is_told_by_its_training_metrics(tmp_path, capsys):
+    """Its CSV moved, a Charades-style run was exported with softmax scores (exit 0)."""
+    run, config, _ = _run_folder(tmp_path)
+    config["data"]["train_csv"] = str(tmp_path / "moved.csv")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def export_to(name, *flags):
+        assert export.main(["--config", str(run / "config.yaml"),
+                            "--output", str(tmp_path / name), *flags]) == 0
+        [metadata] = (tmp_path / name).glob(f"*/1/{export.METADATA_FILE}")
+        return json.loads(metadata.read_text())["multi_label"], capsys.readouterr().out
+
+    (run / "history.csv").write_text("epoch,loss,pr_auc,skipped_videos\n1,0.7,0.2,0\n")
+    multi, out = export_to("m")
+    assert multi is True and "Multi-label (sigmoid scores): the run trained with pr_auc" in out
+    (run / "history.csv").write_text("epoch,loss,top1,top5,skipped_videos\n1,0.7,0.2,0.5,0\n")
+    multi, out = export_to("s")
+    assert multi is False and "label (s" not in out
+    with pytest.raises(errors.ConfigError, match=r"single-label \(softmax\): it trained with top1"):
+        export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "x"),
+                     "--multi-label"])
+    (run / "history.csv").unlink()  # no epoch finished: nothing tells; said, not silent
+    multi, out = export_to("u")
+    assert multi is False and "Single-label (softmax scores): the training CSV" in out
+
+
 def test_metadata_records_every_eval_setting_the_model_and_its_weights(tmp_path, capsys):
     run, config, _ = _run_folder(tmp_path)
     output = tmp_path / "exported" / "1"

@@ -17,6 +17,7 @@ import pytest
 
 import hangup
 import loopback
+from nonlocal_keras.training import models
 from test_training_train import _env, _overrides, _write_dataset
 
 EPOCHS, STEPS = 4, 3
@@ -132,18 +133,27 @@ def test_more_epochs_continue_a_finished_run_and_restart_moves_it_aside(tmp_path
     csv_path = _write_dataset(tmp_path, count=12)
     run_dir = tmp_path / "run"
     assert _run(_command(csv_path, run_dir, "schedule.epochs=1")).returncode == 0
-    more = _run(_command(csv_path, run_dir, "schedule.epochs=2"))
+    # Continued, and stopped before its end: the first end's final files no
+    # longer describe the run (export and evaluate took its epoch-1 weights).
+    env = dict(_env(), NONLOCAL_KERAS_KILL_AT="final.weights.h5:1")
+    assert _run(_command(csv_path, run_dir, "schedule.epochs=2"), env).returncode == -signal.SIGKILL
+    assert _history_epochs(run_dir) == [1, 2]
+    assert not [name for name in ("final.weights.h5", "model.keras", "results.json")
+                if (run_dir / name).exists()]
+    assert models.weights_file(str(run_dir)) == str(run_dir / "checkpoints" / "last.weights.h5")
+    assert _run(_command(csv_path, run_dir, "schedule.epochs=2")).returncode == 0
+    more = _run(_command(csv_path, run_dir, "schedule.epochs=3"))
     assert more.returncode == 0, more.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["steps"] == 2 * STEPS and results["steps_run_this_session"] == STEPS
-    assert _history_epochs(run_dir) == [1, 2]
+    assert results["steps"] == 3 * STEPS and results["steps_run_this_session"] == STEPS
+    assert _history_epochs(run_dir) == [1, 2, 3]
 
     restarted = _run(_command(csv_path, run_dir, "schedule.epochs=1", "optimizer.momentum=0.5")
                      + ["--restart"])
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["steps"] == STEPS
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
-    assert len(aside) == 1 and _history_epochs(aside[0]) == [1, 2]
+    assert len(aside) == 1 and _history_epochs(aside[0]) == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import atomic, data, models, preprocessing
+from nonlocal_keras.training import atomic, data, models, preprocessing, run_state
 from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError, UserError
 from nonlocal_keras.utils import is_positive_int
 
@@ -440,9 +440,8 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
         if not os.path.isfile(checkpoint):
             raise MissingFileError(f"Checkpoint not found. Received: --checkpoint={checkpoint!r}")
         return checkpoint, "--checkpoint"
-    run_dir = None
-    if os.path.isfile(config_path) and os.path.basename(config_path) == "config.yaml":
-        run_dir = os.path.dirname(os.path.abspath(config_path))
+    run_dir = _run_folder(config_path)
+    if run_dir:
         for name, what in zip(models.RUN_WEIGHTS, (
                 "the run's final weights", "the run's last checkpoint (the run did not finish)")):
             if os.path.isfile(os.path.join(run_dir, name)):
@@ -463,16 +462,31 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
         f"Give {give}. Received: --config={config_path!r}")
 
 
-def _multi_label(flag, train_csv):
-    """`--multi-label`, or what the run's training CSV says: without the flag a
-    Charades run was exported with softmax scores, without a word."""
-    trained = data.labels_are_multi(train_csv)
+def _run_folder(config_path):
+    """The run folder whose `config.yaml` `config_path` is, else None."""
+    if os.path.isfile(config_path) and os.path.basename(config_path) == "config.yaml":
+        return os.path.dirname(os.path.abspath(config_path))
+    return None
+
+
+def _multi_label(flag, train_csv, run_dir=None):
+    """`--multi-label`, or what the run's training CSV says, or, that CSV gone,
+    the run's training metrics: without the flag a Charades run was exported
+    with softmax scores, without a word."""
+    trained, evidence = data.labels_are_multi(train_csv), (
+        "the run's training CSV has a 'labels' column", "its training data has no 'labels' column")
+    if trained is None and run_dir:
+        trained, evidence = run_state.trained_multi_label(run_dir), (
+            f"the run trained with {run_state.MULTI_LABEL_METRIC} (history.csv)",
+            f"it trained with {run_state.SINGLE_LABEL_METRIC} (history.csv)")
     if trained and not flag:
-        print("Multi-label (sigmoid scores): the run's training CSV has a 'labels' column")
+        print(f"Multi-label (sigmoid scores): {evidence[0]}")
     if trained is False and flag:
-        raise ConfigError("--multi-label, but the run was trained single-label (softmax): its "
-                          f"training data has no 'labels' column. Received: data.train_csv="
-                          f"{train_csv!r}")
+        raise ConfigError(f"--multi-label, but the run was trained single-label (softmax): "
+                          f"{evidence[1]}. Received: data.train_csv={train_csv!r}")
+    if trained is None and not flag:
+        print(f"Single-label (softmax scores): the training CSV {train_csv!r} is not there to "
+              "tell; give --multi-label for a model trained multi-label")
     return bool(flag or trained)
 
 
@@ -482,7 +496,8 @@ def main(argv=None):
     weights, origin = find_weights(args.config, config["model"].get("weights"), args.checkpoint)
     print(f"Exporting with weights {weights} ({origin})")
     config["model"]["weights"] = weights
-    multi_label = _multi_label(args.multi_label, config["data"].get("train_csv"))
+    multi_label = _multi_label(args.multi_label, config["data"].get("train_csv"),
+                               _run_folder(args.config))
     try:
         model = models.build_model(config["model"], config["data"], multi_label)
     except ValueError as error:

@@ -6,7 +6,8 @@
       state/ckpt-<step>.weights.h5 weights + optimiser state of the last two commits
       checkpoints/last.weights.h5  the weights at the end of the last finished epoch
       history.csv                  one row per finished epoch (derived from state.json)
-      final.weights.h5, model.keras, results.json   written when training has ended
+      final.weights.h5, model.keras, results.json   written when training has ended,
+                                   removed when it goes on (more epochs)
 
 A commit writes the weights under a new name, then atomically replaces
 `state.json`, which names them; only then are older weight files deleted. So a
@@ -92,6 +93,36 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
             logger.warning("Cannot lock the run folder %s (%s); nothing stops a second run "
                            "from writing into it at the same time.", run_dir, error)
         yield
+
+
+FINAL_FILES = ("final.weights.h5", "model.keras", "results.json")
+# The training metrics' names, which history.csv keeps: they tell how a run
+# was trained once its training CSV is gone.
+MULTI_LABEL_METRIC, SINGLE_LABEL_METRIC = "pr_auc", "top1"
+
+
+def remove_final_files(run_dir):
+    """Before a session trains: the final files of a run that had ended describe
+    it no longer. A finished run continued for more epochs and stopped kept its
+    old `final.weights.h5`, which `nonlocal-export` and `nonlocal-evaluate`
+    prefer to the newer last checkpoint (both exit 0). They are written again
+    when the training ends."""
+    for name in FINAL_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, name))
+
+
+def trained_multi_label(run_dir):
+    """Whether the run in `run_dir` trained multi-label, from history.csv's
+    columns; None when no epoch has finished (or the file is unreadable)."""
+    try:
+        with open(os.path.join(run_dir, "history.csv"), newline="", encoding="utf-8") as handle:
+            columns = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if MULTI_LABEL_METRIC in columns:
+        return True
+    return False if SINGLE_LABEL_METRIC in columns else None
 
 
 class RunState:

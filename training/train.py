@@ -16,7 +16,8 @@ state, committed every `runtime.backup_freq`), `checkpoints/last.weights.h5`,
 and `results.json`. Rerun the same command after a crash, a kill or Ctrl-C: it
 resumes from the last commit with exactly the steps that were left. Rerun it
 after the run finished: it says so and trains nothing. With more
-`schedule.epochs` it continues from the end; `--restart` moves the old folder
+`schedule.epochs` it continues from the end (the final files are written again at
+the new end); `--restart` moves the old folder
 aside (`<folder>.old-<time>`) and starts over.
 """
 
@@ -57,9 +58,10 @@ RESUMABLE_CHANGES = {
 def _loss_and_metrics(multi_label, num_classes):
     if multi_label:
         return (keras.losses.BinaryCrossentropy(),
-                [keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")])
+                [keras.metrics.AUC(curve="PR", multi_label=True,
+                                   name=run_state.MULTI_LABEL_METRIC)])
     return (keras.losses.SparseCategoricalCrossentropy(),
-            [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            [keras.metrics.SparseCategoricalAccuracy(name=run_state.SINGLE_LABEL_METRIC),
              keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")])
 
 
@@ -283,6 +285,7 @@ def run(config, strategy=None, restart=False):
                 state = run_state.RunState(run_dir, steps_per_epoch)
             os.makedirs(state.folder, exist_ok=True)
             state.clean()
+            run_state.remove_final_files(run_dir)
             config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
         with strategy.scope():
             state.restore(model)
