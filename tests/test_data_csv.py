@@ -254,3 +254,11 @@ def test_a_video_listed_twice_for_evaluation_is_warned_about(videos, caplog):
     records, _ = data.load_val_records(config)
     assert len(records) == 3  # each listing is evaluated, as written
     assert "1 video(s) of" in caplog.text and "listed more than once (rows 2, 4)" in caplog.text
+
+
+def test_a_label_of_non_ascii_digits_is_a_name_not_a_traceback(videos):
+    """'²'.isdigit() is True and int('²') a ValueError: a traceback, exit 1."""
+    path = _csv(videos, "path,label\na.mp4,\u00b2\nb.mp4,1\n")
+    with pytest.raises(data.DatasetError, match="(?s)mix class ids and class names.*"
+                       "row 2: class name '\u00b2'"):
+        data.read_csv_records(path, 2, argument="data.train_csv")

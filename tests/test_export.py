@@ -174,6 +174,50 @@ def test_next_version_in_a_base_folder_and_version_checks(tmp_path):
         export.resolve_export_path(tmp_path / "net" / "0", "net")
 
 
+def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_path):
+    """`--output exp/net` (a model's folder, which `nonlocal-predict --model` takes)
+    wrote `exp/net/net/1`, which nothing serves, exit 0."""
+    first = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG,
+                                      model_name="net")
+    second = export.export_saved_model(model, os.path.dirname(first), data_config=DATA_CONFIG)
+    assert (first, second) == (str(tmp_path / "net" / "1"), str(tmp_path / "net" / "2"))
+    assert export.resolve_export_path(tmp_path / "²", "net") == str(tmp_path / "²" / "net" / "1")
+
+
+def test_a_version_that_is_a_file_or_appears_meanwhile_is_refused(model, tmp_path, monkeypatch):
+    """A file in the version's place was a NotADirectoryError traceback; a version
+    another export finished meanwhile was replaced without --overwrite."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "7").write_text("")
+    with pytest.raises(errors.FolderError, match="The version folder is a file. Received"):
+        export.export_saved_model(model, str(tmp_path / "net" / "7"), data_config=DATA_CONFIG,
+                                  overwrite=True)
+    other = tmp_path / "net" / "8"
+
+    def another_export_writes(parent):
+        other.mkdir()
+        (other / "saved_model.pb").write_text("the other export's")
+
+    monkeypatch.setattr(export, "_remove_abandoned_staging", another_export_writes)
+    with pytest.raises(export.VersionExistsError, match="The version folder exists"):
+        export.export_saved_model(model, str(other), data_config=DATA_CONFIG)
+    assert sorted(os.listdir(tmp_path / "net")) == ["7", "8"]
+    assert (other / "saved_model.pb").read_text() == "the other export's"
+
+
+def test_a_read_only_model_folder_is_one_line(model, tmp_path, monkeypatch):
+    """Its staging folder (tempfile.mkdtemp) failed outside the handled writes: a traceback."""
+    import errno
+    import tempfile
+
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(errors.FolderError, match=r"Cannot write the SavedModel .*Read-only"):
+        export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+
+
 def test_refuses_to_overwrite_a_version(model, exported):
     with pytest.raises(FileExistsError, match="Received: export_dir="):
         export.export_saved_model(model, exported, data_config=DATA_CONFIG)

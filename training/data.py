@@ -118,7 +118,8 @@ def _label_tokens(cell, separator):
 
 
 def _is_int(token):
-    return token.lstrip("-").isdigit()
+    digits = token.lstrip("-")
+    return digits.isascii() and digits.isdigit()  # '²'.isdigit(), and int('²') fails
 
 
 def _checked_tokens(header, rows, csv_path, argument):

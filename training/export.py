@@ -75,19 +75,28 @@ class VersionExistsError(UserError, FileExistsError):
 def resolve_export_path(export_dir, model_name):
     """`<base>/<name>/<version>` as given, or `export_dir/<model_name>/<next version>`.
 
-    A path whose last part is a number is taken as the version folder; any
-    other path is a base folder, inside which the next free version of
-    `model_name` is used (TF Serving serves the highest version).
+    A path whose last part is a number is taken as the version folder; a
+    folder that holds versions already is a model's folder (its next version:
+    as a base, the version went to `<it>/<model_name>/1`, which neither TF
+    Serving nor `nonlocal-predict --model` on it ever loads); any other path is
+    a base folder, inside which the next free version of `model_name` is used
+    (TF Serving serves the highest version).
     """
     export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.basename(export_dir).isdigit():
+    if is_version_name(os.path.basename(export_dir)):
         if int(os.path.basename(export_dir)) < 1:
             raise ConfigError("The version folder must be a number >= 1 (TF Serving ignores 0). "
                               f"Received: export_dir={export_dir!r}")
         return export_dir
-    model_dir = os.path.join(export_dir, model_name)
-    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()] if os.path.isdir(model_dir) else []
+    model_dir = export_dir if _versions(export_dir) else os.path.join(export_dir, model_name)
+    versions = [int(v) for v in _listing(model_dir) if is_version_name(v)]
     return os.path.join(model_dir, str(max(versions, default=0) + 1))
+
+
+def is_version_name(name):
+    """Whether a folder name is a TF Serving version: ASCII digits (`str.isdigit`
+    takes '²', which `int` refuses)."""
+    return name.isascii() and name.isdigit()
 
 
 def serving_settings(model, data_config=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
@@ -316,9 +325,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     if class_names is not None:
         class_names = _checked_class_names(class_names, model.output_shape[1])
     path = resolve_export_path(export_dir, model_name or model.name)
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise VersionExistsError("The version folder exists; export a new version or pass "
-                                 f"overwrite=True (--overwrite). Received: export_dir={path!r}")
+    _check_replaceable(path, overwrite)
     metadata = dict(settings, metadata_version=METADATA_VERSION,
                     num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
@@ -330,8 +337,9 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
     _remove_abandoned_staging(parent)
-    staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
+    staging = None
     try:
+        staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
         archive = keras.export.ExportArchive()
         archive.track(model)
         table = None
@@ -349,6 +357,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         os.makedirs(os.path.join(saved, os.path.dirname(METADATA_FILE)), exist_ok=True)
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
+        _check_replaceable(path, overwrite)  # another export may have written it meanwhile
         if os.path.isdir(path):
             # Moved aside (and deleted with the staging folder), not deleted in
             # place: TF Serving must not load a half-deleted version.
@@ -361,8 +370,17 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         raise FolderError(f"Cannot write the SavedModel {path!r} ({os.strerror(refused)}); "
                           "nothing was exported, and the folder holds what it held") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _check_replaceable(path, overwrite):
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FolderError(f"The version folder is a file. Received: export_dir={path!r}")
+    if os.path.isdir(path) and _listing(path) and not overwrite:
+        raise VersionExistsError("The version folder exists; export a new version or pass "
+                                 f"overwrite=True (--overwrite). Received: export_dir={path!r}")
 
 
 def _listing(folder):
@@ -375,7 +393,7 @@ def _listing(folder):
 def _versions(folder):
     """`{number: path}` of the SavedModel version folders under `folder`."""
     return {int(name): os.path.join(folder, name) for name in _listing(folder)
-            if name.isdigit() and os.path.isfile(os.path.join(folder, name, "saved_model.pb"))}
+            if is_version_name(name) and os.path.isfile(os.path.join(folder, name, "saved_model.pb"))}
 
 
 def version_folder(path, argument="model"):

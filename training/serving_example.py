@@ -94,7 +94,7 @@ def describe_model(saved_model_dir):
     """(model name, base folder, request body text, outputs) of `<base>/<name>/<version>`."""
     version_dir = os.path.abspath(export.version_folder(saved_model_dir))
     model_dir = os.path.dirname(version_dir)
-    if not os.path.basename(version_dir).isdigit():
+    if not export.is_version_name(os.path.basename(version_dir)):
         raise ConfigError("Give the version folder <base>/<model_name>/<version> that "
                           f"nonlocal-export wrote. Received: model={saved_model_dir!r}")
     signature = read_signature(version_dir)
