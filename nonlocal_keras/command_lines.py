@@ -97,7 +97,8 @@ def export_parser():
     parser.add_argument("--checkpoint", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5, "
                         "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
     parser.add_argument("--output", required=True,
-                        help="BASE/<model_name>/<version> (or BASE: next version of the model's name)")
+                        help="BASE/<model_name>/<version>; BASE/<model_name> of an exported model: its "
+                        "next version; BASE: the next version of the model's name")
     _set(parser, "data.eval_scale=256")
     parser.add_argument("--multi-label", action="store_true",
                         help="the model was trained multi-label (sigmoid scores, e.g. Charades)")
