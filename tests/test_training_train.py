@@ -609,6 +609,26 @@ def test_evaluate_output_naming_a_folder_is_refused_before_the_evaluation(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
 
 
+def test_evaluate_output_that_cannot_be_written_is_refused_before_the_evaluation(
+        tmp_path, monkeypatch):
+    """On a read-only file system it evaluated every video, then failed to write and
+    printed none of the results (exit 2)."""
+    from nonlocal_keras.training import evaluate
+    from nonlocal_keras.training.errors import FolderError
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {val_csv: no_such.csv}\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access  # root may write anywhere: the folder says no here
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(locked)
+                        and access(path, mode))
+    with pytest.raises(FolderError, match=r"Cannot write '.*/locked/new/eval.json' \(Permission "
+                       "denied\)"):
+        evaluate.main(["--config", str(config), "--output", str(locked / "new" / "eval.json")])
+    assert os.listdir(locked) == []
+
+
 def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     """Seen: a run stopped 22 steps into its second 100-step epoch, rerun with
     `schedule.epochs=1`, was written as finished at step 122, exit 0; a finished

@@ -101,6 +101,27 @@ def check_not_a_folder(path):
                           "name a file (in it, say)")
 
 
+def check_writable(path):
+    """`check_not_a_folder`, and a `FolderError` when the folder the file goes to
+    (or the nearest one that exists) cannot be written: a read-only file system,
+    no permission. Asked before a command's work: `nonlocal-evaluate` scored
+    every video, then could not write its output, and printed nothing of it."""
+    check_not_a_folder(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EROFS if _read_only(folder) else errno.EACCES)
+        raise _cannot_write(path, reason)
+
+
+def _read_only(folder):
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _cannot_write(path, reason):
     return FolderError(f"Cannot write {os.path.abspath(path)!r} ({reason}); the file there "
                        "before, if any, is unchanged")

@@ -142,7 +142,7 @@ def main(argv=None):
     config = config_lib.load_config(config_path, args.set)
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
-        atomic.check_not_a_folder(output)
+        atomic.check_writable(output)
     # --config alone: the weights that run trained (as nonlocal-export finds them),
     # never the untrained model that config.yaml's model.weights: null builds.
     config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(
@@ -155,9 +155,9 @@ def main(argv=None):
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
                                       verbose=0 if args.no_progress else 1))
+    print(json.dumps(results, indent=2))  # first: a write refused now loses nothing
     if output:
         atomic.write_json(output, results)
-    print(json.dumps(results, indent=2))
     return 0
 
 
