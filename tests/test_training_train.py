@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import video_io
@@ -475,6 +476,21 @@ def test_hdf5_files_are_written_only_where_there_is_room_for_them(tmp_path, monk
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(real[:2] + (0,) * 8))
     with atomic.replace(target, size) as temporary:
         model.save_weights(temporary)
+
+
+def test_a_folder_whose_run_never_committed_is_taken_by_another_experiment(tmp_path):
+    """A first command that trained nothing (its videos undecodable) left config.yaml:
+    the corrected command was refused as another experiment; one that trained is."""
+    from nonlocal_keras.training import run_state, train
+
+    run_dir = tmp_path / "run"
+    (run_dir / run_state.STATE_DIR).mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"train_csv": "/old.csv"}}))
+    config = {"data": {"train_csv": "/new.csv"}}
+    assert train._check_same_experiment(str(run_dir), config) is None
+    (run_dir / run_state.STATE_DIR / run_state.STATE_FILE).write_text("{}")
+    with pytest.raises(run_state.RunFolderError, match=r"holds another experiment \(data.train_csv"):
+        train._check_same_experiment(str(run_dir), config)
 
 
 def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):

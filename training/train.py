@@ -143,6 +143,11 @@ def _check_same_experiment(run_dir, config, chief=True):
                 "The output folder is not empty and holds no run (no config.yaml); choose another "
                 f"runtime.output_dir. Received: runtime.output_dir={run_dir!r}")
         return None
+    if not os.path.isfile(os.path.join(run_dir, run_state.STATE_DIR, run_state.STATE_FILE)):
+        # Nothing was ever committed there (a first command that failed, on data
+        # none of whose videos decode, say): the corrected command was refused
+        # as another experiment. This one takes the folder over.
+        return None
     with open(path, encoding="utf-8") as handle:
         # A folder written before the paths were saved absolute holds them as given,
         # relative to the working directory, as they were read then.
