@@ -332,7 +332,7 @@ def test_evaluation_with_no_decodable_video_fails_and_writes_no_nan(tmp_path):
     assert not (run_dir / "eval.json").exists()
 
 
-def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path):
+def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path, monkeypatch):
     import fcntl
 
     from nonlocal_keras.training import run_state, train
@@ -358,6 +358,21 @@ def test_a_second_run_on_a_busy_folder_stops_before_writing(tmp_path):
     moved = [name for name in os.listdir(tmp_path) if name.startswith("run.old-")]
     assert len(moved) == 1 and (tmp_path / moved[0] / "results.json").is_file()
     assert (run_dir / "results.json").is_file()
+    # On a read-only file system the lock file cannot be opened: nothing can train
+    # there to lock against, and a finished run's command says so, as anywhere
+    # (it was "Cannot write in the run folder", exit 2).
+    import builtins
+
+    real_open = builtins.open
+
+    def read_only(path, *args, **kwargs):
+        if os.fspath(path).endswith(run_state.LOCK_FILE):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    _, again = train.run(config)
+    assert again["steps"] == 8 // 4
 
 
 @pytest.mark.parametrize("where", ["a_file", "a_file/run"])

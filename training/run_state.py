@@ -19,6 +19,7 @@ too, and used if the last one cannot be read.
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -79,6 +80,11 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
     try:
         handle = open(os.path.join(run_dir, LOCK_FILE), "a")
     except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES) and os.path.isdir(run_dir):
+            # Nothing can train there, so nothing to hold it against; a finished
+            # run's command still says so (exit 0), a write says it cannot.
+            yield
+            return
         raise FolderError(f"Cannot write in the run folder ({error.strerror}). "
                           f"Received: {setting}={run_dir!r}") from None
     with handle:

@@ -288,6 +288,7 @@ def run(config, strategy=None, restart=False):
             if restart and _move_aside(run_dir):
                 held.enter_context(run_state.folder_lock(run_dir))
                 state = run_state.RunState(run_dir, steps_per_epoch)
+            atomic.check_writable(os.path.join(run_dir, "config.yaml"))
             os.makedirs(state.folder, exist_ok=True)
             state.clean()
             run_state.remove_final_files(run_dir)
