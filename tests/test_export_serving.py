@@ -4,6 +4,7 @@ the exported signature, fits it, and is what the README shows."""
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import export, serving_example
+from nonlocal_keras.training import errors, export, serving_example
 from test_export_support import tiny_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -72,6 +73,32 @@ def test_cli_writes_models_config_and_request(exported, tmp_path, capsys):
     assert request in printed
     assert np.asarray(json.loads(request)["instances"]).shape == (
         1, DEMO_DATA["num_frames"], serving_example.EXAMPLE_PIXELS, serving_example.EXAMPLE_PIXELS, 3)
+
+
+def test_models_config_serves_every_model_of_the_base(exported, tmp_path):
+    """`--write BASE` for a second model replaced the first one's models.config."""
+    base = tmp_path / "base"
+    shutil.copytree(os.path.dirname(os.path.dirname(exported)), base)
+    shutil.copytree(base / "demo", base / "other")
+    for model in ("demo", "other"):
+        assert serving_example.main([str(base / model), "--write", str(base)]) == 0
+        config = (base / "models.config").read_text()
+        assert re.findall(r'name: "(\w+)"\s+base_path: "/models/(\w+)"', config) == [
+            ("demo", "demo"), ("other", "other")]
+
+
+def test_a_damaged_or_foreign_savedmodel_is_one_error(exported, tmp_path):
+    """A cut saved_model.pb was a DecodeError or IndexError traceback; one without
+    serving_default a KeyError."""
+    copy = tmp_path / "demo" / "1"
+    shutil.copytree(exported, copy)
+    pb = copy / "saved_model.pb"
+    whole = pb.read_bytes()
+    for cut, message in ((whole[:101], "saved_model.pb cannot be read"),
+                         (b"", "has no 'serving_default' signature")):
+        pb.write_bytes(cut)
+        with pytest.raises(errors.ConfigError, match=f"{message}.*Received: model="):
+            serving_example.main([str(copy)])
 
 
 def test_the_model_folder_means_its_highest_version_and_other_folders_are_refused(

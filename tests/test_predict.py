@@ -95,6 +95,26 @@ def test_unreadable_files_are_reported_and_fail_the_run(setup, capsys):
     assert f"{broken}: cannot read video" in err
     assert f"{missing}: cannot read video" in err
     assert "2 of 3 video(s) failed" in err
+    assert predict.main([videos[0], broken, broken, "--model", saved, "--num-clips", "1"]) == 1
+    assert "2 of 3 video(s) failed" in capsys.readouterr().err  # was 1: counted by name
+
+
+def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path):
+    """A copy cut short: an OpError or "Cannot parse file" traceback, exit 1."""
+    import shutil
+
+    _, saved, videos, _, _ = setup
+    for damage in ("variables", "saved_model.pb"):
+        copy = tmp_path / damage / "1"
+        shutil.copytree(saved, copy)
+        if damage == "variables":
+            for part in (copy / "variables").glob("variables.data-*"):
+                part.unlink()
+        else:
+            (copy / damage).write_bytes((copy / damage).read_bytes()[:100])
+        with pytest.raises(errors.ConfigError, match=r"The SavedModel cannot be loaded \(.+\); "
+                           "export it again. Received: model="):
+            predict.main([videos[0], "--model", str(copy)])
 
 
 def test_a_file_name_that_is_not_utf8_is_predicted_and_printed(setup, tmp_path):

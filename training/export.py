@@ -410,7 +410,7 @@ def version_folder(path, argument="model"):
     versions = _versions(path)
     if versions:
         return versions[max(versions)]
-    models = sorted(name for name in _listing(path) if _versions(os.path.join(path, name)))
+    models = exported_models(path)
     if len(models) == 1:
         return version_folder(os.path.join(path, models[0]), argument)
     if models:
@@ -418,6 +418,11 @@ def version_folder(path, argument="model"):
                           f"one of them, e.g. {os.path.join(path, models[0])!r}. "
                           f"Received: {argument}={path!r}")
     return path
+
+
+def exported_models(base):
+    """Sorted names of the folders under `base` that hold SavedModel versions."""
+    return sorted(name for name in _listing(base) if _versions(os.path.join(base, name)))
 
 
 def read_metadata(saved_model_dir):

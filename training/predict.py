@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import data, evaluate, export, progress
+from nonlocal_keras.training.errors import ConfigError
 
 
 class UnreadableVideos:
@@ -50,7 +51,12 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     export's settings.
     """
     metadata = export.read_metadata(saved_model_dir)
-    loaded = tf.saved_model.load(saved_model_dir)
+    try:
+        loaded = tf.saved_model.load(saved_model_dir)
+    except (OSError, tf.errors.OpError) as error:  # a copy cut short, a file missing
+        message = getattr(error, "message", None) or str(error)
+        raise ConfigError(f"The SavedModel cannot be loaded ({message.splitlines()[0]}); export "
+                          f"it again. Received: model={saved_model_dir!r}") from None
 
     def scores_of(views, training=False):
         # Through `loaded`, which must outlive the call: it owns the variables.
@@ -93,7 +99,8 @@ def main(argv=None):
     for path, reason in failures.items():
         print(f"{path}: cannot read video ({reason})", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(args.videos)} video(s) failed.", file=sys.stderr)
+        failed = sum(path in failures for path in args.videos)  # a path given twice counts twice
+        print(f"{failed} of {len(args.videos)} video(s) failed.", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from google.protobuf import message
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
 
@@ -36,10 +37,16 @@ def read_signature(saved_model_dir, name=export.DEFAULT_SIGNATURE):
         raise MissingFileError(f"No saved_model.pb in the folder. Received: model={saved_model_dir!r}")
     proto = saved_model_pb2.SavedModel()
     with open(path, "rb") as handle:
-        proto.ParseFromString(handle.read())
-    signatures = proto.meta_graphs[0].signature_def
+        try:
+            proto.ParseFromString(handle.read())
+        except message.DecodeError as error:  # a copy cut short, say
+            raise ConfigError(f"saved_model.pb cannot be read ({error}); export the model again. "
+                              f"Received: model={saved_model_dir!r}") from None
+    signatures = proto.meta_graphs[0].signature_def if proto.meta_graphs else {}
     if name not in signatures:
-        raise KeyError(f"Unknown signature; the model has {sorted(signatures)}. Received: signature={name!r}")
+        raise ConfigError(f"The SavedModel has no {name!r} signature (it has "
+                          f"{', '.join(sorted(signatures)) or 'none'}): not one nonlocal-export "
+                          f"wrote, or damaged. Received: model={saved_model_dir!r}")
 
     def describe(tensors):
         return {key: (dtypes.as_dtype(info.dtype).name, [d.size for d in info.tensor_shape.dim])
@@ -49,17 +56,15 @@ def read_signature(saved_model_dir, name=export.DEFAULT_SIGNATURE):
             "outputs": describe(signatures[name].outputs)}
 
 
-def models_config(model_name, base_path):
-    """A TF Serving `--model_config_file` (protobuf text) serving one model."""
-    return (
-        "model_config_list {\n"
+def models_config(model_names):
+    """A TF Serving `--model_config_file` (protobuf text) serving each model of
+    the base folder mounted at /models."""
+    return "model_config_list {\n" + "".join(
         "  config {\n"
-        f'    name: "{model_name}"\n'
-        f'    base_path: "{base_path}"\n'
+        f'    name: "{name}"\n'
+        f'    base_path: "/models/{name}"\n'
         '    model_platform: "tensorflow"\n'
-        "  }\n"
-        "}\n"
-    )
+        "  }\n" for name in model_names) + "}\n"
 
 
 def example_request(signature, num_frames):
@@ -106,8 +111,10 @@ def describe_model(saved_model_dir):
 def main(argv=None):
     args = command_lines.serving_example_parser().parse_args(argv)
     name, base, body, outputs = describe_model(args.model)
-    config = models_config(name, f"/models/{name}")
-    print(f"# models.config (put it in {base})\n{config}")
+    # Every model of the base: one model's config written there replaced the
+    # others' (their serving stopped at the server's next start).
+    config = models_config(export.exported_models(base))
+    print(f"# models.config (put it in {base}; it serves every model there)\n{config}")
     print("# Serve every model under the base folder:")
     print(f'docker run --rm -p {REST_PORT}:{REST_PORT} -v "{base}:/models" tensorflow/serving \\\n'
           "    --model_config_file=/models/models.config\n")
