@@ -3,6 +3,7 @@ loading without this package, input checks, and the nonlocal-export CLI."""
 
 import json
 import os
+import warnings
 import subprocess
 import sys
 import textwrap
@@ -534,6 +535,15 @@ def test_weights_of_another_model_are_a_config_error(tmp_path):
         export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
                      "--checkpoint", str(tmp_path / "seven.weights.h5")])
     assert not (tmp_path / "o").exists()
+    # Another architecture: Keras warned about each layer (28 lines) above the error line.
+    deeper = models.build_model(dict(config["model"], stage_blocks=[2, 1]), config["data"], False)
+    deeper.save_weights(str(tmp_path / "deeper.weights.h5"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(errors.ConfigError, match="Cannot load the weights into"):
+            export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
+                         "--checkpoint", str(tmp_path / "deeper.weights.h5")])
+    assert not [str(w.message) for w in caught if "Skipping" in str(w.message)]
 
 
 def test_console_script_prints_one_error_line_and_exits_2(tmp_path):

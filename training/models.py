@@ -153,15 +153,21 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
 def _load_all(model, path):
     from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights
 
-    try:
-        if path.endswith(".pkl"):
-            load_caffe2_weights(model, path)
-        else:
-            model.load_weights(path)
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"Cannot load the weights into {model.name!r} (another model, or "
-                          f"another class count?): {str(error).splitlines()[0]} "
-                          f"Received: model.weights={path!r}") from error
+    # Keras warns about each layer of another model's file ("Skipping nested
+    # container ...", 28 lines) before it raises: kept only if the load works.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if path.endswith(".pkl"):
+                load_caffe2_weights(model, path)
+            else:
+                model.load_weights(path)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"Cannot load the weights into {model.name!r} (another model, or "
+                              f"another class count?): {str(error).splitlines()[0]} "
+                              f"Received: model.weights={path!r}") from error
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _datasets(path):
