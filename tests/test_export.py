@@ -3,10 +3,10 @@ loading without this package, input checks, and the nonlocal-export CLI."""
 
 import json
 import os
-import warnings
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
