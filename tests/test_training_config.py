@@ -182,6 +182,17 @@ def test_a_paper_recipe_builds_its_model():
         models.find_constructor("NoSuchNet")
 
 
+def test_a_constructors_own_error_is_not_followed_by_the_whole_model_section():
+    """It read "... Received: nonlocal_blocks=7 Received: model={...}"."""
+    from nonlocal_keras.training import models
+
+    config = config_lib.load_config("demo_digits_nl_c2d", ["model.nonlocal_blocks=7"])
+    with pytest.raises(config_lib.ConfigError) as info:
+        models.build_model(config["model"], config["data"], multi_label=False)
+    assert str(info.value).count("Received:") == 1 and str(info.value).endswith(
+        "Received: nonlocal_blocks=7")
+
+
 @pytest.mark.slow
 def test_the_charades_recipe_loads_its_kinetics_run(tmp_path):
     """charades_nl_i3d_r101 with model.weights = the kinetics_nl_i3d_r101 run folder (400 -> 157)."""

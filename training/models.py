@@ -134,8 +134,9 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
             **kwargs,
         )
     except (ValueError, TypeError, OSError) as error:  # OSError: a download that failed
-        raise ConfigError(f"Cannot build {describe(model_config)}: {error} "
-                          f"Received: model={model_config!r}") from error
+        # A constructor's own check names the argument and its value already.
+        received = "" if "Received:" in str(error) else f" Received: model={model_config!r}"
+        raise ConfigError(f"Cannot build {describe(model_config)}: {error}{received}") from error
     if not isinstance(model, keras.Model):
         raise ConfigError(f"`model.name` must name a function that returns a keras.Model; "
                           f"{model_config['name']} returned a {type(model).__name__}. "
