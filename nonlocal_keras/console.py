@@ -124,6 +124,9 @@ def _exit_status(code):
 
 STOPPING_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
                     signal.SIGHUP: "hung up"}
+# Said once a process: a second Ctrl-C's watchdog and the main thread, handling
+# the first one, both said it (seen in 1 of 6 double Ctrl-Cs).
+_SAID = threading.Lock()
 
 
 def say_stopped(prog, signum):
@@ -132,6 +135,8 @@ def say_stopped(prog, signum):
     line of its own: the terminal's `^C`, or a progress bar Keras redraws in
     place, has none. A stream that cannot take the line any more (a closed
     pipe) does not change the status."""
+    if not _SAID.acquire(blocking=False):
+        return 128 + signum
     start = "\n" if is_terminal(sys.stderr) else ""
     try:
         sys.stdout.flush()

@@ -138,3 +138,13 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_flag(function, argv, 
     last = wrong.stderr.splitlines()[-1]
     assert last.startswith("nonlocal-") and f"argument {flag}: must be " in last, last
     assert last.endswith(f"Received: {received}"), last
+
+
+def test_a_process_says_why_it_stopped_once():
+    """A second Ctrl-C's watchdog and the main thread, stopping for the first one,
+    both printed "interrupted" (1 in 6 double Ctrl-Cs during an evaluation)."""
+    code = ("import signal, sys; from nonlocal_keras import console; "
+            "print(console.say_stopped('nonlocal-x', signal.SIGINT), "
+            "console.say_stopped('nonlocal-x', signal.SIGTERM))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (run.stdout, run.stderr) == ("130 143\n", "nonlocal-x: interrupted\n"), run.stderr
