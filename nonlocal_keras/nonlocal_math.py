@@ -99,20 +99,25 @@ def _eigen_pools_bfloat16():
 
 
 def masked_max_pool(x, mask, pool_size):
-    """`max_pool` over each window's valid positions; `(pooled, pooled_mask)`.
+    """`max_pool` and the windows that are keys; `(pooled, pooled_mask)`.
 
     `mask` is a boolean `(batch, *positions)` (None: every position valid,
-    and the pooled mask is None too). A window with no valid position gives
-    a zero, never used: its pooled mask entry is False. Zeros rather than the
-    fill value keep phi and g finite there (the fill overflows float16 once
-    projected), and 0 * a finite value cannot make a NaN in the products.
+    and the pooled mask is None too). A window is a key only when every one
+    of its positions is valid: for a valid prefix along each pooled axis that
+    is exactly the 'valid' pooling of the unpadded input, which drops a last
+    partial window (as the official code's floor does), so padding an input
+    and masking the padding changes no key. A kept window then holds valid
+    positions only and needs no fill value; a masked window gives a zero,
+    never used, which keeps phi and g finite there (0 * a finite value cannot
+    make a NaN in the products).
     """
     if mask is None:
         return max_pool(x, pool_size), None
     mask = ops.cast(mask, "bool")
-    lowest = ops.cast(_lowest(x.dtype), x.dtype)
-    pooled = max_pool(ops.where(mask[..., None], x, lowest), pool_size)
-    pooled_mask = max_pool(ops.cast(mask, "float32")[..., None], pool_size)[..., 0] > 0.5
+    # A min-pool of the mask, as the max-pool of its negation.
+    invalid = ops.cast(ops.logical_not(mask), "float32")[..., None]
+    pooled_mask = max_pool(invalid, pool_size)[..., 0] < 0.5
+    pooled = max_pool(x, pool_size)
     return ops.where(pooled_mask[..., None], pooled, ops.zeros_like(pooled)), pooled_mask
 
 
@@ -358,9 +363,9 @@ def nonlocal_response(
             `AUTO_CHUNK_ELEMENTS` entries. Chunking needs the number of
             queries known when tracing; otherwise the plain path is used.
         mask: boolean `(batch, *positions)`, the valid positions, or None.
-            Pooling takes each window's maximum over its valid positions; a
-            window with none is not a key. (Invalid queries are computed as
-            any other: the caller discards them.)
+            A pooled window is a key only when all its positions are valid
+            (see `masked_max_pool`). (Invalid queries are computed as any
+            other: the caller discards them.)
         attention_mask: boolean with the shape of the attention scores (see
             `return_attention_scores`): which (query, pooled key) pairs may
             attend, combined with `mask` by a logical and.

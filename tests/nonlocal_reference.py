@@ -2,9 +2,10 @@
 
 It sums over explicit (query, key) pairs and restricts the grouped affinities
 with a mask built from position coordinates, so it shares no reshaping logic
-with the library. Masks are applied the same explicit way: a window pools its
-valid positions only, a key is valid when its window held one, and an invalid
-query position is returned unchanged.
+with the library. Masks are applied the same explicit way: a pooled key is
+valid when every position of its window is (as the unpadded input's 'valid'
+pooling, which drops a last partial window), and an invalid query position is
+returned unchanged.
 """
 
 import itertools
@@ -18,10 +19,10 @@ def max_pool(x, pool):
 
 
 def masked_max_pool(x, mask, pool):
-    """Pooling over each window's valid positions (`mask`, (B, *S) bool).
+    """Pooling of the windows whose positions are all valid (`mask`, (B, *S) bool).
 
-    Returns the pooled (B, *S', C) values (0 where a window held no valid
-    position) and the (B, *S') mask of windows that held one.
+    Returns the pooled (B, *S', C) values (0 where a window held a masked
+    position) and the (B, *S') mask of the windows that held none.
     """
     out_sizes = [s // p for s, p in zip(x.shape[1:-1], pool)]
     out = np.zeros((x.shape[0], *out_sizes, x.shape[-1]))
@@ -31,8 +32,8 @@ def masked_max_pool(x, mask, pool):
             window = tuple(slice(i * p, (i + 1) * p) for i, p in zip(idx, pool))
             block = x[b][window].reshape(-1, x.shape[-1])
             valid = mask[b][window].reshape(-1)
-            if valid.any():
-                out[(b,) + idx] = block[valid].max(axis=0)
+            if valid.all():
+                out[(b,) + idx] = block.max(axis=0)
                 out_mask[(b,) + idx] = True
     return out, out_mask
 

@@ -89,8 +89,8 @@ def test_padded_with_mask_equals_unpadded(path, rank, mode):
 @pytest.mark.parametrize("rank", (1, 2, 3))
 @pytest.mark.parametrize("mode", MODES)
 def test_scattered_mask_matches_reference(path, rank, mode):
-    # Holes anywhere, windows partly and wholly masked: the reference pools
-    # each window's valid positions only.
+    # Holes anywhere, windows partly and wholly masked: a window is a key in
+    # the reference only when all its positions are valid.
     layer, weights, bn, rng = _layer(rank, mode, path, seed=1)
     padded = rng.normal(0, 1, PADDED[rank][1]).astype("float32")
     mask = rng.random(padded.shape[:-1]) < 0.6
@@ -158,6 +158,56 @@ def test_grouped_attention_mask_matches_reference(path, affinity, mode):
     expected = ref.nonlocal_block(x, weights, mode, (1, 2, 2), affinity=affinity, bn=bn,
                                   attention_mask=pairs)
     _close(ops.convert_to_numpy(out), expected, x)
+
+
+# Odd valid sizes, float32: the padded and unpadded runs differ only by the
+# masked keys, whose weights are exactly 0, so by float rounding.
+ODD_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def _trained_like(block, seed):
+    # gamma = 0 (initialisation) makes the block the identity whatever its
+    # keys: a trained-like BN makes the comparison see them.
+    _randomise(block, np.random.default_rng(seed))
+    assert np.abs(ops.convert_to_numpy(block.bn.gamma)).min() > 0
+
+
+@pytest.mark.parametrize("length", (3, 5, 7))
+def test_odd_length_embedding_padding_equals_unpadded(length):
+    # Length 5 padded to 8 with pool 2: the window {4, 5} holds one valid
+    # position and padding. The unpadded input's pooling drops position 4 as
+    # a key (floor, as the official code); so must the mask.
+    embedding = keras.layers.Embedding(10, 8, mask_zero=True)
+    block = NonLocal1D(kernel_initializer="he_normal")
+    inputs = keras.Input((None,), dtype="int32")
+    model = keras.Model(inputs, block(embedding(inputs)))
+    _trained_like(block, 3)
+    tokens = np.random.default_rng(length).integers(1, 10, (1, length))
+    padded = np.concatenate([tokens, np.zeros((1, 8 - length), int)], axis=1)
+    batch = np.concatenate([padded, np.arange(1, 9)[None]])  # a second, full example
+    alone = ops.convert_to_numpy(model(tokens))
+    out = ops.convert_to_numpy(model(batch))
+    np.testing.assert_allclose(out[:1, :length], alone, **ODD_TOLERANCE)
+
+
+@pytest.mark.parametrize("rank, valid, padded", [
+    (2, (3, 5), (4, 8)),
+    (3, (3, 3, 5), (4, 4, 6)),
+])
+def test_odd_valid_region_equals_unpadded(rank, valid, padded):
+    # A valid corner whose sizes are not multiples of the (2, 2) / (1, 2, 2)
+    # window, padded with random values on every position axis.
+    rng = np.random.default_rng(rank)
+    block = LAYERS[rank](chunk_size=None)
+    block.build((2, *padded, 6))
+    _trained_like(block, 4)
+    x = rng.normal(0, 1, (2, *padded, 6)).astype("float32")
+    corner = (slice(None),) + tuple(slice(0, n) for n in valid)
+    mask = np.zeros(x.shape[:-1], bool)
+    mask[corner] = True
+    alone = ops.convert_to_numpy(block(x[corner], training=False))
+    out = ops.convert_to_numpy(block(x, mask=mask, training=False))
+    np.testing.assert_allclose(out[corner], alone, **ODD_TOLERANCE)
 
 
 def test_embedding_mask_reaches_the_block():

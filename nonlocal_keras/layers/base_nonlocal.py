@@ -84,10 +84,11 @@ class BaseNonLocal(layers.Layer):
         mask: boolean `(batch, *positions)`, True at valid positions; Keras
             passes the input's mask (`Embedding(mask_zero=True)`...). Masked
             positions are no keys (the softmax gives them no weight, the other
-            modes divide by the count of valid keys), pooling takes each
-            window's maximum over its valid positions (a window with none is
-            no key), the BN's batch statistics skip them, and they come out
-            unchanged. The output keeps the mask.
+            modes divide by the count of valid keys), a pooled window is a
+            key only when all its positions are valid (so a valid prefix
+            gives the keys of the unpadded input, whose 'valid' pooling drops
+            a last partial window), the BN's batch statistics skip them, and
+            they come out unchanged. The output keeps the mask.
         attention_mask: boolean with the shape of the attention scores, as
             `MultiHeadAttention`'s: True where a query may attend to a
             (pooled) key; combined with `mask` by a logical and. A query with
