@@ -7,8 +7,9 @@ of rank 3 (sequences), 4 (images) or 5 (video) and on every Keras 3 backend.
 
     y_i = 1/C(x) * sum_j f(x_i, x_j) g(x_j)
 
-The affinity f and its normaliser C are computed in float32 whatever the
-compute dtype, so that mixed precision cannot overflow the logits.
+The affinity f and its normaliser C are computed in `affinity_dtype`: float32
+for float16, bfloat16 and float32, so that mixed precision cannot overflow the
+logits, and float64 for float64, which a float32 affinity would round.
 
 Memory: the plain path holds the whole `(N_q, N_k)` affinity (10 GB in
 float32 for a 32x56x56 clip pooled 1x2x2). With `chunk_size` the queries are
@@ -128,8 +129,15 @@ def _lowest(dtype):
     return float(np.finfo(dtype).min)
 
 
+def affinity_dtype(*dtypes):
+    """The dtype of the affinity for operands of `dtypes`: the widest of them
+    and float32 (float64 stays float64; the 16-bit dtypes widen to float32)."""
+    widest = {keras.backend.standardize_dtype(d) for d in dtypes}
+    return "float64" if "float64" in widest else "float32"
+
+
 def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
-    """Normalised affinity `f(x_i, x_j) / C(x)`, in float32.
+    """Normalised affinity `f(x_i, x_j) / C(x)`, in `affinity_dtype`.
 
     Args:
         theta: `(..., N_q, C)` query embeddings.
@@ -139,12 +147,13 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
         w_f: `(2 * C, 1)` weights of the concatenation mode's projection.
         key_bias: `(..., 1, N_k)` added to every query's logits, or None (the
             reassociated order's share of theta's bias, see `reassociates`).
-        valid: float32 1/0 broadcastable to `(..., N_q, N_k)`: which pairs may
-            attend; None for all of them.
+        valid: 1/0 (any float dtype) broadcastable to `(..., N_q, N_k)`:
+            which pairs may attend; None for all of them.
 
     Returns:
-        `(..., N_q, N_k)` float32 weights that sum to one over `j` in the
-        softmax modes and are divided by `N_k` in the others. With `valid`,
+        `(..., N_q, N_k)` weights (float32, or float64 for float64 operands)
+        that sum to one over `j` in the softmax modes and are divided by
+        `N_k` in the others. With `valid`,
         excluded pairs weigh 0, the softmax runs over the allowed keys and
         the other modes divide by the number of allowed keys; a query with
         no allowed key gets all-zero weights (so y_i = 0).
@@ -153,7 +162,8 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
     if valid is None:
         if mode in SOFTMAX_MODES:
             return ops.softmax(f, axis=-1)
-        return f / ops.cast(ops.shape(phi)[-2], "float32")
+        return f / ops.cast(ops.shape(phi)[-2], f.dtype)
+    valid = ops.cast(valid, f.dtype)
     allowed = valid > 0.5
     if mode in SOFTMAX_MODES:
         # A finite fill, not -inf: a row with no allowed key stays finite
@@ -165,15 +175,16 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
 
 
 def affinity_logits(theta, phi, mode, w_f=None, key_bias=None):
-    """`f(x_i, x_j)` before normalisation, float32 `(..., N_q, N_k)` (see
-    `pairwise_affinity` for the arguments)."""
-    theta = ops.cast(theta, "float32")
-    phi = ops.cast(phi, "float32")
+    """`f(x_i, x_j)` before normalisation, `(..., N_q, N_k)` in
+    `affinity_dtype` (see `pairwise_affinity` for the arguments)."""
+    dtype = affinity_dtype(theta.dtype, phi.dtype)
+    theta = ops.cast(theta, dtype)
+    phi = ops.cast(phi, dtype)
     if mode == "concatenation":
         # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
         # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
         channels = theta.shape[-1]
-        w_f = ops.cast(w_f, "float32")
+        w_f = ops.cast(w_f, dtype)
         from_query = ops.matmul(theta, w_f[:channels])
         from_key = ops.matmul(phi, w_f[channels:])
         f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
@@ -279,14 +290,14 @@ def softmax_aggregate(logits, values):
 
         def grad(dy):
             d_values = tf.linalg.matmul(low, dy, transpose_a=True)
-            rows = tf.reduce_sum(tf.cast(dy, "float32") * tf.cast(y, "float32"), -1,
+            rows = tf.reduce_sum(tf.cast(dy, logits.dtype) * tf.cast(y, logits.dtype), -1,
                                  keepdims=True)
             centred = tf.linalg.matmul(
                 tf.concat([dy, tf.cast(-rows, dy.dtype)], -1),
                 tf.concat([values, tf.ones_like(values[..., :1])], -1), transpose_b=True)
             if exact is None:
-                return tf.cast(low * centred, "float32"), d_values
-            return exact * tf.cast(centred, "float32"), d_values
+                return tf.cast(low * centred, logits.dtype), d_values
+            return exact * tf.cast(centred, logits.dtype), d_values
 
         return y, grad
 
@@ -378,7 +389,8 @@ def nonlocal_response(
     keys = project(phi, pooled) if embedded else pooled
     values = project(g, pooled)
     inner = keys.shape[-1]
-    keys = ops.cast(keys, "float32")
+    logits_dtype = affinity_dtype(keys.dtype)
+    keys = ops.cast(keys, logits_dtype)
     if mode in SOFTMAX_MODES and use_scale:
         # On the keys: N_k * C multiplies instead of N_q * N_k on the logits.
         keys = keys * (1.0 / math.sqrt(inner))
@@ -386,10 +398,11 @@ def nonlocal_response(
         x.shape[-1], values.shape[-1], _size(x.shape[1:-1]), _size(pooled.shape[1:-1]),
         _affinity_entries(x.shape[1:-1], pooled.shape[1:-1], affinity),
     )
-    # The logits are float32 in either order, but theta(x) runs in the compute
-    # dtype: under mixed precision its product is the cheaper one to keep.
+    # The logits are in `logits_dtype` in either order, but theta(x) runs in
+    # the compute dtype: under mixed precision its product is the cheaper one
+    # to keep.
     reassociate_keys = (reassociate and embedded and mode != "concatenation"
-                        and keras.backend.standardize_dtype(x.dtype) == "float32")
+                        and keras.backend.standardize_dtype(x.dtype) == logits_dtype)
     queries = x if reassociate_keys or not embedded else project(theta, x)
     # Where each row of the affinity sums to one (a softmax, no masked keys),
     # W_z's bias rides on the values: A (V W_z + 1 b_z^T) = A V W_z + b_z,
@@ -409,9 +422,9 @@ def nonlocal_response(
     if reassociate_keys:
         # (x_i W_theta + b_theta) . k_j = x_i . (k_j W_theta^T) + b_theta . k_j
         if theta.bias is not None:
-            bias = ops.cast(theta.bias, "float32")[:, None]
+            bias = ops.cast(theta.bias, logits_dtype)[:, None]
             key_bias = ops.swapaxes(ops.matmul(k, bias), -1, -2)
-        k = dense(k, ops.cast(theta.kernel, "float32"), transpose=True)
+        k = dense(k, ops.cast(theta.kernel, logits_dtype), transpose=True)
     chunk = None
     if not return_attention_scores:
         chunk = resolve_chunk_size(chunk_size, q.shape[-2], k.shape[-2])
@@ -443,7 +456,8 @@ def _attend(q, k, v, mode, w_f=None, key_bias=None, valid=None):
 
 
 def _valid_pairs(key_mask, attention_mask, group_keys, q, k):
-    """float32 1/0 of the allowed pairs, broadcastable to the grouped affinity."""
+    """float32 1/0 of the allowed pairs (exact in any float dtype),
+    broadcastable to the grouped affinity."""
     valid = None
     if key_mask is not None:
         grouped = group_keys(ops.cast(key_mask, "float32")[..., None])

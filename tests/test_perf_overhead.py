@@ -35,12 +35,14 @@ def _reference(logits, values, cotangent):
 
 @needs_tensorflow
 @pytest.mark.parametrize("channels", (3, 11), ids=("fewer_channels_than_keys", "more"))
-@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+@pytest.mark.parametrize("dtype,tolerance",
+                         [("float32", 1e-5), ("bfloat16", 2e-2), ("float64", 1e-12)])
 def test_softmax_aggregate_matches_float64_gradient(channels, dtype, tolerance):
     import tensorflow as tf
 
     rng = np.random.default_rng(3)
-    logits = rng.normal(0, 2, (2, 13, 8)).astype("float32")
+    # float64 logits under float64 (the block's affinity dtype there), else float32.
+    logits = rng.normal(0, 2, (2, 13, 8)).astype(nonlocal_math.affinity_dtype(dtype))
     # The reference sees the values and cotangent as rounded to the dtype.
     values = tf.cast(rng.normal(0, 1, (2, 8, channels)), dtype)
     cotangent = tf.cast(rng.normal(0, 1, (2, 13, channels)), dtype)
@@ -48,7 +50,7 @@ def test_softmax_aggregate_matches_float64_gradient(channels, dtype, tolerance):
     with tf.GradientTape() as tape:
         tape.watch([logits_t, values])
         y = nonlocal_math.softmax_aggregate(logits_t, values)
-        loss = tf.reduce_sum(tf.cast(y * cotangent, "float32"))
+        loss = tf.reduce_sum(tf.cast(y * cotangent, logits.dtype))
     d_logits, d_values = tape.gradient(loss, [logits_t, values])
     assert y.dtype == values.dtype and d_values.dtype == values.dtype
     expected = _reference(logits, tf.cast(values, "float64").numpy(),

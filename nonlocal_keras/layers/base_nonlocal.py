@@ -80,7 +80,9 @@ class BaseNonLocal(layers.Layer):
         return_attention_scores: also return the normalised affinity
             `(batch, N_q, N_k)`, or `(batch, groups, N_q, N_k)` for the
             grouped affinities (queries in input order, keys after pooling;
-            `attention_scores_shape` gives it).
+            `attention_scores_shape` gives it). It is computed, and returned,
+            in float32 (float64 under a float64 policy), whatever the
+            policy's 16-bit compute dtype.
         mask: boolean `(batch, *positions)`, True at valid positions; Keras
             passes the input's mask (`Embedding(mask_zero=True)`...). Masked
             positions are no keys (the softmax gives them no weight, the other
@@ -298,7 +300,8 @@ class BaseNonLocal(layers.Layer):
                                     dtype=self.compute_dtype)
         if not return_attention_scores:
             return outputs
-        return outputs, keras.KerasTensor(self.attention_scores_shape(inputs.shape), "float32")
+        return outputs, keras.KerasTensor(self.attention_scores_shape(inputs.shape),
+                                          nonlocal_math.affinity_dtype(self.compute_dtype))
 
     def attention_scores_shape(self, input_shape):
         """Shape of the attention scores (and of `attention_mask`) for an input shape.
