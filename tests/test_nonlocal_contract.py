@@ -32,6 +32,33 @@ def test_argument_edges_raise_value_errors(kwargs, message):
         NonLocal2D(**kwargs)
 
 
+def test_seeded_initializer_gives_distinct_reproducible_projections():
+    # A seeded initialiser was copied with its seed: theta, phi and g started
+    # identical. Each now gets the seed plus its index.
+    def kernels(initializer):
+        layer = NonLocal2D(mode="concatenation", use_bn=True,
+                           kernel_initializer=initializer, bias_initializer=initializer)
+        layer.build((None, 4, 4, 8))
+        return {name: [ops.convert_to_numpy(w) for w in getattr(layer, name).weights]
+                for name in ("theta", "phi", "g", "w_z", "w_f")}
+
+    for make in (lambda: keras.initializers.RandomNormal(stddev=0.1, seed=1),
+                 lambda: keras.initializers.RandomNormal(seed=keras.random.SeedGenerator(1))):
+        first, second = kernels(make()), kernels(make())
+        for name in first:  # reproducible: the same seed builds the same block
+            for a, b in zip(first[name], second[name]):
+                np.testing.assert_array_equal(a, b)
+        square = ("theta", "phi", "g")  # the kernels of one shape, (8, 4)
+        for i, a in enumerate(square):
+            for b in square[i + 1:]:
+                assert not np.array_equal(first[a][0], first[b][0]), (a, b)
+                assert not np.array_equal(first[a][1], first[b][1]), (a, b)
+    # Unseeded: distinct sub-layers, and distinct blocks.
+    first, second = kernels("he_normal"), kernels("he_normal")
+    assert not np.array_equal(first["theta"][0], first["phi"][0])
+    assert not np.array_equal(first["theta"][0], second["theta"][0])
+
+
 def test_numpy_integers_are_integers():
     layer = NonLocal2D(inter_channels=np.int64(4), pool_size=(np.int32(2), 2),
                        bn_momentum=np.float32(0.5))

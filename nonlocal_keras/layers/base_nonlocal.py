@@ -15,6 +15,8 @@ from nonlocal_keras.utils import checked_bool, checked_sizes, is_positive_int
 OFFICIAL_KERNEL_INITIALIZER = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
 
 _DEFAULT_POOL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+# The sub-layers in a fixed order: a seeded initialiser gives each its own seed.
+_PROJECTIONS = ("theta", "phi", "g", "w_z", "w_f")
 _POSITION_AXES = {1: "(batch, length, channels)", 2: "(batch, height, width, channels)",
                   3: "(batch, time, height, width, channels)"}
 
@@ -190,11 +192,12 @@ class BaseNonLocal(layers.Layer):
         inner = self.inter_channels or max(channels // 2, 1)
 
         def projection(name, units, kernel_initializer=None, use_bias=True):
+            index = _PROJECTIONS.index(name)
             layer = layers.Dense(
                 units,
                 use_bias=use_bias,
-                kernel_initializer=_fresh(kernel_initializer or self.kernel_initializer),
-                bias_initializer=_fresh(self.bias_initializer),
+                kernel_initializer=_fresh(kernel_initializer or self.kernel_initializer, index),
+                bias_initializer=_fresh(self.bias_initializer, index),
                 kernel_regularizer=self.kernel_regularizer,
                 bias_regularizer=self.bias_regularizer,
                 dtype=self.dtype_policy,
@@ -349,10 +352,24 @@ class BaseNonLocal(layers.Layer):
         return config
 
 
-def _fresh(initializer):
-    # Keras initialisers without a seed return the same values on every call:
-    # a copy per sub-layer keeps theta, phi and g from starting identical.
-    return initializers.get(initializers.serialize(initializers.get(initializer)))
+def _fresh(initializer, index):
+    """A copy of `initializer` for the sub-layer `_PROJECTIONS[index]`.
+
+    A Keras initialiser returns the same values on every call. An unseeded
+    one draws a new seed when copied, so a copy per sub-layer keeps theta, phi
+    and g from starting identical; a seeded one would copy its seed too, so
+    the copy takes the seed plus the sub-layer's index: distinct sub-layers,
+    and still two blocks built with the same seed start equal.
+    """
+    config = initializers.serialize(initializers.get(initializer))
+    arguments = config.get("config", {}) if isinstance(config, dict) else {}
+    seed = arguments.get("seed")
+    if isinstance(seed, dict):  # a serialised keras.random.SeedGenerator
+        arguments = seed.get("config", {})
+        seed = arguments.get("seed")
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        arguments["seed"] = int(seed) + index
+    return initializers.get(config)
 
 
 def _check_choice(name, value, choices):
