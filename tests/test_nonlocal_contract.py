@@ -7,7 +7,7 @@ import pytest
 from keras import ops
 
 import nonlocal_reference as ref
-from nonlocal_keras.layers import NonLocal1D, NonLocal2D, NonLocal3D
+from nonlocal_keras.layers import BaseNonLocal, NonLocal1D, NonLocal2D, NonLocal3D
 from test_nonlocal_layers import RTOL, _randomise, _residual_error
 
 tf_only = pytest.mark.skipif(
@@ -30,6 +30,35 @@ tf_only = pytest.mark.skipif(
 def test_argument_edges_raise_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NonLocal2D(**kwargs)
+
+
+@pytest.mark.parametrize("rank", (4, 0, "2", 2.0, True, None))
+def test_base_class_checks_rank(rank):
+    # rank=4 failed with a KeyError when called, rank="2" with a TypeError.
+    with pytest.raises(ValueError, match=rf"`rank` must be 1, 2 or 3.*Received: rank={rank!r}$"):
+        BaseNonLocal(rank=rank)
+
+
+@pytest.mark.parametrize("rank,shape", [(1, (2, 8, 6)), (2, (2, 4, 6, 6)), (3, (2, 2, 4, 4, 6))])
+def test_base_class_round_trips(tmp_path, rank, shape):
+    # Exported (the class of isinstance checks): its config must rebuild it,
+    # which needs the rank the subclasses fix (from_config had no `rank`).
+    layer = BaseNonLocal(rank=np.int64(rank), mode="dot_product", name="base")
+    assert layer.rank == rank and type(layer.rank) is int
+    config = layer.get_config()
+    assert config["rank"] == rank
+    clone = BaseNonLocal.from_config(config)
+    assert clone.get_config() == config
+    # A subclass's config stays its own arguments only.
+    assert "rank" not in NonLocal2D().get_config()
+    x = np.random.default_rng(rank).normal(0, 1, shape).astype("float32")
+    inputs = keras.Input(shape[1:])
+    model = keras.Model(inputs, layer(inputs))
+    _randomise(layer, np.random.default_rng(0))
+    model.save(tmp_path / "base.keras")
+    loaded = keras.saving.load_model(tmp_path / "base.keras")
+    assert type(loaded.get_layer("base")) is BaseNonLocal
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
 
 
 def test_seeded_initializer_gives_distinct_reproducible_projections():

@@ -5,6 +5,7 @@ import numbers
 
 import keras
 from keras import initializers, layers, ops, regularizers
+from keras.saving import register_keras_serializable
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
@@ -21,11 +22,15 @@ _POSITION_AXES = {1: "(batch, length, channels)", 2: "(batch, height, width, cha
                   3: "(batch, time, height, width, channels)"}
 
 
+@register_keras_serializable(package="nonlocal_keras")
 class BaseNonLocal(layers.Layer):
     """Non-local block `z = x + BN(W_z y)` with `y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j)`.
 
     Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018. Use the
-    rank-specific subclasses `NonLocal1D`, `NonLocal2D` and `NonLocal3D`.
+    rank-specific subclasses `NonLocal1D`, `NonLocal2D` and `NonLocal3D`;
+    `BaseNonLocal(rank=...)` is the same block (its config then holds
+    `rank`, so that it saves and loads as they do), and the class to test
+    for with `isinstance`.
 
     Args:
         rank: number of position axes (1, 2 or 3).
@@ -120,6 +125,12 @@ class BaseNonLocal(layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not is_positive_int(rank) or rank not in _DEFAULT_POOL:
+            raise ValueError(
+                "`rank` must be 1, 2 or 3 (sequences, images, video). "
+                f"Received: rank={rank!r}"
+            )
+        rank = int(rank)
         self.rank = rank
         self.mode = _check_choice("mode", mode, nonlocal_math.MODES)
         self.inter_channels = _check_inter_channels(inter_channels)
@@ -330,6 +341,9 @@ class BaseNonLocal(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        if type(self) is BaseNonLocal:
+            # The subclasses fix the rank and do not take it as an argument.
+            config["rank"] = self.rank
         config.update(
             {
                 "mode": self.mode,
