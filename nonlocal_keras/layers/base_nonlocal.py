@@ -159,9 +159,10 @@ class BaseNonLocal(layers.Layer):
             raise ValueError(
                 f"`bn_momentum` must be a number in [0, 1). Received: bn_momentum={bn_momentum!r}"
             )
-        if not _is_real(bn_epsilon) or not bn_epsilon > 0:
+        if not _is_real(bn_epsilon) or not 0 < bn_epsilon < math.inf:
             raise ValueError(
-                f"`bn_epsilon` must be a number > 0. Received: bn_epsilon={bn_epsilon!r}"
+                "`bn_epsilon` must be a finite number > 0. "
+                f"Received: bn_epsilon={bn_epsilon!r}"
             )
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
