@@ -39,6 +39,9 @@ STEMS = {
     "32x2": {"conv1_time_stride": 2, "pool1_time": 2},
 }
 
+# The pool window of the networks' non-local blocks (NonLocal3D's default).
+NONLOCAL_POOL = (1, 2, 2)
+
 # Residual blocks followed by a non-local block, by depth and block count.
 NONLOCAL_LAYOUTS = {
     50: {
@@ -71,6 +74,7 @@ class VideoResNetSpec:
         inflated: `{stage: set of block indices}` with a temporal kernel.
         nonlocal_blocks: `{stage: set of block indices}` followed by a
             non-local block.
+        nonlocal_affinity: the blocks' `affinity`.
     """
 
     stages: tuple
@@ -86,6 +90,7 @@ class VideoResNetSpec:
     inflation: str
     inflated: dict
     nonlocal_blocks: dict
+    nonlocal_affinity: str
 
 
 def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
@@ -143,6 +148,7 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
         inflation=inflation,
         inflated=_block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
         nonlocal_blocks=_nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
+        nonlocal_affinity=nonlocal_affinity,
     )
 
 
@@ -230,6 +236,10 @@ def check_input_shape(input_tensor, input_shape, spec):
     given = input_shape
     if input_tensor is not None and hasattr(input_tensor, "shape"):
         shape = tuple(input_tensor.shape[1:])
+        if len(shape) != 4:
+            raise ValueError("`input_tensor` must be a batch of clips (batch, frames, height, "
+                             "width, channels). "
+                             f"Received: input_tensor.shape={tuple(input_tensor.shape)}")
         if input_shape is not None and not (
                 isinstance(input_shape, (list, tuple)) and len(input_shape) == len(shape)
                 and all(a is None or a == b for a, b in zip(input_shape, shape))):
@@ -247,6 +257,7 @@ def check_input_shape(input_tensor, input_shape, spec):
     input_shape = tuple(None if d is None else int(d) for d in input_shape)
     checked_sizes(keras.KerasTensor((None,) + input_shape),
                   clip_size_rules(smallest_clip(spec, input_shape[-1])), input_shape)
+    _check_grouped_affinity(input_shape, spec)
     return input_shape
 
 
@@ -265,28 +276,84 @@ def clip_size_rules(smallest):
     return [(1 + axis, "at_least", size, message) for axis, size in enumerate(smallest[:3])]
 
 
-def _temporal_size_fits(size, spec):
-    """Whether a clip length survives conv1, pool1 and pool2."""
+def _temporal_sizes(size, spec):
+    """A clip length at each stage `{stage: frames}`, None if conv1, pool1 or
+    pool2 does not take it."""
     size = (size - 1) // spec.conv1_time_stride + 1  # padded by conv1_time // 2
     if spec.pool1 and spec.pool1_time > 1:
         if size < spec.pool1_time:
-            return False
+            return None
         size //= spec.pool1_time
-    return not spec.pool2 or size >= 2
+    sizes = {}
+    for stage in spec.stages:
+        sizes[stage] = size
+        if stage == "res2" and spec.pool2:
+            if size < 2:
+                return None
+            size //= 2
+    return sizes
+
+
+def _spatial_sizes(size, spec):
+    """A height/width at each stage `{stage: size}`, None if pool1 does not take it."""
+    size = (size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
+    if spec.pool1:
+        if size < 3:
+            return None
+        size = (size - 3) // 2 + 1
+    sizes = {}
+    for stage, stride in zip(spec.stages, spec.strides):
+        size = (size - 1) // stride + 1  # 3x3, padding 1
+        sizes[stage] = size
+    return sizes
+
+
+def _fits(sizes, spec, pool, divisible=False):
+    """Whether the stage sizes exist and every non-local block's pool window
+    fits them (`divisible`: also divides them, as the grouped affinities need)."""
+    return sizes is not None and all(
+        sizes[stage] >= pool and (not divisible or sizes[stage] % pool == 0)
+        for stage in spec.nonlocal_blocks if spec.nonlocal_blocks[stage])
+
+
+def _temporal_size_fits(size, spec):
+    """Whether a clip length survives conv1, pool1, pool2 and the non-local pooling."""
+    return _fits(_temporal_sizes(size, spec), spec, NONLOCAL_POOL[0])
 
 
 def _spatial_size_fits(size, spec):
     """Whether a height/width survives conv1, pool1 and the non-local pooling."""
-    size = (size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
-    if spec.pool1:
-        if size < 3:
-            return False
-        size = (size - 3) // 2 + 1
-    for stage, stride in zip(spec.stages, spec.strides):
-        size = (size - 1) // stride + 1  # 3x3, padding 1
-        if spec.nonlocal_blocks.get(stage) and size < 2:  # 1x2x2 pool before phi and g
-            return False
-    return True
+    return _fits(_spatial_sizes(size, spec), spec, NONLOCAL_POOL[1])
+
+
+def _check_grouped_affinity(input_shape, spec):
+    """The grouped affinities need whole pool windows where the blocks are
+    (`base_nonlocal._position_rules`): "space" on the frames, "time" on the
+    height and width. Checked here, for known sizes, so that the message
+    names the arguments the caller wrote instead of a layer deep inside."""
+    axes = {"space": ((0, "frames", _temporal_sizes, NONLOCAL_POOL[0]),),
+            "time": tuple((axis, name, _spatial_sizes, NONLOCAL_POOL[axis])
+                          for axis, name in ((1, "height"), (2, "width")))}
+    for axis, name, sizes_of, pool in axes.get(spec.nonlocal_affinity, ()):
+        size = input_shape[axis]
+        if size is None or _fits(sizes_of(size, spec), spec, pool, divisible=True):
+            continue
+        sizes = sizes_of(size, spec)
+        stage = next(s for s in spec.nonlocal_blocks
+                     if spec.nonlocal_blocks[s] and sizes[s] % pool)
+
+        def works(n):
+            return _fits(sizes_of(n, spec), spec, pool, divisible=True)
+
+        below = next((n for n in range(size - 1, 0, -1) if works(n)), None)
+        above = next((n for n in range(size + 1, size + (1 << 12)) if works(n)), None)
+        near = " and ".join(str(n) for n in (below, above) if n is not None)
+        raise ValueError(
+            f"`input_shape` does not suit nonlocal_affinity={spec.nonlocal_affinity!r}: the "
+            f"non-local blocks need their input's {name} to be a multiple of the pool window "
+            f"({pool}), and a {name} of {size} gives {sizes[stage]} at {stage}. The {name} "
+            f"sizes that work nearest to {size}: {near}. Received: input_shape={input_shape}, "
+            f"nonlocal_affinity={spec.nonlocal_affinity!r}")
 
 
 def _is_int(value):

@@ -237,6 +237,9 @@ def test_demo_sized_network():
     ({"dropout_rate": None}, r"Received: dropout_rate=None"),
     ({"input_shape": "8,64,64,3"}, r"Received: input_shape='8,64,64,3'"),
     ({"include_top": "False"}, r"`include_top` must be True or False"),
+    # An image tensor: the message named input_shape, which the caller never wrote.
+    ({"input_tensor": keras.Input((32, 32, 3))},
+     r"`input_tensor` must be a batch of clips.*Received: input_tensor.shape=\(None, 32, 32, 3\)$"),
 ])
 def test_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -258,6 +261,25 @@ def test_too_small_input_names_the_smallest_allowed():
     for blocks, size in ((0, 5), (1, 21)):
         model = C2DResNet50(input_shape=(2, size, size, 3), nonlocal_blocks=blocks)
         assert model(np.zeros((1, 2, size, size, 3), "float32")).shape == (1, 400)
+
+
+def test_grouped_affinity_sizes_checked_by_the_constructor():
+    # 48x48 gives res4 a 3x3 map, which the "time" affinity's 2x2 windows do
+    # not tile: this failed only inside res4_1_nonlocal, naming neither
+    # argument. The message names both and the sizes that work.
+    kwargs = dict(nonlocal_blocks=5, nonlocal_affinity="time")
+    with pytest.raises(ValueError, match=(
+            r"nonlocal_affinity='time'.*height of 48 gives 3 at res4.*nearest to 48: 36 and 61\. "
+            r"Received: input_shape=\(4, 48, 48, 3\), nonlocal_affinity='time'$")):
+        C2DResNet50(input_shape=(4, 48, 48, 3), **kwargs)
+    with pytest.raises(ValueError, match=r"width of 48 gives 3 at res4"):
+        C2DResNet50(input_shape=(4, 64, 48, 3), **kwargs)
+    # The sizes it names do build and run; "spacetime" takes 48, and "space"
+    # pools no frames (1x2x2), so any clip length.
+    model = C2DResNet50(input_shape=(4, 36, 61, 3), **kwargs)
+    assert model(np.zeros((1, 4, 36, 61, 3), "float32")).shape == (1, 400)
+    C2DResNet50(input_shape=(4, 48, 48, 3), nonlocal_blocks=5)
+    C2DResNet50(input_shape=(3, 48, 48, 3), nonlocal_blocks=5, nonlocal_affinity="space")
 
 
 def test_numpy_integers_and_paths_are_taken_as_python_ones(tmp_path):
