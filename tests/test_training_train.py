@@ -658,6 +658,10 @@ def test_evaluate_output_that_cannot_be_written_is_refused_before_the_evaluation
                        "denied\)"):
         evaluate.main(["--config", str(config), "--output", str(locked / "new" / "eval.json")])
     assert os.listdir(locked) == []
+    (locked / "config.yaml").write_text(config.read_text())  # a run folder: its eval.json
+    with pytest.raises(FolderError, match=r"locked/eval.json' \(Permission denied\).*; give "
+                       "--output$"):
+        evaluate.main(["--run-dir", str(locked)])
 
 
 def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):

@@ -22,7 +22,7 @@ import tensorflow as tf
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, export, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training.errors import DatasetError, MissingFileError, UserError
+from nonlocal_keras.training.errors import DatasetError, FolderError, MissingFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,10 @@ def main(argv=None):
     config = config_lib.load_config(config_path, args.set)
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
-        atomic.check_writable(output)
+        try:
+            atomic.check_writable(output)
+        except FolderError as error:
+            raise FolderError(f"{error}{'' if args.output else '; give --output'}") from None
     # --config alone: the weights that run trained (as nonlocal-export finds them),
     # never the untrained model that config.yaml's model.weights: null builds.
     config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(
