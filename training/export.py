@@ -466,7 +466,7 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
     run_dir = _run_folder(config_path)
     if run_dir:
         for name, what in zip(models.RUN_WEIGHTS, (
-                "the run's final weights", "the run's last checkpoint (the run did not finish)")):
+                "the run's final weights", "the run's last checkpoint: it has not finished")):
             if os.path.isfile(os.path.join(run_dir, name)):
                 return os.path.join(run_dir, name), what
     if model_weights:
