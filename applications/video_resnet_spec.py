@@ -326,6 +326,11 @@ def _spatial_size_fits(size, spec):
     return _fits(_spatial_sizes(size, spec), spec, NONLOCAL_POOL[1])
 
 
+def _tiles(size, sizes_of, spec, pool):
+    """Whether an input size gives every non-local block whole pool windows."""
+    return _fits(sizes_of(size, spec), spec, pool, divisible=True)
+
+
 def _check_grouped_affinity(input_shape, spec):
     """The grouped affinities need whole pool windows where the blocks are
     (`base_nonlocal._position_rules`): "space" on the frames, "time" on the
@@ -336,17 +341,14 @@ def _check_grouped_affinity(input_shape, spec):
                           for axis, name in ((1, "height"), (2, "width")))}
     for axis, name, sizes_of, pool in axes.get(spec.nonlocal_affinity, ()):
         size = input_shape[axis]
-        if size is None or _fits(sizes_of(size, spec), spec, pool, divisible=True):
+        if size is None or _tiles(size, sizes_of, spec, pool):
             continue
         sizes = sizes_of(size, spec)
         stage = next(s for s in spec.nonlocal_blocks
                      if spec.nonlocal_blocks[s] and sizes[s] % pool)
-
-        def works(n):
-            return _fits(sizes_of(n, spec), spec, pool, divisible=True)
-
-        below = next((n for n in range(size - 1, 0, -1) if works(n)), None)
-        above = next((n for n in range(size + 1, size + (1 << 12)) if works(n)), None)
+        below = next((n for n in range(size - 1, 0, -1) if _tiles(n, sizes_of, spec, pool)), None)
+        above = next((n for n in range(size + 1, size + (1 << 12))
+                      if _tiles(n, sizes_of, spec, pool)), None)
         near = " and ".join(str(n) for n in (below, above) if n is not None)
         raise ValueError(
             f"`input_shape` does not suit nonlocal_affinity={spec.nonlocal_affinity!r}: the "

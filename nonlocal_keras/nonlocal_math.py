@@ -132,8 +132,8 @@ def _lowest(dtype):
 def affinity_dtype(*dtypes):
     """The dtype of the affinity for operands of `dtypes`: the widest of them
     and float32 (float64 stays float64; the 16-bit dtypes widen to float32)."""
-    widest = {keras.backend.standardize_dtype(d) for d in dtypes}
-    return "float64" if "float64" in widest else "float32"
+    given = {keras.backend.standardize_dtype(d) for d in dtypes}
+    return "float64" if "float64" in given else "float32"
 
 
 def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):

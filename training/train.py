@@ -54,7 +54,6 @@ RESUMABLE_CHANGES = {
 }
 
 
-
 def _loss_and_metrics(multi_label, num_classes):
     if multi_label:
         return (keras.losses.BinaryCrossentropy(),
