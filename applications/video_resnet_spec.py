@@ -12,7 +12,7 @@ import os
 import keras
 
 from nonlocal_keras import nonlocal_math
-from nonlocal_keras.utils import checked_bool, checked_sizes, is_positive_int
+from nonlocal_keras.utils import checked_bool, checked_choice, checked_sizes, is_positive_int
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -108,12 +108,8 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
     if not is_positive_int(conv1_time) or conv1_time % 2 == 0:
         raise ValueError("`conv1_time` must be a positive odd integer. "
                          f"Received: conv1_time={conv1_time!r}")
-    if inflation not in INFLATIONS:
-        raise ValueError(f"`inflation` must be one of {', '.join(map(repr, INFLATIONS))}. "
-                         f"Received: inflation={inflation!r}")
-    if stem not in STEMS:
-        raise ValueError(f"`stem` must be one of {', '.join(map(repr, STEMS))}. "
-                         f"Received: stem={stem!r}")
+    checked_choice("inflation", inflation, INFLATIONS)
+    checked_choice("stem", stem, STEMS)
     strides = (1,) + (2,) * (len(blocks) - 1) if stage_strides is None else stage_strides
     if (not isinstance(strides, (list, tuple)) or len(strides) != len(blocks)
             or not all(is_positive_int(s) for s in strides)):
@@ -125,12 +121,8 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
                          f"Received: dropout_rate={dropout_rate!r}")
     # Checked here, not only by each NonLocal3D: without blocks a typo passed,
     # with them the error named the layer's `mode`, which the caller never wrote.
-    for argument, value, choices in (("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES),
-                                     ("nonlocal_affinity", nonlocal_affinity,
-                                      nonlocal_math.AFFINITIES)):
-        if value not in choices:
-            raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, choices))}. "
-                             f"Received: {argument}={value!r}")
+    checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
+    checked_choice("nonlocal_affinity", nonlocal_affinity, nonlocal_math.AFFINITIES)
     for argument, value in (("pool1", pool1), ("pool2", pool2)):
         checked_bool(argument, value)
     blocks = tuple(int(n) for n in blocks)

@@ -19,6 +19,14 @@ def is_positive_int(value):
             and value >= 1)
 
 
+def checked_choice(name, value, choices):
+    """`value`, or a ValueError naming `name` and listing `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}. "
+                         f"Received: {name}={value!r}")
+    return value
+
+
 def checked_bool(name, value):
     """`value` as a bool, or a ValueError naming `name`: `bool("False")` is True,
     so a string (or None) where a flag goes is a mistake, not a truth value."""

@@ -15,6 +15,7 @@ from official.vision.modeling.backbones import factory, resnet
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D
 from nonlocal_keras.applications.mask_rcnn.registration import once, serializable
+from nonlocal_keras.utils import checked_choice
 
 BACKBONE_TYPE = "resnet_nonlocal"
 DEFAULT_PLACEMENTS = ("res4:-1",)
@@ -123,11 +124,7 @@ class ResNetNonLocalModel(resnet.ResNet):
         nonlocal_sub_sample=True,
         **kwargs,
     ):
-        if nonlocal_mode not in nonlocal_math.MODES:
-            raise ValueError(
-                f"`nonlocal_mode` must be one of {', '.join(map(repr, nonlocal_math.MODES))}. "
-                f"Received: nonlocal_mode={nonlocal_mode!r}"
-            )
+        checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
         # One plain object: tf_keras checks containers assigned before
         # Model.__init__ (an empty tuple trips it) and tracks lists and dicts.
         self._nonlocal = _NonLocalPlan(

@@ -13,7 +13,7 @@ import tf_keras
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D, build_in_scope
 from nonlocal_keras.applications.mask_rcnn.registration import serializable
-from nonlocal_keras.utils import is_positive_int
+from nonlocal_keras.utils import checked_choice, is_positive_int
 
 PAPER_HEAD_NONLOCAL = (2, 4, 6, 8)
 
@@ -64,11 +64,7 @@ class KeypointHead(tf_keras.layers.Layer):
                 f"`head_nonlocal` lists distinct convolutions 1 to {num_convs} (num_convs) "
                 f"after which a non-local block goes. Received: head_nonlocal={list(head_nonlocal)!r}"
             )
-        if nonlocal_mode not in nonlocal_math.MODES:
-            raise ValueError(
-                f"`nonlocal_mode` must be one of {', '.join(map(repr, nonlocal_math.MODES))}. "
-                f"Received: nonlocal_mode={nonlocal_mode!r}"
-            )
+        checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
         self.num_keypoints = num_keypoints
         self.num_convs = num_convs
         self.num_filters = num_filters

@@ -12,7 +12,7 @@ import tf_keras
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.registration import serializable
-from nonlocal_keras.utils import is_positive_int
+from nonlocal_keras.utils import checked_choice, is_positive_int
 
 # As the Keras 3 layers: the official code's Gaussian(std 0.01) for the
 # projections, and BN(gamma = 0) after W_z so the block starts as the identity.
@@ -54,11 +54,7 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mode not in nonlocal_math.MODES:
-            raise ValueError(
-                f"`mode` must be one of {', '.join(map(repr, nonlocal_math.MODES))}. "
-                f"Received: mode={mode!r}"
-            )
+        checked_choice("mode", mode, nonlocal_math.MODES)
         if inter_channels is not None and not is_positive_int(inter_channels):
             raise ValueError(
                 "`inter_channels` must be None or an integer >= 1. "

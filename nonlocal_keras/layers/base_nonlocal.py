@@ -9,7 +9,7 @@ from keras.saving import register_keras_serializable
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import checked_bool, checked_sizes, is_positive_int
+from nonlocal_keras.utils import checked_bool, checked_choice, checked_sizes, is_positive_int
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -132,19 +132,19 @@ class BaseNonLocal(layers.Layer):
             )
         rank = int(rank)
         self.rank = rank
-        self.mode = _check_choice("mode", mode, nonlocal_math.MODES)
+        self.mode = checked_choice("mode", mode, nonlocal_math.MODES)
         self.inter_channels = _check_inter_channels(inter_channels)
         self.sub_sample = checked_bool("sub_sample", sub_sample)
         self.pool_size = _check_pool_size(pool_size, rank)
         self.use_bn = checked_bool("use_bn", use_bn)
         self.use_scale = checked_bool("use_scale", use_scale)
-        self.affinity = _check_choice("affinity", affinity, nonlocal_math.AFFINITIES)
+        self.affinity = checked_choice("affinity", affinity, nonlocal_math.AFFINITIES)
         if rank != 3 and self.affinity != "spacetime":
             raise ValueError(
                 "`affinity` other than 'spacetime' needs video input (NonLocal3D); "
                 f"this layer has rank {rank}. Received: affinity={affinity!r}"
             )
-        self.data_format = _check_choice(
+        self.data_format = checked_choice(
             "data_format",
             data_format or keras.config.image_data_format(),
             ("channels_last", "channels_first"),
@@ -385,15 +385,6 @@ def _fresh(initializer, index):
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         arguments["seed"] = int(seed) + index
     return initializers.get(config)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {', '.join(map(repr, choices))}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 def _shapes_match(shape, expected):
