@@ -66,7 +66,7 @@ def test_base_class_round_trips(tmp_path, rank, shape):
 
 def test_seeded_initializer_gives_distinct_reproducible_projections():
     # A seeded initialiser was copied with its seed: theta, phi and g started
-    # identical. Each now gets the seed plus its index.
+    # identical. The first keeps the seed, the others take one drawn from it.
     def kernels(initializer):
         layer = NonLocal2D(mode="concatenation", use_bn=True,
                            kernel_initializer=initializer, bias_initializer=initializer)
@@ -74,9 +74,10 @@ def test_seeded_initializer_gives_distinct_reproducible_projections():
         return {name: [ops.convert_to_numpy(w) for w in getattr(layer, name).weights]
                 for name in ("theta", "phi", "g", "w_z", "w_f")}
 
-    for make in (lambda: keras.initializers.RandomNormal(stddev=0.1, seed=1),
-                 lambda: keras.initializers.RandomNormal(seed=keras.random.SeedGenerator(1))):
-        first, second = kernels(make()), kernels(make())
+    for make in (lambda seed: keras.initializers.RandomNormal(stddev=0.1, seed=seed),
+                 lambda seed: keras.initializers.RandomNormal(
+                     seed=keras.random.SeedGenerator(seed))):
+        first, second = kernels(make(1)), kernels(make(1))
         for name in first:  # reproducible: the same seed builds the same block
             for a, b in zip(first[name], second[name]):
                 np.testing.assert_array_equal(a, b)
@@ -85,6 +86,13 @@ def test_seeded_initializer_gives_distinct_reproducible_projections():
             for b in square[i + 1:]:
                 assert not np.array_equal(first[a][0], first[b][0]), (a, b)
                 assert not np.array_equal(first[a][1], first[b][1]), (a, b)
+        # Blocks seeded 1 and 2 (a seed a block, as a user seeds five): no
+        # sub-layer of one starts as one of the other (with the seed plus the
+        # index, block 1's phi was block 2's theta).
+        other = kernels(make(2))
+        for a in square:
+            for b in square:
+                assert not np.array_equal(first[a][0], other[b][0]), (a, b)
     # Unseeded: distinct sub-layers, and distinct blocks.
     first, second = kernels("he_normal"), kernels("he_normal")
     assert not np.array_equal(first["theta"][0], first["phi"][0])

@@ -4,6 +4,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import initializers, layers, ops, regularizers
 from keras.saving import register_keras_serializable
 
@@ -373,8 +374,10 @@ def _fresh(initializer, index):
     A Keras initialiser returns the same values on every call. An unseeded
     one draws a new seed when copied, so a copy per sub-layer keeps theta, phi
     and g from starting identical; a seeded one would copy its seed too, so
-    the copy takes the seed plus the sub-layer's index: distinct sub-layers,
-    and still two blocks built with the same seed start equal.
+    the first sub-layer keeps the seed and the others take one drawn from it
+    and their index: distinct sub-layers, two blocks built with the same seed
+    start equal, and blocks seeded 1, 2, ... share no sub-layer's start (with
+    the seed plus the index, block 1's phi was block 2's theta).
     """
     config = initializers.serialize(initializers.get(initializer))
     arguments = config.get("config", {}) if isinstance(config, dict) else {}
@@ -382,8 +385,8 @@ def _fresh(initializer, index):
     if isinstance(seed, dict):  # a serialised keras.random.SeedGenerator
         arguments = seed.get("config", {})
         seed = arguments.get("seed")
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        arguments["seed"] = int(seed) + index
+    if index and isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        arguments["seed"] = int(np.random.SeedSequence([int(seed) % 2**64, index]).generate_state(1)[0])
     return initializers.get(config)
 
 
