@@ -386,7 +386,8 @@ def _fresh(initializer, index):
         arguments = seed.get("config", {})
         seed = arguments.get("seed")
     if index and isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        arguments["seed"] = int(np.random.SeedSequence([int(seed) % 2**64, index]).generate_state(1)[0])
+        drawn = np.random.SeedSequence([int(seed) % 2**64, index]).generate_state(1)[0]
+        arguments["seed"] = int(drawn)
     return initializers.get(config)
 
 
