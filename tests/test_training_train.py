@@ -537,6 +537,99 @@ def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
         shutil.rmtree(run_dir)
 
 
+RESUMED_EPOCH_SCRIPT = r"""
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+run_dir, replicas = sys.argv[1], int(sys.argv[2])
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
+import keras
+from nonlocal_keras.training import data, run_state, train
+
+strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(24, 5)).astype("float32")
+y = (rng.random((24, 3)) < 0.4).astype("float32")
+batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)  # an epoch of 6 steps
+
+def model():  # learning rate 0: every step sees the same weights
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+        made = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="sigmoid")])
+        made.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.BinaryCrossentropy(),
+                     metrics=[keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")])
+    return made
+
+class Killed(Exception):
+    pass
+
+class KillAtStep3(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise Killed
+
+state = run_state.RunState(run_dir, 6)
+os.makedirs(state.folder)
+try:
+    model().fit(batches, epochs=1, steps_per_epoch=6, verbose=0,
+                callbacks=[run_state.CommitState(state, 1, metrics=True), KillAtStep3()])
+except Killed:
+    pass
+resumed = model()
+state = run_state.RunState(run_dir, 6)
+state.read()
+state.restore(resumed)
+config = {"runtime": {"verbose": 0, "tensorboard": False, "backup_freq": 1},
+          "schedule": {"epochs": 1}}
+train._fit(resumed, batches.skip(3), state, config, 6, data.SkippedVideos(), True)
+whole = keras.metrics.AUC(curve="PR", multi_label=True)
+whole.update_state(y, resumed.predict(x, verbose=0))
+print(json.dumps({"step": state.step, "history": state.history, "auc": float(whole.result()),
+                  "kernel": resumed.get_weights()[0].tolist(),
+                  "bias": resumed.get_weights()[1].tolist()}))
+"""
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_an_epoch_resumed_mid_way_has_a_history_row_of_all_its_steps(tmp_path, replicas):
+    """Killed at step 3 of 6 and resumed, the epoch's row in history.csv averaged
+    steps 4 to 6 only (the `fit` that finishes the epoch starts Keras' metrics
+    afresh). A mid-epoch commit keeps the metrics' running sums, which the
+    resumed session adds back: with the weights held (learning rate 0), the
+    row is the loss of all six batches, and the PR AUC of all 24 examples,
+    on one replica and split over two."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", RESUMED_EPOCH_SCRIPT, str(run_dir),
+                             str(replicas)], env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["step"] == 6 and [row["epoch"] for row in report["history"]] == [1]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 5)), (rng.random((24, 3)) < 0.4).astype(float)
+    p = 1 / (1 + np.exp(-(x @ np.asarray(report["kernel"]) + report["bias"])))
+    losses = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
+    row = report["history"][0]
+    np.testing.assert_allclose(row["loss"], losses.mean(), rtol=1e-5)
+    np.testing.assert_allclose(row["pr_auc"], report["auc"], rtol=1e-5)
+    committed = json.loads((run_dir / "state" / "state.json").read_text())
+    named = {committed["weights"], committed["previous"]["weights"],
+             committed["previous"]["metrics"], "state.json"}
+    assert committed["metrics"] is None and sorted(os.listdir(run_dir / "state")) == sorted(named)
+
+
+def test_a_resumed_epochs_bar_counts_the_runs_epochs(capsys):
+    """The `fit` that finishes an epoch resumed mid-way was headed "Epoch 2/2" in
+    a run of 5 epochs."""
+    from nonlocal_keras.training import progress
+
+    bar = progress.EpochBar(5)
+    bar.set_params({"verbose": 1, "epochs": 2, "steps": 3})
+    bar.on_epoch_begin(1)
+    assert capsys.readouterr().out.splitlines() == ["Epoch 2/5"]
+
+
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):
     """At an epoch's last step the commit comes with the epoch's history row, at the
     epoch's end: committed at the step, the row would be missing on resume."""

@@ -84,7 +84,17 @@ class VideoProgress:
 class EpochBar(keras.callbacks.ProgbarLogger):
     """Keras' own progress of `fit`, without the epoch's `skipped_videos`, which
     it prints as a float average (`0.0000e+00`): that count is the skipped-video
-    warning's, and stays in the logs for `history.csv` and TensorBoard."""
+    warning's, and stays in the logs for `history.csv` and TensorBoard.
+    `epochs`: the run's, in the "Epoch 2/5" headers; a `fit` that finishes a
+    resumed epoch alone was headed "Epoch 2/2"."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.run_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.run_epochs
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, {name: value for name, value in (logs or {}).items()

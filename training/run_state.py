@@ -4,6 +4,7 @@
       config.yaml                  the resolved experiment (written once validated)
       state/state.json             the commit: steps done, history, finished, which weights
       state/ckpt-<step>.weights.h5 weights + optimiser state of the last two commits
+      state/ckpt-<step>.metrics.npz  a mid-epoch commit's running metric sums
       checkpoints/last.weights.h5  the weights at the end of the last finished epoch
       history.csv                  one row per finished epoch (derived from state.json)
       final.weights.h5, model.keras, results.json   written when training has ended,
@@ -28,6 +29,8 @@ import os
 import shutil
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from nonlocal_keras.training import atomic
 from nonlocal_keras.training.errors import DatasetError, FolderError, UserError
@@ -143,6 +146,7 @@ class RunState:
         self.history = []
         self.finished = False
         self._committed = None
+        self._restored = None
 
     @property
     def epoch(self):
@@ -193,33 +197,59 @@ class RunState:
             if number:
                 self.step, self.history = committed["step"], committed["history"]
                 self.finished = False
+            self._restored = committed
             return
         raise RunFolderError(f"None of the committed weights in {self.folder!r} can be read; move "
                              "the run folder away to start over.")
 
-    def commit(self, model, finished=False):
-        """Write the weights, then the state naming them; keep the last two commits."""
+    def commit(self, model, finished=False, metric_sums=None):
+        """Write the weights, then the state naming them; keep the last two commits.
+
+        `metric_sums` (`metric_sums(model)` mid-epoch): the epoch's running
+        metric sums so far, which a session resumed from this commit adds back
+        (`restored_metric_sums`) so that the epoch's history row covers it whole.
+        """
         name = f"ckpt-{self.step:09d}.weights.h5"
         path = os.path.join(self.folder, name)
         if self._committed is None or self._committed["weights"] != name:
             with atomic.replace(path, atomic.model_size(model)) as temporary:
                 model.save_weights(temporary)
+        metrics = None
+        if metric_sums is not None and self.step_in_epoch:
+            metrics = f"ckpt-{self.step:09d}.metrics.npz"
+            with atomic.replace(os.path.join(self.folder, metrics)) as temporary, \
+                    open(temporary, "wb") as handle:
+                np.savez(handle, **metric_sums)
         previous = None
         if self._committed is not None and self._committed["weights"] != name:
             previous = {k: v for k, v in self._committed.items() if k != "previous"}
         elif self._committed is not None:
             previous = self._committed.get("previous")
         committed = {"format": FORMAT, "steps_per_epoch": self.steps_per_epoch, "step": self.step,
-                     "epoch": self.epoch, "weights": name, "history": self.history,
-                     "finished": finished, "previous": previous}
+                     "epoch": self.epoch, "weights": name, "metrics": metrics,
+                     "history": self.history, "finished": finished, "previous": previous}
         atomic.write_json(self.path, committed)
         self._committed, self.finished = committed, finished
         self._remove_unreferenced()
 
+    def restored_metric_sums(self):
+        """The running metric sums of the commit `restore` loaded, if it was made
+        mid-epoch with them (`commit(metric_sums=...)`); else None."""
+        name = (self._restored or {}).get("metrics")
+        if not name or self._restored["step"] != self.step:
+            return None
+        try:
+            with np.load(os.path.join(self.folder, name)) as saved:
+                return {key: saved[key] for key in saved.files}
+        except (OSError, ValueError) as error:
+            logger.warning("Cannot read %s (%s): the history row of epoch %d covers the steps "
+                           "after the resume only.", name, error, self.epoch + 1)
+            return None
+
     def _remove_unreferenced(self):
-        keep = {STATE_FILE, self._committed["weights"]}
-        if self._committed.get("previous"):
-            keep.add(self._committed["previous"]["weights"])
+        keep = {STATE_FILE}
+        for committed in (self._committed, self._committed.get("previous") or {}):
+            keep.update(committed.get(key) for key in ("weights", "metrics"))
         for name in os.listdir(self.folder):
             if name not in keep and os.path.isfile(os.path.join(self.folder, name)):
                 os.remove(os.path.join(self.folder, name))
@@ -255,26 +285,40 @@ class CommitState(keras.callbacks.Callback):
     `offset` is the step within the epoch at which this `fit` call started
     (a run resumed mid-epoch finishes that epoch in a `fit` of its own).
     Only `writer` processes write (the chief of a multi-worker cluster).
+    `metrics`: mid-epoch commits keep the epoch's running metric sums, and a
+    `fit` resumed from one adds them back, so the epoch's logs and history row
+    cover its steps before the resume too (reading them is a collective on a
+    cluster of several workers, where only the chief commits: False there).
     """
 
-    def __init__(self, state, frequency, offset=0, writer=True):
+    def __init__(self, state, frequency, offset=0, writer=True, metrics=False):
         super().__init__()
         self.state, self.frequency, self.offset, self.writer = state, frequency, offset, writer
+        self.metrics = metrics
         self._epoch_start = state.epoch * state.steps_per_epoch
         self._last_commit = self._last_step = state.step
+        self._resumed_sums = state.restored_metric_sums() if metrics and offset else None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = epoch * self.state.steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._epoch_start + self.offset + batch + 1
+        if self._resumed_sums is not None:
+            # Added after the first batch: Keras builds some metrics (AUC) only then.
+            _add_metric_sums(self.model, self._resumed_sums, self.state.epoch + 1)
+            self._resumed_sums = None
         self._check_finite(logs, step)
         self.state.step = self._last_step = step
         if (self.frequency != "epoch" and self.state.step_in_epoch
                 and self.state.step - self._last_commit >= self.frequency):
             self._last_commit = self.state.step
             if self.writer:
-                self.state.commit(self.model)
+                self._commit()
+
+    def _commit(self):
+        self.state.commit(self.model,
+                          metric_sums=metric_sums(self.model) if self.metrics else None)
 
     def commit_now(self):
         """Commit the steps done since the last commit, now: the process is about
@@ -284,7 +328,7 @@ class CommitState(keras.callbacks.Callback):
             return False
         if self.writer and self.state.step > self._last_commit:
             self._last_commit = self.state.step
-            self.state.commit(self.model)
+            self._commit()
         return True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -327,6 +371,31 @@ class CommitState(keras.callbacks.Callback):
 
 class DivergedError(UserError):
     """The training loss became NaN or infinite."""
+
+
+def metric_sums(model):
+    """The model's metric variables (Keras' running sums of the epoch so far, summed
+    over the replicas) by path."""
+    return {variable.path: keras.ops.convert_to_numpy(variable.value.read_value())
+            for variable in model.metrics_variables}
+
+
+def _add_metric_sums(model, sums, epoch):
+    """Adds `sums` (`metric_sums` of a commit) to the model's metric variables (on
+    the first replica: each replica's share is summed on reading)."""
+    variables = {variable.path: variable for variable in model.metrics_variables}
+    mismatched = sorted(set(sums) ^ set(variables)) + sorted(
+        path for path in set(sums) & set(variables)
+        if tuple(sums[path].shape) != tuple(variables[path].shape)
+        or getattr(variables[path].value, "aggregation", None) != tf.VariableAggregation.SUM)
+    if mismatched:
+        logger.warning("The committed metric sums do not fit this model's metrics (%s): the "
+                       "history row of epoch %d covers the steps after the resume only.",
+                       ", ".join(mismatched), epoch)
+        return
+    for path, variable in variables.items():
+        first = getattr(variable.value, "values", (variable.value,))[0]
+        first.assign_add(sums[path])
 
 
 def _plain(value):

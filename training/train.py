@@ -310,7 +310,8 @@ def run(config, strategy=None, restart=False):
         cluster = cluster_stop.for_strategy(strategy, lambda: state.step)
         start_step, start = state.step, time.perf_counter()
         try:
-            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster)
+            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster,
+                 metrics=not _multi_host(strategy))
         except tf.errors.OpError as error:
             if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
                 raise DatasetError(
@@ -358,12 +359,14 @@ def _resume_hint():
                           "permissions) and run the same command again to resume.") from None
 
 
-def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster=None):
+def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster=None,
+         metrics=True):
     """`model.fit` from the committed step to the last epoch's end.
 
     A run resumed mid-epoch finishes that epoch in a `fit` of its own (with
     the steps that were left), then runs the remaining epochs. `cluster`: a
-    `cluster_stop.ClusterStop` for a run of several workers.
+    `cluster_stop.ClusterStop` for a run of several workers. `metrics`: see
+    `run_state.CommitState` (False for several hosts).
     """
     runtime_config = config["runtime"]
     epochs = config["schedule"]["epochs"]
@@ -375,7 +378,8 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
                                                      write_graph=False, update_freq="epoch"))
     while state.epoch < epochs:
         offset = state.step_in_epoch
-        commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief)
+        commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief,
+                                       metrics)
         lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
         # After the commit: it stops the process once the step is counted (and, on
         # SIGTERM, committed).
@@ -384,7 +388,7 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
             model.fit(dataset, initial_epoch=state.epoch,
                       epochs=state.epoch + 1 if offset else epochs,
                       steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                      callbacks=callbacks + lines + [commit, stop, progress.EpochBar()],
+                      callbacks=callbacks + lines + [commit, stop, progress.EpochBar(epochs)],
                       verbose=verbose,
                       shuffle=False)  # tf.data shuffles
         except tf.errors.UnavailableError as error:
