@@ -128,7 +128,8 @@ _UINT8_EXPECTATION = rf"must be a uint8 tensor of shape \(batch, {NUM_FRAMES}, a
     (NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3),        # no batch axis
     (1, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 1),     # grey frames
     (1, NUM_FRAMES - 2, FRAME_HEIGHT, FRAME_WIDTH, 3), # too few frames
-], ids=["rank", "channels", "frames"])
+    (0, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3),     # no clip (failed inside the network)
+], ids=["rank", "channels", "frames", "empty"])
 def test_signature_rejects_a_bad_shape_with_the_expected_one(loaded, shape):
     with pytest.raises(tf.errors.InvalidArgumentError, match=_UINT8_EXPECTATION) as error:
         loaded.signatures["serving_default"](clips=tf.zeros(shape, tf.uint8))
@@ -139,6 +140,8 @@ def test_normalized_signature_rejects_a_bad_crop(loaded):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=rf"float32 tensor of shape \(batch, {NUM_FRAMES}, {CROP}, {CROP}, 3\)"):
         loaded.signatures["serving_normalized"](clips=tf.zeros((1, NUM_FRAMES, 28, 28, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a batch of at least one clip"):
+        loaded.signatures["serving_normalized"](clips=tf.zeros((0, NUM_FRAMES, CROP, CROP, 3)))
 
 
 def test_wrong_dtype_is_rejected_naming_the_expected_dtype(loaded):

@@ -155,9 +155,11 @@ def _checked(clips, expected_shape, dtype_name):
     for axis, size in enumerate(expected_shape):
         if size is not None:
             ok = tf.logical_and(ok, tf.equal(padded[axis], size))
+    # An empty batch failed inside the network with an internal "Incompatible shapes".
+    ok = tf.logical_and(ok, padded[0] >= 1)
     names = ["batch"] + [str(s) if s else "any" for s in expected_shape[1:]]
-    message = (f"`{INPUT_NAME}` must be a {dtype_name} tensor of shape ({', '.join(names)}). "
-               f"Received: {INPUT_NAME}.shape=")
+    message = (f"`{INPUT_NAME}` must be a {dtype_name} tensor of shape ({', '.join(names)}), "
+               f"a batch of at least one clip. Received: {INPUT_NAME}.shape=")
     check = tf.debugging.Assert(ok, [message, actual], summarize=rank + 1)
     with tf.control_dependencies([check]):
         return tf.identity(clips)
