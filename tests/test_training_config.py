@@ -55,6 +55,8 @@ def test_set_overrides_parse_yaml_values():
     # Found by a walk: a traceback (Keras' seed), and a rate divided by 100 at once.
     ("train.seed=4294967296", "Received: train.seed=4294967296"),
     ("schedule.boundaries=[0.5, 0.5]", "increasing"),
+    ("train.precise_bn_steps=-1", "Received: train.precise_bn_steps=-1"),
+    ("train.precise_bn_steps=yes", "`train.precise_bn_steps` must be an integer"),
 ])
 def test_bad_fields_are_errors_naming_them(override, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

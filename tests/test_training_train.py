@@ -630,6 +630,35 @@ def test_a_resumed_epochs_bar_counts_the_runs_epochs(capsys):
     assert capsys.readouterr().out.splitlines() == ["Epoch 2/5"]
 
 
+def test_precise_bn_steps_recompute_the_saved_models_statistics(tmp_path):
+    """`train.precise_bn_steps` (the official COMPUTE_PRECISE_BN, numbers in
+    test_training_precise_bn.py): the final weights differ from the last
+    epoch's exactly in the BatchNorm's moving mean and variance."""
+    import h5py
+
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    config = config_lib.load_config(None, _overrides(
+        csv_path, run_dir, "schedule.epochs=1", "train.precise_bn_steps=3", "data.val_csv=null",
+        "runtime.tensorboard=false"))
+    _, results = train.run(config)
+    assert results["precise_bn_batches"] == 3
+
+    def arrays(path):
+        found = {}
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, item: found.__setitem__(name, item[()])
+                              if isinstance(item, h5py.Dataset) else None)
+        return found
+
+    final, last = arrays(run_dir / "final.weights.h5"), arrays(run_dir / "checkpoints" / "last.weights.h5")
+    assert final.keys() == last.keys()
+    changed = sorted(name for name in final if not np.array_equal(final[name], last[name]))
+    assert changed == ["layers/batch_normalization/vars/2", "layers/batch_normalization/vars/3"]
+
+
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):
     """At an epoch's last step the commit comes with the epoch's history row, at the
     epoch's end: committed at the step, the row would be missing on resume."""

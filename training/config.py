@@ -112,6 +112,9 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     eval_batch_size: int = 4
+    # After training: the BatchNorm statistics recomputed over this many training
+    # steps (the official COMPUTE_PRECISE_BN; `precise_bn.py`); 0: the moving averages.
+    precise_bn_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -368,6 +371,7 @@ def validate(config):
 
     _at_least(config, "train.batch_size", 1)
     _at_least(config, "train.eval_batch_size", 1)
+    _at_least(config, "train.precise_bn_steps", 0)
     if not 0 <= config["train"]["seed"] < 2**32:  # NumPy's and Keras' seed range
         _fail("train.seed", config["train"]["seed"], "must be in [0, 2**32)")
 

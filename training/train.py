@@ -36,7 +36,7 @@ import yaml
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import (atomic, cli, cluster_stop, data, evaluate, models, optim,
-                                     progress, run_state, runtime)
+                                     precise_bn, progress, run_state, runtime)
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import ClusterError, DatasetError, FolderError
 
@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = {
     ("data", "num_parallel_calls"), ("train", "eval_batch_size"), ("runtime", "verbose"),
     ("runtime", "tensorboard"), ("runtime", "strategy"), ("runtime", "tpu"),
     ("runtime", "steps_per_execution"), ("runtime", "backup_freq"),
+    ("train", "precise_bn_steps"),
     # Where the folder is does not make another experiment: it may have been
     # moved, renamed, or named another way (`./runs/x`, an absolute path).
     ("runtime", "output_dir"),
@@ -332,6 +333,12 @@ def run(config, strategy=None, restart=False):
             "skipped_training_videos": skipped.total,
             "final_train_metrics": state.history[-1] if state.history else {},
         }
+        precise_steps = config["train"]["precise_bn_steps"]
+        if precise_steps:
+            logger.info("Recomputing the BatchNorm statistics over %d training steps "
+                        "(train.precise_bn_steps).", precise_steps)
+            results["precise_bn_batches"] = precise_bn.recompute_statistics(
+                model, dataset, precise_steps, strategy)
         if val_records:
             with strategy.scope():
                 scorer = models.evaluation_model(config["model"], data_config, multi_label, model)
