@@ -292,11 +292,13 @@ def test_fit_under_mirrored_strategy_on_two_cpu_replicas(tmp_path):
 @pytest.mark.slow
 def test_multi_worker_strategy_feeds_one_pipeline_per_host(tmp_path):
     # Without TF_CONFIG, MultiWorkerMirroredStrategy is a one-worker cluster;
-    # it still takes the per-host input path (distribute_datasets_from_function).
+    # it still takes the per-host input path (distribute_datasets_from_function),
+    # the precise BatchNorm statistics' pass over it too.
     csv_path = _write_dataset(tmp_path, count=8)
     command = [sys.executable, "-m", "nonlocal_keras.training.train"]
     for item in _overrides(csv_path, tmp_path / "run", "schedule.epochs=1",
-                           "runtime.strategy=multi_worker", "runtime.tensorboard=false"):
+                           "runtime.strategy=multi_worker", "runtime.tensorboard=false",
+                           "train.precise_bn_steps=2"):
         command += ["--set", item]
     env = _env()
     env.pop("TF_CONFIG", None)
@@ -304,7 +306,7 @@ def test_multi_worker_strategy_feeds_one_pipeline_per_host(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["steps"] == 8 // 4 and written["replicas"] == 1
-    assert written["eval"]["num_videos"] == 8
+    assert written["eval"]["num_videos"] == 8 and written["precise_bn_batches"] == 2
 
 
 def test_train_list_prints_the_shipped_configs_and_exits_zero(capsys):
