@@ -278,7 +278,7 @@ def run(config, strategy=None, restart=False):
                     f"of {steps_per_epoch} steps), more than this command asks for. "
                     f"Received: schedule.epochs={epochs}")
             if state.finished and state.epoch == epochs:
-                return _finished(run_dir, model, state, previous, config)
+                return _finished(run_dir, model, state, previous, config, strategy)
         # A run stopped mid-epoch with another steps_per_execution.
         _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
 
@@ -402,7 +402,7 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
             raise ClusterError.peer_left(error.message, "its last commit") from None
 
 
-def _finished(run_dir, model, state, previous, config):
+def _finished(run_dir, model, state, previous, config, strategy):
     evaluate_with = (f"nonlocal-evaluate --run-dir {run_dir} evaluates it (--set "
                      "data.val_csv=CSV for another set)")
     val_csv = config["data"].get("val_csv")
@@ -418,7 +418,8 @@ def _finished(run_dir, model, state, previous, config):
     logger.info("The run in %s has finished (%d epochs, %d steps); nothing to train. Add epochs "
                 "(--set schedule.epochs=N) to continue it, or --restart to start over.",
                 run_dir, state.epoch, state.step)
-    state.restore(model)
+    with strategy.scope():  # where the optimiser was made (a traceback under mirrored)
+        state.restore(model)
     with open(results, encoding="utf-8") as handle:
         return model, json.load(handle)
 
