@@ -66,6 +66,13 @@ def test_bad_header_and_missing_csv_name_the_argument(videos):
         data.read_csv_records(_csv(videos, "path,class\na.mp4,1\n"), 3)
     with pytest.raises(FileNotFoundError, match="data.val_csv="):
         data.read_csv_records(str(videos / "nope.csv"), 3, argument="data.val_csv")
+    # Without data.num_classes (the default) it was "the labels are class ids, set
+    # data.num_classes": the classes were settled before the file was looked for.
+    missing = str(videos / "nope.csv")
+    with pytest.raises(FileNotFoundError, match=f"CSV file not found. Received: "
+                                                f"data.train_csv='{missing}'"):
+        data.load_training_data({"train_csv": missing, "val_csv": None, "num_classes": None,
+                                 "class_names": None})
 
 
 def test_folder_per_class(tmp_path):

@@ -320,8 +320,12 @@ def load_training_data(data_config):
     config with `class_names` and `num_classes` resolved; `val_records` is None
     without `data.val_csv`. Raises before anything is trained or written.
     """
-    if not data_config["train_csv"]:
+    train = data_config["train_csv"]
+    if not train:
         raise ConfigError("Nothing to train on. Received: data.train_csv=None")
+    if not os.path.exists(train):
+        # Before the classes, which it would otherwise be said to lack.
+        raise MissingFileError(f"CSV file not found. Received: data.train_csv={train!r}")
     data_config = resolve_classes(data_config)
     train_records, multi_label = load_records(
         data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
