@@ -182,6 +182,10 @@ def test_a_paper_recipe_builds_its_model():
     assert sum("nonlocal" in layer.name for layer in model.layers) == 5
     with pytest.raises(config_lib.ConfigError, match="model.name='NoSuchNet'"):
         models.find_constructor("NoSuchNet")
+    # The constructors it lists are callable: MEAN and STD, tuples, were offered too.
+    with pytest.raises(config_lib.ConfigError, match=r"applications \(C2DResNet101, C2DResNet50, "
+                       r"I3DResNet101, I3DResNet50, VideoResNet\) .*Received: model.name='MEAN'"):
+        models.find_constructor("MEAN")
 
 
 def test_a_constructors_own_error_is_not_followed_by_the_whole_model_section():

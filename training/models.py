@@ -40,7 +40,9 @@ def find_constructor(name):
                           f"Received: model.name={name!r}") from error
     constructor = getattr(module, attribute, None)
     if constructor is None or not callable(constructor):
-        available = sorted(n for n in dir(module) if n[:1].isupper())
+        # Constructors are capitalised (keras.applications'); MEAN and STD are not callable.
+        available = sorted(n for n in dir(module)
+                           if n[:1].isupper() and callable(getattr(module, n)))
         raise ConfigError(
             f"`model.name` must be a constructor of {module_name} ({', '.join(available)}) "
             f"or `package.module:function`. Received: model.name={name!r}")
