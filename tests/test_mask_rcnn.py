@@ -382,6 +382,84 @@ def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
         assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    # Orbit's loop waited forever for the step to reach 1.5 (seen: 12 minutes).
+    ("trainer.train_steps=1.5", "`trainer.train_steps` must be int"),
+    # Tracebacks (TypeError) after the model was built and params.yaml written.
+    ("task.model.input_size=abc", "`task.model.input_size` must be list"),
+    ("task.init_checkpoint=5", "`task.init_checkpoint` must be str"),
+])
+def test_an_override_of_the_wrong_type_names_its_field(override, message):
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    defaults = exp_factory.get_exp_config(PLAIN_EXPERIMENT)
+    given = params_dict.override_params_dict(
+        exp_factory.get_exp_config(PLAIN_EXPERIMENT), override, is_strict=True)
+    with pytest.raises(ValueError, match=f"{message}.*Received: {override.split('=')[0]}="):
+        trainer.check_value_types(given, defaults)
+    # What the fields take: a float field an int, a str-or-list field a list.
+    fine = params_dict.override_params_dict(
+        exp_factory.get_exp_config(PLAIN_EXPERIMENT),
+        "trainer.train_steps=7,task.losses.l2_weight_decay=0,"
+        "task.init_checkpoint_modules=[backbone]", is_strict=True)
+    trainer.check_value_types(fine, defaults)
+
+
+def test_gins_call_site_is_not_part_of_the_one_line_error():
+    from nonlocal_keras.training import train_detection
+
+    error = ValueError("/nonexistent/x* does not match any files.\n  In call to configurable "
+                       "'Trainer' (<class 'official.core.base_trainer.Trainer'>)\n  In call to "
+                       "configurable 'create_trainer' (<function create_trainer at 0x7fb574fab060>)")
+    assert str(train_detection._user_error(error)) == "/nonexistent/x* does not match any files."
+
+
+def test_a_params_yaml_without_checkpoint_is_written_again_at_the_start(tmp_path):
+    """A first command that failed after writing params.yaml (a bad override of
+    the block) left it; the corrected command kept it until its end, so once
+    killed its own run was refused as "another model" on resume."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    (tmp_path / "params.yaml").write_text("task: {}\n")
+    assert not trainer.params_kept_until_done(str(tmp_path))
+    tf.train.Checkpoint(step=tf.Variable(1)).save(str(tmp_path / "ckpt"))
+    assert trainer.params_kept_until_done(str(tmp_path))
+    assert not trainer.params_kept_until_done(str(tmp_path / "new"))
+
+
+def test_train_and_eval_resumed_at_its_last_step_evaluates():
+    """A SIGTERM during the final evaluation commits the last step; the same
+    command then trained nothing and evaluated nothing, exit 0 (Orbit's loop
+    runs while the step is below train_steps)."""
+    import orbit
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import cli
+
+    step, evaluations = tf.Variable(10, dtype=tf.int64), []
+
+    class Trainer(orbit.AbstractTrainer):
+        def create_train_loop_fn(self):
+            raise AssertionError("nothing to train")
+
+        def train(self, num_steps):
+            step.assign_add(int(num_steps))
+
+    class Evaluator(orbit.AbstractEvaluator):
+        def evaluate(self, num_steps):
+            evaluations.append(int(num_steps))
+            return {"AP": 0.5}
+
+    controller = trainer.CommittingController(
+        trainer=Trainer(), evaluator=Evaluator(), global_step=step, steps_per_loop=5,
+        signals=cli.LoopSignals)
+    assert controller.train_and_evaluate(train_steps=10, eval_steps=3)["AP"] == 0.5
+    assert evaluations == [3] and int(step.numpy()) == 10
+    step.assign(4)  # mid-run: Orbit's own loop, which trains to the end, then evaluates
+    controller.train_and_evaluate(train_steps=10, eval_steps=3)
+    assert evaluations == [3, 3] and int(step.numpy()) == 10
+
+
 def test_help_lists_the_trainers_flags_and_exits_0():
     """absl's --help printed "Try --helpfull" (the main module defines no flag)
     and exited 1, as for a usage error."""

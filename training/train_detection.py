@@ -28,6 +28,8 @@ Examples:
     nonlocal-train-detection ... --mode eval --export_dir /tmp/nl_maskrcnn/export
 """
 
+import re
+
 import tensorflow as tf
 from absl import app, flags
 
@@ -41,6 +43,7 @@ PROG = "nonlocal-train-detection"
 # Garden's registries raise a bare LookupError for an unknown name (an
 # IndexError, also a LookupError, is a bug: it keeps its traceback).
 USER_ERRORS = (flags.Error, ValueError, KeyError, OSError, tf.errors.NotFoundError)
+GIN_CALL = re.compile(r"\s*In call to configurable '[^']*' \([^)]*\)")
 
 
 def _is_user_error(error):
@@ -50,6 +53,8 @@ def _is_user_error(error):
 def _user_error(error):
     # KeyError's str() is the repr of its argument.
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    # gin appends where it was raised ("In call to configurable 'Trainer' (<class ...>)").
+    text = GIN_CALL.sub("", text)
     return ConfigError(" ".join(text.split()) or type(error).__name__)
 
 

@@ -15,7 +15,7 @@ import orbit
 import tensorflow as tf
 import tf_keras
 import yaml
-from absl import flags
+from absl import flags, logging
 from official.core import train_lib
 
 from nonlocal_keras import console
@@ -137,6 +137,17 @@ class CommittingController(orbit.Controller):
     def evaluate(self, steps=-1):
         with self._signals.evaluation(self._commit, self._cluster):
             return super().evaluate(steps)
+
+    def train_and_evaluate(self, train_steps, eval_steps=-1, eval_interval=None):
+        # Resumed at its last step (a SIGTERM during the final evaluation commits
+        # that step; or the run had finished), Orbit's loop trains nothing and
+        # evaluates nothing: exit 0 without the evaluation the command is for.
+        step = int(self.global_step.numpy())
+        if step < train_steps:
+            return super().train_and_evaluate(train_steps, eval_steps, eval_interval)
+        logging.info("Training is done (step %d of %d): evaluating the latest checkpoint.",
+                     step, train_steps)
+        return self.evaluate(eval_steps)
 
     def _commit(self):
         if self.checkpoint_manager:
@@ -295,7 +306,12 @@ def check_value_types(params, defaults):
         if default is None or value is None:
             continue
         if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+                # 1.5 steps: Orbit's loop waits forever for the step to reach it.
+                isinstance(default, int) and isinstance(value, float)) or (
+                # Model Garden failed with a TypeError after building the model.
+                isinstance(default, str) and isinstance(value, (int, float))) or (
+                isinstance(default, (list, tuple)) and isinstance(value, (str, int, float))):
             raise ValueError(f"`{key}` must be {type(default).__name__}, as its default "
                              f"{default!r}. Received: {key}={value!r}")
 
@@ -403,16 +419,27 @@ def _writes_the_run(model_dir):
         tf.distribute.cluster_resolver.TFConfigClusterResolver())
 
 
+def params_kept_until_done(model_dir):
+    """Whether a training command leaves `model_dir`'s params.yaml as it is until
+    it has worked (then writes its own), rather than writing it first.
+
+    A trained folder's is kept: a command that failed (a data path that matches
+    nothing, a shape) changed it before. Without a checkpoint it describes
+    nothing trained (a first command that failed wrote it) and is written
+    first: kept, it made the corrected command's own run "another model" once
+    that run was killed and resumed.
+    """
+    return bool(tf.train.latest_checkpoint(model_dir)) and tf.io.gfile.exists(
+        os.path.join(model_dir, "params.yaml"))
+
+
 def _run_and_export(params, model_dir, signals):
     from official.common import distribute_utils
     from official.core import task_factory, train_utils
     from official.modeling import performance
     from official.vision.utils import summary_manager
 
-    # A folder's params.yaml is replaced once the command has worked: a command
-    # that failed (a data path that matches nothing, a shape) changed it before.
-    replace_params = "train" in FLAGS.mode and tf.io.gfile.exists(
-        os.path.join(model_dir, "params.yaml"))
+    replace_params = "train" in FLAGS.mode and params_kept_until_done(model_dir)
     if "train" in FLAGS.mode and not replace_params:
         _serialize_config(params, model_dir)
     if params.runtime.mixed_precision_dtype:
