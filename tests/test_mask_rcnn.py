@@ -414,19 +414,6 @@ def test_gins_call_site_is_not_part_of_the_one_line_error():
     assert str(train_detection._user_error(error)) == "/nonexistent/x* does not match any files."
 
 
-def test_a_params_yaml_without_checkpoint_is_written_again_at_the_start(tmp_path):
-    """A first command that failed after writing params.yaml (a bad override of
-    the block) left it; the corrected command kept it until its end, so once
-    killed its own run was refused as "another model" on resume."""
-    from nonlocal_keras.applications.mask_rcnn import trainer
-
-    (tmp_path / "params.yaml").write_text("task: {}\n")
-    assert not trainer.params_kept_until_done(str(tmp_path))
-    tf.train.Checkpoint(step=tf.Variable(1)).save(str(tmp_path / "ckpt"))
-    assert trainer.params_kept_until_done(str(tmp_path))
-    assert not trainer.params_kept_until_done(str(tmp_path / "new"))
-
-
 def test_train_and_eval_resumed_at_its_last_step_evaluates():
     """A SIGTERM during the final evaluation commits the last step; the same
     command then trained nothing and evaluated nothing, exit 0 (Orbit's loop
@@ -458,6 +445,38 @@ def test_train_and_eval_resumed_at_its_last_step_evaluates():
     step.assign(4)  # mid-run: Orbit's own loop, which trains to the end, then evaluates
     controller.train_and_evaluate(train_steps=10, eval_steps=3)
     assert evaluations == [3, 3] and int(step.numpy()) == 10
+
+
+def test_a_failed_first_commands_params_yaml_is_replaced_before_the_first_checkpoint(tmp_path):
+    """A first command that failed after writing params.yaml (a bad override of the
+    block) left it; the corrected command replaced it only at its end, so once
+    killed its own run was refused as "another model" on resume. The callback
+    (`_run_and_export` passes params.yaml's writer when the folder holds no
+    checkpoint) runs once, before the first save."""
+    import orbit
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import cli
+
+    step, order = tf.Variable(0, dtype=tf.int64), []
+
+    class Trainer(orbit.AbstractTrainer):
+        def create_train_loop_fn(self):
+            raise AssertionError("not called")
+
+        def train(self, num_steps):
+            step.assign_add(int(num_steps))
+
+    checkpoint = tf.train.Checkpoint(step=step)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=5,
+                                         step_counter=step, checkpoint_interval=2)
+    saving = manager.save
+    manager.save = lambda *args, **kwargs: order.append("checkpoint") or saving(*args, **kwargs)
+    controller = trainer.CommittingController(
+        trainer=Trainer(), global_step=step, steps_per_loop=2, checkpoint_manager=manager,
+        signals=cli.LoopSignals, before_first_save=lambda: order.append("params.yaml"))
+    controller.train(steps=6)
+    assert order[:2] == ["params.yaml", "checkpoint"] and order.count("params.yaml") == 1
 
 
 def test_help_lists_the_trainers_flags_and_exits_0():

@@ -116,7 +116,8 @@ class CommittingController(orbit.Controller):
     are those of the whole loop. Not on TPUs, where each call costs a round trip
     to the host."""
 
-    def __init__(self, *args, signals, **kwargs):
+    def __init__(self, *args, signals, before_first_save=None, **kwargs):
+        self._before_first_save = before_first_save  # called before the first save
         super().__init__(*args, **kwargs)
         self._signals = signals
         # Several workers stop together, at the same step: each saves its part of
@@ -145,9 +146,17 @@ class CommittingController(orbit.Controller):
         step = int(self.global_step.numpy())
         if step < train_steps:
             return super().train_and_evaluate(train_steps, eval_steps, eval_interval)
-        logging.info("Training is done (step %d of %d): evaluating the latest checkpoint.",
-                     step, train_steps)
+        message = (f"Training is done (step {step} of {train_steps}): evaluating the latest "
+                   "checkpoint.")
+        logging.info(message)
+        print(message, flush=True)  # beside Orbit's own lines, which it prints too
         return self.evaluate(eval_steps)
+
+    def _maybe_save_checkpoint(self, check_interval=True):
+        if self._before_first_save is not None and self.checkpoint_manager:
+            call, self._before_first_save = self._before_first_save, None
+            call()
+        return super()._maybe_save_checkpoint(check_interval)
 
     def _commit(self):
         if self.checkpoint_manager:
@@ -419,29 +428,23 @@ def _writes_the_run(model_dir):
         tf.distribute.cluster_resolver.TFConfigClusterResolver())
 
 
-def params_kept_until_done(model_dir):
-    """Whether a training command leaves `model_dir`'s params.yaml as it is until
-    it has worked (then writes its own), rather than writing it first.
-
-    A trained folder's is kept: a command that failed (a data path that matches
-    nothing, a shape) changed it before. Without a checkpoint it describes
-    nothing trained (a first command that failed wrote it) and is written
-    first: kept, it made the corrected command's own run "another model" once
-    that run was killed and resumed.
-    """
-    return bool(tf.train.latest_checkpoint(model_dir)) and tf.io.gfile.exists(
-        os.path.join(model_dir, "params.yaml"))
-
-
 def _run_and_export(params, model_dir, signals):
     from official.common import distribute_utils
     from official.core import task_factory, train_utils
     from official.modeling import performance
     from official.vision.utils import summary_manager
 
-    replace_params = "train" in FLAGS.mode and params_kept_until_done(model_dir)
+    # A folder's params.yaml is replaced once the command has worked: a command
+    # that failed (a data path that matches nothing, a shape) changed it before.
+    replace_params = "train" in FLAGS.mode and tf.io.gfile.exists(
+        os.path.join(model_dir, "params.yaml"))
     if "train" in FLAGS.mode and not replace_params:
         _serialize_config(params, model_dir)
+    # Without a checkpoint it describes nothing trained (a first command that
+    # failed wrote it): it is replaced before this command's first checkpoint.
+    # Kept until the end, it made this run "another model" once killed and resumed.
+    before_first_save = (functools.partial(_serialize_config, params, model_dir)
+                         if replace_params and not tf.train.latest_checkpoint(model_dir) else None)
     if params.runtime.mixed_precision_dtype:
         performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
     strategy = distribute_utils.get_distribution_strategy(
@@ -456,7 +459,8 @@ def _run_and_export(params, model_dir, signals):
     ExperimentRunner(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
         model_dir=model_dir,
-        controller_cls=functools.partial(CommittingController, signals=signals),
+        controller_cls=functools.partial(CommittingController, signals=signals,
+                                         before_first_save=before_first_save),
         eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
             params=params, model_dir=model_dir),
         enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
