@@ -438,6 +438,27 @@ def test_a_write_the_storage_refuses_names_the_file_and_keeps_the_old_one(tmp_pa
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
+    folder, and a kill left an earlier export half overwritten)."""
+    from nonlocal_keras.training import atomic
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.pb").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.replace_folder(str(target)) as staging:
+            (tmp_path / staging / "new.pb").write_text("half")
+            raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["old.pb"]
+    left = tmp_path / ".tmp-0123abcd-export"  # what a kill -9 leaves
+    left.mkdir()
+    with atomic.replace_folder(str(target)) as staging:
+        assert os.listdir(target) == ["old.pb"]  # untouched while the new one is written
+        (tmp_path / staging / "new.pb").write_text("new")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["new.pb"]
+
+
 def test_an_hdf5_write_refused_at_its_close_is_a_refusal_too(tmp_path):
     """h5py reports a failed write that HDF5 had buffered until the close as a
     RuntimeError whose message holds the errno."""

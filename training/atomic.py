@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import uuid
@@ -256,3 +257,27 @@ def remove_stale(folder):
             path = os.path.join(folder, name)
             if os.path.isfile(path):
                 os.remove(path)
+
+
+@contextlib.contextmanager
+def replace_folder(path):
+    """`with replace_folder(path) as staging:` fill the new folder `staging`; it
+    becomes `path` at the end, the folder that was there moved aside first and
+    then deleted, so that a kill leaves `path` as it was or whole, never half
+    written. `staging` is a hidden temporary folder beside `path`; those a killed
+    writer of `path` left are removed first."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    for left in os.listdir(parent):
+        if is_temporary(left) and left.endswith(f"-{name}"):
+            shutil.rmtree(os.path.join(parent, left), ignore_errors=True)
+    staging, aside = temporary_name(path), temporary_name(path)
+    os.makedirs(staging)
+    try:
+        yield staging
+        if os.path.isdir(path):
+            os.rename(path, aside)
+        os.rename(staging, path)
+    finally:
+        for folder in (staging, aside):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -11,12 +11,15 @@ The SavedModel is a plain TensorFlow graph: loading it needs neither Model
 Garden nor this package.
 """
 
+import contextlib
+
 import tensorflow as tf
 from official.core import task_factory
 from official.vision.serving import detection, export_saved_model_lib
 from tf_keras.src.saving.legacy.saved_model import utils as tf_keras_saving
 
 from nonlocal_keras.applications.mask_rcnn import keypoint_experiment
+from nonlocal_keras.training import atomic
 
 _KEYPOINT_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                      "detection_keypoints", "detection_keypoint_scores")
@@ -76,14 +79,18 @@ def export_saved_model(params, checkpoint_path, export_dir, batch_size=1,
     # outputs) and, on the tiny Keypoint R-CNN, cut the export from 78 s to
     # 36 s on 2 cores and its size from 26 to 12 MB (653 of 1,072 graph
     # functions were those traces).
-    with tf_keras_saving.keras_option_scope(save_traces=False):
+    # A local folder is written beside and renamed into place (Model Garden
+    # writes into it: a kill left an earlier export half overwritten).
+    local = "://" not in export_dir
+    with (atomic.replace_folder(export_dir) if local else contextlib.nullcontext(export_dir)) \
+            as folder, tf_keras_saving.keras_option_scope(save_traces=False):
         export_saved_model_lib.export_inference_graph(
             input_type=input_type,
             batch_size=batch_size,
             input_image_size=image_size,
             params=params,
             checkpoint_path=checkpoint_path,
-            export_dir=export_dir,
+            export_dir=folder,
             export_module=module,
         )
     return export_dir
