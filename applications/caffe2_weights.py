@@ -221,6 +221,7 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
     # Imported here: the package, TensorFlow with it, is not needed to load weights.
     from nonlocal_keras.training import atomic
 
+    atomic.remove_left_by_killed_writers(destination)  # a killed conversion's 12-200 MB
     with atomic.replace(destination, atomic.model_size(model)) as temporary:
         model.save_weights(temporary)
     return model, unused

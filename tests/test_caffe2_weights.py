@@ -130,9 +130,15 @@ def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys, monkeypatch)
     randomize(source, 3)
     write_pickle(tmp_path / "i3d_nl5.pkl", {**official_blobs(source), **EXTRA_BLOBS}, wrap=True)
     destination = str(tmp_path / "i3d_nl5.weights.h5")
+    # What a conversion killed before its rename leaves (kill -9: 12 MB here), and
+    # another file's, which stays.
+    (tmp_path / ".tmp-0123abcd-i3d_nl5.weights.h5").write_bytes(b"half")
+    (tmp_path / ".tmp-0123abcd-other.weights.h5").write_bytes(b"half")
     assert main([str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination]) == 0
     assert "3 ignored" in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
+    assert sorted(os.listdir(tmp_path)) == [".tmp-0123abcd-other.weights.h5", "i3d_nl5.pkl",
+                                            "i3d_nl5.weights.h5"]
+    os.remove(tmp_path / ".tmp-0123abcd-other.weights.h5")
     restored = I3DResNet50(nonlocal_blocks=5, weights=destination)
     assert_same_weights(restored, source)
     clip = np.random.default_rng(4).normal(size=(1, 4, 64, 64, 3)).astype("float32")

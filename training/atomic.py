@@ -266,11 +266,8 @@ def replace_folder(path):
     then deleted, so that a kill leaves `path` as it was or whole, never half
     written. `staging` is a hidden temporary folder beside `path`; those a killed
     writer of `path` left are removed first."""
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    for left in os.listdir(parent):
-        if is_temporary(left) and left.endswith(f"-{name}"):
-            shutil.rmtree(os.path.join(parent, left), ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    remove_left_by_killed_writers(path)
     staging, aside = temporary_name(path), temporary_name(path)
     os.makedirs(staging)
     try:
@@ -281,3 +278,19 @@ def replace_folder(path):
     finally:
         for folder in (staging, aside):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_left_by_killed_writers(path):
+    """Delete the temporary files or folders (`temporary_name`) of `path` beside it:
+    a writer of `path` killed before its rename left them. For a path that one
+    process at a time writes (a second writer's temporary would go too)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return
+    for left in os.listdir(parent):
+        if re.fullmatch(r"\.tmp-[0-9a-f]{8}-" + re.escape(name), left):
+            left = os.path.join(parent, left)
+            if os.path.isdir(left):
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                os.remove(left)
