@@ -32,6 +32,7 @@ from nonlocal_keras.layers import NonLocal2D  # noqa: E402
 from official.core import exp_factory, task_factory  # noqa: E402
 from savedmodel_without_package import keras_layer_traces, serve_without_the_package  # noqa: E402
 import hangup  # noqa: E402
+import orbit  # noqa: E402
 from official.modeling.hyperparams import params_dict  # noqa: E402
 from official.vision.configs import backbones as mg_backbones  # noqa: E402
 from official.vision.configs import common as mg_common  # noqa: E402
@@ -414,23 +415,27 @@ def test_gins_call_site_is_not_part_of_the_one_line_error():
     assert str(train_detection._user_error(error)) == "/nonexistent/x* does not match any files."
 
 
+class _StepCounter(orbit.AbstractTrainer):
+    """An Orbit trainer whose training only counts the steps."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def create_train_loop_fn(self):  # CommittingController wraps it; not called here
+        raise AssertionError("not called")
+
+    def train(self, num_steps):
+        self.step.assign_add(int(num_steps))
+
+
 def test_train_and_eval_resumed_at_its_last_step_evaluates():
     """A SIGTERM during the final evaluation commits the last step; the same
     command then trained nothing and evaluated nothing, exit 0 (Orbit's loop
     runs while the step is below train_steps)."""
-    import orbit
-
     from nonlocal_keras.applications.mask_rcnn import trainer
     from nonlocal_keras.training import cli
 
     step, evaluations = tf.Variable(10, dtype=tf.int64), []
-
-    class Trainer(orbit.AbstractTrainer):
-        def create_train_loop_fn(self):
-            raise AssertionError("nothing to train")
-
-        def train(self, num_steps):
-            step.assign_add(int(num_steps))
 
     class Evaluator(orbit.AbstractEvaluator):
         def evaluate(self, num_steps):
@@ -438,7 +443,7 @@ def test_train_and_eval_resumed_at_its_last_step_evaluates():
             return {"AP": 0.5}
 
     controller = trainer.CommittingController(
-        trainer=Trainer(), evaluator=Evaluator(), global_step=step, steps_per_loop=5,
+        trainer=_StepCounter(step), evaluator=Evaluator(), global_step=step, steps_per_loop=5,
         signals=cli.LoopSignals)
     assert controller.train_and_evaluate(train_steps=10, eval_steps=3)["AP"] == 0.5
     assert evaluations == [3] and int(step.numpy()) == 10
@@ -453,27 +458,18 @@ def test_a_failed_first_commands_params_yaml_is_replaced_before_the_first_checkp
     killed its own run was refused as "another model" on resume. The callback
     (`_run_and_export` passes params.yaml's writer when the folder holds no
     checkpoint) runs once, before the first save."""
-    import orbit
-
     from nonlocal_keras.applications.mask_rcnn import trainer
     from nonlocal_keras.training import cli
 
     step, order = tf.Variable(0, dtype=tf.int64), []
-
-    class Trainer(orbit.AbstractTrainer):
-        def create_train_loop_fn(self):
-            raise AssertionError("not called")
-
-        def train(self, num_steps):
-            step.assign_add(int(num_steps))
-
     checkpoint = tf.train.Checkpoint(step=step)
     manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=5,
                                          step_counter=step, checkpoint_interval=2)
     saving = manager.save
     manager.save = lambda *args, **kwargs: order.append("checkpoint") or saving(*args, **kwargs)
     controller = trainer.CommittingController(
-        trainer=Trainer(), global_step=step, steps_per_loop=2, checkpoint_manager=manager,
+        trainer=_StepCounter(step), global_step=step, steps_per_loop=2,
+        checkpoint_manager=manager,
         signals=cli.LoopSignals, before_first_save=lambda: order.append("params.yaml"))
     controller.train(steps=6)
     assert order[:2] == ["params.yaml", "checkpoint"] and order.count("params.yaml") == 1
