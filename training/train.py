@@ -337,8 +337,11 @@ def run(config, strategy=None, restart=False):
         if precise_steps:
             logger.info("Recomputing the BatchNorm statistics over %d training steps "
                         "(train.precise_bn_steps).", precise_steps)
+            started = time.perf_counter()
             results["precise_bn_batches"] = precise_bn.recompute_statistics(
                 model, dataset, precise_steps, strategy)
+            logger.info("BatchNorm statistics recomputed over %d batches in %.0f s.",
+                        results["precise_bn_batches"], time.perf_counter() - started)
         if val_records:
             with strategy.scope():
                 scorer = models.evaluation_model(config["model"], data_config, multi_label, model)
