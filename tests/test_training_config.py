@@ -118,6 +118,24 @@ def test_file_then_overrides_and_saved_copy(tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == config
 
 
+def test_a_key_given_twice_and_an_empty_file_are_refused(tmp_path):
+    """Both were taken without a word (found by a helper's walk): the last of two
+    values, and the defaults (the paper's 109 epochs) for an empty file."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("schedule:\n  epochs: 3\ntrain:\n  batch_size: 8\nschedule:\n  decay: 0.5\n")
+    with pytest.raises(config_lib.ConfigError, match=r"the key 'schedule' is given twice, on "
+                       r"line 5.*Received: config="):
+        config_lib.load_config(str(twice))
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  batch_size: 8\n  batch_size: 16\n")
+    with pytest.raises(config_lib.ConfigError, match="'batch_size' is given twice, on line 3"):
+        config_lib.load_config(str(nested))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(config_lib.ConfigError, match="The config file is empty. Received: config="):
+        config_lib.load_config(str(empty))
+
+
 @pytest.mark.parametrize("name", config_lib.list_configs())
 def test_shipped_configs_load_and_say_how_to_run_them(name):
     config = config_lib.load_config(name)

@@ -211,16 +211,35 @@ def load_config(path=None, overrides=()):
         resolved = resolve_path(path)
         try:
             with open(resolved, encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle) or {}
+                loaded = yaml.load(handle, Loader=_UniqueKeys)
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise ConfigError(f"Cannot read the config file ({_first_line(error)}). "
                               f"Received: config={path!r}") from None
+        if loaded is None:
+            # An editor's empty save trained the defaults (109 epochs of Kinetics).
+            raise ConfigError(f"The config file is empty. Received: config={path!r}")
         if not isinstance(loaded, dict):
             raise ConfigError(f"A config file must hold a mapping. Received: config={path!r}")
         _merge(config, loaded)
     for text in overrides:
         _merge(config, parse_override(text))
     return validate(config)
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps
+    the last one without a word: a setting written twice, one of them forgotten)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice, on line "
+                    f"{key_node.start_mark.line + 1}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _first_line(error):
