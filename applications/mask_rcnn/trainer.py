@@ -469,5 +469,9 @@ def _run_and_export(params, model_dir, signals):
         _serialize_config(params, model_dir)
     if not FLAGS.export_dir:
         return
+    if not runtime.is_chief(tf.distribute.cluster_resolver.TFConfigClusterResolver()):
+        # One export of the checkpoint, the chief's: every worker wrote the same
+        # folder, and now each would remove the others' staging folder as a killed one's.
+        return
     export.export_saved_model(params, FLAGS.model_dir, FLAGS.export_dir)
     print(f"Exported the SavedModel to {FLAGS.export_dir}")
