@@ -19,6 +19,12 @@ def is_positive_int(value):
             and value >= 1)
 
 
+def is_decimal(text):
+    """Whether `text` is ASCII digits only, which `int` reads (`str.isdigit` also
+    takes '²', which `int` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def checked_choice(name, value, choices):
     """`value`, or a ValueError naming `name` and listing `choices`."""
     if value not in choices:

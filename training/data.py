@@ -31,6 +31,7 @@ import keras
 from nonlocal_keras.applications import MEAN, STD
 from nonlocal_keras.training import preprocessing, video_io
 from nonlocal_keras.training.errors import ConfigError, DatasetError, MissingFileError
+from nonlocal_keras.utils import is_decimal
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ def _label_tokens(cell, separator):
 
 
 def _is_int(token):
-    digits = token.lstrip("-")
-    return digits.isascii() and digits.isdigit()  # '²'.isdigit(), and int('²') fails
+    return is_decimal(token.lstrip("-"))
 
 
 def _checked_tokens(header, rows, csv_path, argument):

@@ -51,7 +51,7 @@ from nonlocal_keras import command_lines
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import atomic, data, models, preprocessing, run_state
 from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError, UserError
-from nonlocal_keras.utils import is_positive_int
+from nonlocal_keras.utils import is_decimal, is_positive_int
 
 DEFAULT_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "serving_normalized"
@@ -94,9 +94,8 @@ def resolve_export_path(export_dir, model_name):
 
 
 def is_version_name(name):
-    """Whether a folder name is a TF Serving version: ASCII digits (`str.isdigit`
-    takes '²', which `int` refuses)."""
-    return name.isascii() and name.isdigit()
+    """Whether a folder name is a TF Serving version (a decimal number)."""
+    return is_decimal(name)
 
 
 def serving_settings(model, data_config=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
