@@ -314,15 +314,24 @@ def check_value_types(params, defaults):
         value = given.get(key)
         if default is None or value is None:
             continue
-        if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
-                # 1.5 steps: Orbit's loop waits forever for the step to reach it.
-                isinstance(default, int) and isinstance(value, float)) or (
-                # Model Garden failed with a TypeError after building the model.
-                isinstance(default, str) and isinstance(value, (int, float))) or (
-                isinstance(default, (list, tuple)) and isinstance(value, (str, int, float))):
+        if _wrong_type(default, value):
             raise ValueError(f"`{key}` must be {type(default).__name__}, as its default "
                              f"{default!r}. Received: {key}={value!r}")
+
+
+def _wrong_type(default, value):
+    """Whether an override `value` cannot stand where Model Garden's `default` is."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) != isinstance(value, bool)
+    if isinstance(default, int):  # 1.5 steps: Orbit's loop waits forever for the step
+        return not isinstance(value, int)
+    if isinstance(default, float):
+        return not isinstance(value, (int, float))
+    # Model Garden failed with a TypeError once the model was built. A string
+    # field may take a list (`init_checkpoint_modules`).
+    if isinstance(default, str):
+        return isinstance(value, (int, float))
+    return isinstance(default, (list, tuple)) and isinstance(value, (str, int, float))
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
