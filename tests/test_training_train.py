@@ -687,6 +687,22 @@ def test_precise_bn_steps_recompute_the_saved_models_statistics(tmp_path):
     assert changed == ["layers/batch_normalization/vars/2", "layers/batch_normalization/vars/3"]
 
 
+def test_videos_the_precise_bn_pass_skips_are_counted(tmp_path):
+    """`skipped_training_videos` was taken before the pass, which reads the same
+    repeated pipeline: 12 batches of 4 from 7 decodable videos meet the bad one
+    at least 6 times, the 2 training steps (and what the pipeline decodes
+    ahead of them) a few times."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8, bad=(3,))
+    config = config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "run", "schedule.epochs=1", "train.precise_bn_steps=12",
+        "data.val_csv=null", "runtime.tensorboard=false"))
+    _, results = train.run(config)
+    assert results["precise_bn_batches"] == 12
+    assert results["skipped_training_videos"] >= 6 + 1, results
+
+
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):
     """At an epoch's last step the commit comes with the epoch's history row, at the
     epoch's end: committed at the step, the row would be missing on resume."""

@@ -330,7 +330,6 @@ def run(config, strategy=None, restart=False):
             "epochs_run_this_session": state.epoch - start_step // steps_per_epoch,
             "steps_run_this_session": state.step - start_step,
             "train_seconds_this_session": round(train_seconds, 1),
-            "skipped_training_videos": skipped.total,
             "final_train_metrics": state.history[-1] if state.history else {},
         }
         precise_steps = config["train"]["precise_bn_steps"]
@@ -342,6 +341,8 @@ def run(config, strategy=None, restart=False):
                 model, dataset, precise_steps, strategy)
             logger.info("BatchNorm statistics recomputed over %d batches in %.0f s.",
                         results["precise_bn_batches"], time.perf_counter() - started)
+        # After the pass, which reads the same pipeline (and meets its unreadable videos).
+        results["skipped_training_videos"] = skipped.total
         if val_records:
             with strategy.scope():
                 scorer = models.evaluation_model(config["model"], data_config, multi_label, model)
