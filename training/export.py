@@ -475,7 +475,7 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
                 and not os.path.isfile(model_weights)):
             raise MissingFileError(f"Weights file not found. Received: model.weights={model_weights!r}")
         return model_weights, "the config's model.weights"
-    searched = (f"{run_dir}/final.weights.h5, {run_dir}/checkpoints/last.weights.h5 and "
+    searched = (", ".join(os.path.join(run_dir, name) for name in models.RUN_WEIGHTS) + " and "
                 if run_dir else "")
     why, give = {"export": ("an export with random weights would serve noise",
                             "--checkpoint PATH.weights.h5"),

@@ -17,12 +17,13 @@ import keras
 import numpy as np
 
 from nonlocal_keras.layers import NonLocal3D
+from nonlocal_keras.training import run_state
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
 # What a run folder holds, best first (see train.py).
-RUN_WEIGHTS = ("final.weights.h5", os.path.join("checkpoints", "last.weights.h5"))
+RUN_WEIGHTS = (run_state.FINAL_WEIGHTS, run_state.LAST_WEIGHTS)
 
 
 def find_constructor(name):

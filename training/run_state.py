@@ -104,7 +104,9 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
         yield
 
 
-FINAL_FILES = ("final.weights.h5", "model.keras", "results.json")
+FINAL_WEIGHTS, FINAL_MODEL, RESULTS = "final.weights.h5", "model.keras", "results.json"
+FINAL_FILES = (FINAL_WEIGHTS, FINAL_MODEL, RESULTS)
+LAST_WEIGHTS = os.path.join("checkpoints", "last.weights.h5")
 # The training metrics' names, which history.csv keeps: they tell how a run
 # was trained once its training CSV is gone.
 MULTI_LABEL_METRIC, SINGLE_LABEL_METRIC = "pr_auc", "top1"
@@ -275,7 +277,7 @@ class RunState:
     def copy_last_epoch_weights(self):
         """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
         source = os.path.join(self.folder, self._committed["weights"])
-        with atomic.replace(os.path.join(self.run_dir, "checkpoints", "last.weights.h5")) as temporary:
+        with atomic.replace(os.path.join(self.run_dir, LAST_WEIGHTS)) as temporary:
             shutil.copyfile(source, temporary)
 
 

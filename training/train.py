@@ -351,11 +351,11 @@ def run(config, strategy=None, restart=False):
                 verbose=runtime.keras_verbose(config["runtime"]["verbose"]), strategy=strategy)
         if chief:
             size = atomic.model_size(model)
-            with atomic.replace(os.path.join(run_dir, "final.weights.h5"), size) as temporary:
+            with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
                 model.save_weights(temporary)
-            with atomic.replace(os.path.join(run_dir, "model.keras"), size) as temporary:
+            with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
                 model.save(temporary)
-            atomic.write_json(os.path.join(run_dir, "results.json"), results)
+            atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
             state.commit(model, finished=True)
         return model, results
 
@@ -414,7 +414,7 @@ def _finished(run_dir, model, state, previous, config, strategy):
         raise run_state.RunFolderError(
             f"The run in {run_dir!r} has finished, and nonlocal-train does not evaluate it again "
             f"on another validation set: {evaluate_with}. Received: data.val_csv={val_csv!r}")
-    results = os.path.join(run_dir, "results.json")
+    results = os.path.join(run_dir, run_state.RESULTS)
     if not os.path.isfile(results):
         raise run_state.RunFolderError(
             f"The run in {run_dir!r} has finished, but its results.json is missing: "
