@@ -59,7 +59,7 @@ import keras
 from keras import layers
 from keras.saving import register_keras_serializable
 
-from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+from nonlocal_keras.applications.video_resnet_conv import ConcatenatedZeroPadding3D, VideoConv3D
 from nonlocal_keras.applications.video_resnet_spec import (
     DEPTHS,
     INFLATION_RULES,
@@ -210,7 +210,9 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
     strided = max(strides) > 1
     if strided and max(kernel) > 1:
         # Caffe2 pads both sides; "same" with stride 2 pads only the end.
-        x = layers.ZeroPadding3D(tuple(k // 2 for k in kernel), name=f"{name}_pad")(x)
+        per_frame = kernel[0] == 1 and strides[0] == 1  # VideoConv3D's 2D path
+        padding = layers.ZeroPadding3D if per_frame else ConcatenatedZeroPadding3D
+        x = padding(tuple(k // 2 for k in kernel), name=f"{name}_pad")(x)
     x = VideoConv3D(filters, kernel, strides=strides,
                     padding="valid" if strided else "same", use_bias=False,
                     kernel_initializer=CONV_INITIALIZER, name=name)(x)

@@ -1,5 +1,5 @@
 """The video ResNets' convolution: Conv3D, with 1x1x1 kernels run as a matrix product
-and 1xkxk kernels as a 2D convolution of every frame."""
+and 1xkxk kernels as a 2D convolution of every frame; and the padding of a Conv3D."""
 
 from keras import layers, ops
 from keras.saving import register_keras_serializable
@@ -56,6 +56,35 @@ class VideoConv3D(layers.Conv3D):
         outputs = ops.matmul(ops.reshape(inputs, (-1, channels)),
                              ops.reshape(kernel, (channels, self.filters)))
         return ops.reshape(outputs, (*shape[:-1], self.filters))
+
+
+@register_keras_serializable(package="nonlocal_keras")
+class ConcatenatedZeroPadding3D(layers.ZeroPadding3D):
+    """`keras.layers.ZeroPadding3D` computed as concatenations with zeros: the
+    same values, arguments and config.
+
+    Why: on a CPU, TensorFlow's graph rewriter (Grappler's remapper) fuses a
+    Pad into the Conv3D after it, and in a training graph loses the Pad node
+    that the convolution's input gradient still reads (through a ShapeN). It
+    then prints `E ... remapper failed: ... missing node '.../Pad'` (once a
+    run, through absl's log, which `TF_CPP_MIN_LOG_LEVEL` does not silence)
+    and leaves the whole graph as written. It does not fuse a concatenation.
+    The video ResNets pad this way before a strided convolution that runs as
+    Conv3D (I3D's conv1, the 32x2 stems' conv1); before the per-frame ones
+    (`VideoConv3D`'s 2D path, behind a reshape) the Pad stays: one copy of a
+    larger tensor, where this makes one per padded axis.
+    """
+
+    def call(self, inputs):
+        axes = (2, 3, 4) if self.data_format == "channels_first" else (1, 2, 3)
+        x = inputs
+        for axis, (before, after) in zip(axes, self.padding):
+            if before or after:
+                shape = ops.shape(x)
+                parts = [ops.zeros((*shape[:axis], before, *shape[axis + 1:]), x.dtype), x,
+                         ops.zeros((*shape[:axis], after, *shape[axis + 1:]), x.dtype)]
+                x = ops.concatenate(parts, axis=axis)
+        return x
 
 
 def _subsample(x, strides):

@@ -131,3 +131,63 @@ def test_logits_and_gradients_match_the_conv3d_model():
         scale = np.abs(np.asarray(twin_grad)).max()
         np.testing.assert_allclose(grad, twin_grad, rtol=0, atol=1e-4 * scale + 1e-7,
                                    err_msg=weight.path)
+
+
+@pytest.mark.parametrize("padding, data_format", [
+    ((1, 3, 3), "channels_last"), (((0, 2), (1, 0), (3, 1)), "channels_last"),
+    (2, "channels_first")])
+def test_concatenated_padding_is_zero_padding3d(tmp_path, padding, data_format):
+    """Values and gradient as `np.pad` (the gradient: the upstream's middle),
+    with an unknown batch, and the layer saves and loads by its config."""
+    from nonlocal_keras.applications.video_resnet_conv import ConcatenatedZeroPadding3D
+
+    layer = ConcatenatedZeroPadding3D(padding, data_format=data_format, name="pad")
+    pads = keras.layers.ZeroPadding3D(padding, data_format=data_format).padding
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 5, 6))
+    spatial = [(0, 0), (0, 0)] if data_format == "channels_first" else [(0, 0)]
+    full = [(0, 0)] + list(pads) + [(0, 0)] if data_format == "channels_last" else spatial + list(pads)
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, layer(inputs))
+    assert model.output.shape == (None, *np.pad(x, full).shape[1:])
+    x32 = tf.constant(x, tf.float32)
+    upstream = tf.random.stateless_normal(np.pad(x, full).shape, (1, 2))
+    with tf.GradientTape() as tape:
+        tape.watch(x32)
+        y = model(x32)
+        loss = tf.reduce_sum(y * upstream)
+    np.testing.assert_array_equal(np.asarray(y), np.pad(x.astype("float32"), full))
+    middle = tuple(slice(before, n - after) for (before, after), n in zip(full, upstream.shape))
+    np.testing.assert_array_equal(np.asarray(tape.gradient(loss, x32)), np.asarray(upstream)[middle])
+    config = layer.get_config()
+    assert config == keras.layers.ZeroPadding3D.from_config(config).get_config()
+    model.save(tmp_path / "pad.keras")
+    loaded = keras.models.load_model(tmp_path / "pad.keras")
+    assert type(loaded.get_layer("pad")) is ConcatenatedZeroPadding3D
+
+
+def test_training_a_conv3d_stem_leaves_tensorflows_graph_rewriter_working(capfd):
+    """A Pad before a Conv3D: TensorFlow's remapper fused it into the convolution,
+    lost the node the input gradient reads, printed an `E ... remapper failed`
+    line in every I3D run (through absl, past TF_CPP_MIN_LOG_LEVEL) and left the
+    training graph without its fusions. The Keras ZeroPadding3D twin still does,
+    which shows the line is caught here."""
+    model = VideoResNet((1,), input_shape=(3, 16, 16, 3), classes=3, width=4, conv1_time=3,
+                        stem="32x2", pool1=False, dropout_rate=0.0)
+    assert type(model.get_layer("conv1_pad")).__name__ == "ConcatenatedZeroPadding3D"
+    # C2D's per-frame conv1 keeps Keras' layer (a Pad, behind the 2D path's reshape).
+    c2d = VideoResNet((1,), input_shape=(2, 16, 16, 3), classes=3, width=4, pool1=False)
+    assert type(c2d.get_layer("conv1_pad")) is keras.layers.ZeroPadding3D
+
+    def twin(layer):
+        cls = keras.layers.ZeroPadding3D if layer.name == "conv1_pad" else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    x, y = np.zeros((2, 3, 16, 16, 3), "float32"), np.array([0, 1])
+    printed = []
+    for net in (model, keras.models.clone_model(model, clone_function=twin)):
+        net.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+        capfd.readouterr()
+        net.train_on_batch(x, y)
+        printed.append(capfd.readouterr().err)
+    assert "remapper failed" not in printed[0], printed[0][-2000:]
+    assert "remapper failed" in printed[1] and "conv1_pad" in printed[1], printed[1][-2000:]
