@@ -20,11 +20,21 @@ def test_write_then_decode_round_trip(tmp_path):
 
 
 # The display matrices an MP4 track header holds (a, b, c, d of ISO 14496-12's
-# 3x3 matrix, 16.16 fixed point; u, v, x, y stay 0, w = 1.0 in 2.30) and the
-# counter-clockwise quarter turns the FFmpeg command (9.0, autorotate) applies
-# to show them: seen against its rawvideo output of files written with
-# `-display_rotation 90 / -90 / 180`, pixel for pixel.
-DISPLAY_MATRICES = {1: (0, -1, 1, 0), 3: (0, 1, -1, 0), 2: (-1, 0, 0, -1)}
+# 3x3 matrix, 16.16 fixed point; u, v, x, y stay 0, w = 1.0 in 2.30) and what
+# the FFmpeg command (autorotate, its default) shows, as a function of the
+# stored frames `(T, H, W, 3)`: seen against its rawvideo output, pixel for
+# pixel (9.0, files written with `-display_rotation 90 / -90 / 180`, for the
+# turns; 9.0.2, these matrices written into a file's header, for all).
+DISPLAY_MATRICES = {
+    "counter-clockwise": ((0, -1, 1, 0), lambda v: np.rot90(v, 1, axes=(1, 2))),
+    "clockwise": ((0, 1, -1, 0), lambda v: np.rot90(v, -1, axes=(1, 2))),
+    "half turn": ((-1, 0, 0, -1), lambda v: v[:, ::-1, ::-1]),
+    # Mirrored: the rotation alone (90, 180 or 0 degrees) does not tell them.
+    "mirrored left-right": ((-1, 0, 0, 1), lambda v: v[:, :, ::-1]),
+    "upside down": ((1, 0, 0, -1), lambda v: v[:, ::-1]),
+    "transposed": ((0, 1, 1, 0), lambda v: v.transpose(0, 2, 1, 3)),
+    "anti-transposed": ((0, -1, -1, 0), lambda v: v[:, ::-1, ::-1].transpose(0, 2, 1, 3)),
+}
 
 
 def _set_display_matrix(path, a, b, c, d):
@@ -39,24 +49,29 @@ def _set_display_matrix(path, a, b, c, d):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("turns", sorted(DISPLAY_MATRICES))
-def test_a_rotated_video_is_decoded_upright(tmp_path, turns):
-    """A phone's portrait video: landscape pictures and a display matrix."""
-    frames = np.random.default_rng(turns).integers(0, 256, (5, 16, 24, 3)).astype(np.uint8)
+@pytest.mark.parametrize("name", sorted(DISPLAY_MATRICES))
+def test_a_video_is_shown_as_its_display_matrix_says(tmp_path, name):
+    """A phone's portrait video: landscape pictures and a display matrix (the
+    mirrored ones were turned by their angle alone: a left-right mirror came out
+    upside down, an upside-down one as stored)."""
+    matrix, shown_by_ffmpeg = DISPLAY_MATRICES[name]
+    frames = np.random.default_rng(len(name)).integers(0, 256, (5, 16, 24, 3)).astype(np.uint8)
     path = tmp_path / "portrait.mp4"
     video_io.write_video(path, frames)
     stored = video_io.decode_frames(path, lambda total: np.arange(total))
-    _set_display_matrix(path, *DISPLAY_MATRICES[turns])
+    _set_display_matrix(path, *matrix)
     shown = video_io.decode_frames(path, lambda total: np.array([[3, 1], [0, 4]]))
-    upright = np.rot90(stored, turns, axes=(1, 2))
-    np.testing.assert_array_equal(shown, upright[[[3, 1], [0, 4]]])
+    np.testing.assert_array_equal(shown, shown_by_ffmpeg(stored)[[[3, 1], [0, 4]]])
 
 
-def test_quarter_turns_of_a_rotation():
-    assert [video_io.quarter_turns(r) for r in (0, 90, -90, 180, -180, 270, 89.7, -90.4)] == [
-        0, 1, 3, 2, 2, 3, 1, 3]
-    # Not a multiple of 90: left as it is, as the FFmpeg command leaves it.
-    assert [video_io.quarter_turns(r) for r in (45, -30, 135.5)] == [0, 0, 0]
+def test_angles_other_than_quarter_turns_leave_the_frame_as_stored():
+    """(The FFmpeg command turns such a picture inside its frame.) So do a
+    degenerate matrix, whose rotation is NaN, and no matrix."""
+    matrix = np.array([0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30], np.int32)  # clockwise
+    assert [video_io.orientation(r, matrix) for r in (45, -30, 135.5, -88.9, float("nan"))] == [
+        (0, False)] * 5
+    assert [video_io.orientation(r, matrix) for r in (-90, -90.4, -89.6)] == [(3, False)] * 3
+    assert video_io.orientation(90, None) == (0, False)
 
 
 @pytest.mark.parametrize("content", [None, b"not a video at all" * 20, b""])

@@ -3,7 +3,7 @@
 `decode_frames(path, sampler)` asks `sampler(total_frames)` for the frame
 indices it needs and decodes just those frames, as uint8 RGB: memory follows
 the clip, not the length of the video. Frames are turned upright as the
-container's display matrix says (`quarter_turns`).
+container's display matrix says, as the FFmpeg command shows them (`orientation`).
 The two samplers of the paper:
 
 - `train_clip_indices`: `num_frames` frames every `sampling_rate` frames from
@@ -16,6 +16,7 @@ so every clip has exactly `num_frames` frames.
 """
 
 import bisect
+import math
 
 import numpy as np
 
@@ -202,19 +203,46 @@ def _to_rgb(frame, reformatter):
     # context for every frame, which cost 2-5x the conversion itself here.
     # Same pixels (the same swscale call).
     rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
-    turns = quarter_turns(frame.rotation)
+    side_data = frame.side_data.get(_DISPLAY_MATRIX)
+    matrix = None if side_data is None else np.frombuffer(bytes(side_data), np.int32)
+    turns, mirror = orientation(frame.rotation, matrix)
+    if mirror:
+        rgb = rgb[:, ::-1]
     return np.rot90(rgb, turns) if turns else rgb
 
 
-def quarter_turns(rotation):
-    """Counter-clockwise quarter turns that show a frame upright, from the
-    rotation of its display matrix (PyAV's `frame.rotation`, degrees
-    counter-clockwise): a phone stores a portrait video as landscape pictures
-    with a rotation of 90 or -90, which players, the FFmpeg command and the
-    training data sets' own transcodes apply. Other angles are left as they
-    are, as the FFmpeg command leaves them."""
-    turns = round(rotation / 90)
-    return turns % 4 if abs(rotation - 90 * turns) < 1 else 0
+_DISPLAY_MATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
+
+
+def orientation(rotation, matrix):
+    """`(turns, mirror)` that show a frame as the FFmpeg command does
+    (`-autorotate`, its default): mirror left-right first when `mirror`, then
+    turn `turns` quarter turns counter-clockwise.
+
+    `rotation` is PyAV's `frame.rotation` (FFmpeg's `av_display_rotation_get`
+    of the display matrix, degrees) and `matrix` the display matrix's nine
+    numbers (None without one). A phone stores a portrait video as landscape
+    pictures with a rotation of 90 or -90 degrees; a matrix can also mirror
+    them, which the rotation alone does not tell: FFmpeg then reads the signs
+    of the matrix's entries, and so does this. Angles other than multiples of
+    90 are left as stored (the FFmpeg command turns the picture by them
+    inside the same frame, black in the corners).
+    """
+    if matrix is None or rotation != rotation:  # NaN: a degenerate matrix
+        return 0, False
+    theta = -round(rotation)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)  # in [0, 360), as FFmpeg
+    m = matrix
+    if abs(theta - 90) < 1:
+        return (1, True) if m[3] > 0 else (3, False)  # transposed, or turned clockwise
+    if abs(theta - 180) < 1:
+        return {(True, True): (2, False), (True, False): (0, True),
+                (False, True): (2, True), (False, False): (0, False)}[(m[0] < 0, m[4] < 0)]
+    if abs(theta - 270) < 1:
+        return (3, True) if m[3] < 0 else (1, False)
+    if abs(theta) < 1 and m[4] < 0:
+        return 2, True  # upside down: mirrored and turned twice
+    return 0, False
 
 
 def _decode_wanted(path, clips, timeline, threads=None):
