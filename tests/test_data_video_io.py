@@ -285,20 +285,18 @@ def test_a_length_far_beyond_the_frames_is_a_truncation(videos, monkeypatch):
                                lambda total: video_io.eval_clip_indices(total, 4, 8, 3))
 
 
-@pytest.fixture(scope="module")
-def b_frame_video(tmp_path_factory):
+def _write_b_frame_video(path, count=LONG):
     """H.264 with B-frames, as most real H.264 is: x264 picks them for smooth
     motion (not for `distinct_frames`' noise). Each frame stays identifiable:
     a bar one column further and a blue level two steps higher per frame."""
     import av
 
-    path = tmp_path_factory.mktemp("bframes") / "b.mp4"
     y, x = np.mgrid[0:64, 0:96].astype(np.float32)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
         stream.options = {"g": "30", "crf": "23"}
-        for t in range(LONG):
+        for t in range(count):
             image = np.zeros((64, 96, 3), np.uint8)
             image[..., 0] = 127 + 120 * np.sin((x + 3 * t) / 17.0)
             image[..., 1] = 127 + 120 * np.sin((y - 2 * t) / 11.0)
@@ -308,8 +306,13 @@ def b_frame_video(tmp_path_factory):
         container.mux(stream.encode())
     with av.open(str(path)) as container:
         types = [int(frame.pict_type) for frame in container.decode(video=0)]
-    assert types.count(int(av.video.frame.PictureType.B)) > LONG // 4, types
+    assert types.count(int(av.video.frame.PictureType.B)) > count // 4, types
     return path
+
+
+@pytest.fixture(scope="module")
+def b_frame_video(tmp_path_factory):
+    return _write_b_frame_video(tmp_path_factory.mktemp("bframes") / "b.mp4")
 
 
 @pytest.mark.parametrize("threads", [None, 1])  # FFmpeg's threads; one (the pipelines')
@@ -380,3 +383,82 @@ def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
     assert len(outputs[True]) < (LONG - landing) * 0.8
     for index in wanted:
         np.testing.assert_array_equal(outputs[True][index], reference[index])
+
+
+@pytest.fixture(scope="module")
+def transport_streams(tmp_path_factory):
+    """What recordings in MPEG-TS become: two joined with `cat` (the times of
+    each start at the same value) and one cut between keyframes (a recording
+    joined mid-stream), at a 188-byte packet boundary 45% in."""
+    folder = tmp_path_factory.mktemp("ts")
+    data = _write_b_frame_video(folder / "whole.ts").read_bytes()
+    (folder / "joined.ts").write_bytes(data + data)
+    (folder / "mid_gop.ts").write_bytes(data[len(data) * 45 // 100 // 188 * 188:])
+    return folder
+
+
+@pytest.mark.parametrize("name", ["joined.ts", "mid_gop.ts"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS) + ["even_from_the_start"])
+def test_transport_streams_equal_a_full_decode_indexed(transport_streams, name, sampler):
+    """Joined: a clip of even frames from the start got frames 0, 1, 2, ... (the
+    times, each there twice, mapped frame k to 2k), without a word. Cut
+    between keyframes: 'truncated' (the packets before the first keyframe,
+    which the decoder drops, were counted as frames)."""
+    path = transport_streams / name
+    reference = np.stack(full_decode(path))
+    assert len(reference) > 32
+    choose = SAMPLERS.get(sampler, lambda total: np.arange(0, 16, 2))
+    indices = np.minimum(choose(len(reference)), len(reference) - 1)
+    np.testing.assert_array_equal(video_io.decode_frames(path, choose), reference[indices])
+
+
+def _cover_picture(container, image):
+    """A still picture stream flagged as attached (an album cover), and its
+    packets, to mux once every stream is added."""
+    import av
+
+    stream = container.add_stream("mjpeg")
+    stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "yuvj420p"
+    stream.disposition = av.stream.Disposition.attached_pic
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+    packets = [*stream.encode(frame), *stream.encode()]
+    for packet in packets:
+        packet.pts = packet.dts = 0
+    return packets
+
+
+def test_a_cover_picture_is_not_the_video(tmp_path):
+    """An audio file with its cover (as iTunes or yt-dlp write it) was a
+    "video" of one still frame, scored with exit status 0; a video whose cover
+    stream came first was read as that still."""
+    import av
+
+    cover = np.full((32, 48, 3), 200, np.uint8)
+    song = tmp_path / "song.mp4"
+    with av.open(str(song), "w") as container:
+        audio = container.add_stream("aac", rate=44100)
+        audio.layout = "mono"
+        container.mux(_cover_picture(container, cover))
+        for i in range(20):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                                 layout="mono")
+            samples.sample_rate, samples.pts = 44100, i * 1024
+            container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+    with pytest.raises(video_io.VideoDecodeError, match=r"no video stream \(only a cover picture\)"):
+        video_io.decode_frames(song, lambda total: np.arange(total))
+
+    frames = distinct_frames(12)
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as container:
+        cover_packets = _cover_picture(container, cover)
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv444p"
+        stream.options = {"crf": "0"}
+        container.mux(cover_packets)
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    decoded = video_io.decode_frames(clip, lambda total: np.arange(total))
+    assert decoded.shape == frames.shape
+    assert np.abs(decoded.astype(int) - frames).max() <= 3

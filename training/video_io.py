@@ -175,27 +175,54 @@ def _read_timeline(path):
 
     Demuxing reads the file but decodes nothing. The sorted packet times
     are the frames' times in display order, which lets a seek tell which
-    frame it landed on; None when a packet has no time (then no seeking).
-    Packets an edit list hides (FFmpeg flags them to be decoded, as references,
-    and discarded) are no frames of the video: they are counted apart.
+    frame it landed on; None when they cannot tell (then no seeking): a
+    packet without a time, two with the same one (recordings joined with
+    `cat`, each starting at 0), decoding times that do not increase (a join
+    where the times start again). Packets an edit list hides (FFmpeg flags
+    them to be decoded, as references, and discarded) are no frames of the
+    video: they are counted apart. So are, in a file that starts between
+    keyframes (a recording joined mid-stream, a cut transport stream), the
+    packets before its first keyframe and those shown before it, which refer
+    to pictures the file lacks: the decoder drops them.
     """
-    times, hidden = [], 0
+    packets, hidden, keyframe = [], 0, None
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise VideoDecodeError(path, "no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         stated = _stated_frames(stream)
         try:
             for packet in container.demux(stream):
-                if packet.size and packet.is_discard:
+                if not packet.size:
+                    continue
+                if keyframe is None and packet.is_keyframe:
+                    keyframe = len(packets)
+                if packet.is_discard:
                     hidden += 1
-                elif packet.size:
-                    times.append(packet.pts)
+                packets.append((packet.pts, packet.dts, packet.is_discard))
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
-    if any(t is None for t in times):
+    if keyframe:  # 0: the file starts with one; None: no packet says (then keep them all)
+        start = packets[keyframe][0]
+        packets = [p for i, p in enumerate(packets) if i >= keyframe and (
+            start is None or p[0] is None or p[0] >= start)]
+    shown = [p for p in packets if not p[2]]
+    times = [pts for pts, _, _ in shown]
+    decoding = [dts for _, dts, _ in packets]
+    if (None in times or len(set(times)) < len(times)
+            or (None not in decoding and any(b <= a for a, b in zip(decoding, decoding[1:])))):
         return stated, len(times), None, hidden
     return stated, len(times), sorted(times), hidden
+
+
+def _video_stream(container, path):
+    """The container's first video stream that is not a still picture (an
+    audio file's cover art is a one-picture "video" stream), as FFmpeg's
+    choice passes them over."""
+    stills = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+    for stream in container.streams.video:
+        if not stream.disposition & stills:
+            return stream
+    raise VideoDecodeError(path, "no video stream" + (
+        " (only a cover picture)" if container.streams.video else ""))
 
 
 def _to_rgb(frame, reformatter):
@@ -263,7 +290,7 @@ def _decode_wanted(path, clips, timeline, threads=None):
     index, error = -1, None
     reformatter = VideoReformatter()  # not shared: decodes run in parallel threads
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         if threads:
             stream.thread_count = threads
@@ -274,8 +301,11 @@ def _decode_wanted(path, clips, timeline, threads=None):
                 if timeline is not None:
                     previous = index
                     index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else -1
+                    # From the start, the first frame shown is the first of the
+                    # timeline; after a seek, one at or before the first wanted.
                     if (index <= previous or index >= len(timeline)
-                            or timeline[index] != frame.pts or (previous < 0 and index > first)):
+                            or timeline[index] != frame.pts
+                            or (previous < 0 and index > (first if seek else 0))):
                         return _decode_wanted(path, clips, None, threads)
                 else:
                     index += 1
