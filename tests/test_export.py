@@ -489,6 +489,19 @@ def test_weights_default_to_the_runs_final_then_last_then_the_config(tmp_path, p
     assert origin
 
 
+def test_a_run_folder_as_checkpoint_means_its_best_weights(tmp_path):
+    """`--checkpoint RUN` was "Checkpoint not found" (evaluate's --weights and
+    model.weights take a run folder)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.weights.h5").write_bytes(b"h5")
+    assert export.find_weights("any.yaml", None, str(run)) == (
+        str(run / "checkpoints" / "last.weights.h5"), "--checkpoint")
+    (run / "checkpoints" / "last.weights.h5").unlink()
+    with pytest.raises(errors.MissingFileError, match=r"no weights .* Received: --checkpoint="):
+        export.find_weights("any.yaml", None, str(run))
+
+
 def test_a_config_that_is_not_a_runs_never_borrows_weights_from_its_folder(tmp_path):
     (tmp_path / "final.weights.h5").write_bytes(b"h5")
     (tmp_path / "experiment.yaml").write_text("{}")
@@ -543,7 +556,9 @@ def test_weights_of_another_model_are_a_config_error(tmp_path):
     deeper.save_weights(str(tmp_path / "deeper.weights.h5"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(errors.ConfigError, match="Cannot load the weights into"):
+        # Named as given (it said model.weights).
+        with pytest.raises(errors.ConfigError, match="Cannot load the weights of .* into .*"
+                           r"Received: --checkpoint='.*deeper\.weights\.h5'$"):
             export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
                          "--checkpoint", str(tmp_path / "deeper.weights.h5")])
     assert not [str(w.message) for w in caught if "Skipping" in str(w.message)]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import video_io
+from nonlocal_keras.training import errors, video_io
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -178,6 +178,18 @@ def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
     with pytest.raises(errors.MissingFileError, match="No weights to evaluate: the config's "
                        "model.weights are all missing"):
         evaluate.main(["--config", str(experiment)])
+    # A CSV of the other kind was scored with the other activation (sigmoid for a
+    # softmax-trained run) and its mAP reported, exit 0; also with the training CSV
+    # gone (then history.csv tells).
+    multi = tmp_path / "multi.csv"
+    multi.write_text("path,labels\n" + "".join(f"{i:03d}.mp4,{i % 3}\n" for i in range(9)))
+    for evidence in ("training data has no 'labels' column", "trained with top1 .history.csv"):
+        with pytest.raises(errors.ConfigError, match=rf"trained single-label .*{evidence}.*"
+                           r"evaluation CSV is multi-label .*Received: data.val_csv="):
+            evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={multi}"])
+        if os.path.exists(csv_path):
+            os.rename(csv_path, csv_path + ".moved")
+    assert not (run_dir / "eval.json").read_text().count("mAP")
 
 
 def test_invalid_rows_stop_the_run_before_training(tmp_path):
@@ -701,6 +713,38 @@ def test_videos_the_precise_bn_pass_skips_are_counted(tmp_path):
     _, results = train.run(config)
     assert results["precise_bn_batches"] == 12
     assert results["skipped_training_videos"] >= 6 + 1, results
+
+
+def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
+    """Its command loaded `model.weights` on every start, a rerun and a resume
+    too, whose weights come from the run's own commit: once the source run was
+    moved, "Cannot build ...: File format not supported", exit 2."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    quiet = ("schedule.epochs=1", "data.val_csv=null", "runtime.tensorboard=false")
+    train.run(config_lib.load_config(None, _overrides(csv_path, tmp_path / "source", *quiet)))
+    tuned = tmp_path / "tuned"
+
+    def command(epochs):
+        return config_lib.load_config(None, _overrides(
+            csv_path, tuned, *quiet, f"schedule.epochs={epochs}",
+            f"model.weights={tmp_path / 'source'}"))
+
+    train.run(command(1))
+    finished = train.run(command(1))[0].get_weights()
+    os.rename(tmp_path / "source", tmp_path / "moved")
+    model, _ = train.run(command(1))  # the finished run's command: nothing to train
+    for weight, expected in zip(model.get_weights(), finished, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+    assert train.run(command(2))[1]["steps"] == 2 * 2  # continued for an epoch
+    with pytest.raises(errors.MissingFileError, match="No such weights file or run folder"):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source'}")))
+    # A saved model is no weights file: it was a 72-line Keras error.
+    with pytest.raises(errors.ConfigError, match=r"takes a \.weights\.h5 file.*model\.keras'$"):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'moved' / 'model.keras'}")))
 
 
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):

@@ -18,7 +18,10 @@ def tiny_video_net(include_top=True, weights=None, input_shape=None, classes=10,
     x = layers.GlobalAveragePooling3D(name="pool5")(x)
     outputs = layers.Dense(classes, activation=classifier_activation, dtype="float32",
                            name="pred")(x)
-    return keras.Model(inputs, outputs, name="tiny_video_net")
+    model = keras.Model(inputs, outputs, name="tiny_video_net")
+    if weights is not None:
+        model.load_weights(weights)  # as keras.applications' constructors do
+    return model
 
 
 class FailsInTraining(layers.Layer):

@@ -22,7 +22,8 @@ import tensorflow as tf
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, export, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training.errors import DatasetError, FolderError, MissingFileError, UserError
+from nonlocal_keras.training.errors import (ConfigError, DatasetError, FolderError, MissingFileError,
+                                           UserError)
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,20 @@ def main(argv=None):
         config_path, config["model"].get("weights"), doing="evaluate")[0]
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(data_config)
+    # The scores are the trained classifier's (softmax or sigmoid): a CSV of the other
+    # kind was scored with the other one, and reported top-1 or mAP of it, exit 0.
+    trained, evidence = export.trained_multi_label(
+        data_config.get("train_csv"), args.run_dir or export.run_folder(config_path))
+    if trained is not None and trained != multi_label:
+        kind = ("multi-label (a 'labels' column)", "single-label (a 'label' column)")
+        raise ConfigError(
+            f"The run was trained {'multi' if trained else 'single'}-label "
+            f"({evidence[0 if trained else 1]}) and the evaluation CSV is {kind[0 if multi_label else 1]}: "
+            f"evaluate it on a CSV of the kind it was trained on. "
+            f"Received: data.val_csv={data_config.get('val_csv')!r}")
+    given = "--weights" if args.weights else "--run-dir" if args.run_dir else "model.weights"
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
-        model = models.evaluation_model(config["model"], data_config, multi_label)
+        model = models.evaluation_model(config["model"], data_config, multi_label, argument=given)
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
                    **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],

@@ -461,10 +461,10 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
             evaluation of them measure nothing).
     """
     if checkpoint:
-        if not os.path.isfile(checkpoint):
+        if not os.path.exists(checkpoint):
             raise MissingFileError(f"Checkpoint not found. Received: --checkpoint={checkpoint!r}")
-        return checkpoint, "--checkpoint"
-    run_dir = _run_folder(config_path)
+        return models.weights_file(checkpoint, "--checkpoint"), "--checkpoint"
+    run_dir = run_folder(config_path)
     if run_dir:
         for name, what in zip(models.RUN_WEIGHTS, (
                 "the run's final weights", "the run's last checkpoint: it has not finished")):
@@ -486,23 +486,31 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
         f"Give {give}. Received: --config={config_path!r}")
 
 
-def _run_folder(config_path):
+def run_folder(config_path):
     """The run folder whose `config.yaml` `config_path` is, else None."""
     if os.path.isfile(config_path) and os.path.basename(config_path) == "config.yaml":
         return os.path.dirname(os.path.abspath(config_path))
     return None
 
 
-def _multi_label(flag, train_csv, run_dir=None):
-    """`--multi-label`, or what the run's training CSV says, or, that CSV gone,
-    the run's training metrics: without the flag a Charades run was exported
-    with softmax scores, without a word."""
+def trained_multi_label(train_csv, run_dir=None):
+    """`(multi-label, evidence)` of a run: what its training CSV says, or, that
+    CSV gone, its training metrics (history.csv); None when neither tells.
+    `evidence` is `(why multi-label, why single-label)`."""
     trained, evidence = data.labels_are_multi(train_csv), (
         "the run's training CSV has a 'labels' column", "its training data has no 'labels' column")
     if trained is None and run_dir:
         trained, evidence = run_state.trained_multi_label(run_dir), (
             f"the run trained with {run_state.MULTI_LABEL_METRIC} (history.csv)",
             f"it trained with {run_state.SINGLE_LABEL_METRIC} (history.csv)")
+    return trained, evidence
+
+
+def _multi_label(flag, train_csv, run_dir=None):
+    """`--multi-label`, or what the run's training CSV says, or, that CSV gone,
+    the run's training metrics: without the flag a Charades run was exported
+    with softmax scores, without a word."""
+    trained, evidence = trained_multi_label(train_csv, run_dir)
     if trained and not flag:
         print(f"Multi-label (sigmoid scores): {evidence[0]}")
     if trained is False and flag:
@@ -521,9 +529,10 @@ def main(argv=None):
     print(f"Exporting with weights {weights} ({origin})")
     config["model"]["weights"] = weights
     multi_label = _multi_label(args.multi_label, config["data"].get("train_csv"),
-                               _run_folder(args.config))
+                               run_folder(args.config))
     try:
-        model = models.build_model(config["model"], config["data"], multi_label)
+        model = models.build_model(config["model"], config["data"], multi_label,
+                                   argument=origin if args.checkpoint else "model.weights")
     except ValueError as error:
         # Weights saved from another architecture, class count or clip shape.
         raise ConfigError(f"Cannot build model.name={config['model']['name']!r} with weights "

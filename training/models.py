@@ -60,21 +60,23 @@ def describe(model_config):
     return f"{model_config['name']}({settings})" if settings else model_config["name"]
 
 
-def weights_file(weights):
-    """The weights file `model.weights` names: a file, or the best one of a run folder."""
+def weights_file(weights, argument="model.weights"):
+    """The weights file `model.weights` (or the command-line `argument` that
+    gave it) names: a file, or the best one of a run folder."""
     if os.path.isdir(weights):
         for name in RUN_WEIGHTS:
             path = os.path.join(weights, name)
             if os.path.isfile(path):
                 return path
         raise MissingFileError(f"The run folder has no weights ({', '.join(RUN_WEIGHTS)}). "
-                               f"Received: model.weights={weights!r}")
+                               f"Received: {argument}={weights!r}")
     if not os.path.isfile(weights):
-        raise MissingFileError(f"Weights file not found. Received: model.weights={weights!r}")
+        raise MissingFileError(f"Weights file not found. Received: {argument}={weights!r}")
     return weights
 
 
-def evaluation_model(model_config, data_config, multi_label, trained=None):
+def evaluation_model(model_config, data_config, multi_label, trained=None,
+                     argument="model.weights"):
     """The model that scores evaluation views of `data.eval_crop_size`.
 
     Without one (or equal to `data.crop_size`): `trained`, else the model
@@ -83,15 +85,16 @@ def evaluation_model(model_config, data_config, multi_label, trained=None):
     at every position of a `crop_size`-sized average-pooling window (stride 1)
     over the last feature map (7 x 7 of 8 x 8 at 256 for 224), the softmax (or
     sigmoid) scores averaged over the positions. `trained`: a model at
-    `crop_size` whose weights it takes (else those `model.weights` names).
+    `crop_size` whose weights it takes (else those `model.weights` names;
+    `argument`: the command-line argument that gave them, for the errors).
     """
     crop, eval_crop = data_config["crop_size"], data_config.get("eval_crop_size") or 0
     if eval_crop in (0, crop):
         return trained if trained is not None else build_model(model_config, data_config,
-                                                                multi_label)
+                                                                multi_label, argument=argument)
     larger = dict(data_config, crop_size=eval_crop)
     if trained is None:
-        model = build_model(model_config, larger, multi_label)
+        model = build_model(model_config, larger, multi_label, argument=argument)
     else:
         model = build_model(dict(model_config, weights=None), larger, multi_label)
         model.set_weights(trained.get_weights())
@@ -110,7 +113,8 @@ def evaluation_model(model_config, data_config, multi_label, trained=None):
     return keras.Model(model.input, x, name=f"{model.name}_fully_convolutional")
 
 
-def build_model(model_config, data_config, multi_label, fine_tune=False):
+def build_model(model_config, data_config, multi_label, fine_tune=False,
+                argument="model.weights"):
     """Call the constructor `model.name` with the clip shape and class count, then load weights.
 
     Every `model.*` field but `name` and `weights` is passed to the constructor.
@@ -121,10 +125,19 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
     `fine_tune=True` (training's `model.weights`) loads what fits and may leave
     the classifier new (`load_matching_weights`); otherwise (evaluation,
     export) every weight must load, so that nothing is served untrained.
+    `argument` names where the weights came from in the errors (`--checkpoint`).
     """
     constructor = find_constructor(model_config["name"])
     kwargs = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
     weights = model_config.get("weights")
+    if (isinstance(weights, str) and not os.path.exists(weights)
+            and (os.sep in weights or weights.endswith((".h5", ".keras", ".pkl")))):
+        raise MissingFileError(f"No such weights file or run folder. Received: "
+                               f"{argument}={weights!r}")
+    if isinstance(weights, str) and weights.endswith(".keras"):
+        raise ConfigError("`model.weights` takes a .weights.h5 file, an official .pkl or a run "
+                          "folder (a run's final.weights.h5 holds its model.keras's weights). "
+                          f"Received: {argument}={weights!r}")
     ours = isinstance(weights, str) and (os.path.isdir(weights) or weights.endswith((".h5", ".pkl")))
     size = data_config["crop_size"]
     try:
@@ -145,16 +158,16 @@ def build_model(model_config, data_config, multi_label, fine_tune=False):
                           f"{model_config['name']} returned a {type(model).__name__}. "
                           f"Received: model.name={model_config['name']!r}")
     if ours:
-        path = weights_file(weights)
+        path = weights_file(weights, argument)
         if fine_tune:
             load = load_caffe2_for_fine_tuning if path.endswith(".pkl") else load_matching_weights
             load(model, path)
         else:
-            _load_all(model, path)
+            _load_all(model, path, f"{argument}={weights!r}")
     return model
 
 
-def _load_all(model, path):
+def _load_all(model, path, received):
     from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights
 
     # Keras warns about each layer of another model's file ("Skipping nested
@@ -167,9 +180,9 @@ def _load_all(model, path):
             else:
                 model.load_weights(path)
         except (ValueError, OSError) as error:
-            raise ConfigError(f"Cannot load the weights into {model.name!r} (another model, or "
-                              f"another class count?): {str(error).splitlines()[0]} "
-                              f"Received: model.weights={path!r}") from error
+            raise ConfigError(f"Cannot load the weights of {path} into {model.name!r} (another "
+                              f"model, or another class count?): {str(error).splitlines()[0]} "
+                              f"Received: {received}") from error
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 

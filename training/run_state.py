@@ -136,6 +136,11 @@ def trained_multi_label(run_dir):
     return False if SINGLE_LABEL_METRIC in columns else None
 
 
+def has_commit(run_dir):
+    """Whether `run_dir` holds a committed state, which a command resumes from."""
+    return os.path.isfile(os.path.join(run_dir, STATE_DIR, STATE_FILE))
+
+
 class RunState:
     """The committed state of a run: `step` optimiser steps done, epoch `history`, `finished`."""
 

@@ -257,8 +257,13 @@ def run(config, strategy=None, restart=False):
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
     _check_steps_per_execution(config, steps_per_epoch, 0)
     epochs = config["schedule"]["epochs"]
+    # A run that resumes (or has finished) takes every weight from its commit:
+    # the `model.weights` it started from may be gone (moved, deleted) by now.
+    start_from = config["model"]
+    if not restart and run_state.has_commit(run_dir):
+        start_from = dict(start_from, weights=None)
     with strategy.scope():
-        model = models.build_model(config["model"], data_config, multi_label, fine_tune=True)
+        model = models.build_model(start_from, data_config, multi_label, fine_tune=True)
         loss, metrics = _loss_and_metrics(multi_label, data_config["num_classes"])
         model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=loss,
                       metrics=metrics,
