@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/ab_step.py ARCH PRECISION REVISION [REPEATS [CLASS]]
     .venv/bin/python benchmarks/ab_step.py c2d mixed_bfloat16 d1a6c71~ 8
     .venv/bin/python benchmarks/ab_step.py c2d float32 HEAD 8 FusedBatchNormalization
+    .venv/bin/python benchmarks/ab_step.py i3d float32 keras 20 ConcatenatedZeroPadding3D
 
 Two copies of the same video ResNet-50 (ARCH c2d or i3d, no non-local block,
 batch 2 x 8x224x224, 400 classes, `compile(SGD(0.01, momentum=0.9))`), the
 same weights; in the "old" one every layer of CLASS (`VideoConv3D`, the
-default, or `FusedBatchNormalization`) is that class as its file was at
-REVISION. Their `train_on_batch`
+default, `FusedBatchNormalization` or `ConcatenatedZeroPadding3D`) is that class as its file was at
+REVISION; REVISION `keras` takes the Keras layer ours replaced
+(`ConcatenatedZeroPadding3D`: `keras.layers.ZeroPadding3D`). Their `train_on_batch`
 steps are timed alternately in one process (2 warm-up steps each), so that
 other jobs on the cores slow both alike; prints the medians and the median
 of the per-pair ratios (new / old).
@@ -25,7 +27,8 @@ import common  # noqa: E402
 from ab_block import old_module  # noqa: E402
 
 FILES = {"VideoConv3D": "applications/video_resnet_conv.py",
-         "FusedBatchNormalization": "nonlocal_keras/layers/fused_batch_normalization.py"}
+         "FusedBatchNormalization": "nonlocal_keras/layers/fused_batch_normalization.py",
+         "ConcatenatedZeroPadding3D": "applications/video_resnet_conv.py"}
 
 
 def main():
@@ -36,16 +39,17 @@ def main():
     import keras
 
     from nonlocal_keras.applications import C2DResNet50, I3DResNet50
-    from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+    from nonlocal_keras.applications.video_resnet_conv import ConcatenatedZeroPadding3D, VideoConv3D
     from nonlocal_keras.layers import FusedBatchNormalization
 
-    current = {"VideoConv3D": VideoConv3D,
-               "FusedBatchNormalization": FusedBatchNormalization}[layer_class]
+    current = {"VideoConv3D": VideoConv3D, "FusedBatchNormalization": FusedBatchNormalization,
+               "ConcatenatedZeroPadding3D": ConcatenatedZeroPadding3D}[layer_class]
     # The old class is built unregistered: this tree's class holds its name.
     register = keras.saving.register_keras_serializable
     keras.saving.register_keras_serializable = lambda *args, **kwargs: (lambda cls: cls)
     try:
-        old = getattr(old_module(revision, FILES[layer_class]), layer_class)
+        old = (current.__base__ if revision == "keras"
+               else getattr(old_module(revision, FILES[layer_class]), layer_class))
     finally:
         keras.saving.register_keras_serializable = register
     keras.mixed_precision.set_global_policy(precision)
