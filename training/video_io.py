@@ -200,7 +200,7 @@ def _read_timeline(path):
                 packets.append((packet.pts, packet.dts, packet.is_discard))
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
-    if keyframe:  # 0: the file starts with one; None: no packet says (then keep them all)
+    if keyframe is not None:  # None: no packet says (then all are kept)
         start = packets[keyframe][0]
         packets = [p for i, p in enumerate(packets) if i >= keyframe and (
             start is None or p[0] is None or p[0] >= start)]
