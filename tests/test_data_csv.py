@@ -269,3 +269,72 @@ def test_a_label_of_non_ascii_digits_is_a_name_not_a_traceback(videos):
     with pytest.raises(data.DatasetError, match="(?s)mix class ids and class names.*"
                        "row 2: class name '\u00b2'"):
         data.read_csv_records(path, 2, argument="data.train_csv")
+
+
+def test_labels_written_as_decimals_are_refused(videos):
+    """`1.0` (a spreadsheet's or pandas' integers) became a class name, sorted as
+    text ('10.0' was class 2), without a word against ids elsewhere."""
+    path = _csv(videos, "path,label\na.mp4,1.0\nb.mp4,10.0\nc.mp4,2.0\n")
+    with pytest.raises(data.DatasetError, match=r"numbers but not all integers \('1\.0', "
+                       r"'10\.0', '2\.0', \.\.\.\).*Received: data.train_csv="):
+        data.infer_class_names(path, "data.train_csv")
+    # Words with digits are names still.
+    assert data.infer_class_names(_csv(videos, "path,label\na.mp4,c092\nb.mp4,1.5x\n",
+                                       "codes.csv")) == ["1.5x", "c092"]
+
+
+def test_a_double_minus_is_a_name_not_a_traceback(videos):
+    # `int('--1')` raised from the row check: a traceback, exit 1.
+    with pytest.raises(data.DatasetError, match="mix class ids and class names"):
+        data.read_csv_records(_csv(videos, "path,label\na.mp4,--1\nb.mp4,0\n"), 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "No video listed"), ("path,label\n", "No video listed"),
+    ("path,label\na.mp4\nb.mp4\n", "No row of .* has a label"),
+    ("path\tlabel\na.mp4\tcat\n", "separates its columns with tabs")])
+def test_a_csv_without_labels_says_so(videos, text, message):
+    """Each said "the labels are class ids ... set data.num_classes", naming no file
+    (and with it set, the tab-separated file had no such file on every row)."""
+    path = _csv(videos, text)
+    with pytest.raises(data.DatasetError, match=f"{message}.*Received: data.train_csv="):
+        data.load_training_data({"train_csv": path, "val_csv": None, "num_classes": None,
+                                 "class_names": None})
+
+
+def test_a_single_label_set_of_one_class_is_refused(tmp_path):
+    """A dataset folder given for its CSV (`ds` holding `videos/` and `train.csv`)
+    trained one class with loss 0 and top-1 100%, exit 0."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "train.csv").write_text("path,label\nvideos/a.mp4,0\n")
+    with pytest.raises(data.DatasetError, match=r"at least 2 classes.*one sub-folder, 'videos'"):
+        data.load_training_data({"train_csv": str(tmp_path), "val_csv": None,
+                                 "num_classes": None, "class_names": None})
+    # Multi-label, one class is a detector of it: fine.
+    (tmp_path / "multi.csv").write_text("path,labels\nvideos/a.mp4,0\n")
+    config, records, _, multi = data.load_training_data(
+        {"train_csv": str(tmp_path / "multi.csv"), "val_csv": None, "num_classes": 1,
+         "class_names": None})
+    assert multi and config["num_classes"] == 1 and len(records) == 1
+
+
+def test_a_class_folder_layout_passes_over_hidden_entries_and_names_what_it_leaves(
+        tmp_path, caplog):
+    """`.ipynb_checkpoints` was a class, and a video one level deeper, an `.flv`
+    and a video beside the class folders were left out without a word."""
+    for folder in ("cat", "dog/nested", ".ipynb_checkpoints", "empty"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("cat/a.mp4", "dog/b.FLV", "dog/nested/c.mp4", ".ipynb_checkpoints/a.mp4",
+                 "root.mp4", "cat/.DS_Store", "cat/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="nonlocal_keras.training.data"):
+        records, names = data.read_folder_records(str(tmp_path))
+    assert names == ["cat", "dog", "empty"]
+    assert [(r.path[len(str(tmp_path)) + 1:], r.labels) for r in records] == [
+        ("cat/a.mp4", (0,)), ("dog/b.FLV", (1,))]
+    warned = caplog.text
+    assert "3 entries" in warned and "cat/notes.txt" in warned and "dog/nested" in warned
+    assert "root.mp4" in warned and "without a video: empty" in warned
+    assert ".DS_Store" not in warned and "ipynb" not in warned
+    assert data.class_names_from_config({"train_csv": str(tmp_path)}) == names

@@ -35,7 +35,8 @@ from nonlocal_keras.utils import is_decimal
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv", ".ts", ".mts", ".m2ts")
 _MAX_LISTED_ROWS = 20
 
 VideoRecord = namedtuple("VideoRecord", ["path", "labels", "row"])
@@ -79,12 +80,15 @@ def _read_rows(csv_path, argument="csv_path"):
                            f"{error}); look for an unmatched '\"'. "
                            f"Received: {argument}={csv_path!r}") from None
     header = None
-    if rows and rows[0][1][0].strip().lower() in ("path", "path;label", "path;labels"):
+    if rows and rows[0][1][0].strip().lower() in ("path", "path;label", "path;labels",
+                                                  "path\tlabel", "path\tlabels"):
         header = [cell.strip().lower() for cell in rows[0][1]]
         rows = rows[1:]
-    if (header and ";" in header[0]) or (rows and all(len(r) == 1 and ";" in r[0] for _, r in rows)):
-        raise DatasetError(f"{csv_path!r} separates its columns with ';'; write "
-                           f"'path,label' with commas. Received: {argument}={csv_path!r}")
+    for mark, name in ((";", "';'"), ("\t", "tabs")):
+        if (header and mark in header[0]) or (rows and all(len(r) == 1 and mark in r[0]
+                                                           for _, r in rows)):
+            raise DatasetError(f"{csv_path!r} separates its columns with {name}; write "
+                               f"'path,label' with commas. Received: {argument}={csv_path!r}")
     # A quote left open runs its cell over the next lines: their rows vanish into it.
     open_quotes = [f"row {n}: a quote left open (its cell runs over several lines: "
                    f"{cell.splitlines()[0]!r}...)" for n, row in rows for cell in row if "\n" in cell]
@@ -119,7 +123,16 @@ def _label_tokens(cell, separator):
 
 
 def _is_int(token):
-    return is_decimal(token.lstrip("-"))
+    return is_decimal(token[1:] if token.startswith("-") else token)
+
+
+def _is_number(token):
+    """A number however written (`1.0`, `2e3`), not a word such as `nan`."""
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in token)
 
 
 def _checked_tokens(header, rows, csv_path, argument):
@@ -160,8 +173,20 @@ def infer_class_names(csv_path, argument="csv_path"):
     if separator == " ":
         _warn_if_names_were_split(rows, tokens, csv_path, argument)
     names = {t for ts in tokens.values() for t in ts}
-    if not names or all(_is_int(t) for t in names):
+    if not rows:
+        raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
+    if not names:
+        raise DatasetError(f"No row of {csv_path!r} has a label (one video and its class per "
+                           f"row: 'path,label'). Received: {argument}={csv_path!r}")
+    if all(_is_int(t) for t in names):
         return None
+    if all(_is_number(t) for t in names):
+        # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
+        # before '2.0'), against the ids 1, 2 of another CSV.
+        shown = ", ".join(repr(t) for t in sorted(names)[:3])
+        raise DatasetError(f"The labels of {csv_path!r} are numbers but not all integers "
+                           f"({shown}, ...): write class ids as integers (0, 1, ...), or give "
+                           f"class names as words. Received: {argument}={csv_path!r}")
     return sorted(names)
 
 
@@ -251,26 +276,53 @@ def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
             return
 
 
+def _visible(folder):
+    """The sorted entries of `folder` but hidden ones (`.ipynb_checkpoints`,
+    `.DS_Store`), which no one means as a class or a video."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def class_folders(root):
+    """The class sub-folders of a folder-per-class set, sorted."""
+    return [d for d in _visible(root) if os.path.isdir(os.path.join(root, d))]
+
+
 def read_folder_records(root, class_names=None, argument="root"):
     """Index `root/<class name>/<video>`; classes are the sorted sub-folders.
 
     Returns `(records, class_names)`. With `class_names` given, a sub-folder
-    that is not among them is an error.
+    that is not among them is an error. Hidden entries are passed over; what
+    else is not a class's video (a file beside the class folders, a folder or
+    another file inside one) and a class folder without video are warned about.
     """
     if not os.path.isdir(root):
         raise MissingFileError(f"Video folder not found. Received: {argument}={root!r}")
-    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    folders = class_folders(root)
     class_names = list(class_names) if class_names else folders
     unknown = [f"folder {d!r}: unknown label" for d in folders if d not in class_names]
     _raise_for_problems(unknown, root, argument)
-    records = []
+    records, unused, empty = [], [d for d in _visible(root) if d not in folders], []
     for label, name in enumerate(class_names):
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             continue
-        for file in sorted(os.listdir(folder)):
-            if file.lower().endswith(VIDEO_EXTENSIONS):
-                records.append(VideoRecord(os.path.join(folder, file), (label,), None))
+        found = 0
+        for file in _visible(folder):
+            path = os.path.join(folder, file)
+            if file.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(path):
+                records.append(VideoRecord(path, (label,), None))
+                found += 1
+            else:
+                unused.append(os.path.join(name, file))
+        if not found:
+            empty.append(name)
+    if unused:
+        logger.warning("%d entr%s of %r not used (videos are read from the class folders, one "
+                       "level deep, with the extensions %s): %s%s", len(unused),
+                       "y" if len(unused) == 1 else "ies", root, " ".join(VIDEO_EXTENSIONS),
+                       ", ".join(unused[:5]), ", ..." if len(unused) > 5 else "")
+    if empty and records:
+        logger.warning("Class folder(s) of %r without a video: %s", root, ", ".join(empty))
     if not records:
         raise DatasetError(f"No video file ({', '.join(VIDEO_EXTENSIONS)}) found. "
                            f"Received: {argument}={root!r}")
@@ -330,6 +382,14 @@ def load_training_data(data_config):
     train_records, multi_label = load_records(
         data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
         argument="data.train_csv")
+    if not multi_label and data_config["num_classes"] < 2:
+        names = data_config["class_names"] or []
+        folder = (f" (a folder per class: {train!r} has one sub-folder, {names[0]!r}; a CSV "
+                  "is given as its file)" if os.path.isdir(train) and names else "")
+        raise DatasetError(
+            f"A single-label run needs at least 2 classes (a softmax over one learns nothing "
+            f"and scores 100%); the training set has {data_config['num_classes']}{folder}. "
+            f"Received: data.train_csv={train!r}")
     val_records = None
     if data_config["val_csv"]:
         val_records, val_multi_label = load_val_records(data_config)
@@ -579,7 +639,7 @@ def class_names_from_config(data_config):
     if train and os.path.isfile(train):
         return infer_class_names(train, "data.train_csv")
     if train and os.path.isdir(train):
-        return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+        return class_folders(train)
     return None
 
 
@@ -606,9 +666,9 @@ def resolve_classes(data_config):
         if len(set(names)) != len(names):
             raise ConfigError(f"Class names must be distinct. Received: data.class_names={names!r}")
     elif count is None:
-        raise ConfigError("The labels are class ids, so the class count cannot be read from "
-                          "names: set data.num_classes (or give data.class_names). "
-                          "Received: data.num_classes=None")
+        raise ConfigError(f"The labels of {data_config.get('train_csv')!r} are class ids, so the "
+                          "class count cannot be read from names: set data.num_classes (or give "
+                          "data.class_names). Received: data.num_classes=None")
     return dict(data_config, class_names=names, num_classes=count)
 
 
