@@ -177,7 +177,8 @@ class RunState:
         if committed.get("format") != FORMAT or committed.get("steps_per_epoch") != self.steps_per_epoch:
             raise RunFolderError(
                 f"The run folder was trained with {committed.get('steps_per_epoch')} steps per "
-                f"epoch, this command makes {self.steps_per_epoch}: it is another experiment. Use "
+                f"epoch, this command makes {self.steps_per_epoch} (the training set's size, "
+                "the batch size or the number of workers changed): it is another experiment. Use "
                 f"--restart or another runtime.output_dir. Received: runtime.output_dir={self.run_dir!r}")
         self._committed = committed
         self.step = committed["step"]
