@@ -398,3 +398,26 @@ def test_trains_under_pure_low_precision_policies(policy):
     x = np.random.default_rng(0).normal(size=(2, 2, 20, 20, 3)).astype("float32")
     history = model.fit(x, np.array([0, 2]), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_a_saved_video_resnet_loads_after_importing_the_applications(tmp_path):
+    """As the README says: `import nonlocal_keras.applications` registers every
+    layer of the video ResNets (it said `nonlocal_keras.layers`, which lacks
+    VideoConv3D and ConcatenatedZeroPadding3D: "Could not locate class")."""
+    import subprocess
+    import sys
+
+    model = VideoResNet((1,), input_shape=(3, 16, 16, 3), classes=3, width=4, conv1_time=3,
+                        stem="32x2", pool1=False, nonlocal_blocks={"res2": [0]},
+                        dropout_rate=0.0)
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(model(x)))
+    script = ("import sys, numpy as np, keras, nonlocal_keras.applications\n"
+              "m = keras.models.load_model(sys.argv[1] + '/m.keras', compile=False)\n"
+              "y = np.asarray(m(np.load(sys.argv[1] + '/x.npy')))\n"
+              "np.testing.assert_allclose(y, np.load(sys.argv[1] + '/y.npy'), rtol=1e-6)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
