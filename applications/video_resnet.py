@@ -154,7 +154,7 @@ def VideoResNet(
                       stage_strides=stage_strides, pool1=pool1, pool2=pool2,
                       nonlocal_blocks=nonlocal_blocks, nonlocal_mode=nonlocal_mode,
                       nonlocal_affinity=nonlocal_affinity, dropout_rate=dropout_rate, stem=stem)
-    classes, weights = check_head(include_top, pooling, classes, weights)
+    classes, weights = check_head(include_top, pooling, classes, weights, classifier_activation)
     inputs, x = _input(input_tensor, input_shape, spec)
     width = spec.width
 
@@ -199,7 +199,15 @@ def _max_pool(window, strides, name):
     # TensorFlow has no float16 MaxPool3D kernel on the CPU. A maximum is
     # exact in float32, and so are the casts to it and back: under a float16
     # compute dtype (float16, mixed_float16) the pools run in float32.
-    float16 = keras.config.dtype_policy().compute_dtype == "float16"
+    compute_dtype = keras.config.dtype_policy().compute_dtype
+    if compute_dtype == "float64" and keras.backend.backend() == "tensorflow":
+        # Nor a float64 one; in float32 the values would be rounded.
+        raise ValueError(
+            "The video ResNets' max pools do not run in float64 on TensorFlow (it has no "
+            "float64 MaxPool3D kernel; the non-local layers alone do run in float64): build "
+            "them under another dtype policy, or with pool1=False and pool2=False "
+            "(`VideoResNet`). Received: keras.config.dtype_policy()='float64'")
+    float16 = compute_dtype == "float16"
     return layers.MaxPooling3D(window, strides=strides, name=name,
                                dtype="float32" if float16 else None)
 
@@ -365,4 +373,8 @@ def _load_weights(model, weights, spec):
 
         load_caffe2_weights(model, weights)
     else:
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except OSError as error:  # not an HDF5 file: h5py's words name neither
+            raise ValueError(f"Cannot read the weights file ({error}). "
+                             f"Received: weights={weights!r}") from None

@@ -196,10 +196,16 @@ def _block_sets(argument, value, stage_sizes):
     return result
 
 
-def check_head(include_top, pooling, classes, weights):
+def check_head(include_top, pooling, classes, weights, classifier_activation=None):
     """The keras.applications head arguments; returns `(classes, weights)` with
     `classes` an int and `weights` a string (a path may be a `pathlib.Path`)."""
     checked_bool("include_top", include_top)
+    try:
+        keras.activations.get(classifier_activation)
+    except ValueError:  # Keras' words name no argument
+        raise ValueError("`classifier_activation` must be None, a Keras activation's name or "
+                         f"a callable. Received: classifier_activation={classifier_activation!r}"
+                         ) from None
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if pooling not in (None, "avg", "max"):
@@ -255,9 +261,16 @@ def check_input_shape(input_tensor, input_shape, spec):
 
 def smallest_clip(spec, channels):
     """The smallest `(T, H, W, C)` that survives conv1, the pools and the
-    non-local blocks' windows (every stage is monotone in the size)."""
-    frames = next(t for t in range(1, 1 << 16) if _temporal_size_fits(t, spec))
-    space = next(s for s in range(1, 1 << 16) if _spatial_size_fits(s, spec))
+    non-local blocks' windows (every stage is monotone in the size), and that
+    the grouped affinities tile ("space" the frames, "time" the height and
+    width: the smallest named then is one that works)."""
+    affinity = spec.nonlocal_affinity
+    frames = next(t for t in range(1, 1 << 16) if (
+        _tiles(t, _temporal_sizes, spec, NONLOCAL_POOL[0]) if affinity == "space"
+        else _temporal_size_fits(t, spec)))
+    space = next(s for s in range(1, 1 << 16) if (
+        _tiles(s, _spatial_sizes, spec, NONLOCAL_POOL[1]) if affinity == "time"
+        else _spatial_size_fits(s, spec)))
     return (frames, space, space, channels)
 
 

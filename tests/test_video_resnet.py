@@ -240,6 +240,8 @@ def test_demo_sized_network():
     # An image tensor: the message named input_shape, which the caller never wrote.
     ({"input_tensor": keras.Input((32, 32, 3))},
      r"`input_tensor` must be a batch of clips.*Received: input_tensor.shape=\(None, 32, 32, 3\)$"),
+    # Keras' "Could not interpret activation function identifier: softmx".
+    ({"classifier_activation": "softmx"}, r"Received: classifier_activation='softmx'$"),
 ])
 def test_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -280,6 +282,44 @@ def test_grouped_affinity_sizes_checked_by_the_constructor():
     assert model(np.zeros((1, 4, 36, 61, 3), "float32")).shape == (1, 400)
     C2DResNet50(input_shape=(4, 48, 48, 3), nonlocal_blocks=5)
     C2DResNet50(input_shape=(3, 48, 48, 3), nonlocal_blocks=5, nonlocal_affinity="space")
+
+
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")
+@pytest.mark.parametrize("affinity", ["spacetime", "space", "time"])
+def test_the_smallest_clip_named_at_run_time_runs(affinity):
+    """With unknown sizes, "time" named (2, 21, 21, 3), which its 2x2 windows
+    do not tile: that clip then failed inside res4's block, naming a shape the
+    caller never gave."""
+    model = C2DResNet50(nonlocal_blocks=5, nonlocal_affinity=affinity)
+    smallest = model.get_layer("clip_size_check").smallest
+    C2DResNet50(input_shape=smallest, nonlocal_blocks=5, nonlocal_affinity=affinity)
+    assert model(np.zeros((1, *smallest), "float32")).shape == (1, 400)
+    for axis in range(3):
+        smaller = np.zeros((1, *(s - (i == axis) for i, s in enumerate(smallest))), "float32")
+        with pytest.raises(ValueError, match=rf"smallest allowed is \({smallest[0]}, "):
+            model(smaller)
+
+
+def test_a_float64_policy_and_an_unreadable_weights_file_are_named(tmp_path):
+    """float64: TensorFlow's "DataType float64 not in list of allowed values" from
+    inside MaxPooling3D; a file that is not HDF5: h5py's "file signature not
+    found", naming neither the argument nor the file."""
+    keras.config.set_dtype_policy("float64")
+    try:
+        with pytest.raises(ValueError, match=r"max pools do not run in float64 .*"
+                           r"Received: keras.config.dtype_policy\(\)='float64'$"):
+            C2DResNet50(input_shape=(4, 32, 32, 3))
+        # Without the pools it runs.
+        model = VideoResNet((1,), input_shape=(2, 16, 16, 3), classes=3, width=4, pool1=False,
+                            pool2=False)
+        assert model(np.zeros((1, 2, 16, 16, 3))).shape == (1, 3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    page = tmp_path / "page.weights.h5"
+    page.write_bytes(b"<html>not found</html>")
+    with pytest.raises(ValueError, match=rf"Cannot read the weights file .*Received: "
+                       rf"weights='{page}'$"):
+        C2DResNet50(input_shape=(4, 32, 32, 3), weights=str(page))
 
 
 def test_numpy_integers_and_paths_are_taken_as_python_ones(tmp_path):
