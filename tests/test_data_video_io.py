@@ -462,3 +462,24 @@ def test_a_cover_picture_is_not_the_video(tmp_path):
     decoded = video_io.decode_frames(clip, lambda total: np.arange(total))
     assert decoded.shape == frames.shape
     assert np.abs(decoded.astype(int) - frames).max() <= 3
+
+
+@pytest.mark.parametrize("name, codec", [("cut.mkv", "libx264"), ("cut.webm", "libvpx-vp9")])
+def test_a_half_copied_mkv_or_webm_is_truncated_not_shorter(tmp_path, name, codec):
+    """These state no frame count, only the video's duration (in the header):
+    cut at 40%, the file was read as a video 40% as long, without a word, its
+    evaluation clips all from that part."""
+    import av
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec}: encoder not in this FFmpeg build")
+    whole = tmp_path / ("whole" + name[3:])
+    video_io.write_video(whole, distinct_frames(75), fps=25, codec=codec,
+                         options={"g": "25", "deadline": "realtime", "cpu-used": "8"}
+                         if codec == "libvpx-vp9" else {"g": "25"})
+    assert len(video_io.decode_frames(whole, lambda total: np.arange(total))) == 75
+    data = whole.read_bytes()
+    (tmp_path / name).write_bytes(data[:len(data) * 4 // 10])
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: its frames end at "
+                                                        r"\d\.\d\d s of the 3\.00 s its header"):
+        video_io.decode_frames(tmp_path / name, lambda total: np.arange(total))

@@ -184,8 +184,14 @@ def _read_timeline(path):
     keyframes (a recording joined mid-stream, a cut transport stream), the
     packets before its first keyframe and those shown before it, which refer
     to pictures the file lacks: the decoder drops them.
+
+    A container that states no frame count but the video's duration (MKV and
+    WebM, whose muxers write it in the header) and whose packets end well
+    before it is a file cut short (a half-copied download): VideoDecodeError.
     """
-    packets, hidden, keyframe = [], 0, None
+    times, before_keyframe, hidden = [], [], 0
+    keyframe, keyframe_time, first, last, last_dts = False, None, None, None, None
+    dts_known, dts_increase = True, True
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
         stated = _stated_frames(stream)
@@ -193,24 +199,61 @@ def _read_timeline(path):
             for packet in container.demux(stream):
                 if not packet.size:
                     continue
-                if keyframe is None and packet.is_keyframe:
-                    keyframe = len(packets)
-                if packet.is_discard:
-                    hidden += 1
-                packets.append((packet.pts, packet.dts, packet.is_discard))
+                pts, dts = packet.pts, packet.dts
+                hidden += packet.is_discard
+                if pts is not None:
+                    end = pts + (packet.duration or 0)
+                    first = pts if first is None else min(first, pts)
+                    last = end if last is None else max(last, end)
+                if not keyframe:
+                    if not packet.is_keyframe:
+                        before_keyframe.append((pts, packet.is_discard))
+                        continue
+                    keyframe, keyframe_time = True, pts
+                if dts is None:
+                    dts_known = False
+                elif last_dts is not None and dts <= last_dts:
+                    dts_increase = False
+                last_dts = dts if dts is not None else last_dts
+                if packet.is_discard or (keyframe_time is not None and pts is not None
+                                         and pts < keyframe_time):
+                    continue
+                times.append(pts)
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
-    if keyframe is not None:  # None: no packet says (then all are kept)
-        start = packets[keyframe][0]
-        packets = [p for i, p in enumerate(packets) if i >= keyframe and (
-            start is None or p[0] is None or p[0] >= start)]
-    shown = [p for p in packets if not p[2]]
-    times = [pts for pts, _, _ in shown]
-    decoding = [dts for _, dts, _ in packets]
-    if (None in times or len(set(times)) < len(times)
-            or (None not in decoding and any(b <= a for a, b in zip(decoding, decoding[1:])))):
+        if not stated and first is not None:
+            _check_duration(path, stream, last - first)
+    if not keyframe:  # no packet says which are keyframes: all are frames
+        times = [pts for pts, discard in before_keyframe if not discard]
+    if (None in times or len(set(times)) < len(times)) or (dts_known and not dts_increase):
         return stated, len(times), None, hidden
     return stated, len(times), sorted(times), hidden
+
+
+def _check_duration(path, stream, span):
+    """VideoDecodeError when the packets' `span` (in the stream's time base)
+    falls well short of the duration the header states for the video stream
+    (its own, not the container's, which an audio track may make longer):
+    more than half a second and 5% short."""
+    stated = _stated_seconds(stream)
+    if not stated or stream.time_base is None:
+        return
+    span = float(span * stream.time_base)
+    if stated - span > max(0.5, 0.05 * stated):
+        raise VideoDecodeError(path, f"truncated: its frames end at {span:.2f} s of the "
+                                     f"{stated:.2f} s its header states")
+
+
+def _stated_seconds(stream):
+    """The video stream's duration in seconds as the container states it, or None."""
+    if stream.duration and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.lower() == "duration"), None)
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except (AttributeError, ValueError):
+        return None
 
 
 def _video_stream(container, path):
