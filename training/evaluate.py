@@ -22,8 +22,8 @@ import tensorflow as tf
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, export, metrics, progress, runtime
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training.errors import (ConfigError, DatasetError, FolderError, MissingFileError,
-                                           UserError)
+from nonlocal_keras.training.errors import (ConfigError, DatasetError, FolderError,
+                                           MissingFileError, UserError)
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +158,12 @@ def main(argv=None):
     trained, evidence = export.trained_multi_label(
         data_config.get("train_csv"), args.run_dir or export.run_folder(config_path))
     if trained is not None and trained != multi_label:
-        kind = ("multi-label (a 'labels' column)", "single-label (a 'label' column)")
+        how, why = ("multi-label", evidence[0]) if trained else ("single-label", evidence[1])
+        kind = ("multi-label (a 'labels' column)" if multi_label
+                else "single-label (a 'label' column)")
         raise ConfigError(
-            f"The run was trained {'multi' if trained else 'single'}-label "
-            f"({evidence[0 if trained else 1]}) and the evaluation CSV is {kind[0 if multi_label else 1]}: "
-            f"evaluate it on a CSV of the kind it was trained on. "
+            f"The run was trained {how} ({why}) and the evaluation CSV is {kind}: evaluate it "
+            f"on a CSV of the kind it was trained on. "
             f"Received: data.val_csv={data_config.get('val_csv')!r}")
     given = "--weights" if args.weights else "--run-dir" if args.run_dir else "model.weights"
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
