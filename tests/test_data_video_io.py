@@ -385,25 +385,58 @@ def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
         np.testing.assert_array_equal(outputs[True][index], reference[index])
 
 
+def _write_stream(path, codec, options, start=0, count=LONG):
+    """`distinct_frames` encoded by `codec`, the first at time `start` (frames);
+    64x48, which x265 takes (it crashed the process on 48x32)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = options
+        for t, image in enumerate(distinct_frames(count, height=48, width=64)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = start + t
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path.read_bytes()
+
+
+def _from(data, fraction):
+    return data[len(data) * fraction // 100 // 188 * 188:]  # at a TS packet boundary
+
+
 @pytest.fixture(scope="module")
 def transport_streams(tmp_path_factory):
     """What recordings in MPEG-TS become: two joined with `cat` (the times of
-    each start at the same value) and one cut between keyframes (a recording
-    joined mid-stream), at a 188-byte packet boundary 45% in."""
+    each start at the same value; the second's earlier than the first's) and
+    ones cut between keyframes (a recording joined mid-stream) 45% in: H.264
+    with B-frames; MPEG-2's open GOPs, whose first keyframe's leading
+    pictures the decoder drops; HEVC's RADL pictures, which it shows."""
     folder = tmp_path_factory.mktemp("ts")
     data = _write_b_frame_video(folder / "whole.ts").read_bytes()
     (folder / "joined.ts").write_bytes(data + data)
-    (folder / "mid_gop.ts").write_bytes(data[len(data) * 45 // 100 // 188 * 188:])
+    (folder / "mid_gop.ts").write_bytes(_from(data, 45))
+    late = _write_stream(folder / "late.ts", "libx264", {"g": "30"}, start=500)
+    early = _write_stream(folder / "early.ts", "libx264", {"g": "30"})
+    (folder / "joined_backwards.ts").write_bytes(late + early)
+    mpeg2 = _write_stream(folder / "mpeg2.ts", "mpeg2video", {"g": "12", "bf": "2"})
+    (folder / "mpeg2_mid_gop.ts").write_bytes(_from(mpeg2, 45))
+    hevc = _write_stream(folder / "hevc.ts", "libx265", {"x265-params": (
+        "keyint=50:min-keyint=50:bframes=3:open-gop=0:radl=2:log-level=error")})
+    (folder / "hevc_mid_gop.ts").write_bytes(_from(hevc, 45))
     return folder
 
 
-@pytest.mark.parametrize("name", ["joined.ts", "mid_gop.ts"])
+@pytest.mark.parametrize("name", ["joined.ts", "mid_gop.ts", "joined_backwards.ts",
+                                  "mpeg2_mid_gop.ts", "hevc_mid_gop.ts"])
 @pytest.mark.parametrize("sampler", list(SAMPLERS) + ["even_from_the_start"])
 def test_transport_streams_equal_a_full_decode_indexed(transport_streams, name, sampler):
     """Joined: a clip of even frames from the start got frames 0, 1, 2, ... (the
     times, each there twice, mapped frame k to 2k), without a word. Cut
     between keyframes: 'truncated' (the packets before the first keyframe,
-    which the decoder drops, were counted as frames)."""
+    which the decoder drops, were counted as frames). The others: regressions
+    of a first attempt (frames lost, or the leading pictures' count wrong)."""
     path = transport_streams / name
     reference = np.stack(full_decode(path))
     assert len(reference) > 32
@@ -483,3 +516,14 @@ def test_a_half_copied_mkv_or_webm_is_truncated_not_shorter(tmp_path, name, code
     with pytest.raises(video_io.VideoDecodeError, match=r"truncated: its frames end at "
                                                         r"\d\.\d\d s of the 3\.00 s its header"):
         video_io.decode_frames(tmp_path / name, lambda total: np.arange(total))
+
+
+def test_a_video_starting_late_is_not_truncated(tmp_path):
+    """FFmpeg's Matroska muxer states the video's end time: 2 s late with 6 s
+    of frames, 8 s, which a first attempt compared with the frames' 6 s."""
+    path = tmp_path / "late.mkv"
+    _write_stream(path, "libx264", {"g": "25"}, start=50)
+    reference = np.stack(full_decode(path))
+    assert len(reference) == LONG
+    np.testing.assert_array_equal(video_io.decode_frames(path, lambda total: np.arange(total)),
+                                  reference)

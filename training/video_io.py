@@ -182,15 +182,18 @@ def _read_timeline(path):
     them to be decoded, as references, and discarded) are no frames of the
     video: they are counted apart. So are, in a file that starts between
     keyframes (a recording joined mid-stream, a cut transport stream), the
-    packets before its first keyframe and those shown before it, which refer
-    to pictures the file lacks: the decoder drops them.
+    packets before its first keyframe, which refer to pictures the file
+    lacks: the decoder drops them. The first keyframe's leading pictures
+    (decoded after it, shown before it) it drops or shows depending on what
+    they refer to (HEVC's RASL and RADL, open GOPs): those few are decoded to
+    see (`_shown_before`).
 
     A container that states no frame count but the video's duration (MKV and
     WebM, whose muxers write it in the header) and whose packets end well
     before it is a file cut short (a half-copied download): VideoDecodeError.
     """
-    times, before_keyframe, hidden = [], [], 0
-    keyframe, keyframe_time, first, last, last_dts = False, None, None, None, None
+    times, before_keyframe, hidden, leading = [], [], 0, 0
+    keyframes, keyframe_time, first, last, last_dts = 0, None, None, None, None
     dts_known, dts_increase = True, True
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
@@ -205,42 +208,70 @@ def _read_timeline(path):
                     end = pts + (packet.duration or 0)
                     first = pts if first is None else min(first, pts)
                     last = end if last is None else max(last, end)
-                if not keyframe:
-                    if not packet.is_keyframe:
-                        before_keyframe.append((pts, packet.is_discard))
-                        continue
-                    keyframe, keyframe_time = True, pts
+                keyframes += packet.is_keyframe
+                if not keyframes:
+                    before_keyframe.append((pts, packet.is_discard))
+                    continue
+                if keyframes == 1 and packet.is_keyframe:
+                    keyframe_time = pts
                 if dts is None:
                     dts_known = False
                 elif last_dts is not None and dts <= last_dts:
                     dts_increase = False
                 last_dts = dts if dts is not None else last_dts
-                if packet.is_discard or (keyframe_time is not None and pts is not None
-                                         and pts < keyframe_time):
+                if packet.is_discard:
                     continue
+                leading += (keyframes == 1 and None not in (pts, keyframe_time)
+                            and pts < keyframe_time)
                 times.append(pts)
         except av.FFmpegError:
             pass  # a damaged tail: count what can be read, the decode reports the rest
-        if not stated and first is not None:
-            _check_duration(path, stream, last - first)
-    if not keyframe:  # no packet says which are keyframes: all are frames
+        if not stated and last is not None:
+            _check_duration(path, stream, first, last)
+    if not keyframes:  # no packet says which are keyframes: all are frames
         times = [pts for pts, discard in before_keyframe if not discard]
-    if (None in times or len(set(times)) < len(times)) or (dts_known and not dts_increase):
-        return stated, len(times), None, hidden
-    return stated, len(times), sorted(times), hidden
+    count = len(times)
+    if leading:
+        shown = _shown_before(path, keyframe_time)
+        count -= leading - shown  # the leading pictures the decoder drops
+        if not shown:
+            times = [t for t in times if t is None or t >= keyframe_time]
+        elif shown < leading:
+            times = None  # which ones it drops is not known: the decode counts frames
+    if times is None or None in times or len(set(times)) < len(times) or (
+            dts_known and not dts_increase):
+        return stated, count, None, hidden
+    return stated, count, sorted(times), hidden
 
 
-def _check_duration(path, stream, span):
-    """VideoDecodeError when the packets' `span` (in the stream's time base)
-    falls well short of the duration the header states for the video stream
-    (its own, not the container's, which an audio track may make longer):
-    more than half a second and 5% short."""
+def _shown_before(path, keyframe_time):
+    """How many pictures the decoder shows before the first keyframe (at
+    `keyframe_time`): it decodes from the start to the keyframe's picture."""
+    shown = 0
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(_video_stream(container, path)):
+                if frame.pts is not None and frame.pts >= keyframe_time:
+                    break
+                shown += 1
+        except av.FFmpegError:
+            pass
+    return shown
+
+
+def _check_duration(path, stream, first, last):
+    """VideoDecodeError when the packets (from time `first` to `last`, in the
+    stream's time base) end well before the duration the header states for
+    the video stream (its own, not the container's, which an audio track may
+    make longer): more than half a second and 5% short. FFmpeg's Matroska
+    muxer states the video's end time (a video starting at 3 s with 4 s of
+    frames: 7 s); a length is taken as well."""
     stated = _stated_seconds(stream)
     if not stated or stream.time_base is None:
         return
-    span = float(span * stream.time_base)
-    if stated - span > max(0.5, 0.05 * stated):
-        raise VideoDecodeError(path, f"truncated: its frames end at {span:.2f} s of the "
+    reached = float(max(last, last - first) * stream.time_base)
+    if stated - reached > max(0.5, 0.05 * stated):
+        raise VideoDecodeError(path, f"truncated: its frames end at {reached:.2f} s of the "
                                      f"{stated:.2f} s its header states")
 
 
