@@ -148,3 +148,26 @@ def test_a_process_says_why_it_stopped_once():
             "console.say_stopped('nonlocal-x', signal.SIGTERM))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (run.stdout, run.stderr) == ("130 143\n", "nonlocal-x: interrupted\n"), run.stderr
+
+
+def test_an_interrupt_a_library_turned_into_its_own_error_is_still_an_interrupt(
+        tmp_path, monkeypatch):
+    """Ctrl-C while `nonlocal-export` wrote the SavedModel: TensorFlow's graph
+    stack turned the KeyboardInterrupt into an AssertionError ("Nesting violated")
+    or Keras into a TypeError: a traceback and exit 1 (2 in 18 tries)."""
+    from nonlocal_keras.training import cli
+
+    (tmp_path / "interrupted_inside.py").write_text(
+        "from nonlocal_keras.training import cli\n"
+        "def main(argv):\n"
+        "    if argv:\n"
+        "        cli.INTERRUPTED.set()\n"
+        "    raise AssertionError('Nesting violated for default stack')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert cli._run_main("nonlocal-x", "interrupted_inside", ["stop"], False) == 130
+    finally:
+        cli.INTERRUPTED.clear()
+    # Without an interrupt the same error is a bug: its traceback, exit 1.
+    with pytest.raises(AssertionError):
+        cli._run_main("nonlocal-x", "interrupted_inside", [], False)

@@ -3,10 +3,12 @@ loading without this package, input checks, and the nonlocal-export CLI."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -176,6 +178,22 @@ def test_next_version_in_a_base_folder_and_version_checks(tmp_path):
     assert export.resolve_export_path(tmp_path, "other") == str(tmp_path / "other" / "1")
     with pytest.raises(ValueError, match="Received: export_dir="):
         export.resolve_export_path(tmp_path / "net" / "0", "net")
+    # `007` beside `7`: both version 7, exported without --overwrite, exit 0.
+    with pytest.raises(ValueError, match=r"Write the version as 7, without leading zeros\. "
+                                         r"Received: export_dir='.*/net/007'$"):
+        export.resolve_export_path(tmp_path / "net" / "007", "net")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/abs/name", "a/b", "line\nbreak", 'my"model',
+                                  ".hidden", "", "-x"])
+def test_a_model_name_is_one_plain_folder_name(tmp_path, name):
+    """`--model-name ..` wrote the version outside --output, `.` made the base a
+    model's folder, an absolute name ignored --output (each exit 0), and `my"model`
+    made nonlocal-serving-example's models.config unreadable to TF Serving."""
+    with pytest.raises(errors.ConfigError, match=rf"Received: model_name={re.escape(repr(name))}$"):
+        export.resolve_export_path(tmp_path, name)
+    assert export.resolve_export_path(tmp_path, "nl_c2d-r50.v2") == str(
+        tmp_path / "nl_c2d-r50.v2" / "1")
 
 
 def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_path):
@@ -258,6 +276,36 @@ def test_a_full_disk_is_a_one_line_error_and_the_version_stays(model, tmp_path, 
                        r"left on device\); nothing was exported, and the folder holds what it held"):
         export.export_saved_model(model, path, data_config=DATA_CONFIG, overwrite=True)
     assert os.listdir(os.path.dirname(path)) == ["1"] and sorted(os.listdir(path)) == before
+
+
+def test_a_version_an_overwrite_killed_midway_moved_aside_is_put_back(model, tmp_path):
+    """Killed between moving the old version aside and renaming the new one in,
+    an export left no version there, and the next export deleted the old one
+    with the staging folder."""
+    path = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+    renames = []
+
+    def killed_after_the_first(source, target):
+        renames.append(target)
+        os.replace(source, target)
+        if len(renames) == 1:
+            raise SystemExit("killed")  # the process ends here; its staging folder stays
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    # A kill: no `finally` removes the staging folder, whose process is gone.
+    with mock.patch.object(export, "_staging_prefix", lambda: export._host_staging_prefix()
+                           + f"{ended.pid}-"), mock.patch.object(export.os, "rename",
+                                                                 killed_after_the_first), \
+            mock.patch.object(export.shutil, "rmtree", lambda *args, **kwargs: None):
+        with pytest.raises(SystemExit):
+            export.export_saved_model(model, path, data_config=DATA_CONFIG, overwrite=True,
+                                      class_names=[n.upper() for n in CLASS_NAMES])
+    assert "1" not in os.listdir(os.path.dirname(path))
+    again = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
+    assert sorted(os.listdir(os.path.dirname(path))) == ["1", "2"] and again.endswith("2")
+    with open(os.path.join(path, "assets", export.CLASS_NAMES_ASSET)) as handle:
+        assert handle.read().splitlines() == list(CLASS_NAMES)  # the old version, whole
 
 
 def test_staging_that_killed_exports_left_on_this_host_is_removed(model, tmp_path):

@@ -107,3 +107,14 @@ def test_the_model_folder_means_its_highest_version_and_other_folders_are_refuse
             == serving_example.describe_model(exported))
     with pytest.raises(ValueError, match="Received: model="):
         serving_example.describe_model(str(tmp_path))
+
+
+def test_models_config_escapes_what_protobufs_text_format_must_read_escaped():
+    """A folder named `my"model` gave `name: "my"model"`, which TF Serving cannot parse."""
+    from google.protobuf import text_encoding
+
+    config = serving_example.models_config(['my"model', "back\\slash"])
+    assert '    name: "my\\"model"\n' in config and '    name: "back\\\\slash"\n' in config
+    quoted = re.findall(r'base_path: "((?:[^"\\]|\\.)*)"', config)
+    assert [text_encoding.CUnescape(q).decode() for q in quoted] == [
+        '/models/my"model', "/models/back\\slash"]

@@ -285,6 +285,15 @@ def _run_main(prog, module_name, argv, debug):
         if debug:
             traceback.print_exc()
         return _stopped(prog)
+    except Exception:
+        if not (INTERRUPTED.is_set() or TERMINATED.is_set()):
+            raise
+        # The interrupt, raised inside a library that turned it into an error of
+        # its own (TensorFlow's graph stack while a SavedModel is written: an
+        # AssertionError, or Keras' TypeError from the layer being traced).
+        if debug:
+            traceback.print_exc()
+        return _stopped(prog)
     if INTERRUPTED.is_set() or TERMINATED.is_set():
         # Came while the command was finishing: the interrupt was swallowed somewhere.
         return _stopped(prog)

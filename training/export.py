@@ -83,14 +83,33 @@ def resolve_export_path(export_dir, model_name):
     (TF Serving serves the highest version).
     """
     export_dir = os.path.abspath(os.fspath(export_dir))
-    if is_version_name(os.path.basename(export_dir)):
-        if int(os.path.basename(export_dir)) < 1:
+    version = os.path.basename(export_dir)
+    if is_version_name(version):
+        if int(version) < 1:
             raise ConfigError("The version folder must be a number >= 1 (TF Serving ignores 0). "
                               f"Received: export_dir={export_dir!r}")
+        if version != str(int(version)):
+            # `007` beside `7`: two folders of one version, TF Serving's choice.
+            raise ConfigError(f"Write the version as {int(version)}, without leading zeros. "
+                              f"Received: export_dir={export_dir!r}")
         return export_dir
-    model_dir = export_dir if _versions(export_dir) else os.path.join(export_dir, model_name)
+    if _versions(export_dir):
+        model_dir = export_dir
+    else:
+        model_dir = os.path.join(export_dir, _checked_model_name(model_name))
     versions = [int(v) for v in _listing(model_dir) if is_version_name(v)]
     return os.path.join(model_dir, str(max(versions, default=0) + 1))
+
+
+def _checked_model_name(name):
+    """A model's folder name: TF Serving puts it in URLs and models.config, and a
+    path (`..`, `a/b`) or a hidden name (the staging folders') would land the
+    version elsewhere than `<base>/<name>/`."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError("The model name must be a folder name of letters, digits, '.', '_' "
+                          "and '-' that starts with a letter or digit (--model-name; its "
+                          f"default is the model's name). Received: model_name={name!r}")
+    return name
 
 
 def is_version_name(name):
@@ -283,13 +302,24 @@ def _process_exists(pid):
     return True
 
 
+_REPLACED = "replaced-"
+
+
 def _remove_abandoned_staging(folder):
-    """Delete what exports killed on this host left in `folder` (a model's folder)."""
+    """Delete what exports killed on this host left in `folder` (a model's folder),
+    after putting back a version one had moved aside to replace it (killed
+    between its two renames, it left no version there)."""
     pattern = re.compile(re.escape(_host_staging_prefix()) + r"(\d+)-\w+")
     for name in os.listdir(folder):
         match = pattern.fullmatch(name)
         if match and not _process_exists(int(match.group(1))):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            staging = os.path.join(folder, name)
+            for inner in _listing(staging):
+                version = inner[len(_REPLACED):]
+                if inner.startswith(_REPLACED) and not os.path.lexists(
+                        os.path.join(folder, version)):
+                    os.rename(os.path.join(staging, inner), os.path.join(folder, version))
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_saved_model(model, export_dir, *, data_config=None, class_names=None, top_k=5,
@@ -326,18 +356,22 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     if class_names is not None:
         class_names = _checked_class_names(class_names, model.output_shape[1])
     path = resolve_export_path(export_dir, model_name or model.name)
+    parent = os.path.dirname(path)
+    if os.path.isdir(parent):
+        # Before the next version is chosen: a version that a killed export had
+        # moved aside is put back.
+        _remove_abandoned_staging(parent)
+        path = resolve_export_path(export_dir, model_name or model.name)
     _check_replaceable(path, overwrite)
     metadata = dict(settings, metadata_version=METADATA_VERSION,
                     num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
                     weights=None if weights is None else str(weights),
                     signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
-    parent = os.path.dirname(path)
     atomic.make_folder(parent, "export_dir", export_dir)
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
-    _remove_abandoned_staging(parent)
     staging = None
     try:
         staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
@@ -361,8 +395,10 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         _check_replaceable(path, overwrite)  # another export may have written it meanwhile
         if os.path.isdir(path):
             # Moved aside (and deleted with the staging folder), not deleted in
-            # place: TF Serving must not load a half-deleted version.
-            os.rename(path, os.path.join(staging, "replaced"))
+            # place: TF Serving must not load a half-deleted version. Named, so
+            # that if this process dies before the next rename the next export
+            # puts it back (`_remove_abandoned_staging`).
+            os.rename(path, os.path.join(staging, _REPLACED + os.path.basename(path)))
         os.rename(saved, path)
     except Exception as error:  # noqa: BLE001 - a full disk is a ResourceExhaustedError here
         refused = atomic.refused_errno(error)

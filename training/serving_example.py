@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from google.protobuf import message
+from google.protobuf import message, text_encoding
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import dtypes
 
@@ -58,11 +58,15 @@ def read_signature(saved_model_dir, name=export.DEFAULT_SIGNATURE):
 
 def models_config(model_names):
     """A TF Serving `--model_config_file` (protobuf text) serving each model of
-    the base folder mounted at /models."""
+    the base folder mounted at /models (a name's `"` or line break escaped as
+    protobuf's text format reads them)."""
+    def quoted(text):
+        return f'"{text_encoding.CEscape(text, as_utf8=True)}"'
+
     return "model_config_list {\n" + "".join(
         "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "/models/{name}"\n'
+        f"    name: {quoted(name)}\n"
+        f"    base_path: {quoted('/models/' + name)}\n"
         '    model_platform: "tensorflow"\n'
         "  }\n" for name in model_names) + "}\n"
 
