@@ -94,7 +94,8 @@ def evaluate_parser():
 def export_parser():
     parser = _parser("nonlocal-export", "export")
     parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
-    parser.add_argument("--checkpoint", help="a .weights.h5 file (default: RUN_DIR/final.weights.h5, "
+    parser.add_argument("--checkpoint", help="a .weights.h5 file or a run folder (default: "
+                        "RUN_DIR/final.weights.h5, "
                         "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
     parser.add_argument("--output", required=True,
                         help="BASE/<model_name>/<version>; BASE/<model_name> of an exported model: its "

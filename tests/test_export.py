@@ -178,10 +178,11 @@ def test_next_version_in_a_base_folder_and_version_checks(tmp_path):
     assert export.resolve_export_path(tmp_path, "other") == str(tmp_path / "other" / "1")
     with pytest.raises(ValueError, match="Received: export_dir="):
         export.resolve_export_path(tmp_path / "net" / "0", "net")
-    # `007` beside `7`: both version 7, exported without --overwrite, exit 0.
+    # `007` beside `7`: both version 7, exported without --overwrite, exit 0. The
+    # command's errors name its flag (they named the library's `export_dir`).
     with pytest.raises(ValueError, match=r"Write the version as 7, without leading zeros\. "
-                                         r"Received: export_dir='.*/net/007'$"):
-        export.resolve_export_path(tmp_path / "net" / "007", "net")
+                                         r"Received: --output='.*/net/007'$"):
+        export.resolve_export_path(tmp_path / "net" / "007", "net", "--output")
 
 
 @pytest.mark.parametrize("name", ["..", ".", "/abs/name", "a/b", "line\nbreak", 'my"model',
@@ -587,8 +588,10 @@ def test_missing_checkpoint_and_existing_version_are_user_errors(model, exported
                      "--checkpoint", str(tmp_path / "nope.weights.h5")])
     with pytest.raises(errors.MissingFileError, match="Received: model.weights="):
         export.find_weights(str(run / "config.yaml"), str(tmp_path / "gone.weights.h5"))
-    with pytest.raises(errors.UserError, match="overwrite"):
+    with pytest.raises(errors.UserError, match=r"pass overwrite=True\. Received: export_dir="):
         export.export_saved_model(model, exported, data_config=DATA_CONFIG)
+    with pytest.raises(errors.UserError, match=r"pass --overwrite\. Received: --output="):
+        export.export_saved_model(model, exported, data_config=DATA_CONFIG, argument="--output")
 
 
 def test_weights_of_another_model_are_a_config_error(tmp_path):

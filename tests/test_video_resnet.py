@@ -461,3 +461,19 @@ def test_a_saved_video_resnet_loads_after_importing_the_applications(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_importing_the_training_package_registers_the_video_resnets_layers():
+    """The README says `import nonlocal_keras.training` lets `load_model` restore a
+    run's model.keras; it registered the non-local layers only ("Could not locate
+    class 'VideoConv3D'")."""
+    import subprocess
+    import sys
+
+    script = ("import keras, nonlocal_keras.training\n"
+              "from keras.saving import get_registered_object as get\n"
+              "for name in ('VideoConv3D', 'ConcatenatedZeroPadding3D', 'NonLocal3D'):\n"
+              "    assert get('nonlocal_keras>' + name) is not None, name\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -183,9 +183,9 @@ def infer_class_names(csv_path, argument="csv_path"):
     if all(_is_number(t) for t in names):
         # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
         # before '2.0'), against the ids 1, 2 of another CSV.
-        shown = ", ".join(repr(t) for t in sorted(names)[:3])
+        shown = ", ".join(repr(t) for t in sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise DatasetError(f"The labels of {csv_path!r} are numbers but not all integers "
-                           f"({shown}, ...): write class ids as integers (0, 1, ...), or give "
+                           f"({shown}): write class ids as integers (0, 1, ...), or give "
                            f"class names as words. Received: {argument}={csv_path!r}")
     return sorted(names)
 

@@ -72,7 +72,7 @@ class VersionExistsError(UserError, FileExistsError):
     """The SavedModel version folder to write already exists."""
 
 
-def resolve_export_path(export_dir, model_name):
+def resolve_export_path(export_dir, model_name, argument="export_dir"):
     """`<base>/<name>/<version>` as given, or `export_dir/<model_name>/<next version>`.
 
     A path whose last part is a number is taken as the version folder; a
@@ -87,11 +87,11 @@ def resolve_export_path(export_dir, model_name):
     if is_version_name(version):
         if int(version) < 1:
             raise ConfigError("The version folder must be a number >= 1 (TF Serving ignores 0). "
-                              f"Received: export_dir={export_dir!r}")
+                              f"Received: {argument}={export_dir!r}")
         if version != str(int(version)):
             # `007` beside `7`: two folders of one version, TF Serving's choice.
             raise ConfigError(f"Write the version as {int(version)}, without leading zeros. "
-                              f"Received: export_dir={export_dir!r}")
+                              f"Received: {argument}={export_dir!r}")
         return export_dir
     if _versions(export_dir):
         model_dir = export_dir
@@ -325,7 +325,7 @@ def _remove_abandoned_staging(folder):
 def export_saved_model(model, export_dir, *, data_config=None, class_names=None, top_k=5,
                        model_name=None, overwrite=False, multi_label=False, model_config=None,
                        weights=None, max_frame_side=DEFAULT_MAX_FRAME_SIDE,
-                       max_aspect_ratio=DEFAULT_MAX_ASPECT_RATIO):
+                       max_aspect_ratio=DEFAULT_MAX_ASPECT_RATIO, argument="export_dir"):
     """Write `model` as a TF Serving SavedModel; returns the version folder.
 
     Args:
@@ -348,6 +348,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         max_frame_side: `serving_default` refuses frames with a longer side.
         max_aspect_ratio: `serving_default` refuses frames whose longer side
             exceeds this many times the shorter one.
+        argument: what the errors name `export_dir` (`--output` for the command).
     """
     top_k = _check_model(model, top_k)
     settings = serving_settings(model, data_config, max_frame_side, max_aspect_ratio)
@@ -355,20 +356,20 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         class_names = data.class_names_from_config(data_config)
     if class_names is not None:
         class_names = _checked_class_names(class_names, model.output_shape[1])
-    path = resolve_export_path(export_dir, model_name or model.name)
+    path = resolve_export_path(export_dir, model_name or model.name, argument)
     parent = os.path.dirname(path)
     if os.path.isdir(parent):
         # Before the next version is chosen: a version that a killed export had
         # moved aside is put back.
         _remove_abandoned_staging(parent)
-        path = resolve_export_path(export_dir, model_name or model.name)
-    _check_replaceable(path, overwrite)
+        path = resolve_export_path(export_dir, model_name or model.name, argument)
+    _check_replaceable(path, overwrite, argument)
     metadata = dict(settings, metadata_version=METADATA_VERSION,
                     num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
                     weights=None if weights is None else str(weights),
                     signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
-    atomic.make_folder(parent, "export_dir", export_dir)
+    atomic.make_folder(parent, argument, export_dir)
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
@@ -392,7 +393,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         os.makedirs(os.path.join(saved, os.path.dirname(METADATA_FILE)), exist_ok=True)
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
-        _check_replaceable(path, overwrite)  # another export may have written it meanwhile
+        _check_replaceable(path, overwrite, argument)  # another export may have written it meanwhile
         if os.path.isdir(path):
             # Moved aside (and deleted with the staging folder), not deleted in
             # place: TF Serving must not load a half-deleted version. Named, so
@@ -405,19 +406,21 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         if refused is None:
             raise
         raise FolderError(f"Cannot write the SavedModel {path!r} ({os.strerror(refused)}); "
-                          "nothing was exported, and the folder holds what it held") from None
+                          "nothing was exported, and the folder holds what it held. "
+                          f"Received: {argument}={export_dir!r}") from None
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
-def _check_replaceable(path, overwrite):
+def _check_replaceable(path, overwrite, argument):
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise FolderError(f"The version folder is a file. Received: export_dir={path!r}")
+        raise FolderError(f"The version folder is a file. Received: {argument}={path!r}")
     if os.path.isdir(path) and _listing(path) and not overwrite:
-        raise VersionExistsError("The version folder exists; export a new version or pass "
-                                 f"overwrite=True (--overwrite). Received: export_dir={path!r}")
+        how = "--overwrite" if argument.startswith("-") else "overwrite=True"
+        raise VersionExistsError(f"The version folder exists; export a new version or pass {how}. "
+                                 f"Received: {argument}={path!r}")
 
 
 def _listing(folder):
@@ -577,7 +580,7 @@ def main(argv=None):
                               model_name=args.model_name, overwrite=args.overwrite,
                               multi_label=multi_label, model_config=config["model"],
                               weights=weights, max_frame_side=args.max_frame_side,
-                              max_aspect_ratio=args.max_aspect_ratio)
+                              max_aspect_ratio=args.max_aspect_ratio, argument="--output")
     print(f"SavedModel written to {path}")
     print(f"TF Serving config and request example: "
           f"nonlocal-serving-example {path}")
