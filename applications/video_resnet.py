@@ -216,14 +216,15 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
     """Conv3D (no bias) + BN (+ ReLU); an int `stride` is spatial only."""
     strides = (1, stride, stride) if isinstance(stride, int) else tuple(stride)
     strided = max(strides) > 1
+    conv = VideoConv3D(filters, kernel, strides=strides,
+                       padding="valid" if strided else "same", use_bias=False,
+                       kernel_initializer=CONV_INITIALIZER, name=name)
     if strided and max(kernel) > 1:
-        # Caffe2 pads both sides; "same" with stride 2 pads only the end.
-        per_frame = kernel[0] == 1 and strides[0] == 1  # VideoConv3D's 2D path
-        padding = layers.ZeroPadding3D if per_frame else ConcatenatedZeroPadding3D
+        # Caffe2 pads both sides; "same" with stride 2 pads only the end. Before
+        # the per-frame 2D path a Pad; before a Conv3D one the remapper leaves alone.
+        padding = layers.ZeroPadding3D if conv._per_frame() else ConcatenatedZeroPadding3D
         x = padding(tuple(k // 2 for k in kernel), name=f"{name}_pad")(x)
-    x = VideoConv3D(filters, kernel, strides=strides,
-                    padding="valid" if strided else "same", use_bias=False,
-                    kernel_initializer=CONV_INITIALIZER, name=name)(x)
+    x = conv(x)
     x = FusedBatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                 name=bn_name or f"{name}_bn")(x)
     if relu:
