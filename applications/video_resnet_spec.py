@@ -264,13 +264,12 @@ def smallest_clip(spec, channels):
     non-local blocks' windows (every stage is monotone in the size), and that
     the grouped affinities tile ("space" the frames, "time" the height and
     width: the smallest named then is one that works)."""
-    affinity = spec.nonlocal_affinity
-    frames = next(t for t in range(1, 1 << 16) if (
-        _tiles(t, _temporal_sizes, spec, NONLOCAL_POOL[0]) if affinity == "space"
-        else _temporal_size_fits(t, spec)))
-    space = next(s for s in range(1, 1 << 16) if (
-        _tiles(s, _spatial_sizes, spec, NONLOCAL_POOL[1]) if affinity == "time"
-        else _spatial_size_fits(s, spec)))
+    def smallest(sizes_of, pool, grouped):
+        return next(n for n in range(1, 1 << 16)
+                    if _fits(sizes_of(n, spec), spec, pool, divisible=grouped))
+
+    frames = smallest(_temporal_sizes, NONLOCAL_POOL[0], spec.nonlocal_affinity == "space")
+    space = smallest(_spatial_sizes, NONLOCAL_POOL[1], spec.nonlocal_affinity == "time")
     return (frames, space, space, channels)
 
 
@@ -319,16 +318,6 @@ def _fits(sizes, spec, pool, divisible=False):
     return sizes is not None and all(
         sizes[stage] >= pool and (not divisible or sizes[stage] % pool == 0)
         for stage in spec.nonlocal_blocks if spec.nonlocal_blocks[stage])
-
-
-def _temporal_size_fits(size, spec):
-    """Whether a clip length survives conv1, pool1, pool2 and the non-local pooling."""
-    return _fits(_temporal_sizes(size, spec), spec, NONLOCAL_POOL[0])
-
-
-def _spatial_size_fits(size, spec):
-    """Whether a height/width survives conv1, pool1 and the non-local pooling."""
-    return _fits(_spatial_sizes(size, spec), spec, NONLOCAL_POOL[1])
 
 
 def _tiles(size, sizes_of, spec, pool):
