@@ -440,13 +440,20 @@ def test_trains_under_pure_low_precision_policies(policy):
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+def _in_a_fresh_process(script, *args):
+    """Run `script` in a new Python (nothing imported or registered yet); it must exit 0."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_a_saved_video_resnet_loads_after_importing_the_applications(tmp_path):
     """As the README says: `import nonlocal_keras.applications` registers every
     layer of the video ResNets (it said `nonlocal_keras.layers`, which lacks
     VideoConv3D and ConcatenatedZeroPadding3D: "Could not locate class")."""
-    import subprocess
-    import sys
-
     model = VideoResNet((1,), input_shape=(3, 16, 16, 3), classes=3, width=4, conv1_time=3,
                         stem="32x2", pool1=False, nonlocal_blocks={"res2": [0]},
                         dropout_rate=0.0)
@@ -458,22 +465,14 @@ def test_a_saved_video_resnet_loads_after_importing_the_applications(tmp_path):
               "m = keras.models.load_model(sys.argv[1] + '/m.keras', compile=False)\n"
               "y = np.asarray(m(np.load(sys.argv[1] + '/x.npy')))\n"
               "np.testing.assert_allclose(y, np.load(sys.argv[1] + '/y.npy'), rtol=1e-6)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _in_a_fresh_process(script, str(tmp_path))
 
 
 def test_importing_the_training_package_registers_the_video_resnets_layers():
     """The README says `import nonlocal_keras.training` lets `load_model` restore a
     run's model.keras; it registered the non-local layers only ("Could not locate
     class 'VideoConv3D'")."""
-    import subprocess
-    import sys
-
-    script = ("import keras, nonlocal_keras.training\n"
-              "from keras.saving import get_registered_object as get\n"
-              "for name in ('VideoConv3D', 'ConcatenatedZeroPadding3D', 'NonLocal3D'):\n"
-              "    assert get('nonlocal_keras>' + name) is not None, name\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _in_a_fresh_process("import keras, nonlocal_keras.training\n"
+                        "from keras.saving import get_registered_object as get\n"
+                        "for name in ('VideoConv3D', 'ConcatenatedZeroPadding3D', 'NonLocal3D'):\n"
+                        "    assert get('nonlocal_keras>' + name) is not None, name\n")
