@@ -469,6 +469,15 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
         assert os.listdir(target) == ["old.pb"]  # untouched while the new one is written
         (tmp_path / staging / "new.pb").write_text("new")
     assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["new.pb"]
+    # Killed between its two renames: the old folder moved aside, the new one not in
+    # place. The next writer deleted the old one with the temporaries; it puts it back.
+    os.rename(target, tmp_path / ".tmp-4567cdef-export.replaced")
+    (tmp_path / ".tmp-89abcdef-export").mkdir()  # the new one, not renamed in
+    with atomic.replace_folder(str(target)) as staging:
+        assert os.listdir(tmp_path) == ["export", os.path.basename(staging)]
+        assert os.listdir(target) == ["new.pb"]
+        (tmp_path / staging / "newer.pb").write_text("newer")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["newer.pb"]
 
 
 def test_an_hdf5_write_refused_at_its_close_is_a_refusal_too(tmp_path):

@@ -265,10 +265,14 @@ def replace_folder(path):
     becomes `path` at the end, the folder that was there moved aside first and
     then deleted, so that a kill leaves `path` as it was or whole, never half
     written. `staging` is a hidden temporary folder beside `path`; those a killed
-    writer of `path` left are removed first."""
+    writer of `path` left are removed first, after putting back the folder one
+    had moved aside (killed between the two renames, it left no `path`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for left in _left_by_killed_writers(path):
+        if left.endswith(_ASIDE) and not os.path.lexists(path):
+            os.rename(left, path)
     remove_left_by_killed_writers(path)
-    staging, aside = temporary_name(path), temporary_name(path)
+    staging, aside = temporary_name(path), temporary_name(path) + _ASIDE
     os.makedirs(staging)
     try:
         yield staging
@@ -280,17 +284,26 @@ def replace_folder(path):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_left_by_killed_writers(path):
-    """Delete the temporary files or folders (`temporary_name`) of `path` beside it:
-    a writer of `path` killed before its rename left them. For a path that one
-    process at a time writes (a second writer's temporary would go too)."""
+_ASIDE = ".replaced"  # `replace_folder`'s old folder, between its two renames
+
+
+def _left_by_killed_writers(path):
+    """The temporary files or folders (`temporary_name`, or a folder moved aside
+    by `replace_folder`) of `path` beside it."""
     parent, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(parent):
-        return
-    for left in os.listdir(parent):
-        if re.fullmatch(r"\.tmp-[0-9a-f]{8}-" + re.escape(name), left):
-            left = os.path.join(parent, left)
-            if os.path.isdir(left):
-                shutil.rmtree(left, ignore_errors=True)
-            else:
-                os.remove(left)
+        return []
+    pattern = r"\.tmp-[0-9a-f]{8}-" + re.escape(name) + f"({re.escape(_ASIDE)})?"
+    return [os.path.join(parent, left) for left in sorted(os.listdir(parent))
+            if re.fullmatch(pattern, left)]
+
+
+def remove_left_by_killed_writers(path):
+    """Delete the temporary files or folders of `path` beside it: a writer of
+    `path` killed before its rename left them. For a path that one process at a
+    time writes (a second writer's temporary would go too)."""
+    for left in _left_by_killed_writers(path):
+        if os.path.isdir(left):
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            os.remove(left)
