@@ -474,7 +474,7 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     os.rename(target, tmp_path / ".tmp-4567cdef-export.replaced")
     (tmp_path / ".tmp-89abcdef-export").mkdir()  # the new one, not renamed in
     with atomic.replace_folder(str(target)) as staging:
-        assert os.listdir(tmp_path) == ["export", os.path.basename(staging)]
+        assert sorted(os.listdir(tmp_path)) == sorted(["export", os.path.basename(staging)])
         assert os.listdir(target) == ["new.pb"]
         (tmp_path / staging / "newer.pb").write_text("newer")
     assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["newer.pb"]
