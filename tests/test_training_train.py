@@ -679,6 +679,21 @@ def test_a_resumed_epochs_bar_counts_the_runs_epochs(capsys):
     assert capsys.readouterr().out.splitlines() == ["Epoch 2/5"]
 
 
+def _weights(path):
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: found.__setitem__(name, item[()])
+                          if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def _differing(first, second):
+    assert first.keys() == second.keys()
+    return sorted(name for name in first if not np.array_equal(first[name], second[name]))
+
+
 def test_precise_bn_steps_recompute_the_saved_models_statistics(tmp_path):
     """`train.precise_bn_steps` (the official COMPUTE_PRECISE_BN, numbers in
     test_training_precise_bn.py): the final weights differ from the last
@@ -695,17 +710,44 @@ def test_precise_bn_steps_recompute_the_saved_models_statistics(tmp_path):
     _, results = train.run(config)
     assert results["precise_bn_batches"] == 3
 
-    def arrays(path):
-        found = {}
-        with h5py.File(path, "r") as handle:
-            handle.visititems(lambda name, item: found.__setitem__(name, item[()])
-                              if isinstance(item, h5py.Dataset) else None)
-        return found
+    changed = _differing(_weights(run_dir / "final.weights.h5"),
+                         _weights(run_dir / "checkpoints" / "last.weights.h5"))
+    assert changed == BN_STATISTICS
 
-    final, last = arrays(run_dir / "final.weights.h5"), arrays(run_dir / "checkpoints" / "last.weights.h5")
-    assert final.keys() == last.keys()
-    changed = sorted(name for name in final if not np.array_equal(final[name], last[name]))
-    assert changed == ["layers/batch_normalization/vars/2", "layers/batch_normalization/vars/3"]
+
+BN_STATISTICS = ["layers/batch_normalization/vars/2", "layers/batch_normalization/vars/3"]
+
+
+def test_a_finished_run_makes_the_precise_bn_pass_its_command_asks_for(tmp_path):
+    """A finished run rerun with `train.precise_bn_steps` set (or changed) said
+    "has finished", exit 0, its BatchNorm statistics not recomputed. The pass is
+    made from the last step's weights (the commit's), as asked: with 0, none."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+
+    def run(steps):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, "schedule.epochs=1", f"train.precise_bn_steps={steps}",
+            "data.val_csv=null", "runtime.tensorboard=false")))
+
+    def final_against_last():
+        return _differing(_weights(run_dir / "final.weights.h5"),
+                          _weights(run_dir / "checkpoints" / "last.weights.h5"))
+
+    assert "precise_bn_batches" not in run(0)[1] and final_against_last() == []
+    model, results = run(3)
+    assert results["precise_bn_batches"] == 3 and results["steps_run_this_session"] == 0
+    assert final_against_last() == BN_STATISTICS
+    recomputed = _weights(run_dir / "final.weights.h5")
+    model, results = run(3)  # finished as asked: returned with the final statistics
+    assert results["precise_bn_batches"] == 3
+    assert _differing(recomputed, _weights(run_dir / "final.weights.h5")) == []
+    layer = next(l for l in model.layers if "batch_normalization" in l.name)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(),
+                                  recomputed["layers/batch_normalization/vars/2"])
+    assert "precise_bn_batches" not in run(0)[1] and final_against_last() == []
 
 
 def test_videos_the_precise_bn_pass_skips_are_counted(tmp_path):
@@ -887,7 +929,8 @@ def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     """Seen: a run stopped 22 steps into its second 100-step epoch, rerun with
     `schedule.epochs=1`, was written as finished at step 122, exit 0; a finished
     run rerun with another `data.val_csv` printed the old set's results (exit 0);
-    one whose results.json was gone was a FileNotFoundError traceback."""
+    one whose results.json was gone was a FileNotFoundError traceback (then
+    refused with --restart as the way out, which trains it again)."""
     from nonlocal_keras.training import train
     from nonlocal_keras.training.run_state import RunFolderError
 
@@ -902,16 +945,18 @@ def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
                        f"set: nonlocal-evaluate --run-dir {run_dir} evaluates it"):
         train.run(config_lib.load_config(None, overrides + [f"data.val_csv={other_val}"]))
     assert train.run(config_lib.load_config(None, overrides))[1]["steps"] == 2
-    (run_dir / "results.json").unlink()
-    with pytest.raises(RunFolderError, match="has finished, but its results.json is missing"):
-        train.run(config_lib.load_config(None, overrides))
+    (run_dir / "results.json").unlink()  # evaluated and written again, not retrained
+    again = train.run(config_lib.load_config(None, overrides))[1]
+    assert again["steps"] == 2 and again["steps_run_this_session"] == 0 and "eval" in again
+    assert json.loads((run_dir / "results.json").read_text()) == again
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     state_file = run_dir / "state" / "state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps(dict(state, step=3, finished=False)))  # 1 step into epoch 2
     with pytest.raises(RunFolderError, match=r"has 3 steps done \(1 finished epochs of 2 steps\), "
                        "more than this command asks for"):
         train.run(config_lib.load_config(None, overrides))
-    del before[run_dir / "results.json"], before[state_file]
+    del before[state_file]
     assert {p: p.read_bytes() for p in before} == before
 
 

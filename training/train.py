@@ -283,7 +283,9 @@ def run(config, strategy=None, restart=False):
                     f"of {steps_per_epoch} steps), more than this command asks for. "
                     f"Received: schedule.epochs={epochs}")
             if state.finished and state.epoch == epochs:
-                return _finished(run_dir, model, state, previous, config, strategy)
+                finished = _finished(run_dir, model, state, previous, config, strategy)
+                if finished is not None:
+                    return finished
         # A run stopped mid-epoch with another steps_per_execution.
         _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
 
@@ -327,6 +329,7 @@ def run(config, strategy=None, restart=False):
             raise
         train_seconds = time.perf_counter() - start
 
+        precise_steps = config["train"]["precise_bn_steps"]
         results = {
             "model": models.describe(config["model"]),
             "params": int(model.count_params()),
@@ -336,8 +339,8 @@ def run(config, strategy=None, restart=False):
             "steps_run_this_session": state.step - start_step,
             "train_seconds_this_session": round(train_seconds, 1),
             "final_train_metrics": state.history[-1] if state.history else {},
+            "precise_bn_steps": precise_steps,
         }
-        precise_steps = config["train"]["precise_bn_steps"]
         if precise_steps:
             logger.info("Recomputing the BatchNorm statistics over %d training steps "
                         "(train.precise_bn_steps).", precise_steps)
@@ -361,6 +364,10 @@ def run(config, strategy=None, restart=False):
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
                 model.save(temporary)
             atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
+            # The commit keeps the weights of the last step (the step's own file):
+            # the BatchNorm statistics the pass recomputed are the final files' only,
+            # so more epochs continue from the trained ones, and a rerun asking for
+            # another pass (or none) starts from them too.
             state.commit(model, finished=True)
         return model, results
 
@@ -412,6 +419,8 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
 
 
 def _finished(run_dir, model, state, previous, config, strategy):
+    """`(model, results)` of a finished run, or None where its final pass is to be
+    made again (a final file is gone, or `train.precise_bn_steps` changed)."""
     evaluate_with = (f"nonlocal-evaluate --run-dir {run_dir} evaluates it (--set "
                      "data.val_csv=CSV for another set)")
     val_csv = config["data"].get("val_csv")
@@ -419,18 +428,30 @@ def _finished(run_dir, model, state, previous, config, strategy):
         raise run_state.RunFolderError(
             f"The run in {run_dir!r} has finished, and nonlocal-train does not evaluate it again "
             f"on another validation set: {evaluate_with}. Received: data.val_csv={val_csv!r}")
-    results = os.path.join(run_dir, run_state.RESULTS)
-    if not os.path.isfile(results):
-        raise run_state.RunFolderError(
-            f"The run in {run_dir!r} has finished, but its results.json is missing: "
-            f"{evaluate_with}; --restart trains it again.")
+    missing = [name for name in run_state.FINAL_FILES
+               if not os.path.isfile(os.path.join(run_dir, name))]
+    if missing:
+        logger.info("The run in %s has finished, but its %s is missing: evaluating it again and "
+                    "writing its final files.", run_dir, " and ".join(missing))
+        return None
+    with open(os.path.join(run_dir, run_state.RESULTS), encoding="utf-8") as handle:
+        results = json.load(handle)
+    asked = config["train"]["precise_bn_steps"]
+    # Results written before they recorded it: the pass was made with the setting of then.
+    made = results.get("precise_bn_steps", (previous or {}).get("train", {}).get(
+        "precise_bn_steps", asked) if "precise_bn_batches" in results else 0)
+    if made != asked:
+        logger.info("The run in %s has finished with train.precise_bn_steps=%d; making its final "
+                    "pass again with %d (from its last step's weights).", run_dir, made, asked)
+        return None
     logger.info("The run in %s has finished (%d epochs, %d steps); nothing to train. Add epochs "
                 "(--set schedule.epochs=N) to continue it, or --restart to start over.",
                 run_dir, state.epoch, state.step)
     with strategy.scope():  # where the optimiser was made (a traceback under mirrored)
         state.restore(model)
-    with open(results, encoding="utf-8") as handle:
-        return model, json.load(handle)
+        if made:  # the statistics the results were computed with
+            model.load_weights(os.path.join(run_dir, run_state.FINAL_WEIGHTS))
+    return model, results
 
 
 def main(argv=None):
