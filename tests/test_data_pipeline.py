@@ -50,7 +50,7 @@ def test_bad_video_is_skipped_logged_once_and_counted(dataset_dir, caplog):
     warnings = [r for r in caplog.records if "v2.mp4" in r.getMessage()]
     assert len(warnings) == 1
     assert skipped.total == 2
-    assert skipped.pop_epoch() == [str(folder / "v2.mp4")] * 2
+    assert skipped.pop_epoch() == (2, [str(folder / "v2.mp4")] * 2)
 
 
 def test_summary_callback_puts_the_count_in_the_epoch_logs():
@@ -95,4 +95,4 @@ def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):
                                  crop_size=16, min_scale=16, max_scale=16, flip=False,
                                  shuffle=False, skipped=skipped)
     assert len(list(dataset)) == 3  # v1 and the corrupt v2 skipped
-    assert sorted(p.split("/")[-1] for p in skipped.pop_epoch()) == ["v1.mp4", "v2.mp4"]
+    assert sorted(p.split("/")[-1] for p in skipped.pop_epoch()[1]) == ["v1.mp4", "v2.mp4"]

@@ -980,3 +980,42 @@ def test_a_resumed_session_draws_other_clips_than_the_first(tmp_path, monkeypatc
     train.run(config_lib.load_config(None, overrides + ["schedule.epochs=2"]))
     assert seeds[0] == 3 and seeds[1] != 3
     assert train._session_seed(3, 2) == seeds[1] != train._session_seed(3, 4)
+
+
+def test_skipped_videos_count_over_the_whole_run(tmp_path):
+    """`skipped_training_videos` counted the last session's only, and the row of an
+    epoch resumed mid-way its steps after the resume: the commit keeps both counts."""
+    import keras
+
+    from nonlocal_keras.training import data, run_state, train
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    state = run_state.RunState(str(tmp_path), steps_per_epoch=4)
+    os.makedirs(state.folder)
+    state.skipped = data.SkippedVideos()
+    for name in ("a", "b", "c"):
+        state.skipped.record(f"/v/{name}.mp4", "bad")
+    state.step = 6  # epoch 2, step 2: 1 of the 3 skips in it
+    assert state.skipped.pop_epoch()[0] == 3
+    state.skipped.record("/v/a.mp4", "bad")
+    state.commit(model)
+    resumed = run_state.RunState(str(tmp_path), steps_per_epoch=4)
+    assert resumed.read()
+    skipped = data.SkippedVideos(resumed.skipped_total, resumed.skipped_in_epoch)
+    skipped.record("/v/b.mp4", "bad")
+    assert skipped.total == 5 and skipped.pop_epoch() == (2, ["/v/b.mp4"])
+    state.step = 8  # an epoch's end: nothing carried into the next
+    state.commit(model)
+    assert resumed.read() and (resumed.skipped_total, resumed.skipped_in_epoch) == (4, 0)
+
+    csv_path = _write_dataset(tmp_path, count=8, bad=(3,))
+    quiet = ("data.val_csv=null", "runtime.tensorboard=false")
+    first = train.run(config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "run", "schedule.epochs=1", *quiet)))[1]["skipped_training_videos"]
+    results = train.run(config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "run", "schedule.epochs=2", *quiet)))[1]
+    with open(tmp_path / "run" / "history.csv") as handle:
+        rows = [float(row["skipped_videos"]) for row in csv.DictReader(handle)]
+    assert first >= rows[0] >= 1 and rows[1] >= 1
+    assert results["skipped_training_videos"] >= first + rows[1], (results, first, rows)

@@ -430,14 +430,17 @@ class SkippedVideos:
     """Thread-safe record of videos the pipeline could not decode.
 
     Each file is logged once (by name and reason) however many epochs meet
-    it; `pop_epoch()` returns and resets the paths skipped since the last call.
+    it; `pop_epoch()` returns and resets the count and the paths skipped since
+    the last call. A resumed run starts from its commit's counts: `total`
+    (the run's so far) and `in_epoch` (the epoch it stopped in).
     """
 
-    def __init__(self):
+    def __init__(self, total=0, in_epoch=0):
         self._lock = threading.Lock()
         self._warned = set()
         self._epoch = []
-        self.total = 0
+        self._carried = in_epoch
+        self.total = total
 
     def record(self, path, reason):
         with self._lock:
@@ -448,10 +451,15 @@ class SkippedVideos:
         if first_time:
             logger.warning("Skipping unreadable video %s (%s)", path, reason)
 
+    @property
+    def in_epoch(self):
+        with self._lock:
+            return self._carried + len(self._epoch)
+
     def pop_epoch(self):
         with self._lock:
-            paths, self._epoch = self._epoch, []
-        return paths
+            (carried, self._carried), (paths, self._epoch) = (self._carried, 0), (self._epoch, [])
+        return carried + len(paths), paths
 
 
 class SkippedVideoSummary(keras.callbacks.Callback):
@@ -466,13 +474,13 @@ class SkippedVideoSummary(keras.callbacks.Callback):
         self.skipped = skipped
 
     def on_epoch_end(self, epoch, logs=None):
-        paths = self.skipped.pop_epoch()
+        count, paths = self.skipped.pop_epoch()
         if logs is not None:
-            logs["skipped_videos"] = len(paths)
-        if paths:
+            logs["skipped_videos"] = count
+        if count:
             names = ", ".join(sorted({os.path.basename(p) for p in paths})[:10])
-            logger.warning("Epoch %d: skipped %d unreadable video(s): %s",
-                           epoch + 1, len(paths), names)
+            logger.warning("Epoch %d: skipped %d unreadable video(s)%s", epoch + 1, count,
+                           f": {names}" if names else " (before the run resumed)")
 
 
 def _label_tensor(records, num_classes, multi_label):

@@ -152,6 +152,10 @@ class RunState:
         self.step = 0
         self.history = []
         self.finished = False
+        # The run's skipped videos at the commit, and those of the epoch it ends in;
+        # `skipped` (a `data.SkippedVideos` counting on from them) is committed.
+        self.skipped_total = self.skipped_in_epoch = 0
+        self.skipped = None
         self._committed = None
         self._restored = None
 
@@ -181,10 +185,15 @@ class RunState:
                 "the batch size or the number of workers changed): it is another experiment. Use "
                 f"--restart or another runtime.output_dir. Received: runtime.output_dir={self.run_dir!r}")
         self._committed = committed
-        self.step = committed["step"]
-        self.history = committed["history"]
+        self._take(committed)
         self.finished = committed["finished"]
         return True
+
+    def _take(self, committed):
+        self.step, self.history = committed["step"], committed["history"]
+        # Commits made before the counts were kept count from zero.
+        self.skipped_total = committed.get("skipped_videos", 0)
+        self.skipped_in_epoch = committed.get("skipped_in_epoch", 0)
 
     def restore(self, model):
         """Load the committed weights and optimiser state into `model` (built and compiled)."""
@@ -203,7 +212,7 @@ class RunState:
                                "; trying the commit before it" if number == 0 else "")
                 continue
             if number:
-                self.step, self.history = committed["step"], committed["history"]
+                self._take(committed)
                 self.finished = False
             self._restored = committed
             return
@@ -233,9 +242,14 @@ class RunState:
             previous = {k: v for k, v in self._committed.items() if k != "previous"}
         elif self._committed is not None:
             previous = self._committed.get("previous")
+        if self.skipped is not None:
+            self.skipped_total = self.skipped.total
+            self.skipped_in_epoch = self.skipped.in_epoch if self.step_in_epoch else 0
         committed = {"format": FORMAT, "steps_per_epoch": self.steps_per_epoch, "step": self.step,
                      "epoch": self.epoch, "weights": name, "metrics": metrics,
-                     "history": self.history, "finished": finished, "previous": previous}
+                     "history": self.history, "finished": finished, "previous": previous,
+                     "skipped_videos": self.skipped_total,
+                     "skipped_in_epoch": self.skipped_in_epoch}
         atomic.write_json(self.path, committed)
         self._committed, self.finished = committed, finished
         self._remove_unreferenced()
