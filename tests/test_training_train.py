@@ -1019,3 +1019,47 @@ def test_skipped_videos_count_over_the_whole_run(tmp_path):
         rows = [float(row["skipped_videos"]) for row in csv.DictReader(handle)]
     assert first >= rows[0] >= 1 and rows[1] >= 1
     assert results["skipped_training_videos"] >= first + rows[1], (results, first, rows)
+
+
+def test_a_run_resumes_only_on_the_labels_it_trained_with(tmp_path, caplog):
+    """A training list written again with other labels (class ids from another
+    listing, say) between two sessions resumed without a word: the run's later
+    epochs learned other classes. Relabelled videos are refused; videos added
+    or removed are named in a warning, and the run goes on with them."""
+    import logging
+    import shutil
+
+    from nonlocal_keras.training import train
+    from nonlocal_keras.training.run_state import RunFolderError
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+
+    def run(epochs):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+            "runtime.tensorboard=false")))[1]
+
+    run(1)
+    listed = json.loads((run_dir / "training_videos.json").read_text())["videos"]
+    assert listed == {str(tmp_path / f"{i:03d}.mp4"): [[i % 3]] for i in range(8)}
+    original = open(csv_path).read()
+    open(csv_path, "w").write(original.replace("002.mp4,2", "002.mp4,0"))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RunFolderError, match=r"^1 of the training videos have other labels than "
+                       r"when this run committed its steps \(first: 002.mp4: 2 -> 0\).*"
+                       rf"--set model.weights={run_dir} .*Received: data.train_csv="):
+        run(2)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    shutil.copyfile(tmp_path / "000.mp4", tmp_path / "100.mp4")
+    open(csv_path, "w").write(original + "100.mp4,0\n")  # 9 videos: still 2 steps an epoch
+    with caplog.at_level(logging.WARNING):
+        assert run(2)["steps"] == 4
+    assert "has changed since this run committed its steps: 1 video(s) added, 0 removed" in (
+        caplog.text)
+    listed = json.loads((run_dir / "training_videos.json").read_text())["videos"]
+    assert listed[str(tmp_path / "100.mp4")] == [[0]] and len(listed) == 9
+
+    (run_dir / "training_videos.json").unlink()  # a run from before the list was kept
+    assert run(3)["steps"] == 6 and (run_dir / "training_videos.json").is_file()

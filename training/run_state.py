@@ -123,6 +123,62 @@ def remove_final_files(run_dir):
             os.remove(os.path.join(run_dir, name))
 
 
+TRAINING_LIST = "training_videos.json"
+
+
+def training_listing(records):
+    """Each training video's labels (a list per row that names it), by path."""
+    listing = {}
+    for record in records:
+        listing.setdefault(record.path, []).append(list(record.labels))
+    return {path: sorted(labels) for path, labels in listing.items()}
+
+
+def check_training_list(run_dir, records, source):
+    """Compares the training videos with those the run was committed with.
+
+    Raises where a video it trained on has other labels now (a list written again
+    with other class ids, say: resumed, the run would learn other classes);
+    warns of videos added or removed, with which it goes on. Returns whether
+    `TRAINING_LIST` is to be written (missing, from a run before it was kept, or
+    changed)."""
+    try:
+        with open(os.path.join(run_dir, TRAINING_LIST), encoding="utf-8") as handle:
+            before = json.load(handle)["videos"]
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Cannot read %s (%s): the training videos are not compared with those "
+                       "of the run's start.", os.path.join(run_dir, TRAINING_LIST), error)
+        return True
+    now = training_listing(records)
+    relabelled = sorted(path for path in set(now) & set(before) if now[path] != before[path])
+    if relabelled:
+        first = relabelled[0]
+        raise RunFolderError(
+            f"{len(relabelled)} of the training videos have other labels than when this run "
+            f"committed its steps (first: {os.path.basename(first)}: {_labels(before[first])} -> "
+            f"{_labels(now[first])}): resumed, it would train on other classes. Restore the "
+            "list, start over with --restart, or fine-tune from this run in another folder "
+            f"(--set model.weights={run_dir} --set runtime.output_dir=...). "
+            f"Received: data.train_csv={source!r}")
+    added, removed = len(set(now) - set(before)), len(set(before) - set(now))
+    if added or removed:
+        logger.warning("The training list %s has changed since this run committed its steps: "
+                       "%d video(s) added, %d removed; the run goes on with it.",
+                       source, added, removed)
+    return bool(added or removed)
+
+
+def _labels(rows):
+    return ", ".join(" ".join(map(str, labels)) for labels in rows)
+
+
+def write_training_list(run_dir, records):
+    atomic.write_json(os.path.join(run_dir, TRAINING_LIST),
+                      {"videos": training_listing(records)})
+
+
 def trained_multi_label(run_dir):
     """Whether the run in `run_dir` trained multi-label, from history.csv's
     columns; None when no epoch has finished (or the file is unreadable)."""

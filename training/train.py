@@ -288,6 +288,8 @@ def run(config, strategy=None, restart=False):
                     return finished
         # A run stopped mid-epoch with another steps_per_execution.
         _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
+        list_changed = chief and (restart or not state.step or run_state.check_training_list(
+            run_dir, train_records, data_config["train_csv"]))
 
         # Writing starts here.
         held.enter_context(_resume_hint())
@@ -300,6 +302,8 @@ def run(config, strategy=None, restart=False):
             state.clean()
             run_state.remove_final_files(run_dir)
             config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
+            if list_changed:
+                run_state.write_training_list(run_dir, train_records)
         with strategy.scope():
             state.restore(model)
         if state.epoch == epochs:
