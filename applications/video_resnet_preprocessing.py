@@ -19,13 +19,15 @@ def preprocess_input(x):
     """`(x - MEAN) / STD` per channel, for RGB clips `(..., T, H, W, 3)` on 0..255.
 
     Args:
-        x: a NumPy array or a tensor of any dtype (uint8 frames included),
-            channels last.
+        x: a NumPy array (or nested lists, as NumPy reads them) or a tensor
+            of any dtype (uint8 frames included), channels last.
 
     Returns:
         float32, of the type of `x` (NumPy in, NumPy out).
     """
-    if x.shape[-1] != len(MEAN):
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if tuple(x.shape[-1:]) != (len(MEAN),):
         raise ValueError(f"preprocess_input expects RGB clips, channels last ({len(MEAN)} "
                          f"channels). Received: x.shape={tuple(x.shape)}")
     if isinstance(x, np.ndarray):

@@ -38,3 +38,12 @@ def test_training_uses_the_same_statistics():
 def test_rgb_only():
     with pytest.raises(ValueError, match=r"Received: x.shape=\(2, 4\)"):
         preprocess_input(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"Received: x.shape=\(\)"):
+        preprocess_input(7)
+
+
+def test_nested_lists_are_read_as_numpy_reads_them():
+    """A list of frames was an AttributeError ('list' object has no attribute 'shape')."""
+    frames = [[[[0, 128, 255]]]]
+    np.testing.assert_allclose(preprocess_input(frames), (np.float64(frames) - MEAN) / STD,
+                               rtol=1e-6)
