@@ -2,7 +2,9 @@
 
 An experiment is an `Experiment` of six typed sections (`model`, `data`,
 `optimizer`, `schedule`, `train`, `runtime`). A YAML file holds any subset of
-them; missing fields take the defaults (the paper's Kinetics recipe). Every
+them; missing fields take the defaults (the official release's 8x8 Kinetics
+setting, from random weights, testing `crop_size` crops: the shipped configs
+set the rest). Every
 field's type and range is checked, and so are the restrictions between fields
 (the clip length and the stem of the named ResNets, the crop and the scales),
 with a `ConfigError` naming the field and the value received. `model.name`
