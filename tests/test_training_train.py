@@ -698,8 +698,6 @@ def test_precise_bn_steps_recompute_the_saved_models_statistics(tmp_path):
     """`train.precise_bn_steps` (the official COMPUTE_PRECISE_BN, numbers in
     test_training_precise_bn.py): the final weights differ from the last
     epoch's exactly in the BatchNorm's moving mean and variance."""
-    import h5py
-
     from nonlocal_keras.training import train
 
     csv_path = _write_dataset(tmp_path, count=8)
