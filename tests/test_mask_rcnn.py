@@ -7,6 +7,7 @@ training), thin FPN and heads (training/configs/maskrcnn_nonlocal_tiny.yaml).
 import itertools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -979,6 +980,27 @@ def test_a_config_file_that_is_not_a_mapping_is_one_error_naming_it(tmp_path):
         trainer.check_flags(str(broken / "sub"), "train", None, [])
 
 
+def test_an_export_dir_that_is_not_a_new_empty_or_exported_folder_is_refused(tmp_path):
+    """The export replaces its folder whole: `--export_dir` above `--model_dir`
+    deleted the run it exported, and a folder of the user's files lost them,
+    both exit 0."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    run = _run_folder_of(PLAIN_EXPERIMENT, tmp_path / "parent" / "run")
+    for export_dir in (tmp_path / "parent", tmp_path, run):
+        with pytest.raises(ValueError, match=r"not one above it: the export replaces the folder "
+                           rf"whole. Received: --export_dir='{export_dir}', --model_dir='{run}'"):
+            trainer.check_flags(run, "eval", str(export_dir), [])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    trainer.check_flags(run, "eval", str(mine), [])  # empty
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds no SavedModel but notes.txt, which the export "
+                       "would replace"):
+        trainer.check_flags(run, "eval", str(mine), [])
+    trainer.check_flags(run, "eval", str(tmp_path / "parent" / "run" / "export"), [])  # new
+
+
 def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_path):
     """Over a plain Mask R-CNN's run, the non-local experiment overwrote params.yaml,
     then restored what fitted. Every registered experiment's own folder passes."""
@@ -1012,3 +1034,76 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     with pytest.raises(ValueError, match="--model_dir is a file"):  # was a traceback
         trainer.check_model_dir(exp_factory.get_exp_config(PLAIN_EXPERIMENT),
                                 str(tmp_path / "a_file"), "train")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.train_steps=0", "`trainer.train_steps` must be at least 1. Received: "
+                              "trainer.train_steps=0"),
+    ("trainer.train_steps=-5", "Received: trainer.train_steps=-5"),
+    ("trainer.steps_per_loop=0", "Received: trainer.steps_per_loop=0"),
+    ("task.model.num_classes=1", "`task.model.num_classes` must be at least 2"),
+])
+def test_values_that_make_no_run_are_refused(override, message):
+    """`trainer.train_steps=0` or -5 wrote an untrained ckpt-0, exit 0;
+    `task.model.num_classes=0` was a model-building traceback folded into a line."""
+    from official.core import exp_factory
+    from official.modeling import hyperparams
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    params = hyperparams.override_params_dict(
+        exp_factory.get_exp_config(mask_rcnn.EXPERIMENT), override, is_strict=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer.check_value_ranges(params)
+    trainer.check_value_ranges(exp_factory.get_exp_config(mask_rcnn.EXPERIMENT))
+
+
+def test_a_damaged_record_image_or_checkpoint_is_a_user_error_naming_the_inputs():
+    """A TFRecord with flipped bytes (DataLossError), an image that is none
+    (InvalidArgumentError) and a truncated checkpoint (IndexError) were tracebacks."""
+    from official.core import exp_factory
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    params = exp_factory.get_exp_config(mask_rcnn.EXPERIMENT)
+    for error, said in [
+            (tf.errors.DataLossError(None, None, "Graph execution error:\ncorrupted record at 12"),
+             "corrupted record at 12"),
+            (tf.errors.InvalidArgumentError(None, None, "Unknown image file format. One of JPEG"),
+             "Unknown image file format"),
+            (IndexError("Read less bytes than requested"), "Read less bytes than requested")]:
+        with pytest.raises(ValueError, match=rf"^A file this command reads is damaged \({said}\).*"
+                           r"Received: task.train_data.input_path=.*--model_dir='run'$"):
+            with trainer.damaged_files_named(params, "run"):
+                raise error
+    for bug in (tf.errors.InvalidArgumentError(None, None, "Incompatible shapes"),
+                IndexError("list index out of range")):
+        with pytest.raises(type(bug)):
+            with trainer.damaged_files_named(params, "run"):
+                raise bug
+
+
+@pytest.mark.slow
+def test_a_first_command_that_fails_leaves_no_folder(tmp_path):
+    """A first command that failed on damaged data (or a block placement the
+    network lacks) left a new --model_dir with its params.yaml and lock file
+    behind, and a traceback for the data."""
+    data = tmp_path / "damaged.tfrecord"
+    with tf.io.TFRecordWriter(str(data)) as writer:
+        writer.write(b"x" * 200)
+    raw = bytearray(data.read_bytes())
+    raw[20:60] = bytes(40)  # the record's bytes no longer match its checksum
+    data.write_bytes(bytes(raw))
+    model_dir = tmp_path / "new" / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+         "--params_override", f"trainer.train_steps=2,task.train_data.input_path={data}",
+         "--mode", "train", "--model_dir", str(model_dir)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    assert re.match(r"nonlocal-train-detection: error: A file this command reads is damaged "
+                    r"\(corrupted record at \d+\)", result.stderr.strip().splitlines()[-1]), \
+        result.stderr[-2000:]
+    assert not model_dir.exists() and (tmp_path / "new").is_dir()

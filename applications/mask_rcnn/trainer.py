@@ -8,6 +8,8 @@ import contextlib
 import functools
 import json
 import os
+import re
+import shutil
 import time
 import uuid
 
@@ -265,17 +267,7 @@ def check_flags(model_dir, mode, export_dir, config_files):
         if path and "://" not in path:
             _check_folder(flag, path)
     if export_dir:
-        if os.path.abspath(export_dir) == os.path.abspath(model_dir):
-            raise ValueError("--export_dir must be another folder than --model_dir. "
-                             f"Received: --export_dir={export_dir!r}")
-        # A run's folder: its checkpoints, or a params.yaml beside no SavedModel
-        # (an earlier export's folder holds both, and is written again).
-        if tf.train.latest_checkpoint(export_dir) or (
-                tf.io.gfile.exists(os.path.join(export_dir, "params.yaml"))
-                and not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))):
-            raise ValueError("--export_dir holds a training run (params.yaml, checkpoints), "
-                             "which the export would overwrite; give a folder of its own. "
-                             f"Received: --export_dir={export_dir!r}")
+        _check_export_dir(export_dir, model_dir)
     for path in config_files or ():
         if tf.io.gfile.isdir(path):
             raise ValueError(f"--config_file is a folder, not a YAML file. Received: "
@@ -291,6 +283,29 @@ def check_flags(model_dir, mode, export_dir, config_files):
         if content is not None and not isinstance(content, dict):
             raise ValueError("--config_file must hold a mapping (task: ..., trainer: ...). "
                              f"Received: --config_file={path!r}")
+
+
+def _check_export_dir(export_dir, model_dir):
+    """The export replaces `export_dir` whole: it must be new, empty, or an earlier
+    export. A folder above --model_dir, or one of other files, was deleted with
+    the run or the files in it, exit 0."""
+    export, run = (os.path.abspath(path) if "://" not in path else path.rstrip("/")
+                   for path in (export_dir, model_dir))
+    if export == run or run.startswith(export.rstrip(os.sep) + os.sep):
+        raise ValueError("--export_dir must be another folder than --model_dir and not one "
+                         "above it: the export replaces the folder whole. "
+                         f"Received: --export_dir={export_dir!r}, --model_dir={model_dir!r}")
+    if not tf.io.gfile.isdir(export_dir):
+        return
+    held = tf.io.gfile.listdir(export_dir)
+    if not held or (tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
+                    and not tf.train.latest_checkpoint(export_dir)):
+        return
+    what = ("a training run (checkpoints)" if tf.train.latest_checkpoint(export_dir)
+            else f"no SavedModel but {', '.join(sorted(held)[:3])}"
+                 f"{f' and {len(held) - 3} more' if len(held) > 3 else ''}")
+    raise ValueError(f"--export_dir holds {what}, which the export would replace: give a new or "
+                     f"empty folder, or an earlier export's. Received: --export_dir={export_dir!r}")
 
 
 def _check_folder(flag, path):
@@ -332,6 +347,45 @@ def _wrong_type(default, value):
     if isinstance(default, str):
         return isinstance(value, (int, float))
     return isinstance(default, (list, tuple)) and isinstance(value, (str, int, float))
+
+
+# Values below these make no run: `trainer.train_steps=0` (or -5) wrote an untrained
+# checkpoint, exit 0; `task.model.num_classes` counts the background.
+AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1, "task.model.num_classes": 2}
+
+
+def check_value_ranges(params):
+    given = _flat(params.as_dict())
+    for key, least in AT_LEAST.items():
+        value = given.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            raise ValueError(f"`{key}` must be at least {least}. Received: {key}={value!r}")
+
+
+# What TensorFlow says of a damaged file the run reads (a TFRecord, an image in
+# one, a checkpoint): a traceback before, as from a bug.
+DAMAGED = re.compile(r"(?:corrupted|truncated) record at \d+|Unknown image file format|Invalid "
+                     r"(?:PNG|JPEG)|Checksum does not match|Read less bytes than requested|not an "
+                     r"sstable")
+
+
+@contextlib.contextmanager
+def damaged_files_named(params, model_dir):
+    """A damaged input or checkpoint is a user error (ValueError) naming where
+    the run reads them; any other error of those types stays a bug's."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, IndexError) as error:
+        found = DAMAGED.search(str(getattr(error, "message", error)))
+        if not found:
+            raise
+        data = params.task
+        raise ValueError(
+            f"A file this command reads is damaged ({found.group(0)}): a record or image of "
+            "the training or validation data, or a checkpoint (the latest of --model_dir, "
+            "task.init_checkpoint); write it again. Received: task.train_data.input_path="
+            f"{data.train_data.input_path!r}, task.validation_data.input_path="
+            f"{data.validation_data.input_path!r}, --model_dir={model_dir!r}") from None
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
@@ -420,14 +474,25 @@ def run(argv, signals):
     gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_params)
     params = train_utils.parse_configuration(FLAGS)
     check_value_types(params, exp_factory.get_exp_config(FLAGS.experiment))
+    check_value_ranges(params)
     seed_everything(params)
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
+    writer = "train" in FLAGS.mode and _writes_the_run(model_dir)
+    created = writer and not os.path.exists(model_dir)
     with contextlib.ExitStack() as held:
-        if "train" in FLAGS.mode and _writes_the_run(model_dir):
+        if writer:
             # As nonlocal-train's: a second command on the folder trained beside
             # the first, both writing ckpt-N over each other, both exit 0.
             held.enter_context(run_state.folder_lock(model_dir, "--model_dir"))
-        _run_and_export(params, model_dir, signals)
+        try:
+            with damaged_files_named(params, model_dir):
+                _run_and_export(params, model_dir, signals)
+        except BaseException:
+            if created and not tf.train.latest_checkpoint(model_dir):
+                # The folder this command made holds nothing trained (its params.yaml,
+                # summaries, lock): a failed first command leaves no folder behind.
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise
 
 
 def _writes_the_run(model_dir):
