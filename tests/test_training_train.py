@@ -939,9 +939,12 @@ def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     other_val = tmp_path / "other_val.csv"
     other_val.write_text("".join(open(csv_path).readlines()[:4]))
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    with pytest.raises(RunFolderError, match="does not evaluate it again on another validation "
-                       f"set: nonlocal-evaluate --run-dir {run_dir} evaluates it"):
+    with pytest.raises(RunFolderError, match="does not evaluate it again another way: "
+                       f"nonlocal-evaluate --run-dir {run_dir} evaluates it"):
         train.run(config_lib.load_config(None, overrides + [f"data.val_csv={other_val}"]))
+    with pytest.raises(RunFolderError, match=r"Received: data.num_clips=1, data.num_crops=3$"):
+        train.run(config_lib.load_config(None, overrides + ["data.num_clips=1",
+                                                            "data.num_crops=3"]))
     assert train.run(config_lib.load_config(None, overrides))[1]["steps"] == 2
     (run_dir / "results.json").unlink()  # evaluated and written again, not retrained
     again = train.run(config_lib.load_config(None, overrides))[1]
@@ -1061,3 +1064,26 @@ def test_a_run_resumes_only_on_the_labels_it_trained_with(tmp_path, caplog):
 
     (run_dir / "training_videos.json").unlink()  # a run from before the list was kept
     assert run(3)["steps"] == 6 and (run_dir / "training_videos.json").is_file()
+
+
+def test_an_evaluation_the_network_cannot_make_is_refused_before_training(tmp_path):
+    """A network without the video ResNets' head, with `data.eval_crop_size` larger
+    than the training crop, trained its run and failed at the final evaluation;
+    the run could not be finished: the evaluation fields made "another experiment".
+    The check comes first now, and the evaluation fields may change between sessions."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    with pytest.raises(config_lib.ConfigError, match=r"needs a network that ends in global "
+                       r"average pooling .*Received: data.eval_crop_size=16"):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, "data.crop_size=12", "data.eval_crop_size=16",
+            "model.name=training_tiny_model:headless_video_net")))
+    assert not run_dir.exists()
+    quiet = ("runtime.tensorboard=false", "data.num_clips=1")
+    train.run(config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1",
+                                                      *quiet)))
+    results = train.run(config_lib.load_config(None, _overrides(
+        csv_path, run_dir, "schedule.epochs=2", *quiet[:1], "data.num_clips=3")))[1]
+    assert results["steps"] == 4 and results["eval"]["num_videos"] == 8

@@ -40,3 +40,12 @@ def failing_video_net(include_top=True, weights=None, input_shape=None, classes=
     x = layers.GlobalAveragePooling3D()(x)
     outputs = layers.Dense(classes, activation=classifier_activation)(x)
     return keras.Model(inputs, outputs, name="failing_video_net")
+
+
+def headless_video_net(include_top=True, weights=None, input_shape=None, classes=10,
+                       classifier_activation="softmax"):
+    """Pools without the video ResNets' `pool5` and `pred` names, as a user's network may."""
+    inputs = keras.Input(input_shape)
+    x = layers.GlobalMaxPooling3D()(inputs)
+    outputs = layers.Dense(classes, activation=classifier_activation)(x)
+    return keras.Model(inputs, outputs, name="headless_video_net")

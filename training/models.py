@@ -98,12 +98,8 @@ def evaluation_model(model_config, data_config, multi_label, trained=None,
     else:
         model = build_model(dict(model_config, weights=None), larger, multi_label)
         model.set_weights(trained.get_weights())
+    check_evaluation_head(model, model_config, data_config)
     names = {layer.name: layer for layer in model.layers}
-    if not isinstance(names.get("pool5"), keras.layers.GlobalAveragePooling3D) or "pred" not in names:
-        raise ConfigError(
-            "`data.eval_crop_size` larger than data.crop_size needs a network that ends in global "
-            f"average pooling `pool5` and the classifier `pred` (the video ResNets); "
-            f"{model_config['name']} does not. Received: data.eval_crop_size={eval_crop}")
     features = names["pool5"].input  # (batch, T, H, W, C) at eval_crop
     frames, height, width = features.shape[1:4]
     window = (frames, max(1, round(height * crop / eval_crop)), max(1, round(width * crop / eval_crop)))
@@ -111,6 +107,21 @@ def evaluation_model(model_config, data_config, multi_label, trained=None,
     x = names["pred"](x)  # the classifier and its softmax at every window
     x = keras.layers.GlobalAveragePooling3D(dtype="float32", name="mean_scores")(x)
     return keras.Model(model.input, x, name=f"{model.name}_fully_convolutional")
+
+
+def check_evaluation_head(model, model_config, data_config):
+    """A `data.eval_crop_size` larger than `data.crop_size` needs the video ResNets'
+    head (`evaluation_model`). `nonlocal-train` asks before it trains: a run of
+    another network failed once trained, and its config could not change."""
+    eval_crop = data_config.get("eval_crop_size") or 0
+    if eval_crop in (0, data_config["crop_size"]):
+        return
+    names = {layer.name: layer for layer in model.layers}
+    if not isinstance(names.get("pool5"), keras.layers.GlobalAveragePooling3D) or "pred" not in names:
+        raise ConfigError(
+            "`data.eval_crop_size` larger than data.crop_size needs a network that ends in global "
+            f"average pooling `pool5` and the classifier `pred` (the video ResNets); "
+            f"{model_config['name']} does not. Received: data.eval_crop_size={eval_crop}")
 
 
 def build_model(model_config, data_config, multi_label, fine_tune=False,

@@ -42,9 +42,12 @@ from nonlocal_keras.training.errors import ClusterError, DatasetError, FolderErr
 
 logger = logging.getLogger(__name__)
 
+# What the final evaluation scores (of a finished run: `nonlocal-evaluate`).
+EVALUATION_FIELDS = (("data", "val_csv"), ("data", "eval_scale"), ("data", "eval_crop_size"),
+                     ("data", "num_clips"), ("data", "num_crops"))
 # Fields a rerun may change without making it another experiment.
 RESUMABLE_CHANGES = {
-    ("schedule", "epochs"), ("model", "weights"), ("data", "val_csv"),
+    *EVALUATION_FIELDS, ("schedule", "epochs"), ("model", "weights"),
     ("data", "num_parallel_calls"), ("train", "eval_batch_size"), ("runtime", "verbose"),
     ("runtime", "tensorboard"), ("runtime", "strategy"), ("runtime", "tpu"),
     ("runtime", "steps_per_execution"), ("runtime", "backup_freq"),
@@ -264,6 +267,7 @@ def run(config, strategy=None, restart=False):
         start_from = dict(start_from, weights=None)
     with strategy.scope():
         model = models.build_model(start_from, data_config, multi_label, fine_tune=True)
+        models.check_evaluation_head(model, config["model"], data_config)
         loss, metrics = _loss_and_metrics(multi_label, data_config["num_classes"])
         model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=loss,
                       metrics=metrics,
@@ -427,13 +431,15 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
 def _finished(run_dir, model, state, previous, config, strategy):
     """`(model, results)` of a finished run, or None where its final pass is to be
     made again (a final file is gone, or `train.precise_bn_steps` changed)."""
-    evaluate_with = (f"nonlocal-evaluate --run-dir {run_dir} evaluates it (--set "
-                     "data.val_csv=CSV for another set)")
-    val_csv = config["data"].get("val_csv")
-    if previous and previous["data"].get("val_csv") != val_csv:
+    evaluate_with = (f"nonlocal-evaluate --run-dir {run_dir} evaluates it (with --set for another "
+                     "data.val_csv, eval_scale, eval_crop_size, num_clips or num_crops)")
+    changed = [f"{section}.{field}={config[section].get(field)!r}"
+               for section, field in EVALUATION_FIELDS
+               if previous and previous[section].get(field) != config[section].get(field)]
+    if changed:
         raise run_state.RunFolderError(
             f"The run in {run_dir!r} has finished, and nonlocal-train does not evaluate it again "
-            f"on another validation set: {evaluate_with}. Received: data.val_csv={val_csv!r}")
+            f"another way: {evaluate_with}. Received: {', '.join(changed)}")
     missing = [name for name in run_state.FINAL_FILES
                if not os.path.isfile(os.path.join(run_dir, name))]
     if missing:
