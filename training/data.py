@@ -429,37 +429,42 @@ def _log_classes(records, data_config, multi_label):
 class SkippedVideos:
     """Thread-safe record of videos the pipeline could not decode.
 
-    Each file is logged once (by name and reason) however many epochs meet
-    it; `pop_epoch()` returns and resets the count and the paths skipped since
-    the last call. A resumed run starts from its commit's counts: `total`
-    (the run's so far) and `in_epoch` (the epoch it stopped in).
+    Counts videos, not the times the pipeline met them: each file is logged
+    once (by name and reason) and counted once in the run (`total`) and in each
+    epoch, however often the pipeline, its repeats, its look-ahead or its cache
+    rebuilt after a resume decode it. `pop_epoch()` returns and resets the
+    epoch's count and paths. A resumed run starts from its commit's paths:
+    `run_paths` (the run's so far) and `epoch_paths` (the epoch it stopped in).
     """
 
-    def __init__(self, total=0, in_epoch=0):
+    def __init__(self, run_paths=(), epoch_paths=()):
         self._lock = threading.Lock()
+        self._run, self._epoch = set(run_paths), set(epoch_paths)
         self._warned = set()
-        self._epoch = []
-        self._carried = in_epoch
-        self.total = total
 
     def record(self, path, reason):
         with self._lock:
-            self._epoch.append(path)
-            self.total += 1
+            self._run.add(path)
+            self._epoch.add(path)
             first_time = path not in self._warned
             self._warned.add(path)
         if first_time:
             logger.warning("Skipping unreadable video %s (%s)", path, reason)
 
     @property
-    def in_epoch(self):
+    def total(self):
         with self._lock:
-            return self._carried + len(self._epoch)
+            return len(self._run)
+
+    def paths(self):
+        """`(run_paths, epoch_paths)`, sorted lists: what a commit keeps."""
+        with self._lock:
+            return sorted(self._run), sorted(self._epoch)
 
     def pop_epoch(self):
         with self._lock:
-            (carried, self._carried), (paths, self._epoch) = (self._carried, 0), (self._epoch, [])
-        return carried + len(paths), paths
+            paths, self._epoch = sorted(self._epoch), set()
+        return len(paths), paths
 
 
 class SkippedVideoSummary(keras.callbacks.Callback):
@@ -479,8 +484,7 @@ class SkippedVideoSummary(keras.callbacks.Callback):
             logs["skipped_videos"] = count
         if count:
             names = ", ".join(sorted({os.path.basename(p) for p in paths})[:10])
-            logger.warning("Epoch %d: skipped %d unreadable video(s)%s", epoch + 1, count,
-                           f": {names}" if names else " (before the run resumed)")
+            logger.warning("Epoch %d: skipped %d unreadable video(s): %s", epoch + 1, count, names)
 
 
 def _label_tensor(records, num_classes, multi_label):

@@ -208,9 +208,9 @@ class RunState:
         self.step = 0
         self.history = []
         self.finished = False
-        # The run's skipped videos at the commit, and those of the epoch it ends in;
-        # `skipped` (a `data.SkippedVideos` counting on from them) is committed.
-        self.skipped_total = self.skipped_in_epoch = 0
+        # The paths of the run's skipped videos at the commit, and of the epoch it
+        # ends in; `skipped` (a `data.SkippedVideos` going on from them) is committed.
+        self.skipped_paths, self.skipped_in_epoch = [], []
         self.skipped = None
         self._committed = None
         self._restored = None
@@ -247,9 +247,9 @@ class RunState:
 
     def _take(self, committed):
         self.step, self.history = committed["step"], committed["history"]
-        # Commits made before the counts were kept count from zero.
-        self.skipped_total = committed.get("skipped_videos", 0)
-        self.skipped_in_epoch = committed.get("skipped_in_epoch", 0)
+        # Commits made before the paths were kept count from none.
+        self.skipped_paths = committed.get("skipped_videos", [])
+        self.skipped_in_epoch = committed.get("skipped_in_epoch", [])
 
     def restore(self, model):
         """Load the committed weights and optimiser state into `model` (built and compiled)."""
@@ -299,12 +299,13 @@ class RunState:
         elif self._committed is not None:
             previous = self._committed.get("previous")
         if self.skipped is not None:
-            self.skipped_total = self.skipped.total
-            self.skipped_in_epoch = self.skipped.in_epoch if self.step_in_epoch else 0
+            self.skipped_paths, self.skipped_in_epoch = self.skipped.paths()
+            if not self.step_in_epoch:  # the epoch's row has them (`SkippedVideoSummary`)
+                self.skipped_in_epoch = []
         committed = {"format": FORMAT, "steps_per_epoch": self.steps_per_epoch, "step": self.step,
                      "epoch": self.epoch, "weights": name, "metrics": metrics,
                      "history": self.history, "finished": finished, "previous": previous,
-                     "skipped_videos": self.skipped_total,
+                     "skipped_videos": self.skipped_paths,
                      "skipped_in_epoch": self.skipped_in_epoch}
         atomic.write_json(self.path, committed)
         self._committed, self.finished = committed, finished

@@ -318,9 +318,8 @@ def run(config, strategy=None, restart=False):
             logger.info("Resuming at epoch %d, step %d of %d (%d steps done).", state.epoch + 1,
                         state.step_in_epoch, steps_per_epoch, state.step)
 
-        # The run's count goes on from its commit (the same videos are met again in
-        # the steps a kill lost, so a resumed count may be a few higher).
-        skipped = state.skipped = data.SkippedVideos(state.skipped_total, state.skipped_in_epoch)
+        # The run's skipped videos go on from its commit's.
+        skipped = state.skipped = data.SkippedVideos(state.skipped_paths, state.skipped_in_epoch)
         seed = _session_seed(config["train"]["seed"], state.step)
         keras.utils.set_random_seed(seed)  # the clips' temporal starts, crops and flips
         dataset = _training_input(strategy, train_records, data_config, multi_label,
