@@ -1090,3 +1090,32 @@ def test_an_evaluation_the_network_cannot_make_is_refused_before_training(tmp_pa
     results = train.run(config_lib.load_config(None, _overrides(
         csv_path, run_dir, "schedule.epochs=2", *quiet[:1], "data.num_clips=3")))[1]
     assert results["steps"] == 4 and results["eval"]["num_videos"] == 8
+
+
+def test_a_video_moved_to_another_class_folder_is_a_relabelled_one(tmp_path):
+    """In a folder per class a video gets another label by moving it: the run
+    read that as one video added and one removed, and resumed on the new label."""
+    import shutil
+
+    from nonlocal_keras.training import train
+    from nonlocal_keras.training.run_state import RunFolderError
+
+    _write_dataset(tmp_path, count=9)
+    classes = tmp_path / "classes"
+    for i in range(9):
+        (classes / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / f"{i:03d}.mp4", classes / f"c{i % 3}" / f"{i:03d}.mp4")
+    run_dir = tmp_path / "run"
+
+    def run(epochs):
+        return train.run(config_lib.load_config(None, _overrides(
+            str(classes), run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+            "runtime.tensorboard=false")))[1]
+
+    run(1)
+    shutil.move(classes / "c1" / "004.mp4", classes / "c2" / "004.mp4")
+    with pytest.raises(RunFolderError, match=r"^1 of the training videos have other labels .*"
+                       r"\(first: 004.mp4: 1 -> 2\)"):
+        run(2)
+    shutil.move(classes / "c2" / "004.mp4", classes / "c1" / "004.mp4")
+    assert run(2)["steps"] == 4

@@ -152,22 +152,39 @@ def check_training_list(run_dir, records, source):
                        "of the run's start.", os.path.join(run_dir, TRAINING_LIST), error)
         return True
     now = training_listing(records)
-    relabelled = sorted(path for path in set(now) & set(before) if now[path] != before[path])
+    added, removed = set(now) - set(before), set(before) - set(now)
+    # A video moved to another folder keeps its name: in a folder per class, that
+    # is how it gets another label.
+    moved = _same_names(removed, added)
+    relabelled = sorted((path, path) for path in set(now) & set(before)
+                        if now[path] != before[path])
+    relabelled += sorted((old, new) for old, new in moved if now[new] != before[old])
     if relabelled:
-        first = relabelled[0]
+        old, new = relabelled[0]
         raise RunFolderError(
             f"{len(relabelled)} of the training videos have other labels than when this run "
-            f"committed its steps (first: {os.path.basename(first)}: {_labels(before[first])} -> "
-            f"{_labels(now[first])}): resumed, it would train on other classes. Restore the "
+            f"committed its steps (first: {os.path.basename(new)}: {_labels(before[old])} -> "
+            f"{_labels(now[new])}): resumed, it would train on other classes. Restore the "
             "list, start over with --restart, or fine-tune from this run in another folder "
             f"(--set model.weights={run_dir} --set runtime.output_dir=...). "
             f"Received: data.train_csv={source!r}")
-    added, removed = len(set(now) - set(before)), len(set(before) - set(now))
     if added or removed:
         logger.warning("The training list %s has changed since this run committed its steps: "
                        "%d video(s) added, %d removed; the run goes on with it.",
-                       source, added, removed)
+                       source, len(added), len(removed))
     return bool(added or removed)
+
+
+def _same_names(removed, added):
+    """`(removed path, added path)` pairs of a file name each side has once."""
+    def by_name(paths):
+        names = {}
+        for path in paths:
+            names.setdefault(os.path.basename(path), []).append(path)
+        return {name: found[0] for name, found in names.items() if len(found) == 1}
+
+    gone, came = by_name(removed), by_name(added)
+    return [(gone[name], came[name]) for name in sorted(set(gone) & set(came))]
 
 
 def _labels(rows):
