@@ -1084,10 +1084,11 @@ def test_a_damaged_record_image_or_checkpoint_is_a_user_error_naming_the_inputs(
 
 
 @pytest.mark.slow
-def test_a_first_command_that_fails_leaves_no_folder(tmp_path):
+def test_a_command_that_fails_leaves_the_folder_as_it_found_it(tmp_path):
     """A first command that failed on damaged data (or a block placement the
     network lacks) left a new --model_dir with its params.yaml and lock file
-    behind, and a traceback for the data."""
+    behind, and a traceback for the data; in a folder that was there, its
+    params.yaml, lock file and summaries."""
     data = tmp_path / "damaged.tfrecord"
     with tf.io.TFRecordWriter(str(data)) as writer:
         writer.write(b"x" * 200)
@@ -1095,15 +1096,24 @@ def test_a_first_command_that_fails_leaves_no_folder(tmp_path):
     raw[20:60] = bytes(40)  # the record's bytes no longer match its checksum
     data.write_bytes(bytes(raw))
     model_dir = tmp_path / "new" / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
-         "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
-         "--params_override", f"trainer.train_steps=2,task.train_data.input_path={data}",
-         "--mode", "train", "--model_dir", str(model_dir)],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, result.stderr[-4000:]
-    assert "Traceback" not in result.stderr
-    assert re.match(r"nonlocal-train-detection: error: A file this command reads is damaged "
-                    r"\(corrupted record at \d+\)", result.stderr.strip().splitlines()[-1]), \
-        result.stderr[-2000:]
+
+    def train():
+        result = subprocess.run(
+            [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+             "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+             "--params_override", f"trainer.train_steps=2,task.train_data.input_path={data}",
+             "--mode", "train", "--model_dir", str(model_dir)],
+            capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2, result.stderr[-4000:]
+        assert "Traceback" not in result.stderr
+        assert re.match(r"nonlocal-train-detection: error: A file this command reads is damaged "
+                        r"\(corrupted record at \d+\)", result.stderr.strip().splitlines()[-1]), \
+            result.stderr[-2000:]
+
+    train()
     assert not model_dir.exists() and (tmp_path / "new").is_dir()
+    (model_dir / "notes").mkdir(parents=True)
+    (model_dir / "notes" / "mine.txt").write_text("mine")
+    train()
+    assert sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*")) == [
+        "notes", "notes/mine.txt"]

@@ -442,8 +442,9 @@ def _finished(run_dir, model, state, previous, config, strategy):
     missing = [name for name in run_state.FINAL_FILES
                if not os.path.isfile(os.path.join(run_dir, name))]
     if missing:
-        logger.info("The run in %s has finished, but its %s is missing: evaluating it again and "
-                    "writing its final files.", run_dir, " and ".join(missing))
+        logger.info("The run in %s has finished, but its %s %s missing: evaluating it again and "
+                    "writing its final files.", run_dir, " and ".join(missing),
+                    "is" if len(missing) == 1 else "are")
         return None
     with open(os.path.join(run_dir, run_state.RESULTS), encoding="utf-8") as handle:
         results = json.load(handle)

@@ -478,7 +478,7 @@ def run(argv, signals):
     seed_everything(params)
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
     writer = "train" in FLAGS.mode and _writes_the_run(model_dir)
-    created = writer and not os.path.exists(model_dir)
+    before, checkpoint = _entries(model_dir) if writer else None, tf.train.latest_checkpoint(model_dir)
     with contextlib.ExitStack() as held:
         if writer:
             # As nonlocal-train's: a second command on the folder trained beside
@@ -488,11 +488,32 @@ def run(argv, signals):
             with damaged_files_named(params, model_dir):
                 _run_and_export(params, model_dir, signals)
         except BaseException:
-            if created and not tf.train.latest_checkpoint(model_dir):
-                # The folder this command made holds nothing trained (its params.yaml,
-                # summaries, lock): a failed first command leaves no folder behind.
-                shutil.rmtree(model_dir, ignore_errors=True)
+            if writer and tf.train.latest_checkpoint(model_dir) == checkpoint:
+                _remove_new_entries(model_dir, before)
             raise
+
+
+def _entries(folder):
+    """The paths of everything under `folder`; None where there is no folder."""
+    if not os.path.isdir(folder):
+        return None
+    return {os.path.join(root, name) for root, folders, files in os.walk(folder)
+            for name in folders + files}
+
+
+def _remove_new_entries(model_dir, before):
+    """What a command that failed before saving a checkpoint wrote (params.yaml,
+    summaries, the lock file; the folder itself where there was none) describes
+    nothing trained: a failed command leaves the folder as it found it."""
+    if before is None:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        return
+    for root, folders, files in os.walk(model_dir, topdown=False):
+        for name in files + folders:
+            path = os.path.join(root, name)
+            if path not in before:
+                with contextlib.suppress(OSError):
+                    (os.rmdir if name in folders else os.remove)(path)
 
 
 def _writes_the_run(model_dir):
