@@ -944,6 +944,9 @@ def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     with pytest.raises(RunFolderError, match=r"Received: data.num_clips=1, data.num_crops=3$"):
         train.run(config_lib.load_config(None, overrides + ["data.num_clips=1",
                                                             "data.num_crops=3"]))
+    # The crop it evaluated with, named (null is data.crop_size): the same evaluation.
+    assert train.run(config_lib.load_config(None, overrides + ["data.eval_crop_size=16"]))[1][
+        "steps"] == 2
     assert train.run(config_lib.load_config(None, overrides))[1]["steps"] == 2
     (run_dir / "results.json").unlink()  # evaluated and written again, not retrained
     again = train.run(config_lib.load_config(None, overrides))[1]

@@ -434,7 +434,8 @@ def _finished(run_dir, model, state, previous, config, strategy):
                      "data.val_csv, eval_scale, eval_crop_size, num_clips or num_crops)")
     changed = [f"{section}.{field}={config[section].get(field)!r}"
                for section, field in EVALUATION_FIELDS
-               if previous and previous[section].get(field) != config[section].get(field)]
+               if previous and _evaluation(previous, section, field) != _evaluation(
+                   config, section, field)]
     if changed:
         raise run_state.RunFolderError(
             f"The run in {run_dir!r} has finished, and nonlocal-train does not evaluate it again "
@@ -464,6 +465,12 @@ def _finished(run_dir, model, state, previous, config, strategy):
         if made:  # the statistics the results were computed with
             model.load_weights(os.path.join(run_dir, run_state.FINAL_WEIGHTS))
     return model, results
+
+
+def _evaluation(config, section, field):
+    """An evaluation field's value as it evaluates (`eval_crop_size` null: `crop_size`)."""
+    value = config[section].get(field)
+    return value or config["data"]["crop_size"] if field == "eval_crop_size" else value
 
 
 def main(argv=None):
