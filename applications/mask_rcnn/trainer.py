@@ -297,11 +297,11 @@ def _check_export_dir(export_dir, model_dir):
                          f"Received: --export_dir={export_dir!r}, --model_dir={model_dir!r}")
     if not tf.io.gfile.isdir(export_dir):
         return
-    held = tf.io.gfile.listdir(export_dir)
+    held, checkpoint = tf.io.gfile.listdir(export_dir), tf.train.latest_checkpoint(export_dir)
     if not held or (tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
-                    and not tf.train.latest_checkpoint(export_dir)):
+                    and not checkpoint):
         return
-    what = ("a training run (checkpoints)" if tf.train.latest_checkpoint(export_dir)
+    what = ("a training run (checkpoints)" if checkpoint
             else f"no SavedModel but {', '.join(sorted(held)[:3])}"
                  f"{f' and {len(held) - 3} more' if len(held) > 3 else ''}")
     raise ValueError(f"--export_dir holds {what}, which the export would replace: give a new or "
