@@ -86,17 +86,29 @@ def test_top5_of_each_video_matches_the_keras_model(setup, capsys):
 
 def test_unreadable_files_are_reported_and_fail_the_run(setup, capsys):
     _, saved, videos, broken, missing = setup
-    code = predict.main([videos[0], broken, missing, "--model", saved, "--top-k", "2",
-                         "--num-clips", "1"])
+    code = predict.main([videos[0], broken, "--model", saved, "--top-k", "2", "--num-clips", "1"])
     out, err = capsys.readouterr()
     assert code == 1
     printed = parse_top_k(out)
     assert list(printed) == [videos[0]] and len(printed[videos[0]]) == 2
     assert f"{broken}: cannot read video" in err
-    assert f"{missing}: cannot read video" in err
-    assert "2 of 3 video(s) failed" in err
+    assert "1 of 2 video(s) failed" in err
     assert predict.main([videos[0], broken, broken, "--model", saved, "--num-clips", "1"]) == 1
     assert "2 of 3 video(s) failed" in capsys.readouterr().err  # was 1: counted by name
+
+
+def test_a_path_without_a_file_is_a_mistake_in_the_command(setup, capsys):
+    # A glob that matched nothing reaches the command as `*.mp4`: one line,
+    # exit 2, before any video is predicted (it was a "cannot read video"
+    # line among the predictions, exit 1).
+    _, saved, videos, _, missing = setup
+    folder = os.path.dirname(missing)
+    for paths, first, what in (([videos[0], missing], missing, "does not exist"),
+                               ([folder, videos[1]], folder, "is a folder")):
+        with pytest.raises(errors.MissingFileError, match=f"{what}: give video files. Received: "
+                           f"VIDEO={re.escape(repr(first))}"):
+            predict.main([*paths, "--model", saved, "--no-progress"])
+    assert capsys.readouterr().out == ""
 
 
 def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path):
@@ -161,9 +173,9 @@ def test_a_truncated_video_is_reported_like_an_unreadable_one(setup, tmp_path, c
 
 def test_model_folder_without_export_settings_is_refused(tmp_path):
     with pytest.raises(errors.MissingFileError, match="Received: model="):
-        predict.main(["any.mp4", "--model", str(tmp_path)])
+        predict.main([__file__, "--model", str(tmp_path)])
     with pytest.raises(errors.MissingFileError, match="No such SavedModel folder"):
-        predict.main(["any.mp4", "--model", str(tmp_path / "missing")])
+        predict.main([__file__, "--model", str(tmp_path / "missing")])
 
 
 def test_a_model_folder_means_its_highest_version_as_tf_serving_serves(setup, tmp_path, capsys):

@@ -12,7 +12,8 @@ signature scores every view, and the view scores are averaged, the paper's
 multi-clip protocol. A progress bar with ETA goes to stderr (on a terminal;
 else a line at every tenth of the videos). A file that
 cannot be read (or is truncated) is reported on stderr by name and reason;
-the exit status is 1 when any file failed.
+the exit status is 1 when any file failed. A path where no file is stops the
+command before any prediction (exit 2).
 """
 
 import os
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import data, evaluate, export, progress
-from nonlocal_keras.training.errors import ConfigError
+from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 
 class UnreadableVideos:
@@ -85,8 +86,23 @@ def format_top_k(path, scores, class_names, top_k):
     return "\n".join(lines)
 
 
+def check_videos(paths):
+    """Raises MissingFileError naming the first of `paths` where no file is (nothing,
+    or a folder): a mistake in the command, such as a glob that matched nothing
+    (the shell passes `*.mp4` on), where a file that cannot be decoded is
+    reported beside the predictions of the others."""
+    missing = [path for path in dict.fromkeys(paths) if not os.path.isfile(path)]
+    if missing:
+        what = "is a folder" if os.path.isdir(missing[0]) else "does not exist"
+        more = (f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:4]))}"
+                f"{', ...' if len(missing) > 4 else ''})") if len(missing) > 1 else ""
+        raise MissingFileError(f"{missing[0]!r} {what}{more}: give video files. "
+                               f"Received: VIDEO={missing[0]!r}")
+
+
 def main(argv=None):
     args = command_lines.predict_parser().parse_args(argv)
+    check_videos(args.videos)
     model = export.version_folder(args.model)
     if model != args.model:
         print(f"Using the SavedModel {model}", file=sys.stderr)
