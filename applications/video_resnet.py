@@ -43,7 +43,8 @@ Choices (where the paper, the issue or the official code are silent or differ):
   has no 10-block setting: we use every block of res3 and every fourth block of
   res4 ending at its last (2, 6, ..., 22); the 1-block layout is "before the
   last block of res4" (index 21) as the paper says. A stage name (`"res3"`) is
-  the paper's stage ablation: one block before the stage's last block.
+  the paper's stage ablation: one block before the stage's last block (after
+  the only block of a one-block stage).
 - Head: global average pooling (fully convolutional: any T, H, W), dropout
   (0.5 as the official training) and a Dense classifier named `pred`
   (Gaussian std 0.01) that computes in float32 under mixed precision.
@@ -53,6 +54,7 @@ Choices (where the paper, the issue or the official code are silent or differ):
   residual block `i` of stage `resN` is the layer `resN_i`.
 """
 
+import numbers
 import urllib.error
 
 import keras
@@ -131,7 +133,8 @@ def VideoResNet(
         pool2: the 2x1x1 temporal max pool after res2.
         nonlocal_blocks: 0, a count in `video_resnet_spec.NONLOCAL_LAYOUTS` (ResNet-50/101
             stage layouts only), a stage name (one block before that stage's
-            last block) or `{stage: [block indices]}`.
+            last block; after it in a stage of one block) or
+            `{stage: [block indices]}`.
         nonlocal_mode, nonlocal_affinity: `mode` and `affinity` of every
             `NonLocal3D`.
         dropout_rate: dropout before the classifier.
@@ -291,8 +294,10 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
 
 def default_name(arch, depth, nonlocal_blocks=0, inflation="3x1x1"):
     """`nl5_i3d_resnet50`-style default model names."""
-    prefix = f"nl{nonlocal_blocks}_" if isinstance(nonlocal_blocks, int) and nonlocal_blocks else (
-        "nl_" if nonlocal_blocks else "")
+    if isinstance(nonlocal_blocks, dict):  # a layout of no block is none
+        nonlocal_blocks = nonlocal_blocks if any(nonlocal_blocks.values()) else 0
+    prefix = f"nl{int(nonlocal_blocks)}_" if isinstance(nonlocal_blocks, numbers.Integral) and \
+        nonlocal_blocks else ("nl_" if nonlocal_blocks else "")
     variant = "_3x3x3" if arch == "i3d" and inflation == "3x3x3" else ""
     return f"{prefix}{arch}{variant}_resnet{depth}"
 
@@ -355,6 +360,9 @@ def _load_weights(model, weights, spec):
         if spec.depth is None:
             raise ValueError("weights='imagenet' needs the ResNet-50/101 stages with width 64. "
                              f"Received: weights={weights!r}")
+        if model.input_shape[-1] != 3:  # as keras.applications, before a download
+            raise ValueError("weights='imagenet' needs RGB clips (3 channels). "
+                             f"Received: input_shape={model.input_shape[1:]}")
         from nonlocal_keras.applications.inflation import inflate_weights
 
         try:

@@ -47,3 +47,21 @@ def test_nested_lists_are_read_as_numpy_reads_them():
     frames = [[[[0, 128, 255]]]]
     np.testing.assert_allclose(preprocess_input(frames), (np.float64(frames) - MEAN) / STD,
                                rtol=1e-6)
+
+
+def test_data_format_as_keras_applications():
+    """keras.applications' `preprocess_input(x, data_format=None)`: the argument
+    was a TypeError. None is channels last, the video ResNets' layout."""
+    clip = np.random.default_rng(2).integers(0, 256, (2, 4, 5, 6, 3)).astype("uint8")
+    expected = (clip.astype("float64") - OFFICIAL_MEAN) / OFFICIAL_STD
+    for data_format in (None, "channels_last"):
+        np.testing.assert_allclose(preprocess_input(clip, data_format=data_format), expected,
+                                   rtol=1e-6, atol=1e-6)
+    first = np.moveaxis(clip, -1, 1)  # (batch, channels, frames, height, width)
+    for x in (first, keras.ops.convert_to_tensor(first)):
+        out = keras.ops.convert_to_numpy(preprocess_input(x, data_format="channels_first"))
+        np.testing.assert_allclose(out, np.moveaxis(expected, -1, 1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"channels first .*Received: x.shape=\(2, 4, 5, 6, 3\)"):
+        preprocess_input(clip, data_format="channels_first")
+    with pytest.raises(ValueError, match=r"Received: data_format='NTHWC'"):
+        preprocess_input(clip, data_format="NTHWC")

@@ -99,6 +99,13 @@ def test_weights_imagenet_inflates_keras_resnet(resnet50, monkeypatch):
                                   np.asarray(resnet50.get_layer("conv4_block3_2_conv").kernel))
     with pytest.raises(ValueError, match=r"ResNet-50/101 stages with width 64.*weights='imagenet'"):
         VideoResNet((1, 1), width=8, weights="imagenet")
+    # As keras.applications, before any download: it was the inflation's
+    # "the two networks differ in width", naming no argument.
+    calls.clear()
+    with pytest.raises(ValueError, match=r"RGB clips \(3 channels\)\. "
+                       r"Received: input_shape=\(4, 64, 64, 1\)"):
+        C2DResNet50(weights="imagenet", input_shape=(4, 64, 64, 1))
+    assert calls == []
 
 
 def test_weights_imagenet_offline_is_an_os_error_saying_what_to_do(tmp_path, monkeypatch):

@@ -363,6 +363,9 @@ def test_keras_file_round_trip(tmp_path):
         (lambda: NonLocal2D(), (None, 4, 4, None), "channel axis"),
         (lambda: NonLocal3D(), (2, 4, 1, 4, 6), "pool size 2 on position axis 1"),
         (lambda: NonLocal3D(affinity="time"), (2, 4, 5, 4, 6), "multiple of the pool"),
+        # It said "larger than the input there; ... set `sub_sample=False`", already set.
+        (lambda: NonLocal2D(sub_sample=False), (1, 0, 4, 8),
+         r"^The input has no positions on position axis 0\. Received"),
     ],
 )
 def test_bad_input_shapes(make, shape, message):

@@ -209,6 +209,18 @@ def test_input_tensor_is_the_model_input():
         VideoResNet((1,), input_tensor=np.zeros((1, 4, 32, 32, 3), "float32"))
 
 
+def test_default_names_count_the_blocks_there_are():
+    """A NumPy count was named `nl_`, a layout of no block `nl_` too."""
+    assert C2DResNet50(nonlocal_blocks=np.int64(5), weights=None).name == "nl5_c2d_resnet50"
+    assert C2DResNet50(nonlocal_blocks={"res3": []}).name == "c2d_resnet50"
+    assert C2DResNet50(nonlocal_blocks={"res3": [0]}).name == "nl_c2d_resnet50"
+
+
+def test_a_stage_name_on_a_one_block_stage_follows_its_block():
+    names = [layer.name for layer in VideoResNet((1, 1), width=8, nonlocal_blocks="res3").layers]
+    assert names.index("res3_0_nonlocal") == names.index("res3_0") + 1
+
+
 def test_demo_sized_network():
     model = VideoResNet((1, 1, 1), input_shape=(8, 32, 32, 3), classes=10, width=16,
                         pool1=False, pool2=False, nonlocal_blocks={"res4": [0]})

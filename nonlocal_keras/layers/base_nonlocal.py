@@ -429,7 +429,8 @@ def _position_rules(pool_size, affinity):
     for axis, pool in enumerate(pool_size):
         yield 1 + axis, "at_least", pool, (
             f"The pool size {pool} on position axis {axis} is larger than the "
-            "input there; lower `pool_size` or set `sub_sample=False`.")
+            "input there; lower `pool_size` or set `sub_sample=False`." if pool > 1 else
+            f"The input has no positions on position axis {axis}.")
         if (affinity == "space" and axis == 0) or (affinity == "time" and axis > 0):
             yield 1 + axis, "multiple", pool, (
                 f"affinity={affinity!r} needs position axis {axis} to be a "
