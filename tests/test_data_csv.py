@@ -85,7 +85,7 @@ def test_folder_per_class(tmp_path):
     assert [(r.path.split("/")[-1], r.labels) for r in records] == [("run1.mp4", (0,)), ("swim1.mp4", (1,))]
     with pytest.raises(data.DatasetError, match="folder 'swim': unknown label"):
         data.read_folder_records(str(tmp_path), class_names=["run"])
-    with pytest.raises(data.DatasetError, match="class id 1 not in"):
+    with pytest.raises(data.DatasetError, match="must name its class by id"):
         data.load_records(str(tmp_path), 1)
 
 
@@ -338,3 +338,74 @@ def test_a_class_folder_layout_passes_over_hidden_entries_and_names_what_it_leav
     assert "root.mp4" in warned and "without a video: empty" in warned
     assert ".DS_Store" not in warned and "ipynb" not in warned
     assert data.class_names_from_config({"train_csv": str(tmp_path)}) == names
+
+
+def test_class_names_written_two_ways_are_refused(videos):
+    """`Juggling` and `juggling`, two spaces or a decomposed `café` were classes
+    of their own, exit 0; kept apart only when data.class_names lists them."""
+    for labels in (("Juggling", "juggling", "run"), ("playing guitar", "playing  guitar", "run"),
+                   ("caf\u00e9", "cafe\u0301", "run")):
+        rows = "".join(f"{name}.mp4,{label}\n" for name, label in zip("abc", labels))
+        path = _csv(videos, "path,label\n" + rows)
+        with pytest.raises(data.DatasetError, match=r"write 1 class name\(s\) in several ways "
+                           r".*data.class_names.*Received: data.train_csv=") as info:
+            data.infer_class_names(path, "data.train_csv")
+        assert repr(labels[0]) in str(info.value) and repr(labels[1]) in str(info.value)
+    config = _data_config(train_csv=path, class_names=list(labels))
+    assert data.load_training_data(config)[0]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("cell", ["0 3", "juggling;run", "run; jump"])
+def test_several_labels_in_a_single_label_cell_are_refused(videos, cell):
+    """They were one class named by the whole cell ('0 3'), exit 0."""
+    for header in ("path,label\n", ""):
+        path = _csv(videos, f"{header}a.mp4,{cell}\nb.mp4,1\n")
+        with pytest.raises(data.DatasetError, match=rf"(?s)several labels in a single-label file.*"
+                           rf"row {2 if header else 1}: {cell!r}"):
+            data.read_csv_records(path, 5, class_names=None, argument="data.train_csv")
+    assert [r.labels for r in data.read_csv_records(
+        _csv(videos, "path,label\na.mp4,playing guitar\n"), 1, ["playing guitar"])[0]] == [(0,)]
+
+
+def test_a_validation_folder_of_a_run_of_class_ids_is_read_by_id(tmp_path):
+    """Its folders `5/` and `7/` were classes 0 and 1 (their places), top-1 0%."""
+    for name in ("5/a.mp4", "7/b.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    records, _ = data.load_records(str(tmp_path), 10, None, "data.val_csv")
+    assert sorted((r.path.split("/")[-2], r.labels) for r in records) == [
+        ("5", (5,)), ("7", (7,))]
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "c.mp4").write_bytes(b"x")
+    with pytest.raises(data.DatasetError, match=r"class ids, so a folder per class must name "
+                       r"its class by id \(0 \.\. 9\): .* has 'cat'"):
+        data.load_records(str(tmp_path), 10, None, "data.val_csv")
+
+
+def test_training_videos_of_one_class_or_one_video_of_two_classes_are_refused(videos):
+    """Other classes without a video (an empty class folder, data.class_names)
+    trained a one-class softmax, exit 0; `./a.mp4,1` beside `a.mp4,0` gave
+    one video two classes without a word."""
+    path = _csv(videos, "path,label\na.mp4,cat\nb.mp4,cat\n")
+    with pytest.raises(data.DatasetError, match=r"every training video is of class 'cat' "
+                       r"\(the other 1 have none\)"):
+        data.load_training_data(_data_config(train_csv=path, class_names=["cat", "dog"]))
+    path = _csv(videos, "path,label\na.mp4,0\n./a.mp4,1\nb.mp4,1\n")
+    with pytest.raises(data.DatasetError, match=r"1 training video\(s\) listed with different "
+                       r"classes .*a.mp4', classes \[0, 1\]"):
+        data.load_training_data(_data_config(train_csv=path, num_classes=2))
+
+
+def test_one_video_however_its_path_is_written_is_one_video(videos, caplog):
+    path = _csv(videos, "path,label\na.mp4,1\n./a.mp4,1\nb.mp4,0\n")
+    records, _ = data.load_val_records({"val_csv": path, "num_classes": 3, "class_names": None})
+    assert records[0].path == records[1].path == str(videos / "a.mp4")
+    assert "listed more than once (rows 2, 3)" in caplog.text
+
+
+def test_a_multi_label_evaluation_set_without_a_label_is_refused(videos):
+    """Its mAP was NaN: a traceback writing results.json, exit 1."""
+    path = _csv(videos, "path,labels\na.mp4,\nb.mp4,\n")
+    with pytest.raises(data.DatasetError, match=r"No video of .* has a label: its mAP is not a "
+                       r"number. Received: data.val_csv="):
+        data.load_val_records({"val_csv": path, "num_classes": 3, "class_names": None})

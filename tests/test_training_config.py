@@ -264,3 +264,17 @@ def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monk
     with pytest.raises(config_lib.ConfigError, match="returned a dict. Received: "
                        "model.name='builtins:dict'"):
         models.build_model({"name": "builtins:dict"}, data_config, False)
+
+
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """PyYAML's YAML 1.1 read `016` as octal (batch size 14) and `1:30` as
+    sexagesimal (a learning rate of 90), in --set and in config files."""
+    config = config_lib.load_config(None, ["train.batch_size=016", "schedule.epochs=0x10",
+                                           "optimizer.learning_rate=1e-3"])
+    assert config["train"]["batch_size"] == 16 and config["schedule"]["epochs"] == 16
+    assert config["optimizer"]["learning_rate"] == 0.001
+    with pytest.raises(config_lib.ConfigError, match=r"Received: optimizer.learning_rate='1:30'"):
+        config_lib.load_config(None, ["optimizer.learning_rate=1:30"])
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: 010\n")
+    assert config_lib.load_config(str(path))["train"]["batch_size"] == 10

@@ -3,6 +3,7 @@
 import csv
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -1033,7 +1034,6 @@ def test_a_run_resumes_only_on_the_labels_it_trained_with(tmp_path, caplog):
     listing, say) between two sessions resumed without a word: the run's later
     epochs learned other classes. Relabelled videos are refused; videos added
     or removed are named in a warning, and the run goes on with them."""
-    import logging
     import shutil
 
     from nonlocal_keras.training import train
@@ -1122,3 +1122,111 @@ def test_a_video_moved_to_another_class_folder_is_a_relabelled_one(tmp_path):
         run(2)
     shutil.move(classes / "c2" / "004.mp4", classes / "c1" / "004.mp4")
     assert run(2)["steps"] == 4
+
+
+def test_listing_a_video_once_more_or_less_is_no_relabelling(tmp_path):
+    """Dropping a duplicate row (same label) was refused as "other labels"
+    (`v0.mp4: 2, 2 -> 2`), where added and removed videos go on with a warning."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    original = open(csv_path).read()
+    open(csv_path, "a").write("000.mp4,0\n")  # 9 rows: still 2 steps an epoch
+    run_dir = tmp_path / "run"
+
+    def run(epochs):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+            "runtime.tensorboard=false")))[1]
+
+    run(1)
+    open(csv_path, "w").write(original)
+    assert run(2)["steps"] == 4
+
+
+def test_a_continuation_on_videos_none_of_which_decodes_leaves_the_run_as_it_was(tmp_path):
+    """The final files were deleted and config.yaml rewritten before the first
+    step found no decodable video (exit 2): a failed command changed the run."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+
+    def run(epochs):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+            "runtime.tensorboard=false")))[1]
+
+    run(1)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    for i in range(8):
+        (tmp_path / f"{i:03d}.mp4").write_bytes(b"broken")
+    with pytest.raises(errors.DatasetError, match=r"None of the 8 training videos could be "
+                       r"decoded \(first: 000.mp4: .*nothing was trained"):
+        run(2)
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
+        tmp_path, monkeypatch, caplog):
+    """Same class count, other names or order: its classifier was loaded, its
+    rows other classes. And a relative `model.weights` gone by a continuation
+    became a relative path to nowhere in config.yaml."""
+    from nonlocal_keras.training import data, models, train
+
+    _write_dataset(tmp_path, count=6)
+    monkeypatch.chdir(tmp_path)
+    quiet = ("schedule.epochs=1", "data.val_csv=null", "runtime.tensorboard=false",
+             "data.num_classes=null")
+
+    def named(csv_name, names):
+        rows = "".join(f"{i:03d}.mp4,{names[i % 3]}\n" for i in range(6))
+        (tmp_path / csv_name).write_text("path,label\n" + rows)
+        return str(tmp_path / csv_name)
+
+    source = named("abc.csv", ["archery", "bowling", "cycling"])
+    trained = train.run(config_lib.load_config(None, _overrides(source, "source", *quiet)))[0]
+
+    def tuned(csv_path):
+        config = config_lib.load_config(None, _overrides(csv_path, "unused", *quiet,
+                                                         "model.weights=source"))
+        return models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                                  fine_tune=True)
+
+    def kernel(model, layer=-1):
+        return model.layers[layer].get_weights()[0]
+
+    np.testing.assert_array_equal(kernel(tuned(source)), kernel(trained))
+    with caplog.at_level(logging.WARNING):
+        other = tuned(named("abd.csv", ["archery", "bowling", "dancing"]))
+    assert "The classifier is left new" in caplog.text
+    assert not np.array_equal(kernel(other), kernel(trained))
+    np.testing.assert_array_equal(kernel(other, 1), kernel(trained, 1))  # the rest is loaded
+
+    def command(epochs):
+        return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],
+                                                       f"schedule.epochs={epochs}",
+                                                       "model.weights=./source"))
+
+    train.run(command(1))
+    os.rename("source", "moved")
+    assert train.run(command(2))[1]["steps"] == 2  # 6 videos, batches of 4: a step an epoch
+    saved = yaml.safe_load((tmp_path / "tuned" / "config.yaml").read_text())
+    assert saved["model"]["weights"] == str(tmp_path / "source")
+
+
+def test_an_evaluation_set_none_of_which_decodes_is_refused_before_training(tmp_path):
+    """Every epoch trained, then the final evaluation failed (exit 2) and the
+    run could not finish until `data.val_csv` changed."""
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    (tmp_path / "broken.mp4").write_bytes(b"broken")
+    (tmp_path / "val.csv").write_text("path,label\nbroken.mp4,1\n")
+    run_dir = tmp_path / "run"
+    with pytest.raises(errors.DatasetError, match=r"None of the 1 evaluation videos could be "
+                       r"decoded \(first: broken.mp4: .*Received: data.val_csv="):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, "schedule.epochs=1", f"data.val_csv={tmp_path / 'val.csv'}")))
+    assert not run_dir.exists()

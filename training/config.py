@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import typing
 from typing import List, Optional, Union
 
@@ -184,7 +185,7 @@ def parse_override(text):
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"An override key must be section.field. Received: --set {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Numbers) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"The value is not valid YAML ({_first_line(error)}). "
                           f"Received: --set {text!r}") from None
@@ -228,7 +229,34 @@ def load_config(path=None, overrides=()):
     return validate(config)
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class _Numbers(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2's numbers: PyYAML's YAML 1.1 read
+    `batch_size: 016` as octal (14) and `1:30` as sexagesimal (90); here they are
+    16 and the text '1:30' (which a number field then refuses)."""
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node).replace("_", "")
+        base = 16 if text.lower().lstrip("+-").startswith("0x") else (
+            8 if text.lower().lstrip("+-").startswith("0o") else 10)
+        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+_Numbers.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"))
+_Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_Numbers.add_constructor("tag:yaml.org,2002:int", _Numbers.construct_yaml_int)
+
+
+class _UniqueKeys(_Numbers):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps
     the last one without a word: a setting written twice, one of them forgotten)."""
 

@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import threading
+import unicodedata
 from collections import namedtuple
 
 import numpy as np
@@ -142,6 +143,14 @@ def _checked_tokens(header, rows, csv_path, argument):
     multi_label = bool(header and len(header) > 1 and header[1] == "labels")
     separator = _label_separator(rows, multi_label)
     tokens = {n: _label_tokens(row[1], separator) if len(row) > 1 else [] for n, row in rows}
+    if not multi_label:
+        # `0 3` or `juggling;dancing` in a `label` column would be a class of its own.
+        several = [f"row {n}: {ts[0]!r}" for n, ts in tokens.items()
+                   if ts and (";" in ts[0] or len(ts[0].split()) > 1
+                              and all(_is_int(t) for t in ts[0].split()))]
+        _raise_for_problems(several, csv_path, argument, summary=(
+            f"{len(several)} row(s) with several labels in a single-label file (one label a "
+            "row; for several, the header 'path,labels')"))
     ids = [(n, t) for n, ts in tokens.items() for t in ts if _is_int(t)]
     names = [(n, t) for n, ts in tokens.items() for t in ts if not _is_int(t)]
     if ids and names:
@@ -180,6 +189,7 @@ def infer_class_names(csv_path, argument="csv_path"):
                            f"row: 'path,label'). Received: {argument}={csv_path!r}")
     if all(_is_int(t) for t in names):
         return None
+    _refuse_name_variants(names, csv_path, argument)
     if all(_is_number(t) for t in names):
         # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
         # before '2.0'), against the ids 1, 2 of another CSV.
@@ -188,6 +198,23 @@ def infer_class_names(csv_path, argument="csv_path"):
                            f"({shown}): write class ids as integers (0, 1, ...), or give "
                            f"class names as words. Received: {argument}={csv_path!r}")
     return sorted(names)
+
+
+def _refuse_name_variants(names, csv_path, argument):
+    """Names read from labels that differ only in case, spaces or Unicode form
+    (`Juggling`, `juggling `, a decomposed `café`) are one class written two
+    ways, each of which would be a class of its own."""
+    spellings = {}
+    for name in sorted(names):
+        key = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+        spellings.setdefault(key, []).append(name)
+    variants = ["; ".join(map(repr, found)) for found in spellings.values() if len(found) > 1]
+    if variants:
+        raise DatasetError(
+            f"The labels of {csv_path!r} write {len(variants)} class name(s) in several ways "
+            f"(differing only in case, spaces or Unicode form): {' / '.join(variants[:3])}"
+            f"{' / ...' if len(variants) > 3 else ''}. Write each class one way, or list the "
+            f"classes in data.class_names to keep them apart. Received: {argument}={csv_path!r}")
 
 
 def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path"):
@@ -222,7 +249,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems = [], []
     for number, row in rows:
-        path = os.path.join(base, row[0].strip())
+        path = os.path.normpath(os.path.join(base, row[0].strip()))  # `./a.mp4` is `a.mp4`
         if not os.path.isfile(path):
             problems.append(f"row {number}: {row[0]!r}: no such file")
             continue
@@ -332,10 +359,18 @@ def read_folder_records(root, class_names=None, argument="root"):
 def load_records(source, num_classes, class_names=None, argument="source"):
     """A CSV file or a folder per class -> `(records, multi_label)`."""
     if os.path.isdir(source):
+        if class_names is None:
+            # Labels are class ids: the folders name them (`5/` is class 5), not
+            # their places among the folders.
+            folders = class_folders(source)
+            if not all(_is_int(name) for name in folders):
+                raise DatasetError(
+                    "The run's labels are class ids, so a folder per class must name its "
+                    f"class by id (0 .. {num_classes - 1}): {source!r} has "
+                    f"{', '.join(repr(n) for n in folders if not _is_int(n))[:200]}. "
+                    f"Received: {argument}={source!r}")
+            class_names = [str(i) for i in range(num_classes)]
         records, _ = read_folder_records(source, class_names, argument)
-        problems = [f"{r.path!r}: class id {r.labels[0]} not in [0, {num_classes})"
-                    for r in records if r.labels[0] >= num_classes]
-        _raise_for_problems(problems, source, argument)
         return records, False
     return read_csv_records(source, num_classes, class_names, argument)
 
@@ -348,6 +383,9 @@ def load_val_records(data_config, source=None):
         raise ConfigError("Nothing to evaluate on. Received: data.val_csv=None")
     records, multi_label = load_records(source, data_config["num_classes"],
                                         data_config["class_names"], argument="data.val_csv")
+    if multi_label and not any(record.labels for record in records):
+        raise DatasetError(f"No video of {source!r} has a label: its mAP is not a number. "
+                           f"Received: data.val_csv={source!r}")
     _warn_about_repeated_videos(records, source)
     return records, multi_label
 
@@ -382,6 +420,16 @@ def load_training_data(data_config):
     train_records, multi_label = load_records(
         data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
         argument="data.train_csv")
+    if not multi_label:
+        _refuse_one_video_two_classes(train_records, train)
+    present = {label for record in train_records for label in record.labels}
+    if not multi_label and len(present) < 2 <= data_config["num_classes"]:
+        names = data_config["class_names"] or [str(i) for i in range(data_config["num_classes"])]
+        raise DatasetError(
+            f"A single-label run needs training videos of at least 2 classes (a softmax "
+            f"learns nothing from one); every training video is of class "
+            f"{names[min(present)]!r} (the other {data_config['num_classes'] - 1} have none). "
+            f"Received: data.train_csv={train!r}")
     if not multi_label and data_config["num_classes"] < 2:
         names = data_config["class_names"] or []
         folder = (f" (a folder per class: {train!r} has one sub-folder, {names[0]!r}; a CSV "
@@ -400,6 +448,19 @@ def load_training_data(data_config):
                 f"{data_config['train_csv']!r}, data.val_csv={data_config['val_csv']!r}")
     _log_classes(train_records, data_config, multi_label)
     return data_config, train_records, val_records, multi_label
+
+
+def _refuse_one_video_two_classes(records, source):
+    classes = {}
+    for record in records:
+        classes.setdefault(record.path, set()).update(record.labels)
+    both = [path for path, found in classes.items() if len(found) > 1]
+    if both:
+        raise DatasetError(
+            f"{len(both)} training video(s) listed with different classes in a single-label "
+            f"set (first: {both[0]!r}, classes {sorted(classes[both[0]])}): give each one "
+            f"class, or make the set multi-label ('path,labels'). Received: data.train_csv="
+            f"{source!r}")
 
 
 def _log_classes(records, data_config, multi_label):
@@ -495,6 +556,29 @@ def _label_tensor(records, num_classes, multi_label):
 
 class NoDecodableVideo(RuntimeError):
     """Every video of a repeated (training) dataset failed to decode: no batch can ever form."""
+
+
+def check_a_video_decodes(records, num_frames, sampling_rate, source,
+                          argument="data.train_csv"):
+    """Raises DatasetError when no video of a set gives a clip, found before a
+    run folder is written to (the first step finds it after: a finished run
+    continued on broken videos lost its final files; an evaluation set, after the
+    whole training). Costs one clip's decoding where the first video is readable."""
+    reasons = {}
+    for path in dict.fromkeys(record.path for record in records):
+        try:
+            video_io.decode_frames(path, lambda total: video_io.train_clip_indices(
+                total, num_frames, sampling_rate, np.random.default_rng(0)))
+            return
+        except video_io.VideoDecodeError as error:
+            reasons[path] = error.reason
+        except Exception as error:  # noqa: BLE001 - as the pipeline's decoder takes them
+            reasons[path] = f"{type(error).__name__}: {error}"
+    first = next(iter(reasons))
+    which = "training" if argument == "data.train_csv" else "evaluation"
+    raise DatasetError(f"None of the {len(reasons)} {which} videos could be decoded (first: "
+                       f"{os.path.basename(first)}: {reasons[first]}); nothing was trained. "
+                       f"Received: {argument}={source!r}")
 
 
 def _decoder(sampler, clip_shape, skipped, num_videos=None, threads=None):

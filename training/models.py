@@ -15,6 +15,7 @@ import warnings
 import h5py
 import keras
 import numpy as np
+import yaml
 
 from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training import run_state
@@ -58,6 +59,13 @@ def describe(model_config):
         options = dict(nonlocal_blocks=blocks, **options)
     settings = ", ".join(f"{k}={v}" for k, v in options.items())
     return f"{model_config['name']}({settings})" if settings else model_config["name"]
+
+
+def names_a_file(weights):
+    """Whether a `model.weights` value is a path (to a file or folder, there or
+    not) rather than a constructor's name for its weights (`"imagenet"`)."""
+    return isinstance(weights, str) and (os.sep in weights
+                                         or weights.endswith((".h5", ".keras", ".pkl")))
 
 
 def weights_file(weights, argument="model.weights"):
@@ -141,8 +149,7 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
     constructor = find_constructor(model_config["name"])
     kwargs = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
     weights = model_config.get("weights")
-    if (isinstance(weights, str) and not os.path.exists(weights)
-            and (os.sep in weights or weights.endswith((".h5", ".keras", ".pkl")))):
+    if names_a_file(weights) and not os.path.exists(weights):
         raise MissingFileError(f"No such weights file or run folder. Received: "
                                f"{argument}={weights!r}")
     if isinstance(weights, str) and weights.endswith(".keras"):
@@ -170,9 +177,10 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
                           f"Received: model.name={model_config['name']!r}")
     if ours:
         path = weights_file(weights, argument)
-        if fine_tune:
-            load = load_caffe2_for_fine_tuning if path.endswith(".pkl") else load_matching_weights
-            load(model, path)
+        if fine_tune and path.endswith(".pkl"):
+            load_caffe2_for_fine_tuning(model, path)
+        elif fine_tune:
+            load_matching_weights(model, path, _other_classes(weights, data_config))
         else:
             _load_all(model, path, f"{argument}={weights!r}")
     return model
@@ -232,13 +240,29 @@ def _variable_names(model, own):
     return names
 
 
-def load_matching_weights(model, path):
+def _other_classes(weights, data_config):
+    """Whether a run folder `weights` was trained on other class names than
+    `data_config`'s (same count, other names or order): its classifier's rows
+    are then other classes. False where either side has none (class ids)."""
+    if not os.path.isdir(weights):
+        return False
+    try:
+        with open(os.path.join(weights, "config.yaml"), encoding="utf-8") as handle:
+            names = (yaml.safe_load(handle) or {}).get("data", {}).get("class_names")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    ours = data_config.get("class_names")
+    return isinstance(names, list) and ours is not None and list(names) != list(ours)
+
+
+def load_matching_weights(model, path, other_classes=False):
     """Load every weight of `path` that fits `model`; the classifier may be left new.
 
     Weights are matched by their place in Keras' weights file (layer type and
     order, which another class count or added non-local blocks do not move)
     and by shape. The last layer (the classifier) may differ in shape: it then
-    keeps its fresh initialisation. A shape that differs anywhere else means
+    keeps its fresh initialisation, as it does with `other_classes` (the file's
+    run had other class names). A shape that differs anywhere else means
     another architecture and is a ConfigError naming the weight. Logs what was
     restored and what was left new; returns `(restored, left_new)` h5 paths.
     """
@@ -250,7 +274,9 @@ def load_matching_weights(model, path):
     names = _variable_names(model, own)
     classifier = {v.path for v in model.layers[-1].weights}
     classifier_groups = {p.rsplit("/", 1)[0] for p, n in names.items() if n in classifier}
-    restored = [p for p in own if p in found and found[p].shape == own[p].shape]
+    in_classifier = {p for p, n in names.items() if n in classifier}
+    restored = [p for p in own if p in found and found[p].shape == own[p].shape
+                and not (other_classes and p in in_classifier)]
     mismatched = [p for p in own if p in found and found[p].shape != own[p].shape]
     wrong = [p for p in mismatched if p.rsplit("/", 1)[0] not in classifier_groups]
     if wrong:
@@ -263,10 +289,15 @@ def load_matching_weights(model, path):
     if not restored:
         raise ConfigError(f"No weight of the file fits {model.name!r}. "
                           f"Received: model.weights={path!r}")
+    fresh = model.layers[-1].get_weights()
     with warnings.catch_warnings():
         # Keras warns about the layers it skips; they are logged below by name.
         warnings.simplefilter("ignore")
         model.load_weights(path, skip_mismatch=bool(left_new))
+    if other_classes:
+        model.layers[-1].set_weights(fresh)
+        logger.warning("The classifier is left new: the run of %s was trained on other class "
+                       "names (or another order) than these.", path)
     unused = sorted(set(found) - set(own))
     logger.info("Loaded %d of %d weight arrays from %s.", len(restored), len(own), path)
     if left_new:

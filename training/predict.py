@@ -93,7 +93,8 @@ def check_videos(paths):
     reported beside the predictions of the others."""
     missing = [path for path in dict.fromkeys(paths) if not os.path.isfile(path)]
     if missing:
-        what = "is a folder" if os.path.isdir(missing[0]) else "does not exist"
+        what = ("is a folder" if os.path.isdir(missing[0]) else
+                "is not a file" if os.path.exists(missing[0]) else "does not exist")  # a FIFO
         more = (f" (and {len(missing) - 1} more: {', '.join(map(repr, missing[1:4]))}"
                 f"{', ...' if len(missing) > 4 else ''})") if len(missing) > 1 else ""
         raise MissingFileError(f"{missing[0]!r} {what}{more}: give video files. "

@@ -134,6 +134,12 @@ def training_listing(records):
     return {path: sorted(labels) for path, labels in listing.items()}
 
 
+def _label_sets(labels):
+    # A video listed once more or less with the same labels is sampled more or
+    # less often, not relabelled.
+    return sorted({tuple(found) for found in labels})
+
+
 def check_training_list(run_dir, records, source):
     """Compares the training videos with those the run was committed with.
 
@@ -157,8 +163,9 @@ def check_training_list(run_dir, records, source):
     # is how it gets another label.
     moved = _same_names(removed, added)
     relabelled = sorted((path, path) for path in set(now) & set(before)
-                        if now[path] != before[path])
-    relabelled += sorted((old, new) for old, new in moved if now[new] != before[old])
+                        if _label_sets(now[path]) != _label_sets(before[path]))
+    relabelled += sorted((old, new) for old, new in moved
+                         if _label_sets(now[new]) != _label_sets(before[old]))
     if relabelled:
         old, new = relabelled[0]
         raise RunFolderError(

@@ -174,11 +174,14 @@ def _absolute_paths(config):
     """`config` with the files it reads (`config_lib.INPUT_FIELDS`) made absolute
     where they exist, so that the run's config.yaml means the same files from any
     working directory (`nonlocal-evaluate --run-dir`, a rerun from elsewhere)
-    instead of whatever `val.csv` is there."""
+    instead of whatever `val.csv` is there; a `model.weights` path also where it
+    is gone (a continued run needs no start weights, and its config.yaml kept a
+    relative path to nowhere)."""
     located = {section: dict(fields) for section, fields in config.items()}
     for section, field in config_lib.INPUT_FIELDS:
         value = located.get(section, {}).get(field)
-        if isinstance(value, str) and os.path.exists(value):
+        if isinstance(value, str) and (os.path.exists(value) or (
+                (section, field) == ("model", "weights") and models.names_a_file(value))):
             located[section][field] = os.path.abspath(value)
     return located
 
@@ -294,6 +297,12 @@ def run(config, strategy=None, restart=False):
         _check_steps_per_execution(config, steps_per_epoch, state.step_in_epoch)
         list_changed = chief and (restart or not state.step or run_state.check_training_list(
             run_dir, train_records, data_config["train_csv"]))
+
+        for records, field in ((train_records, "train_csv"), (val_records, "val_csv")):
+            if records:
+                data.check_a_video_decodes(records, data_config["num_frames"],
+                                           data_config["sampling_rate"], data_config[field],
+                                           f"data.{field}")
 
         # Writing starts here.
         held.enter_context(_resume_hint())
