@@ -278,6 +278,19 @@ def run(config, strategy=None, restart=False):
     # After the checks, whose messages show the paths as given.
     config = _absolute_paths(config)
     previous = None if restart else _check_same_experiment(run_dir, config, chief)
+
+    def refuse_undecodable():
+        for records, field in ((train_records, "train_csv"), (val_records, "val_csv")):
+            if records:
+                data.check_a_video_decodes(records, data_config["num_frames"],
+                                           data_config["sampling_rate"], data_config[field],
+                                           f"data.{field}")
+
+    # Before a new run's folder is made; a committed one's after its finished
+    # check (a finished run answers without its videos).
+    fresh = restart or not run_state.has_commit(run_dir)
+    if fresh:
+        refuse_undecodable()
     # Held until the run's last file is written (see run_state.folder_lock).
     with contextlib.ExitStack() as held:
         if chief:
@@ -298,11 +311,8 @@ def run(config, strategy=None, restart=False):
         list_changed = chief and (restart or not state.step or run_state.check_training_list(
             run_dir, train_records, data_config["train_csv"]))
 
-        for records, field in ((train_records, "train_csv"), (val_records, "val_csv")):
-            if records:
-                data.check_a_video_decodes(records, data_config["num_frames"],
-                                           data_config["sampling_rate"], data_config[field],
-                                           f"data.{field}")
+        if not fresh:
+            refuse_undecodable()
 
         # Writing starts here.
         held.enter_context(_resume_hint())
