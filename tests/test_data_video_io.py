@@ -527,3 +527,82 @@ def test_a_video_starting_late_is_not_truncated(tmp_path):
     assert len(reference) == LONG
     np.testing.assert_array_equal(video_io.decode_frames(path, lambda total: np.arange(total)),
                                   reference)
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("mpeg4", "yuv420p"), ("mjpeg", "yuvj420p")])
+def test_an_avi_with_time_gaps_is_its_frames_not_truncated(tmp_path, codec, pix_fmt, monkeypatch):
+    """FFmpeg's AVI muxer writes a gap in the times (a variable-rate video) as
+    empty "dropped frame" chunks, which the header counts: 100 frames with a
+    gap of 3 after every 5th were stated as 160 and refused as truncated."""
+    import av
+
+    path = tmp_path / "gaps.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, pix_fmt
+        for t, image in enumerate(distinct_frames(100)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = t + 3 * (t // 5)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames > 150
+    reference = np.stack(full_decode(path))
+    assert len(reference) == 100
+    passes = []
+    real_decode = video_io._decode_wanted
+
+    def tracking(path, clips, timeline, threads):
+        passes.append(timeline is not None)
+        return real_decode(path, clips, timeline, threads)
+
+    monkeypatch.setattr(video_io, "_decode_wanted", tracking)
+    for choose in (lambda total: video_io.eval_clip_indices(total, 8, 4, 3),
+                   lambda total: np.array([60, 61, 84, 99, total + 5])):
+        indices = np.minimum(choose(100), 99)
+        np.testing.assert_array_equal(video_io.decode_frames(path, choose), reference[indices])
+    # Both by the frames' times (no fallback), the second after a seek (to
+    # the keyframe before frame 60, as SEEK_AFTER_FRAMES allows).
+    assert passes == [True, True]
+    # Cut short, its packets span fewer frame times than it states: truncated.
+    data = path.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) // 2])
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded"):
+        video_io.decode_frames(tmp_path / "cut.avi", lambda total: np.arange(0, total, 4))
+
+
+def test_frames_of_another_size_are_scaled_to_the_first_frames_size(tmp_path):
+    """Two MPEG-TS recordings of 64x48 and 96x72 joined byte for byte (as
+    `cat` does): a clip from both parts failed with NumPy's "shape mismatch".
+    The FFmpeg command scales the later frames to the first frame's size."""
+    import av
+    import tensorflow as tf
+
+    # Smooth pictures, each a level apart, so that any scaler agrees on them
+    # and tells the frames apart.
+    ramp = np.linspace(0, 120, 96)[None, :, None] + np.linspace(0, 60, 72)[:, None, None]
+    second = np.stack([np.broadcast_to(ramp + 3 * t, (72, 96, 3)) for t in range(30)])
+    parts = []
+    for name, frames in (("first.ts", distinct_frames(30, height=48, width=64)),
+                         ("second.ts", second.astype(np.uint8))):
+        with av.open(str(tmp_path / name), "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt, stream.options = "yuv444p", {"crf": "0", "g": "10"}
+            for image in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        parts.append((tmp_path / name).read_bytes())
+    path = tmp_path / "joined.ts"
+    path.write_bytes(parts[0] + parts[1])
+    reference = full_decode(path)
+    assert [frame.shape for frame in reference] == [(48, 64, 3)] * 30 + [(72, 96, 3)] * 30
+
+    indices = np.array([0, 7, 29, 30, 41, 59])
+    decoded = video_io.decode_frames(path, lambda total: indices)
+    assert decoded.shape == (6, 48, 64, 3)
+    np.testing.assert_array_equal(decoded[:3], np.stack(reference[:30])[indices[:3]])
+    scaled = tf.image.resize(np.stack(reference[30:]), (48, 64), antialias=True).numpy()
+    for got, index in zip(decoded[3:].astype(float), indices[3:] - 30):
+        errors = np.abs(got - scaled).mean(axis=(1, 2, 3))
+        assert errors[index] < 1.0 and np.argmin(errors) == index, errors

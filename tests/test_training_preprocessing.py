@@ -101,6 +101,68 @@ def test_eval_transform_orders_views_clip_major():
                                        clips[clip_index][:, 1:5, left:left + 4], atol=1e-4)
 
 
+@pytest.mark.parametrize("height,width,scale,crop,num_crops", [
+    (24, 32, 20, 16, 3),   # downscaled, landscape
+    (34, 24, 40, 32, 3),   # upscaled, portrait
+    (24, 34, 24, 20, 1),   # the same size, centre crop
+    (2, 300, 16, 12, 3),   # 1:150, far beyond the crops' area
+])
+def test_eval_views_equal_resizing_whole_frames_then_cropping(height, width, scale, crop,
+                                                              num_crops, monkeypatch):
+    # Either way (the whole frame resized, or only its crops) against the
+    # float64 definition, and to the bit against each other.
+    clips = np.stack([_clip(time=2, height=height, width=width, seed=s) for s in range(2)])
+    new_height, new_width = (int(v) for v in preprocessing.shorter_side_shape(height, width,
+                                                                               scale))
+    resized = _bilinear_half_pixel(clips, new_height, new_width)
+    spare_h, spare_w = new_height - crop, new_width - crop
+    expected = []
+    for clip in resized:
+        for index in range(num_crops):
+            along = 0.5 if num_crops == 1 else index / (num_crops - 1)
+            top, left = ((round(spare_h * along), spare_w // 2) if height > width
+                         else (spare_h // 2, round(spare_w * along)))
+            expected.append(clip[:, top:top + crop, left:left + crop])
+    views = {}
+    for whole in (0, float("inf")):
+        monkeypatch.setattr(preprocessing, "WHOLE_FRAME_CROPS", whole)
+        views[whole] = preprocessing.eval_transform(tf.constant(clips), crop, scale, num_crops,
+                                                    mean=(0, 0, 0), std=(1, 1, 1)).numpy()
+        np.testing.assert_allclose(views[whole], np.stack(expected), rtol=0, atol=0.01)
+    np.testing.assert_array_equal(views[0], views[float("inf")])
+
+
+def test_eval_memory_follows_the_crops_not_the_aspect_ratio():
+    """Every frame was resized whole, whatever its crops need: a 1 x 1000
+    one at shorter side 128 is 197 MB in float32 (a 1 x 8000 one at 256,
+    6 GB), its crop of 112 x 112, 0.15 MB."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource
+        import numpy as np
+        import tensorflow as tf
+        from nonlocal_keras.training import preprocessing
+
+        def peak_mb():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        thin = np.random.default_rng(0).integers(0, 256, (2, 4, 1, 1000, 3)).astype(np.uint8)
+        preprocessing.eval_transform(tf.constant(thin[:, :, :, :200]), 112, 128, 1)
+        before = peak_mb()
+        views = preprocessing.eval_transform(tf.constant(thin), 112, 128, 1)
+        print(tuple(views.shape), round(peak_mb() - before))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shape, grown = out.stdout.split(") ")
+    assert shape + ")" == "(2, 4, 112, 112, 3)"
+    assert int(grown) < 100, out.stdout
+
+
 def test_train_transform_output_shape_and_scale_range():
     clip = tf.constant(_clip(height=12, width=16))
     out = preprocessing.train_transform(clip, 8, 10, 12)

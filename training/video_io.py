@@ -77,8 +77,11 @@ def decode_frames(path, sampler, threads=None):
     Only those frames are converted and kept: decoding stops after the last
     needed one and, when the first needed frame lies far into the video,
     starts at the keyframe before it. Memory follows the clip, not the video.
-    A container that does not state its frame count (WebM, MKV) is counted
-    by reading its packets first, without decoding them.
+    Every video's packets are read first, without decoding them: their
+    times identify the frames (a seek tells by them where it landed), and
+    they count the frames where the container states no count (WebM, MKV)
+    or one that an edit list or gaps in the times (AVI) make wrong. A frame
+    of another size than the video's first is scaled to that size.
 
     Args:
         path: video file readable by FFmpeg.
@@ -162,7 +165,7 @@ class _Clips:
         if self.array is None:
             self.array = np.empty(self.indices.shape + rgb.shape, np.uint8)
         flat = self.array.reshape((-1,) + self.array.shape[self.indices.ndim:])
-        flat[self.places[index]] = rgb  # a frame of another size fails here, as a decode error
+        flat[self.places[index]] = rgb
         self.filled.add(index)
 
     def missing(self):
@@ -187,6 +190,9 @@ def _read_timeline(path):
     (decoded after it, shown before it) it drops or shows depending on what
     they refer to (HEVC's RASL and RADL, open GOPs): those few are decoded to
     see (`_shown_before`).
+
+    An AVI whose times have gaps states a count of frame times, its packets
+    span as many: then its packets are the stated count (see below).
 
     A container that states no frame count but the video's duration (MKV and
     WebM, whose muxers write it in the header) and whose packets end well
@@ -228,6 +234,7 @@ def _read_timeline(path):
             pass  # a damaged tail: count what can be read, the decode reports the rest
         if not stated and last is not None:
             _check_duration(path, stream, first, last)
+        slots = _time_slots(stream, last)
     if not keyframes:  # no packet says which are keyframes: all are frames
         times = [pts for pts, discard in before_keyframe if not discard]
     count = len(times)
@@ -238,10 +245,25 @@ def _read_timeline(path):
             times = [t for t in times if t is None or t >= keyframe_time]
         elif shown < leading:
             times = None  # which ones it drops is not known: the decode counts frames
+    if count < stated and slots is not None and abs(slots - stated) <= 1:
+        # AVI stores a chunk per frame time and FFmpeg writes each gap of a
+        # variable-rate video as empty chunks ("dropped frames"): the header
+        # counts them, the demuxer skips them, the decoder shows nothing for
+        # them. A file cut short has fewer time slots than it states.
+        stated = count
     if times is None or None in times or len(set(times)) < len(times) or (
             dts_known and not dts_increase):
         return stated, count, None, hidden
     return stated, count, sorted(times), hidden
+
+
+def _time_slots(stream, last):
+    """Frame times at the stream's nominal rate up to `last` (the end of its
+    last packet, in its time base), or None when it cannot tell."""
+    rate = stream.average_rate or stream.guessed_rate
+    if last is None or not rate or stream.time_base is None:
+        return None
+    return round((last - (stream.start_time or 0)) * stream.time_base * rate)
 
 
 def _shown_before(path, keyframe_time):
@@ -299,11 +321,15 @@ def _video_stream(container, path):
         " (only a cover picture)" if container.streams.video else ""))
 
 
-def _to_rgb(frame, reformatter):
+def _to_rgb(frame, reformatter, size=(None, None)):
     # One reformatter per decode: `frame.to_ndarray` builds a new swscale
     # context for every frame, which cost 2-5x the conversion itself here.
-    # Same pixels (the same swscale call).
-    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+    # Same pixels (the same swscale call). A frame of another size than
+    # `size`, the video's (a resolution change mid-stream, recordings of two
+    # sizes joined with `cat`), is scaled to it, as the FFmpeg command's
+    # scale filter does: the frames of a clip make one array.
+    width, height = size
+    rgb = reformatter.reformat(frame, format="rgb24", width=width, height=height).to_ndarray()
     side_data = frame.side_data.get(_DISPLAY_MATRIX)
     matrix = None if side_data is None else np.frombuffer(bytes(side_data), np.int32)
     turns, mirror = orientation(frame.rotation, matrix)
@@ -365,6 +391,8 @@ def _decode_wanted(path, clips, timeline, threads=None):
     reformatter = VideoReformatter()  # not shared: decodes run in parallel threads
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
+        # The size FFmpeg found probing the first frames, before decoding changes it.
+        size = (stream.width or None, stream.height or None)
         stream.thread_type = "AUTO"
         if threads:
             stream.thread_count = threads
@@ -384,7 +412,7 @@ def _decode_wanted(path, clips, timeline, threads=None):
                 else:
                     index += 1
                 if index in clips.places:
-                    clips.put(index, _to_rgb(frame, reformatter))
+                    clips.put(index, _to_rgb(frame, reformatter, size))
                 if index >= last:
                     break
         except av.FFmpegError as failure:
