@@ -45,6 +45,18 @@ def _overrides(csv_path, run_dir, *extra):
     ]
 
 
+def _runner(csv_path, run_dir):
+    """`run(epochs)`: the results of a run of the tiny model, without evaluation."""
+    from nonlocal_keras.training import train
+
+    def run(epochs):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+            "runtime.tensorboard=false")))[1]
+
+    return run
+
+
 def test_run_writes_config_checkpoints_logs_and_results(tmp_path):
     from nonlocal_keras.training import train
 
@@ -1036,17 +1048,11 @@ def test_a_run_resumes_only_on_the_labels_it_trained_with(tmp_path, caplog):
     or removed are named in a warning, and the run goes on with them."""
     import shutil
 
-    from nonlocal_keras.training import train
     from nonlocal_keras.training.run_state import RunFolderError
 
     csv_path = _write_dataset(tmp_path, count=8)
     run_dir = tmp_path / "run"
-
-    def run(epochs):
-        return train.run(config_lib.load_config(None, _overrides(
-            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
-            "runtime.tensorboard=false")))[1]
-
+    run = _runner(csv_path, run_dir)
     run(1)
     listed = json.loads((run_dir / "training_videos.json").read_text())["videos"]
     assert listed == {str(tmp_path / f"{i:03d}.mp4"): [[i % 3]] for i in range(8)}
@@ -1127,18 +1133,11 @@ def test_a_video_moved_to_another_class_folder_is_a_relabelled_one(tmp_path):
 def test_listing_a_video_once_more_or_less_is_no_relabelling(tmp_path):
     """Dropping a duplicate row (same label) was refused as "other labels"
     (`v0.mp4: 2, 2 -> 2`), where added and removed videos go on with a warning."""
-    from nonlocal_keras.training import train
-
     csv_path = _write_dataset(tmp_path, count=8)
     original = open(csv_path).read()
     open(csv_path, "a").write("000.mp4,0\n")  # 9 rows: still 2 steps an epoch
     run_dir = tmp_path / "run"
-
-    def run(epochs):
-        return train.run(config_lib.load_config(None, _overrides(
-            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
-            "runtime.tensorboard=false")))[1]
-
+    run = _runner(csv_path, run_dir)
     run(1)
     open(csv_path, "w").write(original)
     assert run(2)["steps"] == 4
@@ -1147,16 +1146,9 @@ def test_listing_a_video_once_more_or_less_is_no_relabelling(tmp_path):
 def test_a_continuation_on_videos_none_of_which_decodes_leaves_the_run_as_it_was(tmp_path):
     """The final files were deleted and config.yaml rewritten before the first
     step found no decodable video (exit 2): a failed command changed the run."""
-    from nonlocal_keras.training import train
-
     csv_path = _write_dataset(tmp_path, count=8)
     run_dir = tmp_path / "run"
-
-    def run(epochs):
-        return train.run(config_lib.load_config(None, _overrides(
-            csv_path, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
-            "runtime.tensorboard=false")))[1]
-
+    run = _runner(csv_path, run_dir)
     run(1)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     for i in range(8):
