@@ -1,5 +1,7 @@
 """Dataset indexes: every bad row is reported before training, with its row number."""
 
+import os
+
 import pytest
 
 from nonlocal_keras.training import data
@@ -365,6 +367,10 @@ def test_several_labels_in_a_single_label_cell_are_refused(videos, cell):
             data.read_csv_records(path, 5, class_names=None, argument="data.train_csv")
     assert [r.labels for r in data.read_csv_records(
         _csv(videos, "path,label\na.mp4,playing guitar\n"), 1, ["playing guitar"])[0]] == [(0,)]
+    # Class names that have it so are no several labels.
+    given = data.read_csv_records(_csv(videos, f"path,label\na.mp4,{cell}\nb.mp4,x\n"), 2,
+                                  [cell, "x"])[0]
+    assert [r.labels for r in given] == [(0,), (1,)]
 
 
 def test_a_validation_folder_of_a_run_of_class_ids_is_read_by_id(tmp_path):
@@ -397,10 +403,19 @@ def test_training_videos_of_one_class_or_one_video_of_two_classes_are_refused(vi
 
 
 def test_one_video_however_its_path_is_written_is_one_video(videos, caplog):
-    path = _csv(videos, "path,label\na.mp4,1\n./a.mp4,1\nb.mp4,0\n")
+    path = _csv(videos, "path,label\na.mp4,1\n./a.mp4,1\nb.mp4,0\n.//c.mp4,2\n")
     records, _ = data.load_val_records({"val_csv": path, "num_classes": 3, "class_names": None})
     assert records[0].path == records[1].path == str(videos / "a.mp4")
+    assert records[3].path == str(videos / "c.mp4")
     assert "listed more than once (rows 2, 3)" in caplog.text
+    # `..` after a symbolic link is the link target's parent, as the file system has it.
+    (videos / "real" / "lists").mkdir(parents=True)
+    (videos / "real" / "clips").mkdir()
+    (videos / "real" / "clips" / "d.mp4").write_bytes(b"x")
+    (videos / "lists").symlink_to(videos / "real" / "lists")
+    linked = _csv(videos / "lists", "path,label\n../clips/d.mp4,0\n")
+    records, _ = data.read_csv_records(linked, 3)
+    assert os.path.realpath(records[0].path) == str(videos / "real" / "clips" / "d.mp4")
 
 
 def test_a_multi_label_evaluation_set_without_a_label_is_refused(videos):

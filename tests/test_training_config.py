@@ -266,9 +266,11 @@ def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monk
         models.build_model({"name": "builtins:dict"}, data_config, False)
 
 
-def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
+def test_octal_and_sexagesimal_numbers_are_not_read_as_such(tmp_path):
     """PyYAML's YAML 1.1 read `016` as octal (batch size 14) and `1:30` as
-    sexagesimal (a learning rate of 90), in --set and in config files."""
+    sexagesimal (a learning rate of 90), in --set and in config files. The rest
+    reads as before: a run's config.yaml, written by `yaml.safe_dump`, holds
+    class names such as `08` unquoted."""
     config = config_lib.load_config(None, ["train.batch_size=016", "schedule.epochs=0x10",
                                            "optimizer.learning_rate=1e-3"])
     assert config["train"]["batch_size"] == 16 and config["schedule"]["epochs"] == 16
@@ -278,3 +280,11 @@ def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  batch_size: 010\n")
     assert config_lib.load_config(str(path))["train"]["batch_size"] == 10
+    names = ["08", "09", "0018", "1e3", "0o17", "-.5", "016", "1:30", "0x10"]
+    saved = dict(config_lib.load_config(None, ["data.num_classes=9"]))
+    saved["data"] = dict(saved["data"], class_names=names)
+    config_lib.save_config(saved, str(path))
+    assert config_lib.load_config(str(path))["data"]["class_names"] == names
+    assert config_lib.load_config(None, ["runtime.output_dir=08"])["runtime"]["output_dir"] == "08"
+    with pytest.raises(config_lib.ConfigError, match=r"'1\.5' is not an integer"):
+        config_lib.load_config(None, ["train.seed=!!int 1.5"])

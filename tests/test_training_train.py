@@ -1195,6 +1195,17 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert "The classifier is left new" in caplog.text
     assert not np.array_equal(kernel(other), kernel(trained))
     np.testing.assert_array_equal(kernel(other, 1), kernel(trained, 1))  # the rest is loaded
+    # The run's weights file names the same run; a config.yaml not UTF-8 names none.
+    config = config_lib.load_config(None, _overrides(
+        named("abd.csv", ["archery", "bowling", "dancing"]), "unused", *quiet,
+        "model.weights=source/final.weights.h5"))
+    other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                               fine_tune=True)
+    assert not np.array_equal(kernel(other), kernel(trained))
+    (tmp_path / "source" / "config.yaml").write_bytes(b"data:\n  class_names: [caf\xe9]\n")
+    same = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                              fine_tune=True)
+    np.testing.assert_array_equal(kernel(same), kernel(trained))
 
     def command(epochs):
         return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],

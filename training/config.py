@@ -230,29 +230,34 @@ def load_config(path=None, overrides=()):
 
 
 class _Numbers(yaml.SafeLoader):
-    """YAML's safe loader with YAML 1.2's numbers: PyYAML's YAML 1.1 read
-    `batch_size: 016` as octal (14) and `1:30` as sexagesimal (90); here they are
-    16 and the text '1:30' (which a number field then refuses)."""
+    """YAML's safe loader (YAML 1.1, as `yaml.safe_dump` writes a run's
+    config.yaml) without its two number forms nobody means in a config:
+    `batch_size: 016` was octal (14) and is 16; `1:30` was sexagesimal (90) and
+    is the text '1:30' (which a number field then refuses). `08`, `1e-3` and
+    the rest read as before, so config.yaml files written before read the same."""
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node).replace("_", "")
-        base = 16 if text.lower().lstrip("+-").startswith("0x") else (
-            8 if text.lower().lstrip("+-").startswith("0o") else 10)
-        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
-        return sign * int(digits[2:] if base != 10 else digits, base)
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        base = {"0b": 2, "0x": 16}.get(digits[:2].lower(), 10)
+        try:
+            return sign * int(digits[2:] if base != 10 else digits, base)
+        except ValueError:  # an explicit `!!int 1.5`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not an integer", node.start_mark) from None
 
 
 _Numbers.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers
             if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Numbers.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+# PyYAML's YAML 1.1 patterns without their sexagesimal forms.
+_Numbers.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"))
-_Numbers.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_Numbers.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
 _Numbers.add_constructor("tag:yaml.org,2002:int", _Numbers.construct_yaml_int)
 
 

@@ -136,7 +136,7 @@ def _is_number(token):
     return any(c.isdigit() for c in token)
 
 
-def _checked_tokens(header, rows, csv_path, argument):
+def _checked_tokens(header, rows, csv_path, argument, class_names=()):
     """`(multi_label, separator, {row: label tokens})`, once the labels are known
     to be all class ids or all class names (a mix maps `12` and `walking` to
     unrelated ids)."""
@@ -144,10 +144,12 @@ def _checked_tokens(header, rows, csv_path, argument):
     separator = _label_separator(rows, multi_label)
     tokens = {n: _label_tokens(row[1], separator) if len(row) > 1 else [] for n, row in rows}
     if not multi_label:
-        # `0 3` or `juggling;dancing` in a `label` column would be a class of its own.
+        # `0 3` or `juggling;dancing` in a `label` column would be a class of its
+        # own, unless the given class names have it so.
         several = [f"row {n}: {ts[0]!r}" for n, ts in tokens.items()
-                   if ts and (";" in ts[0] or len(ts[0].split()) > 1
-                              and all(_is_int(t) for t in ts[0].split()))]
+                   if ts and ts[0] not in class_names and (
+                       ";" in ts[0] or len(ts[0].split()) > 1
+                       and all(_is_int(t) for t in ts[0].split()))]
         _raise_for_problems(several, csv_path, argument, summary=(
             f"{len(several)} row(s) with several labels in a single-label file (one label a "
             "row; for several, the header 'path,labels')"))
@@ -244,12 +246,13 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             f"The CSV header must be 'path,label' or 'path,labels'. "
             f"Received: header={','.join(header)!r} in {argument}={csv_path!r}"
         )
-    multi_label, separator, row_tokens = _checked_tokens(header, rows, csv_path, argument)
+    multi_label, separator, row_tokens = _checked_tokens(header, rows, csv_path, argument,
+                                                         class_names or ())
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems = [], []
     for number, row in rows:
-        path = os.path.normpath(os.path.join(base, row[0].strip()))  # `./a.mp4` is `a.mp4`
+        path = _tidy(os.path.join(base, row[0].strip()))
         if not os.path.isfile(path):
             problems.append(f"row {number}: {row[0]!r}: no such file")
             continue
@@ -284,6 +287,14 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     if not records:
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
     return records, multi_label
+
+
+def _tidy(path):
+    """`path` without its `.` parts and doubled separators (`./a.mp4` and
+    `videos//a.mp4` are one video). `..` stays: after a symbolic link it is
+    the link target's parent, which `os.path.normpath` would not follow."""
+    parts = path.split(os.sep)
+    return os.sep.join(parts[:1] + [part for part in parts[1:] if part not in ("", ".")])
 
 
 def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):

@@ -241,15 +241,17 @@ def _variable_names(model, own):
 
 
 def _other_classes(weights, data_config):
-    """Whether a run folder `weights` was trained on other class names than
+    """Whether the run of `weights` (a run folder, or a weights file in one or
+    in its `checkpoints/`) was trained on other class names than
     `data_config`'s (same count, other names or order): its classifier's rows
     are then other classes. False where either side has none (class ids)."""
-    if not os.path.isdir(weights):
-        return False
+    folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
     try:
-        with open(os.path.join(weights, "config.yaml"), encoding="utf-8") as handle:
+        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
             names = (yaml.safe_load(handle) or {}).get("data", {}).get("class_names")
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
         return False
     ours = data_config.get("class_names")
     return isinstance(names, list) and ours is not None and list(names) != list(ours)
