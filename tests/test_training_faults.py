@@ -157,6 +157,36 @@ def test_more_epochs_continue_a_finished_run_and_restart_moves_it_aside(tmp_path
 
 
 @pytest.mark.slow
+def test_a_kill_after_the_last_epochs_commit_is_made_good_by_the_rerun(tmp_path):
+    """Killed between the last epoch's commit and its history row or
+    checkpoints/last.weights.h5 (only `fit` wrote them), the rerun finished
+    the run without them: history.csv lacked that epoch, last.weights.h5 held
+    the epoch before, for good."""
+    import h5py
+
+    csv_path = _write_dataset(tmp_path, count=12)
+    for kill in ("history.csv:2", "last.weights.h5:2"):
+        run_dir = tmp_path / kill.split(".")[0]
+        command = _command(csv_path, run_dir, "schedule.epochs=2")
+        env = dict(_env(), NONLOCAL_KERAS_KILL_AT=kill)
+        assert _run(command, env).returncode == -signal.SIGKILL
+        finished = _run(command)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert _history_epochs(run_dir) == [1, 2]
+        committed = json.loads((run_dir / "state" / "state.json").read_text())["weights"]
+
+        def arrays(path):
+            with h5py.File(path, "r") as handle:
+                found = []
+                handle.visititems(lambda name, item: found.append(
+                    (name, item[()].tobytes())) if isinstance(item, h5py.Dataset) else None)
+                return sorted(found)
+
+        assert arrays(run_dir / "checkpoints" / "last.weights.h5") == arrays(
+            run_dir / "state" / committed)
+
+
+@pytest.mark.slow
 def test_a_failed_command_leaves_the_run_folder_byte_identical(tmp_path):
     csv_path = _write_dataset(tmp_path, count=12)
     run_dir = tmp_path / "run"

@@ -1233,3 +1233,26 @@ def test_an_evaluation_set_none_of_which_decodes_is_refused_before_training(tmp_
         train.run(config_lib.load_config(None, _overrides(
             csv_path, run_dir, "schedule.epochs=1", f"data.val_csv={tmp_path / 'val.csv'}")))
     assert not run_dir.exists()
+
+
+def test_restart_that_cannot_move_the_run_aside_is_one_error(tmp_path, monkeypatch):
+    """A read-only parent folder was a PermissionError traceback, exit 1; a
+    second --restart in the same second would have met the first's folder."""
+    from nonlocal_keras.training import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("x")
+    monkeypatch.setattr(train.time, "strftime", lambda _: "20261205-120000")
+    (tmp_path / "run.old-20261205-120000").mkdir()
+    assert train._move_aside(str(run_dir)) == str(tmp_path / "run.old-20261205-120000-2")
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("x")
+
+    def refused(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train.os, "rename", refused)
+    with pytest.raises(errors.FolderError, match=r"Cannot move the run folder aside for "
+                       r"--restart \(Permission denied\); it is left as it was"):
+        train._move_aside(str(run_dir))

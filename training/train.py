@@ -234,8 +234,16 @@ def _move_aside(run_dir):
     # nothing to keep.
     if not run_state.holds_anything(run_dir):
         return None
-    target = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(run_dir, target)
+    stamp = f"{run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A second --restart in the same second takes the next free name.
+    target = next(name for name in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000)))
+                  if not os.path.lexists(name))
+    try:
+        os.rename(run_dir, target)
+    except OSError as error:  # its parent folder read-only, say: the run stays where it is
+        raise FolderError(f"Cannot move the run folder aside for --restart ({error.strerror}); "
+                          f"it is left as it was. Received: runtime.output_dir={run_dir!r}"
+                          ) from None
     logger.info("Moved the previous run folder to %s", target)
     return target
 
@@ -329,6 +337,11 @@ def run(config, strategy=None, restart=False):
                 run_state.write_training_list(run_dir, train_records)
         with strategy.scope():
             state.restore(model)
+        if chief and state.epoch and not state.step_in_epoch:
+            # Killed between an epoch's commit and these two files, which only
+            # `fit` writes: a run resumed after its last epoch never wrote them.
+            state.write_history_csv()
+            state.copy_last_epoch_weights()
         if state.epoch == epochs:
             # Stopped (or failed) after its last epoch: in the final evaluation, say.
             logger.info("Training is done (%d epoch(s), %d steps); evaluating and writing the "
