@@ -267,6 +267,23 @@ def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
     np.testing.assert_array_equal(early, np.stack(full_decode(path)[:4]))
 
 
+def test_a_video_damaged_inside_is_reported_as_damaged_not_truncated(tmp_path):
+    """A bad block in the middle of a whole MP4 stops the decoder: it was
+    'truncated', which a file of full length is not."""
+    path = tmp_path / "whole.mp4"
+    video_io.write_video(path, np.random.default_rng(0).integers(0, 256, (120, 64, 64, 3),
+                                                                  dtype=np.uint8),
+                         fps=25, lossless=False)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = np.random.default_rng(1).bytes(4096)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(video_io.VideoDecodeError, match=r"damaged: decoded \d+ of 30 needed "
+                       r"frames \(InvalidDataError"):
+        video_io.decode_frames(damaged, lambda total: np.arange(0, total, 4))
+
+
 @pytest.mark.parametrize("overstated_by", [1, 2])
 def test_a_slightly_overstated_length_is_resampled_like_a_full_decode(videos, monkeypatch,
                                                                        overstated_by):

@@ -140,8 +140,11 @@ def _decode(path, sampler, threads=None):
         cause = f" ({type(error).__name__}: {error})" if error is not None else ""
         if not reached:
             raise VideoDecodeError(path, f"no decodable frame{cause}")
-        raise VideoDecodeError(path, f"truncated: decoded {len(clips.filled)} of "
-                                     f"{len(clips.wanted)} needed frames{cause}")
+        # Every packet there but the decoder stopped: damaged inside, not cut short.
+        damaged = error is not None and count >= stated
+        raise VideoDecodeError(path, f"{'damaged' if damaged else 'truncated'}: decoded "
+                                     f"{len(clips.filled)} of {len(clips.wanted)} needed "
+                                     f"frames{cause}")
     return clips.array
 
 
