@@ -85,6 +85,11 @@ def _read_rows(csv_path, argument="csv_path"):
                                                   "path\tlabel", "path\tlabels"):
         header = [cell.strip().lower() for cell in rows[0][1]]
         rows = rows[1:]
+    elif rows and len(rows[0][1]) > 1 and _looks_like_a_header(rows[0][1]):
+        # `video,class` was read as a video named `video` of the class `class`.
+        raise DatasetError(f"The first row of {csv_path!r} ({','.join(rows[0][1])!r}) reads as "
+                           "a header: the header must be 'path,label' or 'path,labels'. "
+                           f"Received: {argument}={csv_path!r}")
     for mark, name in ((";", "';'"), ("\t", "tabs")):
         if (header and mark in header[0]) or (rows and all(len(r) == 1 and mark in r[0]
                                                            for _, r in rows)):
@@ -104,6 +109,12 @@ def _read_rows(csv_path, argument="csv_path"):
         f"{'its header' if header else 'path,label'} (several labels go in one cell, separated "
         "by spaces or ';'; a name with a comma in double quotes)"))
     return header, rows
+
+
+def _looks_like_a_header(row):
+    return (not row[0].strip().lower().endswith(VIDEO_EXTENSIONS)
+            and row[1].strip().lower() in ("label", "labels", "class", "classes", "category",
+                                           "target", "action", "y"))
 
 
 def _label_separator(rows, multi_label):
