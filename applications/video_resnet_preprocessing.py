@@ -35,12 +35,12 @@ def preprocess_input(x, data_format=None):
     if not hasattr(x, "shape"):
         x = np.asarray(x)
     first = data_format == "channels_first"
-    axis = -4 if first else -1
+    axis, layout = (-4, "channels first") if first else (-1, "channels last")
     if len(x.shape) < -axis or x.shape[axis] != len(MEAN):
-        raise ValueError(f"preprocess_input expects RGB clips, {'channels first' if first else 'channels last'} "
-                         f"({len(MEAN)} channels). Received: x.shape={tuple(x.shape)}")
+        raise ValueError(f"preprocess_input expects RGB clips, {layout} ({len(MEAN)} channels). "
+                         f"Received: x.shape={tuple(x.shape)}")
     # The statistics broadcast over the frames' axes that follow the channels.
     mean, std = (np.float32(v).reshape((-1, 1, 1, 1) if first else (-1,)) for v in (MEAN, STD))
     if isinstance(x, np.ndarray):
         return ((x.astype("float32") - mean) / std).astype("float32")
-    return (keras.ops.cast(x, "float32") - mean) / std
+    return keras.ops.divide(keras.ops.subtract(keras.ops.cast(x, "float32"), mean), std)
