@@ -580,6 +580,13 @@ class NoDecodableVideo(RuntimeError):
     """Every video of a repeated (training) dataset failed to decode: no batch can ever form."""
 
 
+def _failure(error):
+    """Why a video could not be decoded, in a line."""
+    if isinstance(error, video_io.VideoDecodeError):
+        return error.reason
+    return f"{type(error).__name__}: {error}"
+
+
 def check_a_video_decodes(records, num_frames, sampling_rate, source,
                           argument="data.train_csv"):
     """Raises DatasetError when no video of a set gives a clip, found before a
@@ -592,10 +599,8 @@ def check_a_video_decodes(records, num_frames, sampling_rate, source,
             video_io.decode_frames(path, lambda total: video_io.train_clip_indices(
                 total, num_frames, sampling_rate, np.random.default_rng(0)))
             return
-        except video_io.VideoDecodeError as error:
-            reasons[path] = error.reason
         except Exception as error:  # noqa: BLE001 - as the pipeline's decoder takes them
-            reasons[path] = f"{type(error).__name__}: {error}"
+            reasons[path] = _failure(error)
     first = next(iter(reasons))
     which = "training" if argument == "data.train_csv" else "evaluation"
     raise DatasetError(f"None of the {len(reasons)} {which} videos could be decoded (first: "
@@ -622,10 +627,8 @@ def _decoder(sampler, clip_shape, skipped, num_videos=None, threads=None):
             with lock:
                 decoded[0] += 1
             return frames, True
-        except video_io.VideoDecodeError as error:
-            skipped.record(path, error.reason)
         except Exception as error:  # noqa: BLE001 - one odd file must not end an epoch
-            skipped.record(path, f"{type(error).__name__}: {error}")
+            skipped.record(path, _failure(error))
         with lock:
             failed.add(path)
             hopeless = num_videos is not None and not decoded[0] and len(failed) >= num_videos

@@ -275,8 +275,8 @@ def load_matching_weights(model, path, other_classes=False):
     found = _datasets(path)
     names = _variable_names(model, own)
     classifier = {v.path for v in model.layers[-1].weights}
-    classifier_groups = {p.rsplit("/", 1)[0] for p, n in names.items() if n in classifier}
     in_classifier = {p for p, n in names.items() if n in classifier}
+    classifier_groups = {p.rsplit("/", 1)[0] for p in in_classifier}
     restored = [p for p in own if p in found and found[p].shape == own[p].shape
                 and not (other_classes and p in in_classifier)]
     mismatched = [p for p in own if p in found and found[p].shape != own[p].shape]
