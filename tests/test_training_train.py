@@ -1160,6 +1160,91 @@ def test_a_continuation_on_videos_none_of_which_decodes_leaves_the_run_as_it_was
     assert after == before
 
 
+def _files(run_dir):
+    return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_a_continuation_that_fails_before_its_first_commit_leaves_the_run_as_it_was(
+        tmp_path, monkeypatch):
+    """Any failure in a continuation's first steps (out of memory, say) found the
+    finished run's final files deleted and config.yaml rewritten: they change at
+    its first commit. One that commits removes them (written again at its end)."""
+    import keras
+    import tensorflow as tf
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    run = _runner(csv_path, run_dir)
+    run(1)
+    before = _files(run_dir)
+    fit = keras.Model.fit
+
+    def out_of_memory(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating a tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", out_of_memory)
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        run(2)
+    assert _files(run_dir) == before
+
+    from nonlocal_keras.training import run_state
+
+    def commit_then_stop(self, *args, **kwargs):
+        self.state.commit(self.model)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    monkeypatch.setattr(run_state.CommitState, "on_train_batch_end", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(2)
+    assert not any((run_dir / name).exists() for name in run_state.FINAL_FILES)
+    assert "epochs: 2" in (run_dir / "config.yaml").read_text()
+    monkeypatch.undo()
+    assert run(2)["steps"] == 4
+
+
+def test_a_final_pass_made_again_keeps_the_final_files_until_each_is_replaced(
+        tmp_path, monkeypatch):
+    """A rerun with another `train.precise_bn_steps` removed the final files as it
+    started: a pass that failed (out of memory, a full disk) left none."""
+    from nonlocal_keras.training import precise_bn, run_state, train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+
+    def run(steps):
+        return train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, "schedule.epochs=1", f"train.precise_bn_steps={steps}",
+            "data.val_csv=null", "runtime.tensorboard=false")))[1]
+
+    run(0)
+    before = _files(run_dir)
+
+    def failing(*args, **kwargs):
+        raise MemoryError("the pass")
+
+    monkeypatch.setattr(precise_bn, "recompute_statistics", failing)
+    with pytest.raises(MemoryError):
+        run(3)
+    assert _files(run_dir) == before
+    monkeypatch.undo()
+
+    import keras
+
+    def full_disk(model, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    with pytest.raises(errors.FolderError, match="model.keras"):
+        run(3)
+    after = _files(run_dir)
+    assert after[run_dir / run_state.FINAL_MODEL] == before[run_dir / run_state.FINAL_MODEL]
+    assert after[run_dir / run_state.FINAL_WEIGHTS] != before[run_dir / run_state.FINAL_WEIGHTS]
+    assert not (run_dir / run_state.RESULTS).exists()  # the rerun makes the pass again
+    monkeypatch.undo()
+    assert run(3)["precise_bn_batches"] == 3
+
+
 def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
         tmp_path, monkeypatch, caplog):
     """Same class count, other names or order: its classifier was loaded, its

@@ -10,6 +10,11 @@
       final.weights.h5, model.keras, results.json   written when training has ended,
                                    removed when it goes on (more epochs)
 
+A session that resumes a committed run changes nothing in the folder but the
+files derived from the commit until its own first commit (or its final files):
+`before_first_commit` holds what it would write. A session that fails before
+(a first step out of memory, a failed evaluation) leaves the run as it was.
+
 A commit writes the weights under a new name, then atomically replaces
 `state.json`, which names them; only then are older weight files deleted. So a
 kill at any moment leaves `state.json` naming complete weights (the previous
@@ -112,13 +117,13 @@ LAST_WEIGHTS = os.path.join("checkpoints", "last.weights.h5")
 MULTI_LABEL_METRIC, SINGLE_LABEL_METRIC = "pr_auc", "top1"
 
 
-def remove_final_files(run_dir):
-    """Before a session trains: the final files of a run that had ended describe
+def remove_final_files(run_dir, names=FINAL_FILES):
+    """Before a session commits: the final files of a run that had ended describe
     it no longer. A finished run continued for more epochs and stopped kept its
     old `final.weights.h5`, which `nonlocal-export` and `nonlocal-evaluate`
     prefer to the newer last checkpoint (both exit 0). They are written again
     when the training ends."""
-    for name in FINAL_FILES:
+    for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(run_dir, name))
 
@@ -238,6 +243,14 @@ class RunState:
         self.skipped = None
         self._committed = None
         self._restored = None
+        # Called with no argument before the first commit (see the module's text).
+        self.before_first_commit = None
+
+    def write_held_back(self, **kwargs):
+        """What `before_first_commit` holds, now (once)."""
+        held, self.before_first_commit = self.before_first_commit, None
+        if held is not None:
+            held(**kwargs)
 
     @property
     def epoch(self):
@@ -306,6 +319,7 @@ class RunState:
         metric sums so far, which a session resumed from this commit adds back
         (`restored_metric_sums`) so that the epoch's history row covers it whole.
         """
+        self.write_held_back()
         name = f"ckpt-{self.step:09d}.weights.h5"
         path = os.path.join(self.folder, name)
         if self._committed is None or self._committed["weights"] != name:

@@ -331,10 +331,17 @@ def run(config, strategy=None, restart=False):
             atomic.check_writable(os.path.join(run_dir, "config.yaml"))
             os.makedirs(state.folder, exist_ok=True)
             state.clean()
-            run_state.remove_final_files(run_dir)
-            config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
-            if list_changed:
-                run_state.write_training_list(run_dir, train_records)
+
+            def start_writing(stale=run_state.FINAL_FILES):
+                run_state.remove_final_files(run_dir, stale)
+                config_lib.save_config(config, os.path.join(run_dir, "config.yaml"))
+                if list_changed:
+                    run_state.write_training_list(run_dir, train_records)
+
+            if fresh:  # its folder is a run once config.yaml is there
+                start_writing()
+            else:
+                state.before_first_commit = start_writing
         with strategy.scope():
             state.restore(model)
         if chief and state.epoch and not state.step_in_epoch:
@@ -399,6 +406,10 @@ def run(config, strategy=None, restart=False):
                 scorer, val_records, data_config, multi_label, config["train"]["eval_batch_size"],
                 verbose=runtime.keras_verbose(config["runtime"]["verbose"]), strategy=strategy)
         if chief:
+            # A session that trained no step (a final pass made again, say) keeps
+            # the final files there were until each is replaced; results.json, which
+            # says the run has finished with them, goes first.
+            state.write_held_back(stale=(run_state.RESULTS,))
             size = atomic.model_size(model)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
                 model.save_weights(temporary)
