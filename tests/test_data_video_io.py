@@ -267,21 +267,171 @@ def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
     np.testing.assert_array_equal(early, np.stack(full_decode(path)[:4]))
 
 
-def test_a_video_damaged_inside_is_reported_as_damaged_not_truncated(tmp_path):
-    """A bad block in the middle of a whole MP4 stops the decoder: it was
-    'truncated', which a file of full length is not."""
-    path = tmp_path / "whole.mp4"
-    video_io.write_video(path, np.random.default_rng(0).integers(0, 256, (120, 64, 64, 3),
-                                                                  dtype=np.uint8),
-                         fps=25, lossless=False)
+def _write_h264(path, count=300):
+    """`distinct_frames` in H.264, a keyframe every 30 (closed GOPs, as
+    x264's default), the index first (so that a cut copy still opens)."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "30", "crf": "23"}
+        for image in distinct_frames(count, height=48, width=64):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def _damaged_copy(path, start=None, stop=None, seed=1):
+    """A copy of `path` with random bytes from byte `start` to `stop` (by
+    default a 4 KiB block in the middle)."""
     data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 4096] = np.random.default_rng(1).bytes(4096)
-    damaged = tmp_path / "damaged.mp4"
+    start = len(data) // 2 if start is None else start
+    stop = start + 4096 if stop is None else stop
+    data[start:stop] = np.random.default_rng(seed).bytes(stop - start)
+    damaged = path.with_name("damaged_" + path.name)
     damaged.write_bytes(bytes(data))
-    with pytest.raises(video_io.VideoDecodeError, match=r"damaged: decoded \d+ of 30 needed "
-                       r"frames \(InvalidDataError"):
-        video_io.decode_frames(damaged, lambda total: np.arange(0, total, 4))
+    return damaged, (start, stop)
+
+
+def _packets(path):
+    """(pts, keyframe, first byte, end byte) of each packet, in decoding order."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [(p.pts, p.is_keyframe, p.pos, p.pos + p.size)
+                for p in container.demux(video=0) if p.size]
+
+
+def _damaged_frames(path, block):
+    """Indices of the frames of `path` (display order) whose GOP holds a
+    packet that overlaps the byte range `block`: all the others decode as before."""
+    packets = _packets(path)
+    times = sorted(pts for pts, *_ in packets)
+    damaged, gop = set(), []
+    for pts, keyframe, start, end in packets + [(None, True, 0, 0)]:
+        if keyframe:
+            if any(start < block[1] and end > block[0] for _, start, end in gop):
+                damaged.update(times.index(pts) for pts, *_ in gop)
+            gop = []
+        gop.append((pts, start, end))
+    return damaged
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_a_video_damaged_inside_decodes_past_the_damage(tmp_path, threads):
+    """A bad 4 KiB block in the middle of an MP4 stopped the decoder: the
+    video was lost, 'damaged: decoded 144 of 300 needed frames'. The FFmpeg
+    command decodes past it: so does this, the frames lost in it (whose
+    packets the decoder rejects) filled with the frame before."""
+    import av
+
+    clean = _write_h264(tmp_path / "h264.mp4")
+    damaged, block = _damaged_copy(clean)
+    reference = np.stack(full_decode(clean))
+    # What decodes of the damaged file, packet by packet, by frame time.
+    times = sorted(pts for pts, *_ in _packets(clean))
+    shown, rejected = {}, 0
+    with av.open(str(damaged)) as container:
+        for packet in container.demux(video=0):
+            try:
+                shown.update((times.index(f.pts), f.to_ndarray(format="rgb24"))
+                             for f in packet.decode())
+            except av.error.InvalidDataError:
+                rejected += 1
+    lost = sorted(set(range(300)) - set(shown))
+    assert rejected and 0 < len(lost) < 30, (rejected, lost)
+
+    decoded = video_io.decode_frames(damaged, lambda total: np.arange(total), threads=threads)
+    assert decoded.shape == reference.shape
+    unharmed = sorted(set(range(300)) - _damaged_frames(clean, block))
+    assert len(unharmed) >= 240
+    np.testing.assert_array_equal(decoded[unharmed], reference[unharmed])
+    # The others of their GOP the decoder shows concealed (how depends on its
+    # threads); a lost one is the frame shown before it.
+    for index in lost:
+        np.testing.assert_array_equal(decoded[index], decoded[max(set(shown) & set(range(index)))])
+    # A clip that seeks and skips unwanted pictures gives the same frames (with
+    # FFmpeg's frame threads, the concealed ones differ from decode to decode).
+    for indices in (np.arange(100, 200, 2), video_io.eval_clip_indices(300, 8, 8, 3)):
+        clip = video_io.decode_frames(damaged, lambda total: indices, threads=threads)
+        same = np.isin(indices, unharmed) | (threads == 1)
+        assert same.mean() > 0.5
+        np.testing.assert_array_equal(clip[same], decoded[indices][same])
+
+
+def test_a_video_whose_first_frames_are_lost_starts_with_the_first_shown(tmp_path):
+    """The first keyframe's picture rejected, the decoder shows nothing before
+    the next keyframe: the lost frames are the first one it shows."""
+    clean = _write_h264(tmp_path / "h264.mp4", count=150)
+    _, _, offset, end = _packets(clean)[0]
+    data = clean.read_bytes()
+    while data[offset + 4] & 0x1F != 5:  # past the NAL units before the picture (x264's SEI)
+        offset += 4 + int.from_bytes(data[offset:offset + 4], "big")
+    # From its slice header on: still a keyframe (by its NAL unit's type), undecodable.
+    damaged, block = _damaged_copy(clean, offset + 5, end)
+    decoded = video_io.decode_frames(damaged, lambda total: np.arange(total))
+    assert decoded.shape[0] == 150
+    shown = next(i for i in range(150) if not np.array_equal(decoded[i], decoded[0])) - 1
+    assert 0 < shown <= 30
+    unharmed = sorted(set(range(150)) - _damaged_frames(clean, block))
+    assert len(unharmed) >= 120
+    np.testing.assert_array_equal(decoded[unharmed], np.stack(full_decode(clean))[unharmed])
+
+
+def test_a_damaged_and_cut_video_is_truncated_and_a_much_damaged_one_an_error(tmp_path):
+    clean = _write_h264(tmp_path / "h264.mp4")
+    damaged, _ = _damaged_copy(clean)
+    data = damaged.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) * 3 // 4])
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded \d+ of 100 needed"):
+        video_io.decode_frames(cut, lambda total: np.arange(0, total, 3))
+    # A clip whose frames are mostly lost is refused (the limit is a quarter
+    # of its frames); one away from the damage is not.
+    ruined, _ = _damaged_copy(clean, clean.stat().st_size * 3 // 10,
+                               clean.stat().st_size * 7 // 10)
+    with pytest.raises(video_io.VideoDecodeError, match=r"damaged: decoded \d+ of 100 needed "
+                                                        r"frames \(InvalidDataError"):
+        video_io.decode_frames(ruined, lambda total: np.arange(0, total, 3))
+    np.testing.assert_array_equal(video_io.decode_frames(ruined, lambda total: np.arange(40)),
+                                  np.stack(full_decode(clean))[:40])
+
+
+def test_an_avi_damaged_inside_is_its_readable_frames(tmp_path):
+    """FFmpeg's AVI demuxer skips the chunks a bad block spoils and counts on:
+    the frames after them come earlier (as the FFmpeg command shows them), so
+    the file has fewer frames than it states and was 'truncated'. Its index,
+    written last, lists them all: it is whole, damaged inside."""
+    clean = tmp_path / "mpeg4.avi"
+    video_io.write_video(clean, distinct_frames(300, height=48, width=64), fps=25,
+                         codec="mpeg4", options={"g": "30", "b": "2M"})
+    damaged, block = _damaged_copy(clean)
+    reference = np.stack(full_decode(clean))
+    decoded = video_io.decode_frames(damaged, lambda total: np.arange(total))
+    skipped = 300 - len(decoded)
+    assert 0 < skipped < 10
+    packets = _packets(clean)
+    hit = [i for i, (_, _, start, end) in enumerate(packets) if start < block[1] and end > block[0]]
+    before = max(i for i, packet in enumerate(packets) if packet[1] and i <= hit[0])
+    after = min(i for i, packet in enumerate(packets) if packet[1] and i > hit[-1])
+    np.testing.assert_array_equal(decoded[:before], reference[:before])
+    np.testing.assert_array_equal(decoded[after - skipped:], reference[after:])
+    indices = video_io.eval_clip_indices(300 - skipped, 8, 8, 3)
+    clip = video_io.decode_frames(damaged, lambda total: video_io.eval_clip_indices(total, 8, 8, 3))
+    # Not the frames between, concealed (with frame threads, differently each time).
+    same = (indices < before) | (indices >= after - skipped)
+    np.testing.assert_array_equal(clip[same], decoded[indices][same])
+    # Cut short, the index is gone: truncated; much damaged: an error.
+    data = damaged.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) * 3 // 4])
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: decoded"):
+        video_io.decode_frames(tmp_path / "cut.avi", lambda total: np.arange(0, total, 4))
+    ruined, _ = _damaged_copy(clean, clean.stat().st_size * 3 // 10,
+                               clean.stat().st_size * 7 // 10)
+    with pytest.raises(video_io.VideoDecodeError, match=r"damaged: \d+ of the 300 frames its "
+                                                        r"index lists could be read"):
+        video_io.decode_frames(ruined, lambda total: np.arange(0, total, 4))
 
 
 @pytest.mark.parametrize("overstated_by", [1, 2])

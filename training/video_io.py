@@ -30,6 +30,12 @@ SEEK_AFTER_FRAMES = 48
 # A container may state a frame or two more than its decoder delivers; a
 # larger shortfall is a truncated file.
 _STATED_SLACK = 2
+# A video damaged inside is decoded past the packets its decoder rejects (or,
+# in an AVI, its demuxer loses), as the FFmpeg command does, the frames lost
+# in them filled with a neighbour. Beyond a quarter of the clip's needed
+# frames (of an AVI's frames) lost, it is an error: such a clip shows more
+# frozen frames than motion, and the pipeline skips the video instead.
+_LOST_LIMIT = 1 / 4
 
 
 class VideoDecodeError(RuntimeError):
@@ -103,7 +109,11 @@ def decode_frames(path, sampler, threads=None):
     Raises:
         VideoDecodeError: the file cannot be opened, has no video stream, no
             decodable frame, or ends or fails before a needed frame
-            (reason "truncated: decoded 5 of 16 needed frames").
+            (reason "truncated: decoded 5 of 16 needed frames"). A needed
+            frame lost to damage inside the file (a packet the decoder
+            rejects) is the nearest earlier frame shown, or the nearest later
+            one when none is; more than a quarter of them lost is an error
+            (reason "damaged: decoded 10 of 16 needed frames").
     """
     try:
         return _decode(path, sampler, threads)
@@ -145,6 +155,10 @@ def _decode(path, sampler, threads=None):
         raise VideoDecodeError(path, f"{'damaged' if damaged else 'truncated'}: decoded "
                                      f"{len(clips.filled)} of {len(clips.wanted)} needed "
                                      f"frames{cause}")
+    if len(clips.lost) > len(clips.wanted) * _LOST_LIMIT:
+        raise VideoDecodeError(path, f"damaged: decoded {len(clips.filled) - len(clips.lost)} of "
+                                     f"{len(clips.wanted)} needed frames ({type(error).__name__}: "
+                                     f"{error})")
     return clips.array
 
 
@@ -163,6 +177,7 @@ class _Clips:
             self.places.setdefault(index, []).append(place)
         self.array = None
         self.filled = set()
+        self.lost = set()  # filled with a neighbour: no packet delivered them
 
     def put(self, index, rgb):
         if self.array is None:
@@ -170,6 +185,16 @@ class _Clips:
         flat = self.array.reshape((-1,) + self.array.shape[self.indices.ndim:])
         flat[self.places[index]] = rgb
         self.filled.add(index)
+
+    def fill(self, after, before, rgb):
+        """Puts `rgb` (a callable giving it) in place of the wanted frames
+        between `after` and `before` (exclusive), which no frame arrived for."""
+        lost = self.wanted[(self.wanted > after) & (self.wanted < before)].tolist()
+        if lost:
+            image = rgb()
+            for index in lost:
+                self.put(index, image)
+            self.lost.update(lost)
 
     def missing(self):
         return len(self.filled) < len(self.wanted)
@@ -238,6 +263,10 @@ def _read_timeline(path):
         if not stated and last is not None:
             _check_duration(path, stream, first, last)
         slots = _time_slots(stream, last)
+        # An AVI's index comes last in the file: a whole file's lists every frame
+        # (`index_entries`: PyAV 16 and on; without it, such a file is truncated).
+        indexed = (sum(1 for entry in getattr(stream, "index_entries", ()) if entry.size)
+                   if container.format.name == "avi" and len(times) < stated else 0)
     if not keyframes:  # no packet says which are keyframes: all are frames
         times = [pts for pts, discard in before_keyframe if not discard]
     count = len(times)
@@ -253,6 +282,15 @@ def _read_timeline(path):
         # variable-rate video as empty chunks ("dropped frames"): the header
         # counts them, the demuxer skips them, the decoder shows nothing for
         # them. A file cut short has fewer time slots than it states.
+        stated = count
+    if count < indexed:
+        # A chunk FFmpeg's AVI demuxer cannot read (damage inside) it skips
+        # and counts on: the frames after it come that much earlier, as the
+        # FFmpeg command shows them. The index, written last, says the file
+        # is whole, not cut short (whose index holds only what was read).
+        if indexed - count > indexed * _LOST_LIMIT:
+            raise VideoDecodeError(path, f"damaged: {count} of the {indexed} frames its index "
+                                         f"lists could be read")
         stated = count
     if times is None or None in times or len(set(times)) < len(times) or (
             dts_known and not dts_increase):
@@ -375,7 +413,7 @@ def orientation(rotation, matrix):
     return 0, False
 
 
-def _decode_wanted(path, clips, timeline, threads=None):
+def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
@@ -384,13 +422,23 @@ def _decode_wanted(path, clips, timeline, threads=None):
     doubt (no time, a time off the timeline, landing past the first wanted
     frame, a wanted frame missing) falls back to decoding everything from the
     start, where the index is just the count of frames so far.
+
+    A packet the decoder rejects (damage inside the file) stops that pass;
+    with a `timeline`, a careful one follows (given the `rejection`): from
+    the start, every picture decoded (a lost frame's nearest earlier one may
+    be an unwanted B-frame, or lie before the keyframe a seek lands on), past
+    such packets, each wanted frame that none arrives for filled with its
+    neighbour. Counting frames cannot tell which frame a rejected packet
+    held: there the error stands.
     """
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     if timeline is not None and last >= len(timeline):
         timeline = None  # fewer packets than the container states: count frames
-    seek = timeline is not None and first >= SEEK_AFTER_FRAMES
-    wanted_times = None if timeline is None else {timeline[i] for i in clips.wanted.tolist()}
-    index, error = -1, None
+    careful = rejection is not None
+    seek = timeline is not None and first >= SEEK_AFTER_FRAMES and not careful
+    wanted_times = (None if timeline is None or careful
+                    else {timeline[i] for i in clips.wanted.tolist()})
+    index, error, shown = -1, rejection, None
     reformatter = VideoReformatter()  # not shared: decodes run in parallel threads
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
@@ -402,34 +450,52 @@ def _decode_wanted(path, clips, timeline, threads=None):
         if seek:
             container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
         try:
-            for frame in _frames_from(container, stream, wanted_times):
+            for frame in _frames_from(container, stream, wanted_times, careful):
                 if timeline is not None:
                     previous = index
                     index = bisect.bisect_left(timeline, frame.pts) if frame.pts is not None else -1
                     # From the start, the first frame shown is the first of the
-                    # timeline; after a seek, one at or before the first wanted.
+                    # timeline (when no packet before it was rejected); after a
+                    # seek, one at or before the first wanted.
                     if (index <= previous or index >= len(timeline)
                             or timeline[index] != frame.pts
-                            or (previous < 0 and index > (first if seek else 0))):
+                            or (previous < 0 and not careful
+                                and index > (first if seek else 0))):
+                        if careful:  # the frames' times are no help: the error stands
+                            index = previous
+                            break
                         return _decode_wanted(path, clips, None, threads)
+                    if careful:
+                        clips.fill(previous, index, lambda: _to_rgb(
+                            shown if shown is not None else frame, reformatter, size))
                 else:
                     index += 1
                 if index in clips.places:
                     clips.put(index, _to_rgb(frame, reformatter, size))
+                shown = frame if careful else None  # what fills a lost frame
                 if index >= last:
                     break
+            else:
+                if careful and shown is not None:  # the last packets rejected
+                    clips.fill(index, last + 1, lambda: _to_rgb(shown, reformatter, size))
         except av.FFmpegError as failure:
             error = failure
+    if careful:
+        return index + 1, error
+    if timeline is not None and isinstance(error, av.error.InvalidDataError):
+        return _decode_wanted(path, clips, timeline, threads, error)
     if timeline is not None and error is None and clips.missing():
         return _decode_wanted(path, clips, None, threads)
     return index + 1, error
 
 
-def _frames_from(container, stream, wanted_times=None):
+def _frames_from(container, stream, wanted_times=None, past_rejected=False):
     """The decoded frames of `stream`. With `wanted_times`, a picture that
     nothing refers to (most B-frames) is decoded only when its time is wanted:
     a clip of 8 frames every 8 needs 1 picture in 8, and the pictures before
-    the first wanted one (after a seek) are only needed as references."""
+    the first wanted one (after a seek) are only needed as references. With
+    `past_rejected`, a packet the decoder rejects (damaged) is passed over,
+    as the FFmpeg command does, instead of ending the decode."""
     context = stream.codec_context
     skipping = False
     for packet in container.demux(stream):
@@ -438,7 +504,13 @@ def _frames_from(container, stream, wanted_times=None):
             if skip != skipping:
                 context.skip_frame = "NONREF" if skip else "DEFAULT"
                 skipping = skip
-        yield from packet.decode()
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if not past_rejected:
+                raise
+            continue
+        yield from frames
 
 
 def write_video(path, frames, fps=8, codec="libx264", lossless=True, options=None):
