@@ -1219,6 +1219,8 @@ def test_a_final_pass_made_again_keeps_the_final_files_until_each_is_replaced(
 
     run(0)
     before = _files(run_dir)
+    epoch_files = [run_dir / "history.csv", run_dir / "checkpoints" / "last.weights.h5"]
+    inodes = [path.stat().st_ino for path in epoch_files]
 
     def failing(*args, **kwargs):
         raise MemoryError("the pass")
@@ -1227,6 +1229,9 @@ def test_a_final_pass_made_again_keeps_the_final_files_until_each_is_replaced(
     with pytest.raises(MemoryError):
         run(3)
     assert _files(run_dir) == before
+    # Written again only where they differ from the commit: unchanged, they
+    # needed room on a full disk before the pass could start.
+    assert [path.stat().st_ino for path in epoch_files] == inodes
     monkeypatch.undo()
 
     import keras

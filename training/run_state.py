@@ -26,6 +26,7 @@ too, and used if the last one cannot be read.
 import contextlib
 import csv
 import errno
+import filecmp
 import io
 import json
 import logging
@@ -380,6 +381,41 @@ class RunState:
 
     def write_history_csv(self):
         """`history.csv` from the committed history: each epoch exactly once."""
+        atomic.write_text(self._history_csv_path, self._history_csv())
+
+    def copy_last_epoch_weights(self):
+        """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
+        with atomic.replace(self._last_weights_path) as temporary:
+            shutil.copyfile(self._committed_weights_path, temporary)
+
+    def make_epoch_files_good(self):
+        """`history.csv` and `checkpoints/last.weights.h5` as the commit at an epoch's
+        end has them, each written only where it differs (a kill between the
+        commit and them): rewriting them unchanged needed room on a full disk."""
+        try:
+            with open(self._history_csv_path, encoding="utf-8") as handle:
+                history_good = handle.read() == self._history_csv()
+        except (OSError, UnicodeDecodeError):
+            history_good = False
+        if not history_good:
+            self.write_history_csv()
+        if not (os.path.isfile(self._last_weights_path) and filecmp.cmp(
+                self._committed_weights_path, self._last_weights_path, shallow=False)):
+            self.copy_last_epoch_weights()
+
+    @property
+    def _history_csv_path(self):
+        return os.path.join(self.run_dir, "history.csv")
+
+    @property
+    def _last_weights_path(self):
+        return os.path.join(self.run_dir, LAST_WEIGHTS)
+
+    @property
+    def _committed_weights_path(self):
+        return os.path.join(self.folder, self._committed["weights"])
+
+    def _history_csv(self):
         keys = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
@@ -387,13 +423,7 @@ class RunState:
         writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic.write_text(os.path.join(self.run_dir, "history.csv"), buffer.getvalue())
-
-    def copy_last_epoch_weights(self):
-        """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
-        source = os.path.join(self.folder, self._committed["weights"])
-        with atomic.replace(os.path.join(self.run_dir, LAST_WEIGHTS)) as temporary:
-            shutil.copyfile(source, temporary)
+        return buffer.getvalue()
 
 
 class CommitState(keras.callbacks.Callback):

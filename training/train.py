@@ -347,8 +347,7 @@ def run(config, strategy=None, restart=False):
         if chief and state.epoch and not state.step_in_epoch:
             # Killed between an epoch's commit and these two files, which only
             # `fit` writes: a run resumed after its last epoch never wrote them.
-            state.write_history_csv()
-            state.copy_last_epoch_weights()
+            state.make_epoch_files_good()
         if state.epoch == epochs:
             # Stopped (or failed) after its last epoch: in the final evaluation, say.
             logger.info("Training is done (%d epoch(s), %d steps); evaluating and writing the "
