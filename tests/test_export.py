@@ -535,7 +535,9 @@ def test_weights_default_to_the_runs_final_then_last_then_the_config(tmp_path, p
     config_weights = str(tmp_path / config_weights)
     weights, origin = export.find_weights(str(run / "config.yaml"), config_weights)
     assert weights == (config_weights if expected == "init.weights.h5" else str(run / expected))
-    assert origin
+    # A finished run whose final weights were removed was said "not finished".
+    assert ("no final weights (not finished, or they were removed)" in origin) == (
+        expected == "checkpoints/last.weights.h5")
 
 
 def test_a_run_folder_as_checkpoint_means_its_best_weights(tmp_path):

@@ -506,7 +506,9 @@ def find_weights(config_path, model_weights, checkpoint=None, doing="export"):
     run_dir = run_folder(config_path)
     if run_dir:
         for name, what in zip(models.RUN_WEIGHTS, (
-                "the run's final weights", "the run's last checkpoint: it has not finished")):
+                "the run's final weights",
+                "the run's last checkpoint: it has no final weights (not finished, or they "
+                "were removed)")):
             if os.path.isfile(os.path.join(run_dir, name)):
                 return os.path.join(run_dir, name), what
     if model_weights:
