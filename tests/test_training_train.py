@@ -1187,7 +1187,20 @@ def test_a_continuation_that_fails_before_its_first_commit_leaves_the_run_as_it_
         run(2)
     assert _files(run_dir) == before
 
-    from nonlocal_keras.training import run_state
+    from nonlocal_keras.training import run_state, train
+
+    # Failing at its first step's end, with TensorBoard on (the default): its
+    # logs/ files go too.
+    def first_step_out_of_memory(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating a tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    monkeypatch.setattr(run_state.CommitState, "on_train_batch_end", first_step_out_of_memory)
+    listing = sorted(run_dir.rglob("*"))
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, run_dir, "schedule.epochs=2", "data.val_csv=null")))
+    assert _files(run_dir) == before and sorted(run_dir.rglob("*")) == listing
 
     def commit_then_stop(self, *args, **kwargs):
         self.state.commit(self.model)

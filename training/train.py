@@ -365,8 +365,9 @@ def run(config, strategy=None, restart=False):
         cluster = cluster_stop.for_strategy(strategy, lambda: state.step)
         start_step, start = state.step, time.perf_counter()
         try:
-            _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster,
-                 metrics=not _multi_host(strategy))
+            with _logs_go_unless_committed(state):
+                _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster,
+                     metrics=not _multi_host(strategy))
         except tf.errors.OpError as error:
             if data.NoDecodableVideo.__name__ in str(error):  # raised inside tf.numpy_function
                 raise DatasetError(
@@ -431,6 +432,31 @@ def _resume_hint():
     except FolderError as error:
         raise FolderError(f"{error}. The run keeps its last commit: free space (or fix the "
                           "permissions) and run the same command again to resume.") from None
+
+
+@contextlib.contextmanager
+def _logs_go_unless_committed(state):
+    """TensorBoard's files of a session that fails before it commits go with it:
+    a failed command leaves a committed run's folder as it was."""
+    logs = os.path.join(state.run_dir, "logs")
+
+    def listing():
+        return {os.path.join(top, name) for top, folders, files in os.walk(logs)
+                for name in folders + files} | ({logs} if os.path.isdir(logs) else set())
+
+    before = listing()
+    try:
+        yield
+    except BaseException:
+        if state.before_first_commit is not None:
+            # Deepest first: a folder goes once its new files have.
+            for path in sorted(listing() - before, key=len, reverse=True):
+                with contextlib.suppress(OSError):
+                    if os.path.isdir(path):
+                        os.rmdir(path)
+                    else:
+                        os.remove(path)
+        raise
 
 
 def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster=None,
