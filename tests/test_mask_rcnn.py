@@ -1117,3 +1117,258 @@ def test_a_command_that_fails_leaves_the_folder_as_it_found_it(tmp_path):
     train()
     assert sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*")) == [
         "notes", "notes/mine.txt"]
+
+
+@pytest.mark.parametrize("override, message", [
+    # Orbit's train_and_evaluate trained min(steps left, interval) steps at a time: forever.
+    ("trainer.validation_interval=-5", "`trainer.validation_interval` must be at least 0 "
+                                       "(0: one evaluation, after the training). Received: "
+                                       "trainer.validation_interval=-5"),
+    ("trainer.validation_interval=-1", "Received: trainer.validation_interval=-1"),
+    # Trained, saved no checkpoint, exit 0: a rerun trained again.
+    ("trainer.checkpoint_interval=0", "`trainer.checkpoint_interval` must be at least 1. "
+                                      "Received: trainer.checkpoint_interval=0"),
+    ("trainer.checkpoint_interval=-3", "Received: trainer.checkpoint_interval=-3"),
+    # Tracebacks, and -1 a cryptic "Dimension -1 must be >= 0".
+    ("task.train_data.global_batch_size=0", "`task.train_data.global_batch_size` must be at "
+                                            "least 1. Received: "
+                                            "task.train_data.global_batch_size=0"),
+    ("task.train_data.global_batch_size=-1", "Received: task.train_data.global_batch_size=-1"),
+    ("task.validation_data.global_batch_size=0",
+     "Received: task.validation_data.global_batch_size=0"),
+    ("task.train_data.shuffle_buffer_size=0", "`task.train_data.shuffle_buffer_size` must be at "
+                                              "least 1. Received: "
+                                              "task.train_data.shuffle_buffer_size=0"),
+    # Trained the whole run, then failed with Orbit's ValueError.
+    ("trainer.validation_steps=0", "`trainer.validation_steps` must be at least 1, or -1 (the "
+                                   "whole validation set). Received: trainer.validation_steps=0"),
+    ("trainer.validation_steps=-5", "Received: trainer.validation_steps=-5"),
+])
+def test_intervals_steps_and_batch_sizes_that_make_no_run_are_refused(override, message):
+    from official.modeling import hyperparams
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    params = hyperparams.override_params_dict(
+        exp_factory.get_exp_config(mask_rcnn.EXPERIMENT), override, is_strict=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer.check_value_ranges(params)
+
+
+def test_model_gardens_special_values_stay_allowed():
+    """`trainer.validation_steps=-1` evaluates the whole set; `validation_interval=0`
+    is Orbit's "no interval" (one evaluation, after the training)."""
+    from official.modeling import hyperparams
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment, trainer
+
+    for name in (mask_rcnn.EXPERIMENT, PLAIN_EXPERIMENT, *keypoint_experiment.EXPERIMENTS):
+        trainer.check_value_ranges(exp_factory.get_exp_config(name))
+    trainer.check_value_ranges(hyperparams.override_params_dict(
+        exp_factory.get_exp_config(mask_rcnn.EXPERIMENT),
+        "trainer.validation_steps=-1,trainer.validation_interval=0,"
+        "task.train_data.global_batch_size=1,trainer.checkpoint_interval=1", is_strict=True))
+
+
+def test_a_model_dir_that_links_into_the_export_dir_is_refused(tmp_path):
+    """The check compared absolute paths: a --model_dir that is a symbolic link
+    to a folder in --export_dir passed, and the export deleted the run, exit 0."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    run = _run_folder_of(PLAIN_EXPERIMENT, tmp_path / "export" / "run")
+    link = tmp_path / "run_link"
+    link.symlink_to(run, target_is_directory=True)
+    with pytest.raises(ValueError, match="not one above it: the export replaces the folder whole"):
+        trainer.check_flags(str(link), "eval", str(tmp_path / "export"), [])
+    export_link = tmp_path / "export_link"  # a link to the folder above the run
+    export_link.symlink_to(tmp_path / "export", target_is_directory=True)
+    with pytest.raises(ValueError, match="not one above it"):
+        trainer.check_flags(run, "eval", str(export_link), [])
+    trainer.check_flags(str(link), "eval", str(tmp_path / "elsewhere"), [])
+
+
+def test_a_truncated_checkpoint_or_an_init_checkpoint_that_is_none_names_the_file(tmp_path):
+    """`truncate -s 10 ckpt-N.index` (an OpError of code UNKNOWN) and a
+    task.init_checkpoint that is a text file (DataLossError) were tracebacks."""
+    from official.modeling import hyperparams
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    run = tmp_path / "run"
+    saved = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(run),
+                                       max_to_keep=1).save()
+    os.truncate(saved + ".index", 10)
+    params = exp_factory.get_exp_config(mask_rcnn.EXPERIMENT)
+    with pytest.raises(ValueError, match=r"^A checkpoint this command reads is damaged or no "
+                       r"checkpoint \(file is too short to be an sstable\): the latest of "
+                       rf"--model_dir \({re.escape(saved)}\).*Received: task.init_checkpoint=.*, "
+                       rf"--model_dir='{run}'$"):
+        with trainer.damaged_files_named(params, str(run), "train"):
+            tf.train.Checkpoint(v=tf.Variable(2.0)).restore(saved)
+    text = tmp_path / "weights.txt"
+    text.write_text("not a checkpoint\n")
+    params = hyperparams.override_params_dict(params, f"task.init_checkpoint={text}",
+                                              is_strict=True)
+    with pytest.raises(ValueError, match=rf"too short to be an sstable: {re.escape(str(text))}\)"
+                       rf".*Received: task.init_checkpoint='{re.escape(str(text))}'"):
+        with trainer.damaged_files_named(params, str(tmp_path / "new"), "train"):
+            tf.train.load_checkpoint(str(text))
+
+
+@pytest.mark.parametrize("error", [
+    tf.errors.OutOfRangeError(None, None, "End of sequence\n\t [[{{node IteratorGetNext}}]]"),
+    tf.errors.InvalidArgumentError(None, None, "Graph execution error:\nCould not parse example "
+                                   "input, value: 'hello'"),
+    tf.errors.InvalidArgumentError(None, None, "Feature: image/encoded (data type: string) is "
+                                   "required but could not be found."),
+])
+def test_data_that_are_no_coco_examples_name_the_input_path_they_were_read_from(error):
+    """An empty TFRecord, records that are not tf.Example, tf.Examples without the
+    COCO keys: tracebacks, in training and in --mode eval."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    params = exp_factory.get_exp_config(mask_rcnn.EXPERIMENT)
+    params.task.train_data.input_path = "/data/train*"
+    params.task.validation_data.input_path = "/data/val*"
+    for mode, phase, named, unnamed in [
+            ("train", {}, "task.train_data.input_path='/data/train*'", "validation_data"),
+            ("eval", {}, "task.validation_data.input_path='/data/val*'", "train_data"),
+            ("train_and_eval", {"now": "eval"}, "task.validation_data.input_path=", "train_data"),
+            ("train_and_eval", {"now": "train"}, "task.train_data.input_path=", "validation_data")]:
+        with pytest.raises(ValueError, match=r"^The (training|validation) data are not COCO "
+                           r"tf.Examples .*Received: ") as raised:
+            with trainer.damaged_files_named(params, "run", mode, phase):
+                raise error
+        assert named in str(raised.value) and unnamed not in str(raised.value)
+        assert "\n" not in str(raised.value)
+    with pytest.raises(tf.errors.OutOfRangeError):  # another error of that type: a bug's
+        with trainer.damaged_files_named(params, "run", "train"):
+            raise tf.errors.OutOfRangeError(None, None, "Read past the end of the buffer")
+
+
+def test_a_model_dir_this_user_cannot_write_is_one_line(tmp_path, monkeypatch):
+    """A read-only --model_dir: PermissionDeniedError tracebacks (params.yaml's
+    temporary file, the summary writer). Elsewhere that error stays a bug's."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import train_detection
+
+    run = tmp_path / "run"
+    run.mkdir()
+    denied = tf.errors.PermissionDeniedError(
+        None, None, f"{run}/params.yaml.tmp-1-ab; Permission denied")
+    with pytest.raises(ValueError, match=rf"^Cannot write in --model_dir \(.*Permission denied\)"
+                       rf"\. Received: --model_dir='{run}'$") as raised:
+        with trainer.unwritable_model_dir_named(str(run)):
+            raise denied
+    assert train_detection._is_user_error(raised.value)
+    with pytest.raises(tf.errors.PermissionDeniedError):
+        with trainer.unwritable_model_dir_named(str(run)):
+            raise tf.errors.PermissionDeniedError(None, None, "/etc/other; Permission denied")
+    trainer.check_writable(str(run))
+    trainer.check_writable(str(run / "new" / "deeper"))
+    real_access = os.access
+    monkeypatch.setattr(trainer.os, "access", lambda path, mode: (
+        False if str(path).startswith(str(run)) else real_access(path, mode)))
+    with pytest.raises(ValueError, match=rf"^Cannot write in --model_dir: it is read-only.*"
+                       rf"Received: --model_dir='{run}'$"):
+        trainer.check_writable(str(run))
+    with pytest.raises(ValueError, match=r"^Cannot write in --model_dir \(.*where it would be "
+                       r"made\)"):
+        trainer.check_writable(str(run / "new"))
+
+
+@pytest.mark.slow
+def test_a_failed_eval_on_unusable_validation_data_is_one_line_and_leaves_the_run_as_it_was(
+        tmp_path, synthetic_data):
+    """--mode eval on tf.Examples without the COCO keys was a traceback, and left
+    validation/events... newly written in the run folder it evaluated."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    nokeys = tmp_path / "nokeys.tfrecord"
+    with tf.io.TFRecordWriter(str(nokeys)) as writer:
+        for _ in range(2):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "x": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}))
+                .SerializeToString())
+    run = tmp_path / "run"
+    trainer._serialize_config(tiny_config(), str(run))
+    tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64)).save(str(run / "ckpt"))
+    (run / "validation").mkdir()  # an earlier evaluation's, kept
+    (run / "validation" / "events.earlier").write_text("earlier")
+
+    def snapshot():
+        # A folder's mtime changes when a file is made and removed in it.
+        return {str(p.relative_to(run)): p.is_dir() or p.stat().st_mtime_ns
+                for p in run.rglob("*")}
+
+    before = snapshot()
+    result = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
+         "--params_override", f"task.validation_data.input_path={nokeys},"
+         f"task.annotation_file={synthetic_data['val_json']},trainer.validation_steps=1,"
+         "task.validation_data.global_batch_size=1",
+         "--mode", "eval", "--model_dir", str(run)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "nonlocal-train-detection: error: The validation data are not COCO tf.Examples Model "
+        "Garden can read (Feature: image/encoded (data type: string) is required but could not "
+        "be found): an empty TFRecord file, records that are not tf.Example, or tf.Examples "
+        "without the COCO keys (image/encoded, image/object/bbox/...). Received: "
+        f"task.validation_data.input_path='{nokeys}'")
+    assert snapshot() == before
+
+
+def test_data_of_empty_files_are_refused_before_anything_is_written(tmp_path, synthetic_data):
+    """An empty TFRecord: training was a traceback ("End of sequence"); --mode eval
+    evaluated nothing (validation_loss 0.0, no AP), exit 0."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    params = tiny_config(data=synthetic_data)
+    for mode in trainer.MODES:
+        trainer.check_data_not_empty(params, mode)
+    params.task.train_data.input_path = f"{tmp_path}/empty*"
+    with pytest.raises(ValueError, match=r"^task.train_data.input_path names only empty files.*"
+                       rf"Received: task.train_data.input_path='{tmp_path}/empty\*'$"):
+        trainer.check_data_not_empty(params, "train")
+    trainer.check_data_not_empty(params, "eval")  # reads no training data
+    params.task.validation_data.input_path = str(empty)
+    with pytest.raises(ValueError, match=r"^task.validation_data.input_path names only empty "
+                       r"files .*nothing to evaluate"):
+        trainer.check_data_not_empty(params, "eval")
+    # One file of records among empty ones; patterns that match nothing are Model Garden's.
+    params.task.validation_data.input_path = f"{empty},{synthetic_data['val_tfrecords']}"
+    trainer.check_data_not_empty(params, "eval")
+    params.task.validation_data.input_path = f"{tmp_path}/nowhere/*"
+    trainer.check_data_not_empty(params, "eval")
+
+
+def test_a_failed_evals_clean_up_removes_only_its_summaries_and_not_under_a_trainer(tmp_path):
+    import fcntl
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    run = tmp_path / "run"
+    (run / "validation").mkdir(parents=True)
+    (run / "validation" / "events.old").write_text("")
+    before = trainer._entries(str(run))
+    (run / "validation" / "events.new").write_text("")
+    (run / "ckpt-9.index").write_text("")  # a trainer's, elsewhere in the folder
+    trainer._remove_new_entries(str(run), before, under=str(run / "validation"))
+    assert sorted(p.name for p in run.rglob("*")) == ["ckpt-9.index", "events.old", "validation"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    before = trainer._entries(str(fresh))
+    (fresh / "validation").mkdir()
+    (fresh / "validation" / "events.new").write_text("")
+    trainer._remove_new_entries(str(fresh), before, under=str(fresh / "validation"))
+    assert list(fresh.iterdir()) == []
+    assert not trainer._held_by_a_trainer(str(run))
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert trainer._held_by_a_trainer(str(run))
+    assert not trainer._held_by_a_trainer(str(run))

@@ -118,8 +118,11 @@ class CommittingController(orbit.Controller):
     are those of the whole loop. Not on TPUs, where each call costs a round trip
     to the host."""
 
-    def __init__(self, *args, signals, before_first_save=None, **kwargs):
+    def __init__(self, *args, signals, before_first_save=None, phase=None, **kwargs):
         self._before_first_save = before_first_save  # called before the first save
+        # Whether it trains or evaluates ("train", "eval"), under "now": which data
+        # an error names (`damaged_files_named`).
+        self._phase = {} if phase is None else phase
         super().__init__(*args, **kwargs)
         self._signals = signals
         # Several workers stop together, at the same step: each saves its part of
@@ -134,10 +137,12 @@ class CommittingController(orbit.Controller):
                 seconds)
 
     def _train_n_steps(self, num_steps):
+        self._phase["now"] = "train"
         with self._signals.steps(self._commit, self._cluster):
             super()._train_n_steps(num_steps)
 
     def evaluate(self, steps=-1):
+        self._phase["now"] = "eval"
         with self._signals.evaluation(self._commit, self._cluster):
             return super().evaluate(steps)
 
@@ -289,7 +294,9 @@ def _check_export_dir(export_dir, model_dir):
     """The export replaces `export_dir` whole: it must be new, empty, or an earlier
     export. A folder above --model_dir, or one of other files, was deleted with
     the run or the files in it, exit 0."""
-    export, run = (os.path.abspath(path) if "://" not in path else path.rstrip("/")
+    # Real paths: a --model_dir that is a symbolic link into --export_dir (or an
+    # --export_dir that links above the run) was deleted by the export, exit 0.
+    export, run = (os.path.realpath(path) if "://" not in path else path.rstrip("/")
                    for path in (export_dir, model_dir))
     if export == run or run.startswith(export.rstrip(os.sep) + os.sep):
         raise ValueError("--export_dir must be another folder than --model_dir and not one "
@@ -351,7 +358,20 @@ def _wrong_type(default, value):
 
 # Values below these make no run: `trainer.train_steps=0` (or -5) wrote an untrained
 # checkpoint, exit 0; `task.model.num_classes` counts the background.
-AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1, "task.model.num_classes": 2}
+# `trainer.checkpoint_interval=0` trained and saved nothing, exit 0. A negative
+# `trainer.validation_interval` hung Orbit's train_and_evaluate (it trained
+# min(steps left, interval) steps at a time); 0 is Orbit's "no interval": one
+# evaluation, after the training. Batch sizes and shuffle buffers of 0 were
+# tracebacks, -1 a cryptic "Dimension -1 must be >= 0".
+AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1,
+            "trainer.checkpoint_interval": 1, "trainer.validation_interval": 0,
+            "task.model.num_classes": 2,
+            "task.train_data.global_batch_size": 1, "task.validation_data.global_batch_size": 1,
+            "task.train_data.shuffle_buffer_size": 1,
+            "task.validation_data.shuffle_buffer_size": 1}
+# Orbit evaluates `steps` > 0, or the whole set for -1; with 0, train_and_eval
+# trained the whole run, then failed with Orbit's ValueError.
+STEPS_OR_ALL = ("trainer.validation_steps",)
 
 
 def check_value_ranges(params):
@@ -359,33 +379,135 @@ def check_value_ranges(params):
     for key, least in AT_LEAST.items():
         value = given.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < least:
-            raise ValueError(f"`{key}` must be at least {least}. Received: {key}={value!r}")
+            meaning = (" (0: one evaluation, after the training)"
+                       if key == "trainer.validation_interval" else "")
+            raise ValueError(f"`{key}` must be at least {least}{meaning}. "
+                             f"Received: {key}={value!r}")
+    for key in STEPS_OR_ALL:
+        value = given.get(key)
+        if (isinstance(value, int) and not isinstance(value, bool) and value < 1
+                and value != -1):
+            raise ValueError(f"`{key}` must be at least 1, or -1 (the whole validation set). "
+                             f"Received: {key}={value!r}")
 
 
 # What TensorFlow says of a damaged file the run reads (a TFRecord, an image in
-# one, a checkpoint): a traceback before, as from a bug.
+# one, a checkpoint): a traceback before, as from a bug. A truncated checkpoint
+# index, or a task.init_checkpoint that is no checkpoint (a text file), says
+# "file is too short to be an sstable" (an OpError of code UNKNOWN, or DataLossError).
 DAMAGED = re.compile(r"(?:corrupted|truncated) record at \d+|Unknown image file format|Invalid "
                      r"(?:PNG|JPEG)|Checksum does not match|Read less bytes than requested|not an "
-                     r"sstable")
+                     r"sstable|(?:file is )?too short to be an sstable")
+CHECKPOINT_DAMAGE = re.compile(r"sstable")
+# What TensorFlow says of data that are no COCO tf.Examples: an empty TFRecord
+# (OutOfRangeError), records that are not tf.Example, tf.Examples without the keys
+# of Model Garden's decoder. Tracebacks before.
+UNUSABLE = re.compile(r"End of sequence|Could not parse example input|Feature: \S+ "
+                      r"\(data type: \w+\) is required but could not be found")
 
 
 @contextlib.contextmanager
-def damaged_files_named(params, model_dir):
-    """A damaged input or checkpoint is a user error (ValueError) naming where
-    the run reads them; any other error of those types stays a bug's."""
+def damaged_files_named(params, model_dir, mode=None, phase=None):
+    """A damaged input or checkpoint, or data that are no COCO tf.Examples, is a
+    user error (ValueError) naming where the run reads them; any other error of
+    those types stays a bug's. `phase` (a dict) holds under "now" whether the
+    controller was training or evaluating ("train", "eval") when it raised."""
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, IndexError) as error:
-        found = DAMAGED.search(str(getattr(error, "message", error)))
-        if not found:
-            raise
+    except (tf.errors.OpError, IndexError) as error:
+        text = str(getattr(error, "message", error))
         data = params.task
+        found = DAMAGED.search(text)
+        if found and CHECKPOINT_DAMAGE.search(found.group(0)):
+            latest = tf.train.latest_checkpoint(model_dir) if model_dir else None
+            named = re.search(r"table file (\S+?):", text)
+            raise ValueError(
+                f"A checkpoint this command reads is damaged or no checkpoint "
+                f"({found.group(0)}"
+                f"{f': {named.group(1)}' if named else ''}): the latest of --model_dir "
+                f"({latest or 'none'}) or task.init_checkpoint; write it again or remove it. "
+                f"Received: task.init_checkpoint={data.init_checkpoint!r}, "
+                f"--model_dir={model_dir!r}") from None
+        if found:
+            raise ValueError(
+                f"A file this command reads is damaged ({found.group(0)}): a record or image of "
+                "the training or validation data, or a checkpoint (the latest of --model_dir, "
+                "task.init_checkpoint); write it again. Received: task.train_data.input_path="
+                f"{data.train_data.input_path!r}, task.validation_data.input_path="
+                f"{data.validation_data.input_path!r}, --model_dir={model_dir!r}") from None
+        unusable = UNUSABLE.search(text)
+        if not unusable or isinstance(error, IndexError):
+            raise
+        now = (phase or {}).get("now") or (
+            "eval" if mode in ("eval", "continuous_eval")
+            else "train" if mode in ("train", "train_and_post_eval") else None)
+        which = {"train": ("training", ["train_data"]),
+                 "eval": ("validation", ["validation_data"])}.get(
+                     now, ("training or validation", ["train_data", "validation_data"]))
+        received = ", ".join(f"task.{name}.input_path={getattr(data, name).input_path!r}"
+                             for name in which[1])
         raise ValueError(
-            f"A file this command reads is damaged ({found.group(0)}): a record or image of "
-            "the training or validation data, or a checkpoint (the latest of --model_dir, "
-            "task.init_checkpoint); write it again. Received: task.train_data.input_path="
-            f"{data.train_data.input_path!r}, task.validation_data.input_path="
-            f"{data.validation_data.input_path!r}, --model_dir={model_dir!r}") from None
+            f"The {which[0]} data are not COCO tf.Examples Model Garden can read "
+            f"({unusable.group(0)}): an empty TFRecord file, records that are not tf.Example, "
+            f"or tf.Examples without the COCO keys (image/encoded, image/object/bbox/...). "
+            f"Received: {received}") from None
+
+
+@contextlib.contextmanager
+def unwritable_model_dir_named(model_dir):
+    """TensorFlow's PermissionDeniedError writing into --model_dir (params.yaml,
+    the summaries) is the user's folder, not a bug: one line. Any other stays."""
+    try:
+        yield
+    except tf.errors.PermissionDeniedError as error:
+        text = str(getattr(error, "message", error))
+        if not model_dir or "://" in model_dir or not any(
+                place in text for place in {model_dir.rstrip("/"),
+                                            os.path.abspath(model_dir),
+                                            os.path.realpath(model_dir)}):
+            raise
+        raise ValueError(f"Cannot write in --model_dir ({' '.join(text.split())}). "
+                         f"Received: --model_dir={model_dir!r}") from None
+
+
+def check_writable(model_dir):
+    """Before anything is written: a local --model_dir (or, where there is none
+    yet, the folder it would be made in) this process can write into. A read-only
+    one was a PermissionDeniedError traceback (params.yaml, the summaries)."""
+    if not model_dir or "://" in model_dir:
+        return
+    here = os.path.abspath(model_dir)
+    while not os.path.exists(here):
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+    if os.path.isdir(here) and not os.access(here, os.W_OK | os.X_OK):
+        where = "" if here == os.path.abspath(model_dir) else f" ({here!r}, where it would be made)"
+        raise ValueError(f"Cannot write in --model_dir{where}: it is read-only for this user. "
+                         f"Received: --model_dir={model_dir!r}")
+
+
+def check_data_not_empty(params, mode):
+    """Before anything is written: local data whose every file is empty (0 bytes: a
+    TFRecord of no record) make no run. Training on them was a traceback ("End of
+    sequence"); --mode eval evaluated nothing (validation_loss 0.0, no AP), exit 0."""
+    reads = (["train_data"] if "train" in mode else []) + (
+        ["validation_data"] if "eval" in mode else [])
+    for name in reads:
+        given = getattr(params.task, name).input_path
+        patterns = ([p for item in given for p in str(item).split(",")]
+                    if isinstance(given, (list, tuple)) else str(given or "").split(","))
+        patterns = [p.strip() for p in patterns if p.strip()]
+        if not patterns or any("://" in p for p in patterns):
+            continue
+        files = [f for p in patterns for f in tf.io.gfile.glob(p)]
+        if files and all(not tf.io.gfile.isdir(f) and tf.io.gfile.stat(f).length == 0
+                         for f in files):
+            raise ValueError(
+                f"task.{name}.input_path names only empty files (TFRecords of no record): "
+                f"there is nothing to {'train on' if name == 'train_data' else 'evaluate'}. "
+                f"Received: task.{name}.input_path={given!r}")
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
@@ -477,19 +599,31 @@ def run(argv, signals):
     check_value_ranges(params)
     seed_everything(params)
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
-    writer = "train" in FLAGS.mode and _writes_the_run(model_dir)
-    before, checkpoint = _entries(model_dir) if writer else None, tf.train.latest_checkpoint(model_dir)
+    check_writable(model_dir)
+    check_data_not_empty(params, FLAGS.mode)
+    local_chief = _writes_the_run(model_dir)
+    writer = "train" in FLAGS.mode and local_chief
+    # --mode eval writes its summaries (validation/events...) into the run folder.
+    evaluator = FLAGS.mode == "eval" and local_chief
+    before = _entries(model_dir) if writer or evaluator else None
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    phase = {}
     with contextlib.ExitStack() as held:
         if writer:
             # As nonlocal-train's: a second command on the folder trained beside
             # the first, both writing ckpt-N over each other, both exit 0.
             held.enter_context(run_state.folder_lock(model_dir, "--model_dir"))
         try:
-            with damaged_files_named(params, model_dir):
-                _run_and_export(params, model_dir, signals)
+            with unwritable_model_dir_named(model_dir), \
+                    damaged_files_named(params, model_dir, FLAGS.mode, phase):
+                _run_and_export(params, model_dir, signals, phase)
         except BaseException:
             if writer and tf.train.latest_checkpoint(model_dir) == checkpoint:
                 _remove_new_entries(model_dir, before)
+            elif evaluator and before is not None and not _held_by_a_trainer(model_dir):
+                # Only what it wrote: the new files of its summary folder.
+                _remove_new_entries(model_dir, before, under=os.path.join(
+                    model_dir, params.trainer.validation_summary_subdir or ""))
             raise
 
 
@@ -501,19 +635,40 @@ def _entries(folder):
             for name in folders + files}
 
 
-def _remove_new_entries(model_dir, before):
+def _remove_new_entries(model_dir, before, under=None):
     """What a command that failed before saving a checkpoint wrote (params.yaml,
     summaries, the lock file; the folder itself where there was none) describes
-    nothing trained: a failed command leaves the folder as it found it."""
+    nothing trained: a failed command leaves the folder as it found it. With
+    `under`, only what is new in that folder (or the folder itself, if new)."""
     if before is None:
         shutil.rmtree(model_dir, ignore_errors=True)
         return
-    for root, folders, files in os.walk(model_dir, topdown=False):
+    if under is not None and os.path.isdir(under) and under.rstrip(os.sep) != model_dir.rstrip(
+            os.sep) and os.path.normpath(under) not in {os.path.normpath(p) for p in before}:
+        shutil.rmtree(under, ignore_errors=True)
+        return
+    for root, folders, files in os.walk(under or model_dir, topdown=False):
         for name in files + folders:
             path = os.path.join(root, name)
             if path not in before:
                 with contextlib.suppress(OSError):
                     (os.rmdir if name in folders else os.remove)(path)
+
+
+def _held_by_a_trainer(model_dir):
+    """Whether a training command holds `model_dir`'s lock (`run_state.folder_lock`)."""
+    import fcntl
+
+    try:
+        with open(os.path.join(model_dir, run_state.LOCK_FILE)) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    return False
 
 
 def _writes_the_run(model_dir):
@@ -523,7 +678,7 @@ def _writes_the_run(model_dir):
         tf.distribute.cluster_resolver.TFConfigClusterResolver())
 
 
-def _run_and_export(params, model_dir, signals):
+def _run_and_export(params, model_dir, signals, phase=None):
     from official.common import distribute_utils
     from official.core import task_factory, train_utils
     from official.modeling import performance
@@ -555,7 +710,7 @@ def _run_and_export(params, model_dir, signals):
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
         model_dir=model_dir,
         controller_cls=functools.partial(CommittingController, signals=signals,
-                                         before_first_save=before_first_save),
+                                         before_first_save=before_first_save, phase=phase),
         eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
             params=params, model_dir=model_dir),
         enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
