@@ -66,10 +66,12 @@ from nonlocal_keras.applications.video_resnet_spec import (
     DEPTHS,
     INFLATION_RULES,
     INFLATIONS,
+    check_clip_tiles,
     check_head,
     check_input_shape,
     check_spec,
     clip_size_rules,
+    grouped_affinity_layout,
     smallest_clip,
 )
 from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
@@ -324,7 +326,8 @@ def _input(input_tensor, input_shape, spec):
         raise ValueError("`input_tensor` must be a Keras tensor (`keras.Input(...)` or a "
                          f"layer's output). Received: input_tensor={input_tensor!r}")
     if None in input_shape[:3]:
-        check = ClipSizeCheck(smallest_clip(spec, input_shape[-1]), name="clip_size_check")
+        check = ClipSizeCheck(smallest_clip(spec, input_shape[-1]),
+                              grouped_affinity_layout(spec), name="clip_size_check")
         return input_tensor, check(input_tensor)
     return input_tensor, input_tensor
 
@@ -335,22 +338,30 @@ class ClipSizeCheck(layers.Layer):
 
     Put after an input of unknown size: a clip too small then fails with the
     message `VideoResNet` gives for a too small `input_shape`, instead of an
-    error deep inside a pooling kernel.
+    error deep inside a pooling kernel. `grouped`
+    (`video_resnet_spec.grouped_affinity_layout`) adds the check of the
+    grouped affinities' tiling, as for a known `input_shape`, instead of an
+    error naming a non-local block; it needs sizes known when the call is
+    traced (eager, or a graph of known shape): a graph traced with unknown
+    sizes still fails on the block's own assertion.
     """
 
-    def __init__(self, smallest, **kwargs):
+    def __init__(self, smallest, grouped=None, **kwargs):
         super().__init__(**kwargs)
         self.smallest = tuple(int(s) for s in smallest)
+        self.grouped = grouped
         self.supports_masking = True
 
     def call(self, inputs):
-        return checked_sizes(inputs, clip_size_rules(self.smallest), inputs.shape[1:])
+        inputs = checked_sizes(inputs, clip_size_rules(self.smallest), inputs.shape[1:])
+        check_clip_tiles(inputs.shape[1:], self.grouped)
+        return inputs
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "smallest": self.smallest}
+        return {**super().get_config(), "smallest": self.smallest, "grouped": self.grouped}
 
 
 def _load_weights(model, weights, spec):

@@ -8,6 +8,7 @@ message that names the argument and the value received.
 import dataclasses
 import numbers
 import os
+import types
 
 import keras
 
@@ -350,6 +351,31 @@ def _check_grouped_affinity(input_shape, spec):
             f"({pool}), and a {name} of {size} gives {sizes[stage]} at {stage}. The {name} "
             f"sizes that work nearest to {size}: {near}. Received: input_shape={input_shape}, "
             f"nonlocal_affinity={spec.nonlocal_affinity!r}")
+
+
+def grouped_affinity_layout(spec):
+    """What `_check_grouped_affinity` reads of `spec`, as a JSON-able dict
+    for `ClipSizeCheck`'s config (None where it has nothing to check): with
+    input sizes left open the check has to wait for the clip."""
+    stages = [stage for stage in spec.stages if spec.nonlocal_blocks.get(stage)]
+    if spec.nonlocal_affinity == "spacetime" or not stages:
+        return None
+    return {"nonlocal_affinity": spec.nonlocal_affinity, "nonlocal_stages": stages,
+            "stages": list(spec.stages), "strides": list(spec.strides),
+            "conv1_time_stride": spec.conv1_time_stride, "pool1": spec.pool1,
+            "pool1_time": spec.pool1_time, "pool2": spec.pool2}
+
+
+def check_clip_tiles(clip_shape, layout):
+    """The grouped-affinity check of `check_input_shape` on a clip's
+    `(T, H, W, C)` (None where unknown, then unchecked), for a
+    `grouped_affinity_layout`: the same words as for an `input_shape`."""
+    if layout is None:
+        return
+    fields = dict(layout)
+    stages = fields.pop("nonlocal_stages")
+    spec = types.SimpleNamespace(**fields, nonlocal_blocks={stage: (0,) for stage in stages})
+    _check_grouped_affinity(tuple(clip_shape), spec)
 
 
 def _is_int(value):

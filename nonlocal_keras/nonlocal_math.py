@@ -161,7 +161,7 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
     f = affinity_logits(theta, phi, mode, w_f=w_f, key_bias=key_bias)
     if valid is None:
         if mode in SOFTMAX_MODES:
-            return ops.softmax(f, axis=-1)
+            return softmax(f)
         return f / ops.cast(ops.shape(phi)[-2], f.dtype)
     valid = ops.cast(valid, f.dtype)
     allowed = valid > 0.5
@@ -169,9 +169,24 @@ def pairwise_affinity(theta, phi, mode, w_f=None, key_bias=None, valid=None):
         # A finite fill, not -inf: a row with no allowed key stays finite
         # (uniform), and the product with `valid` then zeroes it.
         f = ops.where(allowed, f, ops.full_like(f, _lowest("float32")))
-        return ops.softmax(f, axis=-1) * valid
+        return softmax(f) * valid
     count = ops.sum(ops.broadcast_to(valid, ops.shape(f)), axis=-1, keepdims=True)
     return ops.where(allowed, f, ops.zeros_like(f)) / ops.maximum(count, 1.0)
+
+
+def softmax(logits):
+    """`ops.softmax(logits, axis=-1)`, without Keras' warning for one key.
+
+    With a single key (a sequence of 2-3 positions pooled by 2, one frame
+    under affinity='time') Keras warns that a softmax over a size-1 axis is
+    always 1 and asks whether a sigmoid was meant: about a softmax the user
+    never wrote. `exp(f - f)` is what the softmax computes there (exp(f -
+    max f) over its sum, itself): the same 1 (NaN for a non-finite logit)
+    and the same zero gradient.
+    """
+    if logits.shape[-1] == 1:
+        return ops.exp(logits - logits)
+    return ops.softmax(logits, axis=-1)
 
 
 def affinity_logits(theta, phi, mode, w_f=None, key_bias=None):
@@ -276,7 +291,7 @@ def softmax_aggregate(logits, values):
     channels, num_keys = values.shape[-1], logits.shape[-1]
     if (keras.backend.backend() != "tensorflow" or channels is None or num_keys is None
             or channels >= num_keys):
-        return aggregate(ops.softmax(logits, axis=-1), values)
+        return aggregate(softmax(logits), values)
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -320,6 +335,7 @@ def reassociates(channels, inner, num_queries, num_keys, entries):
     keys and many channels (res4: 1568 queries, 392 keys, 1024 channels) the
     reassociated order does 27% fewer per end (22% of the whole block); with
     many keys (res3) the plain one wins. Unknown sizes keep the plain order.
+    (`nonlocal_response` also keeps it for quantized projections.)
     """
     if None in (channels, inner, num_queries, num_keys, entries):
         return False
@@ -350,8 +366,9 @@ def nonlocal_response(
         theta, phi, g, w_z: the block's 1x1 convolutions, as `Dense` layers
             acting on the channel axis (`theta` and `phi` are ignored in
             `"gaussian"` mode, which compares the raw input with itself). When
-            `reassociates` says so, their kernels and biases are used directly
-            instead of calling them, in the cheaper order.
+            `reassociates` says so (and none is quantized), their kernels and
+            biases are used directly instead of calling them, in the cheaper
+            order.
         mode: one of `MODES`.
         pool_size: tuple, one entry per position axis. The input is max-pooled
             with it *before* `phi` and `g`, as in the official code.
@@ -359,7 +376,8 @@ def nonlocal_response(
             own frame) or `"time"` (j runs over the query's own spatial cell).
         use_scale: divide the softmax modes' logits by the square root of the
             compared embeddings' channel count.
-        w_f: `(2 * C_inner, 1)` weights of the concatenation mode.
+        w_f: `(2 * C_inner, 1)` weights of the concatenation mode, a float
+            tensor (`BaseNonLocal` dequantizes a quantized `w_f` first).
         return_attention_scores: also return the normalised affinity:
             `(batch, N_q, N_k)` for `"spacetime"`, and
             `(batch, groups, N_q_group, N_k_group)` for `"space"` / `"time"`.
@@ -394,7 +412,12 @@ def nonlocal_response(
     if mode in SOFTMAX_MODES and use_scale:
         # On the keys: N_k * C multiplies instead of N_q * N_k on the logits.
         keys = keys * (1.0 / math.sqrt(inner))
-    reassociate = reassociates(
+    # A quantized projection's `kernel` holds raw int8/int4 values, which only
+    # its own call scales back (float8 rounds in the call): the reassociated
+    # order, which multiplies theta's and W_z's kernels itself, would skip that.
+    quantized = any(getattr(layer, "quantization_mode", None)
+                    for layer in (theta, phi, g, w_z) if layer is not None)
+    reassociate = not quantized and reassociates(
         x.shape[-1], values.shape[-1], _size(x.shape[1:-1]), _size(pooled.shape[1:-1]),
         _affinity_entries(x.shape[1:-1], pooled.shape[1:-1], affinity),
     )
@@ -494,7 +517,8 @@ def check_chunk_size(chunk_size):
             "`chunk_size` must be None (plain path), 'auto' or an integer >= 1. "
             f"Received: chunk_size={chunk_size!r}"
         )
-    return chunk_size
+    # An int, not a NumPy integer: the layer's config must go through json.
+    return int(chunk_size)
 
 
 def resolve_chunk_size(chunk_size, num_queries, num_keys):

@@ -1,5 +1,6 @@
 """Video ResNets: counts, shapes, where the non-local blocks and inflated kernels sit, errors."""
 
+import json
 import re
 
 import keras
@@ -403,6 +404,36 @@ def test_too_small_clip_at_run_time(clip):
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
         graph(x)  # sizes known only when the graph runs
     assert graph(np.zeros((1, 1, 9, 9, 3), "float32")).shape == (1, 10)
+
+
+# affinity="time" with unknown sizes: a clip the network cannot tile failed
+# inside the block ("affinity='time' needs position axis 1 to be a multiple
+# of the pool size there (2). Received: input_shape=(1, 2, 3, 3, 16)"),
+# where a known input_shape is refused with the clip's own sizes.
+def _time_net(input_shape=None):
+    return VideoResNet((1, 1), input_shape=input_shape, classes=5, width=4, pool1=False,
+                       pool2=False, nonlocal_blocks={"res3": [0]}, nonlocal_affinity="time")
+
+
+@pytest.mark.parametrize("clip,name", [((2, 12, 16), "height"), ((2, 16, 12), "width")])
+def test_untiled_clip_at_run_time_named_as_at_build_time(clip, name):
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match=f"{name} of 12 gives 3 at res3") as built:
+        _time_net(clip + (3,))
+    model = _time_net()
+    layer = model.get_layer("clip_size_check")
+    clone = type(layer).from_config(json.loads(json.dumps(layer.get_config())))
+    x = np.zeros((1,) + clip + (3,), "float32")
+    for run in (model, layer, clone, lambda x: model.predict(x, verbose=0),
+                tf.function(model)):  # eager, and traced at the clip's shape
+        with pytest.raises(ValueError, match=re.escape(str(built.value))):
+            run(x)
+    # Traced with unknown sizes, the block's own assertion still fires.
+    graph = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, None, 3))])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of the pool size"):
+        graph(x)
+    assert model(np.zeros((1, 2, 16, 16, 3), "float32")).shape == (1, 5)
 
 
 def test_channels_first_setting_is_refused():

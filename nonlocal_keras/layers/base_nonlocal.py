@@ -267,7 +267,7 @@ class BaseNonLocal(layers.Layer):
             pool_size=self.effective_pool_size,
             affinity=self.affinity,
             use_scale=self.use_scale,
-            w_f=None if self.w_f is None else self.w_f.kernel,
+            w_f=None if self.w_f is None else _kernel_of(self.w_f),
             return_attention_scores=return_attention_scores,
             chunk_size=self.chunk_size,
             mask=mask,
@@ -389,6 +389,23 @@ def _fresh(initializer, index):
         drawn = np.random.SeedSequence([int(seed) % 2**64, index]).generate_state(1)[0]
         arguments["seed"] = int(drawn)
     return initializers.get(config)
+
+
+def _kernel_of(dense):
+    """`dense`'s kernel as its call applies it (w_f's is multiplied, never called).
+
+    A quantized `Dense` (`model.quantize`) holds raw int8 or packed int4
+    values in `kernel` and scales them back inside its call, each mode its
+    own way (per-channel or per-block scales; float8 keeps a float kernel
+    but rounds it, and the input, to float8 in the call). Its output for the
+    identity is its kernel as it computes it, whatever the mode, without
+    copying any mode's arithmetic; the identity's rows lose nothing to the
+    input's quantization (abs-max 1, a float8 value). A float `Dense` gives
+    its kernel as it is (the float path is unchanged).
+    """
+    if not getattr(dense, "quantization_mode", None):
+        return dense.kernel
+    return dense(ops.eye(dense.input_spec.axes[-1], dtype=dense.compute_dtype))
 
 
 def _shapes_match(shape, expected):
