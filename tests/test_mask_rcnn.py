@@ -5,6 +5,7 @@ training), thin FPN and heads (training/configs/maskrcnn_nonlocal_tiny.yaml).
 """
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -1372,3 +1373,23 @@ def test_a_failed_evals_clean_up_removes_only_its_summaries_and_not_under_a_trai
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert trainer._held_by_a_trainer(str(run))
     assert not trainer._held_by_a_trainer(str(run))
+
+
+def test_a_whole_synthetic_dataset_on_read_only_storage_is_used_as_it_is(tmp_path, monkeypatch):
+    """Its data_override.yaml was written again on every run: a complete dataset
+    on read-only storage was refused ("Cannot write .../data_override.yaml")."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import atomic
+
+    (tmp_path / "paths.json").write_text(json.dumps(
+        {"train_tfrecords": "train-*.tfrecord", "val_tfrecords": "val-*.tfrecord",
+         "val_json": "val.json"}))
+    override = trainer.synthetic_data_config(str(tmp_path))
+    written = open(override).read()
+
+    def read_only(path, *args, **kwargs):
+        raise atomic.FolderError(f"Cannot write {path!r} (Read-only file system)")
+
+    monkeypatch.setattr(trainer.atomic, "write_json", read_only)
+    assert trainer.synthetic_data_config(str(tmp_path)) == override
+    assert open(override).read() == written

@@ -75,7 +75,16 @@ def synthetic_data_config(directory, keypoints=False):
         "annotation_file": paths["val_json"],
     })
     override_file = os.path.join(directory, "data_override.yaml")
-    atomic.write_json(override_file, {"task": task})  # JSON is YAML; every worker writes it
+    override = {"task": task}
+    try:
+        with open(override_file) as f:
+            written = json.load(f)
+    except (OSError, ValueError):
+        written = None
+    # Written only where it differs: a whole dataset on read-only storage was
+    # refused ("Cannot write .../data_override.yaml") by a write that changed nothing.
+    if written != override:
+        atomic.write_json(override_file, override)  # JSON is YAML; every worker writes it
     return override_file
 
 
