@@ -463,6 +463,23 @@ def test_a_write_the_storage_refuses_names_the_file_and_keeps_the_old_one(tmp_pa
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
 
+def test_a_live_writers_staging_folder_is_not_taken_for_a_killed_ones(tmp_path):
+    """Two exports into one folder at once: the second's clean-up deleted the
+    first's staging folder as one a killed writer left."""
+    from nonlocal_keras.training import atomic
+
+    target = tmp_path / "export"
+    left = tmp_path / ".tmp-0123abcd-export"  # what a kill -9 leaves
+    left.mkdir()
+    with atomic.replace_folder(str(target)) as staging:
+        assert not left.exists()
+        (tmp_path / staging / "saved_model.pb").write_text("first")
+        atomic.remove_left_by_killed_writers(str(target))  # a second export's first step
+        assert os.path.isdir(staging)
+    assert os.listdir(tmp_path) == ["export"]
+    assert (target / "saved_model.pb").read_text() == "first"
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
     folder, and a kill left an earlier export half overwritten)."""

@@ -9,6 +9,7 @@ renames it over `path` only when the block ends without an exception.
 
 import contextlib
 import errno
+import fcntl
 import gc
 import inspect
 import json
@@ -275,13 +276,42 @@ def replace_folder(path):
     staging, aside = temporary_name(path), temporary_name(path) + _ASIDE
     os.makedirs(staging)
     try:
-        yield staging
-        if os.path.isdir(path):
-            os.rename(path, aside)
-        os.rename(staging, path)
+        with _held(staging):
+            yield staging
+            if os.path.isdir(path):
+                os.rename(path, aside)
+            os.rename(staging, path)
     finally:
         for folder in (staging, aside):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _held(folder):
+    """An exclusive `flock` on `folder` while its writer lives: a second writer of
+    the same path (two exports into one folder) deleted the first one's staging
+    folder as a killed writer's. The kernel drops it when the process ends,
+    `kill -9` included."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _is_held(folder):
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False
 
 
 _ASIDE = ".replaced"  # `replace_folder`'s old folder, between its two renames
@@ -304,6 +334,7 @@ def remove_left_by_killed_writers(path):
     time writes (a second writer's temporary would go too)."""
     for left in _left_by_killed_writers(path):
         if os.path.isdir(left):
-            shutil.rmtree(left, ignore_errors=True)
+            if not _is_held(left):  # else a live writer's (`replace_folder`)
+                shutil.rmtree(left, ignore_errors=True)
         else:
             os.remove(left)
