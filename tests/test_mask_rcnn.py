@@ -1352,18 +1352,19 @@ def test_a_failed_evals_clean_up_removes_only_its_summaries_and_not_under_a_trai
     import fcntl
 
     from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import atomic
 
     run = tmp_path / "run"
     (run / "validation").mkdir(parents=True)
     (run / "validation" / "events.old").write_text("")
-    before = trainer._entries(str(run))
+    before = atomic.entries(str(run))
     (run / "validation" / "events.new").write_text("")
     (run / "ckpt-9.index").write_text("")  # a trainer's, elsewhere in the folder
     trainer._remove_new_entries(str(run), before, under=str(run / "validation"))
     assert sorted(p.name for p in run.rglob("*")) == ["ckpt-9.index", "events.old", "validation"]
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    before = trainer._entries(str(fresh))
+    before = atomic.entries(str(fresh))
     (fresh / "validation").mkdir()
     (fresh / "validation" / "events.new").write_text("")
     trainer._remove_new_entries(str(fresh), before, under=str(fresh / "validation"))

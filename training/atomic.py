@@ -300,9 +300,10 @@ def _held(folder):
         os.close(handle)
 
 
-def _is_held(folder):
+def is_held(path):
+    """Whether another open file holds a `flock` on `path` (a file or folder)."""
     try:
-        handle = os.open(folder, os.O_RDONLY)
+        handle = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -328,13 +329,35 @@ def _left_by_killed_writers(path):
             if re.fullmatch(pattern, left)]
 
 
+def entries(folder):
+    """The paths of everything under `folder`; None where there is no folder."""
+    if not os.path.isdir(folder):
+        return None
+    return {os.path.join(root, name) for root, folders, files in os.walk(folder)
+            for name in folders + files}
+
+
+def remove_new_entries(folder, before):
+    """Remove what is under `folder` but not in `before` (its `entries` then): the
+    folder itself where there was none."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for root, folders, files in os.walk(folder, topdown=False):
+        for name in files + folders:
+            path = os.path.join(root, name)
+            if path not in before:
+                with contextlib.suppress(OSError):
+                    (os.rmdir if name in folders else os.remove)(path)
+
+
 def remove_left_by_killed_writers(path):
     """Delete the temporary files or folders of `path` beside it: a writer of
     `path` killed before its rename left them. For a path that one process at a
     time writes (a second writer's temporary would go too)."""
     for left in _left_by_killed_writers(path):
         if os.path.isdir(left):
-            if not _is_held(left):  # else a live writer's (`replace_folder`)
+            if not is_held(left):  # else a live writer's (`replace_folder`)
                 shutil.rmtree(left, ignore_errors=True)
         else:
             os.remove(left)

@@ -439,23 +439,12 @@ def _logs_go_unless_committed(state):
     """TensorBoard's files of a session that fails before it commits go with it:
     a failed command leaves a committed run's folder as it was."""
     logs = os.path.join(state.run_dir, "logs")
-
-    def listing():
-        return {os.path.join(top, name) for top, folders, files in os.walk(logs)
-                for name in folders + files} | ({logs} if os.path.isdir(logs) else set())
-
-    before = listing()
+    before = atomic.entries(logs)
     try:
         yield
     except BaseException:
         if state.before_first_commit is not None:
-            # Deepest first: a folder goes once its new files have.
-            for path in sorted(listing() - before, key=len, reverse=True):
-                with contextlib.suppress(OSError):
-                    if os.path.isdir(path):
-                        os.rmdir(path)
-                    else:
-                        os.remove(path)
+            atomic.remove_new_entries(logs, before)
         raise
 
 

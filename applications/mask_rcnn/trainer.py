@@ -614,7 +614,7 @@ def run(argv, signals):
     writer = "train" in FLAGS.mode and local_chief
     # --mode eval writes its summaries (validation/events...) into the run folder.
     evaluator = FLAGS.mode == "eval" and local_chief
-    before = _entries(model_dir) if writer or evaluator else None
+    before = atomic.entries(model_dir) if writer or evaluator else None
     checkpoint = tf.train.latest_checkpoint(model_dir)
     phase = {}
     with contextlib.ExitStack() as held:
@@ -636,48 +636,22 @@ def run(argv, signals):
             raise
 
 
-def _entries(folder):
-    """The paths of everything under `folder`; None where there is no folder."""
-    if not os.path.isdir(folder):
-        return None
-    return {os.path.join(root, name) for root, folders, files in os.walk(folder)
-            for name in folders + files}
-
-
 def _remove_new_entries(model_dir, before, under=None):
     """What a command that failed before saving a checkpoint wrote (params.yaml,
     summaries, the lock file; the folder itself where there was none) describes
     nothing trained: a failed command leaves the folder as it found it. With
     `under`, only what is new in that folder (or the folder itself, if new)."""
-    if before is None:
-        shutil.rmtree(model_dir, ignore_errors=True)
-        return
-    if under is not None and os.path.isdir(under) and under.rstrip(os.sep) != model_dir.rstrip(
-            os.sep) and os.path.normpath(under) not in {os.path.normpath(p) for p in before}:
+    if before is not None and under is not None and os.path.isdir(under) and under.rstrip(
+            os.sep) != model_dir.rstrip(os.sep) and os.path.normpath(under) not in {
+                os.path.normpath(p) for p in before}:
         shutil.rmtree(under, ignore_errors=True)
         return
-    for root, folders, files in os.walk(under or model_dir, topdown=False):
-        for name in files + folders:
-            path = os.path.join(root, name)
-            if path not in before:
-                with contextlib.suppress(OSError):
-                    (os.rmdir if name in folders else os.remove)(path)
+    atomic.remove_new_entries(model_dir if before is None else under or model_dir, before)
 
 
 def _held_by_a_trainer(model_dir):
     """Whether a training command holds `model_dir`'s lock (`run_state.folder_lock`)."""
-    import fcntl
-
-    try:
-        with open(os.path.join(model_dir, run_state.LOCK_FILE)) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    except OSError:
-        pass
-    return False
+    return atomic.is_held(os.path.join(model_dir, run_state.LOCK_FILE))
 
 
 def _writes_the_run(model_dir):
