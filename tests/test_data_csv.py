@@ -402,6 +402,27 @@ def test_training_videos_of_one_class_or_one_video_of_two_classes_are_refused(vi
         data.load_training_data(_data_config(train_csv=path, num_classes=2))
 
 
+def test_a_class_folder_linked_to_another_is_one_video_two_classes(tmp_path):
+    """`dog -> cat` (a symbolic link) trained every cat video as a dog too."""
+    (tmp_path / "cat").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "cat" / name).write_bytes(b"x")
+    (tmp_path / "bird").mkdir()
+    (tmp_path / "bird" / "c.mp4").write_bytes(b"x")
+    config = _data_config(train_csv=str(tmp_path))
+    assert len(data.load_training_data(config)[1]) == 3
+    (tmp_path / "dog").symlink_to(tmp_path / "cat")
+    with pytest.raises(data.DatasetError, match=(
+            r"2 training video\(s\) listed with different classes .*first: '.*cat/a.mp4' and "
+            r"'.*dog/a.mp4', the same file '.*cat/a.mp4', classes \[1, 2\]")):
+        data.load_training_data(config)
+    # A video of a CSV linked under another name, with another class.
+    (tmp_path / "dog").unlink()
+    (tmp_path / "bird" / "d.mp4").symlink_to(tmp_path / "cat" / "b.mp4")
+    with pytest.raises(data.DatasetError, match=r"1 training video\(s\) listed with different"):
+        data.load_training_data(config)
+
+
 def test_one_video_however_its_path_is_written_is_one_video(videos, caplog):
     path = _csv(videos, "path,label\na.mp4,1\n./a.mp4,1\nb.mp4,0\n.//c.mp4,2\n")
     records, _ = data.load_val_records({"val_csv": path, "num_classes": 3, "class_names": None})

@@ -473,16 +473,40 @@ def load_training_data(data_config):
 
 
 def _refuse_one_video_two_classes(records, source):
-    classes = {}
+    # By the file the path leads to: a class folder that is a symbolic link to
+    # another (or a video linked into a second class's folder) lists each of
+    # its videos again under the other class.
+    classes, paths, resolve = {}, {}, _file_resolver()
     for record in records:
-        classes.setdefault(record.path, set()).update(record.labels)
-    both = [path for path, found in classes.items() if len(found) > 1]
+        file = resolve(record.path)
+        classes.setdefault(file, set()).update(record.labels)
+        paths.setdefault(file, []).append(record.path)
+    both = [file for file, found in classes.items() if len(found) > 1]
     if both:
+        listed = sorted(set(paths[both[0]]))
+        first = repr(listed[0]) if len(listed) == 1 else (
+            f"{listed[0]!r} and {listed[1]!r}, the same file {both[0]!r}")
         raise DatasetError(
             f"{len(both)} training video(s) listed with different classes in a single-label "
-            f"set (first: {both[0]!r}, classes {sorted(classes[both[0]])}): give each one "
+            f"set (first: {first}, classes {sorted(classes[both[0]])}): give each one "
             f"class, or make the set multi-label ('path,labels'). Received: data.train_csv="
             f"{source!r}")
+
+
+def _file_resolver():
+    """`os.path.realpath` of a video path, each folder resolved once: a
+    Kinetics-sized set on NFS would otherwise look up every folder again for
+    each of its videos."""
+    folders = {}
+
+    def resolve(path):
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        path = os.path.join(folders[folder], name)
+        return os.path.realpath(path) if os.path.islink(path) else path
+
+    return resolve
 
 
 def _log_classes(records, data_config, multi_label):
