@@ -114,6 +114,9 @@ def test_file_then_overrides_and_saved_copy(tmp_path):
     path.write_text("schedule:\n  epochs: 3\ntrain:\n  batch_size: 8\n")
     config = config_lib.load_config(str(path), ["train.batch_size=16"])
     assert config["schedule"]["epochs"] == 3 and config["train"]["batch_size"] == 16
+    # A field set twice on the command line: the last counts (README: a command extended).
+    config = config_lib.load_config(str(path), ["schedule.epochs=2", "schedule.epochs=5"])
+    assert config["schedule"]["epochs"] == 5
     config_lib.save_config(config, str(tmp_path / "run" / "config.yaml"))
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == config
 
