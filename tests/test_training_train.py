@@ -797,17 +797,17 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
     """Its command loaded `model.weights` on every start, a rerun and a resume
     too, whose weights come from the run's own commit: once the source run was
     moved, "Cannot build ...: File format not supported", exit 2."""
-    from nonlocal_keras.training import train
+    from nonlocal_keras.training import run_state, train
 
     csv_path = _write_dataset(tmp_path, count=8)
     quiet = ("schedule.epochs=1", "data.val_csv=null", "runtime.tensorboard=false")
     train.run(config_lib.load_config(None, _overrides(csv_path, tmp_path / "source", *quiet)))
     tuned = tmp_path / "tuned"
 
-    def command(epochs):
+    def command(epochs, weights=tmp_path / "source", run_dir=tuned):
         return config_lib.load_config(None, _overrides(
-            csv_path, tuned, *quiet, f"schedule.epochs={epochs}",
-            f"model.weights={tmp_path / 'source'}"))
+            csv_path, run_dir, *quiet, f"schedule.epochs={epochs}",
+            *([f"model.weights={weights}"] if weights else [])))
 
     train.run(command(1))
     finished = train.run(command(1))[0].get_weights()
@@ -816,13 +816,30 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
     for weight, expected in zip(model.get_weights(), finished, strict=True):
         np.testing.assert_array_equal(weight, expected)
     assert train.run(command(2))[1]["steps"] == 2 * 2  # continued for an epoch
+    # Other weights where its own start is still there, none, or weights for a run
+    # that started from none: the rerun went on without a word and wrote them into
+    # config.yaml as the run's start.
+    os.rename(tmp_path / "moved", tmp_path / "source")
+    shutil.copytree(tmp_path / "source", tmp_path / "other")
+    saved = (tuned / "config.yaml").read_bytes()
+    for weights in (tmp_path / "other", None):
+        with pytest.raises(run_state.RunFolderError, match=(
+                r"model\.weights: '.*source' -> .*\(the run started from the first, which is "
+                r"still there\)")):
+            train.run(command(2, weights))
+    with pytest.raises(run_state.RunFolderError, match=r"model\.weights: None -> '.*other' \(the "
+                       r"run started from the first\)"):
+        train.run(command(1, tmp_path / "other", tmp_path / "source"))
+    assert (tuned / "config.yaml").read_bytes() == saved
+    (tmp_path / "link").symlink_to(tmp_path / "source")
+    assert train.run(command(2, tmp_path / "link"))[1]["steps"] == 2 * 2  # the same start
     with pytest.raises(errors.MissingFileError, match="No such weights file or run folder"):
         train.run(config_lib.load_config(None, _overrides(
-            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source'}")))
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'gone'}")))
     # A saved model is no weights file: it was a 72-line Keras error.
     with pytest.raises(errors.ConfigError, match=r"takes a \.weights\.h5 file.*model\.keras'$"):
         train.run(config_lib.load_config(None, _overrides(
-            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'moved' / 'model.keras'}")))
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source' / 'model.keras'}")))
 
 
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):

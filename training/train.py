@@ -162,12 +162,29 @@ def _check_same_experiment(run_dir, config, chief=True):
     changed += [f"{section}.{field}: {value!r} -> (absent)"
                 for section, fields in previous.items() for field, value in fields.items()
                 if field not in config.get(section, {})]
+    changed += _other_start_weights(previous, config)
     if changed:
         raise run_state.RunFolderError(
             f"The run folder {run_dir!r} holds another experiment ({'; '.join(changed[:5])}). "
             "Rerun with --restart to move it aside and start over, or choose another "
             "runtime.output_dir.")
     return previous
+
+
+def _other_start_weights(previous, config):
+    """`model.weights` may change where the run started from has gone (moved,
+    deleted: the run goes on from its own weights); other weights named where
+    it is still there, or weights named for a run that started from none (or
+    the reverse), are another experiment. A rerun took them without a word and
+    wrote them into config.yaml as the run's start."""
+    before = previous.get("model", {}).get("weights")
+    after = config["model"].get("weights")
+    if before == after or (before is not None and after is not None and (
+            not os.path.exists(before) or (os.path.exists(after)
+                                            and os.path.samefile(before, after)))):
+        return []
+    still = ", which is still there" if before is not None else ""
+    return [f"model.weights: {before!r} -> {after!r} (the run started from the first{still})"]
 
 
 def _absolute_paths(config):
