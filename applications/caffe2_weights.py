@@ -23,7 +23,6 @@ pickle can run code when loaded: convert only files you trust.
 import pickle
 import re
 import sys
-import warnings
 
 import keras
 import numpy as np
@@ -38,6 +37,7 @@ BN_EPSILON = video_resnet.BN_EPSILON
 _BN_BLOBS = (("gamma", "_s"), ("beta", "_b"), ("moving_mean", "_rm"), ("moving_variance", "_riv"))
 _NONLOCAL_PROJECTIONS = (("theta", "theta"), ("phi", "phi"), ("g", "g"), ("w_z", "out"))
 _NONLOCAL_NAME = re.compile(r"^res(\d)_(\d+)_nonlocal$")
+_NONLOCAL_BN = re.compile(r"^nonlocal_conv\d_\d+_bn_(?:s|b|rm|riv)$")
 _PARAMETER_SUFFIXES = ("_w", "_b", "_s", "_rm", "_riv")
 ARCH_PATTERN = re.compile(
     r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)(?:_(8x8|32x2))?$")
@@ -113,7 +113,9 @@ def load_caffe2_weights(model, blobs, may_lack=()):
     Raises:
         ValueError: naming the blobs the model needs and the file lacks
             (but those starting with one of `may_lack`, left as they are),
-            or a blob whose shape does not fit its layer.
+            parameter blobs the model has no place for (another architecture:
+            a classifier only where the model has one), or a blob whose shape
+            does not fit its layer.
 
     The frozen-BN releases (`*_I3D_pretrain_*`, trained with the official
     `USE_AFFINE`) store each BN as an affine `x * _s + _b` without running
@@ -128,9 +130,30 @@ def load_caffe2_weights(model, blobs, may_lack=()):
     blobs = _with_affine_statistics(blobs, [name for _, name, _ in entries])
     missing = [name for _, name, _ in entries
                if name not in blobs and not name.startswith(tuple(may_lack))]
+    if missing and all(_NONLOCAL_BN.match(name) for name in missing) and any(
+            name.startswith("nonlocal_conv") and name.endswith("_out_w") for name in blobs):
+        # The official NONLOCAL.USE_BN: False of the frozen-BN non-local releases.
+        raise ValueError(
+            "The file's non-local blocks have no BN after their output convolution (the "
+            "official frozen-BN non-local releases, i3d_nonlocal_*_I3D_pretrain_*, trained with "
+            "NONLOCAL.USE_BN: False and res3's blocks on groups of 4 frames): not supported, "
+            f"the models' blocks have one. First BN blob the file lacks: {missing[0]!r}")
     if missing:
         raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
                          f"the first {missing[0]!r}: {', '.join(missing[:10])}")
+    used = {name for _, name, _ in entries}
+    unused = sorted(set(blobs) - used)
+    # A model without a classifier (include_top=False) has no place for one.
+    headless = not any(name.startswith("pred_") for name in used)
+    parameters = [n for n in unused if n.endswith(_PARAMETER_SUFFIXES) and "momentum" not in n
+                  and not (headless and n.startswith("pred_"))]
+    if parameters:
+        # Before anything is assigned: R101's blobs hold every name R50
+        # needs, a release with non-local blocks every name the model without them
+        # needs; both loaded part of the file, exit 0, with a warning.
+        raise ValueError(f"{len(parameters)} parameter blobs of the file have no place in "
+                         f"{model.name!r} (another architecture?), the first {parameters[0]!r}: "
+                         f"{', '.join(parameters[:10])}")
     for variable, name, layout in entries:
         if name not in blobs:
             continue
@@ -143,12 +166,6 @@ def load_caffe2_weights(model, blobs, may_lack=()):
             raise ValueError(f"Blob {name!r} has shape {np.shape(blobs[name])}, which does not fit "
                              f"{variable.path} {tuple(variable.shape)} of {model.name!r}.")
         variable.assign(value.astype(variable.dtype))
-    used = {name for _, name, _ in entries}
-    unused = sorted(set(blobs) - used)
-    parameters = [n for n in unused if n.endswith(_PARAMETER_SUFFIXES) and "momentum" not in n]
-    if parameters:
-        warnings.warn(f"{len(parameters)} parameter blobs are not used by {model.name!r} "
-                      f"(another architecture?), e.g. {parameters[:5]}", stacklevel=2)
     return unused
 
 

@@ -117,11 +117,26 @@ def test_missing_blob_and_wrong_shape_are_named():
         load_caffe2_weights(small_model(), blobs)
 
 
-def test_unused_parameter_blobs_are_reported():
+def test_parameter_blobs_the_model_has_no_place_for_are_an_error():
+    """A file of another architecture whose blobs hold every name the model needs
+    (R101 into R50, a release with non-local blocks into the model without them)
+    loaded that part of it with a warning, exit 0."""
     blobs = official_blobs(small_model(seed=0))
     blobs["nonlocal_conv4_3_theta_w"] = np.zeros((4, 8, 1, 1, 1), "float32")
-    with pytest.warns(UserWarning, match="nonlocal_conv4_3_theta_w"):
-        assert load_caffe2_weights(small_model(), blobs) == ["nonlocal_conv4_3_theta_w"]
+    blobs["res4_3_branch2a_w"] = np.zeros((8, 8, 1, 1, 1), "float32")
+    model = small_model()
+    before = [np.asarray(v).copy() for v in model.weights]
+    with pytest.raises(ValueError, match=r"2 parameter blobs of the file have no place in "
+                       r"'small_nl_i3d' \(another architecture\?\), the first "
+                       r"'nonlocal_conv4_3_theta_w'"):
+        load_caffe2_weights(model, blobs)
+    for variable, value in zip(model.weights, before):  # nothing assigned
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    # Optimiser state is passed over; so is a classifier where the model has none.
+    blobs = {**official_blobs(small_model(seed=0)), **EXTRA_BLOBS}
+    assert load_caffe2_weights(small_model(), blobs) == sorted(EXTRA_BLOBS)
+    headless = VideoResNet((2, 2, 1, 1), include_top=False, name="small_nl_i3d", **SMALL)
+    assert load_caffe2_weights(headless, blobs) == sorted([*EXTRA_BLOBS, "pred_b", "pred_w"])
 
 
 @pytest.mark.slow
@@ -237,6 +252,13 @@ def test_affine_batch_norms_of_the_frozen_bn_releases():
         expected = x * blobs[f"{prefix}_s"].astype("float64") + blobs[f"{prefix}_b"]
         np.testing.assert_allclose(bn(x.astype("float32"), training=False), expected,
                                    rtol=1e-5, atol=1e-5)
+    # The non-local releases of that kind (the official NONLOCAL.USE_BN: False) have no
+    # BN in their blocks: "20 blobs ... needs are not in the file" said nothing of why.
+    no_bn = {name: value for name, value in affine.items() if "_nonlocal" not in name
+             and not (name.startswith("nonlocal_conv") and "_bn_" in name)}
+    with pytest.raises(ValueError, match=r"non-local blocks have no BN after their output "
+                       r"convolution .*NONLOCAL.USE_BN: False.*'nonlocal_conv3_1_bn_s'"):
+        load_caffe2_weights(small_model(), no_bn)
 
 
 def test_arch_names():
@@ -349,6 +371,49 @@ def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, 
     # Evaluation and export load strictly: a classifier of another size is an error.
     with pytest.raises(ConfigError, match="another class count"):
         models.build_model(model_config, data_config, multi_label=False)
+
+
+def test_fine_tuning_from_an_official_pickle_without_a_classifier(tmp_path, caplog):
+    """What the official `modify_caffe2_ftvideo.py` writes for fine-tuning (its
+    `pred_*` deleted, a bare dict) was refused: "2 blobs ... needs are not in
+    the file, the first 'pred_w'". The classifier starts new."""
+    import logging
+
+    from nonlocal_keras.training import models
+
+    source = small_model(seed=0)
+    blobs = {n: v for n, v in official_blobs(source).items() if not n.startswith("pred_")}
+    write_pickle(tmp_path / "ft.pkl", {**blobs, "lr": 0.01}, wrap=False)
+    model_config = dict(SMALL_CONFIG, weights=str(tmp_path / "ft.pkl"))
+    with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+        tuned = models.build_model(model_config, SMALL_DATA, multi_label=False, fine_tune=True)
+    assert "the classifier pred (the file has none)" in caplog.text
+    for variable, expected in zip(tuned.weights, source.weights):
+        if not variable.path.startswith("pred/"):
+            np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
+
+
+def test_fine_tuning_from_a_weights_file_of_more_layers_is_refused(tmp_path):
+    """A run with non-local blocks into the model without them: the rest loaded,
+    exit 0, and an INFO line counted the 12 arrays left out. The reverse loads
+    (the blocks start new)."""
+    from nonlocal_keras.training import models
+    from nonlocal_keras.training.errors import ConfigError
+
+    with_blocks, without = dict(SMALL_CONFIG), dict(SMALL_CONFIG, nonlocal_blocks=0)
+    for source_config, target_config, error in ((with_blocks, without, True),
+                                                (without, with_blocks, False)):
+        source = models.build_model(source_config, SMALL_DATA, multi_label=False)
+        path = str(tmp_path / "source.weights.h5")
+        source.save_weights(path)
+        target = dict(target_config, weights=path)
+        if not error:
+            models.build_model(target, SMALL_DATA, multi_label=False, fine_tune=True)
+            continue
+        with pytest.raises(ConfigError, match=(
+                r"24 weight array\(s\) of the file have no place in '.*' \(another "
+                r"architecture\?\): layers/non_local3d.* and 19 more\. Received: model.weights=")):
+            models.build_model(target, SMALL_DATA, multi_label=False, fine_tune=True)
 
 
 def test_fine_tuning_from_an_official_2d_imagenet_pickle_inflates_it(tmp_path, caplog):

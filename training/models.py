@@ -264,8 +264,9 @@ def load_matching_weights(model, path, other_classes=False):
     order, which another class count or added non-local blocks do not move)
     and by shape. The last layer (the classifier) may differ in shape: it then
     keeps its fresh initialisation, as it does with `other_classes` (the file's
-    run had other class names). A shape that differs anywhere else means
-    another architecture and is a ConfigError naming the weight. Logs what was
+    run had other class names). A shape that differs anywhere else, or a weight
+    of the file the model has no place for, means another architecture and is a
+    ConfigError naming the weight. Logs what was
     restored and what was left new; returns `(restored, left_new)` h5 paths.
     """
     with tempfile.TemporaryDirectory() as folder:
@@ -287,6 +288,14 @@ def load_matching_weights(model, path, other_classes=False):
         raise ConfigError(f"{len(wrong)} weight(s) of the file do not fit {model.name!r} outside "
                           f"its classifier (another architecture?): {listed}. "
                           f"Received: model.weights={path!r}")
+    unused = sorted(set(found) - set(own))
+    if unused:
+        # A run of the model with non-local blocks into the one without, of R101
+        # into R50: the rest loaded, exit 0, and an INFO line counted what was not.
+        raise ConfigError(f"{len(unused)} weight array(s) of the file have no place in "
+                          f"{model.name!r} (another architecture?): {', '.join(unused[:5])}"
+                          f"{f' and {len(unused) - 5} more' if len(unused) > 5 else ''}. "
+                          f"Received: model.weights={path!r}")
     left_new = [p for p in own if p not in restored]
     if not restored:
         raise ConfigError(f"No weight of the file fits {model.name!r}. "
@@ -300,16 +309,12 @@ def load_matching_weights(model, path, other_classes=False):
         model.layers[-1].set_weights(fresh)
         logger.warning("The classifier is left new: the run of %s was trained on other class "
                        "names (or another order) than these.", path)
-    unused = sorted(set(found) - set(own))
     logger.info("Loaded %d of %d weight arrays from %s.", len(restored), len(own), path)
     if left_new:
         logger.info("Left new (freshly initialised): %s",
                     ", ".join(f"{names.get(p, p)} {own[p].shape}"
                               + (f" (file: {found[p].shape})" if p in found else "")
                               for p in left_new))
-    if unused:
-        logger.info("Not used: %d weight array(s) of the file that the model does not have.",
-                    len(unused))
     return restored, left_new
 
 
@@ -329,12 +334,17 @@ def load_caffe2_for_fine_tuning(model, path):
         blobs["pred_w"] = np.asarray(layer.kernel).T
         blobs["pred_b"] = np.asarray(layer.bias)
     # An ImageNet file (2D, inflated on loading) has no non-local blocks: as in
-    # the official training, they start from their initialisers.
-    lacking = [name for name in ("nonlocal_",) if not any(b.startswith(name) for b in blobs)]
+    # the official training, they start from their initialisers. Nor has a file
+    # made for fine-tuning by the official `modify_caffe2_ftvideo.py` a classifier.
+    lacking = [name for name in ("nonlocal_", "pred_")
+               if not any(b.startswith(name) for b in blobs)]
     try:
         load_caffe2_weights(model, blobs, may_lack=lacking)
     except ValueError as error:
-        raise ConfigError(f"{error} Received: model.weights={path!r}") from error
-    if lacking and any(isinstance(layer, NonLocal3D) for layer in model.layers):
+        raise ConfigError(f"{str(error).rstrip('.')}. Received: model.weights={path!r}") from error
+    if "nonlocal_" in lacking and any(isinstance(layer, NonLocal3D) for layer in model.layers):
         logger.info("Left new (freshly initialised): the non-local blocks (the file has none).")
+    if "pred_" in lacking:
+        logger.info("Left new (freshly initialised): the classifier %s (the file has none).",
+                    layer.name)
     logger.info("Loaded the official weights %s.", path)
