@@ -178,7 +178,7 @@ def _other_start_weights(previous, config):
     the reverse), are another experiment. A rerun took them without a word and
     wrote them into config.yaml as the run's start."""
     before = previous.get("model", {}).get("weights")
-    after = config["model"].get("weights")
+    after = config.get("model", {}).get("weights")
     if before == after or (before is not None and after is not None and (
             not os.path.exists(before) or (os.path.exists(after)
                                             and os.path.samefile(before, after)))):
