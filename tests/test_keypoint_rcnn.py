@@ -5,6 +5,8 @@ written here from the Mask R-CNN paper's definitions (section 5), not with
 values the code produced.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -196,6 +198,51 @@ def test_head_rejects_bad_arguments_naming_them(kwargs, message):
         KeypointHead(**kwargs)
 
 
+SEVEN = "task.model.keypoint_head.num_keypoints=7,"
+SEVEN_FLIP = "task.model.keypoint_head.flip_permutation=[0,2,1,4,3,6,5],"
+
+
+@pytest.mark.parametrize("override, message", [
+    # COCO's 17 flips for 7 keypoints: a traceback at the first flipped image.
+    (SEVEN + "task.model.keypoint_head.oks_sigmas=[0.1,0.1,0.1,0.1,0.1,0.1,0.1]",
+     "a permutation of 0..6 that undoes itself (unset, it is COCO's 17)"),
+    ("task.model.keypoint_head.flip_permutation=[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]",
+     "Received: task.model.keypoint_head.flip_permutation=[0, 0, 0"),
+    (SEVEN + "task.model.keypoint_head.flip_permutation=[0,2,1,4,3,6,9]", "undoes itself."),
+    (SEVEN + "task.model.keypoint_head.flip_permutation=[0,2,3,4,1,6,5]", "undoes itself."),
+    # COCO's 17 OKS constants for 7 keypoints: failed at the first evaluation.
+    (SEVEN + SEVEN_FLIP[:-1], "`task.model.keypoint_head.oks_sigmas` must give the OKS constant "
+                              "of each of the 7 keypoints"),
+    ("task.model.keypoint_head.oks_sigmas=[0.1]", "must be 17 positive numbers"),
+    (SEVEN + SEVEN_FLIP + "task.model.keypoint_head.oks_sigmas=[0.1,0.1,0.1,0.0,0.1,0.1,0.1]",
+     "must be 7 positive numbers, one a keypoint. Received: "),
+    ("task.model.keypoint_head.loss_weight=-1.0", "`task.model.keypoint_head.loss_weight` must "
+                                                 "be at least 0. Received: "),
+    ("task.model.keypoint_head.num_sampled_rois=0", "must be 1 to "
+                                                    "task.model.roi_sampler.num_sampled_rois (512)"),
+    ("task.model.keypoint_head.num_sampled_rois=600", "Received: "
+                                                      "task.model.keypoint_head.num_sampled_rois=600"),
+    ("task.model.keypoint_head.roi_size=0", "`task.model.keypoint_head.roi_size` must be at least 1"),
+])
+def test_keypoint_settings_that_disagree_are_refused_before_anything_runs(override, message):
+    """Each failed mid-training or at the first evaluation (a traceback, or a
+    3,000-character line), or trained something else, exit 0 (an audit)."""
+    from official.core import exp_factory
+    from official.modeling import hyperparams
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment, trainer
+
+    for name in keypoint_experiment.EXPERIMENTS:
+        params = hyperparams.override_params_dict(exp_factory.get_exp_config(name), override,
+                                                  is_strict=True)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            trainer.check_value_ranges(params)
+    # The stick figures' settings (written beside their records) pass.
+    trainer.check_value_ranges(hyperparams.override_params_dict(
+        exp_factory.get_exp_config(name), SEVEN + SEVEN_FLIP
+        + "task.model.keypoint_head.oks_sigmas=[0.1,0.1,0.1,0.1,0.1,0.1,0.1]", is_strict=True))
+
+
 def test_head_config_round_trips():
     head = KeypointHead(num_keypoints=4, num_convs=2, num_filters=8, head_nonlocal=[2])
     config = head.get_config()
@@ -285,6 +332,35 @@ def test_synthetic_figures_are_coco_keypoints_and_records_decode_to_them(stick_f
     expected[..., 1] /= image["height"]
     np.testing.assert_allclose(decoded["groundtruth_keypoints"].numpy(),
                                expected[..., [1, 0, 2]], rtol=1e-5)
+
+
+def test_records_without_keypoints_or_of_another_count_are_named(stick_figures):
+    """Model Garden's converter writes no keypoints ("indices[0] = 0 is not in [0, 0)")
+    and records of 7 keypoints read as 17 ("Input to reshape is a tensor with 21
+    values"): tracebacks mid-training; now one line naming the data and the count."""
+    from official.core import exp_factory
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_data, trainer
+
+    record = next(iter(tf.data.TFRecordDataset(tf.io.gfile.glob(stick_figures["train_tfrecords"]))))
+    example = tf.train.Example.FromString(record.numpy())
+    for key in list(example.features.feature):
+        if key.startswith("image/object/keypoint/"):
+            del example.features.feature[key]
+    params = exp_factory.get_exp_config("keypoint_rcnn_resnetfpn_coco")
+    params.task.train_data.input_path = "/data/train*"
+    for serialized, count in ((example.SerializeToString(), 7), (record, 17)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            keypoint_data.KeypointDecoder(num_keypoints=count).decode(serialized)
+        params.task.model.keypoint_head.num_keypoints = count
+        with pytest.raises(ValueError, match=(
+                rf"^The training data's records do not hold {count} keypoints an object .*"
+                rf"Received: task.train_data.input_path='/data/train\*', "
+                rf"task.model.keypoint_head.num_keypoints={count}$")):
+            with trainer.damaged_files_named(params, "run", "train"):
+                raise raised.value
+    assert keypoint_data.KeypointDecoder(num_keypoints=7).decode(record)[
+        "groundtruth_keypoints"].shape[1:] == (7, 3)
 
 
 # --- experiments, model, task ----------------------------------------------------------
@@ -443,6 +519,26 @@ def test_evaluator_gives_keypoint_ap_1_for_the_ground_truth_and_less_when_shifte
     shifted = evaluator.result()
     assert shifted["AP"] == pytest.approx(1.0)  # boxes unchanged
     assert 0.0 <= shifted["keypoint_AP"] < 0.9
+
+
+def test_evaluator_keeps_keypoints_in_fractions_of_a_pixel(stick_figures, monkeypatch):
+    """Model Garden's conversion to COCO results truncates them (`.astype(int)`):
+    keypoint AP of the README run 0.8702 against 0.8735 unrounded (an audit)."""
+    from nonlocal_keras.applications.mask_rcnn import synthetic_keypoints
+    from nonlocal_keras.applications.mask_rcnn.keypoint_eval import KeypointCOCOEvaluator
+
+    evaluator = KeypointCOCOEvaluator(stick_figures["val_json"], synthetic_keypoints.OKS_SIGMAS)
+    predictions = _ground_truth_as_predictions(stick_figures["val_json"], 2.0, 0.7)
+    expected = predictions["detection_keypoints"][0].astype(np.float64) / 2.0  # [y, x]
+    seen, load = [], evaluator.ground_truth.loadRes
+    monkeypatch.setattr(evaluator.ground_truth, "loadRes",
+                        lambda predictions: load(predictions=seen.extend(predictions) or predictions))
+    evaluator.update_state(None, predictions)
+    evaluator.result()
+    got = np.array([result["keypoints"] for result in seen]).reshape(expected.shape[:2] + (3,))
+    np.testing.assert_allclose(got[..., 0], expected[..., 1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[..., 1], expected[..., 0], rtol=0, atol=1e-5)
+    assert (got[..., 2] == 1).all()
 
 
 @pytest.mark.slow

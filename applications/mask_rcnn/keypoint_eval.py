@@ -52,7 +52,13 @@ class KeypointCOCOEvaluator:
             self.predictions.setdefault(key, []).append(value)
 
     def result(self):
+        keypoints = list(_coco_keypoints(self.predictions["detection_keypoints"]))
         results = coco_utils.convert_predictions_to_coco_annotations(self.predictions)
+        # Model Garden's conversion truncates the keypoints to whole pixels
+        # (`.astype(int)`: half a pixel to the top left on average); pycocotools
+        # and Detectron keep them as they are. One result per detection, in order.
+        for result, points in zip(results, keypoints, strict=True):
+            result["keypoints"] = points
         detections = self.ground_truth.loadRes(predictions=results)
         image_ids = sorted({r["image_id"] for r in results})
         metrics = {}
@@ -69,6 +75,14 @@ class KeypointCOCOEvaluator:
                             for name, value in zip(names, evaluation.stats)})
         self.reset_states()
         return metrics
+
+
+def _coco_keypoints(batches):
+    """Each detection's COCO `[x1, y1, v1, x2, ...]` (v = 1) from `(batch, detections,
+    K, 2)` `[y, x]` arrays, batch by batch."""
+    for batch in batches:
+        xyv = np.concatenate([batch[..., 1:], batch[..., :1], np.ones_like(batch[..., :1])], -1)
+        yield from xyv.reshape(-1, xyv.shape[-2] * 3).astype(np.float64).tolist()
 
 
 def _numpy(value):
