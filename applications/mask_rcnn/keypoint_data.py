@@ -34,6 +34,8 @@ COCO_KEYPOINTS = (
 COCO_FLIP_PERMUTATION = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
 _KEYS = ("image/object/keypoint/y", "image/object/keypoint/x", "image/object/keypoint/visibility")
+# What the decoder's check says (`trainer.damaged_files_named` finds it in the error).
+KEYPOINTS_NOT_IN_RECORDS = "a record does not hold num_keypoints keypoints an object"
 
 
 def create_keypoint_tf_example(image, image_dirs, *args, **kwargs):
@@ -90,7 +92,15 @@ class KeypointDecoder(tf_example_decoder.TfExampleDecoder):
         decoded = super().decode(serialized_example)
         parsed = tf.io.parse_single_example(serialized_example, self.keypoint_features)
         y, x, v = (tf.cast(tf.sparse.to_dense(parsed[key]), tf.float32) for key in _KEYS)
-        keypoints = tf.stack([y, x, v], axis=-1)
+        # Records without keypoints (Model Garden's COCO converter writes none) or
+        # of another count failed deep in the parser ("indices[0] = 0 is not in
+        # [0, 0)", a reshape of 21 values into 51s): a traceback.
+        expected = tf.size(decoded["groundtruth_classes"]) * self.num_keypoints
+        check = tf.debugging.assert_equal(
+            tf.stack([tf.size(y), tf.size(x), tf.size(v)]), tf.fill([3], expected),
+            message=KEYPOINTS_NOT_IN_RECORDS)
+        with tf.control_dependencies([check]):
+            keypoints = tf.stack([y, x, v], axis=-1)
         decoded["groundtruth_keypoints"] = tf.reshape(keypoints, [-1, self.num_keypoints, 3])
         return decoded
 

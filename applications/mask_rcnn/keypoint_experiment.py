@@ -13,6 +13,7 @@ classes (background, person) and no mask branch.
 """
 
 import dataclasses
+import math
 from typing import List, Optional
 
 import tensorflow as tf
@@ -65,6 +66,42 @@ class KeypointHeadConfig(hyperparams.Config):
     flip_permutation: List[int] = dataclasses.field(
         default_factory=lambda: list(COCO_FLIP_PERMUTATION))
     oks_sigmas: Optional[List[float]] = None
+
+
+def check_keypoint_head(model):
+    """The keypoint head's settings that must agree with `num_keypoints` and the
+    RoI sampler, checked before anything runs. Each was taken as given: a flip
+    map of another length failed mid-training (a traceback), COCO's 17 OKS
+    constants for other keypoints failed at the first evaluation, after the
+    training, and a flip map that is no permutation or a negative loss weight
+    trained something else, exit 0."""
+    head, field = model.keypoint_head, "task.model.keypoint_head."
+    count, flip, sigmas = head.num_keypoints, list(head.flip_permutation), head.oks_sigmas
+    if sorted(flip) != list(range(count)) or any(flip[flip[i]] != i for i in range(count)):
+        unset = " (unset, it is COCO's 17)" if len(flip) != count else ""
+        raise ValueError(
+            f"`{field}flip_permutation` must give each of the {count} keypoints the index it "
+            f"takes in a horizontally flipped image: a permutation of 0..{count - 1} that undoes "
+            f"itself{unset}. Received: {field}flip_permutation={flip}, "
+            f"{field}num_keypoints={count}")
+    if sigmas is None and count != len(COCO_FLIP_PERMUTATION):
+        raise ValueError(
+            f"`{field}oks_sigmas` must give the OKS constant of each of the {count} keypoints "
+            f"for the evaluation (unset, they are COCO's 17). Received: {field}oks_sigmas=None, "
+            f"{field}num_keypoints={count}")
+    if sigmas is not None and (len(sigmas) != count or not all(
+            math.isfinite(sigma) and sigma > 0 for sigma in sigmas)):
+        raise ValueError(f"`{field}oks_sigmas` must be {count} positive numbers, one a keypoint. "
+                         f"Received: {field}oks_sigmas={list(sigmas)}")
+    if not head.loss_weight >= 0:  # NaN too
+        raise ValueError(f"`{field}loss_weight` must be at least 0. "
+                         f"Received: {field}loss_weight={head.loss_weight!r}")
+    most = model.roi_sampler.num_sampled_rois
+    if not 1 <= head.num_sampled_rois <= most:
+        raise ValueError(
+            f"`{field}num_sampled_rois` must be 1 to task.model.roi_sampler.num_sampled_rois "
+            f"({most}): the keypoint head trains on foreground RoIs of that sample. "
+            f"Received: {field}num_sampled_rois={head.num_sampled_rois}")
 
 
 @dataclasses.dataclass

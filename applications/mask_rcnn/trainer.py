@@ -24,6 +24,7 @@ from nonlocal_keras import console
 from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
 from nonlocal_keras.applications.mask_rcnn import (
     export,
+    keypoint_data,
     keypoint_experiment,
     synthetic_coco,
     synthetic_keypoints,
@@ -377,7 +378,9 @@ AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1,
             "task.model.num_classes": 2,
             "task.train_data.global_batch_size": 1, "task.validation_data.global_batch_size": 1,
             "task.train_data.shuffle_buffer_size": 1,
-            "task.validation_data.shuffle_buffer_size": 1}
+            "task.validation_data.shuffle_buffer_size": 1,
+            # Keypoint R-CNN's: 0 failed in the first step (a traceback).
+            "task.model.keypoint_head.roi_size": 1}
 # Orbit evaluates `steps` > 0, or the whole set for -1; with 0, train_and_eval
 # trained the whole run, then failed with Orbit's ValueError.
 STEPS_OR_ALL = ("trainer.validation_steps",)
@@ -398,6 +401,8 @@ def check_value_ranges(params):
                 and value != -1):
             raise ValueError(f"`{key}` must be at least 1, or -1 (the whole validation set). "
                              f"Received: {key}={value!r}")
+    if hasattr(params.task.model, "keypoint_head"):
+        keypoint_experiment.check_keypoint_head(params.task.model)
 
 
 # What TensorFlow says of a damaged file the run reads (a TFRecord, an image in
@@ -445,7 +450,8 @@ def damaged_files_named(params, model_dir, mode=None, phase=None):
                 f"{data.train_data.input_path!r}, task.validation_data.input_path="
                 f"{data.validation_data.input_path!r}, --model_dir={model_dir!r}") from None
         unusable = UNUSABLE.search(text)
-        if not unusable or isinstance(error, IndexError):
+        lacking = keypoint_data.KEYPOINTS_NOT_IN_RECORDS in text
+        if not (unusable or lacking) or isinstance(error, IndexError):
             raise
         now = (phase or {}).get("now") or (
             "eval" if mode in ("eval", "continuous_eval")
@@ -455,6 +461,14 @@ def damaged_files_named(params, model_dir, mode=None, phase=None):
                      now, ("training or validation", ["train_data", "validation_data"]))
         received = ", ".join(f"task.{name}.input_path={getattr(data, name).input_path!r}"
                              for name in which[1])
+        if lacking:
+            count = data.model.keypoint_head.num_keypoints
+            raise ValueError(
+                f"The {which[0]} data's records do not hold {count} keypoints an object "
+                "(image/object/keypoint/x, y, visibility): records written without keypoints "
+                "(Model Garden's COCO converter writes none), or with another count than "
+                f"task.model.keypoint_head.num_keypoints. Received: {received}, "
+                f"task.model.keypoint_head.num_keypoints={count}") from None
         raise ValueError(
             f"The {which[0]} data are not COCO tf.Examples Model Garden can read "
             f"({unusable.group(0)}): an empty TFRecord file, records that are not tf.Example, "
