@@ -842,6 +842,21 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
             csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source' / 'model.keras'}")))
 
 
+def test_start_weights_that_are_no_file_are_compared_as_names(tmp_path):
+    """`imagenet` (Keras' weights, inflated) is no path: it is not 'gone', so a file
+    named in its place is another start."""
+    from nonlocal_keras.training import train
+
+    file = tmp_path / "w.weights.h5"
+    file.write_bytes(b"x")
+    imagenet = {"model": {"weights": "imagenet"}}
+    assert train._other_start_weights(imagenet, imagenet) == []
+    assert train._other_start_weights(imagenet, {"model": {"weights": str(file)}}) == [
+        f"model.weights: 'imagenet' -> {str(file)!r} (the run started from the first)"]
+    assert train._other_start_weights({"model": {"weights": str(tmp_path / "gone.h5")}},
+                                      {"model": {"weights": str(file)}}) == []
+
+
 def test_a_commit_on_sigterm_waits_for_the_epochs_end_at_its_last_step(tmp_path):
     """At an epoch's last step the commit comes with the epoch's history row, at the
     epoch's end: committed at the step, the row would be missing on resume."""

@@ -179,11 +179,11 @@ def _other_start_weights(previous, config):
     wrote them into config.yaml as the run's start."""
     before = previous.get("model", {}).get("weights")
     after = config.get("model", {}).get("weights")
-    if before == after or (before is not None and after is not None and (
-            not os.path.exists(before) or (os.path.exists(after)
-                                            and os.path.samefile(before, after)))):
+    if before == after or (models.names_a_file(before) and models.names_a_file(after) and (
+            not os.path.exists(before)  # moved: its new place, or another name for it
+            or os.path.exists(after) and os.path.samefile(before, after))):
         return []
-    still = ", which is still there" if before is not None else ""
+    still = ", which is still there" if models.names_a_file(before) else ""
     return [f"model.weights: {before!r} -> {after!r} (the run started from the first{still})"]
 
 
