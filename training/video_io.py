@@ -444,7 +444,11 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
         stream = _video_stream(container, path)
         # The size FFmpeg found probing the first frames, before decoding changes it.
         size = (stream.width or None, stream.height or None)
-        stream.thread_type = "AUTO"
+        # Frame threads report a rejected packet on a later one, as their timing
+        # has it: the careful pass (damaged videos only) decodes each packet in
+        # turn, slice threads at most, so that what it passes over is the same
+        # on a busy machine as on an idle one (a test failed once under load).
+        stream.thread_type = "SLICE" if careful else "AUTO"
         if threads:
             stream.thread_count = threads
         if seek:
