@@ -330,17 +330,19 @@ def _left_by_killed_writers(path):
 
 
 def entries(folder):
-    """The paths of everything under `folder`; None where there is no folder."""
+    """The paths of `folder` (normalised) and of everything under it; None where
+    there is no folder."""
     if not os.path.isdir(folder):
         return None
-    return {os.path.join(root, name) for root, folders, files in os.walk(folder)
-            for name in folders + files}
+    return {os.path.normpath(folder)} | {
+        os.path.join(root, name) for root, folders, files in os.walk(folder)
+        for name in folders + files}
 
 
 def remove_new_entries(folder, before):
-    """Remove what is under `folder` but not in `before` (its `entries` then): the
-    folder itself where there was none."""
-    if before is None:
+    """Remove what is under `folder` but not in `before` (the `entries` of it, or
+    of a folder above it, then): the folder itself where it was not there."""
+    if before is None or os.path.normpath(folder) not in before:
         shutil.rmtree(folder, ignore_errors=True)
         return
     for root, folders, files in os.walk(folder, topdown=False):

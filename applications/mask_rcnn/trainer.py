@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import time
 import uuid
 
@@ -655,11 +654,6 @@ def _remove_new_entries(model_dir, before, under=None):
     summaries, the lock file; the folder itself where there was none) describes
     nothing trained: a failed command leaves the folder as it found it. With
     `under`, only what is new in that folder (or the folder itself, if new)."""
-    if before is not None and under is not None and os.path.isdir(under) and under.rstrip(
-            os.sep) != model_dir.rstrip(os.sep) and os.path.normpath(under) not in {
-                os.path.normpath(p) for p in before}:
-        shutil.rmtree(under, ignore_errors=True)
-        return
     atomic.remove_new_entries(model_dir if before is None else under or model_dir, before)
 
 
