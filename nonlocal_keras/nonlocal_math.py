@@ -358,6 +358,7 @@ def nonlocal_response(
     chunk_size=None,
     mask=None,
     attention_mask=None,
+    frames_per_group=None,
 ):
     """`W_z y` of a non-local block: its response before the BN and the residual.
 
@@ -398,6 +399,11 @@ def nonlocal_response(
         attention_mask: boolean with the shape of the attention scores (see
             `return_attention_scores`): which (query, pooled key) pairs may
             attend, combined with `mask` by a logical and.
+        frames_per_group: video, `"spacetime"` only: j runs over the
+            query's own group of this many consecutive frames (a multiple of
+            the pool's frames, dividing the input's), the official
+            `add_nonlocal_group`; the attention scores are then grouped as
+            for `"space"`. None: all frames.
 
     Returns:
         `W_z y` with the shape of `x`, and the attention scores when asked for.
@@ -419,7 +425,7 @@ def nonlocal_response(
                     for layer in (theta, phi, g, w_z) if layer is not None)
     reassociate = not quantized and reassociates(
         x.shape[-1], values.shape[-1], _size(x.shape[1:-1]), _size(pooled.shape[1:-1]),
-        _affinity_entries(x.shape[1:-1], pooled.shape[1:-1], affinity),
+        _affinity_entries(x.shape[1:-1], pooled.shape[1:-1], affinity, frames_per_group),
     )
     # The logits are in `logits_dtype` in either order, but theta(x) runs in
     # the compute dtype: under mixed precision its product is the cheaper one
@@ -437,7 +443,8 @@ def nonlocal_response(
         bias = ops.cast(w_z.bias, values.dtype) if bias_in_values else None
         values = dense(values, ops.cast(w_z.kernel, values.dtype), bias)
 
-    grouping = _GROUPINGS[affinity]
+    grouping = _GROUPINGS[affinity] if frames_per_group is None else _frame_groups(
+        frames_per_group)
     q, group_keys, restore = grouping(queries, keys, pool_size)
     k, v = group_keys(keys), group_keys(values)
     valid = _valid_pairs(key_mask, attention_mask, group_keys, q, k)
@@ -498,13 +505,15 @@ def _size(positions):
     return None if None in positions else math.prod(positions)
 
 
-def _affinity_entries(query_positions, key_positions, affinity):
+def _affinity_entries(query_positions, key_positions, affinity, frames_per_group=None):
     """Entries of the whole affinity (all groups), from static sizes or None."""
     n_q, n_k = _size(query_positions), _size(key_positions)
     if n_q is None or n_k is None:
         return None
     groups = {"spacetime": 1, "space": key_positions[0],
               "time": _size(key_positions[1:])}[affinity]
+    if frames_per_group is not None:
+        groups = query_positions[0] // frames_per_group
     return n_q * n_k // groups
 
 
@@ -583,22 +592,33 @@ def _spacetime(queries, keys, pool_size):
 
 def _space(queries, keys, pool_size):
     # Group by pooled frame: frames [t * pt, (t + 1) * pt) share keys frame t.
-    batch, frames, height, width, _ = ops.shape(queries)
-    pooled_frames = ops.shape(keys)[1]
-    key_positions = ops.shape(keys)[2] * ops.shape(keys)[3]
-    pt = pool_size[0]
+    return _frame_groups(pool_size[0])(queries, keys, pool_size)
 
-    def group(t, positions):
-        return ops.reshape(t, (-1, positions, ops.shape(t)[-1]))
 
-    def restore(y, weights):
-        y = ops.reshape(y, (batch, frames, height, width, ops.shape(y)[-1]))
-        if weights is None:  # the chunked path has no affinity to return
-            return y, None
-        n_q, n_k = ops.shape(weights)[-2:]
-        return y, ops.reshape(weights, (batch, pooled_frames, n_q, n_k))
+def _frame_groups(frames_per_group):
+    """The grouping of consecutive `frames_per_group` input frames (a
+    multiple of the pool's frames): spacetime inside each group."""
 
-    return group(queries, pt * height * width), lambda t: group(t, key_positions), restore
+    def grouping(queries, keys, pool_size):
+        batch, frames, height, width, _ = ops.shape(queries)
+        key_frames = frames_per_group // pool_size[0]
+        groups = ops.shape(keys)[1] // key_frames
+        key_positions = key_frames * ops.shape(keys)[2] * ops.shape(keys)[3]
+
+        def group(t, positions):
+            return ops.reshape(t, (-1, positions, ops.shape(t)[-1]))
+
+        def restore(y, weights):
+            y = ops.reshape(y, (batch, frames, height, width, ops.shape(y)[-1]))
+            if weights is None:  # the chunked path has no affinity to return
+                return y, None
+            n_q, n_k = ops.shape(weights)[-2:]
+            return y, ops.reshape(weights, (batch, groups, n_q, n_k))
+
+        return (group(queries, frames_per_group * height * width),
+                lambda t: group(t, key_positions), restore)
+
+    return grouping
 
 
 def _time(queries, keys, pool_size):

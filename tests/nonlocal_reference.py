@@ -44,10 +44,12 @@ def _positions(sizes):
     )
 
 
-def allowed_pairs(query_sizes, key_sizes, pool, affinity):
+def allowed_pairs(query_sizes, key_sizes, pool, affinity, frames_per_group=None):
     """mask[i, j]: may query position i attend to pooled key position j?"""
     q = _positions(query_sizes)
     k = _positions(key_sizes)
+    if frames_per_group is not None:  # the key frame's first input frame is in i's group
+        return q[:, None, 0] // frames_per_group == (k[None, :, 0] * pool[0]) // frames_per_group
     if affinity == "spacetime":
         return np.ones((len(q), len(k)), bool)
     q_cell = q // np.asarray(pool)  # the pooled cell a query falls in
@@ -58,7 +60,7 @@ def allowed_pairs(query_sizes, key_sizes, pool, affinity):
 
 
 def nonlocal_block(x, weights, mode, pool, affinity="spacetime", use_scale=True, bn=None,
-                   mask=None, attention_mask=None):
+                   mask=None, attention_mask=None, frames_per_group=None):
     """z = x + BN(W_z y), y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j); float64.
 
     `weights` maps theta/phi/g/w_z to (kernel, bias) and w_f to a (2C, 1)
@@ -72,7 +74,7 @@ def nonlocal_block(x, weights, mode, pool, affinity="spacetime", use_scale=True,
     if mask is None:
         mask = np.ones(x.shape[:-1], bool)
     pooled, key_mask = masked_max_pool(x, np.asarray(mask, bool), pool)
-    pairs = allowed_pairs(x.shape[1:-1], pooled.shape[1:-1], pool, affinity)
+    pairs = allowed_pairs(x.shape[1:-1], pooled.shape[1:-1], pool, affinity, frames_per_group)
     xq = x.reshape(batch, -1, channels)
     xk = pooled.reshape(batch, -1, channels)
 

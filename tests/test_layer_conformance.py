@@ -42,6 +42,11 @@ class LayerConformance(testing.TestCase):
             input_shape=(2, 2, 4, 4, 6), expected_output_shape=(2, 2, 4, 4, 6),
             expected_num_trainable_weights=4 * 2, expected_num_non_trainable_weights=0,
             supports_masking=True)
+        # The official frozen-BN releases' res3 blocks: no BN, groups of frames.
+        self.run_layer_test(
+            NonLocal3D, {"use_bn": False, "frames_per_group": 2}, input_shape=(2, 4, 4, 4, 6),
+            expected_output_shape=(2, 4, 4, 4, 6), expected_num_trainable_weights=4 * 2,
+            expected_num_non_trainable_weights=0, supports_masking=True)
         self.run_layer_test(
             NonLocal2D, {"data_format": "channels_first"}, input_shape=(2, 6, 4, 4),
             expected_output_shape=(2, 6, 4, 4), expected_num_trainable_weights=BLOCK_TRAINABLE,

@@ -112,6 +112,64 @@ def test_temporal_pooling_with_space_affinity():
     assert _residual_error(out, expected, x) < RTOL
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pool_size,frames_per_group", [((1, 2, 2), 4), ((2, 2, 2), 4),
+                                                        ((1, 2, 2), 1), ((1, 2, 2), 8)])
+def test_frame_groups_match_reference(mode, pool_size, frames_per_group):
+    # The official add_nonlocal_group: spacetime inside groups of consecutive frames.
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (2, 8, 4, 4, 6)).astype("float32")
+    layer = NonLocal3D(mode=mode, pool_size=pool_size, frames_per_group=frames_per_group,
+                       use_bn=False)
+    layer.build(x.shape)
+    weights, _ = _randomise(layer, rng)
+    expected = ref.nonlocal_block(x, weights, mode, pool_size,
+                                  frames_per_group=frames_per_group)
+    out, scores = layer(x, training=False, return_attention_scores=True)
+    assert _residual_error(ops.convert_to_numpy(out), expected, x) < RTOL
+    groups = 8 // frames_per_group
+    assert tuple(scores.shape) == layer.attention_scores_shape(x.shape) == (
+        2, groups, frames_per_group * 16, frames_per_group // pool_size[0] * 4)
+    chunked = NonLocal3D(mode=mode, pool_size=pool_size, frames_per_group=frames_per_group,
+                         use_bn=False, chunk_size=5)
+    chunked.build(x.shape)
+    chunked.set_weights(layer.get_weights())
+    assert _residual_error(ops.convert_to_numpy(chunked(x)), expected, x) < RTOL
+
+
+def test_frame_groups_of_every_frame_are_spacetime():
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 1, (1, 4, 4, 4, 6)).astype("float32")
+    grouped, plain = NonLocal3D(frames_per_group=4), NonLocal3D()
+    grouped.build(x.shape)
+    plain.build(x.shape)
+    _randomise(plain, rng)
+    grouped.set_weights(plain.get_weights())
+    np.testing.assert_allclose(ops.convert_to_numpy(grouped(x)), ops.convert_to_numpy(plain(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,shape,message", [
+    ({"frames_per_group": 3, "pool_size": (2, 2, 2)}, None,
+     r"multiple of the pool's frames \(2\). Received: frames_per_group=3"),
+    ({"frames_per_group": 0}, None, "Received: frames_per_group=0"),
+    ({"frames_per_group": 2.0}, None, "Received: frames_per_group=2.0"),
+    ({"frames_per_group": 2, "affinity": "space"}, None,
+     "affinity='space'. Received: frames_per_group=2"),
+    ({"frames_per_group": 4}, (1, 6, 4, 4, 6),
+     r"frames_per_group=4 needs the input's frames to be a multiple of it. "
+     r"Received: input_shape=\(1, 6, 4, 4, 6\)"),
+])
+def test_frame_groups_bad_arguments(kwargs, shape, message):
+    with pytest.raises(ValueError, match=message):
+        NonLocal3D(**kwargs)(np.zeros(shape or (1, 4, 4, 4, 6), "float32"))
+
+
+def test_frame_groups_need_video():
+    with pytest.raises(ValueError, match="Received: frames_per_group=2"):
+        NonLocal2D(frames_per_group=2)
+
+
 def test_inter_channels_and_odd_sizes():
     # Sizes that do not divide by the pool: 'valid' pooling drops the last row.
     rng = np.random.default_rng(3)

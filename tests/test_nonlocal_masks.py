@@ -99,15 +99,18 @@ def test_scattered_mask_matches_reference(path, rank, mode):
     _close(out, expected, padded)
 
 
-@pytest.mark.parametrize("affinity", ("space", "time"))
+# The grouped affinities; frames_per_group=2: two groups of the 4 frames.
+GROUPINGS = ({"affinity": "space"}, {"affinity": "time"}, {"frames_per_group": 2})
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
 @pytest.mark.parametrize("mode", MODES)
-def test_grouped_affinity_with_mask(path, affinity, mode):
-    layer, weights, bn, rng = _layer(3, mode, path, affinity=affinity)
+def test_grouped_affinity_with_mask(path, grouping, mode):
+    layer, weights, bn, rng = _layer(3, mode, path, **grouping)
     x = rng.normal(0, 1, PADDED[3][1]).astype("float32")
     mask = rng.random(x.shape[:-1]) < 0.6
     out = ops.convert_to_numpy(layer(x, mask=mask, training=False))
-    expected = ref.nonlocal_block(x, weights, mode, (1, 2, 2), affinity=affinity, bn=bn,
-                                  mask=mask)
+    expected = ref.nonlocal_block(x, weights, mode, (1, 2, 2), bn=bn, mask=mask, **grouping)
     _close(out, expected, x)
 
 
@@ -126,7 +129,7 @@ def test_attention_mask_matches_reference(path, mode, with_mask):
     _close(out, expected, x)
 
 
-def _grouped_to_pairs(grouped, affinity, sizes, pool):
+def _grouped_to_pairs(grouped, sizes, pool, affinity="spacetime", frames_per_group=None):
     """The layer's (B, G, N_q, N_k) attention mask as the reference's (B, N_q, N_k)."""
     frames, height, width = sizes
     pt, ph, pw = pool
@@ -134,7 +137,13 @@ def _grouped_to_pairs(grouped, affinity, sizes, pool):
     pairs = np.zeros((grouped.shape[0], frames * height * width, int(np.prod(pooled))), bool)
     for t, h, w in np.ndindex(frames, height, width):
         query = (t * height + h) * width + w
-        if affinity == "space":  # group: pooled frame; within: (frame, h, w) rows
+        if frames_per_group:  # group: frames_per_group frames; within: (frame, h, w) rows
+            group, local = t // frames_per_group, ((t % frames_per_group) * height + h) * width + w
+            per_group = frames_per_group // pt
+            keys = [(kt * pooled[1] + kh) * pooled[2] + kw
+                    for kt in range(group * per_group, (group + 1) * per_group)
+                    for kh in range(pooled[1]) for kw in range(pooled[2])]
+        elif affinity == "space":  # group: pooled frame; within: (frame, h, w) rows
             group, local = t // pt, ((t % pt) * height + h) * width + w
             keys = [(group * pooled[1] + kh) * pooled[2] + kw
                     for kh in range(pooled[1]) for kw in range(pooled[2])]
@@ -146,17 +155,17 @@ def _grouped_to_pairs(grouped, affinity, sizes, pool):
     return pairs
 
 
-@pytest.mark.parametrize("affinity", ("space", "time"))
+@pytest.mark.parametrize("grouping", GROUPINGS)
 @pytest.mark.parametrize("mode", ("embedded_gaussian", "dot_product"))
-def test_grouped_attention_mask_matches_reference(path, affinity, mode):
-    layer, weights, bn, rng = _layer(3, mode, path, affinity=affinity)
+def test_grouped_attention_mask_matches_reference(path, grouping, mode):
+    layer, weights, bn, rng = _layer(3, mode, path, **grouping)
     x = rng.normal(0, 1, PADDED[3][1]).astype("float32")
     grouped = rng.random(layer.attention_scores_shape(x.shape)) < 0.5
     out, scores = layer(x, attention_mask=grouped, training=False, return_attention_scores=True)
     assert tuple(scores.shape) == grouped.shape
-    pairs = _grouped_to_pairs(grouped, affinity, x.shape[1:-1], (1, 2, 2))
-    expected = ref.nonlocal_block(x, weights, mode, (1, 2, 2), affinity=affinity, bn=bn,
-                                  attention_mask=pairs)
+    pairs = _grouped_to_pairs(grouped, x.shape[1:-1], (1, 2, 2), **grouping)
+    expected = ref.nonlocal_block(x, weights, mode, (1, 2, 2), bn=bn, attention_mask=pairs,
+                                  **grouping)
     _close(ops.convert_to_numpy(out), expected, x)
 
 

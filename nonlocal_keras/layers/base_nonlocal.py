@@ -51,6 +51,11 @@ class BaseNonLocal(layers.Layer):
             the query's own frame) or `"time"` (j runs over the query's own
             spatial cell across frames). Grouped affinities need the grouped
             axes to be divisible by the pool size.
+        frames_per_group: 3D, `"spacetime"` only: j runs over the query's own
+            group of this many consecutive frames (None: all frames), as the
+            official `add_nonlocal_group` does at res3 of the frozen-BN
+            non-local releases (groups of 4 frames). A multiple of the pool's
+            frames; the input's frames must be a multiple of it.
         data_format: `"channels_last"` (default) or `"channels_first"`.
         kernel_initializer: for theta, phi, g, w_f and (with BN) `W_z`;
             default Gaussian std 0.01 as the official code (pass
@@ -115,6 +120,7 @@ class BaseNonLocal(layers.Layer):
         use_bn=True,
         use_scale=True,
         affinity="spacetime",
+        frames_per_group=None,
         data_format=None,
         kernel_initializer=None,
         bias_initializer="zeros",
@@ -168,9 +174,33 @@ class BaseNonLocal(layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
         self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
+        self.frames_per_group = self._check_frames_per_group(frames_per_group)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
         self.supports_masking = True
         self.input_spec = layers.InputSpec(ndim=rank + 2)
+
+    def _check_frames_per_group(self, value):
+        if value is None:
+            return None
+        if self.rank != 3 or self.affinity != "spacetime":
+            raise ValueError(
+                "`frames_per_group` groups the frames of a 'spacetime' affinity: it needs "
+                f"NonLocal3D and affinity='spacetime'; this layer has rank {self.rank} and "
+                f"affinity={self.affinity!r}. Received: frames_per_group={value!r}")
+        pool_frames = self.effective_pool_size[0]
+        if not is_positive_int(value) or value % pool_frames:
+            raise ValueError(
+                "`frames_per_group` must be None or a positive integer, a multiple of the "
+                f"pool's frames ({pool_frames}). Received: frames_per_group={value!r}")
+        return int(value)
+
+    def _position_rules(self):
+        rules = list(_position_rules(self.effective_pool_size, self.affinity))
+        if self.frames_per_group is not None:
+            rules.append((1, "multiple", self.frames_per_group, (
+                f"frames_per_group={self.frames_per_group} needs the input's frames to be a "
+                "multiple of it.")))
+        return rules
 
     @property
     def effective_pool_size(self):
@@ -251,8 +281,7 @@ class BaseNonLocal(layers.Layer):
             x = ops.cast(x, self.compute_dtype)  # integer input, as Dense takes it
         if self.data_format == "channels_first":
             x = ops.moveaxis(x, 1, -1)
-        x = checked_sizes(x, _position_rules(self.effective_pool_size, self.affinity),
-                          inputs.shape)
+        x = checked_sizes(x, self._position_rules(), inputs.shape)
         if mask is not None:
             mask = self._check_mask(mask, x)
         if attention_mask is not None:
@@ -272,6 +301,7 @@ class BaseNonLocal(layers.Layer):
             chunk_size=self.chunk_size,
             mask=mask,
             attention_mask=attention_mask,
+            frames_per_group=self.frames_per_group,
         )
         z, scores = response if return_attention_scores else (response, None)
         if self.bn is not None:
@@ -306,8 +336,7 @@ class BaseNonLocal(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self._channels_last_shape(input_shape)
-        checked_sizes(keras.KerasTensor(shape),
-                      _position_rules(self.effective_pool_size, self.affinity), input_shape)
+        checked_sizes(keras.KerasTensor(shape), self._position_rules(), input_shape)
         return tuple(input_shape)
 
     def compute_output_spec(self, inputs, training=None, return_attention_scores=False,
@@ -323,7 +352,8 @@ class BaseNonLocal(layers.Layer):
         """Shape of the attention scores (and of `attention_mask`) for an input shape.
 
         `(batch, N_q, N_k)` for `"spacetime"` and `(batch, groups, N_q, N_k)`
-        for `"space"` / `"time"`: N_q counts the input positions (of a group),
+        for `"space"` / `"time"` / `frames_per_group`: N_q counts the input
+        positions (of a group),
         N_k the pooled positions (of a group); None where a size is unknown.
         """
         shape = self._channels_last_shape(input_shape)
@@ -334,9 +364,14 @@ class BaseNonLocal(layers.Layer):
         def size(sizes):
             return None if None in sizes else math.prod(sizes)
 
+        pool = self.effective_pool_size
+        if self.frames_per_group is not None:
+            frames = self.frames_per_group
+            groups = None if positions[0] is None else positions[0] // frames
+            return (shape[0], groups, size([frames] + list(positions[1:])),
+                    size([frames // pool[0]] + pooled[1:]))
         if self.affinity == "spacetime":
             return (shape[0], size(positions), size(pooled))
-        pool = self.effective_pool_size
         if self.affinity == "space":
             return (shape[0], pooled[0], size([pool[0]] + list(positions[1:])), size(pooled[1:]))
         return (shape[0], size(pooled[1:]), size([positions[0]] + list(pool[1:])), pooled[0])
@@ -355,6 +390,7 @@ class BaseNonLocal(layers.Layer):
                 "use_bn": self.use_bn,
                 "use_scale": self.use_scale,
                 "affinity": self.affinity,
+                "frames_per_group": self.frames_per_group,
                 "data_format": self.data_format,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
