@@ -10,6 +10,7 @@ The blob names are the official code's, so they follow from our layer names
 |   (gamma, beta, moving mean, moving variance)                                  |
 | `res4_5_nonlocal` theta/phi/g/w_z    | `nonlocal_conv4_5_theta_w`/`_b`, `_phi_`, `_g_`, `_out_` |
 | `res4_5_nonlocal` bn                 | `nonlocal_conv4_5_bn_s`/`_b`/`_rm`/`_riv` |
+|   (none with `nonlocal_use_bn=False`: the official `NONLOCAL.USE_BN: False`)  |
 | `pred` (kernel, bias)                | `pred_w` `(classes, 2048)`, `pred_b`    |
 
 Conv kernels `(C_out, C_in, T, H, W)` become `(T, H, W, C_in, C_out)`; the
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 
 from nonlocal_keras.applications import video_resnet
+from nonlocal_keras.applications.video_resnet_spec import NONLOCAL_LAYOUTS
 from nonlocal_keras.layers import NonLocal3D
 
 # The epsilon of every BN of the video models and of the non-local blocks
@@ -40,7 +42,11 @@ _NONLOCAL_NAME = re.compile(r"^res(\d)_(\d+)_nonlocal$")
 _NONLOCAL_BN = re.compile(r"^nonlocal_conv\d_\d+_bn_(?:s|b|rm|riv)$")
 _PARAMETER_SUFFIXES = ("_w", "_b", "_s", "_rm", "_riv")
 ARCH_PATTERN = re.compile(
-    r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)(?:_(8x8|32x2))?$")
+    r"^(c2d|i3d)(?:_(3x1x1|3x3x3))?(?:_nl(\d+))?_r(50|101)(?:_(8x8|32x2))?(_affine)?$")
+# The frozen-BN non-local releases (official configs/*_nonlocal_affine_400k.yaml):
+# NONLOCAL.USE_BN: False, and res3's blocks on groups of 4 frames
+# (`add_nonlocal_group`, group_size=4 with MODEL.USE_AFFINE).
+AFFINE_RELEASE = {"nonlocal_use_bn": False, "res3_frames_per_group": 4}
 
 
 def caffe2_blob_map(model):
@@ -70,10 +76,10 @@ def caffe2_blob_map(model):
 
 def _nonlocal_entries(layer):
     match = _NONLOCAL_NAME.match(layer.name)
-    if match is None or layer.w_f is not None or not layer.use_bn:
+    if match is None or layer.w_f is not None:
         raise ValueError(
             f"Non-local layer {layer.name!r} has no official counterpart: the official blocks "
-            "are named `res<stage>_<block>_nonlocal` and use BN, without the concatenation mode.")
+            "are named `res<stage>_<block>_nonlocal`, without the concatenation mode.")
     prefix = f"nonlocal_conv{match.group(1)}_{match.group(2)}"
     entries = []
     for attr, blob in _NONLOCAL_PROJECTIONS:
@@ -81,8 +87,9 @@ def _nonlocal_entries(layer):
         if projection is not None:  # theta and phi are absent in the gaussian mode
             entries += [(projection.kernel, f"{prefix}_{blob}_w", "dense"),
                         (projection.bias, f"{prefix}_{blob}_b", "vector")]
-    entries += [(getattr(layer.bn, attr), f"{prefix}_bn{suffix}", "vector")
-                for attr, suffix in _BN_BLOBS]
+    if layer.bn is not None:
+        entries += [(getattr(layer.bn, attr), f"{prefix}_bn{suffix}", "vector")
+                    for attr, suffix in _BN_BLOBS]
     return entries
 
 
@@ -134,10 +141,12 @@ def load_caffe2_weights(model, blobs, may_lack=()):
             name.startswith("nonlocal_conv") and name.endswith("_out_w") for name in blobs):
         # The official NONLOCAL.USE_BN: False of the frozen-BN non-local releases.
         raise ValueError(
-            "The file's non-local blocks have no BN after their output convolution (the "
-            "official frozen-BN non-local releases, i3d_nonlocal_*_I3D_pretrain_*, trained with "
-            "NONLOCAL.USE_BN: False and res3's blocks on groups of 4 frames): not supported, "
-            f"the models' blocks have one. First BN blob the file lacks: {missing[0]!r}")
+            "The file's non-local blocks have no BN after their output convolution, the "
+            f"blocks of {model.name!r} have one: the official frozen-BN non-local releases "
+            "(i3d_nonlocal_*_I3D_pretrain_*) trained with NONLOCAL.USE_BN: False and res3's "
+            "blocks on groups of 4 frames; build the model with nonlocal_use_bn=False, "
+            "nonlocal_frames_per_group={'res3': 4} (--arch ..._affine). "
+            f"First BN blob the file lacks: {missing[0]!r}")
     if missing:
         raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
                          f"the first {missing[0]!r}: {', '.join(missing[:10])}")
@@ -147,6 +156,11 @@ def load_caffe2_weights(model, blobs, may_lack=()):
     headless = not any(name.startswith("pred_") for name in used)
     parameters = [n for n in unused if n.endswith(_PARAMETER_SUFFIXES) and "momentum" not in n
                   and not (headless and n.startswith("pred_"))]
+    if parameters and all(_NONLOCAL_BN.match(name) for name in parameters):
+        raise ValueError(
+            f"The file's non-local blocks have a BN after their output convolution, the blocks "
+            f"of {model.name!r} have none (nonlocal_use_bn=False, --arch ..._affine): build it "
+            f"with their BN. First BN blob without a place: {parameters[0]!r}")
     if parameters:
         # Before anything is assigned: R101's blobs hold every name R50
         # needs, a release with non-local blocks every name the model without them
@@ -194,6 +208,10 @@ def model_for_arch(arch, classes=400, include_top=True):
 
     The `_32x2` suffix (the released 32x2 and 128x1 models) selects
     `stem="32x2"`; without it (or with `_8x8`) the model is the 8x8 one.
+    The `_affine` suffix is the frozen-BN non-local releases' blocks
+    (`AFFINE_RELEASE`): `i3d_nl5_r50_affine` for `i3d_nonlocal_32x4_...`
+    (32-frame clips), `i3d_nl5_r50_32x2_affine` for `i3d_nonlocal_128x1_...`
+    (128-frame clips).
     """
     constructor, kwargs = _arch_spec(arch)
     return constructor(include_top=include_top, classes=classes if include_top else 400, **kwargs)
@@ -205,10 +223,18 @@ def _arch_spec(arch):
     if match is None:
         raise ValueError("`arch` must look like c2d_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 "
                          "(c2d|i3d, optional _3x3x3, optional _nl<blocks>, _r50|_r101, "
-                         "optional _8x8|_32x2). "
+                         "optional _8x8|_32x2, optional _affine). "
                          f"Received: arch={arch!r}")
-    family, inflation, blocks, depth, stem = match.groups()
+    family, inflation, blocks, depth, stem, affine = match.groups()
     kwargs = {"nonlocal_blocks": int(blocks or 0), "stem": stem or "8x8"}
+    if affine:
+        layout = NONLOCAL_LAYOUTS[int(depth)].get(kwargs["nonlocal_blocks"])
+        if not layout:
+            raise ValueError("`_affine` (the frozen-BN non-local releases) needs non-local "
+                             f"blocks, _nl1, _nl5 or _nl10. Received: arch={arch!r}")
+        kwargs["nonlocal_use_bn"] = AFFINE_RELEASE["nonlocal_use_bn"]
+        if "res3" in layout:
+            kwargs["nonlocal_frames_per_group"] = {"res3": AFFINE_RELEASE["res3_frames_per_group"]}
     if family == "i3d":
         kwargs["inflation"] = inflation or "3x1x1"
     elif inflation:

@@ -108,6 +108,8 @@ def VideoResNet(
     nonlocal_affinity="spacetime",
     dropout_rate=0.5,
     stem="8x8",
+    nonlocal_use_bn=True,
+    nonlocal_frames_per_group=None,
 ):
     """Builds a bottleneck video ResNet (C2D/I3D, optionally non-local).
 
@@ -145,6 +147,13 @@ def VideoResNet(
             (conv1 temporal stride 2, pool1 2x3x3 stride 2: the paper's
             Table 1 and `resnet_video_org.py`, the released 32x2 and 128x1
             models). Same weights either way.
+        nonlocal_use_bn: `use_bn` of every `NonLocal3D` (False: no BN after
+            `W_z`, which starts at zero: the official `NONLOCAL.USE_BN: False`).
+        nonlocal_frames_per_group: `frames_per_group` of the blocks: None
+            (all frames), an int (every block) or `{stage: frames}`. The
+            official frozen-BN non-local releases (`i3d_nonlocal_32x4_...`,
+            `..._128x1_...`) are `nonlocal_use_bn=False,
+            nonlocal_frames_per_group={"res3": 4}`.
 
     Returns:
         A `keras.Model`.
@@ -158,7 +167,9 @@ def VideoResNet(
                       inflated_blocks=inflated_blocks, inflation=inflation,
                       stage_strides=stage_strides, pool1=pool1, pool2=pool2,
                       nonlocal_blocks=nonlocal_blocks, nonlocal_mode=nonlocal_mode,
-                      nonlocal_affinity=nonlocal_affinity, dropout_rate=dropout_rate, stem=stem)
+                      nonlocal_affinity=nonlocal_affinity, dropout_rate=dropout_rate, stem=stem,
+                      nonlocal_use_bn=nonlocal_use_bn,
+                      nonlocal_frames_per_group=nonlocal_frames_per_group)
     classes, weights = check_head(include_top, pooling, classes, weights, classifier_activation)
     inputs, x = _input(input_tensor, input_shape, spec)
     width = spec.width
@@ -176,6 +187,8 @@ def VideoResNet(
             x = _bottleneck(x, inner, stride, time, spec.inflation, f"{stage}_{block}")
             if block in spec.nonlocal_blocks.get(stage, ()):
                 x = NonLocal3D(mode=nonlocal_mode, affinity=nonlocal_affinity,
+                               use_bn=spec.nonlocal_use_bn,
+                               frames_per_group=spec.nonlocal_frames_per_group.get(stage),
                                name=f"{stage}_{block}_nonlocal")(x)
         if stage == "res2" and spec.pool2:
             x = _max_pool((2, 1, 1), (2, 1, 1), "pool2")(x)
@@ -257,7 +270,8 @@ def _bottleneck(x, inner, stride, time, inflation, name):
 def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
+                nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8",
+                nonlocal_use_bn=True, nonlocal_frames_per_group=None):
     """C2D ResNet-50 (every kernel 1xkxk; time meets only in pool2), optionally NL.
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
@@ -268,7 +282,8 @@ def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
 def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
-                 nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8"):
+                 nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8",
+                 nonlocal_use_bn=True, nonlocal_frames_per_group=None):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet(arch="c2d", depth=101, inflation="3x1x1", **locals())
 
@@ -277,7 +292,7 @@ def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                 nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
-                stem="8x8"):
+                stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None):
     """I3D ResNet-50 (conv1 5x7x7, every other block inflated), optionally NL.
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
@@ -289,7 +304,7 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
-                 stem="8x8"):
+                 stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet(arch="i3d", depth=101, **locals())
 

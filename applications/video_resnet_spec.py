@@ -76,6 +76,9 @@ class VideoResNetSpec:
         nonlocal_blocks: `{stage: set of block indices}` followed by a
             non-local block.
         nonlocal_affinity: the blocks' `affinity`.
+        nonlocal_use_bn: the blocks' `use_bn`.
+        nonlocal_frames_per_group: `{stage: frames}`, the `frames_per_group`
+            of the stage's blocks (stages not named: all frames).
     """
 
     stages: tuple
@@ -92,11 +95,13 @@ class VideoResNetSpec:
     inflated: dict
     nonlocal_blocks: dict
     nonlocal_affinity: str
+    nonlocal_use_bn: bool = True
+    nonlocal_frames_per_group: dict = dataclasses.field(default_factory=dict)
 
 
 def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
                pool1, pool2, nonlocal_blocks, nonlocal_mode, nonlocal_affinity, dropout_rate,
-               stem):
+               stem, nonlocal_use_bn=True, nonlocal_frames_per_group=None):
     """`VideoResNet`'s architecture arguments, checked, as a `VideoResNetSpec`
     (NumPy integers become ints: Keras' layers take Python ones only)."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
@@ -124,10 +129,12 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
     # with them the error named the layer's `mode`, which the caller never wrote.
     checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
     checked_choice("nonlocal_affinity", nonlocal_affinity, nonlocal_math.AFFINITIES)
-    for argument, value in (("pool1", pool1), ("pool2", pool2)):
+    for argument, value in (("pool1", pool1), ("pool2", pool2),
+                            ("nonlocal_use_bn", nonlocal_use_bn)):
         checked_bool(argument, value)
     blocks = tuple(int(n) for n in blocks)
     stage_sizes = dict(zip(stages, blocks))
+    layout = _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes)
     return VideoResNetSpec(
         stages=stages,
         blocks=stage_sizes,
@@ -140,9 +147,39 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
         pool2=bool(pool2),
         inflation=inflation,
         inflated=_block_sets("inflated_blocks", inflated_blocks or {}, stage_sizes),
-        nonlocal_blocks=_nonlocal_layout(nonlocal_blocks, blocks, stage_sizes),
+        nonlocal_blocks=layout,
         nonlocal_affinity=nonlocal_affinity,
+        nonlocal_use_bn=bool(nonlocal_use_bn),
+        nonlocal_frames_per_group=_frame_groups(nonlocal_frames_per_group, layout,
+                                                nonlocal_affinity),
     )
+
+
+def _frame_groups(value, layout, affinity):
+    """`nonlocal_frames_per_group` (None, an int for every block, or
+    `{stage: frames}`) as `{stage: frames}` of stages with blocks."""
+    if value is None:
+        return {}
+    stages = [stage for stage in layout if layout[stage]]
+    groups = dict.fromkeys(stages, value) if _is_int(value) else value
+    if not isinstance(groups, dict) or not all(is_positive_int(n) for n in groups.values()):
+        raise ValueError("`nonlocal_frames_per_group` must be None, a positive integer or a "
+                         "dict {stage: frames} (e.g. {'res3': 4}, the official frozen-BN "
+                         f"releases). Received: nonlocal_frames_per_group={value!r}")
+    for stage, frames in groups.items():
+        if stage not in stages:
+            raise ValueError(
+                f"`nonlocal_frames_per_group` names {stage!r}, which has no non-local blocks "
+                f"(these have: {', '.join(stages) or 'none'}). "
+                f"Received: nonlocal_frames_per_group={value!r}")
+        if frames % NONLOCAL_POOL[0]:  # a multiple of the blocks' pooled frames
+            raise ValueError(f"`nonlocal_frames_per_group` must be multiples of "
+                             f"{NONLOCAL_POOL[0]}. Received: nonlocal_frames_per_group={value!r}")
+    if groups and affinity != "spacetime":
+        raise ValueError("`nonlocal_frames_per_group` groups the frames of the 'spacetime' "
+                         f"affinity. Received: nonlocal_frames_per_group={value!r}, "
+                         f"nonlocal_affinity={affinity!r}")
+    return {stage: int(frames) for stage, frames in groups.items()}
 
 
 def _nonlocal_layout(nonlocal_blocks, blocks, stage_sizes):
@@ -263,14 +300,16 @@ def check_input_shape(input_tensor, input_shape, spec):
 def smallest_clip(spec, channels):
     """The smallest `(T, H, W, C)` that survives conv1, the pools and the
     non-local blocks' windows (every stage is monotone in the size), and that
-    the grouped affinities tile ("space" the frames, "time" the height and
-    width: the smallest named then is one that works)."""
-    def smallest(sizes_of, pool, grouped):
-        return next(n for n in range(1, 1 << 16)
-                    if _fits(sizes_of(n, spec), spec, pool, divisible=grouped))
+    the grouped affinities and frame groups tile ("space" and frame groups the
+    frames, "time" the height and width: the smallest named then is one that
+    works)."""
+    needs = _block_needs(spec)
 
-    frames = smallest(_temporal_sizes, NONLOCAL_POOL[0], spec.nonlocal_affinity == "space")
-    space = smallest(_spatial_sizes, NONLOCAL_POOL[1], spec.nonlocal_affinity == "time")
+    def smallest(sizes_of, need):
+        return next(n for n in range(1, 1 << 16) if _fits(sizes_of(n, spec), need))
+
+    frames = smallest(_temporal_sizes, needs["frames"])
+    space = smallest(_spatial_sizes, needs["space"])
     return (frames, space, space, channels)
 
 
@@ -313,44 +352,66 @@ def _spatial_sizes(size, spec):
     return sizes
 
 
-def _fits(sizes, spec, pool, divisible=False):
-    """Whether the stage sizes exist and every non-local block's pool window
-    fits them (`divisible`: also divides them, as the grouped affinities need)."""
+def _block_needs(spec):
+    """What the non-local blocks need of their input's size at each stage, by
+    clip axis: `{"frames"|"space": {stage: (at least, a multiple of)}}`: the
+    pool window, whole windows for the grouped affinities ("space": frames,
+    "time": height and width), whole groups for `nonlocal_frames_per_group`."""
+    pool_frames, pool_space = NONLOCAL_POOL[0], NONLOCAL_POOL[1]
+    needs = {"frames": {}, "space": {}}
+    for stage in spec.nonlocal_blocks:
+        if not spec.nonlocal_blocks[stage]:
+            continue
+        group = spec.nonlocal_frames_per_group.get(stage)
+        space_grouped = spec.nonlocal_affinity == "space"
+        needs["frames"][stage] = (group, group) if group else (
+            pool_frames, pool_frames if space_grouped else 1)
+        time_grouped = spec.nonlocal_affinity == "time"
+        needs["space"][stage] = (pool_space, pool_space if time_grouped else 1)
+    return needs
+
+
+def _fits(sizes, need):
+    """Whether the stage sizes exist and meet `need` (one axis of `_block_needs`)."""
     return sizes is not None and all(
-        sizes[stage] >= pool and (not divisible or sizes[stage] % pool == 0)
-        for stage in spec.nonlocal_blocks if spec.nonlocal_blocks[stage])
-
-
-def _tiles(size, sizes_of, spec, pool):
-    """Whether an input size gives every non-local block whole pool windows."""
-    return _fits(sizes_of(size, spec), spec, pool, divisible=True)
+        sizes[stage] >= least and sizes[stage] % multiple == 0
+        for stage, (least, multiple) in need.items())
 
 
 def _check_grouped_affinity(input_shape, spec):
     """The grouped affinities need whole pool windows where the blocks are
     (`base_nonlocal._position_rules`): "space" on the frames, "time" on the
-    height and width. Checked here, for known sizes, so that the message
-    names the arguments the caller wrote instead of a layer deep inside."""
-    axes = {"space": ((0, "frames", _temporal_sizes, NONLOCAL_POOL[0]),),
-            "time": tuple((axis, name, _spatial_sizes, NONLOCAL_POOL[axis])
-                          for axis, name in ((1, "height"), (2, "width")))}
-    for axis, name, sizes_of, pool in axes.get(spec.nonlocal_affinity, ()):
+    height and width; frame groups need whole groups. Checked here, for known
+    sizes, so that the message names the arguments the caller wrote instead
+    of a layer deep inside (a size too small is `clip_size_rules`' to say)."""
+    needs = _block_needs(spec)
+    axes = ((0, "frames", _temporal_sizes, needs["frames"]),
+            (1, "height", _spatial_sizes, needs["space"]),
+            (2, "width", _spatial_sizes, needs["space"]))
+    for axis, name, sizes_of, need in axes:
         size = input_shape[axis]
-        if size is None or _tiles(size, sizes_of, spec, pool):
+        sizes = None if size is None else sizes_of(size, spec)
+        if sizes is None or _fits(sizes, need):
             continue
-        sizes = sizes_of(size, spec)
-        stage = next(s for s in spec.nonlocal_blocks
-                     if spec.nonlocal_blocks[s] and sizes[s] % pool)
-        below = next((n for n in range(size - 1, 0, -1) if _tiles(n, sizes_of, spec, pool)), None)
+        stage = next(s for s, (_, multiple) in need.items() if sizes[s] % multiple)
+        multiple = need[stage][1]
+        below = next((n for n in range(size - 1, 0, -1) if _fits(sizes_of(n, spec), need)), None)
         above = next((n for n in range(size + 1, size + (1 << 12))
-                      if _tiles(n, sizes_of, spec, pool)), None)
+                      if _fits(sizes_of(n, spec), need)), None)
         near = " and ".join(str(n) for n in (below, above) if n is not None)
+        if axis == 0 and stage in spec.nonlocal_frames_per_group:
+            argument = f"nonlocal_frames_per_group={spec.nonlocal_frames_per_group!r}"
+            why = f"the non-local blocks at {stage} take groups of {multiple} frames"
+        else:
+            argument = f"nonlocal_affinity={spec.nonlocal_affinity!r}"
+            why = (f"the non-local blocks need their input's {name} to be a multiple of the "
+                   f"pool window ({multiple})")
+        given = f"{size} frames give" if axis == 0 else f"a {name} of {size} gives"
+        sizes_word = "frame counts" if axis == 0 else f"{name} sizes"
         raise ValueError(
-            f"`input_shape` does not suit nonlocal_affinity={spec.nonlocal_affinity!r}: the "
-            f"non-local blocks need their input's {name} to be a multiple of the pool window "
-            f"({pool}), and a {name} of {size} gives {sizes[stage]} at {stage}. The {name} "
-            f"sizes that work nearest to {size}: {near}. Received: input_shape={input_shape}, "
-            f"nonlocal_affinity={spec.nonlocal_affinity!r}")
+            f"`input_shape` does not suit {argument}: {why}, and {given} {sizes[stage]} at "
+            f"{stage}. The {sizes_word} that work nearest to {size}: {near}. "
+            f"Received: input_shape={input_shape}, {argument}")
 
 
 def grouped_affinity_layout(spec):
@@ -358,9 +419,11 @@ def grouped_affinity_layout(spec):
     for `ClipSizeCheck`'s config (None where it has nothing to check): with
     input sizes left open the check has to wait for the clip."""
     stages = [stage for stage in spec.stages if spec.nonlocal_blocks.get(stage)]
-    if spec.nonlocal_affinity == "spacetime" or not stages:
+    if (spec.nonlocal_affinity == "spacetime" and not spec.nonlocal_frames_per_group
+            or not stages):
         return None
     return {"nonlocal_affinity": spec.nonlocal_affinity, "nonlocal_stages": stages,
+            "nonlocal_frames_per_group": dict(spec.nonlocal_frames_per_group),
             "stages": list(spec.stages), "strides": list(spec.strides),
             "conv1_time_stride": spec.conv1_time_stride, "pool1": spec.pool1,
             "pool1_time": spec.pool1_time, "pool2": spec.pool2}
@@ -372,7 +435,7 @@ def check_clip_tiles(clip_shape, layout):
     `grouped_affinity_layout`: the same words as for an `input_shape`."""
     if layout is None:
         return
-    fields = dict(layout)
+    fields = {"nonlocal_frames_per_group": {}, **layout}  # saved before frame groups: none
     stages = fields.pop("nonlocal_stages")
     spec = types.SimpleNamespace(**fields, nonlocal_blocks={stage: (0,) for stage in stages})
     _check_grouped_affinity(tuple(clip_shape), spec)

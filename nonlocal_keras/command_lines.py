@@ -157,7 +157,9 @@ def convert_weights_parser():
     parser.add_argument("destination", help="the .weights.h5 file to write")
     parser.add_argument("--arch", required=True,
                         help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
-                             "128x1 releases), i3d_3x3x3_r50, ... _r101")
+                             "128x1 releases), i3d_3x3x3_r50, ... _r101; _affine for the "
+                             "frozen-BN non-local releases (i3d_nl5_r50_affine: 32x4, "
+                             "i3d_nl5_r50_32x2_affine: 128x1)")
     parser.add_argument("--classes", type=_at_least(1), default=None,
                         help="classifier size (default: the file's pred_w rows)")
     return parser

@@ -48,7 +48,8 @@ def official_blobs(model):
                 kernel = np.asarray(dense.kernel).T
                 blobs[f"{prefix}_{blob}_w"] = kernel.reshape(kernel.shape + (1, 1, 1))
                 blobs[f"{prefix}_{blob}_b"] = np.asarray(dense.bias)
-            batch_norm(f"{prefix}_bn", layer.bn)
+            if layer.bn is not None:  # the official NONLOCAL.USE_BN: False has none
+                batch_norm(f"{prefix}_bn", layer.bn)
         elif layer.name == "pred":
             blobs["pred_w"] = np.asarray(layer.kernel).T
             blobs["pred_b"] = np.asarray(layer.bias)
@@ -171,6 +172,29 @@ def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys, monkeypatch)
     assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
 
 
+@pytest.mark.slow
+def test_cli_converts_a_frozen_bn_nonlocal_release(tmp_path, capsys):
+    """i3d_nonlocal_32x4_I3D_pretrain_400k.pkl-style: `--arch i3d_nl5_r50_affine`;
+    the model it names runs 32-frame clips with res3 in groups of 4 frames."""
+    affine = {"nonlocal_use_bn": False, "nonlocal_frames_per_group": {"res3": 4}}
+    source = I3DResNet50(nonlocal_blocks=5, **affine)
+    randomize(source, 3)
+    blobs = {name: value for name, value in official_blobs(source).items()
+             if not name.endswith(("_rm", "_riv"))}
+    write_pickle(tmp_path / "nl_32x4.pkl", {**blobs, **EXTRA_BLOBS}, wrap=True)
+    destination = str(tmp_path / "nl_32x4.weights.h5")
+    assert main([str(tmp_path / "nl_32x4.pkl"), "--arch", "i3d_nl5_r50_affine",
+                 destination]) == 0
+    assert "3 ignored" in capsys.readouterr().out
+    restored = I3DResNet50(nonlocal_blocks=5, weights=destination, **affine)
+    for variable, expected in zip(restored.weights, source.weights):
+        if "moving" not in variable.path:
+            np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
+    assert _command(str(tmp_path / "nl_32x4.pkl"), "--arch", "i3d_nl5_r50",
+                    str(tmp_path / "other.weights.h5")).startswith(
+        "nonlocal-convert-weights: error: The file's non-local blocks have no BN")
+
+
 def _command(*argv):
     """`main(argv)`: its exit status, or the one line its console script prints for a
     user's mistake (`cli.run` prints a `UserError` so, exit 2)."""
@@ -252,13 +276,56 @@ def test_affine_batch_norms_of_the_frozen_bn_releases():
         expected = x * blobs[f"{prefix}_s"].astype("float64") + blobs[f"{prefix}_b"]
         np.testing.assert_allclose(bn(x.astype("float32"), training=False), expected,
                                    rtol=1e-5, atol=1e-5)
-    # The non-local releases of that kind (the official NONLOCAL.USE_BN: False) have no
-    # BN in their blocks: "20 blobs ... needs are not in the file" said nothing of why.
-    no_bn = {name: value for name, value in affine.items() if "_nonlocal" not in name
-             and not (name.startswith("nonlocal_conv") and "_bn_" in name)}
-    with pytest.raises(ValueError, match=r"non-local blocks have no BN after their output "
-                       r"convolution .*NONLOCAL.USE_BN: False.*'nonlocal_conv3_1_bn_s'"):
-        load_caffe2_weights(small_model(), no_bn)
+
+
+def test_the_frozen_bn_nonlocal_releases_load_into_their_blocks(tmp_path, capsys):
+    """`i3d_nonlocal_32x4_I3D_pretrain_400k.pkl`-style files: affine BNs, blocks
+    without BN, res3's blocks on groups of 4 frames (`--arch ..._affine`)."""
+    released = small_model()
+    release = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d",
+                          **{**SMALL, "nonlocal_use_bn": False},
+                          nonlocal_frames_per_group={"res3": 4})
+    randomize(release, 3)
+    blobs = {name: value for name, value in official_blobs(release).items()
+             if not name.endswith(("_rm", "_riv"))}
+    assert not any(name.startswith("nonlocal_conv") and "_bn_" in name for name in blobs)
+    with pytest.raises(ValueError, match=r"nonlocal_use_bn=False, nonlocal_frames_per_group="
+                       r"\{'res3': 4\} \(--arch ..._affine\).*'nonlocal_conv3_1_bn_s'"):
+        load_caffe2_weights(released, blobs)
+    loaded = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d",
+                         **{**SMALL, "nonlocal_use_bn": False},
+                         nonlocal_frames_per_group={"res3": 4})
+    assert load_caffe2_weights(loaded, blobs) == []
+    clip = np.random.default_rng(4).normal(size=(1, 16, 32, 32, 3)).astype("float32")
+    for variable in release.weights:  # the affine BNs: mean 0, variance 1 - epsilon
+        if "moving" in variable.path:
+            variable.assign(np.full(variable.shape, 0.0 if "mean" in variable.path
+                                    else 1 - 1e-5, "float32"))
+    np.testing.assert_allclose(loaded(clip, training=False), release(clip, training=False),
+                               rtol=1e-5, atol=1e-6)
+    # The other way round: a file with BN in its blocks into blocks without.
+    with pytest.raises(ValueError, match=r"have a BN after their output convolution.*"
+                       r"have none \(nonlocal_use_bn=False"):
+        load_caffe2_weights(loaded, official_blobs(small_model(seed=1)))
+
+
+def test_the_frozen_bn_release_arch_names(tmp_path, capsys):
+    from nonlocal_keras.applications.caffe2_weights import model_for_arch
+
+    for arch, stride in (("i3d_nl5_r50_affine", 1), ("i3d_nl5_r50_32x2_affine", 2)):
+        model = model_for_arch(arch)
+        assert model.get_layer("conv1").strides == (stride, 2, 2)
+        blocks = {layer.name: (layer.use_bn, layer.frames_per_group)
+                  for layer in model.layers if isinstance(layer, NonLocal3D)}
+        assert blocks == {"res3_1_nonlocal": (False, 4), "res3_3_nonlocal": (False, 4),
+                          "res4_1_nonlocal": (False, None), "res4_3_nonlocal": (False, None),
+                          "res4_5_nonlocal": (False, None)}
+    blocks = [(layer.name, layer.use_bn, layer.frames_per_group)
+              for layer in model_for_arch("c2d_nl1_r50_affine").layers
+              if isinstance(layer, NonLocal3D)]
+    assert blocks == [("res4_4_nonlocal", False, None)]  # no res3 block to group
+    with pytest.raises(ValueError, match=r"needs non-local blocks.*Received: arch='i3d_r50_affine'"):
+        model_for_arch("i3d_r50_affine")
 
 
 def test_arch_names():
@@ -347,6 +414,39 @@ def test_nonlocal_blobs_compute_the_official_block():
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_nonlocal_blobs_compute_the_official_group_block():
+    """`NonLocal3D(use_bn=False, frames_per_group=4)` equals the official
+    `add_nonlocal_group` (group_size 4, NONLOCAL.USE_BN: False) on the same blobs."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    inputs = keras.Input((8, 4, 4, 8))
+    model = keras.Model(inputs, NonLocal3D(use_bn=False, frames_per_group=4,
+                                           name="res3_1_nonlocal")(inputs))
+    randomize(model, 10)
+    blobs = {name: torch.from_numpy(np.asarray(value, "float64"))
+             for name, value in official_blobs(model).items()}
+    prefix = "nonlocal_conv3_1"
+
+    def projection(x, name):
+        return functional.conv3d(x, blobs[f"{prefix}_{name}_w"], blobs[f"{prefix}_{name}_b"])
+
+    clip = np.random.default_rng(11).normal(size=(2, 8, 4, 4, 8))
+    x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))       # (B, C, T, H, W)
+    # The official transpose / reshape / transpose: (B * T / 4, C, 4, H, W).
+    grouped = x.permute(0, 2, 1, 3, 4).reshape(4, 4, 8, 4, 4).permute(0, 2, 1, 3, 4)
+    pooled = functional.max_pool3d(grouped, (1, 2, 2), stride=(1, 2, 2))
+    theta = projection(grouped, "theta").flatten(2)
+    phi = projection(pooled, "phi").flatten(2)
+    g = projection(pooled, "g").flatten(2)
+    affinity = torch.softmax(theta.transpose(1, 2) @ phi * 4 ** -0.5, dim=2)
+    y = (g @ affinity.transpose(1, 2)).reshape(4, 4, 4, 4, 4)
+    z = grouped + projection(y, "out")                         # no BN
+    z = z.permute(0, 2, 1, 3, 4).reshape(2, 8, 8, 4, 4).permute(0, 2, 1, 3, 4)
+    expected = z.numpy().transpose(0, 2, 3, 4, 1)
+    actual = model(clip.astype("float32"), training=False)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, caplog):
     """`model.weights: file.pkl` with 6 classes into a 3-class model: all but `pred` load."""
     import logging
@@ -371,6 +471,26 @@ def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, 
     # Evaluation and export load strictly: a classifier of another size is an error.
     with pytest.raises(ConfigError, match="another class count"):
         models.build_model(model_config, data_config, multi_label=False)
+
+
+def test_fine_tuning_from_a_frozen_bn_nonlocal_release(tmp_path):
+    """`model.weights` of an i3d_nonlocal_*_I3D_pretrain_* style pickle (affine BNs,
+    blocks without BN) into the model those releases are: every weight but `pred`."""
+    from nonlocal_keras.training import models
+
+    affine = {"nonlocal_use_bn": False, "nonlocal_frames_per_group": {"res3": 4}}
+    source = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d", **SMALL, **affine)
+    randomize(source, 2)
+    blobs = {name: value for name, value in official_blobs(source).items()
+             if not name.endswith(("_rm", "_riv"))}
+    write_pickle(tmp_path / "model.pkl", blobs, wrap=True)
+    model_config = dict(SMALL_CONFIG, weights=str(tmp_path / "model.pkl"), **affine)
+    tuned = models.build_model(model_config, dict(SMALL_DATA, num_frames=16), multi_label=False,
+                               fine_tune=True)
+    for variable, expected in zip(tuned.weights, source.weights):
+        if "moving" not in variable.path and not variable.path.startswith("pred/"):
+            np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
+    assert tuned.get_layer("res3_1_nonlocal").frames_per_group == 4
 
 
 def test_fine_tuning_from_an_official_pickle_without_a_classifier(tmp_path, caplog):

@@ -92,6 +92,16 @@ def test_the_stem_check_sees_through_a_module_path_and_leaves_odd_stems_to_the_c
     assert config["model"]["stem"] == [8, 8]
 
 
+def test_the_frozen_bn_releases_32x4_clip_is_the_8x8_stem_on_32_frames():
+    """The official i3d_nonlocal_32x4 release (res3's frames in groups of 4)."""
+    grouped = ["model.name=I3DResNet50", "model.nonlocal_blocks=5",
+               "model.nonlocal_use_bn=false", "model.nonlocal_frames_per_group={res3: 4}"]
+    config = config_lib.load_config(None, grouped + ["data.num_frames=32"])
+    assert config["model"]["nonlocal_frames_per_group"] == {"res3": 4}
+    with pytest.raises(config_lib.ConfigError, match="model.stem.*data.num_frames"):
+        config_lib.load_config(None, grouped + ["data.num_frames=8", "model.stem=32x2"])
+
+
 def test_a_leading_tilde_in_a_path_is_the_home_folder(monkeypatch, tmp_path):
     """`--set runtime.output_dir=~/runs/x` (no shell expands that `~`) made a
     folder named `~` in the working directory."""

@@ -38,6 +38,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 # Table 2g). Either way res3..res5 see 4 frames (16 with 128-frame clips).
 PAPER_RESNETS = ("C2DResNet50", "C2DResNet101", "I3DResNet50", "I3DResNet101")
 STEM_FRAMES = {"8x8": (8,), "32x2": (32, 128)}
+STEM_FRAMES_GROUPED = {"8x8": (8, 32), "32x2": (32, 128)}
 DEFAULT_STEM = "8x8"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -469,12 +470,15 @@ def _check_stem(config):
     if name not in PAPER_RESNETS or not (module == "" or module.startswith("nonlocal_keras")):
         return
     stem = model.get("stem", DEFAULT_STEM)
-    official = [n for s, counts in STEM_FRAMES.items() for n in counts]
+    # The frozen-BN non-local releases group res3's frames: their 32x4 one is
+    # the 8x8 stem on 32-frame clips (16 frames at res3..res5).
+    stem_frames = STEM_FRAMES_GROUPED if model.get("nonlocal_frames_per_group") else STEM_FRAMES
+    official = [n for s, counts in stem_frames.items() for n in counts]
     # A stem that is not one of theirs (`[8, 8]`) is the constructor's to refuse.
-    if (isinstance(stem, str) and stem in STEM_FRAMES and frames in official
-            and frames not in STEM_FRAMES[stem]):
+    if (isinstance(stem, str) and stem in stem_frames and frames in official
+            and frames not in stem_frames[stem]):
         settings = "; ".join(f"stem {s!r} takes {' or '.join(map(str, n))}-frame clips"
-                             for s, n in STEM_FRAMES.items())
+                             for s, n in stem_frames.items())
         raise ConfigError(
             f"`model.stem` and `data.num_frames` disagree for {model['name']}: the paper's "
             f"network has 4 frames at res3..res5 ({settings}). Received: "
