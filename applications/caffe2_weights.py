@@ -46,7 +46,8 @@ ARCH_PATTERN = re.compile(
 # The frozen-BN non-local releases (official configs/*_nonlocal_affine_400k.yaml):
 # NONLOCAL.USE_BN: False, and res3's blocks on groups of 4 frames
 # (`add_nonlocal_group`, group_size=4 with MODEL.USE_AFFINE).
-AFFINE_RELEASE = {"nonlocal_use_bn": False, "res3_frames_per_group": 4}
+# Their BNs were fixed affine maps (MODEL.USE_AFFINE: `affine_bn`).
+AFFINE_RELEASE = {"nonlocal_use_bn": False, "res3_frames_per_group": 4, "affine_bn": True}
 
 
 def caffe2_blob_map(model):
@@ -233,6 +234,7 @@ def _arch_spec(arch):
             raise ValueError("`_affine` (the frozen-BN non-local releases) needs non-local "
                              f"blocks, _nl1, _nl5 or _nl10. Received: arch={arch!r}")
         kwargs["nonlocal_use_bn"] = AFFINE_RELEASE["nonlocal_use_bn"]
+        kwargs["affine_bn"] = AFFINE_RELEASE["affine_bn"]
         if "res3" in layout:
             kwargs["nonlocal_frames_per_group"] = {"res3": AFFINE_RELEASE["res3_frames_per_group"]}
     if family == "i3d":

@@ -110,6 +110,7 @@ def VideoResNet(
     stem="8x8",
     nonlocal_use_bn=True,
     nonlocal_frames_per_group=None,
+    affine_bn=False,
 ):
     """Builds a bottleneck video ResNet (C2D/I3D, optionally non-local).
 
@@ -154,6 +155,11 @@ def VideoResNet(
             official frozen-BN non-local releases (`i3d_nonlocal_32x4_...`,
             `..._128x1_...`) are `nonlocal_use_bn=False,
             nonlocal_frames_per_group={"res3": 4}`.
+        affine_bn: the network's BatchNormalizations (not the non-local
+            blocks') normalise with their moving statistics in training too,
+            as fixed affine maps whose scale and offset learn
+            (`FusedBatchNormalization(frozen_statistics=True)`): the official
+            `MODEL.USE_AFFINE`, with which the frozen-BN releases were trained.
 
     Returns:
         A `keras.Model`.
@@ -169,13 +175,13 @@ def VideoResNet(
                       nonlocal_blocks=nonlocal_blocks, nonlocal_mode=nonlocal_mode,
                       nonlocal_affinity=nonlocal_affinity, dropout_rate=dropout_rate, stem=stem,
                       nonlocal_use_bn=nonlocal_use_bn,
-                      nonlocal_frames_per_group=nonlocal_frames_per_group)
+                      nonlocal_frames_per_group=nonlocal_frames_per_group, affine_bn=affine_bn)
     classes, weights = check_head(include_top, pooling, classes, weights, classifier_activation)
     inputs, x = _input(input_tensor, input_shape, spec)
     width = spec.width
 
     x = _conv_bn(x, width, (spec.conv1_time, 7, 7), (spec.conv1_time_stride, 2, 2), "conv1",
-                 bn_name="res_conv1_bn")
+                 spec.affine_bn, bn_name="res_conv1_bn")
     if spec.pool1:
         pool_time = spec.pool1_time
         x = _max_pool((pool_time, 3, 3), (pool_time, 2, 2), "pool1")(x)
@@ -184,7 +190,8 @@ def VideoResNet(
         for block in range(spec.blocks[stage]):
             time = 3 if block in spec.inflated.get(stage, ()) else 1
             stride = spec.strides[stage_index] if block == 0 else 1
-            x = _bottleneck(x, inner, stride, time, spec.inflation, f"{stage}_{block}")
+            x = _bottleneck(x, inner, stride, time, spec.inflation, f"{stage}_{block}",
+                            spec.affine_bn)
             if block in spec.nonlocal_blocks.get(stage, ()):
                 x = NonLocal3D(mode=nonlocal_mode, affinity=nonlocal_affinity,
                                use_bn=spec.nonlocal_use_bn,
@@ -230,7 +237,7 @@ def _max_pool(window, strides, name):
                                dtype="float32" if float16 else None)
 
 
-def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
+def _conv_bn(x, filters, kernel, stride, name, affine_bn, relu=True, bn_name=None):
     """Conv3D (no bias) + BN (+ ReLU); an int `stride` is spatial only."""
     strides = (1, stride, stride) if isinstance(stride, int) else tuple(stride)
     strided = max(strides) > 1
@@ -244,13 +251,13 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True, bn_name=None):
         x = padding(tuple(k // 2 for k in kernel), name=f"{name}_pad")(x)
     x = conv(x)
     x = FusedBatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                name=bn_name or f"{name}_bn")(x)
+                                frozen_statistics=affine_bn, name=bn_name or f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(name=f"{name}_relu")(x)
     return x
 
 
-def _bottleneck(x, inner, stride, time, inflation, name):
+def _bottleneck(x, inner, stride, time, inflation, name, affine_bn):
     """1x1 -> 1x3x3 (stride) -> 1x1 (x4 channels), plus the shortcut."""
     kernels = {"branch2a": (1, 1, 1), "branch2b": (1, 3, 3)}
     if time > 1:
@@ -259,10 +266,11 @@ def _bottleneck(x, inner, stride, time, inflation, name):
     filters = 4 * inner
     shortcut = x
     if x.shape[-1] != filters or stride != 1:
-        shortcut = _conv_bn(x, filters, (1, 1, 1), stride, f"{name}_branch1", relu=False)
-    y = _conv_bn(x, inner, kernels["branch2a"], 1, f"{name}_branch2a")
-    y = _conv_bn(y, inner, kernels["branch2b"], stride, f"{name}_branch2b")
-    y = _conv_bn(y, filters, (1, 1, 1), 1, f"{name}_branch2c", relu=False)
+        shortcut = _conv_bn(x, filters, (1, 1, 1), stride, f"{name}_branch1", affine_bn,
+                            relu=False)
+    y = _conv_bn(x, inner, kernels["branch2a"], 1, f"{name}_branch2a", affine_bn)
+    y = _conv_bn(y, inner, kernels["branch2b"], stride, f"{name}_branch2b", affine_bn)
+    y = _conv_bn(y, filters, (1, 1, 1), 1, f"{name}_branch2c", affine_bn, relu=False)
     y = layers.Add(name=f"{name}_sum")([y, shortcut])
     return layers.ReLU(name=name)(y)
 
@@ -271,7 +279,8 @@ def C2DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                 nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8",
-                nonlocal_use_bn=True, nonlocal_frames_per_group=None):
+                nonlocal_use_bn=True, nonlocal_frames_per_group=None,
+                affine_bn=False):
     """C2D ResNet-50 (every kernel 1xkxk; time meets only in pool2), optionally NL.
 
     `nonlocal_blocks=5` is the released NL C2D. See `VideoResNet` for the arguments.
@@ -283,7 +292,8 @@ def C2DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, stem="8x8",
-                 nonlocal_use_bn=True, nonlocal_frames_per_group=None):
+                 nonlocal_use_bn=True, nonlocal_frames_per_group=None,
+                 affine_bn=False):
     """C2D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet(arch="c2d", depth=101, inflation="3x1x1", **locals())
 
@@ -292,7 +302,8 @@ def I3DResNet50(include_top=True, weights=None, input_tensor=None, input_shape=N
                 pooling=None, classes=400, classifier_activation="softmax", name=None,
                 nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                 nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
-                stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None):
+                stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None,
+                affine_bn=False):
     """I3D ResNet-50 (conv1 5x7x7, every other block inflated), optionally NL.
 
     `nonlocal_blocks=5` is the released NL I3D. See `VideoResNet` for the arguments.
@@ -304,7 +315,8 @@ def I3DResNet101(include_top=True, weights=None, input_tensor=None, input_shape=
                  pooling=None, classes=400, classifier_activation="softmax", name=None,
                  nonlocal_blocks=0, nonlocal_mode="embedded_gaussian",
                  nonlocal_affinity="spacetime", dropout_rate=0.5, inflation="3x1x1",
-                 stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None):
+                 stem="8x8", nonlocal_use_bn=True, nonlocal_frames_per_group=None,
+                 affine_bn=False):
     """I3D ResNet-101, optionally non-local. See `VideoResNet` for the arguments."""
     return _named_resnet(arch="i3d", depth=101, **locals())
 

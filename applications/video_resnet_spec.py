@@ -79,6 +79,7 @@ class VideoResNetSpec:
         nonlocal_use_bn: the blocks' `use_bn`.
         nonlocal_frames_per_group: `{stage: frames}`, the `frames_per_group`
             of the stage's blocks (stages not named: all frames).
+        affine_bn: the BNs' `frozen_statistics`.
     """
 
     stages: tuple
@@ -97,11 +98,12 @@ class VideoResNetSpec:
     nonlocal_affinity: str
     nonlocal_use_bn: bool = True
     nonlocal_frames_per_group: dict = dataclasses.field(default_factory=dict)
+    affine_bn: bool = False
 
 
 def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, stage_strides,
                pool1, pool2, nonlocal_blocks, nonlocal_mode, nonlocal_affinity, dropout_rate,
-               stem, nonlocal_use_bn=True, nonlocal_frames_per_group=None):
+               stem, nonlocal_use_bn=True, nonlocal_frames_per_group=None, affine_bn=False):
     """`VideoResNet`'s architecture arguments, checked, as a `VideoResNetSpec`
     (NumPy integers become ints: Keras' layers take Python ones only)."""
     blocks = tuple(stage_blocks) if isinstance(stage_blocks, (list, tuple)) else ()
@@ -130,7 +132,7 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
     checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
     checked_choice("nonlocal_affinity", nonlocal_affinity, nonlocal_math.AFFINITIES)
     for argument, value in (("pool1", pool1), ("pool2", pool2),
-                            ("nonlocal_use_bn", nonlocal_use_bn)):
+                            ("nonlocal_use_bn", nonlocal_use_bn), ("affine_bn", affine_bn)):
         checked_bool(argument, value)
     blocks = tuple(int(n) for n in blocks)
     stage_sizes = dict(zip(stages, blocks))
@@ -152,6 +154,7 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
         nonlocal_use_bn=bool(nonlocal_use_bn),
         nonlocal_frames_per_group=_frame_groups(nonlocal_frames_per_group, layout,
                                                 nonlocal_affinity),
+        affine_bn=bool(affine_bn),
     )
 
 

@@ -320,6 +320,9 @@ def test_the_frozen_bn_release_arch_names(tmp_path, capsys):
         assert blocks == {"res3_1_nonlocal": (False, 4), "res3_3_nonlocal": (False, 4),
                           "res4_1_nonlocal": (False, None), "res4_3_nonlocal": (False, None),
                           "res4_5_nonlocal": (False, None)}
+        batch_norms = [layer for layer in model.layers
+                       if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(batch_norms) == 53 and all(bn.frozen_statistics for bn in batch_norms)
     blocks = [(layer.name, layer.use_bn, layer.frames_per_group)
               for layer in model_for_arch("c2d_nl1_r50_affine").layers
               if isinstance(layer, NonLocal3D)]
@@ -491,6 +494,30 @@ def test_fine_tuning_from_a_frozen_bn_nonlocal_release(tmp_path):
         if "moving" not in variable.path and not variable.path.startswith("pred/"):
             np.testing.assert_array_equal(np.asarray(variable), np.asarray(expected))
     assert tuned.get_layer("res3_1_nonlocal").frames_per_group == 4
+
+
+def test_fine_tuning_a_frozen_bn_release_with_batch_statistics_is_warned_of(tmp_path, caplog):
+    """Its BNs were affine maps: trained on batch statistics the network changes at once."""
+    import logging
+
+    from nonlocal_keras.training import models
+
+    blobs = {name: value for name, value in official_blobs(small_model(seed=2)).items()
+             if not name.endswith(("_rm", "_riv")) or name.startswith("nonlocal_")}
+    write_pickle(tmp_path / "model.pkl", blobs, wrap=True)
+    for affine_bn, warned in ((False, True), (True, False)):
+        caplog.clear()
+        model_config = dict(SMALL_CONFIG, weights=str(tmp_path / "model.pkl"), affine_bn=affine_bn)
+        with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+            models.build_model(model_config, SMALL_DATA, multi_label=False, fine_tune=True)
+        assert ("`model.affine_bn: true` keeps them" in caplog.text) == warned, caplog.text
+    # A file with the statistics (a BN release) says nothing.
+    caplog.clear()
+    write_pickle(tmp_path / "bn.pkl", official_blobs(small_model(seed=2)), wrap=True)
+    with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+        models.build_model(dict(SMALL_CONFIG, weights=str(tmp_path / "bn.pkl")), SMALL_DATA,
+                           multi_label=False, fine_tune=True)
+    assert "affine_bn" not in caplog.text
 
 
 def test_fine_tuning_from_an_official_pickle_without_a_classifier(tmp_path, caplog):

@@ -206,3 +206,35 @@ def test_float64_trains_through_keras_ops_against_the_reference():
     block = NonLocal3D(dtype="float64")
     out = block(tf.constant(_random((1, 2, 4, 4, 8), seed=7)), training=True)
     assert out.dtype == tf.float64
+
+
+def test_frozen_statistics_train_an_affine_map():
+    """`frozen_statistics=True` (the official AffineNd): in training the layer is
+    `gamma (x - mean) / sqrt(var + eps) + beta` of its moving statistics, which
+    stay; gamma and beta get that map's gradients."""
+    layer = _layer(frozen_statistics=True)
+    x = _random((2, 3, 4, 5, 8), 7)
+    layer.build(x.shape)
+    rng = np.random.default_rng(8)
+    gamma, beta = rng.normal(1, 0.3, 8), rng.normal(0, 0.3, 8)
+    mean, variance = rng.normal(0, 1, 8), rng.uniform(0.5, 2, 8)
+    layer.set_weights([gamma, beta, mean, variance])
+    w = rng.normal(size=x.shape)
+    inputs = tf.constant(x, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = layer(inputs, training=True)
+        loss = tf.reduce_sum(y * w)
+    dx, dgamma, dbeta = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+    x_hat = (x - mean) / np.sqrt(variance + EPSILON)
+    np.testing.assert_allclose(y, x_hat * gamma + beta, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, w * gamma / np.sqrt(variance + EPSILON), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dgamma, (w * x_hat).sum((0, 1, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dbeta, w.sum((0, 1, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(layer.moving_mean, mean.astype("float32"))
+    np.testing.assert_array_equal(layer.moving_variance, variance.astype("float32"))
+    assert len(layer.trainable_weights) == 2
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.get_config()["frozen_statistics"] is True
+    with pytest.raises(ValueError, match="Received: frozen_statistics='yes'"):
+        _layer(frozen_statistics="yes")

@@ -58,6 +58,11 @@ class LayerConformance(testing.TestCase):
             input_shape=(2, 3, 4, 4, 5), expected_output_shape=(2, 3, 4, 4, 5),
             expected_num_trainable_weights=2, expected_num_non_trainable_weights=2,
             supports_masking=True)
+        self.run_layer_test(
+            FusedBatchNormalization, {"frozen_statistics": True},
+            input_shape=(2, 3, 4, 4, 5), expected_output_shape=(2, 3, 4, 4, 5),
+            expected_num_trainable_weights=2, expected_num_non_trainable_weights=2,
+            supports_masking=True)
 
     def test_video_conv3d_on_each_of_its_paths(self):
         for kernel, strides in (((1, 1, 1), (1, 2, 2)), ((1, 3, 3), (1, 1, 1)),

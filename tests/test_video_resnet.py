@@ -519,3 +519,38 @@ def test_importing_the_training_package_registers_the_video_resnets_layers():
                         "from keras.saving import get_registered_object as get\n"
                         "for name in ('VideoConv3D', 'ConcatenatedZeroPadding3D', 'NonLocal3D'):\n"
                         "    assert get('nonlocal_keras>' + name) is not None, name\n")
+
+
+def test_affine_bn_trains_the_batch_norms_as_fixed_affine_maps():
+    """`affine_bn=True` (the official MODEL.USE_AFFINE): a training step keeps
+    every network BN's statistics and learns its scale; the non-local block's
+    BN still trains on the batch; precise BN leaves the affine ones alone."""
+    import tensorflow as tf
+
+    from nonlocal_keras.training import precise_bn
+
+    model = VideoResNet((1, 1), input_shape=(4, 32, 32, 3), classes=3, width=8,
+                        nonlocal_blocks={"res3": [0]}, affine_bn=True, dropout_rate=0)
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and all(bn.frozen_statistics for bn in batch_norms)
+    block = model.get_layer("res3_0_nonlocal")
+    assert not block.bn.frozen_statistics
+    before = {bn.name: (bn.moving_mean.numpy().copy(), bn.gamma.numpy().copy())
+              for bn in batch_norms}
+    block_mean = block.bn.moving_mean.numpy().copy()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    clips = np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    model.fit(clips, np.array([0, 1]), epochs=1, verbose=0)
+    for bn in batch_norms:
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), before[bn.name][0])
+        assert not np.array_equal(bn.gamma.numpy(), before[bn.name][1]), bn.name
+    assert not np.array_equal(block.bn.moving_mean.numpy(), block_mean)
+    np.testing.assert_allclose(model(clips, training=True), model(clips, training=False),
+                               rtol=1e-5, atol=1e-6)
+    dataset = tf.data.Dataset.from_tensor_slices((clips, np.array([0, 1]))).batch(2)
+    assert precise_bn.recompute_statistics(model, dataset, 1) == 1
+    for bn in batch_norms:
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), before[bn.name][0])
+    with pytest.raises(ValueError, match="Received: affine_bn='true'"):
+        VideoResNet((1, 1), affine_bn="true")

@@ -348,3 +348,22 @@ def load_caffe2_for_fine_tuning(model, path):
         logger.info("Left new (freshly initialised): the classifier %s (the file has none).",
                     layer.name)
     logger.info("Loaded the official weights %s.", path)
+    _warn_of_affine_batch_norms(model, blobs, path)
+
+
+def _warn_of_affine_batch_norms(model, blobs, path):
+    """A frozen-BN release (`_s`, `_b` without statistics: the official
+    MODEL.USE_AFFINE) trained as BatchNormalization normalises with the
+    batch's statistics from the first step: another function than the file's."""
+    affine = [name[:-2] for name in blobs if name.endswith("_bn_s") and not name.startswith(
+        "nonlocal_") and f"{name[:-2]}_rm" not in blobs]
+    batch = [layer.name for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization) and layer.name in affine
+             and not getattr(layer, "frozen_statistics", False)]
+    if batch:
+        logger.warning(
+            "The file's BNs are fixed affine maps (%d, e.g. %s: an official frozen-BN release, "
+            "MODEL.USE_AFFINE), which the model trains as BatchNormalization on each batch's "
+            "statistics: from the first step it computes another function than %s. "
+            "`model.affine_bn: true` keeps them affine maps, as the official training did.",
+            len(batch), batch[0], os.path.basename(path))

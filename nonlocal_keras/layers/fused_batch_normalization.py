@@ -4,6 +4,8 @@ import keras
 from keras import layers, ops
 from keras.saving import register_keras_serializable
 
+from nonlocal_keras.utils import checked_bool
+
 
 @register_keras_serializable(package="nonlocal_keras")
 class FusedBatchNormalization(layers.BatchNormalization):
@@ -17,8 +19,23 @@ class FusedBatchNormalization(layers.BatchNormalization):
     variance, as Keras; statistics in float32 whatever the compute dtype), in
     one pass forward and one backward. Everything else (inference, the other
     cases, the other backends) is Keras' own code. Same arguments, weights and
-    config as `keras.layers.BatchNormalization`.
+    config as `keras.layers.BatchNormalization`, and one more:
+
+    Args:
+        frozen_statistics: normalise with the moving statistics in training
+            too, which then never change; gamma and beta still learn. The
+            layer is then the affine map `gamma / sqrt(var + eps)`, `beta -
+            mean * that`: the official video-nonlocal-net's `AffineNd`
+            (`MODEL.USE_AFFINE`). (`trainable=False` would freeze gamma and
+            beta as well.)
     """
+
+    def __init__(self, *args, frozen_statistics=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen_statistics = checked_bool("frozen_statistics", frozen_statistics)
+
+    def get_config(self):
+        return {**super().get_config(), "frozen_statistics": self.frozen_statistics}
 
     def _fusable(self, inputs, training, mask):
         return (
@@ -34,6 +51,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
+        if self.frozen_statistics:
+            training = False
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
