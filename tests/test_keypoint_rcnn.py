@@ -647,3 +647,46 @@ def test_keypoint_training_and_evaluation_settings_keep_the_same_network(tmp_pat
     head.num_filters = 64
     with pytest.raises(ValueError, match=r"keypoint_head\.num_filters: 512 -> 64"):
         trainer.check_model_dir(changed, str(folder), "eval")
+
+
+def test_validation_keypoints_that_cannot_be_scored_are_refused_before_training(
+        stick_figures, tmp_path):
+    """A validation JSON without one labelled keypoint trained the whole run,
+    then scored keypoint AP -1, exit 0; one of another keypoint count failed in
+    the evaluation, after the training."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment
+
+    task = tiny_keypoint_config(data=stick_figures).task
+    keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")  # labelled: fine
+    with open(stick_figures["val_json"]) as handle:
+        coco = json.load(handle)
+    unlabelled, other_count = tmp_path / "unlabelled.json", tmp_path / "other_count.json"
+    for annotation in coco["annotations"]:
+        annotation["keypoints"][2::3] = [0] * (len(annotation["keypoints"]) // 3)
+    unlabelled.write_text(json.dumps(coco))
+    for annotation in coco["annotations"]:
+        annotation["keypoints"] = annotation["keypoints"] + [1.0, 1.0, 2]
+    other_count.write_text(json.dumps(coco))
+    for path, message in ((unlabelled, "has no labelled keypoint"),
+                          (other_count, "holds 8 keypoints for annotation")):
+        task.annotation_file = str(path)
+        with pytest.raises(ValueError, match=f"{message}.*Received: task.annotation_file="):
+            keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")
+        keypoint_experiment.check_keypoint_annotations(task, "train")  # not read
+    model_dir = tmp_path / "model"
+    run = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", "keypoint_rcnn_resnetfpn_nonlocal_coco",
+         "--config_file", os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
+         "--synthetic_coco_dir", str(tmp_path / "data"),
+         "--params_override", f"task.annotation_file={unlabelled}",
+         "--mode", "train_and_eval", "--model_dir", str(model_dir)],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "has no labelled keypoint" in run.stderr.splitlines()[-1], run.stderr[-3000:]
+    assert not model_dir.exists() or not os.listdir(model_dir)

@@ -13,7 +13,9 @@ classes (background, person) and no mask branch.
 """
 
 import dataclasses
+import json
 import math
+import os
 from typing import List, Optional
 
 import tensorflow as tf
@@ -102,6 +104,34 @@ def check_keypoint_head(model):
             f"`{field}num_sampled_rois` must be 1 to task.model.roi_sampler.num_sampled_rois "
             f"({most}): the keypoint head trains on foreground RoIs of that sample. "
             f"Received: {field}num_sampled_rois={head.num_sampled_rois}")
+
+
+def check_keypoint_annotations(task, mode):
+    """Before anything runs, for a command that evaluates: the validation JSON
+    must hold keypoints of `num_keypoints` each, some labelled. Without one
+    labelled, keypoint AP is -1: it trained the whole run, then scored -1, exit
+    0; another count failed in the evaluation, after the training."""
+    path, field = task.annotation_file, "task.annotation_file"
+    if "eval" not in mode or not path or "://" in path or not os.path.isfile(path):
+        return  # none: build_metrics says so; a remote one is read where it is
+    with open(path, encoding="utf-8") as handle:
+        try:
+            annotations = json.load(handle).get("annotations") or []
+        except (ValueError, AttributeError):
+            return  # not JSON, or no COCO dict: pycocotools' error names the file
+    count = task.model.keypoint_head.num_keypoints
+    for annotation in annotations:
+        found = len(annotation.get("keypoints") or []) // 3
+        if found != count:
+            raise ValueError(
+                f"{field} holds {found} keypoints for annotation {annotation.get('id')!r}, the "
+                f"model {count} (task.model.keypoint_head.num_keypoints). Received: "
+                f"{field}={path!r}")
+    if not any(v > 0 for annotation in annotations for v in annotation["keypoints"][2::3]):
+        raise ValueError(
+            f"{field} has no labelled keypoint ({len(annotations)} annotations, every "
+            "visibility 0): keypoint AP cannot be scored on it (it is -1). Received: "
+            f"{field}={path!r}")
 
 
 @dataclasses.dataclass

@@ -623,6 +623,8 @@ def run(argv, signals):
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
     check_writable(model_dir)
     check_data_not_empty(params, FLAGS.mode)
+    if hasattr(params.task.model, "keypoint_head"):
+        keypoint_experiment.check_keypoint_annotations(params.task, FLAGS.mode)
     local_chief = _writes_the_run(model_dir)
     writer = "train" in FLAGS.mode and local_chief
     # --mode eval writes its summaries (validation/events...) into the run folder.
