@@ -387,67 +387,61 @@ def test_layout_and_padding_match_an_ncthw_reference():
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_nonlocal_blobs_compute_the_official_block():
-    """A converted `NonLocal3D` equals the official `spacetime_nonlocal` on the same blobs."""
-    torch = pytest.importorskip("torch")
+def _official_nonlocal(torch, model, prefix, x, use_bn):
+    """The official `spacetime_nonlocal` + the residual sum (`add_nonlocal`) on
+    NCTHW `x`, float64, from `model`'s blobs as the official code names them."""
     functional = torch.nn.functional
-    inputs = keras.Input((4, 6, 6, 16))
-    model = keras.Model(inputs, NonLocal3D(name="res4_2_nonlocal")(inputs))
-    randomize(model, 8)
     blobs = {name: torch.from_numpy(np.asarray(value, "float64"))
              for name, value in official_blobs(model).items()}
-    prefix = "nonlocal_conv4_2"
 
-    def projection(x, name):
-        return functional.conv3d(x, blobs[f"{prefix}_{name}_w"], blobs[f"{prefix}_{name}_b"])
+    def projection(t, name):
+        return functional.conv3d(t, blobs[f"{prefix}_{name}_w"], blobs[f"{prefix}_{name}_b"])
 
-    clip = np.random.default_rng(9).normal(size=(2, 4, 6, 6, 16))
-    x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))
+    batch, channels, *positions = x.shape
     pooled = functional.max_pool3d(x, (1, 2, 2), stride=(1, 2, 2))
     theta = projection(x, "theta").flatten(2)         # (B, C/2, N)
     phi = projection(pooled, "phi").flatten(2)        # (B, C/2, N/4)
     g = projection(pooled, "g").flatten(2)
-    affinity = torch.softmax(theta.transpose(1, 2) @ phi * 8 ** -0.5, dim=2)
-    y = (g @ affinity.transpose(1, 2)).reshape(2, 8, 4, 6, 6)
-    z = functional.batch_norm(projection(y, "out"), blobs[f"{prefix}_bn_rm"],
-                              blobs[f"{prefix}_bn_riv"], blobs[f"{prefix}_bn_s"],
-                              blobs[f"{prefix}_bn_b"], eps=1e-5)
-    expected = (x + z).numpy().transpose(0, 2, 3, 4, 1)
+    affinity = torch.softmax(theta.transpose(1, 2) @ phi * (channels // 2) ** -0.5, dim=2)
+    y = (g @ affinity.transpose(1, 2)).reshape(batch, channels // 2, *positions)
+    z = projection(y, "out")
+    if use_bn:
+        z = functional.batch_norm(z, blobs[f"{prefix}_bn_rm"], blobs[f"{prefix}_bn_riv"],
+                                  blobs[f"{prefix}_bn_s"], blobs[f"{prefix}_bn_b"], eps=1e-5)
+    return x + z
+
+
+def test_nonlocal_blobs_compute_the_official_block():
+    """A converted `NonLocal3D` equals the official `spacetime_nonlocal` on the same blobs."""
+    torch = pytest.importorskip("torch")
+    inputs = keras.Input((4, 6, 6, 16))
+    model = keras.Model(inputs, NonLocal3D(name="res4_2_nonlocal")(inputs))
+    randomize(model, 8)
+    clip = np.random.default_rng(9).normal(size=(2, 4, 6, 6, 16))
+    x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))
+    expected = _official_nonlocal(torch, model, "nonlocal_conv4_2", x, use_bn=True)
     actual = model(clip.astype("float32"), training=False)
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(actual), expected.numpy().transpose(0, 2, 3, 4, 1),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_nonlocal_blobs_compute_the_official_group_block():
     """`NonLocal3D(use_bn=False, frames_per_group=4)` equals the official
     `add_nonlocal_group` (group_size 4, NONLOCAL.USE_BN: False) on the same blobs."""
     torch = pytest.importorskip("torch")
-    functional = torch.nn.functional
     inputs = keras.Input((8, 4, 4, 8))
     model = keras.Model(inputs, NonLocal3D(use_bn=False, frames_per_group=4,
                                            name="res3_1_nonlocal")(inputs))
     randomize(model, 10)
-    blobs = {name: torch.from_numpy(np.asarray(value, "float64"))
-             for name, value in official_blobs(model).items()}
-    prefix = "nonlocal_conv3_1"
-
-    def projection(x, name):
-        return functional.conv3d(x, blobs[f"{prefix}_{name}_w"], blobs[f"{prefix}_{name}_b"])
-
     clip = np.random.default_rng(11).normal(size=(2, 8, 4, 4, 8))
     x = torch.from_numpy(clip.transpose(0, 4, 1, 2, 3))       # (B, C, T, H, W)
-    # The official transpose / reshape / transpose: (B * T / 4, C, 4, H, W).
+    # The official transpose / reshape / transpose: (B * T / 4, C, 4, H, W), and back.
     grouped = x.permute(0, 2, 1, 3, 4).reshape(4, 4, 8, 4, 4).permute(0, 2, 1, 3, 4)
-    pooled = functional.max_pool3d(grouped, (1, 2, 2), stride=(1, 2, 2))
-    theta = projection(grouped, "theta").flatten(2)
-    phi = projection(pooled, "phi").flatten(2)
-    g = projection(pooled, "g").flatten(2)
-    affinity = torch.softmax(theta.transpose(1, 2) @ phi * 4 ** -0.5, dim=2)
-    y = (g @ affinity.transpose(1, 2)).reshape(4, 4, 4, 4, 4)
-    z = grouped + projection(y, "out")                         # no BN
+    z = _official_nonlocal(torch, model, "nonlocal_conv3_1", grouped, use_bn=False)
     z = z.permute(0, 2, 1, 3, 4).reshape(2, 8, 8, 4, 4).permute(0, 2, 1, 3, 4)
-    expected = z.numpy().transpose(0, 2, 3, 4, 1)
     actual = model(clip.astype("float32"), training=False)
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(actual), z.numpy().transpose(0, 2, 3, 4, 1),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_fine_tuning_from_an_official_pickle_with_another_class_count(tmp_path, caplog):
