@@ -157,7 +157,10 @@ def test_shipped_configs_load_and_say_how_to_run_them(name):
     assert "nonlocal-train" in header or "make demo" in header
     assert "Expect" in header
     assert config["model"]["name"]
-    if name.startswith("kinetics"):
+    if name.endswith("_affine"):
+        # The official frozen-BN run starts from the I3D baseline folded into affine maps.
+        assert "--set model.weights=pretrained/run_i3d_baseline_400k/affine_model_400k" in header
+    elif name.startswith("kinetics"):
         # The paper's runs start from ImageNet weights of the same depth (the R101 headers
         # named the R50 file, which the converter refuses for an R101).
         depth = "r101" if config["model"]["name"].endswith("101") else "r50"
@@ -189,7 +192,8 @@ def _frames_at(model, stage):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in config_lib.list_configs() if not n.startswith("demo")])
 def test_every_shipped_config_builds_the_papers_network(name):
-    """Through the constructor call nonlocal-train makes: 4 frames at res3..res5."""
+    """Through the constructor call nonlocal-train makes: 4 frames at res3..res5 (16 for
+    the official 32x4 frozen-BN release, the 8x8 stem on 32 frames)."""
     import keras
 
     from nonlocal_keras.training import models
@@ -200,8 +204,9 @@ def test_every_shipped_config_builds_the_papers_network(name):
     try:
         frames = config["data"]["num_frames"]
         assert model.input_shape[1] == frames
+        expected = 16 if name.endswith("_32x4_affine") else 4
         for stage in ("res3", "res4", "res5"):
-            assert _frames_at(model, stage) == {4}, (stage, _frames_at(model, stage))
+            assert _frames_at(model, stage) == {expected}, (stage, _frames_at(model, stage))
         assert model.output_shape == (None, config["data"]["num_classes"])
         if "r101" in name:
             assert len([n for n in model.layers if n.name.startswith("res4_")
