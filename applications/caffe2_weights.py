@@ -146,8 +146,9 @@ def load_caffe2_weights(model, blobs, may_lack=()):
             f"blocks of {model.name!r} have one: the official frozen-BN non-local releases "
             "(i3d_nonlocal_*_I3D_pretrain_*) trained with NONLOCAL.USE_BN: False and res3's "
             "blocks on groups of 4 frames; build the model with nonlocal_use_bn=False, "
-            "nonlocal_frames_per_group={'res3': 4} (--arch ..._affine). "
-            f"First BN blob the file lacks: {missing[0]!r}")
+            "nonlocal_frames_per_group={'res3': 4}, affine_bn=True (--arch ..._affine; in a "
+            "config model.nonlocal_use_bn: false, model.nonlocal_frames_per_group: {res3: 4}, "
+            f"model.affine_bn: true). First BN blob the file lacks: {missing[0]!r}")
     if missing:
         raise ValueError(f"{len(missing)} blobs that {model.name!r} needs are not in the file, "
                          f"the first {missing[0]!r}: {', '.join(missing[:10])}")

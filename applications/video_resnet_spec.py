@@ -152,18 +152,22 @@ def check_spec(*, stage_blocks, width, conv1_time, inflated_blocks, inflation, s
         nonlocal_blocks=layout,
         nonlocal_affinity=nonlocal_affinity,
         nonlocal_use_bn=bool(nonlocal_use_bn),
-        nonlocal_frames_per_group=_frame_groups(nonlocal_frames_per_group, layout,
-                                                nonlocal_affinity),
+        nonlocal_frames_per_group=_checked_frame_groups(nonlocal_frames_per_group, layout,
+                                                        nonlocal_affinity),
         affine_bn=bool(affine_bn),
     )
 
 
-def _frame_groups(value, layout, affinity):
+def _checked_frame_groups(value, layout, affinity):
     """`nonlocal_frames_per_group` (None, an int for every block, or
     `{stage: frames}`) as `{stage: frames}` of stages with blocks."""
     if value is None:
         return {}
     stages = [stage for stage in layout if layout[stage]]
+    if _is_int(value) and not stages:
+        raise ValueError("`nonlocal_frames_per_group` groups the frames of the non-local blocks; "
+                         "this network has none (nonlocal_blocks). "
+                         f"Received: nonlocal_frames_per_group={value!r}")
     groups = dict.fromkeys(stages, value) if _is_int(value) else value
     if not isinstance(groups, dict) or not all(is_positive_int(n) for n in groups.values()):
         raise ValueError("`nonlocal_frames_per_group` must be None, a positive integer or a "

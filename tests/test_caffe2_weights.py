@@ -512,6 +512,14 @@ def test_fine_tuning_a_frozen_bn_release_with_batch_statistics_is_warned_of(tmp_
         models.build_model(dict(SMALL_CONFIG, weights=str(tmp_path / "bn.pkl")), SMALL_DATA,
                            multi_label=False, fine_tune=True)
     assert "affine_bn" not in caplog.text
+    # The README's route: converted first, then fine-tuned from the .weights.h5.
+    converted = small_model()
+    load_caffe2_weights(converted, blobs)
+    converted.save_weights(tmp_path / "converted.weights.h5")
+    with caplog.at_level(logging.INFO, logger="nonlocal_keras.training.models"):
+        models.build_model(dict(SMALL_CONFIG, weights=str(tmp_path / "converted.weights.h5")),
+                           SMALL_DATA, multi_label=False, fine_tune=True)
+    assert "`model.affine_bn: true` keeps them" in caplog.text
 
 
 def test_fine_tuning_from_an_official_pickle_without_a_classifier(tmp_path, caplog):

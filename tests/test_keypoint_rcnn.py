@@ -665,15 +665,27 @@ def test_validation_keypoints_that_cannot_be_scored_are_refused_before_training(
     keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")  # labelled: fine
     with open(stick_figures["val_json"]) as handle:
         coco = json.load(handle)
-    unlabelled, other_count = tmp_path / "unlabelled.json", tmp_path / "other_count.json"
-    for annotation in coco["annotations"]:
-        annotation["keypoints"][2::3] = [0] * (len(annotation["keypoints"]) // 3)
-    unlabelled.write_text(json.dumps(coco))
-    for annotation in coco["annotations"]:
-        annotation["keypoints"] = annotation["keypoints"] + [1.0, 1.0, 2]
-    other_count.write_text(json.dumps(coco))
-    for path, message in ((unlabelled, "has no labelled keypoint"),
-                          (other_count, "holds 8 keypoints for annotation")):
+    def variant(name, change):
+        changed = json.loads(json.dumps(coco))
+        for annotation in changed["annotations"]:
+            change(annotation)
+        (tmp_path / name).write_text(json.dumps(changed))
+        return tmp_path / name
+
+    def unlabel(annotation):  # pycocotools ignores ground truth of num_keypoints 0
+        annotation["num_keypoints"] = 0
+
+    unlabelled = variant("unlabelled.json", unlabel)
+    bad = "must give each annotation `keypoints`, 7 .x, y, visibility. numbers"
+    cases = [(unlabelled, "has no labelled keypoint")] + [
+        (variant(name, change), bad) for name, change in (
+            ("eight.json", lambda a: a["keypoints"].extend([1.0, 1.0, 2])),
+            ("one_more_number.json", lambda a: a["keypoints"].append(1.0)),
+            ("no_count.json", lambda a: a.pop("num_keypoints")),
+            ("text.json", lambda a: a["keypoints"].__setitem__(2, "2")))]
+    (tmp_path / "no_list.json").write_text(json.dumps({**coco, "annotations": {"a": 1}}))
+    cases.append((tmp_path / "no_list.json", "holds no COCO `annotations` list"))
+    for path, message in cases:
         task.annotation_file = str(path)
         with pytest.raises(ValueError, match=f"{message}.*Received: task.annotation_file="):
             keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")

@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -587,6 +588,30 @@ def test_a_folder_whose_run_never_committed_is_taken_by_another_experiment(tmp_p
         train._check_same_experiment(str(run_dir), config)
 
 
+def test_a_constructors_default_written_out_is_the_same_experiment(tmp_path):
+    """`--set model.affine_bn=false` (VideoResNet's default) on a run started
+    without it was "another experiment (model.affine_bn: None -> False)"."""
+    from nonlocal_keras.training import run_state, train
+
+    run_dir = tmp_path / "run"
+    (run_dir / run_state.STATE_DIR).mkdir(parents=True)
+    (run_dir / run_state.STATE_DIR / run_state.STATE_FILE).write_text("{}")
+    started = {"model": {"name": "C2DResNet50", "nonlocal_blocks": 5}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(started))
+    for model in ({"affine_bn": False, "stem": "8x8", "dropout_rate": 0.5}, {}):
+        config = {"model": {**started["model"], **model}}
+        assert train._check_same_experiment(str(run_dir), config) == started
+    for model, change in (({"affine_bn": True}, "model.affine_bn: False -> True"),
+                          ({"nonlocal_blocks": 0}, "model.nonlocal_blocks: 5 -> 0")):
+        config = {"model": {**started["model"], **model}}
+        with pytest.raises(run_state.RunFolderError, match=re.escape(change)):
+            train._check_same_experiment(str(run_dir), config)
+    # Left out the other way round: a run started with the default written out.
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {**started["model"], "affine_bn": False}}))
+    assert train._check_same_experiment(str(run_dir), started)
+
+
 def test_a_folder_that_holds_no_run_is_refused_untouched(tmp_path):
     from nonlocal_keras.training import run_state, train
 
@@ -776,6 +801,23 @@ def test_a_finished_run_makes_the_precise_bn_pass_its_command_asks_for(tmp_path)
     np.testing.assert_array_equal(layer.moving_mean.numpy(),
                                   recomputed["layers/batch_normalization/vars/2"])
     assert "precise_bn_batches" not in run(0)[1] and final_against_last() == []
+
+
+def test_a_precise_bn_pass_with_no_statistics_to_recompute_says_so(tmp_path, caplog):
+    """With every BN fixed (`model.affine_bn`) or none, the pass did nothing, silently."""
+    import logging
+
+    from nonlocal_keras.training import train
+
+    csv_path = _write_dataset(tmp_path, count=8)
+    config = config_lib.load_config(None, _overrides(
+        csv_path, tmp_path / "run", "model.name=training_tiny_model:headless_video_net",
+        "schedule.epochs=1", "train.precise_bn_steps=2", "data.val_csv=null",
+        "runtime.tensorboard=false"))
+    with caplog.at_level(logging.WARNING, logger="nonlocal_keras.training.train"):
+        _, results = train.run(config)
+    assert results["precise_bn_batches"] == 0
+    assert "train.precise_bn_steps=2: the model has no BatchNorm statistics" in caplog.text
 
 
 def test_videos_the_precise_bn_pass_skips_are_counted(tmp_path):

@@ -255,6 +255,21 @@ def test_demo_sized_network():
      r"`input_tensor` must be a batch of clips.*Received: input_tensor.shape=\(None, 32, 32, 3\)$"),
     # Keras' "Could not interpret activation function identifier: softmx".
     ({"classifier_activation": "softmx"}, r"Received: classifier_activation='softmx'$"),
+    # The frozen-BN releases' arguments (an int of frames went unused without blocks).
+    ({"nonlocal_frames_per_group": 4}, r"this network has none .*"
+                                      r"Received: nonlocal_frames_per_group=4$"),
+    ({"nonlocal_blocks": 5, "nonlocal_frames_per_group": {"res5": 4}},
+     r"names 'res5', which has no non-local blocks .*res3, res4"),
+    ({"nonlocal_blocks": 5, "nonlocal_frames_per_group": {"res3": 0}},
+     r"Received: nonlocal_frames_per_group=\{'res3': 0\}$"),
+    ({"nonlocal_blocks": 5, "nonlocal_frames_per_group": 4, "nonlocal_affinity": "space"},
+     r"'spacetime' affinity. Received: nonlocal_frames_per_group=4, nonlocal_affinity='space'$"),
+    ({"nonlocal_blocks": 5, "nonlocal_frames_per_group": {"res3": 4}, "input_shape": (12, 64, 64, 3)},
+     r"does not suit nonlocal_frames_per_group=\{'res3': 4\}: the non-local blocks at res3 take "
+     r"groups of 4 frames, and 12 frames give 6 at res3. The frame counts that work nearest to "
+     r"12: 9 and 16."),
+    ({"nonlocal_use_bn": "no"}, r"Received: nonlocal_use_bn='no'$"),
+    ({"affine_bn": 1}, r"Received: affine_bn=1$"),
 ])
 def test_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

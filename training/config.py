@@ -479,10 +479,11 @@ def _check_stem(config):
             and frames not in stem_frames[stem]):
         settings = "; ".join(f"stem {s!r} takes {' or '.join(map(str, n))}-frame clips"
                              for s, n in stem_frames.items())
+        lead = ("the official frozen-BN releases' clips" if stem_frames is STEM_FRAMES_GROUPED
+                else "the paper's network has 4 frames at res3..res5")
         raise ConfigError(
-            f"`model.stem` and `data.num_frames` disagree for {model['name']}: the paper's "
-            f"network has 4 frames at res3..res5 ({settings}). Received: "
-            f"data.num_frames={frames}, model.stem={stem!r}")
+            f"`model.stem` and `data.num_frames` disagree for {model['name']}: {lead} "
+            f"({settings}). Received: data.num_frames={frames}, model.stem={stem!r}")
 
 
 def save_config(config, path):

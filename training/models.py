@@ -7,6 +7,7 @@ when the class count differs), an official Caffe2 `.pkl` (the same rule for its
 """
 
 import importlib
+import inspect
 import logging
 import os
 import tempfile
@@ -49,6 +50,23 @@ def find_constructor(name):
             f"`model.name` must be a constructor of {module_name} ({', '.join(available)}) "
             f"or `package.module:function`. Received: model.name={name!r}")
     return constructor
+
+
+# The constructor's arguments `build_model` gives itself (`name` there is the model's).
+_GIVEN_ARGUMENTS = ("include_top", "weights", "input_tensor", "input_shape", "pooling", "classes",
+                    "classifier_activation", "name")
+
+
+def with_default_arguments(model_config):
+    """`model_config` with the defaults of the constructor arguments it leaves
+    out (as is, when `model.name` names no constructor)."""
+    try:
+        parameters = inspect.signature(find_constructor(model_config.get("name", ""))).parameters
+    except (ConfigError, TypeError, ValueError):
+        return model_config
+    defaults = {key: parameter.default for key, parameter in parameters.items()
+                if parameter.default is not parameter.empty and key not in _GIVEN_ARGUMENTS}
+    return {**defaults, **model_config}
 
 
 def describe(model_config):
@@ -181,6 +199,8 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
             load_caffe2_for_fine_tuning(model, path)
         elif fine_tune:
             load_matching_weights(model, path, _other_classes(weights, data_config))
+        if fine_tune:
+            _warn_of_affine_batch_norms(model, path)
         else:
             _load_all(model, path, f"{argument}={weights!r}")
     return model
@@ -348,22 +368,22 @@ def load_caffe2_for_fine_tuning(model, path):
         logger.info("Left new (freshly initialised): the classifier %s (the file has none).",
                     layer.name)
     logger.info("Loaded the official weights %s.", path)
-    _warn_of_affine_batch_norms(model, blobs, path)
 
 
-def _warn_of_affine_batch_norms(model, blobs, path):
-    """A frozen-BN release (`_s`, `_b` without statistics: the official
-    MODEL.USE_AFFINE) trained as BatchNormalization normalises with the
-    batch's statistics from the first step: another function than the file's."""
-    affine = [name[:-2] for name in blobs if name.endswith("_bn_s") and not name.startswith(
-        "nonlocal_") and f"{name[:-2]}_rm" not in blobs]
+def _warn_of_affine_batch_norms(model, path):
+    """The BNs of a frozen-BN release (the official MODEL.USE_AFFINE: `_s`, `_b`
+    without statistics) load with mean 0 and variance 1 - epsilon, a value no
+    training gives: trained as BatchNormalization on each batch's statistics
+    they make another function than the file's from the first step."""
     batch = [layer.name for layer in model.layers
-             if isinstance(layer, keras.layers.BatchNormalization) and layer.name in affine
-             and not getattr(layer, "frozen_statistics", False)]
+             if isinstance(layer, keras.layers.BatchNormalization)
+             and not getattr(layer, "frozen_statistics", False)
+             and not np.any(layer.moving_mean.numpy())
+             and np.all(layer.moving_variance.numpy() == np.float32(1 - layer.epsilon))]
     if batch:
         logger.warning(
-            "The file's BNs are fixed affine maps (%d, e.g. %s: an official frozen-BN release, "
-            "MODEL.USE_AFFINE), which the model trains as BatchNormalization on each batch's "
-            "statistics: from the first step it computes another function than %s. "
+            "The weights' BNs are fixed affine maps (%d, e.g. %s: an official frozen-BN "
+            "release, MODEL.USE_AFFINE), which the model trains as BatchNormalization on each "
+            "batch's statistics: from the first step it computes another function than %s. "
             "`model.affine_bn: true` keeps them affine maps, as the official training did.",
             len(batch), batch[0], os.path.basename(path))

@@ -155,13 +155,17 @@ def _check_same_experiment(run_dir, config, chief=True):
         # A folder written before the paths were saved absolute holds them as given,
         # relative to the working directory, as they were read then.
         previous = _absolute_paths(yaml.safe_load(handle))
-    changed = [f"{section}.{field}: {previous.get(section, {}).get(field)!r} -> {value!r}"
-               for section, fields in config.items() for field, value in fields.items()
+    # A constructor's default written out (`--set model.affine_bn=false`) is
+    # the same experiment as the argument left out: it was refused as another.
+    before, now = ({**fields, "model": models.with_default_arguments(fields.get("model", {}))}
+                   for fields in (previous, config))
+    changed = [f"{section}.{field}: {before.get(section, {}).get(field)!r} -> {value!r}"
+               for section, fields in now.items() for field, value in fields.items()
                if (section, field) not in RESUMABLE_CHANGES
-               and previous.get(section, {}).get(field) != value]
+               and before.get(section, {}).get(field) != value]
     changed += [f"{section}.{field}: {value!r} -> (absent)"
-                for section, fields in previous.items() for field, value in fields.items()
-                if field not in config.get(section, {})]
+                for section, fields in before.items() for field, value in fields.items()
+                if field not in now.get(section, {})]
     changed += _other_start_weights(previous, config)
     if changed:
         raise run_state.RunFolderError(
@@ -412,8 +416,13 @@ def run(config, strategy=None, restart=False):
             started = time.perf_counter()
             results["precise_bn_batches"] = precise_bn.recompute_statistics(
                 model, dataset, precise_steps, strategy)
-            logger.info("BatchNorm statistics recomputed over %d batches in %.0f s.",
-                        results["precise_bn_batches"], time.perf_counter() - started)
+            if results["precise_bn_batches"]:
+                logger.info("BatchNorm statistics recomputed over %d batches in %.0f s.",
+                            results["precise_bn_batches"], time.perf_counter() - started)
+            else:
+                logger.warning("train.precise_bn_steps=%d: the model has no BatchNorm statistics "
+                               "to recompute (none, or all fixed by model.affine_bn); nothing "
+                               "was done.", precise_steps)
         # After the pass, which reads the same pipeline (and meets its unreadable videos).
         results["skipped_training_videos"] = skipped.total
         if val_records:

@@ -108,30 +108,43 @@ def check_keypoint_head(model):
 
 def check_keypoint_annotations(task, mode):
     """Before anything runs, for a command that evaluates: the validation JSON
-    must hold keypoints of `num_keypoints` each, some labelled. Without one
-    labelled, keypoint AP is -1: it trained the whole run, then scored -1, exit
-    0; another count failed in the evaluation, after the training."""
+    must hold, for each annotation, `num_keypoints` keypoint triples and the
+    count pycocotools scores by (`num_keypoints`; 0: ignored), and some
+    annotation must count. Without one, keypoint AP is -1: it trained the
+    whole run, then scored -1, exit 0; another length or no count failed in
+    the evaluation, after the training."""
     path, field = task.annotation_file, "task.annotation_file"
     if "eval" not in mode or not path or "://" in path or not os.path.isfile(path):
         return  # none: build_metrics says so; a remote one is read where it is
+    count = task.model.keypoint_head.num_keypoints
     with open(path, encoding="utf-8") as handle:
         try:
-            annotations = json.load(handle).get("annotations") or []
-        except (ValueError, AttributeError):
-            return  # not JSON, or no COCO dict: pycocotools' error names the file
-    count = task.model.keypoint_head.num_keypoints
+            coco = json.load(handle)
+        except ValueError:
+            return  # not JSON: pycocotools' error names the file
+    annotations = coco.get("annotations") if isinstance(coco, dict) else None
+    if not isinstance(annotations, list):
+        raise ValueError(f"{field} holds no COCO `annotations` list. Received: {field}={path!r}")
     for annotation in annotations:
-        found = len(annotation.get("keypoints") or []) // 3
-        if found != count:
+        keypoints = annotation.get("keypoints") if isinstance(annotation, dict) else None
+        if (not isinstance(keypoints, list) or len(keypoints) != 3 * count
+                or not all(_is_number(v) for v in keypoints)
+                or not _is_number(annotation.get("num_keypoints"))):
+            identity = annotation.get("id") if isinstance(annotation, dict) else annotation
             raise ValueError(
-                f"{field} holds {found} keypoints for annotation {annotation.get('id')!r}, the "
-                f"model {count} (task.model.keypoint_head.num_keypoints). Received: "
-                f"{field}={path!r}")
-    if not any(v > 0 for annotation in annotations for v in annotation["keypoints"][2::3]):
+                f"{field} must give each annotation `keypoints`, {count} (x, y, visibility) "
+                f"numbers ({3 * count} in all, task.model.keypoint_head.num_keypoints={count}), "
+                f"and `num_keypoints`; annotation {identity!r} does not. "
+                f"Received: {field}={path!r}")
+    if not any(annotation["num_keypoints"] > 0 for annotation in annotations):
         raise ValueError(
             f"{field} has no labelled keypoint ({len(annotations)} annotations, every "
-            "visibility 0): keypoint AP cannot be scored on it (it is -1). Received: "
-            f"{field}={path!r}")
+            "`num_keypoints` 0: the evaluation ignores such ground truth): keypoint AP cannot "
+            f"be scored on it (it is -1). Received: {field}={path!r}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
