@@ -290,7 +290,8 @@ def test_the_frozen_bn_nonlocal_releases_load_into_their_blocks(tmp_path, capsys
              if not name.endswith(("_rm", "_riv"))}
     assert not any(name.startswith("nonlocal_conv") and "_bn_" in name for name in blobs)
     with pytest.raises(ValueError, match=r"nonlocal_use_bn=False, nonlocal_frames_per_group="
-                       r"\{'res3': 4\} \(--arch ..._affine\).*'nonlocal_conv3_1_bn_s'"):
+                       r"\{'res3': 4\}, affine_bn=True \(--arch ..._affine; in a config "
+                       r"model.nonlocal_use_bn: false.*'nonlocal_conv3_1_bn_s'"):
         load_caffe2_weights(released, blobs)
     loaded = VideoResNet((2, 2, 1, 1), classes=6, name="small_nl_i3d",
                          **{**SMALL, "nonlocal_use_bn": False},
