@@ -24,11 +24,12 @@ logger = logging.getLogger(__name__)
 
 def recompute_statistics(model, dataset, steps, strategy=None):
     """Sets the moving mean and variance of every trainable BatchNorm of `model`
-    (but those with `frozen_statistics`: fixed affine maps, `affine_bn`) from `steps` batches of `dataset` (`(clips, labels)` batches of the training
+    (but those with `frozen_statistics`: fixed affine maps, `affine_bn`) from
+    `steps` batches of `dataset` (`(clips, labels)` batches of the training
     input: global batches, split over the replicas as `fit` splits them, or a
     distributed dataset); each replica's batch counts as one batch, as each
     GPU's did in the official code. Every worker of a cluster calls it (the sums
-    are all-reduced). Returns the number of batches averaged."""
+    are all-reduced). Returns the number of batches averaged (0: none to set)."""
     strategy = strategy or tf.distribute.get_strategy()
     layers = [layer for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
