@@ -413,7 +413,7 @@ def orientation(rotation, matrix):
     return 0, False
 
 
-def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
+def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_back_from=None):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
@@ -429,7 +429,10 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
     be an unwanted B-frame, or lie before the keyframe a seek lands on), past
     such packets, each wanted frame that none arrives for filled with its
     neighbour. Counting frames cannot tell which frame a rejected packet
-    held: there the error stands.
+    held: a pass that counts because the timed one had a doubt
+    (`fallen_back_from`, its timeline) makes the careful one with that
+    timeline, which checks every time again; without a timeline the error
+    stands.
     """
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     if timeline is not None and last >= len(timeline):
@@ -468,7 +471,10 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
                         if careful:  # the frames' times are no help: the error stands
                             index = previous
                             break
-                        return _decode_wanted(path, clips, None, threads)
+                        # Frame threads, meeting a rejected packet, may show a
+                        # frame out of order, as their timing has it.
+                        return _decode_wanted(path, clips, None, threads,
+                                              fallen_back_from=timeline)
                     if careful:
                         clips.fill(previous, index, lambda: _to_rgb(
                             shown if shown is not None else frame, reformatter, size))
@@ -486,8 +492,9 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None):
             error = failure
     if careful:
         return index + 1, error
-    if timeline is not None and isinstance(error, av.error.InvalidDataError):
-        return _decode_wanted(path, clips, timeline, threads, error)
+    timed = timeline if timeline is not None else fallen_back_from
+    if timed is not None and isinstance(error, av.error.InvalidDataError):
+        return _decode_wanted(path, clips, timed, threads, error)
     if timeline is not None and error is None and clips.missing():
         return _decode_wanted(path, clips, None, threads)
     return index + 1, error
