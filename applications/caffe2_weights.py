@@ -47,7 +47,8 @@ ARCH_PATTERN = re.compile(
 # NONLOCAL.USE_BN: False, and res3's blocks on groups of 4 frames
 # (`add_nonlocal_group`, group_size=4 with MODEL.USE_AFFINE).
 # Their BNs were fixed affine maps (MODEL.USE_AFFINE: `affine_bn`).
-AFFINE_RELEASE = {"nonlocal_use_bn": False, "res3_frames_per_group": 4, "affine_bn": True}
+AFFINE_RELEASE = {"nonlocal_use_bn": False, "affine_bn": True}
+AFFINE_RES3_FRAMES_PER_GROUP = 4
 
 
 def caffe2_blob_map(model):
@@ -234,10 +235,9 @@ def _arch_spec(arch):
         if not layout:
             raise ValueError("`_affine` (the frozen-BN non-local releases) needs non-local "
                              f"blocks, _nl1, _nl5 or _nl10. Received: arch={arch!r}")
-        kwargs["nonlocal_use_bn"] = AFFINE_RELEASE["nonlocal_use_bn"]
-        kwargs["affine_bn"] = AFFINE_RELEASE["affine_bn"]
+        kwargs.update(AFFINE_RELEASE)
         if "res3" in layout:
-            kwargs["nonlocal_frames_per_group"] = {"res3": AFFINE_RELEASE["res3_frames_per_group"]}
+            kwargs["nonlocal_frames_per_group"] = {"res3": AFFINE_RES3_FRAMES_PER_GROUP}
     if family == "i3d":
         kwargs["inflation"] = inflation or "3x1x1"
     elif inflation:

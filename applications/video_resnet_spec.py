@@ -365,16 +365,15 @@ def _block_needs(spec):
     pool window, whole windows for the grouped affinities ("space": frames,
     "time": height and width), whole groups for `nonlocal_frames_per_group`."""
     pool_frames, pool_space = NONLOCAL_POOL[0], NONLOCAL_POOL[1]
+    frames_multiple = pool_frames if spec.nonlocal_affinity == "space" else 1
+    space_multiple = pool_space if spec.nonlocal_affinity == "time" else 1
     needs = {"frames": {}, "space": {}}
     for stage in spec.nonlocal_blocks:
         if not spec.nonlocal_blocks[stage]:
             continue
         group = spec.nonlocal_frames_per_group.get(stage)
-        space_grouped = spec.nonlocal_affinity == "space"
-        needs["frames"][stage] = (group, group) if group else (
-            pool_frames, pool_frames if space_grouped else 1)
-        time_grouped = spec.nonlocal_affinity == "time"
-        needs["space"][stage] = (pool_space, pool_space if time_grouped else 1)
+        needs["frames"][stage] = (group, group) if group else (pool_frames, frames_multiple)
+        needs["space"][stage] = (pool_space, space_multiple)
     return needs
 
 

@@ -19,6 +19,11 @@ def is_positive_int(value):
             and value >= 1)
 
 
+def is_real(value):
+    """True for a real number (NumPy's too); False for bools, strings, None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_decimal(text):
     """Whether `text` is ASCII digits only, which `int` reads (`str.isdigit` also
     takes '²', which `int` refuses)."""

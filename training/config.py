@@ -472,14 +472,15 @@ def _check_stem(config):
     stem = model.get("stem", DEFAULT_STEM)
     # The frozen-BN non-local releases group res3's frames: their 32x4 one is
     # the 8x8 stem on 32-frame clips (16 frames at res3..res5).
-    stem_frames = STEM_FRAMES_GROUPED if model.get("nonlocal_frames_per_group") else STEM_FRAMES
+    grouped = bool(model.get("nonlocal_frames_per_group"))
+    stem_frames = STEM_FRAMES_GROUPED if grouped else STEM_FRAMES
     official = [n for s, counts in stem_frames.items() for n in counts]
     # A stem that is not one of theirs (`[8, 8]`) is the constructor's to refuse.
     if (isinstance(stem, str) and stem in stem_frames and frames in official
             and frames not in stem_frames[stem]):
         settings = "; ".join(f"stem {s!r} takes {' or '.join(map(str, n))}-frame clips"
                              for s, n in stem_frames.items())
-        lead = ("the official frozen-BN releases' clips" if stem_frames is STEM_FRAMES_GROUPED
+        lead = ("the official frozen-BN releases' clips" if grouped
                 else "the paper's network has 4 frames at res3..res5")
         raise ConfigError(
             f"`model.stem` and `data.num_frames` disagree for {model['name']}: {lead} "

@@ -450,7 +450,7 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
         # Frame threads report a rejected packet on a later one, as their timing
         # has it: the careful pass (damaged videos only) decodes each packet in
         # turn, slice threads at most, so that what it passes over is the same
-        # on a busy machine as on an idle one (a test failed once under load).
+        # on a busy machine as on an idle one.
         stream.thread_type = "SLICE" if careful else "AUTO"
         if threads:
             stream.thread_count = threads

@@ -38,6 +38,7 @@ from nonlocal_keras.applications.mask_rcnn.keypoint_eval import KeypointCOCOEval
 from nonlocal_keras.applications.mask_rcnn.keypoint_head import PAPER_HEAD_NONLOCAL, KeypointHead
 from nonlocal_keras.applications.mask_rcnn.keypoint_model import KeypointRCNNModel
 from nonlocal_keras.applications.mask_rcnn.registration import once
+from nonlocal_keras.utils import is_real
 
 EXPERIMENTS = {
     # name: (keypoint-head blocks, backbone placements); paper Table 6, R101.
@@ -128,8 +129,8 @@ def check_keypoint_annotations(task, mode):
     for annotation in annotations:
         keypoints = annotation.get("keypoints") if isinstance(annotation, dict) else None
         if (not isinstance(keypoints, list) or len(keypoints) != 3 * count
-                or not all(_is_number(v) for v in keypoints)
-                or not _is_number(annotation.get("num_keypoints"))):
+                or not all(is_real(v) for v in keypoints)
+                or not is_real(annotation.get("num_keypoints"))):
             identity = annotation.get("id") if isinstance(annotation, dict) else annotation
             raise ValueError(
                 f"{field} must give each annotation `keypoints`, {count} (x, y, visibility) "
@@ -141,10 +142,6 @@ def check_keypoint_annotations(task, mode):
             f"{field} has no labelled keypoint ({len(annotations)} annotations, every "
             "`num_keypoints` 0: the evaluation ignores such ground truth): keypoint AP cannot "
             f"be scored on it (it is -1). Received: {field}={path!r}")
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass

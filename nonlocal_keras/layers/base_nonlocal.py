@@ -10,7 +10,8 @@ from keras.saving import register_keras_serializable
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import checked_bool, checked_choice, checked_sizes, is_positive_int
+from nonlocal_keras.utils import (checked_bool, checked_choice, checked_sizes, is_positive_int,
+                                   is_real)
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -162,11 +163,11 @@ class BaseNonLocal(layers.Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
-        if not _is_real(bn_momentum) or not 0.0 <= bn_momentum < 1.0:
+        if not is_real(bn_momentum) or not 0.0 <= bn_momentum < 1.0:
             raise ValueError(
                 f"`bn_momentum` must be a number in [0, 1). Received: bn_momentum={bn_momentum!r}"
             )
-        if not _is_real(bn_epsilon) or not 0 < bn_epsilon < math.inf:
+        if not is_real(bn_epsilon) or not 0 < bn_epsilon < math.inf:
             raise ValueError(
                 "`bn_epsilon` must be a finite number > 0. "
                 f"Received: bn_epsilon={bn_epsilon!r}"
@@ -365,15 +366,14 @@ class BaseNonLocal(layers.Layer):
             return None if None in sizes else math.prod(sizes)
 
         pool = self.effective_pool_size
-        if self.frames_per_group is not None:
-            frames = self.frames_per_group
+        # "space" groups the frames of each pooled frame (`nonlocal_math._space`).
+        frames = self.frames_per_group or (pool[0] if self.affinity == "space" else None)
+        if frames is not None:
             groups = None if positions[0] is None else positions[0] // frames
             return (shape[0], groups, size([frames] + list(positions[1:])),
                     size([frames // pool[0]] + pooled[1:]))
         if self.affinity == "spacetime":
             return (shape[0], size(positions), size(pooled))
-        if self.affinity == "space":
-            return (shape[0], pooled[0], size([pool[0]] + list(positions[1:])), size(pooled[1:]))
         return (shape[0], size(pooled[1:]), size([positions[0]] + list(pool[1:])), pooled[0])
 
     def get_config(self):
@@ -448,10 +448,6 @@ def _shapes_match(shape, expected):
     """Same rank, and equal wherever both sizes are known."""
     return len(shape) == len(expected) and all(
         a is None or b is None or a == b for a, b in zip(shape, expected))
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_inter_channels(value):
