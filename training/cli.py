@@ -92,10 +92,12 @@ class StopWhenInterrupted(keras.callbacks.Callback):
         self.cluster = cluster  # see `_terminating`
 
     def on_train_begin(self, logs=None):
+        self._outermost = not _AT_STEP_END.is_set()  # see `LoopSignals.steps`
         _AT_STEP_END.set()
 
     def on_train_end(self, logs=None):
-        _AT_STEP_END.clear()
+        if self._outermost:
+            _AT_STEP_END.clear()
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPTED.is_set():
@@ -119,13 +121,16 @@ class LoopSignals:
     def steps(commit, cluster=None):
         """Around a block of training steps: inside it the handlers only record
         the signal; after it, Ctrl-C leaves, and SIGTERM or SIGHUP commits first.
-        The watchdog still ends a block that outlasts its grace."""
+        The watchdog still ends a block that outlasts its grace. Blocks may nest
+        (Orbit's loops inside its `train`): the outermost one lets signals raise again."""
+        outermost = not _AT_STEP_END.is_set()
         _AT_STEP_END.set()  # kept during the commit: a repeated SIGTERM must not cut it short
         try:
             yield
             LoopSignals.check(commit, cluster)
         finally:
-            _AT_STEP_END.clear()
+            if outermost:
+                _AT_STEP_END.clear()
 
     @staticmethod
     def check(commit, cluster=None):
@@ -212,14 +217,17 @@ def _handle_interrupts():
             grace = GRACE_SECONDS if number[0] == signal.SIGINT else TERMINATE_GRACE_SECONDS
             threading.Timer(grace, _exit_now).start()
 
-    def raise_interrupt(signum, frame):
-        _event(signum).set()
-        if not _AT_STEP_END.is_set():
-            raise KeyboardInterrupt
-
     threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()
     for signum in handled:
-        signal.signal(signum, raise_interrupt)
+        signal.signal(signum, lambda signum, frame: _on_signal(signum))
+
+
+def _on_signal(signum):
+    """The main thread's handler: record the signal; raise KeyboardInterrupt
+    unless between two steps is where it is met (`LoopSignals.steps`)."""
+    _event(signum).set()
+    if not _AT_STEP_END.is_set():
+        raise KeyboardInterrupt
 
 
 def terminate_as_if_signalled():

@@ -145,6 +145,14 @@ class CommittingController(orbit.Controller):
                 build(), PIECE_STEPS, lambda: signals.check(self._commit, self._cluster),
                 seconds)
 
+    def train(self, steps, checkpoint_at_completion=True):
+        # Between two loops (summaries, a periodic save) a signal is only recorded
+        # too, and met at the next piece's end or after the last loop: raised there,
+        # it left without the loop just trained, and one worker of a cluster left
+        # alone (its peers failed).
+        with self._signals.steps(self._commit, self._cluster):
+            return super().train(steps, checkpoint_at_completion)
+
     def _train_n_steps(self, num_steps):
         self._phase["now"] = "train"
         with self._signals.steps(self._commit, self._cluster):
