@@ -723,6 +723,68 @@ def test_an_epoch_resumed_mid_way_has_a_history_row_of_all_its_steps(tmp_path, r
     assert committed["metrics"] is None and sorted(os.listdir(run_dir / "state")) == sorted(named)
 
 
+def test_a_sigterm_between_the_fits_of_a_resumed_run_stops_after_the_next_step(
+        tmp_path, monkeypatch):
+    """A run resumed mid-epoch finishes that epoch in a `fit` of its own: a SIGTERM
+    between it and the next `fit` raised at once, and one worker of a cluster left
+    alone (its peers failed; seen in a two-worker run). Now it is met at the next
+    step, which is committed, as inside a `fit`."""
+    import signal
+
+    import keras
+    import tensorflow as tf
+
+    from nonlocal_keras.training import cli, data, run_state, train
+
+    class Left(Exception):
+        pass
+
+    def leave():
+        raise Left  # instead of os._exit
+
+    class KillAtStep3(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise Left
+
+    ends = cli.StopWhenInterrupted.on_train_end
+
+    def sigterm_after_the_first_fit(self, logs=None):
+        ends(self, logs)
+        if not cli.TERMINATED.is_set():
+            cli._on_signal(signal.SIGTERM)
+
+    rng = np.random.default_rng(0)
+    batches = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(24, 5)).astype("float32"), rng.normal(size=(24, 1)).astype("float32"))
+    ).batch(4).repeat()  # epochs of 6 steps
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    state = run_state.RunState(str(tmp_path / "run"), 6)
+    os.makedirs(state.folder)
+    with pytest.raises(Left):
+        model.fit(batches, epochs=1, steps_per_epoch=6, verbose=0,
+                  callbacks=[run_state.CommitState(state, 1), KillAtStep3()])
+    state = run_state.RunState(str(tmp_path / "run"), 6)
+    state.read()
+    assert state.step == 3
+    monkeypatch.setattr(cli, "_exit_now", leave)
+    monkeypatch.setattr(cli.StopWhenInterrupted, "on_train_end", sigterm_after_the_first_fit)
+    config = {"runtime": {"verbose": 0, "tensorboard": False, "backup_freq": 100},
+              "schedule": {"epochs": 3}}
+    try:
+        with pytest.raises(Left):
+            train._fit(model, batches, state, config, 6, data.SkippedVideos(), True)
+    except KeyboardInterrupt:  # would end pytest's session
+        pytest.fail("the SIGTERM between two fits was raised at once")
+    finally:
+        cli.TERMINATED.clear()
+    assert not cli._AT_STEP_END.is_set()
+    committed = run_state.RunState(str(tmp_path / "run"), 6)
+    committed.read()
+    assert committed.step == 7  # the first step of epoch 2
+
+
 def test_a_resumed_epochs_bar_counts_the_runs_epochs(capsys):
     """The `fit` that finishes an epoch resumed mid-way was headed "Epoch 2/2" in
     a run of 5 epochs."""

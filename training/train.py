@@ -491,23 +491,27 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
     if runtime_config["tensorboard"] and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(state.run_dir, "logs"),
                                                      write_graph=False, update_freq="epoch"))
-    while state.epoch < epochs:
-        offset = state.step_in_epoch
-        commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief,
-                                       metrics)
-        lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
-        # After the commit: it stops the process once the step is counted (and, on
-        # SIGTERM, committed).
-        stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now, cluster=cluster)
-        try:
-            model.fit(dataset, initial_epoch=state.epoch,
-                      epochs=state.epoch + 1 if offset else epochs,
-                      steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
-                      callbacks=callbacks + lines + [commit, stop, progress.EpochBar(epochs)],
-                      verbose=verbose,
-                      shuffle=False)  # tf.data shuffles
-        except tf.errors.UnavailableError as error:
-            raise ClusterError.peer_left(error.message, "its last commit") from None
+    # Between two `fit`s a signal is only recorded too, and met at the next one's
+    # first step or after the last one: raised there, one worker of a cluster left
+    # alone and its peers failed. Every epoch's end is committed: nothing to commit.
+    with cli.LoopSignals.steps(lambda: None, cluster):
+        while state.epoch < epochs:
+            offset = state.step_in_epoch
+            commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief,
+                                           metrics)
+            lines = [progress.StepLines(steps_per_epoch, epochs, offset)] if verbose == 2 else []
+            # After the commit: it stops the process once the step is counted (and, on
+            # SIGTERM, committed).
+            stop = cli.StopWhenInterrupted(on_terminate=commit.commit_now, cluster=cluster)
+            try:
+                model.fit(dataset, initial_epoch=state.epoch,
+                          epochs=state.epoch + 1 if offset else epochs,
+                          steps_per_epoch=steps_per_epoch - offset if offset else steps_per_epoch,
+                          callbacks=callbacks + lines + [commit, stop, progress.EpochBar(epochs)],
+                          verbose=verbose,
+                          shuffle=False)  # tf.data shuffles
+            except tf.errors.UnavailableError as error:
+                raise ClusterError.peer_left(error.message, "its last commit") from None
 
 
 def _finished(run_dir, model, state, previous, config, strategy):
