@@ -699,31 +699,6 @@ def test_fit_lowers_the_loss_and_coco_evaluation_returns_box_and_mask_ap(synthet
         assert isinstance(metrics[key], float) and -1.0 <= metrics[key] <= 1.0, (key, metrics)
 
 
-@pytest.mark.slow
-def test_trainer_cli_trains_and_exports_a_savedmodel_that_loads_without_the_package(tmp_path):
-    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
-    train = subprocess.run(
-        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
-         "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
-         "--synthetic_coco_dir", str(tmp_path / "data"),
-         "--params_override", "trainer.train_steps=2,trainer.steps_per_loop=1,"
-         "trainer.checkpoint_interval=2,task.train_data.global_batch_size=1",
-         "--mode", "train", "--model_dir", str(model_dir), "--export_dir", str(export_dir)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert train.returncode == 0, train.stderr[-4000:]
-    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
-    assert (export_dir / "saved_model.pb").exists()
-    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
-
-    loaded = serve_without_the_package(
-        export_dir, tmp_path, ("detection_boxes", "detection_masks", "detection_scores"))
-    assert loaded.returncode == 0, loaded.stderr[-4000:]
-    assert "detection_boxes (1, 20, 4)" in loaded.stdout
-    assert "detection_scores (1, 20)" in loaded.stdout
-    assert "detection_masks (1, 20, 28, 28)" in loaded.stdout
-
-
 def _train_detection_until(command, step, signum, stderr_path):
     """Run `command` (unbuffered) and send `signum` twice, as a wrapper that forwards
     its own (`timeout`, a batch script) makes it come, 2 s after Orbit has logged a
@@ -750,43 +725,47 @@ def _train_detection_until(command, step, signum, stderr_path):
 
 
 @pytest.mark.slow
-def test_cli_sigterm_and_hangup_save_the_steps_trained_and_the_same_command_resumes(tmp_path):
+def test_cli_hangup_saves_the_steps_trained_and_the_same_command_resumes_and_exports(tmp_path):
     """SIGTERM (a preempted job) or SIGHUP (a closed terminal) ended the command at once:
     every step since the last `trainer.checkpoint_interval` was lost. Then it saved
     once the Orbit loop in progress ended, but Model Garden's COCO experiments loop
     over an epoch: now it saves within `trainer.PIECE_STEPS` steps (or PIECE_SECONDS),
-    here inside one loop of all 60 steps (the signal comes as the loop starts)."""
-    model_dir = tmp_path / "model"
+    here inside one loop of all 60 steps (the signal comes as the loop starts). SIGHUP
+    here, SIGTERM in the cluster test below (the same path, `cli.TERMINATED`). The
+    command that finishes exports a SavedModel that serves without the package."""
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     command = [sys.executable, "-u", "-m", "nonlocal_keras.training.train_detection",
                "--experiment", mask_rcnn.EXPERIMENT, "--config_file", TINY_YAML,
                "--synthetic_coco_dir", str(tmp_path / "data"),
                "--params_override", "trainer.train_steps=60,trainer.steps_per_loop=60,"
                "trainer.summary_interval=60,"
                "trainer.checkpoint_interval=1000,task.train_data.global_batch_size=1",
-               "--mode", "train", "--model_dir", str(model_dir)]
+               "--mode", "train", "--model_dir", str(model_dir), "--export_dir", str(export_dir)]
     def saved_step():
         return int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
 
     # Orbit's first line, "train | step: 0 | training until step 60", starts the loop.
-    status, output = _train_detection_until(command, 0, signal.SIGTERM, tmp_path / "1.err")
-    assert status == 143, (tmp_path / "1.err").read_text()[-3000:]
-    assert "nonlocal-train-detection: terminated" in (tmp_path / "1.err").read_text()
-    first = saved_step()
-    assert 0 < first < 60, first
-    assert f"saved checkpoint to {model_dir}/ckpt-{first}." in output
-
-    status, output = _train_detection_until(command, first, signal.SIGHUP, tmp_path / "2.err")
-    assert status == 129, (tmp_path / "2.err").read_text()[-3000:]
-    assert "nonlocal-train-detection: hung up" in (tmp_path / "2.err").read_text()
-    assert f"restored from checkpoint: {model_dir}/ckpt-{first}" in output
-    second = saved_step()
-    assert first < second < 60, (first, second)
+    status, output = _train_detection_until(command, 0, signal.SIGHUP, tmp_path / "1.err")
+    assert status == 129, (tmp_path / "1.err").read_text()[-3000:]
+    assert "nonlocal-train-detection: hung up" in (tmp_path / "1.err").read_text()
+    saved = saved_step()
+    assert 0 < saved < 60, saved
+    assert f"saved checkpoint to {model_dir}/ckpt-{saved}." in output
+    assert not export_dir.exists()
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"restored from checkpoint: {model_dir}/ckpt-{second}" in finished.stdout
-    assert f"train | step: {second:6d} | training until step 60" in finished.stdout
+    assert f"restored from checkpoint: {model_dir}/ckpt-{saved}" in finished.stdout
+    assert f"train | step: {saved:6d} | training until step 60" in finished.stdout
     assert saved_step() == 60
+    assert (export_dir / "saved_model.pb").exists()
+    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
+    loaded = serve_without_the_package(
+        export_dir, tmp_path, ("detection_boxes", "detection_masks", "detection_scores"))
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    assert "detection_boxes (1, 20, 4)" in loaded.stdout
+    assert "detection_scores (1, 20)" in loaded.stdout
+    assert "detection_masks (1, 20, 28, 28)" in loaded.stdout
 
 
 @pytest.mark.slow
@@ -831,14 +810,16 @@ def test_two_worker_cluster_stops_together_on_sigterm_and_resumes(tmp_path):
 
     workers = [start(0, 1), start(1, 1)]
     try:
+        # Into the second loop: during the first one's trace (a minute on two loaded
+        # cores) the watchdog's grace could end before the first point to stop at.
         deadline = time.time() + 300
-        while "training until step 60" not in log(1, 1) and time.time() < deadline:
+        while "train | step:     30 |" not in log(1, 1) and time.time() < deadline:
             time.sleep(0.5)
-        time.sleep(5)  # into the loop
+        time.sleep(2)
         workers[1].send_signal(signal.SIGTERM)
         assert wait(workers, 1) == [143, 143], log(0, 1)[-3000:] + log(1, 1)[-3000:]
         saved = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
-        assert saved % trainer.PIECE_STEPS == 0 and 0 < saved < 60, saved
+        assert saved % trainer.PIECE_STEPS == 0 and 30 < saved < 60, saved
         assert "A worker of the cluster was terminated: every worker stops" in log(0, 1)
         workers = [start(0, 2), start(1, 2)]
         assert wait(workers, 2) == [0, 0], log(0, 2)[-3000:] + log(1, 2)[-3000:]
@@ -912,6 +893,56 @@ def test_an_evaluation_stopped_by_sigterm_commits_the_steps_trained_first(
     with cli.LoopSignals.evaluation(lambda: commits.append("again")):
         pass  # no signal: nothing committed
     assert len(commits) == (1 if committed else 0) and not cli._AT_STEP_END.is_set()
+
+
+def test_a_sigterm_between_two_loops_commits_at_the_next_piece(tmp_path, monkeypatch):
+    """Between two loops Orbit writes summaries and periodic checkpoints: a SIGTERM
+    there raised at once, and the command left without the loop just trained (in a
+    cluster, that worker left alone and its peers failed). Now it is met at the next
+    piece's end, with a commit."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+    from nonlocal_keras.training import cli
+
+    class Left(Exception):
+        pass
+
+    def leave():
+        raise Left  # instead of os._exit
+
+    step = tf.Variable(0, dtype=tf.int64)
+
+    class Pieces(orbit.AbstractTrainer):
+        def create_train_loop_fn(self):  # CommittingController cuts it into pieces
+            return lambda iterator, num_steps: step.assign_add(int(num_steps))
+
+        def train(self, num_steps):  # as Model Garden's: one loop function for every loop
+            self.loop_fn = getattr(self, "loop_fn", None) or self.create_train_loop_fn()
+            self.loop_fn(None, tf.constant(num_steps))
+
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path),
+                                         max_to_keep=5, step_counter=step,
+                                         checkpoint_interval=1000)
+    controller = trainer.CommittingController(
+        trainer=Pieces(), global_step=step, steps_per_loop=20, checkpoint_manager=manager,
+        signals=cli.LoopSignals)
+    saving = controller._maybe_save_checkpoint
+
+    def sigterm_after_the_first_loop(*args, **kwargs):
+        if int(step.numpy()) == 20:
+            cli._on_signal(signal.SIGTERM)
+        return saving(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "_maybe_save_checkpoint", sigterm_after_the_first_loop)
+    monkeypatch.setattr(cli, "_exit_now", leave)
+    try:
+        with pytest.raises(Left):
+            controller.train(steps=60)
+    except KeyboardInterrupt:  # would end pytest's session
+        pytest.fail("the SIGTERM between two loops was raised at once")
+    finally:
+        cli.TERMINATED.clear()
+    assert int(step.numpy()) == 30 and manager.latest_checkpoint.endswith("ckpt-30")
+    assert not cli._AT_STEP_END.is_set()
 
 
 def test_export_of_a_folder_without_a_checkpoint_is_refused(tmp_path):
