@@ -118,16 +118,18 @@ class LoopSignals:
 
     @staticmethod
     @contextlib.contextmanager
-    def steps(commit, cluster=None):
+    def steps(commit, cluster=None, check_after=True):
         """Around a block of training steps: inside it the handlers only record
-        the signal; after it, Ctrl-C leaves, and SIGTERM or SIGHUP commits first.
-        The watchdog still ends a block that outlasts its grace. Blocks may nest
-        (Orbit's loops inside its `train`): the outermost one lets signals raise again."""
+        the signal; after it, Ctrl-C leaves, and SIGTERM or SIGHUP commits first
+        (unless not `check_after`: the signal stays recorded). The watchdog still
+        ends a block that outlasts its grace. Blocks may nest (Orbit's loops inside
+        its `train`): the outermost one lets signals raise again."""
         outermost = not _AT_STEP_END.is_set()
         _AT_STEP_END.set()  # kept during the commit: a repeated SIGTERM must not cut it short
         try:
             yield
-            LoopSignals.check(commit, cluster)
+            if check_after:
+                LoopSignals.check(commit, cluster)
         finally:
             if outermost:
                 _AT_STEP_END.clear()

@@ -492,9 +492,11 @@ def _fit(model, dataset, state, config, steps_per_epoch, skipped, chief, cluster
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(state.run_dir, "logs"),
                                                      write_graph=False, update_freq="epoch"))
     # Between two `fit`s a signal is only recorded too, and met at the next one's
-    # first step or after the last one: raised there, one worker of a cluster left
-    # alone and its peers failed. Every epoch's end is committed: nothing to commit.
-    with cli.LoopSignals.steps(lambda: None, cluster):
+    # first step or, on one worker, after the last one: raised there, one worker of
+    # a cluster left alone and its peers failed. Every epoch's end is committed:
+    # nothing to commit. (Not after a cluster's last `fit`: there a worker reading
+    # the agreed step could find the chief gone; see `CommittingController.train`.)
+    with cli.LoopSignals.steps(lambda: None, cluster, check_after=cluster is None):
         while state.epoch < epochs:
             offset = state.step_in_epoch
             commit = run_state.CommitState(state, runtime_config["backup_freq"], offset, chief,

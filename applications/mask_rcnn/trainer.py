@@ -147,10 +147,13 @@ class CommittingController(orbit.Controller):
 
     def train(self, steps, checkpoint_at_completion=True):
         # Between two loops (summaries, a periodic save) a signal is only recorded
-        # too, and met at the next piece's end or after the last loop: raised there,
-        # it left without the loop just trained, and one worker of a cluster left
-        # alone (its peers failed).
-        with self._signals.steps(self._commit, self._cluster):
+        # too, and met at the next piece's end or, on one worker, after the last
+        # loop: raised there, it left without the loop just trained, and one worker
+        # of a cluster left alone (its peers failed). Not after a cluster's last
+        # loop: no collective follows that holds the chief, and a worker reading the
+        # agreed step there found it gone (exit 2 at the end of a finished run).
+        with self._signals.steps(self._commit, self._cluster,
+                                 check_after=self._cluster is None):
             return super().train(steps, checkpoint_at_completion)
 
     def _train_n_steps(self, num_steps):
