@@ -80,8 +80,9 @@ class StopWhenInterrupted(keras.callbacks.Callback):
     returns False at an epoch's last step: the process then leaves at the
     epoch's end. Goes after the callback that counts the steps and commits.
 
-    While `fit` runs, the handlers only record the signal. The process leaves
-    at once rather than unwinding `fit`: tearing down a `tf.data` pipeline
+    Its `fit`s run inside `LoopSignals.steps`, where the handlers only record
+    the signal (also between two `fit`s). The process leaves at once rather
+    than unwinding `fit`: tearing down a `tf.data` pipeline
     whose decoders are mid-call can take seconds, and the run's state is its
     last commit, complete on disk.
     """
@@ -90,14 +91,6 @@ class StopWhenInterrupted(keras.callbacks.Callback):
         super().__init__()
         self.on_terminate = on_terminate
         self.cluster = cluster  # see `_terminating`
-
-    def on_train_begin(self, logs=None):
-        self._outermost = not _AT_STEP_END.is_set()  # see `LoopSignals.steps`
-        _AT_STEP_END.set()
-
-    def on_train_end(self, logs=None):
-        if self._outermost:
-            _AT_STEP_END.clear()
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPTED.is_set():
