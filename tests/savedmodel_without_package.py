@@ -35,6 +35,16 @@ def serve_without_the_package(export_dir, cwd, keys, image_size=256):
                           timeout=300, cwd=str(cwd))
 
 
+def check_serves_without_the_package(export_dir, cwd, shapes):
+    """The export needs no Keras layer traced to serve, and `serve_without_the_package`
+    gives each output of `shapes` (`{key: shape tuple}`) its shape."""
+    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
+    loaded = serve_without_the_package(export_dir, cwd, shapes)
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    for key, shape in shapes.items():
+        assert f"{key} {shape}" in loaded.stdout, loaded.stdout
+
+
 def keras_layer_traces(export_dir):
     """How many graph functions of the SavedModel are TF-Keras per-layer call traces."""
     from tensorflow.core.protobuf import saved_model_pb2

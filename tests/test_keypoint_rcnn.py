@@ -547,7 +547,7 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     import subprocess
     import sys
 
-    from savedmodel_without_package import keras_layer_traces, serve_without_the_package
+    from savedmodel_without_package import check_serves_without_the_package
 
     model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     run = subprocess.run(
@@ -563,13 +563,9 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
     assert run.returncode == 0, run.stderr[-4000:]
     assert "'keypoint_AP'" in run.stdout + run.stderr  # the evaluator ran
     assert (export_dir / "saved_model.pb").exists()
-    assert keras_layer_traces(export_dir) == 0  # serving needs the signatures only
-    loaded = serve_without_the_package(
-        export_dir, tmp_path, ("detection_boxes", "detection_keypoints", "detection_keypoint_scores"))
-    assert loaded.returncode == 0, loaded.stderr[-4000:]
-    assert "detection_boxes (1, 20, 4)" in loaded.stdout
-    assert "detection_keypoints (1, 20, 7, 2)" in loaded.stdout
-    assert "detection_keypoint_scores (1, 20, 7)" in loaded.stdout
+    check_serves_without_the_package(export_dir, tmp_path, {
+        "detection_boxes": (1, 20, 4), "detection_keypoints": (1, 20, 7, 2),
+        "detection_keypoint_scores": (1, 20, 7)})
 
 
 @pytest.mark.parametrize("yaml_name, depth", [("maskrcnn_keypoint_r50_coco.yaml", 50),
