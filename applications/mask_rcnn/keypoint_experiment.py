@@ -159,7 +159,7 @@ class KeypointRCNNTaskConfig(experiment.MaskRCNNTask):
 class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
     """The non-local Mask R-CNN task with a keypoint branch instead of masks."""
 
-    def build_model(self):
+    def build_network(self):
         config = self.task_config.model
         if config.include_mask:
             raise ValueError("Keypoint R-CNN has no mask branch. Received: model.include_mask=True")
@@ -188,7 +188,7 @@ class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
         model(tf_keras.Input(config.input_size), image_shape=tf_keras.layers.Input([2]), training=False)
         return model
 
-    def build_inputs(self, params, input_context=None, dataset_fn=None):
+    def build_dataset(self, params, input_context=None, dataset_fn=None):
         model = self.task_config.model
         decoder = KeypointDecoder(
             num_keypoints=model.keypoint_head.num_keypoints,
