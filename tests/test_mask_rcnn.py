@@ -699,6 +699,102 @@ def test_fit_lowers_the_loss_and_coco_evaluation_returns_box_and_mask_ap(synthet
         assert isinstance(metrics[key], float) and -1.0 <= metrics[key] <= 1.0, (key, metrics)
 
 
+def test_the_network_and_its_losses_run_without_autograph_and_the_losses_are_the_converted_ones(
+        synthetic_data, monkeypatch):
+    """AutoGraph's conversion of the network and its losses took 15-20 s of each
+    detection command's start: they run unconverted (in graphs: `tf.function`),
+    and the losses are those of the converted code. (That the network's outputs
+    are the converted ones is the CLI runs' check: seeded, they repeat exactly.)"""
+    from official.vision.losses import maskrcnn_losses
+    from official.vision.modeling.layers import detection_generator
+    from official.vision.tasks import maskrcnn as maskrcnn_task
+    from tensorflow.python.autograph.core import ag_ctx
+
+    statuses = []
+
+    def probed(function):
+        def call(*args, **kwargs):
+            statuses.append(ag_ctx.control_status_ctx().status)
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(detection_generator.DetectionGenerator, "__call__",
+                        probed(detection_generator.DetectionGenerator.__call__))
+    monkeypatch.setattr(maskrcnn_losses.RpnScoreLoss, "__call__",
+                        probed(maskrcnn_losses.RpnScoreLoss.__call__))
+    config = tiny_config(input_size=64, data=synthetic_data)
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    images, labels = next(iter(task.build_inputs(config.task.train_data)))
+    image_shape = labels["image_info"][:, 1, :]
+    statuses.clear()
+    tf.function(lambda: model(images, image_shape=image_shape,
+                              anchor_boxes=labels["anchor_boxes"], training=False))()
+    assert statuses == [ag_ctx.Status.DISABLED]
+
+    outputs = model(images, image_shape=image_shape, anchor_boxes=labels["anchor_boxes"],
+                    gt_boxes=labels["gt_boxes"], gt_classes=labels["gt_classes"],
+                    gt_masks=labels["gt_masks"], training=True)
+    outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
+    statuses.clear()
+    expected = tf.function(lambda: maskrcnn_task.MaskRCNNTask.build_losses(
+        task, outputs, labels))()
+    got = tf.function(lambda: task.build_losses(outputs, labels))()
+    assert statuses == [ag_ctx.Status.ENABLED, ag_ctx.Status.DISABLED]
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy(), err_msg=key)
+
+
+def test_the_trainer_makes_the_optimizers_slots_before_the_first_step(synthetic_data, tmp_path):
+    """Made by the first step, they had the training loop traced twice."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    config = tiny_config(data=synthetic_data)
+    runner = trainer.ExperimentRunner(
+        distribution_strategy=tf.distribute.get_strategy(), task=task_factory.get_task(config.task),
+        mode="train", params=config, model_dir=str(tmp_path))
+    slots = {v.name for v in runner.trainer.optimizer.variables() if "/momentum" in v.name}
+    assert len(slots) == len(runner.trainer.model.trainable_variables) > 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9),
+    lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9),
+    lambda: tf_keras.mixed_precision.LossScaleOptimizer(tf_keras.optimizers.legacy.SGD(0.1, 0.9)),
+], ids=["legacy", "new", "loss_scale"])
+def test_optimizer_variables_made_before_the_first_step_are_those_it_makes(make):
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    def train(early):
+        weights = [tf.Variable(np.arange(6.0).reshape(2, 3), dtype=tf.float32),
+                   tf.Variable([1.0, -2.0])]
+        optimizer = make()
+        if early:
+            trainer.create_optimizer_variables(optimizer, weights)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(weights[0] ** 2) + tf.reduce_sum(weights[1] ** 3)
+            optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+
+        for _ in range(3):
+            step()
+        return (step.experimental_get_tracing_count(),
+                # Made by the step, a loss-scale optimizer's are in its tf.cond's scope.
+                sorted(((re.sub(r"^cond_\d+/", "", v.name), v.numpy().tolist())
+                        for v in optimizer.variables()), key=str),
+                [w.numpy() for w in weights])
+
+    (traces_late, variables_late, late), (traces_early, variables_early, early) = (
+        train(False), train(True))
+    assert (traces_late, traces_early) == (2, 1)
+    assert variables_early == variables_late
+    for a, b in zip(late, early):
+        np.testing.assert_array_equal(a, b)
+
+
 def _train_detection_until(command, step, signum, stderr_path):
     """Run `command` (unbuffered) and send `signum` twice, as a wrapper that forwards
     its own (`timeout`, a batch script) makes it come, 2 s after Orbit has logged a

@@ -20,7 +20,7 @@ from absl import flags, logging
 from official.core import train_lib
 
 from nonlocal_keras import console
-from nonlocal_keras.applications.mask_rcnn import experiment  # noqa: F401  (registers)
+from nonlocal_keras.applications.mask_rcnn import experiment  # also registers
 from nonlocal_keras.applications.mask_rcnn import (
     export,
     keypoint_data,
@@ -202,6 +202,13 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
     and the first collective failed on both ("Collective instance 535 expected
     type 1 and data_type 1 but got ... data_type 9")."""
 
+    def _build_trainer(self, task, train, evaluate):
+        trainer = super()._build_trainer(task, train, evaluate)
+        if trainer.optimizer is not None and isinstance(task, experiment.NonLocalMaskRCNNTask):
+            with self.strategy.scope():
+                create_optimizer_variables(trainer.optimizer, trainer.model.trainable_variables)
+        return trainer
+
     def _maybe_build_checkpoint_manager(self):
         manager = super()._maybe_build_checkpoint_manager()
         if manager is None or self.strategy.extended.should_checkpoint:
@@ -212,6 +219,21 @@ class ExperimentRunner(train_lib.OrbitExperimentRunner):
             step_counter=self.trainer.global_step,
             checkpoint_interval=self.params.trainer.checkpoint_interval,
             init_fn=self.trainer.initialize, chief_directory=self.model_dir)
+
+
+def create_optimizer_variables(optimizer, variables):
+    """Creates `optimizer`'s slots (momentum, ...) for `variables` now, as Keras'
+    `fit` does before its first step: made by the first step, they had
+    `tf.function` trace the training loop twice (about 10 of a tiny model's
+    40 s to its first loop). They are the variables, and have the names, that
+    the first step made."""
+    # A loss-scale wrapper's inner optimizer makes them, in its own name scope.
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    with tf.name_scope(inner.get_config()["name"]):
+        if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+            optimizer._create_all_weights(variables)  # what its apply_gradients calls
+        elif isinstance(optimizer, tf_keras.optimizers.Optimizer):
+            optimizer.build(variables)
 
 
 class ChiefRestoringCheckpointManager(tf.train.CheckpointManager):
