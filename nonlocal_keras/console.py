@@ -5,7 +5,8 @@ loads TensorFlow, and TensorFlow reads its C++ log level once, when it loads:
 the `cuInit` and grappler "E"/"W" lines of a normal run on a machine without a
 GPU are silenced here first, and TensorFlow's oneDNN kernels are asked for on
 every x86-64 CPU (`nonlocal_keras.cpu`); a `TF_CPP_MIN_LOG_LEVEL` or
-`TF_ENABLE_ONEDNN_OPTS` the user set wins.
+`TF_ENABLE_ONEDNN_OPTS` the user set wins. Keras is loaded without the
+scikit-learn it imports for wrappers no command uses (1.5-2 s of each start).
 
 Ctrl-C while TensorFlow loads (the first seconds of every command) ends the
 process at once, with the same one line and exit status as later: nothing has
@@ -209,6 +210,21 @@ def _interrupt_at_once(prog):
 def _prepare_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cpu.use_onednn()
+    _import_keras_without_scikit_learn()
+
+
+def _import_keras_without_scikit_learn():
+    # Keras imports scikit-learn, when it is installed, for its scikit-learn
+    # wrappers, which no command uses: 1.5-2 s of each command's start on 2 cores.
+    # It is hidden while Keras loads, and importable afterwards (the demo's digits).
+    if "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None
+    try:
+        import keras  # noqa: F401
+    finally:
+        if sys.modules.get("sklearn", False) is None:
+            del sys.modules["sklearn"]
 
 
 def train():

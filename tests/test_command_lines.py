@@ -96,6 +96,17 @@ def test_a_bug_is_a_traceback_and_exit_1_through_os_exit():
     assert "SHUTDOWN" not in result.stderr  # left through os._exit
 
 
+def test_a_command_loads_keras_without_scikit_learn_which_stays_importable():
+    """Keras imports scikit-learn for its wrappers, which no command uses: 1.5-2 s
+    of each command's start."""
+    code = ("import sys; from nonlocal_keras import console; console._prepare_tensorflow(); "
+            "import keras; print('sklearn' in sys.modules); "
+            "from sklearn.datasets import load_digits; print(load_digits().data.shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ["False", "(1797,", "64)"], result.stderr[-2000:]
+
+
 def test_print_data_dir_answers_without_tensorflow_once_the_dataset_is_written(tmp_path):
     """The README's `DATA=$(nonlocal-demo --print-data-dir)` loaded TensorFlow (3-4 s)
     to print a folder that was already there."""
