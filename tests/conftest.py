@@ -10,7 +10,7 @@ cpu.use_onednn()
 # `make test` runs the test files on two pytest-xdist workers, a file each. Its own
 # order starts the files with the most tests first; these, the longest, start first
 # instead, so that the last file to end is a short one (the longest worker ran 1291 s
-# of 2350 s of tests in a fresh clone on 2 cores, 2026-12-06; this order splits those
+# of 2350 s of tests in a fresh clone on 2 cores, 2026-12-06; this order would split those
 # files' seconds 1175/1175). Seconds of that run:
 LONGEST_FIRST = (
     "test_mask_rcnn.py",  # 677
