@@ -96,3 +96,64 @@ def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):
                                  shuffle=False, skipped=skipped)
     assert len(list(dataset)) == 3  # v1 and the corrupt v2 skipped
     assert sorted(p.split("/")[-1] for p in skipped.pop_epoch()[1]) == ["v1.mp4", "v2.mp4"]
+
+
+def test_the_pipelines_run_unconverted_and_give_the_converted_code_s_clips(dataset_dir,
+                                                                           monkeypatch):
+    """AutoGraph's conversion of the pipelines' functions was about 1.8 s of every
+    command's start: they run unconverted, seeded they give the converted code's
+    clips bit for bit, and so do the views' scores of `evaluate.predict_videos`."""
+    import inspect
+
+    import tensorflow as tf
+
+    from nonlocal_keras.training import evaluate
+
+    folder, _ = dataset_dir
+    converted_calls = []
+
+    def record():  # whether AutoGraph's generated code is on the stack
+        converted_calls.append(any("__autograph_generated_file" in frame.filename
+                                   for frame in inspect.stack(0)))
+
+    def probed(function):
+        def call(*args, **kwargs):
+            record()
+            return function(*args, **kwargs)
+        return call
+
+    for name in ("train_transform", "eval_transform"):
+        monkeypatch.setattr(preprocessing, name, probed(getattr(preprocessing, name)))
+
+    def model(clips, training):
+        record()
+        return tf.reduce_mean(clips, axis=[1, 2, 3])
+
+    def outputs():
+        tf.random.set_seed(3)  # with it, the random ops' own seeds
+        train = data.train_dataset(_records(folder), 3, False, 2, num_frames=2, sampling_rate=2,
+                                   crop_size=8, min_scale=12, max_scale=20, seed=5,
+                                   num_parallel_calls=1)
+        views = data.eval_dataset(_records(folder), 3, False, 2, num_frames=2, sampling_rate=1,
+                                  num_clips=2, num_crops=3, crop_size=8, scale=12,
+                                  num_parallel_calls=1)
+        scores, _ = evaluate.predict_videos(model, views, 5, 3)
+        return [x.numpy() for batch in (*train, *views) for x in batch] + [scores]
+
+    unconverted = outputs()
+    assert converted_calls == [False] * 3  # the two transforms and the model
+    converted_calls.clear()
+    monkeypatch.setattr(data, "_graph_code", lambda function: function)
+    real_function = tf.function
+
+    def converting_function(function=None, autograph=True, **kwargs):
+        if function is None:
+            return lambda function: real_function(function, **kwargs)
+        return real_function(function, **kwargs)
+
+    monkeypatch.setattr(tf, "function", converting_function)
+    converted = outputs()
+    assert converted_calls == [True] * 3
+    assert len(converted) == len(unconverted)
+    for got, expected in zip(unconverted, converted):
+        np.testing.assert_array_equal(got, expected)

@@ -44,7 +44,7 @@ def predict_videos(model, dataset, num_videos, num_classes, bar=None):
     def clip_scores(clips):
         return tf.cast(model(clips, training=False), tf.float32)
 
-    @tf.function
+    @tf.function(autograph=False)  # graph code: AutoGraph's conversion only costs time
     def video_scores(views):
         shape = tf.shape(views)
         flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))

@@ -48,7 +48,7 @@ def recompute_statistics(model, dataset, steps, strategy=None):
             model(clips, training=True)
             return recorded.pop(id(tf.distribute.get_replica_context()))
 
-        @tf.function
+        @tf.function(autograph=False)  # graph code: AutoGraph's conversion only costs time
         def step(clips):
             return strategy.run(replica_moments, args=(clips,))
 
