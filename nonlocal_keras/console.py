@@ -6,7 +6,7 @@ the `cuInit` and grappler "E"/"W" lines of a normal run on a machine without a
 GPU are silenced here first, and TensorFlow's oneDNN kernels are asked for on
 every x86-64 CPU (`nonlocal_keras.cpu`); a `TF_CPP_MIN_LOG_LEVEL` or
 `TF_ENABLE_ONEDNN_OPTS` the user set wins. Keras is loaded without the
-scikit-learn it imports for wrappers no command uses (1.5-2 s of each start).
+packages it imports for what no command uses (`UNUSED_IMPORTS`: 2-3 s of each start).
 
 Ctrl-C while TensorFlow loads (the first seconds of every command) ends the
 process at once, with the same one line and exit status as later: nothing has
@@ -27,6 +27,7 @@ died.
 """
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -210,21 +211,49 @@ def _interrupt_at_once(prog):
 def _prepare_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cpu.use_onednn()
-    _import_keras_without_scikit_learn()
+    _import_keras_without(UNUSED_IMPORTS + (("jax",) if _keras_backend() == "tensorflow" else ()))
 
 
-def _import_keras_without_scikit_learn():
-    # Keras imports scikit-learn, when it is installed, for its scikit-learn
-    # wrappers, which no command uses: 1.5-2 s of each command's start on 2 cores.
-    # It is hidden while Keras loads, and importable afterwards (the demo's digits).
-    if "sklearn" in sys.modules:
-        return
-    sys.modules["sklearn"] = None
+# What Keras (and TensorFlow's tf.lite) import when they are installed, for what no
+# command uses: scikit-learn for Keras' scikit-learn wrappers, matplotlib and
+# OpenCV for its image plots, pandas for DataFrame inputs, and JAX for tf.lite's
+# JAX converter (hidden only when Keras' backend is TensorFlow). Together 2-3 s of
+# CPU of each command's start on 2 cores (Intel Xeon, 2026-12-06: scikit-learn
+# 1.5-2 s, the others 1.2 s). Each stays importable afterwards: the demo's digits
+# come from scikit-learn, attention maps are drawn with matplotlib.
+UNUSED_IMPORTS = ("sklearn", "matplotlib", "cv2", "pandas")
+
+
+def _import_keras_without(packages):
+    hidden = [name for name in packages if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # `import name` raises ImportError, which Keras catches
     try:
         import keras  # noqa: F401
     finally:
-        if sys.modules.get("sklearn", False) is None:
-            del sys.modules["sklearn"]
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
+
+def _keras_backend():
+    """The backend Keras will load, by its own rule: KERAS_BACKEND, else the
+    "backend" of keras.json in KERAS_HOME (or ~/.keras, /tmp/.keras where the
+    home folder is read-only), else TensorFlow. None when that file is unreadable."""
+    if "KERAS_BACKEND" in os.environ:
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    path = os.path.join(home, "keras.json")
+    if not os.path.exists(path):
+        return "tensorflow"
+    try:
+        with open(path) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def train():
