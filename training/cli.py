@@ -32,7 +32,8 @@
   interrupted: the console scripts leave with `os._exit`, which skips the exit
   handlers through which TensorFlow deletes the source file it writes for each
   function autograph converts (13 files an evaluation of the README's quick
-  start, left behind by every command). A `kill -9` leaves the folder.
+  start left behind before its input pipeline was built unconverted; Orbit's
+  loop in the detection commands still is). A `kill -9` leaves the folder.
 - absl's Python log is kept to warnings and above. TensorFlow's C++ log is
   silenced by the launchers in `nonlocal_keras.console`, which must act before
   TensorFlow loads (importing this package loads it).
