@@ -1094,7 +1094,8 @@ def _run_folder_of(experiment_name, folder):
 
 
 @pytest.mark.slow
-def test_a_second_command_on_a_training_folder_and_a_failed_one_change_nothing(tmp_path):
+def test_a_second_command_on_a_training_folder_and_a_failed_one_change_nothing(
+        tmp_path, synthetic_data):
     """Two commands on one --model_dir trained side by side, both exit 0; a command
     that failed (a data path matching nothing) had rewritten the folder's params.yaml."""
     import fcntl
@@ -1106,7 +1107,9 @@ def test_a_second_command_on_a_training_folder_and_a_failed_one_change_nothing(t
                "--experiment", PLAIN_EXPERIMENT, "--mode", "train", "--model_dir", str(folder)]
     with open(folder / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a command training there
-        busy = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        busy = subprocess.run(command + ["--params_override", "task.train_data.input_path="
+                                         + synthetic_data["train_tfrecords"]],
+                              capture_output=True, text=True, timeout=300)
     assert busy.returncode == 2, busy.stderr[-3000:]
     assert busy.stderr.strip().splitlines()[-1].startswith(
         "nonlocal-train-detection: error: Another process is training in this run folder")
@@ -1481,30 +1484,43 @@ def test_a_failed_eval_on_unusable_validation_data_is_one_line_and_leaves_the_ru
     assert snapshot() == before
 
 
-def test_data_of_empty_files_are_refused_before_anything_is_written(tmp_path, synthetic_data):
+def test_data_of_empty_or_missing_files_are_refused_before_anything_is_written(
+        tmp_path, synthetic_data):
     """An empty TFRecord: training was a traceback ("End of sequence"); --mode eval
-    evaluated nothing (validation_loss 0.0, no AP), exit 0."""
+    evaluated nothing (validation_loss 0.0, no AP), exit 0. A missing one was found
+    after the network was built and traced."""
     from nonlocal_keras.applications.mask_rcnn import trainer
 
     empty = tmp_path / "empty.tfrecord"
     empty.write_bytes(b"")
     params = tiny_config(data=synthetic_data)
     for mode in trainer.MODES:
-        trainer.check_data_not_empty(params, mode)
+        trainer.check_data_files(params, mode)
     params.task.train_data.input_path = f"{tmp_path}/empty*"
     with pytest.raises(ValueError, match=r"^task.train_data.input_path names only empty files.*"
                        rf"Received: task.train_data.input_path='{tmp_path}/empty\*'$"):
-        trainer.check_data_not_empty(params, "train")
-    trainer.check_data_not_empty(params, "eval")  # reads no training data
+        trainer.check_data_files(params, "train")
+    trainer.check_data_files(params, "eval")  # reads no training data
     params.task.validation_data.input_path = str(empty)
     with pytest.raises(ValueError, match=r"^task.validation_data.input_path names only empty "
                        r"files .*nothing to evaluate"):
-        trainer.check_data_not_empty(params, "eval")
-    # One file of records among empty ones; patterns that match nothing are Model Garden's.
+        trainer.check_data_files(params, "eval")
+    # One file of records among empty ones.
     params.task.validation_data.input_path = f"{empty},{synthetic_data['val_tfrecords']}"
-    trainer.check_data_not_empty(params, "eval")
-    params.task.validation_data.input_path = f"{tmp_path}/nowhere/*"
-    trainer.check_data_not_empty(params, "eval")
+    trainer.check_data_files(params, "eval")
+    params.task.validation_data.input_path = [str(empty), synthetic_data["val_tfrecords"]]
+    trainer.check_data_files(params, "eval")
+    # Found after the build and the first trace (38 s of the plain config on 2 cores):
+    # each pattern, and each path, must name a file, as Model Garden's reader wants.
+    for missing in (f"{tmp_path}/nowhere/*", f"{tmp_path}/nowhere.tfrecord"):
+        for given in (missing, f"{synthetic_data['val_tfrecords']},{missing}", [missing]):
+            params.task.validation_data.input_path = given
+            with pytest.raises(ValueError, match=re.escape(
+                    f"{missing} does not match any files. Received: "
+                    f"task.validation_data.input_path={given!r}")):
+                trainer.check_data_files(params, "eval")
+    params.task.validation_data.input_path = "gs://bucket/nowhere/*"  # not checked here
+    trainer.check_data_files(params, "eval")
 
 
 def test_a_failed_evals_clean_up_removes_only_its_summaries_and_not_under_a_trainer(tmp_path):
