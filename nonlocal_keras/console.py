@@ -219,7 +219,7 @@ def _prepare_tensorflow():
 # OpenCV for its image plots, pandas for DataFrame inputs, and JAX for tf.lite's
 # JAX converter (hidden only when Keras' backend is TensorFlow). Together 2-3 s of
 # CPU of each command's start on 2 cores (Intel Xeon, 2026-12-06: scikit-learn
-# 1.5-2 s, the others 1.2 s). Each stays importable afterwards: the demo's digits
+# 1.5-2 s, the others 0.8-2.4 s more). Each stays importable afterwards: the demo's digits
 # come from scikit-learn, attention maps are drawn with matplotlib.
 UNUSED_IMPORTS = ("sklearn", "matplotlib", "cv2", "pandas")
 

@@ -547,7 +547,7 @@ def check_data_files(params, mode):
     """Before the network is built: the data files the mode reads are there and hold
     records. A pattern that matched nothing (Model Garden's "does not match any
     files") or a path that is not there was found after the build and the first
-    trace (38 s of the plain COCO config on 2 cores, minutes of a real one); local
+    trace (39 s of the plain COCO config on 2 cores, minutes of a real one); local
     files that are all empty (0 bytes: a TFRecord of no record) made training a
     traceback ("End of sequence") and --mode eval evaluate nothing (validation_loss
     0.0, no AP), exit 0. Remote paths (`gs://...`) and TFDS datasets are not checked."""
