@@ -99,6 +99,20 @@ def _eigen_pools_bfloat16():
             and not tf.config.list_logical_devices("GPU"))
 
 
+@functools.cache
+def _amx():
+    """Whether TensorFlow's bfloat16 products run on this CPU's AMX tiles
+    (`amx_bf16`), with no GPU to take them. There oneDNN's matmul runs
+    bfloat16 on the tiles (`brg_matmul:..._amx` in `ONEDNN_VERBOSE`), but its
+    inner product, which Grappler makes of a 2D product and its bias, does
+    not (`x64:gemm:jit`): res3's W_z (6272 x 256 x 512) took 3.5x the time of
+    the product alone, and a batched product (which is not fused) with the
+    bias added after 1.5x."""
+    import tensorflow as tf
+
+    return "amx_bf16" in (cpu.cpu_flags() or ()) and not tf.config.list_logical_devices("GPU")
+
+
 def masked_max_pool(x, mask, pool_size):
     """`max_pool` and the windows that are keys; `(pooled, pooled_mask)`.
 
@@ -235,17 +249,26 @@ def dense(t, kernel, bias=None, transpose=False):
     product, not a copy of the kernel, and the bias is a `BiasAdd` right on
     the product, which Grappler fuses with it into one oneDNN kernel (Keras'
     `Dense` reshapes in between, which keeps them apart: one more pass over
-    the output).
+    the output). In bfloat16 the bias is added as a broadcast sum instead:
+    the gradient of `BiasAdd` (TensorFlow 2.20's `BiasAddGrad` on the CPU)
+    sums the rows in bfloat16, where a sum's gradient (`Sum`) adds them in
+    float32: over 6272 rows of a mostly positive gradient it gave 1072
+    instead of 6396 (tests/test_perf_overhead.py). And on AMX the product is
+    a batch of one (see `_amx`).
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         shape = tf.shape(t)
         rows = tf.reshape(t, (-1, t.shape[-1]))
+        units = kernel.shape[0 if transpose else -1]
+        low = t.dtype == tf.bfloat16
+        if low and bias is not None and _amx():
+            # Reshaped, not indexed with None, whose gradient is a copy.
+            rows, kernel = tf.expand_dims(rows, 0), tf.expand_dims(kernel, 0)
         out = tf.linalg.matmul(rows, kernel, transpose_b=transpose)
         if bias is not None:
-            out = tf.nn.bias_add(out, bias)
-        units = kernel.shape[0 if transpose else -1]
+            out = out + bias if low else tf.nn.bias_add(out, bias)
         return tf.reshape(out, tf.concat([shape[:-1], [units]], 0))
     out = ops.matmul(t, ops.transpose(kernel) if transpose else kernel)
     return out if bias is None else out + bias
@@ -307,9 +330,17 @@ def softmax_aggregate(logits, values):
             d_values = tf.linalg.matmul(low, dy, transpose_a=True)
             rows = tf.reduce_sum(tf.cast(dy, logits.dtype) * tf.cast(y, logits.dtype), -1,
                                  keepdims=True)
-            centred = tf.linalg.matmul(
-                tf.concat([dy, tf.cast(-rows, dy.dtype)], -1),
-                tf.concat([values, tf.ones_like(values[..., :1])], -1), transpose_b=True)
+            left = [dy, tf.cast(-rows, dy.dtype)]
+            right = [values, tf.ones_like(values[..., :1])]
+            padding = -(channels + 1) % 32
+            if dy.dtype == tf.bfloat16 and padding and _amx():
+                # AMX tiles take 32 bfloat16 columns: a product over 257 took 1.3x
+                # the time of one over 256, over 288 (zeros, which add nothing) 1.08x.
+                left.append(tf.zeros(tf.concat([tf.shape(dy)[:-1], [padding]], 0), dy.dtype))
+                right.append(tf.zeros(tf.concat([tf.shape(values)[:-1], [padding]], 0),
+                                      values.dtype))
+            centred = tf.linalg.matmul(tf.concat(left, -1), tf.concat(right, -1),
+                                       transpose_b=True)
             if exact is None:
                 return tf.cast(low * centred, logits.dtype), d_values
             return exact * tf.cast(centred, logits.dtype), d_values

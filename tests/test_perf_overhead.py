@@ -34,11 +34,17 @@ def _reference(logits, values, cotangent):
 
 
 @needs_tensorflow
+@pytest.mark.parametrize("amx", (False, True), ids=("", "amx"))
 @pytest.mark.parametrize("channels", (3, 11), ids=("fewer_channels_than_keys", "more"))
 @pytest.mark.parametrize("dtype,tolerance",
                          [("float32", 1e-5), ("bfloat16", 2e-2), ("float64", 1e-12)])
-def test_softmax_aggregate_matches_float64_gradient(channels, dtype, tolerance):
+def test_softmax_aggregate_matches_float64_gradient(monkeypatch, amx, channels, dtype,
+                                                    tolerance):
+    """Also as on a CPU with AMX, where bfloat16's product that forms the
+    affinity's gradient gets zero columns up to a multiple of 32."""
     import tensorflow as tf
+
+    monkeypatch.setattr(nonlocal_math, "_amx", lambda: amx)
 
     rng = np.random.default_rng(3)
     # float64 logits under float64 (the block's affinity dtype there), else float32.
@@ -59,6 +65,38 @@ def test_softmax_aggregate_matches_float64_gradient(channels, dtype, tolerance):
         actual = tf.cast(actual, "float64").numpy()
         scale = max(np.abs(want).max(), 1.0)
         assert np.abs(actual - want).max() <= tolerance * scale
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("amx", (False, True), ids=("", "amx"))
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_dense_matches_float64_with_bias_gradient_over_many_rows(monkeypatch, amx, dtype,
+                                                                 tolerance):
+    """`nonlocal_math.dense` (the block's projections on TensorFlow), forward
+    and gradients, against float64 on the same rounded numbers. 6272 rows (res3's
+    queries): TensorFlow's bfloat16 `BiasAddGrad` sums them in bfloat16 and
+    missed this bias gradient by far more than its size. Also as on a CPU with
+    AMX (a batched product there)."""
+    import tensorflow as tf
+
+    monkeypatch.setattr(nonlocal_math, "_amx", lambda: amx)
+    rng = np.random.default_rng(9)
+    x, kernel, bias = (tf.cast(rng.normal(0, 1, shape), dtype)
+                       for shape in ((2, 3136, 16), (16, 8), (8,)))
+    # Mostly positive: the sums grow to thousands, where bfloat16's steps are 8-32.
+    cotangent = tf.cast(rng.normal(1, 1, (2, 3136, 8)), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel, bias])
+        out = nonlocal_math.dense(x, kernel, bias)
+        loss = tf.reduce_sum(tf.cast(out, "float32") * tf.cast(cotangent, "float32"))
+    grads = tape.gradient(loss, [x, kernel, bias])
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    x64, k64, b64, c64 = (tf.cast(t, "float64").numpy() for t in (x, kernel, bias, cotangent))
+    rows, c_rows = x64.reshape(-1, 16), c64.reshape(-1, 8)
+    expected = (x64 @ k64 + b64, c64 @ k64.T, rows.T @ c_rows, c_rows.sum(0))
+    for actual, want in zip([out] + grads, expected):
+        actual = tf.cast(actual, "float64").numpy()
+        assert np.abs(actual - want).max() <= tolerance * np.abs(want).max()
 
 
 @needs_tensorflow
