@@ -228,10 +228,10 @@ def matmuls_step(case):
     (no softmax, pooling, BN or bias), `train(*inputs)` returning the sum of
     the output and its gradients with respect to every input, in the order
     and the dtypes this package uses at the shape and precision. Under
-    mixed_bfloat16 that is theta, phi, g, the aggregation and W_z in bfloat16
-    and the logits in float32 (`nonlocal_math.nonlocal_response`), so the
-    operands of the logits and the affinity are cast (and their gradients
-    cast back), as the block does; under float32 those casts are no-ops. The
+    mixed_bfloat16 that is theta, phi, g, the aggregation, W_z and the logits'
+    gradient in bfloat16 and the logits in float32 (`nonlocal_math.nonlocal_response`,
+    `bfloat16_attention`), so the operands of the logits and the affinity are
+    cast, as the block does; under float32 those casts are no-ops. The
     ceiling for any implementation of the block in TensorFlow on this
     machine, since the rest only adds time. `inputs` is `(x, pooled, w_theta,
     w_phi, w_g, w_z)`."""
@@ -257,11 +257,9 @@ def matmuls_step(case):
             w_theta, w_phi, w_g, w_z = (tf.cast(v, low) for v in weights)
             keys, values = pooled @ w_phi, pooled @ w_g
             if keys_reassociated:
-                logits = x @ tf.matmul(w_theta, keys, transpose_b=True)
+                affinity = x @ tf.matmul(w_theta, keys, transpose_b=True)
             else:
-                logits = tf.matmul(tf.cast(x @ w_theta, "float32"), tf.cast(keys, "float32"),
-                                   transpose_b=True)
-            affinity = tf.cast(logits, low)
+                affinity = _affinity(x @ w_theta, keys, low)
             if reassociated:
                 out = affinity @ (values @ w_z)
             else:
@@ -273,6 +271,26 @@ def matmuls_step(case):
         return loss, tape.gradient(loss, [x, pooled, *weights])
 
     return train, (x, pooled, *weights)
+
+
+def _affinity(queries, keys, low):
+    """The logits `queries keys^T` computed in float32 and returned in `low`,
+    their gradient's two products in `low`: the block's order and dtypes
+    (`nonlocal_math.bfloat16_attention` under mixed_bfloat16)."""
+    tf = _tensorflow()
+
+    @tf.custom_gradient
+    def product(queries, keys):
+        logits = tf.matmul(tf.cast(queries, "float32"), tf.cast(keys, "float32"),
+                           transpose_b=True)
+
+        def grad(d_affinity):
+            return (tf.matmul(d_affinity, keys),
+                    tf.matmul(d_affinity, queries, transpose_a=True))
+
+        return tf.cast(logits, low), grad
+
+    return product(queries, keys)
 
 
 def model(case):

@@ -69,6 +69,36 @@ def test_softmax_aggregate_matches_float64_gradient(monkeypatch, amx, channels, 
 
 @needs_tensorflow
 @pytest.mark.parametrize("amx", (False, True), ids=("", "amx"))
+@pytest.mark.parametrize("channels", (3, 11), ids=("fewer_channels_than_keys", "more"))
+def test_bfloat16_attention_matches_float64_gradient(monkeypatch, amx, channels):
+    """`nonlocal_math.bfloat16_attention`: float32 logits of bfloat16 queries and
+    float32 keys (not exact in bfloat16, as scaled keys are), the logits'
+    gradient and its products in bfloat16."""
+    import tensorflow as tf
+
+    monkeypatch.setattr(nonlocal_math, "_amx", lambda: amx)
+    rng = np.random.default_rng(6)
+    queries = tf.cast(rng.normal(0, 1, (2, 13, 5)), "bfloat16")
+    keys = tf.constant(rng.normal(0, 0.7, (2, 8, 5)), "float32")
+    values = tf.cast(rng.normal(0, 1, (2, 8, channels)), "bfloat16")
+    cotangent = tf.cast(rng.normal(0, 1, (2, 13, channels)), "bfloat16")
+    with tf.GradientTape() as tape:
+        tape.watch([queries, keys, values])
+        y = nonlocal_math.bfloat16_attention(queries, keys, values)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * tf.cast(cotangent, "float32"))
+    grads = tape.gradient(loss, [queries, keys, values])
+    assert [g.dtype for g in grads] == [tf.bfloat16, tf.float32, tf.bfloat16]
+    q64, k64, v64, c64 = (tf.cast(t, "float64").numpy()
+                          for t in (queries, keys, values, cotangent))
+    want_y, d_logits, d_values = _reference(q64 @ np.swapaxes(k64, -1, -2), v64, c64)
+    expected = (want_y, d_logits @ k64, np.swapaxes(d_logits, -1, -2) @ q64, d_values)
+    for actual, want in zip([y] + grads, expected):
+        actual = tf.cast(actual, "float64").numpy()
+        assert np.abs(actual - want).max() <= 2e-2 * max(np.abs(want).max(), 1.0)
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("amx", (False, True), ids=("", "amx"))
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
 def test_dense_matches_float64_with_bias_gradient_over_many_rows(monkeypatch, amx, dtype,
                                                                  tolerance):
