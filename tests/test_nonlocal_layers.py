@@ -364,8 +364,8 @@ def test_mixed_bfloat16_gradients_close_to_float64(monkeypatch, path, inner):
     (`nonlocal_math.bfloat16_attention`, both ways of forming it); every
     gradient against the float64 layer's (itself checked against central
     differences above) on the same, bfloat16-exact numbers (errors up to 3%
-    here, as before that change: bfloat16 keeps 8 significant bits, and the
-    logits' gradient is a difference of two rounded terms)."""
+    here, as with the float32 products before: bfloat16 keeps 8 significant
+    bits, and the logits' gradient is a difference of two rounded terms)."""
     import tensorflow as tf
 
     monkeypatch.setattr(nonlocal_math, "reassociates", lambda *sizes: path == "reassociated")

@@ -3,7 +3,9 @@
 `nonlocal_math.softmax_aggregate` (on TensorFlow, a custom gradient that
 takes the softmax's row sums from the output when the values have fewer
 channels than there are keys) is checked against the float64 NumPy gradient
-of softmax-then-aggregate, written out with the textbook softmax Jacobian.
+of softmax-then-aggregate, written out with the textbook softmax Jacobian,
+and so are `bfloat16_attention` (its bfloat16 backward) and `dense` (the
+projections, whose bfloat16 bias gradient is summed in float32).
 The bias of W_z riding on the values (reassociated order) and the transposed
 products are covered by tests/test_perf_reassociation.py and
 tests/test_nonlocal_masks.py, which force both orders against the float64
