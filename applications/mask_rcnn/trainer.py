@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 import yaml
 from absl import flags, logging
-from official.core import train_lib
+from official.core import input_reader, train_lib
 
 from nonlocal_keras import console
 from nonlocal_keras.applications.mask_rcnn import experiment  # also registers
@@ -556,22 +556,19 @@ def check_data_files(params, mode):
     for name in reads:
         data = getattr(params.task, name)
         given = data.input_path
-        if getattr(data, "tfds_name", None) or not isinstance(given, (str, list, tuple)):
+        if (getattr(data, "tfds_name", None) or not isinstance(given, (str, list, tuple))
+                or not given or "://" in str(given)):
             continue
-        patterns = [p.strip() for item in ([given] if isinstance(given, str) else given)
-                    for p in str(item).split(",") if p.strip()]
-        if not patterns or any("://" in p for p in patterns):
-            continue
-        files = []
-        for pattern in patterns:
-            # Model Garden's reading: a pattern with a wildcard is globbed, a path is read.
-            matched = (tf.io.gfile.glob(pattern) if "*" in pattern or "?" in pattern
-                       else [pattern] if tf.io.gfile.exists(pattern) else [])
-            if not matched:
-                raise ValueError(
-                    f"{pattern} does not match any files. Received: task.{name}.input_path="
-                    f"{given!r}")
-            files += matched
+        try:
+            # Model Garden's own reading: its patterns with a wildcard must match.
+            files = input_reader.match_files(given)
+        except ValueError as error:
+            raise ValueError(f"{error} Received: task.{name}.input_path={given!r}") from None
+        # The paths without a wildcard it reads as they are.
+        for path in files:
+            if not tf.io.gfile.exists(path):
+                raise ValueError(f"{path} does not match any files. Received: "
+                                 f"task.{name}.input_path={given!r}")
         if all(not tf.io.gfile.isdir(f) and tf.io.gfile.stat(f).length == 0 for f in files):
             raise ValueError(
                 f"task.{name}.input_path names only empty files (TFRecords of no record): "
