@@ -698,3 +698,70 @@ def test_validation_keypoints_that_cannot_be_scored_are_refused_before_training(
     assert run.returncode == 2, run.stderr[-3000:]
     assert "has no labelled keypoint" in run.stderr.splitlines()[-1], run.stderr[-3000:]
     assert not model_dir.exists() or not os.listdir(model_dir)
+
+
+def _unlabelled_copy(records, path):
+    """The records with every keypoint's visibility 0, written to `path`."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in tf.data.TFRecordDataset(tf.io.gfile.glob(records)):
+            example = tf.train.Example.FromString(record.numpy())
+            visibility = example.features.feature["image/object/keypoint/visibility"].int64_list
+            assert any(visibility.value)
+            visibility.value[:] = [0] * len(visibility.value)
+            writer.write(example.SerializeToString())
+    return str(path)
+
+
+def test_training_counts_labelled_keypoints_and_warns_after_a_loop_without_any(
+        stick_figures, tmp_path, caplog):
+    """Records whose every keypoint is unlabelled (visibility 0) trained the
+    boxes with a keypoint loss of 0 the whole run, exit 0, without a word. Each
+    loop now logs how many labelled keypoints its ground truth held
+    (`labelled_keypoints`), and the first loop with none warns, once."""
+    import os
+    import subprocess
+    import sys
+
+    from official.core import task_factory
+
+    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment
+
+    name = keypoint_experiment.LABELLED_KEYPOINTS
+    tf_keras.utils.set_random_seed(4)
+    config = tiny_keypoint_config("keypoint_rcnn_resnetfpn_coco", data=stick_figures)
+    task = task_factory.get_task(config.task)
+    model = task.build_model()
+    optimizer = task.create_optimizer(config.trainer.optimizer_config, config.runtime)
+    images, labels = next(iter(task.build_inputs(config.task.train_data)))
+    visibility = labels["gt_keypoints"].numpy()[..., 2]
+    for expected in (np.sum(visibility > 0), 0):
+        metrics = task.build_metrics(training=True)
+        task.train_step((images, labels), model, optimizer, metrics=metrics)
+        assert {m.name: float(m.result()) for m in metrics}[name] == expected
+        # Unlabelled as the pipeline marks them: 0; padding objects stay -1.
+        labels["gt_keypoints"] = tf.concat([
+            labels["gt_keypoints"][..., :2],
+            tf.minimum(labels["gt_keypoints"][..., 2:], 0.0)], -1)
+    assert np.sum(visibility > 0) > 0 and np.any(visibility < 0)
+
+    warning = keypoint_experiment.UnlabelledKeypointsWarning(config.task)
+    for output in ({name: 3.0}, {"total_loss": 1.0}, {name: np.float32(0.0)}, {name: 0.0}):
+        warning(output)
+    said = [r.getMessage() for r in caplog.records if "No labelled keypoint" in r.getMessage()]
+    assert len(said) == 1 and "Received: task.train_data.input_path=" in said[0], said
+
+    unlabelled = _unlabelled_copy(stick_figures["train_tfrecords"], tmp_path / "unlabelled.tfrecord")
+    run = subprocess.run(
+        [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+         "--experiment", "keypoint_rcnn_resnetfpn_coco",
+         "--config_file", os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
+         "--synthetic_coco_dir", str(tmp_path / "data"),
+         "--params_override", f"task.train_data.input_path={unlabelled},trainer.train_steps=2,"
+         "trainer.steps_per_loop=1,trainer.checkpoint_interval=2",
+         "--mode", "train", "--model_dir", str(tmp_path / "model")],
+        capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert log.count("No labelled keypoint") == 1, log[-3000:]
+    assert f"task.train_data.input_path='{unlabelled}'" in log
+    assert len(re.findall(rf"'{name}': (?:np\.float32\()?0\.0\b", log)) == 2, log[-3000:]

@@ -22,7 +22,9 @@ class TaskModel(tf_keras.Model):
 
     Compile with the task's optimizer: `compile(optimizer=task.create_optimizer(
     trainer_config.optimizer_config, runtime_config))`. Each loss of
-    `task.build_losses` is logged as a running mean.
+    `task.build_losses` is logged as a running mean; a Keypoint R-CNN task
+    also logs `labelled_keypoints`, the epoch's count of labelled ground-truth
+    keypoints (0: the keypoint head learns nothing from the data).
     """
 
     def __init__(self, task, model, **kwargs):

@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import tensorflow as tf
 import tf_keras
+from absl import logging
 from official.common import dataset_fn as dataset_fn_lib
 from official.core import exp_factory, task_factory
 from official.modeling import hyperparams
@@ -39,6 +40,10 @@ from nonlocal_keras.applications.mask_rcnn.keypoint_head import PAPER_HEAD_NONLO
 from nonlocal_keras.applications.mask_rcnn.keypoint_model import KeypointRCNNModel
 from nonlocal_keras.applications.mask_rcnn.registration import once
 from nonlocal_keras.utils import is_real
+
+# The training metric that counts the labelled keypoints (visibility above 0,
+# inside the crop) of the ground truth a loop trained on, and logs the sum.
+LABELLED_KEYPOINTS = "labelled_keypoints"
 
 EXPERIMENTS = {
     # name: (keypoint-head blocks, backbone placements); paper Table 6, R101.
@@ -227,7 +232,8 @@ class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
         if training:
             metrics = super().build_metrics(training=True)
             return [m for m in metrics if m.name != "mask_loss"] + [
-                tf_keras.metrics.Mean("keypoint_loss", dtype=tf.float32)]
+                tf_keras.metrics.Mean("keypoint_loss", dtype=tf.float32),
+                tf_keras.metrics.Sum(LABELLED_KEYPOINTS, dtype=tf.float32)]
         if not self.task_config.annotation_file:
             raise ValueError(
                 "Keypoint AP needs the COCO keypoint JSON of the validation data. "
@@ -256,6 +262,9 @@ class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
         if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(list(zip(grads, variables)))
+        # Padding objects have visibility -1, keypoints cropped out 0.
+        losses[LABELLED_KEYPOINTS] = tf.math.count_nonzero(
+            labels["gt_keypoints"][..., 2] > 0, dtype=tf.float32)
         for metric in metrics or []:
             metric.update_state(losses[metric.name])
         return {self.loss: losses["total_loss"]}
@@ -270,6 +279,30 @@ class KeypointRCNNTask(experiment.NonLocalMaskRCNNTask):
         predictions.update(source_id=labels["groundtruths"]["source_id"],
                            image_info=labels["image_info"])
         return {self.loss: 0, self.coco_metric.name: (labels["groundtruths"], predictions)}
+
+
+class UnlabelledKeypointsWarning:
+    """An Orbit train action: a warning after the first loop whose training
+    images held no labelled keypoint (`LABELLED_KEYPOINTS` 0). Records whose
+    every visibility is 0 (a converter that drops it, another convention) train
+    the boxes and leave the keypoint loss at 0: the whole run trained, keypoint
+    AP stayed at chance, exit 0, and nothing said why. Once a command; the
+    count of every loop is in its log line and its summaries."""
+
+    def __init__(self, task):
+        self.input_path = task.train_data.input_path
+        self.warned = False
+
+    def __call__(self, output):
+        count = output.get(LABELLED_KEYPOINTS)
+        if self.warned or count is None or float(count) > 0:
+            return
+        self.warned = True
+        logging.warning(
+            "No labelled keypoint (visibility above 0, inside the crop) in the training "
+            "images of this loop: the keypoint loss is 0 and the keypoint head learns nothing "
+            "from them. Check the records' image/object/keypoint/visibility. Received: "
+            "task.train_data.input_path=%r", self.input_path)
 
 
 def keypoint_experiment(head_nonlocal, backbone_placements):

@@ -743,9 +743,11 @@ def _run_and_export(params, model_dir, signals, phase=None):
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
     # `train_lib.run_experiment`, with a runner whose other workers resume too.
+    train_actions = ([keypoint_experiment.UnlabelledKeypointsWarning(params.task)]
+                     if isinstance(task, keypoint_experiment.KeypointRCNNTask) else [])
     ExperimentRunner(
         distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
-        model_dir=model_dir,
+        model_dir=model_dir, train_actions=train_actions,
         controller_cls=functools.partial(CommittingController, signals=signals,
                                          before_first_save=before_first_save, phase=phase),
         eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
