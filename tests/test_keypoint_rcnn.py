@@ -602,6 +602,7 @@ def test_model_fit_wrapper_trains_the_keypoint_task(stick_figures):
     history = trainer.fit(task.build_inputs(config.task.train_data), steps_per_epoch=2, epochs=3,
                           verbose=0).history
     assert "mask_loss" not in history
+    assert min(history["labelled_keypoints"]) > 0  # an epoch's count, logged by fit
     assert all(np.isfinite(history["keypoint_loss"]))
     assert history["keypoint_loss"][-1] < history["keypoint_loss"][0]
     metrics = keras_fit.evaluate(task, model, steps=1)
