@@ -46,7 +46,9 @@ def _random(shape, seed):
     return rng.normal(size=shape) * 3.0 + 1.5
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 8), (2, 7, 6), (1, 1, 3)])
+# An example's positions in rows of 4 (60), 8 (2 x 4), 2 (6) and 1 (7, 1): the
+# kernel's layout (`_rows_of_positions`).
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 8), (3, 2, 4, 5), (2, 6, 3), (2, 7, 6), (1, 1, 3)])
 def test_training_matches_float64_reference(shape):
     x = _random(shape, 0)
     w = _random(shape, 1)
@@ -126,7 +128,7 @@ def test_same_as_keras_batch_normalization(kwargs, training):
 
 
 def test_in_a_tf_function_runs_the_fused_kernel():
-    shape = (2, 5, 8)
+    shape = (2, 4, 8)  # rows of 4 positions
     x = _random(shape, 0)
     layer = _layer()
     layer.build(shape)
@@ -134,8 +136,13 @@ def test_in_a_tf_function_runs_the_fused_kernel():
     for _ in range(3):
         step(tf.constant(x, tf.float32))
     assert "FusedBatchNormV3" in _op_types(step, tf.constant(x, tf.float32))
+    # Positions of unknown number (a row each): the same statistics.
+    unknown = tf.function(lambda t: layer(t, training=True),
+                          input_signature=[tf.TensorSpec((None, None, 8), tf.float32)])
+    for _ in range(3):
+        unknown(tf.constant(x, tf.float32))
+    kept = MOMENTUM**6
     _, mean, variance, _, _, _ = reference(x, 1.0, 0.0, np.zeros_like(x))
-    kept = MOMENTUM**3
     np.testing.assert_allclose(layer.moving_mean, (1 - kept) * mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         layer.moving_variance, kept + (1 - kept) * variance, rtol=1e-5, atol=1e-6)

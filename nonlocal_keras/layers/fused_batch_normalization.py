@@ -1,5 +1,7 @@
 """Keras' BatchNormalization, trained with TensorFlow's fused kernel when it can be."""
 
+import math
+
 import keras
 from keras import layers, ops
 from keras.saving import register_keras_serializable
@@ -60,11 +62,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
         shape = tf.shape(inputs)
         channels = inputs.shape[-1]
         # The kernel takes NHWC and reduces over N, H and W; it accumulates in
-        # float32 (scale's dtype) for every input dtype. Every position goes in
-        # N: oneDNN's kernel splits its work over N, and with all positions in
-        # H (N = 1) it took 2-3x as long fwd+bwd on 2 cores (1568 x 1024:
-        # 10.4 vs 3.1 ms; 50176 x 256: 54 vs 30 ms); Eigen's gains a little.
-        x = tf.reshape(inputs, (-1, 1, 1, channels))
+        # float32 (scale's dtype) for every input dtype. The positions go in N
+        # and H, H of 8 (or 4, 2, 1: what divides an example's positions):
+        # oneDNN's kernel splits its work over N, and with all positions in H
+        # (N = 1) it took 2-3x as long fwd+bwd on 2 cores (1568 x 1024: 10.4
+        # vs 3.1 ms; 50176 x 256: 54 vs 30 ms; Eigen's gains a little); with H
+        # of 1 it spent 5-20% longer than with 8 (benchmarks/README.md).
+        x = tf.reshape(inputs, (-1, _rows_of_positions(inputs.shape), 1, channels))
         gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones((channels,))
         beta = ops.cast(self.beta, "float32") if self.center else tf.zeros((channels,))
         empty = tf.constant([], "float32")
@@ -74,7 +78,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
         )[:3]
         # The kernel returns the variance with Bessel's correction; Keras
         # keeps the biased one in moving_variance.
-        count = ops.cast(tf.shape(x)[0], "float32")
+        count = ops.cast(tf.shape(x)[0] * tf.shape(x)[1], "float32")
         variance = unbiased_variance * (ops.maximum(count - 1.0, 1.0) / count)
         # The statistics are float32; the moving ones have the variable dtype
         # (float16 or bfloat16 under the pure low-precision policies).
@@ -82,3 +86,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
             batch = ops.cast(batch, moving.dtype)
             moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
         return ops.cast(tf.reshape(y, shape), self.compute_dtype)
+
+
+def _rows_of_positions(shape):
+    """8, 4, 2 or 1: the most of these that divides one example's positions."""
+    positions = 1
+    for size in shape[1:-1]:
+        if size is None:
+            return 1
+        positions *= size
+    return math.gcd(positions, 8)
