@@ -67,7 +67,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         # oneDNN's kernel splits its work over N, and with all positions in H
         # (N = 1) it took 2-3x as long fwd+bwd on 2 cores (1568 x 1024: 10.4
         # vs 3.1 ms; 50176 x 256: 54 vs 30 ms; Eigen's gains a little); with H
-        # of 1 it spent 5-20% longer than with 8 (benchmarks/README.md).
+        # of 1 it spent 5-20% longer than with 8 on a Xeon with AMX (2 cores,
+        # 2026-12-06: 50176 x 64, 8.1 vs 6.3 ms in bfloat16; benchmarks/README.md).
         x = tf.reshape(inputs, (-1, _rows_of_positions(inputs.shape), 1, channels))
         gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones((channels,))
         beta = ops.cast(self.beta, "float32") if self.center else tf.zeros((channels,))
