@@ -21,7 +21,10 @@ and the peer swap places; the table holds medians over rounds. With `--lock`
 each round holds that flock (and releases it between rounds). The same
 analytic FLOP count (from our Keras model's layers) serves ours and the peer
 of a row, and `tf.matmul` of 4096x4096 in float32 and bfloat16, measured in the
-same run, gives the machine's rate. Results: benchmarks/results/model_step.json
+same run, gives the machine's rate; ours' share is of the rate its own process
+measures right after its steps (the 2 cores' speed moved by up to 2x within a
+run on a shared machine, so a rate taken minutes earlier judged a case by
+another machine's speed). Results: benchmarks/results/model_step.json
 and the README between <!-- model-step:start/end --> (full runs with both peers
 installed only).
 """
@@ -77,7 +80,8 @@ def describe(case):
 def cases(settings, only=None):
     """The matmul rates (always measured), then ours and the peer of each row."""
     out = [dict(impl="matmul", size=settings["matmul"], warmup=1, repeats=5)]
-    shape = {k: settings[k] for k in ("batch", "frames", "size", "classes", "warmup", "repeats")}
+    shape = {k: settings[k] for k in ("batch", "frames", "size", "classes", "warmup", "repeats",
+                                      "matmul")}
     for model, (_, _, peer) in MODELS.items():
         for precision in PRECISIONS:
             for impl in ("ours", peer):
@@ -158,7 +162,10 @@ def _ours(case):
     losses = []
     step = worker._time(lambda: losses.append(float(net.train_on_batch(x, y))),
                         case["warmup"], case["repeats"])
+    beside = worker.matmul({"size": case["matmul"], "dtype": case["precision"], "warmup": 1,
+                            "repeats": 5})["matmul"]["gflops"]
     return {"train_step": step, "losses": losses, "jit_compile": bool(net.jit_compile),
+            "matmul_gflops_beside": beside,
             "gflop_per_clip": step_flops(net) / 1e9,
             "trainable_params": sum(math.prod(w.shape) for w in net.trainable_weights)}
 
@@ -279,8 +286,10 @@ def _summary(result):
         return result.get("skipped") or result.get("message") or result.get("tail", result["status"])
     if "matmul" in result:
         return ", ".join(f"{p} {v['gflops']:.0f} GFLOP/s" for p, v in result["matmul"].items())
+    beside = result.get("matmul_gflops_beside")
     return (f"{result['clips_per_s']:.2f} clips/s ({result['train_step']['median_s']:.2f} s a step), "
-            f"peak RSS {result['peak_rss_mb']:.0f} MB")
+            f"peak RSS {result['peak_rss_mb']:.0f} MB"
+            + (f"; tf.matmul after it {beside:.0f} GFLOP/s" if beside else ""))
 
 
 def main(argv=None):
@@ -404,7 +413,15 @@ def summarise(record):
                             "status": status if not values else "ok",
                             "peak_rss_mb": max((r["peak_rss_mb"] for r in ok), default=None)}
                 speed = row[key]["clips_per_s"]
-                if speed and row["gflop_per_clip"] and row["rate"]:
+                beside = [(r["clips_per_s"], r["matmul_gflops_beside"]) for r in ok
+                          if r.get("matmul_gflops_beside")]
+                if speed and row["gflop_per_clip"] and beside and len(beside) == len(values):
+                    # Each round's speed against the rate beside it, then the median.
+                    row[key]["gflops"] = speed * row["gflop_per_clip"]
+                    row[key]["share"] = statistics.median(
+                        c * row["gflop_per_clip"] / g for c, g in beside)
+                    row[key]["rate_beside"] = [g for _, g in beside]
+                elif speed and row["gflop_per_clip"] and row["rate"]:
                     row[key]["gflops"] = speed * row["gflop_per_clip"]
                     row[key]["share"] = row[key]["gflops"] / row["rate"]
             if "ours" in row or "peer" in row:
@@ -433,6 +450,9 @@ def markdown(record):
     m, s = record["machine"], record["settings"]
     loads = "; ".join(f"{b[0]:.1f} / {a[0]:.1f}" for b, a in record["loads"])
     rates = ", ".join(f"{p} {rate[p]:.0f} GFLOP/s" for p in PRECISIONS if rate[p])
+    beside = {p: [g for (_, precision), row in rows.items() if precision == p
+                  for g in row.get("ours", {}).get("rate_beside", ())] for p in PRECISIONS}
+    beside = "; ".join(f"{p} {min(v):.0f}-{max(v):.0f}" for p, v in beside.items() if v)
     lines = [
         f"Measured by `python benchmarks/model_step.py` on {record['started']}: "
         f"{m.get('cpu_model', '?')}, {m.get('cpu_count')} cores (avx512f: {m.get('avx512f')}, "
@@ -452,7 +472,11 @@ def markdown(record):
         "count (`model_step.step_flops`: convolutions, the classifier and the non-local blocks' "
         "products in the plain order, fwd+bwd = 3 x fwd less conv1's input gradient), the same "
         "for ours and the peer; GFLOP/s = that x clips/s, and its share of the matmul rate of "
-        "the same precision. \"NaN loss\": the loss of that case became NaN during its steps "
+        "the same precision"
+        + (": ours' of the rate its own process measured right after its steps (the median "
+           f"over rounds of each round's share; those rates, GFLOP/s: {beside}), the peer's of "
+           "the round's rate above" if beside else "")
+        + ". \"NaN loss\": the loss of that case became NaN during its steps "
         f"(learning rate {LEARNING_RATE:g} on one random batch; the losses are in the JSON).",
         "",
         "| model | precision | ours clips/s | peer | peer clips/s | ours/peer | GFLOP per clip "

@@ -110,6 +110,39 @@ def test_report_from_made_up_figures():
     assert "| C2D R50 | 62% | not measured | missed |" in model_step.markdown(record)
 
 
+def test_ours_share_is_of_the_rate_measured_beside_each_round():
+    """With the rate each round's process measured after its steps, ours' share
+    is the median of the rounds' shares (2 x 100 / 200 and 3 x 100 / 600: 1.0 and
+    0.5), not of the round rates' median (400: 62.5%); the peer keeps that."""
+    record = {
+        "started": "then", "threads": 2, "loads": [[[1.0], [2.0]]],
+        "machine": {"cpu_model": "cpu", "cpu_count": 2},
+        "settings": dict(model_step.FULL, rounds=2),
+        "cases": [
+            {"case": {"impl": "matmul"},
+             "rounds": [{"status": "ok", "matmul": {"float32": {"gflops": g},
+                                                    "bfloat16": {"gflops": 1000.0}}}
+                        for g in (300.0, 500.0)]},
+            _entry("C2D R50", "float32", "ours", [2.0, 3.0]),
+            _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5]),
+        ],
+    }
+    for result, beside in zip(record["cases"][1]["rounds"], (200.0, 600.0)):
+        result["matmul_gflops_beside"] = beside
+    rows, _ = model_step.summarise(record)
+    row = rows[("C2D R50", "float32")]
+    assert row["ours"]["share"] == pytest.approx(0.75)
+    assert row["peer"]["share"] == pytest.approx(0.3125)
+    table = model_step.markdown(record)
+    assert "| 100.0 | 250 (75%) | 125 (31%) |" in table
+    assert "those rates, GFLOP/s: float32 200-600)" in table
+    assert "| C2D R50 | 75% | not measured | not judged (a precision is missing) |" in table
+    # A round without it (an older record): the round rates, as before.
+    del record["cases"][1]["rounds"][1]["matmul_gflops_beside"]
+    assert model_step.summarise(record)[0][("C2D R50", "float32")]["ours"]["share"] == (
+        pytest.approx(0.625))
+
+
 def test_a_run_without_the_peers_names_them():
     # main() leaves the README's peer comparison alone when this is not empty.
     record = {"cases": [_entry("C2D R50", "float32", "ours", [2.0]),
@@ -136,7 +169,7 @@ def test_quick_run(tmp_path):
     ours = record["cases"][1]["rounds"][0]
     assert ours["jit_compile"] is False  # what model.fit runs on a CPU
     assert ours["finite_losses"] and len(ours["losses"]) == 2  # 1 warm-up + 1 timed step
-    assert ours["gflop_per_clip"] > 0 and ours["clips_per_s"] > 0
+    assert ours["gflop_per_clip"] > 0 and ours["clips_per_s"] > 0 and ours["matmul_gflops_beside"] > 0
     assert "| C2D R50 | float32 |" in record["table"] and record["table"] in run.stdout
     if peer == "ok":  # the same network: PyTorchVideo's c2d_r50 has our parameter count
         assert record["cases"][2]["rounds"][0]["trainable_params"] == ours["trainable_params"]
