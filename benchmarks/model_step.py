@@ -22,9 +22,9 @@ each round holds that flock (and releases it between rounds). The same
 analytic FLOP count (from our Keras model's layers) serves ours and the peer
 of a row, and `tf.matmul` of 4096x4096 in float32 and bfloat16, measured in the
 same run, gives the machine's rate; ours' share is of the rate its own process
-measures right after its steps (the 2 cores' speed moved by up to 2x within a
-run on a shared machine, so a rate taken minutes earlier judged a case by
-another machine's speed). Results: benchmarks/results/model_step.json
+measures right before and after its steps, their mean (the 2 cores' speed moved
+by up to 2x within a run on a shared machine, so a rate taken minutes earlier
+judged a case by another machine's speed). Results: benchmarks/results/model_step.json
 and the README between <!-- model-step:start/end --> (full runs with both peers
 installed only).
 """
@@ -148,6 +148,11 @@ def _ours(case):
 
     from nonlocal_keras.applications import C2DResNet50, I3DResNet50
 
+    def matmul_rate():
+        return worker.matmul({"size": case["matmul"], "dtype": case["precision"], "warmup": 1,
+                              "repeats": 5})["matmul"]["gflops"]
+
+    before = matmul_rate()
     if case["precision"] == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     arch, blocks, _ = MODELS[case["model"]]
@@ -162,10 +167,10 @@ def _ours(case):
     losses = []
     step = worker._time(lambda: losses.append(float(net.train_on_batch(x, y))),
                         case["warmup"], case["repeats"])
-    beside = worker.matmul({"size": case["matmul"], "dtype": case["precision"], "warmup": 1,
-                            "repeats": 5})["matmul"]["gflops"]
+    after = matmul_rate()
     return {"train_step": step, "losses": losses, "jit_compile": bool(net.jit_compile),
-            "matmul_gflops_beside": beside,
+            "matmul_gflops_before_after": [before, after],
+            "matmul_gflops_beside": (before + after) / 2,
             "gflop_per_clip": step_flops(net) / 1e9,
             "trainable_params": sum(math.prod(w.shape) for w in net.trainable_weights)}
 
@@ -289,7 +294,7 @@ def _summary(result):
     beside = result.get("matmul_gflops_beside")
     return (f"{result['clips_per_s']:.2f} clips/s ({result['train_step']['median_s']:.2f} s a step), "
             f"peak RSS {result['peak_rss_mb']:.0f} MB"
-            + (f"; tf.matmul after it {beside:.0f} GFLOP/s" if beside else ""))
+            + (f"; tf.matmul before and after it {beside:.0f} GFLOP/s (mean)" if beside else ""))
 
 
 def main(argv=None):
@@ -473,7 +478,8 @@ def markdown(record):
         "products in the plain order, fwd+bwd = 3 x fwd less conv1's input gradient), the same "
         "for ours and the peer; GFLOP/s = that x clips/s, and its share of the matmul rate of "
         "the same precision"
-        + (": ours' of the rate its own process measured right after its steps (the median "
+        + (": ours' of the rate its own process measured right before and after its steps "
+           "(their mean; the median "
            f"over rounds of each round's share; those rates, GFLOP/s: {beside}), the peer's of "
            "the round's rate above" if beside else "")
         + ". \"NaN loss\": the loss of that case became NaN during its steps "
