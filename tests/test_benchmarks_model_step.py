@@ -72,22 +72,25 @@ def _entry(model, precision, impl, clips, nan_in_round=None):
     return {"case": {"model": model, "precision": precision, "impl": impl}, "rounds": rounds}
 
 
+def _record(entries):
+    """A run's record of two rounds: the matmul rates (float32 300 and 500, bfloat16 1000
+    GFLOP/s), then `entries`."""
+    matmul = {"case": {"impl": "matmul"},
+              "rounds": [{"status": "ok", "matmul": {"float32": {"gflops": g},
+                                                     "bfloat16": {"gflops": 1000.0}}}
+                         for g in (300.0, 500.0)]}
+    return {"started": "then", "threads": 2, "loads": [[[1.0], [2.0]]],
+            "machine": {"cpu_model": "cpu", "cpu_count": 2},
+            "settings": dict(model_step.FULL, rounds=2), "cases": [matmul] + entries}
+
+
 def test_report_from_made_up_figures():
-    record = {
-        "started": "then", "threads": 2, "loads": [[[1.0], [2.0]]],
-        "machine": {"cpu_model": "cpu", "cpu_count": 2},
-        "settings": dict(model_step.FULL, rounds=2),
-        "cases": [
-            {"case": {"impl": "matmul"},
-             "rounds": [{"status": "ok", "matmul": {"float32": {"gflops": g},
-                                                    "bfloat16": {"gflops": 1000.0}}}
-                        for g in (300.0, 500.0)]},
-            _entry("C2D R50", "float32", "ours", [2.0, 3.0]),
-            _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5]),
-            _entry("C2D R50", "bfloat16", "ours", [6.0, 6.0], nan_in_round=1),
-            _entry("C2D R50", "bfloat16", "pytorchvideo", None),
-        ],
-    }
+    record = _record([
+        _entry("C2D R50", "float32", "ours", [2.0, 3.0]),
+        _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5]),
+        _entry("C2D R50", "bfloat16", "ours", [6.0, 6.0], nan_in_round=1),
+        _entry("C2D R50", "bfloat16", "pytorchvideo", None),
+    ])
     rows, rate = model_step.summarise(record)
     assert rate == {"float32": 400.0, "bfloat16": 1000.0}
     float32 = rows[("C2D R50", "float32")]
@@ -114,19 +117,8 @@ def test_ours_share_is_of_the_rate_measured_beside_each_round():
     """With the rate each round's process measured after its steps, ours' share
     is the median of the rounds' shares (2 x 100 / 200 and 3 x 100 / 600: 1.0 and
     0.5), not of the round rates' median (400: 62.5%); the peer keeps that."""
-    record = {
-        "started": "then", "threads": 2, "loads": [[[1.0], [2.0]]],
-        "machine": {"cpu_model": "cpu", "cpu_count": 2},
-        "settings": dict(model_step.FULL, rounds=2),
-        "cases": [
-            {"case": {"impl": "matmul"},
-             "rounds": [{"status": "ok", "matmul": {"float32": {"gflops": g},
-                                                    "bfloat16": {"gflops": 1000.0}}}
-                        for g in (300.0, 500.0)]},
-            _entry("C2D R50", "float32", "ours", [2.0, 3.0]),
-            _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5]),
-        ],
-    }
+    record = _record([_entry("C2D R50", "float32", "ours", [2.0, 3.0]),
+                      _entry("C2D R50", "float32", "pytorchvideo", [1.0, 1.5])])
     for result, beside in zip(record["cases"][1]["rounds"], (200.0, 600.0)):
         result["matmul_gflops_beside"] = beside
     rows, _ = model_step.summarise(record)
