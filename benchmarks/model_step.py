@@ -420,15 +420,15 @@ def summarise(record):
                 speed = row[key]["clips_per_s"]
                 beside = [(r["clips_per_s"], r["matmul_gflops_beside"]) for r in ok
                           if r.get("matmul_gflops_beside")]
-                if speed and row["gflop_per_clip"] and beside and len(beside) == len(values):
-                    # Each round's speed against the rate beside it, then the median.
+                every_round = bool(beside) and len(beside) == len(values)
+                if speed and row["gflop_per_clip"] and (every_round or row["rate"]):
                     row[key]["gflops"] = speed * row["gflop_per_clip"]
-                    row[key]["share"] = statistics.median(
-                        c * row["gflop_per_clip"] / g for c, g in beside)
-                    row[key]["rate_beside"] = [g for _, g in beside]
-                elif speed and row["gflop_per_clip"] and row["rate"]:
-                    row[key]["gflops"] = speed * row["gflop_per_clip"]
-                    row[key]["share"] = row[key]["gflops"] / row["rate"]
+                    if every_round:  # each round's speed against the rate beside it
+                        row[key]["share"] = statistics.median(
+                            c * row["gflop_per_clip"] / g for c, g in beside)
+                        row[key]["rate_beside"] = [g for _, g in beside]
+                    else:
+                        row[key]["share"] = row[key]["gflops"] / row["rate"]
             if "ours" in row or "peer" in row:
                 rows[(model, precision)] = row
     return rows, rate
