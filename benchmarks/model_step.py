@@ -311,7 +311,8 @@ def main(argv=None):
                                       "none with --quick)")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--render-only", action="store_true",
-                        help="rewrite the README section from --out without measuring")
+                        help="rewrite the README section from --out without measuring "
+                             "(with --no-readme: print it only)")
     args = parser.parse_args(argv)
     out = args.out or (None if args.quick else os.path.join(HERE, "results", "model_step.json"))
     if args.render_only:
@@ -320,7 +321,8 @@ def main(argv=None):
         record["table"] = markdown(record)
         with open(out, "w") as f:
             json.dump(record, f, indent=1)
-        return _write_readme(record["table"])
+        print(record["table"])
+        return 0 if args.no_readme else _write_readme(record["table"])
 
     settings = dict(QUICK if args.quick else FULL)
     settings["rounds"] = args.rounds or (1 if args.quick else 2)

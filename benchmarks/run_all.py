@@ -178,12 +178,14 @@ def main(argv=None):
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument("--render-only", action="store_true",
-                        help="rewrite the README table from --output without measuring")
+                        help="rewrite the README table from --output without measuring "
+                             "(with --no-readme: print it only)")
     args = parser.parse_args(argv)
     if args.render_only:
         with open(args.output) as f:
             table = report.markdown(json.load(f))
-        rewrite_readme(table)
+        if not args.no_readme:
+            rewrite_readme(table)
         print(table)
         return
 

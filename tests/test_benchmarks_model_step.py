@@ -135,6 +135,17 @@ def test_ours_share_is_of_the_rate_measured_beside_each_round():
         pytest.approx(0.625))
 
 
+def test_render_only_leaves_the_readme_alone_with_no_readme(tmp_path, monkeypatch, capsys):
+    written = []
+    monkeypatch.setattr(model_step, "_write_readme", lambda table: written.append(table) or 0)
+    out = tmp_path / "model_step.json"
+    out.write_text(json.dumps(_record([_entry("C2D R50", "float32", "ours", [2.0, 3.0])])))
+    assert model_step.main(["--render-only", "--out", str(out), "--no-readme"]) == 0
+    assert written == [] and "| C2D R50 | float32 | 2.50 (2.00-3.00) |" in capsys.readouterr().out
+    assert model_step.main(["--render-only", "--out", str(out)]) == 0
+    assert written == [json.loads(out.read_text())["table"]]
+
+
 def test_a_run_without_the_peers_names_them():
     # main() leaves the README's peer comparison alone when this is not empty.
     record = {"cases": [_entry("C2D R50", "float32", "ours", [2.0]),
