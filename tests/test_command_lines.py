@@ -215,3 +215,28 @@ def test_an_interrupt_a_library_turned_into_its_own_error_is_still_an_interrupt(
     # Without an interrupt the same error is a bug: its traceback, exit 1.
     with pytest.raises(AssertionError):
         cli._run_main("nonlocal-x", "interrupted_inside", [], False)
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, monkeypatch, capsys):
+    """`nonlocal-predict --num-clips 100000` grew to 13 GB and ended in a
+    ResourceExhaustedError traceback, exit 1: the settings were too large for the
+    machine, not a bug."""
+    from nonlocal_keras.training import cli
+
+    (tmp_path / "too_large.py").write_text(
+        "import tensorflow as tf\n"
+        "def main(argv):\n"
+        "    if argv:\n"
+        "        raise tf.errors.ResourceExhaustedError(None, None, 'x; No space left on device')\n"
+        "    frames = tf.data.Dataset.range(1).map(lambda i: tf.zeros([1000, 1000]))\n"
+        "    next(iter(frames.batch(10**6)))  # 4 TB, allocated up front\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli._run_main("nonlocal-x", "too_large", [], False) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == ("nonlocal-x: error: Out of memory (Failed to allocate memory for the "
+                         "batch of component 0 [Op:IteratorGetNext]). Lower the batch size, the "
+                         "clips or crops per video or the clip size, or free memory, and run the "
+                         "command again."), lines
+    import tensorflow as tf
+    with pytest.raises(tf.errors.ResourceExhaustedError):  # a full disk is not memory
+        cli._run_main("nonlocal-x", "too_large", ["disk"], False)

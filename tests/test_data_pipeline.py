@@ -80,6 +80,18 @@ def test_eval_dataset_gives_all_views_with_video_indices(dataset_dir):
     np.testing.assert_allclose(first[6, 0], expected, atol=3 / 57.375 + 1e-6)
 
 
+def test_an_eval_batch_size_above_the_number_of_videos_is_one_batch_of_them(dataset_dir):
+    """tf.data allocated a whole batch up front: `train.eval_batch_size=100000` or
+    `nonlocal-predict --batch-size 100000` on a few videos was a ResourceExhaustedError
+    traceback (after a whole training run, in its final evaluation)."""
+    folder, _ = dataset_dir
+    records = _records(folder)
+    dataset = data.eval_dataset(records, 3, False, 10**7, num_frames=2, sampling_rate=1,
+                                num_clips=3, num_crops=3, crop_size=8, scale=16)
+    batches = [index.numpy().tolist() for _, _, index in dataset]
+    assert batches == [[0, 1, 3, 4]]  # every decodable video of the five, in one batch
+
+
 def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):
     folder, _ = dataset_dir
     real = video_io.decode_frames

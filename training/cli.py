@@ -43,6 +43,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -275,6 +276,23 @@ def run(prog, module_name, argv=None):
         tempfile.tempdir = previous
 
 
+def _out_of_memory(error):
+    """The line for TensorFlow's failure to allocate a tensor (a batch, a video's
+    clips or a model larger than this machine's memory: the settings are the
+    user's to lower), or None for any other error."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.ResourceExhaustedError):
+        return None
+    said = str(error.message).strip()
+    if "allocat" not in said and "OOM" not in said:
+        return None  # e.g. a full disk, which the commands name where they write
+    # "{{function_node __wrapped__IteratorGetNext...}} Failed to allocate ... name: "
+    first = re.sub(r"\{\{[^}]*\}\}|\s*name:\s*$", "", said.split("\n")[0])
+    first = " ".join(first.split())
+    return (f"Out of memory ({first}). Lower the batch size, the clips or crops per "
+            "video or the clip size, or free memory, and run the command again.")
+
+
 def _run_main(prog, module_name, argv, debug):
     try:
         from absl import logging as absl_logging
@@ -289,7 +307,13 @@ def _run_main(prog, module_name, argv, debug):
         if debug:
             traceback.print_exc()
         return _stopped(prog)
-    except Exception:
+    except Exception as error:
+        memory = _out_of_memory(error)
+        if memory:
+            if debug:
+                traceback.print_exc()
+            print(f"{prog}: error: {memory}", file=sys.stderr)
+            return 2
         if not (INTERRUPTED.is_set() or TERMINATED.is_set()):
             raise
         # The interrupt, raised inside a library that turned it into an error of

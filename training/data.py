@@ -769,6 +769,9 @@ def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32
         return clips, label, index
 
     dataset = dataset.map(_graph_code(views), num_parallel_calls=num_parallel_calls)
+    # tf.data fuses the map into the batch and allocates a whole batch up front:
+    # a batch size above the number of videos ran out of memory on one video.
+    batch_size = max(1, min(batch_size, len(records)))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
