@@ -1283,6 +1283,54 @@ def test_a_video_moved_to_another_class_folder_is_a_relabelled_one(tmp_path):
     assert run(2)["steps"] == 4
 
 
+def test_a_class_folder_named_relatively_is_the_same_run_from_any_directory(
+        tmp_path, monkeypatch, caplog):
+    """A folder per class named by a relative path kept its videos' paths relative
+    to the working directory: resumed from elsewhere by its absolute path, the run
+    warned that every video was added and removed, and counted a broken video
+    twice. Runs written so still resume from where they started."""
+    import shutil
+
+    from nonlocal_keras.training import train
+
+    _write_dataset(tmp_path, count=9, bad=(3,))
+    classes = tmp_path / "classes"
+    for i in range(9):
+        (classes / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / f"{i:03d}.mp4", classes / f"c{i % 3}" / f"{i:03d}.mp4")
+    run_dir = tmp_path / "run"
+
+    def run(folder, epochs):
+        with caplog.at_level(logging.WARNING):
+            results = train.run(config_lib.load_config(None, _overrides(
+                folder, run_dir, f"schedule.epochs={epochs}", "data.val_csv=null",
+                "runtime.tensorboard=false")))[1]
+        assert "has changed" not in caplog.text
+        assert results["skipped_training_videos"] == 1, results
+        return results
+
+    monkeypatch.chdir(tmp_path)
+    run("classes", 1)
+    listing = run_dir / "training_videos.json"
+    assert sorted(json.loads(listing.read_text())["videos"]) == sorted(
+        str(path) for path in classes.rglob("*.mp4"))
+    monkeypatch.chdir(run_dir)
+    assert run(str(classes), 2)["steps"] == 4
+
+    # A run of before: the listing and the committed skipped videos relative.
+    written = json.loads(listing.read_text())
+    written["videos"] = {os.path.relpath(path, tmp_path): labels
+                         for path, labels in written["videos"].items()}
+    listing.write_text(json.dumps(written))
+    state_file = run_dir / "state" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["skipped_videos"] == [str(classes / "c0" / "003.mp4")]
+    state["skipped_videos"] = [os.path.join("classes", "c0", "003.mp4")]
+    state_file.write_text(json.dumps(state))
+    monkeypatch.chdir(tmp_path)
+    assert run("classes", 3)["steps"] == 6
+
+
 def test_listing_a_video_once_more_or_less_is_no_relabelling(tmp_path):
     """Dropping a duplicate row (same label) was refused as "other labels"
     (`v0.mp4: 2, 2 -> 2`), where added and removed videos go on with a warning."""

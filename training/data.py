@@ -355,8 +355,11 @@ def read_folder_records(root, class_names=None, argument="root"):
     unknown = [f"folder {d!r}: unknown label" for d in folders if d not in class_names]
     _raise_for_problems(unknown, root, argument)
     records, unused, empty = [], [d for d in _visible(root) if d not in folders], []
+    # Absolute, as a CSV's rows are made: a run resumed from another working
+    # directory (or with the folder's absolute path) lists the same videos.
+    base = os.path.abspath(root)
     for label, name in enumerate(class_names):
-        folder = os.path.join(root, name)
+        folder = os.path.join(base, name)
         if not os.path.isdir(folder):
             continue
         found = 0

@@ -156,10 +156,12 @@ def check_training_list(run_dir, records, source):
     changed)."""
     try:
         with open(os.path.join(run_dir, TRAINING_LIST), encoding="utf-8") as handle:
-            before = json.load(handle)["videos"]
+            # Absolute as the records are (older runs': relative to where they started).
+            before = {os.path.abspath(path): labels
+                      for path, labels in json.load(handle)["videos"].items()}
     except FileNotFoundError:
         return True
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         logger.warning("Cannot read %s (%s): the training videos are not compared with those "
                        "of the run's start.", os.path.join(run_dir, TRAINING_LIST), error)
         return True
@@ -286,8 +288,11 @@ class RunState:
     def _take(self, committed):
         self.step, self.history = committed["step"], committed["history"]
         # Commits made before the paths were kept count from none.
-        self.skipped_paths = committed.get("skipped_videos", [])
-        self.skipped_in_epoch = committed.get("skipped_in_epoch", [])
+        # Runs before a folder per class was read into absolute paths kept them
+        # relative to where the run started (the same command resumes from there).
+        self.skipped_paths = [os.path.abspath(p) for p in committed.get("skipped_videos", [])]
+        self.skipped_in_epoch = [os.path.abspath(p)
+                                 for p in committed.get("skipped_in_epoch", [])]
 
     def restore(self, model):
         """Load the committed weights and optimiser state into `model` (built and compiled)."""
