@@ -205,6 +205,12 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
     second = export.export_saved_model(model, os.path.dirname(first), data_config=DATA_CONFIG)
     assert (first, second) == (str(tmp_path / "net" / "1"), str(tmp_path / "net" / "2"))
     assert export.resolve_export_path(tmp_path / "²", "net") == str(tmp_path / "²" / "net" / "1")
+    # `--output exp/net/-1` (or `abc`) wrote `exp/net/-1/net/1`, exit 0, where `0` is refused.
+    for name in ("-1", "abc"):
+        with pytest.raises(errors.ConfigError, match=r"is a model's folder \(versions 1, 2\): a "
+                           rf"folder in it must be a version number >= 1, .*Received: "
+                           rf"--output='.*/net/{name}'$"):
+            export.resolve_export_path(tmp_path / "net" / name, "net", "--output")
 
 
 def test_a_version_that_is_a_file_or_appears_meanwhile_is_refused(model, tmp_path, monkeypatch):
