@@ -61,6 +61,25 @@ def test_demo_runs_end_to_end(tmp_path):
     assert [row["top1"] for row in again["rows"]] == [row["top1"] for row in written["rows"]]
 
 
+def test_a_wrong_setting_or_folder_fails_before_the_dataset_and_leaves_no_folder(tmp_path):
+    """`nonlocal-demo --set schedule.epochs=abc` wrote the 5,000 videos (18 s) before
+    its one-line error, and left the empty --output-dir and --export-dir; so did an
+    --output-dir with a file in its place."""
+    from nonlocal_keras.training import demo
+    from nonlocal_keras.training.errors import ConfigError, FolderError
+
+    folders = {flag: tmp_path / flag.strip("-") for flag in
+               ("--data-dir", "--runs-dir", "--output-dir", "--export-dir")}
+    arguments = [str(part) for flag, path in folders.items() for part in (flag, path)]
+    with pytest.raises(ConfigError, match="schedule.epochs` must be an integer"):
+        demo.main(arguments + ["--set", "schedule.epochs=abc"])
+    assert os.listdir(tmp_path) == []
+    folders["--export-dir"].write_text("a file")
+    with pytest.raises(FolderError, match="Received: --export-dir="):
+        demo.main(arguments)
+    assert os.listdir(tmp_path) == ["export-dir"]
+
+
 def test_first_frame_reader_is_the_last_frame_query_with_most_frame0_attention():
     from nonlocal_keras.training import attention_map, demo_model
 

@@ -15,6 +15,7 @@
 These are the folders the README's commands use after `make demo`.
 """
 
+import contextlib
 import os
 import shutil
 import time
@@ -27,16 +28,39 @@ EXPORTED = os.path.join("demo_nl_c2d", "1")  # under --export-dir
 EXAMPLE_VIDEOS = 4
 
 
-def _train(config_name, root, run_dir, seed, extra, restart):
+def _config(config_name, root, run_dir, seed, extra):
     from nonlocal_keras.training import config as config_lib
-    from nonlocal_keras.training import train
 
     overrides = [f"data.train_csv={os.path.join(root, 'train.csv')}",
                  f"data.val_csv={os.path.join(root, 'test.csv')}",
                  f"runtime.output_dir={run_dir}", f"train.seed={seed}", *extra]
-    config = config_lib.load_config(config_name, overrides)
+    return config_lib.load_config(config_name, overrides)
+
+
+def _train(config_name, root, run_dir, seed, extra, restart):
+    from nonlocal_keras.training import train
+
+    config = _config(config_name, root, run_dir, seed, extra)
     model, results = train.run(config, restart=restart)
     return model, results, config
+
+
+def _make_folders(named):
+    """Make each `(path, flag)` folder; where one cannot be, the others this call
+    made are removed again (a failed command leaves no folder behind)."""
+    from nonlocal_keras.training import atomic
+
+    made = []
+    try:
+        for path, flag in named:
+            if not os.path.isdir(path):
+                atomic.make_folder(path, flag)
+                made.append(path)
+    except Exception:
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
 
 
 def _copy_examples(root, folder):
@@ -67,17 +91,22 @@ def main(argv=None):
     from nonlocal_keras.training.export import export_saved_model
 
     start = time.perf_counter()
-    # The flag's name belongs in the error here, not in the dataset's own module.
     data_dir = command_lines.demo_data_dir(args)
+    if not args.print_data_dir:
+        # Before the dataset (5,000 videos) and the training: a wrong `--set` or a
+        # folder that cannot be made fails now, and leaves nothing behind.
+        for _, config_name, folder in RUNS:
+            _config(config_name, data_dir, os.path.join(args.runs_dir, folder), args.seed,
+                    args.set)
+        _make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
+                       (args.export_dir, "--export-dir")])
+    # The flag's name belongs in the error here, not in the dataset's own module.
     atomic.make_folder(data_dir, "--data-dir")
     root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:
         print(root)
         return 0
     print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
-    # Before the training: a folder that cannot be made fails now, not minutes later.
-    atomic.make_folder(args.output_dir, "--output-dir")
-    atomic.make_folder(args.export_dir, "--export-dir")
 
     rows, models, configs = [], {}, {}
     for label, config_name, folder in RUNS:
