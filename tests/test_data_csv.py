@@ -447,10 +447,12 @@ def test_a_multi_label_evaluation_set_without_a_label_is_refused(videos):
         data.load_val_records({"val_csv": path, "num_classes": 3, "class_names": None})
 
 
-@pytest.mark.parametrize("header", ["video,class", "file,label", "filename,labels"])
+@pytest.mark.parametrize("header", ["video,class", "file,label", "filename,labels",
+                                    "label,path", "Class,Video"])
 def test_a_header_of_other_words_is_named_as_such(videos, header):
     """`video,class` was a row: a video named `video` of the class `class`, and the
-    error said the labels mix class ids and class names."""
+    error said the labels mix class ids and class names; `label,path` (the columns
+    swapped) said `data.num_classes` and 41 class names disagree."""
     path = _csv(videos, f"{header}\na.mp4,0\n")
     with pytest.raises(data.DatasetError, match=rf"The first row .*\({header!r}\) reads as a "
                        r"header: the header must be 'path,label' or 'path,labels'"):

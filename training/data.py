@@ -92,7 +92,8 @@ def _read_rows(csv_path, argument="csv_path"):
     elif rows and len(rows[0][1]) > 1 and _looks_like_a_header(rows[0][1]):
         # `video,class` was read as a video named `video` of the class `class`.
         raise DatasetError(f"The first row of {csv_path!r} ({','.join(rows[0][1])!r}) reads as "
-                           "a header: the header must be 'path,label' or 'path,labels'. "
+                           "a header: the header must be 'path,label' or 'path,labels' (the "
+                           "video first). "
                            f"Received: {argument}={csv_path!r}")
     for mark, name in ((";", "';'"), ("\t", "tabs")):
         if (header and mark in header[0]) or (rows and all(len(r) == 1 and mark in r[0]
@@ -115,10 +116,16 @@ def _read_rows(csv_path, argument="csv_path"):
     return header, rows
 
 
+LABEL_WORDS = ("label", "labels", "class", "classes", "category", "target", "action", "y")
+PATH_WORDS = ("path", "video", "videos", "file", "filename", "file_name", "video_path", "clip")
+
+
 def _looks_like_a_header(row):
-    return (not row[0].strip().lower().endswith(VIDEO_EXTENSIONS)
-            and row[1].strip().lower() in ("label", "labels", "class", "classes", "category",
-                                           "target", "action", "y"))
+    first, second = (cell.strip().lower() for cell in row[:2])
+    if first.endswith(VIDEO_EXTENSIONS):
+        return False
+    # `label,path` too: its rows are then the labels first, which no row check names.
+    return second in LABEL_WORDS or (first in LABEL_WORDS and second in PATH_WORDS)
 
 
 def _label_separator(rows, multi_label):
