@@ -87,6 +87,24 @@ def test_models_config_serves_every_model_of_the_base(exported, tmp_path):
             ("demo", "demo"), ("other", "other")]
 
 
+def test_a_models_config_that_serves_other_models_is_not_written_over(exported, tmp_path):
+    """`--write DIR` replaced a models.config of DIR that also served models kept
+    elsewhere: the server stopped serving them at its next start."""
+    base = tmp_path / "base"
+    shutil.copytree(os.path.dirname(os.path.dirname(exported)), base)
+    mine = 'model_config_list {\n  config {\n    name: "kept\\"elsewhere"\n' \
+           '    base_path: "/data/kept"\n  }\n}\n'
+    (base / "models.config").write_text(mine)
+    with pytest.raises(errors.ConfigError, match=r"also serves kept\"elsewhere, which are not "
+                       r"in .*Received: --write="):
+        serving_example.main([str(base / "demo"), "--write", str(base)])
+    assert (base / "models.config").read_text() == mine
+    assert not (base / "request.json").exists()
+    # One this command wrote (its models all in the base) is brought up to date.
+    (base / "models.config").write_text(serving_example.models_config(["demo", "gone"]))
+    assert serving_example.main([str(base / "demo"), "--write", str(base)]) == 0
+
+
 def test_a_damaged_or_foreign_savedmodel_is_one_error(exported, tmp_path):
     """A cut saved_model.pb was a DecodeError or IndexError traceback; one without
     serving_default a KeyError."""

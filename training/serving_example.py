@@ -16,6 +16,7 @@ tests/test_export_serving.py checks that it still fits the exported signature.
 
 import json
 import os
+import re
 import sys
 
 from google.protobuf import message, text_encoding
@@ -69,6 +70,24 @@ def models_config(model_names):
         f"    base_path: {quoted('/models/' + name)}\n"
         '    model_platform: "tensorflow"\n'
         "  }\n" for name in model_names) + "}\n"
+
+
+def _served_models(path):
+    """`(name, base_path)` of each model an existing `models.config` lists (none
+    if there is none)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:  # none, or unreadable: the write that follows names why
+        return []
+    quoted = r'"((?:[^"\\]|\\.)*)"'
+
+    def field(block, key):
+        found = re.search(rf"\b{key}:\s*{quoted}", block)
+        return text_encoding.CUnescape(found.group(1)).decode("utf-8", "replace") if found else None
+
+    return [(field(block, "name"), field(block, "base_path"))
+            for block in re.split(r"\bconfig\s*\{", text)[1:]]
 
 
 def example_request(signature, num_frames):
@@ -129,6 +148,15 @@ def main(argv=None):
           + ", ".join(f"{key} ({dtype}, {shape[1:]})" for key, (dtype, shape) in sorted(outputs.items()))
           + "]}")
     if args.write:
+        path = os.path.join(args.write, "models.config")
+        # This command's entries serve `/models/<name>`, the base folder mounted.
+        others = [str(name) for name, served_from in _served_models(path)
+                  if served_from != f"/models/{name}"]
+        if others:
+            # Written over, the server would stop serving them at its next start.
+            raise ConfigError(f"{path!r} also serves {', '.join(others)}, which are not in "
+                              f"{base!r}: add the models.config printed above to it by hand, "
+                              f"or move it away. Received: --write={args.write!r}")
         atomic.make_folder(args.write, "--write")
         atomic.write_text(os.path.join(args.write, "models.config"), config)
         atomic.write_text(os.path.join(args.write, "request.json"), body)
