@@ -280,6 +280,10 @@ def test_labels_written_as_decimals_are_refused(videos):
     with pytest.raises(data.DatasetError, match=r"numbers but not all integers \('1\.0', "
                        r"'10\.0', '2\.0'\): .*Received: data.train_csv="):
         data.infer_class_names(path, "data.train_csv")
+    # Beside integers too (it said that the labels mix class ids and class names).
+    path = _csv(videos, "path,label\na.mp4,1.0\nb.mp4,2\n", "beside.csv")
+    with pytest.raises(data.DatasetError, match=r"numbers but not all integers \('1\.0'\): "):
+        data.infer_class_names(path, "data.train_csv")
     # Words with digits are names still.
     assert data.infer_class_names(_csv(videos, "path,label\na.mp4,c092\nb.mp4,1.5x\n",
                                        "codes.csv")) == ["1.5x", "c092"]

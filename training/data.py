@@ -177,6 +177,8 @@ def _checked_tokens(header, rows, csv_path, argument, class_names=()):
             "row; for several, the header 'path,labels')"))
     ids = [(n, t) for n, ts in tokens.items() for t in ts if _is_int(t)]
     names = [(n, t) for n, ts in tokens.items() for t in ts if not _is_int(t)]
+    if ids and names and all(_is_number(t) for _, t in names):
+        _refuse_numbers_not_integers({t for _, t in names}, csv_path, argument)  # `1.0` beside `2`
     if ids and names:
         listed = ([f"row {n}: class id {t!r}" for n, t in ids[:5]]
                   + [f"row {n}: class name {t!r}" for n, t in names[:5]])
@@ -215,13 +217,18 @@ def infer_class_names(csv_path, argument="csv_path"):
         return None
     _refuse_name_variants(names, csv_path, argument)
     if all(_is_number(t) for t in names):
-        # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
-        # before '2.0'), against the ids 1, 2 of another CSV.
-        shown = ", ".join(repr(t) for t in sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-        raise DatasetError(f"The labels of {csv_path!r} are numbers but not all integers "
-                           f"({shown}): write class ids as integers (0, 1, ...), or give "
-                           f"class names as words. Received: {argument}={csv_path!r}")
+        _refuse_numbers_not_integers(names, csv_path, argument)
     return sorted(names)
+
+
+def _refuse_numbers_not_integers(numbers, csv_path, argument):
+    # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
+    # before '2.0'), against the ids 1, 2 of another CSV.
+    numbers = sorted(t for t in numbers if not _is_int(t))
+    shown = ", ".join(repr(t) for t in numbers[:3]) + (", ..." if len(numbers) > 3 else "")
+    raise DatasetError(f"The labels of {csv_path!r} are numbers but not all integers "
+                       f"({shown}): write class ids as integers (0, 1, ...), or give "
+                       f"class names as words. Received: {argument}={csv_path!r}")
 
 
 def _refuse_name_variants(names, csv_path, argument):
