@@ -154,9 +154,9 @@ def main(argv=None):
                   if served_from != f"/models/{name}"]
         if others:
             # Written over, the server would stop serving them at its next start.
-            raise ConfigError(f"{path!r} also serves {', '.join(others)}, which are not in "
-                              f"{base!r}: add the models.config printed above to it by hand, "
-                              f"or move it away. Received: --write={args.write!r}")
+            raise ConfigError(f"{path!r} also serves models from outside {base!r} "
+                              f"({', '.join(others)}): add the models.config printed above to "
+                              f"it by hand, or move it away. Received: --write={args.write!r}")
         atomic.make_folder(args.write, "--write")
         atomic.write_text(os.path.join(args.write, "models.config"), config)
         atomic.write_text(os.path.join(args.write, "request.json"), body)
