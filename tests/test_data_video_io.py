@@ -653,6 +653,23 @@ def _cover_picture(container, image):
     return packets
 
 
+@pytest.mark.parametrize("muxer, codec, pixels", [("mjpeg", "mjpeg", "yuvj420p"),
+                                                   ("image2", "png", "rgb24")])
+def test_a_still_image_named_as_a_video_is_not_one(tmp_path, muxer, codec, pixels):
+    """A JPEG or PNG named `.mp4` (a thumbnail in a video folder) was predicted on
+    and trained on as a one-frame video, as an audio file's cover picture was."""
+    import av
+
+    path = tmp_path / "thumbnail.mp4"
+    image = av.VideoFrame.from_ndarray(np.full((32, 48, 3), 120, np.uint8), format="rgb24")
+    with av.open(str(path), "w", format=muxer, options={"update": "1"}) as container:
+        stream = container.add_stream(codec)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, pixels
+        container.mux([*stream.encode(image.reformat(format=pixels)), *stream.encode()])
+    with pytest.raises(video_io.VideoDecodeError, match=r"a still image \(\w+_pipe\), not a video"):
+        video_io.decode_frames(path, lambda total: np.arange(total))
+
+
 def test_a_cover_picture_is_not_the_video(tmp_path):
     """An audio file with its cover (as iTunes or yt-dlp write it) was a
     "video" of one still frame, scored with exit status 0; a video whose cover

@@ -353,7 +353,12 @@ def _stated_seconds(stream):
 def _video_stream(container, path):
     """The container's first video stream that is not a still picture (an
     audio file's cover art is a one-picture "video" stream), as FFmpeg's
-    choice passes them over."""
+    choice passes them over; a still image's file has none."""
+    # A JPEG or PNG named .mp4 (a thumbnail listed by mistake) is FFmpeg's image
+    # demuxer's one-frame "video"; animated GIFs (`gif`) are videos.
+    demuxer = container.format.name
+    if demuxer in ("image2", "image2pipe") or (demuxer.endswith("_pipe") and demuxer != "gif_pipe"):
+        raise VideoDecodeError(path, f"a still image ({demuxer}), not a video")
     stills = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
     for stream in container.streams.video:
         if not stream.disposition & stills:
