@@ -92,7 +92,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     data_dir = command_lines.demo_data_dir(args)
-    if not args.print_data_dir:
+    # The flags' names belong in the errors here, not in the dataset's own module.
+    if args.print_data_dir:
+        atomic.make_folder(data_dir, "--data-dir")
+    else:
         # Before the dataset (5,000 videos) and the training: a wrong `--set` or a
         # folder that cannot be made fails now, and leaves nothing behind.
         for _, config_name, folder in RUNS:
@@ -100,8 +103,6 @@ def main(argv=None):
                     args.set)
         _make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
                        (args.export_dir, "--export-dir")])
-    # The flag's name belongs in the error here, not in the dataset's own module.
-    atomic.make_folder(data_dir, "--data-dir")
     root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:
         print(root)

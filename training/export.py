@@ -94,11 +94,12 @@ def resolve_export_path(export_dir, model_name, argument="export_dir"):
                               f"Received: {argument}={export_dir!r}")
         return export_dir
     parent = os.path.dirname(export_dir)
-    if _versions(parent):
+    beside = _versions(parent)
+    if beside:
         # `<model>/-1` or `<model>/v2`: a base there nested a model that TF Serving,
         # serving `<model>`'s numbered versions, never loads.
         raise ConfigError(f"{parent!r} is a model's folder (versions "
-                          f"{', '.join(map(str, sorted(_versions(parent))))}): a folder in it "
+                          f"{', '.join(map(str, sorted(beside)))}): a folder in it "
                           "must be a version number >= 1, or give the model's folder itself "
                           f"for its next version. Received: {argument}={export_dir!r}")
     if _versions(export_dir):
