@@ -1506,10 +1506,42 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
                                fine_tune=True)
     assert not np.array_equal(kernel(other), kernel(trained))
+    saved_config = (tmp_path / "source" / "config.yaml").read_bytes()
     (tmp_path / "source" / "config.yaml").write_bytes(b"data:\n  class_names: [caf\xe9]\n")
     same = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
                               fine_tune=True)
     np.testing.assert_array_equal(kernel(same), kernel(trained))
+    (tmp_path / "source" / "config.yaml").write_bytes(saved_config)
+
+    # Class ids beside names, either way round: loaded in order (nothing says
+    # what the ids meant), with a warning saying which id is which name.
+    ids_csv = tmp_path / "ids.csv"
+    ids_csv.write_text("path,label\n" + "".join(f"{i:03d}.mp4,{i % 3}\n" for i in range(6)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        config = config_lib.load_config(None, _overrides(str(ids_csv), "unused", *quiet,
+                                                         "data.num_classes=3",
+                                                         "model.weights=source"))
+        as_ids = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                                    fine_tune=True)
+    np.testing.assert_array_equal(kernel(as_ids), kernel(trained))
+    assert "loaded row by row as this run's class ids" in caplog.text
+    assert "0 = 'archery', 1 = 'bowling', 2 = 'cycling'" in caplog.text
+    shutil.copytree(tmp_path / "source", tmp_path / "of_ids")
+    with open(tmp_path / "of_ids" / "config.yaml") as handle:
+        of_ids = yaml.safe_load(handle)
+    of_ids["data"]["class_names"] = None
+    (tmp_path / "of_ids" / "config.yaml").write_text(yaml.safe_dump(of_ids))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        config = config_lib.load_config(None, _overrides(
+            named("cab.csv", ["cycling", "archery", "bowling"]), "unused", *quiet,
+            "model.weights=of_ids"))
+        as_names = models.build_model(config["model"], data.resolve_classes(config["data"]),
+                                      False, fine_tune=True)
+    np.testing.assert_array_equal(kernel(as_names), kernel(trained))
+    assert "a run of class ids, is loaded row by row" in caplog.text
+    assert "0 = 'archery', 1 = 'bowling', 2 = 'cycling'" in caplog.text
 
     def command(epochs):
         return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],

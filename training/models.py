@@ -264,17 +264,37 @@ def _other_classes(weights, data_config):
     """Whether the run of `weights` (a run folder, or a weights file in one or
     in its `checkpoints/`) was trained on other class names than
     `data_config`'s (same count, other names or order): its classifier's rows
-    are then other classes. False where either side has none (class ids)."""
+    are then other classes. False where either side has none (class ids);
+    where one side has, the rows are loaded in order, with a warning that
+    says which name becomes which id."""
     folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
     if os.path.basename(folder) == "checkpoints":
         folder = os.path.dirname(folder)
     try:
         with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
-            names = (yaml.safe_load(handle) or {}).get("data", {}).get("class_names")
+            theirs = (yaml.safe_load(handle) or {}).get("data", {})
+        names, count = theirs.get("class_names"), theirs.get("num_classes")
     except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
         return False
     ours = data_config.get("class_names")
-    return isinstance(names, list) and ours is not None and list(names) != list(ours)
+    if isinstance(names, list) and ours is not None:
+        return list(names) != list(ours)
+    named = names if isinstance(names, list) else ours
+    if named and (names is None or ours is None) and count == data_config.get("num_classes"):
+        # Ids beside names are read in the names' order: right only if that is
+        # what the ids meant, which nothing here can tell.
+        pairs = ", ".join(f"{i} = {name!r}" for i, name in enumerate(named[:5]))
+        pairs += ", ..." if len(named) > 5 else ""
+        if ours is None:
+            logger.warning("The classifier of %s is loaded row by row as this run's class ids; "
+                           "that run's classes were %s. If these ids mean other classes, give "
+                           "data.class_names in the ids' order (names other than that run's "
+                           "leave the classifier new).", weights, pairs)
+        else:
+            logger.warning("The classifier of %s, a run of class ids, is loaded row by row as "
+                           "this run's classes: %s. If that run's ids meant other classes, give "
+                           "data.class_names in those ids' order.", weights, pairs)
+    return False
 
 
 def load_matching_weights(model, path, other_classes=False):
