@@ -207,6 +207,12 @@ def test_names_read_from_labels_split_at_spaces_are_warned_about_once(videos, ca
         data.load_training_data(_data_config(train_csv=_csv(videos, "path,labels\na.mp4,3 1\n",
                                                             "ids.csv"), num_classes=4))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # A word among codes is one: `n2 x` made `x` a class without a word.
+    mixed = _csv(videos, "path,labels\na.mp4,n2\nb.mp4,n2 x n3\n", "mixed.csv")
+    with caplog.at_level("WARNING"):
+        data.load_training_data(_data_config(train_csv=mixed))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "row 3's 'n2 x n3' is read as 3 labels" in warned[0], warned
 
 
 def test_class_names_with_spaces_against_space_split_labels_say_how_to_fix(videos):

@@ -329,10 +329,11 @@ def _tidy(path):
 def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
     # Kinetics-style names ("playing guitar") would silently become a class per
     # word. Given class names need no warning: a word alone is an unknown label.
-    # Labels with a digit are codes, not words (Charades' "c092 c147", ids).
+    # Labels with a digit are codes, not words (Charades' "c092 c147", ids); a
+    # word among codes ("n2 x") is one.
     for number, row in rows:
         tokens = row_tokens[number]
-        if len(tokens) > 1 and not any(c.isdigit() for t in tokens for c in t):
+        if len(tokens) > 1 and not all(any(c.isdigit() for c in t) for t in tokens):
             logger.warning(
                 "The class names are read from the labels of %r: row %d's %r is read as %d "
                 "labels (%s), as a 'labels' column is split at spaces. If class names contain "
