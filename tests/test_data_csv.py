@@ -157,6 +157,27 @@ def test_val_names_the_training_set_lacks_stop_before_training(videos):
     assert "row 4: 'c.mp4': unknown label 'swim'" in message
 
 
+def test_numbers_in_the_validation_set_of_named_training_classes_are_warned_about(
+        videos, caplog):
+    """They are places among the sorted names: right only if the user
+    numbered the classes that way; they were read so without a word."""
+    train = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n", "train.csv")
+    val = _csv(videos, "path,label\nb.mp4,0\nc.mp4,1\n", "val.csv")
+    with caplog.at_level("WARNING"):
+        _, _, records, _ = data.load_training_data(_data_config(train_csv=train, val_csv=val))
+    assert [r.labels for r in records] == [(0,), (1,)]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "2 label(s)" in warned[0], warned
+    assert "0 = 'jump', 1 = 'run'" in warned[0] and "row 2's '0'" in warned[0]
+    caplog.clear()
+    # Names given, or names throughout: the numbers are what the user chose.
+    for config in (_data_config(train_csv=train, val_csv=val, class_names=["jump", "run"]),
+                   _data_config(train_csv=train, val_csv=train)):
+        with caplog.at_level("WARNING"):
+            data.load_training_data(config)
+        assert not [r for r in caplog.records if r.levelname == "WARNING"], config
+
+
 def test_a_multi_label_header_over_one_label_a_row_is_warned_about(videos, caplog):
     """'path,labels' for 'path,label': one letter makes a softmax run a sigmoid one."""
     one_each = _csv(videos, "path,labels\na.mp4,run\nb.mp4,jump\nc.mp4,run\n", "one.csv")

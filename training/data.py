@@ -434,6 +434,25 @@ def load_val_records(data_config, source=None):
     return records, multi_label
 
 
+def _warn_if_ids_beside_names(source, class_names):
+    # Classes named by the training labels, numbers in the validation CSV: the
+    # numbers are places among the sorted names, which is right only if the
+    # user numbered the classes that way (not, say, by the CSV's order).
+    if os.path.isdir(source):
+        return
+    header, rows = _read_rows(source, "data.val_csv")
+    _, _, tokens = _checked_tokens(header, rows, source, "data.val_csv", class_names)
+    ids = [(n, t) for n, ts in tokens.items() for t in ts if t not in class_names and _is_int(t)]
+    if ids:
+        pairs = ", ".join(f"{i} = {name!r}" for i, name in enumerate(class_names[:5]))
+        logger.warning("%d label(s) of %r are numbers, read as class ids, the places among the "
+                       "class names sorted from the training set (%s%s; row %d's %r). If "
+                       "they number the classes otherwise, label the videos by name or give "
+                       "data.class_names in that order. Received: data.val_csv=%r", len(ids),
+                       source, pairs, ", ..." if len(class_names) > 5 else "", ids[0][0],
+                       ids[0][1], source)
+
+
 def _warn_about_repeated_videos(records, source):
     # Oversampling in a training set, a mistake in an evaluation set: each
     # listing is scored as a video of its own.
@@ -460,6 +479,7 @@ def load_training_data(data_config):
     if not os.path.exists(train):
         # Before the classes, which it would otherwise be said to lack.
         raise MissingFileError(f"CSV file not found. Received: data.train_csv={train!r}")
+    names_given = bool(data_config.get("class_names"))
     data_config = resolve_classes(data_config)
     train_records, multi_label = load_records(
         data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
@@ -485,6 +505,8 @@ def load_training_data(data_config):
     val_records = None
     if data_config["val_csv"]:
         val_records, val_multi_label = load_val_records(data_config)
+        if data_config["class_names"] and not names_given:
+            _warn_if_ids_beside_names(data_config["val_csv"], data_config["class_names"])
         if val_multi_label != multi_label:
             raise DatasetError(
                 "The training and validation sets must both be single-label ('path,label') "
