@@ -1,11 +1,12 @@
 """The tf.data pipeline on real MP4 files, including an unreadable one."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
 
-from nonlocal_keras.training import data, preprocessing, video_io
+from nonlocal_keras.training import data, errors, preprocessing, video_io
 
 
 @pytest.fixture
@@ -90,6 +91,32 @@ def test_an_eval_batch_size_above_the_number_of_videos_is_one_batch_of_them(data
                                 num_clips=3, num_crops=3, crop_size=8, scale=16)
     batches = [index.numpy().tolist() for _, _, index in dataset]
     assert batches == [[0, 1, 3, 4]]  # every decodable video of the five, in one batch
+
+
+def test_views_that_cannot_fit_in_memory_are_refused_before_decoding(dataset_dir, monkeypatch):
+    """`nonlocal-predict --num-clips 100000` grew to 13 GB of decoded frames
+    before it ran out of memory."""
+    from nonlocal_keras.training import runtime
+
+    limit = runtime.memory_limit()
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert limit is not None and 0 < limit <= machine
+    folder, _ = dataset_dir
+    options = dict(num_frames=2, sampling_rate=1, num_clips=3, num_crops=3, crop_size=8,
+                   scale=16)
+    # 2 videos x 3 x 3 views of 2 x 8 x 8 x 3 float32: 27,648 bytes.
+    monkeypatch.setattr(runtime, "memory_limit", lambda: 27_647)
+    decoded = []
+    monkeypatch.setattr(video_io, "decode_frames", lambda *args, **kwargs: decoded.append(1))
+    with pytest.raises(errors.ConfigError, match=r"needs 0.0 GiB \(2 video\(s\) x 3 clips x 3 "
+                       r"crops of 2x8x8, float32\).*Received: num_clips=3, num_crops=3, "
+                       r"batch_size=2"):
+        data.eval_dataset(_records(folder), 3, False, 2, **options)
+    assert not decoded
+    monkeypatch.setattr(runtime, "memory_limit", lambda: 27_648)
+    data.check_view_memory(2, **options)
+    monkeypatch.setattr(runtime, "memory_limit", lambda: None)  # unknown: not checked
+    data.check_view_memory(10**9, **options)
 
 
 def test_an_unexpected_decoder_error_is_skipped_too(dataset_dir, monkeypatch):

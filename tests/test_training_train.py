@@ -1571,6 +1571,20 @@ def test_an_evaluation_set_none_of_which_decodes_is_refused_before_training(tmp_
     assert not run_dir.exists()
 
 
+def test_evaluation_views_beyond_memory_are_refused_before_training(tmp_path, monkeypatch):
+    """The views of one evaluation batch are allocated at once: `data.num_clips`
+    too large for the machine failed only in the final evaluation."""
+    from nonlocal_keras.training import runtime, train
+
+    csv_path = _write_dataset(tmp_path, count=6)
+    # 4 videos (the default eval batch) x 2 clips x 1 crop of 4x16x16x3 float32: 98,304 bytes.
+    monkeypatch.setattr(runtime, "memory_limit", lambda: 98_303)
+    run_dir = tmp_path / "run"
+    with pytest.raises(errors.ConfigError, match=r"needs 0.0 GiB \(4 video\(s\) x 2 clips"):
+        train.run(config_lib.load_config(None, _overrides(csv_path, run_dir, "schedule.epochs=1")))
+    assert not run_dir.exists()
+
+
 def test_restart_that_cannot_move_the_run_aside_is_one_error(tmp_path, monkeypatch):
     """A read-only parent folder was a PermissionError traceback, exit 1; a
     second --restart in the same second would have met the first's folder."""

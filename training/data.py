@@ -30,7 +30,7 @@ import tensorflow as tf
 import keras
 
 from nonlocal_keras.applications import MEAN, STD
-from nonlocal_keras.training import preprocessing, video_io
+from nonlocal_keras.training import preprocessing, runtime, video_io
 from nonlocal_keras.training.errors import ConfigError, DatasetError, MissingFileError
 from nonlocal_keras.utils import is_decimal
 
@@ -796,6 +796,10 @@ def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32
     the video's position in `records`, so that skipped videos are accounted for.
     """
     skipped = skipped if skipped is not None else SkippedVideos()
+    # tf.data fuses the map into the batch and allocates a whole batch up front:
+    # a batch size above the number of videos ran out of memory on one video.
+    batch_size = max(1, min(batch_size, len(records)))
+    check_view_memory(batch_size, num_clips, num_crops, num_frames, crop_size)
 
     def sampler(total, seed_value):
         return video_io.eval_clip_indices(total, num_frames, sampling_rate, num_clips)
@@ -809,10 +813,22 @@ def eval_dataset(records, num_classes, multi_label, batch_size, *, num_frames=32
         return clips, label, index
 
     dataset = dataset.map(_graph_code(views), num_parallel_calls=num_parallel_calls)
-    # tf.data fuses the map into the batch and allocates a whole batch up front:
-    # a batch size above the number of videos ran out of memory on one video.
-    batch_size = max(1, min(batch_size, len(records)))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def check_view_memory(batch_size, num_clips, num_crops, num_frames, crop_size, **_):
+    """Raises ConfigError where one batch of evaluation views (float32) alone
+    needs more memory than this process can have: `--num-clips 100000` grew
+    to 13 GB of decoded frames before it ran out. Takes `eval_options`."""
+    need = batch_size * num_clips * num_crops * num_frames * crop_size * crop_size * 3 * 4
+    limit = runtime.memory_limit()
+    if limit is not None and need > limit:
+        raise ConfigError(
+            f"A batch of evaluation views needs {need / 2**30:.1f} GiB ({batch_size} video(s) x "
+            f"{num_clips} clips x {num_crops} crops of {num_frames}x{crop_size}x{crop_size}, "
+            f"float32), more than the {limit / 2**30:.1f} GiB of memory here: lower the clips or "
+            f"crops per video, the batch size or the crop size. Received: num_clips={num_clips}, "
+            f"num_crops={num_crops}, batch_size={batch_size}")
 
 
 def class_names_from_config(data_config):

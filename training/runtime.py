@@ -28,6 +28,27 @@ def keras_verbose(verbose, stream=None):
     return 1 if is_terminal(sys.stdout if stream is None else stream) else 2
 
 
+def memory_limit():
+    """The most bytes of memory this process can have: the machine's, or its
+    cgroup's limit where lower (a container, a batch scheduler's job); None
+    where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                limits.append(int(handle.read().strip()))  # "max": no limit, a ValueError
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else None
+
+
 def make_strategy(name="auto", tpu=""):
     """A `tf.distribute.Strategy` by name.
 

@@ -289,6 +289,9 @@ def run(config, strategy=None, restart=False):
     # Everything is checked before anything is written.
     data_config, train_records, val_records, multi_label = data.load_training_data(config["data"])
     config = dict(config, data=data_config)
+    if val_records:  # its evaluation comes after the training
+        data.check_view_memory(min(config["train"]["eval_batch_size"], len(val_records)),
+                               **data.eval_options(data_config))
     steps_per_epoch = _steps_per_epoch(config, len(train_records), strategy)
     _check_steps_per_execution(config, steps_per_epoch, 0)
     epochs = config["schedule"]["epochs"]
