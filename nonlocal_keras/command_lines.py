@@ -58,8 +58,10 @@ def list_configs():
 
 
 def _set(parser, example):
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a config field, e.g. --set {example}")
+    # Several after one flag too (`--set a=1 b=2`): it was "unrecognized
+    # arguments: b=2"; none of these commands takes a positional to swallow.
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"override config fields, e.g. --set {example}")
 
 
 def _no_progress(parser):
@@ -144,8 +146,8 @@ def demo_parser():
     parser.add_argument("--seed", type=_at_least(0), default=synthetic_digits_cache.SEED)
     parser.add_argument("--num-train", type=_at_least(1), default=synthetic_digits_cache.NUM_TRAIN)
     parser.add_argument("--num-test", type=_at_least(1), default=synthetic_digits_cache.NUM_TEST)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field of both demo configs")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override fields of both demo configs")
     return parser
 
 

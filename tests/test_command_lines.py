@@ -79,6 +79,17 @@ def test_the_commands_parse_with_these_parsers():
         ["--config", "c", "--output", "o"]).max_frame_side
 
 
+@pytest.mark.parametrize("parser, required", [
+    (command_lines.train_parser, []), (command_lines.evaluate_parser, []),
+    (command_lines.export_parser, ["--config", "c", "--output", "o"]),
+    (command_lines.demo_parser, [])])
+def test_one_set_takes_several_fields_and_a_repeated_one_adds_to_them(parser, required):
+    """`--set a=1 b=2` was "unrecognized arguments: b=2", exit 2."""
+    args = parser().parse_args(required + ["--set", "a=1", "b=2", "--set", "c=3"])
+    assert args.set == ["a=1", "b=2", "c=3"]
+    assert parser().parse_args(required).set == []
+
+
 def test_a_bug_is_a_traceback_and_exit_1_through_os_exit():
     """A command that raises (a bug) had `os._exit(None)` fail with a TypeError
     after its traceback, so the process fell through to the interpreter's shutdown,
