@@ -944,6 +944,11 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
     with pytest.raises(errors.ConfigError, match=r"takes a \.weights\.h5 file.*model\.keras'$"):
         train.run(config_lib.load_config(None, _overrides(
             csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source' / 'model.keras'}")))
+    # Nor a run's config.yaml: Keras' "File format not supported", naming `model=`.
+    with pytest.raises(errors.ConfigError, match=r"takes a \.weights\.h5 file, an official \.pkl "
+                       r"or a run folder\. Received: model\.weights='.*config\.yaml'$"):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source' / 'config.yaml'}")))
 
 
 def test_start_weights_that_are_no_file_are_compared_as_names(tmp_path):

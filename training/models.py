@@ -170,10 +170,13 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
     if names_a_file(weights) and not os.path.exists(weights):
         raise MissingFileError(f"No such weights file or run folder. Received: "
                                f"{argument}={weights!r}")
-    if isinstance(weights, str) and weights.endswith(".keras"):
+    if names_a_file(weights) and not (os.path.isdir(weights) or weights.endswith((".h5", ".pkl"))):
+        # A run's config.yaml or model.keras: Keras' error named neither the
+        # file nor the argument (a 72-line error for a .keras).
+        hint = (" (a run's final.weights.h5 holds its model.keras's weights)"
+                if weights.endswith(".keras") else "")
         raise ConfigError("`model.weights` takes a .weights.h5 file, an official .pkl or a run "
-                          "folder (a run's final.weights.h5 holds its model.keras's weights). "
-                          f"Received: {argument}={weights!r}")
+                          f"folder{hint}. Received: {argument}={weights!r}")
     ours = isinstance(weights, str) and (os.path.isdir(weights) or weights.endswith((".h5", ".pkl")))
     size = data_config["crop_size"]
     try:
