@@ -444,13 +444,17 @@ def _warn_if_ids_beside_names(source, class_names):
     _, _, tokens = _checked_tokens(header, rows, source, "data.val_csv", class_names)
     ids = [(n, t) for n, ts in tokens.items() for t in ts if t not in class_names and _is_int(t)]
     if ids:
-        pairs = ", ".join(f"{i} = {name!r}" for i, name in enumerate(class_names[:5]))
         logger.warning("%d label(s) of %r are numbers, read as class ids, the places among the "
-                       "class names sorted from the training set (%s%s; row %d's %r). If "
+                       "class names sorted from the training set (%s; row %d's %r). If "
                        "they number the classes otherwise, label the videos by name or give "
                        "data.class_names in that order. Received: data.val_csv=%r", len(ids),
-                       source, pairs, ", ..." if len(class_names) > 5 else "", ids[0][0],
-                       ids[0][1], source)
+                       source, id_names(class_names), ids[0][0], ids[0][1], source)
+
+
+def id_names(class_names, shown=5):
+    """`0 = 'archery', 1 = 'bowling', ...`: which class id is which name."""
+    pairs = ", ".join(f"{i} = {name!r}" for i, name in enumerate(class_names[:shown]))
+    return pairs + (", ..." if len(class_names) > shown else "")
 
 
 def _warn_about_repeated_videos(records, source):

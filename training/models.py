@@ -20,6 +20,7 @@ import yaml
 
 from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training import run_state
+from nonlocal_keras.training.data import id_names
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -286,8 +287,7 @@ def _other_classes(weights, data_config):
     if named and (names is None or ours is None) and count == data_config.get("num_classes"):
         # Ids beside names are read in the names' order: right only if that is
         # what the ids meant, which nothing here can tell.
-        pairs = ", ".join(f"{i} = {name!r}" for i, name in enumerate(named[:5]))
-        pairs += ", ..." if len(named) > 5 else ""
+        pairs = id_names(named)
         if ours is None:
             logger.warning("The classifier of %s is loaded row by row as this run's class ids; "
                            "that run's classes were %s. If these ids mean other classes, give "
