@@ -1504,6 +1504,17 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert "The classifier is left new" in caplog.text
     assert not np.array_equal(kernel(other), kernel(trained))
     np.testing.assert_array_equal(kernel(other, 1), kernel(trained, 1))  # the rest is loaded
+    # The whole classifier is left new, its bias too (the log counted it loaded).
+    _, left_new = models.load_matching_weights(other, str(tmp_path / "source" / "final.weights.h5"),
+                                               other_classes=True)
+    assert len(left_new) == len(other.layers[-1].weights) == 2
+    # From a commit's weights in `state/` too (they were loaded as these classes).
+    config = config_lib.load_config(None, _overrides(
+        named("abd.csv", ["archery", "bowling", "dancing"]), "unused", *quiet,
+        "model.weights=" + str(sorted((tmp_path / "source" / "state").glob("*.weights.h5"))[-1])))
+    other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                               fine_tune=True)
+    assert not np.array_equal(kernel(other), kernel(trained))
     # The run's weights file names the same run; a config.yaml not UTF-8 names none.
     config = config_lib.load_config(None, _overrides(
         named("abd.csv", ["archery", "bowling", "dancing"]), "unused", *quiet,
@@ -1548,6 +1559,28 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert "a run of class ids, is loaded row by row" in caplog.text
     assert "0 = 'archery', 1 = 'bowling', 2 = 'cycling'" in caplog.text
 
+    # Evaluation and export take the classifier as it is: another order (or the
+    # other kind of labels) scored every video as another class, exit 0.
+    def scored(csv_path, weights, multi_label=False, *extra):
+        config = config_lib.load_config(None, _overrides(csv_path, "unused", *quiet, *extra,
+                                                         f"model.weights={weights}"))
+        return models.build_model(config["model"], data.resolve_classes(config["data"]),
+                                  multi_label, argument="--weights")
+
+    state_file = os.path.relpath(sorted((tmp_path / "source" / "state").glob("*.weights.h5"))[-1])
+    np.testing.assert_array_equal(kernel(scored(source, state_file)), kernel(trained))
+    reordered = "data.class_names=[cycling, archery, bowling]"
+    for weights in ("source", "source/final.weights.h5", "source/checkpoints/last.weights.h5",
+                    state_file):
+        with pytest.raises(errors.ConfigError, match=(
+                r"other class names \(or another order\) than these: 0 = 'archery', 1 = "
+                r"'bowling', 2 = 'cycling' against 0 = 'cycling', 1 = 'archery'.*Received: "
+                rf"--weights='{weights}'")):
+            scored(source, weights, False, reordered)
+    with pytest.raises(errors.ConfigError, match=r"trained single-label \(softmax\) \(.*source\), "
+                       r"and this is multi-label"):
+        scored(source, "source", True)
+
     def command(epochs):
         return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],
                                                        f"schedule.epochs={epochs}",
@@ -1558,6 +1591,24 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert train.run(command(2))[1]["steps"] == 2  # 6 videos, batches of 4: a step an epoch
     saved = yaml.safe_load((tmp_path / "tuned" / "config.yaml").read_text())
     assert saved["model"]["weights"] == str(tmp_path / "source")
+
+
+def test_a_classifier_left_new_is_left_new_whole_with_its_zero_bias(tmp_path):
+    """A zero bias is named by its layer, not matched to its variable: it was
+    counted as loaded ("Loaded 26 of 27") while `set_weights` reset it."""
+    import keras
+
+    from nonlocal_keras.training import models
+
+    def model():
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(2)(inputs)  # a zero bias of the classifier's shape
+        return keras.Model(inputs, keras.layers.Dense(2, name="predictions")(hidden))
+
+    path = str(tmp_path / "source.weights.h5")
+    model().save_weights(path)
+    restored, left_new = models.load_matching_weights(model(), path, other_classes=True)
+    assert (len(restored), len(left_new)) == (2, 2)
 
 
 def test_an_evaluation_set_none_of_which_decodes_is_refused_before_training(tmp_path):

@@ -583,6 +583,8 @@ def main(argv=None):
     try:
         model = models.build_model(config["model"], config["data"], multi_label,
                                    argument=origin if args.checkpoint else "model.weights")
+    except ConfigError:
+        raise  # it names what to change already
     except ValueError as error:
         # Weights saved from another architecture, class count or clip shape.
         raise ConfigError(f"Cannot build model.name={config['model']['name']!r} with weights "

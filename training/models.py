@@ -20,7 +20,7 @@ import yaml
 
 from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training import run_state
-from nonlocal_keras.training.data import id_names
+from nonlocal_keras.training.data import class_names_from_config, id_names
 from nonlocal_keras.training.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune:
             _warn_of_affine_batch_norms(model, path)
         else:
+            _check_scored_classes(weights, data_config, multi_label, f"{argument}={weights!r}")
             _load_all(model, path, f"{argument}={weights!r}")
     return model
 
@@ -264,22 +265,31 @@ def _variable_names(model, own):
     return names
 
 
-def _other_classes(weights, data_config):
-    """Whether the run of `weights` (a run folder, or a weights file in one or
-    in its `checkpoints/`) was trained on other class names than
-    `data_config`'s (same count, other names or order): its classifier's rows
-    are then other classes. False where either side has none (class ids);
-    where one side has, the rows are loaded in order, with a warning that
-    says which name becomes which id."""
+def _run_of(weights):
+    """`(folder, data section of its config.yaml)` of the run whose weights
+    `weights` are (the run folder, or a weights file in it, in its
+    `checkpoints/` or its `state/`); `(folder, None)` where none is readable."""
     folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
-    if os.path.basename(folder) == "checkpoints":
+    if os.path.basename(folder) in ("checkpoints", run_state.STATE_DIR):
         folder = os.path.dirname(folder)
     try:
         with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
             theirs = (yaml.safe_load(handle) or {}).get("data", {})
-        names, count = theirs.get("class_names"), theirs.get("num_classes")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
+        return folder, dict(theirs)
+    except (OSError, ValueError, TypeError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
+        return folder, None
+
+
+def _other_classes(weights, data_config):
+    """Whether the run of `weights` (`_run_of`) was trained on other class
+    names than `data_config`'s (same count, other names or order): its
+    classifier's rows are then other classes. False where either side has
+    none (class ids); where one side has, the rows are taken in order, with a
+    warning that says which name becomes which id."""
+    _, theirs = _run_of(weights)
+    if theirs is None:
         return False
+    names, count = theirs.get("class_names"), theirs.get("num_classes")
     ours = data_config.get("class_names")
     if isinstance(names, list) and ours is not None:
         return list(names) != list(ours)
@@ -298,6 +308,30 @@ def _other_classes(weights, data_config):
                            "this run's classes: %s. If that run's ids meant other classes, give "
                            "data.class_names in those ids' order.", weights, pairs)
     return False
+
+
+def _check_scored_classes(weights, data_config, multi_label, received):
+    """Evaluation and export take a classifier as it is: weights of a run of
+    other class names (or order), or of the other kind of labels, scored and
+    labelled every video with the wrong classes, exit 0."""
+    folder, theirs = _run_of(weights)
+    if isinstance(data_config.get("class_names"), str):
+        try:  # an export's own YAML may name a class-name file
+            data_config = dict(data_config, class_names=class_names_from_config(data_config))
+        except (OSError, ValueError):
+            data_config = dict(data_config, class_names=None)
+    if _other_classes(weights, data_config):
+        raise ConfigError(
+            f"The weights are of a run trained on other class names (or another order) than "
+            f"these: {id_names(theirs['class_names'])} against "
+            f"{id_names(data_config['class_names'])}; every score would go to another class. "
+            f"Use that run's config ({os.path.join(folder, 'config.yaml')}) or its class names. "
+            f"Received: {received}")
+    trained = run_state.trained_multi_label(folder) if theirs is not None else None
+    if trained is not None and trained != multi_label:
+        kinds = ("multi-label (sigmoid)", "single-label (softmax)")
+        raise ConfigError(f"The weights are of a run trained {kinds[not trained]} ({folder}), "
+                          f"and this is {kinds[not multi_label]}. Received: {received}")
 
 
 def load_matching_weights(model, path, other_classes=False):
@@ -321,8 +355,9 @@ def load_matching_weights(model, path, other_classes=False):
     classifier = {v.path for v in model.layers[-1].weights}
     in_classifier = {p for p, n in names.items() if n in classifier}
     classifier_groups = {p.rsplit("/", 1)[0] for p in in_classifier}
+    # By group: a zero bias is named by its layer, not matched to its variable.
     restored = [p for p in own if p in found and found[p].shape == own[p].shape
-                and not (other_classes and p in in_classifier)]
+                and not (other_classes and p.rsplit("/", 1)[0] in classifier_groups)]
     mismatched = [p for p in own if p in found and found[p].shape != own[p].shape]
     wrong = [p for p in mismatched if p.rsplit("/", 1)[0] not in classifier_groups]
     if wrong:
