@@ -109,6 +109,11 @@ def read_caffe2_pickle(path):
     if not isinstance(content, dict):
         raise ValueError(f"{path!r} holds a {type(content).__name__}, not the dict of blobs "
                          "(or {'blobs': {...}}) of a Caffe2 weights pickle")
+    other = [key for key in content if not isinstance(key, str)]
+    if other:  # a pickled label map {0: 'abseiling', ...}: names were compared as text
+        raise ValueError(f"{path!r} holds a dict with keys that are not blob names (e.g. "
+                         f"{other[0]!r} of type {type(other[0]).__name__}), not the blobs of a Caffe2 "
+                         "weights pickle")
     return content
 
 

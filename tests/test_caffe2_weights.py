@@ -222,21 +222,29 @@ def test_cli_errors(tmp_path):
     assert os.listdir(tmp_path) == ["empty.pkl"]
 
 
-@pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list"])
+@pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list",
+                                     "a label map", "blobs and a number"])
 def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, content):
     """A partial download or another file was a traceback (UnpicklingError,
-    EOFError, ValueError), from the converter and from `model.weights`."""
+    EOFError, ValueError), from the converter and from `model.weights`; a dict
+    with keys other than names (a label map) an AttributeError or TypeError."""
     path = tmp_path / "weights.pkl"
+    expected = {"a list": "holds a list", "a label map": "keys that are not blob names (e.g. 0 of type "
+                "int)", "blobs and a number": "keys that are not blob names (e.g. 7 of type int)"}
     if content == "truncated":
         write_pickle(path, official_blobs(small_model(seed=0)), wrap=True)
         path.write_bytes(path.read_bytes()[:1000])
     elif content == "a list":
         path.write_bytes(pickle.dumps([1, 2]))
+    elif content == "a label map":
+        path.write_bytes(pickle.dumps({0: "abseiling", 1: "air drumming"}))
+    elif content == "blobs and a number":
+        path.write_bytes(pickle.dumps({**official_blobs(small_model(seed=0)), 7: 1}))
     else:
         path.write_bytes(content)
     line = _command(str(path), "--arch", "c2d_r50", str(tmp_path / "x.weights.h5"))
     assert str(path) in line
-    assert ("Cannot read" in line) if content != "a list" else ("holds a list" in line), line
+    assert expected.get(content, "Cannot read") in line, line
     assert sorted(os.listdir(tmp_path)) == ["weights.pkl"]
 
     from nonlocal_keras.training import models
