@@ -366,6 +366,9 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
         (["--config_file", "/"], "--config_file is a folder"),
         (["--params_override", "trainer.train_steps=abc"],
          "`trainer.train_steps` must be int, as its default"),
+        # A yaml.parser.ParserError traceback (the same in a --config_file was one line).
+        (["--params_override", "{trainer: {train_steps: 5}"],
+         "--params_override is not valid YAML (while parsing a flow mapping"),
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
@@ -391,6 +394,10 @@ def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
     # Tracebacks (TypeError) after the model was built and params.yaml written.
     ("task.model.input_size=abc", "`task.model.input_size` must be list"),
     ("task.init_checkpoint=5", "`task.init_checkpoint` must be str"),
+    # Empty (an unset shell variable): tracebacks once the model was built.
+    ("trainer.train_steps=", "`trainer.train_steps` is empty \\(null\\) where a number \\("
+                             "default 22500\\) is needed"),
+    ("task.model=", "`task.model` is empty \\(null\\) where a section is needed"),
 ])
 def test_an_override_of_the_wrong_type_names_its_field(override, message):
     from nonlocal_keras.applications.mask_rcnn import trainer
@@ -406,6 +413,26 @@ def test_an_override_of_the_wrong_type_names_its_field(override, message):
         "trainer.train_steps=7,task.losses.l2_weight_decay=0,"
         "task.init_checkpoint_modules=[backbone]", is_strict=True)
     trainer.check_value_types(fine, defaults)
+
+
+def test_a_diverged_run_is_one_line_naming_what_to_lower(monkeypatch):
+    """Model Garden's RuntimeError after a loop whose loss was NaN was a traceback, exit 1."""
+    from nonlocal_keras.training import run_state, train_detection
+
+    def diverging(argv, signals):
+        raise RuntimeError("The loss value is NaN after training loop and it happens 1 times.")
+
+    monkeypatch.setattr(train_detection.trainer, "run", diverging)
+    with pytest.raises(run_state.DivergedError, match=r"Training diverged \(The loss value is NaN "
+                       r".*keeps its latest checkpoint, if any\. Lower trainer\.optimizer_config"):
+        train_detection._run([])
+
+    def failing(argv, signals):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(train_detection.trainer, "run", failing)
+    with pytest.raises(RuntimeError, match="something else"):  # a bug's, as it was
+        train_detection._run([])
 
 
 def test_gins_call_site_is_not_part_of_the_one_line_error():
@@ -1205,6 +1232,10 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     ("trainer.train_steps=-5", "Received: trainer.train_steps=-5"),
     ("trainer.steps_per_loop=0", "Received: trainer.steps_per_loop=0"),
     ("task.model.num_classes=1", "`task.model.num_classes` must be at least 2"),
+    # A bare KeyError: "error: 7".
+    ("task.model.backbone.resnet_nonlocal.model_id=7", "`task.model.backbone.resnet_nonlocal."
+     "model_id` must be one of the ResNet depths 10, 18, 26, 34, 50, 101, 152, 200, 270, 350, "
+     "420 (a bare KeyError before). Received: task.model.backbone.resnet_nonlocal.model_id=7"),
 ])
 def test_values_that_make_no_run_are_refused(override, message):
     """`trainer.train_steps=0` or -5 wrote an untrained ckpt-0, exit 0;

@@ -31,11 +31,13 @@ Examples:
 import re
 
 import tensorflow as tf
+import yaml
 from absl import app, flags
 
 from nonlocal_keras.applications.mask_rcnn import trainer
 from nonlocal_keras.training import cli
 from nonlocal_keras.training.errors import ClusterError, ConfigError
+from nonlocal_keras.training.run_state import DivergedError
 
 PROG = "nonlocal-train-detection"
 # What a wrong command line, experiment name, config or data path raises from
@@ -44,6 +46,9 @@ PROG = "nonlocal-train-detection"
 # IndexError, also a LookupError, is a bug: it keeps its traceback).
 USER_ERRORS = (flags.Error, ValueError, KeyError, OSError, tf.errors.NotFoundError)
 GIN_CALL = re.compile(r"\s*In call to configurable '[^']*' \([^)]*\)")
+# Model Garden's RecoveryCondition, a train action: "The loss value is NaN after
+# training loop ..." or "... is 1e9, which is larger than the bound ...".
+DIVERGED = re.compile(r"The loss value is (?:NaN|.* larger than the bound)")
 
 
 def _is_user_error(error):
@@ -70,6 +75,16 @@ def _run(argv):
         trainer.run(argv, signals=cli.LoopSignals)
     except tf.errors.UnavailableError as error:  # a peer of a multi-worker cluster left
         raise ClusterError.peer_left(error.message, "its latest checkpoint") from None
+    except yaml.YAMLError as error:  # --params_override's (check_flags reads the files)
+        raise ConfigError(f"--params_override is not valid YAML ({' '.join(str(error).split())})."
+                          f" Received: --params_override={flags.FLAGS.params_override!r}") from None
+    except RuntimeError as error:
+        if not DIVERGED.search(str(error)):
+            raise
+        # Raised after a loop, before Orbit saves that loop's checkpoint.
+        raise DivergedError(f"Training diverged ({error}): the run keeps its latest checkpoint, "
+                            "if any. Lower trainer.optimizer_config.learning_rate (or warm up "
+                            "longer) and train again.") from None
     except Exception as error:
         if not _is_user_error(error):
             raise

@@ -22,6 +22,7 @@ from official.core import input_reader, train_lib
 from nonlocal_keras import console
 from nonlocal_keras.applications.mask_rcnn import experiment  # also registers
 from nonlocal_keras.applications.mask_rcnn import (
+    backbone as nonlocal_backbone,
     export,
     keypoint_data,
     keypoint_experiment,
@@ -374,6 +375,16 @@ def check_value_types(params, defaults):
     """An override of the wrong type (`trainer.train_steps=abc`) is kept as given by
     Model Garden, and failed after the model was built; here it names the field."""
     given, expected = _flat(params.as_dict()), _flat(defaults.as_dict())
+    for key, value in given.items():
+        # An empty value (`trainer.train_steps=`, an unset shell variable) is
+        # null: a number's or a whole section's was a traceback once built.
+        section = value is None and any(name.startswith(f"{key}.") for name in expected)
+        number = (value is None and isinstance(expected.get(key), (int, float))
+                  and not isinstance(expected.get(key), bool))
+        if section or number:
+            what = "a section" if section else f"a number (default {expected[key]!r})"
+            raise ValueError(f"`{key}` is empty (null) where {what} is needed. "
+                             f"Received: {key}=None")
     for key, default in expected.items():
         value = given.get(key)
         if default is None or value is None:
@@ -435,6 +446,19 @@ def check_value_ranges(params):
                              f"Received: {key}={value!r}")
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_head(params.task.model)
+    backbone = params.task.model.backbone
+    depth = getattr(backbone.get(), "model_id", None)
+    if backbone.type in ("resnet", nonlocal_backbone.BACKBONE_TYPE) and depth not in resnet_depths():
+        key = f"task.model.backbone.{backbone.type}.model_id"
+        raise ValueError(f"`{key}` must be one of the ResNet depths "
+                         f"{', '.join(map(str, resnet_depths()))} (a bare KeyError before). "
+                         f"Received: {key}={depth!r}")
+
+
+def resnet_depths():
+    from official.vision.modeling.backbones import resnet
+
+    return sorted(resnet.RESNET_SPECS)
 
 
 # What TensorFlow says of a damaged file the run reads (a TFRecord, an image in
