@@ -937,6 +937,18 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
     assert (tuned / "config.yaml").read_bytes() == saved
     (tmp_path / "link").symlink_to(tmp_path / "source")
     assert train.run(command(2, tmp_path / "link"))[1]["steps"] == 2 * 2  # the same start
+    # Its start gone, any name goes on from the run's own weights, and config.yaml
+    # keeps where it started: the new name was written there, and the run's own
+    # command then refused; none named said its start was "still there".
+    os.rename(tmp_path / "source", tmp_path / "moved")
+    with pytest.raises(run_state.RunFolderError, match=(
+            r"model\.weights: '.*source' -> None \(the run started from the first\)\)")):
+        train.run(command(3, None))
+    assert train.run(command(3, tmp_path / "other"))[1]["steps"] == 3 * 2
+    saved = yaml.safe_load((tuned / "config.yaml").read_text())
+    assert saved["model"]["weights"] == str(tmp_path / "source")
+    assert train.run(command(3))[1]["steps"] == 3 * 2  # its own command: finished
+    os.rename(tmp_path / "moved", tmp_path / "source")
     with pytest.raises(errors.MissingFileError, match="No such weights file or run folder"):
         train.run(config_lib.load_config(None, _overrides(
             csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'gone'}")))

@@ -187,7 +187,8 @@ def _other_start_weights(previous, config):
             not os.path.exists(before)  # moved: its new place, or another name for it
             or os.path.exists(after) and os.path.samefile(before, after))):
         return []
-    still = ", which is still there" if models.names_a_file(before) else ""
+    still = (", which is still there" if models.names_a_file(before) and os.path.exists(before)
+             else "")
     return [f"model.weights: {before!r} -> {after!r} (the run started from the first{still})"]
 
 
@@ -310,6 +311,14 @@ def run(config, strategy=None, restart=False):
     # After the checks, whose messages show the paths as given.
     config = _absolute_paths(config)
     previous = None if restart else _check_same_experiment(run_dir, config, chief)
+    started_from = (previous or {}).get("model", {}).get("weights")
+    if previous is not None and started_from != config["model"].get("weights"):
+        # Accepted because the weights it started from are gone; a new name
+        # (their new place, or any file) was written into config.yaml as its start.
+        logger.info("The run started from %s (gone) and resumes from its own weights; "
+                    "config.yaml keeps that start, not model.weights=%s.", started_from,
+                    config["model"].get("weights"))
+        config = dict(config, model=dict(config["model"], weights=started_from))
 
     def refuse_undecodable():
         for records, field in ((train_records, "train_csv"), (val_records, "val_csv")):
