@@ -112,8 +112,8 @@ def read_caffe2_pickle(path):
     other = [key for key in content if not isinstance(key, str)]
     if other:  # a pickled label map {0: 'abseiling', ...}: names were compared as text
         raise ValueError(f"{path!r} holds a dict with keys that are not blob names (e.g. "
-                         f"{other[0]!r} of type {type(other[0]).__name__}), not the blobs of a Caffe2 "
-                         "weights pickle")
+                         f"{other[0]!r} of type {type(other[0]).__name__}), not the blobs of a "
+                         "Caffe2 weights pickle")
     return content
 
 
@@ -285,6 +285,9 @@ def main(argv=None):
     from nonlocal_keras.training.errors import WeightsError
 
     args = command_lines.convert_weights_parser().parse_args(argv)
+    from nonlocal_keras.training import atomic
+
+    atomic.check_writable(args.destination)  # before the work, not after it
     try:
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
                                                classes=args.classes)

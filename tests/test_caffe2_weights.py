@@ -220,6 +220,11 @@ def test_cli_errors(tmp_path):
     assert "No such file or directory" in _command(
         str(tmp_path / "absent.pkl"), "--arch", "c2d_r50", target)
     assert os.listdir(tmp_path) == ["empty.pkl"]
+    # A file in place of the destination's folder, before the work (it was
+    # "[Errno 17] File exists" after it).
+    assert f"('{tmp_path / 'empty.pkl'}' is a file, not a folder)" in _command(
+        str(tmp_path / "absent.pkl"), "--arch", "c2d_r50",
+        str(tmp_path / "empty.pkl" / "x.weights.h5"))
 
 
 @pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list",

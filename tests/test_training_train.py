@@ -481,6 +481,27 @@ def test_a_live_writers_staging_folder_is_not_taken_for_a_killed_ones(tmp_path):
     assert (target / "saved_model.pb").read_text() == "first"
 
 
+def test_a_file_in_place_of_a_folder_to_write_in_is_named(tmp_path):
+    """`nonlocal-convert-weights x.pkl --arch ... afile/o.weights.h5` said
+    "[Errno 17] File exists: 'afile'"; a check before the work said "Permission denied"."""
+    from nonlocal_keras.training import atomic
+
+    (tmp_path / "afile").write_text("mine")
+    for target in ("afile/o.weights.h5", "afile/sub/o.weights.h5"):
+        path = str(tmp_path / target)
+        expected = (rf"Cannot write '{re.escape(path)}' "
+                    rf"\('{re.escape(str(tmp_path / 'afile'))}' is a file, not a folder\)")
+        with pytest.raises(errors.FolderError, match=expected):
+            atomic.check_writable(path)
+        with pytest.raises(errors.FolderError, match=expected):
+            with atomic.replace(path) as temporary:
+                open(temporary, "w").close()
+        with pytest.raises(errors.FolderError, match=expected):
+            with atomic.replace_folder(path):
+                pass
+    assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
     folder, and a kill left an earlier export half overwritten)."""

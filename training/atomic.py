@@ -43,6 +43,27 @@ def make_folder(path, argument, received=None):
                           f"({error.strerror}). Received: {argument}={received!r}") from None
 
 
+def _nearest_folder(path):
+    """The nearest existing folder above `path`; a `FolderError` where a file is
+    in place of one (it was "[Errno 17] File exists: ...", or "Permission
+    denied", naming neither what was to be written nor why)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise _cannot_write(path, f"{folder!r} is a file, not a folder")
+    return folder
+
+
+def _make_parent(path):
+    """The folder `path` is to be written in, made where missing."""
+    _nearest_folder(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as error:
+        raise _cannot_write(path, error.strerror) from None
+
+
 def temporary_name(path):
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
@@ -74,7 +95,7 @@ def replace(path, size=None):
     first (see `check_room`).
     """
     check_not_a_folder(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _make_parent(path)
     if size is not None:
         check_room(path, size)
     temporary = temporary_name(path)
@@ -109,9 +130,7 @@ def check_writable(path):
     no permission. Asked before a command's work: `nonlocal-evaluate` scored
     every video, then could not write its output, and printed nothing of it."""
     check_not_a_folder(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
+    folder = _nearest_folder(path)
     if not os.access(folder, os.W_OK | os.X_OK):
         reason = os.strerror(errno.EROFS if _read_only(folder) else errno.EACCES)
         raise _cannot_write(path, reason)
@@ -268,7 +287,7 @@ def replace_folder(path):
     written. `staging` is a hidden temporary folder beside `path`; those a killed
     writer of `path` left are removed first, after putting back the folder one
     had moved aside (killed between the two renames, it left no `path`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _make_parent(path)
     for left in _left_by_killed_writers(path):
         if left.endswith(_ASIDE) and not os.path.lexists(path):
             os.rename(left, path)

@@ -56,8 +56,7 @@ def _raise_for_problems(problems, source, argument, summary=None):
     tail = f"\n  ... and {more} more" if more > 0 else ""
     summary = summary or f"{len(problems)} invalid row(s)"
     raise DatasetError(
-        f"{summary} in {source!r} ({argument}); fix or remove them "
-        f"before training:\n{listed}{tail}"
+        f"{summary} in {source!r} ({argument}); fix or remove them:\n{listed}{tail}"
     )
 
 
