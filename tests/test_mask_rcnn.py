@@ -1233,6 +1233,12 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     ("trainer.steps_per_loop=0", "Received: trainer.steps_per_loop=0"),
     ("task.model.num_classes=1", "`task.model.num_classes` must be at least 2"),
     # A bare KeyError: "error: 7".
+    # Keras' "Dimensions must be equal, but are 64 and 63" from the FPN's build.
+    ("task.model.input_size=[250, 256, 3]", "`task.model.input_size` must be [height, width, 3] "
+     "with sides that are multiples of 2^task.model.max_level = 64 (the coarsest level's stride). "
+     "Received: task.model.input_size=[250, 256, 3]"),
+    ("task.model.input_size=[0, 0, 3]", "Received: task.model.input_size=[0, 0, 3]"),
+    ("task.model.input_size=[256, 256]", "Received: task.model.input_size=[256, 256]"),
     ("task.model.backbone.resnet_nonlocal.model_id=7", "`task.model.backbone.resnet_nonlocal."
      "model_id` must be one of the ResNet depths 10, 18, 26, 34, 50, 101, 152, 200, 270, 350, "
      "420 (a bare KeyError before). Received: task.model.backbone.resnet_nonlocal.model_id=7"),

@@ -446,6 +446,7 @@ def check_value_ranges(params):
                              f"Received: {key}={value!r}")
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_head(params.task.model)
+    _check_input_size(params.task.model)
     backbone = params.task.model.backbone
     depth = getattr(backbone.get(), "model_id", None)
     if backbone.type in ("resnet", nonlocal_backbone.BACKBONE_TYPE) and depth not in resnet_depths():
@@ -453,6 +454,18 @@ def check_value_ranges(params):
         raise ValueError(f"`{key}` must be one of the ResNet depths "
                          f"{', '.join(map(str, resnet_depths()))} (a bare KeyError before). "
                          f"Received: {key}={depth!r}")
+
+
+def _check_input_size(model):
+    """Model Garden's input pipeline asks for sides "divided by the largest
+    feature stride 2^max_level"; others failed in the FPN's build with Keras'
+    "Dimensions must be equal, but are 64 and 63"."""
+    size, stride = list(model.input_size), 2 ** model.max_level
+    if not (len(size) == 3 and size[2] == 3 and all(
+            isinstance(side, int) and side >= stride and side % stride == 0 for side in size[:2])):
+        raise ValueError(f"`task.model.input_size` must be [height, width, 3] with sides that are "
+                         f"multiples of 2^task.model.max_level = {stride} (the coarsest level's "
+                         f"stride). Received: task.model.input_size={size}")
 
 
 def resnet_depths():
