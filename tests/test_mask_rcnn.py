@@ -369,6 +369,9 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
         # A yaml.parser.ParserError traceback (the same in a --config_file was one line).
         (["--params_override", "{trainer: {train_steps: 5}"],
          "--params_override is not valid YAML (while parsing a flow mapping"),
+        # "task.model.input_size=[256,256,3; No such file or directory".
+        (["--params_override", "task.model.input_size=[256,256,3"],
+         "--params_override is neither KEY=VALUE pairs Model Garden can read"),
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(

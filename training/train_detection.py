@@ -88,6 +88,13 @@ def _run(argv):
     except Exception as error:
         if not _is_user_error(error):
             raise
+        overrides = flags.FLAGS.params_override
+        if isinstance(error, tf.errors.NotFoundError) and overrides and overrides in str(error):
+            # Model Garden reads what it cannot parse as pairs as a file's name:
+            # "task.model.input_size=[256,256,3; No such file or directory".
+            raise ConfigError("--params_override is neither KEY=VALUE pairs Model Garden can "
+                              "read (a bracket or quote left open?) nor a YAML file. Received: "
+                              f"--params_override={overrides!r}") from None
         raise _user_error(error) from error
 
 
