@@ -93,8 +93,8 @@ def _run(argv):
             # Model Garden reads what it cannot parse as pairs as a file's name:
             # "task.model.input_size=[256,256,3; No such file or directory".
             raise ConfigError("--params_override is neither KEY=VALUE pairs Model Garden can "
-                              "read (a bracket or quote left open?) nor a YAML file. Received: "
-                              f"--params_override={overrides!r}") from None
+                              "read (a bracket or quote left open?) nor a YAML file that is "
+                              f"there. Received: --params_override={overrides!r}") from None
         raise _user_error(error) from error
 
 
