@@ -202,7 +202,8 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune and path.endswith(".pkl"):
             load_caffe2_for_fine_tuning(model, path)
         elif fine_tune:
-            load_matching_weights(model, path, _other_classes(weights, data_config))
+            load_matching_weights(model, path,
+                                  _other_classes(weights, _run_of(weights)[1], data_config))
         if fine_tune:
             _warn_of_affine_batch_norms(model, path)
         else:
@@ -280,13 +281,13 @@ def _run_of(weights):
         return folder, None
 
 
-def _other_classes(weights, data_config):
-    """Whether the run of `weights` (`_run_of`) was trained on other class
-    names than `data_config`'s (same count, other names or order): its
-    classifier's rows are then other classes. False where either side has
-    none (class ids); where one side has, the rows are taken in order, with a
-    warning that says which name becomes which id."""
-    _, theirs = _run_of(weights)
+def _other_classes(weights, theirs, data_config):
+    """Whether the run of `weights`, whose config's data section is `theirs`
+    (`_run_of`), was trained on other class names than `data_config`'s (same
+    count, other names or order): its classifier's rows are then other
+    classes. False where either side has none (class ids); where one side has,
+    the rows are taken in order, with a warning that says which name becomes
+    which id."""
     if theirs is None:
         return False
     names, count = theirs.get("class_names"), theirs.get("num_classes")
@@ -320,7 +321,7 @@ def _check_scored_classes(weights, data_config, multi_label, received):
             data_config = dict(data_config, class_names=class_names_from_config(data_config))
         except (OSError, ValueError):
             data_config = dict(data_config, class_names=None)
-    if _other_classes(weights, data_config):
+    if _other_classes(weights, theirs, data_config):
         raise ConfigError(
             f"The weights are of a run trained on other class names (or another order) than "
             f"these: {id_names(theirs['class_names'])} against "

@@ -158,7 +158,7 @@ def main(argv=None):
                               f"({', '.join(others)}): add the models.config printed above to "
                               f"it by hand, or move it away. Received: --write={args.write!r}")
         atomic.make_folder(args.write, "--write")
-        atomic.write_text(os.path.join(args.write, "models.config"), config)
+        atomic.write_text(path, config)
         atomic.write_text(os.path.join(args.write, "request.json"), body)
     return 0
 
