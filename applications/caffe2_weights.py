@@ -21,6 +21,7 @@ The files are Python 2 pickles: they are read with `encoding="latin1"`. A
 pickle can run code when loaded: convert only files you trust.
 """
 
+import os
 import pickle
 import re
 import sys
@@ -250,16 +251,18 @@ def _arch_spec(arch):
     return getattr(video_resnet, f"{family.upper()}ResNet{depth}"), kwargs
 
 
-def convert_caffe2_weights(source, arch, destination, classes=None):
+def convert_caffe2_weights(source, arch, destination, classes=None, overwrite=True):
     """Converts an official `.pkl` into a Keras `.weights.h5` for the `arch` model.
 
     `classes` defaults to the rows of the file's `pred_w`; a file without
     `pred_w` gives a model without the classifier (`include_top=False`).
-    Returns `(model, unused blob names)`.
+    `overwrite=False` refuses an existing `destination` (Keras' `save_weights`
+    replaces it, as this does by default). Returns `(model, unused blob names)`.
     """
     if not str(destination).endswith(".weights.h5"):
         raise ValueError("The destination must end with `.weights.h5`. "
                          f"Received: destination={destination!r}")
+    _check_new(destination, overwrite)
     _arch_spec(arch)  # a misspelt name fails before the file is read
     blobs = read_caffe2_pickle(source)
     include_top = "pred_w" in blobs
@@ -273,9 +276,17 @@ def convert_caffe2_weights(source, arch, destination, classes=None):
     from nonlocal_keras.training import atomic
 
     atomic.remove_left_by_killed_writers(destination)  # a killed conversion's 12-200 MB
+    _check_new(destination, overwrite)  # another process may have written it meanwhile
     with atomic.replace(destination, atomic.model_size(model)) as temporary:
         model.save_weights(temporary)
     return model, unused
+
+
+def _check_new(destination, overwrite, how="overwrite=True"):
+    if not overwrite and os.path.lexists(destination):
+        raise FileExistsError(f"The destination exists (it may be a fine-tuned model's "
+                              f"weights); {how} replaces it. Received: destination="
+                              f"{str(destination)!r}")
 
 
 def main(argv=None):
@@ -289,8 +300,9 @@ def main(argv=None):
 
     atomic.check_writable(args.destination)  # before the work, not after it
     try:
+        _check_new(args.destination, args.overwrite, how="--overwrite")
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
-                                               classes=args.classes)
+                                               classes=args.classes, overwrite=args.overwrite)
     except (ValueError, OSError) as error:  # a full disk is a FolderError already
         raise WeightsError(str(error)) from None
     print(f"{model.name}: {len(caffe2_blob_map(model))} blobs loaded, {len(unused)} ignored"

@@ -164,6 +164,9 @@ def convert_weights_parser():
                              "i3d_nl5_r50_32x2_affine: 128x1)")
     parser.add_argument("--classes", type=_at_least(1), default=None,
                         help="classifier size (default: the file's pred_w rows)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing destination (refused otherwise: it may be "
+                             "a fine-tuned model's weights)")
     return parser
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nonlocal_keras.applications import I3DResNet50, VideoResNet, load_caffe2_weights
-from nonlocal_keras.applications.caffe2_weights import main
+from nonlocal_keras.applications.caffe2_weights import convert_caffe2_weights, main
 from nonlocal_keras.layers import NonLocal3D
 
 # Optimizer state and bookkeeping that the released files carry.
@@ -165,8 +165,8 @@ def test_cli_converts_a_released_style_nl_i3d_r50(tmp_path, capsys, monkeypatch)
     # that was there stays whole (it had been overwritten in place).
     real, before = os.statvfs(tmp_path), (tmp_path / "i3d_nl5.weights.h5").read_bytes()
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(real[:4] + (0,) + real[5:]))
-    assert _command(str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50",
-                    destination).startswith(
+    assert _command(str(tmp_path / "i3d_nl5.pkl"), "--arch", "i3d_nl5_r50", destination,
+                    "--overwrite").startswith(
         f"nonlocal-convert-weights: error: Cannot write '{destination}' (No space left on device")
     assert (tmp_path / "i3d_nl5.weights.h5").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["i3d_nl5.pkl", "i3d_nl5.weights.h5"]
@@ -225,6 +225,21 @@ def test_cli_errors(tmp_path):
     assert f"('{tmp_path / 'empty.pkl'}' is a file, not a folder)" in _command(
         str(tmp_path / "absent.pkl"), "--arch", "c2d_r50",
         str(tmp_path / "empty.pkl" / "x.weights.h5"))
+    # An existing destination (a user's fine-tuned weights named by mistake) was
+    # replaced without a word; refused before the source is read, the file untouched.
+    (tmp_path / "tuned.weights.h5").write_bytes(b"fine-tuned")
+    assert _command(str(tmp_path / "absent.pkl"), "--arch", "c2d_r50",
+                    str(tmp_path / "tuned.weights.h5")) == (
+        "nonlocal-convert-weights: error: The destination exists (it may be a fine-tuned "
+        "model's weights); --overwrite replaces it. Received: destination="
+        f"'{tmp_path / 'tuned.weights.h5'}'")
+    assert (tmp_path / "tuned.weights.h5").read_bytes() == b"fine-tuned"
+    with pytest.raises(FileExistsError, match="overwrite=True replaces it"):
+        convert_caffe2_weights(str(tmp_path / "empty.pkl"), "c2d_r50",
+                               str(tmp_path / "tuned.weights.h5"), overwrite=False)
+    assert "No such file or directory" in _command(  # --overwrite gets as far as the source
+        str(tmp_path / "absent.pkl"), "--arch", "c2d_r50", str(tmp_path / "tuned.weights.h5"),
+        "--overwrite")
 
 
 @pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list",
