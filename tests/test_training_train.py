@@ -1531,7 +1531,20 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     def kernel(model, layer=-1):
         return model.layers[layer].get_weights()[0]
 
-    np.testing.assert_array_equal(kernel(tuned(source)), kernel(trained))
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(kernel(tuned(source)), kernel(trained))
+    assert not caplog.text
+    # A single-label run's classifier into a multi-label one: loaded, said (it was
+    # without a word).
+    config = config_lib.load_config(None, _overrides(source, "unused", *quiet,
+                                                     "model.weights=source"))
+    with caplog.at_level(logging.WARNING):
+        multi = models.build_model(config["model"], data.resolve_classes(config["data"]), True,
+                                   fine_tune=True)
+    np.testing.assert_array_equal(kernel(multi), kernel(trained))
+    assert ("The classifier of source, trained single-label (softmax), is loaded as it is into "
+            "this multi-label (sigmoid) run") in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         other = tuned(named("abd.csv", ["archery", "bowling", "dancing"]))
     assert "The classifier is left new" in caplog.text

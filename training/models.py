@@ -202,8 +202,11 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune and path.endswith(".pkl"):
             load_caffe2_for_fine_tuning(model, path)
         elif fine_tune:
-            load_matching_weights(model, path,
-                                  _other_classes(weights, _run_of(weights)[1], data_config))
+            folder, theirs = _run_of(weights)
+            other = _other_classes(weights, theirs, data_config)
+            load_matching_weights(model, path, other)
+            if not other:
+                _warn_of_other_label_kind(weights, folder, theirs, data_config, multi_label)
         if fine_tune:
             _warn_of_affine_batch_norms(model, path)
         else:
@@ -309,6 +312,19 @@ def _other_classes(weights, theirs, data_config):
                            "this run's classes: %s. If that run's ids meant other classes, give "
                            "data.class_names in those ids' order.", weights, pairs)
     return False
+
+
+def _warn_of_other_label_kind(weights, folder, theirs, data_config, multi_label):
+    """A classifier trained with sigmoids loaded into a softmax one, or the
+    reverse, is a start its rows were not trained for: said, not refused."""
+    if theirs is None or theirs.get("num_classes") != data_config.get("num_classes"):
+        return  # no run, or the classifier was left new (another class count)
+    trained = run_state.trained_multi_label(folder)
+    if trained is not None and trained != multi_label:
+        kinds = ("multi-label (sigmoid)", "single-label (softmax)")
+        logger.warning("The classifier of %s, trained %s, is loaded as it is into this %s run: "
+                       "its rows are a start, not trained for this loss.",
+                       weights, kinds[not trained], kinds[not multi_label])
 
 
 def _check_scored_classes(weights, data_config, multi_label, received):
