@@ -178,6 +178,28 @@ def test_numbers_in_the_validation_set_of_named_training_classes_are_warned_abou
         assert not [r for r in caplog.records if r.levelname == "WARNING"], config
 
 
+def test_nonlocal_evaluate_warns_of_numbers_beside_names_as_training_does(
+        videos, caplog, monkeypatch):
+    """`nonlocal-evaluate --set data.val_csv=...` read them as ids without a word."""
+    from nonlocal_keras.training import evaluate, models
+
+    train = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n", "train.csv")
+    val = _csv(videos, "path,label\nb.mp4,0\nc.mp4,1\n", "val.csv")
+
+    def scored(model_config, data_config, multi_label, argument):
+        raise KeyboardInterrupt  # the records are read: no model is needed here
+
+    monkeypatch.setattr(models, "evaluation_model", scored)
+    for names, warned in (("null", True), ("[jump, run]", False)):
+        (videos / "config.yaml").write_text(
+            f"data: {{train_csv: {train}, val_csv: {val}, class_names: {names}}}\n")
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+            evaluate.main(["--config", str(videos / "config.yaml"), "--weights", train])
+        assert ("2 label(s) of " in caplog.text and "0 = 'jump', 1 = 'run'" in caplog.text
+                and "Received: data.val_csv=" in caplog.text) == warned, caplog.text
+
+
 def test_a_multi_label_header_over_one_label_a_row_is_warned_about(videos, caplog):
     """'path,labels' for 'path,label': one letter makes a softmax run a sigmoid one."""
     one_each = _csv(videos, "path,labels\na.mp4,run\nb.mp4,jump\nc.mp4,run\n", "one.csv")

@@ -247,7 +247,8 @@ def _refuse_name_variants(names, csv_path, argument):
             f"classes in data.class_names to keep them apart. Received: {argument}={csv_path!r}")
 
 
-def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path"):
+def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path",
+                     names_from_labels=False):
     """Parse and check a `path,label` or `path,labels` CSV.
 
     Args:
@@ -257,6 +258,9 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
             class (also a number: class folders `0` .. `10`), else an integer
             is a class id.
         argument: the config field named in error messages.
+        names_from_labels: `class_names` were sorted from the training
+            labels, not given: integers read as class ids beside them are
+            warned about (the user may have numbered the classes otherwise).
 
     Returns:
         `(records, multi_label)`: a list of `VideoRecord`, and whether the
@@ -278,7 +282,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                                                          class_names or ())
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
     base = os.path.dirname(os.path.abspath(csv_path))
-    records, problems = [], []
+    records, problems, ids = [], [], []
     for number, row in rows:
         path = _tidy(os.path.join(base, row[0].strip()))
         if not os.path.isfile(path):
@@ -299,6 +303,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                 if not 0 <= label < num_classes:
                     bad.append(f"class id {label} not in [0, {num_classes})")
                     continue
+                ids.append((number, token))
             else:
                 bad.append(f"unknown label {token!r}")
                 continue
@@ -314,7 +319,20 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     _raise_for_problems(problems, csv_path, argument, summary)
     if not records:
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
+    if ids and class_names and names_from_labels:
+        _warn_of_ids_beside_names(ids, csv_path, argument, class_names)
     return records, multi_label
+
+
+def _warn_of_ids_beside_names(ids, csv_path, argument, class_names):
+    # The numbers are places among the names sorted from the training labels,
+    # which is right only if the user numbered the classes that way (not, say,
+    # by the CSV's order).
+    logger.warning("%d label(s) of %r are numbers, read as class ids, the places among the "
+                   "class names sorted from the training set (%s; row %d's %r). If they number "
+                   "the classes otherwise, label the videos by name or give data.class_names "
+                   "in that order. Received: %s=%r", len(ids), csv_path, id_names(class_names),
+                   ids[0][0], ids[0][1], argument, csv_path)
 
 
 def _tidy(path):
@@ -399,8 +417,10 @@ def read_folder_records(root, class_names=None, argument="root"):
     return records, class_names
 
 
-def load_records(source, num_classes, class_names=None, argument="source"):
-    """A CSV file or a folder per class -> `(records, multi_label)`."""
+def load_records(source, num_classes, class_names=None, argument="source",
+                 names_from_labels=False):
+    """A CSV file or a folder per class -> `(records, multi_label)`
+    (`names_from_labels`: see `read_csv_records`)."""
     if os.path.isdir(source):
         if class_names is None:
             # Labels are class ids: the folders name them (`5/` is class 5), not
@@ -415,39 +435,24 @@ def load_records(source, num_classes, class_names=None, argument="source"):
             class_names = [str(i) for i in range(num_classes)]
         records, _ = read_folder_records(source, class_names, argument)
         return records, False
-    return read_csv_records(source, num_classes, class_names, argument)
+    return read_csv_records(source, num_classes, class_names, argument, names_from_labels)
 
 
-def load_val_records(data_config, source=None):
-    """`(records, multi_label)` of `source` (default `data.val_csv`), checked
-    against the resolved classes (`resolve_classes`)."""
-    source = source or data_config["val_csv"]
+def load_val_records(data_config, names_from_labels=False):
+    """`(records, multi_label)` of `data.val_csv`, checked against the resolved
+    classes (`resolve_classes`; `names_from_labels`: their names were sorted
+    from the training labels, see `read_csv_records`)."""
+    source = data_config["val_csv"]
     if not source:
         raise ConfigError("Nothing to evaluate on. Received: data.val_csv=None")
     records, multi_label = load_records(source, data_config["num_classes"],
-                                        data_config["class_names"], argument="data.val_csv")
+                                        data_config["class_names"], argument="data.val_csv",
+                                        names_from_labels=names_from_labels)
     if multi_label and not any(record.labels for record in records):
         raise DatasetError(f"No video of {source!r} has a label: its mAP is not a number. "
                            f"Received: data.val_csv={source!r}")
     _warn_about_repeated_videos(records, source)
     return records, multi_label
-
-
-def _warn_if_ids_beside_names(source, class_names):
-    # Classes named by the training labels, numbers in the validation CSV: the
-    # numbers are places among the sorted names, which is right only if the
-    # user numbered the classes that way (not, say, by the CSV's order).
-    if os.path.isdir(source):
-        return
-    header, rows = _read_rows(source, "data.val_csv")
-    _, _, tokens = _checked_tokens(header, rows, source, "data.val_csv", class_names)
-    ids = [(n, t) for n, ts in tokens.items() for t in ts if t not in class_names and _is_int(t)]
-    if ids:
-        logger.warning("%d label(s) of %r are numbers, read as class ids, the places among the "
-                       "class names sorted from the training set (%s; row %d's %r). If "
-                       "they number the classes otherwise, label the videos by name or give "
-                       "data.class_names in that order. Received: data.val_csv=%r", len(ids),
-                       source, id_names(class_names), ids[0][0], ids[0][1], source)
 
 
 def id_names(class_names, shown=5):
@@ -507,9 +512,7 @@ def load_training_data(data_config):
             f"Received: data.train_csv={train!r}")
     val_records = None
     if data_config["val_csv"]:
-        val_records, val_multi_label = load_val_records(data_config)
-        if data_config["class_names"] and not names_given:
-            _warn_if_ids_beside_names(data_config["val_csv"], data_config["class_names"])
+        val_records, val_multi_label = load_val_records(data_config, not names_given)
         if val_multi_label != multi_label:
             raise DatasetError(
                 "The training and validation sets must both be single-label ('path,label') "
