@@ -258,6 +258,25 @@ def test_names_read_from_labels_split_at_spaces_are_warned_about_once(videos, ca
     assert len(warned) == 1 and "row 3's 'n2 x n3' is read as 3 labels" in warned[0], warned
 
 
+def test_a_row_without_semicolon_whose_words_are_classes_is_warned_about(videos, caplog):
+    """One ';' in the file kept `red green` whole: a class of its own beside 'red' and
+    'green', the only sign a 'single training video' warning."""
+    joined = _csv(videos, "path,labels\na.mp4,red;blue\nb.mp4,red green\nc.mp4,green\n",
+                  "joined.csv")
+    with caplog.at_level("WARNING"):
+        assert data.infer_class_names(joined) == ["blue", "green", "red", "red green"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "Row 3's label 'red green'" in warned[0], warned
+    assert "its words 'red', 'green' are labels of other rows" in warned[0] and "'red;green'" in warned[0]
+    caplog.clear()
+    # A name with spaces that is not words of other classes is what ';' keeps whole.
+    kept = _csv(videos, "path,labels\na.mp4,playing guitar;juggling\nb.mp4,playing guitar\n",
+                "kept.csv")
+    with caplog.at_level("WARNING"):
+        data.infer_class_names(kept)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_class_names_with_spaces_against_space_split_labels_say_how_to_fix(videos):
     path = _csv(videos, "path,labels\na.mp4,playing guitar\n", "phrases.csv")
     with pytest.raises(data.DatasetError) as info:

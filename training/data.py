@@ -207,6 +207,8 @@ def infer_class_names(csv_path, argument="csv_path"):
     if separator == " ":
         _warn_if_names_were_split(rows, tokens, csv_path, argument)
     names = {t for ts in tokens.values() for t in ts}
+    if separator == ";":
+        _warn_if_names_were_joined(rows, tokens, names, csv_path, argument)
     if not rows:
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
     if not names:
@@ -359,6 +361,21 @@ def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
                 csv_path, number, row[1].strip(), len(tokens), ", ".join(map(repr, tokens)),
                 argument, csv_path)
             return
+
+
+def _warn_if_names_were_joined(rows, row_tokens, names, csv_path, argument):
+    # One ';' in the file keeps every row's spaces: a row written `red green`
+    # is then one class 'red green', beside the classes 'red' and 'green'.
+    for number, row in rows:
+        for token in row_tokens[number]:
+            if len(token.split()) > 1 and all(word in names for word in token.split()):
+                logger.warning(
+                    "Row %d's label %r of %r is read as one class name, as the file separates "
+                    "labels with ';' (some row has one), and its words %s are labels of other "
+                    "rows. If it means %d labels, write them as %r. Received: %s=%r",
+                    number, token, csv_path, ", ".join(map(repr, token.split())),
+                    len(token.split()), ";".join(token.split()), argument, csv_path)
+                return
 
 
 def _visible(folder):
