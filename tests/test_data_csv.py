@@ -180,7 +180,9 @@ def test_numbers_in_the_validation_set_of_named_training_classes_are_warned_abou
 
 def test_nonlocal_evaluate_warns_of_numbers_beside_names_as_training_does(
         videos, caplog, monkeypatch):
-    """`nonlocal-evaluate --set data.val_csv=...` read them as ids without a word."""
+    """`nonlocal-evaluate --set data.val_csv=...` read them as ids without a word. A
+    run's config.yaml keeps the names it sorted from its labels; names given in
+    another order are the user's."""
     from nonlocal_keras.training import evaluate, models
 
     train = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n", "train.csv")
@@ -190,7 +192,7 @@ def test_nonlocal_evaluate_warns_of_numbers_beside_names_as_training_does(
         raise KeyboardInterrupt  # the records are read: no model is needed here
 
     monkeypatch.setattr(models, "evaluation_model", scored)
-    for names, warned in (("null", True), ("[jump, run]", False)):
+    for names, warned in (("null", True), ("[jump, run]", True), ("[run, jump]", False)):
         (videos / "config.yaml").write_text(
             f"data: {{train_csv: {train}, val_csv: {val}, class_names: {names}}}\n")
         caplog.clear()
@@ -198,6 +200,13 @@ def test_nonlocal_evaluate_warns_of_numbers_beside_names_as_training_does(
             evaluate.main(["--config", str(videos / "config.yaml"), "--weights", train])
         assert ("2 label(s) of " in caplog.text and "0 = 'jump', 1 = 'run'" in caplog.text
                 and "Received: data.val_csv=" in caplog.text) == warned, caplog.text
+    for name in ("jump", "run"):
+        (videos / "classes" / name).mkdir(parents=True)
+    folders = str(videos / "classes")
+    assert data.names_sorted_from_labels({"train_csv": folders, "class_names": ["jump", "run"]})
+    assert not data.names_sorted_from_labels({"train_csv": folders, "class_names": ["a", "b"]})
+    assert not data.names_sorted_from_labels({"train_csv": str(videos / "gone.csv"),
+                                              "class_names": ["jump", "run"]})
 
 
 def test_a_multi_label_header_over_one_label_a_row_is_warned_about(videos, caplog):

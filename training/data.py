@@ -874,6 +874,24 @@ def class_names_from_config(data_config):
     return None
 
 
+def names_sorted_from_labels(data_config):
+    """Whether `data.class_names` are absent or, as a run's config.yaml keeps
+    them, the sorted training labels (class folders) themselves."""
+    names, train = data_config.get("class_names"), data_config.get("train_csv")
+    if not names:
+        return True
+    if not isinstance(names, list) or names != sorted(names) or not isinstance(train, str):
+        return False
+    if os.path.isdir(train):
+        return class_folders(train) == names
+    try:
+        header, rows = _read_rows(train, "data.train_csv")
+        _, _, tokens = _checked_tokens(header, rows, train, "data.train_csv")
+    except (DatasetError, OSError):  # a training CSV gone or changed: nothing to tell
+        return False
+    return sorted({t for ts in tokens.values() for t in ts}) == names
+
+
 def resolve_classes(data_config):
     """`data_config` with `class_names` (a list, or None for id labels) and
     `num_classes` settled, so that they agree before anything trains.

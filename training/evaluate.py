@@ -153,7 +153,7 @@ def main(argv=None):
         config_path, config["model"].get("weights"), doing="evaluate")[0]
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(
-        data_config, names_from_labels=not config["data"].get("class_names"))
+        data_config, names_from_labels=data.names_sorted_from_labels(config["data"]))
     # The scores are the trained classifier's (softmax or sigmoid): a CSV of the other
     # kind was scored with the other one, and reported top-1 or mAP of it, exit 0.
     trained, evidence = export.trained_multi_label(
