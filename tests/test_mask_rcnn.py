@@ -349,7 +349,26 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
     assert "FLAGS_OK" in result.stdout
 
 
-@pytest.mark.slow
+def _detection_command(argv, capsys, debug=False):
+    """`nonlocal-train-detection argv` in this process, as its console script runs
+    it but for the signal handlers: (exit status, stderr). A process a command took
+    5-7 s of TensorFlow's import each."""
+    import gin
+    from absl import flags
+
+    from nonlocal_keras.training import cli, train_detection
+
+    handlers = list(logging.root.handlers)  # absl's app.run adds its own
+    capsys.readouterr()
+    try:
+        status = cli._run_main(train_detection.PROG, train_detection.__name__, argv, debug)
+    finally:  # as this process had them: no flag parsed, gin's config open
+        flags.FLAGS.unparse_flags()
+        gin.clear_config()
+        logging.root.handlers[:] = handlers
+    return status, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -374,21 +393,28 @@ def test_every_flag_of_model_gardens_vision_trainer_is_accepted():
          "--params_override is neither KEY=VALUE pairs Model Garden can read"),
     ],
 )
-def test_cli_user_errors_are_one_line_and_exit_2_and_debug_keeps_the_traceback(
-        tmp_path, arguments, message):
-    command = [sys.executable, "-m", "nonlocal_keras.training.train_detection",
-               "--experiment", PLAIN_EXPERIMENT, "--mode", "train",
-               "--model_dir", str(tmp_path / "run"), *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, arguments, message):
+    status, stderr = _detection_command(
+        ["--experiment", PLAIN_EXPERIMENT, "--mode", "train", "--model_dir",
+         str(tmp_path / "run"), *arguments], capsys)
+    assert status == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("nonlocal-train-detection: error: "), errors
     assert message in errors[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "run").exists()  # nothing written for a wrong command
-    if arguments == ["--config_file", "/no/such/config.yaml"]:  # one case is enough
-        debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=300)
-        assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_user_error_of_the_console_script_is_exit_2_and_debug_keeps_the_traceback(tmp_path):
+    """The commands above as a process runs them (the console script's status)."""
+    command = [sys.executable, "-m", "nonlocal_keras.training.train_detection",
+               "--experiment", PLAIN_EXPERIMENT, "--mode", "train",
+               "--model_dir", str(tmp_path / "run"), "--config_file", "/no/such/config.yaml"]
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr[-3000:]
+    assert debug.stderr.splitlines()[-1].startswith(
+        "nonlocal-train-detection: error: ") and "/no/such/config.yaml" in debug.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -35,7 +35,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    """Every flag of `official/vision/train.py`, plus --synthetic_coco_dir and --export_dir."""
+    """Every flag of `official/vision/train.py`, plus --synthetic_coco_dir and --export_dir
+    (once a process: absl refuses a flag defined twice)."""
+    if "synthetic_coco_dir" in flags.FLAGS:
+        return
     from official.common import flags as tfm_flags
     # Its module defines the trainer's own flags (--enable_async_checkpointing)
     # at import time; they must exist before the command line is parsed.
