@@ -1570,6 +1570,11 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert not np.array_equal(kernel(other), kernel(trained))
     saved_config = (tmp_path / "source" / "config.yaml").read_bytes()
     (tmp_path / "source" / "config.yaml").write_bytes(b"data:\n  class_names: [caf\xe9]\n")
+    # The final weights say their classes themselves; a commit's in state/ do not.
+    other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                               fine_tune=True)
+    assert not np.array_equal(kernel(other), kernel(trained))
+    config["model"]["weights"] = str(sorted((tmp_path / "source" / "state").glob("*.weights.h5"))[-1])
     same = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
                               fine_tune=True)
     np.testing.assert_array_equal(kernel(same), kernel(trained))
@@ -1623,9 +1628,18 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
                 r"'bowling', 2 = 'cycling' against 0 = 'cycling', 1 = 'archery'.*Received: "
                 rf"--weights='{weights}'")):
             scored(source, weights, False, reordered)
-    with pytest.raises(errors.ConfigError, match=r"trained single-label \(softmax\) \(.*source\), "
-                       r"and this is multi-label"):
+    with pytest.raises(errors.ConfigError, match=r"trained single-label \(softmax\) \(as .*source/"
+                       r"config.yaml says\), and this is multi-label"):
         scored(source, "source", True)
+    # The final weights carry their classes out of the run folder (a copy was
+    # scored as these classes, whatever they were).
+    shutil.copy(tmp_path / "source" / "final.weights.h5", tmp_path / "copied.weights.h5")
+    np.testing.assert_array_equal(kernel(scored(source, "copied.weights.h5")), kernel(trained))
+    with pytest.raises(errors.ConfigError, match=r"other class names \(or another order\).*"
+                       r"\(as copied.weights.h5 says\)"):
+        scored(source, "copied.weights.h5", False, reordered)
+    with pytest.raises(errors.ConfigError, match=r"single-label \(softmax\) \(as copied.weights.h5"):
+        scored(source, "copied.weights.h5", True)
 
     def command(epochs):
         return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],

@@ -202,11 +202,11 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune and path.endswith(".pkl"):
             load_caffe2_for_fine_tuning(model, path)
         elif fine_tune:
-            folder, theirs = _run_of(weights)
+            theirs, _ = _run_of(weights)
             other = _other_classes(weights, theirs, data_config)
             load_matching_weights(model, path, other)
             if not other:
-                _warn_of_other_label_kind(weights, folder, theirs, data_config, multi_label)
+                _warn_of_other_label_kind(weights, theirs, data_config, multi_label)
         if fine_tune:
             _warn_of_affine_batch_norms(model, path)
         else:
@@ -270,23 +270,32 @@ def _variable_names(model, own):
 
 
 def _run_of(weights):
-    """`(folder, data section of its config.yaml)` of the run whose weights
-    `weights` are (the run folder, or a weights file in it, in its
-    `checkpoints/` or its `state/`); `(folder, None)` where none is readable."""
+    """`(labels, source)` of the run whose weights `weights` are: `labels` a
+    dict of its `class_names`, `num_classes` and `multi_label` (None where
+    unknown), `source` the file that says so. A run's final weights file
+    carries them (`run_state.write_labels`), also when copied out of its run;
+    otherwise the run folder's config.yaml and history.csv (the folder, or a
+    weights file in it, in its `checkpoints/` or its `state/`). `(None, None)`
+    where neither is readable."""
+    if not os.path.isdir(weights):
+        labels = run_state.read_labels(weights)
+        if labels is not None:
+            return labels, weights
     folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
     if os.path.basename(folder) in ("checkpoints", run_state.STATE_DIR):
         folder = os.path.dirname(folder)
+    config = os.path.join(folder, "config.yaml")
     try:
-        with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as handle:
-            theirs = (yaml.safe_load(handle) or {}).get("data", {})
-        return folder, dict(theirs)
+        with open(config, encoding="utf-8") as handle:
+            theirs = dict((yaml.safe_load(handle) or {}).get("data", {}))
     except (OSError, ValueError, TypeError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
-        return folder, None
+        return None, None
+    return dict(theirs, multi_label=run_state.trained_multi_label(folder)), config
 
 
 def _other_classes(weights, theirs, data_config):
-    """Whether the run of `weights`, whose config's data section is `theirs`
-    (`_run_of`), was trained on other class names than `data_config`'s (same
+    """Whether the run of `weights`, whose labels are `theirs` (`_run_of`),
+    was trained on other class names than `data_config`'s (same
     count, other names or order): its classifier's rows are then other
     classes. False where either side has none (class ids); where one side has,
     the rows are taken in order, with a warning that says which name becomes
@@ -314,12 +323,12 @@ def _other_classes(weights, theirs, data_config):
     return False
 
 
-def _warn_of_other_label_kind(weights, folder, theirs, data_config, multi_label):
+def _warn_of_other_label_kind(weights, theirs, data_config, multi_label):
     """A classifier trained with sigmoids loaded into a softmax one, or the
     reverse, is a start its rows were not trained for: said, not refused."""
     if theirs is None or theirs.get("num_classes") != data_config.get("num_classes"):
         return  # no run, or the classifier was left new (another class count)
-    trained = run_state.trained_multi_label(folder)
+    trained = theirs.get("multi_label")
     if trained is not None and trained != multi_label:
         kinds = ("multi-label (sigmoid)", "single-label (softmax)")
         logger.warning("The classifier of %s, trained %s, is loaded as it is into this %s run: "
@@ -331,7 +340,7 @@ def _check_scored_classes(weights, data_config, multi_label, received):
     """Evaluation and export take a classifier as it is: weights of a run of
     other class names (or order), or of the other kind of labels, scored and
     labelled every video with the wrong classes, exit 0."""
-    folder, theirs = _run_of(weights)
+    theirs, source = _run_of(weights)
     if isinstance(data_config.get("class_names"), str):
         try:  # an export's own YAML may name a class-name file
             data_config = dict(data_config, class_names=class_names_from_config(data_config))
@@ -342,13 +351,13 @@ def _check_scored_classes(weights, data_config, multi_label, received):
             f"The weights are of a run trained on other class names (or another order) than "
             f"these: {id_names(theirs['class_names'])} against "
             f"{id_names(data_config['class_names'])}; every score would go to another class. "
-            f"Use that run's config ({os.path.join(folder, 'config.yaml')}) or its class names. "
+            f"Use that run's config or its class names (as {source} says). "
             f"Received: {received}")
-    trained = run_state.trained_multi_label(folder) if theirs is not None else None
+    trained = theirs.get("multi_label") if theirs is not None else None
     if trained is not None and trained != multi_label:
         kinds = ("multi-label (sigmoid)", "single-label (softmax)")
-        raise ConfigError(f"The weights are of a run trained {kinds[not trained]} ({folder}), "
-                          f"and this is {kinds[not multi_label]}. Received: {received}")
+        raise ConfigError(f"The weights are of a run trained {kinds[not trained]} (as {source} "
+                          f"says), and this is {kinds[not multi_label]}. Received: {received}")
 
 
 def load_matching_weights(model, path, other_classes=False):

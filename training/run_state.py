@@ -224,6 +224,34 @@ def trained_multi_label(run_dir):
     return False if SINGLE_LABEL_METRIC in columns else None
 
 
+# What a run's final weights file says of its classifier (`write_labels`).
+LABELS_ATTRIBUTE = "nonlocal_keras.labels"
+
+
+def write_labels(path, data_config, multi_label):
+    """Record in the weights file `path` the classes its classifier scores, so
+    that a copy taken out of its run folder is still checked against them."""
+    import h5py
+
+    labels = {"class_names": data_config.get("class_names"),
+              "num_classes": data_config["num_classes"], "multi_label": bool(multi_label)}
+    with h5py.File(path, "a") as handle:
+        handle.attrs[LABELS_ATTRIBUTE] = json.dumps(labels)
+
+
+def read_labels(path):
+    """What `write_labels` recorded in `path` (a dict with `class_names`,
+    `num_classes` and `multi_label`), or None."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            labels = json.loads(handle.attrs[LABELS_ATTRIBUTE])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return labels if isinstance(labels, dict) else None
+
+
 def has_commit(run_dir):
     """Whether `run_dir` holds a committed state, which a command resumes from."""
     return os.path.isfile(os.path.join(run_dir, STATE_DIR, STATE_FILE))

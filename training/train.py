@@ -451,6 +451,7 @@ def run(config, strategy=None, restart=False):
             size = atomic.model_size(model)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
                 model.save_weights(temporary)
+                run_state.write_labels(temporary, data_config, multi_label)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
                 model.save(temporary)
             atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
