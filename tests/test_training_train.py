@@ -1570,11 +1570,15 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
     assert not np.array_equal(kernel(other), kernel(trained))
     saved_config = (tmp_path / "source" / "config.yaml").read_bytes()
     (tmp_path / "source" / "config.yaml").write_bytes(b"data:\n  class_names: [caf\xe9]\n")
-    # The final weights say their classes themselves; a commit's in state/ do not.
-    other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
-                               fine_tune=True)
-    assert not np.array_equal(kernel(other), kernel(trained))
-    config["model"]["weights"] = str(sorted((tmp_path / "source" / "state").glob("*.weights.h5"))[-1])
+    # The run's weights files say their classes themselves; others (a user's
+    # save_weights) do not.
+    for weights in ("final.weights.h5", "checkpoints/last.weights.h5"):
+        config["model"]["weights"] = str(tmp_path / "source" / weights)
+        other = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
+                                   fine_tune=True)
+        assert not np.array_equal(kernel(other), kernel(trained)), weights
+    trained.save_weights(tmp_path / "source" / "plain.weights.h5")
+    config["model"]["weights"] = str(tmp_path / "source" / "plain.weights.h5")
     same = models.build_model(config["model"], data.resolve_classes(config["data"]), False,
                               fine_tune=True)
     np.testing.assert_array_equal(kernel(same), kernel(trained))
@@ -1633,7 +1637,7 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
         scored(source, "source", True)
     # The final weights carry their classes out of the run folder (a copy was
     # scored as these classes, whatever they were).
-    shutil.copy(tmp_path / "source" / "final.weights.h5", tmp_path / "copied.weights.h5")
+    shutil.copy(state_file, tmp_path / "copied.weights.h5")
     np.testing.assert_array_equal(kernel(scored(source, "copied.weights.h5")), kernel(trained))
     with pytest.raises(errors.ConfigError, match=r"other class names \(or another order\).*"
                        r"\(as copied.weights.h5 says\)"):

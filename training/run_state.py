@@ -228,13 +228,17 @@ def trained_multi_label(run_dir):
 LABELS_ATTRIBUTE = "nonlocal_keras.labels"
 
 
-def write_labels(path, data_config, multi_label):
-    """Record in the weights file `path` the classes its classifier scores, so
-    that a copy taken out of its run folder is still checked against them."""
+def labels_of(data_config, multi_label):
+    """What a run's weights files say of their classifier (`write_labels`)."""
+    return {"class_names": data_config.get("class_names"),
+            "num_classes": data_config["num_classes"], "multi_label": bool(multi_label)}
+
+
+def write_labels(path, labels):
+    """Record `labels` (`labels_of`) in the weights file `path`, so that a copy
+    taken out of its run folder is still checked against the classes it scores."""
     import h5py
 
-    labels = {"class_names": data_config.get("class_names"),
-              "num_classes": data_config["num_classes"], "multi_label": bool(multi_label)}
     with h5py.File(path, "a") as handle:
         handle.attrs[LABELS_ATTRIBUTE] = json.dumps(labels)
 
@@ -260,8 +264,9 @@ def has_commit(run_dir):
 class RunState:
     """The committed state of a run: `step` optimiser steps done, epoch `history`, `finished`."""
 
-    def __init__(self, run_dir, steps_per_epoch):
+    def __init__(self, run_dir, steps_per_epoch, labels=None):
         self.run_dir = run_dir
+        self.labels = labels  # recorded in each commit's weights (`write_labels`)
         self.steps_per_epoch = steps_per_epoch
         self.folder = os.path.join(run_dir, STATE_DIR)
         self.path = os.path.join(self.folder, STATE_FILE)
@@ -359,6 +364,8 @@ class RunState:
         if self._committed is None or self._committed["weights"] != name:
             with atomic.replace(path, atomic.model_size(model)) as temporary:
                 model.save_weights(temporary)
+                if self.labels:
+                    write_labels(temporary, self.labels)
         metrics = None
         if metric_sums is not None and self.step_in_epoch:
             metrics = f"ckpt-{self.step:09d}.metrics.npz"

@@ -336,7 +336,8 @@ def run(config, strategy=None, restart=False):
     with contextlib.ExitStack() as held:
         if chief:
             held.enter_context(run_state.folder_lock(run_dir))
-        state = run_state.RunState(run_dir, steps_per_epoch)
+        labels = run_state.labels_of(data_config, multi_label)
+        state = run_state.RunState(run_dir, steps_per_epoch, labels)
         if not restart and state.read():
             if state.step > epochs * steps_per_epoch:  # a part of an epoch counts too
                 raise run_state.RunFolderError(
@@ -360,7 +361,7 @@ def run(config, strategy=None, restart=False):
         if chief:
             if restart and _move_aside(run_dir):
                 held.enter_context(run_state.folder_lock(run_dir))
-                state = run_state.RunState(run_dir, steps_per_epoch)
+                state = run_state.RunState(run_dir, steps_per_epoch, labels)
             atomic.check_writable(os.path.join(run_dir, "config.yaml"))
             os.makedirs(state.folder, exist_ok=True)
             state.clean()
@@ -451,7 +452,7 @@ def run(config, strategy=None, restart=False):
             size = atomic.model_size(model)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
                 model.save_weights(temporary)
-                run_state.write_labels(temporary, data_config, multi_label)
+                run_state.write_labels(temporary, labels)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
                 model.save(temporary)
             atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
