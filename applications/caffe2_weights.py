@@ -177,6 +177,7 @@ def load_caffe2_weights(model, blobs, may_lack=()):
         raise ValueError(f"{len(parameters)} parameter blobs of the file have no place in "
                          f"{model.name!r} (another architecture?), the first {parameters[0]!r}: "
                          f"{', '.join(parameters[:10])}")
+    values, damaged = [], []
     for variable, name, layout in entries:
         if name not in blobs:
             continue
@@ -186,9 +187,21 @@ def load_caffe2_weights(model, blobs, may_lack=()):
             value = np.stack([value] * frames, axis=2) / frames
         value = _to_keras(value, layout)
         if value.shape != tuple(variable.shape):
-            raise ValueError(f"Blob {name!r} has shape {np.shape(blobs[name])}, which does not fit "
-                             f"{variable.path} {tuple(variable.shape)} of {model.name!r}.")
-        variable.assign(value.astype(variable.dtype))
+            raise ValueError(f"Blob {name!r} has shape {np.shape(blobs[name])} (Caffe2's layout), "
+                             f"which does not fit {variable.path} {tuple(variable.shape)} (Keras' "
+                             f"layout) of {model.name!r}.")
+        try:
+            value = value.astype(variable.dtype)
+        except (TypeError, ValueError):
+            raise ValueError(f"Blob {name!r} holds {value.dtype} values, not numbers.") from None
+        if not np.isfinite(value).all():
+            damaged.append(name)
+        values.append((variable, value))
+    if damaged:  # a damaged file converted to weights that score NaN, exit 0
+        raise ValueError(f"{len(damaged)} blobs of the file hold NaN or infinite values (a "
+                         f"damaged file?), the first {damaged[0]!r}: {', '.join(damaged[:10])}")
+    for variable, value in values:
+        variable.assign(value)
     return unused
 
 
@@ -266,6 +279,9 @@ def convert_caffe2_weights(source, arch, destination, classes=None, overwrite=Tr
     _arch_spec(arch)  # a misspelt name fails before the file is read
     blobs = read_caffe2_pickle(source)
     include_top = "pred_w" in blobs
+    if include_top and np.ndim(blobs["pred_w"]) not in (2, 5):
+        raise ValueError(f"The file's 'pred_w' has shape {np.shape(blobs['pred_w'])}, not the "
+                         "(classes, features) of a classifier")
     file_classes = int(np.shape(blobs["pred_w"])[0]) if include_top else None
     if classes is not None and file_classes is not None and classes != file_classes:
         raise ValueError(f"The file's classifier has {file_classes} classes. "
@@ -304,7 +320,13 @@ def main(argv=None):
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,
                                                classes=args.classes, overwrite=args.overwrite)
     except (ValueError, OSError) as error:  # a full disk is a FolderError already
-        raise WeightsError(str(error)) from None
+        said = str(error)
+        if isinstance(error, OSError) and error.filename == args.source:
+            said = f"Cannot read the source ({error.strerror})."
+        if "Received:" not in said:
+            said = said.rstrip(".") + f". Received: source={args.source!r}, --arch={args.arch}"
+        # The function's arguments are the command's options here.
+        raise WeightsError(said.replace("Received: arch=", "Received: --arch=")) from None
     print(f"{model.name}: {len(caffe2_blob_map(model))} blobs loaded, {len(unused)} ignored"
           + (f" ({', '.join(unused[:8])}{', ...' if len(unused) > 8 else ''})" if unused else ""))
     print(f"Wrote {args.destination}")

@@ -114,7 +114,23 @@ def test_missing_blob_and_wrong_shape_are_named():
         load_caffe2_weights(small_model(), blobs)
     blobs = official_blobs(small_model(seed=0))
     blobs["res2_1_branch2b_w"] = blobs["res2_1_branch2b_w"][:, :, :, :2]
-    with pytest.raises(ValueError, match=r"Blob 'res2_1_branch2b_w' has shape \(8, 8, 1, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"Blob 'res2_1_branch2b_w' has shape \(8, 8, 1, 2, 3\) "
+                       r"\(Caffe2's layout\)"):
+        load_caffe2_weights(small_model(), blobs)
+    # A damaged file: weights that score NaN were written, exit 0; nothing is assigned.
+    blobs = official_blobs(small_model(seed=0))
+    blobs["conv1_w"] = np.full_like(blobs["conv1_w"], np.nan)
+    blobs["pred_b"] = np.full_like(blobs["pred_b"], np.inf)
+    model = small_model()
+    before = [np.asarray(v).copy() for v in model.weights]
+    with pytest.raises(ValueError, match=r"2 blobs of the file hold NaN or infinite values \(a "
+                       r"damaged file\?\), the first 'conv1_w': conv1_w, pred_b"):
+        load_caffe2_weights(model, blobs)
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    blobs = official_blobs(small_model(seed=0))
+    blobs["pred_b"] = np.array(["a"] * len(blobs["pred_b"]))
+    with pytest.raises(ValueError, match=r"Blob 'pred_b' holds <U1 values, not numbers"):
         load_caffe2_weights(small_model(), blobs)
 
 
@@ -210,15 +226,20 @@ def _command(*argv):
 def test_cli_errors(tmp_path):
     write_pickle(tmp_path / "empty.pkl", {"lr": 0.1}, wrap=False)
     target = str(tmp_path / "x.weights.h5")
-    assert "Received: arch='i3d_nl7_r34'" in _command(
+    assert "Received: --arch='i3d_nl7_r34'" in _command(
         str(tmp_path / "empty.pkl"), "--arch", "i3d_nl7_r34", target)
     assert "must end with `.weights.h5`" in _command(
         str(tmp_path / "empty.pkl"), "--arch", "c2d_r50", str(tmp_path / "x.h5"))
     # A misspelt name is found before the file is read.
-    assert "Received: arch='c2d_r5'" in _command(
+    assert "Received: --arch='c2d_r5'" in _command(
         str(tmp_path / "absent.pkl"), "--arch", "c2d_r5", target)
-    assert "No such file or directory" in _command(
-        str(tmp_path / "absent.pkl"), "--arch", "c2d_r50", target)
+    # The source by its argument (it was "[Errno 2] No such file or directory: ...").
+    absent = str(tmp_path / "absent.pkl")
+    assert _command(absent, "--arch", "c2d_r50", target) == (
+        "nonlocal-convert-weights: error: Cannot read the source (No such file or directory). "
+        f"Received: source={absent!r}, --arch=c2d_r50")
+    assert "Cannot read the source (Is a directory). Received: source=" in _command(
+        str(tmp_path), "--arch", "c2d_r50", target)
     assert os.listdir(tmp_path) == ["empty.pkl"]
     # A file in place of the destination's folder, before the work (it was
     # "[Errno 17] File exists" after it).
@@ -243,14 +264,18 @@ def test_cli_errors(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list",
-                                     "a label map", "blobs and a number"])
+                                     "a label map", "blobs and a number",
+                                     "a number for pred_w"])
 def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, content):
     """A partial download or another file was a traceback (UnpicklingError,
     EOFError, ValueError), from the converter and from `model.weights`; a dict
     with keys other than names (a label map) an AttributeError or TypeError."""
     path = tmp_path / "weights.pkl"
     expected = {"a list": "holds a list", "a label map": "keys that are not blob names (e.g. 0 of type "
-                "int)", "blobs and a number": "keys that are not blob names (e.g. 7 of type int)"}
+                "int)", "blobs and a number": "keys that are not blob names (e.g. 7 of type int)",
+                # An IndexError traceback, exit 1.
+                "a number for pred_w": "The file's 'pred_w' has shape (), not the (classes, "
+                "features) of a classifier. Received: source="}
     if content == "truncated":
         write_pickle(path, official_blobs(small_model(seed=0)), wrap=True)
         path.write_bytes(path.read_bytes()[:1000])
@@ -260,6 +285,8 @@ def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, cont
         path.write_bytes(pickle.dumps({0: "abseiling", 1: "air drumming"}))
     elif content == "blobs and a number":
         path.write_bytes(pickle.dumps({**official_blobs(small_model(seed=0)), 7: 1}))
+    elif content == "a number for pred_w":
+        path.write_bytes(pickle.dumps({"blobs": {"pred_w": 1.0}}))
     else:
         path.write_bytes(content)
     line = _command(str(path), "--arch", "c2d_r50", str(tmp_path / "x.weights.h5"))
@@ -285,7 +312,8 @@ def test_the_console_script_prints_a_bad_file_in_one_line(tmp_path):
     assert done.stderr.splitlines() == [
         "nonlocal-convert-weights: error: Cannot read 'weights.pkl' as a pickle "
         "(UnpicklingError: invalid load key, '<'); an official video-nonlocal-net .pkl is "
-        "one, and a partial download ends early"], done.stderr[-3000:]
+        "one, and a partial download ends early. Received: source='weights.pkl', --arch=c2d_r50"],\
+        done.stderr[-3000:]
 
 
 def test_affine_batch_norms_of_the_frozen_bn_releases():
