@@ -538,3 +538,39 @@ def test_a_header_of_other_words_is_named_as_such(videos, header):
     with pytest.raises(data.DatasetError, match=rf"The first row .*\({header!r}\) reads as a "
                        r"header: the header must be 'path,label' or 'path,labels'"):
         data.read_csv_records(path, 2, argument="data.train_csv")
+
+
+def test_a_quoted_comma_in_a_label_is_refused_unless_a_class_name_has_it(videos):
+    """`"red,blue"` became the class 'red,blue', exit 0 (single- and multi-label)."""
+    rows = 'a.mp4,"red,blue"\nb.mp4,red\nc.mp4,blue\n'
+    single = _csv(videos, "path,label\n" + rows, "single.csv")
+    with pytest.raises(data.DatasetError, match=r"(?s)1 row\(s\) with several labels in a single-"
+                       r"label file.*row 2: 'red,blue'"):
+        data.load_training_data(_data_config(train_csv=single))
+    multi = _csv(videos, "path,labels\n" + rows.replace("b.mp4,red", "b.mp4,red;blue"),
+                 "multi.csv")
+    with pytest.raises(data.DatasetError, match=r"(?s)1 label\(s\) with a comma \(several labels "
+                       r"are separated by ';' or spaces\).*row 2: 'red,blue'"):
+        data.load_training_data(_data_config(train_csv=multi))
+    given = data.load_training_data(_data_config(train_csv=single,
+                                                 class_names=["blue", "red", "red,blue"]))
+    assert [r.labels for r in given[1]] == [(2,), (1,), (0,)]
+
+
+def test_a_given_class_without_a_training_video_is_warned_about(videos, caplog):
+    """A class-name file's `# comment` line became a class, without a word."""
+    train = _csv(videos, "path,label\na.mp4,red\nb.mp4,blue\n", "train.csv")
+    names = videos / "names.txt"
+    names.write_text("red\nblue\n# colours\n")
+    with caplog.at_level("WARNING"):
+        resolved, _, _, _ = data.load_training_data(_data_config(train_csv=train,
+                                                                 class_names=str(names)))
+    assert resolved["num_classes"] == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["1 class(es) of data.class_names without a training video (never learnt; "
+                      "a line that is no class?): '# colours'"], warned
+    caplog.clear()
+    names.write_text("red\nblue\n")
+    with caplog.at_level("WARNING"):
+        data.load_training_data(_data_config(train_csv=train, class_names=str(names)))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

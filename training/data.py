@@ -165,15 +165,21 @@ def _checked_tokens(header, rows, csv_path, argument, class_names=()):
     separator = _label_separator(rows, multi_label)
     tokens = {n: _label_tokens(row[1], separator) if len(row) > 1 else [] for n, row in rows}
     if not multi_label:
-        # `0 3` or `juggling;dancing` in a `label` column would be a class of its
-        # own, unless the given class names have it so.
+        # `0 3`, `juggling;dancing` or a quoted `"red,blue"` in a `label` column
+        # would be a class of its own, unless the given class names have it so.
         several = [f"row {n}: {ts[0]!r}" for n, ts in tokens.items()
                    if ts and ts[0] not in class_names and (
-                       ";" in ts[0] or len(ts[0].split()) > 1
+                       ";" in ts[0] or "," in ts[0] or len(ts[0].split()) > 1
                        and all(_is_int(t) for t in ts[0].split()))]
         _raise_for_problems(several, csv_path, argument, summary=(
             f"{len(several)} row(s) with several labels in a single-label file (one label a "
             "row; for several, the header 'path,labels')"))
+    else:
+        commas = [f"row {n}: {t!r}" for n, ts in tokens.items() for t in ts
+                  if "," in t and t not in class_names]
+        _raise_for_problems(commas, csv_path, argument, summary=(
+            f"{len(commas)} label(s) with a comma (several labels are separated by ';' or "
+            "spaces)"))
     ids = [(n, t) for n, ts in tokens.items() for t in ts if _is_int(t)]
     names = [(n, t) for n, ts in tokens.items() for t in ts if not _is_int(t)]
     if ids and names and all(_is_number(t) for _, t in names):
@@ -535,7 +541,7 @@ def load_training_data(data_config):
                 "The training and validation sets must both be single-label ('path,label') "
                 f"or both multi-label ('path,labels'). Received: data.train_csv="
                 f"{data_config['train_csv']!r}, data.val_csv={data_config['val_csv']!r}")
-    _log_classes(train_records, data_config, multi_label)
+    _log_classes(train_records, data_config, multi_label, names_given)
     return data_config, train_records, val_records, multi_label
 
 
@@ -576,7 +582,7 @@ def _file_resolver():
     return resolve
 
 
-def _log_classes(records, data_config, multi_label):
+def _log_classes(records, data_config, multi_label, names_given=False):
     # A typo in a label becomes a class of its own: show every class with its count.
     counts = np.zeros(data_config["num_classes"], int)
     for record in records:
@@ -594,6 +600,13 @@ def _log_classes(records, data_config, multi_label):
             "makes this a multi-label run (sigmoid scores, mAP). For classes that exclude "
             "each other (softmax, top-1, as in Kinetics) name the column 'label'. "
             "Received: data.train_csv=%r", data_config["train_csv"])
+    if names_given:
+        # A line of a class-name file that is no class (a `# comment`) became one.
+        empty = [n for n, c in zip(names, counts) if c == 0]
+        if empty:
+            logger.warning("%d class(es) of data.class_names without a training video (never "
+                           "learnt; a line that is no class?): %s", len(empty),
+                           ", ".join(map(repr, empty[:10])) + (", ..." if len(empty) > 10 else ""))
     rare = [n for n, c in zip(names, counts) if c == 1]
     if rare and len(records) >= 4 * len(counts):
         logger.warning("Classes with a single training video (a typo in a label?): %s",
