@@ -192,12 +192,14 @@ def test_nonlocal_evaluate_warns_of_numbers_beside_names_as_training_does(
         raise KeyboardInterrupt  # the records are read: no model is needed here
 
     monkeypatch.setattr(models, "evaluation_model", scored)
-    for names, warned in (("null", True), ("[jump, run]", True), ("[run, jump]", False)):
+    for names, given, warned in (("null", [], True), ("[jump, run]", [], True),
+                                 ("[run, jump]", [], False),
+                                 ("null", ["--set", "data.class_names=[jump, run]"], False)):
         (videos / "config.yaml").write_text(
             f"data: {{train_csv: {train}, val_csv: {val}, class_names: {names}}}\n")
         caplog.clear()
         with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-            evaluate.main(["--config", str(videos / "config.yaml"), "--weights", train])
+            evaluate.main(["--config", str(videos / "config.yaml"), "--weights", train, *given])
         assert ("2 label(s) of " in caplog.text and "0 = 'jump', 1 = 'run'" in caplog.text
                 and "Received: data.val_csv=" in caplog.text) == warned, caplog.text
     for name in ("jump", "run"):

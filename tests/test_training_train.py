@@ -170,6 +170,10 @@ def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
     # 0: the console script hands main's value to sys.exit.
     assert evaluate.main(["--run-dir", str(run_dir), "--set", "data.num_clips=3"]) == 0
     results = json.loads((run_dir / "eval.json").read_text())
+    # What it evaluated (each evaluation replaces eval.json; it said nothing of it).
+    assert results["data"] == {"val_csv": csv_path, "num_frames": 4, "sampling_rate": 1,
+                               "num_clips": 3, "num_crops": 1, "eval_scale": 16,
+                               "eval_crop_size": 16}, results["data"]
     # Reference: decode each video, 3 evenly spaced 4-frame clips of 4 frames
     # (all start at 0), normalise, average the softmax, compare to the label.
     hits = 0

@@ -128,6 +128,10 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     return results
 
 
+EVALUATED_FIELDS = ("val_csv", "num_frames", "sampling_rate", "num_clips", "num_crops",
+                    "eval_scale", "eval_crop_size")
+
+
 def main(argv=None):
     from nonlocal_keras.training import models
 
@@ -153,7 +157,8 @@ def main(argv=None):
         config_path, config["model"].get("weights"), doing="evaluate")[0]
     data_config = data.resolve_classes(config["data"])
     records, multi_label = data.load_val_records(
-        data_config, names_from_labels=data.names_sorted_from_labels(config["data"]))
+        data_config, names_from_labels=data.names_sorted_from_labels(config["data"])
+        and not any(field.split("=", 1)[0].strip() == "data.class_names" for field in args.set))
     # The scores are the trained classifier's (softmax or sigmoid): a CSV of the other
     # kind was scored with the other one, and reported top-1 or mAP of it, exit 0.
     trained, evidence = export.trained_multi_label(
@@ -169,8 +174,12 @@ def main(argv=None):
     given = "--weights" if args.weights else "--run-dir" if args.run_dir else "model.weights"
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
         model = models.evaluation_model(config["model"], data_config, multi_label, argument=given)
+    # What was evaluated, as the config's fields: a run's eval.json is replaced
+    # by each evaluation, and told nothing of which set or views it scored.
+    evaluated = {key: data_config.get(key) for key in EVALUATED_FIELDS}
+    evaluated["eval_crop_size"] = evaluated["eval_crop_size"] or data_config["crop_size"]
     results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
-                   **evaluate_records(model, records, data_config, multi_label,
+                   data=evaluated, **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
                                       verbose=0 if args.no_progress else 1))
     print(json.dumps(results, indent=2))  # first: a write refused now loses nothing
