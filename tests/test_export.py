@@ -4,6 +4,7 @@ loading without this package, input checks, and the nonlocal-export CLI."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -197,13 +198,26 @@ def test_a_model_name_is_one_plain_folder_name(tmp_path, name):
         tmp_path / "nl_c2d-r50.v2" / "1")
 
 
-def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_path):
+def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_path, caplog):
     """`--output exp/net` (a model's folder, which `nonlocal-predict --model` takes)
-    wrote `exp/net/net/1`, which nothing serves, exit 0."""
+    wrote `exp/net/net/1`, which nothing serves, exit 0. A next version that
+    scores otherwise than the served one is warned about (it changed what every
+    client got without a word)."""
     first = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG,
                                       model_name="net")
-    second = export.export_saved_model(model, os.path.dirname(first), data_config=DATA_CONFIG)
+    with caplog.at_level("WARNING"):
+        second = export.export_saved_model(model, os.path.dirname(first), data_config=DATA_CONFIG)
     assert (first, second) == (str(tmp_path / "net" / "1"), str(tmp_path / "net" / "2"))
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        third = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG,
+                                          model_name="net", multi_label=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Version 3 of {str(tmp_path / 'net')!r} has another label kind (sigmoid or softmax "
+        "scores) than version 2, which TF Serving (and nonlocal-predict --model) served until "
+        "now: its clients get these scores from now on. To serve both, export this one under "
+        "another --model-name."]
+    shutil.rmtree(third)
     assert export.resolve_export_path(tmp_path / "²", "net") == str(tmp_path / "²" / "net" / "1")
     # `--output exp/net/-1` (or `abc`) wrote `exp/net/-1/net/1`, exit 0, where `0` is refused.
     for name in ("-1", "abc"):

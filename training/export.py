@@ -37,6 +37,7 @@ write a model with random weights.
 """
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -52,6 +53,8 @@ from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training import atomic, data, models, preprocessing, run_state
 from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError, UserError
 from nonlocal_keras.utils import is_decimal, is_positive_int
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 NORMALIZED_SIGNATURE = "serving_normalized"
@@ -420,7 +423,36 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
+    _warn_if_served_scores_change(path, metadata)
     return path
+
+
+# What a client of a served model reads its scores by.
+_SCORED = {"num_classes": "class count", "class_names": "class names",
+           "multi_label": "label kind (sigmoid or softmax scores)"}
+
+
+def _warn_if_served_scores_change(path, metadata):
+    """TF Serving serves a model's highest version: a version that scores other
+    classes, or the other kind, than the one before it changes what every client
+    gets, which another run's export into the same model folder did without a word."""
+    folder, version = os.path.split(path)
+    versions = _versions(folder)
+    older = [v for v in versions if v < int(version)]
+    if not older or max(versions) != int(version):
+        return
+    try:
+        with open(os.path.join(versions[max(older)], METADATA_FILE), encoding="utf-8") as handle:
+            before = json.load(handle)
+    except (OSError, ValueError):
+        return
+    changed = [what for key, what in _SCORED.items()
+               if isinstance(before, dict) and before.get(key) != metadata[key]]
+    if changed:
+        logger.warning("Version %s of %r has another %s than version %d, which TF Serving (and "
+                       "nonlocal-predict --model) served until now: its clients get these scores "
+                       "from now on. To serve both, export this one under another --model-name.",
+                       version, folder, " and ".join(changed), max(older))
 
 
 def _check_replaceable(path, overwrite, argument):
