@@ -576,3 +576,11 @@ def test_a_given_class_without_a_training_video_is_warned_about(videos, caplog):
     with caplog.at_level("WARNING"):
         data.load_training_data(_data_config(train_csv=train, class_names=str(names)))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_an_unknown_label_of_known_words_says_how_to_separate_them(videos):
+    """A ';' file's `red green` was "unknown label 'red green'" alone."""
+    val = _csv(videos, "path,labels\na.mp4,red;blue\nb.mp4,red green\n", "val.csv")
+    with pytest.raises(data.DatasetError, match=r"row 3: 'b.mp4': unknown label 'red green' "
+                       r"\(several labels\? write them as 'red;green'\)"):
+        data.read_csv_records(val, 3, ["blue", "green", "red"], argument="data.val_csv")

@@ -312,6 +312,11 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                     bad.append(f"class id {label} not in [0, {num_classes})")
                     continue
                 ids.append((number, token))
+            elif multi_label and len(token.split()) > 1 and all(
+                    w in name_to_id for w in token.split()):
+                bad.append(f"unknown label {token!r} (several labels? write them as "
+                           f"{';'.join(token.split())!r})")
+                continue
             else:
                 bad.append(f"unknown label {token!r}")
                 continue
