@@ -272,8 +272,8 @@ def _variable_names(model, own):
 def _run_of(weights):
     """`(labels, source)` of the run whose weights `weights` are: `labels` a
     dict of its `class_names`, `num_classes` and `multi_label` (None where
-    unknown), `source` the file that says so. A run's final weights file
-    carries them (`run_state.write_labels`), also when copied out of its run;
+    unknown), `source` the file that says so. The weights files a run writes
+    carry them (`run_state.write_labels`), also when copied out of its run;
     otherwise the run folder's config.yaml and history.csv (the folder, or a
     weights file in it, in its `checkpoints/` or its `state/`). `(None, None)`
     where neither is readable."""

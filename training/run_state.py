@@ -224,7 +224,7 @@ def trained_multi_label(run_dir):
     return False if SINGLE_LABEL_METRIC in columns else None
 
 
-# What a run's final weights file says of its classifier (`write_labels`).
+# The HDF5 attribute in which a run's weights files name their classes (`write_labels`).
 LABELS_ATTRIBUTE = "nonlocal_keras.labels"
 
 
