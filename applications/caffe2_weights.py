@@ -309,12 +309,15 @@ def main(argv=None):
     """`nonlocal-convert-weights` (its console script goes through
     `nonlocal_keras.console`, which answers `--help` without TensorFlow)."""
     from nonlocal_keras import command_lines
-    from nonlocal_keras.training.errors import WeightsError
+    from nonlocal_keras.training.errors import FolderError, WeightsError
 
     args = command_lines.convert_weights_parser().parse_args(argv)
     from nonlocal_keras.training import atomic
 
-    atomic.check_writable(args.destination)  # before the work, not after it
+    try:
+        atomic.check_writable(args.destination)  # before the work, not after it
+    except FolderError as error:
+        raise FolderError(f"{error}. Received: destination={args.destination!r}") from None
     try:
         _check_new(args.destination, args.overwrite, how="--overwrite")
         model, unused = convert_caffe2_weights(args.source, args.arch, args.destination,

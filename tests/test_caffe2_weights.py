@@ -246,6 +246,11 @@ def test_cli_errors(tmp_path):
     assert f"('{tmp_path / 'empty.pkl'}' is a file, not a folder)" in _command(
         str(tmp_path / "absent.pkl"), "--arch", "c2d_r50",
         str(tmp_path / "empty.pkl" / "x.weights.h5"))
+    (tmp_path / "a.weights.h5").mkdir()  # said "a folder is there", not which argument
+    assert _command(str(tmp_path / "absent.pkl"), "--arch", "c2d_r50",
+                    str(tmp_path / "a.weights.h5")).endswith(
+        f"(in it, say). Received: destination='{tmp_path / 'a.weights.h5'}'")
+    os.rmdir(tmp_path / "a.weights.h5")
     # An existing destination (a user's fine-tuned weights named by mistake) was
     # replaced without a word; refused before the source is read, the file untouched.
     (tmp_path / "tuned.weights.h5").write_bytes(b"fine-tuned")
