@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from nonlocal_keras.training import config as config_lib
-from nonlocal_keras.training import errors, video_io
+from nonlocal_keras.training import errors, run_state, video_io
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -1607,6 +1607,8 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
         of_ids = yaml.safe_load(handle)
     of_ids["data"]["class_names"] = None
     (tmp_path / "of_ids" / "config.yaml").write_text(yaml.safe_dump(of_ids))
+    run_state.write_labels(str(tmp_path / "of_ids" / "final.weights.h5"), run_state.labels_of(
+        of_ids["data"], False))  # as a run of class ids writes them
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         config = config_lib.load_config(None, _overrides(
@@ -1636,8 +1638,8 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
                 r"'bowling', 2 = 'cycling' against 0 = 'cycling', 1 = 'archery'.*Received: "
                 rf"--weights='{weights}'")):
             scored(source, weights, False, reordered)
-    with pytest.raises(errors.ConfigError, match=r"trained single-label \(softmax\) \(as .*source/"
-                       r"config.yaml says\), and this is multi-label"):
+    with pytest.raises(errors.ConfigError, match=r"trained single-label \(softmax\) \(as source/"
+                       r"final.weights.h5 says\), and this is multi-label"):
         scored(source, "source", True)
     # The final weights carry their classes out of the run folder (a copy was
     # scored as these classes, whatever they were).
@@ -1648,6 +1650,15 @@ def test_fine_tuning_from_a_run_of_other_class_names_leaves_the_classifier_new(
         scored(source, "copied.weights.h5", False, reordered)
     with pytest.raises(errors.ConfigError, match=r"single-label \(softmax\) \(as copied.weights.h5"):
         scored(source, "copied.weights.h5", True)
+    # Named by a folder: its weights file says it too, whatever the folder's
+    # config.yaml says or whether it has one (both were taken as they were).
+    os.mkdir("bare")
+    shutil.copy(tmp_path / "source" / "final.weights.h5", "bare")
+    shutil.copytree("source", "damaged")
+    (tmp_path / "damaged" / "config.yaml").write_text("data: [\n")
+    for folder in ("bare", "damaged"):
+        with pytest.raises(errors.ConfigError, match=rf"other class names.*\(as {folder}/final"):
+            scored(source, folder, False, reordered)
 
     def command(epochs):
         return config_lib.load_config(None, _overrides(source, "tuned", *quiet[1:],

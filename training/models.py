@@ -202,7 +202,7 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune and path.endswith(".pkl"):
             load_caffe2_for_fine_tuning(model, path)
         elif fine_tune:
-            theirs, _ = _run_of(weights)
+            theirs, _ = _run_of(weights, path)
             other = _other_classes(weights, theirs, data_config)
             load_matching_weights(model, path, other)
             if not other:
@@ -210,7 +210,8 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         if fine_tune:
             _warn_of_affine_batch_norms(model, path)
         else:
-            _check_scored_classes(weights, data_config, multi_label, f"{argument}={weights!r}")
+            _check_scored_classes(weights, path, data_config, multi_label,
+                                  f"{argument}={weights!r}")
             _load_all(model, path, f"{argument}={weights!r}")
     return model
 
@@ -269,18 +270,18 @@ def _variable_names(model, own):
     return names
 
 
-def _run_of(weights):
-    """`(labels, source)` of the run whose weights `weights` are: `labels` a
-    dict of its `class_names`, `num_classes` and `multi_label` (None where
-    unknown), `source` the file that says so. The weights files a run writes
-    carry them (`run_state.write_labels`), also when copied out of its run;
-    otherwise the run folder's config.yaml and history.csv (the folder, or a
-    weights file in it, in its `checkpoints/` or its `state/`). `(None, None)`
-    where neither is readable."""
-    if not os.path.isdir(weights):
-        labels = run_state.read_labels(weights)
-        if labels is not None:
-            return labels, weights
+def _run_of(weights, path):
+    """`(labels, source)` of the run whose weights `weights` names (`path`, the
+    file `weights_file` found): `labels` a dict of its `class_names`,
+    `num_classes` and `multi_label` (None where unknown), `source` the file
+    that says so. The weights files a run writes carry them
+    (`run_state.write_labels`), also when copied out of its run, whatever the
+    folder's config.yaml says; otherwise the run folder's config.yaml and
+    history.csv (the folder, or a weights file in it, in its `checkpoints/` or
+    its `state/`). `(None, None)` where neither is readable."""
+    labels = run_state.read_labels(path)
+    if labels is not None:
+        return labels, path
     folder = weights if os.path.isdir(weights) else os.path.dirname(os.path.abspath(weights))
     if os.path.basename(folder) in ("checkpoints", run_state.STATE_DIR):
         folder = os.path.dirname(folder)
@@ -336,11 +337,11 @@ def _warn_of_other_label_kind(weights, theirs, data_config, multi_label):
                        weights, kinds[not trained], kinds[not multi_label])
 
 
-def _check_scored_classes(weights, data_config, multi_label, received):
+def _check_scored_classes(weights, path, data_config, multi_label, received):
     """Evaluation and export take a classifier as it is: weights of a run of
     other class names (or order), or of the other kind of labels, scored and
     labelled every video with the wrong classes, exit 0."""
-    theirs, source = _run_of(weights)
+    theirs, source = _run_of(weights, path)
     if isinstance(data_config.get("class_names"), str):
         try:  # an export's own YAML may name a class-name file
             data_config = dict(data_config, class_names=class_names_from_config(data_config))
