@@ -611,6 +611,14 @@ def test_a_folder_whose_run_never_committed_is_taken_by_another_experiment(tmp_p
     (run_dir / run_state.STATE_DIR / run_state.STATE_FILE).write_text("{}")
     with pytest.raises(run_state.RunFolderError, match=r"holds another experiment \(data.train_csv"):
         train._check_same_experiment(str(run_dir), config)
+    # A config.yaml edited into something else was a YAML or AttributeError traceback.
+    for text, said in (("model: [\n  oops", r" \(while parsing a flow sequence"), ("", ""),
+                       ("- a list\n", ""), ("data: 3\n", ""), (b"\xff\xfe", r" \('utf-8' codec")):
+        (run_dir / "config.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(run_state.RunFolderError, match=(
+                rf"^The run folder's config.yaml cannot be read as a run's config{said}.*--restart "
+                rf".*Received: runtime.output_dir='{run_dir}'$")):
+            train._check_same_experiment(str(run_dir), config)
 
 
 def test_a_constructors_default_written_out_is_the_same_experiment(tmp_path):

@@ -151,10 +151,24 @@ def _check_same_experiment(run_dir, config, chief=True):
         # none of whose videos decode, say): the corrected command was refused
         # as another experiment. This one takes the folder over.
         return None
-    with open(path, encoding="utf-8") as handle:
-        # A folder written before the paths were saved absolute holds them as given,
-        # relative to the working directory, as they were read then.
-        previous = _absolute_paths(yaml.safe_load(handle))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            previous = yaml.safe_load(handle)
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
+        previous = error
+    if not (isinstance(previous, dict)
+            and all(isinstance(fields, dict) for fields in previous.values())):
+        # Edited by hand, or another program's file: a YAML traceback, exit 1.
+        said = (f" ({' '.join(str(previous).split())[:200]})"
+                if isinstance(previous, Exception) else "")
+        raise run_state.RunFolderError(
+            f"The run folder's config.yaml cannot be read as a run's config{said}, so nothing "
+            f"tells which experiment the folder holds. Rerun with --restart to move the folder "
+            f"aside and start over, or choose another runtime.output_dir. "
+            f"Received: runtime.output_dir={run_dir!r}")
+    # A folder written before the paths were saved absolute holds them as given,
+    # relative to the working directory, as they were read then.
+    previous = _absolute_paths(previous)
     # A constructor's default written out (`--set model.affine_bn=false`) is
     # the same experiment as the argument left out: it was refused as another.
     before, now = ({**fields, "model": models.with_default_arguments(fields.get("model", {}))}
