@@ -1,6 +1,7 @@
 """Dataset indexes: every bad row is reported before training, with its row number."""
 
 import os
+import re
 
 import pytest
 
@@ -584,3 +585,17 @@ def test_an_unknown_label_of_known_words_says_how_to_separate_them(videos):
     with pytest.raises(data.DatasetError, match=r"row 3: 'b.mp4': unknown label 'red green' "
                        r"\(several labels\? write them as 'red;green'\)"):
         data.read_csv_records(val, 3, ["blue", "green", "red"], argument="data.val_csv")
+
+
+def test_no_names_and_no_training_csv_says_so(videos):
+    """It said "The labels of None are class ids" (evaluating a config without
+    a training CSV), or of a training CSV that is gone."""
+    from nonlocal_keras.training.errors import ConfigError
+
+    for train in (None, str(videos / "gone.csv")):
+        with pytest.raises(ConfigError, match=rf"^No class names are given and no training CSV is "
+                           rf"there to read them from \(data.train_csv={re.escape(repr(train))}\)"):
+            data.resolve_classes(_data_config(train_csv=train))
+    ids = _csv(videos, "path,label\na.mp4,1\n", "ids.csv")
+    with pytest.raises(ConfigError, match=f"^The labels of {re.escape(repr(ids))} are class ids"):
+        data.resolve_classes(_data_config(train_csv=ids))

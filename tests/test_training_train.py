@@ -1114,6 +1114,29 @@ def test_evaluate_output_naming_a_folder_is_refused_before_the_evaluation(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
 
 
+def test_evaluate_output_replaces_earlier_results_only(tmp_path):
+    """`--output run/final.weights.h5` (or a SavedModel's saved_model.pb) replaced the
+    trained weights with JSON, exit 0."""
+    from nonlocal_keras.training import evaluate
+    from nonlocal_keras.training.errors import FolderError
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {val_csv: no_such.csv}\n")
+    weights = tmp_path / "final.weights.h5"
+    weights.write_bytes(b"\x89HDF weights")
+    with pytest.raises(FolderError, match=rf"^'{weights}' is there and holds no earlier "
+                       rf"evaluation's results.*Received: --output='{weights}'$"):
+        evaluate.main(["--config", str(config), "--output", str(weights)])
+    assert weights.read_bytes() == b"\x89HDF weights"
+    (tmp_path / "eval.json").write_text("[]")
+    with pytest.raises(FolderError, match=rf"Received: --run-dir='{tmp_path}'$"):
+        evaluate.main(["--run-dir", str(tmp_path)])
+    (tmp_path / "eval.json").write_text('{"top1": 0.5, "num_videos": 3}')
+    config.write_text("data: {val_csv: no_such.csv, num_classes: 3}\n")
+    with pytest.raises(errors.MissingFileError, match="no_such.csv"):  # gets past the check
+        evaluate.main(["--run-dir", str(tmp_path), "--weights", str(weights)])
+
+
 def test_evaluate_output_that_cannot_be_written_is_refused_before_the_evaluation(
         tmp_path, monkeypatch):
     """On a read-only file system it evaluated every video, then failed to write and

@@ -918,7 +918,7 @@ def resolve_classes(data_config):
     it, the two must agree. Labels that are class ids need `data.num_classes`.
     """
     names = class_names_from_config(data_config)
-    count = data_config.get("num_classes")
+    count, train = data_config.get("num_classes"), data_config.get("train_csv")
     if names is not None:
         if count is None:
             count = len(names)
@@ -932,6 +932,12 @@ def resolve_classes(data_config):
                 f"Received: data.num_classes={count}")
         if len(set(names)) != len(names):
             raise ConfigError(f"Class names must be distinct. Received: data.class_names={names!r}")
+    elif count is None and not (isinstance(train, str) and os.path.exists(train)):
+        # It said "The labels of None are class ids".
+        raise ConfigError(f"No class names are given and no training CSV is there to read "
+                          f"them from (data.train_csv={train!r}): set data.num_classes (labels "
+                          "that are class ids) or data.class_names. "
+                          "Received: data.num_classes=None")
     elif count is None:
         raise ConfigError(f"The labels of {data_config.get('train_csv')!r} are class ids, so the "
                           "class count cannot be read from names: set data.num_classes (or give "

@@ -128,6 +128,22 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     return results
 
 
+def _check_replaceable_results(path, received):
+    """Results replace earlier results only: `--output` naming a run's
+    final.weights.h5 or a SavedModel's saved_model.pb replaced it with JSON."""
+    if not os.path.lexists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+    except (OSError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and "num_videos" in earlier):
+        raise FolderError(f"{path!r} is there and holds no earlier evaluation's results, "
+                          f"which alone an evaluation replaces: give --output another file. "
+                          f"Received: {received}")
+
+
 EVALUATED_FIELDS = ("val_csv", "num_frames", "sampling_rate", "num_clips", "num_crops",
                     "eval_scale", "eval_crop_size")
 
@@ -151,6 +167,8 @@ def main(argv=None):
             atomic.check_writable(output)
         except FolderError as error:
             raise FolderError(f"{error}{'' if args.output else '; give --output'}") from None
+        _check_replaceable_results(output, f"--output={args.output!r}" if args.output
+                                   else f"--run-dir={args.run_dir!r}")
     # --config alone: the weights that run trained (as nonlocal-export finds them),
     # never the untrained model that config.yaml's model.weights: null builds.
     config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(
