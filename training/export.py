@@ -376,6 +376,7 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         _remove_abandoned_staging(parent)
         path = resolve_export_path(export_dir, model_name or model.name, argument)
     _check_replaceable(path, overwrite, argument)
+    served = _served_before(path)
     metadata = dict(settings, metadata_version=METADATA_VERSION,
                     num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
@@ -423,36 +424,51 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
-    _warn_if_served_scores_change(path, metadata)
+    _warn_if_served_model_changes(path, served, metadata)
     return path
 
 
-# What a client of a served model reads its scores by.
-_SCORED = {"num_classes": "class count", "class_names": "class names",
-           "multi_label": "label kind (sigmoid or softmax scores)"}
+# What a client of a served model sends and reads back.
+_CLIENTS_SEE = {"num_classes": "class count", "class_names": "class names",
+                "multi_label": "label kind (sigmoid or softmax scores)",
+                "num_frames": "clip length", "crop_size": "crop size", "top_k": "top-k count",
+                "mean": "normalisation", "std": "normalisation"}
 
 
-def _warn_if_served_scores_change(path, metadata):
-    """TF Serving serves a model's highest version: a version that scores other
-    classes, or the other kind, than the one before it changes what every client
-    gets, which another run's export into the same model folder did without a word."""
+def _served_before(path):
+    """`(version, metadata)` of the version TF Serving serves before the export to
+    `path` and not after it (it serves a model's highest version): the one `path`
+    replaces, or the highest below a new highest one; None where none is."""
     folder, version = os.path.split(path)
     versions = _versions(folder)
-    older = [v for v in versions if v < int(version)]
-    if not older or max(versions) != int(version):
-        return
+    if not versions or max(versions) > int(version):
+        return None
+    served = max(versions)
     try:
-        with open(os.path.join(versions[max(older)], METADATA_FILE), encoding="utf-8") as handle:
-            before = json.load(handle)
+        with open(os.path.join(versions[served], METADATA_FILE), encoding="utf-8") as handle:
+            metadata = json.load(handle)
     except (OSError, ValueError):
+        return None
+    return (served, metadata) if isinstance(metadata, dict) else None
+
+
+def _warn_if_served_model_changes(path, served, metadata):
+    """Another run's export into the same model's folder changed what every client
+    of the model sends and reads back (another class order, the other kind of
+    scores, another clip length), without a word."""
+    if served is None:
         return
-    changed = [what for key, what in _SCORED.items()
-               if isinstance(before, dict) and before.get(key) != metadata[key]]
+    version, before = served
+    changed = list(dict.fromkeys(what for key, what in _CLIENTS_SEE.items()
+                                 if before.get(key) != metadata[key]))
     if changed:
-        logger.warning("Version %s of %r has another %s than version %d, which TF Serving (and "
-                       "nonlocal-predict --model) served until now: its clients get these scores "
-                       "from now on. To serve both, export this one under another --model-name.",
-                       version, folder, " and ".join(changed), max(older))
+        folder, ours = os.path.split(path)
+        which = (f"version {version}, which this export replaced" if str(version) == ours
+                 else f"version {version}")
+        logger.warning("Version %s of %r differs from what TF Serving (and nonlocal-predict "
+                       "--model) served until now, %s, in its %s: every client of the model "
+                       "gets it from now on. To serve both, export it under another "
+                       "--model-name.", ours, folder, which, " and ".join(changed))
 
 
 def _check_replaceable(path, overwrite, argument):
