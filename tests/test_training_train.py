@@ -160,7 +160,7 @@ def test_a_run_folder_of_before_the_absolute_paths_resumes(tmp_path, monkeypatch
     assert results["steps"] == 2 * (8 // 4) and results["epochs_run_this_session"] == 1
 
 
-def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
+def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path, monkeypatch):
     from nonlocal_keras.training import errors, evaluate, train, video_io
 
     csv_path = _write_dataset(tmp_path, count=9)
@@ -168,8 +168,11 @@ def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path):
     model, _ = train.run(config_lib.load_config(None, _overrides(csv_path, run_dir,
                                                                  "schedule.epochs=1")))
     # 0: the console script hands main's value to sys.exit.
-    assert evaluate.main(["--run-dir", str(run_dir), "--set", "data.num_clips=3"]) == 0
+    monkeypatch.chdir(tmp_path)  # paths as typed, relative: the results name them absolute
+    assert evaluate.main(["--run-dir", "run", "--set", "data.num_clips=3",
+                          "data.val_csv=./train.csv"]) == 0
     results = json.loads((run_dir / "eval.json").read_text())
+    assert results["weights"] == str(run_dir)
     # What it evaluated (each evaluation replaces eval.json; it said nothing of it).
     assert results["data"] == {"val_csv": csv_path, "num_frames": 4, "sampling_rate": 1,
                                "num_clips": 3, "num_crops": 1, "eval_scale": 16,

@@ -194,9 +194,14 @@ def main(argv=None):
         model = models.evaluation_model(config["model"], data_config, multi_label, argument=given)
     # What was evaluated, as the config's fields: a run's eval.json is replaced
     # by each evaluation, and told nothing of which set or views it scored.
+    # Paths absolute, as in a run's config.yaml: results read from elsewhere name them.
     evaluated = {key: data_config.get(key) for key in EVALUATED_FIELDS}
-    evaluated["eval_crop_size"] = evaluated["eval_crop_size"] or data_config["crop_size"]
-    results = dict(model=models.describe(config["model"]), weights=config["model"]["weights"],
+    evaluated.update(val_csv=os.path.abspath(evaluated["val_csv"]),
+                     eval_crop_size=evaluated["eval_crop_size"] or data_config["crop_size"])
+    weights = config["model"]["weights"]
+    results = dict(model=models.describe(config["model"]),
+                   weights=(os.path.abspath(weights) if isinstance(weights, str)
+                            and os.path.exists(weights) else weights),
                    data=evaluated, **evaluate_records(model, records, data_config, multi_label,
                                       config["train"]["eval_batch_size"],
                                       verbose=0 if args.no_progress else 1))
