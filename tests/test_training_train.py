@@ -997,6 +997,12 @@ def test_a_fine_tuned_run_resumes_without_the_weights_it_started_from(tmp_path):
                        r"or a run folder\. Received: model\.weights='.*config\.yaml'$"):
         train.run(config_lib.load_config(None, _overrides(
             csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'source' / 'config.yaml'}")))
+    # Nor a .weights.h5 renamed .h5: a "Layer count mismatch" traceback.
+    shutil.copy(tmp_path / "source" / "final.weights.h5", tmp_path / "renamed.h5")
+    with pytest.raises(errors.ConfigError, match=r"takes Keras 3 weights files, whose names end in "
+                       r"\.weights\.h5 .*Received: model\.weights='.*renamed\.h5'$"):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, tmp_path / "new", *quiet, f"model.weights={tmp_path / 'renamed.h5'}")))
 
 
 def test_start_weights_that_are_no_file_are_compared_as_names(tmp_path):

@@ -178,6 +178,12 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
                 if weights.endswith(".keras") else "")
         raise ConfigError("`model.weights` takes a .weights.h5 file, an official .pkl or a run "
                           f"folder{hint}. Received: {argument}={weights!r}")
+    if names_a_file(weights) and weights.endswith(".h5") and not weights.endswith(".weights.h5"):
+        # Keras reads a plain .h5 as a Keras 2 file: a renamed .weights.h5 was a
+        # "Layer count mismatch ... found 0 saved layers" traceback.
+        raise ConfigError("`model.weights` takes Keras 3 weights files, whose names end in "
+                          ".weights.h5 (Keras reads any other .h5 as a Keras 2 file); rename it. "
+                          f"Received: {argument}={weights!r}")
     ours = isinstance(weights, str) and (os.path.isdir(weights) or weights.endswith((".h5", ".pkl")))
     size = data_config["crop_size"]
     try:
