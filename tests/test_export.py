@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from nonlocal_keras.training import errors, export, models
+from nonlocal_keras.training import errors, export, models, run_state
 from test_export_support import (CLASS_NAMES, CROP, DATA_CONFIG, NUM_FRAMES, SCALE, centre_crop,
                                  normalize, random_clips, sharpen, tiny_model)
 
@@ -528,6 +528,20 @@ def test_a_run_whose_training_csv_is_gone_is_told_by_its_training_metrics(tmp_pa
     (run / "history.csv").unlink()  # no epoch finished: nothing tells; said, not silent
     multi, out = export_to("u")
     assert multi is False and "Single-label (softmax scores): the training CSV" in out
+    # The weights a run writes record it.
+    run_state.write_labels(str(run / "final.weights.h5"), {
+        "class_names": config["data"]["class_names"], "num_classes": len(CLASS_NAMES),
+        "multi_label": True})
+    multi, out = export_to("w")
+    assert multi is True and f"Multi-label (sigmoid scores): {run}/final.weights.h5 was" in out
+    config["data"]["train_csv"] = None  # said "the training CSV None is not there to tell"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    import h5py
+
+    with h5py.File(run / "final.weights.h5", "a") as handle:
+        del handle.attrs[run_state.LABELS_ATTRIBUTE]
+    multi, out = export_to("n")
+    assert multi is False and "no training CSV (data.train_csv) tells" in out, out
 
 
 def test_metadata_records_every_eval_setting_the_model_and_its_weights(tmp_path, capsys):

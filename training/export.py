@@ -591,9 +591,10 @@ def run_folder(config_path):
     return None
 
 
-def trained_multi_label(train_csv, run_dir=None):
+def trained_multi_label(train_csv, run_dir=None, weights=None):
     """`(multi-label, evidence)` of a run: what its training CSV says, or, that
-    CSV gone, its training metrics (history.csv); None when neither tells.
+    CSV gone, its training metrics (history.csv), or what the weights file
+    `weights` records (`run_state.write_labels`); None when none tells.
     `evidence` is `(why multi-label, why single-label)`."""
     trained, evidence = data.labels_are_multi(train_csv), (
         "the run's training CSV has a 'labels' column", "its training data has no 'labels' column")
@@ -601,22 +602,27 @@ def trained_multi_label(train_csv, run_dir=None):
         trained, evidence = run_state.trained_multi_label(run_dir), (
             f"the run trained with {run_state.MULTI_LABEL_METRIC} (history.csv)",
             f"it trained with {run_state.SINGLE_LABEL_METRIC} (history.csv)")
+    if trained is None and isinstance(weights, str) and os.path.isfile(weights):
+        trained, evidence = (run_state.read_labels(weights) or {}).get("multi_label"), (
+            f"{weights} was trained so", f"{weights} was trained single-label")
     return trained, evidence
 
 
-def _multi_label(flag, train_csv, run_dir=None):
+def _multi_label(flag, train_csv, run_dir=None, weights=None):
     """`--multi-label`, or what the run's training CSV says, or, that CSV gone,
-    the run's training metrics: without the flag a Charades run was exported
-    with softmax scores, without a word."""
-    trained, evidence = trained_multi_label(train_csv, run_dir)
+    the run's training metrics or its weights file: without the flag a Charades
+    run was exported with softmax scores, without a word."""
+    trained, evidence = trained_multi_label(train_csv, run_dir, weights)
     if trained and not flag:
         print(f"Multi-label (sigmoid scores): {evidence[0]}")
     if trained is False and flag:
         raise ConfigError(f"--multi-label, but the run was trained single-label (softmax): "
                           f"{evidence[1]}. Received: data.train_csv={train_csv!r}")
     if trained is None and not flag:
-        print(f"Single-label (softmax scores): the training CSV {train_csv!r} is not there to "
-              "tell; give --multi-label for a model trained multi-label")
+        what = (f"the training CSV {train_csv!r} is not there to tell" if train_csv
+                else "no training CSV (data.train_csv) tells")
+        print(f"Single-label (softmax scores): {what}; give --multi-label for a model trained "
+              "multi-label")
     return bool(flag or trained)
 
 
@@ -627,7 +633,7 @@ def main(argv=None):
     print(f"Exporting with weights {weights} ({origin})")
     config["model"]["weights"] = weights
     multi_label = _multi_label(args.multi_label, config["data"].get("train_csv"),
-                               run_folder(args.config))
+                               run_folder(args.config), weights)
     try:
         model = models.build_model(config["model"], config["data"], multi_label,
                                    argument=origin if args.checkpoint else "model.weights")
