@@ -116,17 +116,28 @@ def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path):
     import shutil
 
     _, saved, videos, _, _ = setup
-    for damage in ("variables", "saved_model.pb"):
+    for damage in ("variables", "saved_model.pb", "variables cut short"):
         copy = tmp_path / damage / "1"
         shutil.copytree(saved, copy)
         if damage == "variables":
             for part in (copy / "variables").glob("variables.data-*"):
                 part.unlink()
-        else:
+        elif damage == "saved_model.pb":
             (copy / damage).write_bytes((copy / damage).read_bytes()[:100])
+        else:  # an IndexError traceback ("Read less bytes than requested")
+            for part in (copy / "variables").glob("variables.data-*"):
+                part.write_bytes(part.read_bytes()[:1000])
         with pytest.raises(errors.ConfigError, match=r"The SavedModel cannot be loaded \(.+\); "
                            "export it again. Received: model="):
             predict.main([videos[0], "--model", str(copy)])
+    # The highest version without saved_model.pb: the one below it was used, exit 0.
+    model = tmp_path / "model"
+    shutil.copytree(saved, model / "1")
+    shutil.copytree(saved, model / "2")
+    (model / "2" / "saved_model.pb").unlink()
+    with pytest.raises(errors.ConfigError, match=rf"The highest version of '{model}', 2, holds no "
+                       rf"saved_model.pb .*Received: model='{model}'$"):
+        predict.main([videos[0], "--model", str(model)])
 
 
 def test_a_file_name_that_is_not_utf8_is_predicted_and_printed(setup, tmp_path):

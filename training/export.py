@@ -505,6 +505,14 @@ def version_folder(path, argument="model"):
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     versions = _versions(path)
+    numbered = [int(name) for name in _listing(path)
+                if is_version_name(name) and os.path.isdir(os.path.join(path, name))]
+    if numbered and max(numbered) not in versions:
+        # The version TF Serving tries: the one below it was used without a word.
+        raise ConfigError(f"The highest version of {path!r}, {max(numbered)}, holds no "
+                          "saved_model.pb (a copy cut short, or a file removed): export it again, "
+                          "remove it, or give a version folder. "
+                          f"Received: {argument}={path!r}")
     if versions:
         return versions[max(versions)]
     models = exported_models(path)

@@ -54,7 +54,8 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     metadata = export.read_metadata(saved_model_dir)
     try:
         loaded = tf.saved_model.load(saved_model_dir)
-    except (OSError, tf.errors.OpError) as error:  # a copy cut short, a file missing
+    except (OSError, IndexError, ValueError, tf.errors.OpError) as error:
+        # A copy cut short, a file missing; IndexError: variables cut short.
         message = getattr(error, "message", None) or str(error)
         raise ConfigError(f"The SavedModel cannot be loaded ({message.splitlines()[0]}); export "
                           f"it again. Received: model={saved_model_dir!r}") from None
