@@ -95,7 +95,7 @@ def test_a_models_config_that_serves_other_models_is_not_written_over(exported, 
     mine = 'model_config_list {\n  config {\n    name: "kept\\"elsewhere"\n' \
            '    base_path: "/data/kept"\n  }\n}\n'
     (base / "models.config").write_text(mine)
-    with pytest.raises(errors.ConfigError, match=r"also serves models from outside .* "
+    with pytest.raises(errors.ConfigError, match=r"also serves models that are not in .* "
                        r"\(kept\"elsewhere\): .*Received: --write="):
         serving_example.main([str(base / "demo"), "--write", str(base)])
     assert (base / "models.config").read_text() == mine
@@ -103,6 +103,14 @@ def test_a_models_config_that_serves_other_models_is_not_written_over(exported, 
     # One this command wrote (its models all in the base) is brought up to date.
     (base / "models.config").write_text(serving_example.models_config(["demo", "gone"]))
     assert serving_example.main([str(base / "demo"), "--write", str(base)]) == 0
+    # Another base's, in its own folder: its models were dropped from its config.
+    shutil.copytree(base / "demo", tmp_path / "elsewhere" / "shared")
+    theirs = serving_example.models_config(["shared"])
+    (tmp_path / "elsewhere" / "models.config").write_text(theirs)
+    with pytest.raises(errors.ConfigError, match=r"also serves models that are not in .* "
+                       r"\(shared\): "):
+        serving_example.main([str(base / "demo"), "--write", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "elsewhere" / "models.config").read_text() == theirs
 
 
 def test_a_damaged_or_foreign_savedmodel_is_one_error(exported, tmp_path):

@@ -136,7 +136,8 @@ def main(argv=None):
     name, base, body, outputs = describe_model(args.model)
     # Every model of the base: one model's config written there replaced the
     # others' (their serving stopped at the server's next start).
-    config = models_config(export.exported_models(base))
+    served = export.exported_models(base)
+    config = models_config(served)
     print(f"# models.config (put it in {base}; it serves every model there)\n{config}")
     print("# Serve every model under the base folder:")
     print(f'docker run --rm -p {REST_PORT}:{REST_PORT} -v "{base}:/models" tensorflow/serving \\\n'
@@ -149,12 +150,15 @@ def main(argv=None):
           + "]}")
     if args.write:
         path = os.path.join(args.write, "models.config")
-        # This command's entries serve `/models/<name>`, the base folder mounted.
+        # This command's entries serve `/models/<name>`, the base folder mounted;
+        # an entry for a model elsewhere, or for one of the --write folder's own
+        # models that the base lacks (another base's config), would be lost.
+        beside = export.exported_models(args.write)
         others = [str(name) for name, served_from in _served_models(path)
-                  if served_from != f"/models/{name}"]
+                  if served_from != f"/models/{name}" or name in beside and name not in served]
         if others:
             # Written over, the server would stop serving them at its next start.
-            raise ConfigError(f"{path!r} also serves models from outside {base!r} "
+            raise ConfigError(f"{path!r} also serves models that are not in {base!r} "
                               f"({', '.join(others)}): add the models.config printed above to "
                               f"it by hand, or move it away. Received: --write={args.write!r}")
         atomic.make_folder(args.write, "--write")
