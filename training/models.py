@@ -300,7 +300,7 @@ def _run_of(weights, path):
     return dict(theirs, multi_label=run_state.trained_multi_label(folder)), config
 
 
-def _other_classes(weights, theirs, data_config):
+def _other_classes(weights, theirs, data_config, fine_tune=True):
     """Whether the run of `weights`, whose labels are `theirs` (`_run_of`),
     was trained on other class names than `data_config`'s (same
     count, other names or order): its classifier's rows are then other
@@ -321,8 +321,9 @@ def _other_classes(weights, theirs, data_config):
         if ours is None:
             logger.warning("The classifier of %s is loaded row by row as this run's class ids; "
                            "that run's classes were %s. If these ids mean other classes, give "
-                           "data.class_names in the ids' order (names other than that run's "
-                           "leave the classifier new).", weights, pairs)
+                           "data.class_names in the ids' order%s.", weights, pairs,
+                           " (names other than that run's leave the classifier new)"
+                           if fine_tune else "")
         else:
             logger.warning("The classifier of %s, a run of class ids, is loaded row by row as "
                            "this run's classes: %s. If that run's ids meant other classes, give "
@@ -353,7 +354,7 @@ def _check_scored_classes(weights, path, data_config, multi_label, received):
             data_config = dict(data_config, class_names=class_names_from_config(data_config))
         except (OSError, ValueError):
             data_config = dict(data_config, class_names=None)
-    if _other_classes(weights, theirs, data_config):
+    if _other_classes(weights, theirs, data_config, fine_tune=False):
         raise ConfigError(
             f"The weights are of a run trained on other class names (or another order) than "
             f"these: {id_names(theirs['class_names'])} against "
