@@ -599,3 +599,16 @@ def test_no_names_and_no_training_csv_says_so(videos):
     ids = _csv(videos, "path,label\na.mp4,1\n", "ids.csv")
     with pytest.raises(ConfigError, match=f"^The labels of {re.escape(repr(ids))} are class ids"):
         data.resolve_classes(_data_config(train_csv=ids))
+
+
+def test_the_ids_beside_names_warning_speaks_of_fine_tuning_only_there(caplog):
+    from nonlocal_keras.training import models
+
+    theirs = {"class_names": ["jump", "run"], "num_classes": 2}
+    for fine_tune in (True, False):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert not models._other_classes("w.weights.h5", theirs, {"class_names": None,
+                                                                      "num_classes": 2}, fine_tune)
+        assert "0 = 'jump', 1 = 'run'" in caplog.text
+        assert ("leave the classifier new" in caplog.text) == fine_tune
