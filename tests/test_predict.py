@@ -111,7 +111,7 @@ def test_a_path_without_a_file_is_a_mistake_in_the_command(setup, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path):
+def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path, caplog):
     """A copy cut short: an OpError or "Cannot parse file" traceback, exit 1."""
     import shutil
 
@@ -130,14 +130,18 @@ def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path):
         with pytest.raises(errors.ConfigError, match=r"The SavedModel cannot be loaded \(.+\); "
                            "export it again. Received: model="):
             predict.main([videos[0], "--model", str(copy)])
-    # The highest version without saved_model.pb: the one below it was used, exit 0.
+    # The highest version without saved_model.pb: the one below it was used without a
+    # word (as TF Serving does, keeping it served).
     model = tmp_path / "model"
     shutil.copytree(saved, model / "1")
     shutil.copytree(saved, model / "2")
     (model / "2" / "saved_model.pb").unlink()
-    with pytest.raises(errors.ConfigError, match=rf"The highest version of '{model}', 2, holds no "
-                       rf"saved_model.pb .*Received: model='{model}'$"):
-        predict.main([videos[0], "--model", str(model)])
+    with caplog.at_level("WARNING"):
+        assert predict.main([videos[0], "--model", str(model), "--no-progress"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"Version 2 of {str(model)!r} holds no saved_model.pb (an export in progress, a copy cut "
+        "short or a file removed); using version 1, which TF Serving keeps serving until a newer "
+        "one loads."]
 
 
 def test_a_file_name_that_is_not_utf8_is_predicted_and_printed(setup, tmp_path):

@@ -507,13 +507,15 @@ def version_folder(path, argument="model"):
     versions = _versions(path)
     numbered = [int(name) for name in _listing(path)
                 if is_version_name(name) and os.path.isdir(os.path.join(path, name))]
-    if numbered and max(numbered) not in versions:
-        # The version TF Serving tries: the one below it was used without a word.
-        raise ConfigError(f"The highest version of {path!r}, {max(numbered)}, holds no "
-                          "saved_model.pb (a copy cut short, or a file removed): export it again, "
-                          "remove it, or give a version folder. "
-                          f"Received: {argument}={path!r}")
     if versions:
+        skipped = [v for v in numbered if v > max(versions)]
+        if skipped:
+            # TF Serving fails to load them and keeps serving the version below;
+            # so does this, which said nothing of them.
+            logger.warning("Version %s of %r holds no saved_model.pb (an export in progress, a "
+                           "copy cut short or a file removed); using version %d, which TF Serving "
+                           "keeps serving until a newer one loads.",
+                           ", ".join(map(str, sorted(skipped))), path, max(versions))
         return versions[max(versions)]
     models = exported_models(path)
     if len(models) == 1:
