@@ -228,6 +228,12 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
         "its label kind (sigmoid or softmax scores) and top-k count: every client of the model "
         "gets it from now on. To serve both, export it under another --model-name."]
     caplog.clear()
+    metadata = json.loads((tmp_path / "net" / "3" / export.METADATA_FILE).read_text())
+    older = {key: value for key, value in metadata.items() if key != "top_k"}
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a field an older export lacks is no change
+        export._warn_if_served_model_changes(third, (3, older), dict(metadata, top_k=1))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     with caplog.at_level("WARNING"):  # not the served version: nothing changes for clients
         export.export_saved_model(model, first, data_config=DATA_CONFIG, overwrite=True,
                                   multi_label=True)

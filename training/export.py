@@ -459,8 +459,9 @@ def _warn_if_served_model_changes(path, served, metadata):
     if served is None:
         return
     version, before = served
+    # A field an older export did not record is not a change.
     changed = list(dict.fromkeys(what for key, what in _CLIENTS_SEE.items()
-                                 if before.get(key) != metadata[key]))
+                                 if key in before and before[key] != metadata[key]))
     if changed:
         folder, ours = os.path.split(path)
         which = (f"version {version}, which this export replaced" if str(version) == ours
