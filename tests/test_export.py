@@ -208,11 +208,11 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
     with caplog.at_level("WARNING"):
         second = export.export_saved_model(model, os.path.dirname(first), data_config=DATA_CONFIG)
     assert (first, second) == (str(tmp_path / "net" / "1"), str(tmp_path / "net" / "2"))
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not [r for r in caplog.records if r.name == export.logger.name]
     with caplog.at_level("WARNING"):
         third = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG,
                                           model_name="net", multi_label=True)
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == export.logger.name] == [
         f"Version 3 of {str(tmp_path / 'net')!r} differs from what TF Serving (and "
         "nonlocal-predict --model) served until now, version 2, in its label kind (sigmoid or "
         "softmax scores): every client of the model gets it from now on. To serve both, export "
@@ -222,7 +222,7 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
     with caplog.at_level("WARNING"):
         export.export_saved_model(model, third, data_config=DATA_CONFIG, overwrite=True,
                                   top_k=2)
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == export.logger.name] == [
         f"Version 3 of {str(tmp_path / 'net')!r} differs from what TF Serving (and "
         "nonlocal-predict --model) served until now, version 3, which this export replaced, in "
         "its label kind (sigmoid or softmax scores) and top-k count: every client of the model "
@@ -233,11 +233,11 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
     caplog.clear()
     with caplog.at_level("WARNING"):  # a field an older export lacks is no change
         export._warn_if_served_model_changes(third, (3, older), dict(metadata, top_k=1))
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not [r for r in caplog.records if r.name == export.logger.name]
     with caplog.at_level("WARNING"):  # not the served version: nothing changes for clients
         export.export_saved_model(model, first, data_config=DATA_CONFIG, overwrite=True,
                                   multi_label=True)
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not [r for r in caplog.records if r.name == export.logger.name]
     shutil.rmtree(third)
     assert export.resolve_export_path(tmp_path / "²", "net") == str(tmp_path / "²" / "net" / "1")
     # `--output exp/net/-1` (or `abc`) wrote `exp/net/-1/net/1`, exit 0, where `0` is refused.

@@ -138,7 +138,7 @@ def test_a_damaged_savedmodel_is_one_error_not_a_traceback(setup, tmp_path, capl
     (model / "2" / "saved_model.pb").unlink()
     with caplog.at_level("WARNING"):
         assert predict.main([videos[0], "--model", str(model), "--no-progress"]) == 0
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == export.logger.name] == [
         f"Version 2 of {str(model)!r} holds no saved_model.pb (an export in progress, a copy cut "
         "short or a file removed); using version 1, which TF Serving keeps serving until a newer "
         "one loads."]
