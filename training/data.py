@@ -312,8 +312,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                     bad.append(f"class id {label} not in [0, {num_classes})")
                     continue
                 ids.append((number, token))
-            elif multi_label and len(token.split()) > 1 and all(
-                    w in name_to_id for w in token.split()):
+            elif multi_label and _words_are_names(token, name_to_id):
                 bad.append(f"unknown label {token!r} (several labels? write them as "
                            f"{';'.join(token.split())!r})")
                 continue
@@ -374,12 +373,19 @@ def _warn_if_names_were_split(rows, row_tokens, csv_path, argument):
             return
 
 
+def _words_are_names(token, names):
+    """Whether `token` is several words, each of them one of `names` (`red green`
+    for the classes 'red' and 'green'): several labels written as one."""
+    words = token.split()
+    return len(words) > 1 and all(word in names for word in words)
+
+
 def _warn_if_names_were_joined(rows, row_tokens, names, csv_path, argument):
     # One ';' in the file keeps every row's spaces: a row written `red green`
     # is then one class 'red green', beside the classes 'red' and 'green'.
     for number, row in rows:
         for token in row_tokens[number]:
-            if len(token.split()) > 1 and all(word in names for word in token.split()):
+            if _words_are_names(token, names):
                 logger.warning(
                     "Row %d's label %r of %r is read as one class name, as the file separates "
                     "labels with ';' (some row has one), and its words %s are labels of other "
