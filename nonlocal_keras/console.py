@@ -84,11 +84,13 @@ class OutlivesItsTerminal:
     error broke the training step that printed, and the process then hung in
     the interpreter's shutdown on the `tf.data` pipeline (seen: 0% CPU for good,
     holding the run folder's lock). Here the first such failure sends both
-    streams to /dev/null (`leave_terminal`) and the work goes on.
+    streams to /dev/null (`leave_terminal`) and the work goes on; `lost` tells
+    a command whose output is its work (`nonlocal-predict`) that it was not read.
     """
 
     def __init__(self, stream):
         self._stream = stream
+        self.lost = False
 
     def write(self, text):
         try:
@@ -106,6 +108,7 @@ class OutlivesItsTerminal:
     def _gone(self, error):
         if error.errno not in (errno.EIO, errno.EPIPE):
             raise error
+        self.lost = True
         leave_terminal()
         try:
             self._stream.flush()  # what the failed write left in the buffer, now to /dev/null

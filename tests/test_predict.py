@@ -163,6 +163,23 @@ def test_a_file_name_that_is_not_utf8_is_predicted_and_printed(setup, tmp_path):
     assert probability == pytest.approx(scores.max(), abs=2e-4)
 
 
+def test_predictions_nobody_reads_are_no_success(setup):
+    """A reader that left (`| head -1`, a closed pipe) got none of the predictions:
+    exit 0 said they were delivered. Now the status of a Unix tool that SIGPIPE
+    stops (141), which `set -o pipefail` sees, and no traceback."""
+    _, saved, videos, _, _ = setup
+    reader, writer = os.pipe()
+    os.close(reader)
+    script = os.path.join(os.path.dirname(sys.executable), "nonlocal-predict")
+    try:
+        run = subprocess.run([script, *videos[:2], "--model", saved, "--no-progress"],
+                             stdout=writer, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(writer)
+    assert run.returncode == 141, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+
+
 def test_a_truncated_video_is_reported_like_an_unreadable_one(setup, tmp_path, capsys):
     _, saved, videos, _, _ = setup
     import av

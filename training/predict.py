@@ -17,6 +17,7 @@ command before any prediction (exit 2).
 """
 
 import os
+import signal
 import sys
 
 import numpy as np
@@ -119,6 +120,11 @@ def main(argv=None):
     if failures:
         failed = sum(path in failures for path in args.videos)  # a path given twice counts twice
         print(f"{failed} of {len(args.videos)} video(s) failed.", file=sys.stderr)
+    sys.stdout.flush()  # a pipe's buffer: written now, or found unread
+    if getattr(sys.stdout, "lost", False):
+        # The predictions are the work, and a reader (`| head -1`) left before them
+        # all: the status of a Unix tool that SIGPIPE stops, so `set -o pipefail` sees it.
+        return 128 + signal.SIGPIPE
     return 1 if failures else 0
 
 
