@@ -206,13 +206,18 @@ def labels_are_multi(source):
     return bool(header and len(header) > 1 and header[1] == "labels")
 
 
-def infer_class_names(csv_path, argument="csv_path"):
-    """Sorted distinct label names of a CSV whose labels are names, else None."""
+def _labels_of(csv_path, argument):
+    """A CSV's rows, label separator, each row's labels, and the distinct labels."""
     header, rows = _read_rows(csv_path, argument)
     _, separator, tokens = _checked_tokens(header, rows, csv_path, argument)
+    return rows, separator, tokens, {t for ts in tokens.values() for t in ts}
+
+
+def infer_class_names(csv_path, argument="csv_path"):
+    """Sorted distinct label names of a CSV whose labels are names, else None."""
+    rows, separator, tokens, names = _labels_of(csv_path, argument)
     if separator == " ":
         _warn_if_names_were_split(rows, tokens, csv_path, argument)
-    names = {t for ts in tokens.values() for t in ts}
     if separator == ";":
         _warn_if_names_were_joined(rows, tokens, names, csv_path, argument)
     if not rows:
@@ -909,11 +914,10 @@ def names_sorted_from_labels(data_config):
     if os.path.isdir(train):
         return class_folders(train) == names
     try:
-        header, rows = _read_rows(train, "data.train_csv")
-        _, _, tokens = _checked_tokens(header, rows, train, "data.train_csv")
+        labels = _labels_of(train, "data.train_csv")[3]
     except (DatasetError, OSError):  # a training CSV gone or changed: nothing to tell
         return False
-    return sorted({t for ts in tokens.values() for t in ts}) == names
+    return sorted(labels) == names
 
 
 def resolve_classes(data_config):
