@@ -656,8 +656,12 @@ def test_weights_of_another_model_are_a_config_error(tmp_path):
     other = models.build_model(config["model"], dict(config["data"], num_classes=7), False)
     other.save_weights(str(tmp_path / "seven.weights.h5"))
     # Unwrapped: it said "Cannot build model.name='VideoResNet' with weights ...: " first.
-    with pytest.raises(errors.ConfigError, match=r"^Cannot load the weights of .* \(another "
-                       r"model, or another class count\?\).*Received: --checkpoint='.*seven"):
+    with pytest.raises(errors.ConfigError, match=r"^The weights of .*seven.* are not those of "
+                       r"VideoResNet\(.*\), the network the config's model\.\* fields build "
+                       r"\(another architecture, or another class count\?\): 2 weight\(s\) "
+                       r"differ in shape: pred/kernel: \(32, 7\) in the file, \(32, 5\) in the model; "
+                       r"pred/bias: .*"
+                       r"Received: --checkpoint='.*seven"):
         export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
                      "--checkpoint", str(tmp_path / "seven.weights.h5")])
     assert not (tmp_path / "o").exists()
@@ -667,11 +671,34 @@ def test_weights_of_another_model_are_a_config_error(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # Named as given (it said model.weights).
-        with pytest.raises(errors.ConfigError, match="Cannot load the weights of .* into .*"
+        with pytest.raises(errors.ConfigError, match="The weights of .* are not those of .*"
                            r"Received: --checkpoint='.*deeper\.weights\.h5'$"):
             export.main(["--config", str(run / "config.yaml"), "--output", str(tmp_path / "o"),
                          "--checkpoint", str(tmp_path / "deeper.weights.h5")])
     assert not [str(w.message) for w in caught if "Skipping" in str(w.message)]
+
+
+def test_weights_with_more_than_the_model_are_refused(tmp_path):
+    """Found by a walk: a run's weights with a non-local block, exported (or
+    evaluated) by a config without it, lost the block without a word, exit 0
+    (Keras skips what the model has no place for); `nonlocal-train` refused them."""
+    run, config, _ = _run_folder(tmp_path)
+    plain = dict(config, model=dict(config["model"], nonlocal_blocks={}))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
+    with pytest.raises(errors.ConfigError, match=r"^The weights of .*final\.weights\.h5 are not "
+                       r"those of VideoResNet\(stage_blocks=\[1, 1\], width=4\), .*: \d+ weight array\(s\) of the file have no place in the "
+                       r"model: layers/non_local3d/.*Received: --checkpoint="):
+        export.main(["--config", str(tmp_path / "plain.yaml"), "--output", str(tmp_path / "o"),
+                     "--checkpoint", str(run / "final.weights.h5")])
+    assert not (tmp_path / "o").exists()
+    # The reverse, fewer: Keras' own error said "Example error message for object ...:"
+    # and then nothing.
+    plain_model = models.build_model(plain["model"], plain["data"], False)
+    plain_model.save_weights(str(tmp_path / "plain.weights.h5"))
+    with pytest.raises(errors.ConfigError, match=r"\d+ weight array\(s\) of the model are not "
+                       r"in the file: .*Received: --weights="):
+        models.build_model(dict(config["model"], weights=str(tmp_path / "plain.weights.h5")),
+                           config["data"], False, argument="--weights")
 
 
 def test_console_script_prints_one_error_line_and_exits_2(tmp_path):

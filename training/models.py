@@ -218,13 +218,15 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
         else:
             _check_scored_classes(weights, path, data_config, multi_label,
                                   f"{argument}={weights!r}")
-            _load_all(model, path, f"{argument}={weights!r}")
+            _load_all(model, path, describe(model_config), f"{argument}={weights!r}")
     return model
 
 
-def _load_all(model, path, received):
+def _load_all(model, path, built, received):
     from nonlocal_keras.applications.caffe2_weights import load_caffe2_weights
 
+    if not path.endswith(".pkl"):
+        _refuse_other_architecture(model, path, built, received)
     # Keras warns about each layer of another model's file ("Skipping nested
     # container ...", 28 lines) before it raises: kept only if the load works.
     with warnings.catch_warnings(record=True) as caught:
@@ -242,7 +244,48 @@ def _load_all(model, path, received):
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _datasets(path):
+def _refuse_other_architecture(model, path, built, received):
+    """Evaluation and export take every weight of the file and nothing else.
+    Keras loads a file with more weights than the model (a run with non-local
+    blocks into the model without them) without a word: another network was
+    scored and exported, exit 0. The model is the one the config's `model.*`
+    fields build (`built`), often the mistake rather than the weights."""
+    own = _own_datasets(model)
+    found = _datasets(path, received)
+    names = _variable_names(model, own)
+    wrong = [p for p in own if p in found and found[p].shape != own[p].shape]
+    missing = [p for p in own if p not in found]
+    unused = sorted(set(found) - set(own))
+    if wrong:
+        detail = (f"{len(wrong)} weight(s) differ in shape: " + "; ".join(
+            f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in the model"
+            for p in wrong[:5]))
+    elif unused or missing:
+        detail = "; ".join(part for part in (
+            unused and f"{len(unused)} weight array(s) of the file have no place in the model: "
+                       f"{_listed(unused)}",
+            missing and f"{len(missing)} weight array(s) of the model are not in the file: "
+                        f"{_listed([names.get(p, p) for p in missing])}") if part)
+    else:
+        return
+    raise ConfigError(f"The weights of {path} are not those of {built}, the network the config's "
+                      f"model.* fields build (another architecture, or another class count?): "
+                      f"{detail}. Received: {received}")
+
+
+def _listed(paths):
+    return f"{', '.join(paths[:5])}{f' and {len(paths) - 5} more' if len(paths) > 5 else ''}"
+
+
+def _own_datasets(model):
+    """`_datasets` of the file `model.save_weights` writes: the h5 paths its weights take."""
+    with tempfile.TemporaryDirectory() as folder:
+        own_path = os.path.join(folder, "own.weights.h5")
+        model.save_weights(own_path)
+        return _datasets(own_path)
+
+
+def _datasets(path, received=None):
     """`{h5 path: array}` of a Keras weights file's layer weights (optimizer state left out)."""
     found = {}
     try:
@@ -252,7 +295,7 @@ def _datasets(path):
                               else None)
     except OSError as error:
         raise ConfigError(f"Cannot read the weights file ({error}). "
-                          f"Received: model.weights={path!r}") from None
+                          f"Received: {received or f'model.weights={path!r}'}") from None
     return found
 
 
@@ -380,10 +423,7 @@ def load_matching_weights(model, path, other_classes=False):
     ConfigError naming the weight. Logs what was
     restored and what was left new; returns `(restored, left_new)` h5 paths.
     """
-    with tempfile.TemporaryDirectory() as folder:
-        own_path = os.path.join(folder, "own.weights.h5")
-        model.save_weights(own_path)
-        own = _datasets(own_path)
+    own = _own_datasets(model)
     found = _datasets(path)
     names = _variable_names(model, own)
     classifier = {v.path for v in model.layers[-1].weights}
@@ -405,8 +445,7 @@ def load_matching_weights(model, path, other_classes=False):
         # A run of the model with non-local blocks into the one without, of R101
         # into R50: the rest loaded, exit 0, and an INFO line counted what was not.
         raise ConfigError(f"{len(unused)} weight array(s) of the file have no place in "
-                          f"{model.name!r} (another architecture?): {', '.join(unused[:5])}"
-                          f"{f' and {len(unused) - 5} more' if len(unused) > 5 else ''}. "
+                          f"{model.name!r} (another architecture?): {_listed(unused)}. "
                           f"Received: model.weights={path!r}")
     left_new = [p for p in own if p not in restored]
     if not restored:
