@@ -267,6 +267,29 @@ def test_the_charades_recipe_loads_its_kinetics_run(tmp_path):
     keras.backend.clear_session()
 
 
+@pytest.mark.parametrize("value", [None, "", "{}", '{"task": {"type": "worker", "index": 0}}'])
+def test_multi_worker_without_a_cluster_is_warned_about(monkeypatch, caplog, value):
+    """Found by a walk: `runtime.strategy=multi_worker` with TF_CONFIG unset (not
+    exported to the workers) trained one process alone, exit 0, without a word."""
+    from nonlocal_keras.training import runtime
+
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    with caplog.at_level("WARNING", logger=runtime.logger.name):
+        runtime.check_tf_config()
+    [message] = [r.getMessage() for r in caplog.records if r.name == runtime.logger.name]
+    assert message.startswith("runtime.strategy is multi_worker, but TF_CONFIG names no cluster "
+                              f"({'it is not set' if value is None else f'TF_CONFIG={value!r}'})"
+                              ": this process trains alone.")
+    caplog.clear()
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    runtime.check_tf_config()
+    assert not [r for r in caplog.records if r.name == runtime.logger.name]
+
+
 def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monkeypatch):
     """Each was a traceback (exit 1): a TF_CONFIG that is not JSON, `runtime.strategy:
     tpu` without a TPU, and a `model.name` whose function returns no model."""

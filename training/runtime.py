@@ -67,11 +67,7 @@ def make_strategy(name="auto", tpu=""):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
-        try:
-            json.loads(os.environ.get("TF_CONFIG") or "{}")
-        except ValueError as error:  # TensorFlow's own message is a JSONDecodeError traceback
-            raise ConfigError(f"The environment variable TF_CONFIG is not JSON ({error}). "
-                              f"Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from None
+        check_tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # Its coordination service takes SIGTERM over (see take_back_signals).
         take_back_signals()
@@ -87,6 +83,24 @@ def make_strategy(name="auto", tpu=""):
     raise ValueError(
         "`strategy` must be auto, default, mirrored, multi_worker or tpu. "
         f"Received: strategy={name!r}")
+
+
+def check_tf_config():
+    """`TF_CONFIG` must be JSON (TensorFlow's own message is a JSONDecodeError
+    traceback); without a cluster in it the process trains alone, as a cluster
+    of one, which a `multi_worker` run whose variable was not exported to it
+    did without a word."""
+    text = os.environ.get("TF_CONFIG")
+    try:
+        config = json.loads(text or "{}")
+    except ValueError as error:
+        raise ConfigError(f"The environment variable TF_CONFIG is not JSON ({error}). "
+                          f"Received: TF_CONFIG={text!r}") from None
+    if not (isinstance(config, dict) and config.get("cluster")):
+        logger.warning("runtime.strategy is multi_worker, but TF_CONFIG names no cluster (%s): "
+                       "this process trains alone. Set TF_CONFIG in each worker's environment "
+                       "(README: \"Several workers and hosts\").",
+                       "it is not set" if text is None else f"TF_CONFIG={text!r}")
 
 
 def is_chief(resolver):
