@@ -96,11 +96,39 @@ def _nonlocal_entries(layer):
     return entries
 
 
+# What NumPy arrays and scalars (NumPy 1 and 2, Python 2's pickles) are rebuilt
+# from; the official files hold nothing else beside dicts, strings and numbers.
+# (`_codecs.encode`: bytes in the protocols 0-2 that Python 3 writes.)
+_ARRAY_GLOBALS = {(f"numpy{core}.{module}", name) for core in (".core", "._core")
+                  for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                                       ("numeric", "_frombuffer"))} | {
+                      ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+                      ("_codecs", "encode")}
+
+
+class _NotArrays(pickle.UnpicklingError):
+    pass
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """A pickle can call any function while it loads (`os.system`, a file
+    written): a weights file is let build NumPy arrays and nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise _NotArrays(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_caffe2_pickle(path):
     """The `{name: array}` blobs of an official `.pkl` (bare dict or `{"blobs": ...}`)."""
     with open(path, "rb") as file:
         try:
-            content = pickle.load(file, encoding="latin1")
+            content = _ArraysOnly(file, encoding="latin1").load()
+        except _NotArrays as error:
+            raise ValueError(f"{path!r} is no weights pickle: it calls {error} while it loads, "
+                             "which was refused (a pickle can run any code; an official "
+                             "video-nonlocal-net .pkl builds NumPy arrays only)") from None
         except Exception as error:  # noqa: BLE001 - unpickling other bytes raises almost anything
             raise ValueError(f"Cannot read {path!r} as a pickle ({type(error).__name__}: "
                              f"{str(error).rstrip('.')}); an official video-nonlocal-net .pkl "

@@ -268,19 +268,35 @@ def test_cli_errors(tmp_path):
         "--overwrite")
 
 
+class _Opens:
+    """Unpickled, it calls `open(path, "w")`: what any function could be."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 @pytest.mark.parametrize("content", [b"garbage\n", b"x", b"", "truncated", "a list",
                                      "a label map", "blobs and a number",
-                                     "a number for pred_w"])
+                                     "a number for pred_w", "code"])
 def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, content):
     """A partial download or another file was a traceback (UnpicklingError,
     EOFError, ValueError), from the converter and from `model.weights`; a dict
-    with keys other than names (a label map) an AttributeError or TypeError."""
+    with keys other than names (a label map) an AttributeError or TypeError.
+    A pickle that calls a function while it loads (found by a walk: it wrote a
+    file, then came the error) is refused before the call: the file it would
+    write here is checked absent below."""
     path = tmp_path / "weights.pkl"
     expected = {"a list": "holds a list", "a label map": "keys that are not blob names (e.g. 0 of type "
                 "int)", "blobs and a number": "keys that are not blob names (e.g. 7 of type int)",
                 # An IndexError traceback, exit 1.
                 "a number for pred_w": "The file's 'pred_w' has shape (), not the (classes, "
-                "features) of a classifier. Received: source="}
+                "features) of a classifier. Received: source=",
+                "code": "is no weights pickle: it calls io.open while it loads, which was "
+                "refused (a pickle can run any code; an official video-nonlocal-net .pkl builds "
+                "NumPy arrays only)"}
     if content == "truncated":
         write_pickle(path, official_blobs(small_model(seed=0)), wrap=True)
         path.write_bytes(path.read_bytes()[:1000])
@@ -292,6 +308,8 @@ def test_a_file_that_is_not_a_weights_pickle_is_named_in_one_line(tmp_path, cont
         path.write_bytes(pickle.dumps({**official_blobs(small_model(seed=0)), 7: 1}))
     elif content == "a number for pred_w":
         path.write_bytes(pickle.dumps({"blobs": {"pred_w": 1.0}}))
+    elif content == "code":
+        path.write_bytes(pickle.dumps({"blobs": {"pred_w": _Opens(tmp_path / "written")}}))
     else:
         path.write_bytes(content)
     line = _command(str(path), "--arch", "c2d_r50", str(tmp_path / "x.weights.h5"))
