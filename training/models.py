@@ -252,22 +252,22 @@ def _refuse_other_architecture(model, path, built, received):
     fields build (`built`), often the mistake rather than the weights."""
     own = _own_datasets(model)
     found = _datasets(path, received)
-    names = _variable_names(model, own)
     wrong = [p for p in own if p in found and found[p].shape != own[p].shape]
     missing = [p for p in own if p not in found]
     unused = sorted(set(found) - set(own))
+    if not (wrong or missing or unused):
+        return
+    names = _variable_names(model, own)
     if wrong:
         detail = (f"{len(wrong)} weight(s) differ in shape: " + "; ".join(
             f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in the model"
             for p in wrong[:5]))
-    elif unused or missing:
+    else:
         detail = "; ".join(part for part in (
             unused and f"{len(unused)} weight array(s) of the file have no place in the model: "
                        f"{_listed(unused)}",
             missing and f"{len(missing)} weight array(s) of the model are not in the file: "
                         f"{_listed([names.get(p, p) for p in missing])}") if part)
-    else:
-        return
     raise ConfigError(f"The weights of {path} are not those of {built}, the network the config's "
                       f"model.* fields build (another architecture, or another class count?): "
                       f"{detail}. Received: {received}")
