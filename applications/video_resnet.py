@@ -61,6 +61,7 @@ import keras
 from keras import layers
 from keras.saving import register_keras_serializable
 
+from nonlocal_keras.applications import h5_weights
 from nonlocal_keras.applications.video_resnet_conv import ConcatenatedZeroPadding3D, VideoConv3D
 from nonlocal_keras.applications.video_resnet_spec import (
     DEPTHS,
@@ -78,6 +79,8 @@ from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
 from nonlocal_keras.utils import checked_sizes
 
 BN_EPSILON = 1e-5
+# Where a weights file keeps the classifier `pred` (Keras names a file's groups by layer type).
+CLASSIFIER = "layers/dense/"
 BN_MOMENTUM = 0.9
 # Caffe2's MSRAFill: Gaussian with variance 2 / fan_out.
 CONV_INITIALIZER = {"class_name": "VarianceScaling",
@@ -216,7 +219,7 @@ def VideoResNet(
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name=name)
-    _load_weights(model, weights, spec)
+    _load_weights(model, weights, spec, include_top)
     return model
 
 
@@ -391,7 +394,7 @@ class ClipSizeCheck(layers.Layer):
         return {**super().get_config(), "smallest": self.smallest, "grouped": self.grouped}
 
 
-def _load_weights(model, weights, spec):
+def _load_weights(model, weights, spec, include_top):
     if weights is None:
         return
     if weights == "imagenet":
@@ -421,7 +424,16 @@ def _load_weights(model, weights, spec):
         load_caffe2_weights(model, weights)
     else:
         try:
-            model.load_weights(weights)
+            found = h5_weights.layer_arrays(weights)
         except OSError as error:  # not an HDF5 file: h5py's words name neither
             raise ValueError(f"Cannot read the weights file ({error}). "
                              f"Received: weights={weights!r}") from None
+        # Keras would drop what the network has no place for (a file with
+        # non-local blocks into the network without them) without a word.
+        # Without the top, a whole network's file gives the backbone (its
+        # classifier, the one Dense layer, left out), as keras.applications' files do.
+        detail = h5_weights.mismatch(model, found, may_drop=() if include_top else (CLASSIFIER,))
+        if detail:
+            raise ValueError(f"The weights file is another network's (other `nonlocal_blocks`, "
+                             f"depth, width or `classes`?): {detail}. Received: weights={weights!r}")
+        model.load_weights(weights)

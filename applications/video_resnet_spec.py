@@ -229,9 +229,13 @@ def _block_sets(argument, value, stage_sizes):
             indices = [i for i in range(size) if rules[indices](i)]
         if isinstance(indices, (list, tuple, set)) and all(_is_int(i) for i in indices):
             bad = [i for i in indices if not 0 <= i < size]
-            if not bad:
+            twice = [i for n, i in enumerate(indices) if i in list(indices)[:n]]
+            if not (bad or twice):
                 result[stage] = {int(i) for i in indices}
                 continue
+            if twice:  # a typo for another block, which would have none
+                raise ValueError(f"Block index {twice[0]} of {stage} in `{argument}` is listed "
+                                 f"twice. Received: {argument}={value!r}")
             raise ValueError(
                 f"Block index {bad[0]} of {stage} in `{argument}` is out of range: {stage} "
                 f"has {size} residual blocks (0 to {size - 1}). Received: {argument}={value!r}")
@@ -262,6 +266,10 @@ def check_head(include_top, pooling, classes, weights, classifier_activation=Non
     if not include_top and classes != 400:
         raise ValueError("`classes` only applies with `include_top=True` (the classifier). "
                          f"Received: classes={classes!r}, include_top={include_top!r}")
+    if include_top and pooling is not None:  # keras.applications ignores it
+        raise ValueError("`pooling` only applies with `include_top=False`; the classifier "
+                         "always averages (pool5). "
+                         f"Received: pooling={pooling!r}, include_top={include_top!r}")
     is_file = isinstance(weights, str) and os.path.isfile(weights)
     if not (weights in (None, "imagenet") or is_file):
         raise ValueError("`weights` must be None, 'imagenet' or the path of a weights file "

@@ -234,10 +234,16 @@ def test_demo_sized_network():
                                          r"Received: nonlocal_blocks="),
     ({"nonlocal_blocks": {"res4": [6]}}, r"Block index 6 of res4.*6 residual blocks \(0 to 5\)"),
     ({"nonlocal_blocks": 3}, r"0, 1, 5 or 10.*Received: nonlocal_blocks=3"),
+    # Found by a walk: one block (a typo for another, which had none).
+    ({"nonlocal_blocks": {"res4": [0, 2, 0]}}, r"Block index 0 of res4 in `nonlocal_blocks` is "
+                                               r"listed twice\. Received: nonlocal_blocks="),
     ({"nonlocal_blocks": "res9"}, r"Received: nonlocal_blocks='res9'"),
     ({"include_top": False, "classes": 10}, r"`classes` only applies with `include_top=True`"),
     ({"classes": 0}, r"Received: classes=0"),
     ({"pooling": "mean"}, r"Received: pooling='mean'"),
+    # Ignored, as keras.applications does (found by a walk).
+    ({"pooling": "max"}, r"only applies with `include_top=False`.*Received: pooling='max', "
+                         r"include_top=True"),
     ({"weights": "missing.weights.h5"}, r"Received: weights='missing.weights.h5'"),
     ({"inflation": "3x3x1"}, r"Received: inflation='3x3x1'"),
     ({"input_shape": (8, 224, 224)}, r"Received: input_shape=\(8, 224, 224\)"),
@@ -365,6 +371,36 @@ def test_numpy_integers_and_paths_are_taken_as_python_ones(tmp_path):
                         weights=tmp_path / "w.weights.h5")
     for a, b in zip(model.weights, again.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_weights_file_of_another_network_is_refused_naming_what_differs(tmp_path):
+    """Found by a walk: a file with a non-local block loaded into the network
+    without it, the block's weights dropped without a word; another class count
+    was Keras' error naming neither `classes` nor a shape. Without the top, a
+    whole network's file gives its backbone (the classifier left out)."""
+    def network(**kwargs):
+        return VideoResNet((1, 1), width=4, input_shape=(4, 32, 32, 3), **kwargs)
+
+    full = network(nonlocal_blocks={"res3": [0]}, classes=5)
+    path = str(tmp_path / "full.weights.h5")
+    full.save_weights(path)
+    with pytest.raises(ValueError, match=r"^The weights file is another network's .*: 12 weight "
+                       r"array\(s\) of the file have no place in the model: layers/non_local3d/"
+                       rf".* and 7 more\. Received: weights='{re.escape(path)}'$"):
+        network(classes=5, weights=path)
+    with pytest.raises(ValueError, match=r"2 weight\(s\) differ in shape: pred/kernel: \(32, 5\) "
+                       r"in the file, \(32, 7\) in the model; pred/bias: \(5,\) in the file, "
+                       r"\(7,\) in the model\. Received: weights="):
+        network(nonlocal_blocks={"res3": [0]}, classes=7, weights=path)
+    with pytest.raises(ValueError, match=r"12 weight array\(s\) of the model are not in the file"):
+        plain = str(tmp_path / "plain.weights.h5")
+        network(classes=5).save_weights(plain)
+        network(nonlocal_blocks={"res3": [0]}, classes=5, weights=plain)
+    backbone = network(nonlocal_blocks={"res3": [0]}, include_top=False, weights=path)
+    clip = np.random.default_rng(0).random((1, 4, 32, 32, 3), "float32")
+    features = keras.Model(full.input, full.get_layer("pool5").input)
+    np.testing.assert_array_equal(backbone.predict(clip, verbose=0),
+                                  features.predict(clip, verbose=0))
 
 
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")

@@ -10,14 +10,13 @@ import importlib
 import inspect
 import logging
 import os
-import tempfile
 import warnings
 
-import h5py
 import keras
 import numpy as np
 import yaml
 
+from nonlocal_keras.applications import h5_weights
 from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training import run_state
 from nonlocal_keras.training.data import class_names_from_config, id_names
@@ -245,78 +244,25 @@ def _load_all(model, path, built, received):
 
 
 def _refuse_other_architecture(model, path, built, received):
-    """Evaluation and export take every weight of the file and nothing else.
-    Keras loads a file with more weights than the model (a run with non-local
-    blocks into the model without them) without a word: another network was
-    scored and exported, exit 0. The model is the one the config's `model.*`
-    fields build (`built`), often the mistake rather than the weights."""
-    own = _own_datasets(model)
-    found = _datasets(path, received)
-    wrong = [p for p in own if p in found and found[p].shape != own[p].shape]
-    missing = [p for p in own if p not in found]
-    unused = sorted(set(found) - set(own))
-    if not (wrong or missing or unused):
-        return
-    names = _variable_names(model, own)
-    if wrong:
-        detail = (f"{len(wrong)} weight(s) differ in shape: " + "; ".join(
-            f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in the model"
-            for p in wrong[:5]))
-    else:
-        detail = "; ".join(part for part in (
-            unused and f"{len(unused)} weight array(s) of the file have no place in the model: "
-                       f"{_listed(unused)}",
-            missing and f"{len(missing)} weight array(s) of the model are not in the file: "
-                        f"{_listed([names.get(p, p) for p in missing])}") if part)
-    raise ConfigError(f"The weights of {path} are not those of {built}, the network the config's "
-                      f"model.* fields build (another architecture, or another class count?): "
-                      f"{detail}. Received: {received}")
-
-
-def _listed(paths):
-    return f"{', '.join(paths[:5])}{f' and {len(paths) - 5} more' if len(paths) > 5 else ''}"
-
-
-def _own_datasets(model):
-    """`_datasets` of the file `model.save_weights` writes: the h5 paths its weights take."""
-    with tempfile.TemporaryDirectory() as folder:
-        own_path = os.path.join(folder, "own.weights.h5")
-        model.save_weights(own_path)
-        return _datasets(own_path)
+    """Evaluation and export take every weight of the file and nothing else
+    (Keras drops what the model has no place for: a run with non-local blocks,
+    scored and exported without them, exit 0). The model is the one the
+    config's `model.*` fields build (`built`), often the mistake rather than
+    the weights."""
+    detail = h5_weights.mismatch(model, _datasets(path, received))
+    if detail:
+        raise ConfigError(f"The weights of {path} are not those of {built}, the network the "
+                          f"config's model.* fields build (another architecture, or another "
+                          f"class count?): {detail}. Received: {received}")
 
 
 def _datasets(path, received=None):
-    """`{h5 path: array}` of a Keras weights file's layer weights (optimizer state left out)."""
-    found = {}
+    """`h5_weights.layer_arrays`, a file that is none a ConfigError."""
     try:
-        with h5py.File(path, "r") as handle:
-            handle.visititems(lambda name, item: found.__setitem__(name, item[()])
-                              if isinstance(item, h5py.Dataset) and name.startswith("layers/")
-                              else None)
+        return h5_weights.layer_arrays(path)
     except OSError as error:
         raise ConfigError(f"Cannot read the weights file ({error}). "
                           f"Received: {received or f'model.weights={path!r}'}") from None
-    return found
-
-
-def _variable_names(model, own):
-    """h5 path -> the model's variable path, where a value identifies the variable."""
-    by_value = {}
-    for variable in model.weights:
-        value = np.asarray(variable)
-        by_value.setdefault((value.shape, value.tobytes()), []).append(variable.path)
-    names, layers = {}, {}
-    for path, value in own.items():
-        matches = by_value.get((value.shape, value.tobytes()), [])
-        if len(matches) == 1:
-            names[path] = matches[0]
-            layers[path.rsplit("/", 1)[0]] = matches[0].rsplit("/", 1)[0]
-    # A weight whose value is not unique (a zero bias) is named by its layer.
-    for path in own:
-        group, index = path.rsplit("/", 1)
-        if path not in names and group in layers:
-            names[path] = f"{layers[group]} weight {index}"
-    return names
 
 
 def _run_of(weights, path):
@@ -423,9 +369,9 @@ def load_matching_weights(model, path, other_classes=False):
     ConfigError naming the weight. Logs what was
     restored and what was left new; returns `(restored, left_new)` h5 paths.
     """
-    own = _own_datasets(model)
+    own = h5_weights.model_arrays(model)
     found = _datasets(path)
-    names = _variable_names(model, own)
+    names = h5_weights.variable_names(model, own)
     classifier = {v.path for v in model.layers[-1].weights}
     in_classifier = {p for p, n in names.items() if n in classifier}
     classifier_groups = {p.rsplit("/", 1)[0] for p in in_classifier}
@@ -445,8 +391,8 @@ def load_matching_weights(model, path, other_classes=False):
         # A run of the model with non-local blocks into the one without, of R101
         # into R50: the rest loaded, exit 0, and an INFO line counted what was not.
         raise ConfigError(f"{len(unused)} weight array(s) of the file have no place in "
-                          f"{model.name!r} (another architecture?): {_listed(unused)}. "
-                          f"Received: model.weights={path!r}")
+                          f"{model.name!r} (another architecture?): "
+                          f"{h5_weights.listed(unused)}. Received: model.weights={path!r}")
     left_new = [p for p in own if p not in restored]
     if not restored:
         raise ConfigError(f"No weight of the file fits {model.name!r}. "

@@ -1,0 +1,80 @@
+"""What a Keras weights file (`.weights.h5`) holds, against what a model has.
+
+Keras loads a file holding more than the model without a word (a run with
+non-local blocks into the network without them: those weights are dropped),
+and one holding less, or of other shapes, with an error that names neither
+weight nor shape ("Example error message for object ...:", then nothing).
+"""
+
+import os
+import tempfile
+
+import h5py
+import numpy as np
+
+
+def layer_arrays(path):
+    """`{h5 path: array}` of a weights file's layer weights (optimizer state left
+    out). Raises OSError where `path` is no HDF5 file."""
+    found = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: found.__setitem__(name, item[()])
+                          if isinstance(item, h5py.Dataset) and name.startswith("layers/")
+                          else None)
+    return found
+
+
+def model_arrays(model):
+    """`layer_arrays` of the file `model.save_weights` writes: the h5 paths its weights take."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "own.weights.h5")
+        model.save_weights(path)
+        return layer_arrays(path)
+
+
+def variable_names(model, own):
+    """h5 path -> the model's variable path, where a value identifies the variable
+    (`own`: `model_arrays(model)`)."""
+    by_value = {}
+    for variable in model.weights:
+        value = np.asarray(variable)
+        by_value.setdefault((value.shape, value.tobytes()), []).append(variable.path)
+    names, layers = {}, {}
+    for path, value in own.items():
+        matches = by_value.get((value.shape, value.tobytes()), [])
+        if len(matches) == 1:
+            names[path] = matches[0]
+            layers[path.rsplit("/", 1)[0]] = matches[0].rsplit("/", 1)[0]
+    # A weight whose value is not unique (a zero bias) is named by its layer.
+    for path in own:
+        group, index = path.rsplit("/", 1)
+        if path not in names and group in layers:
+            names[path] = f"{layers[group]} weight {index}"
+    return names
+
+
+def listed(paths):
+    """The first five of `paths`, and how many more."""
+    return f"{', '.join(paths[:5])}{f' and {len(paths) - 5} more' if len(paths) > 5 else ''}"
+
+
+def mismatch(model, found, may_drop=()):
+    """None where the layer arrays `found` (`layer_arrays`) are exactly `model`'s
+    weights in place and shape, but those under the h5 paths `may_drop` that
+    the model lacks; else words saying what differs."""
+    own = model_arrays(model)
+    wrong = [p for p in own if p in found and found[p].shape != own[p].shape]
+    missing = [p for p in own if p not in found]
+    unused = sorted(p for p in set(found) - set(own) if not p.startswith(tuple(may_drop)))
+    if not (wrong or missing or unused):
+        return None
+    names = variable_names(model, own)
+    if wrong:
+        return f"{len(wrong)} weight(s) differ in shape: " + "; ".join(
+            f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in the model"
+            for p in wrong[:5])
+    return "; ".join(part for part in (
+        unused and f"{len(unused)} weight array(s) of the file have no place in the model: "
+                   f"{listed(unused)}",
+        missing and f"{len(missing)} weight array(s) of the model are not in the file: "
+                    f"{listed([names.get(p, p) for p in missing])}") if part)
