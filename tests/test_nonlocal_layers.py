@@ -573,11 +573,27 @@ def test_bad_input_shapes(make, shape, message):
         ({"use_bn": "False"}, "`use_bn` must be True or False. Received: use_bn='False'"),
         ({"sub_sample": "no"}, "Received: sub_sample='no'"),
         ({"use_scale": None}, "Received: use_scale=None"),
+        # Found by a walk: any false value was taken for "not given".
+        ({"data_format": ""}, "Received: data_format=''"),
+        ({"data_format": 0}, "Received: data_format=0"),
+        ({"kernel_initializer": ""}, "`kernel_initializer` must be a Keras initializer, its "
+                                     "name or config, or None \\(the default\\). Received: "
+                                     "kernel_initializer=''"),
+        ({"bias_initializer": False}, "Received: bias_initializer=False"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NonLocal3D(**kwargs)
+
+
+def test_no_bias_initializer_is_the_default_one():
+    """Found by a walk: None went to the projections, whose Dense layers then drew
+    Glorot biases, and the block without BN was no longer the identity at the start."""
+    layer = NonLocal2D(use_bn=False, bias_initializer=None)
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+    assert layer.get_config()["bias_initializer"] == NonLocal2D().get_config()["bias_initializer"]
 
 
 @pytest.mark.parametrize("layer_class", (NonLocal1D, NonLocal2D))

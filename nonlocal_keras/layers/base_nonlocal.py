@@ -152,15 +152,17 @@ class BaseNonLocal(layers.Layer):
                 "`affinity` other than 'spacetime' needs video input (NonLocal3D); "
                 f"this layer has rank {rank}. Received: affinity={affinity!r}"
             )
+        # None, and only None, means the default: '' or 0 are mistakes.
         self.data_format = checked_choice(
             "data_format",
-            data_format or keras.config.image_data_format(),
+            keras.config.image_data_format() if data_format is None else data_format,
             ("channels_last", "channels_first"),
         )
-        self.kernel_initializer = initializers.get(
-            kernel_initializer or OFFICIAL_KERNEL_INITIALIZER
+        self.kernel_initializer = _initializer(
+            "kernel_initializer", kernel_initializer, OFFICIAL_KERNEL_INITIALIZER
         )
-        self.bias_initializer = initializers.get(bias_initializer)
+        # Dense's own default for None would be Glorot: a block then no identity at the start.
+        self.bias_initializer = _initializer("bias_initializer", bias_initializer, "zeros")
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         if not is_real(bn_momentum) or not 0.0 <= bn_momentum < 1.0:
@@ -402,6 +404,16 @@ class BaseNonLocal(layers.Layer):
             }
         )
         return config
+
+
+def _initializer(argument, value, default):
+    try:
+        return initializers.get(default if value is None else value)
+    except ValueError:  # Keras' words name no argument
+        raise ValueError(
+            f"`{argument}` must be a Keras initializer, its name or config, or None (the "
+            f"default). Received: {argument}={value!r}"
+        ) from None
 
 
 def _fresh(initializer, index):
