@@ -79,9 +79,9 @@ from nonlocal_keras.layers import FusedBatchNormalization, NonLocal3D
 from nonlocal_keras.utils import checked_sizes
 
 BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
 # Where a weights file keeps the classifier `pred` (Keras names a file's groups by layer type).
 CLASSIFIER = "layers/dense/"
-BN_MOMENTUM = 0.9
 # Caffe2's MSRAFill: Gaussian with variance 2 / fan_out.
 CONV_INITIALIZER = {"class_name": "VarianceScaling",
                     "config": {"scale": 2.0, "mode": "fan_out",

@@ -122,8 +122,8 @@ def main(argv=None):
         print(f"{failed} of {len(args.videos)} video(s) failed.", file=sys.stderr)
     sys.stdout.flush()  # a pipe's buffer: written now, or found unread
     if getattr(sys.stdout, "lost", False):
-        # The predictions are the work, and a reader (`| head -1`) left before them
-        # all: the status of a Unix tool that SIGPIPE stops, so `set -o pipefail` sees it.
+        # The predictions are the work, and their reader (a pipe's) left before
+        # them: the status of a Unix tool that SIGPIPE stops, which `set -o pipefail` sees.
         return 128 + signal.SIGPIPE
     return 1 if failures else 0
 
