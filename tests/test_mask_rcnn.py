@@ -1271,6 +1271,24 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     ("task.model.backbone.resnet_nonlocal.model_id=7", "`task.model.backbone.resnet_nonlocal."
      "model_id` must be one of the ResNet depths 10, 18, 26, 34, 50, 101, 152, 200, 270, 350, "
      "420 (a bare KeyError before). Received: task.model.backbone.resnet_nonlocal.model_id=7"),
+    # Found by a walk: a graph trace after the build naming no key; TopKV2's words.
+    ("task.model.roi_generator.num_proposals=-10", "`task.model.roi_generator.num_proposals` "
+     "must be at least 1. Received: task.model.roi_generator.num_proposals=-10"),
+    ("task.model.detection_generator.max_num_detections=-5", "Received: task.model."
+     "detection_generator.max_num_detections=-5"),
+    # Gradient ascent, exit 0; a resize traceback mid-training.
+    ("trainer.optimizer_config.learning_rate.stepwise.values=[0.1, -0.01, 0.001]",
+     "`trainer.optimizer_config.learning_rate.stepwise.values` must be learning rates >= 0 "
+     "(finite). Received: trainer.optimizer_config.learning_rate.stepwise.values=[0.1, -0.01, "
+     "0.001]"),
+    ("trainer.optimizer_config.warmup.linear.warmup_learning_rate=-1.0", "Received: trainer."
+     "optimizer_config.warmup.linear.warmup_learning_rate=-1.0"),
+    ("trainer.optimizer_config.learning_rate.type=constant,trainer.optimizer_config."
+     "learning_rate.constant.learning_rate=-0.01", "Received: trainer.optimizer_config."
+     "learning_rate.constant.learning_rate=-0.01"),
+    ("task.train_data.parser.aug_scale_min=-1.0", "`task.train_data.parser.aug_scale_min` and "
+     "`aug_scale_max` must be scales with 0 < min <= max. Received: task.train_data.parser."
+     "aug_scale_min=-1.0, task.train_data.parser.aug_scale_max=1.25"),
 ])
 def test_values_that_make_no_run_are_refused(override, message):
     """`trainer.train_steps=0` or -5 wrote an untrained ckpt-0, exit 0;

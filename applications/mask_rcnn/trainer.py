@@ -7,6 +7,7 @@ kept here because only this package imports Model Garden.
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -426,7 +427,17 @@ AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1,
             "task.train_data.shuffle_buffer_size": 1,
             "task.validation_data.shuffle_buffer_size": 1,
             # Keypoint R-CNN's: 0 failed in the first step (a traceback).
-            "task.model.keypoint_head.roi_size": 1}
+            "task.model.keypoint_head.roi_size": 1,
+            # Found by a walk: -10 was a 3,000-character graph trace after the
+            # build, -5 detections TopKV2's "must be non-negative", naming no key.
+            **dict.fromkeys(
+                ("task.model.roi_generator.pre_nms_top_k", "task.model.roi_generator.num_proposals",
+                 "task.model.roi_generator.test_pre_nms_top_k",
+                 "task.model.roi_generator.test_num_proposals",
+                 "task.model.roi_sampler.num_sampled_rois",
+                 "task.model.detection_generator.pre_nms_top_k",
+                 "task.model.detection_generator.max_num_detections",
+                 "task.model.mask_sampler.num_sampled_masks"), 1)}
 # Orbit evaluates `steps` > 0, or the whole set for -1; with 0, train_and_eval
 # trained the whole run, then failed with Orbit's ValueError.
 STEPS_OR_ALL = ("trainer.validation_steps",)
@@ -447,6 +458,7 @@ def check_value_ranges(params):
                 and value != -1):
             raise ValueError(f"`{key}` must be at least 1, or -1 (the whole validation set). "
                              f"Received: {key}={value!r}")
+    _check_rates_and_scales(given)
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_head(params.task.model)
     _check_input_size(params.task.model)
@@ -457,6 +469,30 @@ def check_value_ranges(params):
         raise ValueError(f"`{key}` must be one of the ResNet depths "
                          f"{', '.join(map(str, resnet_depths()))} (a bare KeyError before). "
                          f"Received: {key}={depth!r}")
+
+
+def _check_rates_and_scales(given):
+    """Found by a walk: a negative learning rate trained (gradient ascent), exit
+    0; a negative scale of the training images failed mid-training in the
+    resize ("output dimensions must be positive"), a traceback."""
+    for key, value in given.items():
+        numbers = value if isinstance(value, list) else [value]
+        if (key.startswith("trainer.optimizer_config.") and key.rsplit(".", 1)[-1] in (
+                "learning_rate", "initial_learning_rate", "warmup_learning_rate", "values",
+                "end_learning_rate")
+                and any(_is_number(v) and not 0 <= v < math.inf for v in numbers)):
+            raise ValueError(f"`{key}` must be learning rates >= 0 (finite). "
+                             f"Received: {key}={value!r}")
+    for data in ("task.train_data.parser", "task.validation_data.parser"):
+        low, high = given.get(f"{data}.aug_scale_min"), given.get(f"{data}.aug_scale_max")
+        if _is_number(low) and _is_number(high) and not 0 < low <= high < math.inf:
+            raise ValueError(f"`{data}.aug_scale_min` and `aug_scale_max` must be scales with "
+                             f"0 < min <= max. Received: {data}.aug_scale_min={low!r}, "
+                             f"{data}.aug_scale_max={high!r}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_input_size(model):
