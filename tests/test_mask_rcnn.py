@@ -234,6 +234,36 @@ def test_bad_placement_is_a_value_error_naming_the_field_and_value(placements, b
     assert bad in str(error.value)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    # Found by a walk: bool("False") is True, the opposite of what was written.
+    ({"sub_sample": "False"}, "`sub_sample` must be True or False. Received: sub_sample='False'"),
+    ({"use_scale": "no"}, "Received: use_scale='no'"),
+    ({"use_sync_bn": "no"}, "Received: use_sync_bn='no'"),
+    # The output was NaN; the strings were kept.
+    ({"norm_epsilon": -1.0}, "`norm_epsilon` must be a finite number > 0 (the output was NaN "
+                             "for a negative one). Received: norm_epsilon=-1.0"),
+    ({"norm_momentum": "abc"}, "Received: norm_momentum='abc'"),
+    ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a tf_keras regularizer "
+                                     "object, name or config. Received: kernel_regularizer='nope'"),
+    ({"kernel_initializer": ""}, "Received: kernel_initializer=''"),
+])
+def test_bad_block_arguments_are_value_errors_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mask_rcnn.NonLocalBlock2D(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model_id": 51}, "`model_id` must be one of the ResNet depths 10, 18, 26, 34, 50, 101, "
+                       "152, 200, 270, 350, 420. Received: model_id=51"),  # a KeyError before
+    ({"model_id": 50, "nonlocal_placements": None}, "Received: nonlocal_placements=None"),
+    ({"model_id": 50, "nonlocal_sub_sample": "False"}, "Received: nonlocal_sub_sample='False'"),
+])
+def test_bad_backbone_arguments_are_value_errors_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nl_backbone.ResNetNonLocalModel(
+            input_specs=tf_keras.layers.InputSpec(shape=[None, 64, 64, 3]), **kwargs)
+
+
 def test_bad_nonlocal_mode_is_a_value_error_naming_the_field():
     config = nl_backbone.Backbone(type=nl_backbone.BACKBONE_TYPE)
     config.resnet_nonlocal.nonlocal_mode = "softmax"

@@ -15,7 +15,7 @@ from official.vision.modeling.backbones import factory, resnet
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D
 from nonlocal_keras.applications.mask_rcnn.registration import once, serializable
-from nonlocal_keras.utils import checked_choice
+from nonlocal_keras.utils import checked_bool, checked_choice
 
 BACKBONE_TYPE = "resnet_nonlocal"
 DEFAULT_PLACEMENTS = ("res4:-1",)
@@ -51,9 +51,16 @@ def parse_placements(placements, model_id):
     Raises:
         ValueError: naming `nonlocal_placements` and the bad entry.
     """
+    if model_id not in resnet.RESNET_SPECS:  # a bare KeyError before
+        raise ValueError(f"`model_id` must be one of the ResNet depths "
+                         f"{', '.join(map(str, sorted(resnet.RESNET_SPECS)))}. "
+                         f"Received: model_id={model_id!r}")
     specs = resnet.RESNET_SPECS[model_id]
     if isinstance(placements, str):
         placements = [placements]
+    if not isinstance(placements, (list, tuple)):  # None or 5: a TypeError before
+        raise ValueError("`nonlocal_placements` must be a list of entries such as 'res4:-1' "
+                         f"(empty for none). Received: nonlocal_placements={placements!r}")
     if len(placements) > 1 and all(isinstance(e, str) and len(e) == 1 for e in placements):
         # Model Garden's config stores a string given for this list as its letters.
         raise ValueError(
@@ -127,11 +134,12 @@ class ResNetNonLocalModel(resnet.ResNet):
         checked_choice("nonlocal_mode", nonlocal_mode, nonlocal_math.MODES)
         # One plain object: tf_keras checks containers assigned before
         # Model.__init__ (an empty tuple trips it) and tracks lists and dicts.
+        blocks = parse_placements(nonlocal_placements, model_id)
         self._nonlocal = _NonLocalPlan(
             placements=tuple(nonlocal_placements),
-            blocks=parse_placements(nonlocal_placements, model_id),
+            blocks=blocks,
             mode=nonlocal_mode,
-            sub_sample=bool(nonlocal_sub_sample),
+            sub_sample=checked_bool("nonlocal_sub_sample", nonlocal_sub_sample),
         )
         # ResNet.__init__ calls _block_group once per stage, in order res2 .. res5.
         self._levels = itertools.count(_FIRST_LEVEL)
