@@ -731,6 +731,36 @@ def synthetic_data(tmp_path_factory):
     return synthetic_coco.build(str(tmp_path_factory.mktemp("coco")), num_train=6, num_val=2)
 
 
+def test_an_annotation_file_that_cannot_be_scored_is_refused_before_anything_runs(
+        synthetic_data, tmp_path):
+    """Found by a walk, each after the whole evaluation: `{}` was "error: images",
+    no annotation scored AP -1 (exit 0), a polygon of 2 points a pycocotools
+    traceback, a JSON cut short "Expecting ',' delimiter" naming no file."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    task = tiny_config(data=synthetic_data).task
+    trainer.check_annotation_file(task, "train_and_eval")  # the real one: fine
+    with open(synthetic_data["val_json"]) as handle:
+        text = handle.read()
+    coco = json.loads(text)
+    few = json.loads(text)
+    few["annotations"][1]["segmentation"] = [[1, 2, 3, 4]]
+    cases = {"{}": "holds no COCO `images` and `annotations` lists",
+             json.dumps({**coco, "annotations": []}): "has no annotation: its AP cannot be "
+                                                      "scored (it is -1)",
+             json.dumps(few): f"the `segmentation` of annotation {few['annotations'][1]['id']!r} "
+                              "holds a polygon of fewer than 3 (x, y) points",
+             text[:len(text) // 2]: "task.annotation_file is no JSON (Expecting"}
+    for number, (content, message) in enumerate(cases.items()):
+        path = tmp_path / f"{number}.json"
+        path.write_text(content)
+        task.annotation_file = str(path)
+        with pytest.raises(ValueError, match=re.escape(message) + ".*Received: "
+                           f"task.annotation_file='{re.escape(str(path))}'$"):
+            trainer.check_annotation_file(task, "eval")
+        trainer.check_annotation_file(task, "train")  # not read
+
+
 def test_synthetic_coco_masks_are_the_painted_pixels(synthetic_data):
     import json
 

@@ -652,6 +652,40 @@ def check_data_files(params, mode):
                 f"Received: task.{name}.input_path={given!r}")
 
 
+def check_annotation_file(task, mode):
+    """Before anything runs, for a command that evaluates: the COCO JSON the
+    metrics read (`task.annotation_file`) must be one, with some annotation
+    and, where masks are scored, polygons of 3 points or more. Found by a walk,
+    each after the whole evaluation: `{}` said "error: images", a file of no
+    annotation scored AP -1 with exit 0, a polygon of 2 points was a
+    pycocotools traceback, text that is no JSON a JSONDecodeError's words."""
+    path, field = task.annotation_file, "task.annotation_file"
+    if "eval" not in mode or not path or "://" in path or not os.path.isfile(path):
+        return  # none: build_metrics says so; a remote one is read where it is
+    try:
+        with open(path, encoding="utf-8") as handle:
+            coco = json.load(handle)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{field} is no JSON ({error}). Received: {field}={path!r}") from None
+    annotations = coco.get("annotations") if isinstance(coco, dict) else None
+    if not (isinstance(annotations, list) and isinstance(coco.get("images"), list)):
+        raise ValueError(f"{field} holds no COCO `images` and `annotations` lists. "
+                         f"Received: {field}={path!r}")
+    if not annotations:
+        raise ValueError(f"{field} has no annotation: its AP cannot be scored (it is -1). "
+                         f"Received: {field}={path!r}")
+    if not getattr(task.model, "include_mask", False):
+        return
+    for annotation in annotations:
+        polygons = annotation.get("segmentation") if isinstance(annotation, dict) else None
+        if isinstance(polygons, list) and not all(
+                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in polygons):
+            identity = annotation.get("id")
+            raise ValueError(f"{field}: the `segmentation` of annotation {identity!r} holds a "
+                             f"polygon of fewer than 3 (x, y) points or an odd count of numbers. "
+                             f"Received: {field}={path!r}")
+
+
 def check_model_dir(params, model_dir, mode, export_dir=None):
     """Before anything is written: `model_dir` must hold a checkpoint to evaluate,
     and a checkpoint there must be of the network `params` describes (its
@@ -743,6 +777,7 @@ def run(argv, signals):
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
     check_writable(model_dir)
     check_data_files(params, FLAGS.mode)
+    check_annotation_file(params.task, FLAGS.mode)
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_annotations(params.task, FLAGS.mode)
     local_chief = _writes_the_run(model_dir)
