@@ -623,6 +623,21 @@ def test_writing_records_stops_where_the_converter_would_drop_an_object(stick_fi
     image_dir = os.path.join(os.path.dirname(stick_figures["val_json"]), "val")
     with pytest.raises(ValueError, match="Received: image='000001.png'"):
         keypoint_data.write_keypoint_tfrecords(str(path), image_dir, str(tmp_path / "bad.tfrecord"))
+    # Found by a walk: 20 and 24 numbers were written misaligned, and the
+    # training then blamed the whole dataset ("do not hold 7 keypoints").
+    for change, had in ((lambda a: a["keypoints"].pop(), "20 keypoint numbers"),
+                        (lambda a: a["keypoints"].extend([1.0, 1.0, 2]),
+                         "24 keypoint numbers \\(21 in annotation")):
+        with open(stick_figures["val_json"]) as f:
+            changed = json.load(f)
+        change(changed["annotations"][-1])
+        path.write_text(json.dumps(changed))
+        identity = changed["annotations"][-1]["id"]
+        with pytest.raises(ValueError, match=f"Annotation {identity} of .* has {had}.*Received: "
+                                             "json_path="):
+            keypoint_data.write_keypoint_tfrecords(str(path), image_dir,
+                                                   str(tmp_path / "bad.tfrecord"))
+    assert not list(tmp_path.glob("bad.tfrecord*"))
 
 
 def test_keypoint_training_and_evaluation_settings_keep_the_same_network(tmp_path):

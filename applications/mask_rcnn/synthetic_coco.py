@@ -10,8 +10,10 @@ Model Garden's own converter functions (`create_coco_tf_record`).
 
 import collections
 import functools
+import glob
 import json
 import os
+import uuid
 
 import numpy as np
 from official.vision.data import create_coco_tf_record, tfrecord_lib
@@ -134,10 +136,26 @@ def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
         id_to_name_map=id_to_name,
         include_masks=True,
     )
-    tfrecord_lib.write_tf_record_dataset(
-        output_prefix, examples, create_coco_tf_record.create_tf_example, num_shards,
-        multiple_processes=0,
-    )
+    return write_shards(output_prefix, examples, create_coco_tf_record.create_tf_example,
+                        num_shards)
+
+
+def write_shards(output_prefix, examples, make_example, num_shards):
+    """`tfrecord_lib.write_tf_record_dataset` under temporary names, renamed once
+    every shard is whole: an annotation that fails the conversion (the walk's:
+    a polygon of 2 points, a box the converter drops) left half-written shards
+    under the final names. Returns their file pattern."""
+    folder, name = os.path.split(output_prefix)
+    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        tfrecord_lib.write_tf_record_dataset(temporary, examples, make_example, num_shards,
+                                             multiple_processes=0)
+    except BaseException:
+        for path in glob.glob(glob.escape(temporary) + "-*"):
+            os.remove(path)
+        raise
+    for path in glob.glob(glob.escape(temporary) + "-*"):
+        os.replace(path, output_prefix + path[len(temporary):])
     return f"{output_prefix}-*"
 
 
