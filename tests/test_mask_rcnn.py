@@ -412,6 +412,9 @@ def _detection_command(argv, capsys, debug=False):
         (["--model_dir="], "--model_dir must name a folder"),
         (["--mode", "continuous_train_and_eval"], "--mode must be one of train, eval"),
         (["--export_dir", sys.executable], "--export_dir is a file, not a folder"),
+        # Found by a walk: after the whole evaluation, naming a temporary folder.
+        (["--export_dir", "/proc/nl_export"], "--export_dir cannot be made: '/proc' takes no "
+                                              "new folder"),
         (["--config_file", "/"], "--config_file is a folder"),
         (["--params_override", "trainer.train_steps=abc"],
          "`trainer.train_steps` must be int, as its default"),

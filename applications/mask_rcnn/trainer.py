@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 import uuid
 
@@ -350,6 +351,7 @@ def _check_export_dir(export_dir, model_dir):
                          "above it: the export replaces the folder whole. "
                          f"Received: --export_dir={export_dir!r}, --model_dir={model_dir!r}")
     if not tf.io.gfile.isdir(export_dir):
+        _check_can_make(export_dir)
         return
     held, checkpoint = tf.io.gfile.listdir(export_dir), tf.train.latest_checkpoint(export_dir)
     if not held or (tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
@@ -360,6 +362,23 @@ def _check_export_dir(export_dir, model_dir):
                  f"{f' and {len(held) - 3} more' if len(held) > 3 else ''}")
     raise ValueError(f"--export_dir holds {what}, which the export would replace: give a new or "
                      f"empty folder, or an earlier export's. Received: --export_dir={export_dir!r}")
+
+
+def _check_can_make(export_dir):
+    """A local --export_dir to be made: its nearest existing folder takes a new
+    folder (the export writes beside it, then renames). Found by a walk: under
+    /proc or /sys (where root's permission bits say yes) it failed after the
+    whole evaluation, naming the export's temporary folder."""
+    if "://" in export_dir:
+        return
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tmp-check-", dir=parent))
+    except OSError as error:
+        raise ValueError(f"--export_dir cannot be made: {parent!r} takes no new folder "
+                         f"({error.strerror}). Received: --export_dir={export_dir!r}") from None
 
 
 def _check_folder(flag, path):
