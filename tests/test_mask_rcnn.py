@@ -762,6 +762,14 @@ def test_an_annotation_file_that_cannot_be_scored_is_refused_before_anything_run
                            f"task.annotation_file='{re.escape(str(path))}'$"):
             trainer.check_annotation_file(task, "eval")
         trainer.check_annotation_file(task, "train")  # not read
+    # The converter of a training JSON: pycocotools' TypeError, naming nothing.
+    few_json = tmp_path / "few_train.json"
+    few_json.write_text(json.dumps(few))
+    image_dir = os.path.join(os.path.dirname(synthetic_data["val_json"]), "val")
+    with pytest.raises(ValueError, match=f"The `segmentation` of annotation "
+                       f"{few['annotations'][1]['id']!r} of .* holds a polygon of fewer than 3"):
+        synthetic_coco.write_tfrecords(str(few_json), image_dir, str(tmp_path / "few"))
+    assert not list(tmp_path.glob("*few-*"))
 
 
 def test_synthetic_coco_masks_are_the_painted_pixels(synthetic_data):

@@ -129,6 +129,11 @@ def write_tfrecords(json_path, image_dir, output_prefix, num_shards=1):
         The file pattern of the written shards.
     """
     images, image_to_annotations, id_to_name = load_coco(json_path)
+    bad = short_polygon([a for found in image_to_annotations.values() for a in found])
+    if bad is not None:  # pycocotools' TypeError named nothing
+        raise ValueError(f"The `segmentation` of annotation {bad!r} of {json_path!r} holds a "
+                         "polygon of fewer than 3 (x, y) points or an odd count of numbers. "
+                         f"Received: json_path={json_path!r}")
     examples = create_coco_tf_record.generate_annotations(
         images=images,
         image_dirs=[image_dir],
@@ -157,6 +162,17 @@ def write_shards(output_prefix, examples, make_example, num_shards):
     for path in glob.glob(glob.escape(temporary) + "-*"):
         os.replace(path, output_prefix + path[len(temporary):])
     return f"{output_prefix}-*"
+
+
+def short_polygon(annotations):
+    """The id of the first annotation whose polygon `segmentation` has fewer than
+    3 points or an odd count of numbers (pycocotools fails on it), else None."""
+    for annotation in annotations:
+        polygons = annotation.get("segmentation") if isinstance(annotation, dict) else None
+        if isinstance(polygons, list) and not all(
+                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in polygons):
+            return annotation.get("id")
+    return None
 
 
 def load_coco(json_path):

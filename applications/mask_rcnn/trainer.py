@@ -695,14 +695,11 @@ def check_annotation_file(task, mode):
                          f"Received: {field}={path!r}")
     if not getattr(task.model, "include_mask", False):
         return
-    for annotation in annotations:
-        polygons = annotation.get("segmentation") if isinstance(annotation, dict) else None
-        if isinstance(polygons, list) and not all(
-                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in polygons):
-            identity = annotation.get("id")
-            raise ValueError(f"{field}: the `segmentation` of annotation {identity!r} holds a "
-                             f"polygon of fewer than 3 (x, y) points or an odd count of numbers. "
-                             f"Received: {field}={path!r}")
+    bad = synthetic_coco.short_polygon(annotations)
+    if bad is not None:
+        raise ValueError(f"{field}: the `segmentation` of annotation {bad!r} holds a polygon of "
+                         f"fewer than 3 (x, y) points or an odd count of numbers. "
+                         f"Received: {field}={path!r}")
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
