@@ -46,6 +46,39 @@ def checked_bool(name, value):
     return bool(value)
 
 
+def checked_momentum(name, value):
+    """`value`, a BatchNorm momentum in [0, 1), or a ValueError naming `name`."""
+    if not is_real(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+def checked_epsilon(name, value):
+    """`value`, a BatchNorm epsilon, or a ValueError naming `name`: the
+    normalisation divides by sqrt(variance + epsilon), NaN for a negative one."""
+    if not is_real(value) or not 0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a finite number > 0 (the output is NaN for a "
+                         f"negative one). Received: {name}={value!r}")
+    return float(value)
+
+
+def checked_get(module, name, value, default=None):
+    """`module.get(value)`, `value` None meaning `default`, or a ValueError naming
+    `name`. `module` is Keras' or tf_keras' `initializers` or `regularizers`:
+    Keras' own error names no argument, and tf_keras keeps an unknown
+    regularizer's name as it is (a string where an object goes)."""
+    given = default if value is None else value
+    try:
+        got = module.get(given)
+    except (ValueError, TypeError):
+        got = None
+    if given is not None and (got is None or isinstance(got, str)):
+        library, kind = module.__name__.split(".")[0], module.__name__.rsplit(".", 1)[-1][:-1]
+        raise ValueError(f"`{name}` must be a {library} {kind}, its name or config, or None. "
+                         f"Received: {name}={value!r}")
+    return got
+
+
 def checked_sizes(x, rules, input_shape):
     """`x` after checking the sizes of some of its axes; ValueError or assertion.
 

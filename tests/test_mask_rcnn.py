@@ -240,11 +240,12 @@ def test_bad_placement_is_a_value_error_naming_the_field_and_value(placements, b
     ({"use_scale": "no"}, "Received: use_scale='no'"),
     ({"use_sync_bn": "no"}, "Received: use_sync_bn='no'"),
     # The output was NaN; the strings were kept.
-    ({"norm_epsilon": -1.0}, "`norm_epsilon` must be a finite number > 0 (the output was NaN "
+    ({"norm_epsilon": -1.0}, "`norm_epsilon` must be a finite number > 0 (the output is NaN "
                              "for a negative one). Received: norm_epsilon=-1.0"),
     ({"norm_momentum": "abc"}, "Received: norm_momentum='abc'"),
-    ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a tf_keras regularizer "
-                                     "object, name or config. Received: kernel_regularizer='nope'"),
+    ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a tf_keras regularizer, "
+                                     "its name or config, or None. Received: "
+                                     "kernel_regularizer='nope'"),
     ({"kernel_initializer": ""}, "Received: kernel_initializer=''"),
 ])
 def test_bad_block_arguments_are_value_errors_naming_them(kwargs, message):

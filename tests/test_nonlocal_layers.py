@@ -576,10 +576,17 @@ def test_bad_input_shapes(make, shape, message):
         # Found by a walk: any false value was taken for "not given".
         ({"data_format": ""}, "Received: data_format=''"),
         ({"data_format": 0}, "Received: data_format=0"),
-        ({"kernel_initializer": ""}, "`kernel_initializer` must be a Keras initializer, its "
-                                     "name or config, or None \\(the default\\). Received: "
+        ({"kernel_initializer": ""}, "`kernel_initializer` must be a keras initializer, its "
+                                     "name or config, or None. Received: "
                                      "kernel_initializer=''"),
         ({"bias_initializer": False}, "Received: bias_initializer=False"),
+        # Keras' own error named no argument.
+        ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a keras regularizer, "
+                                        "its name or config, or None. Received: "
+                                        "kernel_regularizer='nope'"),
+        ({"bias_regularizer": 3}, "Received: bias_regularizer=3"),
+        ({"bn_momentum": 1}, "`bn_momentum` must be a number in \\[0, 1\\). Received: "
+                             "bn_momentum=1"),
     ],
 )
 def test_bad_arguments(kwargs, message):

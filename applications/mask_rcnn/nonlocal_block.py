@@ -7,14 +7,13 @@ exactly as `nonlocal_keras.layers.NonLocal2D` does; `keras.ops` run on the
 plain TensorFlow tensors that `tf_keras` passes in.
 """
 
-import math
-
 import tensorflow as tf
 import tf_keras
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.applications.mask_rcnn.registration import serializable
-from nonlocal_keras.utils import checked_bool, checked_choice, is_positive_int, is_real
+from nonlocal_keras.utils import (checked_bool, checked_choice, checked_epsilon, checked_get,
+                                   checked_momentum, is_positive_int)
 
 # As the Keras 3 layers: the official code's Gaussian(std 0.01) for the
 # projections, and BN(gamma = 0) after W_z so the block starts as the identity.
@@ -67,19 +66,12 @@ class NonLocalBlock2D(tf_keras.layers.Layer):
         # bool("False") is True: found by a walk, the opposite of what was written.
         self.sub_sample = checked_bool("sub_sample", sub_sample)
         self.use_scale = checked_bool("use_scale", use_scale)
-        self.kernel_initializer = _checked_get(
-            tf_keras.initializers, "kernel_initializer",
-            _OFFICIAL_KERNEL_INITIALIZER if kernel_initializer is None else kernel_initializer)
-        self.kernel_regularizer = _checked_get(
-            tf_keras.regularizers, "kernel_regularizer", kernel_regularizer)
-        if not is_real(norm_momentum) or not 0.0 <= norm_momentum < 1.0:
-            raise ValueError("`norm_momentum` must be a number in [0, 1). "
-                             f"Received: norm_momentum={norm_momentum!r}")
-        if not is_real(norm_epsilon) or not 0 < norm_epsilon < math.inf:
-            raise ValueError("`norm_epsilon` must be a finite number > 0 (the output was NaN "
-                             f"for a negative one). Received: norm_epsilon={norm_epsilon!r}")
-        self.norm_momentum = norm_momentum
-        self.norm_epsilon = norm_epsilon
+        self.kernel_initializer = checked_get(tf_keras.initializers, "kernel_initializer",
+                                              kernel_initializer, _OFFICIAL_KERNEL_INITIALIZER)
+        self.kernel_regularizer = checked_get(tf_keras.regularizers, "kernel_regularizer",
+                                              kernel_regularizer)
+        self.norm_momentum = checked_momentum("norm_momentum", norm_momentum)
+        self.norm_epsilon = checked_epsilon("norm_epsilon", norm_epsilon)
         self.use_sync_bn = checked_bool("use_sync_bn", use_sync_bn)
         self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
@@ -162,16 +154,3 @@ def build_in_scope(layer, input_shape):
     # `block/theta/kernel`, not all `block/kernel`.
     with tf.name_scope(layer.name):
         layer.build(input_shape)
-
-
-def _checked_get(module, argument, value):
-    """`module.get(value)` (tf_keras' initializers or regularizers), or a ValueError
-    naming the argument: tf_keras kept an unknown regularizer's name as it was."""
-    try:
-        got = module.get(value)
-    except (ValueError, TypeError):
-        got = None
-    if value is not None and (got is None or isinstance(got, str)):
-        raise ValueError(f"`{argument}` must be a tf_keras {module.__name__.rsplit('.', 1)[-1][:-1]} "
-                         f"object, name or config. Received: {argument}={value!r}")
-    return got

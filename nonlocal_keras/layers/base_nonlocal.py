@@ -10,8 +10,8 @@ from keras.saving import register_keras_serializable
 
 from nonlocal_keras import nonlocal_math
 from nonlocal_keras.layers.fused_batch_normalization import FusedBatchNormalization
-from nonlocal_keras.utils import (checked_bool, checked_choice, checked_sizes, is_positive_int,
-                                   is_real)
+from nonlocal_keras.utils import (checked_bool, checked_choice, checked_epsilon, checked_get,
+                                   checked_momentum, checked_sizes, is_positive_int)
 
 # The official code (video-nonlocal-net, lib/core/config.py) initialises the
 # block's convolutions with a Gaussian of std 0.01; the paper says MSRA.
@@ -158,24 +158,17 @@ class BaseNonLocal(layers.Layer):
             keras.config.image_data_format() if data_format is None else data_format,
             ("channels_last", "channels_first"),
         )
-        self.kernel_initializer = _initializer(
-            "kernel_initializer", kernel_initializer, OFFICIAL_KERNEL_INITIALIZER
+        self.kernel_initializer = checked_get(
+            initializers, "kernel_initializer", kernel_initializer, OFFICIAL_KERNEL_INITIALIZER
         )
         # Dense's own default for None would be Glorot: a block then no identity at the start.
-        self.bias_initializer = _initializer("bias_initializer", bias_initializer, "zeros")
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        if not is_real(bn_momentum) or not 0.0 <= bn_momentum < 1.0:
-            raise ValueError(
-                f"`bn_momentum` must be a number in [0, 1). Received: bn_momentum={bn_momentum!r}"
-            )
-        if not is_real(bn_epsilon) or not 0 < bn_epsilon < math.inf:
-            raise ValueError(
-                "`bn_epsilon` must be a finite number > 0. "
-                f"Received: bn_epsilon={bn_epsilon!r}"
-            )
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
+        self.bias_initializer = checked_get(initializers, "bias_initializer", bias_initializer,
+                                            "zeros")
+        self.kernel_regularizer = checked_get(regularizers, "kernel_regularizer",
+                                              kernel_regularizer)
+        self.bias_regularizer = checked_get(regularizers, "bias_regularizer", bias_regularizer)
+        self.bn_momentum = checked_momentum("bn_momentum", bn_momentum)
+        self.bn_epsilon = checked_epsilon("bn_epsilon", bn_epsilon)
         self.chunk_size = nonlocal_math.check_chunk_size(chunk_size)
         self.frames_per_group = self._check_frames_per_group(frames_per_group)
         self.theta = self.phi = self.g = self.w_z = self.bn = self.w_f = None
@@ -404,16 +397,6 @@ class BaseNonLocal(layers.Layer):
             }
         )
         return config
-
-
-def _initializer(argument, value, default):
-    try:
-        return initializers.get(default if value is None else value)
-    except ValueError:  # Keras' words name no argument
-        raise ValueError(
-            f"`{argument}` must be a Keras initializer, its name or config, or None (the "
-            f"default). Received: {argument}={value!r}"
-        ) from None
 
 
 def _fresh(initializer, index):
