@@ -671,10 +671,10 @@ def test_validation_keypoints_that_cannot_be_scored_are_refused_before_training(
     import subprocess
     import sys
 
-    from nonlocal_keras.applications.mask_rcnn import keypoint_experiment
+    from nonlocal_keras.applications.mask_rcnn import trainer
 
     task = tiny_keypoint_config(data=stick_figures).task
-    keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")  # labelled: fine
+    trainer.check_annotation_file(task, "train_and_eval")  # labelled: fine
     with open(stick_figures["val_json"]) as handle:
         coco = json.load(handle)
     def variant(name, change):
@@ -696,12 +696,12 @@ def test_validation_keypoints_that_cannot_be_scored_are_refused_before_training(
             ("no_count.json", lambda a: a.pop("num_keypoints")),
             ("text.json", lambda a: a["keypoints"].__setitem__(2, "2")))]
     (tmp_path / "no_list.json").write_text(json.dumps({**coco, "annotations": {"a": 1}}))
-    cases.append((tmp_path / "no_list.json", "holds no COCO `annotations` list"))
+    cases.append((tmp_path / "no_list.json", "holds no COCO `images` and `annotations` lists"))
     for path, message in cases:
         task.annotation_file = str(path)
         with pytest.raises(ValueError, match=f"{message}.*Received: task.annotation_file="):
-            keypoint_experiment.check_keypoint_annotations(task, "train_and_eval")
-        keypoint_experiment.check_keypoint_annotations(task, "train")  # not read
+            trainer.check_annotation_file(task, "train_and_eval")
+        trainer.check_annotation_file(task, "train")  # not read
     model_dir = tmp_path / "model"
     run = subprocess.run(
         [sys.executable, "-m", "nonlocal_keras.training.train_detection",

@@ -13,9 +13,7 @@ classes (background, person) and no mask branch.
 """
 
 import dataclasses
-import json
 import math
-import os
 from typing import List, Optional
 
 import tensorflow as tf
@@ -112,25 +110,15 @@ def check_keypoint_head(model):
             f"Received: {field}num_sampled_rois={head.num_sampled_rois}")
 
 
-def check_keypoint_annotations(task, mode):
-    """Before anything runs, for a command that evaluates: the validation JSON
-    must hold, for each annotation, `num_keypoints` keypoint triples and the
-    count pycocotools scores by (`num_keypoints`; 0: ignored), and some
-    annotation must count. Without one, keypoint AP is -1: it trained the
-    whole run, then scored -1, exit 0; another length or no count failed in
-    the evaluation, after the training."""
+def check_keypoint_annotations(task, annotations):
+    """For a command that evaluates (`trainer.check_annotation_file` calls it with
+    the validation JSON's `annotations`): each must hold `num_keypoints`
+    keypoint triples and the count pycocotools scores by (`num_keypoints`; 0:
+    ignored), and some annotation must count. Without one, keypoint AP is -1:
+    it trained the whole run, then scored -1, exit 0; another length or no
+    count failed in the evaluation, after the training."""
     path, field = task.annotation_file, "task.annotation_file"
-    if "eval" not in mode or not path or "://" in path or not os.path.isfile(path):
-        return  # none: build_metrics says so; a remote one is read where it is
     count = task.model.keypoint_head.num_keypoints
-    with open(path, encoding="utf-8") as handle:
-        try:
-            coco = json.load(handle)
-        except ValueError:
-            return  # not JSON: pycocotools' error names the file
-    annotations = coco.get("annotations") if isinstance(coco, dict) else None
-    if not isinstance(annotations, list):
-        raise ValueError(f"{field} holds no COCO `annotations` list. Received: {field}={path!r}")
     for annotation in annotations:
         keypoints = annotation.get("keypoints") if isinstance(annotation, dict) else None
         if (not isinstance(keypoints, list) or len(keypoints) != 3 * count

@@ -674,7 +674,8 @@ def check_data_files(params, mode):
 def check_annotation_file(task, mode):
     """Before anything runs, for a command that evaluates: the COCO JSON the
     metrics read (`task.annotation_file`) must be one, with some annotation
-    and, where masks are scored, polygons of 3 points or more. Found by a walk,
+    and, where masks are scored, polygons of 3 points or more (keypoints:
+    `check_keypoint_annotations`). Found by a walk,
     each after the whole evaluation: `{}` said "error: images", a file of no
     annotation scored AP -1 with exit 0, a polygon of 2 points was a
     pycocotools traceback, text that is no JSON a JSONDecodeError's words."""
@@ -693,6 +694,8 @@ def check_annotation_file(task, mode):
     if not annotations:
         raise ValueError(f"{field} has no annotation: its AP cannot be scored (it is -1). "
                          f"Received: {field}={path!r}")
+    if hasattr(task.model, "keypoint_head"):
+        keypoint_experiment.check_keypoint_annotations(task, annotations)
     if not getattr(task.model, "include_mask", False):
         return
     bad = synthetic_coco.short_polygon(annotations)
@@ -794,8 +797,6 @@ def run(argv, signals):
     check_writable(model_dir)
     check_data_files(params, FLAGS.mode)
     check_annotation_file(params.task, FLAGS.mode)
-    if hasattr(params.task.model, "keypoint_head"):
-        keypoint_experiment.check_keypoint_annotations(params.task, FLAGS.mode)
     local_chief = _writes_the_run(model_dir)
     writer = "train" in FLAGS.mode and local_chief
     # --mode eval writes its summaries (validation/events...) into the run folder.
