@@ -414,8 +414,8 @@ def _detection_command(argv, capsys, debug=False):
         (["--mode", "continuous_train_and_eval"], "--mode must be one of train, eval"),
         (["--export_dir", sys.executable], "--export_dir is a file, not a folder"),
         # Found by a walk: after the whole evaluation, naming a temporary folder.
-        (["--export_dir", "/proc/nl_export"], "--export_dir cannot be made: '/proc' takes no "
-                                              "new folder"),
+        (["--export_dir", "/proc/nl_export"], "Cannot write in --export_dir ('/proc', where it "
+                                              "would be made): it takes no new file"),
         (["--config_file", "/"], "--config_file is a folder"),
         (["--params_override", "trainer.train_steps=abc"],
          "`trainer.train_steps` must be int, as its default"),
@@ -1583,17 +1583,17 @@ def test_a_model_dir_this_user_cannot_write_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(tf.errors.PermissionDeniedError):
         with trainer.unwritable_model_dir_named(str(run)):
             raise tf.errors.PermissionDeniedError(None, None, "/etc/other; Permission denied")
-    trainer.check_writable(str(run))
-    trainer.check_writable(str(run / "new" / "deeper"))
+    trainer.check_can_write("--model_dir", str(run))
+    trainer.check_can_write("--model_dir", str(run / "new" / "deeper"))
     real_access = os.access
     monkeypatch.setattr(trainer.os, "access", lambda path, mode: (
         False if str(path).startswith(str(run)) else real_access(path, mode)))
-    with pytest.raises(ValueError, match=rf"^Cannot write in --model_dir: it is read-only.*"
-                       rf"Received: --model_dir='{run}'$"):
-        trainer.check_writable(str(run))
+    with pytest.raises(ValueError, match=rf"^Cannot write in --model_dir: it takes no new file "
+                       rf"\(Permission denied\)\. Received: --model_dir='{run}'$"):
+        trainer.check_can_write("--model_dir", str(run))
     with pytest.raises(ValueError, match=r"^Cannot write in --model_dir \(.*where it would be "
                        r"made\)"):
-        trainer.check_writable(str(run / "new"))
+        trainer.check_can_write("--model_dir", str(run / "new"))
 
 
 @pytest.mark.slow

@@ -509,6 +509,17 @@ def test_a_file_in_place_of_a_folder_to_write_in_is_named(tmp_path):
     assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
 
 
+def test_a_folder_that_takes_no_file_whatever_its_permission_bits_is_named():
+    """Root's permission bits say yes under /proc, which takes no file: an
+    output there was found unwritable after the work (a walk, in the detection
+    export)."""
+    from nonlocal_keras.training import atomic
+
+    with pytest.raises(errors.FolderError, match=r"^Cannot write '/proc/nonlocal_keras_check/"
+                       r"eval.json' \(.+\); the file there before, if any, is unchanged$"):
+        atomic.check_writable("/proc/nonlocal_keras_check/eval.json")
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
     folder, and a kill left an earlier export half overwritten)."""

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import uuid
 
 import numpy as np
@@ -130,10 +131,24 @@ def check_writable(path):
     no permission. Asked before a command's work: `nonlocal-evaluate` scored
     every video, then could not write its output, and printed nothing of it."""
     check_not_a_folder(path)
-    folder = _nearest_folder(path)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        reason = os.strerror(errno.EROFS if _read_only(folder) else errno.EACCES)
+    reason = why_not_writable(_nearest_folder(path))
+    if reason:
         raise _cannot_write(path, reason)
+
+
+def why_not_writable(folder):
+    """Why nothing new can be made in the existing `folder`, or None. Its
+    permission bits first (no permission, a read-only file system), then a
+    folder made and removed there, for what the bits do not tell: root's say
+    yes under /proc or /sys, which take nothing (found by a walk: an export
+    there failed after the whole evaluation)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return os.strerror(errno.EROFS if _read_only(folder) else errno.EACCES)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tmp-check-", dir=folder))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _read_only(folder):

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import uuid
 
@@ -351,7 +350,7 @@ def _check_export_dir(export_dir, model_dir):
                          "above it: the export replaces the folder whole. "
                          f"Received: --export_dir={export_dir!r}, --model_dir={model_dir!r}")
     if not tf.io.gfile.isdir(export_dir):
-        _check_can_make(export_dir)
+        check_can_write("--export_dir", export_dir)
         return
     held, checkpoint = tf.io.gfile.listdir(export_dir), tf.train.latest_checkpoint(export_dir)
     if not held or (tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb"))
@@ -362,23 +361,6 @@ def _check_export_dir(export_dir, model_dir):
                  f"{f' and {len(held) - 3} more' if len(held) > 3 else ''}")
     raise ValueError(f"--export_dir holds {what}, which the export would replace: give a new or "
                      f"empty folder, or an earlier export's. Received: --export_dir={export_dir!r}")
-
-
-def _check_can_make(export_dir):
-    """A local --export_dir to be made: its nearest existing folder takes a new
-    folder (the export writes beside it, then renames). Found by a walk: under
-    /proc or /sys (where root's permission bits say yes) it failed after the
-    whole evaluation, naming the export's temporary folder."""
-    if "://" in export_dir:
-        return
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".tmp-check-", dir=parent))
-    except OSError as error:
-        raise ValueError(f"--export_dir cannot be made: {parent!r} takes no new folder "
-                         f"({error.strerror}). Received: --export_dir={export_dir!r}") from None
 
 
 def _check_folder(flag, path):
@@ -620,22 +602,22 @@ def unwritable_model_dir_named(model_dir):
                          f"Received: --model_dir={model_dir!r}") from None
 
 
-def check_writable(model_dir):
-    """Before anything is written: a local --model_dir (or, where there is none
-    yet, the folder it would be made in) this process can write into. A read-only
-    one was a PermissionDeniedError traceback (params.yaml, the summaries)."""
-    if not model_dir or "://" in model_dir:
+def check_can_write(flag, path):
+    """Before anything is written: the local folder `flag` names, or where there
+    is none yet the nearest folder above it (where it would be made), takes new
+    files. A read-only --model_dir was a PermissionDeniedError traceback
+    (params.yaml, the summaries); an --export_dir under /proc failed after the
+    whole evaluation."""
+    if not path or "://" in path:
         return
-    here = os.path.abspath(model_dir)
-    while not os.path.exists(here):
-        parent = os.path.dirname(here)
-        if parent == here:
-            return
-        here = parent
-    if os.path.isdir(here) and not os.access(here, os.W_OK | os.X_OK):
-        where = "" if here == os.path.abspath(model_dir) else f" ({here!r}, where it would be made)"
-        raise ValueError(f"Cannot write in --model_dir{where}: it is read-only for this user. "
-                         f"Received: --model_dir={model_dir!r}")
+    here = os.path.abspath(path)
+    while not os.path.isdir(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    reason = atomic.why_not_writable(here)
+    if reason:
+        where = "" if here == os.path.abspath(path) else f" ({here!r}, where it would be made)"
+        raise ValueError(f"Cannot write in {flag}{where}: it takes no new file ({reason}). "
+                         f"Received: {flag}={path!r}")
 
 
 def check_data_files(params, mode):
@@ -794,7 +776,7 @@ def run(argv, signals):
     check_value_ranges(params)
     seed_everything(params)
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
-    check_writable(model_dir)
+    check_can_write("--model_dir", model_dir)
     check_data_files(params, FLAGS.mode)
     check_annotation_file(params.task, FLAGS.mode)
     local_chief = _writes_the_run(model_dir)
