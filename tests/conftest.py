@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from nonlocal_keras import cpu
 
 # Quiet TensorFlow's C++ start-up chatter (no GPU here) before anything imports it,
@@ -26,3 +28,18 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _children_keep_their_temporary_files_here(tmp_path_factory):
+    """The commands the tests start inherit TMPDIR: a folder of this session's.
+    A command killed with SIGKILL (the kill tests) leaves its temporary folder
+    behind, as the README says; three a `make test` were left in the machine's
+    /tmp until 2026-12-07."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
+    yield
+    if previous is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = previous
