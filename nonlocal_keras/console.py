@@ -39,13 +39,15 @@ from nonlocal_keras import command_lines, cpu
 
 
 def _run(prog, module_name):
+    closed = _occupy_closed_descriptors()
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not UTF-8 (`bad\xffname.mp4`, held as a lone
         # surrogate) or a character the terminal's encoding lacks is printed as
         # an escape, not a UnicodeEncodeError (a traceback, after the work).
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    sys.stdout, sys.stderr = OutlivesItsTerminal(sys.stdout), OutlivesItsTerminal(sys.stderr)
+    sys.stdout, sys.stderr = (OutlivesItsTerminal(sys.stdout, 1 in closed),
+                              OutlivesItsTerminal(sys.stderr, 2 in closed))
     _interrupt_at_once(prog)
     status = 1
     try:
@@ -71,7 +73,44 @@ def _run(prog, module_name):
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        if status == 0 and sys.stdout.failed:
+            status = _unwritten_output(prog, sys.stdout.failed)
         os._exit(status)
+
+
+def _occupy_closed_descriptors():
+    """The standard descriptors (0, 1, 2) that were closed (`cmd >&-`), each now
+    /dev/null. The next file opened takes the lowest free number: a checkpoint
+    opened as descriptor 2 would get TensorFlow's log lines. Python's
+    `sys.stdout` is None there (a traceback at the first print, exit 120): it
+    writes to the /dev/null now, and the command's output counts as unwritten."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if fd in closed or getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "w", closefd=False))
+    return closed
+
+
+def _unwritten_output(prog, reason):
+    """The status of a command that did its work but could not write its
+    output (a full disk behind `> file`, a closed stdout): 2, as a command
+    whose output is lost has not done all it was asked (predictions, results,
+    a listing), and a line on stderr where it still goes."""
+    try:
+        print(f"{prog}: error: its output on stdout could not be written ({reason}).",
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+    return 2
 
 
 class OutlivesItsTerminal:
@@ -86,11 +125,15 @@ class OutlivesItsTerminal:
     holding the run folder's lock). Here the first such failure sends both
     streams to /dev/null (`leave_terminal`) and the work goes on; `lost` tells
     a command whose output is its work (`nonlocal-predict`) that it was not read.
+    A file that takes no more (a full disk, a file size limit, a quota: a
+    traceback, exit 1, until 2026-12-07) sends this stream to /dev/null, the
+    work goes on, and `failed` holds why (also for a stream closed at the start).
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream, closed=False):
         self._stream = stream
         self.lost = False
+        self.failed = "closed when the command started" if closed else None
 
     def write(self, text):
         try:
@@ -106,10 +149,14 @@ class OutlivesItsTerminal:
             self._gone(error)
 
     def _gone(self, error):
-        if error.errno not in (errno.EIO, errno.EPIPE):
+        if error.errno in _FULL:
+            self.failed = error.strerror
+            _to_dev_null(self._stream.fileno())
+        elif error.errno in (errno.EIO, errno.EPIPE):
+            self.lost = True
+            leave_terminal()
+        else:
             raise error
-        self.lost = True
-        leave_terminal()
         try:
             self._stream.flush()  # what the failed write left in the buffer, now to /dev/null
         except OSError:
@@ -176,6 +223,15 @@ def take_back_signals():
             signal.signal(signum, handler)
 
 
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _to_dev_null(fd):
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
 def leave_terminal():
     """Point stdout and stderr at /dev/null unless they are files: the terminal
     (or the `tee` of a pipeline) behind them is gone (`OutlivesItsTerminal`), a
@@ -184,11 +240,8 @@ def leave_terminal():
     """
     for fd in (1, 2):
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                continue
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _to_dev_null(fd)
         except OSError:
             pass
 

@@ -69,6 +69,40 @@ def test_list_needs_no_tensorflow_and_lists_the_shipped_video_configs():
         f for f in shipped if not f.startswith(("maskrcnn_", "keypoint")))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_output_that_cannot_be_written_is_one_line_and_exit_2():
+    """`> /dev/full` (a full disk) and a closed stdout (`>&-`) were tracebacks,
+    exit 1 and exit 120; a closed stderr took stdout's place in the error."""
+    def run(**streams):
+        code = ("import sys; sys.argv = ['train', '--list']; "
+                "from nonlocal_keras import console; console.train()")
+        return subprocess.run([sys.executable, "-c", code], text=True, timeout=120,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"), **streams)
+
+    with open("/dev/full", "w") as full:
+        result = run(stdout=full, stderr=subprocess.PIPE)
+    assert (result.returncode, result.stderr) == (2, (
+        "nonlocal-train: error: its output on stdout could not be written (No space left on "
+        "device).\n"))
+    result = run(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+        "nonlocal-train: error: its output on stdout could not be written (closed when the "
+        "command started).\n"))
+    result = run(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "kinetics_nl_c2d_r50" in result.stdout.split()
+
+
+def test_a_closed_standard_descriptor_is_not_given_to_the_next_file(tmp_path):
+    """A file opened while descriptor 2 was closed took its number: every log
+    line of TensorFlow's C++ code would have gone into it."""
+    code = ("from nonlocal_keras import console; console._occupy_closed_descriptors(); "
+            f"print(open({str(tmp_path / 'f')!r}, 'w').fileno())")
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            timeout=60, preexec_fn=lambda: os.close(2))
+    assert result.returncode == 0 and int(result.stdout) > 2, result
+
+
 def test_the_commands_parse_with_these_parsers():
     from nonlocal_keras.training import export, predict, train
 

@@ -362,6 +362,24 @@ def test_on_a_terminal_the_interrupt_line_starts_a_line_of_its_own():
     assert output.endswith(b"\r\nnonlocal-train: interrupted\r\n"), output
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_log_on_a_full_disk_loses_the_lines_not_the_training(tmp_path):
+    """`nonlocal-train ... > train.log` on a disk that fills: the first line it
+    could not write was an OSError traceback from the console, exit 1, and the
+    training stopped there. Now it trains to the end, and exit 2 says the output
+    was not all written."""
+    csv_path = _write_dataset(tmp_path, count=12)
+    run_dir = tmp_path / "run"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(_command(csv_path, run_dir, "schedule.epochs=1"), env=_env(),
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == ("nonlocal-train: error: its output on stdout "
+                                              "could not be written (No space left on device).")
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == STEPS
+
+
 def test_a_log_file_gets_a_line_an_epoch_and_no_redraw_characters(tmp_path):
     """`runtime.verbose` left at "auto", output into pipes (a log file, `nohup`, a
     batch scheduler): Keras' bar had written carriage returns, backspaces and colour
