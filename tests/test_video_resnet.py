@@ -1,6 +1,7 @@
 """Video ResNets: counts, shapes, where the non-local blocks and inflated kernels sit, errors."""
 
 import json
+import os
 import re
 
 import keras
@@ -401,6 +402,29 @@ def test_a_weights_file_of_another_network_is_refused_naming_what_differs(tmp_pa
     features = keras.Model(full.input, full.get_layer("pool5").input)
     np.testing.assert_array_equal(backbone.predict(clip, verbose=0),
                                   features.predict(clip, verbose=0))
+
+
+def test_a_temporary_folder_that_takes_no_more_is_named(tmp_path, monkeypatch):
+    """The check above writes the model's own weights in the temporary folder:
+    a full /tmp (or a file size limit) was h5py's OSError or RuntimeError, a
+    traceback, exit 1, in nonlocal-evaluate and nonlocal-export."""
+    import tempfile
+
+    from nonlocal_keras.applications import h5_weights
+    from nonlocal_keras.training.errors import FolderError
+
+    model = VideoResNet((1, 1), width=4, input_shape=(4, 32, 32, 3), classes=5)
+
+    def full(path, **kwargs):  # as h5py says it when the file is closed
+        raise RuntimeError("Can't decrement id ref count (file write failed: errno = 28, "
+                           "error message = 'No space left on device')")
+
+    monkeypatch.setattr(model, "save_weights", full)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(FolderError, match=rf"in the temporary folder '{re.escape(str(tmp_path))}'"
+                       r" \(No space left on device\); free space there, or set TMPDIR"):
+        h5_weights.model_arrays(model)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")
