@@ -1181,6 +1181,50 @@ def test_evaluate_output_that_cannot_be_written_is_refused_before_the_evaluation
         evaluate.main(["--run-dir", str(locked)])
 
 
+def test_a_run_folder_moved_while_training_stops_it_and_resumes_where_it_went(
+        tmp_path, monkeypatch):
+    """Found by a walk: `mv runs/x runs/y` (or `rm -rf runs/x`) during training;
+    the next commit made `runs/x` again, a run without config.yaml that no
+    command took, and the command exited 0."""
+    from nonlocal_keras.training import run_state, train
+
+    csv_path = _write_dataset(tmp_path, count=8)  # 2 steps an epoch
+    run_dir, moved = tmp_path / "run", tmp_path / "moved"
+    commit = run_state.RunState.commit
+
+    def move_after_the_first(self, *args, **kwargs):
+        if self.step > 2 and run_dir.exists():
+            os.rename(run_dir, moved)
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_state.RunState, "commit", move_after_the_first)
+    overrides = _overrides(csv_path, run_dir, "schedule.epochs=2", "runtime.backup_freq=1")
+    with pytest.raises(run_state.RunFolderError, match=r"^The run folder was moved or deleted "
+                       rf"while this command ran; .* Received: runtime.output_dir='{run_dir}'$"):
+        train.run(config_lib.load_config(None, overrides))
+    assert not run_dir.exists()
+    monkeypatch.setattr(run_state.RunState, "commit", commit)
+    _, results = train.run(config_lib.load_config(
+        None, _overrides(csv_path, moved, "schedule.epochs=2", "runtime.backup_freq=1")))
+    assert results["steps"] == 4 and results["steps_run_this_session"] == 2
+
+
+def test_a_deleted_current_directory_is_a_moved_run_folder(tmp_path, monkeypatch):
+    """A relative run folder whose current directory was deleted: a
+    FileNotFoundError traceback at the next commit."""
+    from nonlocal_keras.training import run_state
+
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with run_state.folder_lock("runs/x"):
+        run_state.check_still_held("runs/x")
+        shutil.rmtree(work)
+        with pytest.raises(run_state.RunFolderError, match="moved or deleted"):
+            run_state.check_still_held("runs/x")
+    run_state.check_still_held("runs/x")  # no longer held: nothing to say
+
+
 def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     """Seen: a run stopped 22 steps into its second 100-step epoch, rerun with
     `schedule.epochs=1`, was written as finished at step 122, exit 0; a finished

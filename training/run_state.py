@@ -107,7 +107,35 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
         except OSError as error:
             logger.warning("Cannot lock the run folder %s (%s); nothing stops a second run "
                            "from writing into it at the same time.", run_dir, error)
-        yield
+        _HELD[run_dir] = (os.fstat(handle.fileno()), setting)
+        try:
+            yield
+        finally:
+            _HELD.pop(run_dir, None)
+
+
+_HELD = {}  # run folder -> (its lock file's stat, the setting naming it)
+
+
+def check_still_held(run_dir):
+    """A `RunFolderError` where the run folder this process holds (`folder_lock`)
+    is no longer where it was: moved, renamed or deleted while the command ran
+    (its current directory too, for a relative path). Its writes made the
+    folder again, a run without `config.yaml` and lock that no command took,
+    exit 0; the run's commits went with the folder, which resumes there."""
+    held = _HELD.get(run_dir)
+    if held is None:
+        return
+    (before, setting), now = held, None
+    try:
+        now = os.stat(os.path.join(run_dir, LOCK_FILE))
+    except OSError:
+        pass
+    if now is None or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        raise RunFolderError(
+            "The run folder was moved or deleted while this command ran; nothing more is "
+            "written. Its last commit went with it: run the command on the folder where it "
+            f"is now to resume. Received: {setting}={run_dir!r}")
 
 
 FINAL_WEIGHTS, FINAL_MODEL, RESULTS = "final.weights.h5", "model.keras", "results.json"
@@ -358,6 +386,7 @@ class RunState:
         metric sums so far, which a session resumed from this commit adds back
         (`restored_metric_sums`) so that the epoch's history row covers it whole.
         """
+        check_still_held(self.run_dir)
         self.write_held_back()
         name = f"ckpt-{self.step:09d}.weights.h5"
         path = os.path.join(self.folder, name)
@@ -421,10 +450,12 @@ class RunState:
 
     def write_history_csv(self):
         """`history.csv` from the committed history: each epoch exactly once."""
+        check_still_held(self.run_dir)
         atomic.write_text(self._history_csv_path, self._history_csv())
 
     def copy_last_epoch_weights(self):
         """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
+        check_still_held(self.run_dir)
         with atomic.replace(self._last_weights_path) as temporary:
             shutil.copyfile(self._committed_weights_path, temporary)
 

@@ -462,6 +462,7 @@ def run(config, strategy=None, restart=False):
             # A session that trained no step (a final pass made again, say) keeps
             # the final files there were until each is replaced; results.json, which
             # says the run has finished with them, goes first.
+            run_state.check_still_held(run_dir)
             state.write_held_back(stale=(run_state.RESULTS,))
             size = atomic.model_size(model)
             with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
