@@ -285,3 +285,19 @@ def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, monkey
     import tensorflow as tf
     with pytest.raises(tf.errors.ResourceExhaustedError):  # a full disk is not memory
         cli._run_main("nonlocal-x", "too_large", ["disk"], False)
+
+
+def test_a_deleted_current_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    """Found by a walk: `nonlocal-evaluate --output rel.json` in a deleted
+    directory was a FileNotFoundError traceback (`os.path.abspath`)."""
+    from nonlocal_keras.training import cli
+
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    argv = ["--run-dir", str(tmp_path), "--output", "rel.json"]
+    assert cli._run_main("nonlocal-evaluate", "nonlocal_keras.training.evaluate", argv,
+                         False) == 2
+    assert capsys.readouterr().err == (
+        "nonlocal-evaluate: error: The current directory was deleted: no relative path can be "
+        "read or written from it. cd into a folder that exists and run the command again.\n")

@@ -293,10 +293,22 @@ def _out_of_memory(error):
             "video or the clip size, or free memory, and run the command again.")
 
 
+def _check_working_directory():
+    """Found by a walk: in a deleted current directory a relative path's
+    `os.path.abspath` was a FileNotFoundError traceback."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UserError("The current directory was deleted: no relative path can be read or "
+                        "written from it. cd into a folder that exists and run the command "
+                        "again.") from None
+
+
 def _run_main(prog, module_name, argv, debug):
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)
+        _check_working_directory()
         status = importlib.import_module(module_name).main(argv)
     except UserError as error:
         if debug:  # the traceback, and still the user's mistake's line and status
