@@ -520,6 +520,26 @@ def test_a_folder_that_takes_no_file_whatever_its_permission_bits_is_named():
         atomic.check_writable("/proc/nonlocal_keras_check/eval.json")
 
 
+def test_a_name_near_the_file_systems_limit_is_written_and_one_beyond_it_refused_first(tmp_path):
+    """Found by a walk: the temporary name is 14 bytes longer than the file's,
+    so `--output` names of 242 to 255 bytes failed after the evaluation (an
+    ENAMETOOLONG traceback); a longer one was only found there too."""
+    from nonlocal_keras.training import atomic
+
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("é" * ((longest - 11) // 2) + ".weights.h5")  # 2 bytes a letter
+    assert longest - 1 <= len(os.fsencode(path.name)) <= longest
+    atomic.check_writable(str(path))
+    with atomic.replace(str(path)) as temporary:
+        assert temporary.endswith(".weights.h5")
+        with open(temporary, "w") as handle:
+            handle.write("whole")
+    assert os.listdir(tmp_path) == [path.name] and path.read_text() == "whole"
+    with pytest.raises(errors.FolderError, match=r"\(File name too long: the file system takes "
+                       rf"names of at most {longest} bytes\)"):
+        atomic.check_writable(str(tmp_path / ("e" * longest + ".json")))
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
     folder, and a kill left an earlier export half overwritten)."""

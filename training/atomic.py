@@ -67,7 +67,25 @@ def _make_parent(path):
 
 def temporary_name(path):
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    prefix = f".tmp-{uuid.uuid4().hex[:8]}-"
+    # A name near the file system's limit keeps its end, the ending Keras
+    # checks (found by a walk: a legal 245-byte --output failed after the work).
+    room = _name_max(folder) - len(prefix)
+    encoded = os.fsencode(name)
+    if len(encoded) > room:
+        name = os.fsdecode(encoded[-room:])
+    return os.path.join(folder, prefix + name)
+
+
+def _name_max(folder):
+    """The longest name, in bytes, the file system of `folder` (or of the
+    nearest folder above it that exists) takes."""
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def is_temporary(name):
@@ -131,7 +149,12 @@ def check_writable(path):
     no permission. Asked before a command's work: `nonlocal-evaluate` scored
     every video, then could not write its output, and printed nothing of it."""
     check_not_a_folder(path)
-    reason = why_not_writable(_nearest_folder(path))
+    folder = _nearest_folder(path)
+    longest = _name_max(folder)
+    if len(os.fsencode(os.path.basename(path))) > longest:
+        raise _cannot_write(path, f"{os.strerror(errno.ENAMETOOLONG)}: the file system takes "
+                                  f"names of at most {longest} bytes")
+    reason = why_not_writable(folder)
     if reason:
         raise _cannot_write(path, reason)
 
