@@ -57,10 +57,28 @@ def test_set_overrides_parse_yaml_values():
     ("schedule.boundaries=[0.5, 0.5]", "increasing"),
     ("train.precise_bn_steps=-1", "Received: train.precise_bn_steps=-1"),
     ("train.precise_bn_steps=yes", "`train.precise_bn_steps` must be an integer"),
+    # Found by a walk: trained into runs/exp, the rest a YAML comment.
+    ("runtime.output_dir=runs/exp #3", "which YAML drops with what follows it: quote the value"),
+    ("data.class_names=[a, b] # c", "holds a YAML comment"),
 ])
 def test_bad_fields_are_errors_naming_them(override, message):
     with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         config_lib.load_config(None, [override])
+
+
+def test_a_yaml_comment_in_a_set_value_says_how_to_quote_it():
+    with pytest.raises(config_lib.ConfigError) as raised:
+        config_lib.load_config(None, ["runtime.output_dir=runs/exp #3"])
+    assert str(raised.value).endswith(
+        "quote the value (--set 'runtime.output_dir=\"runs/exp #3\"'). "
+        "Received: --set 'runtime.output_dir=runs/exp #3'")
+
+
+def test_a_hash_yaml_keeps_is_kept():
+    config = config_lib.load_config(None, ['runtime.output_dir="runs/exp #3"',
+                                           "data.train_csv=runs/exp#3.csv"])
+    assert config["runtime"]["output_dir"] == "runs/exp #3"
+    assert config["data"]["train_csv"] == "runs/exp#3.csv"
 
 
 def test_numbers_are_normalised_and_yaml_exponents_read_as_floats():

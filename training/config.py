@@ -190,6 +190,11 @@ def parse_override(text):
     except yaml.YAMLError as error:
         raise ConfigError(f"The value is not valid YAML ({_first_line(error)}). "
                           f"Received: --set {text!r}") from None
+    if re.search(r"(?:^|\s)#", raw) and "#" not in str(value):
+        # Found by a walk: `runtime.output_dir=runs/exp #3` trained into runs/exp.
+        raise ConfigError("The value holds a YAML comment (a # after a space), which YAML "
+                          "drops with what follows it: quote the value "
+                          f"(--set '{key}=\"{raw.strip()}\"'). Received: --set {text!r}")
     return {parts[0]: {parts[1]: value}}
 
 
