@@ -110,8 +110,9 @@ def checked_sizes(x, rules, input_shape):
     import tensorflow as tf
 
     shape = tf.shape(x)
+    # `summarize`: the whole shape (TensorFlow prints 3 numbers, then "...").
     checks = [tf.debugging.Assert(tf.logical_not(fails(shape[axis], requirement, value)),
-                                  [message, "Received: input_shape=", shape])
+                                  [message, "Received: input_shape=", shape], summarize=len(x.shape))
               for axis, requirement, value, message in dynamic]
     with tf.control_dependencies(checks):
         return tf.identity(x)

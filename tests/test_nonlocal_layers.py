@@ -585,6 +585,8 @@ def test_bad_input_shapes(make, shape, message):
                                         "its name or config, or None. Received: "
                                         "kernel_regularizer='nope'"),
         ({"bias_regularizer": 3}, "Received: bias_regularizer=3"),
+        ({"dtype": "int32"}, "`dtype` must be a floating-point dtype or policy .*"
+                             "Received: dtype='int32'"),
         ({"bn_momentum": 1}, "`bn_momentum` must be a number in \\[0, 1\\). Received: "
                              "bn_momentum=1"),
     ],

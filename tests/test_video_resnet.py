@@ -506,8 +506,10 @@ def test_untiled_clip_at_run_time_named_as_at_build_time(clip, name):
             run(x)
     # Traced with unknown sizes, the block's own assertion still fires.
     graph = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, None, 3))])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of the pool size"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiple of the pool size") as ran:
         graph(x)
+    # The whole shape: TensorFlow's assertion printed "[1 2 3...]".
+    assert re.search(r"Received: input_shape=\] \[1 2 \d \d \d+\]", str(ran.value)), ran.value
     assert model(np.zeros((1, 2, 16, 16, 3), "float32")).shape == (1, 5)
 
 

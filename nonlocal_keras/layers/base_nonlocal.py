@@ -133,6 +133,12 @@ class BaseNonLocal(layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        policy = self.dtype_policy
+        if not all(keras.backend.is_float_dtype(d)
+                   for d in (policy.compute_dtype, policy.variable_dtype)):
+            # Found by a walk: "int32" was taken, then the first call failed in BatchNorm.
+            raise ValueError("`dtype` must be a floating-point dtype or policy (the block "
+                             f"computes a softmax). Received: dtype={kwargs.get('dtype')!r}")
         if not is_positive_int(rank) or rank not in _DEFAULT_POOL:
             raise ValueError(
                 "`rank` must be 1, 2 or 3 (sequences, images, video). "
