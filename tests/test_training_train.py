@@ -540,6 +540,58 @@ def test_a_name_near_the_file_systems_limit_is_written_and_one_beyond_it_refused
         atomic.check_writable(str(tmp_path / ("e" * longest + ".json")))
 
 
+def test_a_file_size_limit_is_refused_before_the_write(tmp_path):
+    """Found by a walk: under `ulimit -f` h5py printed its tracebacks
+    ("Exception ignored in ... __dealloc__") above the one line, or crashed the
+    process (a segmentation fault) when the limit came in the file's metadata."""
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+from nonlocal_keras.applications.video_resnet import VideoResNet
+from nonlocal_keras.training import atomic, errors
+model = VideoResNet((1, 1, 1, 1), width=16, input_shape=(4, 32, 32, 3), classes=10)
+try:
+    with atomic.replace({str(tmp_path / "m.weights.h5")!r}, atomic.model_size(model)) as temporary:
+        model.save_weights(temporary)
+except errors.FolderError as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.match(rf"Cannot write '{re.escape(str(tmp_path / 'm.weights.h5'))}' \(File too "
+                    r"large: this process may write files of at most 200.0 KB \(ulimit -f\), "
+                    r"about [\d.]+ [KM]B needed\)", result.stdout), result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_refused_writes_failing_finalisers_are_not_reported_but_others_are(monkeypatch):
+    """h5py reports a failed close in a finaliser through both hooks: after a
+    storage refusal it printed two tracebacks around the command's one line."""
+    import gc
+
+    from nonlocal_keras.training import atomic
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_value))
+
+    class Closes:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    with atomic._refusals_reported_once():
+        Closes(OSError(errno.EFBIG, "File too large"))
+        Closes(RuntimeError("Can't decrement id ref count (errno = 28, error message = 'No "
+                            "space left on device')"))
+        Closes(ValueError("a bug"))
+        gc.collect()
+    assert [str(error) for error in reported] == ["a bug"]
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     """`atomic.replace_folder` (the detection export's: Model Garden wrote into the
     folder, and a kill left an earlier export half overwritten)."""

@@ -119,16 +119,18 @@ def replace(path, size=None):
         check_room(path, size)
     temporary = temporary_name(path)
     try:
-        yield temporary
-        _fsync(temporary)
-        _maybe_kill(path)
-        os.replace(temporary, path)
-    except Exception as error:  # noqa: BLE001 - h5py raises a RuntimeError for a failed close
-        refused = refused_errno(error)
-        if refused is None:
-            raise
-        _release_failed_writer(error)
-        raise _cannot_write(path, os.strerror(refused)) from None
+        with _refusals_reported_once():
+            try:
+                yield temporary
+                _fsync(temporary)
+                _maybe_kill(path)
+                os.replace(temporary, path)
+            except Exception as error:  # noqa: BLE001 - h5py raises a RuntimeError for a failed close
+                refused = refused_errno(error)
+                if refused is None:
+                    raise
+                _release_failed_writer(error)
+                raise _cannot_write(path, os.strerror(refused)) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -188,9 +190,18 @@ def _cannot_write(path, reason):
 
 def check_room(path, size):
     """A `FolderError` when the file system of `path` has less than `size` bytes
-    free for this user. Before an HDF5 file is written: h5py raises when a disk
-    fills during a write, but crashes the process (a segmentation fault inside
-    its `close`) when it fills while the file's metadata is written."""
+    free for this user, or the process may write no file of that size (`ulimit
+    -f`). Before an HDF5 file is written: h5py raises when a disk fills during a
+    write, but crashes the process (a segmentation fault inside its `close`)
+    when it fills while the file's metadata is written; so it did at a file size
+    limit (found by a walk)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < size:
+        raise _cannot_write(path, f"{os.strerror(errno.EFBIG)}: this process may write files of "
+                                  f"at most {_amount(limit)} (ulimit -f), about {_amount(size)} "
+                                  "needed")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         stats = os.statvfs(folder)
@@ -247,27 +258,43 @@ def refused_errno(error):
     return None
 
 
-def _release_failed_writer(error):
-    """Free what the failed write left open, quietly. An h5py file whose write
-    failed fails again when it is closed, in its finaliser, which printed two
-    tracebacks ("Exception ignored in ... __dealloc__") after the one-line error,
-    when the error was let go; here that second failure is expected. The
-    writer's objects live in the finished frames of the error's traceback and in
-    their callers that Keras leaves out of it (`f_back`), up to the first frame
-    still running."""
-    # h5py (Cython) reports a finaliser's error through both hooks.
+@contextlib.contextmanager
+def _refusals_reported_once():
+    """A write the storage refused is said once, by the error `replace` raises.
+    An h5py file whose write failed fails again in its finaliser, which h5py
+    (Cython) reports through both hooks: two tracebacks ("Exception ignored in
+    ... __dealloc__") after the one-line error when the error was let go, or
+    before it when Keras' own clean-up let the file go (a file size limit,
+    found by a walk). Other reports pass."""
     hooks = sys.unraisablehook, sys.excepthook
-    sys.unraisablehook = sys.excepthook = lambda *reported: None
+
+    def unraisable(report):
+        if refused_errno(report.exc_value) is None:
+            hooks[0](report)
+
+    def excepthook(kind, value, traceback):
+        if refused_errno(value) is None:
+            hooks[1](kind, value, traceback)
+
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
     try:
-        while error is not None:
-            tb = error.__traceback__
-            while tb is not None:
-                _clear_finished(tb.tb_frame)
-                tb = tb.tb_next
-            error = error.__context__
-        gc.collect()
+        yield
     finally:
         sys.unraisablehook, sys.excepthook = hooks
+
+
+def _release_failed_writer(error):
+    """Free what the failed write left open (`_refusals_reported_once` keeps its
+    finalisers quiet). The writer's objects live in the finished frames of the
+    error's traceback and in their callers that Keras leaves out of it
+    (`f_back`), up to the first frame still running."""
+    while error is not None:
+        tb = error.__traceback__
+        while tb is not None:
+            _clear_finished(tb.tb_frame)
+            tb = tb.tb_next
+        error = error.__context__
+    gc.collect()
 
 
 def _clear_finished(frame):
