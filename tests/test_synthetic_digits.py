@@ -75,3 +75,43 @@ def test_a_rewrite_cut_short_leaves_no_stamp_of_the_dataset_before(tmp_path, mon
     monkeypatch.setattr(synthetic_digits.video_io, "write_video", real)
     assert synthetic_digits.generate(root, num_train=4, num_test=2) == root
     assert cache.is_complete(root, 4, 2, 0)
+
+
+def test_a_full_disk_is_one_error_naming_the_video_and_a_rerun_completes_it(tmp_path, monkeypatch):
+    """`nonlocal-demo --print-data-dir` on a full disk: an av.error.OSError traceback
+    (exit 1), and a 0-byte video under its final name."""
+    import errno
+
+    from nonlocal_keras import synthetic_digits_cache as cache
+    from nonlocal_keras.training.errors import FolderError
+
+    real = synthetic_digits.video_io.write_video
+    written = []
+
+    def disk_fills_at_the_third(path, frames):
+        written.append(path)
+        if len(written) == 3:
+            open(path, "wb").close()  # what PyAV had made when the disk refused
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real(path, frames)
+
+    monkeypatch.setattr(synthetic_digits.video_io, "write_video", disk_fills_at_the_third)
+    root = str(tmp_path / "digits")
+    third = os.path.join(root, "videos", "train", "000002.mp4")
+    with pytest.raises(FolderError, match=rf"^Cannot write '{third}' \(No space left on device\)"):
+        synthetic_digits.generate(root, num_train=4, num_test=2)
+    assert sorted(os.listdir(os.path.dirname(third))) == ["000000.mp4", "000001.mp4"]
+    monkeypatch.setattr(synthetic_digits.video_io, "write_video", real)
+    assert synthetic_digits.generate(root, num_train=4, num_test=2) == root
+    assert cache.is_complete(root, 4, 2, 0)
+    assert all(os.path.getsize(os.path.join(root, row["path"])) > 0
+               for row in _rows(root, "train") + _rows(root, "test"))
+
+
+def test_what_a_killed_generation_left_half_written_is_removed(tmp_path):
+    root = str(tmp_path / "digits")
+    os.makedirs(os.path.join(root, "videos", "train"))
+    left = os.path.join(root, "videos", "train", ".tmp-0123abcd-000005.mp4")
+    open(left, "wb").close()
+    synthetic_digits.generate(root, num_train=2, num_test=1)
+    assert sorted(os.listdir(os.path.dirname(left))) == ["000000.mp4", "000001.mp4"]

@@ -87,12 +87,14 @@ def generate(root=None, num_train=synthetic_digits_cache.NUM_TRAIN,
     if os.path.exists(synthetic_digits_cache.stamp_path(root)):
         os.remove(synthetic_digits_cache.stamp_path(root))
     for split, count in (("train", num_train), ("test", num_test)):
-        folder = os.path.join(root, "videos", split)
-        os.makedirs(folder, exist_ok=True)
+        # What a killed generation left half written (the folder is made by the writes).
+        atomic.remove_stale(os.path.join(root, "videos", split))
         rows = []
         for i, (frames, label, quadrant) in enumerate(sample_clips(count, split, seed)):
             relative = os.path.join("videos", split, f"{i:06d}.mp4")
-            video_io.write_video(os.path.join(root, relative), frames)
+            # A full disk left an empty video under its final name, and a traceback.
+            with atomic.replace(os.path.join(root, relative)) as temporary:
+                video_io.write_video(temporary, frames)
             rows.append((relative, label, quadrant))
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
