@@ -4,6 +4,7 @@ loading without this package, input checks, and the nonlocal-export CLI."""
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -297,27 +298,97 @@ def test_overwrite_replaces_the_version_whole(model, tmp_path):
         assert handle.read().splitlines() == renamed
 
 
+def _archive_class():
+    """The class keras.export.ExportArchive() makes for the backend (TFExportArchive)."""
+    import keras
+
+    return type(keras.export.ExportArchive())
+
+
+def _full_disk_write_out(self, filepath, **kwargs):
+    os.makedirs(os.path.join(filepath, "variables"))  # what SaveV2 had begun
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "{{function_node __wrapped__SaveV2_dtypes_79_device_/job:localhost/"
+        f"replica:0/task:0/device:CPU:0}}}} {filepath}/variables/variables_temp/part-00000-"
+        "of-00001.data-00000-of-00001.tempstate1498; No space left on device [Op:SaveV2]")
+
+
 def test_a_full_disk_is_a_one_line_error_and_the_version_stays(model, tmp_path, monkeypatch):
     """TensorFlow's saver reports a full disk as a ResourceExhaustedError (seen on a full
     tmpfs, with this message): it was a traceback and exit 1."""
-    import keras
-
     path = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG)
     before = sorted(os.listdir(path))
-
-    def write_out(self, filepath, **kwargs):
-        os.makedirs(os.path.join(filepath, "variables"))  # what SaveV2 had begun
-        raise tf.errors.ResourceExhaustedError(
-            None, None, "{{function_node __wrapped__SaveV2_dtypes_79_device_/job:localhost/"
-            f"replica:0/task:0/device:CPU:0}}}} {filepath}/variables/variables_temp/part-00000-"
-            "of-00001.data-00000-of-00001.tempstate1498; No space left on device [Op:SaveV2]")
-
-    # The class keras.export.ExportArchive() makes for the backend (TFExportArchive).
-    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", write_out)
+    monkeypatch.setattr(_archive_class(), "write_out", _full_disk_write_out)
     with pytest.raises(errors.FolderError, match=r"Cannot write the SavedModel '.*/1' \(No space "
                        r"left on device\); nothing was exported, and the folder holds what it held"):
         export.export_saved_model(model, path, data_config=DATA_CONFIG, overwrite=True)
     assert os.listdir(os.path.dirname(path)) == ["1"] and sorted(os.listdir(path)) == before
+
+
+def test_a_failed_export_removes_the_folders_it_made_and_only_those(model, tmp_path, monkeypatch):
+    """On a full disk it said "the folder holds what it held" and left the empty
+    `BASE/<model_name>/` it had made."""
+    monkeypatch.setattr(_archive_class(), "write_out", _full_disk_write_out)
+    (tmp_path / "kept").mkdir()
+    for output in (tmp_path / "new" / "base", tmp_path / "kept", tmp_path / "kept" / "net" / "3"):
+        with pytest.raises(errors.FolderError, match=r"\(No space left on device\); nothing was"):
+            export.export_saved_model(model, str(output), data_config=DATA_CONFIG)
+        assert sorted(os.listdir(tmp_path)) == ["kept"] and not os.listdir(tmp_path / "kept")
+    # A folder that is not empty (another export's version by now) stays.
+    os.makedirs(tmp_path / "kept" / "net" / "1")
+
+    def another_export_meanwhile(self, filepath, **kwargs):
+        (tmp_path / "kept" / "net" / "1" / "saved_model.pb").write_text("")
+        _full_disk_write_out(self, filepath)
+
+    monkeypatch.setattr(_archive_class(), "write_out", another_export_meanwhile)
+    with pytest.raises(errors.FolderError, match=r"\(No space left on device\); nothing was"):
+        export.export_saved_model(model, str(tmp_path / "kept" / "net" / "2"),
+                                  data_config=DATA_CONFIG)
+    assert os.listdir(tmp_path / "kept" / "net") == ["1"]
+
+
+def test_a_next_version_another_export_takes_meanwhile_goes_to_the_next_one(
+        model, tmp_path, monkeypatch):
+    """Three `--output BASE` exports started at once: one wrote version 1, the two
+    others failed with "The version folder exists" (they were asked for the next
+    version, not version 1). A version the user names still fails so."""
+    folder = tmp_path / model.name
+    real_write_out, real_rename = _archive_class().write_out, os.rename
+
+    def another_export(version):
+        os.makedirs(folder / version)
+        (folder / version / "saved_model.pb").write_text(f"the other export's {version}")
+
+    def written_meanwhile(self, filepath, **kwargs):
+        real_write_out(self, filepath, **kwargs)
+        another_export(str(len(os.listdir(folder))))  # the version this export chose
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_archive_class(), "write_out", written_meanwhile)
+        assert export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG) == str(
+            folder / "2")
+
+    taken = []
+
+    def renamed_in_first(source, target):
+        # Between the last look at the folder and the rename.
+        if os.path.basename(source) == "model" and not taken:
+            taken.append(target)
+            another_export(os.path.basename(target))
+        real_rename(source, target)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(export.os, "rename", renamed_in_first)
+        assert export.export_saved_model(model, str(folder), data_config=DATA_CONFIG,
+                                         overwrite=True) == str(folder / "4")
+    assert sorted(os.listdir(folder)) == ["1", "2", "3", "4"]
+    for version in ("1", "3"):
+        assert (folder / version / "saved_model.pb").read_text() == f"the other export's {version}"
+    monkeypatch.setattr(_archive_class(), "write_out", written_meanwhile)
+    with pytest.raises(export.VersionExistsError, match="The version folder exists"):
+        export.export_saved_model(model, str(folder / "5"), data_config=DATA_CONFIG)
+    assert (folder / "5" / "saved_model.pb").read_text() == "the other export's 5"
 
 
 def test_a_version_an_overwrite_killed_midway_moved_aside_is_put_back(model, tmp_path):
@@ -388,10 +459,14 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     sharpen(trained, seed=4)
     trained.save_weights(str(tmp_path / "final.weights.h5"))
 
-    output = tmp_path / "exported" / "nl_tiny" / "7"
+    # Printed in a command to paste into a shell: `$(id)` ran there, `"` broke it.
+    output = tmp_path / 'exported $(id) "x' / "nl_tiny" / "7"
     assert export.main(["--config", str(config_path), "--checkpoint",
                         str(tmp_path / "final.weights.h5"), "--output", str(output)]) == 0
-    assert f"SavedModel written to {output}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"SavedModel written to {output}" in printed
+    command = printed.splitlines()[-1].split(": ", 1)[1]
+    assert shlex.split(command) == ["nonlocal-serving-example", str(output)]
     path = str(output)
     with open(output / export.METADATA_FILE) as handle:
         assert json.load(handle)["eval_scale"] == SCALE

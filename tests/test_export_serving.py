@@ -4,6 +4,7 @@ the exported signature, fits it, and is what the README shows."""
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -67,12 +68,27 @@ def test_cli_writes_models_config_and_request(exported, tmp_path, capsys):
                      r'model_platform: "tensorflow"\s+\}', config)
     assert config in printed
     base = os.path.dirname(os.path.dirname(exported))
-    assert f'-v "{base}:/models"' in printed
+    assert f"-v {base}:/models tensorflow/serving" in printed  # a plain path unquoted, as before
     assert "http://localhost:8501/v1/models/demo:predict" in printed
     request = (tmp_path / "request.json").read_text()
     assert request in printed
     assert np.asarray(json.loads(request)["instances"]).shape == (
         1, DEMO_DATA["num_frames"], serving_example.EXAMPLE_PIXELS, serving_example.EXAMPLE_PIXELS, 3)
+
+
+def test_printed_commands_give_a_shell_the_paths_as_they_are(exported, tmp_path, capsys):
+    """`dl$(id)/demo/1` printed `-v "/…/dl$(id):/models"`: pasted, the shell ran `id`;
+    a `"` in the path broke the command."""
+    base = tmp_path / 'dl$(id) "x'
+    shutil.copytree(os.path.dirname(exported), base / "demo")
+    assert serving_example.main([str(base / "demo" / "1")]) == 0
+    printed = capsys.readouterr().out
+    docker = printed.split("docker run ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    assert shlex.split(docker) == [
+        "--rm", "-p", "8501:8501", "-v", f"{base}:/models", "tensorflow/serving",
+        "--model_config_file=/models/models.config"]
+    curl = next(line for line in printed.splitlines() if line.startswith("curl "))
+    assert shlex.split(curl)[3] == "http://localhost:8501/v1/models/demo:predict"
 
 
 def test_models_config_serves_every_model_of_the_base(exported, tmp_path):

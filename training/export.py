@@ -36,10 +36,13 @@ config's `model.weights`; with none of them the export stops rather than
 write a model with random weights.
 """
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import sys
@@ -369,25 +372,30 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     if class_names is not None:
         class_names = _checked_class_names(class_names, model.output_shape[1])
     path = resolve_export_path(export_dir, model_name or model.name, argument)
+    # The next version, not one the user named: if another export takes it
+    # before this one is renamed into place, this one takes the next.
+    chosen = path != os.path.abspath(os.fspath(export_dir))
     parent = os.path.dirname(path)
     if os.path.isdir(parent):
         # Before the next version is chosen: a version that a killed export had
         # moved aside is put back.
         _remove_abandoned_staging(parent)
         path = resolve_export_path(export_dir, model_name or model.name, argument)
-    _check_replaceable(path, overwrite, argument)
-    served = _served_before(path)
+    if not chosen:  # a chosen one taken meanwhile is no error: the rename below moves on
+        _check_replaceable(path, overwrite, argument)
     metadata = dict(settings, metadata_version=METADATA_VERSION,
                     num_classes=int(model.output_shape[1]), multi_label=bool(multi_label),
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
                     weights=None if weights is None else str(weights),
                     signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
-    atomic.make_folder(parent, argument, export_dir)
+    # Removed again if the export fails, when empty: it said the folder holds what it held.
+    made = _missing_folders(parent)
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
     staging = None
     try:
+        atomic.make_folder(parent, argument, export_dir)
         staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -406,17 +414,31 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
         os.makedirs(os.path.join(saved, os.path.dirname(METADATA_FILE)), exist_ok=True)
         with open(os.path.join(saved, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
-        _check_replaceable(path, overwrite, argument)  # another export may have written it meanwhile
-        if os.path.isdir(path):
-            # Moved aside (and deleted with the staging folder), not deleted in
-            # place: TF Serving must not load a half-deleted version. Named, so
-            # that if this process dies before the next rename the next export
-            # puts it back (`_remove_abandoned_staging`).
-            os.rename(path, os.path.join(staging, _REPLACED + os.path.basename(path)))
-        os.rename(saved, path)
+        served = _served_before(path)
+        if not chosen:
+            _check_replaceable(path, overwrite, argument)  # another export may have written it meanwhile
+            if os.path.isdir(path):
+                # Moved aside (and deleted with the staging folder), not deleted in
+                # place: TF Serving must not load a half-deleted version. Named, so
+                # that if this process dies before the next rename the next export
+                # puts it back (`_remove_abandoned_staging`).
+                os.rename(path, os.path.join(staging, _REPLACED + os.path.basename(path)))
+        while True:
+            try:
+                # Fails where a version is (only an empty folder is replaced),
+                # so a chosen one that another export took is never overwritten.
+                os.rename(saved, path)
+                break
+            except OSError as error:
+                # Three exports started at once: two failed with "The version folder exists".
+                if not chosen or error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+            path = resolve_export_path(export_dir, model_name or model.name, argument)
+            served = _served_before(path)
+        made = []  # exported: the folders stay
     except Exception as error:  # noqa: BLE001 - a full disk is a ResourceExhaustedError here
         refused = atomic.refused_errno(error)
-        if refused is None:
+        if refused is None or isinstance(error, UserError):  # a UserError says it all already
             raise
         raise FolderError(f"Cannot write the SavedModel {path!r} ({os.strerror(refused)}); "
                           "nothing was exported, and the folder holds what it held. "
@@ -424,8 +446,21 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: another export's by now
+                os.rmdir(folder)
     _warn_if_served_model_changes(path, served, metadata)
     return path
+
+
+def _missing_folders(folder):
+    """`folder` and the folders above it that do not exist, the deepest first."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 # What a client of a served model sends and reads back.
@@ -661,7 +696,7 @@ def main(argv=None):
                               max_aspect_ratio=args.max_aspect_ratio, argument="--output")
     print(f"SavedModel written to {path}")
     print(f"TF Serving config and request example: "
-          f"nonlocal-serving-example {path}")
+          f"nonlocal-serving-example {shlex.quote(path)}")
     # The console script passes this to sys.exit: 0, not the path.
     return 0
 

@@ -17,6 +17,7 @@ tests/test_export_serving.py checks that it still fits the exported signature.
 import json
 import os
 import re
+import shlex
 import sys
 
 from google.protobuf import message, text_encoding
@@ -140,10 +141,11 @@ def main(argv=None):
     config = models_config(served)
     print(f"# models.config (put it in {base}; it serves every model there)\n{config}")
     print("# Serve every model under the base folder:")
-    print(f'docker run --rm -p {REST_PORT}:{REST_PORT} -v "{base}:/models" tensorflow/serving \\\n'
-          "    --model_config_file=/models/models.config\n")
-    print(f"# Request (request.json below):\ncurl -X POST "
-          f"http://localhost:{REST_PORT}/v1/models/{name}:predict -d @request.json\n")
+    # Pasted into a shell: a folder named `dl$(id)` ran `id` inside "...".
+    print(f"docker run --rm -p {REST_PORT}:{REST_PORT} -v {shlex.quote(base + ':/models')} "
+          "tensorflow/serving \\\n    --model_config_file=/models/models.config\n")
+    url = shlex.quote(f"http://localhost:{REST_PORT}/v1/models/{name}:predict")
+    print(f"# Request (request.json below):\ncurl -X POST {url} -d @request.json\n")
     print(f"# request.json\n{body}")
     print("# Response: {\"predictions\": [one object per clip with "
           + ", ".join(f"{key} ({dtype}, {shape[1:]})" for key, (dtype, shape) in sorted(outputs.items()))
