@@ -212,10 +212,12 @@ def affinity_logits(theta, phi, mode, w_f=None, key_bias=None):
     if mode == "concatenation":
         # w_f^T [theta_i, phi_j] = w_theta^T theta_i + w_phi^T phi_j: the same
         # value as concatenating every pair, without the (N_q, N_k, 2C) tensor.
+        # Products with one column, as sums: Keras' torch matmul gives float32
+        # for float64 operands.
         channels = theta.shape[-1]
-        w_f = ops.cast(w_f, dtype)
-        from_query = ops.matmul(theta, w_f[:channels])
-        from_key = ops.matmul(phi, w_f[channels:])
+        w_f = ops.cast(w_f[:, 0], dtype)
+        from_query = ops.sum(theta * w_f[:channels], axis=-1, keepdims=True)
+        from_key = ops.sum(phi * w_f[channels:], axis=-1, keepdims=True)
         f = ops.relu(from_query + ops.swapaxes(from_key, -1, -2))
     else:
         f = matmul_transposed(theta, phi)

@@ -31,6 +31,20 @@ def tiny_model(arch):
                        classifier_activation=None, name=f"tiny_{arch}", **TINY_MODELS[arch])
 
 
+def float64_scores_dtypes():
+    """The dtype of each mode's attention scores under the float64 policy."""
+    from nonlocal_keras.layers import NonLocal2D
+    from nonlocal_keras.nonlocal_math import MODES
+
+    x = np.random.default_rng(0).normal(size=(1, 4, 4, 8))
+    keras.config.set_dtype_policy("float64")
+    try:
+        return [keras.backend.standardize_dtype(NonLocal2D(mode=mode)(
+            x, return_attention_scores=True)[1].dtype) for mode in MODES]
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
 def main(directory):
     data = np.load(f"{directory}/inputs.npz")
     results = {}
@@ -45,6 +59,8 @@ def main(directory):
         results[f"{arch}_loss"] = np.asarray(history.history["loss"])
         results[f"{arch}_changed"] = np.asarray(
             [not np.array_equal(b, np.array(w)) for b, w in zip(before, model.weights)])
+    if keras.backend.backend() != "jax":  # JAX computes float64 only with jax_enable_x64
+        results["float64_scores_dtypes"] = np.asarray(float64_scores_dtypes())
     results["tensorflow_imported"] = np.asarray(sys.modules.get("tensorflow") is not None)
     np.savez(f"{directory}/{keras.backend.backend()}.npz", **results)
 
