@@ -12,8 +12,7 @@ import tempfile
 import h5py
 import numpy as np
 
-from nonlocal_keras.training import atomic
-from nonlocal_keras.training.errors import FolderError
+from nonlocal_keras.utils import refused_errno
 
 
 def layer_arrays(path):
@@ -30,23 +29,23 @@ def layer_arrays(path):
 def model_arrays(model):
     """`layer_arrays` of the file `model.save_weights` writes: the h5 paths its
     weights take. That file is written in the temporary folder: where it takes
-    no more (a full /tmp, a file size limit) a `FolderError` says so (a
-    traceback, exit 1, until 2026-12-07)."""
+    no more (a full /tmp, a file size limit) an `OSError` says so (with the
+    storage's errno; h5py's was a RuntimeError naming a temporary file)."""
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "own.weights.h5")
-            with atomic.replace(path) as temporary:
-                model.save_weights(temporary)
+            model.save_weights(path)
             return layer_arrays(path)
     except Exception as error:  # noqa: BLE001 - h5py's failed close is a RuntimeError
-        refused = atomic.refused_errno(error)
+        refused = refused_errno(error)
         if refused is None:
             raise
-        raise FolderError(
+        said = OSError(
             f"Cannot write a copy of the model's weights, which the check of the weights file "
             f"compares with, in the temporary folder {tempfile.gettempdir()!r} "
-            f"({os.strerror(refused)}); free space there, or set TMPDIR to another "
-            "folder") from None
+            f"({os.strerror(refused)}); free space there, or set TMPDIR to another folder")
+        said.errno = refused
+        raise said from None
 
 
 def variable_names(model, own):

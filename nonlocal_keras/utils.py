@@ -1,7 +1,11 @@
-"""Small tools: counting a model's multiply-adds, argument and size checks."""
+"""Small tools: counting a model's multiply-adds, argument and size checks, telling
+a storage refusal (a full disk) from a bug."""
 
+import errno
 import math
 import numbers
+import os
+import re
 
 import numpy as np
 
@@ -11,6 +15,30 @@ import numpy as np
 # fvcore and the paper's tables do.
 _CONVOLUTIONS = ("Conv2D", "Conv3D")
 _MATRIX_PRODUCTS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+# The storage refused the write: the user's disk, quota or permissions, not a bug.
+REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def refused_errno(error):
+    """The errno of `error` (or of an error it was raised while handling) when
+    it is one of `REFUSED`, else None. Not every writer raises an `OSError`:
+    h5py turns a failed write that HDF5 had buffered until the file's close into
+    a `RuntimeError` whose message holds the errno ("... errno = 28, error
+    message = 'No space left on device' ..."), TensorFlow's savers raise a
+    `ResourceExhaustedError` ending "; No space left on device"."""
+    while error is not None:
+        code = getattr(error, "errno", None)
+        if code is None:
+            found = re.search(r"\berrno = (\d+)", str(error))
+            code = int(found.group(1)) if found else None
+        if code is None:
+            code = next((c for c in REFUSED if os.strerror(c) in str(error)), None)
+        if code in REFUSED:
+            return code
+        error = error.__context__
+    return None
 
 
 def is_positive_int(value):

@@ -408,23 +408,34 @@ def test_a_temporary_folder_that_takes_no_more_is_named(tmp_path, monkeypatch):
     """The check above writes the model's own weights in the temporary folder:
     a full /tmp (or a file size limit) was h5py's OSError or RuntimeError, a
     traceback, exit 1, in nonlocal-evaluate and nonlocal-export."""
+    import errno
     import tempfile
 
     from nonlocal_keras.applications import h5_weights
+    from nonlocal_keras.training import models
     from nonlocal_keras.training.errors import FolderError
 
     model = VideoResNet((1, 1), width=4, input_shape=(4, 32, 32, 3), classes=5)
+    weights = str(tmp_path / "its.weights.h5")
+    model.save_weights(weights)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
 
     def full(path, **kwargs):  # as h5py says it when the file is closed
         raise RuntimeError("Can't decrement id ref count (file write failed: errno = 28, "
                            "error message = 'No space left on device')")
 
     monkeypatch.setattr(model, "save_weights", full)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(FolderError, match=rf"in the temporary folder '{re.escape(str(tmp_path))}'"
-                       r" \(No space left on device\); free space there, or set TMPDIR"):
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    expected = (rf"in the temporary folder '{re.escape(str(temporary))}' \(No space left on "
+                r"device\); free space there, or set TMPDIR")
+    with pytest.raises(OSError, match=expected) as raised:
         h5_weights.model_arrays(model)
-    assert os.listdir(tmp_path) == []
+    assert raised.value.errno == errno.ENOSPC
+    # The commands' one line (exit 2), from evaluation and export.
+    with pytest.raises(FolderError, match=expected):
+        models._refuse_other_architecture(model, weights, "it", "x")
+    assert os.listdir(temporary) == []
 
 
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")

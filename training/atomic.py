@@ -25,6 +25,7 @@ import uuid
 import numpy as np
 
 from nonlocal_keras.training.errors import FolderError
+from nonlocal_keras.utils import refused_errno
 
 # Fault injection for the kill-and-resume tests: "<part of a file name>:<n>"
 # kills this process (SIGKILL) with the n-th such file written but not yet
@@ -98,10 +99,6 @@ def _fsync(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-# The storage refused the write: the user's disk, quota or permissions, not a bug.
-REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @contextlib.contextmanager
@@ -236,26 +233,6 @@ def _itemsize(dtype):
         return np.dtype(str(dtype)).itemsize
     except TypeError:  # a name NumPy does not know (bfloat16 without ml_dtypes): at most 4
         return 4
-
-
-def refused_errno(error):
-    """The errno of `error` (or of an error it was raised while handling) when
-    it is one of `REFUSED`, else None. Not every writer raises an `OSError`:
-    h5py turns a failed write that HDF5 had buffered until the file's close into
-    a `RuntimeError` whose message holds the errno ("... errno = 28, error
-    message = 'No space left on device' ..."), TensorFlow's savers raise a
-    `ResourceExhaustedError` ending "; No space left on device"."""
-    while error is not None:
-        code = getattr(error, "errno", None)
-        if code is None:
-            found = re.search(r"\berrno = (\d+)", str(error))
-            code = int(found.group(1)) if found else None
-        if code is None:
-            code = next((c for c in REFUSED if os.strerror(c) in str(error)), None)
-        if code in REFUSED:
-            return code
-        error = error.__context__
-    return None
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ when the class count differs), an official Caffe2 `.pkl` (the same rule for its
 `pred` blobs), or anything the constructor itself accepts (`"imagenet"`).
 """
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -20,7 +21,8 @@ from nonlocal_keras.applications import h5_weights
 from nonlocal_keras.layers import NonLocal3D
 from nonlocal_keras.training import run_state
 from nonlocal_keras.training.data import class_names_from_config, id_names
-from nonlocal_keras.training.errors import ConfigError, MissingFileError
+from nonlocal_keras.training.errors import ConfigError, FolderError, MissingFileError
+from nonlocal_keras.utils import refused_errno
 
 logger = logging.getLogger(__name__)
 
@@ -249,11 +251,25 @@ def _refuse_other_architecture(model, path, built, received):
     scored and exported without them, exit 0). The model is the one the
     config's `model.*` fields build (`built`), often the mistake rather than
     the weights."""
-    detail = h5_weights.mismatch(model, _datasets(path, received))
+    found = _datasets(path, received)
+    with _refused_copies_named():
+        detail = h5_weights.mismatch(model, found)
     if detail:
         raise ConfigError(f"The weights of {path} are not those of {built}, the network the "
                           f"config's model.* fields build (another architecture, or another "
                           f"class count?): {detail}. Received: {received}")
+
+
+@contextlib.contextmanager
+def _refused_copies_named():
+    """`h5_weights.model_arrays` writes the model's weights in the temporary
+    folder: a full one (or a file size limit) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if refused_errno(error) is None:
+            raise
+        raise FolderError(str(error)) from None
 
 
 def _datasets(path, received=None):
@@ -369,7 +385,8 @@ def load_matching_weights(model, path, other_classes=False):
     ConfigError naming the weight. Logs what was
     restored and what was left new; returns `(restored, left_new)` h5 paths.
     """
-    own = h5_weights.model_arrays(model)
+    with _refused_copies_named():
+        own = h5_weights.model_arrays(model)
     found = _datasets(path)
     names = h5_weights.variable_names(model, own)
     classifier = {v.path for v in model.layers[-1].weights}
