@@ -665,6 +665,10 @@ def _chunked(q, k, v, chunk, mode, w_f, key_bias, valid=None):
 
 def _flatten_positions(t):
     shape = ops.shape(t)
+    if all(isinstance(size, int) for size in shape[1:-1]):
+        # The batch as -1: with a batch of 0, a -1 among the positions is
+        # ambiguous (JAX divided by zero, PyTorch refused).
+        return ops.reshape(t, (-1, math.prod(shape[1:-1]), shape[-1]))
     return ops.reshape(t, (shape[0], -1, shape[-1]))
 
 

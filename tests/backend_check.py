@@ -45,6 +45,17 @@ def float64_scores_dtypes():
         keras.config.set_dtype_policy("float32")
 
 
+def empty_batch_shapes():
+    """The output shapes of blocks given a batch of no example (2D, each mode;
+    3D, grouped by frame)."""
+    from nonlocal_keras.layers import NonLocal2D, NonLocal3D
+    from nonlocal_keras.nonlocal_math import MODES
+
+    blocks = [(NonLocal2D(mode=mode), (0, 4, 4, 8)) for mode in MODES]
+    blocks.append((NonLocal3D(affinity="time"), (0, 2, 4, 4, 8)))
+    return [tuple(block(np.zeros(shape, "float32")).shape) == shape for block, shape in blocks]
+
+
 def main(directory):
     data = np.load(f"{directory}/inputs.npz")
     results = {}
@@ -61,6 +72,7 @@ def main(directory):
             [not np.array_equal(b, np.array(w)) for b, w in zip(before, model.weights)])
     if keras.backend.backend() != "jax":  # JAX computes float64 only with jax_enable_x64
         results["float64_scores_dtypes"] = np.asarray(float64_scores_dtypes())
+    results["empty_batch_shapes"] = np.asarray(empty_batch_shapes())
     results["tensorflow_imported"] = np.asarray(sys.modules.get("tensorflow") is not None)
     np.savez(f"{directory}/{keras.backend.backend()}.npz", **results)
 
