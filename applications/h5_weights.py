@@ -7,6 +7,7 @@ weight nor shape ("Example error message for object ...:", then nothing).
 """
 
 import os
+import re
 import tempfile
 
 import h5py
@@ -90,7 +91,32 @@ def mismatch(model, found, may_drop=()):
             f"{names.get(p, p)}: {found[p].shape} in the file, {own[p].shape} in the model"
             for p in wrong[:5])
     return "; ".join(part for part in (
+        block_bn_difference(own, found),
         unused and f"{len(unused)} weight array(s) of the file have no place in the model: "
                    f"{listed(unused)}",
         missing and f"{len(missing)} weight array(s) of the model are not in the file: "
                     f"{listed([names.get(p, p) for p in missing])}") if part)
+
+
+# Keras names a block's arrays by its class: `layers/non_local3d_2/bn/vars/0`.
+_BLOCK_BN = re.compile(r"^(layers/non_local[123]d(?:_\d+)?/)bn/")
+
+
+def block_bn_difference(own, found):
+    """Words naming the argument where the non-local blocks of the file (`found`)
+    and of the model (`own`, `model_arrays`) differ in the BN after W_z, the
+    blocks being there in both; else None. The official frozen-BN non-local
+    releases have none (NONLOCAL.USE_BN: False)."""
+    def without_bn(have, lack):  # a block with its BN in `have`, without it in `lack`
+        return any(p not in lack and f"{match.group(1)}w_z/vars/0" in lack
+                   for p in have if (match := _BLOCK_BN.match(p)))
+
+    if without_bn(own, found):
+        return ("the file's non-local blocks have no BN after W_z, the model's have one: build "
+                "it with nonlocal_use_bn=False (model.nonlocal_use_bn: false; the official "
+                "frozen-BN releases, --arch ..._affine, also need nonlocal_frames_per_group="
+                "{'res3': 4} and affine_bn=True)")
+    if without_bn(found, own):
+        return ("the file's non-local blocks have a BN after W_z, the model's have none: build "
+                "it with nonlocal_use_bn=True (model.nonlocal_use_bn: true)")
+    return None

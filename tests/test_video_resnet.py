@@ -404,6 +404,33 @@ def test_a_weights_file_of_another_network_is_refused_naming_what_differs(tmp_pa
                                   features.predict(clip, verbose=0))
 
 
+def test_blocks_without_their_bn_in_the_file_are_refused_naming_the_argument(tmp_path):
+    """Found by a walk: a converted frozen-BN release (blocks without the BN
+    after W_z) fine-tuned into blocks with it, exit 0, the blocks' BN left new;
+    from Python the error named no argument."""
+    from nonlocal_keras.training import errors, models
+
+    def network(use_bn, **kwargs):
+        return VideoResNet((1, 1), width=4, input_shape=(4, 32, 32, 3), classes=5,
+                           nonlocal_blocks={"res3": [0]}, nonlocal_use_bn=use_bn, **kwargs)
+
+    for file_bn, message in ((False, r"the file's non-local blocks have no BN after W_z, the "
+                                     r"model's have one: build it with nonlocal_use_bn=False"),
+                             (True, r"the file's non-local blocks have a BN after W_z, the "
+                                    r"model's have none: build it with nonlocal_use_bn=True")):
+        path = str(tmp_path / f"bn_{file_bn}.weights.h5")
+        network(file_bn).save_weights(path)
+        with pytest.raises(ValueError, match=message):
+            network(not file_bn, weights=path)
+        with pytest.raises(errors.ConfigError, match=message):
+            models.load_matching_weights(network(not file_bn), path)
+    # Blocks the file lacks altogether (a C2D run into NL-C2D) still start new.
+    plain = str(tmp_path / "plain.weights.h5")
+    VideoResNet((1, 1), width=4, input_shape=(4, 32, 32, 3), classes=5).save_weights(plain)
+    restored, left_new = models.load_matching_weights(network(True), plain)
+    assert len(left_new) == 12 and restored
+
+
 def test_a_temporary_folder_that_takes_no_more_is_named(tmp_path, monkeypatch):
     """The check above writes the model's own weights in the temporary folder:
     a full /tmp (or a file size limit) was h5py's OSError or RuntimeError, a

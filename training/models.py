@@ -403,6 +403,12 @@ def load_matching_weights(model, path, other_classes=False):
         raise ConfigError(f"{len(wrong)} weight(s) of the file do not fit {model.name!r} outside "
                           f"its classifier (another architecture?): {listed}. "
                           f"Received: model.weights={path!r}")
+    # The blocks' BN would be left new (a frozen-BN release into blocks with BN:
+    # it trained another function than the release's, exit 0), or have no place.
+    different_bn = h5_weights.block_bn_difference(own, found)
+    if different_bn:
+        raise ConfigError(f"The weights do not fit {model.name!r}: {different_bn}. "
+                          f"Received: model.weights={path!r}")
     unused = sorted(set(found) - set(own))
     if unused:
         # A run of the model with non-local blocks into the one without, of R101
