@@ -222,12 +222,14 @@ def load_caffe2_weights(model, blobs, may_lack=()):
             value = value.astype(variable.dtype)
         except (TypeError, ValueError):
             raise ValueError(f"Blob {name!r} holds {value.dtype} values, not numbers.") from None
-        if not np.isfinite(value).all():
+        # A BN variance below 0 is NaN in the output too (found by a walk: converted, exit 0).
+        if not np.isfinite(value).all() or (name.endswith("_riv") and (value < 0).any()):
             damaged.append(name)
         values.append((variable, value))
     if damaged:  # a damaged file converted to weights that score NaN, exit 0
-        raise ValueError(f"{len(damaged)} blobs of the file hold NaN or infinite values (a "
-                         f"damaged file?), the first {damaged[0]!r}: {', '.join(damaged[:10])}")
+        raise ValueError(f"{len(damaged)} blobs of the file hold NaN or infinite values, or "
+                         f"a negative BN variance (a damaged file?), the first {damaged[0]!r}: "
+                         f"{', '.join(damaged[:10])}")
     for variable, value in values:
         variable.assign(value)
     return unused

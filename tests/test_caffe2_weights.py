@@ -121,10 +121,12 @@ def test_missing_blob_and_wrong_shape_are_named():
     blobs = official_blobs(small_model(seed=0))
     blobs["conv1_w"] = np.full_like(blobs["conv1_w"], np.nan)
     blobs["pred_b"] = np.full_like(blobs["pred_b"], np.inf)
+    blobs["res_conv1_bn_riv"][0] = -0.5
     model = small_model()
     before = [np.asarray(v).copy() for v in model.weights]
-    with pytest.raises(ValueError, match=r"2 blobs of the file hold NaN or infinite values \(a "
-                       r"damaged file\?\), the first 'conv1_w': conv1_w, pred_b"):
+    with pytest.raises(ValueError, match=r"3 blobs of the file hold NaN or infinite values, or a "
+                       r"negative BN variance \(a damaged file\?\), the first 'conv1_w': "
+                       r"conv1_w, res_conv1_bn_riv, pred_b"):
         load_caffe2_weights(model, blobs)
     for variable, value in zip(model.weights, before):
         np.testing.assert_array_equal(np.asarray(variable), value)
