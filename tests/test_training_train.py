@@ -204,10 +204,15 @@ def test_evaluate_cli_matches_a_per_video_numpy_protocol(tmp_path, monkeypatch):
     # gone (then history.csv tells).
     multi = tmp_path / "multi.csv"
     multi.write_text("path,labels\n" + "".join(f"{i:03d}.mp4,{i % 3}\n" for i in range(9)))
+    # Found by a walk: labels the run does not know were refused one by one as
+    # unknown labels, not as a CSV of the other kind.
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("path,labels\n" + "".join(f"{i:03d}.mp4,odd {i % 3}\n" for i in range(9)))
     for evidence in ("training data has no 'labels' column", "trained with top1 .history.csv"):
-        with pytest.raises(errors.ConfigError, match=rf"trained single-label .*{evidence}.*"
-                           r"evaluation CSV is multi-label .*Received: data.val_csv="):
-            evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={multi}"])
+        for given in (multi, unknown):
+            with pytest.raises(errors.ConfigError, match=rf"trained single-label .*{evidence}.*"
+                               r"evaluation CSV is multi-label .*Received: data.val_csv="):
+                evaluate.main(["--run-dir", str(run_dir), "--set", f"data.val_csv={given}"])
         if os.path.exists(csv_path):
             os.rename(csv_path, csv_path + ".moved")
     assert not (run_dir / "eval.json").read_text().count("mAP")

@@ -174,14 +174,13 @@ def main(argv=None):
     config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(
         config_path, config["model"].get("weights"), doing="evaluate")[0]
     data_config = data.resolve_classes(config["data"])
-    records, multi_label = data.load_val_records(
-        data_config, names_from_labels=data.names_sorted_from_labels(config["data"])
-        and not any(field.split("=", 1)[0].strip() == "data.class_names" for field in args.set))
     # The scores are the trained classifier's (softmax or sigmoid): a CSV of the other
     # kind was scored with the other one, and reported top-1 or mAP of it, exit 0.
+    # Told before its rows are read: they failed as unknown labels (a walk).
     trained, evidence = export.trained_multi_label(
         data_config.get("train_csv"), args.run_dir or export.run_folder(config_path))
-    if trained is not None and trained != multi_label:
+    multi_label = data.labels_are_multi(data_config.get("val_csv"))
+    if None not in (trained, multi_label) and trained != multi_label:
         how, why = ("multi-label", evidence[0]) if trained else ("single-label", evidence[1])
         kind = ("multi-label (a 'labels' column)" if multi_label
                 else "single-label (a 'label' column)")
@@ -189,6 +188,9 @@ def main(argv=None):
             f"The run was trained {how} ({why}) and the evaluation CSV is {kind}: evaluate it "
             f"on a CSV of the kind it was trained on. "
             f"Received: data.val_csv={data_config.get('val_csv')!r}")
+    records, multi_label = data.load_val_records(
+        data_config, names_from_labels=data.names_sorted_from_labels(config["data"])
+        and not any(field.split("=", 1)[0].strip() == "data.class_names" for field in args.set))
     given = "--weights" if args.weights else "--run-dir" if args.run_dir else "model.weights"
     with runtime.make_strategy("auto").scope():  # several GPUs: the views split over them
         model = models.evaluation_model(config["model"], data_config, multi_label, argument=given)
