@@ -523,6 +523,19 @@ def test_one_video_however_its_path_is_written_is_one_video(videos, caplog):
     assert os.path.realpath(records[0].path) == str(videos / "real" / "clips" / "d.mp4")
 
 
+def test_multi_label_training_videos_of_no_class_are_warned_about(videos, caplog):
+    """Found by a walk: empty `labels` cells trained as videos of no class
+    without a word (Charades-style data may mean it; a label left out too)."""
+    path = _csv(videos, "path,labels\na.mp4,0 1\nb.mp4,\nc.mp4,2\n", "some.csv")
+    with caplog.at_level("WARNING"):
+        _, records, _, multi = data.load_training_data(_data_config(train_csv=path,
+                                                                    num_classes=3))
+    assert multi and [list(r.labels) for r in records] == [[0, 1], [], [2]]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"1 training video(s) of {path!r} have no label (rows 3): each trains "
+                      "every class as absent."], warned
+
+
 def test_a_multi_label_evaluation_set_without_a_label_is_refused(videos):
     """Its mAP was NaN: a traceback writing results.json, exit 1."""
     path = _csv(videos, "path,labels\na.mp4,\nb.mp4,\n")

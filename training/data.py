@@ -533,6 +533,8 @@ def load_training_data(data_config):
         argument="data.train_csv")
     if not multi_label:
         _refuse_one_video_two_classes(train_records, train)
+    else:
+        _warn_about_videos_of_no_class(train_records, train)
     present = {label for record in train_records for label in record.labels}
     if not multi_label and len(present) < 2 <= data_config["num_classes"]:
         names = data_config["class_names"] or [str(i) for i in range(data_config["num_classes"])]
@@ -559,6 +561,16 @@ def load_training_data(data_config):
                 f"{data_config['train_csv']!r}, data.val_csv={data_config['val_csv']!r}")
     _log_classes(train_records, data_config, multi_label, names_given)
     return data_config, train_records, val_records, multi_label
+
+
+def _warn_about_videos_of_no_class(records, source):
+    # Charades-style data may list a video of no action: it trains every
+    # class as absent. Said, as an empty cell can also be a label left out.
+    rows = [record.row for record in records if not record.labels]
+    if rows:
+        logger.warning("%d training video(s) of %r have no label (rows %s%s): each trains every "
+                       "class as absent.", len(rows), source, ", ".join(map(str, rows[:5])),
+                       ", ..." if len(rows) > 5 else "")
 
 
 def _refuse_one_video_two_classes(records, source):
