@@ -78,13 +78,19 @@ def temporary_name(path):
     return os.path.join(folder, prefix + name)
 
 
+def existing_folder(folder):
+    """`folder`, or the nearest folder above it that exists (absolute)."""
+    folder = os.path.abspath(folder)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def _name_max(folder):
     """The longest name, in bytes, the file system of `folder` (or of the
     nearest folder above it that exists) takes."""
-    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
+        return os.pathconf(existing_folder(folder), "PC_NAME_MAX")
     except (OSError, ValueError):
         return 255
 

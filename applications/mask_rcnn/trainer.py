@@ -610,9 +610,7 @@ def check_can_write(flag, path):
     whole evaluation."""
     if not path or "://" in path:
         return
-    here = os.path.abspath(path)
-    while not os.path.isdir(here) and os.path.dirname(here) != here:
-        here = os.path.dirname(here)
+    here = atomic.existing_folder(path)
     reason = atomic.why_not_writable(here)
     if reason:
         where = "" if here == os.path.abspath(path) else f" ({here!r}, where it would be made)"
