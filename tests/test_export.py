@@ -239,6 +239,18 @@ def test_a_models_folder_gets_its_next_version_not_a_nested_model(model, tmp_pat
         export.export_saved_model(model, first, data_config=DATA_CONFIG, overwrite=True,
                                   multi_label=True)
     assert not [r for r in caplog.records if r.name == export.logger.name]
+    # A served version without the metadata (another exporter's) was compared
+    # with nothing, without a word.
+    os.remove(os.path.join(third, export.METADATA_FILE))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        fourth = export.export_saved_model(model, str(tmp_path), data_config=DATA_CONFIG,
+                                           model_name="net")
+    assert [r.getMessage() for r in caplog.records if r.name == export.logger.name] == [
+        f"Version 4 of {str(tmp_path / 'net')!r} is served from now on in place of version 3, "
+        f"which has no {export.METADATA_FILE} (another exporter's?): whether its clients now "
+        "get other classes, scores or clip lengths cannot be told."]
+    shutil.rmtree(fourth)
     shutil.rmtree(third)
     assert export.resolve_export_path(tmp_path / "²", "net") == str(tmp_path / "²" / "net" / "1")
     # `--output exp/net/-1` (or `abc`) wrote `exp/net/-1/net/1`, exit 0, where `0` is refused.

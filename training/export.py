@@ -483,8 +483,8 @@ def _served_before(path):
         with open(os.path.join(versions[served], METADATA_FILE), encoding="utf-8") as handle:
             metadata = json.load(handle)
     except (OSError, ValueError):
-        return None
-    return (served, metadata) if isinstance(metadata, dict) else None
+        metadata = None
+    return served, metadata if isinstance(metadata, dict) else None
 
 
 def _warn_if_served_model_changes(path, served, metadata):
@@ -494,11 +494,17 @@ def _warn_if_served_model_changes(path, served, metadata):
     if served is None:
         return
     version, before = served
+    folder, ours = os.path.split(path)
+    if before is None:  # it was compared with nothing, without a word
+        logger.warning("Version %s of %r is served from now on in place of version %s, which has "
+                       "no %s (another exporter's?): whether its clients now get other classes, "
+                       "scores or clip lengths cannot be told.", ours, folder, version,
+                       METADATA_FILE)
+        return
     # A field an older export did not record is not a change.
     changed = list(dict.fromkeys(what for key, what in _CLIENTS_SEE.items()
                                  if key in before and before[key] != metadata[key]))
     if changed:
-        folder, ours = os.path.split(path)
         which = (f"version {version}, which this export replaced" if str(version) == ours
                  else f"version {version}")
         logger.warning("Version %s of %r differs from what TF Serving (and nonlocal-predict "
