@@ -9,6 +9,7 @@ medians and the median of the per-pair ratios (new / old). The matmuls alone
 (worker.py `matmuls_only`) are timed after, in the same process.
 """
 
+import argparse
 import atexit
 import importlib.util
 import os
@@ -23,8 +24,32 @@ sys.path.insert(0, HERE)
 import worker  # noqa: E402  (sets the thread counts and the backend)
 import common  # noqa: E402
 
+MATH = "nonlocal_keras/nonlocal_math.py"
+# Keras' policy names; the benchmarks measure float32 and mixed_bfloat16.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 
-def old_module(revision, path="nonlocal_keras/nonlocal_math.py"):
+
+def add_block_arguments(parser):
+    """SHAPE PRECISION REVISION, as ab_block.py and ab_memory.py take them."""
+    parser.add_argument("shape", metavar="SHAPE", choices=tuple(common.SHAPES),
+                        help="one of " + ", ".join(common.SHAPES))
+    parser.add_argument("precision", metavar="PRECISION", choices=PRECISIONS,
+                        help="a Keras dtype policy: " + ", ".join(PRECISIONS))
+    parser.add_argument("revision", metavar="REVISION",
+                        help=f"a git revision whose {MATH} is the old one")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_block_arguments(parser)
+    parser.add_argument("repeats", metavar="REPEATS", nargs="?", type=common.positive_int,
+                        default=10, help="timed pairs (default 10)")
+    args = parser.parse_args(argv)
+    common.check_revision(parser, args.revision, [MATH])
+    return args
+
+
+def old_module(revision, path=MATH):
     """The module at `path` (in the repository) as it was at `revision`."""
     source = subprocess.run(
         ["git", "-C", os.path.dirname(HERE), "show", f"{revision}:{path}"],
@@ -81,9 +106,9 @@ def traced(layer, x, module):
     return lambda: float(tf.reduce_sum(tf.cast(train(x)[0][:1], tf.float32)))
 
 
-def main():
-    shape, precision, revision = sys.argv[1:4]
-    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+def main(argv=None):
+    args = parse_args(argv)
+    shape, precision, revision, repeats = args.shape, args.precision, args.revision, args.repeats
     from nonlocal_keras import nonlocal_math
 
     layer, x = block_and_input(shape, precision)

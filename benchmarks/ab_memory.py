@@ -9,6 +9,7 @@ rounds of the peak RSS and of its rise during the steps (the peak minus
 the RSS before the first step: what training the block adds).
 """
 
+import argparse
 import json
 import os
 import resource
@@ -34,20 +35,37 @@ def child(which, shape, precision, revision, batch):
     print(json.dumps({"peak_mb": peak, "rise_mb": peak - before}))
 
 
-def main():
-    if sys.argv[1] == "--child":
-        which, shape, precision, revision, batch = sys.argv[2:7]
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ab_block.add_block_arguments(parser)
+    parser.add_argument("batch", metavar="BATCH", nargs="?", type=ab_block.common.positive_int,
+                        default=8, help="clips a step (default 8)")
+    parser.add_argument("rounds", metavar="ROUNDS", nargs="?", type=ab_block.common.positive_int,
+                        default=2, help="processes of each version (default 2)")
+    args = parser.parse_args(argv)
+    ab_block.common.check_revision(parser, args.revision, [ab_block.MATH])
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # what the parent below starts, checked there
+        which, shape, precision, revision, batch = argv[1:6]
         return child(which, shape, precision, revision, int(batch))
-    shape, precision, revision = sys.argv[1:4]
-    batch = sys.argv[4] if len(sys.argv) > 4 else "8"
-    rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    args = parse_args(argv)
+    shape, precision, revision = args.shape, args.precision, args.revision
+    batch, rounds = str(args.batch), args.rounds
     found = {"old": [], "new": []}
     for r in range(rounds):
         for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
-            out = subprocess.run(
+            run = subprocess.run(
                 [sys.executable, __file__, "--child", which, shape, precision, revision, batch],
-                capture_output=True, text=True, check=True).stdout
-            found[which].append(json.loads(out.strip().splitlines()[-1]))
+                capture_output=True, text=True)
+            if run.returncode != 0:
+                last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+                sys.exit(f"ab_memory.py: the {which} version's process failed "
+                         f"(exit {run.returncode}): {last}")
+            found[which].append(json.loads(run.stdout.strip().splitlines()[-1]))
     for which in ("old", "new"):
         peak = statistics.median(m["peak_mb"] for m in found[which])
         rise = statistics.median(m["rise_mb"] for m in found[which])

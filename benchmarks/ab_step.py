@@ -16,6 +16,7 @@ other jobs on the cores slow both alike; prints the medians and the median
 of the per-pair ratios (new / old).
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -24,17 +25,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import worker  # noqa: E402  (sets the thread counts and the backend)
 import common  # noqa: E402
-from ab_block import old_module  # noqa: E402
+from ab_block import PRECISIONS, old_module  # noqa: E402
 
 FILES = {"VideoConv3D": "applications/video_resnet_conv.py",
          "FusedBatchNormalization": "nonlocal_keras/layers/fused_batch_normalization.py",
          "ConcatenatedZeroPadding3D": "applications/video_resnet_conv.py"}
 
 
-def main():
-    arch, precision, revision = sys.argv[1:4]
-    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 8
-    layer_class = sys.argv[5] if len(sys.argv) > 5 else "VideoConv3D"
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("arch", metavar="ARCH", choices=("c2d", "i3d"), help="c2d or i3d")
+    parser.add_argument("precision", metavar="PRECISION", choices=PRECISIONS,
+                        help="a Keras dtype policy: " + ", ".join(PRECISIONS))
+    parser.add_argument("revision", metavar="REVISION",
+                        help="a git revision whose CLASS is the old one, or keras")
+    parser.add_argument("repeats", metavar="REPEATS", nargs="?", type=common.positive_int,
+                        default=8, help="timed pairs (default 8)")
+    parser.add_argument("layer_class", metavar="CLASS", nargs="?", choices=tuple(FILES),
+                        default="VideoConv3D", help="one of " + ", ".join(FILES))
+    args = parser.parse_args(argv)
+    if args.revision != "keras":
+        common.check_revision(parser, args.revision, [FILES[args.layer_class]])
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    arch, precision, revision = args.arch, args.precision, args.revision
+    repeats, layer_class = args.repeats, args.layer_class
     tf = worker._tensorflow()
     import keras
 

@@ -1,7 +1,12 @@
-"""Shapes, analytic FLOP counts and the machine description shared by the benchmark scripts."""
+"""Shapes, analytic FLOP counts and the machine description shared by the benchmark scripts,
+and the argument types and the atomic file writer of their command lines."""
 
+import argparse
+import json
 import os
 import platform
+import re
+import tempfile
 import time
 
 from nonlocal_keras import cpu
@@ -107,3 +112,145 @@ def machine():
         except metadata.PackageNotFoundError:
             info[package] = None
     return info
+
+
+# --- command lines: argument types, output paths, atomic writes ---------------
+# Kept free of TensorFlow: gpu.py imports this module on a machine without it.
+
+def positive_int(text):
+    """argparse type: a count (rounds, repeats, steps, batch...) of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: a count that may be 0 (warm-up steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a size or a duration above 0 (a cap of 0 GB kills every case)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def regex(text):
+    """argparse type: a regular expression, compiled here so that a bad one is a usage error."""
+    try:
+        re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression: {text!r} ({error})")
+    return text
+
+
+def check_output(parser, option, path):
+    """Exits with a usage error unless `path` can be written as a file: found
+    before the measuring (which takes minutes to hours), not after it."""
+    if path.endswith(os.sep) or os.path.isdir(path):
+        parser.error(f"argument {option}: {path!r} is a folder, expected a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        parser.error(f"argument {option}: cannot write {path!r}: {existing!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"argument {option}: cannot write {path!r}: {existing!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        parser.error(f"argument {option}: {path!r} is not writable")
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically: a temporary file in the same folder,
+    then os.replace, so that an interrupted or failed write (a full disk, a
+    file size limit) leaves the earlier file whole instead of half a new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                         suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):  # mkstemp makes it 0600; keep the file's own mode
+            os.chmod(temporary, os.stat(path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path, record):
+    write_text(path, json.dumps(record, indent=1))
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread: subprocess.run then kills the
+    running case's process on its way out, where the default action would
+    leave it running on (reparented to init) after its parent is gone."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def run_cli(main, argv=None):
+    """Runs `main(argv)` and exits with its status: one line and 130 on Ctrl-C
+    (instead of a traceback), 143 on SIGTERM, each after the child processes
+    the script started were killed."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, _terminate)
+    prog = os.path.basename(sys.argv[0])
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        code = 143
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def check_revision(parser, revision, paths=(), root=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))):
+    """Exits with a usage error unless git knows `revision` as a commit and
+    each of `paths` is a file there, before minutes of building and timing."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+
+    found = git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if found.returncode != 0:
+        detail = found.stderr.strip().splitlines()[-1:] or ["not a commit git knows"]
+        parser.error(f"argument REVISION: {revision!r}: {detail[0]}")
+    for path in paths:
+        if git("cat-file", "-e", f"{revision}:{path}").returncode != 0:
+            parser.error(f"argument REVISION: {revision!r} has no {path}")

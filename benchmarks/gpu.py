@@ -133,14 +133,23 @@ def _device():
 
 
 def main(argv=None):
+    # Here, not at the top: common imports nonlocal_keras.cpu (TensorFlow-free),
+    # which this machine has only in the source tree.
+    sys.path.insert(0, ROOT)
+    import common
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (any CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=common.positive_int, default=None,
+                        help="default 8 (2 with --quick)")
+    parser.add_argument("--warmup", type=common.non_negative_int, default=3)
+    parser.add_argument("--repeats", type=common.positive_int, default=10)
     parser.add_argument("--out", default=None, help="JSON file for every result")
     args = parser.parse_args(argv)
-    args.batch = args.batch or (2 if args.quick else 8)
+    if args.out:
+        common.check_output(parser, "--out", args.out)
+    if args.batch is None:
+        args.batch = 2 if args.quick else 8
     _import_from_source_tree()
     import keras
 
@@ -154,8 +163,7 @@ def main(argv=None):
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump({**header, "results": results}, f, indent=1)
+            common.write_json(args.out, {**header, "results": results})
     return results
 
 

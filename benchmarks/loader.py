@@ -35,6 +35,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+# Appended: a peer's environment (--python) has no nonlocal_keras installed, and
+# common needs only its TensorFlow-free `cpu` module; an installed one still wins.
+sys.path.append(ROOT)
+import common  # noqa: E402
 LOADERS = ("ours", "decord", "torchcodec", "torch_pyav")
 # The module each loader needs beyond this package.
 NEEDS = {"ours": "tensorflow", "decord": "decord", "torchcodec": "torchcodec", "torch_pyav": "torch"}
@@ -348,9 +353,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny videos and clips, one round")
     parser.add_argument("--videos", default=os.path.join(tempfile.gettempdir(), "nonlocal_loader_bench"),
                         help="folder of the generated videos (kept as a cache)")
-    parser.add_argument("--loaders", default=",".join(LOADERS))
-    parser.add_argument("--clips", default=",".join(CLIPS))
-    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--loaders", default=",".join(LOADERS),
+                        help="comma-separated, of " + ", ".join(LOADERS))
+    parser.add_argument("--clips", default=",".join(CLIPS),
+                        help="comma-separated, of " + ", ".join(CLIPS))
+    parser.add_argument("--rounds", type=common.positive_int)
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/loader.json; "
                                       "none with --quick)")
     parser.add_argument("--decode-scaling", action="store_true",
@@ -365,7 +372,10 @@ def main(argv=None):
     parser.add_argument("--normalization", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
-    pythons = dict(item.split("=", 1) for item in args.python)
+    pythons = parse_choices(parser, args)
+    out = args.out or (None if args.quick else os.path.join(HERE, "results", "loader.json"))
+    if out and not (args.worker or args.decode_scaling):
+        common.check_output(parser, "--out", out)
     folder = os.path.join(args.videos, "quick" if args.quick else "full")
     paths = make_videos(folder, p["videos"], p["seconds"], p["fps"], p["width"], p["height"])
     if args.decode_scaling:
@@ -409,13 +419,32 @@ def main(argv=None):
     }
     report["table"] = table(results, running) + "\n\n" + table(results, running, cpu=True)
     print(report["table"])
-    out = args.out or (None if args.quick else os.path.join(HERE, "results", "loader.json"))
     if out:
-        with open(out, "w") as handle:
-            json.dump(report, handle, indent=1)
+        common.write_json(out, report)
     return report
+
+
+def parse_choices(parser, args):
+    """{loader: python} of --python; a usage error for a loader or clip that
+    is not one of ours, or a --python without LOADER=."""
+    def check(option, names, known):
+        unknown = [n for n in names.split(",") if n and n not in known]
+        if unknown or not any(names.split(",")):
+            parser.error(f"argument {option}: {names!r}: expected a comma-separated list of "
+                         + ", ".join(known))
+
+    check("--loaders", args.loaders, LOADERS)
+    check("--clips", args.clips, CLIPS)
+    pythons = {}
+    for item in args.python:
+        loader, equals, python = item.partition("=")
+        if not equals or loader not in LOADERS or not python:
+            parser.error(f"argument --python: {item!r}: expected LOADER=PYTHON with LOADER one of "
+                         + ", ".join(LOADERS))
+        pythons[loader] = python
+    return pythons
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    main()
+    common.run_cli(main)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/model_step.py [--rounds 2] [--lock /tmp/nonlocal_bench.lock]
     .venv/bin/python benchmarks/model_step.py --quick            # tiny shapes, one round
     .venv/bin/python benchmarks/model_step.py --only "NL-I3D"    # a subset, README untouched
+                                                   # and results/model_step.json too
 
 One training step = forward, backward and an SGD update (momentum 0.9) of a
 batch of 2 clips of 8x224x224, 400 classes, on 2 threads (TF intra/inter-op,
@@ -37,6 +38,7 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 import types
 from datetime import datetime, timezone
@@ -61,6 +63,8 @@ FULL = dict(batch=2, frames=8, size=224, classes=400, warmup=1, repeats=3, matmu
 # turns NaN in some runs, ours and the peers', at 1e-4 as at 0.01 (ours: a kernel
 # comes out of one step non-finite, not a divergence); the table marks them.
 LEARNING_RATE = 1e-4
+DEFAULT_OUT = os.path.join(HERE, "results", "model_step.json")
+SUBSET_OUT = os.path.join(tempfile.gettempdir(), "nonlocal_bench_model_step_subset.json")
 QUICK = dict(batch=2, frames=4, size=32, classes=10, warmup=1, repeats=1, matmul=1024)
 
 # mmaction2's per-block flags for ResNet-50 (3, 4, 6, 3 blocks), the same
@@ -298,15 +302,23 @@ def _summary(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 when every case ran (or was skipped: not installed), 1 when a "
+               "case failed (a timeout, out of memory, an error), 2 for a usage error (found "
+               "before any measuring), 130 on Ctrl-C.")
     parser.add_argument("--quick", action="store_true",
                         help="4x32x32 clips, 10 classes, one round, 1 warm-up + 1 timed step")
-    parser.add_argument("--rounds", type=int, help="default 2 (1 with --quick)")
-    parser.add_argument("--only", help="regex on the case name, e.g. 'NL-I3D.*bfloat16'; "
-                                       "the matmul rates are always measured")
+    parser.add_argument("--rounds", type=common.positive_int, help="default 2 (1 with --quick)")
+    parser.add_argument("--only", type=common.regex,
+                        help="regex on the case name, e.g. 'NL-I3D.*bfloat16'; "
+                             "the matmul rates are always measured; without --out the results "
+                             "go to a file of their own in the temporary folder, not to "
+                             "results/model_step.json")
     parser.add_argument("--lock", help="flock this file during each round")
-    parser.add_argument("--mem-cap-gb", type=float, default=16.0)
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per case")
+    parser.add_argument("--mem-cap-gb", type=common.positive_float, default=16.0)
+    parser.add_argument("--timeout", type=common.positive_float, default=600,
+                        help="seconds per case")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/model_step.json; "
                                       "none with --quick)")
     parser.add_argument("--no-readme", action="store_true")
@@ -314,22 +326,34 @@ def main(argv=None):
                         help="rewrite the README section from --out without measuring "
                              "(with --no-readme: print it only)")
     args = parser.parse_args(argv)
-    out = args.out or (None if args.quick else os.path.join(HERE, "results", "model_step.json"))
     if args.render_only:
-        with open(out) as f:
-            record = json.load(f)
-        record["table"] = markdown(record)
-        with open(out, "w") as f:
-            json.dump(record, f, indent=1)
+        out = args.out or DEFAULT_OUT
+        try:
+            with open(out) as f:
+                record = json.load(f)
+            record["table"] = markdown(record)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"argument --out: cannot read a results record from {out!r}: {error!r}")
         print(record["table"])
-        return 0 if args.no_readme else _write_readme(record["table"])
+        if args.no_readme:
+            return 0
+        common.write_json(out, record)
+        return _write_readme(record["table"])
+    out = args.out
+    if not out and not args.quick:
+        # A subset is not the whole table: results/model_step.json keeps the last full run.
+        out = SUBSET_OUT if args.only else DEFAULT_OUT
+    if out:
+        common.check_output(parser, "--out", out)
 
     settings = dict(QUICK if args.quick else FULL)
     settings["rounds"] = args.rounds or (1 if args.quick else 2)
     selected = cases(settings, args.only)
+    if len(selected) == 1 and args.only:  # the matmul rates alone
+        parser.error(f"argument --only: no case matches {args.only!r}")
     started = time.perf_counter()
     record = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": common.machine(), "threads": common.THREADS, "settings": settings,
+              "machine": machine(), "threads": common.THREADS, "settings": settings,
               "quick": args.quick, "only": args.only, "loads": [], "cases": []}
     rounds = []
     for number in range(settings["rounds"]):
@@ -345,9 +369,7 @@ def main(argv=None):
         record["total_wall_s"] = time.perf_counter() - started
         record["table"] = markdown(record)
         if out:  # after every round: a run cut short keeps the rounds it finished
-            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-            with open(out, "w") as f:
-                json.dump(record, f, indent=1)
+            common.write_json(out, record)
     table = record["table"]
     print(table)
     missing = not_installed(record)
@@ -360,8 +382,22 @@ def main(argv=None):
         _write_readme(table)
     failed = [c["name"] for c in record["cases"]
               if any(r["status"] not in ("ok", "skipped") for r in c["rounds"])]
-    print(f"total {record['total_wall_s']:.0f} s" + (f"; failed: {failed}" if failed else ""))
+    print(f"total {record['total_wall_s']:.0f} s" + (f"; failed: {failed}" if failed else "")
+          + (f"; results in {out}" if out else ""))
     return 1 if failed else 0
+
+
+def machine():
+    """common.machine() and the version of mmaction2 (None when not installed):
+    the table's header names it from here."""
+    from importlib import metadata
+
+    info = common.machine()
+    try:
+        info["mmaction2"] = metadata.version("mmaction2")
+    except metadata.PackageNotFoundError:
+        info["mmaction2"] = None
+    return info
 
 
 def not_installed(record):
@@ -466,7 +502,8 @@ def markdown(record):
         f"avx512_bf16: {m.get('avx512_bf16')}, amx_bf16: {m.get('amx_bf16')}); "
         f"TF_ENABLE_ONEDNN_OPTS={m.get('TF_ENABLE_ONEDNN_OPTS')}; {record['threads']} threads; "
         f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, torch {m.get('torch')}, "
-        f"pytorchvideo {m.get('pytorchvideo')}, mmaction2 1.2.0, mmcv-lite {m.get('mmcv-lite')}. "
+        f"pytorchvideo {m.get('pytorchvideo')}, "
+        f"mmaction2 {m.get('mmaction2', 'version not recorded')}, mmcv-lite {m.get('mmcv-lite')}. "
         f"Load average (1 min) before / after each round: {loads}. "
         f"`tf.matmul` {s['matmul']}x{s['matmul']} (median over rounds): {rates}.",
         "",
@@ -534,4 +571,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
         run_worker(json.loads(sys.argv[1]))  # one case, from run_all.run_case
     else:
-        sys.exit(main())
+        common.run_cli(main)

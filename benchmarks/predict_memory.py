@@ -15,9 +15,7 @@ need `frames x 3840 x 2160 x 3` bytes more. Results go to
 """
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -79,10 +77,12 @@ def peak_rss_mib(argv):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=300, help="length of the 4K video")
+    parser.add_argument("--frames", type=common.positive_int, default=300,
+                        help="length of the 4K video")
     parser.add_argument("--keep", help="work folder to keep (default: a temporary one)")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "predict_memory.json"))
     args = parser.parse_args(argv)
+    common.check_output(parser, "--output", args.output)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     folder = args.keep or tempfile.mkdtemp(prefix="predict-memory-")
     os.makedirs(folder, exist_ok=True)
@@ -112,9 +112,7 @@ def main(argv=None):
         "whole_video_rgb_mib": round(args.frames * frame_mib),
         "encode_seconds": round(encode_s, 1), "predict_seconds": round(predict_s, 1),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(record, handle, indent=1)
+    common.write_json(args.output, record)
     print(f"nonlocal-predict peak RSS on a {args.frames}-frame {WIDTH}x{HEIGHT} H.264 video "
           f"({record['clip_frames']} frames of clips): {large:.0f} MiB "
           f"(a 64x64 video: {small:.0f} MiB; every frame decoded to RGB would be "

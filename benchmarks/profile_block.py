@@ -30,10 +30,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shape", choices=("res4", "res3"))
     parser.add_argument("precision", choices=("float32", "mixed_bfloat16"))
-    parser.add_argument("--inter-op-threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10, help="timed calls of each graph")
-    parser.add_argument("--trace", type=int, default=4, help="profiled calls of each graph")
-    parser.add_argument("--top", type=int, default=0, help="also the N slowest ops by name")
+    parser.add_argument("--inter-op-threads", type=common.positive_int, default=1)
+    parser.add_argument("--steps", type=common.positive_int, default=10,
+                        help="timed calls of each graph")
+    parser.add_argument("--trace", type=common.positive_int, default=4,
+                        help="profiled calls of each graph")
+    parser.add_argument("--top", type=common.non_negative_int, default=0,
+                        help="also the N slowest ops by name")
     return parser.parse_args(argv)
 
 

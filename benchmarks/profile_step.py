@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (asks for oneDNN before TensorFlow loads, as the CLIs do)
+import common  # noqa: E402  (asks for oneDNN before TensorFlow loads, as the CLIs do)
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -35,21 +35,21 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", choices=("c2d", "i3d"), default="c2d")
-    parser.add_argument("--nonlocal-blocks", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
-    parser.add_argument("--inter-op-threads", type=int, default=None,
+    parser.add_argument("--nonlocal-blocks", type=common.non_negative_int, default=0)
+    parser.add_argument("--batch", type=common.positive_int, default=2)
+    parser.add_argument("--frames", type=common.positive_int, default=8)
+    parser.add_argument("--size", type=common.positive_int, default=224)
+    parser.add_argument("--warmup", type=common.non_negative_int, default=2)
+    parser.add_argument("--steps", type=common.positive_int, default=5)
+    parser.add_argument("--threads", type=common.positive_int, default=2, help="intra-op threads")
+    parser.add_argument("--inter-op-threads", type=common.positive_int, default=None,
                         help="inter-op threads (default: --threads)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--jit", action="store_true", help="compile(jit_compile=True)")
     parser.add_argument("--plain-conv3d", action="store_true",
                         help="every convolution as Keras' Conv3D (the models before VideoConv3D)")
     parser.add_argument("--profile", action="store_true", help="print time per op type")
-    parser.add_argument("--top", type=int, default=20, help="op types to print")
+    parser.add_argument("--top", type=common.positive_int, default=20, help="op types to print")
     return parser.parse_args(argv)
 
 

@@ -15,7 +15,9 @@ the figures are only as quiet as the machine was.
 `--only REGEX --merge` reruns the matching cases only and puts them into the
 existing --output record in place of their earlier figures (the README then
 says which rows were rerun when, and under what load), so that a change to
-one part is measured without rerunning hours of unrelated cases.
+one part is measured without rerunning hours of unrelated cases. `--only`
+without --merge leaves latest.json to the last full run: the subset goes to
+--output if given, else to a file of its own in the temporary folder.
 """
 
 import argparse
@@ -25,6 +27,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import util
@@ -40,6 +43,8 @@ OOM_PATTERNS = ("out of memory", "OOM", "ResourceExhausted", "can't allocate mem
 
 
 COMPILE_MODES = ("eager", "graph", "xla")
+DEFAULT_OUTPUT = os.path.join(HERE, "results", "latest.json")
+SUBSET_OUTPUT = os.path.join(tempfile.gettempdir(), "nonlocal_bench_run_all_subset.json")
 
 
 def cases(quick):
@@ -131,22 +136,31 @@ def merge(best, new):
     return merged
 
 
-def merge_into(path, partial, only):
-    """The record at `path` with `partial`'s cases in place of the same cases
-    (same description) there; the partial run is listed under "merged"."""
-    if not only:
-        raise SystemExit("--merge needs --only (the cases to rerun)")
-    with open(path) as f:
-        record = json.load(f)
+def merge_into(record, partial, only):
+    """`record` with `partial`'s cases in place of the same cases (same
+    description) there; the partial run is listed under "merged"."""
+    record = dict(record)
     fresh = {entry["name"]: entry for entry in partial["cases"]}
     record["cases"] = [fresh.pop(entry["name"], entry) for entry in record["cases"]]
     record["cases"] += list(fresh.values())
-    record.setdefault("merged", []).append(
+    record["merged"] = list(record.get("merged", [])) + [
         {"only": only, "started": partial["started"], "rounds": partial["rounds"],
          "total_wall_s": partial["total_wall_s"],
          "cases": len(partial["cases"]), "machine": partial["machine"],
          "load_average_before": partial["load_average_before"],
-         "load_average_after": partial["load_average_after"]})
+         "load_average_after": partial["load_average_after"]}]
+    return record
+
+
+def read_record(parser, option, path):
+    """The results record at `path`, or a usage error naming `option`."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as error:
+        parser.error(f"argument {option}: cannot read a results record from {path!r}: {error}")
+    if not isinstance(record, dict) or not isinstance(record.get("cases"), list):
+        parser.error(f"argument {option}: {path!r} is not a results record (no \"cases\" list)")
     return record
 
 
@@ -157,18 +171,26 @@ def rewrite_readme(table, path=os.path.join(ROOT, "README.md"), marker="benchmar
     if not pattern.search(text):
         raise SystemExit(f"README.md has no <!-- {marker}:start/end --> markers")
     text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
-    with open(path, "w") as f:
-        f.write(text)
+    common.write_text(path, text)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 when every case produced a result (or was skipped "
+               "with some other case measured), 1 when no case did (every one a timeout, "
+               "out of memory, an error or skipped: nothing is written then), 2 for a "
+               "usage error (found before any measuring), 130 on Ctrl-C.")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--mem-cap-gb", type=float, default=8.0,
+    parser.add_argument("--mem-cap-gb", type=common.positive_float, default=8.0,
                         help="RLIMIT_AS of each case's process (default 8)")
-    parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
-    parser.add_argument("--only", default=None, help="regex on the case description")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--timeout", type=common.positive_float, default=420,
+                        help="seconds per case")
+    parser.add_argument("--only", type=common.regex, default=None,
+                        help="regex on the case description; without --merge or --output the "
+                             "results go to a file of their own in the temporary folder, not "
+                             "to results/latest.json")
+    parser.add_argument("--rounds", type=common.positive_int, default=1,
                         help="run every case this many times, in turn, and keep each "
                              "pass's lowest median (the same rule for ours and the peers: "
                              "less sensitive to other processes on the cores)")
@@ -176,18 +198,31 @@ def main(argv=None):
                         help="with --only: replace the matching cases in --output's record "
                              "and rewrite the README from the merged record")
     parser.add_argument("--no-readme", action="store_true")
-    parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
+    parser.add_argument("--output", default=None,
+                        help=f"results JSON (default {os.path.relpath(DEFAULT_OUTPUT, ROOT)})")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the README table from --output without measuring "
                              "(with --no-readme: print it only)")
     args = parser.parse_args(argv)
+    output = args.output or DEFAULT_OUTPUT
     if args.render_only:
-        with open(args.output) as f:
-            table = report.markdown(json.load(f))
+        table = report.markdown(read_record(parser, "--output", output))
         if not args.no_readme:
             rewrite_readme(table)
         print(table)
-        return
+        return 0
+    if args.merge and not args.only:
+        parser.error("argument --merge: needs --only (the cases to rerun)")
+    if args.merge:
+        read_record(parser, "--output", output)  # before the measuring, not after it
+    elif args.only and not args.output:
+        # A subset is not the whole record: results/latest.json keeps the last full run.
+        output = SUBSET_OUTPUT
+    common.check_output(parser, "--output", output)
+    selected = [c for c in cases(args.quick)
+                if not args.only or re.search(args.only, report.describe(c))]
+    if not selected:
+        parser.error(f"argument --only: no case matches {args.only!r}")
 
     installed = peers_installed()
     started = time.perf_counter()
@@ -199,8 +234,6 @@ def main(argv=None):
                              "naive_affinity_bytes": common.naive_affinity_bytes(k)}
                          for k, v in common.SHAPES.items()},
               "cases": []}
-    selected = [c for c in cases(args.quick)
-                if not args.only or re.search(args.only, report.describe(c))]
     results = [None] * len(selected)
     for round_ in range(args.rounds):
         for i, case in enumerate(selected):
@@ -217,18 +250,24 @@ def main(argv=None):
     record["load_average_after"] = os.getloadavg()
     record["total_wall_s"] = time.perf_counter() - started
     wall = record["total_wall_s"]
+    if not any(r["status"] == "ok" for r in results):
+        # Writing this would replace measured figures with none.
+        print(f"no case produced a result ({', '.join(sorted({r['status'] for r in results}))}); "
+              f"{output} untouched", file=sys.stderr)
+        return 1
     if args.merge:
-        record = merge_into(args.output, record, args.only)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=1)
+        # Read again: the record may have changed during the measuring (another merge).
+        record = merge_into(read_record(parser, "--output", output), record, args.only)
+    common.write_json(output, record)
     table = report.markdown(record)
     print(table)
     if not args.no_readme and (args.merge or not args.only):
         rewrite_readme(table)
         print("README.md: benchmark table rewritten")
-    print(f"total {wall:.0f} s; results in {args.output}")
+    print(f"total {wall:.0f} s; results in {output}"
+          + (" (a subset: --merge puts it into the full record)" if output == SUBSET_OUTPUT else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    common.run_cli(main)

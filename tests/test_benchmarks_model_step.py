@@ -177,3 +177,62 @@ def test_quick_run(tmp_path):
     assert "| C2D R50 | float32 |" in record["table"] and record["table"] in run.stdout
     if peer == "ok":  # the same network: PyTorchVideo's c2d_r50 has our parameter count
         assert record["cases"][2]["rounds"][0]["trainable_params"] == ours["trainable_params"]
+
+
+def test_render_only_with_no_readme_writes_nothing(tmp_path, capsys):
+    """--help says "(with --no-readme: print it only)": the record is not rewritten."""
+    out = tmp_path / "model_step.json"
+    text = json.dumps(_record([_entry("C2D R50", "float32", "ours", [2.0, 3.0])]))
+    out.write_text(text)
+    os.chmod(out, 0o444)  # a write would also fail here
+    assert model_step.main(["--render-only", "--out", str(out), "--no-readme"]) == 0
+    assert out.read_text() == text and os.listdir(tmp_path) == ["model_step.json"]
+
+
+def _usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        model_step.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--rounds", "0"], "--rounds"), (["--rounds", "-1"], "--rounds"),
+    (["--timeout", "0"], "--timeout"), (["--mem-cap-gb", "0"], "--mem-cap-gb"),
+    (["--only", "["], "--only"), (["--only", "no such model"], "no case matches"),
+    (["--render-only", "--out", "/nonexistent/model_step.json"], "--out"),
+])
+def test_usage_errors_come_before_any_measuring(monkeypatch, capsys, argv, says):
+    monkeypatch.setattr(model_step, "run_round", lambda *a: pytest.fail("measured"))
+    assert says in _usage_error(argv, capsys)
+
+
+def test_a_bad_out_comes_before_any_measuring(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(model_step, "run_round", lambda *a: pytest.fail("measured"))
+    (tmp_path / "afile").write_text("")
+    assert "--out" in _usage_error(["--out", str(tmp_path / "afile" / "x.json")], capsys)
+
+
+def test_a_subset_leaves_the_default_record_alone(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(model_step, "DEFAULT_OUT", str(tmp_path / "model_step.json"))
+    monkeypatch.setattr(model_step, "SUBSET_OUT", str(tmp_path / "subset.json"))
+    monkeypatch.setattr(model_step, "machine", lambda: {})
+    monkeypatch.setattr(model_step, "markdown", lambda record: "TABLE")
+    monkeypatch.setattr(model_step, "_write_readme", lambda table: pytest.fail("README"))
+    monkeypatch.setattr(model_step, "run_round", lambda selected, order, *a: (
+        [{"status": "skipped", "skipped": "not installed"}] * len(selected), [[0.0], [0.0]]))
+    assert model_step.main(["--only", "C2D R50 float32", "--rounds", "1"]) == 0
+    assert not (tmp_path / "model_step.json").exists()
+    assert json.loads((tmp_path / "subset.json").read_text())["only"] == "C2D R50 float32"
+    assert str(tmp_path / "subset.json") in capsys.readouterr().out
+
+
+def test_the_header_names_the_mmaction2_that_was_measured():
+    record = _record([_entry("C2D R50", "float32", "ours", [2.0, 3.0])])
+    assert "mmaction2 version not recorded," in model_step.markdown(record)
+    record["machine"]["mmaction2"] = None
+    assert "mmaction2 None," in model_step.markdown(record)
+    record["machine"]["mmaction2"] = "9.9.9"
+    assert "mmaction2 9.9.9," in model_step.markdown(record)
+    assert "1.2.0" not in model_step.markdown(record)
+    assert "mmaction2" in model_step.machine()
