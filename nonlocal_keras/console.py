@@ -125,9 +125,10 @@ class OutlivesItsTerminal:
     holding the run folder's lock). Here the first such failure sends both
     streams to /dev/null (`leave_terminal`) and the work goes on; `lost` tells
     a command whose output is its work (`nonlocal-predict`) that it was not read.
-    A file that takes no more (a full disk, a file size limit, a quota: a
-    traceback, exit 1, until 2026-12-07) sends this stream to /dev/null, the
-    work goes on, and `failed` holds why (also for a stream closed at the start).
+    Any other failure (a full disk, a file size limit, a quota, a descriptor
+    open for reading only: a traceback, exit 1, until 2026-12-07) sends this
+    stream to /dev/null, the work goes on, and `failed` holds why (also for a
+    stream closed at the start).
     """
 
     def __init__(self, stream, closed=False):
@@ -149,14 +150,15 @@ class OutlivesItsTerminal:
             self._gone(error)
 
     def _gone(self, error):
-        if error.errno in _FULL:
-            self.failed = error.strerror
-            _to_dev_null(self._stream.fileno())
-        elif error.errno in (errno.EIO, errno.EPIPE):
+        if error.errno in (errno.EIO, errno.EPIPE):
             self.lost = True
             leave_terminal()
         else:
-            raise error
+            # A full disk, a file size limit, a quota; a descriptor open for
+            # reading only (a wrapper script run with `2>&-` hands on its own
+            # script file as descriptor 2: a walk's training stopped there).
+            self.failed = error.strerror
+            _to_dev_null(self._stream.fileno())
         try:
             self._stream.flush()  # what the failed write left in the buffer, now to /dev/null
         except OSError:
@@ -221,9 +223,6 @@ def take_back_signals():
         handler = signal.getsignal(signum)
         if handler is not None:  # None: not installed from Python, left alone
             signal.signal(signum, handler)
-
-
-_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _to_dev_null(fd):

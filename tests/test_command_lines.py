@@ -91,6 +91,13 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_2():
     result = run(stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(2))
     assert (result.returncode, result.stderr) == (0, "")
     assert "kinetics_nl_c2d_r50" in result.stdout.split()
+    # Open for reading only (`1</dev/null`; a script run with `2>&-` hands on its
+    # own file as 2): an OSError traceback, exit 1, mid-training (a walk).
+    with open(os.devnull) as read_only:
+        result = run(stdout=read_only, stderr=subprocess.PIPE)
+    assert (result.returncode, result.stderr) == (2, (
+        "nonlocal-train: error: its output on stdout could not be written (Bad file "
+        "descriptor).\n"))
 
 
 def test_a_closed_standard_descriptor_is_not_given_to_the_next_file(tmp_path):
