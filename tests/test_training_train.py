@@ -514,6 +514,20 @@ def test_a_file_in_place_of_a_folder_to_write_in_is_named(tmp_path):
     assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
 
 
+def test_a_device_or_a_pipe_as_the_output_is_refused_without_reading_it(tmp_path):
+    """A re-walk: `nonlocal-evaluate --output /dev/stdout > /dev/full` read
+    /dev/full as earlier results until the machine ran out of memory; into a
+    pipe it waited for good."""
+    from nonlocal_keras.training import atomic
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), os.devnull):
+        with pytest.raises(errors.FolderError, match=rf"Cannot write the file '{re.escape(path)}':"
+                           r" it is no file \(a device or a pipe\); name a file$"):
+            atomic.check_writable(path)
+
+
 def test_a_folder_that_takes_no_file_whatever_its_permission_bits_is_named():
     """Root's permission bits say yes under /proc, which takes no file: an
     output there was found unwritable after the work (a walk, in the detection

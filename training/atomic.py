@@ -116,7 +116,7 @@ def replace(path, size=None):
     `size`: the bytes the file will about take, checked against the free space
     first (see `check_room`).
     """
-    check_not_a_folder(path)
+    check_file_path(path)
     _make_parent(path)
     if size is not None:
         check_room(path, size)
@@ -139,21 +139,27 @@ def replace(path, size=None):
             os.remove(temporary)
 
 
-def check_not_a_folder(path):
+def check_file_path(path):
     """A `FolderError` when `path`, a file to write, names a folder (the rename
-    into place failed with IsADirectoryError, a traceback). Also asked before a
-    command's work, so that the mistake does not come at its end."""
+    into place failed with IsADirectoryError, a traceback) or something else
+    than a file: a device or a pipe (`--output /dev/stdout` was read as
+    earlier results: endless zeros from /dev/full, a pipe waited on for good;
+    and the rename would replace it). Also asked before a command's work, so
+    that the mistake does not come at its end."""
     if os.path.isdir(path):
         raise FolderError(f"Cannot write the file {os.path.abspath(path)!r}: a folder is there; "
                           "name a file (in it, say)")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise FolderError(f"Cannot write the file {os.path.abspath(path)!r}: it is no file (a "
+                          "device or a pipe); name a file")
 
 
 def check_writable(path):
-    """`check_not_a_folder`, and a `FolderError` when the folder the file goes to
+    """`check_file_path`, and a `FolderError` when the folder the file goes to
     (or the nearest one that exists) cannot be written: a read-only file system,
     no permission. Asked before a command's work: `nonlocal-evaluate` scored
     every video, then could not write its output, and printed nothing of it."""
-    check_not_a_folder(path)
+    check_file_path(path)
     folder = _nearest_folder(path)
     longest = _name_max(folder)
     if len(os.fsencode(os.path.basename(path))) > longest:
