@@ -1316,6 +1316,23 @@ def test_a_deleted_current_directory_is_a_moved_run_folder(tmp_path, monkeypatch
     run_state.check_still_held("runs/x")  # no longer held: nothing to say
 
 
+def test_a_run_folder_moved_while_its_files_are_written_is_said_as_a_move(tmp_path):
+    """A re-walk: moved between the check and the write, the write's own
+    FileNotFoundError was a traceback, exit 1, in 3 moves of 4."""
+    from nonlocal_keras.training import run_state
+
+    run_dir = str(tmp_path / "run")
+    with run_state.folder_lock(run_dir):
+        with pytest.raises(run_state.RunFolderError, match="moved or deleted"):
+            with run_state.writing_in_held(run_dir):
+                os.rename(run_dir, tmp_path / "moved")
+                open(os.path.join(run_dir, "state.json"), "w").close()  # FileNotFoundError
+        with pytest.raises(ZeroDivisionError):  # still there: the error as it is
+            os.rename(tmp_path / "moved", run_dir)
+            with run_state.writing_in_held(run_dir):
+                1 / 0
+
+
 def test_a_finished_run_is_not_rerun_against_what_the_command_asks(tmp_path):
     """Seen: a run stopped 22 steps into its second 100-step epoch, rerun with
     `schedule.epochs=1`, was written as finished at step 122, exit 0; a finished

@@ -117,6 +117,20 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
 _HELD = {}  # run folder -> (its lock file's stat, the setting naming it)
 
 
+@contextlib.contextmanager
+def writing_in_held(run_dir):
+    """Writes into the run folder this process holds: `check_still_held` before
+    them, and again when one fails, so that a folder moved while its files were
+    written (a re-walk: a FileNotFoundError traceback, exit 1, in 3 moves of 4)
+    is said as a move, not as the write's error."""
+    check_still_held(run_dir)
+    try:
+        yield
+    except Exception:
+        check_still_held(run_dir)
+        raise
+
+
 def check_still_held(run_dir):
     """A `RunFolderError` where the run folder this process holds (`folder_lock`)
     is no longer where it was: moved, renamed or deleted while the command ran
@@ -386,7 +400,10 @@ class RunState:
         metric sums so far, which a session resumed from this commit adds back
         (`restored_metric_sums`) so that the epoch's history row covers it whole.
         """
-        check_still_held(self.run_dir)
+        with writing_in_held(self.run_dir):
+            self._commit(model, finished, metric_sums)
+
+    def _commit(self, model, finished, metric_sums):
         self.write_held_back()
         name = f"ckpt-{self.step:09d}.weights.h5"
         path = os.path.join(self.folder, name)
@@ -450,13 +467,12 @@ class RunState:
 
     def write_history_csv(self):
         """`history.csv` from the committed history: each epoch exactly once."""
-        check_still_held(self.run_dir)
-        atomic.write_text(self._history_csv_path, self._history_csv())
+        with writing_in_held(self.run_dir):
+            atomic.write_text(self._history_csv_path, self._history_csv())
 
     def copy_last_epoch_weights(self):
         """`checkpoints/last.weights.h5`: the committed weights at an epoch's end."""
-        check_still_held(self.run_dir)
-        with atomic.replace(self._last_weights_path) as temporary:
+        with writing_in_held(self.run_dir), atomic.replace(self._last_weights_path) as temporary:
             shutil.copyfile(self._committed_weights_path, temporary)
 
     def make_epoch_files_good(self):

@@ -462,15 +462,16 @@ def run(config, strategy=None, restart=False):
             # A session that trained no step (a final pass made again, say) keeps
             # the final files there were until each is replaced; results.json, which
             # says the run has finished with them, goes first.
-            run_state.check_still_held(run_dir)
-            state.write_held_back(stale=(run_state.RESULTS,))
-            size = atomic.model_size(model)
-            with atomic.replace(os.path.join(run_dir, run_state.FINAL_WEIGHTS), size) as temporary:
-                model.save_weights(temporary)
-                run_state.write_labels(temporary, labels)
-            with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
-                model.save(temporary)
-            atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
+            with run_state.writing_in_held(run_dir):
+                state.write_held_back(stale=(run_state.RESULTS,))
+                size = atomic.model_size(model)
+                final = os.path.join(run_dir, run_state.FINAL_WEIGHTS)
+                with atomic.replace(final, size) as temporary:
+                    model.save_weights(temporary)
+                    run_state.write_labels(temporary, labels)
+                with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
+                    model.save(temporary)
+                atomic.write_json(os.path.join(run_dir, run_state.RESULTS), results)
             # The commit keeps the weights of the last step (the step's own file):
             # the BatchNorm statistics the pass recomputed are the final files' only,
             # so more epochs continue from the trained ones, and a rerun asking for
