@@ -308,3 +308,25 @@ def test_a_deleted_current_directory_is_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "nonlocal-evaluate: error: The current directory was deleted: no relative path can be "
         "read or written from it. cd into a folder that exists and run the command again.\n")
+
+
+def test_the_temporary_folder_is_removed_whatever_signals_come_meanwhile(tmp_path, monkeypatch):
+    """A re-walk: a further SIGTERM while a stopping command removed its
+    temporary folder raised KeyboardInterrupt there: a traceback."""
+    import shutil
+
+    from nonlocal_keras.training import cli
+
+    folder = tmp_path / "nonlocal-x-1"
+    (folder / "inside").mkdir(parents=True)
+    rmtree, calls = shutil.rmtree, []
+
+    def interrupted_once(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        rmtree(path, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_once)
+    cli._remove(str(folder))
+    assert not folder.exists() and len(calls) == 2

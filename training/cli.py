@@ -271,9 +271,21 @@ def run(prog, module_name, argv=None):
     try:
         return _run_main(prog, module_name, argv, debug)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove(folder)
         _TEMPORARY.remove(folder)
         tempfile.tempdir = previous
+
+
+def _remove(folder):
+    """`folder` removed whatever signals come meanwhile: the command has already
+    stopped, with its status (a re-walk: a further SIGTERM raised
+    KeyboardInterrupt inside rmtree, a traceback)."""
+    while True:
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _out_of_memory(error):
