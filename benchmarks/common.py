@@ -117,26 +117,23 @@ def machine():
 # --- command lines: argument types, output paths, atomic writes ---------------
 # Kept free of TensorFlow: gpu.py imports this module on a machine without it.
 
-def positive_int(text):
-    """argparse type: a count (rounds, repeats, steps, batch...) of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(least, expected):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text):
-    """argparse type: a count that may be 0 (warm-up steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+# argparse types: a count (rounds, repeats, steps, batch...) of at least 1, and
+# one that may be 0 (warm-up steps).
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def positive_float(text):
