@@ -223,6 +223,9 @@ def run_cli(main, argv=None):
     import sys
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Also where SIGINT came ignored (a background job of a script, pytest-xdist's
+    # workers): the console commands take Ctrl-C that way too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prog = os.path.basename(sys.argv[0])
     try:
         code = main(argv)
