@@ -403,6 +403,26 @@ def test_a_next_version_another_export_takes_meanwhile_goes_to_the_next_one(
     assert (folder / "5" / "saved_model.pb").read_text() == "the other export's 5"
 
 
+def test_a_named_version_another_export_writes_meanwhile_is_one_line(model, tmp_path,
+                                                                      monkeypatch):
+    """Written by another export between the last check and the rename, a
+    version the user named was an OSError traceback (ENOTEMPTY)."""
+    target = tmp_path / model.name / "6"
+    real_rename = os.rename
+
+    def written_first(source, destination):
+        if os.path.basename(source) == "model":
+            os.makedirs(destination)
+            (target / "saved_model.pb").write_text("the other export's")
+        real_rename(source, destination)
+
+    monkeypatch.setattr(export.os, "rename", written_first)
+    with pytest.raises(export.VersionExistsError, match="Another export wrote the version "
+                       "folder while this one was written"):
+        export.export_saved_model(model, str(target), data_config=DATA_CONFIG)
+    assert os.listdir(target) == ["saved_model.pb"]
+
+
 def test_a_version_an_overwrite_killed_midway_moved_aside_is_put_back(model, tmp_path):
     """Killed between moving the old version aside and renaming the new one in,
     an export left no version there, and the next export deleted the old one

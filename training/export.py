@@ -430,8 +430,13 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
                 os.rename(saved, path)
                 break
             except OSError as error:
+                taken = error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR)
+                if taken and not chosen:  # written by another export after the check: a traceback
+                    raise VersionExistsError(
+                        "Another export wrote the version folder while this one was written; "
+                        f"nothing of this one is there. Received: {argument}={path!r}") from None
                 # Three exports started at once: two failed with "The version folder exists".
-                if not chosen or error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                if not taken:
                     raise
             path = resolve_export_path(export_dir, model_name or model.name, argument)
             served = _served_before(path)
