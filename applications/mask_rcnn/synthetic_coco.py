@@ -13,12 +13,13 @@ import functools
 import glob
 import json
 import os
-import uuid
 
 import numpy as np
 from official.vision.data import create_coco_tf_record, tfrecord_lib
 from PIL import Image
 from pycocotools import mask as mask_api
+
+from nonlocal_keras.training import atomic
 
 CATEGORIES = ({"id": 1, "name": "rectangle"}, {"id": 2, "name": "ellipse"},
               {"id": 3, "name": "triangle"})
@@ -150,8 +151,7 @@ def write_shards(output_prefix, examples, make_example, num_shards):
     every shard is whole: an annotation that fails the conversion (the walk's:
     a polygon of 2 points, a box the converter drops) left half-written shards
     under the final names. Returns their file pattern."""
-    folder, name = os.path.split(output_prefix)
-    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    temporary = atomic.temporary_name(output_prefix)
     try:
         tfrecord_lib.write_tf_record_dataset(temporary, examples, make_example, num_shards,
                                              multiple_processes=0)

@@ -31,6 +31,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     synthetic_keypoints,
 )
 from nonlocal_keras.training import atomic, cluster_stop, run_state, runtime
+from nonlocal_keras.utils import is_real
 
 FLAGS = flags.FLAGS
 
@@ -481,19 +482,15 @@ def _check_rates_and_scales(given):
         if (key.startswith("trainer.optimizer_config.") and key.rsplit(".", 1)[-1] in (
                 "learning_rate", "initial_learning_rate", "warmup_learning_rate", "values",
                 "end_learning_rate")
-                and any(_is_number(v) and not 0 <= v < math.inf for v in numbers)):
+                and any(is_real(v) and not 0 <= v < math.inf for v in numbers)):
             raise ValueError(f"`{key}` must be learning rates >= 0 (finite). "
                              f"Received: {key}={value!r}")
     for data in ("task.train_data.parser", "task.validation_data.parser"):
         low, high = given.get(f"{data}.aug_scale_min"), given.get(f"{data}.aug_scale_max")
-        if _is_number(low) and _is_number(high) and not 0 < low <= high < math.inf:
+        if is_real(low) and is_real(high) and not 0 < low <= high < math.inf:
             raise ValueError(f"`{data}.aug_scale_min` and `aug_scale_max` must be scales with "
                              f"0 < min <= max. Received: {data}.aug_scale_min={low!r}, "
                              f"{data}.aug_scale_max={high!r}")
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_input_size(model):
