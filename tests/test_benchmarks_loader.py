@@ -50,3 +50,17 @@ def test_table_ratios_favour_ours_above_one():
     assert "| 32x2 | 9.0 | 7.5 | 6.0 | 1.20 | 1.20-1.20 |" in loader.table(results, loaders)
     assert "| 32x2 | 80.0 | 120.0 | 100.0 | 1.25 | 1.25-1.25 |" in loader.table(
         results, loaders, cpu=True)
+
+
+def test_the_best_peer_is_the_best_of_every_peer_measured():
+    # torch_pyav spends the least CPU a clip (90 ms) and decord delivers the
+    # most clips/s: each is the best peer of its table.
+    def m(rate, cpu):
+        return {"clips_per_s": rate, "cpu_ms_per_clip": cpu}
+
+    results = {"8x8": {"ours": [m(12, 60)], "decord": [m(10, 120)],
+                       "torchcodec": [m(8, 100)], "torch_pyav": [m(6, 90)]}}
+    loaders = ["ours", "decord", "torchcodec", "torch_pyav"]
+    assert "| 8x8 | 12.0 | 10.0 | 8.0 | 6.0 | 1.20 | 1.20-1.20 |" in loader.table(results, loaders)
+    assert "| 8x8 | 60.0 | 120.0 | 100.0 | 90.0 | 1.50 | 1.50-1.50 |" in loader.table(
+        results, loaders, cpu=True)
