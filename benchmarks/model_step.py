@@ -64,6 +64,7 @@ FULL = dict(batch=2, frames=8, size=224, classes=400, warmup=1, repeats=3, matmu
 # comes out of one step non-finite, not a divergence); the table marks them.
 LEARNING_RATE = 1e-4
 DEFAULT_OUT = os.path.join(HERE, "results", "model_step.json")
+SETUP_CFG = os.path.join(os.path.dirname(HERE), "setup.cfg")
 SUBSET_OUT = os.path.join(tempfile.gettempdir(), "nonlocal_bench_model_step_subset.json")
 QUICK = dict(batch=2, frames=4, size=32, classes=10, warmup=1, repeats=1, matmul=1024)
 
@@ -488,6 +489,40 @@ def _rate(cell):
     return f"{cell['gflops']:.0f} ({cell['share']:.0%})"
 
 
+def bench_pin(package):
+    """The version setup.cfg's bench extra pins `package` to with `==`, or None
+    (no setup.cfg, no pin, or a range: a range names no one version)."""
+    import configparser
+
+    config = configparser.ConfigParser(interpolation=None)
+    try:
+        config.read(SETUP_CFG)
+    except configparser.Error:
+        return None
+    extra = config.get("options.extras_require", "bench", fallback="")
+    for line in extra.splitlines():
+        found = re.fullmatch(rf"{re.escape(package)}\s*==\s*([\w.+!]+)", line.strip())
+        if found:
+            return found.group(1)
+    return None
+
+
+def _mmaction2_version(record):
+    """The header's mmaction2: the version the run recorded, else the bench
+    extra's exact pin, said as such. Runs before machine() recorded it
+    (results/model_step.json of 2026-12-04) measured the extra's mmaction2,
+    pinned to 1.2.0 since before the first of them; a run that measured no
+    mmaction2 gets no version."""
+    machine = record["machine"]
+    if "mmaction2" in machine:
+        return machine["mmaction2"]
+    measured = any(r["status"] == "ok" for c in record["cases"]
+                   if c["case"].get("impl") == "mmaction2" for r in c["rounds"])
+    pin = bench_pin("mmaction2") if measured else None
+    return f"{pin} (the bench extra's pin; not recorded by this run)" if pin else (
+        "version not recorded")
+
+
 def markdown(record):
     rows, rate = summarise(record)
     m, s = record["machine"], record["settings"]
@@ -503,7 +538,7 @@ def markdown(record):
         f"TF_ENABLE_ONEDNN_OPTS={m.get('TF_ENABLE_ONEDNN_OPTS')}; {record['threads']} threads; "
         f"TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, torch {m.get('torch')}, "
         f"pytorchvideo {m.get('pytorchvideo')}, "
-        f"mmaction2 {m.get('mmaction2', 'version not recorded')}, mmcv-lite {m.get('mmcv-lite')}. "
+        f"mmaction2 {_mmaction2_version(record)}, mmcv-lite {m.get('mmcv-lite')}. "
         f"Load average (1 min) before / after each round: {loads}. "
         f"`tf.matmul` {s['matmul']}x{s['matmul']} (median over rounds): {rates}.",
         "",

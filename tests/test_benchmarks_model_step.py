@@ -236,3 +236,24 @@ def test_the_header_names_the_mmaction2_that_was_measured():
     assert "mmaction2 9.9.9," in model_step.markdown(record)
     assert "1.2.0" not in model_step.markdown(record)
     assert "mmaction2" in model_step.machine()
+
+
+def test_an_unrecorded_mmaction2_is_the_bench_extras_exact_pin(tmp_path, monkeypatch):
+    """Runs from before machine() recorded mmaction2 (results/model_step.json)
+    name the version the bench extra pins, and say where it came from."""
+    record = _record([_entry("NL-C2D R50 (5 blocks)", "float32", "mmaction2", [1.0])])
+    setup = tmp_path / "setup.cfg"
+    monkeypatch.setattr(model_step, "SETUP_CFG", str(setup), raising=False)
+    setup.write_text("[options.extras_require]\nbench =\n    torch==2.13.0\n    mmaction2==1.2.0\n")
+    assert ("mmaction2 1.2.0 (the bench extra's pin; not recorded by this run),"
+            in model_step.markdown(record))
+    # A recorded version wins; a range or no pin names none; nor does a run without mmaction2.
+    assert "mmaction2 9.9.9," in model_step.markdown(
+        dict(record, machine=dict(record["machine"], mmaction2="9.9.9")))
+    setup.write_text("[options.extras_require]\nbench =\n    mmaction2>=1.2.0\n")
+    assert "mmaction2 version not recorded," in model_step.markdown(record)
+    setup.unlink()
+    assert "mmaction2 version not recorded," in model_step.markdown(record)
+    setup.write_text("[options.extras_require]\nbench =\n    mmaction2==1.2.0\n")
+    record["cases"][1] = _entry("NL-C2D R50 (5 blocks)", "float32", "mmaction2", None)
+    assert "mmaction2 version not recorded," in model_step.markdown(record)
