@@ -1,6 +1,22 @@
-"""Turns the recorded cases into the README table and the goal check."""
+"""Turns the recorded cases into the README table and the goal check.
+
+    .venv/bin/python benchmarks/report.py                      # results/latest.json
+    .venv/bin/python benchmarks/report.py RECORD --out table.md
+
+Prints the markdown that run_all.py writes into the README between
+<!-- benchmarks:start/end --> (the table and the goals of issues 5 and 15,
+judged from the recorded figures only) from a results record of run_all.py,
+or writes it to --out; it measures nothing and leaves the README alone
+(`run_all.py --render-only` rewrites it).
+"""
+
+import argparse
+import os
 
 import common
+
+DEFAULT_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                              "latest.json")
 
 PEERS = {"mmcv": "mmcv `NonLocal3d`", "pytorchvideo": "PyTorchVideo `NonLocal`"}
 # How our block is run: eagerly, as a tf.function without XLA (what model.fit
@@ -351,3 +367,39 @@ def markdown(record):
                      f"{case['frames']}x{case['size']}x{case['size']}, float32, SGD, "
                      f"`train_on_batch` (graph mode): {text}.")
     return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 when the markdown was printed or written, 2 for a usage error "
+               "(a record it cannot read or render, an --out it cannot write), 130 on Ctrl-C.")
+    parser.add_argument("record", nargs="?", default=DEFAULT_RECORD, metavar="RECORD",
+                        help="results JSON of run_all.py (default benchmarks/results/latest.json)")
+    parser.add_argument("--out", help="write the markdown to this file instead of printing it")
+    args = parser.parse_args(argv)
+    if args.out:
+        common.check_output(parser, "--out", args.out)
+    table = _render(parser, args.record)
+    if args.out:
+        common.write_text(args.out, table + "\n")
+    else:
+        print(table)
+    return 0
+
+
+def _render(parser, path):
+    """markdown() of the record at `path`, or a usage error naming RECORD."""
+    import run_all  # reads a record as run_all.py --render-only does (it imports this module)
+
+    record = run_all.read_record(parser, "RECORD", path)
+    try:
+        return markdown(record)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        # A record of another script (model_step.py's, loader.py's) or a cut one.
+        parser.error(f"argument RECORD: {path!r} is not a record of run_all.py: {error!r}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # markdown() loads TensorFlow's Keras
+    common.run_cli(main)

@@ -147,7 +147,7 @@ def test_a_stopped_run_stops_its_case(tmp_path, sig, code, says):
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("script", ["run_all.py", "model_step.py", "loader.py"])
+@pytest.mark.parametrize("script", ["run_all.py", "model_step.py", "loader.py", "report.py"])
 def test_the_scripts_stop_through_run_cli(script):
     """What the test above checks of run_cli is what these scripts run."""
     with open(os.path.join(HERE, script)) as f:
