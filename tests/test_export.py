@@ -360,6 +360,49 @@ def test_a_failed_export_removes_the_folders_it_made_and_only_those(model, tmp_p
     assert os.listdir(tmp_path / "kept" / "net") == ["1"]
 
 
+def test_a_new_folder_another_failed_export_removes_meanwhile_is_made_again(model, tmp_path,
+                                                                           monkeypatch):
+    """Two `--output BASE` exports at once into a new BASE: the one that failed
+    removed the empty folders it had made just as the other was to make its
+    staging folder in them, a FileNotFoundError traceback."""
+    import tempfile
+
+    base, real_mkdtemp = tmp_path / "base", tempfile.mkdtemp
+    removed = []
+
+    def the_other_export_fails_first(**kwargs):
+        if kwargs.get("dir") == str(base / model.name) and not removed:
+            for folder in (base / model.name, base):  # its clean-up, deepest first
+                os.rmdir(folder)
+                removed.append(folder)
+        return real_mkdtemp(**kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", the_other_export_fails_first)
+    path = export.export_saved_model(model, str(base), data_config=DATA_CONFIG)
+    assert removed and path == str(base / model.name / "1")
+    assert os.listdir(base) == [model.name] and os.listdir(base / model.name) == ["1"]
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def test_a_failed_export_leaves_the_folders_another_export_made_meanwhile(model, tmp_path,
+                                                                          monkeypatch):
+    """It counted as its own the folders missing when it looked, and removed them when
+    it failed: those another export had made meanwhile too, under that one's feet."""
+    from nonlocal_keras.training import atomic
+
+    base, real_make_folder = tmp_path / "base", atomic.make_folder
+
+    def the_other_export_first(path, *args, **kwargs):
+        os.makedirs(path)  # the other export's, about to make its staging folder there
+        return real_make_folder(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "make_folder", the_other_export_first)
+    monkeypatch.setattr(_archive_class(), "write_out", _full_disk_write_out)
+    with pytest.raises(errors.FolderError, match=r"\(No space left on device\); nothing was"):
+        export.export_saved_model(model, str(base), data_config=DATA_CONFIG)
+    assert os.listdir(base) == [model.name] and os.listdir(base / model.name) == []
+
+
 def test_a_next_version_another_export_takes_meanwhile_goes_to_the_next_one(
         model, tmp_path, monkeypatch):
     """Three `--output BASE` exports started at once: one wrote version 1, the two

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import uuid
@@ -34,15 +35,64 @@ KILL_AT_ENV = "NONLOCAL_KERAS_KILL_AT"
 _renames = {}
 
 
-def make_folder(path, argument, received=None):
+def make_folder(path, argument, received=None, made=None):
     """`os.makedirs(path, exist_ok=True)`; where the system refuses, a `FolderError`
-    naming `argument`, the setting the user gave (`received`, default `path`)."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        received = path if received is None else received
-        raise FolderError(f"Cannot make the folder {error.filename or path!r} "
-                          f"({error.strerror}). Received: {argument}={received!r}") from None
+    naming `argument`, the setting the user gave (`received`, default `path`).
+
+    `made`: a list to add the folders this call made to, the highest first
+    (`remove_folders` removes them again); returned. Each is made with its own
+    `os.mkdir`, so that one another process made meanwhile is not counted (it is
+    that process's to remove); and where another process removed one meanwhile
+    (a failed command removing the empty folders it had made), the missing ones
+    are made again."""
+    made = [] if made is None else made
+    error = None
+    for _ in range(_MAKE_TRIES):
+        try:
+            for folder in reversed(_missing_folders(path)):
+                try:
+                    os.mkdir(folder)
+                except FileExistsError:
+                    continue  # another process's, or a file: the next mkdir or the check says
+                made.append(folder)
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                return made
+            error = OSError(errno.EEXIST, os.strerror(errno.EEXIST), path)  # a file is there
+            break
+        except FileNotFoundError as missing:  # a folder above (or it) went meanwhile
+            error = missing
+        except OSError as refused:
+            error = refused
+            break
+    received = path if received is None else received
+    raise FolderError(f"Cannot make the folder {error.filename or path!r} "
+                      f"({error.strerror}). Received: {argument}={received!r}") from None
+
+
+# Folders removed again as soon as made this many times in a row cannot be made
+# (a bound, so that nothing loops for good).
+_MAKE_TRIES = 10
+
+
+def _missing_folders(path):
+    """`path` and the folders above it that do not exist, the deepest first."""
+    missing = []
+    while path and not os.path.lexists(path):
+        missing.append(path)
+        above = os.path.dirname(path)
+        if above == path:
+            break
+        path = above
+    return missing
+
+
+def remove_folders(made):
+    """Remove the folders `made` (`make_folder`'s list), the last made first, each
+    only where empty: one that another process has put something in by now
+    (another export's staging folder, say) stays, and so do those above it."""
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _nearest_folder(path):

@@ -36,7 +36,6 @@ config's `model.weights`; with none of them the export stops rather than
 write a model with random weights.
 """
 
-import contextlib
 import errno
 import json
 import logging
@@ -325,7 +324,7 @@ def _remove_abandoned_staging(folder):
     after putting back a version one had moved aside to replace it (killed
     between its two renames, it left no version there)."""
     pattern = re.compile(re.escape(_host_staging_prefix()) + r"(\d+)-\w+")
-    for name in os.listdir(folder):
+    for name in _listing(folder):  # gone meanwhile: a failed export removed the one it made
         match = pattern.fullmatch(name)
         if match and not _process_exists(int(match.group(1))):
             staging = os.path.join(folder, name)
@@ -388,15 +387,15 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
                     class_names=class_names, top_k=top_k, model=describe_model(model, model_config),
                     weights=None if weights is None else str(weights),
                     signatures=[DEFAULT_SIGNATURE, NORMALIZED_SIGNATURE])
-    # Removed again if the export fails, when empty: it said the folder holds what it held.
-    made = _missing_folders(parent)
+    # The folders this export makes: removed again if it fails, where empty (it
+    # says the folder holds what it held).
+    made = []
     # Written next to the target and renamed at the end, so that TF Serving,
     # which polls the model folder, never loads a half-written version (it
     # ignores folder names that are not numbers).
     staging = None
     try:
-        atomic.make_folder(parent, argument, export_dir)
-        staging = tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
+        staging = _make_staging(parent, made, argument, export_dir)
         archive = keras.export.ExportArchive()
         archive.track(model)
         table = None
@@ -451,21 +450,28 @@ def export_saved_model(model, export_dir, *, data_config=None, class_names=None,
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:
-            with contextlib.suppress(OSError):  # not empty: another export's by now
-                os.rmdir(folder)
+        atomic.remove_folders(made)  # those another export writes in by now stay
     _warn_if_served_model_changes(path, served, metadata)
     return path
 
 
-def _missing_folders(folder):
-    """`folder` and the folders above it that do not exist, the deepest first."""
-    missing = []
-    folder = os.path.abspath(folder)
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    return missing
+_STAGING_TRIES = 10  # a bound, so that nothing loops for good
+
+
+def _make_staging(parent, made, argument, received):
+    """A new staging folder in `parent`, made where missing (the folders made are
+    added to `made`). Another export into the same new folder that fails removes
+    the empty folders it made (`atomic.remove_folders`): where it removed `parent`
+    between its making and the staging folder's, a FileNotFoundError traceback;
+    `parent` is made again instead. Once the staging folder is in it, it stays."""
+    for _ in range(_STAGING_TRIES):
+        atomic.make_folder(parent, argument, received, made)
+        try:
+            return tempfile.mkdtemp(prefix=_staging_prefix(), dir=parent)
+        except FileNotFoundError:
+            continue
+    raise FolderError(f"Cannot make a folder in {parent!r}: other processes removed it each "
+                      f"time it was made. Received: {argument}={received!r}")
 
 
 # What a client of a served model sends and reads back.
