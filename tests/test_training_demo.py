@@ -87,6 +87,11 @@ def test_a_wrong_setting_or_folder_fails_before_the_dataset_and_leaves_no_folder
     with pytest.raises(FolderError, match="Received: --export-dir="):
         demo.main(arguments)
     assert os.listdir(tmp_path) == ["export-dir"]
+    # The folders made above a new one go too (`new/` stayed).
+    arguments[arguments.index("--output-dir") + 1] = str(tmp_path / "new" / "output")
+    with pytest.raises(FolderError, match="Received: --export-dir="):
+        demo.main(arguments)
+    assert os.listdir(tmp_path) == ["export-dir"]
 
 
 def test_first_frame_reader_is_the_last_frame_query_with_most_frame0_attention():

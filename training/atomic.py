@@ -86,6 +86,20 @@ def _missing_folders(path):
     return missing
 
 
+def make_folders(named):
+    """Make each `(path, argument[, received])` folder (`make_folder`); returns
+    the folders made. Where one cannot be made, those this call made are removed
+    again before the error: a failed command leaves no folder behind."""
+    made = []
+    try:
+        for path, *argument in named:
+            make_folder(path, *argument, made=made)
+    except BaseException:
+        remove_folders(made)
+        raise
+    return made
+
+
 def remove_folders(made):
     """Remove the folders `made` (`make_folder`'s list), the last made first, each
     only where empty: one that another process has put something in by now

@@ -15,7 +15,6 @@
 These are the folders the README's commands use after `make demo`.
 """
 
-import contextlib
 import csv
 import os
 import shutil
@@ -44,24 +43,6 @@ def _train(config_name, root, run_dir, seed, extra, restart):
     config = _config(config_name, root, run_dir, seed, extra)
     model, results = train.run(config, restart=restart)
     return model, results, config
-
-
-def _make_folders(named):
-    """Make each `(path, flag)` folder; where one cannot be, the others this call
-    made are removed again (a failed command leaves no folder behind)."""
-    from nonlocal_keras.training import atomic
-
-    made = []
-    try:
-        for path, flag in named:
-            if not os.path.isdir(path):
-                atomic.make_folder(path, flag)
-                made.append(path)
-    except Exception:
-        for path in made:
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        raise
 
 
 def _copy_examples(root, folder):
@@ -120,8 +101,8 @@ def main(argv=None):
         for _, config_name, folder in RUNS:
             _config(config_name, data_dir, os.path.join(args.runs_dir, folder), args.seed,
                     args.set)
-        _make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
-                       (args.export_dir, "--export-dir")])
+        atomic.make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
+                             (args.export_dir, "--export-dir")])
     root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
     if args.print_data_dir:
         print(root)
