@@ -350,6 +350,23 @@ def table(results, loaders, cpu=False):
     return "\n".join(lines)
 
 
+def tables(results, loaders):
+    return table(results, loaders) + "\n\n" + table(results, loaders, cpu=True)
+
+
+def render(parser, path):
+    """The tables of a saved record (`--render`): the record's own `table` is
+    what the code of its day printed."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        skipped = set(record["skipped"])
+        return tables(record["measurements"], [n for n in record["loaders"] if n not in skipped])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"argument --render: not a results JSON of loader.py "
+                     f"({type(error).__name__}: {error}): {path!r}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,10 +387,16 @@ def main(argv=None):
                         help="run that loader with another interpreter (e.g. "
                              "torchcodec=/path/venv/bin/python, an environment with the CUDA "
                              "build of torch that PyPI's torchcodec wheel links against)")
+    parser.add_argument("--render", metavar="RECORD",
+                        help="print the tables of a results JSON this script wrote, with "
+                             "today's table code; measures nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
     parser.add_argument("--normalization", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(parser, args.render))
+        return None
     p = QUICK if args.quick else FULL
     pythons = parse_choices(parser, args)
     out = args.out or (None if args.quick else os.path.join(HERE, "results", "loader.json"))
@@ -420,7 +443,7 @@ def main(argv=None):
         "loaders": loaders, "skipped": skipped, "measurements": results,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    report["table"] = table(results, running) + "\n\n" + table(results, running, cpu=True)
+    report["table"] = tables(results, running)
     print(report["table"])
     if out:
         common.write_json(out, report)

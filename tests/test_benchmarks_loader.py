@@ -64,3 +64,27 @@ def test_the_best_peer_is_the_best_of_every_peer_measured():
     assert "| 8x8 | 12.0 | 10.0 | 8.0 | 6.0 | 1.20 | 1.20-1.20 |" in loader.table(results, loaders)
     assert "| 8x8 | 60.0 | 120.0 | 100.0 | 90.0 | 1.50 | 1.50-1.50 |" in loader.table(
         results, loaders, cpu=True)
+
+
+def test_render_prints_a_saved_records_tables_and_refuses_other_files(tmp_path):
+    # A record whose torchcodec was skipped: it has no column; ours 12 clips/s
+    # against decord's 10, 60 CPU ms against 90.
+    record = {"loaders": ["ours", "decord", "torchcodec"], "skipped": ["torchcodec"],
+              "measurements": {"8x8": {"ours": [{"clips_per_s": 12, "cpu_ms_per_clip": 60}],
+                                       "decord": [{"clips_per_s": 10, "cpu_ms_per_clip": 90}]}},
+              "table": "what the code of its day printed"}
+    path = tmp_path / "loader.json"
+    path.write_text(json.dumps(record))
+    result = subprocess.run([sys.executable, SCRIPT, "--render", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| 8x8 | 12.0 | 10.0 | 1.20 | 1.20-1.20 |" in result.stdout
+    assert "| 8x8 | 60.0 | 90.0 | 1.50 | 1.50-1.50 |" in result.stdout
+    assert "torchcodec" not in result.stdout
+
+    for bad in (tmp_path / "missing.json", SCRIPT):
+        result = subprocess.run([sys.executable, SCRIPT, "--render", str(bad)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1].startswith(
+            "loader.py: error: argument --render: not a results JSON of loader.py")
