@@ -327,10 +327,15 @@ def test_more_cells_than_columns_and_a_stray_quote_are_errors_naming_the_rows(vi
     wide = _csv(videos, "path,label,start\na.mp4,1,0.5\nb.mp4,2,\n", "wide.csv")
     assert [r.labels for r in data.read_csv_records(wide, 3)[0]] == [(1,), (2,)]
     short = _csv(videos, 'path,label\n"a.mp4,1\nb.mp4,2\nc.mp4,0\n', "short.csv")
-    with pytest.raises(data.DatasetError, match=r"1 row\(s\) with an unmatched '\"'.*\n  "
-                       r"row 2: a quote left open \(its cell runs over several lines: "
-                       r"'a.mp4,1'\.\.\.\)"):
+    with pytest.raises(data.DatasetError, match=r"1 row\(s\) with a cell over several lines: "
+                       r"a '\"' left open .*\n  row 2: a cell over several lines "
+                       r"\('a.mp4,1'\.\.\.\)"):
         data.read_csv_records(short, 3)  # was "row 2: ...: no such file", rows 3-4 gone
+    # A line break quoted on purpose: no "quote left open", the same refusal.
+    broken = _csv(videos, 'path,label\n"a\nb.mp4",1\nc.mp4,0\n', "broken.csv")
+    with pytest.raises(data.DatasetError, match=r"1 row\(s\) with a cell over several lines: "
+                       r".*\n  row 2: a cell over several lines \('a'\.\.\.\)$"):
+        data.read_csv_records(broken, 3)
     quote = _csv(videos, 'path,label\na.mp4,"7\n' + "b.mp4,1\n" * 20000, "quote.csv")
     with pytest.raises(data.DatasetError, match=r"quote.csv' is not a readable CSV \(line "
                        r"\d+: field larger than field limit"):

@@ -99,11 +99,13 @@ def _read_rows(csv_path, argument="csv_path"):
                                                            for _, r in rows)):
             raise DatasetError(f"{csv_path!r} separates its columns with {name}; write "
                                f"'path,label' with commas. Received: {argument}={csv_path!r}")
-    # A quote left open runs its cell over the next lines: their rows vanish into it.
-    open_quotes = [f"row {n}: a quote left open (its cell runs over several lines: "
-                   f"{cell.splitlines()[0]!r}...)" for n, row in rows for cell in row if "\n" in cell]
-    _raise_for_problems(open_quotes, csv_path, argument,
-                        summary=f"{len(open_quotes)} row(s) with an unmatched '\"'")
+    # A quote left open runs its cell over the next lines: their rows vanish into
+    # it. A line break quoted on purpose reads the same; no path or label holds one.
+    open_quotes = [f"row {n}: a cell over several lines ({cell.splitlines()[0]!r}...)"
+                   for n, row in rows for cell in row if "\n" in cell]
+    _raise_for_problems(open_quotes, csv_path, argument, summary=(
+        f"{len(open_quotes)} row(s) with a cell over several lines: a '\"' left open runs "
+        "its cell over the rows below it, and a path or label holds no line break"))
     # `a.mp4,3,17,41`: the labels 17 and 41 would be dropped without a word.
     columns = len(header) if header else 2
     extra = [f"row {n}: {len(row)} cells ({','.join(row)!r})" for n, row in rows
