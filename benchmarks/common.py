@@ -218,7 +218,8 @@ def _terminate(signum, frame):
 def run_cli(main, argv=None):
     """Runs `main(argv)` and exits with its status: one line and 130 on Ctrl-C
     (instead of a traceback), 143 on SIGTERM, each after the child processes
-    the script started were killed."""
+    the script started were killed; 141 without a word when the pipe it
+    printed into was closed."""
     import signal
     import sys
 
@@ -235,6 +236,12 @@ def run_cli(main, argv=None):
     except Terminated:
         print(f"{prog}: terminated", file=sys.stderr)
         code = 143
+    except BrokenPipeError:
+        # `report.py | head`: the reader has what it wanted. The shell's status
+        # of a writer SIGPIPE ends, quietly, as `cat` has; the interpreter's
+        # last flush would fail again, so the stream goes to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     sys.exit(code if isinstance(code, int) else 0)
 
 

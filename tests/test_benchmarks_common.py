@@ -84,3 +84,22 @@ def test_check_revision(capsys):
     assert line.startswith("prog: error: argument REVISION: 'no-such-revision-x'")
     line = _parser_error(lambda: common.check_revision(parser, "HEAD", ["no/such.py"]), capsys)
     assert "no/such.py" in line
+
+
+def test_a_closed_pipe_ends_the_script_quietly_with_sigpipes_status(tmp_path):
+    """`report.py | head`: a BrokenPipeError traceback before."""
+    script = tmp_path / "many_lines.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(common.__file__)!r})\n"
+        "import common\n"
+        "def main(argv):\n"
+        "    for n in range(10 ** 6):\n"
+        "        print('line', n)\n"
+        "common.run_cli(main)\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "line 0\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == ""
