@@ -17,6 +17,7 @@ from official.vision.tasks import maskrcnn as maskrcnn_task
 
 from nonlocal_keras.applications.mask_rcnn import backbone as nl_backbone
 from nonlocal_keras.applications.mask_rcnn.registration import once
+from nonlocal_keras.applications.mask_rcnn.undecodable_images import UndecodableImages
 
 EXPERIMENT = "maskrcnn_resnetfpn_nonlocal_coco"
 
@@ -40,7 +41,12 @@ _without_autograph = tf.autograph.experimental.do_not_convert
 
 @once(task_factory.register_task_cls(MaskRCNNTask))
 class NonLocalMaskRCNNTask(maskrcnn_task.MaskRCNNTask):
-    """Model Garden's Mask R-CNN task; `initialize` maps a plain ResNet checkpoint."""
+    """Model Garden's Mask R-CNN task; `initialize` maps a plain ResNet checkpoint,
+    and its data leave out records whose image does not decode (`undecodable_images`)."""
+
+    def __init__(self, params, logging_dir=None, name=None):
+        super().__init__(params, logging_dir=logging_dir, name=name)
+        self.undecodable_images = UndecodableImages()
 
     # The network, its losses and its input pipeline are graph code (no Python
     # control flow on tensors; the parser's autoaug and randaug were tried too):
@@ -60,6 +66,7 @@ class NonLocalMaskRCNNTask(maskrcnn_task.MaskRCNNTask):
         return _without_autograph(super().build_losses)(outputs, labels, aux_losses)
 
     def build_inputs(self, params, input_context=None, dataset_fn=None):
+        dataset_fn = dataset_fn or self.undecodable_images.reader(params)
         return _without_autograph(self.build_dataset)(params, input_context, dataset_fn)
 
     def build_dataset(self, params, input_context=None, dataset_fn=None):

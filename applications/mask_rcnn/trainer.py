@@ -29,6 +29,7 @@ from nonlocal_keras.applications.mask_rcnn import (
     keypoint_experiment,
     synthetic_coco,
     synthetic_keypoints,
+    undecodable_images,
 )
 from nonlocal_keras.training import atomic, cluster_stop, run_state, runtime
 from nonlocal_keras.utils import is_real
@@ -519,6 +520,7 @@ DAMAGED = re.compile(r"(?:corrupted|truncated) record at \d+|Unknown image file 
                      r"(?:PNG|JPEG)|Checksum does not match|Read less bytes than requested|not an "
                      r"sstable|(?:file is )?too short to be an sstable")
 CHECKPOINT_DAMAGE = re.compile(r"sstable")
+NO_DECODABLE_IMAGE = re.compile(rf"{undecodable_images.NoDecodableImage.__name__}: (.*)")
 # What TensorFlow says of data that are no COCO tf.Examples: an empty TFRecord
 # (OutOfRangeError), records that are not tf.Example, tf.Examples without the keys
 # of Model Garden's decoder. Tracebacks before.
@@ -537,6 +539,9 @@ def damaged_files_named(params, model_dir, mode=None, phase=None):
     except (tf.errors.OpError, IndexError) as error:
         text = str(getattr(error, "message", error))
         data = params.task
+        undecodable = NO_DECODABLE_IMAGE.search(text)
+        if undecodable:  # raised inside the data's tf.numpy_function
+            raise ValueError(undecodable.group(1)) from None
         found = DAMAGED.search(text)
         if found and CHECKPOINT_DAMAGE.search(found.group(0)):
             latest = tf.train.latest_checkpoint(model_dir) if model_dir else None
@@ -850,14 +855,26 @@ def _run_and_export(params, model_dir, signals, phase=None):
     # `train_lib.run_experiment`, with a runner whose other workers resume too.
     train_actions = ([keypoint_experiment.UnlabelledKeypointsWarning(params.task)]
                      if isinstance(task, keypoint_experiment.KeypointRCNNTask) else [])
-    ExperimentRunner(
-        distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
-        model_dir=model_dir, train_actions=train_actions,
-        controller_cls=functools.partial(CommittingController, signals=signals,
-                                         before_first_save=before_first_save, phase=phase),
-        eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
-            params=params, model_dir=model_dir),
-        enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
+    skipped = getattr(task, "undecodable_images", None)  # Model Garden's own tasks lack it
+    try:
+        ExperimentRunner(
+            distribution_strategy=strategy, task=task, mode=FLAGS.mode, params=params,
+            model_dir=model_dir, train_actions=train_actions,
+            controller_cls=functools.partial(CommittingController, signals=signals,
+                                             before_first_save=before_first_save, phase=phase),
+            eval_summary_manager=summary_manager.maybe_build_eval_summary_manager(
+                params=params, model_dir=model_dir),
+            enable_async_checkpointing=FLAGS.enable_async_checkpointing).run()
+    except tf.errors.OutOfRangeError:
+        if skipped:
+            skipped.check_some_decoded("training")
+        raise
+    finally:
+        # Each was logged when first skipped, far up a long log.
+        if skipped and skipped.records:
+            logging.warning("%s, %d time(s) in all.", skipped.summary(), skipped.count)
+    if skipped:
+        skipped.check_some_decoded("validation")
     train_utils.save_gin_config(FLAGS.mode, model_dir)
     if replace_params:
         _serialize_config(params, model_dir)
