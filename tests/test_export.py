@@ -862,6 +862,94 @@ def test_console_script_prints_one_error_line_and_exits_2(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def _tiny_run_config(tmp_path):
+    """`(config.yaml, weights)` of a tiny model, for the console script."""
+    config = {"model": {"name": "VideoResNet", "stage_blocks": [1, 1], "width": 4,
+                        "nonlocal_blocks": {"res3": [0]}},
+              "data": dict(DATA_CONFIG, num_classes=len(CLASS_NAMES))}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    weights = str(tmp_path / "final.weights.h5")
+    models.build_model(config["model"], config["data"], False).save_weights(weights)
+    return str(config_path), weights
+
+
+def test_a_file_size_limit_on_the_weights_check_is_one_line_and_exit_2(tmp_path):
+    """The check of the weights file writes the model's own weights in the temporary
+    folder: under `ulimit -f` h5py printed its finalisers' tracebacks ("Exception
+    ignored in ... __dealloc__") above the one line, then crashed the process (a
+    segmentation fault) where the failed file was let go."""
+    import resource
+    import signal
+
+    config_path, weights = _tiny_run_config(tmp_path)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal's kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    script = os.path.join(os.path.dirname(sys.executable), "nonlocal-export")
+    run = subprocess.run([script, "--config", config_path, "--checkpoint", weights, "--output",
+                          str(tmp_path / "exported")], capture_output=True, text=True,
+                         timeout=300, preexec_fn=limit_file_size)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert len(run.stderr.splitlines()) == 1, run.stderr[-3000:]
+    assert re.fullmatch(r"nonlocal-export: error: Cannot write a copy of the model's weights, "
+                        r"which the check of the weights file compares with, in the temporary "
+                        r"folder '.*' \(File too large: this process may write files of at most "
+                        r"4\.1 KB \(ulimit -f\), about [\d.]+ KB needed\); free space there, or "
+                        r"set TMPDIR to another folder\n", run.stderr), run.stderr
+    assert not (tmp_path / "exported").exists()
+
+
+def test_a_full_temporary_folder_on_the_weights_check_is_one_line(tmp_path):
+    """Where the disk fills during that write, h5py's finalisers of the failed file
+    fail again and print their tracebacks above or below the command's one line,
+    here when the error was let go: they are kept quiet, and other errors are not."""
+    config_path, weights = _tiny_run_config(tmp_path)
+    full = ("Can't decrement id ref count (file write failed: time = Mon Dec  7 09:21:13 2026\n, "
+            "filename = '/tmp/tmpl66rgu2x/own.weights.h5', file descriptor = 3, errno = 28, "
+            "error message = 'No space left on device', buf = 0x55613cc76158, total write size "
+            "= 256, bytes this sub-write = 256, offset = 212096)")
+    code = textwrap.dedent(f"""
+        import os
+        import sys
+
+        import keras
+
+        from nonlocal_keras.training import cli
+
+        class FailedFile:  # what h5py leaves of a file whose write failed
+            def __init__(self, error):
+                self.error = error
+
+            def __del__(self):
+                raise RuntimeError(self.error)
+
+        def full(self, path, **kwargs):
+            FailedFile({full!r})  # let go by Keras' own clean-up
+            left_open = FailedFile({full!r})  # let go with the error
+            if os.environ.get("BUG"):
+                FailedFile("a bug")  # not the storage's: said
+            raise RuntimeError({full!r})
+
+        keras.Model.save_weights = full
+        sys.exit(cli.run("nonlocal-export", "nonlocal_keras.training.export"))
+        """)
+    command = [sys.executable, "-c", code, "--config", config_path, "--checkpoint", weights,
+               "--output", str(tmp_path / "exported")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert re.fullmatch(r"nonlocal-export: error: Cannot write a copy of the model's weights, "
+                        r"which the check of the weights file compares with, in the temporary "
+                        r"folder '.*' \(No space left on device\); free space there, or set "
+                        r"TMPDIR to another folder\n", run.stderr), run.stderr
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, BUG="1"))
+    assert run.returncode == 2 and "RuntimeError: a bug" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / "exported").exists()
+
+
 def test_the_resize_reads_uint8_frames_without_a_float32_copy():
     """A float32 copy of a 4K request is 4x its size (100 MB a frame); the
     bilinear kernel reads uint8 and interpolates in float32 itself."""

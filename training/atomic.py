@@ -10,21 +10,22 @@ renames it over `path` only when the block ends without an exception.
 import contextlib
 import errno
 import fcntl
-import gc
-import inspect
 import json
-import math
 import os
 import re
 import shutil
 import signal
 import stat
-import sys
 import tempfile
 import uuid
 
-import numpy as np
-
+# What writing an HDF5 file takes (TensorFlow-free there, for the applications too).
+from nonlocal_keras.applications.h5_weights import (
+    file_size,
+    refusals_reported_once as _refusals_reported_once,
+    release_failed_writer as _release_failed_writer,
+    room_refused,
+)
 from nonlocal_keras.training.errors import FolderError
 from nonlocal_keras.utils import refused_errno
 
@@ -264,104 +265,15 @@ def _cannot_write(path, reason):
 def check_room(path, size):
     """A `FolderError` when the file system of `path` has less than `size` bytes
     free for this user, or the process may write no file of that size (`ulimit
-    -f`). Before an HDF5 file is written: h5py raises when a disk fills during a
-    write, but crashes the process (a segmentation fault inside its `close`)
-    when it fills while the file's metadata is written; so it did at a file size
-    limit (found by a walk)."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and limit < size:
-        raise _cannot_write(path, f"{os.strerror(errno.EFBIG)}: this process may write files of "
-                                  f"at most {_amount(limit)} (ulimit -f), about {_amount(size)} "
-                                  "needed")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        stats = os.statvfs(folder)
-    except OSError:  # a file system that cannot tell: the write itself will
-        return
-    free = stats.f_bavail * stats.f_frsize
-    # Some FUSE file systems (object stores) report a size of 0: they cannot tell either.
-    if stats.f_blocks and free < size:
-        raise _cannot_write(path, f"{os.strerror(errno.ENOSPC)}: {_amount(free)} free, about "
-                                  f"{_amount(size)} needed")
-
-
-def _amount(size):
-    """Bytes as people read them: 512 bytes, 12.3 KB, 250.4 MB, 1.2 GB (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
+    -f`). Before an HDF5 file is written (`h5_weights.room_refused`)."""
+    refused = room_refused(os.path.dirname(os.path.abspath(path)), size)
+    if refused:
+        raise _cannot_write(path, refused[1])
 
 
 def model_size(model):
-    """About the bytes of `model.save_weights` / `model.save`'s file: Keras
-    writes the optimiser's variables too (momentum: as many again), and each
-    variable takes about 1 KB of HDF5 groups and attributes (2 KB counted)."""
-    optimizer = getattr(model, "optimizer", None)
-    variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
-    return sum(math.prod(v.shape) * _itemsize(v.dtype) + 2048 for v in variables)
-
-
-def _itemsize(dtype):
-    try:
-        return np.dtype(str(dtype)).itemsize
-    except TypeError:  # a name NumPy does not know (bfloat16 without ml_dtypes): at most 4
-        return 4
-
-
-@contextlib.contextmanager
-def _refusals_reported_once():
-    """A write the storage refused is said once, by the error `replace` raises.
-    An h5py file whose write failed fails again in its finaliser, which h5py
-    (Cython) reports through both hooks: two tracebacks ("Exception ignored in
-    ... __dealloc__") after the one-line error when the error was let go, or
-    before it when Keras' own clean-up let the file go (a file size limit,
-    found by a walk). Other reports pass."""
-    hooks = sys.unraisablehook, sys.excepthook
-
-    def unraisable(report):
-        if refused_errno(report.exc_value) is None:
-            hooks[0](report)
-
-    def excepthook(kind, value, traceback):
-        if refused_errno(value) is None:
-            hooks[1](kind, value, traceback)
-
-    sys.unraisablehook, sys.excepthook = unraisable, excepthook
-    try:
-        yield
-    finally:
-        sys.unraisablehook, sys.excepthook = hooks
-
-
-def _release_failed_writer(error):
-    """Free what the failed write left open (`_refusals_reported_once` keeps its
-    finalisers quiet). The writer's objects live in the finished frames of the
-    error's traceback and in their callers that Keras leaves out of it
-    (`f_back`), up to the first frame still running."""
-    while error is not None:
-        tb = error.__traceback__
-        while tb is not None:
-            _clear_finished(tb.tb_frame)
-            tb = tb.tb_next
-        error = error.__context__
-    gc.collect()
-
-
-def _clear_finished(frame):
-    while frame is not None:
-        # A generator's frame is left alone: clearing a suspended one would close it.
-        if not frame.f_code.co_flags & _GENERATOR_FLAGS:
-            try:
-                frame.clear()
-            except RuntimeError:  # still running, and so are its callers
-                return
-        frame = frame.f_back
-
-
-_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+    """About the bytes of `model.save_weights` / `model.save`'s file (`h5_weights.file_size`)."""
+    return file_size(model)
 
 
 def _maybe_kill(path):
