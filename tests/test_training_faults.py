@@ -430,6 +430,32 @@ def test_a_full_disk_is_one_line_and_the_same_command_runs_once_there_is_room(tm
     assert json.loads((run_dir / "results.json").read_text())["steps"] == STEPS
 
 
+@pytest.mark.parametrize("folder", ["state", ""])
+def test_a_run_folder_moved_just_after_the_check_is_not_made_again_at_its_path(
+        tmp_path, monkeypatch, folder):
+    """Moved between `writing_in_held`'s check and a commit's write, the run folder
+    (and its `state/`) was made again at its old path, and the write went there."""
+    from nonlocal_keras.training import atomic, run_state
+
+    run_dir, moved = str(tmp_path / "run"), tmp_path / "moved"
+    checked = run_state.check_still_held
+
+    def moved_after_the_check(held):
+        checked(held)
+        if os.path.isdir(run_dir):
+            os.rename(run_dir, moved)
+
+    with run_state.folder_lock(run_dir):
+        monkeypatch.setattr(run_state, "check_still_held", moved_after_the_check)
+        with pytest.raises(run_state.RunFolderError, match="moved or deleted"):
+            with run_state.writing_in_held(run_dir):
+                atomic.write_json(os.path.join(run_dir, folder, "state.json"), {"step": 2})
+    assert os.listdir(tmp_path) == ["moved"]
+    # A folder the write needed is made where the run is now, empty.
+    assert sorted(os.listdir(moved)) == sorted([".lock", folder] if folder else [".lock"])
+    assert not folder or os.listdir(moved / folder) == []
+
+
 @pytest.mark.parametrize("command, argv, status, last_line", [
     ("nonlocal-train", ["--help"], 0, None),
     ("nonlocal-train", ["quick_start"], 2, "nonlocal-train: error: unrecognized arguments: quick_start"),

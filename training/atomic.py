@@ -123,12 +123,48 @@ def _nearest_folder(path):
 
 
 def _make_parent(path):
-    """The folder `path` is to be written in, made where missing."""
+    """The folder `path` is to be written in, made where missing (under a folder
+    of `folders_made_in`, in that folder wherever it is now)."""
     _nearest_folder(path)
+    parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        for root, descriptor in _MADE_IN.items():
+            inside = os.path.relpath(parent, root)
+            if inside == os.curdir:
+                return  # never made again: moved away, the write fails
+            if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+                parts = inside.split(os.sep)
+                for depth in range(1, len(parts) + 1):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(os.path.join(*parts[:depth]), dir_fd=descriptor)
+                return
+        os.makedirs(parent, exist_ok=True)
     except OSError as error:
         raise _cannot_write(path, error.strerror) from None
+
+
+_MADE_IN = {}  # `folders_made_in`'s: absolute folder -> descriptor of it
+
+
+@contextlib.contextmanager
+def folders_made_in(folder, descriptor):
+    """Inside it, `replace` makes a missing folder under `folder` (a run folder this
+    process holds) in the folder that the open `descriptor` is, wherever it is
+    now (`os.mkdir(dir_fd=...)`), and never makes `folder` itself: where it was
+    moved away since the last look, its writes there fail rather than make it
+    again, or a folder in it, at its old path (`run_state.writing_in_held`
+    then says it was moved)."""
+    folder = os.path.abspath(folder)
+    before = _MADE_IN.get(folder)
+    if os.mkdir in os.supports_dir_fd:  # else as before: made at its path
+        _MADE_IN[folder] = descriptor
+    try:
+        yield
+    finally:
+        if before is None:
+            _MADE_IN.pop(folder, None)
+        else:
+            _MADE_IN[folder] = before
 
 
 def temporary_name(path):

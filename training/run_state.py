@@ -107,14 +107,20 @@ def folder_lock(run_dir, setting="runtime.output_dir"):
         except OSError as error:
             logger.warning("Cannot lock the run folder %s (%s); nothing stops a second run "
                            "from writing into it at the same time.", run_dir, error)
-        _HELD[run_dir] = (os.fstat(handle.fileno()), setting)
+        try:  # where the folders of its writes are made (`writing_in_held`)
+            folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # not readable: they are made at its path
+            folder = None
+        _HELD[run_dir] = (os.fstat(handle.fileno()), setting, folder)
         try:
             yield
         finally:
             _HELD.pop(run_dir, None)
+            if folder is not None:
+                os.close(folder)
 
 
-_HELD = {}  # run folder -> (its lock file's stat, the setting naming it)
+_HELD = {}  # run folder -> (its lock file's stat, the setting naming it, its descriptor)
 
 
 @contextlib.contextmanager
@@ -122,10 +128,16 @@ def writing_in_held(run_dir):
     """Writes into the run folder this process holds: `check_still_held` before
     them, and again when one fails, so that a folder moved while its files were
     written (a re-walk: a FileNotFoundError traceback, exit 1, in 3 moves of 4)
-    is said as a move, not as the write's error."""
+    is said as a move, not as the write's error. The folders they are written in
+    are made in the held folder wherever it is (`atomic.folders_made_in`): a move
+    just after the check made them again, and the run folder, at its old path,
+    where the writes then went, without a word."""
     check_still_held(run_dir)
+    held = _HELD.get(run_dir)
     try:
-        yield
+        with (atomic.folders_made_in(run_dir, held[2]) if held and held[2] is not None
+              else contextlib.nullcontext()):
+            yield
     except Exception:
         check_still_held(run_dir)
         raise
@@ -140,7 +152,7 @@ def check_still_held(run_dir):
     held = _HELD.get(run_dir)
     if held is None:
         return
-    (before, setting), now = held, None
+    (before, setting, _), now = held, None
     try:
         now = os.stat(os.path.join(run_dir, LOCK_FILE))
     except OSError:
