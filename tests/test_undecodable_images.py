@@ -39,10 +39,12 @@ def _images():
     pixels = np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)
     png = tf.io.encode_png(pixels).numpy()
     jpeg = tf.io.encode_jpeg(pixels).numpy()
-    gif = io.BytesIO()
+    gif, webp = io.BytesIO(), io.BytesIO()
     Image.fromarray(pixels).save(gif, format="GIF")
+    Image.fromarray(pixels).save(webp, format="WEBP")
     return {"png": png, "jpeg": jpeg, "truncated jpeg": jpeg[:len(jpeg) // 2],
-            "garbage": b"<html>not found</html>", "gif": gif.getvalue()}
+            "garbage": b"<html>not found</html>", "gif": gif.getvalue(),
+            "webp": webp.getvalue()}
 
 
 def _write(path, records):
@@ -71,7 +73,7 @@ def _tags(dataset):
 
 def test_only_records_whose_image_decodes_as_model_gardens_decoder_does_pass(tmp_path, caplog):
     images = _images()
-    names = ["png", "truncated jpeg", "jpeg", "garbage", "gif"]
+    names = ["png", "truncated jpeg", "jpeg", "garbage", "gif", "webp"]
     path = _write(tmp_path / "a.tfrecord",
                   [_example(images[name], name.encode()) for name in names]
                   + [_example(None, b"no image"), b"not a tf.Example"])
@@ -81,24 +83,25 @@ def test_only_records_whose_image_decodes_as_model_gardens_decoder_does_pass(tmp
         kept = _tags(read([path]))
     # Model Garden's own error names data without images or not tf.Examples.
     assert kept == ["png", "jpeg", "no image", "not a tf.Example"]
-    assert sorted(key[2] for key in skipped.records) == [1, 3, 4]
-    assert skipped.count == 3
-    for index in (1, 3, 4):
+    assert sorted(key[2] for key in skipped.records) == [1, 3, 4, 5]
+    assert skipped.count == 4
+    for index in (1, 3, 4, 5):
         assert f"Skipping record {index} of {path} (training data)" in caplog.text
     assert "Invalid JPEG data" in skipped.records[("training", path, 1)]
     assert "Unknown image file format" in skipped.records[("training", path, 3)]
-    assert "GIF" in skipped.records[("training", path, 4)]
-    # Decoded the way Model Garden's decoder does, the GIF is 4-D: its parser fails on it.
-    assert tf.io.decode_image(images["gif"], channels=3).shape.rank == 4
+    for index, kind in ((4, "gif"), (5, "webp")):
+        assert skipped.records[("training", path, index)].startswith("a GIF or WebP")
+        # Decoded the way Model Garden's decoder does, it is 4-D: its parser fails on it.
+        assert tf.io.decode_image(images[kind], channels=3).shape.rank == 4
 
     # Read again (the next epoch): counted again, logged once.
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert len(_tags(read(tf.constant(path)))) == 4
-    assert skipped.count == 6 and len(skipped.records) == 3
+    assert skipped.count == 8 and len(skipped.records) == 4
     assert "Skipping record" not in caplog.text
     assert skipped.summary().startswith(
-        f"3 record(s) whose image cannot be decoded were skipped ({path} record 1: ")
+        f"4 record(s) whose image cannot be decoded were skipped ({path} record 1: ")
 
 
 def test_compressed_records_are_read_and_other_file_types_are_left_to_model_garden(tmp_path):

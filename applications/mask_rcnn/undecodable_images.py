@@ -103,8 +103,9 @@ class UndecodableImages:
             return True
         try:
             image = tf.io.decode_image(encoded.bytes_list.value[0], channels=3)
+            # TensorFlow decodes a GIF or a WebP, even a still one, to frames.
             reason = None if image.shape.rank == 3 else (
-                "a GIF: Model Garden's decoder needs one image, and a GIF decodes to frames")
+                "a GIF or WebP: it decodes to frames, and Model Garden's decoder needs one image")
         except tf.errors.OpError as error:
             reason = _OP_WORDS.match(error.message.strip()).group(1).rstrip(".")
         key = (data, path.decode(errors="replace"), int(index))
