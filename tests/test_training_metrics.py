@@ -81,3 +81,33 @@ def test_workers_each_scoring_a_share_give_the_metrics_of_one_process(monkeypatc
         for key in ("num_videos", "skipped_videos", "mAP", "top1", "top5"):
             assert together.get(key) == pytest.approx(alone.get(key)), key
     assert alone["num_videos"] == 9 and alone["skipped_videos"] == 2
+
+
+def test_a_batchs_views_go_through_the_network_in_parts_and_average_the_same():
+    """A batch's views all went through the network at once: 4 videos x 2 clips x
+    1000 crops overflowed a TensorFlow kernel's int32 index (a segmentation
+    fault, no word, after minutes). Now at most `CLIPS_PER_CALL` clips a call,
+    with the same per-video means (float64 NumPy below)."""
+    import tensorflow as tf
+
+    from nonlocal_keras.training import evaluate
+
+    calls = []
+
+    def model(clips, training):
+        calls.append(int(clips.shape[0]) if clips.shape[0] is not None else None)
+        return tf.nn.softmax(tf.reduce_sum(clips, axis=[1, 2]) * [[1.0, -2.0, 0.5]])
+
+    rng = np.random.default_rng(0)
+    views = rng.normal(size=(7, 15, 2, 3, 3)).astype("float32")  # 7 videos x 15 views
+    batches = tf.data.Dataset.from_tensor_slices((views, np.zeros(7), np.arange(7))).batch(3)
+    scores, seen = evaluate.predict_videos(model, batches, 7, 3)
+
+    logits = views.astype(np.float64).sum(axis=(2, 3)) * [1.0, -2.0, 0.5]
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = (expected / expected.sum(-1, keepdims=True)).mean(axis=1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert seen.all()
+    # Traced with the parts' shapes (45 views a full batch): each at most the bound.
+    assert calls and all(c is None or c <= evaluate.CLIPS_PER_CALL for c in calls), calls
+    assert evaluate.CLIPS_PER_CALL < 45

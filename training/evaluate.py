@@ -40,24 +40,34 @@ def predict_videos(model, dataset, num_videos, num_classes, bar=None):
     device alone.
     """
     strategy = getattr(model, "distribute_strategy", None)
+    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+    per_call = CLIPS_PER_CALL * (strategy.num_replicas_in_sync if mirrored else 1)
 
     def clip_scores(clips):
         return tf.cast(model(clips, training=False), tf.float32)
 
-    @tf.function(autograph=False)  # graph code: AutoGraph's conversion only costs time
-    def video_scores(views):
-        shape = tf.shape(views)
-        flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
-        if isinstance(strategy, tf.distribute.MirroredStrategy):
-            scores = _over_replicas(strategy, clip_scores, flat)
-        else:
-            scores = clip_scores(flat)
-        return tf.reduce_mean(tf.reshape(scores, [shape[0], shape[1], -1]), axis=1)
+    # Graph code: AutoGraph's conversion only costs time. A last, shorter part
+    # of a batch traces once more, then shapes are relaxed.
+    @tf.function(autograph=False, reduce_retracing=True)
+    def part_scores(clips):
+        return _over_replicas(strategy, clip_scores, clips) if mirrored else clip_scores(clips)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
     for views, _, index in (bar.wrap(dataset) if bar else dataset):
-        scores[index.numpy()] = video_scores(views).numpy()
+        shape = tf.shape(views)
+        flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
+        parts = [part_scores(flat[start:start + per_call])
+                 for start in range(0, int(tf.shape(flat)[0]), per_call)]
+        scores[index.numpy()] = tf.reduce_mean(
+            tf.reshape(tf.concat(parts, 0), [shape[0], shape[1], -1]), axis=1).numpy()
     return scores, ~np.isnan(scores[:, 0])
+
+
+# At most this many clips (a replica) go through the network at once: a batch's
+# views all at once (4 videos x 2 clips x 1000 crops) overflowed a TensorFlow
+# kernel's int32 index, a segmentation fault with no word after minutes of
+# work, and their activations, not the views, set the memory a batch needs.
+CLIPS_PER_CALL = 32
 
 
 def _over_replicas(strategy, fn, clips):
