@@ -38,6 +38,14 @@ def _at_least(minimum, kind=int):
     return parse
 
 
+def _named(text):
+    """An argparse `type` for a path or name: an empty one (`--output ""`, an
+    unset shell variable) was taken as not given, its default used, exit 0."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be empty. Received: {text!r}")
+    return text
+
+
 def _training_folder():
     # find_spec imports the parent `nonlocal_keras` only, not the package itself.
     return importlib.util.find_spec("nonlocal_keras.training").submodule_search_locations[0]
@@ -72,7 +80,7 @@ def _no_progress(parser):
 
 def train_parser():
     parser = _parser("nonlocal-train", "train")
-    parser.add_argument("--config", help="experiment YAML file or shipped config name")
+    parser.add_argument("--config", type=_named, help="experiment YAML file or shipped config name")
     _set(parser, "runtime.precision=mixed_float16")
     parser.add_argument("--restart", action="store_true",
                         help="move an existing run folder aside (<folder>.old-<time>) and start over")
@@ -82,31 +90,31 @@ def train_parser():
 
 def evaluate_parser():
     parser = _parser("nonlocal-evaluate", "evaluate")
-    parser.add_argument("--run-dir", help="a nonlocal-train output folder (its config.yaml "
+    parser.add_argument("--run-dir", type=_named, help="a nonlocal-train output folder (its config.yaml "
                         "and final weights are used unless given)")
-    parser.add_argument("--config", help="experiment YAML (default: RUN_DIR/config.yaml)")
-    parser.add_argument("--weights", help="a .weights.h5 file or run folder "
+    parser.add_argument("--config", type=_named, help="experiment YAML (default: RUN_DIR/config.yaml)")
+    parser.add_argument("--weights", type=_named, help="a .weights.h5 file or run folder "
                         "(default: RUN_DIR's final.weights.h5)")
     _set(parser, "data.num_clips=1")
-    parser.add_argument("--output", help="results JSON (default: RUN_DIR/eval.json or stdout)")
+    parser.add_argument("--output", type=_named, help="results JSON (default: RUN_DIR/eval.json or stdout)")
     _no_progress(parser)
     return parser
 
 
 def export_parser():
     parser = _parser("nonlocal-export", "export")
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
-    parser.add_argument("--checkpoint", help="a .weights.h5 file or a run folder (default: "
+    parser.add_argument("--config", type=_named, required=True, help="experiment YAML (e.g. RUN_DIR/config.yaml)")
+    parser.add_argument("--checkpoint", type=_named, help="a .weights.h5 file or a run folder (default: "
                         "RUN_DIR/final.weights.h5, "
                         "else RUN_DIR/checkpoints/last.weights.h5, else the config's model.weights)")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output", type=_named, required=True,
                         help="BASE/<model_name>/<version>; BASE/<model_name> of an exported model: its "
                         "next version; BASE: the next version of the model's name")
     _set(parser, "data.eval_scale=256")
     parser.add_argument("--multi-label", action="store_true",
                         help="the model was trained multi-label (sigmoid scores, e.g. Charades)")
     parser.add_argument("--top-k", type=_at_least(1), default=5)
-    parser.add_argument("--model-name", help="folder name when --output is a base folder")
+    parser.add_argument("--model-name", type=_named, help="folder name when --output is a base folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--max-frame-side", type=_at_least(1), default=DEFAULT_MAX_FRAME_SIDE,
                         help="serving_default refuses frames with a longer side (pixels)")
@@ -117,8 +125,8 @@ def export_parser():
 
 def predict_parser():
     parser = _parser("nonlocal-predict", "predict")
-    parser.add_argument("videos", nargs="+", metavar="VIDEO")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("videos", type=_named, nargs="+", metavar="VIDEO")
+    parser.add_argument("--model", type=_named, required=True,
                         help="a SavedModel version folder written by nonlocal-export, or "
                         "the model's folder above it (its highest version, as TF Serving)")
     parser.add_argument("--top-k", type=_at_least(1), default=5)
@@ -131,15 +139,15 @@ def predict_parser():
 
 def demo_parser():
     parser = _parser("nonlocal-demo", "demo")
-    parser.add_argument("--output-dir", default="demo_output",
+    parser.add_argument("--output-dir", type=_named, default="demo_output",
                         help="results.json, attention.png and examples/")
-    parser.add_argument("--runs-dir", default="runs", help="the two run folders")
-    parser.add_argument("--export-dir", default="exported", help="the SavedModel base folder")
+    parser.add_argument("--runs-dir", type=_named, default="runs", help="the two run folders")
+    parser.add_argument("--export-dir", type=_named, default="exported", help="the SavedModel base folder")
     parser.add_argument("--print-data-dir", action="store_true",
                         help="write (or reuse) the dataset, print its folder and stop")
     parser.add_argument("--restart", action="store_true",
                         help="train both again (the old run folders are moved aside)")
-    parser.add_argument("--data-dir", default=None, help="dataset cache (default: "
+    parser.add_argument("--data-dir", type=_named, default=None, help="dataset cache (default: "
                         "$NONLOCAL_KERAS_CACHE or ~/.cache/nonlocal_keras, then "
                         "synthetic_digits, or synthetic_digits-<train>-<test>-seed<seed> "
                         "for other sizes or seeds)")
@@ -155,8 +163,8 @@ def convert_weights_parser():
     parser = argparse.ArgumentParser(
         prog="nonlocal-convert-weights",
         description="Convert an official video-nonlocal-net Caffe2 .pkl into Keras weights.")
-    parser.add_argument("source", help="the official .pkl file")
-    parser.add_argument("destination", help="the .weights.h5 file to write")
+    parser.add_argument("source", type=_named, help="the official .pkl file")
+    parser.add_argument("destination", type=_named, help="the .weights.h5 file to write")
     parser.add_argument("--arch", required=True,
                         help="c2d_r50, c2d_nl5_r50, i3d_nl5_r50, i3d_nl5_r50_32x2 (the 32x2 and "
                              "128x1 releases), i3d_3x3x3_r50, ... _r101; _affine for the "
@@ -172,9 +180,9 @@ def convert_weights_parser():
 
 def serving_example_parser():
     parser = _parser("nonlocal-serving-example", "serving_example")
-    parser.add_argument("model", help="the exported version folder <base>/<model_name>/<version> "
+    parser.add_argument("model", type=_named, help="the exported version folder <base>/<model_name>/<version> "
                         "(or <base>/<model_name>: its highest version)")
-    parser.add_argument("--write", metavar="DIR",
+    parser.add_argument("--write", type=_named, metavar="DIR",
                         help="also write models.config and request.json here")
     return parser
 

@@ -330,3 +330,23 @@ def test_the_temporary_folder_is_removed_whatever_signals_come_meanwhile(tmp_pat
     monkeypatch.setattr(shutil, "rmtree", interrupted_once)
     cli._remove(str(folder))
     assert not folder.exists() and len(calls) == 2
+
+
+@pytest.mark.parametrize("function, argv, flag", [
+    ("evaluate", ["--run-dir", "runs/x", "--output", ""], "--output"),
+    ("evaluate", ["--run-dir", "runs/x", "--weights", " "], "--weights"),
+    ("train", ["--config", ""], "--config"),
+    ("export", ["--config", "c.yaml", "--output", ""], "--output"),
+    ("export", ["--config", "c.yaml", "--output", "o", "--model-name", ""], "--model-name"),
+    ("predict", ["", "--model", "m"], "VIDEO"),
+    ("demo", ["--print-data-dir", "--data-dir", ""], "--data-dir"),
+    ("convert_weights", ["a.pkl", "", "--arch", "c2d_r50"], "destination"),
+    ("serving_example", ["m", "--write", ""], "--write"),
+])
+def test_an_empty_path_is_a_usage_error_naming_the_flag(function, argv, flag):
+    """`nonlocal-evaluate --output ""` (an unset shell variable) replaced the run's
+    eval.json, exit 0: an empty path was taken as not given."""
+    wrong = _console(function, *argv)
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    last = wrong.stderr.splitlines()[-1]
+    assert last.startswith("nonlocal-") and f"argument {flag}: must not be empty." in last, last
