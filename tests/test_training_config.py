@@ -38,6 +38,7 @@ def test_set_overrides_parse_yaml_values():
     ("schedule.epochs=[3]", "schedule.epochs=[3]"),
     ("model.weights=5", "model.weights=5"),
     ("data.class_names=[a, a]", "distinct"),
+    ("data.class_names=[]", "`data.class_names` must name the classes (leave it out"),
     ("data.train_csv=[unclosed", "not valid YAML"),
     ("runtime.precision=float16", "runtime.precision='float16'"),
     ("runtime.strategy=gpu", "runtime.strategy='gpu'"),

@@ -405,6 +405,9 @@ def validate(config):
             _fail(f"data.{field}", data[field], "must hold 3 numbers (R, G, B)")
     if min(data["std"]) <= 0:
         _fail("data.std", data["std"], "must be > 0 for every channel")
+    if data["class_names"] == []:  # was taken as not given, without a word
+        _fail("data.class_names", data["class_names"], "must name the classes (leave it out, "
+              "or null, for class ids or the training labels' own names)")
     if isinstance(data["class_names"], list) and (
             len(set(data["class_names"])) != len(data["class_names"])
             or not all(n.strip() for n in data["class_names"])):
