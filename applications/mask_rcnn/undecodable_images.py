@@ -1,7 +1,7 @@
 """Records whose image TensorFlow cannot decode, skipped from the detection data.
 
 Model Garden decodes `image/encoded` inside its input pipeline, where an error
-cannot be caught: one truncated JPEG among COCO's 118,287 images stopped the
+cannot be caught: one truncated JPEG among a data set's images stopped the
 whole run at the step that drew it (`trainer.damaged_files_named` made that a
 line, not a traceback). The records are checked first, as the video data are:
 a record whose image does not decode the way Model Garden's decoder decodes it
