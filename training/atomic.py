@@ -20,7 +20,7 @@ import tempfile
 import uuid
 
 # What writing an HDF5 file takes (TensorFlow-free there, for the applications too).
-from nonlocal_keras.applications.h5_weights import (
+from nonlocal_keras.applications.hdf5_writes import (
     file_size,
     refusals_reported_once as _refusals_reported_once,
     release_failed_writer as _release_failed_writer,
@@ -301,14 +301,14 @@ def _cannot_write(path, reason):
 def check_room(path, size):
     """A `FolderError` when the file system of `path` has less than `size` bytes
     free for this user, or the process may write no file of that size (`ulimit
-    -f`). Before an HDF5 file is written (`h5_weights.room_refused`)."""
+    -f`). Before an HDF5 file is written (`hdf5_writes.room_refused`)."""
     refused = room_refused(os.path.dirname(os.path.abspath(path)), size)
     if refused:
         raise _cannot_write(path, refused[1])
 
 
 def model_size(model):
-    """About the bytes of `model.save_weights` / `model.save`'s file (`h5_weights.file_size`)."""
+    """About the bytes of `model.save_weights` / `model.save`'s file (`hdf5_writes.file_size`)."""
     return file_size(model)
 
 
