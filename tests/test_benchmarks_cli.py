@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_usage import usage_error
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, HERE)
@@ -33,15 +34,6 @@ def nothing_measured(monkeypatch):
         monkeypatch.setattr(module, name, measured)
 
 
-def _usage_error(call, argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        call(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert ": error: " in err[-1]
-    return err[-1]
-
-
 @pytest.mark.parametrize("call, argv, says", [
     (loader.main, ["--rounds", "0"], "--rounds"),
     (loader.main, ["--loaders", "nosuch"], "ours, decord, torchcodec, torch_pyav"),
@@ -59,15 +51,15 @@ def _usage_error(call, argv, capsys):
     (profile_block.parse_args, ["res4", "float32", "--trace", "0"], "--trace"),
 ])
 def test_counts_and_names_are_checked(capsys, call, argv, says):
-    assert says in _usage_error(call, argv, capsys)
+    assert says in usage_error(call, argv, capsys)
 
 
 def test_a_bad_output_comes_before_any_measuring(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     bad = str(tmp_path / "afile" / "x.json")
-    assert "--out" in _usage_error(loader.main, ["--out", bad], capsys)
-    assert "--output" in _usage_error(predict_memory.main, ["--output", bad], capsys)
-    assert "--out" in _usage_error(gpu.main, ["--out", str(tmp_path)], capsys)
+    assert "--out" in usage_error(loader.main, ["--out", bad], capsys)
+    assert "--output" in usage_error(predict_memory.main, ["--output", bad], capsys)
+    assert "--out" in usage_error(gpu.main, ["--out", str(tmp_path)], capsys)
 
 
 @pytest.mark.parametrize("parse, argv, says", [
@@ -84,7 +76,7 @@ def test_a_bad_output_comes_before_any_measuring(tmp_path, capsys):
     (ab_step.parse_args, ["c2d", "float32", "no-such-revision-x"], "REVISION"),
 ])
 def test_ab_scripts_parse_their_arguments(capsys, parse, argv, says):
-    assert says in _usage_error(parse, argv, capsys)
+    assert says in usage_error(parse, argv, capsys)
 
 
 def test_ab_scripts_keep_their_documented_command_lines():

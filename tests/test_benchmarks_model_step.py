@@ -3,12 +3,14 @@ peers' block layouts against our spec, the report from made-up figures, and
 a --quick run end to end (ours; a peer only where it is installed). No timing
 is asserted."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from benchmark_usage import usage_error
 
 from nonlocal_keras.applications import C2DResNet50, I3DResNet50, VideoResNet
 from nonlocal_keras.applications.video_resnet_spec import (
@@ -189,11 +191,7 @@ def test_render_only_with_no_readme_writes_nothing(tmp_path, capsys):
     assert out.read_text() == text and os.listdir(tmp_path) == ["model_step.json"]
 
 
-def _usage_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        model_step.main(argv)
-    assert exit_.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
+_usage_error = functools.partial(usage_error, model_step.main)
 
 
 @pytest.mark.parametrize("argv, says", [

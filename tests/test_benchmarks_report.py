@@ -2,12 +2,14 @@
 printed or written to --out, and a usage error (one line, exit 2) for a record
 it cannot read or render or an --out it cannot write. Nothing is measured."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from benchmark_usage import usage_error
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, HERE)
@@ -23,13 +25,7 @@ def record(tmp_path, monkeypatch):
     return path
 
 
-def _usage_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        report.main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("report.py: error: ") or ": error: " in err[-1]
-    return err[-1]
+_usage_error = functools.partial(usage_error, report.main)
 
 
 def test_help_is_a_command_line():

@@ -3,6 +3,7 @@ where a subset's results go, its exit status, and that a stopped run takes its
 case's process with it. No benchmark runs: run_case is replaced or its worker
 is a stand-in."""
 
+import functools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 
 import pytest
+from benchmark_usage import usage_error
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, HERE)
@@ -33,13 +35,7 @@ def fake(tmp_path, monkeypatch):
     return answers
 
 
-def _usage_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        run_all.main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("run_all.py: error: ") or "error: " in err[-1]
-    return err[-1]
+_usage_error = functools.partial(usage_error, run_all.main)
 
 
 @pytest.mark.parametrize("argv, says", [
