@@ -47,6 +47,7 @@ from importlib import util
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402
+from nonlocal_keras import cpu  # noqa: E402
 
 # name: (architecture, non-local blocks, peer)
 MODELS = {
@@ -148,6 +149,8 @@ def step_flops(net):
 def _ours(case):
     import worker
 
+    if case["precision"] == "bfloat16":
+        cpu.fuse_pointwise_ops()  # what nonlocal-train asks for, before TensorFlow's first op
     tf = worker._tensorflow()
     import keras
 
@@ -174,6 +177,7 @@ def _ours(case):
                         case["warmup"], case["repeats"])
     after = matmul_rate()
     return {"train_step": step, "losses": losses, "jit_compile": bool(net.jit_compile),
+            "tf_xla_flags": os.environ.get("TF_XLA_FLAGS"),
             "matmul_gflops_before_after": [before, after],
             "matmul_gflops_beside": (before + after) / 2,
             "gflop_per_clip": step_flops(net) / 1e9,

@@ -28,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (asks for oneDNN before TensorFlow loads, as the CLIs do)
+from nonlocal_keras import cpu  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -150,8 +151,17 @@ def conv_rates(model, layers, batch, steps):
     return sorted(rows, key=lambda row: -row[1])
 
 
+def _xla_flags():
+    flags = os.environ.get("TF_XLA_FLAGS")
+    if not flags:
+        return ""
+    return " (XLA pointwise clusters)" if flags == cpu.FUSE_POINTWISE_FLAGS else f" (TF_XLA_FLAGS={flags})"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.precision == "mixed_bfloat16":
+        cpu.fuse_pointwise_ops()  # what nonlocal-train asks for, before TensorFlow's first op
     import tensorflow as tf
 
     try:
@@ -166,12 +176,12 @@ def main(argv=None):
     y = tf.zeros((args.batch,), tf.int32)
     for _ in range(args.warmup):
         model.train_on_batch(x, y)
-    times, cpu = [], []
+    times, cpu_times = [], []
     for _ in range(args.steps):
         start, start_cpu = time.perf_counter(), time.process_time()
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+        cpu_times.append(time.process_time() - start_cpu)
     step = statistics.median(times)
     gflop = 3 * 2 * count_flops(model) / 1e9
     # This machine's tf.matmul rate, measured now with the step's threads (the
@@ -183,8 +193,8 @@ def main(argv=None):
                           "repeats": 5})["matmul"]["gflops"]
     rate = gflop * args.batch / step
     print(f"{model.name} {args.frames}x{args.size}x{args.size} batch {args.batch} "
-          f"{args.precision}{' xla' if args.jit else ''}: step {step * 1e3:.0f} ms "
-          f"(min {min(times) * 1e3:.0f}; CPU time {statistics.median(cpu) * 1e3:.0f}), "
+          f"{args.precision}{' xla' if args.jit else ''}{_xla_flags()}: step {step * 1e3:.0f} ms "
+          f"(min {min(times) * 1e3:.0f}; CPU time {statistics.median(cpu_times) * 1e3:.0f}), "
           f"{args.batch / step:.2f} clips/s, "
           f"{gflop:.1f} GFLOP/clip, {rate:.0f} GFLOP/s = "
           f"{100 * rate / peak:.0f}% of tf.matmul ({peak:.0f} GFLOP/s, measured now)")

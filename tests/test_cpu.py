@@ -43,6 +43,34 @@ def test_console_scripts_start_tensorflow_with_onednn():
     assert _onednn_in_a_console_process(dict(environ, TF_ENABLE_ONEDNN_OPTS="0")) == "False"
 
 
+
+def test_pointwise_fusion_is_asked_for_where_no_gpu_is():
+    environ = {}
+    assert cpu.fuse_pointwise_ops(environ, gpu=False) == cpu.FUSE_POINTWISE_FLAGS
+    assert environ == {"TF_XLA_FLAGS": cpu.FUSE_POINTWISE_FLAGS}
+    assert "--tf_xla_ops_to_cluster=PW" in cpu.FUSE_POINTWISE_FLAGS
+
+
+def test_pointwise_fusion_left_to_the_user_and_to_gpus():
+    for value in ("", "--tf_xla_auto_jit=-1"):  # empty: the user's way to turn it off
+        environ = {"TF_XLA_FLAGS": value}
+        assert cpu.fuse_pointwise_ops(environ, gpu=False) == value
+        assert environ == {"TF_XLA_FLAGS": value}
+    environ = {}
+    assert cpu.fuse_pointwise_ops(environ, gpu=True) is None
+    assert environ == {}
+
+
+def test_gpu_visible(tmp_path):
+    device = tmp_path / "nvidia0"
+    device.write_text("")
+    missing = str(tmp_path / "kfd")
+    assert cpu.gpu_visible({}, (missing, str(device))) is True
+    assert cpu.gpu_visible({"CUDA_VISIBLE_DEVICES": "0"}, (str(device),)) is True
+    for hidden in ("", "-1", " -1 "):
+        assert cpu.gpu_visible({"CUDA_VISIBLE_DEVICES": hidden}, (str(device),)) is False
+    assert cpu.gpu_visible({}, (missing,)) is False
+
 def test_cpu_flags(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\n"

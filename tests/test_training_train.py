@@ -1944,3 +1944,37 @@ def test_restart_that_cannot_move_the_run_aside_is_one_error(tmp_path, monkeypat
     with pytest.raises(errors.FolderError, match=r"Cannot move the run folder aside for "
                        r"--restart \(Permission denied\); it is left as it was"):
         train._move_aside(str(run_dir))
+
+
+def _train_bfloat16(csv_path, run_dir, xla_flags=None):
+    """nonlocal-train under mixed_bfloat16, TensorFlow's C++ log on (XLA says when it
+    compiles); `xla_flags` is the user's TF_XLA_FLAGS (None: not set)."""
+    command = [sys.executable, "-m", "nonlocal_keras.training.train"]
+    for item in _overrides(csv_path, run_dir, "schedule.epochs=1", "data.val_csv=null",
+                           "runtime.precision=mixed_bfloat16", "runtime.tensorboard=false"):
+        command += ["--set", item]
+    env = dict(_env(), TF_CPP_MIN_LOG_LEVEL="0")
+    env.pop("TF_XLA_FLAGS", None)
+    if xla_flags is not None:
+        env["TF_XLA_FLAGS"] = xla_flags
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    return result.stderr, results["final_train_metrics"]
+
+
+@pytest.mark.slow
+def test_bfloat16_training_compiles_pointwise_ops_with_xla_on_the_cpu(tmp_path):
+    # TensorFlow reads TF_XLA_FLAGS at its first op: nonlocal-train sets them before
+    # it (cpu.fuse_pointwise_ops). XLA logs its CPU service when it compiles a
+    # cluster; a user's own TF_XLA_FLAGS (empty here) wins, and nothing is compiled.
+    csv_path = _write_dataset(tmp_path, count=8)
+    fused_log, fused = _train_bfloat16(csv_path, tmp_path / "fused")
+    plain_log, plain = _train_bfloat16(csv_path, tmp_path / "plain", xla_flags="")
+    assert "XLA service" in fused_log and "initialized for platform Host" in fused_log
+    assert "XLA service" not in plain_log
+    # The same training up to bfloat16 rounding: XLA keeps a fused chain's
+    # intermediate values in float32 where TensorFlow rounds each op's result.
+    assert fused.keys() == plain.keys() and "loss" in fused
+    for name in fused:
+        np.testing.assert_allclose(fused[name], plain[name], rtol=1e-2, atol=1e-3, err_msg=name)

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from nonlocal_keras import command_lines
+from nonlocal_keras import command_lines, cpu
 from nonlocal_keras.training import (atomic, cli, cluster_stop, data, evaluate, models, optim,
                                      precise_bn, progress, run_state, runtime)
 from nonlocal_keras.training import config as config_lib
@@ -597,6 +597,10 @@ def main(argv=None):
     if args.list:  # the console script answers it before TensorFlow loads
         return command_lines.answer_without_tensorflow("nonlocal-train", argv)
     config = config_lib.load_config(args.config, args.set)
+    runtime_config = config["runtime"]
+    if runtime_config["precision"] == "mixed_bfloat16" and runtime_config["strategy"] != "tpu":
+        # Before TensorFlow's first op, which reads the flags (README "Training on a CPU").
+        cpu.fuse_pointwise_ops()
     _, results = run(config, restart=args.restart)
     print(json.dumps(results, indent=2))
     return 0
