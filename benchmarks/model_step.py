@@ -527,6 +527,23 @@ def _mmaction2_version(record):
         "version not recorded")
 
 
+def _bfloat16_xla(record):
+    """The header's words on how ours ran under bfloat16: with the pointwise XLA
+    flags nonlocal-train asks for (recorded from 2026-12-07), with other
+    TF_XLA_FLAGS, or, in runs that recorded none, nothing."""
+    flags = {r["tf_xla_flags"] for c in record["cases"]
+             if c["case"].get("impl") == "ours" and c["case"].get("precision") == "bfloat16"
+             for r in c["rounds"] if r["status"] == "ok" and "tf_xla_flags" in r}
+    if flags == {cpu.FUSE_POINTWISE_FLAGS}:
+        return (" (TensorFlow's pointwise ops compiled by XLA, as `nonlocal-train` asks "
+                "for: `nonlocal_keras.cpu.fuse_pointwise_ops`)")
+    if flags == {None}:
+        return " (TF_XLA_FLAGS unset: no XLA)"
+    if flags:
+        return f" (TF_XLA_FLAGS: {', '.join(repr(f) for f in sorted(flags, key=str))})"
+    return ""
+
+
 def markdown(record):
     rows, rate = summarise(record)
     m, s = record["machine"], record["settings"]
@@ -550,7 +567,8 @@ def markdown(record):
         f"clips of {s['frames']}x{s['size']}x{s['size']}, {s['classes']} classes: clips/s, "
         f"median over {s['rounds']} round(s) (min-max in brackets) of each case's median of "
         f"{s['repeats']} steps after {s['warmup']} warm-up steps, every case a fresh process, "
-        "the order reversed every other round. bfloat16: Keras `mixed_bfloat16` for ours, "
+        "the order reversed every other round. bfloat16: Keras `mixed_bfloat16` for ours"
+        f"{_bfloat16_xla(record)}, "
         "`torch.autocast(\"cpu\", torch.bfloat16)` for the peers. GFLOP per clip: our analytic "
         "count (`model_step.step_flops`: convolutions, the classifier and the non-local blocks' "
         "products in the plain order, fwd+bwd = 3 x fwd less conv1's input gradient), the same "

@@ -155,7 +155,9 @@ def _xla_flags():
     flags = os.environ.get("TF_XLA_FLAGS")
     if not flags:
         return ""
-    return " (XLA pointwise clusters)" if flags == cpu.FUSE_POINTWISE_FLAGS else f" (TF_XLA_FLAGS={flags})"
+    if flags == cpu.FUSE_POINTWISE_FLAGS:
+        return " (XLA pointwise clusters)"
+    return f" (TF_XLA_FLAGS={flags})"
 
 
 def main(argv=None):

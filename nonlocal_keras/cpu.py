@@ -67,9 +67,9 @@ def onednn_takes_bfloat16(flags=None):
 # the convolutions, products and batch norms stay oneDNN's, and each chain of
 # elementwise ops between them becomes one compiled kernel. TensorFlow's own
 # bfloat16 ReLU, ReLU gradient and adds take two to three times their float32
-# time (README "Training on a CPU"): with these flags a mixed_bfloat16 C2D
-# ResNet-50 step took 12% less time (Intel Xeon with AMX, 2 cores; float32:
-# no gain, so they are asked for under bfloat16 only).
+# time: with these flags the mixed_bfloat16 video ResNet-50s trained 10-17%
+# more clips a second (Intel Xeon with AMX, 2 cores; README "Training on a
+# CPU"). float32 gained nothing clear: they are asked for under bfloat16 only.
 FUSE_POINTWISE_FLAGS = ("--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit "
                         "--tf_xla_ops_to_cluster=PW --tf_xla_min_cluster_size=1")
 # Where a GPU is, TensorFlow's autoclustering would cluster its ops too, which

@@ -255,3 +255,19 @@ def test_an_unrecorded_mmaction2_is_the_bench_extras_exact_pin(tmp_path, monkeyp
     setup.write_text("[options.extras_require]\nbench =\n    mmaction2==1.2.0\n")
     record["cases"][1] = _entry("NL-C2D R50 (5 blocks)", "float32", "mmaction2", None)
     assert "mmaction2 version not recorded," in model_step.markdown(record)
+
+
+def test_header_says_how_ours_ran_under_bfloat16():
+    from nonlocal_keras import cpu
+
+    def header(*flags):  # none given: a record from before the flags were recorded
+        record = _record([_entry("C2D R50", "bfloat16", "ours", [6.0, 6.0])])
+        for result in record["cases"][1]["rounds"]:
+            result.update({"tf_xla_flags": f for f in flags})
+        return model_step.markdown(record).split("\n\n")[1]
+
+    fused = "pointwise ops compiled by XLA, as `nonlocal-train` asks for"
+    assert fused in header(cpu.FUSE_POINTWISE_FLAGS)
+    assert fused not in header() and "TF_XLA_FLAGS" not in header()
+    assert "(TF_XLA_FLAGS: '')" in header("")  # a user's own value, turning them off
+    assert "(TF_XLA_FLAGS unset: no XLA)" in header(None)  # where a GPU is

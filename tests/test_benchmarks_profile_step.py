@@ -33,3 +33,16 @@ def test_tiny_profiled_step(capsys):
     convs = [line for line in out.splitlines() if "GFLOP/s" in line and "_branch" in line]
     assert len(convs) == 52
     assert all(float(line.split()[1]) > 0 for line in convs)
+
+
+def test_step_line_names_the_xla_flags(monkeypatch):
+    from nonlocal_keras import cpu
+
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    assert profile_step._xla_flags() == ""
+    monkeypatch.setenv("TF_XLA_FLAGS", "")
+    assert profile_step._xla_flags() == ""
+    monkeypatch.setenv("TF_XLA_FLAGS", cpu.FUSE_POINTWISE_FLAGS)
+    assert profile_step._xla_flags() == " (XLA pointwise clusters)"
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=1")
+    assert profile_step._xla_flags() == " (TF_XLA_FLAGS=--tf_xla_auto_jit=1)"
