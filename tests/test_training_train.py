@@ -1978,3 +1978,31 @@ def test_bfloat16_training_compiles_pointwise_ops_with_xla_on_the_cpu(tmp_path):
     assert fused.keys() == plain.keys() and "loss" in fused
     for name in fused:
         np.testing.assert_allclose(fused[name], plain[name], rtol=1e-2, atol=1e-3, err_msg=name)
+
+
+ABSL_LOG_SCRIPT = r"""
+import os
+os.environ["TF_XLA_FLAGS"] = os.environ["FLAGS"]
+from nonlocal_keras.training import cli
+cli.absl_log_level_as_tensorflow()
+import tensorflow as tf
+x = tf.cast(tf.ones((8, 8)), tf.bfloat16)
+f = tf.function(lambda x: tf.nn.relu(x + x) * x)
+for _ in range(4):  # XLA compiles a cluster once it has run a few times
+    f(x)
+"""
+
+
+@pytest.mark.parametrize("level, logged", [("0", True), ("3", False)])
+def test_absl_cpp_log_follows_tf_cpp_min_log_level(level, logged):
+    # XLA logs through absl's C++ log, which TF_CPP_MIN_LOG_LEVEL alone does not
+    # reach: at the console scripts' 3, every bfloat16 training on a CPU said
+    # "Compiled cluster using XLA!" after absl's "WARNING: All log messages ...".
+    from nonlocal_keras import cpu
+
+    env = dict(_env(), TF_CPP_MIN_LOG_LEVEL=level, FLAGS=cpu.FUSE_POINTWISE_FLAGS)
+    result = subprocess.run([sys.executable, "-c", ABSL_LOG_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("Compiled cluster using XLA" in result.stderr) is logged, result.stderr[-3000:]
+    assert ("absl::InitializeLog" in result.stderr) is logged, result.stderr[-3000:]
