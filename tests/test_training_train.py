@@ -1973,6 +1973,8 @@ def test_bfloat16_training_compiles_pointwise_ops_with_xla_on_the_cpu(tmp_path):
     plain_log, plain = _train_bfloat16(csv_path, tmp_path / "plain", xla_flags="")
     assert "XLA service" in fused_log and "initialized for platform Host" in fused_log
     assert "XLA service" not in plain_log
+    said = "mixed_bfloat16 without a GPU: XLA compiles TensorFlow's pointwise ops"
+    assert said in fused_log and said not in plain_log
     # The same training up to bfloat16 rounding: XLA keeps a fused chain's
     # intermediate values in float32 where TensorFlow rounds each op's result.
     assert fused.keys() == plain.keys() and "loss" in fused

@@ -598,9 +598,12 @@ def main(argv=None):
         return command_lines.answer_without_tensorflow("nonlocal-train", argv)
     config = config_lib.load_config(args.config, args.set)
     runtime_config = config["runtime"]
-    if runtime_config["precision"] == "mixed_bfloat16" and runtime_config["strategy"] != "tpu":
+    if (runtime_config["precision"] == "mixed_bfloat16" and runtime_config["strategy"] != "tpu"
+            and "TF_XLA_FLAGS" not in os.environ):
         # Before TensorFlow's first op, which reads the flags (README "Training on a CPU").
-        cpu.fuse_pointwise_ops()
+        if cpu.fuse_pointwise_ops():
+            logger.info("runtime.precision=mixed_bfloat16 without a GPU: XLA compiles "
+                        "TensorFlow's pointwise ops (TF_XLA_FLAGS= turns it off)")
     _, results = run(config, restart=args.restart)
     print(json.dumps(results, indent=2))
     return 0
