@@ -9,6 +9,7 @@ README "Training on a CPU"). The console scripts, the tests and the benchmarks
 ask for oneDNN first.
 """
 
+import glob
 import os
 import platform
 
@@ -74,7 +75,7 @@ FUSE_POINTWISE_FLAGS = ("--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit "
                         "--tf_xla_ops_to_cluster=PW --tf_xla_min_cluster_size=1")
 # Where a GPU is, TensorFlow's autoclustering would cluster its ops too, which
 # was not measured: the flags are not asked for there.
-_GPU_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd")
+_GPU_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidia[0-9]*", "/dev/kfd")
 
 
 def gpu_visible(environ=None, paths=_GPU_PATHS):
@@ -83,7 +84,7 @@ def gpu_visible(environ=None, paths=_GPU_PATHS):
     environ = os.environ if environ is None else environ
     if environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
-    return any(os.path.exists(path) for path in paths)
+    return any(glob.glob(path) for path in paths)
 
 
 def fuse_pointwise_ops(environ=None, gpu=None):

@@ -70,6 +70,12 @@ def test_gpu_visible(tmp_path):
     for hidden in ("", "-1", " -1 "):
         assert cpu.gpu_visible({"CUDA_VISIBLE_DEVICES": hidden}, (str(device),)) is False
     assert cpu.gpu_visible({}, (missing,)) is False
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "nvidiactl").write_text("")  # the driver's control device, no GPU's
+    assert cpu.gpu_visible({}, (str(dev / "nvidia[0-9]*"),)) is False
+    (dev / "nvidia3").write_text("")  # a container given the fourth GPU only
+    assert cpu.gpu_visible({}, (str(dev / "nvidia[0-9]*"),)) is True
 
 def test_cpu_flags(tmp_path):
     info = tmp_path / "cpuinfo"
