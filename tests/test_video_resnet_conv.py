@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from nonlocal_keras.applications import VideoResNet
 from nonlocal_keras.applications.video_resnet_conv import VideoConv3D
+from nonlocal_keras.training import cli
 
 
 def reference_conv3d(x, kernel, strides, padding="valid"):
@@ -183,6 +184,9 @@ def test_training_a_conv3d_stem_leaves_tensorflows_graph_rewriter_working(capfd)
         return cls.from_config(layer.get_config())
 
     x, y = np.zeros((2, 3, 16, 16, 3), "float32"), np.array([0, 1])
+    # absl's level is the process's: a command another test ran in this process
+    # (training/cli.py) may have set it to TF_CPP_MIN_LOG_LEVEL's 3, fatal only.
+    cli.absl_log_level_as_tensorflow(0)
     printed = []
     for net in (model, keras.models.clone_model(model, clone_function=twin)):
         net.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")

@@ -323,8 +323,9 @@ def _check_working_directory():
 _ABSL_SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE"
 
 
-def absl_log_level_as_tensorflow():
-    """Give absl's C++ log the level `TF_CPP_MIN_LOG_LEVEL` gives TensorFlow's.
+def absl_log_level_as_tensorflow(level=None):
+    """Give absl's C++ log the level `TF_CPP_MIN_LOG_LEVEL` (or `level`) gives
+    TensorFlow's, for the whole process.
 
     Part of TensorFlow's C++ (XLA's, among others) logs through absl, which that
     variable does not reach: every `mixed_bfloat16` training on a CPU printed
@@ -334,9 +335,10 @@ def absl_log_level_as_tensorflow():
     Where TensorFlow's build has no such function, nothing changes.
     """
     try:
-        level = min(max(int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")), 0), 3)
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") if level is None else level)
     except ValueError:
         return
+    level = min(max(level, 0), 3)
     import tensorflow as tf
 
     path = os.path.join(os.path.dirname(tf.__file__), "libtensorflow_framework.so.2")
