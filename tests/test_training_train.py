@@ -1975,11 +1975,47 @@ def test_bfloat16_training_compiles_pointwise_ops_with_xla_on_the_cpu(tmp_path):
     assert "XLA service" not in plain_log
     said = "mixed_bfloat16 without a GPU: XLA compiles TensorFlow's pointwise ops"
     assert said in fused_log and said not in plain_log
-    # The same training up to bfloat16 rounding: XLA keeps a fused chain's
-    # intermediate values in float32 where TensorFlow rounds each op's result.
-    assert fused.keys() == plain.keys() and "loss" in fused
-    for name in fused:
-        np.testing.assert_allclose(fused[name], plain[name], rtol=1e-2, atol=1e-3, err_msg=name)
+    # Both trained (their values differ from run to run with the decoding's order:
+    # the next test compares the two ways on the same batches).
+    assert fused.keys() == plain.keys() and np.isfinite(fused["loss"])
+
+
+POINTWISE_SCRIPT = r"""
+import json, os, sys
+os.environ["TF_XLA_FLAGS"] = sys.argv[1]
+import numpy as np
+import keras
+from training_tiny_model import tiny_video_net
+keras.utils.set_random_seed(0)
+keras.mixed_precision.set_global_policy("mixed_bfloat16")
+model = tiny_video_net(input_shape=(4, 16, 16, 3), classes=3)
+model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+rng = np.random.default_rng(0)
+x, y = rng.random((8, 4, 16, 16, 3), dtype="float32"), np.arange(8) % 3
+losses = [float(model.train_on_batch(x, y)) for _ in range(6)]
+print(json.dumps({"losses": losses, "weights": [np.asarray(w).tolist() for w in model.weights]}))
+"""
+
+
+def test_pointwise_xla_trains_as_tensorflow_does_up_to_bfloat16_rounding():
+    # The same batches, seed and steps, with and without the flags: XLA keeps a
+    # fused chain's intermediate values in float32 where TensorFlow rounds each
+    # op's result to bfloat16, so they may differ by that rounding (2**-8), no more.
+    from nonlocal_keras import cpu
+
+    runs = []
+    for flags in (cpu.FUSE_POINTWISE_FLAGS, ""):
+        result = subprocess.run([sys.executable, "-c", POINTWISE_SCRIPT, flags],
+                                env=dict(_env(), TF_CPP_MIN_LOG_LEVEL="0"),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("Compiled cluster using XLA" in result.stderr) is bool(flags)
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    fused, plain = runs
+    np.testing.assert_allclose(fused["losses"], plain["losses"], rtol=2**-8)
+    assert plain["losses"][-1] < plain["losses"][0]  # it trained
+    for mine, theirs in zip(fused["weights"], plain["weights"]):
+        np.testing.assert_allclose(mine, theirs, rtol=2**-8, atol=1e-6)
 
 
 ABSL_LOG_SCRIPT = r"""
