@@ -43,7 +43,6 @@ def test_console_scripts_start_tensorflow_with_onednn():
     assert _onednn_in_a_console_process(dict(environ, TF_ENABLE_ONEDNN_OPTS="0")) == "False"
 
 
-
 def test_pointwise_fusion_is_asked_for_where_no_gpu_is():
     environ = {}
     assert cpu.fuse_pointwise_ops(environ, gpu=False) == cpu.FUSE_POINTWISE_FLAGS
@@ -76,6 +75,7 @@ def test_gpu_visible(tmp_path):
     assert cpu.gpu_visible({}, (str(dev / "nvidia[0-9]*"),)) is False
     (dev / "nvidia3").write_text("")  # a container given the fourth GPU only
     assert cpu.gpu_visible({}, (str(dev / "nvidia[0-9]*"),)) is True
+
 
 def test_cpu_flags(tmp_path):
     info = tmp_path / "cpuinfo"
