@@ -14,6 +14,8 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("official")
 tf_keras = pytest.importorskip("tf_keras")
 
+import smaller_detection  # noqa: E402
+
 from nonlocal_keras.applications.mask_rcnn import keypoints as kp  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn.keypoint_head import KeypointHead  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D  # noqa: E402
@@ -555,8 +557,9 @@ def test_cli_trains_evaluates_and_exports_keypoints_that_load_without_the_packag
          "--experiment", "keypoint_rcnn_resnetfpn_nonlocal_coco",
          "--config_file", os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
          "--synthetic_coco_dir", str(tmp_path / "data"),
-         "--params_override", "trainer.train_steps=2,trainer.steps_per_loop=1,"
-         "trainer.checkpoint_interval=2,trainer.validation_interval=2,trainer.validation_steps=1",
+         "--params_override", smaller_detection.OVERRIDES + "trainer.train_steps=2,"
+         "trainer.steps_per_loop=1,trainer.checkpoint_interval=2,trainer.validation_interval=2,"
+         "trainer.validation_steps=1",
          "--mode", "train_and_eval", "--model_dir", str(model_dir), "--export_dir", str(export_dir)],
         capture_output=True, text=True, timeout=900,
     )
@@ -772,7 +775,8 @@ def test_training_counts_labelled_keypoints_and_warns_after_a_loop_without_any(
          "--experiment", "keypoint_rcnn_resnetfpn_coco",
          "--config_file", os.path.join(_configs(), "maskrcnn_keypoint_tiny.yaml"),
          "--synthetic_coco_dir", str(tmp_path / "data"),
-         "--params_override", f"task.train_data.input_path={unlabelled},trainer.train_steps=2,"
+         "--params_override", smaller_detection.OVERRIDES +
+         f"task.train_data.input_path={unlabelled},trainer.train_steps=2,"
          "trainer.steps_per_loop=1,trainer.checkpoint_interval=2",
          "--mode", "train", "--model_dir", str(tmp_path / "model")],
         capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("official")
 
+import smaller_detection  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn import trainer  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn.undecodable_images import (  # noqa: E402
     UndecodableImages,
@@ -188,7 +189,7 @@ def test_a_run_on_damaged_images_trains_evaluates_and_says_what_it_skipped(tmp_p
             [sys.executable, "-m", "nonlocal_keras.training.train_detection",
              "--experiment", "maskrcnn_resnetfpn_nonlocal_coco", "--config_file", TINY_YAML,
              "--synthetic_coco_dir", str(data), "--params_override",
-             f"trainer.train_steps=20,trainer.steps_per_loop=10,"
+             smaller_detection.OVERRIDES + "trainer.train_steps=20,trainer.steps_per_loop=10,"
              f"task.train_data.global_batch_size=2,task.train_data.input_path={train},"
              f"task.validation_data.input_path={validation}",
              "--mode", mode, "--model_dir", str(model_dir)],
