@@ -15,7 +15,6 @@ pytest.importorskip("official")
 tf_keras = pytest.importorskip("tf_keras")
 
 import smaller_detection  # noqa: E402
-
 from nonlocal_keras.applications.mask_rcnn import keypoints as kp  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn.keypoint_head import KeypointHead  # noqa: E402
 from nonlocal_keras.applications.mask_rcnn.nonlocal_block import NonLocalBlock2D  # noqa: E402
