@@ -267,6 +267,43 @@ def test_truncated_faststart_mp4_is_an_error_naming_the_shortfall(tmp_path):
     np.testing.assert_array_equal(early, np.stack(full_decode(path)[:4]))
 
 
+@pytest.mark.parametrize("threads", [None, 4])
+def test_a_fragmented_mp4_cut_inside_a_fragment_decodes_with_any_threads(tmp_path, threads):
+    """A fragmented MP4 (a live recording, a download) cut inside its last
+    fragment: with 3 frame threads or more the decoder dropped the cut packet's
+    frame and two decoded beside it without an error, so `nonlocal-predict`
+    (FFmpeg's thread count) said 'truncated: decoded 5 of 8 needed frames' of a
+    video that training and evaluation (1 thread) decoded, as the FFmpeg
+    command does: the frames up to the cut, the lost last one filled with the
+    frame before it."""
+    import av
+
+    path = tmp_path / "fragmented.mp4"
+    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as container:
+        stream = container.add_stream("libx264", rate=8, options={"g": "8"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for image in np.random.default_rng(2).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with av.open(str(cut)) as container:
+        packets = sum(1 for packet in container.demux(video=0) if packet.size)
+        container.seek(0)
+        container.streams.video[0].thread_count = 1
+        shown = []  # every frame the decoder gives, past the rejected last packet
+        for packet in container.demux(video=0):
+            try:
+                shown += [frame.to_ndarray(format="rgb24") for frame in packet.decode()]
+            except av.error.InvalidDataError:
+                pass
+    assert len(shown) == packets - 1  # the cut packet's frame is lost
+    indices = np.arange(packets - 8, packets)  # the last 8 frames
+    got = video_io.decode_frames(cut, lambda total: indices, threads=threads)
+    np.testing.assert_array_equal(got, np.stack(shown + shown[-1:])[indices])
+
+
 def _write_h264(path, count=300):
     """`distinct_frames` in H.264, a keyframe every 30 (closed GOPs, as
     x264's default), the index first (so that a cut copy still opens)."""
@@ -762,9 +799,9 @@ def test_an_avi_with_time_gaps_is_its_frames_not_truncated(tmp_path, codec, pix_
     passes = []
     real_decode = video_io._decode_wanted
 
-    def tracking(path, clips, timeline, threads):
+    def tracking(path, clips, timeline, threads, **later_pass):
         passes.append(timeline is not None)
-        return real_decode(path, clips, timeline, threads)
+        return real_decode(path, clips, timeline, threads, **later_pass)
 
     monkeypatch.setattr(video_io, "_decode_wanted", tracking)
     for choose in (lambda total: video_io.eval_clip_indices(total, 8, 4, 3),

@@ -418,7 +418,8 @@ def orientation(rotation, matrix):
     return 0, False
 
 
-def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_back_from=None):
+def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_back_from=None,
+                   frame_threads=True):
     """Fill `clips` with its wanted frames; returns (frames reached, error or None).
 
     With a `timeline`, seeks to the keyframe before the first wanted frame
@@ -438,6 +439,11 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
     (`fallen_back_from`, its timeline) makes the careful one with that
     timeline, which checks every time again; without a timeline the error
     stands.
+
+    Frame threads can lose a rejected packet's error, and the frames decoded
+    beside it (a fragmented MP4 cut inside a fragment, 3 threads or more): a
+    pass that ends before a wanted frame without an error is made again
+    without them (`frame_threads=False`), where the rejection shows.
     """
     first, last = int(clips.wanted[0]), int(clips.wanted[-1])
     if timeline is not None and last >= len(timeline):
@@ -456,7 +462,7 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
         # has it: the careful pass (damaged videos only) decodes each packet in
         # turn, slice threads at most, so that what it passes over is the same
         # on a busy machine as on an idle one.
-        stream.thread_type = "SLICE" if careful else "AUTO"
+        stream.thread_type = "AUTO" if frame_threads and not careful else "SLICE"
         if threads:
             stream.thread_count = threads
         if seek:
@@ -479,7 +485,8 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
                         # Frame threads, meeting a rejected packet, may show a
                         # frame out of order, as their timing has it.
                         return _decode_wanted(path, clips, None, threads,
-                                              fallen_back_from=timeline)
+                                              fallen_back_from=timeline,
+                                              frame_threads=frame_threads)
                     if careful:
                         clips.fill(previous, index, lambda: _to_rgb(
                             shown if shown is not None else frame, reformatter, size))
@@ -497,11 +504,14 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
             error = failure
     if careful:
         return index + 1, error
+    if frame_threads and error is None and clips.missing():
+        return _decode_wanted(path, clips, timeline, threads, fallen_back_from=fallen_back_from,
+                              frame_threads=False)
     timed = timeline if timeline is not None else fallen_back_from
     if timed is not None and isinstance(error, av.error.InvalidDataError):
         return _decode_wanted(path, clips, timed, threads, error)
     if timeline is not None and error is None and clips.missing():
-        return _decode_wanted(path, clips, None, threads)
+        return _decode_wanted(path, clips, None, threads, frame_threads=False)
     return index + 1, error
 
 
