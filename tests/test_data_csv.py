@@ -46,6 +46,24 @@ def test_every_bad_row_is_listed(videos):
     assert "row 2" not in message
 
 
+def test_a_name_with_spaces_of_its_own_is_found_and_a_missing_one_says_they_were_trimmed(
+        videos):
+    """Spaces around a CSV's path were always trimmed: a video whose name ends
+    in a space could not be listed, even quoted, and the error named it, space
+    and all, as 'no such file'."""
+    (videos / "trail.mp4 ").write_bytes(b"x")
+    (videos / " lead.mp4").write_bytes(b"x")
+    text = 'path,label\n"trail.mp4 ",0\n" lead.mp4",1\n a.mp4 ,2\n"gone.mp4 ",0\n'
+    with pytest.raises(data.DatasetError) as info:
+        data.read_csv_records(_csv(videos, text), 3)
+    message = str(info.value)
+    assert "1 invalid row(s)" in message, message
+    assert "row 5: 'gone.mp4 ': no such file (with the spaces around it trimmed)" in message
+    records, _ = data.read_csv_records(_csv(videos, text.rsplit('"gone', 1)[0]), 3)
+    assert [r.path for r in records] == [str(videos / "trail.mp4 "), str(videos / " lead.mp4"),
+                                         str(videos / "a.mp4")]
+
+
 def test_label_names_need_the_class_list(videos):
     path = _csv(videos, "path,label\na.mp4,run\nb.mp4,jump\n")
     assert data.infer_class_names(path) == ["jump", "run"]

@@ -299,9 +299,10 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     base = os.path.dirname(os.path.abspath(csv_path))
     records, problems, ids = [], [], []
     for number, row in rows:
-        path = _tidy(os.path.join(base, row[0].strip()))
+        path = _video_path(base, row[0])
         if not os.path.isfile(path):
-            problems.append(f"row {number}: {row[0]!r}: no such file")
+            trimmed = " (with the spaces around it trimmed)" if row[0] != row[0].strip() else ""
+            problems.append(f"row {number}: {row[0]!r}: no such file{trimmed}")
             continue
         tokens = row_tokens[number]
         if not tokens and not multi_label:
@@ -352,6 +353,18 @@ def _warn_of_ids_beside_names(ids, csv_path, argument, class_names):
                    "the classes otherwise, label the videos by name or give data.class_names "
                    "in that order. Received: %s=%r", len(ids), csv_path, id_names(class_names),
                    ids[0][0], ids[0][1], argument, csv_path)
+
+
+def _video_path(base, cell):
+    """The file a CSV cell names, relative to the CSV's folder. Spaces around
+    it are trimmed (`a.mp4, 0`), unless only the name with them is a file (a
+    name that ends in a space, quoted in the CSV)."""
+    path = _tidy(os.path.join(base, cell.strip()))
+    if cell != cell.strip() and not os.path.isfile(path):
+        exact = _tidy(os.path.join(base, cell))
+        if os.path.isfile(exact):
+            return exact
+    return path
 
 
 def _tidy(path):
