@@ -245,3 +245,13 @@ def test_console_script_prints_one_error_line_and_exits_2(setup, arguments, mess
                          text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.splitlines() == [f"nonlocal-predict: error: {message}"]
+
+
+def test_a_name_with_a_line_break_is_printed_as_one_quoted_name():
+    """A video named `a\\nb.mp4` printed as two lines: its second looked like
+    another video's name above the ranks."""
+    scores = np.array([0.25, 0.75], "float32")
+    assert predict.format_top_k("a\nb.mp4", scores, ["run", "jump"], 1).splitlines() == [
+        "'a\\nb.mp4'", "  1. jump  0.7500"]
+    assert predict.format_top_k("dir/c d é.mp4", scores, None, 2).splitlines() == [
+        "dir/c d é.mp4", "  1. 1  0.7500", "  2. 0  0.2500"]

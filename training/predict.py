@@ -78,10 +78,17 @@ def predict_files(paths, saved_model_dir, num_clips=None, num_crops=None, batch_
     return scores, failures, metadata
 
 
+def shown(path):
+    """`path` as printed: quoted and escaped where it holds a line break, a tab
+    or another control character, so that each result stays one name (bytes
+    that are not UTF-8 are escaped by the output stream: `bad\\udcffname.mp4`)."""
+    return repr(path) if any(ord(c) < 32 or ord(c) == 127 for c in path) else path
+
+
 def format_top_k(path, scores, class_names, top_k):
     """`path` then one `  rank. name  probability` line per class."""
     order = np.argsort(-scores, kind="stable")[:top_k]
-    lines = [path]
+    lines = [shown(path)]
     for rank, index in enumerate(order, start=1):
         name = class_names[index] if class_names else str(index)
         lines.append(f"  {rank}. {name}  {scores[index]:.4f}")
@@ -116,7 +123,7 @@ def main(argv=None):
         if path not in failures:
             print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))
     for path, reason in failures.items():
-        print(f"{path}: cannot read video ({reason})", file=sys.stderr)
+        print(f"{shown(path)}: cannot read video ({reason})", file=sys.stderr)
     if failures:
         failed = sum(path in failures for path in args.videos)  # a path given twice counts twice
         print(f"{failed} of {len(args.videos)} video(s) failed.", file=sys.stderr)
