@@ -278,14 +278,8 @@ def test_a_fragmented_mp4_cut_inside_a_fragment_decodes_with_any_threads(tmp_pat
     frame before it."""
     import av
 
-    path = tmp_path / "fragmented.mp4"
-    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as container:
-        stream = container.add_stream("libx264", rate=8, options={"g": "8"})
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for image in np.random.default_rng(2).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    data = path.read_bytes()
+    data = _write_stream(tmp_path / "fragmented.mp4", "libx264", {"g": "8"}, count=64,
+                         container_options={"movflags": "frag_keyframe+empty_moov"})
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     with av.open(str(cut)) as container:
@@ -615,12 +609,12 @@ def test_unwanted_non_reference_pictures_are_not_decoded(b_frame_video):
         np.testing.assert_array_equal(outputs[True][index], reference[index])
 
 
-def _write_stream(path, codec, options, start=0, count=LONG):
+def _write_stream(path, codec, options, start=0, count=LONG, container_options=None):
     """`distinct_frames` encoded by `codec`, the first at time `start` (frames);
     64x48, which x265 takes (it crashed the process on 48x32)."""
     import av
 
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = options
