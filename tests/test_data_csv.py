@@ -464,6 +464,49 @@ def test_class_names_written_two_ways_are_refused(videos):
     assert data.load_training_data(config)[0]["num_classes"] == 3
 
 
+def test_class_folders_written_two_ways_are_refused(tmp_path):
+    """`Juggling/` and `juggling/`, or a composed and a decomposed `café/`,
+    trained as two classes without a word, where the same CSV labels are refused."""
+    for folders in (("Juggling", "juggling", "run"), ("caf\u00e9", "cafe\u0301", "run")):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        for folder in folders:
+            (root / folder).mkdir(parents=True)
+            (root / folder / "a.mp4").write_bytes(b"x")
+        with pytest.raises(data.DatasetError, match=r"^The class folders of .* write 1 class "
+                           r"name\(s\) in several ways .*Received: data.train_csv=") as info:
+            data.resolve_classes(_data_config(train_csv=str(root)))
+        assert repr(folders[0]) in str(info.value) and repr(folders[1]) in str(info.value)
+    config = _data_config(train_csv=str(root), class_names=sorted(folders))
+    assert data.load_training_data(config)[0]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("cells, shown", [
+    # Charades' actions column, each action with its start and end.
+    (('"c092 11.90 21.20;c147 0.00 12.60"', '"c098 8.60 14.20"'), "'c092 11.90 21.20'"),
+    (("c092 11.90 21.20 c147 0.00 12.60", "c098 8.60 14.20"), "'0.00'"),
+])
+def test_labels_holding_times_or_scores_are_refused(videos, cells, shown):
+    """Each action with its times, or each time, was a class of its own, exit 0
+    (`1.0` alone was refused; beside words it was a class name)."""
+    path = _csv(videos, "path,labels\n" + "".join(
+        f"{name}.mp4,{cell}\n" for name, cell in zip("ab", cells)))
+    with pytest.raises(data.DatasetError, match=r"hold numbers with a fraction \(.*"
+                       r"Received: data.train_csv=") as info:
+        data.infer_class_names(path, "data.train_csv")
+    assert shown in str(info.value)
+    names = _csv(videos, 'path,labels\na.mp4,"playing guitar;c092"\nb.mp4,v2 run\n', "names.csv")
+    assert data.infer_class_names(names) == ["c092", "playing guitar", "v2 run"]
+
+
+def test_a_row_too_long_to_read_is_shown_by_its_start(videos):
+    """A JSON file of 100,000 entries on one line, given as the CSV, printed
+    18 MB to the terminal: its one row, whole."""
+    entries = ",".join(f'{{"id": "{i}", "label": "Holding something"}}' for i in range(3000))
+    with pytest.raises(data.DatasetError, match=r"more cells than the 2 columns") as info:
+        data.read_csv_records(_csv(videos, f"[{entries}]\n", "train.json"), 3)
+    assert len(str(info.value)) < 1000
+
+
 @pytest.mark.parametrize("cell", ["0 3", "juggling;run", "run; jump"])
 def test_several_labels_in_a_single_label_cell_are_refused(videos, cell):
     """They were one class named by the whole cell ('0 3'), exit 0."""

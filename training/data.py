@@ -101,20 +101,25 @@ def _read_rows(csv_path, argument="csv_path"):
                                f"'path,label' with commas. Received: {argument}={csv_path!r}")
     # A quote left open runs its cell over the next lines: their rows vanish into
     # it. A line break quoted on purpose reads the same; no path or label holds one.
-    open_quotes = [f"row {n}: a cell over several lines ({cell.splitlines()[0]!r}...)"
+    open_quotes = [f"row {n}: a cell over several lines ({_shortened(cell.splitlines()[0])!r}...)"
                    for n, row in rows for cell in row if "\n" in cell]
     _raise_for_problems(open_quotes, csv_path, argument, summary=(
         f"{len(open_quotes)} row(s) with a cell over several lines: a '\"' left open runs "
         "its cell over the rows below it, and a path or label holds no line break"))
     # `a.mp4,3,17,41`: the labels 17 and 41 would be dropped without a word.
     columns = len(header) if header else 2
-    extra = [f"row {n}: {len(row)} cells ({','.join(row)!r})" for n, row in rows
+    extra = [f"row {n}: {len(row)} cells ({_shortened(','.join(row))!r})" for n, row in rows
              if any(cell.strip() for cell in row[columns:])]
     _raise_for_problems(extra, csv_path, argument, summary=(
         f"{len(extra)} row(s) with more cells than the {columns} columns of "
         f"{'its header' if header else 'path,label'} (several labels go in one cell, separated "
         "by spaces or ';'; a name with a comma in double quotes)"))
     return header, rows
+
+
+def _shortened(text, limit=120):
+    """`text`, or its start and '...' (a row of a JSON file on one line is megabytes)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 LABEL_WORDS = ("label", "labels", "class", "classes", "category", "target", "action", "y")
@@ -232,7 +237,22 @@ def infer_class_names(csv_path, argument="csv_path"):
     _refuse_name_variants(names, csv_path, argument)
     if all(_is_number(t) for t in names):
         _refuse_numbers_not_integers(names, csv_path, argument)
+    _refuse_fractions_in_names(names, csv_path, argument)
     return sorted(names)
+
+
+def _refuse_fractions_in_names(names, csv_path, argument):
+    # Charades' actions column (`c092 11.90 21.20;c147 0.00 12.60`) pasted as
+    # labels: each action with its times, or each time, became a class.
+    timed = sorted(name for name in names
+                   if any(_is_number(word) and not _is_int(word) for word in name.split()))
+    if timed:
+        shown = ", ".join(repr(t) for t in timed[:3]) + (", ..." if len(timed) > 3 else "")
+        raise DatasetError(
+            f"The labels of {csv_path!r} hold numbers with a fraction ({shown}), each of which "
+            "would name a class: times or scores are no labels (Charades' actions column "
+            "holds each action's start and end: its class ids alone, 'c092;c147', are the "
+            f"labels). Received: {argument}={csv_path!r}")
 
 
 def _refuse_numbers_not_integers(numbers, csv_path, argument):
@@ -245,10 +265,10 @@ def _refuse_numbers_not_integers(numbers, csv_path, argument):
                        f"class names as words. Received: {argument}={csv_path!r}")
 
 
-def _refuse_name_variants(names, csv_path, argument):
-    """Names read from labels that differ only in case, spaces or Unicode form
-    (`Juggling`, `juggling `, a decomposed `café`) are one class written two
-    ways, each of which would be a class of its own."""
+def _refuse_name_variants(names, csv_path, argument, what="labels"):
+    """Names read from labels (or class folders) that differ only in case,
+    spaces or Unicode form (`Juggling`, `juggling `, a decomposed `café`) are
+    one class written two ways, each of which would be a class of its own."""
     spellings = {}
     for name in sorted(names):
         key = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
@@ -256,7 +276,7 @@ def _refuse_name_variants(names, csv_path, argument):
     variants = ["; ".join(map(repr, found)) for found in spellings.values() if len(found) > 1]
     if variants:
         raise DatasetError(
-            f"The labels of {csv_path!r} write {len(variants)} class name(s) in several ways "
+            f"The {what} of {csv_path!r} write {len(variants)} class name(s) in several ways "
             f"(differing only in case, spaces or Unicode form): {' / '.join(variants[:3])}"
             f"{' / ...' if len(variants) > 3 else ''}. Write each class one way, or list the "
             f"classes in data.class_names to keep them apart. Received: {argument}={csv_path!r}")
@@ -926,7 +946,9 @@ def class_names_from_config(data_config):
     if train and os.path.isfile(train):
         return infer_class_names(train, "data.train_csv")
     if train and os.path.isdir(train):
-        return class_folders(train)
+        folders = class_folders(train)
+        _refuse_name_variants(folders, train, "data.train_csv", "class folders")
+        return folders
     return None
 
 
