@@ -507,6 +507,23 @@ def test_a_row_too_long_to_read_is_shown_by_its_start(videos):
     assert len(str(info.value)) < 1000
 
 
+def test_class_ids_without_a_training_video_are_warned_about(videos, caplog):
+    """UCF101's ids from 1 with num_classes one more trained an empty class 0 and
+    every video as its id, exit 0, with an INFO line only."""
+    path = _csv(videos, "path,label\na.mp4,1\nb.mp4,2\nc.mp4,3\n")
+    with caplog.at_level("WARNING"):
+        data.load_training_data(_data_config(train_csv=path, num_classes=4))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("1 class id(s) without a training video (never learnt): 0; "
+                              "class ids start at 0"), warning
+    caplog.clear()
+    path = _csv(videos, "path,label\na.mp4,0\nb.mp4,2\nc.mp4,0\n", "gap.csv")
+    with caplog.at_level("WARNING"):
+        data.load_training_data(_data_config(train_csv=path, num_classes=3))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "1 class id(s) without a training video (never learnt): 1"]
+
+
 @pytest.mark.parametrize("cell", ["0 3", "juggling;run", "run; jump"])
 def test_several_labels_in_a_single_label_cell_are_refused(videos, cell):
     """They were one class named by the whole cell ('0 3'), exit 0."""

@@ -670,6 +670,15 @@ def _log_classes(records, data_config, multi_label, names_given=False):
             logger.warning("%d class(es) of data.class_names without a training video (never "
                            "learnt; a line that is no class?): %s", len(empty),
                            ", ".join(map(repr, empty[:10])) + (", ..." if len(empty) > 10 else ""))
+    elif not data_config["class_names"] and not multi_label and not counts.all():
+        # UCF101's and HMDB51's lists number classes from 1: with num_classes one
+        # more, class 0 trained as an empty class, and every video as its id.
+        empty = np.flatnonzero(counts == 0).tolist()
+        logger.warning("%d class id(s) without a training video (never learnt): %s%s",
+                       len(empty), ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10
+                                                                      else ""),
+                       "; class ids start at 0 (ids from 1, as UCF101's lists number them? "
+                       "subtract 1)" if empty[0] == 0 else "")
     rare = [n for n, c in zip(names, counts) if c == 1]
     if rare and len(records) >= 4 * len(counts):
         logger.warning("Classes with a single training video (a typo in a label?): %s",
