@@ -524,6 +524,31 @@ def test_class_ids_without_a_training_video_are_warned_about(videos, caplog):
         "1 class id(s) without a training video (never learnt): 1"]
 
 
+def test_excels_separator_line_is_no_video(videos):
+    """Excel's `sep=,` first line was 'row 1: 'sep=': no such file' and the
+    header below it 'row 2: 'path': no such file'."""
+    path = videos / "excel.csv"
+    path.write_bytes("\ufeffsep=,\r\npath,label\r\na.mp4,run\r\nb.mp4,jump\r\n".encode())
+    assert data.infer_class_names(str(path)) == ["jump", "run"]
+    records, _ = data.read_csv_records(str(path), 2, ["jump", "run"])
+    assert [(os.path.basename(r.path), r.labels) for r in records] == [("a.mp4", (1,)),
+                                                                         ("b.mp4", (0,))]
+
+
+def test_a_pipe_as_the_data_is_refused_as_such(videos):
+    """A FIFO or `<(cat train.csv)` reads once: its second reading was empty, and
+    the run said its labels were class ids, or 'CSV file not found'."""
+    from nonlocal_keras.training.errors import MissingFileError
+
+    pipe = str(videos / "pipe.csv")
+    os.mkfifo(pipe)
+    message = r"'.*pipe.csv' is neither a file nor a folder \(a pipe .*Received: data.{}_csv="
+    with pytest.raises(MissingFileError, match=message.format("train")):
+        data.load_training_data(_data_config(train_csv=pipe))
+    with pytest.raises(MissingFileError, match=message.format("val")):
+        data.read_csv_records(pipe, 3, argument="data.val_csv")
+
+
 @pytest.mark.parametrize("cell", ["0 3", "juggling;run", "run; jump"])
 def test_several_labels_in_a_single_label_cell_are_refused(videos, cell):
     """They were one class named by the whole cell ('0 3'), exit 0."""

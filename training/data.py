@@ -60,6 +60,19 @@ def _raise_for_problems(problems, source, argument, summary=None):
     )
 
 
+def _check_source(path, argument):
+    """A MissingFileError unless `path` is a file or a folder: a pipe or a
+    process substitution (`<(...)`) reads once, and its second reading (the
+    class names, then the rows) was empty."""
+    if not os.path.exists(path):
+        raise MissingFileError(f"CSV file not found. Received: {argument}={path!r}")
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        raise MissingFileError(
+            f"{path!r} is neither a file nor a folder (a pipe or a process substitution can be "
+            "read only once; the data are read more than once): give a CSV file or a folder "
+            f"per class. Received: {argument}={path!r}")
+
+
 def _read_text(csv_path, argument):
     """The CSV's text. A UTF-8 BOM (Excel's "CSV UTF-8") is dropped; other
     encodings are an error naming the file rather than a garbled label."""
@@ -83,6 +96,8 @@ def _read_rows(csv_path, argument="csv_path"):
         raise DatasetError(f"{csv_path!r} is not a readable CSV (line {reader.line_num}: "
                            f"{error}); look for an unmatched '\"'. "
                            f"Received: {argument}={csv_path!r}") from None
+    if rows and [cell.strip().lower() for cell in rows[0][1]] == ["sep=", ""]:
+        rows = rows[1:]  # Excel's first line naming the separator: no video
     header = None
     if rows and rows[0][1][0].strip().lower() in ("path", "path;label", "path;labels",
                                                   "path\tlabel", "path\tlabels"):
@@ -305,7 +320,8 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
         DatasetError: listing every row with a missing file, a missing or
             unknown label, or a class id outside [0, num_classes).
     """
-    if not os.path.isfile(csv_path):
+    _check_source(csv_path, argument)
+    if os.path.isdir(csv_path):
         raise MissingFileError(f"CSV file not found. Received: {argument}={csv_path!r}")
     header, rows = _read_rows(csv_path, argument)
     if header is not None and (len(header) < 2 or header[1] not in ("label", "labels")):
@@ -558,9 +574,8 @@ def load_training_data(data_config):
     train = data_config["train_csv"]
     if not train:
         raise ConfigError("Nothing to train on. Received: data.train_csv=None")
-    if not os.path.exists(train):
-        # Before the classes, which it would otherwise be said to lack.
-        raise MissingFileError(f"CSV file not found. Received: data.train_csv={train!r}")
+    # Before the classes, which it would otherwise be said to lack.
+    _check_source(train, "data.train_csv")
     names_given = bool(data_config.get("class_names"))
     data_config = resolve_classes(data_config)
     train_records, multi_label = load_records(
