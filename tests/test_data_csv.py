@@ -500,11 +500,42 @@ def test_labels_holding_times_or_scores_are_refused(videos, cells, shown):
 
 def test_a_row_too_long_to_read_is_shown_by_its_start(videos):
     """A JSON file of 100,000 entries on one line, given as the CSV, printed
-    18 MB to the terminal: its one row, whole."""
+    18 MB to the terminal: its one row, whole. (Whole JSON is now named as
+    such; one cut short is read as CSV.)"""
     entries = ",".join(f'{{"id": "{i}", "label": "Holding something"}}' for i in range(3000))
     with pytest.raises(data.DatasetError, match=r"more cells than the 2 columns") as info:
-        data.read_csv_records(_csv(videos, f"[{entries}]\n", "train.json"), 3)
+        data.read_csv_records(_csv(videos, f"[{entries}\n", "train.json"), 3)
     assert len(str(info.value)) < 1000
+
+
+def test_other_datasets_index_files_say_what_to_write(videos):
+    """Each stopped, but as "more cells than the 2 columns" (listing the header as
+    row 1 and JSON as one huge row) or "no row has a label": nothing said the
+    file was another dataset's own index, nor what to write instead."""
+    kinetics = _csv(videos, "label,youtube_id,time_start,time_end,split\n"
+                    "abseiling,--33Lscn6sk,4,14,train\n", "kinetics.csv")
+    charades = _csv(videos, "id,subject,scene,quality,relevance,verified,script,objects,"
+                    "descriptions,actions,length\n46GP8,HR43,Kitchen,6,7,Yes,x,food,x,"
+                    "c092 11.90 21.20;c147 0.00 12.60,24.83\n", "charades.csv")
+    ssv2 = _csv(videos, '[{"id": "78687", "label": "holding potato next to vicks",'
+                ' "template": "Holding [something] next to [something]",'
+                ' "placeholders": ["potato", "vicks"]}]', "ssv2.json")
+    ucf = _csv(videos, "a.mp4 1\nb.mp4 2\n", "trainlist01.txt")
+    ucf_header = _csv(videos, "path label\na.mp4 1\n", "spaced.csv")
+    for path, said in [(kinetics, r"Kinetics' official index, which names YouTube clips"),
+                       (charades, r"Charades' official index: .*'path,labels'"),
+                       (ssv2, r"is JSON, not CSV: .*Something-Something: the file <id>.webm"),
+                       (ucf, r"separates its columns with spaces, as UCF101's .* from 1"),
+                       (ucf_header, "separates its columns with spaces")]:
+        for read in (data.infer_class_names, lambda p, a: data.read_csv_records(p, 3, None, a)):
+            with pytest.raises(data.DatasetError, match=said + ".*Received: data.train_csv="):
+                read(path, "data.train_csv")
+    # UCF101's test lists hold paths only: its folder per class is the way in.
+    with pytest.raises(data.DatasetError, match="has a label .*a folder per class"):
+        data.infer_class_names(_csv(videos, "a.mp4\nb.mp4\n", "testlist01.txt"))
+    # One column of names with spaces of their own is still a missing label.
+    with pytest.raises(data.DatasetError, match="has a label"):
+        data.infer_class_names(_csv(videos, "my clip.mp4\nyour clip.mp4\n", "names.csv"))
 
 
 def test_class_ids_without_a_training_video_are_warned_about(videos, caplog):
@@ -733,3 +764,55 @@ def test_the_ids_beside_names_warning_speaks_of_fine_tuning_only_there(caplog):
                                                                       "num_classes": 2}, fine_tune)
         assert "0 = 'jump', 1 = 'run'" in caplog.text
         assert ("leave the classifier new" in caplog.text) == fine_tune
+
+
+def test_a_missing_or_unknown_row_says_where_it_looked_and_what_it_knows(videos, monkeypatch):
+    """"no such file" never showed where a relative path was looked for, nor
+    "unknown label" the classes; a known class written another way was only
+    "unknown"; `~/` in a row was a folder named '~' beside the CSV."""
+    monkeypatch.setenv("HOME", str(videos))
+    text = "path,label\n~/a.mp4,run\nclips/b.mp4,run\nb.mp4,Run\nc.mp4,cafe\u0301\n"
+    with pytest.raises(data.DatasetError) as info:
+        data.read_csv_records(_csv(videos, text, "index.csv"), 2, ["café", "run"])
+    message = str(info.value)
+    assert f"a relative path is read from the CSV's folder, {str(videos)!r}" in message
+    assert "row 3: 'clips/b.mp4': no such file" in message
+    assert ("row 4: 'b.mp4': unknown label 'Run' (the class 'run' differs from it only in "
+            "case, spaces or Unicode form)") in message
+    assert "the class 'café' differs" in message
+    assert "the 2 classes: 0 = 'café', 1 = 'run'" in message
+    assert "row 2" not in message  # ~/a.mp4 is the video in HOME
+    with pytest.raises(data.DatasetError) as info:
+        data.read_csv_records(_csv(videos, "path,label\na.mp4,run\n/gone.mp4,jump\n"), 2)
+    message = str(info.value)
+    assert "without class names, a label is a class id in [0, 2)" in message
+    assert "relative path" not in message  # the missing one was absolute
+
+
+@pytest.mark.parametrize("text, names", [
+    ("1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n", ["ApplyEyeMakeup", "ApplyLipstick",
+                                                       "Archery"]),
+    ("1,b c\n0,a\n", ["a", "b c"]),
+    ('{"Approaching something": "1", "Attaching something": "0"}',
+     ["Attaching something", "Approaching something"]),
+    ('{"0": "abseiling", "1": "air drumming"}', ["abseiling", "air drumming"]),
+    ('[" run", "jump"]', ["run", "jump"]),
+    # Names starting with numbers of their own, not numbered 0, 1, ...: whole.
+    ("10 push-ups\n20 sit-ups\n", ["10 push-ups", "20 sit-ups"]),
+    ("run\njump\n", ["run", "jump"])])
+def test_class_name_files_of_other_datasets_are_read_in_id_order(tmp_path, text, names):
+    """UCF101's classInd.txt gave the names '1 ApplyEyeMakeup', ..., so every class
+    folder and name label was unknown; Something-Something's labels.json was
+    read a line a name."""
+    path = tmp_path / "classes.txt"
+    path.write_text(text)
+    assert data.class_names_from_config({"class_names": str(path)}) == names
+
+
+@pytest.mark.parametrize("text", ['{"run": "0", "jump": "2"}', '{"run": [0]}', "[1, 2]"])
+def test_a_json_class_name_file_of_another_shape_is_refused(tmp_path, text):
+    path = tmp_path / "classes.json"
+    path.write_text(text)
+    with pytest.raises(data.DatasetError, match="is JSON but not a list of class names.*"
+                       "Received: data.class_names="):
+        data.class_names_from_config({"class_names": str(path)})

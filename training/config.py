@@ -60,7 +60,8 @@ class DataConfig:
     val_csv: Optional[str] = None
     # None: the number of class names (given, or read from the training data).
     num_classes: Optional[int] = None
-    # A list, or a text file with one name per line. When absent and the
+    # A list, or a file: a name per line, numbered lines (UCF101's classInd.txt)
+    # or JSON (a list, or names to ids). When absent and the
     # labels are names, they are read from the training CSV (sorted).
     class_names: Union[List[str], str, None] = None
     # The official 8x8 clip (8 frames, every 8th), which the constructors'

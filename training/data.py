@@ -19,8 +19,10 @@ that cannot be decoded mid-epoch is skipped, logged once by name and counted;
 
 import csv
 import io
+import json
 import logging
 import os
+import re
 import threading
 import unicodedata
 from collections import namedtuple
@@ -88,6 +90,7 @@ def _read_text(csv_path, argument):
 
 def _read_rows(csv_path, argument="csv_path"):
     text = _read_text(csv_path, argument)
+    _refuse_json(text, csv_path, argument)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         rows = [(n, row) for n, row in enumerate(reader, start=1)
@@ -105,15 +108,22 @@ def _read_rows(csv_path, argument="csv_path"):
         rows = rows[1:]
     elif rows and len(rows[0][1]) > 1 and _looks_like_a_header(rows[0][1]):
         # `video,class` was read as a video named `video` of the class `class`.
-        raise DatasetError(f"The first row of {csv_path!r} ({','.join(rows[0][1])!r}) reads as "
-                           "a header: the header must be 'path,label' or 'path,labels' (the "
-                           "video first). "
+        raise DatasetError(f"The first row of {csv_path!r} ({_shortened(','.join(rows[0][1]))!r})"
+                           f" reads as {_header_of(rows[0][1])}. "
                            f"Received: {argument}={csv_path!r}")
     for mark, name in ((";", "';'"), ("\t", "tabs")):
         if (header and mark in header[0]) or (rows and all(len(r) == 1 and mark in r[0]
                                                            for _, r in rows)):
             raise DatasetError(f"{csv_path!r} separates its columns with {name}; write "
                                f"'path,label' with commas. Received: {argument}={csv_path!r}")
+    if _split_at_spaces(header, rows):
+        # UCF101's and HMDB51's split lists: `ApplyEyeMakeup/v_..._c01.avi 1`. Read
+        # as one cell, every row was "no label" or "no such file".
+        raise DatasetError(
+            f"{csv_path!r} separates its columns with spaces, as UCF101's and HMDB51's split "
+            "lists do; write 'path,label' with commas (UCF101's class ids count from 1: "
+            "subtract 1, or label by class name; HMDB51's number is the split, not the "
+            f"class). Received: {argument}={csv_path!r}")
     # A quote left open runs its cell over the next lines: their rows vanish into
     # it. A line break quoted on purpose reads the same; no path or label holds one.
     open_quotes = [f"row {n}: a cell over several lines ({_shortened(cell.splitlines()[0])!r}...)"
@@ -137,16 +147,65 @@ def _shortened(text, limit=120):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-LABEL_WORDS = ("label", "labels", "class", "classes", "category", "target", "action", "y")
-PATH_WORDS = ("path", "video", "videos", "file", "filename", "file_name", "video_path", "clip")
+LABEL_WORDS = ("label", "labels", "class", "classes", "category", "target", "action",
+               "actions", "y")
+PATH_WORDS = ("path", "video", "videos", "file", "filename", "file_name", "video_path", "clip",
+              "id", "youtube_id")
 
 
 def _looks_like_a_header(row):
-    first, second = (cell.strip().lower() for cell in row[:2])
-    if first.endswith(VIDEO_EXTENSIONS):
+    cells = [cell.strip().lower() for cell in row]
+    first, second = cells[:2]
+    if any(cell.endswith(VIDEO_EXTENSIONS) for cell in cells):
         return False
     # `label,path` too: its rows are then the labels first, which no row check names.
-    return second in LABEL_WORDS or (first in LABEL_WORDS and second in PATH_WORDS)
+    # A longer row with a label's word anywhere is another dataset's index
+    # (Charades' `id,subject,...,actions,length`); it fails as too many cells.
+    return (second in LABEL_WORDS or (first in LABEL_WORDS and second in PATH_WORDS)
+            or len(cells) > 2 and any(cell in LABEL_WORDS for cell in cells))
+
+
+def _header_of(row):
+    """What a header other than ours is, and what to write instead."""
+    cells = {cell.strip().lower() for cell in row}
+    if "youtube_id" in cells:
+        return ("the header of Kinetics' official index, which names YouTube clips, not "
+                "files: list the downloaded clips as 'path,label' rows (each file and its "
+                "class name)")
+    if {"id", "actions"} <= cells:
+        return ("the header of Charades' official index: list the videos as 'path,labels' "
+                "rows (each file, '<id>.mp4', and its action ids without their times, "
+                "'c092;c147')")
+    return ("a header: the header must be 'path,label' or 'path,labels' (the video first; "
+            "one video a row)")
+
+
+def _split_at_spaces(header, rows):
+    """Whether every row is one cell `<video> <label>` (or the header `path label`)."""
+    if header or not rows or any(len(row) != 1 for _, row in rows):
+        return False
+    cells = [row[0].strip() for _, row in rows]
+    if cells[0].lower().split() in (["path", "label"], ["path", "labels"]):
+        cells = cells[1:]
+    return bool(cells) and all(
+        len(parts) == 2 and parts[0].lower().endswith(VIDEO_EXTENSIONS)
+        for parts in (cell.rsplit(None, 1) for cell in cells))
+
+
+def _refuse_json(text, csv_path, argument):
+    # Something-Something's index is a JSON list; its rows were "more cells than 2".
+    if text.lstrip()[:1] not in ("[", "{"):
+        return
+    try:
+        index = json.loads(text)
+    except ValueError:
+        return  # a CSV whose first path starts with a bracket
+    ssv2 = isinstance(index, list) and index and isinstance(index[0], dict) and (
+        "template" in index[0])
+    raise DatasetError(
+        f"{csv_path!r} is JSON, not CSV: list the videos as 'path,label' rows"
+        f"{' (Something-Something: the file <id>.webm and its template)' if ssv2 else ''}. "
+        f"Received: {argument}={csv_path!r}")
 
 
 def _label_separator(rows, multi_label):
@@ -246,7 +305,8 @@ def infer_class_names(csv_path, argument="csv_path"):
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
     if not names:
         raise DatasetError(f"No row of {csv_path!r} has a label (one video and its class per "
-                           f"row: 'path,label'). Received: {argument}={csv_path!r}")
+                           "row: 'path,label'; videos in a folder per class, as UCF101's are, "
+                           f"can be given as that folder). Received: {argument}={csv_path!r}")
     if all(_is_int(t) for t in names):
         return None
     _refuse_name_variants(names, csv_path, argument)
@@ -286,8 +346,7 @@ def _refuse_name_variants(names, csv_path, argument, what="labels"):
     one class written two ways, each of which would be a class of its own."""
     spellings = {}
     for name in sorted(names):
-        key = " ".join(unicodedata.normalize("NFKC", name).casefold().split())
-        spellings.setdefault(key, []).append(name)
+        spellings.setdefault(_spelling(name), []).append(name)
     variants = ["; ".join(map(repr, found)) for found in spellings.values() if len(found) > 1]
     if variants:
         raise DatasetError(
@@ -295,6 +354,11 @@ def _refuse_name_variants(names, csv_path, argument, what="labels"):
             f"(differing only in case, spaces or Unicode form): {' / '.join(variants[:3])}"
             f"{' / ...' if len(variants) > 3 else ''}. Write each class one way, or list the "
             f"classes in data.class_names to keep them apart. Received: {argument}={csv_path!r}")
+
+
+def _spelling(name):
+    """`name` as its class is known however it is written (case, spaces, Unicode form)."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path",
@@ -332,13 +396,16 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     multi_label, separator, row_tokens = _checked_tokens(header, rows, csv_path, argument,
                                                          class_names or ())
     name_to_id = {name: i for i, name in enumerate(class_names or [])}
+    spellings = {_spelling(name): name for name in name_to_id}
     base = os.path.dirname(os.path.abspath(csv_path))
-    records, problems, ids = [], [], []
+    records, problems, ids, notes = [], [], [], set()
     for number, row in rows:
         path = _video_path(base, row[0])
         if not os.path.isfile(path):
             trimmed = " (with the spaces around it trimmed)" if row[0] != row[0].strip() else ""
             problems.append(f"row {number}: {row[0]!r}: no such file{trimmed}")
+            if not os.path.isabs(os.path.expanduser(row[0].strip())):
+                notes.add(f"a relative path is read from the CSV's folder, {base!r}")
             continue
         tokens = row_tokens[number]
         if not tokens and not multi_label:
@@ -361,17 +428,23 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                            f"{';'.join(token.split())!r})")
                 continue
             else:
-                bad.append(f"unknown label {token!r}")
+                near = spellings.get(_spelling(token))
+                bad.append(f"unknown label {token!r}" + (
+                    f" (the class {near!r} differs from it only in case, spaces or Unicode "
+                    "form)" if near else ""))
+                notes.add(f"the {len(class_names)} classes: {id_names(class_names)}"
+                          if class_names else "without class names, a label is a class id"
+                          f" in [0, {num_classes})")
                 continue
             labels.append(label)
         if bad:
             problems.append(f"row {number}: {row[0]!r}: {'; '.join(bad)}")
             continue
         records.append(VideoRecord(path, tuple(sorted(set(labels))), number))
-    summary = None
     if separator == " " and any(" " in name.strip() for name in class_names or []):
-        summary = (f"{len(problems)} invalid row(s) (the labels are split at spaces; "
-                   "separate them with ';' to keep class names with spaces whole)")
+        notes.add("the labels are split at spaces; separate them with ';' to keep class names "
+                  "with spaces whole")
+    summary = f"{len(problems)} invalid row(s) ({'; '.join(sorted(notes))})" if notes else None
     _raise_for_problems(problems, csv_path, argument, summary)
     if not records:
         raise DatasetError(f"No video listed. Received: {argument}={csv_path!r}")
@@ -395,7 +468,8 @@ def _video_path(base, cell):
     """The file a CSV cell names, relative to the CSV's folder. Spaces around
     it are trimmed (`a.mp4, 0`), unless only the name with them is a file (a
     name that ends in a space, quoted in the CSV)."""
-    path = _tidy(os.path.join(base, cell.strip()))
+    # `~/clips/a.mp4`, as data.train_csv itself is read.
+    path = _tidy(os.path.join(base, os.path.expanduser(cell.strip())))
     if cell != cell.strip() and not os.path.isfile(path):
         exact = _tidy(os.path.join(base, cell))
         if os.path.isfile(exact):
@@ -962,8 +1036,7 @@ def class_names_from_config(data_config):
     if isinstance(names, str):
         if not os.path.isfile(names):
             raise MissingFileError(f"Class-name file not found. Received: data.class_names={names!r}")
-        text = _read_text(names, "data.class_names")
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return _read_class_names(names)
     if names:
         return list(names)
     train = data_config.get("train_csv")
@@ -974,6 +1047,68 @@ def class_names_from_config(data_config):
         _refuse_name_variants(folders, train, "data.train_csv", "class folders")
         return folders
     return None
+
+
+def _read_class_names(path):
+    """The names of a class-name file in class-id order: one a line, numbered
+    lines (UCF101's classInd.txt, `1 ApplyEyeMakeup`; `0,abseiling`), or JSON:
+    a list, names to ids (Something-Something's labels.json) or ids to names.
+    Each was read a line a name ('1 ApplyEyeMakeup', or a whole JSON file)."""
+    text = _read_text(path, "data.class_names")
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            numbered = _numbered_json(json.loads(text))
+        except ValueError:
+            numbered = None
+        if numbered is None:
+            raise DatasetError(f"{path!r} is JSON but not a list of class names, nor a mapping "
+                               "of names to class ids 0, 1, 2, ... (or of ids to names). "
+                               f"Received: data.class_names={path!r}")
+        return numbered
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    matches = [_NUMBERED_LINE.fullmatch(line) for line in lines]
+    if not all(matches):
+        return lines
+    # Names that start with numbers of their own stay whole.
+    numbered = {int(m.group(1)): m.group(2).strip() for m in matches}
+    names = _in_id_order(numbered, len(lines))
+    if names is None:
+        return lines
+    if 0 not in numbered:
+        logger.info("The class names of %r are numbered from 1: class id 0 is its number 1 "
+                    "(%r), and so on (labels that are its numbers need 1 subtracted).",
+                    path, names[0])
+    return names
+
+
+# `1 ApplyEyeMakeup`, `0,abseiling`, `7: juggling`.
+_NUMBERED_LINE = re.compile(r"(\d+)\s*[,:;\t ]\s*(\S.*)")
+
+
+def _in_id_order(numbered, count):
+    """The names of `{number: name}` in order, if the `count` numbers run 0, 1,
+    2, ... or 1, 2, 3, ...; else None."""
+    first = min(numbered, default=0)
+    if len(numbered) != count or first not in (0, 1) or (
+            sorted(numbered) != list(range(first, first + count))):
+        return None
+    return [numbered[i] for i in sorted(numbered)]
+
+
+def _numbered_json(index):
+    """The class names of a JSON list or mapping in id order, else None."""
+    if isinstance(index, list):
+        if not all(isinstance(v, str) and v.strip() for v in index):
+            return None
+        return [v.strip() for v in index]
+    if not isinstance(index, dict):
+        return None
+    pairs = list(index.items())
+    if all(isinstance(v, (str, int)) and _is_int(str(v)) for _, v in pairs):
+        pairs = [(v, k) for k, v in pairs]  # names to ids
+    if not all(_is_int(str(k)) and isinstance(v, str) and v.strip() for k, v in pairs):
+        return None
+    return _in_id_order({int(k): v.strip() for k, v in pairs}, len(pairs))
 
 
 def names_sorted_from_labels(data_config):
