@@ -94,6 +94,10 @@ def test_bad_header_and_missing_csv_name_the_argument(videos):
                                                 f"data.train_csv='{missing}'"):
         data.load_training_data({"train_csv": missing, "val_csv": None, "num_classes": None,
                                  "class_names": None})
+    # A folder said "CSV file not found", of a folder that is there.
+    with pytest.raises(FileNotFoundError, match="is a folder, not a CSV file. Received: "
+                                                "data.val_csv="):
+        data.read_csv_records(str(videos), 3, argument="data.val_csv")
 
 
 def test_folder_per_class(tmp_path):

@@ -386,7 +386,8 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
     """
     _check_source(csv_path, argument)
     if os.path.isdir(csv_path):
-        raise MissingFileError(f"CSV file not found. Received: {argument}={csv_path!r}")
+        raise MissingFileError(f"{csv_path!r} is a folder, not a CSV file. "
+                               f"Received: {argument}={csv_path!r}")
     header, rows = _read_rows(csv_path, argument)
     if header is not None and (len(header) < 2 or header[1] not in ("label", "labels")):
         raise DatasetError(
