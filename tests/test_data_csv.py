@@ -526,7 +526,10 @@ def test_other_datasets_index_files_say_what_to_write(videos):
                 ' "placeholders": ["potato", "vicks"]}]', "ssv2.json")
     ucf = _csv(videos, "a.mp4 1\nb.mp4 2\n", "trainlist01.txt")
     ucf_header = _csv(videos, "path label\na.mp4 1\n", "spaced.csv")
+    kinetics_test = _csv(videos, "youtube_id,time_start,time_end,split\n"
+                         "--33Lscn6sk,4,14,test\n", "kinetics_test.csv")
     for path, said in [(kinetics, r"Kinetics' official index, which names YouTube clips"),
+                       (kinetics_test, r"Kinetics' official index"),
                        (charades, r"Charades' official index: .*'path,labels'"),
                        (ssv2, r"is JSON, not CSV: .*Something-Something: the file <id>.webm"),
                        (ucf, r"separates its columns with spaces, as UCF101's .* from 1"),
@@ -538,8 +541,9 @@ def test_other_datasets_index_files_say_what_to_write(videos):
     with pytest.raises(data.DatasetError, match="has a label .*a folder per class"):
         data.infer_class_names(_csv(videos, "a.mp4\nb.mp4\n", "testlist01.txt"))
     # One column of names with spaces of their own is still a missing label.
-    with pytest.raises(data.DatasetError, match="has a label"):
-        data.infer_class_names(_csv(videos, "my clip.mp4\nyour clip.mp4\n", "names.csv"))
+    for text in ("my clip.mp4\nyour clip.mp4\n", "clip.mp4 3.mp4\n"):
+        with pytest.raises(data.DatasetError, match="has a label"):
+            data.infer_class_names(_csv(videos, text, "names.csv"))
 
 
 def test_class_ids_without_a_training_video_are_warned_about(videos, caplog):
@@ -783,9 +787,19 @@ def test_a_missing_or_unknown_row_says_where_it_looked_and_what_it_knows(videos,
     assert "row 3: 'clips/b.mp4': no such file" in message
     assert ("row 4: 'b.mp4': unknown label 'Run' (the class 'run' differs from it only in "
             "case, spaces or Unicode form)") in message
-    assert "the class 'café' differs" in message
+    # Printed alike, so shown by their code points.
+    assert ("row 5: 'c.mp4': unknown label 'cafe\u0301' (the class 'caf\\xe9' is the same text in "
+            "another Unicode form, 'cafe\\u0301')") in message
     assert "the 2 classes: 0 = 'café', 1 = 'run'" in message
     assert "row 2" not in message  # ~/a.mp4 is the video in HOME
+    # A folder '~' beside the CSV is read first, as it was; a missing one shows HOME's.
+    (videos / "~").mkdir()
+    (videos / "~" / "d.mp4").write_bytes(b"x")
+    records, _ = data.read_csv_records(_csv(videos, "path,label\n~/d.mp4,0\n"), 2)
+    assert records[0].path == str(videos / "~" / "d.mp4")
+    with pytest.raises(data.DatasetError, match=r"row 2: '~/e.mp4': no such file \('"
+                       + re.escape(str(videos / "e.mp4")) + r"'\)"):
+        data.read_csv_records(_csv(videos, "path,label\n~/e.mp4,0\n"), 2)
     with pytest.raises(data.DatasetError) as info:
         data.read_csv_records(_csv(videos, "path,label\na.mp4,run\n/gone.mp4,jump\n"), 2)
     message = str(info.value)
@@ -803,14 +817,44 @@ def test_a_missing_or_unknown_row_says_where_it_looked_and_what_it_knows(videos,
     ('[" run", "jump"]', ["run", "jump"]),
     # Names starting with numbers of their own, not numbered 0, 1, ...: whole.
     ("10 push-ups\n20 sit-ups\n", ["10 push-ups", "20 sit-ups"]),
-    ("run\njump\n", ["run", "jump"])])
-def test_class_name_files_of_other_datasets_are_read_in_id_order(tmp_path, text, names):
+    ("run\njump\n", ["run", "jump"]),
+    ("[background]\nrun\n", ["[background]", "run"]),  # not JSON
+    ('id,name\n0,"abseiling, rope"\n1,run\n', ["abseiling, rope", "run"]),
+    # Numbers that would leave two names alike, or a class out: lines whole.
+    ("1 person\n2 people\n3 people\n", ["1 person", "2 people", "3 people"]),
+    ("1 zero\n2 one\n2 two\n", ["1 zero", "2 one", "2 two"]),
+    ("playing guitar\n1 x\n", ["playing guitar", "1 x"])])
+def test_class_name_files_of_other_datasets_are_read_in_id_order(tmp_path, text, names, caplog):
     """UCF101's classInd.txt gave the names '1 ApplyEyeMakeup', ..., so every class
     folder and name label was unknown; Something-Something's labels.json was
     read a line a name."""
     path = tmp_path / "classes.txt"
     path.write_text(text)
     assert data.class_names_from_config({"class_names": str(path)}) == names
+    # Lines mostly numbered but read whole are warned about.
+    warned = [r for r in caplog.records if "are not read as numbered class names" in r.message]
+    assert bool(warned) == (names[0][:1] in "123" and not text.startswith("playing")), warned
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "[]", "{}"])
+def test_a_class_name_file_of_no_name_is_refused(tmp_path, text):
+    """An empty file was the classes [] (with numbered files, an IndexError)."""
+    path = tmp_path / "classes.txt"
+    path.write_text(text)
+    with pytest.raises(data.DatasetError, match="names no class. Received: data.class_names="):
+        data.class_names_from_config({"class_names": str(path)})
+
+
+def test_a_class_folder_written_otherwise_is_named_with_the_classes(tmp_path):
+    for name in ("Zero", "one"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.mp4").write_bytes(b"x")
+    with pytest.raises(data.DatasetError) as info:
+        data.read_folder_records(str(tmp_path), ["zero", "one"], "data.val_csv")
+    message = str(info.value)
+    assert ("1 unknown class folder(s) (the 2 classes: 0 = 'zero', 1 = 'one')" in message
+            and "folder 'Zero': unknown label (the class 'zero' differs from it only in case"
+            in message), message
 
 
 @pytest.mark.parametrize("text", ['{"run": "0", "jump": "2"}', '{"run": [0]}', "[1, 2]"])

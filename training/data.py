@@ -162,7 +162,8 @@ def _looks_like_a_header(row):
     # A longer row with a label's word anywhere is another dataset's index
     # (Charades' `id,subject,...,actions,length`); it fails as too many cells.
     return (second in LABEL_WORDS or (first in LABEL_WORDS and second in PATH_WORDS)
-            or len(cells) > 2 and any(cell in LABEL_WORDS for cell in cells))
+            or len(cells) > 2 and any(cell in LABEL_WORDS for cell in cells)
+            or "youtube_id" in cells)  # Kinetics' test index has no label
 
 
 def _header_of(row):
@@ -189,6 +190,7 @@ def _split_at_spaces(header, rows):
         cells = cells[1:]
     return bool(cells) and all(
         len(parts) == 2 and parts[0].lower().endswith(VIDEO_EXTENSIONS)
+        and not parts[1].lower().endswith(VIDEO_EXTENSIONS)
         for parts in (cell.rsplit(None, 1) for cell in cells))
 
 
@@ -361,6 +363,18 @@ def _spelling(name):
     return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
+def _near_class(name, spellings):
+    """' (the class ... written otherwise)' where a class of `spellings`
+    (`_spelling` to name) is `name` written otherwise, else ''."""
+    near = spellings.get(_spelling(name))
+    if near is None:
+        return ""
+    if unicodedata.normalize("NFC", near) == unicodedata.normalize("NFC", name):
+        # Printed alike: their code points tell them apart.
+        return f" (the class {ascii(near)} is the same text in another Unicode form, {ascii(name)})"
+    return f" (the class {near!r} differs from it only in case, spaces or Unicode form)"
+
+
 def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path",
                      names_from_labels=False):
     """Parse and check a `path,label` or `path,labels` CSV.
@@ -404,8 +418,9 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
         path = _video_path(base, row[0])
         if not os.path.isfile(path):
             trimmed = " (with the spaces around it trimmed)" if row[0] != row[0].strip() else ""
-            problems.append(f"row {number}: {row[0]!r}: no such file{trimmed}")
-            if not os.path.isabs(os.path.expanduser(row[0].strip())):
+            home = f" ({path!r})" if row[0].strip().startswith("~") else ""
+            problems.append(f"row {number}: {row[0]!r}: no such file{home}{trimmed}")
+            if not home and not os.path.isabs(row[0].strip()):
                 notes.add(f"a relative path is read from the CSV's folder, {base!r}")
             continue
         tokens = row_tokens[number]
@@ -429,10 +444,7 @@ def read_csv_records(csv_path, num_classes, class_names=None, argument="csv_path
                            f"{';'.join(token.split())!r})")
                 continue
             else:
-                near = spellings.get(_spelling(token))
-                bad.append(f"unknown label {token!r}" + (
-                    f" (the class {near!r} differs from it only in case, spaces or Unicode "
-                    "form)" if near else ""))
+                bad.append(f"unknown label {token!r}{_near_class(token, spellings)}")
                 notes.add(f"the {len(class_names)} classes: {id_names(class_names)}"
                           if class_names else "without class names, a label is a class id"
                           f" in [0, {num_classes})")
@@ -469,8 +481,11 @@ def _video_path(base, cell):
     """The file a CSV cell names, relative to the CSV's folder. Spaces around
     it are trimmed (`a.mp4, 0`), unless only the name with them is a file (a
     name that ends in a space, quoted in the CSV)."""
-    # `~/clips/a.mp4`, as data.train_csv itself is read.
-    path = _tidy(os.path.join(base, os.path.expanduser(cell.strip())))
+    path = _tidy(os.path.join(base, cell.strip()))
+    if cell.strip().startswith("~") and not os.path.isfile(path):
+        # `~/clips/a.mp4`, as data.train_csv itself is read (a folder `~` beside
+        # the CSV first, as it was).
+        path = _tidy(os.path.join(base, os.path.expanduser(cell.strip())))
     if cell != cell.strip() and not os.path.isfile(path):
         exact = _tidy(os.path.join(base, cell))
         if os.path.isfile(exact):
@@ -549,8 +564,12 @@ def read_folder_records(root, class_names=None, argument="root"):
         raise MissingFileError(f"Video folder not found. Received: {argument}={root!r}")
     folders = class_folders(root)
     class_names = list(class_names) if class_names else folders
-    unknown = [f"folder {d!r}: unknown label" for d in folders if d not in class_names]
-    _raise_for_problems(unknown, root, argument)
+    spellings = {_spelling(name): name for name in class_names}
+    unknown = [f"folder {d!r}: unknown label{_near_class(d, spellings)}" for d in folders
+               if d not in class_names]
+    _raise_for_problems(unknown, root, argument, summary=(
+        f"{len(unknown)} unknown class folder(s) (the {len(class_names)} classes: "
+        f"{id_names(class_names)})"))
     records, unused, empty = [], [d for d in _visible(root) if d not in folders], []
     # Absolute, as a CSV's rows are made: a run resumed from another working
     # directory (or with the folder's absolute path) lists the same videos.
@@ -1052,28 +1071,56 @@ def class_names_from_config(data_config):
 
 def _read_class_names(path):
     """The names of a class-name file in class-id order: one a line, numbered
-    lines (UCF101's classInd.txt, `1 ApplyEyeMakeup`; `0,abseiling`), or JSON:
-    a list, names to ids (Something-Something's labels.json) or ids to names.
-    Each was read a line a name ('1 ApplyEyeMakeup', or a whole JSON file)."""
+    lines (UCF101's classInd.txt, `1 ApplyEyeMakeup`; `0,abseiling` under an
+    `id,name` header), or JSON: a list, names to ids (Something-Something's
+    labels.json) or ids to names. Each was read a line a name ('1
+    ApplyEyeMakeup', or a whole JSON file)."""
     text = _read_text(path, "data.class_names")
-    if text.lstrip()[:1] in ("[", "{"):
-        try:
-            numbered = _numbered_json(json.loads(text))
-        except ValueError:
-            numbered = None
-        if numbered is None:
-            raise DatasetError(f"{path!r} is JSON but not a list of class names, nor a mapping "
-                               "of names to class ids 0, 1, 2, ... (or of ids to names). "
-                               f"Received: data.class_names={path!r}")
-        return numbered
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    matches = [_NUMBERED_LINE.fullmatch(line) for line in lines]
-    if not all(matches):
-        return lines
-    # Names that start with numbers of their own stay whole.
-    numbered = {int(m.group(1)): m.group(2).strip() for m in matches}
-    names = _in_id_order(numbered, len(lines))
+    names = _json_class_names(text, path)
     if names is None:
+        names = _numbered_names([line.strip() for line in text.splitlines() if line.strip()],
+                                path)
+    if not names:  # an empty file was the classes [] (an IndexError once)
+        raise DatasetError(f"{path!r} names no class. Received: data.class_names={path!r}")
+    return names
+
+
+def _json_class_names(text, path):
+    """The names of a JSON list or mapping of class names; None where `text`
+    is not JSON (`[background]` on a line of its own is a name)."""
+    if text.lstrip()[:1] not in ("[", "{"):
+        return None
+    try:
+        index = json.loads(text)
+    except ValueError:
+        return None
+    names = _numbered_json(index)
+    if names is None:
+        raise DatasetError(f"{path!r} is JSON but not a list of class names, nor a mapping "
+                           "of distinct names to class ids 0, 1, 2, ... (or of ids to names). "
+                           f"Received: data.class_names={path!r}")
+    return names
+
+
+def _numbered_names(lines, path):
+    """`lines` as names in the order of their numbers where each (but an `id,name`
+    header) is `<number> <name>`, the numbers running 0, 1, ... or 1, 2, ...;
+    else the lines themselves (names that start with numbers of their own)."""
+    if not lines:
+        return lines
+    matches = [_NUMBERED_LINE.fullmatch(line) for line in lines]
+    header = len(lines) > 1 and bool(_HEADER_LINE.fullmatch(lines[0].lower()))
+    numbered = {int(m.group(1)): _unquoted(m.group(2)) for m in matches if m}
+    body = len(lines) - header
+    names = _in_id_order(numbered, body) if all(matches[header:]) else None
+    if names is None:
+        if 2 * sum(map(bool, matches)) > len(lines):
+            logger.warning(
+                "%d of the %d lines of %r start with a number, but they are not read as "
+                "numbered class names (numbers 0, 1, 2, ... or 1, 2, 3, ..., each once, with "
+                "distinct names): each line is a name, its number included (%r, ...). "
+                "Received: data.class_names=%r", sum(map(bool, matches)), len(lines), path,
+                lines[0], path)
         return lines
     if 0 not in numbered:
         logger.info("The class names of %r are numbered from 1: class id 0 is its number 1 "
@@ -1082,15 +1129,26 @@ def _read_class_names(path):
     return names
 
 
+def _unquoted(name):
+    # `0,"abseiling, rope"`: a CSV's quotes.
+    name = name.strip()
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"').strip()
+    return name
+
+
 # `1 ApplyEyeMakeup`, `0,abseiling`, `7: juggling`.
 _NUMBERED_LINE = re.compile(r"(\d+)\s*[,:;\t ]\s*(\S.*)")
+# `id,name`, `index class`.
+_HEADER_LINE = re.compile(r"(id|index|idx|number|class_id|label_id)\s*[,:;\t ]\s*"
+                          r"(name|class|label|class_name|label_name|category)")
 
 
 def _in_id_order(numbered, count):
     """The names of `{number: name}` in order, if the `count` numbers run 0, 1,
-    2, ... or 1, 2, 3, ...; else None."""
+    2, ... or 1, 2, 3, ... and the names are distinct; else None."""
     first = min(numbered, default=0)
-    if len(numbered) != count or first not in (0, 1) or (
+    if len(numbered) != count or first not in (0, 1) or len(set(numbered.values())) != count or (
             sorted(numbered) != list(range(first, first + count))):
         return None
     return [numbered[i] for i in sorted(numbered)]
