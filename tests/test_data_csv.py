@@ -864,3 +864,18 @@ def test_a_json_class_name_file_of_another_shape_is_refused(tmp_path, text):
     with pytest.raises(data.DatasetError, match="is JSON but not a list of class names.*"
                        "Received: data.class_names="):
         data.class_names_from_config({"class_names": str(path)})
+
+
+def test_a_multi_label_training_video_listed_with_different_labels_is_refused(videos):
+    """A row an action (`a.mp4,0` then `a.mp4,2`, as per-action lists are written)
+    trained each listing's classes as absent in the other, exit 0 without a word;
+    a single-label set already refused it."""
+    path = _csv(videos, "path,labels\na.mp4,0\nb.mp4,1\n./a.mp4,2\n", "actions.csv")
+    with pytest.raises(data.DatasetError, match=r"1 training video\(s\) listed more than once "
+                       r"with different labels \(first: '.*a.mp4', labels \(0,\) and \(2,\)\)"
+                       ".*all its labels in one cell. Received: data.train_csv="):
+        data.load_training_data(_data_config(train_csv=path, num_classes=3))
+    # The same labels again is oversampling.
+    again = _csv(videos, "path,labels\na.mp4,0 2\nb.mp4,1\na.mp4,2 0\n", "again.csv")
+    _, records, _, _ = data.load_training_data(_data_config(train_csv=again, num_classes=3))
+    assert len(records) == 3

@@ -111,3 +111,27 @@ def test_a_batchs_views_go_through_the_network_in_parts_and_average_the_same():
     # Traced with the parts' shapes (45 views a full batch): each at most the bound.
     assert calls and all(c is None or c <= evaluate.CLIPS_PER_CALL for c in calls), calls
     assert evaluate.CLIPS_PER_CALL < 45
+
+
+def test_map_says_over_how_many_classes_and_which_have_no_video(monkeypatch, caplog):
+    """A validation set with positives of 2 of 4 classes reported "mAP 0.27"
+    alone: its mean over 2 classes (Charades' rule) read as over 4."""
+    from nonlocal_keras.training import data, evaluate
+
+    scores = np.array([[0.9, 0.1, 0.3, 0.2], [0.2, 0.8, 0.1, 0.6], [0.7, 0.4, 0.2, 0.1]])
+    records = [data.VideoRecord(f"v{i}.mp4", labels, i)
+               for i, labels in enumerate([(0,), (3,), (0, 3)])]
+    monkeypatch.setattr(data, "eval_dataset", lambda share, *args, **kwargs: share)
+    monkeypatch.setattr(evaluate, "predict_videos",
+                        lambda model, share, *args: (scores, np.ones(len(share), bool)))
+    monkeypatch.setattr(data, "eval_options", lambda data_config: {})
+    config = {"num_classes": 4, "num_clips": 1, "num_crops": 1,
+              "class_names": ["run", "jump", "swim", "sit"]}
+    with caplog.at_level("WARNING"):
+        results = evaluate.evaluate_records(None, records, config, True, verbose=0)
+    expected = np.mean([average_precision_score([1, 0, 1], scores[:, 0]),
+                        average_precision_score([0, 1, 1], scores[:, 3])])
+    assert results["mAP"] == pytest.approx(expected) and results["mAP_classes"] == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["mAP is the mean over the 2 of 4 classes that have a video among the 3 "
+                      "evaluated; 2 have none ('jump', 'swim'), and no AP."], warned

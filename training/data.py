@@ -675,9 +675,8 @@ def load_training_data(data_config):
     train_records, multi_label = load_records(
         data_config["train_csv"], data_config["num_classes"], data_config["class_names"],
         argument="data.train_csv")
-    if not multi_label:
-        _refuse_one_video_two_classes(train_records, train)
-    else:
+    _refuse_one_video_two_classes(train_records, train, multi_label)
+    if multi_label:
         _warn_about_videos_of_no_class(train_records, train)
     present = {label for record in train_records for label in record.labels}
     if not multi_label and len(present) < 2 <= data_config["num_classes"]:
@@ -717,25 +716,34 @@ def _warn_about_videos_of_no_class(records, source):
                        ", ..." if len(rows) > 5 else "")
 
 
-def _refuse_one_video_two_classes(records, source):
+def _refuse_one_video_two_classes(records, source, multi_label=False):
     # By the file the path leads to: a class folder that is a symbolic link to
     # another (or a video linked into a second class's folder) lists each of
-    # its videos again under the other class.
-    classes, paths, resolve = {}, {}, _file_resolver()
+    # its videos again under the other class. Multi-label, a row an action
+    # (`a.mp4,2` and `a.mp4,11`) trained each row's classes as absent in the
+    # other. The same labels again are oversampling, which is allowed.
+    label_sets, paths, resolve = {}, {}, _file_resolver()
     for record in records:
         file = resolve(record.path)
-        classes.setdefault(file, set()).update(record.labels)
+        label_sets.setdefault(file, set()).add(record.labels)
         paths.setdefault(file, []).append(record.path)
-    both = [file for file, found in classes.items() if len(found) > 1]
-    if both:
-        listed = sorted(set(paths[both[0]]))
-        first = repr(listed[0]) if len(listed) == 1 else (
-            f"{listed[0]!r} and {listed[1]!r}, the same file {both[0]!r}")
+    both = [file for file, found in label_sets.items() if len(found) > 1]
+    if not both:
+        return
+    listed = sorted(set(paths[both[0]]))
+    first = repr(listed[0]) if len(listed) == 1 else (
+        f"{listed[0]!r} and {listed[1]!r}, the same file {both[0]!r}")
+    if multi_label:
         raise DatasetError(
-            f"{len(both)} training video(s) listed with different classes in a single-label "
-            f"set (first: {first}, classes {sorted(classes[both[0]])}): give each one "
-            f"class, or make the set multi-label ('path,labels'). Received: data.train_csv="
-            f"{source!r}")
+            f"{len(both)} training video(s) listed more than once with different labels "
+            f"(first: {first}, labels {' and '.join(map(str, sorted(label_sets[both[0]])))}): "
+            f"each listing trains the other's classes as absent; list a video once, with all "
+            f"its labels in one cell. Received: data.train_csv={source!r}")
+    raise DatasetError(
+        f"{len(both)} training video(s) listed with different classes in a single-label "
+        f"set (first: {first}, classes {sorted(set().union(*label_sets[both[0]]))}): give "
+        f"each one class, or make the set multi-label ('path,labels'). Received: "
+        f"data.train_csv={source!r}")
 
 
 def _file_resolver():

@@ -86,7 +86,8 @@ def score_metrics(scores, records, num_classes, multi_label):
     """top1/top5 (single-label) or mAP (multi-label) of per-video scores."""
     if multi_label:
         targets = data.multi_hot([r.labels for r in records], num_classes)
-        return {"mAP": metrics.mean_average_precision(scores, targets)}
+        return {"mAP": metrics.mean_average_precision(scores, targets),
+                "mAP_classes": int(np.count_nonzero(targets.sum(axis=0)))}
     labels = np.array([r.labels[0] for r in records])
     return {
         "top1": metrics.top_k_accuracy(scores, labels, 1),
@@ -129,6 +130,16 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
                            "(see the warnings above); nothing was evaluated.")
     kept = [r for r, s in zip(records, seen) if s]
     results = score_metrics(scores[seen], kept, num_classes, multi_label)
+    if results.get("mAP_classes", num_classes) < num_classes:
+        # As Charades' own scoring: a class of no positive has no AP.
+        present = {label for r in kept for label in r.labels}
+        absent = [i for i in range(num_classes) if i not in present]
+        names = data_config.get("class_names")
+        logger.warning("mAP is the mean over the %d of %d classes that have a video among the "
+                       "%d evaluated; %d have none (%s), and no AP.", results["mAP_classes"],
+                       num_classes, len(kept), len(absent), ", ".join(
+                           repr(names[i]) if names else str(i) for i in absent[:10])
+                       + (", ..." if len(absent) > 10 else ""))
     results.update({
         "num_videos": int(seen.sum()),
         "skipped_videos": int(len(records) - seen.sum()),
