@@ -879,3 +879,10 @@ def test_a_multi_label_training_video_listed_with_different_labels_is_refused(vi
     again = _csv(videos, "path,labels\na.mp4,0 2\nb.mp4,1\na.mp4,2 0\n", "again.csv")
     _, records, _, _ = data.load_training_data(_data_config(train_csv=again, num_classes=3))
     assert len(records) == 3
+
+
+def test_a_folder_as_the_class_name_file_is_named_a_folder(tmp_path):
+    """It said "Class-name file not found" of a folder that is there."""
+    with pytest.raises(FileNotFoundError, match="is a folder, not a class-name file. Received: "
+                       "data.class_names="):
+        data.class_names_from_config({"class_names": str(tmp_path)})

@@ -255,3 +255,18 @@ def test_a_name_with_a_line_break_is_printed_as_one_quoted_name():
         "'a\\nb.mp4'", "  1. jump  0.7500"]
     assert predict.format_top_k("dir/c d é.mp4", scores, None, 2).splitlines() == [
         "dir/c d é.mp4", "  1. 1  0.7500", "  2. 0  0.2500"]
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_a_multi_label_models_scores_are_said_to_be_its_classes_own(
+        setup, monkeypatch, capsys, multi_label):
+    """Its sigmoid scores were printed as a softmax's are (14 of them summed to 6.9)."""
+    _, saved, videos, _, _ = setup
+    scores = np.array([[0.9, 0.8, 0.1]] * len(videos))
+    monkeypatch.setattr(predict, "predict_files", lambda *args, **kwargs: (
+        scores, {}, {"multi_label": multi_label, "class_names": ["a", "b", "c"]}))
+    assert predict.main([*videos, "--model", saved]) == 0
+    out, err = capsys.readouterr()
+    assert parse_top_k(out)[videos[0]] == [("a", 0.9), ("b", 0.8), ("c", 0.1)]
+    said = "Multi-label model: each score is its class's own sigmoid (they do not sum to 1).\n"
+    assert (said in err) == multi_label, err

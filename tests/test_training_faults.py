@@ -693,6 +693,13 @@ def test_fine_tuning_to_another_class_count_the_charades_way(tmp_path):
     assert "(file: (4, 3))" in result.stderr  # the classifier kernel: 4 channels, 3 classes
     results = json.loads((target / "results.json").read_text())
     assert "mAP" in results["eval"]
+    # A folder per class against it was said to be "single-label (a 'label' column)".
+    from nonlocal_keras.training import errors, evaluate
+
+    (tmp_path / "per_class" / "0").mkdir(parents=True)
+    with pytest.raises(errors.ConfigError, match=r"trained multi-label .*evaluation CSV is "
+                       r"single-label \(a folder per class\)"):
+        evaluate.main(["--run-dir", str(target), "--set", f"data.val_csv={tmp_path / 'per_class'}"])
     # Every weight but the classifier's came from the source run (before training moved it).
     source_model = keras.models.load_model(source / "model.keras")
     tuned = keras.models.load_model(target / "model.keras")

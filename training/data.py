@@ -1063,7 +1063,9 @@ def class_names_from_config(data_config):
     names = data_config.get("class_names")
     if isinstance(names, str):
         if not os.path.isfile(names):
-            raise MissingFileError(f"Class-name file not found. Received: data.class_names={names!r}")
+            what = (f"{names!r} is a folder, not a class-name file" if os.path.isdir(names)
+                    else "Class-name file not found")
+            raise MissingFileError(f"{what}. Received: data.class_names={names!r}")
         return _read_class_names(names)
     if names:
         return list(names)

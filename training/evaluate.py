@@ -204,6 +204,7 @@ def main(argv=None):
     if None not in (trained, multi_label) and trained != multi_label:
         how, why = ("multi-label", evidence[0]) if trained else ("single-label", evidence[1])
         kind = ("multi-label (a 'labels' column)" if multi_label
+                else "single-label (a folder per class)" if os.path.isdir(data_config["val_csv"])
                 else "single-label (a 'label' column)")
         raise ConfigError(
             f"The run was trained {how} ({why}) and the evaluation CSV is {kind}: evaluate it "

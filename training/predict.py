@@ -119,6 +119,9 @@ def main(argv=None):
     scores, failures, metadata = predict_files(args.videos, model, args.num_clips,
                                                args.num_crops, args.batch_size,
                                                verbose=0 if args.no_progress else 1)
+    if metadata.get("multi_label"):
+        print("Multi-label model: each score is its class's own sigmoid (they do not sum to 1).",
+              file=sys.stderr)
     for path, video_scores in zip(args.videos, scores):
         if path not in failures:
             print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))
