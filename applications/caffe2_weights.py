@@ -29,7 +29,7 @@ import sys
 import keras
 import numpy as np
 
-from nonlocal_keras.applications import video_resnet
+from nonlocal_keras.applications import h5_weights, video_resnet
 from nonlocal_keras.applications.video_resnet_spec import NONLOCAL_LAYOUTS
 from nonlocal_keras.layers import NonLocal3D
 
@@ -325,6 +325,7 @@ def convert_caffe2_weights(source, arch, destination, classes=None, overwrite=Tr
     _check_new(destination, overwrite)  # another process may have written it meanwhile
     with atomic.replace(destination, atomic.model_size(model)) as temporary:
         model.save_weights(temporary)
+        h5_weights.write_block_names(temporary, model)
     return model, unused
 
 

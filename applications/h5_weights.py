@@ -6,6 +6,7 @@ and one holding less, or of other shapes, with an error that names neither
 weight nor shape ("Example error message for object ...:", then nothing).
 """
 
+import json
 import os
 import re
 import tempfile
@@ -116,6 +117,48 @@ def mismatch(model, found, may_drop=()):
 
 # Keras names a block's arrays by its class: `layers/non_local3d_2/bn/vars/0`.
 _BLOCK_BN = re.compile(r"^(layers/non_local[123]d(?:_\d+)?/)bn/")
+
+# The HDF5 attribute in which our weights files name their non-local blocks.
+BLOCKS_ATTRIBUTE = "nonlocal_keras.nonlocal_blocks"
+
+
+def block_names(model):
+    """The names of `model`'s non-local blocks (`res4_3_nonlocal`) in the order
+    of its weights file, which places the n-th block of a class at
+    `layers/non_local3d_<n>` whatever its name or place in the network."""
+    from nonlocal_keras.layers.base_nonlocal import BaseNonLocal
+
+    return [layer.name for layer in model.layers if isinstance(layer, BaseNonLocal)]
+
+
+def write_block_names(path, model):
+    """Record `block_names(model)` in the weights file `path` (`block_place_difference`)."""
+    with h5py.File(path, "a") as handle:
+        handle.attrs[BLOCKS_ATTRIBUTE] = json.dumps(block_names(model))
+
+
+def block_place_difference(model, path):
+    """Words saying that the non-local blocks of the weights file `path` sit
+    elsewhere in the network than `model`'s, else None (also where the file
+    does not say, as files written before 2026-12-07 and other programs'). The
+    file places blocks by their order: blocks after res3_1, res3_3 and res4_1
+    loaded into blocks after res3_0, res3_2 and res4_0 without a word."""
+    try:
+        with h5py.File(path, "r") as handle:
+            theirs = json.loads(handle.attrs[BLOCKS_ATTRIBUTE])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    ours = block_names(model)
+    if not isinstance(theirs, list) or theirs[:len(ours)] == ours[:len(theirs)]:
+        return None  # the same places; blocks one side lacks are said elsewhere
+    return (f"its non-local blocks are {_blocks(theirs)}, the model's {_blocks(ours)}, and a "
+            "weights file places blocks by their order, so each would load into a block at "
+            "another place: build the model with the file's blocks (model.nonlocal_blocks)")
+
+
+def _blocks(names):
+    shown = [name[:-len("_nonlocal")] if name.endswith("_nonlocal") else name for name in names]
+    return ", ".join(shown) if shown else "none"
 
 
 def block_bn_difference(own, found):

@@ -432,7 +432,8 @@ def _load_weights(model, weights, spec, include_top):
         # non-local blocks into the network without them) without a word.
         # Without the top, a whole network's file gives the backbone (its
         # classifier, the one Dense layer, left out), as keras.applications' files do.
-        detail = h5_weights.mismatch(model, found, may_drop=() if include_top else (CLASSIFIER,))
+        detail = (h5_weights.mismatch(model, found, may_drop=() if include_top else (CLASSIFIER,))
+                  or h5_weights.block_place_difference(model, weights))
         if detail:
             raise ValueError(f"The weights file is another network's (other `nonlocal_blocks`, "
                              f"depth, width or `classes`?): {detail}. Received: weights={weights!r}")

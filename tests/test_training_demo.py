@@ -53,6 +53,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     assert metadata.get("class_names") == run_config["data"]["class_names"]
     for run in ("demo_c2d", "demo_nl_c2d"):
         assert (tmp_path / "runs" / run / "final.weights.h5").is_file()
+    # Their weights files (final and committed) name their non-local blocks, which
+    # a fine-tuning or an evaluation checks the model's against.
+    import h5py
+
+    from nonlocal_keras.applications import h5_weights
+
+    for run, blocks in (("demo_c2d", []), ("demo_nl_c2d", ["nonlocal"])):
+        files = [tmp_path / "runs" / run / "final.weights.h5",
+                 *(tmp_path / "runs" / run).glob("**/ckpt-*.weights.h5")]
+        assert len(files) > 1
+        for file in files:
+            with h5py.File(file, "r") as handle:
+                assert json.loads(handle.attrs[h5_weights.BLOCKS_ATTRIBUTE]) == blocks, file
     assert len(os.listdir(out / "examples")) == demo.EXAMPLE_VIDEOS
     assert written["best"] in ("C2D", "NL-C2D")
     # Again: both runs are finished, nothing is retrained, the export is replaced.

@@ -431,6 +431,51 @@ def test_blocks_without_their_bn_in_the_file_are_refused_naming_the_argument(tmp
     assert len(left_new) == 12 and restored
 
 
+def test_blocks_the_file_has_at_other_places_are_refused(tmp_path):
+    """Found by a walk: a run's blocks after res3_1, res3_3 and res4_1/3/5 loaded
+    into blocks after res3_0, res3_2 and res4_0/2/4 (`Loaded 327 of 327 weight
+    arrays`), in fine-tuning, evaluation and export alike: a weights file places
+    the n-th block at `layers/non_local3d_<n>`, whatever its place."""
+    from nonlocal_keras.applications import h5_weights
+    from nonlocal_keras.training import errors, models
+
+    def network(blocks, **kwargs):
+        return VideoResNet((2, 2), width=4, input_shape=(4, 32, 32, 3), classes=5,
+                           nonlocal_blocks=blocks, **kwargs)
+
+    source = network({"res2": [0], "res3": [1]})
+    path, unnamed = str(tmp_path / "named.weights.h5"), str(tmp_path / "unnamed.weights.h5")
+    source.save_weights(path)
+    source.save_weights(unnamed)
+    h5_weights.write_block_names(path, source)
+    # The file's order is the model's: its n-th block's arrays are the n-th name's.
+    arrays = h5_weights.layer_arrays(path)
+    for index, name in enumerate(["res2_0_nonlocal", "res3_1_nonlocal"]):
+        group = "layers/non_local3d" + (f"_{index}" if index else "")
+        theta = source.get_layer(name).theta.kernel
+        assert any(np.array_equal(value, np.asarray(theta)) for key, value in arrays.items()
+                   if key.startswith(group + "/")), name
+    said = (r"its non-local blocks are res2_0, res3_1, the model's res2_0, res3_0, and a weights "
+            r"file places blocks by their order")
+    elsewhere = {"res2": [0], "res3": [0]}
+    with pytest.raises(errors.ConfigError, match=said):
+        models.load_matching_weights(network(elsewhere), path)
+    with pytest.raises(errors.ConfigError, match=said):
+        models._refuse_other_architecture(network(elsewhere), path, "it", "model.weights=x")
+    with pytest.raises(ValueError, match=said):
+        network(elsewhere, weights=path)
+    restored, left_new = models.load_matching_weights(network({"res2": [0], "res3": [1]}), path)
+    assert restored and not left_new
+    # A block the file lacks, after those it has, still starts new.
+    one, first = str(tmp_path / "one.weights.h5"), network({"res2": [0]})
+    first.save_weights(one)
+    h5_weights.write_block_names(one, first)
+    restored, left_new = models.load_matching_weights(network({"res2": [0], "res3": [1]}), one)
+    assert restored and left_new
+    # Keras' own files name no block: placed by order, as before.
+    models.load_matching_weights(network(elsewhere), unnamed)
+
+
 def test_a_temporary_folder_that_takes_no_more_is_named(tmp_path, monkeypatch):
     """The check above writes the model's own weights in the temporary folder:
     a full /tmp (or a file size limit) was h5py's OSError or RuntimeError, a

@@ -253,7 +253,7 @@ def _refuse_other_architecture(model, path, built, received):
     the weights."""
     found = _datasets(path, received)
     with _refused_copies_named():
-        detail = h5_weights.mismatch(model, found)
+        detail = h5_weights.mismatch(model, found) or h5_weights.block_place_difference(model, path)
     if detail:
         raise ConfigError(f"The weights of {path} are not those of {built}, the network the "
                           f"config's model.* fields build (another architecture, or another "
@@ -405,7 +405,8 @@ def load_matching_weights(model, path, other_classes=False):
                           f"Received: model.weights={path!r}")
     # The blocks' BN would be left new (a frozen-BN release into blocks with BN:
     # it trained another function than the release's, exit 0), or have no place.
-    different_bn = h5_weights.block_bn_difference(own, found)
+    different_bn = (h5_weights.block_bn_difference(own, found)
+                    or h5_weights.block_place_difference(model, path))
     if different_bn:
         raise ConfigError(f"The weights do not fit {model.name!r}: {different_bn}. "
                           f"Received: model.weights={path!r}")

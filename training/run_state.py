@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nonlocal_keras.applications import h5_weights
 from nonlocal_keras.training import atomic
 from nonlocal_keras.training.errors import DatasetError, FolderError, UserError
 
@@ -422,6 +423,7 @@ class RunState:
         if self._committed is None or self._committed["weights"] != name:
             with atomic.replace(path, atomic.model_size(model)) as temporary:
                 model.save_weights(temporary)
+                h5_weights.write_block_names(temporary, model)
                 if self.labels:
                     write_labels(temporary, self.labels)
         metrics = None

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from nonlocal_keras.applications import h5_weights
 from nonlocal_keras import command_lines, cpu
 from nonlocal_keras.training import (atomic, cli, cluster_stop, data, evaluate, models, optim,
                                      precise_bn, progress, run_state, runtime)
@@ -468,6 +469,7 @@ def run(config, strategy=None, restart=False):
                 final = os.path.join(run_dir, run_state.FINAL_WEIGHTS)
                 with atomic.replace(final, size) as temporary:
                     model.save_weights(temporary)
+                    h5_weights.write_block_names(temporary, model)
                     run_state.write_labels(temporary, labels)
                 with atomic.replace(os.path.join(run_dir, run_state.FINAL_MODEL), size) as temporary:
                     model.save(temporary)
