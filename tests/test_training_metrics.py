@@ -135,3 +135,28 @@ def test_map_says_over_how_many_classes_and_which_have_no_video(monkeypatch, cap
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warned == ["mAP is the mean over the 2 of 4 classes that have a video among the 3 "
                       "evaluated; 2 have none ('jump', 'swim'), and no AP."], warned
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scores_that_are_no_numbers_are_said_to_be_the_models(monkeypatch, workers):
+    """A run whose weights overflowed (weight decay 1e9: loss 1e7, weights 4e29)
+    scored NaN, and its evaluation said "None of the 8 evaluation videos could be
+    decoded (see the warnings above)", with no warning above."""
+    from nonlocal_keras.training import data, evaluate, runtime
+    from nonlocal_keras.training.run_state import DivergedError
+
+    records = [data.VideoRecord(f"v{i}.mp4", (i % 2,), i) for i in range(4)]
+    table = np.array([[0.5, 0.5], [np.nan, np.nan], [0.2, 0.8], [np.inf, 0.0]], np.float32)
+    monkeypatch.setattr(data, "eval_dataset", lambda share, *args, **kwargs: share)
+    monkeypatch.setattr(evaluate, "predict_videos", lambda model, share, *args: (
+        table[[r.row for r in share]], np.ones(len(share), bool)))
+    monkeypatch.setattr(data, "eval_options", lambda data_config: {})
+    monkeypatch.setattr(runtime, "worker_share", lambda strategy: (0, workers))
+    # The other worker's share (rows 1 and 3) as it would send it.
+    other = np.zeros((4, 4), np.float32)
+    other[1::2, -2:] = 1
+    monkeypatch.setattr(runtime, "sum_over_workers", lambda strategy, value: value + other)
+    with pytest.raises(DivergedError, match=r"scores of 2 of the 4 evaluation videos decoded "
+                       r"are not numbers \(NaN or infinite\): its weights have diverged"):
+        evaluate.evaluate_records(None, records, {"num_classes": 2, "num_clips": 1,
+                                                  "num_crops": 1}, False, verbose=0)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from nonlocal_keras import command_lines
 from nonlocal_keras.training import atomic, data, export, metrics, progress, runtime
+from nonlocal_keras.training.run_state import DivergedError
 from nonlocal_keras.training import config as config_lib
 from nonlocal_keras.training.errors import (ConfigError, DatasetError, FolderError,
                                            MissingFileError, UserError)
@@ -53,14 +54,16 @@ def predict_videos(model, dataset, num_videos, num_classes, bar=None):
         return _over_replicas(strategy, clip_scores, clips) if mirrored else clip_scores(clips)
 
     scores = np.full((num_videos, num_classes), np.nan, np.float32)
+    seen = np.zeros(num_videos, bool)
     for views, _, index in (bar.wrap(dataset) if bar else dataset):
+        seen[index.numpy()] = True
         shape = tf.shape(views)
         flat = tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0))
         parts = [part_scores(flat[start:start + per_call])
                  for start in range(0, int(tf.shape(flat)[0]), per_call)]
         scores[index.numpy()] = tf.reduce_mean(
             tf.reshape(tf.concat(parts, 0), [shape[0], shape[1], -1]), axis=1).numpy()
-    return scores, ~np.isnan(scores[:, 0])
+    return scores, seen
 
 
 # At most this many clips (a replica) go through the network at once: a batch's
@@ -119,12 +122,21 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
     start = time.perf_counter()
     bar = progress.VideoProgress(len(share), lambda: skipped.total, verbose)
     scores, seen = predict_videos(model, dataset, len(share), num_classes, bar)
+    # Scores that are no numbers were "videos that could not be decoded".
+    diverged = seen & ~np.isfinite(scores).all(axis=1)
     if count > 1:
-        mine = np.zeros((len(records), num_classes + 1), np.float32)
-        mine[index::count, :-1] = np.nan_to_num(scores, nan=0.0)
-        mine[index::count, -1] = seen
+        mine = np.zeros((len(records), num_classes + 2), np.float32)
+        mine[index::count, :-2] = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
+        mine[index::count, -2] = seen
+        mine[index::count, -1] = diverged
         every = runtime.sum_over_workers(strategy, mine)
-        scores, seen = every[:, :-1], every[:, -1] > 0
+        scores, seen, diverged = every[:, :-2], every[:, -2] > 0, every[:, -1] > 0
+    if diverged.any():
+        raise DivergedError(
+            f"The model's scores of {int(diverged.sum())} of the {int(seen.sum())} evaluation "
+            "videos decoded are not numbers (NaN or infinite): its weights have diverged or "
+            "hold NaN. A run that trained them needs a lower optimizer.learning_rate (or "
+            "optimizer.weight_decay) and --restart.")
     if not seen.any():
         raise DatasetError(f"None of the {len(records)} evaluation videos could be decoded "
                            "(see the warnings above); nothing was evaluated.")
