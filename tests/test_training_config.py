@@ -348,3 +348,44 @@ def test_octal_and_sexagesimal_numbers_are_not_read_as_such(tmp_path):
     assert config_lib.load_config(None, ["runtime.output_dir=08"])["runtime"]["output_dir"] == "08"
     with pytest.raises(config_lib.ConfigError, match=r"'1\.5' is not an integer"):
         config_lib.load_config(None, ["train.seed=!!int 1.5"])
+
+
+def test_a_config_that_is_no_yaml_file_or_a_detection_config_is_named_as_such(tmp_path):
+    """A folder or /dev/null was "No such config file" of what is there; the
+    detection command's `maskrcnn_tiny` failed as an unknown field of this format."""
+    from nonlocal_keras.training.errors import ConfigError, MissingFileError
+
+    for path in (str(tmp_path), "/dev/null"):
+        with pytest.raises(MissingFileError, match=rf"'{path}' is not a config file \(a YAML "
+                           rf"file, or a shipped config's name: .*Received: config='{path}'"):
+            config_lib.resolve_path(path)
+    with pytest.raises(ConfigError, match=r"'maskrcnn_tiny' is a config of "
+                       r"nonlocal-train-detection .*Received: config='maskrcnn_tiny'"):
+        config_lib.resolve_path("maskrcnn_tiny")
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("classes", 5, r"model.classes is set by the command \(data.num_classes\)"),
+    ("include_top", False, r"model.include_top is set by the command \(always True\)"),
+    ("width", "1e9", r"`width` must be an integer of at least 2. Received: width='1e9'")])
+def test_model_fields_the_command_sets_or_of_the_wrong_type_are_one_line(field, value, said):
+    """Python's words: "got multiple values for keyword argument 'classes'",
+    "unsupported operand type(s) for //: 'str' and 'int'" (YAML's `1e9` is a string)."""
+    from nonlocal_keras.training import models
+    from nonlocal_keras.training.errors import ConfigError
+
+    model = {"name": "nonlocal_keras.training.demo_model:DemoC2D", "weights": None, field: value}
+    data = {"num_frames": 4, "crop_size": 16, "num_classes": 3}
+    with pytest.raises(ConfigError, match=said):
+        models.build_model(model, data, multi_label=False)
+
+
+def test_a_runs_checkpoints_folder_as_weights_says_to_give_the_run(tmp_path):
+    from nonlocal_keras.training import models
+    from nonlocal_keras.training.errors import MissingFileError
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.weights.h5").write_bytes(b"")
+    with pytest.raises(MissingFileError, match=r"\(it is a run's own folder of them: give the "
+                       r"run folder\). Received: model.weights="):
+        models.weights_file(str(tmp_path / "run" / "checkpoints"))

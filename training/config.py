@@ -203,7 +203,15 @@ def resolve_path(name):
     """A config path, or the name of a shipped config (`demo_digits_nl_c2d`)."""
     if os.path.isfile(name):
         return name
+    if os.path.exists(name):  # a folder, a pipe, /dev/null: "no such file" of what is there
+        raise MissingFileError(f"{name!r} is not a config file (a YAML file, or a shipped "
+                               f"config's name: {', '.join(list_configs())}). "
+                               f"Received: config={name!r}")
     shipped = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(shipped) and os.path.basename(shipped)[:-5] not in list_configs():
+        # Model Garden's format: it failed as an unknown field of this one.
+        raise ConfigError(f"{name!r} is a config of nonlocal-train-detection (Model Garden's "
+                          f"format): run it with that command. Received: config={name!r}")
     if os.path.isfile(shipped):
         return shipped
     raise MissingFileError(

@@ -15,6 +15,7 @@ import keras
 from keras import layers
 
 from nonlocal_keras.layers import NonLocal3D
+from nonlocal_keras.utils import is_positive_int
 
 
 def _conv_bn_relu(x, filters, stride, name):
@@ -37,6 +38,9 @@ def DemoC2D(include_top=True, weights=None, input_tensor=None, input_shape=(8, 3
     """
     if nonlocal_blocks not in (0, 1):
         raise ValueError(f"`nonlocal_blocks` must be 0 or 1. Received: nonlocal_blocks={nonlocal_blocks}")
+    if not is_positive_int(width) or width < 2:
+        # A YAML `1e9` is a string: it was "unsupported operand type(s) for //".
+        raise ValueError(f"`width` must be an integer of at least 2. Received: width={width!r}")
     if not include_top or pooling is not None:
         raise ValueError("DemoC2D is a classifier: include_top=True, pooling=None. "
                          f"Received: include_top={include_top}, pooling={pooling}")

@@ -96,8 +96,11 @@ def weights_file(weights, argument="model.weights"):
             path = os.path.join(weights, name)
             if os.path.isfile(path):
                 return path
-        raise MissingFileError(f"The run folder has no weights ({', '.join(RUN_WEIGHTS)}). "
-                               f"Received: {argument}={weights!r}")
+        inside = (" (it is a run's own folder of them: give the run folder)"
+                  if os.path.basename(os.path.normpath(weights)) in ("checkpoints", "state")
+                  else "")
+        raise MissingFileError(f"The run folder has no weights ({', '.join(RUN_WEIGHTS)})"
+                               f"{inside}. Received: {argument}={weights!r}")
     if not os.path.isfile(weights):
         raise MissingFileError(f"Weights file not found. Received: {argument}={weights!r}")
     return weights
@@ -152,6 +155,12 @@ def check_evaluation_head(model, model_config, data_config):
             f"{model_config['name']} does not. Received: data.eval_crop_size={eval_crop}")
 
 
+# The constructor's arguments the command sets, and from what.
+RESERVED_ARGUMENTS = {"include_top": "always True", "input_shape": "data.num_frames and "
+                      "data.crop_size", "classes": "data.num_classes",
+                      "classifier_activation": "the label kind", "input_tensor": "never given"}
+
+
 def build_model(model_config, data_config, multi_label, fine_tune=False,
                 argument="model.weights"):
     """Call the constructor `model.name` with the clip shape and class count, then load weights.
@@ -168,6 +177,12 @@ def build_model(model_config, data_config, multi_label, fine_tune=False,
     """
     constructor = find_constructor(model_config["name"])
     kwargs = {k: v for k, v in model_config.items() if k not in ("name", "weights")}
+    reserved = [k for k in RESERVED_ARGUMENTS if k in kwargs]
+    if reserved:
+        # It was Python's "got multiple values for keyword argument 'classes'".
+        name = reserved[0]
+        raise ConfigError(f"model.{name} is set by the command ({RESERVED_ARGUMENTS[name]}): "
+                          f"leave it out. Received: model.{name}={kwargs[name]!r}")
     weights = model_config.get("weights")
     if names_a_file(weights) and not os.path.exists(weights):
         raise MissingFileError(f"No such weights file or run folder. Received: "
