@@ -186,6 +186,10 @@ def test_shipped_configs_load_and_say_how_to_run_them(name):
         assert f"--set model.weights=pretrained/{depth}_pretrain_c2_model_iter450450" in header
     if name.startswith(("kinetics", "charades")):
         assert config["data"]["eval_crop_size"] == 256  # the official fully-convolutional test
+    if name.startswith("charades"):
+        # Its header spelled out a schedule without the warm-up, which `schedule.epochs=1`
+        # then refused (warmup_epochs must be in [0, 1)).
+        assert config["schedule"]["warmup_epochs"] == 1 and "1 epoch of linear warm-up" in header
 
 
 @pytest.mark.parametrize("name", config_lib.list_configs())
