@@ -129,6 +129,27 @@ def test_a_models_config_that_serves_other_models_is_not_written_over(exported, 
     assert (tmp_path / "elsewhere" / "models.config").read_text() == theirs
 
 
+def test_a_hand_edited_config_or_a_file_of_the_users_is_not_written_over(exported, tmp_path):
+    """Found by a walk: `--write` replaced a models.config serving the same models
+    with a model_version_policy pinning version 1 (the server then served the
+    newest), and any models.config or request.json of the user's, exit 0."""
+    base = tmp_path / "base"
+    shutil.copytree(os.path.dirname(os.path.dirname(exported)), base)
+    pinned = serving_example.models_config(["demo"]).replace(
+        '    model_platform: "tensorflow"\n',
+        '    model_platform: "tensorflow"\n    model_version_policy { specific { versions: 1 } }\n')
+    for name, text in (("models.config", pinned), ("request.json", "important\n")):
+        (base / name).write_text(text)
+        with pytest.raises(errors.ConfigError, match=rf"'.*{name}' is there and is not as this "
+                           r"command writes it .*Received: --write="):
+            serving_example.main([str(base / "demo"), "--write", str(base)])
+        assert (base / name).read_text() == text
+        (base / name).unlink()
+    # Its own files are brought up to date.
+    assert serving_example.main([str(base / "demo"), "--write", str(base)]) == 0
+    assert serving_example.main([str(base / "demo"), "--write", str(base)]) == 0
+
+
 def test_a_damaged_or_foreign_savedmodel_is_one_error(exported, tmp_path):
     """A cut saved_model.pb was a DecodeError or IndexError traceback; one without
     serving_default a KeyError."""

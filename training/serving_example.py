@@ -163,10 +163,38 @@ def main(argv=None):
             raise ConfigError(f"{path!r} also serves models that are not in {base!r} "
                               f"({', '.join(others)}): add the models.config printed above to "
                               f"it by hand, or move it away. Received: --write={args.write!r}")
+        request = os.path.join(args.write, "request.json")
+        for written, ours in ((path, _written_config), (request, _written_request)):
+            # A hand-edited config (a model_version_policy pinning a version)
+            # or a file of the user's was replaced, exit 0.
+            if os.path.lexists(written) and not ours(written):
+                raise ConfigError(f"{written!r} is there and is not as this command writes it "
+                                  "(edited, or another file): move it away, or add what is "
+                                  f"printed above to it by hand. Received: --write={args.write!r}")
         atomic.make_folder(args.write, "--write")
         atomic.write_text(path, config)
-        atomic.write_text(os.path.join(args.write, "request.json"), body)
+        atomic.write_text(request, body)
     return 0
+
+
+def _written_config(path):
+    """Whether `path` is a models.config as `models_config` writes it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, ValueError):
+        return False
+    return text == models_config([name for name, _ in _served_models(path)])
+
+
+def _written_request(path):
+    """Whether `path` is a request body as `format_request` writes it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and set(body) == {"signature_name", "instances"}
 
 
 if __name__ == "__main__":
