@@ -129,7 +129,8 @@ def predict_parser():
     parser.add_argument("--model", type=_named, required=True,
                         help="a SavedModel version folder written by nonlocal-export, or "
                         "the model's folder above it (its highest version, as TF Serving)")
-    parser.add_argument("--top-k", type=_at_least(1), default=5)
+    parser.add_argument("--top-k", type=_at_least(1),
+                        help="classes shown per video (default: the export's --top-k)")
     parser.add_argument("--num-clips", type=_at_least(1), help="default: the value recorded at export")
     parser.add_argument("--num-crops", type=_at_least(1), help="default: the value recorded at export")
     parser.add_argument("--batch-size", type=_at_least(1), default=1, help="videos per model call")

@@ -270,3 +270,21 @@ def test_a_multi_label_models_scores_are_said_to_be_its_classes_own(
     assert parse_top_k(out)[videos[0]] == [("a", 0.9), ("b", 0.8), ("c", 0.1)]
     said = "Multi-label model: each score is its class's own sigmoid (they do not sum to 1).\n"
     assert (said in err) == multi_label, err
+
+
+def test_the_exports_top_k_is_predicts_default_and_a_file_is_no_savedmodel(
+        setup, monkeypatch, capsys, tmp_path):
+    """An export with --top-k 3 was predicted with 5 classes; a run's model.keras
+    as --model was "No such SavedModel folder" of a file that is there."""
+    _, saved, videos, _, _ = setup
+    scores = np.array([[0.4, 0.3, 0.2, 0.1]] * len(videos))
+    monkeypatch.setattr(predict, "predict_files", lambda *args, **kwargs: (
+        scores, {}, {"top_k": 2, "class_names": ["a", "b", "c", "d"]}))
+    for given, shown in (([], 2), (["--top-k", "3"], 3)):
+        assert predict.main([*videos, "--model", saved, *given]) == 0
+        assert len(parse_top_k(capsys.readouterr().out)[videos[0]]) == shown
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"x")
+    with pytest.raises(errors.MissingFileError, match=r"is a file, not a SavedModel folder \(a "
+                       r"run's model or weights\? nonlocal-export"):
+        export.read_metadata(str(keras_file))

@@ -1218,7 +1218,8 @@ def test_evaluate_output_naming_a_folder_is_refused_before_the_evaluation(tmp_pa
 
     config = tmp_path / "config.yaml"
     config.write_text("data: {val_csv: no_such.csv}\n")
-    with pytest.raises(FolderError, match=f"Cannot write the file {str(tmp_path)!r}: a folder"):
+    with pytest.raises(FolderError, match=f"Cannot write the file {str(tmp_path)!r}: a folder.*"
+                       f"Received: --output={str(tmp_path)!r}"):
         evaluate.main(["--config", str(config), "--output", str(tmp_path)])
     with pytest.raises(FolderError, match="a folder is there"):
         atomic.write_json(str(tmp_path), {"top1": 1.0})

@@ -196,12 +196,14 @@ def main(argv=None):
     config = config_lib.load_config(config_path, args.set)
     output = args.output or (args.run_dir and os.path.join(args.run_dir, "eval.json"))
     if output:
+        received = (f"--output={args.output!r}" if args.output
+                    else f"--run-dir={args.run_dir!r}")
         try:
             atomic.check_writable(output)
         except FolderError as error:
-            raise FolderError(f"{error}{'' if args.output else '; give --output'}") from None
-        _check_replaceable_results(output, f"--output={args.output!r}" if args.output
-                                   else f"--run-dir={args.run_dir!r}")
+            raise FolderError(f"{error}{'' if args.output else '; give --output'}. "
+                              f"Received: {received}") from None
+        _check_replaceable_results(output, received)
     # --config alone: the weights that run trained (as nonlocal-export finds them),
     # never the untrained model that config.yaml's model.weights: null builds.
     config["model"]["weights"] = args.weights or args.run_dir or export.find_weights(

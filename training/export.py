@@ -587,6 +587,10 @@ def exported_models(base):
 
 def read_metadata(saved_model_dir):
     """The settings that `export_saved_model` recorded (checked for what predict needs)."""
+    if os.path.isfile(saved_model_dir):  # a run's model.keras or weights: "no such folder"
+        raise MissingFileError(f"{saved_model_dir!r} is a file, not a SavedModel folder (a run's "
+                               "model or weights? nonlocal-export makes a SavedModel of a run). "
+                               f"Received: model={saved_model_dir!r}")
     if not os.path.isdir(saved_model_dir):
         raise MissingFileError(f"No such SavedModel folder. Received: model={saved_model_dir!r}")
     path = os.path.join(saved_model_dir, METADATA_FILE)

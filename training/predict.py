@@ -124,7 +124,8 @@ def main(argv=None):
               file=sys.stderr)
     for path, video_scores in zip(args.videos, scores):
         if path not in failures:
-            print(format_top_k(path, video_scores, metadata.get("class_names"), args.top_k))
+            print(format_top_k(path, video_scores, metadata.get("class_names"),
+                               args.top_k or metadata.get("top_k", 5)))
     for path, reason in failures.items():
         print(f"{shown(path)}: cannot read video ({reason})", file=sys.stderr)
     if failures:
