@@ -1269,7 +1269,7 @@ def test_evaluate_output_that_cannot_be_written_is_refused_before_the_evaluation
     assert os.listdir(locked) == []
     (locked / "config.yaml").write_text(config.read_text())  # a run folder: its eval.json
     with pytest.raises(FolderError, match=r"locked/eval.json' \(Permission denied\).*; give "
-                       "--output$"):
+                       r"--output\. Received: --run-dir='.*locked'$"):
         evaluate.main(["--run-dir", str(locked)])
 
 
