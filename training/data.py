@@ -142,6 +142,13 @@ def _read_rows(csv_path, argument="csv_path"):
     return header, rows
 
 
+def first_few(values, count, separator=", ", show=str):
+    """The first `count` of `values` as `show` writes them, joined, and '...'
+    after them where there are more."""
+    more = f"{separator}..." if len(values) > count else ""
+    return separator.join(map(show, values[:count])) + more
+
+
 def _shortened(text, limit=120):
     """`text`, or its start and '...' (a row of a JSON file on one line is megabytes)."""
     return text if len(text) <= limit else text[:limit] + "..."
@@ -194,14 +201,22 @@ def _split_at_spaces(header, rows):
         for parts in (cell.rsplit(None, 1) for cell in cells))
 
 
+def _json_list_or_mapping(text):
+    """The JSON list or mapping `text` holds, else None (a CSV, or a list of
+    names, whose first path or name starts with a bracket: `[background]`)."""
+    if text.lstrip()[:1] not in ("[", "{"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def _refuse_json(text, csv_path, argument):
     # Something-Something's index is a JSON list; its rows were "more cells than 2".
-    if text.lstrip()[:1] not in ("[", "{"):
+    index = _json_list_or_mapping(text)
+    if index is None:
         return
-    try:
-        index = json.loads(text)
-    except ValueError:
-        return  # a CSV whose first path starts with a bracket
     ssv2 = isinstance(index, list) and index and isinstance(index[0], dict) and (
         "template" in index[0])
     raise DatasetError(
@@ -324,7 +339,7 @@ def _refuse_fractions_in_names(names, csv_path, argument):
     timed = sorted(name for name in names
                    if any(_is_number(word) and not _is_int(word) for word in name.split()))
     if timed:
-        shown = ", ".join(repr(t) for t in timed[:3]) + (", ..." if len(timed) > 3 else "")
+        shown = first_few(timed, 3, show=repr)
         raise DatasetError(
             f"The labels of {csv_path!r} hold numbers with a fraction ({shown}), each of which "
             "would name a class: times or scores are no labels (Charades' actions column "
@@ -336,7 +351,7 @@ def _refuse_numbers_not_integers(numbers, csv_path, argument):
     # `1.0`, from a spreadsheet or pandas: as names, sorted as text ('10.0'
     # before '2.0'), against the ids 1, 2 of another CSV.
     numbers = sorted(t for t in numbers if not _is_int(t))
-    shown = ", ".join(repr(t) for t in numbers[:3]) + (", ..." if len(numbers) > 3 else "")
+    shown = first_few(numbers, 3, show=repr)
     raise DatasetError(f"The labels of {csv_path!r} are numbers but not all integers "
                        f"({shown}): write class ids as integers (0, 1, ...), or give "
                        f"class names as words. Received: {argument}={csv_path!r}")
@@ -353,8 +368,8 @@ def _refuse_name_variants(names, csv_path, argument, what="labels"):
     if variants:
         raise DatasetError(
             f"The {what} of {csv_path!r} write {len(variants)} class name(s) in several ways "
-            f"(differing only in case, spaces or Unicode form): {' / '.join(variants[:3])}"
-            f"{' / ...' if len(variants) > 3 else ''}. Write each class one way, or list the "
+            f"(differing only in case, spaces or Unicode form): {first_few(variants, 3, ' / ')}"
+            f". Write each class one way, or list the "
             f"classes in data.class_names to keep them apart. Received: {argument}={csv_path!r}")
 
 
@@ -590,9 +605,9 @@ def read_folder_records(root, class_names=None, argument="root"):
             empty.append(name)
     if unused:
         logger.warning("%d entr%s of %r not used (videos are read from the class folders, one "
-                       "level deep, with the extensions %s): %s%s", len(unused),
+                       "level deep, with the extensions %s): %s", len(unused),
                        "y" if len(unused) == 1 else "ies", root, " ".join(VIDEO_EXTENSIONS),
-                       ", ".join(unused[:5]), ", ..." if len(unused) > 5 else "")
+                       first_few(unused, 5))
     if empty and records:
         logger.warning("Class folder(s) of %r without a video: %s", root, ", ".join(empty))
     if not records:
@@ -711,9 +726,8 @@ def _warn_about_videos_of_no_class(records, source):
     # class as absent. Said, as an empty cell can also be a label left out.
     rows = [record.row for record in records if not record.labels]
     if rows:
-        logger.warning("%d training video(s) of %r have no label (rows %s%s): each trains every "
-                       "class as absent.", len(rows), source, ", ".join(map(str, rows[:5])),
-                       ", ..." if len(rows) > 5 else "")
+        logger.warning("%d training video(s) of %r have no label (rows %s): each trains every "
+                       "class as absent.", len(rows), source, first_few(rows, 5))
 
 
 def _refuse_one_video_two_classes(records, source, multi_label=False):
@@ -786,14 +800,13 @@ def _log_classes(records, data_config, multi_label, names_given=False):
         if empty:
             logger.warning("%d class(es) of data.class_names without a training video (never "
                            "learnt; a line that is no class?): %s", len(empty),
-                           ", ".join(map(repr, empty[:10])) + (", ..." if len(empty) > 10 else ""))
+                           first_few(empty, 10, show=repr))
     elif not data_config["class_names"] and not multi_label and not counts.all():
         # UCF101's and HMDB51's lists number classes from 1: with num_classes one
         # more, class 0 trained as an empty class, and every video as its id.
         empty = np.flatnonzero(counts == 0).tolist()
         logger.warning("%d class id(s) without a training video (never learnt): %s%s",
-                       len(empty), ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10
-                                                                      else ""),
+                       len(empty), first_few(empty, 10),
                        "; class ids start at 0 (ids from 1, as UCF101's lists number them? "
                        "subtract 1)" if empty[0] == 0 else "")
     rare = [n for n, c in zip(names, counts) if c == 1]
@@ -1098,11 +1111,8 @@ def _read_class_names(path):
 def _json_class_names(text, path):
     """The names of a JSON list or mapping of class names; None where `text`
     is not JSON (`[background]` on a line of its own is a name)."""
-    if text.lstrip()[:1] not in ("[", "{"):
-        return None
-    try:
-        index = json.loads(text)
-    except ValueError:
+    index = _json_list_or_mapping(text)
+    if index is None:
         return None
     names = _numbered_json(index)
     if names is None:

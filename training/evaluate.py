@@ -149,9 +149,8 @@ def evaluate_records(model, records, data_config, multi_label, batch_size=4, ski
         names = data_config.get("class_names")
         logger.warning("mAP is the mean over the %d of %d classes that have a video among the "
                        "%d evaluated; %d have none (%s), and no AP.", results["mAP_classes"],
-                       num_classes, len(kept), len(absent), ", ".join(
-                           repr(names[i]) if names else str(i) for i in absent[:10])
-                       + (", ..." if len(absent) > 10 else ""))
+                       num_classes, len(kept), len(absent), data.first_few(
+                           [repr(names[i]) if names else str(i) for i in absent], 10))
     results.update({
         "num_videos": int(seen.sum()),
         "skipped_videos": int(len(records) - seen.sum()),
