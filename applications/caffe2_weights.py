@@ -279,8 +279,12 @@ def _arch_spec(arch):
                          f"Received: arch={arch!r}")
     family, inflation, blocks, depth, stem, affine = match.groups()
     kwargs = {"nonlocal_blocks": int(blocks or 0), "stem": stem or "8x8"}
+    layout = NONLOCAL_LAYOUTS[int(depth)].get(kwargs["nonlocal_blocks"])
+    if kwargs["nonlocal_blocks"] and not layout:
+        # Checked here so that a misspelt name fails before the file is read.
+        raise ValueError("`_nl<blocks>` must be _nl1, _nl5 or _nl10 (the official layouts). "
+                         f"Received: arch={arch!r}")
     if affine:
-        layout = NONLOCAL_LAYOUTS[int(depth)].get(kwargs["nonlocal_blocks"])
         if not layout:
             raise ValueError("`_affine` (the frozen-BN non-local releases) needs non-local "
                              f"blocks, _nl1, _nl5 or _nl10. Received: arch={arch!r}")

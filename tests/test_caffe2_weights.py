@@ -235,6 +235,10 @@ def test_cli_errors(tmp_path):
     # A misspelt name is found before the file is read.
     assert "Received: --arch='c2d_r5'" in _command(
         str(tmp_path / "absent.pkl"), "--arch", "c2d_r5", target)
+    # So is a block count with no official layout (it reported the pickle's error first).
+    assert _command(str(tmp_path / "absent.pkl"), "--arch", "i3d_nl7_r50", target) == (
+        "nonlocal-convert-weights: error: `_nl<blocks>` must be _nl1, _nl5 or _nl10 (the "
+        "official layouts). Received: --arch='i3d_nl7_r50'")
     # The source by its argument (it was "[Errno 2] No such file or directory: ...").
     absent = str(tmp_path / "absent.pkl")
     assert _command(absent, "--arch", "c2d_r50", target) == (
