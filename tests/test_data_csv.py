@@ -683,6 +683,19 @@ def test_multi_label_training_videos_of_no_class_are_warned_about(videos, caplog
                       "every class as absent."], warned
 
 
+def test_multi_label_evaluation_videos_of_no_class_are_warned_about(videos, caplog):
+    """Found by a walk: a `;` alone (or an empty cell) in a validation `labels`
+    cell was a video of no class without a word; training warned."""
+    path = _csv(videos, "path,labels\na.mp4,0;1\nb.mp4,;\nc.mp4,2\n", "val.csv")
+    with caplog.at_level("WARNING"):
+        records, multi = data.load_val_records({"val_csv": path, "num_classes": 3,
+                                                "class_names": None})
+    assert multi and [list(r.labels) for r in records] == [[0, 1], [], [2]]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"1 evaluation video(s) of {path!r} have no label (rows 3): each is "
+                      "scored as absent from every class."], warned
+
+
 def test_a_multi_label_evaluation_set_without_a_label_is_refused(videos):
     """Its mAP was NaN: a traceback writing results.json, exit 1."""
     path = _csv(videos, "path,labels\na.mp4,\nb.mp4,\n")

@@ -650,6 +650,8 @@ def load_val_records(data_config, names_from_labels=False):
     if multi_label and not any(record.labels for record in records):
         raise DatasetError(f"No video of {source!r} has a label: its mAP is not a number. "
                            f"Received: data.val_csv={source!r}")
+    if multi_label:
+        _warn_about_videos_of_no_class(records, source, training=False)
     _warn_about_repeated_videos(records, source)
     return records, multi_label
 
@@ -721,13 +723,16 @@ def load_training_data(data_config):
     return data_config, train_records, val_records, multi_label
 
 
-def _warn_about_videos_of_no_class(records, source):
-    # Charades-style data may list a video of no action: it trains every
-    # class as absent. Said, as an empty cell can also be a label left out.
+def _warn_about_videos_of_no_class(records, source, training=True):
+    # Charades-style data may list a video of no action: it trains (or is
+    # scored) as absent from every class. Said, as an empty cell (or a `;`
+    # alone) can also be a label left out.
     rows = [record.row for record in records if not record.labels]
     if rows:
-        logger.warning("%d training video(s) of %r have no label (rows %s): each trains every "
-                       "class as absent.", len(rows), source, first_few(rows, 5))
+        logger.warning("%d %s video(s) of %r have no label (rows %s): each %s.", len(rows),
+                       "training" if training else "evaluation", source, first_few(rows, 5),
+                       "trains every class as absent" if training
+                       else "is scored as absent from every class")
 
 
 def _refuse_one_video_two_classes(records, source, multi_label=False):
