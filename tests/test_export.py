@@ -148,6 +148,15 @@ def test_normalized_signature_rejects_a_bad_crop(loaded):
         loaded.signatures["serving_normalized"](clips=tf.zeros((0, NUM_FRAMES, CROP, CROP, 3)))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_normalized_signature_rejects_frames_that_are_no_numbers(loaded, value):
+    """Found by a walk: a NaN frame gave NaN probabilities and top_k_classes 0-4."""
+    clips = np.zeros((1, NUM_FRAMES, CROP, CROP, 3), np.float32)
+    clips[0, 1, 2, 3, 0] = value
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must hold finite numbers"):
+        loaded.signatures["serving_normalized"](clips=tf.constant(clips))
+
+
 def test_wrong_dtype_is_rejected_naming_the_expected_dtype(loaded):
     floats = tf.zeros((1, NUM_FRAMES, FRAME_HEIGHT, FRAME_WIDTH, 3), tf.float32)
     # The signature (what TF Serving calls) checks the dtype before the graph runs.

@@ -264,7 +264,11 @@ def _endpoints(model, settings, top_k, table):
         return outputs(views)
 
     def from_normalized(clips):
-        return outputs(_checked(clips, tuple(model.input_shape), "float32"))
+        clips = _checked(clips, tuple(model.input_shape), "float32")
+        # A NaN frame gave NaN probabilities and top_k_classes 0, 1, 2, ... as an answer.
+        return outputs(tf.debugging.assert_all_finite(
+            clips, f"`{INPUT_NAME}` must hold finite numbers (no NaN or Inf): the "
+            "normalised frames, (pixel - mean) / std"))
 
     return from_uint8, from_normalized
 
