@@ -99,6 +99,33 @@ def test_seeded_initializer_gives_distinct_reproducible_projections():
     assert not np.array_equal(first["theta"][0], second["theta"][0])
 
 
+def _ones_times_a_hundredth(shape, dtype=None):
+    return keras.ops.ones(shape, dtype=dtype) * 0.01
+
+
+def test_a_function_initializer_builds_the_block():
+    """Found by a walk: a function as `kernel_initializer` (which `Dense` takes)
+    passed the constructor, then failed in `build` with "AttributeError: 'str'
+    object has no attribute 'get'"."""
+    layer = NonLocal2D(kernel_initializer=_ones_times_a_hundredth, inter_channels=4)
+    layer(np.ones((1, 4, 4, 8), "float32"))
+    for name, shape in (("theta", (8, 4)), ("phi", (8, 4)), ("g", (8, 4)), ("w_z", (4, 8))):
+        np.testing.assert_array_equal(ops.convert_to_numpy(getattr(layer, name).kernel),
+                                      np.full(shape, 0.01, "float32"))
+
+
+@pytest.mark.parametrize("value", [np.float32(0.01), np.full((8, 4), 0.01, "float32")],
+                         ids=["numpy scalar", "numpy array"])
+@pytest.mark.parametrize("name", ["kernel_initializer", "bias_initializer"])
+def test_an_array_initializer_is_refused_by_its_argument(name, value):
+    """Keras takes an array as one variable's values; the block's projections
+    have several shapes (it failed in `build` with Keras' shape error, or the
+    AttributeError above)."""
+    with pytest.raises(ValueError, match=rf"`{name}` must be a Keras initializer.*"
+                                         rf"Received: {name}="):
+        NonLocal2D(**{name: value})
+
+
 def test_numpy_integers_are_integers():
     layer = NonLocal2D(inter_channels=np.int64(4), pool_size=(np.int32(2), 2),
                        bn_momentum=np.float32(0.5))

@@ -5,7 +5,7 @@ import numbers
 
 import keras
 import numpy as np
-from keras import initializers, layers, ops, regularizers
+from keras import dtype_policies, initializers, layers, ops, regularizers
 from keras.saving import register_keras_serializable
 
 from nonlocal_keras import nonlocal_math
@@ -164,6 +164,8 @@ class BaseNonLocal(layers.Layer):
             keras.config.image_data_format() if data_format is None else data_format,
             ("channels_last", "channels_first"),
         )
+        _refuse_values("kernel_initializer", kernel_initializer)
+        _refuse_values("bias_initializer", bias_initializer)
         self.kernel_initializer = checked_get(
             initializers, "kernel_initializer", kernel_initializer, OFFICIAL_KERNEL_INITIALIZER
         )
@@ -379,6 +381,18 @@ class BaseNonLocal(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers(
+            include_self=False) if layer.quantization_mode}
+        if quantized and not isinstance(self._dtype_policy, dtype_policies.DTypePolicyMap):
+            # `model.quantize` quantizes the projections, not the block: the
+            # block's own policy would rebuild them unquantized on loading,
+            # and the saved int8 kernels and scales would not fit (keras-hub's
+            # convention: the sub-layers' policies by path, which `build`
+            # hands them as their `dtype`).
+            policies = dtype_policies.DTypePolicyMap(default_policy=self._dtype_policy)
+            for path, policy in quantized.items():
+                policies[path] = policy
+            config["dtype"] = dtype_policies.serialize(policies)
         if type(self) is BaseNonLocal:
             # The subclasses fix the rank and do not take it as an argument.
             config["rank"] = self.rank
@@ -416,16 +430,30 @@ def _fresh(initializer, index):
     start equal, and blocks seeded 1, 2, ... share no sub-layer's start (with
     the seed plus the index, block 1's phi was block 2's theta).
     """
-    config = initializers.serialize(initializers.get(initializer))
-    arguments = config.get("config", {}) if isinstance(config, dict) else {}
-    seed = arguments.get("seed")
+    initializer = initializers.get(initializer)
+    if not isinstance(initializer, initializers.Initializer):
+        # A function (or the one Keras makes of an array) has no seed to draw:
+        # it gives what it gives, as to a `Dense`.
+        return initializer
+    config = initializer.get_config()
+    arguments, seed = config, config.get("seed")
     if isinstance(seed, dict):  # a serialised keras.random.SeedGenerator
         arguments = seed.get("config", {})
         seed = arguments.get("seed")
     if index and isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         drawn = np.random.SeedSequence([int(seed) % 2**64, index]).generate_state(1)[0]
         arguments["seed"] = int(drawn)
-    return initializers.get(config)
+    return type(initializer).from_config(config)
+
+
+def _refuse_values(name, value):
+    # Keras takes an array (or a NumPy number) as the values of one variable
+    # of its shape; the block's projections have several shapes. It failed in
+    # `build`, naming no argument of the block.
+    if isinstance(value, (np.ndarray, np.generic)) or keras.ops.is_tensor(value):
+        raise ValueError(f"`{name}` must be a Keras initializer, its name or config, or a "
+                         "function of (shape, dtype): the block's projections have several "
+                         f"shapes, so no one array initialises them. Received: {name}={value!r}")
 
 
 def _kernel_of(dense):
