@@ -1,6 +1,8 @@
 """The layers' Keras contract: argument edges, input dtypes and ranks, shapes
 inferred without running, and run-time sizes checked like build-time ones."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -97,6 +99,16 @@ def test_seeded_initializer_gives_distinct_reproducible_projections():
     first, second = kernels("he_normal"), kernels("he_normal")
     assert not np.array_equal(first["theta"][0], first["phi"][0])
     assert not np.array_equal(first["theta"][0], second["theta"][0])
+
+
+@pytest.mark.parametrize("cls", [NonLocal1D, NonLocal2D, NonLocal3D, BaseNonLocal])
+def test_config_holds_exactly_the_constructor_arguments(cls):
+    """Found by a walk: NonLocal1D/2D/3D's configs held `frames_per_group`,
+    which none of them named (it went through `**kwargs`; help(NonLocal3D)
+    did not show the argument the README lists)."""
+    layer = cls(rank=3) if cls is BaseNonLocal else cls()
+    named = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    assert set(layer.get_config()) - {"name", "trainable", "dtype"} == named
 
 
 def _ones_times_a_hundredth(shape, dtype=None):

@@ -216,6 +216,8 @@ def test_default_names_count_the_blocks_there_are():
     assert C2DResNet50(nonlocal_blocks=np.int64(5), weights=None).name == "nl5_c2d_resnet50"
     assert C2DResNet50(nonlocal_blocks={"res3": []}).name == "c2d_resnet50"
     assert C2DResNet50(nonlocal_blocks={"res3": [0]}).name == "nl_c2d_resnet50"
+    # None means the default (found by a walk: VideoResNet's was Keras' "functional").
+    assert VideoResNet((1,), width=8, name=None).name == "video_resnet"
 
 
 def test_a_stage_name_on_a_one_block_stage_follows_its_block():

@@ -416,6 +416,8 @@ class BaseNonLocal(layers.Layer):
                 "chunk_size": self.chunk_size,
             }
         )
+        if self.rank != 3 and type(self) is not BaseNonLocal:
+            del config["frames_per_group"]  # video only: NonLocal1D/2D do not take it
         return config
 
 
