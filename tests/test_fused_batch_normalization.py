@@ -5,6 +5,8 @@ sum(w * y) for a random w, in float32 and under mixed precision; inference
 and the cases it leaves to Keras must match `keras.layers.BatchNormalization`.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -146,6 +148,18 @@ def test_in_a_tf_function_runs_the_fused_kernel():
     np.testing.assert_allclose(layer.moving_mean, (1 - kept) * mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         layer.moving_variance, kept + (1 - kept) * variance, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"epsilon": -1.0}, "Received: epsilon=-1.0"), ({"epsilon": 0.0}, "Received: epsilon=0.0"),
+    ({"momentum": 2.0}, "Received: momentum=2.0"),
+    ({"momentum": float("nan")}, "Received: momentum=nan")])
+def test_a_negative_epsilon_or_a_momentum_out_of_range_is_refused(kwargs, expected):
+    """Found by a walk: Keras takes them; the outputs were NaN (a negative
+    epsilon) or the moving statistics diverged (momentum 2)."""
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        FusedBatchNormalization(**kwargs)
+    FusedBatchNormalization(momentum=1.0, epsilon=1e-9)  # the ends that are numbers
 
 
 def test_config_round_trip_and_block_uses_it():

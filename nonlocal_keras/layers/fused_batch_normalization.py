@@ -6,7 +6,7 @@ import keras
 from keras import layers, ops
 from keras.saving import register_keras_serializable
 
-from nonlocal_keras.utils import checked_bool
+from nonlocal_keras.utils import checked_bool, checked_epsilon, is_real
 
 
 @register_keras_serializable(package="nonlocal_keras")
@@ -35,6 +35,11 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def __init__(self, *args, frozen_statistics=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.frozen_statistics = checked_bool("frozen_statistics", frozen_statistics)
+        # Keras takes these (and the outputs or moving statistics are NaN or diverge).
+        checked_epsilon("epsilon", self.epsilon)
+        if not is_real(self.momentum) or not 0 <= self.momentum <= 1:
+            raise ValueError("`momentum` must be a number in [0, 1]. "
+                             f"Received: momentum={self.momentum!r}")
 
     def get_config(self):
         return {**super().get_config(), "frozen_statistics": self.frozen_statistics}
