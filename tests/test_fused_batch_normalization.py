@@ -162,6 +162,20 @@ def test_a_negative_epsilon_or_a_momentum_out_of_range_is_refused(kwargs, expect
     FusedBatchNormalization(momentum=1.0, epsilon=1e-9)  # the ends that are numbers
 
 
+def test_an_empty_batch_leaves_the_moving_statistics_as_they_were():
+    """Found by a walk: a training call on a batch of no example made them NaN,
+    and every later inference NaN with them."""
+    layer = _layer()
+    x = np.random.default_rng(0).normal(2, 3, (4, 3, 5)).astype("float32")
+    layer(x, training=True)
+    before = [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+    step = tf.function(lambda t: layer(t, training=True))
+    assert "FusedBatchNormV3" in _op_types(step, tf.zeros((0, 3, 5)))
+    step(tf.zeros((0, 3, 5)))
+    for variable, value in zip((layer.moving_mean, layer.moving_variance), before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
 def test_config_round_trip_and_block_uses_it():
     layer = _layer(center=False)
     clone = keras.layers.deserialize(keras.layers.serialize(layer))

@@ -90,7 +90,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
         # (float16 or bfloat16 under the pure low-precision policies).
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             batch = ops.cast(batch, moving.dtype)
-            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
+            # An empty batch has no statistics (NaN): it would poison the
+            # moving ones for good, and every later inference with them.
+            moving.assign(ops.where(count > 0, moving * self.momentum
+                                    + batch * (1.0 - self.momentum), moving))
         return ops.cast(tf.reshape(y, shape), self.compute_dtype)
 
 
