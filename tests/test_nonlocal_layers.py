@@ -521,12 +521,33 @@ def test_quantized_model_saves_and_loads(tmp_path, quantization):
         model.quantize(quantization)
     x = rng.normal(0, 1, (2, 4, 4, 8)).astype("float32")
     model.save(tmp_path / "quantized.keras")
-    loaded = keras.models.load_model(tmp_path / "quantized.keras").layers[-1]
-    assert [getattr(loaded, name).quantization_mode for name in ("theta", "phi", "g", "w_z",
-                                                                 "w_f")] == [quantization] * 5
-    assert loaded.bn.quantization_mode is None
-    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)),
-                                  ops.convert_to_numpy(block(x)))
+    loaded = keras.models.load_model(tmp_path / "quantized.keras")
+    names = ("theta", "phi", "g", "w_z", "w_f")
+    assert [getattr(loaded.layers[-1], n).quantization_mode for n in names] == [quantization] * 5
+    assert loaded.layers[-1].bn.quantization_mode is None
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+    # A loaded model saves again (Keras' Dense then saved no `kernel_scale`
+    # where its policy was the block's map of them).
+    loaded.save(tmp_path / "again.keras")
+    again = keras.models.load_model(tmp_path / "again.keras")
+    np.testing.assert_array_equal(ops.convert_to_numpy(again(x)), ops.convert_to_numpy(model(x)))
+
+
+def test_a_partly_quantized_mixed_precision_block_saves_and_loads(tmp_path):
+    """`model.quantize(filters=...)`: only the projections it names, each
+    restored as it was, the others in the block's own policy."""
+    inputs = keras.Input((4, 4, 8))
+    block = NonLocal2D(dtype="mixed_bfloat16")
+    model = keras.Model(inputs, block(inputs))
+    _randomise(block, np.random.default_rng(1))
+    model.quantize("int8", filters="theta")
+    model.save(tmp_path / "partly.keras")
+    loaded = keras.models.load_model(tmp_path / "partly.keras").layers[-1]
+    assert [(layer.quantization_mode, layer.compute_dtype)
+            for layer in (loaded.theta, loaded.phi, loaded.g, loaded.w_z, loaded.bn)] == [
+        ("int8", "bfloat16")] + [(None, "bfloat16")] * 4
+    x = np.random.default_rng(2).normal(0, 1, (2, 4, 4, 8)).astype("float32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(block(x)))
 
 
 def test_quantization_test_shape_is_reassociated():

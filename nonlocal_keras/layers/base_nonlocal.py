@@ -225,6 +225,17 @@ class BaseNonLocal(layers.Layer):
             input_shape = (input_shape[0],) + input_shape[2:] + (input_shape[1],)
         return input_shape
 
+    def _policy_of(self, sublayer):
+        """The dtype policy of the sub-layer named `sublayer` (None: the
+        block's own), looked up by path where a config gave the block its
+        sub-layers' policies (a quantized block's, see `get_config`). Given to
+        them resolved: Keras' `Dense` reads some of its quantization from
+        `dtype_policy` itself, and a map there saved no `kernel_scale`."""
+        policy = self._dtype_policy
+        if not isinstance(policy, dtype_policies.DTypePolicyMap):
+            return policy
+        return policy.default_policy if sublayer is None else policy[f"{self.path}/{sublayer}"]
+
     def build(self, input_shape):
         shape = self._channels_last_shape(input_shape)
         channels = shape[-1]
@@ -247,7 +258,7 @@ class BaseNonLocal(layers.Layer):
                 bias_initializer=_fresh(self.bias_initializer, index),
                 kernel_regularizer=self.kernel_regularizer,
                 bias_regularizer=self.bias_regularizer,
-                dtype=self.dtype_policy,
+                dtype=self._policy_of(name),
                 name=name,
             )
             return layer
@@ -269,7 +280,7 @@ class BaseNonLocal(layers.Layer):
                 momentum=self.bn_momentum,
                 epsilon=self.bn_epsilon,
                 gamma_initializer="zeros",
-                dtype=self.dtype_policy,
+                dtype=self._policy_of("bn"),
                 name="bn",
             )
             self.bn.build((None,) * (self.rank + 1) + (channels,))
@@ -383,13 +394,12 @@ class BaseNonLocal(layers.Layer):
         config = super().get_config()
         quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers(
             include_self=False) if layer.quantization_mode}
-        if quantized and not isinstance(self._dtype_policy, dtype_policies.DTypePolicyMap):
+        if quantized:
             # `model.quantize` quantizes the projections, not the block: the
             # block's own policy would rebuild them unquantized on loading,
             # and the saved int8 kernels and scales would not fit (keras-hub's
-            # convention: the sub-layers' policies by path, which `build`
-            # hands them as their `dtype`).
-            policies = dtype_policies.DTypePolicyMap(default_policy=self._dtype_policy)
+            # convention: the sub-layers' policies by path; see `_policy_of`).
+            policies = dtype_policies.DTypePolicyMap(default_policy=self._policy_of(None))
             for path, policy in quantized.items():
                 policies[path] = policy
             config["dtype"] = dtype_policies.serialize(policies)
