@@ -1,5 +1,8 @@
 """Experiment configs: overrides, typos, validation, shipped YAML files."""
 
+import os
+import re
+
 import pytest
 import yaml
 
@@ -311,6 +314,33 @@ def test_multi_worker_without_a_cluster_is_warned_about(monkeypatch, caplog, val
                                     '"task": {"type": "worker", "index": 0}}')
     runtime.check_tf_config()
     assert not [r for r in caplog.records if r.name == runtime.logger.name]
+
+
+def test_an_empty_tf_config_trains_alone_as_said(monkeypatch, caplog):
+    """Found by a walk: `TF_CONFIG=` was warned about as "this process trains
+    alone", then TensorFlow read the empty variable as JSON: a traceback."""
+    from nonlocal_keras.training import runtime
+
+    monkeypatch.setenv("TF_CONFIG", " ")
+    with caplog.at_level("WARNING", logger=runtime.logger.name):
+        runtime.check_tf_config()
+    assert "trains alone" in caplog.text and "TF_CONFIG" not in os.environ
+
+
+@pytest.mark.parametrize("task", ['{"type": "worker", "index": 5}', '{"type": "chief", "index": 0}',
+                                  '{"type": "worker", "index": "0"}', '{"type": "worker", '
+                                  '"index": -1}', '"worker"', 'null'])
+def test_a_task_outside_the_cluster_is_named(monkeypatch, task):
+    """Found by a walk: TensorFlow's ValueError tracebacks ("The task_id 5
+    exceeds the maximum id of worker", "task_type 'chief' not found")."""
+    from nonlocal_keras.training import runtime
+
+    value = f'{{"cluster": {{"worker": ["localhost:1", "localhost:2"]}}, "task": {task}}}'
+    monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(config_lib.ConfigError, match=re.escape(
+            "TF_CONFIG's task must be one of its cluster's tasks, {\"type\": ..., \"index\": "
+            f"...}} (the cluster has worker 0-1). Received: TF_CONFIG={value!r}")):
+        runtime.check_tf_config()
 
 
 def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monkeypatch):

@@ -91,8 +91,12 @@ def check_tf_config():
     of one, which a `multi_worker` run whose variable was not exported to it
     did without a word."""
     text = os.environ.get("TF_CONFIG")
+    if text is not None and not text.strip():
+        # TensorFlow reads a set variable as JSON: an empty one failed with a
+        # JSONDecodeError after the warning below said the process trains alone.
+        del os.environ["TF_CONFIG"]
     try:
-        config = json.loads(text or "{}")
+        config = json.loads(text if text and text.strip() else "{}")
     except ValueError as error:
         raise ConfigError(f"The environment variable TF_CONFIG is not JSON ({error}). "
                           f"Received: TF_CONFIG={text!r}") from None
@@ -101,6 +105,20 @@ def check_tf_config():
                        "this process trains alone. Set TF_CONFIG in each worker's environment "
                        "(README: \"Several workers and hosts\").",
                        "it is not set" if text is None else f"TF_CONFIG={text!r}")
+        return
+    cluster, task = config["cluster"], config.get("task")
+    kind = task.get("type") if isinstance(task, dict) else None
+    index = task.get("index", 0) if isinstance(task, dict) else None
+    tasks = cluster.get(kind) if isinstance(cluster, dict) and isinstance(kind, str) else None
+    if (not isinstance(tasks, (list, dict)) or type(index) is not int
+            or not 0 <= index < len(tasks)):
+        # TensorFlow's ValueError tracebacks ("task_id 5 exceeds the maximum id").
+        named = ", ".join(f"{name} 0-{len(each) - 1}" for name, each in cluster.items()
+                          if isinstance(each, (list, dict)) and each) \
+            if isinstance(cluster, dict) else "none"
+        raise ConfigError("TF_CONFIG's task must be one of its cluster's tasks, "
+                          f"{{\"type\": ..., \"index\": ...}} (the cluster has {named}). "
+                          f"Received: TF_CONFIG={text!r}")
 
 
 def is_chief(resolver):
