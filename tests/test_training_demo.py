@@ -174,3 +174,34 @@ def test_a_loss_jump_is_found_in_the_runs_history(tmp_path):
         assert demo.loss_jump(str(tmp_path)) is None
     history.unlink()
     assert demo.loss_jump(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("key", list(__import__(
+    "nonlocal_keras.training.demo", fromlist=["SET_BY_THE_DEMO"]).SET_BY_THE_DEMO))
+def test_what_the_demo_sets_itself_is_refused_in_set(tmp_path, key):
+    """Found by a walk: `--set runtime.output_dir=runs/same` trained both networks
+    into one folder (the second refused as another experiment; with --restart it
+    moved the first aside) while the demo printed the folders it meant."""
+    from nonlocal_keras.training import demo
+    from nonlocal_keras.training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^nonlocal-demo sets {key} itself \(.*\)\. "
+                                          rf"Received: --set {key}=x$"):
+        demo.main(["--output-dir", str(tmp_path / "out"), "--set", f"{key}=x"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_training_that_refuses_to_start_leaves_no_empty_folder(tmp_path):
+    """Found by a walk: a file where the run folders go left the empty --output-dir
+    (and its new parent) and --export-dir; the dataset stays."""
+    from nonlocal_keras.training import demo
+    from nonlocal_keras.training.errors import FolderError
+
+    (tmp_path / "afile").write_text("a file")
+    with pytest.raises(FolderError, match="afile"):
+        demo.main(["--output-dir", str(tmp_path / "new" / "output"), "--data-dir",
+                   str(tmp_path / "data"), "--runs-dir", str(tmp_path / "afile" / "x"),
+                   "--export-dir", str(tmp_path / "exported"), "--num-train", "64",
+                   "--num-test", "8"])
+    assert sorted(os.listdir(tmp_path)) == ["afile", "data"]
+    assert os.listdir(tmp_path / "data")

@@ -26,6 +26,11 @@ from nonlocal_keras import command_lines
 RUNS = (("C2D", "demo_digits_c2d", "demo_c2d"), ("NL-C2D", "demo_digits_nl_c2d", "demo_nl_c2d"))
 EXPORTED = os.path.join("demo_nl_c2d", "1")  # under --export-dir
 EXAMPLE_VIDEOS = 4
+# What the demo sets itself for each network, and from what.
+SET_BY_THE_DEMO = {"runtime.output_dir": "a folder per network under --runs-dir",
+                   "data.train_csv": "its own dataset; train on yours with nonlocal-train",
+                   "data.val_csv": "its own dataset; evaluate yours with nonlocal-train",
+                   "train.seed": "--seed"}
 
 
 def _config(config_name, root, run_dir, seed, extra):
@@ -35,6 +40,20 @@ def _config(config_name, root, run_dir, seed, extra):
                  f"data.val_csv={os.path.join(root, 'test.csv')}",
                  f"runtime.output_dir={run_dir}", f"train.seed={seed}", *extra]
     return config_lib.load_config(config_name, overrides)
+
+
+def _refuse_what_the_demo_sets(overrides):
+    # Found by a walk: `--set runtime.output_dir=x` trained both networks into
+    # one folder (the second refused as another experiment; with --restart it
+    # moved the first run aside) while the demo printed their own folders.
+    from nonlocal_keras.training import config as config_lib
+
+    for text in overrides:
+        [(section, fields)] = config_lib.parse_override(text).items()
+        key = f"{section}.{next(iter(fields))}"
+        if key in SET_BY_THE_DEMO:
+            raise config_lib.ConfigError(f"nonlocal-demo sets {key} itself "
+                                         f"({SET_BY_THE_DEMO[key]}). Received: --set {text}")
 
 
 def _train(config_name, root, run_dir, seed, extra, restart):
@@ -87,27 +106,37 @@ def _table(rows):
 
 def main(argv=None):
     args = command_lines.demo_parser().parse_args(argv)
-    from nonlocal_keras.training import atomic, attention_map, synthetic_digits
-    from nonlocal_keras.training.export import export_saved_model
+    from nonlocal_keras.training import atomic, synthetic_digits
 
     start = time.perf_counter()
     data_dir = command_lines.demo_data_dir(args)
     # The flags' names belong in the errors here, not in the dataset's own module.
     if args.print_data_dir:
         atomic.make_folder(data_dir, "--data-dir")
-    else:
-        # Before the dataset (5,000 videos) and the training: a wrong `--set` or a
-        # folder that cannot be made fails now, and leaves nothing behind.
-        for _, config_name, folder in RUNS:
-            _config(config_name, data_dir, os.path.join(args.runs_dir, folder), args.seed,
-                    args.set)
-        atomic.make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
-                             (args.export_dir, "--export-dir")])
-    root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
-    if args.print_data_dir:
-        print(root)
+        print(synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed))
         return 0
-    print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
+    # Before the dataset (5,000 videos) and the training: a wrong `--set` or a
+    # folder that cannot be made fails now, and leaves nothing behind.
+    _refuse_what_the_demo_sets(args.set)
+    for _, config_name, folder in RUNS:
+        _config(config_name, data_dir, os.path.join(args.runs_dir, folder), args.seed, args.set)
+    made = atomic.make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
+                                (args.export_dir, "--export-dir")])
+    try:
+        root = synthetic_digits.generate(data_dir, args.num_train, args.num_test, args.seed)
+        print(f"Dataset: {root} ({time.perf_counter() - start:.0f} s)", flush=True)
+        return _train_both(args, root, start)
+    except BaseException:
+        # Found by a walk: a training that refused to start (a file where its
+        # run folder goes, a setting only the run checks) left them empty.
+        # Only empty ones go: the dataset, and whatever was written, stay.
+        atomic.remove_folders(made)
+        raise
+
+
+def _train_both(args, root, start):
+    from nonlocal_keras.training import atomic, attention_map
+    from nonlocal_keras.training.export import export_saved_model
 
     rows, models, configs = [], {}, {}
     for label, config_name, folder in RUNS:
