@@ -1253,6 +1253,59 @@ def test_a_second_command_on_a_training_folder_and_a_failed_one_change_nothing(
     assert (folder / "params.yaml").read_text() == "kept: 1\n"
 
 
+def test_an_override_or_config_that_is_empty_or_gives_a_section_a_value_is_named(tmp_path):
+    """Found by a walk: each was a traceback in Model Garden's override: an empty
+    --config_file or --params_override file ("'NoneType' object has no attribute
+    'items'"), a list, `task: null`, `trainer: 5`."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    for text in ("", "# a comment\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(
+                "--config_file must hold a mapping (task: ..., trainer: ...); this one is "
+                f"empty. Received: --config_file={str(tmp_path / 'empty.yaml')!r}")):
+            trainer.check_flags("run", "train", None, [str(tmp_path / "empty.yaml")])
+        with pytest.raises(ValueError, match=re.escape(
+                "--params_override must be KEY=VALUE pairs, a YAML mapping or a YAML file "
+                "holding one; this is empty.")):
+            trainer.override_mapping(str(tmp_path / "empty.yaml"))
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ValueError, match="holding one; this is not. Received: --params_override="):
+        trainer.override_mapping(str(tmp_path / "list.yaml"))
+    # What Model Garden reads as pairs, YAML or a file's name comes back as a mapping.
+    assert trainer.override_mapping("task.model.min_level=3,trainer.train_steps=5") == {
+        "task": {"model": {"min_level": 3}}, "trainer": {"train_steps": 5}}
+    (tmp_path / "fine.yaml").write_text("trainer:\n  train_steps: 5\n")
+    assert trainer.override_mapping(str(tmp_path / "fine.yaml")) == {"trainer": {"train_steps": 5}}
+    assert trainer.override_mapping("input_size=[256,256,3") is None  # Model Garden's to name
+    defaults = exp_factory.get_exp_config(PLAIN_EXPERIMENT)
+    for given, message in (({"task": None}, "`task` is empty (null) where a section is needed. "
+                                             "Received: task=None"),
+                           ({"trainer": 5}, "`trainer` is a section: give its fields "
+                                            "(trainer.<field>: ...). Received: --params_override: "
+                                            "trainer=5"),
+                           ({"task": {"model": [1]}}, "Received: --params_override: "
+                                                      "task.model=[1]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            trainer.check_sections(given, defaults, "--params_override")
+    trainer.check_sections({"task": {"model": {"min_level": 3}}, "nosuch": 5}, defaults, "x")
+
+
+def test_a_whole_number_for_a_float_field_becomes_a_float():
+    """Found by a walk: `nms_iou_threshold=1` stayed an int and failed in the
+    model's trace ("Input 'y' of 'Less' Op has type int32")."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    params = params_dict.override_params_dict(
+        exp_factory.get_exp_config(PLAIN_EXPERIMENT),
+        "task.model.detection_generator.nms_iou_threshold=1,trainer.train_steps=7",
+        is_strict=True)
+    trainer.floats_as_floats(params, exp_factory.get_exp_config(PLAIN_EXPERIMENT))
+    threshold = params.task.model.detection_generator.nms_iou_threshold
+    assert threshold == 1.0 and type(threshold) is float
+    assert type(params.trainer.train_steps) is int
+
+
 def test_a_config_file_that_is_not_a_mapping_is_one_error_naming_it(tmp_path):
     from nonlocal_keras.applications.mask_rcnn import trainer
 
@@ -1365,6 +1418,27 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
     ("task.train_data.parser.aug_scale_min=-1.0", "`task.train_data.parser.aug_scale_min` and "
      "`aug_scale_max` must be scales with 0 < min <= max. Received: task.train_data.parser."
      "aug_scale_min=-1.0, task.train_data.parser.aug_scale_max=1.25"),
+    # Found by a walk: trained, exit 0 (the thresholds, -1 convolutions); a bare
+    # KeyError "'5'" (min_level); Keras' "Invalid value for argument `filters`".
+    ("task.model.detection_generator.nms_iou_threshold=-0.5", "`task.model.detection_generator."
+     "nms_iou_threshold` must be a fraction in [0, 1] (an IoU or a score). Received: task.model."
+     "detection_generator.nms_iou_threshold=-0.5"),
+    ("task.model.roi_generator.pre_nms_score_threshold=.nan", "Received: task.model."
+     "roi_generator.pre_nms_score_threshold=nan"),
+    ("task.model.roi_sampler.cascade_iou_thresholds=[0.5, 1.5]", "Received: task.model."
+     "roi_sampler.cascade_iou_thresholds=[0.5, 1.5]"),
+    ("task.model.min_level=7", "`task.model.min_level` must be at most `task.model.max_level` "
+     "(the FPN's levels run from one to the other). Received: task.model.min_level=7, "
+     "task.model.max_level=6"),
+    ("task.model.rpn_head.num_convs=-1", "`task.model.rpn_head.num_convs` must be at least 0. "
+     "Received: task.model.rpn_head.num_convs=-1"),
+    ("task.model.decoder.fpn.num_filters=0", "Received: task.model.decoder.fpn.num_filters=0"),
+    ("task.model.anchor.num_scales=0", "Received: task.model.anchor.num_scales=0"),
+    ("task.model.backbone.resnet_nonlocal.depth_multiplier=0.0", "`task.model.backbone."
+     "resnet_nonlocal.depth_multiplier` must be a number > 0 (it scales the channels). "
+     "Received: task.model.backbone.resnet_nonlocal.depth_multiplier=0.0"),
+    ("task.model.anchor.aspect_ratios=[]", "`task.model.anchor.aspect_ratios` must be one or "
+     "more numbers > 0. Received: task.model.anchor.aspect_ratios=[]"),
 ])
 def test_values_that_make_no_run_are_refused(override, message):
     """`trainer.train_steps=0` or -5 wrote an untrained ckpt-0, exit 0;

@@ -334,9 +334,63 @@ def check_flags(model_dir, mode, export_dir, config_files):
             except yaml.YAMLError as error:
                 raise ValueError(f"--config_file is not valid YAML ({' '.join(str(error).split())})."
                                  f" Received: --config_file={path!r}") from None
-        if content is not None and not isinstance(content, dict):
-            raise ValueError("--config_file must hold a mapping (task: ..., trainer: ...). "
-                             f"Received: --config_file={path!r}")
+        if not isinstance(content, dict) or not content:
+            # Found by a walk: an empty one (or comments only) was Model
+            # Garden's "'NoneType' object has no attribute 'items'" traceback.
+            raise ValueError(f"--config_file must hold a mapping (task: ..., trainer: ...); "
+                             f"this one is {'empty' if content is None else 'not'}. Received: "
+                             f"--config_file={path!r}")
+
+
+def override_mapping(text):
+    """`--params_override` as Model Garden reads it (`override_params_dict`): pairs
+    (`a.b=1,c=2`), a YAML mapping, else a YAML file's name; the mapping, or None
+    where Model Garden's own reading fails (its errors are named in `_run`)."""
+    from official.modeling.hyperparams import params_dict
+
+    if not text:
+        return {}
+    given = text
+    try:
+        text = params_dict.nested_csv_str_to_json_str(text)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(text)
+        if not isinstance(value, dict):
+            if not tf.io.gfile.exists(text) or tf.io.gfile.isdir(text):
+                return None
+            with tf.io.gfile.GFile(text) as handle:
+                value = yaml.safe_load(handle)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(value, dict) or not value:
+        # Found by a walk: an empty file was the traceback of an empty
+        # --config_file, a list "'list' object has no attribute 'items'".
+        raise ValueError("--params_override must be KEY=VALUE pairs, a YAML mapping or a "
+                         f"YAML file holding one; this is {'empty' if value is None else 'not'}."
+                         f" Received: --params_override={given!r}")
+    return value
+
+
+def check_sections(given, defaults, argument):
+    """A section given something else than its fields: `task: null` or `trainer:
+    5` in an override or a config file were tracebacks in Model Garden's
+    override ("'NoneType' object is not subscriptable")."""
+    def walk(given, expected, prefix):
+        for name, value in given.items():
+            if not isinstance(expected.get(name), dict):
+                continue  # a field, or no such key: Model Garden's strict override names it
+            key = f"{prefix}{name}"
+            if value is None:
+                raise ValueError(f"`{key}` is empty (null) where a section is needed. "
+                                 f"Received: {key}=None")
+            if not isinstance(value, dict):
+                raise ValueError(f"`{key}` is a section: give its fields ({key}.<field>: ...). "
+                                 f"Received: {argument}: {key}={value!r}")
+            walk(value, expected[name], f"{key}.")
+
+    walk(given, defaults.as_dict(), "")
 
 
 def _check_export_dir(export_dir, model_dir):
@@ -401,6 +455,20 @@ def check_value_types(params, defaults):
                              f"{default!r}. Received: {key}={value!r}")
 
 
+def floats_as_floats(params, defaults):
+    """A whole number where the default is a float (`nms_iou_threshold=1`) is kept
+    as an int by Model Garden, and failed in the model's trace ("Input 'y' of
+    'Less' Op has type int32 that does not match type float32"): made a float."""
+    given, expected = _flat(params.as_dict()), _flat(defaults.as_dict())
+    for key, default in expected.items():
+        value = given.get(key)
+        if isinstance(default, float) and type(value) is int:
+            nested = float(value)
+            for name in reversed(key.split(".")):
+                nested = {name: nested}
+            params.override(nested, is_strict=True)
+
+
 def _wrong_type(default, value):
     """Whether an override `value` cannot stand where Model Garden's `default` is."""
     if isinstance(default, bool) or isinstance(value, bool):
@@ -440,7 +508,17 @@ AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1,
                  "task.model.roi_sampler.num_sampled_rois",
                  "task.model.detection_generator.pre_nms_top_k",
                  "task.model.detection_generator.max_num_detections",
-                 "task.model.mask_sampler.num_sampled_masks"), 1)}
+                 "task.model.mask_sampler.num_sampled_masks"), 1),
+            # Found by a walk: 0 filters or scales were Keras' "Invalid value for
+            # argument `filters`", -1 convolutions built none (exit 0), 0
+            # keypoints "a permutation of 0..-1".
+            **dict.fromkeys(
+                ("task.model.decoder.fpn.num_filters", "task.model.rpn_head.num_filters",
+                 "task.model.detection_head.num_filters", "task.model.mask_head.num_filters",
+                 "task.model.anchor.num_scales", "task.model.keypoint_head.num_keypoints"), 1),
+            **dict.fromkeys(
+                ("task.model.rpn_head.num_convs", "task.model.detection_head.num_convs",
+                 "task.model.detection_head.num_fcs", "task.model.mask_head.num_convs"), 0)}
 # Orbit evaluates `steps` > 0, or the whole set for -1; with 0, train_and_eval
 # trained the whole run, then failed with Orbit's ValueError.
 STEPS_OR_ALL = ("trainer.validation_steps",)
@@ -462,6 +540,7 @@ def check_value_ranges(params):
             raise ValueError(f"`{key}` must be at least 1, or -1 (the whole validation set). "
                              f"Received: {key}={value!r}")
     _check_rates_and_scales(given)
+    _check_thresholds_and_anchors(given)
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_head(params.task.model)
     _check_input_size(params.task.model)
@@ -492,6 +571,33 @@ def _check_rates_and_scales(given):
             raise ValueError(f"`{data}.aug_scale_min` and `aug_scale_max` must be scales with "
                              f"0 < min <= max. Received: {data}.aug_scale_min={low!r}, "
                              f"{data}.aug_scale_max={high!r}")
+
+
+def _check_thresholds_and_anchors(given):
+    """Found by a walk: a negative or NaN IoU or score threshold trained, exit 0;
+    `min_level` above `max_level` was a bare KeyError ("'5'"); a depth multiplier
+    of 0 or no aspect ratio Keras' "Invalid value for argument `filters`"."""
+    for key, value in given.items():
+        name = key.rsplit(".", 1)[-1]
+        values = value if isinstance(value, list) else [value]
+        if (name.endswith(("_threshold", "_thresholds")) and "min_size" not in name
+                and any(not (is_real(v) and 0 <= v <= 1) for v in values if v is not None)):
+            raise ValueError(f"`{key}` must be a fraction in [0, 1] (an IoU or a score). "
+                             f"Received: {key}={value!r}")
+    low, high = given.get("task.model.min_level"), given.get("task.model.max_level")
+    if is_real(low) and is_real(high) and low > high:
+        raise ValueError("`task.model.min_level` must be at most `task.model.max_level` (the "
+                         "FPN's levels run from one to the other). Received: "
+                         f"task.model.min_level={low!r}, task.model.max_level={high!r}")
+    for key, value in given.items():
+        if key.endswith(".depth_multiplier") and is_real(value) and not 0 < value < math.inf:
+            raise ValueError(f"`{key}` must be a number > 0 (it scales the channels). "
+                             f"Received: {key}={value!r}")
+    ratios = given.get("task.model.anchor.aspect_ratios")
+    if isinstance(ratios, list) and (not ratios or not all(
+            is_real(r) and 0 < r < math.inf for r in ratios)):
+        raise ValueError("`task.model.anchor.aspect_ratios` must be one or more numbers > 0. "
+                         f"Received: task.model.anchor.aspect_ratios={ratios!r}")
 
 
 def _check_input_size(model):
@@ -771,8 +877,18 @@ def run(argv, signals):
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir, keypoints=keypoints)]
     gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_params)
-    params = train_utils.parse_configuration(FLAGS)
-    check_value_types(params, exp_factory.get_exp_config(FLAGS.experiment))
+    defaults = exp_factory.get_exp_config(FLAGS.experiment)
+    for path in FLAGS.config_file or ():
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as handle:
+                check_sections(yaml.safe_load(handle), defaults, f"--config_file {path}")
+    overrides = override_mapping(FLAGS.params_override)
+    if overrides:
+        check_sections(overrides, defaults, "--params_override")
+    params = train_utils.parse_configuration(FLAGS, lock_return=False)
+    check_value_types(params, defaults)
+    floats_as_floats(params, defaults)
+    params.lock()
     check_value_ranges(params)
     seed_everything(params)
     check_model_dir(params, model_dir, FLAGS.mode, FLAGS.export_dir)
