@@ -1291,6 +1291,40 @@ def test_an_override_or_config_that_is_empty_or_gives_a_section_a_value_is_named
     trainer.check_sections({"task": {"model": {"min_level": 3}}, "nosuch": 5}, defaults, "x")
 
 
+def test_files_that_are_not_there_are_named_by_their_field(tmp_path):
+    """Found by a walk: a missing --config_file ("x.yaml; No such file or
+    directory"), annotation file ("[Errno 2] ...") or init checkpoint
+    ("Unsuccessful TensorSliceReader constructor", after the model's build)."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    absent = str(tmp_path / "absent.yaml")
+    with pytest.raises(ValueError, match=re.escape(
+            f"--config_file is not there (no such file). Received: --config_file={absent!r}")):
+        trainer.check_flags("run", "train", None, [absent])
+    task = exp_factory.get_exp_config(PLAIN_EXPERIMENT).task
+    task.annotation_file = str(tmp_path / "absent.json")
+    with pytest.raises(ValueError, match=re.escape(
+            f"task.annotation_file is not there. Received: task.annotation_file="
+            f"{task.annotation_file!r}")):
+        trainer.check_annotation_file(task, "train_and_eval")
+    trainer.check_annotation_file(task, "train")  # training reads none
+    run = str(tmp_path / "run")
+    for path, message in ((str(tmp_path / "ckpt-7"), "is no checkpoint: neither it nor "),
+                          (str(tmp_path), "is a folder that holds no checkpoint")):
+        task.init_checkpoint = path
+        with pytest.raises(ValueError, match=re.escape(message) + ".*Received: "
+                           f"task.init_checkpoint={re.escape(repr(path))}"):
+            trainer.check_init_checkpoint(task, run, "train")
+        trainer.check_init_checkpoint(task, run, "eval")  # evaluation reads its own
+    saved = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), run,
+                                       max_to_keep=1).save()
+    trainer.check_init_checkpoint(task, run, "train")  # a resumed run reads its own
+    for path in (saved, run, str(tmp_path / "weights.txt")):  # a prefix, a folder, a file
+        (tmp_path / "weights.txt").write_text("TensorFlow's first format, say")
+        task.init_checkpoint = path
+        trainer.check_init_checkpoint(task, str(tmp_path / "new"), "train")
+
+
 def test_a_whole_number_for_a_float_field_becomes_a_float():
     """Found by a walk: `nms_iou_threshold=1` stayed an int and failed in the
     model's trace ("Input 'y' of 'Less' Op has type int32")."""
@@ -1439,6 +1473,15 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
      "Received: task.model.backbone.resnet_nonlocal.depth_multiplier=0.0"),
     ("task.model.anchor.aspect_ratios=[]", "`task.model.anchor.aspect_ratios` must be one or "
      "more numbers > 0. Received: task.model.anchor.aspect_ratios=[]"),
+    # Model Garden's words named the value or a field, not the key.
+    ("task.train_data.seed=-1", "`task.train_data.seed` must be at least 0. "
+     "Received: task.train_data.seed=-1"),
+    ("trainer.summary_interval=0", "Received: trainer.summary_interval=0"),
+    ("runtime.distribution_strategy=bogus", "`runtime.distribution_strategy` must be one of off, "
+     "one_device, mirrored, parameter_server, multi_worker_mirrored, tpu. Received: "
+     "runtime.distribution_strategy='bogus'"),
+    ("runtime.mixed_precision_dtype=float64", "`runtime.mixed_precision_dtype` must be one of "
+     "float32, float16, bfloat16. Received: runtime.mixed_precision_dtype='float64'"),
 ])
 def test_values_that_make_no_run_are_refused(override, message):
     """`trainer.train_steps=0` or -5 wrote an untrained ckpt-0, exit 0;

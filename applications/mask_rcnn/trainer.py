@@ -327,7 +327,9 @@ def check_flags(model_dir, mode, export_dir, config_files):
             raise ValueError(f"--config_file is a folder, not a YAML file. Received: "
                              f"--config_file={path!r}")
         if not tf.io.gfile.exists(path):
-            continue  # Model Garden's own one-line error names it
+            # Model Garden's words named no flag: "x.yaml; No such file or directory".
+            raise ValueError(f"--config_file is not there (no such file). "
+                             f"Received: --config_file={path!r}")
         with tf.io.gfile.GFile(path) as handle:
             try:
                 content = yaml.safe_load(handle)
@@ -515,7 +517,11 @@ AT_LEAST = {"trainer.train_steps": 1, "trainer.steps_per_loop": 1,
             **dict.fromkeys(
                 ("task.model.decoder.fpn.num_filters", "task.model.rpn_head.num_filters",
                  "task.model.detection_head.num_filters", "task.model.mask_head.num_filters",
-                 "task.model.anchor.num_scales", "task.model.keypoint_head.num_keypoints"), 1),
+                 "task.model.anchor.num_scales", "task.model.keypoint_head.num_keypoints",
+                 # "`summary_interval` (0) must be larger than 0", no section named.
+                 "trainer.summary_interval"), 1),
+            # "Seed must be between 0 and 2**32 - 1", naming no key.
+            "task.train_data.seed": 0, "task.validation_data.seed": 0,
             **dict.fromkeys(
                 ("task.model.rpn_head.num_convs", "task.model.detection_head.num_convs",
                  "task.model.detection_head.num_fcs", "task.model.mask_head.num_convs"), 0)}
@@ -541,6 +547,7 @@ def check_value_ranges(params):
                              f"Received: {key}={value!r}")
     _check_rates_and_scales(given)
     _check_thresholds_and_anchors(given)
+    _check_choices(given)
     if hasattr(params.task.model, "keypoint_head"):
         keypoint_experiment.check_keypoint_head(params.task.model)
     _check_input_size(params.task.model)
@@ -598,6 +605,21 @@ def _check_thresholds_and_anchors(given):
             is_real(r) and 0 < r < math.inf for r in ratios)):
         raise ValueError("`task.model.anchor.aspect_ratios` must be one or more numbers > 0. "
                          f"Received: task.model.anchor.aspect_ratios={ratios!r}")
+
+
+# Model Garden's words named the value, not the key: "Unrecognized Distribution
+# Strategy: 'bogus'", "Unexpected dtype: float64".
+CHOICES = {"runtime.distribution_strategy": ("off", "one_device", "mirrored", "parameter_server",
+                                             "multi_worker_mirrored", "tpu"),
+           "runtime.mixed_precision_dtype": ("float32", "float16", "bfloat16")}
+
+
+def _check_choices(given):
+    for key, choices in CHOICES.items():
+        value = given.get(key)
+        if value is not None and str(value).lower() not in choices:
+            raise ValueError(f"`{key}` must be one of {', '.join(choices)}. "
+                             f"Received: {key}={value!r}")
 
 
 def _check_input_size(model):
@@ -768,8 +790,12 @@ def check_annotation_file(task, mode):
     annotation scored AP -1 with exit 0, a polygon of 2 points was a
     pycocotools traceback, text that is no JSON a JSONDecodeError's words."""
     path, field = task.annotation_file, "task.annotation_file"
-    if "eval" not in mode or not path or "://" in path or not os.path.isfile(path):
-        return  # none: build_metrics says so; a remote one is read where it is
+    if "eval" not in mode or not path or "://" in path:
+        return  # none: the metrics take the validation data's; a remote one is read there
+    if not os.path.isfile(path):
+        # Found by a walk: "[Errno 2] No such file or directory", naming no field.
+        what = "a folder, not a COCO JSON file" if os.path.isdir(path) else "not there"
+        raise ValueError(f"{field} is {what}. Received: {field}={path!r}")
     try:
         with open(path, encoding="utf-8") as handle:
             coco = json.load(handle)
@@ -791,6 +817,25 @@ def check_annotation_file(task, mode):
         raise ValueError(f"{field}: the `segmentation` of annotation {bad!r} holds a polygon of "
                          f"fewer than 3 (x, y) points or an odd count of numbers. "
                          f"Received: {field}={path!r}")
+
+
+def check_init_checkpoint(task, model_dir, mode):
+    """A `task.init_checkpoint` that is not there failed after the model was
+    built, in TensorFlow's words ("Unsuccessful TensorSliceReader constructor").
+    Read only by a run's first training (a resumed one reads its own)."""
+    path, field = task.init_checkpoint, "task.init_checkpoint"
+    if ("train" not in mode or not path or "://" in path
+            or tf.train.latest_checkpoint(model_dir)):
+        return
+    if os.path.isdir(path):
+        if not tf.train.latest_checkpoint(path):
+            raise ValueError(f"{field} is a folder that holds no checkpoint. "
+                             f"Received: {field}={path!r}")
+    elif not (os.path.isfile(path) or tf.io.gfile.exists(path + ".index")):
+        # A prefix (`ckpt-28080`, whose `.index` is the file), or a file of
+        # TensorFlow's first format: neither is there.
+        raise ValueError(f"{field} is no checkpoint: neither it nor {path + '.index'!r} is "
+                         f"there. Received: {field}={path!r}")
 
 
 def check_model_dir(params, model_dir, mode, export_dir=None):
@@ -895,6 +940,7 @@ def run(argv, signals):
     check_can_write("--model_dir", model_dir)
     check_data_files(params, FLAGS.mode)
     check_annotation_file(params.task, FLAGS.mode)
+    check_init_checkpoint(params.task, model_dir, FLAGS.mode)
     local_chief = _writes_the_run(model_dir)
     writer = "train" in FLAGS.mode and local_chief
     # --mode eval writes its summaries (validation/events...) into the run folder.
