@@ -185,9 +185,10 @@ def test_what_the_demo_sets_itself_is_refused_in_set(tmp_path, key):
     from nonlocal_keras.training import demo
     from nonlocal_keras.training.errors import ConfigError
 
+    value = tmp_path / "x"  # where a demo that took it would have trained
     with pytest.raises(ConfigError, match=rf"^nonlocal-demo sets {key} itself \(.*\)\. "
-                                          rf"Received: --set {key}=x$"):
-        demo.main(["--output-dir", str(tmp_path / "out"), "--set", f"{key}=x"])
+                                          rf"Received: --set {key}={value}$"):
+        demo.main(["--output-dir", str(tmp_path / "out"), "--set", f"{key}={value}"])
     assert os.listdir(tmp_path) == []
 
 
