@@ -533,6 +533,21 @@ def test_quantized_model_saves_and_loads(tmp_path, quantization):
     np.testing.assert_array_equal(ops.convert_to_numpy(again(x)), ops.convert_to_numpy(model(x)))
 
 
+def test_a_quantized_block_of_a_sequential_model_loads(tmp_path):
+    """Found by a re-walk: a Sequential's layers lose its name from their paths
+    once loaded, and a map keyed by paths rebuilt the projections unquantized."""
+    model = keras.Sequential([keras.Input((4, 4, 8)), NonLocal2D()])
+    _randomise(model.layers[0], np.random.default_rng(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.quantize("int8")
+    model.save(tmp_path / "sequential.keras")
+    loaded = keras.models.load_model(tmp_path / "sequential.keras")
+    assert loaded.layers[0].theta.quantization_mode == "int8"
+    x = np.random.default_rng(4).normal(0, 1, (2, 4, 4, 8)).astype("float32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+
+
 def test_a_partly_quantized_mixed_precision_block_saves_and_loads(tmp_path):
     """`model.quantize(filters=...)`: only the projections it names, each
     restored as it was, the others in the block's own policy."""

@@ -227,14 +227,14 @@ class BaseNonLocal(layers.Layer):
 
     def _policy_of(self, sublayer):
         """The dtype policy of the sub-layer named `sublayer` (None: the
-        block's own), looked up by path where a config gave the block its
+        block's own), looked up by name where a config gave the block its
         sub-layers' policies (a quantized block's, see `get_config`). Given to
         them resolved: Keras' `Dense` reads some of its quantization from
         `dtype_policy` itself, and a map there saved no `kernel_scale`."""
         policy = self._dtype_policy
         if not isinstance(policy, dtype_policies.DTypePolicyMap):
             return policy
-        return policy.default_policy if sublayer is None else policy[f"{self.path}/{sublayer}"]
+        return policy.default_policy if sublayer is None else policy[sublayer]
 
     def build(self, input_shape):
         shape = self._channels_last_shape(input_shape)
@@ -392,13 +392,15 @@ class BaseNonLocal(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers(
-            include_self=False) if layer.quantization_mode}
+        quantized = {layer.name: layer.dtype_policy for layer in self._flatten_layers(
+            include_self=False, recursive=False) if layer.quantization_mode}
         if quantized:
             # `model.quantize` quantizes the projections, not the block: the
             # block's own policy would rebuild them unquantized on loading,
             # and the saved int8 kernels and scales would not fit (keras-hub's
-            # convention: the sub-layers' policies by path; see `_policy_of`).
+            # convention, a map of the sub-layers' policies; see `_policy_of`).
+            # By name, not by path: a model's path may differ once loaded
+            # (a Sequential's blocks lose its name).
             policies = dtype_policies.DTypePolicyMap(default_policy=self._policy_of(None))
             for path, policy in quantized.items():
                 policies[path] = policy
