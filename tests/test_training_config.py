@@ -328,8 +328,8 @@ def test_an_empty_tf_config_trains_alone_as_said(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("task", ['{"type": "worker", "index": 5}', '{"type": "chief", "index": 0}',
-                                  '{"type": "worker", "index": "0"}', '{"type": "worker", '
-                                  '"index": -1}', '"worker"', 'null'])
+                                  '{"type": "worker", "index": "a"}', '{"type": "worker", '
+                                  '"index": -1}', '{"type": "worker"}', '"worker"', 'null'])
 def test_a_task_outside_the_cluster_is_named(monkeypatch, task):
     """Found by a walk: TensorFlow's ValueError tracebacks ("The task_id 5
     exceeds the maximum id of worker", "task_type 'chief' not found")."""
@@ -341,6 +341,10 @@ def test_a_task_outside_the_cluster_is_named(monkeypatch, task):
             "TF_CONFIG's task must be one of its cluster's tasks, {\"type\": ..., \"index\": "
             f"...}} (the cluster has worker 0-1). Received: TF_CONFIG={value!r}")):
         runtime.check_tf_config()
+    # What TensorFlow's resolver reads as an index (int()) stays allowed.
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                    '"task": {"type": "worker", "index": "1"}}')
+    runtime.check_tf_config()
 
 
 def test_settings_that_cannot_build_a_strategy_or_a_model_are_config_errors(monkeypatch):

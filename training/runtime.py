@@ -108,10 +108,12 @@ def check_tf_config():
         return
     cluster, task = config["cluster"], config.get("task")
     kind = task.get("type") if isinstance(task, dict) else None
-    index = task.get("index", 0) if isinstance(task, dict) else None
+    try:  # as TensorFlow's resolver reads it ("0" and true too)
+        index = int(task["index"])
+    except (KeyError, TypeError, ValueError):
+        index = None
     tasks = cluster.get(kind) if isinstance(cluster, dict) and isinstance(kind, str) else None
-    if (not isinstance(tasks, (list, dict)) or type(index) is not int
-            or not 0 <= index < len(tasks)):
+    if not isinstance(tasks, (list, dict)) or index is None or not 0 <= index < len(tasks):
         # TensorFlow's ValueError tracebacks ("task_id 5 exceeds the maximum id").
         named = ", ".join(f"{name} 0-{len(each) - 1}" for name, each in cluster.items()
                           if isinstance(each, (list, dict)) and each) \
