@@ -1461,9 +1461,15 @@ def test_a_model_dir_of_another_model_is_refused_before_anything_is_written(tmp_
      "roi_generator.pre_nms_score_threshold=nan"),
     ("task.model.roi_sampler.cascade_iou_thresholds=[0.5, 1.5]", "Received: task.model."
      "roi_sampler.cascade_iou_thresholds=[0.5, 1.5]"),
-    ("task.model.min_level=7", "`task.model.min_level` must be at most `task.model.max_level` "
-     "(the FPN's levels run from one to the other). Received: task.model.min_level=7, "
-     "task.model.max_level=6"),
+    ("task.model.min_level=7", "`task.model.min_level` must be a level of the ResNet backbone, "
+     "2 to 5 (the FPN starts from one), and at most `task.model.max_level`. Received: "
+     "task.model.min_level=7, task.model.max_level=6"),
+    ("task.model.min_level=6", "Received: task.model.min_level=6, task.model.max_level=6"),
+    ("task.model.min_level=1", "Received: task.model.min_level=1, task.model.max_level=6"),
+    ("task.model.roi_sampler.foreground_iou_threshold=0.0", "The RoI sampler's IoU thresholds "
+     "must run background_iou_low <= background_iou_high <= foreground_iou. Received: task.model."
+     "roi_sampler.background_iou_low_threshold=0.0, task.model.roi_sampler."
+     "background_iou_high_threshold=0.5, task.model.roi_sampler.foreground_iou_threshold=0.0"),
     ("task.model.rpn_head.num_convs=-1", "`task.model.rpn_head.num_convs` must be at least 0. "
      "Received: task.model.rpn_head.num_convs=-1"),
     ("task.model.decoder.fpn.num_filters=0", "Received: task.model.decoder.fpn.num_filters=0"),

@@ -592,10 +592,22 @@ def _check_thresholds_and_anchors(given):
             raise ValueError(f"`{key}` must be a fraction in [0, 1] (an IoU or a score). "
                              f"Received: {key}={value!r}")
     low, high = given.get("task.model.min_level"), given.get("task.model.max_level")
-    if is_real(low) and is_real(high) and low > high:
-        raise ValueError("`task.model.min_level` must be at most `task.model.max_level` (the "
-                         "FPN's levels run from one to the other). Received: "
-                         f"task.model.min_level={low!r}, task.model.max_level={high!r}")
+    if is_real(low) and is_real(high) and not 2 <= low <= min(high, 5):
+        # 6 of 6 was a bare KeyError ("'5'"), 1 "Backbone min level should be
+        # less or equal to FPN min level": the FPN starts at a ResNet level.
+        raise ValueError("`task.model.min_level` must be a level of the ResNet backbone, 2 to "
+                         "5 (the FPN starts from one), and at most `task.model.max_level`. "
+                         f"Received: task.model.min_level={low!r}, "
+                         f"task.model.max_level={high!r}")
+    sampler = {name: given.get(f"task.model.roi_sampler.{name}") for name in (
+        "background_iou_low_threshold", "background_iou_high_threshold",
+        "foreground_iou_threshold")}
+    if all(is_real(v) for v in sampler.values()) and sorted(sampler.values()) != list(
+            sampler.values()):
+        # "`threshold` must be sorted, got [0.0, 0.5, 0.0]", naming no key.
+        raise ValueError("The RoI sampler's IoU thresholds must run background_iou_low <= "
+                         "background_iou_high <= foreground_iou. Received: " + ", ".join(
+                             f"task.model.roi_sampler.{k}={v!r}" for k, v in sampler.items()))
     for key, value in given.items():
         if key.endswith(".depth_multiplier") and is_real(value) and not 0 < value < math.inf:
             raise ValueError(f"`{key}` must be a number > 0 (it scales the channels). "
