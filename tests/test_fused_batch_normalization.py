@@ -153,7 +153,9 @@ def test_in_a_tf_function_runs_the_fused_kernel():
 @pytest.mark.parametrize("kwargs,expected", [
     ({"epsilon": -1.0}, "Received: epsilon=-1.0"), ({"epsilon": 0.0}, "Received: epsilon=0.0"),
     ({"momentum": 2.0}, "Received: momentum=2.0"),
-    ({"momentum": float("nan")}, "Received: momentum=nan")])
+    ({"momentum": float("nan")}, "Received: momentum=nan"),
+    ({"epsilon": None}, "`epsilon` must be a number. Received: epsilon=None"),
+    ({"epsilon": "1e-3"}, "Received: epsilon='1e-3'"), ({"momentum": True}, "momentum=True")])
 def test_a_negative_epsilon_or_a_momentum_out_of_range_is_refused(kwargs, expected):
     """Found by a walk: Keras takes them; the outputs were NaN (a negative
     epsilon) or the moving statistics diverged (momentum 2)."""
@@ -169,9 +171,19 @@ def test_an_empty_batch_leaves_the_moving_statistics_as_they_were():
     x = np.random.default_rng(0).normal(2, 3, (4, 3, 5)).astype("float32")
     layer(x, training=True)
     before = [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
-    step = tf.function(lambda t: layer(t, training=True))
+    # A graph of any batch: the fused kernel's run-time check.
+    step = tf.function(lambda t: layer(t, training=True),
+                       input_signature=[tf.TensorSpec((None, 3, 5))])
     assert "FusedBatchNormV3" in _op_types(step, tf.zeros((0, 3, 5)))
     step(tf.zeros((0, 3, 5)))
+    for variable, value in zip((layer.moving_mean, layer.moving_variance), before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    # Keras' own path (another axis; JAX and PyTorch alike), where the shape
+    # is known when the layer is called (found by a re-walk).
+    layer = _layer(axis=1)
+    layer(np.moveaxis(x, -1, 1), training=True)
+    before = [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+    assert layer(np.zeros((0, 5, 3), "float32"), training=True).shape == (0, 5, 3)
     for variable, value in zip((layer.moving_mean, layer.moving_variance), before):
         np.testing.assert_array_equal(variable.numpy(), value)
 

@@ -33,6 +33,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """
 
     def __init__(self, *args, frozen_statistics=False, **kwargs):
+        for name in ("momentum", "epsilon"):
+            # Keras' float() took True and "1e-3", and None was its TypeError.
+            if name in kwargs and not is_real(kwargs[name]):
+                raise ValueError(f"`{name}` must be a number. Received: {name}={kwargs[name]!r}")
         super().__init__(*args, **kwargs)
         self.frozen_statistics = checked_bool("frozen_statistics", frozen_statistics)
         # Keras takes these (and the outputs or moving statistics are NaN or diverge).
@@ -58,7 +62,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        if self.frozen_statistics:
+        if self.frozen_statistics or 0 in tuple(inputs.shape):
+            # A batch of no example has no statistics (NaN): they would poison
+            # the moving ones for good. Known here on JAX and PyTorch; the
+            # fused kernel checks it at run time (a TensorFlow graph's batch).
             training = False
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
