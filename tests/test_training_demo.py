@@ -206,3 +206,17 @@ def test_a_training_that_refuses_to_start_leaves_no_empty_folder(tmp_path):
                    "--num-test", "8"])
     assert sorted(os.listdir(tmp_path)) == ["afile", "data"]
     assert os.listdir(tmp_path / "data")
+
+
+@pytest.mark.parametrize("override", ["data.num_frames=16", "data.crop_size=28"])
+def test_a_clip_other_than_the_videos_is_refused_before_training(tmp_path, override):
+    """Found by a re-walk: `--set data.num_frames=64` trained both networks, then
+    the attention picture (which feeds the videos whole) failed with a traceback."""
+    from nonlocal_keras.training import demo
+    from nonlocal_keras.training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^The demo's videos are 8 frames of 32x32, .*"
+                                          rf"Received: .*\(--set {override}\)$"):
+        demo.main(["--output-dir", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+                   "--set", override])
+    assert os.listdir(tmp_path) == []

@@ -56,6 +56,23 @@ def _refuse_what_the_demo_sets(overrides):
                                          f"({SET_BY_THE_DEMO[key]}). Received: --set {text}")
 
 
+def _check_clip(config, overrides):
+    # Found by a walk: `--set data.num_frames=64` trained both networks, then
+    # the attention picture, which feeds the videos whole, failed (a traceback).
+    from nonlocal_keras.training import synthetic_digits
+    from nonlocal_keras.training.errors import ConfigError
+
+    data = config["data"]
+    clip = (data["num_frames"], data["crop_size"])
+    if clip != (synthetic_digits.NUM_FRAMES, synthetic_digits.FRAME_SIZE):
+        raise ConfigError(
+            f"The demo's videos are {synthetic_digits.NUM_FRAMES} frames of "
+            f"{synthetic_digits.FRAME_SIZE}x{synthetic_digits.FRAME_SIZE}, and its attention "
+            f"picture feeds them whole: data.num_frames and data.crop_size must be those "
+            f"(train other clips with nonlocal-train). Received: data.num_frames="
+            f"{clip[0]}, data.crop_size={clip[1]} (--set {' '.join(overrides)})")
+
+
 def _train(config_name, root, run_dir, seed, extra, restart):
     from nonlocal_keras.training import train
 
@@ -119,7 +136,8 @@ def main(argv=None):
     # folder that cannot be made fails now, and leaves nothing behind.
     _refuse_what_the_demo_sets(args.set)
     for _, config_name, folder in RUNS:
-        _config(config_name, data_dir, os.path.join(args.runs_dir, folder), args.seed, args.set)
+        _check_clip(_config(config_name, data_dir, os.path.join(args.runs_dir, folder),
+                            args.seed, args.set), args.set)
     made = atomic.make_folders([(data_dir, "--data-dir"), (args.output_dir, "--output-dir"),
                                 (args.export_dir, "--export-dir")])
     try:
