@@ -102,8 +102,8 @@ def checked_get(module, name, value, default=None):
         got = None
     if given is not None and (got is None or isinstance(got, str)):
         library, kind = module.__name__.split(".")[0], module.__name__.rsplit(".", 1)[-1][:-1]
-        raise ValueError(f"`{name}` must be a {library} {kind}, its name or config, or None. "
-                         f"Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be a {library} {kind}, its name or config, a function, "
+                         f"or None. Received: {name}={value!r}")
     return got
 
 

@@ -245,8 +245,8 @@ def test_bad_placement_is_a_value_error_naming_the_field_and_value(placements, b
                              "for a negative one). Received: norm_epsilon=-1.0"),
     ({"norm_momentum": "abc"}, "Received: norm_momentum='abc'"),
     ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a tf_keras regularizer, "
-                                     "its name or config, or None. Received: "
-                                     "kernel_regularizer='nope'"),
+                                     "its name or config, a function, or None. "
+                                     "Received: kernel_regularizer='nope'"),
     ({"kernel_initializer": ""}, "Received: kernel_initializer=''"),
 ])
 def test_bad_block_arguments_are_value_errors_naming_them(kwargs, message):

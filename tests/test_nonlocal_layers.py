@@ -636,13 +636,13 @@ def test_bad_input_shapes(make, shape, message):
         ({"data_format": ""}, "Received: data_format=''"),
         ({"data_format": 0}, "Received: data_format=0"),
         ({"kernel_initializer": ""}, "`kernel_initializer` must be a keras initializer, its "
-                                     "name or config, or None. Received: "
+                                     "name or config, a function, or None. Received: "
                                      "kernel_initializer=''"),
         ({"bias_initializer": False}, "Received: bias_initializer=False"),
         # Keras' own error named no argument.
         ({"kernel_regularizer": "nope"}, "`kernel_regularizer` must be a keras regularizer, "
-                                        "its name or config, or None. Received: "
-                                        "kernel_regularizer='nope'"),
+                                        "its name or config, a function, or None. "
+                                        "Received: kernel_regularizer='nope'"),
         ({"bias_regularizer": 3}, "Received: bias_regularizer=3"),
         ({"dtype": "int32"}, "`dtype` must be a floating-point dtype or policy .*"
                              "Received: dtype='int32'"),
