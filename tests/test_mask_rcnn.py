@@ -1325,6 +1325,28 @@ def test_files_that_are_not_there_are_named_by_their_field(tmp_path):
         trainer.check_init_checkpoint(task, str(tmp_path / "new"), "train")
 
 
+def test_an_init_checkpoint_of_another_backbone_is_named(tmp_path):
+    """Found by a re-walk: a non-local run's checkpoint as `task.init_checkpoint`
+    failed in TensorFlow's words only, naming no setting."""
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    task = exp_factory.get_exp_config(PLAIN_EXPERIMENT).task
+    task.init_checkpoint = str(tmp_path / "other" / "ckpt-4")
+    shapes = ValueError("Received incompatible tensor with shape (1, 1, 256, 64) when attempting "
+                        "to restore variable with shape (1, 1, 256, 128)")
+    with pytest.raises(ValueError, match=r"^task.init_checkpoint is not of this backbone "
+                       r"\(Received incompatible tensor .*\): it must be a checkpoint of the same "
+                       r"plain ResNet .* Received: task.init_checkpoint='.*ckpt-4'$"):
+        with trainer.other_init_checkpoint_named(task, str(tmp_path / "new")):
+            raise shapes
+    # A resumed run restores its own checkpoint, not the init one: TensorFlow's words stay.
+    tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(tmp_path / "run"),
+                               max_to_keep=1).save()
+    with pytest.raises(ValueError, match="^Received incompatible tensor"):
+        with trainer.other_init_checkpoint_named(task, str(tmp_path / "run")):
+            raise shapes
+
+
 def test_a_whole_number_for_a_float_field_becomes_a_float():
     """Found by a walk: `nms_iou_threshold=1` stayed an int and failed in the
     model's trace ("Input 'y' of 'Less' Op has type int32")."""

@@ -744,6 +744,27 @@ def unwritable_model_dir_named(model_dir):
                          f"Received: --model_dir={model_dir!r}") from None
 
 
+@contextlib.contextmanager
+def other_init_checkpoint_named(task, model_dir):
+    """Found by a re-walk: a `task.init_checkpoint` of another backbone (a
+    non-local run's, whose blocks' weights come first by order) failed in
+    TensorFlow's words only ("Received incompatible tensor with shape (1, 1,
+    256, 64) when attempting to restore variable with shape (1, 1, 256,
+    128)"), naming no setting."""
+    first = bool(task.init_checkpoint) and not tf.train.latest_checkpoint(model_dir)
+    try:
+        yield
+    except ValueError as error:
+        if not first or "Received incompatible tensor" not in str(error):
+            raise
+        raise ValueError(
+            f"task.init_checkpoint is not of this backbone ({' '.join(str(error).split())}): "
+            "it must be a checkpoint of the same plain ResNet (such as Model Garden's ImageNet "
+            "one), which a run with non-local blocks is not; such a run goes on with its folder "
+            "as --model_dir. "
+            f"Received: task.init_checkpoint={task.init_checkpoint!r}") from None
+
+
 def check_can_write(flag, path):
     """Before anything is written: the local folder `flag` names, or where there
     is none yet the nearest folder above it (where it would be made), takes new
@@ -967,6 +988,7 @@ def run(argv, signals):
             held.enter_context(run_state.folder_lock(model_dir, "--model_dir"))
         try:
             with unwritable_model_dir_named(model_dir), \
+                    other_init_checkpoint_named(params.task, model_dir), \
                     damaged_files_named(params, model_dir, FLAGS.mode, phase):
                 _run_and_export(params, model_dir, signals, phase)
         except BaseException:
