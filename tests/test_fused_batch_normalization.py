@@ -188,6 +188,27 @@ def test_an_empty_batch_leaves_the_moving_statistics_as_they_were():
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_a_batch_whose_every_position_is_masked_leaves_the_moving_statistics():
+    """Found by a re-walk: Keras' masked moments of no position (0 and 0) pulled
+    the moving statistics toward 0; a partly masked batch updates them as Keras'
+    BatchNormalization does."""
+    x = np.random.default_rng(1).normal(2, 3, (4, 3, 5)).astype("float32")
+    layer, keras_layer = _layer(), keras.layers.BatchNormalization(momentum=MOMENTUM,
+                                                                   epsilon=EPSILON)
+    layer.build(x.shape)
+    step = tf.function(lambda t, m: layer(t, training=True, mask=m))
+    for mask in (np.zeros((4, 3), bool), np.arange(12).reshape(4, 3) % 5 != 0):
+        before = [v.numpy() for v in (layer.moving_mean, layer.moving_variance)]
+        step(x, mask)
+        keras_layer(x, training=True, mask=mask)
+        if not mask.any():
+            for variable, value in zip((layer.moving_mean, layer.moving_variance), before):
+                np.testing.assert_array_equal(variable.numpy(), value)
+        else:
+            np.testing.assert_allclose(layer.moving_mean.numpy(),
+                                       keras_layer.moving_mean.numpy(), rtol=1e-6)
+
+
 def test_config_round_trip_and_block_uses_it():
     layer = _layer(center=False)
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
