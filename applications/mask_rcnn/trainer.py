@@ -309,7 +309,8 @@ MODES = ("train", "eval", "train_and_eval", "continuous_eval", "train_and_post_e
 def check_flags(model_dir, mode, export_dir, config_files):
     """The command line, before anything is read or written: each mistake was a
     traceback after training (an --export_dir that is a file), a run written into
-    the working directory (an empty --model_dir), or another run's folder changed."""
+    the working directory (an empty --model_dir), or another run's folder changed.
+    Returns `{path: mapping}` of the config files, read once (`check_sections`)."""
     if not model_dir:
         raise ValueError("--model_dir must name a folder (an empty value, an unset shell "
                          f"variable, would write into the working directory). Received: "
@@ -322,6 +323,7 @@ def check_flags(model_dir, mode, export_dir, config_files):
             _check_folder(flag, path)
     if export_dir:
         _check_export_dir(export_dir, model_dir)
+    contents = {}
     for path in config_files or ():
         if tf.io.gfile.isdir(path):
             raise ValueError(f"--config_file is a folder, not a YAML file. Received: "
@@ -342,6 +344,8 @@ def check_flags(model_dir, mode, export_dir, config_files):
             raise ValueError(f"--config_file must hold a mapping (task: ..., trainer: ...); "
                              f"this one is {'empty' if content is None else 'not'}. Received: "
                              f"--config_file={path!r}")
+        contents[path] = content
+    return contents
 
 
 def override_mapping(text):
@@ -949,17 +953,15 @@ def run(argv, signals):
     from official.core import exp_factory, train_utils
 
     model_dir = FLAGS.model_dir
-    check_flags(model_dir, FLAGS.mode, FLAGS.export_dir, FLAGS.config_file)
+    config_files = check_flags(model_dir, FLAGS.mode, FLAGS.export_dir, FLAGS.config_file)
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
         FLAGS.config_file = list(FLAGS.config_file or []) + [
             synthetic_data_config(FLAGS.synthetic_coco_dir, keypoints=keypoints)]
     gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_params)
     defaults = exp_factory.get_exp_config(FLAGS.experiment)
-    for path in FLAGS.config_file or ():
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as handle:
-                check_sections(yaml.safe_load(handle), defaults, f"--config_file {path}")
+    for path, content in config_files.items():
+        check_sections(content, defaults, f"--config_file {path}")
     overrides = override_mapping(FLAGS.params_override)
     if overrides:
         check_sections(overrides, defaults, "--params_override")
