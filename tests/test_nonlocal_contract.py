@@ -126,16 +126,31 @@ def test_a_function_initializer_builds_the_block():
                                       np.full(shape, 0.01, "float32"))
 
 
-@pytest.mark.parametrize("value", [np.float32(0.01), np.full((8, 4), 0.01, "float32")],
-                         ids=["numpy scalar", "numpy array"])
+@pytest.mark.parametrize("value", [
+    np.float32(0.01), np.full((8, 4), 0.01, "float32"),
+    keras.initializers.Constant(np.full((8, 4), 0.01, "float32")),
+    {"class_name": "Constant", "config": {"value": [[0.01] * 4] * 8}},
+], ids=["numpy scalar", "numpy array", "Constant of an array", "Constant config of a list"])
 @pytest.mark.parametrize("name", ["kernel_initializer", "bias_initializer"])
 def test_an_array_initializer_is_refused_by_its_argument(name, value):
-    """Keras takes an array as one variable's values; the block's projections
-    have several shapes (it failed in `build` with Keras' shape error, or the
-    AttributeError above)."""
+    """Keras takes an array as one variable's values, and a `Constant` of an
+    array broadcasts it to each shape asked for; the block's projections have
+    several shapes (it failed in `build` with Keras' or TensorFlow's shape
+    error, or the AttributeError above)."""
     with pytest.raises(ValueError, match=rf"`{name}` must be a Keras initializer.*"
                                          rf"Received: {name}="):
         NonLocal2D(**{name: value})
+
+
+def test_a_constant_of_one_value_initialises_every_projection():
+    layer = NonLocal2D(kernel_initializer=keras.initializers.Constant(np.full((1, 1), 0.5)),
+                       bias_initializer=keras.initializers.Constant(0.25), inter_channels=4)
+    layer.build((None, 4, 4, 8))
+    for name, shape in (("theta", (8, 4)), ("phi", (8, 4)), ("g", (8, 4)), ("w_z", (4, 8))):
+        sublayer = getattr(layer, name)
+        np.testing.assert_array_equal(ops.convert_to_numpy(sublayer.kernel), np.full(shape, 0.5))
+        np.testing.assert_array_equal(ops.convert_to_numpy(sublayer.bias),
+                                      np.full(shape[1:], 0.25))
 
 
 def test_numpy_integers_are_integers():

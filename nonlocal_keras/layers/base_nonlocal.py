@@ -172,6 +172,8 @@ class BaseNonLocal(layers.Layer):
         # Dense's own default for None would be Glorot: a block then no identity at the start.
         self.bias_initializer = checked_get(initializers, "bias_initializer", bias_initializer,
                                             "zeros")
+        _refuse_values("kernel_initializer", kernel_initializer, self.kernel_initializer)
+        _refuse_values("bias_initializer", bias_initializer, self.bias_initializer)
         self.kernel_regularizer = checked_get(regularizers, "kernel_regularizer",
                                               kernel_regularizer)
         self.bias_regularizer = checked_get(regularizers, "bias_regularizer", bias_regularizer)
@@ -460,12 +462,17 @@ def _fresh(initializer, index):
     return type(initializer).from_config(config)
 
 
-def _refuse_values(name, value):
+def _refuse_values(name, value, initializer=None):
     # Keras takes an array (or a NumPy number) as the values of one variable
-    # of its shape; the block's projections have several shapes. It failed in
-    # `build`, naming no argument of the block.
-    if isinstance(value, (np.ndarray, np.generic)) or keras.ops.is_tensor(value):
-        raise ValueError(f"`{name}` must be a Keras initializer, its name or config, or a "
+    # of its shape, and a `Constant` broadcasts its value to the shape asked
+    # for; the block's projections have several shapes. It failed in `build`,
+    # naming no argument of the block. `initializer`: `value` as resolved.
+    values = getattr(initializer, "value", None) if isinstance(
+        initializer, initializers.Constant) else None
+    if (isinstance(value, (np.ndarray, np.generic)) or keras.ops.is_tensor(value)
+            or np.size(values) > 1):
+        raise ValueError(f"`{name}` must be a Keras initializer (a `Constant` of one value), "
+                         "its name or config, or a "
                          "function of (shape, dtype): the block's projections have several "
                          f"shapes, so no one array initialises them. Received: {name}={value!r}")
 
