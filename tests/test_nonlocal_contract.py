@@ -30,6 +30,7 @@ tf_only = pytest.mark.skipif(
         ({"bn_epsilon": float("inf")}, r"finite number > 0 .*\. Received: bn_epsilon=inf"),
         ({"bn_epsilon": float("nan")}, r"Received: bn_epsilon=nan"),
         ({"inter_channels": True}, r"Received: inter_channels=True"),
+        ({"inter_channels": 2**31}, r"Received: inter_channels=2147483648"),
     ],
 )
 def test_argument_edges_raise_value_errors(kwargs, message):

@@ -501,10 +501,12 @@ def _shapes_match(shape, expected):
 
 
 def _check_inter_channels(value):
-    if value is not None and not is_positive_int(value):
+    # The bound is a tensor axis's: above it the build failed in TensorFlow's
+    # "Can't convert Python sequence with out-of-range integer", naming no argument.
+    if value is not None and not (is_positive_int(value) and value < 2**31):
         raise ValueError(
             "`inter_channels` must be None (half the input channels) or an "
-            f"integer >= 1. Received: inter_channels={value!r}"
+            f"integer from 1 to 2**31 - 1. Received: inter_channels={value!r}"
         )
     return None if value is None else int(value)
 
