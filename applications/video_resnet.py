@@ -218,7 +218,7 @@ def VideoResNet(
 
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
-    model = keras.Model(inputs, x, name="video_resnet" if name is None else name)
+    model = keras.Model(inputs, x, name="video_resnet" if name in (None, "") else name)
     _load_weights(model, weights, spec, include_top)
     return model
 

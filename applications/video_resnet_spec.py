@@ -221,9 +221,11 @@ def _block_sets(argument, value, stage_sizes):
     result = {}
     for stage, indices in value.items():
         if stage not in stage_sizes:
+            named = f"res{stage}" if _is_int(stage) else None
+            hint = f" (stages are named: {named!r})" if named in stage_sizes else ""
             raise ValueError(
                 f"Unknown stage {stage!r} in `{argument}`; this network has "
-                f"{', '.join(stage_sizes)}. Received: {argument}={value!r}")
+                f"{', '.join(stage_sizes)}{hint}. Received: {argument}={value!r}")
         size = stage_sizes[stage]
         if isinstance(indices, str) and indices in rules:
             indices = [i for i in range(size) if rules[indices](i)]

@@ -218,6 +218,9 @@ def test_default_names_count_the_blocks_there_are():
     assert C2DResNet50(nonlocal_blocks={"res3": [0]}).name == "nl_c2d_resnet50"
     # None means the default (found by a walk: VideoResNet's was Keras' "functional").
     assert VideoResNet((1,), width=8, name=None).name == "video_resnet"
+    # As C2DResNet50(name="") is; it was named '' (stop 56's walk).
+    assert VideoResNet((1,), width=8, name="").name == "video_resnet"
+    assert C2DResNet50(name="", include_top=False).name == "c2d_resnet50"
 
 
 def test_a_stage_name_on_a_one_block_stage_follows_its_block():
@@ -235,6 +238,8 @@ def test_demo_sized_network():
 @pytest.mark.parametrize("kwargs, message", [
     ({"nonlocal_blocks": {"res6": [0]}}, r"Unknown stage 'res6'.*res2, res3, res4, res5.*"
                                          r"Received: nonlocal_blocks="),
+    ({"nonlocal_blocks": {3: [0]}}, r"Unknown stage 3 .*res5 \(stages are named: 'res3'\)\. "
+                                    r"Received: nonlocal_blocks=\{3: \[0\]\}"),
     ({"nonlocal_blocks": {"res4": [6]}}, r"Block index 6 of res4.*6 residual blocks \(0 to 5\)"),
     ({"nonlocal_blocks": 3}, r"0, 1, 5 or 10.*Received: nonlocal_blocks=3"),
     # Found by a walk: one block (a typo for another, which had none).
