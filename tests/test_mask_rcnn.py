@@ -420,6 +420,11 @@ def _detection_command(argv, capsys, debug=False):
         (["--config_file", "/"], "--config_file is a folder"),
         (["--params_override", "trainer.train_steps=abc"],
          "`trainer.train_steps` must be int, as its default"),
+        # Model Garden's registry: "collection path nosuch at position 0 is never registered".
+        (["--experiment", "maskrcnn_resnetfpn_nonlocal"],
+         "Unknown --experiment 'maskrcnn_resnetfpn_nonlocal' (did you mean "
+         "'maskrcnn_resnetfpn_nonlocal_coco'?). This package's experiments: "
+         "maskrcnn_resnetfpn_nonlocal_coco, keypoint_rcnn_resnetfpn_coco"),
         # A yaml.parser.ParserError traceback (the same in a --config_file was one line).
         (["--params_override", "{trainer: {train_steps: 5}"],
          "--params_override is not valid YAML (while parsing a flow mapping"),
@@ -462,6 +467,12 @@ def test_a_user_error_of_the_console_script_is_exit_2_and_debug_keeps_the_traceb
     ("trainer.train_steps=", "`trainer.train_steps` is empty \\(null\\) where a number \\("
                              "default 22500\\) is needed"),
     ("task.model=", "`task.model` is empty \\(null\\) where a section is needed"),
+    # Fields of no default, typed Optional: Keras' "Expected `seed` argument to be
+    # an integer", naming no key (stop 56's walk).
+    ("task.train_data.seed=abc", "`task.train_data.seed` must be int or null \\(its default\\)"),
+    ("task.train_data.deterministic=5", "`task.train_data.deterministic` must be bool or null"),
+    ("trainer.optimizer_config.optimizer.sgd.clipnorm=abc",
+     "`trainer.optimizer_config.optimizer.sgd.clipnorm` must be float or null"),
 ])
 def test_an_override_of_the_wrong_type_names_its_field(override, message):
     from nonlocal_keras.applications.mask_rcnn import trainer
@@ -475,7 +486,8 @@ def test_an_override_of_the_wrong_type_names_its_field(override, message):
     fine = params_dict.override_params_dict(
         exp_factory.get_exp_config(PLAIN_EXPERIMENT),
         "trainer.train_steps=7,task.losses.l2_weight_decay=0,"
-        "task.init_checkpoint_modules=[backbone]", is_strict=True)
+        "task.init_checkpoint_modules=[backbone],task.train_data.seed=3,"
+        "trainer.optimizer_config.optimizer.sgd.clipnorm=1", is_strict=True)
     trainer.check_value_types(fine, defaults)
 
 

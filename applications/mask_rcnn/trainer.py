@@ -5,12 +5,15 @@ kept here because only this package imports Model Garden.
 """
 
 import contextlib
+import dataclasses
+import difflib
 import functools
 import json
 import math
 import os
 import re
 import time
+import typing
 import uuid
 
 import orbit
@@ -348,6 +351,28 @@ def check_flags(model_dir, mode, export_dir, config_files):
     return contents
 
 
+def check_experiment(name):
+    """An unknown `--experiment` named with the ones there are (Model Garden's
+    registry said "collection path nosuch at position 0 is never registered.
+    Please make sure the nosuch and its library is imported and linked to the
+    trainer binary")."""
+    from official.core import exp_factory
+
+    try:
+        exp_factory.get_exp_config(name)
+        return
+    except LookupError as error:
+        if "never registered" not in str(error):
+            raise
+    ours = [experiment.EXPERIMENT, *keypoint_experiment.EXPERIMENTS]
+    theirs = sorted(set(getattr(exp_factory, "_REGISTERED_CONFIGS", ())) - set(ours))
+    close = difflib.get_close_matches(name, ours + theirs, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"Unknown --experiment {name!r}{hint}. This package's experiments: "
+                     f"{', '.join(ours)}; Model Garden's: {', '.join(theirs)}. "
+                     f"Received: --experiment={name!r}")
+
+
 def override_mapping(text):
     """`--params_override` as Model Garden reads it (`override_params_dict`): pairs
     (`a.b=1,c=2`), a YAML mapping, else a YAML file's name; the mapping, or None
@@ -459,6 +484,30 @@ def check_value_types(params, defaults):
         if _wrong_type(default, value):
             raise ValueError(f"`{key}` must be {type(default).__name__}, as its default "
                              f"{default!r}. Received: {key}={value!r}")
+    # A field of no default is typed by its annotation: `task.train_data.seed=abc`
+    # failed in Keras' words, "Expected `seed` argument to be an integer".
+    for key, kind in _optional_numbers(defaults).items():
+        value = given.get(key)
+        if value is not None and _wrong_type(kind(), value):
+            raise ValueError(f"`{key}` must be {kind.__name__} or null (its default). "
+                             f"Received: {key}={value!r}")
+
+
+def _optional_numbers(config, prefix=""):
+    """`{key: int, float or bool}` of the fields of `config` (a Model Garden config)
+    whose default is None and whose annotation is `Optional` of that type."""
+    found = {}
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, key = getattr(config, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            found.update(_optional_numbers(value, f"{key}."))
+            continue
+        kinds = [kind for kind in typing.get_args(hints.get(field.name))
+                 if kind is not type(None)]
+        if value is None and len(kinds) == 1 and kinds[0] in (int, float, bool):
+            found[key] = kinds[0]
+    return found
 
 
 def floats_as_floats(params, defaults):
@@ -953,6 +1002,7 @@ def run(argv, signals):
     from official.core import exp_factory, train_utils
 
     model_dir = FLAGS.model_dir
+    check_experiment(FLAGS.experiment)
     config_files = check_flags(model_dir, FLAGS.mode, FLAGS.export_dir, FLAGS.config_file)
     if FLAGS.synthetic_coco_dir:
         keypoints = FLAGS.experiment in keypoint_experiment.EXPERIMENTS
