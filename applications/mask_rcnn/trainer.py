@@ -804,7 +804,7 @@ def other_init_checkpoint_named(task, model_dir):
     TensorFlow's words only ("Received incompatible tensor with shape (1, 1,
     256, 64) when attempting to restore variable with shape (1, 1, 256,
     128)"), naming no setting."""
-    first = bool(task.init_checkpoint) and not tf.train.latest_checkpoint(model_dir)
+    first = _starts_from_init_checkpoint(task, model_dir)
     try:
         yield
     except ValueError as error:
@@ -905,13 +905,18 @@ def check_annotation_file(task, mode):
                          f"Received: {field}={path!r}")
 
 
+def _starts_from_init_checkpoint(task, model_dir):
+    """Whether a training reads `task.init_checkpoint`: one is set and the run
+    has no checkpoint of its own yet (a resumed run reads its own)."""
+    return bool(task.init_checkpoint) and not tf.train.latest_checkpoint(model_dir)
+
+
 def check_init_checkpoint(task, model_dir, mode):
     """A `task.init_checkpoint` that is not there failed after the model was
     built, in TensorFlow's words ("Unsuccessful TensorSliceReader constructor").
     Read only by a run's first training (a resumed one reads its own)."""
     path, field = task.init_checkpoint, "task.init_checkpoint"
-    if ("train" not in mode or not path or "://" in path
-            or tf.train.latest_checkpoint(model_dir)):
+    if "train" not in mode or not _starts_from_init_checkpoint(task, model_dir) or "://" in path:
         return
     if os.path.isdir(path):
         if not tf.train.latest_checkpoint(path):
