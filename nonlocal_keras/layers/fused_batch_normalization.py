@@ -68,14 +68,15 @@ class FusedBatchNormalization(layers.BatchNormalization):
             # fused kernel checks it at run time (a TensorFlow graph's batch).
             training = False
         if not self._fusable(inputs, training, mask):
-            if not (training and self.trainable and mask is not None):
+            unknown = None in tuple(inputs.shape)  # a TensorFlow graph's: checked at run time
+            if not (training and self.trainable and (mask is not None or unknown)):
                 return super().call(inputs, training=training, mask=mask)
             # A batch whose every position is masked has no statistics either:
             # Keras' masked moments (0 and 0) pulled the moving ones toward 0.
             moving = (self.moving_mean, self.moving_variance)
             before = [ops.copy(variable.value) for variable in moving]
             outputs = super().call(inputs, training=training, mask=mask)
-            some = ops.any(mask)
+            some = ops.size(inputs) > 0 if mask is None else ops.any(mask)
             for variable, value in zip(moving, before):
                 variable.assign(ops.where(some, variable.value, value))
             return outputs
