@@ -1924,6 +1924,31 @@ def test_evaluation_views_beyond_memory_are_refused_before_training(tmp_path, mo
     assert not run_dir.exists()
 
 
+def test_a_decoded_cache_beyond_half_the_memory_is_warned_of(tmp_path, monkeypatch, caplog):
+    """`data.cache_decoded` on a dataset too big for it trained until the cache
+    filled the memory, in the first epoch, and the process was killed (137)."""
+    from nonlocal_keras.training import data, runtime, train
+
+    csv_path = _write_dataset(tmp_path, count=6)
+    # 6 clips of 4x16x16x3 uint8: 18,432 bytes, above half of 30,000.
+    monkeypatch.setattr(runtime, "memory_limit", lambda: 30_000)
+    with caplog.at_level(logging.WARNING):
+        train.run(config_lib.load_config(None, _overrides(
+            csv_path, tmp_path / "run", "schedule.epochs=1", "data.val_csv=null",
+            "data.cache_decoded=true", "runtime.tensorboard=false")))
+    warned = [r.getMessage() for r in caplog.records if "cache_decoded" in r.getMessage()]
+    assert len(warned) == 1 and re.search(
+        r"about 0\.0 GiB for these 6 \(0\.0 MiB each, as the first video's\), against 0\.0 "
+        r"GiB of memory here\. The run may be killed .*data\.cache_decoded=false", warned[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        monkeypatch.setattr(runtime, "memory_limit", lambda: 36_864)  # half holds them
+        data.warn_of_cache_size(3072, 6, csv_path)
+        monkeypatch.setattr(runtime, "memory_limit", lambda: 36_863)
+        data.warn_of_cache_size(3072, 6, csv_path)
+    assert len([r for r in caplog.records if "cache_decoded" in r.getMessage()]) == 1
+
+
 def test_restart_that_cannot_move_the_run_aside_is_one_error(tmp_path, monkeypatch):
     """A read-only parent folder was a PermissionError traceback, exit 1; a
     second --restart in the same second would have met the first's folder."""

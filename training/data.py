@@ -903,13 +903,13 @@ def check_a_video_decodes(records, num_frames, sampling_rate, source,
     """Raises DatasetError when no video of a set gives a clip, found before a
     run folder is written to (the first step finds it after: a finished run
     continued on broken videos lost its final files; an evaluation set, after the
-    whole training). Costs one clip's decoding where the first video is readable."""
+    whole training). Costs one clip's decoding where the first video is readable.
+    Returns the bytes of that clip's decoded frames."""
     reasons = {}
     for path in dict.fromkeys(record.path for record in records):
         try:
-            video_io.decode_frames(path, lambda total: video_io.train_clip_indices(
-                total, num_frames, sampling_rate, np.random.default_rng(0)))
-            return
+            return video_io.decode_frames(path, lambda total: video_io.train_clip_indices(
+                total, num_frames, sampling_rate, np.random.default_rng(0))).nbytes
         except Exception as error:  # noqa: BLE001 - as the pipeline's decoder takes them
             reasons[path] = _failure(error)
     first = next(iter(reasons))
@@ -1072,6 +1072,23 @@ def check_view_memory(batch_size, num_clips, num_crops, num_frames, crop_size, *
             f"float32), more than the {limit / 2**30:.1f} GiB of memory here: lower the clips or "
             f"crops per video, the batch size or the crop size. Received: num_clips={num_clips}, "
             f"num_crops={num_crops}, batch_size={batch_size}")
+
+
+def warn_of_cache_size(clip_bytes, num_clips, train_csv):
+    """Warns where `data.cache_decoded` would hold decoded clips of more than
+    half this process's memory, `num_clips` of `clip_bytes` each (the first
+    video's: videos of other sizes make it more or less). A dataset too big
+    for it trained until the cache filled the memory, in the first epoch, and
+    the process was killed (exit 137) without a word."""
+    need, limit = clip_bytes * num_clips, runtime.memory_limit()
+    if limit is None or need <= limit / 2:
+        return
+    logger.warning(
+        "data.cache_decoded=true keeps every training video's decoded clip in memory: about "
+        "%.1f GiB for these %d (%.1f MiB each, as the first video's), against %.1f GiB of "
+        "memory here. The run may be killed when the cache fills, in its first epoch; set "
+        "data.cache_decoded=false for a dataset of this size (data.train_csv=%r).",
+        need / 2**30, num_clips, clip_bytes / 2**20, limit / 2**30, train_csv)
 
 
 def class_names_from_config(data_config):

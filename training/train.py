@@ -338,9 +338,11 @@ def run(config, strategy=None, restart=False):
     def refuse_undecodable():
         for records, field in ((train_records, "train_csv"), (val_records, "val_csv")):
             if records:
-                data.check_a_video_decodes(records, data_config["num_frames"],
-                                           data_config["sampling_rate"], data_config[field],
-                                           f"data.{field}")
+                clip_bytes = data.check_a_video_decodes(
+                    records, data_config["num_frames"], data_config["sampling_rate"],
+                    data_config[field], f"data.{field}")
+                if field == "train_csv" and data_config["cache_decoded"]:
+                    data.warn_of_cache_size(clip_bytes, len(records), data_config[field])
 
     # Before a new run's folder is made; a committed one's after its finished
     # check (a finished run answers without its videos).
