@@ -164,8 +164,6 @@ class BaseNonLocal(layers.Layer):
             keras.config.image_data_format() if data_format is None else data_format,
             ("channels_last", "channels_first"),
         )
-        _refuse_values("kernel_initializer", kernel_initializer)
-        _refuse_values("bias_initializer", bias_initializer)
         self.kernel_initializer = checked_get(
             initializers, "kernel_initializer", kernel_initializer, OFFICIAL_KERNEL_INITIALIZER
         )
