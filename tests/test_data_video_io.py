@@ -1,5 +1,9 @@
 """PyAV decoding and the clip samplers."""
 
+import os
+import re
+import threading
+
 import numpy as np
 import pytest
 
@@ -757,6 +761,42 @@ def test_a_half_copied_mkv_or_webm_is_truncated_not_shorter(tmp_path, name, code
     with pytest.raises(video_io.VideoDecodeError, match=r"truncated: its frames end at "
                                                         r"\d\.\d\d s of the 3\.00 s its header"):
         video_io.decode_frames(tmp_path / name, lambda total: np.arange(total))
+
+
+def test_a_half_copied_mkv_starting_late_is_truncated(tmp_path):
+    """The header states the end time (100 s late with 6 s of frames: 106 s),
+    whose 5% (5.3 s) had been allowed missing: cut at 40%, the file was read
+    as a shorter video without a word (found by a walk)."""
+    path = tmp_path / "late.mkv"
+    data = _write_stream(path, "libx264", {"g": "25"}, start=2500)  # 100 s at 25 fps
+    (tmp_path / "cut.mkv").write_bytes(data[:len(data) * 4 // 10])
+    with pytest.raises(video_io.VideoDecodeError, match=r"truncated: its frames end at "
+                                                        r"\d+\.\d\d s of the 106\.00 s its header"):
+        video_io.decode_frames(tmp_path / "cut.mkv", lambda total: np.arange(total))
+    assert len(video_io.decode_frames(path, lambda total: np.arange(total))) == LONG
+
+
+def test_an_ffmpeg_concat_list_is_no_video(tmp_path):
+    """FFmpeg plays a text file starting "ffconcat version" as the files it
+    lists, whatever its name: one listing a FIFO blocked the opening for good
+    (a training hung in its second epoch; found by a walk)."""
+    os.mkfifo(tmp_path / "segment.ts")
+    listed = tmp_path / "list.mp4"
+    listed.write_text("ffconcat version 1.0\nfile segment.ts\n")
+    raised = []
+
+    def decode():  # in a thread of its own: before the fix it never returned
+        try:
+            video_io.decode_frames(listed, lambda total: np.arange(total))
+        except video_io.VideoDecodeError as error:
+            raised.append(str(error))
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "decoding the list blocked"
+    assert len(raised) == 1 and re.search(r"list\.mp4.*an FFmpeg concat list of other files, "
+                                          r"not a video", raised[0])
 
 
 def test_a_video_starting_late_is_not_truncated(tmp_path):
