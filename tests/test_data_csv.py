@@ -870,6 +870,25 @@ def test_a_class_folder_written_otherwise_is_named_with_the_classes(tmp_path):
             in message), message
 
 
+@pytest.mark.parametrize("name, shown", [(b"to\np", r"'to\\np'"), (b"to\rp", r"'to\\rp'"),
+                                         (b"t\xf6p", r"'t\\udcf6p'")],
+                         ids=["line break", "carriage return", "not UTF-8"])
+def test_a_class_folder_name_that_is_not_one_line_of_utf8_is_refused(tmp_path, name, shown):
+    """Class names are written one a line as UTF-8 (the export, the predictions):
+    such a folder trained, then the export refused it (a line break) or was a
+    traceback (a Windows zip's Latin-1 name; found by a walk)."""
+    for folder in (os.fsencode(tmp_path / "left"), os.fsencode(tmp_path) + b"/" + name):
+        os.mkdir(folder)
+        with open(folder + b"/a.mp4", "wb") as handle:
+            handle.write(b"x")
+    with pytest.raises(data.DatasetError, match=rf"The class name {shown} is not one line of "
+                       r"UTF-8 text.*rename it\. Received: data\.train_csv="):
+        data.class_names_from_config({"train_csv": str(tmp_path)})
+    with pytest.raises(data.DatasetError, match=r"The class name 'a\\nb' .*Received: "
+                       r"data\.class_names=\['a\\nb', 'c'\]"):
+        data.class_names_from_config({"class_names": ["a\nb", "c"]})
+
+
 @pytest.mark.parametrize("text", ['{"run": "0", "jump": "2"}', '{"run": [0]}', "[1, 2]"])
 def test_a_json_class_name_file_of_another_shape_is_refused(tmp_path, text):
     path = tmp_path / "classes.json"

@@ -530,6 +530,12 @@ def test_config_must_match_the_model_input(model, tmp_path, field, value):
 def test_class_names_must_cover_every_class(model, tmp_path):
     with pytest.raises(ValueError, match="Received: class_names="):
         export.export_saved_model(model, str(tmp_path), class_names=CLASS_NAMES[:3])
+    # One line of UTF-8 each: a carriage return was printed raw by predict, a
+    # file name's undecodable byte was a UnicodeEncodeError traceback.
+    for odd in ("a\rb", "t\udcf6p"):
+        with pytest.raises(ValueError, match="one-line UTF-8 names.*Received: class_names="):
+            export.export_saved_model(model, str(tmp_path),
+                                      class_names=[odd, *CLASS_NAMES[1:]])
     assert not os.listdir(tmp_path)
 
 

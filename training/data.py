@@ -1103,6 +1103,7 @@ def class_names_from_config(data_config):
             raise MissingFileError(f"{what}. Received: data.class_names={names!r}")
         return _read_class_names(names)
     if names:
+        _refuse_unwritable_names(list(names), "data.class_names", names)
         return list(names)
     train = data_config.get("train_csv")
     if train and os.path.isfile(train):
@@ -1110,8 +1111,30 @@ def class_names_from_config(data_config):
     if train and os.path.isdir(train):
         folders = class_folders(train)
         _refuse_name_variants(folders, train, "data.train_csv", "class folders")
+        _refuse_unwritable_names(folders, "data.train_csv", train)
         return folders
     return None
+
+
+def _refuse_unwritable_names(names, argument, source):
+    """Class names are written one a line, as UTF-8 (an exported model's
+    `class_names.txt`, predictions): a class folder named with a line break
+    trained, then could not be exported; one named in another encoding (a
+    Windows zip's `t\xf6p`) trained, then the export was a traceback."""
+    for name in map(str, names):
+        if name and not one_line_text(name):
+            raise DatasetError(f"The class name {name!r} is not one line of UTF-8 text, which "
+                               "class names are written as (the exported model's class names, "
+                               f"the predictions): rename it. Received: {argument}={source!r}")
+
+
+def one_line_text(name):
+    """Whether `name` is one line (no line break of any kind) of UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a file name's undecodable bytes (surrogate escapes)
+        return False
+    return name.splitlines() == [name]
 
 
 def _read_class_names(path):

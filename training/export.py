@@ -217,12 +217,13 @@ def _bounded_frames(clips, max_side, max_aspect):
 
 
 def _checked_class_names(class_names, num_classes):
-    # One name per line in the asset file: a name may not hold a line break.
+    # One name per line in the asset file, UTF-8: a name may not hold a line break.
     class_names = [str(name) for name in class_names]
-    if len(class_names) != num_classes or any(not n.strip() or "\n" in n for n in class_names):
-        raise ConfigError(f"`class_names` must be {num_classes} non-empty one-line names, one per "
-                         f"class. Received: class_names={class_names[:10]!r} "
-                         f"({len(class_names)} names)")
+    if len(class_names) != num_classes or any(not n.strip() or not data.one_line_text(n)
+                                              for n in class_names):
+        raise ConfigError(f"`class_names` must be {num_classes} non-empty one-line UTF-8 names, "
+                          f"one per class. Received: class_names={class_names[:10]!r} "
+                          f"({len(class_names)} names)")
     return class_names
 
 
