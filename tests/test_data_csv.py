@@ -645,12 +645,18 @@ def test_a_class_folder_linked_to_another_is_one_video_two_classes(tmp_path):
     (tmp_path / "dog").symlink_to(tmp_path / "cat")
     with pytest.raises(data.DatasetError, match=(
             r"2 training video\(s\) listed with different classes .*first: '.*cat/a.mp4' and "
-            r"'.*dog/a.mp4', the same file '.*cat/a.mp4', classes \[1, 2\]")):
+            r"'.*dog/a.mp4', the same file, classes \[1, 2\]")):
         data.load_training_data(config)
     # A video of a CSV linked under another name, with another class.
     (tmp_path / "dog").unlink()
     (tmp_path / "bird" / "d.mp4").symlink_to(tmp_path / "cat" / "b.mp4")
     with pytest.raises(data.DatasetError, match=r"1 training video\(s\) listed with different"):
+        data.load_training_data(config)
+    # A hard link (found by a walk: it trained as both classes, exit 0).
+    (tmp_path / "bird" / "d.mp4").unlink()
+    os.link(tmp_path / "cat" / "b.mp4", tmp_path / "bird" / "d.mp4")
+    with pytest.raises(data.DatasetError, match=r"1 training video\(s\) listed with different "
+                       r"classes .*first: '.*bird/d.mp4' and '.*cat/b.mp4', the same file"):
         data.load_training_data(config)
 
 

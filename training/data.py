@@ -737,13 +737,14 @@ def _warn_about_videos_of_no_class(records, source, training=True):
 
 def _refuse_one_video_two_classes(records, source, multi_label=False):
     # By the file the path leads to: a class folder that is a symbolic link to
-    # another (or a video linked into a second class's folder) lists each of
-    # its videos again under the other class. Multi-label, a row an action
-    # (`a.mp4,2` and `a.mp4,11`) trained each row's classes as absent in the
-    # other. The same labels again are oversampling, which is allowed.
-    label_sets, paths, resolve = {}, {}, _file_resolver()
+    # another (or a video linked into a second class's folder, symbolically or
+    # by a hard link) lists each of its videos again under the other class.
+    # Multi-label, a row an action (`a.mp4,2` and `a.mp4,11`) trained each
+    # row's classes as absent in the other. The same labels again are
+    # oversampling, which is allowed.
+    label_sets, paths = {}, {}
     for record in records:
-        file = resolve(record.path)
+        file = _file_identity(record.path)
         label_sets.setdefault(file, set()).add(record.labels)
         paths.setdefault(file, []).append(record.path)
     both = [file for file, found in label_sets.items() if len(found) > 1]
@@ -751,7 +752,7 @@ def _refuse_one_video_two_classes(records, source, multi_label=False):
         return
     listed = sorted(set(paths[both[0]]))
     first = repr(listed[0]) if len(listed) == 1 else (
-        f"{listed[0]!r} and {listed[1]!r}, the same file {both[0]!r}")
+        f"{listed[0]!r} and {listed[1]!r}, the same file")
     if multi_label:
         raise DatasetError(
             f"{len(both)} training video(s) listed more than once with different labels "
@@ -765,20 +766,15 @@ def _refuse_one_video_two_classes(records, source, multi_label=False):
         f"data.train_csv={source!r}")
 
 
-def _file_resolver():
-    """`os.path.realpath` of a video path, each folder resolved once: a
-    Kinetics-sized set on NFS would otherwise look up every folder again for
-    each of its videos."""
-    folders = {}
-
-    def resolve(path):
-        folder, name = os.path.split(path)
-        if folder not in folders:
-            folders[folder] = os.path.realpath(folder)
-        path = os.path.join(folders[folder], name)
-        return os.path.realpath(path) if os.path.islink(path) else path
-
-    return resolve
+def _file_identity(path):
+    """The file `path` leads to, as its device and inode: one stat a video (a
+    path resolved with `os.path.realpath` missed hard links: one file under
+    two names, a video of two classes, trained as both without a word)."""
+    try:
+        stat = os.stat(path)
+    except OSError:  # gone since its row was checked: the decoder says so
+        return path
+    return stat.st_dev, stat.st_ino
 
 
 def _log_classes(records, data_config, multi_label, names_given=False):
