@@ -776,6 +776,29 @@ def test_a_half_copied_mkv_starting_late_is_truncated(tmp_path):
     assert len(video_io.decode_frames(path, lambda total: np.arange(total))) == LONG
 
 
+def test_mpeg1_in_a_program_stream_is_decoded_from_the_start(tmp_path):
+    """After a seek in an MPEG program stream (.mpg), FFmpeg gave MPEG-1
+    pictures the time of the frame after theirs: a clip needing frames from
+    48 on came back a frame early, without a word (found by a walk)."""
+    import av
+
+    rng = np.random.default_rng(9)
+    frames = rng.integers(0, 60, (64, 32, 48, 3)).astype(np.uint8)
+    frames[:, :, :24] += 180
+    path = tmp_path / "program.mpg"
+    with av.open(str(path), "w", format="mpeg") as container:
+        stream = container.add_stream("mpeg1video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    reference = full_decode(path)
+    wanted = [48, 50, 59, 60]
+    decoded = video_io.decode_frames(path, lambda total: np.array(wanted))
+    for image, index in zip(decoded, wanted):
+        np.testing.assert_array_equal(image, reference[index])
+
+
 def test_an_ffmpeg_concat_list_is_no_video(tmp_path):
     """FFmpeg plays a text file starting "ffconcat version" as the files it
     lists, whatever its name: one listing a FIFO blocked the opening for good

@@ -488,6 +488,11 @@ def _decode_wanted(path, clips, timeline, threads=None, rejection=None, fallen_b
         stream.thread_type = "AUTO" if frame_threads and not careful else "SLICE"
         if threads:
             stream.thread_count = threads
+        # After a seek in an MPEG program stream, FFmpeg gives MPEG-1 pictures
+        # the time of the next frame (a clip came back one frame early): those
+        # are decoded from the start (MPEG-2 and H.264 there keep their times).
+        seek = seek and not (container.format.name == "mpeg"
+                             and stream.codec_context.name == "mpeg1video")
         if seek:
             container.seek(timeline[first], stream=stream, backward=True, any_frame=False)
         try:
