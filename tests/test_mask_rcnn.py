@@ -491,6 +491,29 @@ def test_an_override_of_the_wrong_type_names_its_field(override, message):
     trainer.check_value_types(fine, defaults)
 
 
+def test_tensorflow_logs_at_absls_level(monkeypatch):
+    """Importing Model Garden's COCO converter sets TensorFlow's logger to INFO:
+    the command's log, kept to warnings, had its INFO lines (found by a walk)."""
+    import importlib
+
+    from absl import logging as absl_logging
+
+    from nonlocal_keras.applications.mask_rcnn import trainer
+
+    importlib.import_module("official.vision.data.create_coco_tf_record")
+    logger = tf.get_logger()
+    monkeypatch.setattr(logger, "level", logging.INFO)  # as that import's first time leaves it
+    before = absl_logging.get_verbosity()
+    try:
+        for verbosity, level in ((absl_logging.WARNING, logging.WARNING),
+                                 (absl_logging.INFO, logging.INFO)):
+            absl_logging.set_verbosity(verbosity)
+            trainer.tensorflow_log_as_absl()
+            assert logger.getEffectiveLevel() == level
+    finally:
+        absl_logging.set_verbosity(before)
+
+
 def test_a_diverged_run_is_one_line_naming_what_to_lower(monkeypatch):
     """Model Garden's RuntimeError after a loop whose loss was NaN was a traceback, exit 1."""
     from nonlocal_keras.training import run_state, train_detection

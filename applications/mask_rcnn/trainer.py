@@ -351,6 +351,16 @@ def check_flags(model_dir, mode, export_dir, config_files):
     return contents
 
 
+def tensorflow_log_as_absl():
+    """TensorFlow's Python log at absl's level (`--verbosity`): importing Model
+    Garden's COCO converter (which the keypoint data use) sets TensorFlow's
+    logger to INFO, and under a log kept to warnings its INFO lines came (each
+    twice: its own handler's and absl's)."""
+    from absl import logging as absl_logging
+
+    tf.get_logger().setLevel(absl_logging.get_absl_logger().getEffectiveLevel())
+
+
 def check_experiment(name):
     """An unknown `--experiment` named with the ones there are (Model Garden's
     registry said "collection path nosuch at position 0 is never registered.
@@ -1007,6 +1017,7 @@ def run(argv, signals):
     from official.core import exp_factory, train_utils
 
     model_dir = FLAGS.model_dir
+    tensorflow_log_as_absl()
     check_experiment(FLAGS.experiment)
     config_files = check_flags(model_dir, FLAGS.mode, FLAGS.export_dir, FLAGS.config_file)
     if FLAGS.synthetic_coco_dir:
