@@ -799,29 +799,6 @@ def test_mpeg1_in_a_program_stream_is_decoded_from_the_start(tmp_path):
         np.testing.assert_array_equal(image, reference[index])
 
 
-def test_of_several_video_streams_the_largest_is_read(tmp_path):
-    """As the ffmpeg command takes it: a file whose first stream was a small
-    preview was scored on the preview (found by a walk)."""
-    import av
-
-    path = tmp_path / "two.mkv"
-    frames = distinct_frames(10)
-    with av.open(str(path), "w") as container:
-        preview = container.add_stream("libx264", rate=25)
-        preview.width, preview.height, preview.pix_fmt = 16, 8, "yuv420p"
-        main = container.add_stream("libx264", rate=25, options={"crf": "0"})
-        main.width, main.height, main.pix_fmt = 48, 32, "yuv444p"
-        for image in frames:
-            small = av.VideoFrame.from_ndarray(image[::4, ::3].copy(), format="rgb24")
-            container.mux(preview.encode(small))
-            container.mux(main.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(preview.encode())
-        container.mux(main.encode())
-    decoded = video_io.decode_frames(path, lambda total: np.arange(total))
-    assert decoded.shape == (10, 32, 48, 3)
-    assert np.abs(decoded.astype(int) - frames).max() <= 3
-
-
 def test_an_ffmpeg_concat_list_is_no_video(tmp_path):
     """FFmpeg plays a text file starting "ffconcat version" as the files it
     lists, whatever its name: one listing a FIFO blocked the opening for good

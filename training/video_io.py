@@ -374,22 +374,20 @@ def _open(path):
 
 
 def _video_stream(container, path):
-    """The container's video stream of the most pixels (the first of them)
-    that is not a still picture (an audio file's cover art is a one-picture
-    "video" stream): the one the ffmpeg command takes (a file whose first
-    stream was a small preview was scored on the preview); a still image's
-    file has none."""
+    """The container's first video stream that is not a still picture (an
+    audio file's cover art is a one-picture "video" stream), as FFmpeg's
+    choice passes them over; a still image's file has none."""
     # A JPEG or PNG named .mp4 (a thumbnail listed by mistake) is FFmpeg's image
     # demuxer's one-frame "video"; animated GIFs (`gif`) are videos.
     demuxer = container.format.name
     if demuxer in ("image2", "image2pipe") or (demuxer.endswith("_pipe") and demuxer != "gif_pipe"):
         raise VideoDecodeError(path, f"a still image ({demuxer}), not a video")
     stills = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
-    moving = [stream for stream in container.streams.video if not stream.disposition & stills]
-    if not moving:
-        raise VideoDecodeError(path, "no video stream" + (
-            " (only a cover picture)" if container.streams.video else ""))
-    return max(moving, key=lambda stream: (stream.width or 0) * (stream.height or 0))
+    for stream in container.streams.video:
+        if not stream.disposition & stills:
+            return stream
+    raise VideoDecodeError(path, "no video stream" + (
+        " (only a cover picture)" if container.streams.video else ""))
 
 
 def _to_rgb(frame, reformatter, size=(None, None)):
