@@ -7,8 +7,7 @@
    `nonlocal-train`'s own code path into `runs/demo_c2d` and `runs/demo_nl_c2d`
    (a finished run is not trained again; `--restart` starts both over).
 3. Evaluates both with the multi-clip x multi-crop protocol.
-4. Exports the NL-C2D as the TF Serving SavedModel `exported/demo_nl_c2d/1` (kept where
-   an export made after the run's weights is there).
+4. Exports the NL-C2D as the TF Serving SavedModel `exported/demo_nl_c2d/1`.
 5. Prints a table (params, train time, accuracy), writes `results.json`,
    `attention.png` (where the marker's query looks in the first frame) and
    copies a few test videos to `examples/`, all in `--output-dir`.
@@ -80,17 +79,6 @@ def _train(config_name, root, run_dir, seed, extra, restart):
     config = _config(config_name, root, run_dir, seed, extra)
     model, results = train.run(config, restart=restart)
     return model, results, config
-
-
-def _exported_after(export_dir, weights):
-    """Whether `export_dir` holds an export made after `weights` were written:
-    a rerun of a finished demo, which trains nothing, replaced the SavedModel
-    a server may be serving with the same one."""
-    try:
-        exported = os.path.getmtime(os.path.join(export_dir, "saved_model.pb"))
-        return exported > os.path.getmtime(weights)
-    except OSError:
-        return False
 
 
 def _copy_examples(root, folder):
@@ -165,7 +153,7 @@ def main(argv=None):
 
 
 def _train_both(args, root, start):
-    from nonlocal_keras.training import atomic, attention_map, run_state
+    from nonlocal_keras.training import atomic, attention_map
     from nonlocal_keras.training.export import export_saved_model
 
     rows, models, configs = [], {}, {}
@@ -183,12 +171,9 @@ def _train_both(args, root, start):
                      "eval_videos": results["eval"]["num_videos"]})
 
     best = max(rows, key=lambda row: row["top1"])
-    export_dir = os.path.abspath(os.path.join(args.export_dir, EXPORTED))
-    if not _exported_after(export_dir, os.path.join(args.runs_dir, RUNS[1][2],
-                                                    run_state.FINAL_WEIGHTS)):
-        export_dir = export_saved_model(models["NL-C2D"], export_dir,
-                                        data_config=configs["NL-C2D"]["data"],
-                                        model_config=configs["NL-C2D"]["model"], overwrite=True)
+    export_dir = export_saved_model(models["NL-C2D"], os.path.join(args.export_dir, EXPORTED),
+                                    data_config=configs["NL-C2D"]["data"],
+                                    model_config=configs["NL-C2D"]["model"], overwrite=True)
     examples = _copy_examples(root, os.path.join(args.output_dir, "examples"))
     picture = os.path.join(args.output_dir, "attention.png")
     attention_map.save_marker_attention(models["NL-C2D"], root, picture, seed=args.seed)
