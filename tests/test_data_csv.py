@@ -893,6 +893,17 @@ def test_a_class_folder_name_that_is_not_one_line_of_utf8_is_refused(tmp_path, n
     with pytest.raises(data.DatasetError, match=r"The class name 'a\\nb' .*Received: "
                        r"data\.class_names=\['a\\nb', 'c'\]"):
         data.class_names_from_config({"class_names": ["a\nb", "c"]})
+    # From a CSV's labels and a JSON class-name file too (a re-walk: they trained).
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nleft/a.mp4,a\u2028b\nleft/a.mp4,c\n", encoding="utf-8")
+    with pytest.raises(data.DatasetError, match=r"The class name 'a\\u2028b' .*Received: "
+                       r"data\.train_csv="):
+        data.class_names_from_config({"train_csv": str(labels)})
+    listed = tmp_path / "names.json"
+    listed.write_text('["a\\u0085b", "c"]')
+    with pytest.raises(data.DatasetError, match=r"The class name 'a\\x85b' .*Received: "
+                       r"data\.class_names="):
+        data.class_names_from_config({"class_names": str(listed)})
 
 
 @pytest.mark.parametrize("text", ['{"run": "0", "jump": "2"}', '{"run": [0]}', "[1, 2]"])

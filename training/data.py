@@ -1088,6 +1088,17 @@ def warn_of_cache_size(clip_bytes, num_clips, train_csv):
 
 
 def class_names_from_config(data_config):
+    """`_class_names_from_config`, each name checked as the export writes it."""
+    names = _class_names_from_config(data_config)
+    if names is not None:
+        given = data_config.get("class_names")
+        argument, source = (("data.class_names", given) if given
+                            else ("data.train_csv", data_config.get("train_csv")))
+        _refuse_unwritable_names(names, argument, source)
+    return names
+
+
+def _class_names_from_config(data_config):
     """`data.class_names` as a list: given inline, read from a file (one per
     line), or, when absent and the training labels are names (or folders), their
     sorted set. None when the labels are class ids."""
@@ -1099,7 +1110,6 @@ def class_names_from_config(data_config):
             raise MissingFileError(f"{what}. Received: data.class_names={names!r}")
         return _read_class_names(names)
     if names:
-        _refuse_unwritable_names(list(names), "data.class_names", names)
         return list(names)
     train = data_config.get("train_csv")
     if train and os.path.isfile(train):
@@ -1107,7 +1117,6 @@ def class_names_from_config(data_config):
     if train and os.path.isdir(train):
         folders = class_folders(train)
         _refuse_name_variants(folders, train, "data.train_csv", "class folders")
-        _refuse_unwritable_names(folders, "data.train_csv", train)
         return folders
     return None
 
