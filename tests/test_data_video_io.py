@@ -799,13 +799,19 @@ def test_mpeg1_in_a_program_stream_is_decoded_from_the_start(tmp_path):
         np.testing.assert_array_equal(image, reference[index])
 
 
-def test_an_ffmpeg_concat_list_is_no_video(tmp_path):
-    """FFmpeg plays a text file starting "ffconcat version" as the files it
-    lists, whatever its name: one listing a FIFO blocked the opening for good
-    (a training hung in its second epoch; found by a walk)."""
+@pytest.mark.parametrize("name, text, what", [
+    ("list.mp4", "ffconcat version 1.0\nfile segment.ts\n", "an FFmpeg concat list"),
+    ("list.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nsegment.ts\n"
+                  "#EXT-X-ENDLIST\n", "an HLS playlist"),
+])
+def test_a_list_of_other_files_is_no_video(tmp_path, name, text, what):
+    """FFmpeg plays a text file starting "ffconcat version" (whatever its name),
+    or an HLS playlist named .m3u8, as the files it lists: one listing a FIFO
+    blocked the opening for good (a training hung in its second epoch; found
+    by a walk, the playlist by a re-walk)."""
     os.mkfifo(tmp_path / "segment.ts")
-    listed = tmp_path / "list.mp4"
-    listed.write_text("ffconcat version 1.0\nfile segment.ts\n")
+    listed = tmp_path / name
+    listed.write_text(text)
     raised = []
 
     def decode():  # in a thread of its own: before the fix it never returned
@@ -818,7 +824,7 @@ def test_an_ffmpeg_concat_list_is_no_video(tmp_path):
     thread.start()
     thread.join(60)
     assert not thread.is_alive(), "decoding the list blocked"
-    assert len(raised) == 1 and re.search(r"list\.mp4.*an FFmpeg concat list of other files, "
+    assert len(raised) == 1 and re.search(rf"{re.escape(name)}.*{what} of other files, "
                                           r"not a video", raised[0])
 
 

@@ -358,18 +358,20 @@ def _stated_seconds(stream):
 # one after another (its concat demuxer), whatever the file's name: a video
 # named in it that is a FIFO blocked the opening for good (a training hung in
 # its second epoch), and any other is not the file the dataset names.
-_CONCAT_LIST = b"ffconcat version"
+# So does an HLS playlist named .m3u8 or .m3u (its segments).
+_LISTS = {b"ffconcat version": "an FFmpeg concat list", b"#EXTM3U": "an HLS playlist"}
 
 
 def _open(path):
-    """`av.open(path)` for reading, refusing an FFmpeg concat list."""
+    """`av.open(path)` for reading, refusing a list of other files."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(len(_CONCAT_LIST) + 8)
+            head = handle.read(32)
     except OSError:
         head = b""  # FFmpeg says why
-    if head.startswith(_CONCAT_LIST):
-        raise VideoDecodeError(path, "an FFmpeg concat list of other files, not a video")
+    for start, what in _LISTS.items():
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(start):
+            raise VideoDecodeError(path, f"{what} of other files, not a video")
     return av.open(str(path))
 
 
