@@ -131,7 +131,9 @@ def test_a_function_initializer_builds_the_block():
     np.float32(0.01), np.full((8, 4), 0.01, "float32"),
     keras.initializers.Constant(np.full((8, 4), 0.01, "float32")),
     {"class_name": "Constant", "config": {"value": [[0.01] * 4] * 8}},
-], ids=["numpy scalar", "numpy array", "Constant of an array", "Constant config of a list"])
+    keras.initializers.Constant([]),
+], ids=["numpy scalar", "numpy array", "Constant of an array", "Constant config of a list",
+        "Constant of no value"])
 @pytest.mark.parametrize("name", ["kernel_initializer", "bias_initializer"])
 def test_an_array_initializer_is_refused_by_its_argument(name, value):
     """Keras takes an array as one variable's values, and a `Constant` of an

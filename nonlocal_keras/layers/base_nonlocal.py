@@ -468,7 +468,7 @@ def _refuse_values(name, value, initializer=None):
     values = getattr(initializer, "value", None) if isinstance(
         initializer, initializers.Constant) else None
     if (isinstance(value, (np.ndarray, np.generic)) or keras.ops.is_tensor(value)
-            or np.size(values) > 1):
+            or np.size(values) != 1):
         raise ValueError(f"`{name}` must be a Keras initializer (a `Constant` of one value), "
                          "its name or config, or a "
                          "function of (shape, dtype): the block's projections have several "
